@@ -1,0 +1,26 @@
+//! One module per subcommand.
+
+pub mod cartridge_call;
+pub mod cartridge_check;
+
+use std::path::Path;
+
+use gearhost_runtime::{Cartridge, LoadError, Runtime, RuntimeConfig};
+
+use crate::Failure;
+
+/// Build a runtime with the standalone cache and load the cartridge in `dir`,
+/// mapping load errors to the exit-code classes.
+pub(crate) fn load_cartridge(dir: &Path, cache_dir: Option<&Path>) -> Result<(Runtime, Cartridge), Failure> {
+    let cache = cache_dir.map_or_else(crate::default_cache_dir, Path::to_path_buf);
+    let config = RuntimeConfig {
+        max_concurrent_hooks: 4,
+        ..RuntimeConfig::with_cache_dir(cache)
+    };
+    let runtime = Runtime::new(config).map_err(|e| Failure::Environment(e.into()))?;
+    let cartridge = runtime.load_dir(dir).map_err(|e| match e {
+        LoadError::Cache(_) | LoadError::Engine(_) => Failure::Environment(e.into()),
+        _ => Failure::Invalid(e.into()),
+    })?;
+    Ok((runtime, cartridge))
+}

@@ -1,0 +1,150 @@
+//! The `gear` command line: argument parsing with clap, one module per
+//! subcommand under [`cmd`], and the exit-code contract scripts rely on.
+//!
+//! Exit codes:
+//!
+//! | code | meaning |
+//! | ---- | ------- |
+//! | 0 | success |
+//! | 1 | the operation failed (a hook failed, a check found a problem) |
+//! | 2 | the command line is wrong (clap's usage errors) |
+//! | 3 | the input is invalid (a manifest, a component, a name) |
+//! | 4 | the environment is missing something (no node, no permission, a kernel feature) |
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod cmd;
+mod output;
+
+/// How a command failed, mapped to an exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// The operation failed (exit 1).
+    Failed(anyhow::Error),
+    /// Invalid input (exit 3).
+    Invalid(anyhow::Error),
+    /// Missing environment (exit 4).
+    Environment(anyhow::Error),
+    /// Already reported to the user; just exit with this code.
+    Reported(u8),
+}
+
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Failure::Failed(_) => 1,
+            Failure::Invalid(_) => 3,
+            Failure::Environment(_) => 4,
+            Failure::Reported(code) => *code,
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Failed(e)
+    }
+}
+
+/// Result of a subcommand.
+pub type CmdResult = Result<(), Failure>;
+
+/// Gearhost: run apps in sandboxed gears, with cartridges written in WebAssembly.
+#[derive(Debug, Parser)]
+#[command(name = "gear", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More logging on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write, check and try cartridges.
+    #[command(subcommand)]
+    Cartridge(CartridgeCommand),
+}
+
+/// `gear cartridge ...`
+#[derive(Debug, Subcommand)]
+pub enum CartridgeCommand {
+    /// Validate a cartridge directory (manifest and hooks component) and summarise it.
+    Check(cmd::cartridge_check::Args),
+    /// Run one hook of a cartridge standalone, against a scratch gear directory.
+    Call(cmd::cartridge_call::Args),
+}
+
+/// Where compiled components are cached when no node is involved:
+/// `$GEARHOST_CACHE_DIR`, else `/var/cache/gearhost/components` for root,
+/// else `$XDG_CACHE_HOME/gearhost/components` or `~/.cache/gearhost/components`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GEARHOST_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    if is_root() {
+        return PathBuf::from("/var/cache/gearhost/components");
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("gearhost/components")
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GEARHOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parse the command line, run the command, and turn the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Cartridge(CartridgeCommand::Check(args)) => cmd::cartridge_check::run(args),
+        Command::Cartridge(CartridgeCommand::Call(args)) => cmd::cartridge_call::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            match &failure {
+                Failure::Failed(e) | Failure::Invalid(e) | Failure::Environment(e) => {
+                    eprintln!("error: {}", output::error_text(e));
+                }
+                Failure::Reported(_) => {}
+            }
+            ExitCode::from(failure.code())
+        }
+    }
+}

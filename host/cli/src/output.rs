@@ -1,0 +1,32 @@
+//! Output helpers shared by subcommands: JSON for machines, aligned text for
+//! people.
+
+use serde::Serialize;
+
+/// Print `value` as pretty JSON on stdout.
+pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    println!("{text}");
+    Ok(())
+}
+
+/// The error and its causes, one per line after the first, without
+/// repeating text that a cause already contains.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join("\n  caused by: ")
+}
+
+/// Print `key: value` rows with the keys aligned.
+pub fn print_rows(rows: &[(&str, String)]) {
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, value) in rows {
+        println!("{key:>width$}  {value}");
+    }
+}

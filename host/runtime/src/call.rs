@@ -1,0 +1,1021 @@
+//! One hook call: a fresh store with its limits (epoch deadline, memory cap,
+//! deny-by-default WASI), the host side of the `host` interface with the
+//! manifest's permissions enforced, and the classification of how the call
+//! ended.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store, UpdateDeadline};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::gearhost::cartridge::{host as wit, types as wt};
+use crate::engine::{Cartridge, EPOCH_TICK, error_chain};
+use crate::host::{
+    CommandSpec, ExitStatus, GearHost, HookKind, HostError, LogLevel, LogSource, ProcessState,
+    RequestContext, RestartPolicy, Signal,
+};
+use crate::manifest::{Manifest, format_size};
+
+/// Most bytes of stdout+stderr kept from one hook call; the rest is dropped
+/// and the drop is logged.
+const OUTPUT_CAP: usize = 1 << 20;
+/// Most log lines recorded in one call's report (all still reach the host).
+const REPORT_LOG_CAP: usize = 1000;
+/// Slack on top of a budget for the outer timer that catches hooks stuck in
+/// a host call (the engine's epoch check catches hooks stuck in wasm code).
+const OUTER_TIMER_SLACK: Duration = Duration::from_millis(50);
+
+/// Which hook to call, with its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookCall {
+    /// `build()`
+    Build,
+    /// `start()`
+    Start,
+    /// `stop()`
+    Stop,
+    /// `control(action, args)`
+    Control {
+        /// Action name.
+        action: String,
+        /// Arguments.
+        args: Vec<String>,
+    },
+}
+
+impl HookCall {
+    /// The hook this calls.
+    pub fn kind(&self) -> HookKind {
+        match self {
+            HookCall::Build => HookKind::Build,
+            HookCall::Start => HookKind::Start,
+            HookCall::Stop => HookKind::Stop,
+            HookCall::Control { .. } => HookKind::Control,
+        }
+    }
+}
+
+/// A permission check that failed during a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Denial {
+    /// `exec` or `spawn`.
+    pub request: &'static str,
+    /// The program asked for.
+    pub program: String,
+    /// The manifest field that would have to allow it.
+    pub field: &'static str,
+}
+
+/// Something a hook asked the host to do, and how it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "request", rename_all = "kebab-case")]
+pub enum HostRequest {
+    /// `env-set`
+    EnvSet {
+        /// Key.
+        key: String,
+        /// Value.
+        value: String,
+        /// `ok` or the error.
+        outcome: String,
+    },
+    /// `env-unset`
+    EnvUnset {
+        /// Key.
+        key: String,
+        /// `ok` or the error.
+        outcome: String,
+    },
+    /// `exec`
+    Exec {
+        /// Program.
+        program: String,
+        /// Arguments.
+        args: Vec<String>,
+        /// Exit status or the error.
+        outcome: String,
+    },
+    /// `spawn`
+    Spawn {
+        /// Process name.
+        name: String,
+        /// Program.
+        program: String,
+        /// Arguments.
+        args: Vec<String>,
+        /// Pid or the error.
+        outcome: String,
+    },
+    /// `signal`
+    Signal {
+        /// Process name.
+        name: String,
+        /// Signal.
+        signal: Signal,
+        /// `ok` or the error.
+        outcome: String,
+    },
+    /// `wait`
+    Wait {
+        /// Process name.
+        name: String,
+        /// Timeout in milliseconds.
+        timeout_ms: u32,
+        /// Exit status, `running`, or the error.
+        outcome: String,
+    },
+}
+
+/// A log line captured during a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogLine {
+    /// `host.log`, stdout or stderr.
+    pub source: LogSource,
+    /// Severity.
+    pub level: LogLevel,
+    /// Text.
+    pub message: String,
+}
+
+/// How a hook call ended when it did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum HookError {
+    /// The hook returned an error value.
+    #[error("the {hook} hook of cartridge {cartridge} failed ({code}): {message}")]
+    Failed {
+        /// Cartridge name.
+        cartridge: String,
+        /// Hook.
+        hook: HookKind,
+        /// The cartridge's error code.
+        code: String,
+        /// The cartridge's message.
+        message: String,
+    },
+    /// The hook asked for something its manifest does not allow, and failed.
+    #[error(
+        "the {hook} hook of cartridge {cartridge} was refused {}: {message}; if the cartridge really needs it, add it to its cartridge.toml",
+        describe_denials(denials)
+    )]
+    PermissionDenied {
+        /// Cartridge name.
+        cartridge: String,
+        /// Hook.
+        hook: HookKind,
+        /// What was refused.
+        denials: Vec<Denial>,
+        /// The hook's own message, or the trap.
+        message: String,
+    },
+    /// The hook trapped (a panic, an unreachable, a bad memory access).
+    #[error("the {hook} hook of cartridge {cartridge} crashed: {trap}; this is a bug in the cartridge, report it with the backtrace below to its author{}", backtrace.as_deref().map(|b| format!("\n{b}")).unwrap_or_default())]
+    Trapped {
+        /// Cartridge name.
+        cartridge: String,
+        /// Hook.
+        hook: HookKind,
+        /// The trap and the guest's last words on stderr (e.g. its panic message).
+        trap: String,
+        /// The wasm backtrace, when available.
+        backtrace: Option<String>,
+    },
+    /// The hook ran past its wall-clock budget and was stopped.
+    #[error("the {hook} hook of cartridge {cartridge} ran past its {} budget and was stopped; make the hook finish sooner, or raise `limits.{}` in its cartridge.toml (the node caps it at {})", humantime::format_duration(*budget), limit_field(*hook), humantime::format_duration(*ceiling))]
+    DeadlineExceeded {
+        /// Cartridge name.
+        cartridge: String,
+        /// Hook.
+        hook: HookKind,
+        /// The budget it had.
+        #[serde(serialize_with = "serialize_duration")]
+        budget: Duration,
+        /// The node's ceiling for such budgets.
+        #[serde(serialize_with = "serialize_duration")]
+        ceiling: Duration,
+    },
+    /// The hook tried to grow its memory past its cap and was stopped.
+    #[error("the {hook} hook of cartridge {cartridge} tried to use more than its {} of memory and was stopped; reduce what it keeps in memory, or raise `limits.memory` in its cartridge.toml", format_size(*limit))]
+    MemoryLimitExceeded {
+        /// Cartridge name.
+        cartridge: String,
+        /// Hook.
+        hook: HookKind,
+        /// The cap, in bytes.
+        limit: u64,
+    },
+    /// The host could not run the hook at all.
+    #[error("cannot run the {hook} hook of cartridge {cartridge}: {message}")]
+    Host {
+        /// Cartridge name.
+        cartridge: String,
+        /// Hook.
+        hook: HookKind,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+fn limit_field(hook: HookKind) -> &'static str {
+    if hook == HookKind::Build {
+        "build-timeout"
+    } else {
+        "timeout"
+    }
+}
+
+fn describe_denials(denials: &[Denial]) -> String {
+    denials
+        .iter()
+        .map(|d| format!("{} of {:?} (not in {})", d.request, d.program, d.field))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Serialize a duration as milliseconds with a fraction.
+pub(crate) fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64() * 1000.0)
+}
+
+/// Everything about one finished hook call.
+#[derive(Debug, Clone, Serialize)]
+pub struct HookOutcome {
+    /// The hook.
+    pub hook: HookKind,
+    /// `Ok(output)` (the `control` text; empty for other hooks) or how it failed.
+    pub result: Result<String, HookError>,
+    /// What it logged (`host.log`, stdout, stderr), capped.
+    pub logs: Vec<LogLine>,
+    /// What it asked the host to do.
+    pub requests: Vec<HostRequest>,
+    /// Permission checks that failed.
+    pub denials: Vec<Denial>,
+    /// Wall-clock time of the call, instantiation included.
+    #[serde(rename = "elapsed_ms", serialize_with = "serialize_duration")]
+    pub elapsed: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Record {
+    logs: Vec<LogLine>,
+    requests: Vec<HostRequest>,
+    denials: Vec<Denial>,
+    stderr_tail: Vec<String>,
+    dropped_log_lines: usize,
+}
+
+impl Record {
+    fn log(&mut self, source: LogSource, level: LogLevel, message: String) {
+        if source == LogSource::Stderr {
+            if self.stderr_tail.len() == 20 {
+                self.stderr_tail.remove(0);
+            }
+            self.stderr_tail.push(message.clone());
+        }
+        if self.logs.len() < REPORT_LOG_CAP {
+            self.logs.push(LogLine {
+                source,
+                level,
+                message,
+            });
+        } else {
+            self.dropped_log_lines += 1;
+        }
+    }
+}
+
+/// Per-call context shared by the store's host functions and the output
+/// streams.
+struct CallShared {
+    host: Arc<dyn GearHost>,
+    manifest: Arc<Manifest>,
+    hook: HookKind,
+    record: Mutex<Record>,
+}
+
+impl CallShared {
+    fn record(&self) -> std::sync::MutexGuard<'_, Record> {
+        self.record.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn log(&self, source: LogSource, level: LogLevel, message: &str) {
+        self.host.log(self.hook, source, level, message);
+        self.record().log(source, level, message.to_string());
+    }
+}
+
+/// The store data of one hook call.
+pub struct HookState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    shared: Arc<CallShared>,
+    deadline: Instant,
+    deadline_hit: bool,
+}
+
+impl std::fmt::Debug for HookState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HookState")
+            .field("cartridge", &self.shared.manifest.name)
+            .field("hook", &self.shared.hook)
+            .field("deadline_hit", &self.deadline_hit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WasiView for HookState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Caps linear memory and tables of one hook instance, and remembers whether
+/// the cap was hit so the trap can be reported as what it is.
+struct MemoryLimiter {
+    memory_cap: usize,
+    hit: bool,
+}
+
+#[derive(Debug)]
+struct MemoryCapHit;
+
+impl std::fmt::Display for MemoryCapHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("memory limit of the hook reached")
+    }
+}
+impl std::error::Error for MemoryCapHit {}
+
+#[derive(Debug)]
+struct DeadlineHit;
+
+impl std::fmt::Display for DeadlineHit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("wall-clock budget of the hook exhausted")
+    }
+}
+impl std::error::Error for DeadlineHit {}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.memory_cap {
+            self.hit = true;
+            return Err(wasmtime::Error::new(MemoryCapHit));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+
+    fn instances(&self) -> usize {
+        32
+    }
+    fn tables(&self) -> usize {
+        32
+    }
+    fn memories(&self) -> usize {
+        8
+    }
+}
+
+/// Hook stdout/stderr: split into lines and forwarded to the gear's log, up
+/// to a cap shared by both streams.
+#[derive(Clone)]
+struct LogStream {
+    shared: Arc<CallShared>,
+    source: LogSource,
+    state: Arc<Mutex<StreamState>>,
+}
+
+#[derive(Default)]
+struct StreamState {
+    partial: Vec<u8>,
+    total: usize,
+    truncated: bool,
+}
+
+impl LogStream {
+    fn level(&self) -> LogLevel {
+        match self.source {
+            LogSource::Stderr => LogLevel::Warn,
+            _ => LogLevel::Info,
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end_matches(['\r', '\n']);
+        self.shared.log(self.source, self.level(), text);
+    }
+
+    fn push(&self, bytes: &[u8]) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let room = OUTPUT_CAP.saturating_sub(state.total);
+        let take = bytes.len().min(room);
+        state.total += take;
+        state.partial.extend_from_slice(&bytes[..take]);
+        while let Some(pos) = state.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = state.partial.drain(..=pos).collect();
+            self.emit(&line);
+        }
+        if take < bytes.len() && !state.truncated {
+            state.truncated = true;
+            self.shared.log(
+                self.source,
+                LogLevel::Warn,
+                "hook output exceeded 1 MiB; the rest of it is dropped",
+            );
+        }
+    }
+
+    fn flush_partial(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !state.partial.is_empty() {
+            let line = std::mem::take(&mut state.partial);
+            drop(state);
+            self.emit(&line);
+        }
+    }
+}
+
+impl IsTerminal for LogStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for LogStream {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for LogStream {
+    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for LogStream {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for LogStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.push(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Cartridge {
+    /// Run one hook in a fresh, fully limited instance against `host`.
+    ///
+    /// Never panics and never lets the guest take the process down: every
+    /// way a call can end is reported in the returned [`HookOutcome`].
+    pub async fn call(&self, host: Arc<dyn GearHost>, call: HookCall) -> HookOutcome {
+        let started = Instant::now();
+        let hook = call.kind();
+        let cfg = &self.runtime.config;
+        let (budget, ceiling) = match hook {
+            HookKind::Build => (self.manifest.limits.build_timeout, cfg.max_build_timeout),
+            _ => (self.manifest.limits.timeout, cfg.max_timeout),
+        };
+        let budget = budget.min(ceiling);
+        let memory_cap = self.manifest.limits.memory.min(cfg.max_memory);
+
+        let shared = Arc::new(CallShared {
+            host: host.clone(),
+            manifest: self.manifest.clone(),
+            hook,
+            record: Mutex::new(Record::default()),
+        });
+        let stdout = LogStream {
+            shared: shared.clone(),
+            source: LogSource::Stdout,
+            state: Arc::default(),
+        };
+        let stderr = LogStream {
+            shared: shared.clone(),
+            source: LogSource::Stderr,
+            state: stdout.state.clone(),
+        };
+
+        let cartridge = self.manifest.name.clone();
+        let host_error = |message: String| HookError::Host {
+            cartridge: cartridge.clone(),
+            hook,
+            message,
+        };
+
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        let gear = host.gear();
+        wasi.env("GEAR_HOME", &gear.home).initial_cwd(&gear.home);
+        let mut preopen_error = None;
+        for p in host.preopens() {
+            let perms = if p.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            if let Err(e) = wasi.preopened_dir(&p.host, &p.guest, perms) {
+                preopen_error = Some(format!(
+                    "cannot open the gear directory {} for the hook: {e}; check that it exists",
+                    p.host.display()
+                ));
+                break;
+            }
+        }
+
+        let deadline = started + budget;
+        let state = HookState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                memory_cap: usize::try_from(memory_cap).unwrap_or(usize::MAX),
+                hit: false,
+            },
+            shared: shared.clone(),
+            deadline,
+            deadline_hit: false,
+        };
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            if Instant::now() >= state.deadline {
+                state.deadline_hit = true;
+                return Err(wasmtime::Error::new(DeadlineHit));
+            }
+            // yield to the executor at every tick so a busy hook never
+            // monopolises a node thread
+            Ok(UpdateDeadline::Yield(1))
+        });
+
+        let result = if let Some(message) = preopen_error {
+            Err(host_error(message))
+        } else {
+            let pre = self.pre.clone();
+            let fut = async {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let hooks = instance.gearhost_cartridge_hooks();
+                match &call {
+                    HookCall::Build => hooks.call_build(&mut store).await.map(|r| r.map(|()| String::new())),
+                    HookCall::Start => hooks.call_start(&mut store).await.map(|r| r.map(|()| String::new())),
+                    HookCall::Stop => hooks.call_stop(&mut store).await.map(|r| r.map(|()| String::new())),
+                    HookCall::Control { action, args } => {
+                        hooks.call_control(&mut store, action, args).await
+                    }
+                }
+            };
+            let outer = deadline.saturating_duration_since(Instant::now()) + OUTER_TIMER_SLACK + EPOCH_TICK;
+            match tokio::time::timeout(outer, fut).await {
+                Err(_elapsed) => Err(HookError::DeadlineExceeded {
+                    cartridge: cartridge.clone(),
+                    hook,
+                    budget,
+                    ceiling,
+                }),
+                Ok(Ok(Ok(output))) => Ok(output),
+                Ok(Ok(Err(e))) => Err(HookError::Failed {
+                    cartridge: cartridge.clone(),
+                    hook,
+                    code: e.code,
+                    message: e.message,
+                }),
+                Ok(Err(trap)) => Err(self.classify_trap(&store, &shared, hook, budget, ceiling, memory_cap, &trap)),
+            }
+        };
+        stdout.flush_partial();
+
+        let record = std::mem::take(&mut *shared.record());
+        if record.dropped_log_lines > 0 {
+            tracing::debug!(dropped = record.dropped_log_lines, "hook report log truncated");
+        }
+        // a failure after a refused request is reported as the refusal: that
+        // is what the cartridge's author has to fix
+        let result = match result {
+            Err(HookError::Failed { message, .. } | HookError::Trapped { trap: message, .. })
+                if !record.denials.is_empty() =>
+            {
+                Err(HookError::PermissionDenied {
+                    cartridge,
+                    hook,
+                    denials: record.denials.clone(),
+                    message,
+                })
+            }
+            other => other,
+        };
+        HookOutcome {
+            hook,
+            result,
+            logs: record.logs,
+            requests: record.requests,
+            denials: record.denials,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn classify_trap(
+        &self,
+        store: &Store<HookState>,
+        shared: &CallShared,
+        hook: HookKind,
+        budget: Duration,
+        ceiling: Duration,
+        memory_cap: u64,
+        trap: &wasmtime::Error,
+    ) -> HookError {
+        let cartridge = self.manifest.name.clone();
+        let state = store.data();
+        if state.deadline_hit || trap.is::<DeadlineHit>() {
+            return HookError::DeadlineExceeded {
+                cartridge,
+                hook,
+                budget,
+                ceiling,
+            };
+        }
+        if state.limiter.hit || trap.is::<MemoryCapHit>() {
+            return HookError::MemoryLimitExceeded {
+                cartridge,
+                hook,
+                limit: memory_cap,
+            };
+        }
+        let mut text = match trap.downcast_ref::<wasmtime::Trap>() {
+            Some(code) => format!("wasm trap: {code}"),
+            None => error_chain(trap),
+        };
+        let tail = shared.record().stderr_tail.clone();
+        let last_words: Vec<&String> = tail.iter().filter(|l| !l.trim().is_empty()).collect();
+        if !last_words.is_empty() {
+            text.push_str(&format!(
+                " (stderr: {})",
+                last_words
+                    .iter()
+                    .map(|s| s.trim())
+                    .collect::<Vec<_>>()
+                    .join(" | ")
+            ));
+        }
+        let backtrace = trap
+            .downcast_ref::<wasmtime::WasmBacktrace>()
+            .map(|bt| bt.to_string())
+            .filter(|s| !s.trim().is_empty());
+        HookError::Trapped {
+            cartridge,
+            hook,
+            trap: text,
+            backtrace,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// the host interface
+
+fn to_host_error(e: HostError) -> wt::HostError {
+    match e {
+        HostError::PermissionDenied(m) => wt::HostError::PermissionDenied(m),
+        HostError::NotFound(m) => wt::HostError::NotFound(m),
+        HostError::Invalid(m) => wt::HostError::Invalid(m),
+        HostError::Unavailable(m) => wt::HostError::Unavailable(m),
+        HostError::Failed(m) => wt::HostError::Failed(m),
+    }
+}
+
+fn to_exit(s: ExitStatus) -> wt::ExitStatus {
+    match s {
+        ExitStatus::Exited(c) => wt::ExitStatus::Exited(c),
+        ExitStatus::Signaled(s) => wt::ExitStatus::Signaled(s),
+    }
+}
+
+fn from_level(l: wt::LogLevel) -> LogLevel {
+    match l {
+        wt::LogLevel::Trace => LogLevel::Trace,
+        wt::LogLevel::Debug => LogLevel::Debug,
+        wt::LogLevel::Info => LogLevel::Info,
+        wt::LogLevel::Warn => LogLevel::Warn,
+        wt::LogLevel::Error => LogLevel::Error,
+    }
+}
+
+fn from_signal(s: wt::PosixSignal) -> Signal {
+    match s {
+        wt::PosixSignal::Hup => Signal::Hup,
+        wt::PosixSignal::Int => Signal::Int,
+        wt::PosixSignal::Quit => Signal::Quit,
+        wt::PosixSignal::Kill => Signal::Kill,
+        wt::PosixSignal::Usr1 => Signal::Usr1,
+        wt::PosixSignal::Usr2 => Signal::Usr2,
+        wt::PosixSignal::Term => Signal::Term,
+        wt::PosixSignal::Cont => Signal::Cont,
+        wt::PosixSignal::Stop => Signal::Stop,
+    }
+}
+
+fn outcome<T: std::fmt::Display>(r: &Result<T, HostError>) -> String {
+    match r {
+        Ok(v) => v.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Most bytes a hook may hand the host in one command (args, env, stdin).
+const MAX_COMMAND_BYTES: usize = 8 << 20;
+
+impl HookState {
+    fn command(&self, cmd: wt::Command) -> Result<CommandSpec, HostError> {
+        if cmd.program.is_empty() {
+            return Err(HostError::Invalid("the program is empty".into()));
+        }
+        let size = cmd.program.len()
+            + cmd.args.iter().map(String::len).sum::<usize>()
+            + cmd.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + cmd.stdin.as_ref().map_or(0, Vec::len);
+        if size > MAX_COMMAND_BYTES {
+            return Err(HostError::Invalid("the command is larger than 8 MiB".into()));
+        }
+        if [&cmd.program]
+            .into_iter()
+            .chain(&cmd.args)
+            .chain(cmd.env.iter().flat_map(|(k, v)| [k, v]))
+            .any(|s| s.contains('\0'))
+        {
+            return Err(HostError::Invalid("the command contains a NUL byte".into()));
+        }
+        for (k, _) in &cmd.env {
+            crate::host::check_env_key(k)?;
+        }
+        Ok(CommandSpec {
+            program: cmd.program,
+            args: cmd.args,
+            env: cmd.env,
+            cwd: cmd.cwd,
+            stdin: cmd.stdin,
+            timeout: cmd.timeout_ms.map(|ms| Duration::from_millis(ms.into())),
+        })
+    }
+
+    fn check_permission(&self, request: &'static str, program: &str) -> Result<(), HostError> {
+        let perms = &self.shared.manifest.permissions;
+        let (list, field) = match request {
+            "exec" => (&perms.exec, "permissions.exec"),
+            _ => (&perms.spawn, "permissions.spawn"),
+        };
+        if list.allows(program) {
+            return Ok(());
+        }
+        self.shared.record().denials.push(Denial {
+            request,
+            program: program.to_string(),
+            field,
+        });
+        let allowed = if list.patterns().is_empty() {
+            "nothing".to_string()
+        } else {
+            list.patterns().join(", ")
+        };
+        Err(HostError::PermissionDenied(format!(
+            "{program:?} is not in {field} of cartridge {} (allowed: {allowed})",
+            self.shared.manifest.name
+        )))
+    }
+
+    fn request_context(&self) -> RequestContext {
+        RequestContext {
+            hook: self.shared.hook,
+            network: self.shared.hook == HookKind::Build && self.shared.manifest.permissions.build_network,
+        }
+    }
+}
+
+impl wt::Host for HookState {}
+
+impl wit::Host for HookState {
+    async fn gear(&mut self) -> wt::GearInfo {
+        let g = self.shared.host.gear();
+        wt::GearInfo {
+            id: g.id,
+            name: g.name,
+            namespace: g.namespace,
+            cartridge: g.cartridge,
+            home: g.home,
+            endpoints: g
+                .endpoints
+                .into_iter()
+                .map(|e| wt::Endpoint {
+                    name: e.name,
+                    private_port: e.private_port,
+                    protocols: e.protocols,
+                })
+                .collect(),
+        }
+    }
+
+    async fn log(&mut self, level: wt::LogLevel, message: String) {
+        let message: String = message.chars().take(16 * 1024).collect();
+        self.shared.log(LogSource::Hook, from_level(level), &message);
+    }
+
+    async fn env_get(&mut self, key: String) -> Option<String> {
+        self.shared.host.env_get(&key)
+    }
+
+    async fn env_list(&mut self) -> Vec<(String, String)> {
+        self.shared.host.env_list()
+    }
+
+    async fn env_set(&mut self, key: String, value: String) -> Result<(), wt::HostError> {
+        let r = crate::host::check_env_key(&key).and_then(|()| {
+            if value.len() > 64 * 1024 || value.contains('\0') {
+                Err(HostError::Invalid(format!(
+                    "the value of {key} is longer than 64 KiB or contains a NUL byte"
+                )))
+            } else {
+                self.shared.host.env_set(&key, &value)
+            }
+        });
+        self.shared.record().requests.push(HostRequest::EnvSet {
+            key,
+            value,
+            outcome: r.as_ref().map_or_else(|e| e.to_string(), |()| "ok".into()),
+        });
+        r.map_err(to_host_error)
+    }
+
+    async fn env_unset(&mut self, key: String) -> Result<(), wt::HostError> {
+        let r = crate::host::check_env_key(&key).and_then(|()| self.shared.host.env_unset(&key));
+        self.shared.record().requests.push(HostRequest::EnvUnset {
+            key,
+            outcome: r.as_ref().map_or_else(|e| e.to_string(), |()| "ok".into()),
+        });
+        r.map_err(to_host_error)
+    }
+
+    async fn exec(&mut self, cmd: wt::Command) -> Result<wt::ExecOutput, wt::HostError> {
+        let program = cmd.program.clone();
+        let args = cmd.args.clone();
+        let r = match self.command(cmd) {
+            Err(e) => Err(e),
+            Ok(spec) => match self.check_permission("exec", &spec.program) {
+                Err(e) => Err(e),
+                Ok(()) => self.shared.host.exec(self.request_context(), spec).await,
+            },
+        };
+        self.shared.record().requests.push(HostRequest::Exec {
+            program,
+            args,
+            outcome: match &r {
+                Ok(out) => out.status.to_string(),
+                Err(e) => e.to_string(),
+            },
+        });
+        r.map(|out| wt::ExecOutput {
+            status: to_exit(out.status),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+        .map_err(to_host_error)
+    }
+
+    async fn spawn(
+        &mut self,
+        name: String,
+        cmd: wt::Command,
+        restart: wt::RestartPolicy,
+    ) -> Result<u32, wt::HostError> {
+        let program = cmd.program.clone();
+        let args = cmd.args.clone();
+        let restart = match restart {
+            wt::RestartPolicy::Never => RestartPolicy::Never,
+            wt::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
+            wt::RestartPolicy::Always => RestartPolicy::Always,
+        };
+        let r = match crate::manifest::check_name(&name, 64) {
+            Err(problem) => Err(HostError::Invalid(format!("process name {name:?}: {problem}"))),
+            Ok(()) => match self.command(cmd) {
+                Err(e) => Err(e),
+                Ok(spec) => match self.check_permission("spawn", &spec.program) {
+                    Err(e) => Err(e),
+                    Ok(()) => {
+                        self.shared
+                            .host
+                            .spawn(self.request_context(), &name, spec, restart)
+                            .await
+                    }
+                },
+            },
+        };
+        self.shared.record().requests.push(HostRequest::Spawn {
+            name,
+            program,
+            args,
+            outcome: outcome(&r),
+        });
+        r.map_err(to_host_error)
+    }
+
+    async fn signal(&mut self, name: String, sig: wt::PosixSignal) -> Result<(), wt::HostError> {
+        let signal = from_signal(sig);
+        let r = self.shared.host.signal(&name, signal).await;
+        self.shared.record().requests.push(HostRequest::Signal {
+            name,
+            signal,
+            outcome: r.as_ref().map_or_else(|e| e.to_string(), |()| "ok".into()),
+        });
+        r.map_err(to_host_error)
+    }
+
+    async fn wait(&mut self, name: String, timeout_ms: u32) -> Result<Option<wt::ExitStatus>, wt::HostError> {
+        // never wait past the hook's own deadline
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let timeout = Duration::from_millis(timeout_ms.into()).min(left);
+        let r = self.shared.host.wait(&name, timeout).await;
+        self.shared.record().requests.push(HostRequest::Wait {
+            name,
+            timeout_ms,
+            outcome: match &r {
+                Ok(Some(s)) => s.to_string(),
+                Ok(None) => "running".into(),
+                Err(e) => e.to_string(),
+            },
+        });
+        r.map(|s| s.map(to_exit)).map_err(to_host_error)
+    }
+
+    async fn processes(&mut self) -> Vec<wt::ProcessInfo> {
+        self.shared
+            .host
+            .processes()
+            .into_iter()
+            .map(|p| wt::ProcessInfo {
+                name: p.name,
+                pid: p.pid,
+                state: match p.state {
+                    ProcessState::Starting => wt::ProcessState::Starting,
+                    ProcessState::Running => wt::ProcessState::Running,
+                    ProcessState::Backoff => wt::ProcessState::Backoff,
+                    ProcessState::Stopped => wt::ProcessState::Stopped,
+                    ProcessState::Exited => wt::ProcessState::Exited,
+                    ProcessState::Failed => wt::ProcessState::Failed,
+                },
+                restarts: p.restarts,
+                last_exit: p.last_exit.map(to_exit),
+            })
+            .collect()
+    }
+}
