@@ -1,0 +1,54 @@
+//! The gear's environment: variables that persist with the gear and that
+//! every process of the gear sees.
+//!
+//! Hooks do not inherit an environment of their own (`std::env::var` finds
+//! nothing); these functions ask the host for the gear's. Variables set here
+//! live in the cartridge's layer of the gear's environment, so an app
+//! developer's own settings are not overwritten by a cartridge.
+//!
+//! ```no_run
+//! use gearhost_sdk::env;
+//!
+//! # fn main() -> gearhost_sdk::Result<()> {
+//! if env::get("APP_SECRET").is_none() {
+//!     env::set("APP_SECRET", "generated-once")?;
+//! }
+//! for (key, value) in env::list() {
+//!     println!("{key}={value}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::HostError;
+use crate::__private::bindings::gearhost::cartridge::host;
+
+/// The gear's effective value of `key`, if set.
+pub fn get(key: &str) -> Option<String> {
+    host::env_get(key)
+}
+
+/// Sets `key` to `value` in the cartridge's layer; it persists with the gear.
+///
+/// # Errors
+///
+/// [`HostError::Invalid`] for a malformed key, or whatever else the host
+/// reports.
+pub fn set(key: &str, value: &str) -> Result<(), HostError> {
+    host::env_set(key, value).map_err(Into::into)
+}
+
+/// Removes `key` from the cartridge's layer.
+///
+/// # Errors
+///
+/// [`HostError::Invalid`] for a malformed key, or whatever else the host
+/// reports.
+pub fn unset(key: &str) -> Result<(), HostError> {
+    host::env_unset(key).map_err(Into::into)
+}
+
+/// The gear's effective environment, sorted by key.
+pub fn list() -> Vec<(String, String)> {
+    host::env_list()
+}
