@@ -238,7 +238,10 @@ fn describe_denials(denials: &[Denial]) -> String {
 }
 
 /// Serialize a duration as milliseconds with a fraction.
-pub(crate) fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_duration<S: serde::Serializer>(
+    d: &Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
 
@@ -366,7 +369,12 @@ impl std::fmt::Display for DeadlineHit {
 impl std::error::Error for DeadlineHit {}
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.memory_cap {
             self.hit = true;
             return Err(wasmtime::Error::new(MemoryCapHit));
@@ -374,7 +382,12 @@ impl ResourceLimiter for MemoryLimiter {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 
@@ -558,7 +571,9 @@ impl Cartridge {
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }));
         let gear = host.gear();
-        wasi.env("GEAR_HOME", &gear.home).initial_cwd(&gear.home);
+        wasi.env("GEAR_HOME", &gear.home)
+            .env("PWD", &gear.home)
+            .initial_cwd(&gear.home);
         let mut preopen_error = None;
         for p in host.preopens() {
             let perms = if p.writable {
@@ -609,15 +624,25 @@ impl Cartridge {
                 let instance = pre.instantiate_async(&mut store).await?;
                 let hooks = instance.gearhost_cartridge_hooks();
                 match &call {
-                    HookCall::Build => hooks.call_build(&mut store).await.map(|r| r.map(|()| String::new())),
-                    HookCall::Start => hooks.call_start(&mut store).await.map(|r| r.map(|()| String::new())),
-                    HookCall::Stop => hooks.call_stop(&mut store).await.map(|r| r.map(|()| String::new())),
+                    HookCall::Build => hooks
+                        .call_build(&mut store)
+                        .await
+                        .map(|r| r.map(|()| String::new())),
+                    HookCall::Start => hooks
+                        .call_start(&mut store)
+                        .await
+                        .map(|r| r.map(|()| String::new())),
+                    HookCall::Stop => hooks
+                        .call_stop(&mut store)
+                        .await
+                        .map(|r| r.map(|()| String::new())),
                     HookCall::Control { action, args } => {
                         hooks.call_control(&mut store, action, args).await
                     }
                 }
             };
-            let outer = deadline.saturating_duration_since(Instant::now()) + OUTER_TIMER_SLACK + EPOCH_TICK;
+            let outer =
+                deadline.saturating_duration_since(Instant::now()) + OUTER_TIMER_SLACK + EPOCH_TICK;
             match tokio::time::timeout(outer, fut).await {
                 Err(_elapsed) => Err(HookError::DeadlineExceeded {
                     cartridge: cartridge.clone(),
@@ -632,30 +657,35 @@ impl Cartridge {
                     code: e.code,
                     message: e.message,
                 }),
-                Ok(Err(trap)) => Err(self.classify_trap(&store, &shared, hook, budget, ceiling, memory_cap, &trap)),
+                Ok(Err(trap)) => {
+                    Err(self
+                        .classify_trap(&store, &shared, hook, budget, ceiling, memory_cap, &trap))
+                }
             }
         };
         stdout.flush_partial();
 
         let record = std::mem::take(&mut *shared.record());
         if record.dropped_log_lines > 0 {
-            tracing::debug!(dropped = record.dropped_log_lines, "hook report log truncated");
+            tracing::debug!(
+                dropped = record.dropped_log_lines,
+                "hook report log truncated"
+            );
         }
         // a failure after a refused request is reported as the refusal: that
         // is what the cartridge's author has to fix
-        let result = match result {
-            Err(HookError::Failed { message, .. } | HookError::Trapped { trap: message, .. })
-                if !record.denials.is_empty() =>
-            {
-                Err(HookError::PermissionDenied {
+        let result =
+            match result {
+                Err(
+                    HookError::Failed { message, .. } | HookError::Trapped { trap: message, .. },
+                ) if !record.denials.is_empty() => Err(HookError::PermissionDenied {
                     cartridge,
                     hook,
                     denials: record.denials.clone(),
                     message,
-                })
-            }
-            other => other,
-        };
+                }),
+                other => other,
+            };
         HookOutcome {
             hook,
             result,
@@ -784,10 +814,16 @@ impl HookState {
         }
         let size = cmd.program.len()
             + cmd.args.iter().map(String::len).sum::<usize>()
-            + cmd.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + cmd
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
             + cmd.stdin.as_ref().map_or(0, Vec::len);
         if size > MAX_COMMAND_BYTES {
-            return Err(HostError::Invalid("the command is larger than 8 MiB".into()));
+            return Err(HostError::Invalid(
+                "the command is larger than 8 MiB".into(),
+            ));
         }
         if [&cmd.program]
             .into_iter()
@@ -838,7 +874,8 @@ impl HookState {
     fn request_context(&self) -> RequestContext {
         RequestContext {
             hook: self.shared.hook,
-            network: self.shared.hook == HookKind::Build && self.shared.manifest.permissions.build_network,
+            network: self.shared.hook == HookKind::Build
+                && self.shared.manifest.permissions.build_network,
         }
     }
 }
@@ -868,7 +905,8 @@ impl wit::Host for HookState {
 
     async fn log(&mut self, level: wt::LogLevel, message: String) {
         let message: String = message.chars().take(16 * 1024).collect();
-        self.shared.log(LogSource::Hook, from_level(level), &message);
+        self.shared
+            .log(LogSource::Hook, from_level(level), &message);
     }
 
     async fn env_get(&mut self, key: String) -> Option<String> {
@@ -946,7 +984,9 @@ impl wit::Host for HookState {
             wt::RestartPolicy::Always => RestartPolicy::Always,
         };
         let r = match crate::manifest::check_name(&name, 64) {
-            Err(problem) => Err(HostError::Invalid(format!("process name {name:?}: {problem}"))),
+            Err(problem) => Err(HostError::Invalid(format!(
+                "process name {name:?}: {problem}"
+            ))),
             Ok(()) => match self.command(cmd) {
                 Err(e) => Err(e),
                 Ok(spec) => match self.check_permission("spawn", &spec.program) {
@@ -980,7 +1020,11 @@ impl wit::Host for HookState {
         r.map_err(to_host_error)
     }
 
-    async fn wait(&mut self, name: String, timeout_ms: u32) -> Result<Option<wt::ExitStatus>, wt::HostError> {
+    async fn wait(
+        &mut self,
+        name: String,
+        timeout_ms: u32,
+    ) -> Result<Option<wt::ExitStatus>, wt::HostError> {
         // never wait past the hook's own deadline
         let left = self.deadline.saturating_duration_since(Instant::now());
         let timeout = Duration::from_millis(timeout_ms.into()).min(left);
