@@ -3,8 +3,8 @@
 
 use std::marker::PhantomData;
 
-use crate::Result;
 use crate::__private::bindings::exports::gearhost::cartridge::hooks::{Guest, HookError};
+use crate::Result;
 
 /// The lifecycle hooks of a cartridge.
 ///
@@ -16,7 +16,7 @@ use crate::__private::bindings::exports::gearhost::cartridge::hooks::{Guest, Hoo
 ///
 /// The host runs every hook call in a fresh WebAssembly instance, so nothing
 /// in memory survives from one call to the next (state that must persist
-/// belongs in the gear's [`env`](crate::env) or in files under its home). The
+/// belongs in the gear's [`env`](mod@crate::env) or in files under its home). The
 /// exported glue therefore builds a new value with [`Default::default`] for
 /// each call and calls the hook on it. Taking `&self` keeps the methods
 /// ordinary trait methods, and a `Default` implementation is the natural place

@@ -20,8 +20,8 @@
 //! # }
 //! ```
 
-use crate::HostError;
 use crate::__private::bindings::gearhost::cartridge::host;
+use crate::HostError;
 
 /// The gear's effective value of `key`, if set.
 pub fn get(key: &str) -> Option<String> {

@@ -14,7 +14,7 @@
 //! - [`Command`] runs programs inside the gear ([`Command::output`]) or starts
 //!   supervised long-running processes ([`Command::spawn`]);
 //! - [`process`] signals, waits for and lists those processes;
-//! - [`env`] reads and writes the gear's persistent environment;
+//! - [`env`](mod@env) reads and writes the gear's persistent environment;
 //! - [`gear()`] says who and where the gear is;
 //! - [`info!`], [`warn!`], [`error!`], [`debug!`] and [`trace!`] write to the
 //!   gear's hook log.
@@ -99,7 +99,8 @@
 //!
 //! The only unsafe code is the generated glue in a hidden module (and the
 //! exported functions that [`export_cartridge!`] expands to); everything
-//! written by hand is safe.
+//! written by hand is safe. A cartridge crate can itself be
+//! `#![forbid(unsafe_code)]`: the export macro's expansion does not trip it.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]
@@ -113,16 +114,16 @@ pub mod log;
 pub mod process;
 
 pub use cartridge::Cartridge;
+pub use command::{Command, ExitStatus, Output, Restart};
 pub use error::{Error, HostError, Result};
 pub use gear::{Endpoint, Gear, gear};
-pub use command::{Command, ExitStatus, Output, Restart};
 pub use process::{ProcessInfo, ProcessState, Signal};
 
 /// The usual imports for a cartridge: `use gearhost_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::process::{self, Signal};
+    pub use crate::{Cartridge, Error, Gear, HostError, Result, env, gear};
     pub use crate::{Command, ExitStatus, Output, Restart};
-    pub use crate::{Cartridge, Error, HostError, Result, env, gear};
     pub use crate::{debug, error, info, trace, warn};
 }
 

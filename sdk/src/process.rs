@@ -24,8 +24,8 @@ use std::time::Duration;
 
 pub use crate::command::{Command, ExitStatus, Output, Restart};
 
-use crate::HostError;
 use crate::__private::bindings::gearhost::cartridge::{host, types as wit};
+use crate::HostError;
 
 /// How long [`stop_gracefully`] waits for a process to end after `KILL`.
 const KILL_WAIT: Duration = Duration::from_secs(1);

@@ -24,7 +24,9 @@ fn usage(usage: &str) -> Error {
 
 /// Argument `i`, or a usage error.
 fn arg<'a>(args: &'a [String], i: usize, usage_text: &str) -> Result<&'a str> {
-    args.get(i).map(String::as_str).ok_or_else(|| usage(usage_text))
+    args.get(i)
+        .map(String::as_str)
+        .ok_or_else(|| usage(usage_text))
 }
 
 /// Arguments from `i` on, joined by spaces (at least one required).
@@ -154,11 +156,11 @@ impl Cartridge for Full {
             "signal" => {
                 let u = "signal NAME SIGNAL";
                 let name = arg(args, 0, u)?;
-                let sig: Signal = arg(args, 1, u)?
-                    .parse()
-                    .map_err(|e: gearhost_sdk::process::ParseSignalError| {
+                let sig: Signal = arg(args, 1, u)?.parse().map_err(
+                    |e: gearhost_sdk::process::ParseSignalError| {
                         Error::new("bad-args", e.to_string())
-                    })?;
+                    },
+                )?;
                 process::signal(name, sig)?;
                 Ok("ok".into())
             }
@@ -205,11 +207,12 @@ impl Cartridge for Full {
             }
             "log" => {
                 let u = "log LEVEL MESSAGE";
-                let level: Level = arg(args, 0, u)?
-                    .parse()
-                    .map_err(|e: gearhost_sdk::log::ParseLevelError| {
-                        Error::new("bad-args", e.to_string())
-                    })?;
+                let level: Level =
+                    arg(args, 0, u)?
+                        .parse()
+                        .map_err(|e: gearhost_sdk::log::ParseLevelError| {
+                            Error::new("bad-args", e.to_string())
+                        })?;
                 gearhost_sdk::log::log(level, &rest(args, 1, u)?);
                 Ok("ok".into())
             }
