@@ -1,8 +1,9 @@
 //! The gear's environment: variables that persist with the gear and that
 //! every process of the gear sees.
 //!
-//! Hooks do not inherit an environment of their own (`std::env::var` finds
-//! nothing); these functions ask the host for the gear's. Variables set here
+//! A hook's own process environment (`std::env::var`) is not the gear's: the
+//! host gives hooks at most a few variables of its own and inherits nothing.
+//! These functions ask the host for the gear's environment. Variables set here
 //! live in the cartridge's layer of the gear's environment, so an app
 //! developer's own settings are not overwritten by a cartridge.
 //!

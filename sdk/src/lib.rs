@@ -20,7 +20,9 @@
 //!   gear's hook log.
 //!
 //! Files are ordinary `std::fs`: the gear's home is preopened for the hook, and
-//! nothing else is. Standard output and standard error go to the gear's log.
+//! nothing else is. Build paths from [`Gear::home`] (or helpers such as
+//! [`Gear::runtime_dir`]) rather than relying on a working directory. Standard
+//! output and standard error go to the gear's log.
 //!
 //! # Example
 //!
