@@ -82,20 +82,32 @@ pub trait Cartridge: Default {
 #[derive(Debug)]
 pub struct Adapter<T>(PhantomData<T>);
 
+/// Make relative paths resolve against the gear's home, as they do for the
+/// gear's own processes. The host passes the home as `GEAR_HOME`.
+fn enter_home() {
+    if let Ok(home) = std::env::var("GEAR_HOME") {
+        let _ = std::env::set_current_dir(home);
+    }
+}
+
 impl<T: Cartridge> Guest for Adapter<T> {
     fn build() -> Result<(), HookError> {
+        enter_home();
         T::default().build().map_err(Into::into)
     }
 
     fn start() -> Result<(), HookError> {
+        enter_home();
         T::default().start().map_err(Into::into)
     }
 
     fn stop() -> Result<(), HookError> {
+        enter_home();
         T::default().stop().map_err(Into::into)
     }
 
     fn control(action: String, args: Vec<String>) -> Result<String, HookError> {
+        enter_home();
         T::default().control(&action, &args).map_err(Into::into)
     }
 }

@@ -90,7 +90,12 @@ fn main() {
     for sub in ["env", "app-root/runtime"] {
         std::fs::create_dir_all(gear_dir.path().join(sub)).expect("gear layout");
     }
-    for (k, v) in [("GEAR_NAME", "app"), ("GEAR_NAMESPACE", "team"), ("GEAR_PORT", "8080"), ("GEAR_HOME", "/gear")] {
+    for (k, v) in [
+        ("GEAR_NAME", "app"),
+        ("GEAR_NAMESPACE", "team"),
+        ("GEAR_PORT", "8080"),
+        ("GEAR_HOME", "/gear"),
+    ] {
         std::fs::write(gear_dir.path().join("env").join(k), v).expect("env file");
     }
 
@@ -100,11 +105,16 @@ fn main() {
     let mut load = Vec::new();
     for i in 0..if quick { 3 } else { 10 } {
         let fresh = tempfile::tempdir().expect("fresh cache");
-        let rt = Runtime::new(RuntimeConfig::with_cache_dir(fresh.path().to_path_buf())).expect("runtime");
+        let rt = Runtime::new(RuntimeConfig::with_cache_dir(fresh.path().to_path_buf()))
+            .expect("runtime");
         let t = Instant::now();
         let c = rt.load_dir(pkg.path()).expect("compile");
         compile.push(t.elapsed());
-        assert_eq!(c.info().cache, gearhost_runtime::CacheOutcome::Compiled, "run {i}");
+        assert_eq!(
+            c.info().cache,
+            gearhost_runtime::CacheOutcome::Compiled,
+            "run {i}"
+        );
         let t = Instant::now();
         let c = rt.load_dir(pkg.path()).expect("load");
         load.push(t.elapsed());
@@ -112,7 +122,8 @@ fn main() {
     }
 
     // 1. warm calls
-    let runtime = Runtime::new(RuntimeConfig::with_cache_dir(cache.path().to_path_buf())).expect("runtime");
+    let runtime =
+        Runtime::new(RuntimeConfig::with_cache_dir(cache.path().to_path_buf())).expect("runtime");
     let cartridge = runtime.load_dir(pkg.path()).expect("load");
     let host = Arc::new(ScratchHost::new(
         GearInfo {
@@ -157,7 +168,11 @@ fn main() {
         c
     };
     let first = cold_cmd().output().expect("gear");
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let mut cold = Vec::new();
     for _ in 0..cold_n {
         let t = Instant::now();
@@ -201,11 +216,32 @@ fn main() {
     let (s50, s95, smin) = stats(shell);
     let (comp50, _, _) = stats(compile);
     let (load50, _, _) = stats(load);
-    println!("hook call benchmark (guest-full, {} bytes of wasm)", wasm.len());
+    println!(
+        "hook call benchmark (guest-full, {} bytes of wasm)",
+        wasm.len()
+    );
     println!("{:<44} {:>10} {:>10} {:>10}", "", "median", "p95", "min");
-    println!("{:<44} {:>10} {:>10} {:>10}", format!("warm WASM hook call (n={warm_n})"), fmt(w50), fmt(w95), fmt(wmin));
-    println!("{:<44} {:>10} {:>10} {:>10}", format!("cold `gear cartridge call` process (n={cold_n})"), fmt(c50), fmt(c95), fmt(cmin));
-    println!("{:<44} {:>10} {:>10} {:>10}", "bash hook script", fmt(s50), fmt(s95), fmt(smin));
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        format!("warm WASM hook call (n={warm_n})"),
+        fmt(w50),
+        fmt(w95),
+        fmt(wmin)
+    );
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        format!("cold `gear cartridge call` process (n={cold_n})"),
+        fmt(c50),
+        fmt(c95),
+        fmt(cmin)
+    );
+    println!(
+        "{:<44} {:>10} {:>10} {:>10}",
+        "bash hook script",
+        fmt(s50),
+        fmt(s95),
+        fmt(smin)
+    );
     println!("compile from scratch (median): {}", fmt(comp50));
     println!("load from cache (median):      {}", fmt(load50));
     println!(

@@ -55,8 +55,15 @@ fn check_refuses_bad_cartridges_with_exit_code_3_and_advice() {
     let pkg = cartridge_dir("guest-full");
     let manifest = pkg.path().join("cartridge.toml");
     let text_before = std::fs::read_to_string(&manifest).expect("manifest");
-    std::fs::write(&manifest, text_before.replace("private-port = 8080", "private-port = \"eighty\"")).expect("write");
-    let out = gear(&["cartridge", "check", pkg.path().to_str().expect("utf-8")], cache.path());
+    std::fs::write(
+        &manifest,
+        text_before.replace("private-port = 8080", "private-port = \"eighty\""),
+    )
+    .expect("write");
+    let out = gear(
+        &["cartridge", "check", pkg.path().to_str().expect("utf-8")],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(3));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("cartridge.toml:"), "{stderr}");
@@ -65,22 +72,39 @@ fn check_refuses_bad_cartridges_with_exit_code_3_and_advice() {
 
     // a component for another contract version
     let next = cartridge_dir("guest-wit-next");
-    let out = gear(&["cartridge", "check", next.path().to_str().expect("utf-8")], cache.path());
+    let out = gear(
+        &["cartridge", "check", next.path().to_str().expect("utf-8")],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(3));
     assert!(text(&out.stderr).contains("0.2.0"), "{}", text(&out.stderr));
 
     // a directory that is no cartridge
     let empty = tempfile::tempdir().expect("empty");
-    let out = gear(&["cartridge", "check", empty.path().to_str().expect("utf-8")], cache.path());
+    let out = gear(
+        &["cartridge", "check", empty.path().to_str().expect("utf-8")],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out.stderr).contains("no cartridge manifest here"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no cartridge manifest here"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // a missing hooks file says how to build it
     let pkg = cartridge_dir("guest-full");
     std::fs::remove_file(pkg.path().join("hooks.wasm")).expect("remove");
-    let out = gear(&["cartridge", "check", pkg.path().to_str().expect("utf-8")], cache.path());
+    let out = gear(
+        &["cartridge", "check", pkg.path().to_str().expect("utf-8")],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out.stderr).contains("wasm32-wasip2"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("wasm32-wasip2"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -91,23 +115,66 @@ fn call_runs_a_hook_and_reports_what_it_did() {
     let dir = pkg.path().to_str().expect("utf-8");
     let home = gear_dir.path().to_str().expect("utf-8");
 
-    let out = gear(&["cartridge", "call", dir, "control", "--action", "echo", "--arg", "hello", "--arg", "world"], cache.path());
+    let out = gear(
+        &[
+            "cartridge",
+            "call",
+            dir,
+            "control",
+            "--action",
+            "echo",
+            "--arg",
+            "hello",
+            "--arg",
+            "world",
+        ],
+        cache.path(),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout).trim(), "hello world");
 
-    let out = gear(&["cartridge", "call", dir, "build", "--gear-dir", home, "--json"], cache.path());
+    let out = gear(
+        &[
+            "cartridge",
+            "call",
+            dir,
+            "build",
+            "--gear-dir",
+            home,
+            "--json",
+        ],
+        cache.path(),
+    );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(json["hook"], "build");
     assert!(json["result"]["Ok"].is_string(), "{json}");
-    assert!(json["logs"].as_array().expect("logs").iter().any(|l| l["message"] == "build: ok"));
+    assert!(
+        json["logs"]
+            .as_array()
+            .expect("logs")
+            .iter()
+            .any(|l| l["message"] == "build: ok")
+    );
     assert_eq!(json["requests"][0]["request"], "env-set");
     assert_eq!(json["requests"][0]["key"], "FULL_BUILT");
     // the scratch gear directory got the usual layout and was kept
     assert!(gear_dir.path().join("app-root/repo").is_dir());
 
     // exec is refused without a sandbox, and the exit code says the hook failed
-    let out = gear(&["cartridge", "call", dir, "control", "--action", "exec", "--arg", "echo"], cache.path());
+    let out = gear(
+        &[
+            "cartridge",
+            "call",
+            dir,
+            "control",
+            "--action",
+            "exec",
+            "--arg",
+            "echo",
+        ],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
     assert!(stderr.contains("needs a gear sandbox"), "{stderr}");
@@ -118,15 +185,38 @@ fn call_runs_a_hook_and_reports_what_it_did() {
 fn call_explains_limits_and_crashes() {
     let cache = tempfile::tempdir().expect("cache");
     let looper = cartridge_dir("guest-loop");
-    let out = gear(&["cartridge", "call", looper.path().to_str().expect("utf-8"), "start"], cache.path());
+    let out = gear(
+        &[
+            "cartridge",
+            "call",
+            looper.path().to_str().expect("utf-8"),
+            "start",
+        ],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("budget and was stopped"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("budget and was stopped"),
+        "{}",
+        text(&out.stderr)
+    );
 
     let panicker = cartridge_dir("guest-panic");
-    let out = gear(&["cartridge", "call", panicker.path().to_str().expect("utf-8"), "stop"], cache.path());
+    let out = gear(
+        &[
+            "cartridge",
+            "call",
+            panicker.path().to_str().expect("utf-8"),
+            "stop",
+        ],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("crashed") && stderr.contains("deliberate panic in stop"), "{stderr}");
+    assert!(
+        stderr.contains("crashed") && stderr.contains("deliberate panic in stop"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -136,10 +226,21 @@ fn call_rejects_bad_invocations() {
     let dir = pkg.path().to_str().expect("utf-8");
     let out = gear(&["cartridge", "call", dir, "control"], cache.path());
     assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out.stderr).contains("--action"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--action"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = gear(&["cartridge", "call", dir, "deploy"], cache.path());
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("build, start, stop, control"), "{}", text(&out.stderr));
-    let out = gear(&["cartridge", "call", dir, "build", "--gear-name", "../etc"], cache.path());
+    assert!(
+        text(&out.stderr).contains("build, start, stop, control"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = gear(
+        &["cartridge", "call", dir, "build", "--gear-name", "../etc"],
+        cache.path(),
+    );
     assert_eq!(out.status.code(), Some(3));
 }

@@ -517,6 +517,7 @@ fn hooks_cannot_reach_outside_their_gear_directory() {
 
     // positive control: its own files work
     assert_eq!(ok(&call(control("read", &["/gear/mine.txt"]))), "my data");
+    assert_eq!(ok(&call(control("read", &["mine.txt"]))), "my data");
     assert_eq!(
         ok(&call(control("write", &["/gear/new.txt", "written"]))),
         "ok"

@@ -38,7 +38,9 @@ pub enum CacheOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// The cache directory cannot be created or written.
-    #[error("cannot use the component cache at {path}: {source}; make the directory writable or point the cache elsewhere")]
+    #[error(
+        "cannot use the component cache at {path}: {source}; make the directory writable or point the cache elsewhere"
+    )]
     Io {
         /// The path involved.
         path: PathBuf,
@@ -214,8 +216,10 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> 
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }

@@ -58,7 +58,9 @@ pub enum LoadError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// The hooks file cannot be read.
-    #[error("cannot read the hooks component {path}: {source}; check that the file exists and is readable")]
+    #[error(
+        "cannot read the hooks component {path}: {source}; check that the file exists and is readable"
+    )]
     Read {
         /// The hooks file.
         path: PathBuf,
@@ -77,7 +79,9 @@ pub enum LoadError {
         help: String,
     },
     /// The component speaks another version of the contract, or lacks part of it.
-    #[error("{path} does not fit this host's contract {CONTRACT_PACKAGE}@{CONTRACT_VERSION}: {problem}; {help}")]
+    #[error(
+        "{path} does not fit this host's contract {CONTRACT_PACKAGE}@{CONTRACT_VERSION}: {problem}; {help}"
+    )]
     Incompatible {
         /// The hooks file.
         path: PathBuf,
@@ -201,7 +205,9 @@ impl Runtime {
         .map_err(|e| LoadError::Engine(e.to_string()))?;
 
         spawn_epoch_ticker(&engine).map_err(|e| {
-            LoadError::Engine(format!("cannot start the thread that enforces hook deadlines: {e}"))
+            LoadError::Engine(format!(
+                "cannot start the thread that enforces hook deadlines: {e}"
+            ))
         })?;
         let cache = ComponentCache::new(config.cache_dir.clone(), &engine);
         Ok(Runtime {
@@ -238,7 +244,12 @@ impl Runtime {
 
     /// Load a cartridge from a manifest and component bytes; `path` names the
     /// component in messages.
-    pub fn load(&self, manifest: Manifest, wasm: &[u8], path: &Path) -> Result<Cartridge, LoadError> {
+    pub fn load(
+        &self,
+        manifest: Manifest,
+        wasm: &[u8],
+        path: &Path,
+    ) -> Result<Cartridge, LoadError> {
         check_component_header(wasm, path)?;
         let engine = &self.inner.engine;
         let cached = self

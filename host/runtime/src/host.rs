@@ -338,7 +338,11 @@ pub trait GearHost: Send + Sync + 'static {
     fn env_unset(&self, key: &str) -> Result<(), HostError>;
 
     /// Run a program to completion inside the gear's sandbox.
-    fn exec(&self, ctx: RequestContext, cmd: CommandSpec) -> BoxFuture<'_, Result<ExecOutput, HostError>>;
+    fn exec(
+        &self,
+        ctx: RequestContext,
+        cmd: CommandSpec,
+    ) -> BoxFuture<'_, Result<ExecOutput, HostError>>;
 
     /// Start a supervised process inside the gear's sandbox.
     fn spawn(
@@ -353,7 +357,11 @@ pub trait GearHost: Send + Sync + 'static {
     fn signal(&self, name: &str, signal: Signal) -> BoxFuture<'_, Result<(), HostError>>;
 
     /// Wait for a supervised process to end.
-    fn wait(&self, name: &str, timeout: Duration) -> BoxFuture<'_, Result<Option<ExitStatus>, HostError>>;
+    fn wait(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Option<ExitStatus>, HostError>>;
 
     /// The gear's supervised processes.
     fn processes(&self) -> Vec<ProcessInfo>;
@@ -469,7 +477,11 @@ impl GearHost for ScratchHost {
         Ok(())
     }
 
-    fn exec(&self, _ctx: RequestContext, cmd: CommandSpec) -> BoxFuture<'_, Result<ExecOutput, HostError>> {
+    fn exec(
+        &self,
+        _ctx: RequestContext,
+        cmd: CommandSpec,
+    ) -> BoxFuture<'_, Result<ExecOutput, HostError>> {
         let err = self.refuse(&format!("exec of {:?}", cmd.program));
         Box::pin(async move { Err(err) })
     }
@@ -490,7 +502,11 @@ impl GearHost for ScratchHost {
         Box::pin(async move { Err(err) })
     }
 
-    fn wait(&self, name: &str, _timeout: Duration) -> BoxFuture<'_, Result<Option<ExitStatus>, HostError>> {
+    fn wait(
+        &self,
+        name: &str,
+        _timeout: Duration,
+    ) -> BoxFuture<'_, Result<Option<ExitStatus>, HostError>> {
         let err = HostError::NotFound(format!("no process named {name:?} in this scratch gear"));
         Box::pin(async move { Err(err) })
     }

@@ -609,7 +609,10 @@ fn check_hooks_path(ctx: &Ctx<'_>, hooks: &Spanned<String>) -> Result<PathBuf, M
         Some("the hooks path is empty")
     } else if path.is_absolute() {
         Some("the hooks path is absolute")
-    } else if path.components().any(|c| !matches!(c, PathComponent::Normal(_))) {
+    } else if path
+        .components()
+        .any(|c| !matches!(c, PathComponent::Normal(_)))
+    {
         Some("the hooks path leaves the cartridge directory or contains `.`")
     } else if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
         Some("the hooks file must end in .wasm")
@@ -816,7 +819,9 @@ fn resolve_programs(
             None
         } else if value.starts_with('/') {
             (!is_normal_absolute(value)).then(|| {
-                format!("{value:?} is not a clean absolute path (no `.`, `..`, `//` or trailing `/`)")
+                format!(
+                    "{value:?} is not a clean absolute path (no `.`, `..`, `//` or trailing `/`)"
+                )
             })
         } else if value.contains('/') {
             Some(format!(
@@ -916,7 +921,10 @@ build-network = true
 
     #[test]
     fn program_patterns_do_not_cross_kinds() {
-        let list = ProgramList(vec!["python3".into(), "/usr/lib/postgresql/*/bin/pg_ctl".into()]);
+        let list = ProgramList(vec![
+            "python3".into(),
+            "/usr/lib/postgresql/*/bin/pg_ctl".into(),
+        ]);
         assert!(list.allows("python3"));
         assert!(!list.allows("/gear/app/python3"));
         assert!(!list.allows("./python3"));
@@ -946,7 +954,16 @@ build-network = true
     fn names_are_checked() {
         assert!(check_name("python", 32).is_ok());
         assert!(check_name("my-app2", 32).is_ok());
-        for bad in ["", "Python", "1app", "a_b", "a-", "a--b", "../x", &"a".repeat(33)] {
+        for bad in [
+            "",
+            "Python",
+            "1app",
+            "a_b",
+            "a-",
+            "a--b",
+            "../x",
+            &"a".repeat(33),
+        ] {
             assert!(check_name(bad, 32).is_err(), "{bad:?} accepted");
         }
     }

@@ -17,11 +17,19 @@ fn manifest_errors_match_their_golden_files() {
         .filter(|p| p.extension().is_some_and(|e| e == "toml"))
         .collect();
     cases.sort();
-    assert!(cases.len() >= 10, "golden cases missing from {}", dir.display());
+    assert!(
+        cases.len() >= 10,
+        "golden cases missing from {}",
+        dir.display()
+    );
     let mut failures = Vec::new();
     for case in &cases {
         let text = std::fs::read_to_string(case).expect("read case");
-        let name = case.file_name().expect("name").to_string_lossy().to_string();
+        let name = case
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
         let shown = Path::new("cartridges/web").join(&name);
         let got = match Manifest::parse(&text, &shown) {
             Ok(_) => format!("(accepted)\n"),
@@ -37,5 +45,9 @@ fn manifest_errors_match_their_golden_files() {
             failures.push(format!("{name}:\n--- want\n{want}--- got\n{got}"));
         }
     }
-    assert!(failures.is_empty(), "golden mismatches (GEARHOST_BLESS=1 to update):\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden mismatches (GEARHOST_BLESS=1 to update):\n{}",
+        failures.join("\n")
+    );
 }

@@ -104,7 +104,12 @@ pub fn run(args: Args) -> CmdResult {
             (Some(tmp), path)
         }
     };
-    for sub in ["app-root/repo", "app-root/data", "app-root/runtime", "app-root/logs"] {
+    for sub in [
+        "app-root/repo",
+        "app-root/data",
+        "app-root/runtime",
+        "app-root/logs",
+    ] {
         let path = gear_dir.join(sub);
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create {}", path.display()))
@@ -165,9 +170,17 @@ fn print_human(cartridge: &str, outcome: &HookOutcome, host: &ScratchHost) {
     }
     for request in &outcome.requests {
         let text = match request {
-            HostRequest::EnvSet { key, value, outcome } => format!("env set {key}={value:?}: {outcome}"),
+            HostRequest::EnvSet {
+                key,
+                value,
+                outcome,
+            } => format!("env set {key}={value:?}: {outcome}"),
             HostRequest::EnvUnset { key, outcome } => format!("env unset {key}: {outcome}"),
-            HostRequest::Exec { program, args, outcome } => {
+            HostRequest::Exec {
+                program,
+                args,
+                outcome,
+            } => {
                 format!("exec {program} {}: {outcome}", args.join(" "))
             }
             HostRequest::Spawn {
@@ -176,7 +189,11 @@ fn print_human(cartridge: &str, outcome: &HookOutcome, host: &ScratchHost) {
                 args,
                 outcome,
             } => format!("spawn {name} = {program} {}: {outcome}", args.join(" ")),
-            HostRequest::Signal { name, signal, outcome } => format!("signal {name} {signal:?}: {outcome}"),
+            HostRequest::Signal {
+                name,
+                signal,
+                outcome,
+            } => format!("signal {name} {signal:?}: {outcome}"),
             HostRequest::Wait {
                 name,
                 timeout_ms,

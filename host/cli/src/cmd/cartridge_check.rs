@@ -64,7 +64,14 @@ pub fn run(args: Args) -> CmdResult {
         ("display name", m.display_name.clone()),
         ("description", m.description.clone()),
         ("categories", list(&m.categories)),
-        ("contract", format!("{}@{}", gearhost_runtime::CONTRACT_PACKAGE, info.contract_version)),
+        (
+            "contract",
+            format!(
+                "{}@{}",
+                gearhost_runtime::CONTRACT_PACKAGE,
+                info.contract_version
+            ),
+        ),
         ("hooks", list(&info.hooks)),
         ("endpoints", endpoints),
         (
@@ -78,14 +85,27 @@ pub fn run(args: Args) -> CmdResult {
         ),
         ("may exec", list(m.permissions.exec.patterns())),
         ("may spawn", list(m.permissions.spawn.patterns())),
-        ("build network", if m.permissions.build_network { "allowed" } else { "denied" }.to_string()),
+        (
+            "build network",
+            if m.permissions.build_network {
+                "allowed"
+            } else {
+                "denied"
+            }
+            .to_string(),
+        ),
         (
             "component",
             format!("{} bytes, sha256 {}", info.wasm_bytes, info.content_hash),
         ),
         (
             "compiled",
-            format!("{:?} in {:.1} ms", info.cache, info.load_time.as_secs_f64() * 1000.0).to_lowercase(),
+            format!(
+                "{:?} in {:.1} ms",
+                info.cache,
+                info.load_time.as_secs_f64() * 1000.0
+            )
+            .to_lowercase(),
         ),
     ]);
     Ok(())

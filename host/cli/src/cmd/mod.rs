@@ -11,7 +11,10 @@ use crate::Failure;
 
 /// Build a runtime with the standalone cache and load the cartridge in `dir`,
 /// mapping load errors to the exit-code classes.
-pub(crate) fn load_cartridge(dir: &Path, cache_dir: Option<&Path>) -> Result<(Runtime, Cartridge), Failure> {
+pub(crate) fn load_cartridge(
+    dir: &Path,
+    cache_dir: Option<&Path>,
+) -> Result<(Runtime, Cartridge), Failure> {
     let cache = cache_dir.map_or_else(crate::default_cache_dir, Path::to_path_buf);
     let config = RuntimeConfig {
         max_concurrent_hooks: 4,
