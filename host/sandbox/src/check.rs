@@ -1,0 +1,519 @@
+//! What this machine can enforce, layer by layer (`gear node check`).
+//!
+//! The checks read kernel interfaces only (no process is forked), so they are safe to call
+//! from a multi-threaded node.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{self, CgroupLayout};
+use crate::sys;
+
+/// Whether a layer holds on this machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LayerStatus {
+    /// Enforced in full.
+    Enforced,
+    /// Enforced, with the limitation given in the detail.
+    Partial,
+    /// Not available; a gear runs without it.
+    Missing,
+    /// Compiled into the kernel (or not) but switched off; a gear runs without it.
+    NotEnabled,
+}
+
+/// One layer's verdict.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerCheck {
+    /// The layer's name.
+    pub layer: String,
+    /// Whether gears may not run without it.
+    pub required: bool,
+    /// The verdict.
+    pub status: LayerStatus,
+    /// What was found, in plain words.
+    pub detail: String,
+}
+
+/// What this machine can enforce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostReport {
+    /// Kernel release.
+    pub kernel: String,
+    /// Per layer.
+    pub layers: Vec<LayerCheck>,
+}
+
+impl HostReport {
+    /// True when every required layer is enforced (fully or partially).
+    pub fn required_layers_hold(&self) -> bool {
+        self.layers
+            .iter()
+            .filter(|l| l.required)
+            .all(|l| matches!(l.status, LayerStatus::Enforced | LayerStatus::Partial))
+    }
+
+    /// The required layers that are missing.
+    pub fn missing_required(&self) -> Vec<&LayerCheck> {
+        self.layers
+            .iter()
+            .filter(|l| {
+                l.required && !matches!(l.status, LayerStatus::Enforced | LayerStatus::Partial)
+            })
+            .collect()
+    }
+}
+
+impl fmt::Display for LayerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LayerStatus::Enforced => "enforced",
+            LayerStatus::Partial => "partial",
+            LayerStatus::Missing => "MISSING",
+            LayerStatus::NotEnabled => "not enabled",
+        })
+    }
+}
+
+impl fmt::Display for HostReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "kernel {}", self.kernel)?;
+        for l in &self.layers {
+            let req = if l.required { "required" } else { "optional" };
+            writeln!(
+                f,
+                "{:<12} {:<12} {:<9} {}",
+                l.layer,
+                l.status.to_string(),
+                req,
+                l.detail
+            )?;
+        }
+        if self.required_layers_hold() {
+            write!(f, "all required layers hold")
+        } else {
+            let names: Vec<&str> = self
+                .missing_required()
+                .iter()
+                .map(|l| l.layer.as_str())
+                .collect();
+            write!(f, "required layers missing: {}", names.join(", "))
+        }
+    }
+}
+
+fn status_field(name: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+}
+
+fn has_cap(bit: u32) -> bool {
+    status_field("CapEff:")
+        .and_then(|v| u64::from_str_radix(&v, 16).ok())
+        .is_some_and(|caps| caps & (1u64 << bit) != 0)
+}
+
+const CAP_SETGID: u32 = 6;
+const CAP_SETUID: u32 = 7;
+const CAP_SETPCAP: u32 = 8;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
+
+fn check(
+    layer: &str,
+    required: bool,
+    status: LayerStatus,
+    detail: impl Into<String>,
+) -> LayerCheck {
+    LayerCheck {
+        layer: layer.to_string(),
+        required,
+        status,
+        detail: detail.into(),
+    }
+}
+
+fn namespaces() -> LayerCheck {
+    let wanted = ["pid", "mnt", "uts", "ipc", "net", "cgroup"];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .copied()
+        .filter(|ns| !Path::new("/proc/self/ns").join(ns).exists())
+        .collect();
+    if !missing.is_empty() {
+        return check(
+            "namespaces",
+            true,
+            LayerStatus::Missing,
+            format!("kernel lacks {} namespaces", missing.join(", ")),
+        );
+    }
+    if !has_cap(CAP_SYS_ADMIN) {
+        return check(
+            "namespaces",
+            true,
+            LayerStatus::Missing,
+            "the node lacks CAP_SYS_ADMIN: run it as root",
+        );
+    }
+    let limits: Vec<String> = ["pid", "mnt", "uts", "ipc", "net", "cgroup"]
+        .iter()
+        .filter(|ns| {
+            let name = if **ns == "mnt" { "mnt" } else { ns };
+            std::fs::read_to_string(format!("/proc/sys/user/max_{name}_namespaces"))
+                .is_ok_and(|v| v.trim() == "0")
+        })
+        .map(|s| s.to_string())
+        .collect();
+    if !limits.is_empty() {
+        return check(
+            "namespaces",
+            true,
+            LayerStatus::Missing,
+            format!("user.max_*_namespaces is 0 for {}", limits.join(", ")),
+        );
+    }
+    check(
+        "namespaces",
+        true,
+        LayerStatus::Enforced,
+        "pid, mnt, uts, ipc, net and cgroup namespaces available",
+    )
+}
+
+fn filesystem() -> LayerCheck {
+    if !has_cap(CAP_SYS_ADMIN) {
+        return check(
+            "filesystem",
+            true,
+            LayerStatus::Missing,
+            "pivot_root and mounts need CAP_SYS_ADMIN: run the node as root",
+        );
+    }
+    let release = kernel_release();
+    let (major, minor) = parse_release(&release);
+    if (major, minor) < (5, 12) {
+        return check(
+            "filesystem",
+            true,
+            LayerStatus::Missing,
+            "mount_setattr and openat2 need Linux 5.12 or newer",
+        );
+    }
+    check(
+        "filesystem",
+        true,
+        LayerStatus::Enforced,
+        "tmpfs root, pivot_root, read-only system, symlink-safe binds",
+    )
+}
+
+fn credentials() -> LayerCheck {
+    let missing: Vec<&str> = [
+        (CAP_SETUID, "CAP_SETUID"),
+        (CAP_SETGID, "CAP_SETGID"),
+        (CAP_SETPCAP, "CAP_SETPCAP"),
+    ]
+    .iter()
+    .filter(|(bit, _)| !has_cap(*bit))
+    .map(|(_, n)| *n)
+    .collect();
+    if !missing.is_empty() {
+        return check(
+            "credentials",
+            true,
+            LayerStatus::Missing,
+            format!("the node lacks {}", missing.join(", ")),
+        );
+    }
+    check(
+        "credentials",
+        true,
+        LayerStatus::Enforced,
+        "own uid/gid, no groups, all capability sets cleared, no_new_privs",
+    )
+}
+
+fn seccomp() -> LayerCheck {
+    if status_field("Seccomp:").is_none() {
+        return check(
+            "seccomp",
+            true,
+            LayerStatus::Missing,
+            "kernel built without seccomp",
+        );
+    }
+    let actions =
+        std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail").unwrap_or_default();
+    if !actions.split_whitespace().any(|a| a == "errno") {
+        return check(
+            "seccomp",
+            true,
+            LayerStatus::Missing,
+            "the errno action is not available",
+        );
+    }
+    match crate::seccomp::build() {
+        Ok(f) => check(
+            "seccomp",
+            true,
+            LayerStatus::Enforced,
+            format!("filter with {} rules, EPERM for denied calls", f.rules),
+        ),
+        Err(e) => check(
+            "seccomp",
+            true,
+            LayerStatus::Missing,
+            format!("the filter does not build: {e}"),
+        ),
+    }
+}
+
+fn landlock() -> LayerCheck {
+    let abi = sys::landlock_abi();
+    if abi == 0 {
+        return check(
+            "landlock",
+            true,
+            LayerStatus::Missing,
+            "not available: add landlock to the lsm= boot parameter (Linux 5.13+)",
+        );
+    }
+    if abi < 6 {
+        return check(
+            "landlock",
+            true,
+            LayerStatus::Partial,
+            format!("ABI {abi}: filesystem writes restricted; signal/socket scoping needs ABI 6"),
+        );
+    }
+    check(
+        "landlock",
+        true,
+        LayerStatus::Enforced,
+        format!("ABI {abi} (ruleset written for ABI 6)"),
+    )
+}
+
+fn selinux() -> LayerCheck {
+    if !crate::selinux::is_enabled() {
+        return check(
+            "selinux",
+            false,
+            LayerStatus::NotEnabled,
+            "not enabled on this kernel",
+        );
+    }
+    let mode = match ::selinux::current_mode() {
+        ::selinux::SELinuxMode::Enforcing => "enforcing",
+        ::selinux::SELinuxMode::Permissive => "permissive",
+        _ => "disabled",
+    };
+    let context = "system_u:system_r:gear_t:s0:c0,c1";
+    let valid = std::ffi::CString::new(context)
+        .ok()
+        .and_then(|c| ::selinux::SecurityContext::from_c_str(&c, false).check())
+        .unwrap_or(false);
+    if !valid {
+        return check(
+            "selinux",
+            false,
+            LayerStatus::Missing,
+            format!("{mode}, but gear_t is unknown: install the gear policy module"),
+        );
+    }
+    if mode != "enforcing" {
+        return check(
+            "selinux",
+            false,
+            LayerStatus::Partial,
+            format!("{mode}: labels applied, denials only logged"),
+        );
+    }
+    check(
+        "selinux",
+        false,
+        LayerStatus::Enforced,
+        "enforcing, gear policy module loaded",
+    )
+}
+
+fn cgroups() -> LayerCheck {
+    let mounts = match cgroup::detect() {
+        Ok(m) => m,
+        Err(e) => return check("cgroups", true, LayerStatus::Missing, e.to_string()),
+    };
+    match mounts.layout {
+        CgroupLayout::V2 => {
+            let root = mounts.v2.clone().unwrap_or_default();
+            let controllers =
+                std::fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+            let missing: Vec<&str> = ["memory", "pids", "cpu"]
+                .into_iter()
+                .filter(|c| !controllers.split_whitespace().any(|x| x == *c))
+                .collect();
+            if !missing.is_empty() {
+                return check(
+                    "cgroups",
+                    true,
+                    LayerStatus::Missing,
+                    format!("v2 without {}", missing.join(", ")),
+                );
+            }
+            check(
+                "cgroups",
+                true,
+                LayerStatus::Enforced,
+                "v2: memory (no swap), pids, cpu; cgroup.kill teardown",
+            )
+        }
+        layout => {
+            let missing: Vec<&str> = ["memory", "pids", "cpu"]
+                .into_iter()
+                .filter(|c| !mounts.v1.contains_key(*c))
+                .collect();
+            if !missing.is_empty() {
+                return check(
+                    "cgroups",
+                    true,
+                    LayerStatus::Missing,
+                    format!("{layout} without {}", missing.join(", ")),
+                );
+            }
+            let memsw = mounts
+                .v1
+                .get("memory")
+                .is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists());
+            let freezer = mounts.v1.contains_key("freezer");
+            let mut notes = Vec::new();
+            if !memsw {
+                notes.push("no swap accounting (swappiness 0 instead)");
+            }
+            if !freezer {
+                notes.push("no freezer (teardown kills in a loop)");
+            }
+            if notes.is_empty() {
+                check(
+                    "cgroups",
+                    true,
+                    LayerStatus::Enforced,
+                    format!("{layout}: memory+swap, pids, cpu, freezer"),
+                )
+            } else {
+                check(
+                    "cgroups",
+                    true,
+                    LayerStatus::Partial,
+                    format!("{layout}: {}", notes.join("; ")),
+                )
+            }
+        }
+    }
+}
+
+fn rlimits() -> LayerCheck {
+    if has_cap(CAP_SYS_RESOURCE) {
+        check(
+            "rlimits",
+            true,
+            LayerStatus::Enforced,
+            "nofile, nproc, core, fsize, memlock",
+        )
+    } else {
+        check(
+            "rlimits",
+            true,
+            LayerStatus::Enforced,
+            "nofile, nproc, core, fsize, memlock; the node lacks CAP_SYS_RESOURCE, so requests above its own hard limits are clamped",
+        )
+    }
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+fn parse_release(release: &str) -> (u32, u32) {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    let minor = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    (major, minor)
+}
+
+/// Checks every layer on this machine.
+pub fn host_capabilities() -> HostReport {
+    HostReport {
+        kernel: kernel_release(),
+        layers: vec![
+            namespaces(),
+            filesystem(),
+            credentials(),
+            seccomp(),
+            landlock(),
+            selinux(),
+            cgroups(),
+            rlimits(),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_parsing() {
+        assert_eq!(parse_release("6.18.0-1-amd64"), (6, 18));
+        assert_eq!(parse_release("5.4"), (5, 4));
+    }
+
+    #[test]
+    fn report_lists_every_layer_and_says_what_is_missing() {
+        let r = host_capabilities();
+        let names: Vec<&str> = r.layers.iter().map(|l| l.layer.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "namespaces",
+                "filesystem",
+                "credentials",
+                "seccomp",
+                "landlock",
+                "selinux",
+                "cgroups",
+                "rlimits"
+            ]
+        );
+        let text = r.to_string();
+        assert!(text.contains("selinux"));
+        if !crate::selinux::is_enabled() {
+            assert!(text.contains("not enabled on this kernel"), "{text}");
+        }
+        let json = serde_json::to_string(&r).expect("serialize");
+        assert!(json.contains("\"layers\""));
+    }
+
+    #[test]
+    fn missing_required_layer_fails_the_report() {
+        let r = HostReport {
+            kernel: "x".into(),
+            layers: vec![
+                check("seccomp", true, LayerStatus::Missing, "gone"),
+                check(
+                    "selinux",
+                    false,
+                    LayerStatus::NotEnabled,
+                    "not enabled on this kernel",
+                ),
+            ],
+        };
+        assert!(!r.required_layers_hold());
+        assert!(r.to_string().contains("required layers missing: seccomp"));
+    }
+}

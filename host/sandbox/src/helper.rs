@@ -1,0 +1,371 @@
+//! The body of `gearhost-init`: pid 1 of a gear's pid namespace. It builds the gear's world in
+//! a fixed sequence of steps, forks the gear command as pid 2, and then stays a tiny init that
+//! forwards signals to the command, reaps orphans and exits with the command's status.
+//!
+//! Sequence (each step its own function; a failure is reported to the node as a
+//! [`SetupFailure`] naming the step):
+//!
+//! 1. [`read_spec`] from fd 3;
+//! 2. [`join_cgroup`]: write its own pid into the gear's cgroup on every hierarchy;
+//! 3. [`unshare_namespaces`]: mount, uts, ipc, cgroup and (isolated mode) net;
+//! 4. [`set_hostname`], [`bring_loopback_up`];
+//! 5. `rootfs::open_sources` then `rootfs::build_and_pivot`;
+//! 6. block the forwarded signals, fork; in the child ([`run_gear`]): credentials, rlimits,
+//!    cwd, SELinux exec label, Landlock, close-on-exec for every descriptor above 2, seccomp
+//!    (last, so the setup calls above are not filtered), report, exec;
+//! 7. in pid 1 ([`supervise`]): drop privileges the same way and loop on a signalfd and the
+//!    node's pidfd.
+
+use std::convert::Infallible;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use crate::protocol::{HelperMessage, HelperSpec, PARENT_FD, REPORT_FD, SPEC_FD, SetupFailure};
+use crate::report::{FilesystemReport, LayerReport, NamespaceReport, SeccompReport};
+use crate::selinux::SelinuxReport;
+use crate::spec::NetworkMode;
+use crate::{confine, rootfs, seccomp, sys};
+
+/// Signals pid 1 passes on to the gear command.
+pub(crate) const FORWARDED: &[Signal] = &[
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+    Signal::SIGWINCH,
+];
+
+fn fail(step: &str, detail: impl Into<String>, err: nix::Error) -> SetupFailure {
+    SetupFailure {
+        step: step.to_string(),
+        detail: format!("{}: {}", detail.into(), err.desc()),
+        errno: Some(err as i32),
+    }
+}
+
+/// Entry point of the `gearhost-init` binary. Never returns.
+pub fn main() -> ! {
+    // SAFETY: the node hands the helper its report pipe as fd 4 (see `protocol`); nothing else
+    // in this process owns it.
+    let mut report = unsafe { File::from_raw_fd(REPORT_FD) };
+    let failure = match run(&mut report) {
+        Ok(never) => match never {},
+        Err(f) => f,
+    };
+    send(&mut report, &HelperMessage::Failed(failure));
+    std::process::exit(1)
+}
+
+fn send(report: &mut File, message: &HelperMessage) {
+    if let Ok(mut line) = serde_json::to_vec(message) {
+        line.push(b'\n');
+        // If the node is gone there is nobody to tell.
+        let _ = report.write_all(&line);
+    }
+}
+
+fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
+    let hs = read_spec()?;
+    join_cgroup(&hs.cgroup_procs)?;
+    let unshared = unshare_namespaces(hs.spec.network)?;
+    set_hostname(&hs.spec.hostname)?;
+    let loopback_up = bring_loopback_up(hs.spec.network)?;
+    let namespaces = NamespaceReport {
+        unshared,
+        hostname: hs.spec.hostname.clone(),
+        network: hs.spec.network,
+        loopback_up,
+        nested_userns: "seccomp refuses unshare, setns and clone with namespace flags (EPERM) and clone3 (ENOSYS)".into(),
+    };
+    let sources = rootfs::open_sources(&hs)?;
+    let filesystem = rootfs::build_and_pivot(&hs, sources)?;
+    let filter = seccomp::build().map_err(|e| SetupFailure {
+        step: "seccomp".into(),
+        detail: format!("build the filter: {e}"),
+        errno: None,
+    })?;
+
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    for s in FORWARDED {
+        mask.add(*s);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
+        .map_err(|e| fail("signals", "block forwarded signals", e))?;
+
+    // SAFETY: this process is single-threaded (the helper never starts threads), so the child
+    // may do anything after fork.
+    match unsafe { fork() }.map_err(|e| fail("fork", "fork the gear command", e))? {
+        ForkResult::Child => {
+            let failure = match run_gear(&hs, namespaces, filesystem, &filter, report) {
+                Ok(never) => match never {},
+                Err(f) => f,
+            };
+            send(report, &HelperMessage::Failed(failure));
+            // SAFETY: _exit ends this child at once without running the parent's atexit state.
+            unsafe { libc::_exit(1) }
+        }
+        ForkResult::Parent { child } => supervise(child, &hs, mask, &filter),
+    }
+}
+
+/// Reads the helper spec the node wrote to fd 3.
+fn read_spec() -> Result<HelperSpec, SetupFailure> {
+    // SAFETY: the node hands the helper the spec pipe as fd 3; nothing else owns it.
+    let mut file = unsafe { File::from_raw_fd(SPEC_FD) };
+    let mut text = Vec::new();
+    file.read_to_end(&mut text).map_err(|e| SetupFailure {
+        step: "read_spec".into(),
+        detail: format!("read the spec from fd {SPEC_FD}: {e}"),
+        errno: e.raw_os_error(),
+    })?;
+    serde_json::from_slice(&text).map_err(|e| SetupFailure {
+        step: "read_spec".into(),
+        detail: format!("parse the spec (node and gearhost-init from different builds?): {e}"),
+        errno: None,
+    })
+}
+
+/// Moves this process into the gear's cgroup on every hierarchy.
+fn join_cgroup(procs: &[PathBuf]) -> Result<(), SetupFailure> {
+    for file in procs {
+        std::fs::write(file, "0").map_err(|e| SetupFailure {
+            step: "join_cgroup".into(),
+            detail: format!("write to {}: {e}", file.display()),
+            errno: e.raw_os_error(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Gives the gear its own mount, uts, ipc, cgroup and (isolated mode) network namespaces; the
+/// pid namespace was created by the node's clone.
+fn unshare_namespaces(network: NetworkMode) -> Result<Vec<String>, SetupFailure> {
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWCGROUP;
+    let mut names = vec!["pid", "mnt", "uts", "ipc", "cgroup"];
+    if network == NetworkMode::Isolated {
+        flags |= CloneFlags::CLONE_NEWNET;
+        names.push("net");
+    }
+    unshare(flags).map_err(|e| fail("unshare", "create the gear's namespaces", e))?;
+    Ok(names.into_iter().map(String::from).collect())
+}
+
+fn set_hostname(name: &str) -> Result<(), SetupFailure> {
+    nix::unistd::sethostname(name).map_err(|e| fail("hostname", format!("set hostname {name}"), e))
+}
+
+fn bring_loopback_up(network: NetworkMode) -> Result<bool, SetupFailure> {
+    if network != NetworkMode::Isolated {
+        return Ok(false);
+    }
+    sys::loopback_up().map_err(|e| SetupFailure {
+        step: "loopback".into(),
+        detail: format!("bring lo up: {e}"),
+        errno: e.raw_os_error(),
+    })?;
+    Ok(true)
+}
+
+/// Paths the gear may write: its home, /tmp, its read-write binds, and a few devices.
+fn writable_paths(hs: &HelperSpec) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let mut dirs = vec![
+        hs.spec.home_target.clone(),
+        PathBuf::from("/tmp"),
+        PathBuf::from("/dev/pts"),
+    ];
+    dirs.extend(hs.rw_binds.iter().map(|b| b.target.clone()));
+    let files = ["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+    (dirs, files)
+}
+
+/// Pid 2: confine this process and execute the gear command.
+fn run_gear(
+    hs: &HelperSpec,
+    namespaces: NamespaceReport,
+    filesystem: FilesystemReport,
+    filter: &seccomp::GearFilter,
+    report: &mut File,
+) -> Result<Infallible, SetupFailure> {
+    let spec = &hs.spec;
+    // Handlers never reach the command; restore default dispositions (SIGPIPE included).
+    for sig in Signal::iterator() {
+        if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
+            // SAFETY: installing SIG_DFL is always sound; no handler code is involved.
+            let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
+        }
+    }
+    let dropped = confine::drop_credentials(spec.uid, spec.gid)?;
+    let rlimits = confine::apply_rlimits(&spec.limits.rlimits)?;
+    let cwd = spec.effective_cwd();
+    nix::unistd::chdir(cwd).map_err(|e| {
+        fail(
+            "cwd",
+            format!("enter {} as uid {}", cwd.display(), spec.uid),
+            e,
+        )
+    })?;
+    let selinux = match &hs.exec_label {
+        Some(label) => {
+            crate::selinux::set_exec_label(label).map_err(|detail| SetupFailure {
+                step: "selinux".into(),
+                detail,
+                errno: None,
+            })?;
+            SelinuxReport::Applied {
+                label: label.clone(),
+            }
+        }
+        None => SelinuxReport::NotEnabled,
+    };
+    let (dirs, files) = writable_paths(hs);
+    let landlock = confine::apply_landlock(&dirs, &files)?;
+    sys::cloexec_from(3).map_err(|e| SetupFailure {
+        step: "close_fds".into(),
+        detail: format!("mark descriptors close-on-exec: {e}"),
+        errno: e.raw_os_error(),
+    })?;
+    let credentials = confine::read_credentials(dropped)?;
+    seccomp::apply(filter).map_err(|e| SetupFailure {
+        step: "seccomp".into(),
+        detail: format!("install the filter: {e}"),
+        errno: None,
+    })?;
+    let layers = LayerReport {
+        namespaces,
+        filesystem,
+        credentials,
+        seccomp: SeccompReport {
+            installed: true,
+            rules: filter.rules,
+            default_action: "allow".into(),
+            deny_action: "errno EPERM (clone3 and foreign syscall ABIs: ENOSYS)".into(),
+        },
+        landlock,
+        selinux,
+        cgroup: None,
+        rlimits,
+        dies_with_parent: hs.watch_parent,
+    };
+    send(report, &HelperMessage::Ready(Box::new(layers)));
+
+    let mut command = std::process::Command::new(&spec.argv[0]);
+    command
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let err = command.exec();
+    send(
+        report,
+        &HelperMessage::ExecFailed {
+            program: spec.argv[0].clone(),
+            errno: err.raw_os_error().unwrap_or(0),
+        },
+    );
+    // SAFETY: _exit ends the child immediately.
+    unsafe { libc::_exit(127) }
+}
+
+/// Pid 1 after the fork: drop privileges, then forward signals and reap until the command
+/// exits, or until the node dies (unless detached).
+fn supervise(child: Pid, hs: &HelperSpec, mask: SigSet, filter: &seccomp::GearFilter) -> ! {
+    // SAFETY: fd 5 is the node's pidfd when `watch_parent` is set (see `protocol`).
+    let parent = hs
+        .watch_parent
+        .then(|| unsafe { OwnedFd::from_raw_fd(PARENT_FD) });
+    // Stop holding the gear's stdio and the report pipe open.
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        for target in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors; `null` stays open for the call.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), target) };
+        }
+    }
+    // SAFETY: fd 4 is the report pipe (owned by the `File` in `main`, which never runs its
+    // destructor because this function never returns); closing it here ends our copy.
+    unsafe { libc::close(REPORT_FD) };
+
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC);
+    // Pid 1 keeps no privilege it does not need: it only waits, polls and sends signals.
+    let locked = confine::drop_credentials(hs.spec.uid, hs.spec.gid)
+        .and_then(|_| {
+            nix::sys::prctl::set_dumpable(false)
+                .map_err(|e| fail("init", "make init non-dumpable", e))
+        })
+        .and_then(|()| confine::lock_down_init())
+        .and_then(|()| {
+            seccomp::apply(filter).map_err(|e| SetupFailure {
+                step: "seccomp".into(),
+                detail: e.to_string(),
+                errno: None,
+            })
+        });
+    let Ok(sfd) = sfd else {
+        let _ = kill(child, Signal::SIGKILL);
+        std::process::exit(125);
+    };
+    if locked.is_err() {
+        // Never keep running privileged next to the gear.
+        let _ = kill(child, Signal::SIGKILL);
+        std::process::exit(125);
+    }
+    loop {
+        let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+        if let Some(p) = &parent {
+            fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(_) => std::process::exit(125),
+        }
+        let parent_gone = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty());
+        if parent_gone {
+            // Exiting as pid 1 makes the kernel kill every process of the gear.
+            std::process::exit(137);
+        }
+        while let Ok(Some(info)) = sfd.read_signal() {
+            let signo = info.ssi_signo as i32;
+            if signo == libc::SIGCHLD {
+                reap(child);
+            } else if let Ok(sig) = Signal::try_from(signo) {
+                let _ = kill(child, sig);
+            }
+        }
+    }
+}
+
+/// Reaps every exited process; exits with the command's status once it is among them.
+fn reap(child: Pid) {
+    loop {
+        match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == child => std::process::exit(code),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == child => {
+                std::process::exit(128 + sig as i32)
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}

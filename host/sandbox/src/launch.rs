@@ -1,0 +1,512 @@
+//! The node side of starting a gear: prepare the cgroup and labels, clone `gearhost-init`
+//! straight into a new pid namespace, hand it the spec, and read back its layer report.
+//!
+//! Why a raw `clone(CLONE_NEWPID | CLONE_PIDFD)` instead of `std::process::Command`: with
+//! `Command` the helper would be an ordinary process that has to fork once more to get a pid 1,
+//! and the node would supervise a middleman. Cloning into the new pid namespace makes the
+//! helper itself pid 1 of the gear, so the pid the node holds *is* the gear's init (killing it
+//! kills the whole gear) and one process per gear is saved. The child of the clone does only
+//! what `posix_spawn` would (reset the signal mask, dup2, execve) on memory prepared before the
+//! clone, which is safe in a multi-threaded node. `CLONE_PIDFD` hands back a pidfd with no
+//! pid-reuse race, for waiting, signalling and async readiness.
+//!
+//! The gear dies with the node through that pidfd's mirror image: the node passes a pidfd of
+//! *itself* to the helper, which polls it. Unlike `PR_SET_PDEATHSIG` this follows the node
+//! process, not the thread that happened to start the gear (tokio retires idle threads).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::cgroup::{self, GearCgroup, TeardownReport};
+use crate::error::SandboxError;
+use crate::protocol::{
+    BindSource, HelperMessage, HelperSpec, PARENT_FD, REPORT_FD, ResolvedBind, SPEC_FD,
+};
+use crate::report::LayerReport;
+use crate::selinux;
+use crate::spec::{Bind, SandboxSpec, Stdio};
+use crate::sys::{self, ChildState};
+
+/// Name of the helper binary.
+pub const INIT_NAME: &str = "gearhost-init";
+
+/// Finds `gearhost-init`: the spec's explicit path, else `$GEARHOST_INIT`, else next to the
+/// running executable (or one directory up, where cargo puts binaries when running tests).
+pub fn find_init(explicit: Option<&Path>) -> Result<PathBuf, SandboxError> {
+    if let Some(p) = explicit {
+        return existing(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("GEARHOST_INIT") {
+        return existing(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|source| SandboxError::Io {
+        action: "locate",
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+        hint: "set GEARHOST_INIT to the path of gearhost-init",
+    })?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    let beside = dir.join(INIT_NAME);
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    let above = dir.parent().map(|d| d.join(INIT_NAME));
+    match above {
+        Some(p) if p.is_file() => Ok(p),
+        _ => Err(SandboxError::InitNotFound { path: beside }),
+    }
+}
+
+fn existing(path: PathBuf) -> Result<PathBuf, SandboxError> {
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(SandboxError::InitNotFound { path })
+    }
+}
+
+/// A signal the node may send to a gear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM: ask the command to stop (forwarded by the gear's init).
+    Term,
+    /// SIGINT (forwarded).
+    Int,
+    /// SIGHUP (forwarded).
+    Hup,
+    /// SIGQUIT (forwarded).
+    Quit,
+    /// SIGUSR1 (forwarded).
+    Usr1,
+    /// SIGUSR2 (forwarded).
+    Usr2,
+    /// SIGKILL: kills the gear's init and with it every process of the gear.
+    Kill,
+}
+
+impl Signal {
+    fn raw(self) -> libc::c_int {
+        match self {
+            Signal::Term => libc::SIGTERM,
+            Signal::Int => libc::SIGINT,
+            Signal::Hup => libc::SIGHUP,
+            Signal::Quit => libc::SIGQUIT,
+            Signal::Usr1 => libc::SIGUSR1,
+            Signal::Usr2 => libc::SIGUSR2,
+            Signal::Kill => libc::SIGKILL,
+        }
+    }
+}
+
+/// Starts confined gear processes.
+#[derive(Debug, Clone, Copy)]
+pub struct Sandbox;
+
+/// A running gear process (its init, pid 1 of the gear's pid namespace).
+///
+/// Reap it with [`wait`](Self::wait) or [`try_wait`](Self::try_wait); an unreaped exited gear
+/// stays a zombie of the node. Then call [`teardown`](Self::teardown) to remove its cgroup.
+#[derive(Debug)]
+pub struct Sandboxed {
+    pid: u32,
+    pidfd: OwnedFd,
+    report: LayerReport,
+    cgroup: GearCgroup,
+    stdin: Option<File>,
+    stdout: Option<File>,
+    stderr: Option<File>,
+    status: Option<ExitStatus>,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SandboxError::Spawn {
+        what: "create a pipe",
+        source: e.into(),
+    })
+}
+
+/// Duplicates `fd` to a close-on-exec descriptor numbered 10 or above, so the dup2 calls in
+/// the cloned child never overwrite a source they still need.
+fn high_dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, SandboxError> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+        .map(|raw| {
+            // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor we now own.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        })
+        .map_err(|e| SandboxError::Spawn {
+            what: "duplicate a descriptor",
+            source: e.into(),
+        })
+}
+
+/// The child ends and parent ends of the three standard streams.
+struct StdioPlan {
+    child: Vec<OwnedFd>,
+    parent: [Option<File>; 3],
+}
+
+fn plan_stdio(spec: &SandboxSpec) -> Result<StdioPlan, SandboxError> {
+    let mut child = Vec::new();
+    let mut parent: [Option<File>; 3] = [None, None, None];
+    for (i, stdio) in [&spec.stdio.stdin, &spec.stdio.stdout, &spec.stdio.stderr]
+        .into_iter()
+        .enumerate()
+    {
+        let fd = match stdio {
+            Stdio::Null => {
+                let f = File::options()
+                    .read(true)
+                    .write(true)
+                    .open("/dev/null")
+                    .map_err(|source| SandboxError::Io {
+                        action: "open",
+                        path: PathBuf::from("/dev/null"),
+                        source,
+                        hint: "make sure /dev is mounted on the node",
+                    })?;
+                high_dup(f.as_fd())?
+            }
+            Stdio::Inherit => {
+                // SAFETY: 0, 1 and 2 are the node's standard descriptors, borrowed only for
+                // the duplicate call.
+                let own = unsafe { BorrowedFd::borrow_raw(i as RawFd) };
+                high_dup(own)?
+            }
+            Stdio::Piped => {
+                let (read, write) = pipe()?;
+                if i == 0 {
+                    parent[0] = Some(File::from(write));
+                    high_dup(read.as_fd())?
+                } else {
+                    parent[i] = Some(File::from(read));
+                    high_dup(write.as_fd())?
+                }
+            }
+            Stdio::Fd(file) => high_dup(file.as_fd())?,
+        };
+        child.push(fd);
+    }
+    Ok(StdioPlan { child, parent })
+}
+
+/// Splits bind sources into those below the gear's home (opened beneath it, no symlinks) and
+/// host paths (canonicalized here, then opened without following symlinks).
+fn resolve_binds(
+    home: &Path,
+    canonical_home: &Path,
+    binds: &[Bind],
+) -> Result<Vec<ResolvedBind>, SandboxError> {
+    binds
+        .iter()
+        .map(|b| {
+            let rel = b
+                .source
+                .strip_prefix(home)
+                .ok()
+                .or_else(|| b.source.strip_prefix(canonical_home).ok());
+            let source = match rel {
+                Some(rel) if rel.as_os_str().is_empty() => {
+                    BindSource::Host(canonical_home.to_path_buf())
+                }
+                Some(rel) => BindSource::InHome(rel.to_path_buf()),
+                None => BindSource::Host(std::fs::canonicalize(&b.source).map_err(|source| {
+                    SandboxError::Io {
+                        action: "resolve bind source",
+                        path: b.source.clone(),
+                        source,
+                        hint: "create it or remove the bind from the spec",
+                    }
+                })?),
+            };
+            Ok(ResolvedBind {
+                source,
+                target: b.target.clone(),
+            })
+        })
+        .collect()
+}
+
+fn cstring(bytes: &[u8], what: &'static str) -> Result<CString, SandboxError> {
+    CString::new(bytes).map_err(|_| SandboxError::Spawn {
+        what,
+        source: io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte"),
+    })
+}
+
+impl Sandbox {
+    /// Starts `spec.argv` confined as described in the crate docs and returns once every layer
+    /// is in place and the command was executed (or setup failed). Blocking: call it from a
+    /// blocking thread in async code.
+    pub fn spawn(spec: SandboxSpec) -> Result<Sandboxed, SandboxError> {
+        spec.validate()?;
+        let init = find_init(spec.init_path.as_deref())?;
+
+        let canonical_home =
+            std::fs::canonicalize(&spec.home).map_err(|source| SandboxError::Io {
+                action: "resolve the gear home",
+                path: spec.home.clone(),
+                source,
+                hint: "create the gear's home directory first",
+            })?;
+        // SELinux: label the home with the gear's level before anything runs; fail closed.
+        let exec_label = if selinux::is_enabled() {
+            let contexts = selinux::gear_contexts(spec.selinux.as_ref(), spec.uid)?;
+            selinux::label_tree(&canonical_home, &contexts.file)?;
+            Some(contexts.process)
+        } else {
+            None
+        };
+
+        let mounts = cgroup::detect()?;
+        let (cgroup, cgroup_report) = GearCgroup::create(&mounts, &spec.cgroup, &spec.limits)?;
+        let started = Self::start_helper(&spec, &init, &canonical_home, exec_label, &cgroup);
+        match started {
+            Ok((pid, pidfd, mut report, stdio)) => {
+                report.cgroup = Some(cgroup_report);
+                let [stdin, stdout, stderr] = stdio;
+                Ok(Sandboxed {
+                    pid,
+                    pidfd,
+                    report,
+                    cgroup,
+                    stdin,
+                    stdout,
+                    stderr,
+                    status: None,
+                })
+            }
+            Err(e) => {
+                let _ = cgroup.teardown(Duration::from_secs(5));
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn start_helper(
+        spec: &SandboxSpec,
+        init: &Path,
+        canonical_home: &Path,
+        exec_label: Option<String>,
+        cgroup: &GearCgroup,
+    ) -> Result<(u32, OwnedFd, LayerReport, [Option<File>; 3]), SandboxError> {
+        let helper_spec = HelperSpec {
+            spec: spec.clone(),
+            cgroup_procs: cgroup.procs_files(),
+            exec_label,
+            home: canonical_home.to_path_buf(),
+            ro_binds: resolve_binds(&spec.home, canonical_home, &spec.ro_binds)?,
+            rw_binds: resolve_binds(&spec.home, canonical_home, &spec.rw_binds)?,
+            watch_parent: !spec.detached,
+        };
+        let spec_json = serde_json::to_vec(&helper_spec)
+            .map_err(|e| SandboxError::Protocol(format!("encode the spec: {e}")))?;
+
+        let stdio = plan_stdio(spec)?;
+        let (spec_read, spec_write) = pipe()?;
+        let (report_read, report_write) = pipe()?;
+        let spec_read = high_dup(spec_read.as_fd())?;
+        let report_write = high_dup(report_write.as_fd())?;
+        let node_pidfd = if spec.detached {
+            None
+        } else {
+            let own = sys::pidfd_open(std::process::id() as libc::pid_t).map_err(|source| {
+                SandboxError::Spawn {
+                    what: "open a pidfd of the node",
+                    source,
+                }
+            })?;
+            Some(high_dup(own.as_fd())?)
+        };
+
+        let mut fds: Vec<(RawFd, RawFd)> = stdio
+            .child
+            .iter()
+            .enumerate()
+            .map(|(i, fd)| (fd.as_raw_fd(), i as RawFd))
+            .collect();
+        fds.push((spec_read.as_raw_fd(), SPEC_FD));
+        fds.push((report_write.as_raw_fd(), REPORT_FD));
+        if let Some(p) = &node_pidfd {
+            fds.push((p.as_raw_fd(), PARENT_FD));
+        }
+        let path = cstring(init.as_os_str().as_bytes(), "encode the helper path")?;
+        let arg0 = cstring(INIT_NAME.as_bytes(), "encode argv")?;
+        let argv = [arg0.as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null()];
+        let plan = sys::ExecPlan {
+            fds: &fds,
+            path: &path,
+            argv: &argv,
+            envp: &envp,
+        };
+        let (pid, pidfd) =
+            sys::clone_into_new_pid_ns(&plan).map_err(|source| SandboxError::Spawn {
+                what: "clone the gear's init into a new pid namespace",
+                source,
+            })?;
+        // Our copies of the child's ends must go, or end-of-file never comes.
+        drop(stdio.child);
+        drop(spec_read);
+        drop(report_write);
+        drop(node_pidfd);
+
+        let outcome = Self::handshake(&spec_json, spec_write, report_read, &spec.argv[0]);
+        match outcome {
+            Ok(report) => Ok((pid as u32, pidfd, report, stdio.parent)),
+            Err(e) => {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                let _ = sys::waitid_pidfd(pidfd.as_fd(), false);
+                Err(e)
+            }
+        }
+    }
+
+    /// Sends the spec and reads messages until the helper closes the report pipe.
+    fn handshake(
+        spec_json: &[u8],
+        spec_write: OwnedFd,
+        report_read: OwnedFd,
+        program: &str,
+    ) -> Result<LayerReport, SandboxError> {
+        let mut writer = File::from(spec_write);
+        // A helper that died early closes its end; its reason arrives on the report pipe.
+        let write_result = writer.write_all(spec_json);
+        drop(writer);
+        let mut text = Vec::new();
+        File::from(report_read)
+            .read_to_end(&mut text)
+            .map_err(|e| SandboxError::Protocol(format!("read the helper's report: {e}")))?;
+        let mut ready = None;
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let message: HelperMessage = serde_json::from_slice(line).map_err(|e| {
+                SandboxError::Protocol(format!("undecodable message from gearhost-init: {e}"))
+            })?;
+            match message {
+                HelperMessage::Ready(report) => ready = Some(*report),
+                HelperMessage::Failed(failure) => return Err(SandboxError::Setup(failure)),
+                HelperMessage::ExecFailed { program, errno } => {
+                    return Err(SandboxError::Exec {
+                        program,
+                        source: io::Error::from_raw_os_error(errno),
+                    });
+                }
+            }
+        }
+        match (ready, write_result) {
+            (Some(report), _) => Ok(report),
+            (None, Err(e)) => Err(SandboxError::Protocol(format!(
+                "gearhost-init exited before reading its spec ({e}); check that it matches this build"
+            ))),
+            (None, Ok(())) => Err(SandboxError::Protocol(format!(
+                "gearhost-init exited without a report while starting {program}; run it under strace to see why"
+            ))),
+        }
+    }
+}
+
+impl Sandboxed {
+    /// The host pid of the gear's init.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// A pidfd of the gear's init: it becomes readable when the gear exits (register it with
+    /// an async reactor, then call [`try_wait`](Self::try_wait)).
+    pub fn pidfd(&self) -> BorrowedFd<'_> {
+        self.pidfd.as_fd()
+    }
+
+    /// What each layer did.
+    pub fn report(&self) -> &LayerReport {
+        &self.report
+    }
+
+    /// The gear's cgroup.
+    pub fn cgroup(&self) -> &GearCgroup {
+        &self.cgroup
+    }
+
+    /// The writing end of the gear's stdin, when it was [`Stdio::Piped`].
+    pub fn take_stdin(&mut self) -> Option<File> {
+        self.stdin.take()
+    }
+
+    /// The reading end of the gear's stdout, when it was [`Stdio::Piped`].
+    pub fn take_stdout(&mut self) -> Option<File> {
+        self.stdout.take()
+    }
+
+    /// The reading end of the gear's stderr, when it was [`Stdio::Piped`].
+    pub fn take_stderr(&mut self) -> Option<File> {
+        self.stderr.take()
+    }
+
+    fn record(&mut self, state: ChildState) -> Option<ExitStatus> {
+        let status = match state {
+            ChildState::Running => return None,
+            ChildState::Exited(code) => ExitStatus::from_raw((code & 0xff) << 8),
+            ChildState::Signaled(sig) => ExitStatus::from_raw(sig & 0x7f),
+        };
+        self.status = Some(status);
+        Some(status)
+    }
+
+    /// The exit status if the gear has exited (reaping it), without blocking. The status is
+    /// the command's exit code, or 128 + signal when the command was killed.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, SandboxError> {
+        if let Some(s) = self.status {
+            return Ok(Some(s));
+        }
+        let state =
+            sys::waitid_pidfd(self.pidfd.as_fd(), true).map_err(|source| SandboxError::Wait {
+                pid: self.pid,
+                source,
+            })?;
+        Ok(self.record(state))
+    }
+
+    /// Blocks until the gear exits and returns its status.
+    pub fn wait(&mut self) -> Result<ExitStatus, SandboxError> {
+        if let Some(s) = self.status {
+            return Ok(s);
+        }
+        let state =
+            sys::waitid_pidfd(self.pidfd.as_fd(), false).map_err(|source| SandboxError::Wait {
+                pid: self.pid,
+                source,
+            })?;
+        Ok(self.record(state).unwrap_or_default())
+    }
+
+    /// Sends `signal` to the gear's init (race-free, through the pidfd). Forwarded signals reach
+    /// the command; [`Signal::Kill`] ends the whole gear.
+    pub fn kill(&self, signal: Signal) -> Result<(), SandboxError> {
+        if self.status.is_some() {
+            return Ok(());
+        }
+        sys::pidfd_send_signal(self.pidfd.as_fd(), signal.raw()).map_err(|source| {
+            SandboxError::Signal {
+                pid: self.pid,
+                source,
+            }
+        })
+    }
+
+    /// Kills whatever is left of the gear, reaps its init and removes its cgroup on every
+    /// hierarchy.
+    pub fn teardown(mut self) -> Result<TeardownReport, SandboxError> {
+        if self.status.is_none() {
+            let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+            self.wait()?;
+        }
+        Ok(self.cgroup.teardown(Duration::from_secs(10))?)
+    }
+}

@@ -1,0 +1,60 @@
+//! Starts a gear's processes confined in layers: namespaces, a pivot_root into a per-gear root,
+//! an unprivileged uid with no capabilities and `no_new_privs`, seccomp, Landlock, SELinux
+//! (where enabled), cgroups and rlimits. Breaking one layer still leaves the others.
+//!
+//! This is the only crate of the project with unsafe code; every unsafe block says why it is
+//! sound. The API is small and safe:
+//!
+//! - build a [`SandboxSpec`], call [`Sandbox::spawn`], get a [`Sandboxed`] (pid, pidfd, stdio,
+//!   wait, kill, teardown) and its [`LayerReport`];
+//! - [`check::host_capabilities`] says which layers this machine enforces;
+//! - [`selinux::mcs_level_for_uid`] is the uid to MCS level mapping.
+//!
+//! The work inside the sandbox is done by the small `gearhost-init` binary of this crate (see
+//! [`launch`] for how it is started and [`find_init`] for where it is looked up).
+//!
+//! ```no_run
+//! use gearhost_sandbox::{Sandbox, SandboxSpec};
+//!
+//! let mut spec = SandboxSpec::new("g1", 5001, 5001, "/var/lib/gearhost/gears/g1", vec!["/bin/true".into()]);
+//! spec.limits.memory_bytes = Some(256 << 20);
+//! let mut gear = Sandbox::spawn(spec)?;
+//! println!("{}", gear.report());
+//! let status = gear.wait()?;
+//! gear.teardown()?;
+//! # Ok::<(), gearhost_sandbox::SandboxError>(())
+//! ```
+#![allow(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod cgroup;
+pub mod check;
+mod confine;
+mod error;
+#[doc(hidden)]
+pub mod helper;
+pub mod launch;
+#[doc(hidden)]
+pub mod protocol;
+pub mod report;
+mod rootfs;
+pub mod seccomp;
+pub mod selinux;
+pub mod spec;
+mod sys;
+
+pub use cgroup::{CgroupError, CgroupLayout, CgroupReport, TeardownReport};
+pub use error::SandboxError;
+pub use launch::{INIT_NAME, Sandbox, Sandboxed, Signal, find_init};
+pub use report::LayerReport;
+pub use spec::{
+    Bind, CgroupPlacement, Limits, NetworkMode, Rlimits, SandboxSpec, SelinuxLabel, Stdio,
+    StdioSpec,
+};
+
+/// Tears down a gear's cgroup by placement: kills any process left in it, waits for them to be
+/// gone and removes the cgroup on every hierarchy. Use it for gears whose [`Sandboxed`] handle
+/// is gone (e.g. after a node restart).
+pub fn teardown(placement: &CgroupPlacement) -> Result<TeardownReport, SandboxError> {
+    Ok(cgroup::teardown(placement)?)
+}

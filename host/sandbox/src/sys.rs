@@ -1,0 +1,416 @@
+//! Thin wrappers over the Linux system calls that `nix` does not cover (openat2, mount_setattr,
+//! close_range, pidfds, capset, clone with a pidfd, Landlock's version query, interface flags).
+//!
+//! Each wrapper is safe to call: it takes owned Rust values, hands the kernel pointers that live
+//! for the whole call, and turns `-1` into an [`std::io::Error`].
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// `RESOLVE_NO_SYMLINKS` from `<linux/openat2.h>`: refuse every symbolic link on the way.
+pub(crate) const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+/// `RESOLVE_NO_MAGICLINKS`: refuse `/proc/<pid>/fd`-style links.
+pub(crate) const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// `RESOLVE_BENEATH`: the path must stay below the directory fd.
+pub(crate) const RESOLVE_BENEATH: u64 = 0x08;
+
+/// `MOUNT_ATTR_*` bits from `<linux/mount.h>`.
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub(crate) const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+const CLONE_PIDFD: libc::c_ulong = 0x1000;
+const P_PIDFD: libc::idtype_t = 3;
+const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens `path` relative to `dir` (or the working directory) as an `O_PATH` descriptor with
+/// the given `RESOLVE_*` restrictions, following no symlink when `RESOLVE_NO_SYMLINKS` is set.
+pub(crate) fn openat2_path(
+    dir: Option<BorrowedFd<'_>>,
+    path: &CStr,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+        mode: 0,
+        resolve,
+    };
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `path` is a valid NUL-terminated string and `how` a properly laid out `open_how`,
+    // both alive for the duration of the call; the size passed is the size of that struct.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    let fd = check(ret)? as RawFd;
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Sets `MOUNT_ATTR_*` flags on the mount `fd` refers to (an `O_PATH` descriptor of the mount's
+/// root), on its whole subtree when `recursive`.
+pub(crate) fn mount_setattr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let flags = libc::AT_EMPTY_PATH as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: the empty path is a valid NUL-terminated string and `attr` is a correctly laid
+    // out `mount_attr`; both outlive the call and the size argument matches the struct.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Creates directory `name` in `dir` (an existing entry is not an error).
+pub(crate) fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and lives for the call.
+    let ret = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EEXIST) {
+            return Ok(());
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Creates an empty regular file `name` in `dir` to mount a file on (an existing entry is not
+/// an error; symlinks are never followed).
+pub(crate) fn create_file_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and lives for the call.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            0o444 as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EEXIST) {
+            return Ok(());
+        }
+        return Err(err);
+    }
+    // SAFETY: a fresh descriptor we own; closing it is all we need.
+    drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(())
+}
+
+/// Marks every descriptor from `first` upwards close-on-exec, so none survives the next execve.
+pub(crate) fn cloexec_from(first: u32) -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only changes descriptor flags; it takes no
+    // pointers.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) };
+    check(ret).map(drop)
+}
+
+/// Opens a pidfd for `pid` (as seen in the caller's pid namespace).
+pub(crate) fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes plain integers.
+    let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let fd = check(ret)? as RawFd;
+    // SAFETY: a fresh descriptor returned by the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `signal` to the process behind `pidfd`; it cannot hit a recycled pid.
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: libc::c_int) -> io::Result<()> {
+    // SAFETY: a null siginfo pointer is allowed (the kernel fills in a default one).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// How a child ended, as `waitid` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChildState {
+    /// Still running (only from a non-blocking wait).
+    Running,
+    /// Exited with this code.
+    Exited(i32),
+    /// Killed by this signal.
+    Signaled(i32),
+}
+
+/// Waits for (and reaps) the child behind `pidfd`; with `nohang` it returns at once.
+pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<ChildState> {
+    loop {
+        // SAFETY: an all-zero siginfo_t is a valid value for the kernel to overwrite.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let options = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
+        // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
+        let ret =
+            unsafe { libc::waitid(P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, options) };
+        if ret < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(err);
+        }
+        // SAFETY: waitid filled `info` for a child state change (or left it zeroed with WNOHANG);
+        // si_pid and si_status are valid to read for SIGCHLD-type siginfo.
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(ChildState::Running);
+        }
+        return Ok(match info.si_code {
+            libc::CLD_EXITED => ChildState::Exited(status),
+            _ => ChildState::Signaled(status),
+        });
+    }
+}
+
+/// The highest Landlock ABI version this kernel offers, 0 when Landlock is unavailable.
+pub(crate) fn landlock_abi() -> u32 {
+    // SAFETY: with a null attribute pointer, size 0 and the VERSION flag the call only returns a
+    // number.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if ret < 0 { 0 } else { ret as u32 }
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Clears the effective, permitted and inheritable capability sets of the calling thread.
+pub(crate) fn clear_capabilities() -> io::Result<()> {
+    let mut header = CapHeader {
+        version: 0x2008_0522, // _LINUX_CAPABILITY_VERSION_3
+        pid: 0,
+    };
+    let data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    // SAFETY: version 3 expects exactly two CapData entries; both pointers are valid for the
+    // call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Drops `cap` from the bounding set; unknown capability numbers are ignored.
+pub(crate) fn drop_bounding_cap(cap: u32) -> io::Result<()> {
+    // SAFETY: PR_CAPBSET_DROP takes plain integers.
+    let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EINVAL) {
+            return Ok(());
+        }
+        return Err(err);
+    }
+    Ok(())
+}
+
+/// Clears the ambient capability set.
+pub(crate) fn clear_ambient() -> io::Result<()> {
+    // SAFETY: PR_CAP_AMBIENT with CLEAR_ALL takes plain integers.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    check(ret as libc::c_long).map(drop)
+}
+
+#[repr(C)]
+struct IfReqFlags {
+    name: [u8; libc::IFNAMSIZ],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+/// Brings the loopback interface of the current network namespace up.
+pub(crate) fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket() takes plain integers.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    req.name[..2].copy_from_slice(b"lo");
+    // SAFETY: `req` has the layout of `struct ifreq` (name then the flags member of the union,
+    // padded to the full size) and lives for the call.
+    let ret = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCGIFFLAGS,
+            &mut req as *mut IfReqFlags,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    // SAFETY: as above.
+    let ret = unsafe {
+        libc::ioctl(
+            sock.as_raw_fd(),
+            libc::SIOCSIFFLAGS,
+            &mut req as *mut IfReqFlags,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// What the child of [`clone_into_new_pid_ns`] does: only async-signal-safe steps, prepared
+/// entirely before the clone so nothing is allocated in the child.
+pub(crate) struct ExecPlan<'a> {
+    /// `(source, target)` descriptor pairs installed with dup2; every source is above every
+    /// target, so no pair clobbers another.
+    pub(crate) fds: &'a [(RawFd, RawFd)],
+    /// The program to execute.
+    pub(crate) path: &'a CStr,
+    /// NULL-terminated argument vector.
+    pub(crate) argv: &'a [*const libc::c_char],
+    /// NULL-terminated environment.
+    pub(crate) envp: &'a [*const libc::c_char],
+}
+
+/// Forks a child into a new pid namespace (it is pid 1 there), returning its host pid and a
+/// pidfd for it. The child resets its signal mask, installs the descriptors of `plan` and execs
+/// `plan.path`; if that fails it exits with 127.
+pub(crate) fn clone_into_new_pid_ns(plan: &ExecPlan<'_>) -> io::Result<(libc::pid_t, OwnedFd)> {
+    debug_assert_eq!(plan.argv.last(), Some(&std::ptr::null()));
+    debug_assert_eq!(plan.envp.last(), Some(&std::ptr::null()));
+    let mut pidfd: libc::c_int = -1;
+    let flags = libc::CLONE_NEWPID as libc::c_ulong | CLONE_PIDFD | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: a raw clone without CLONE_VM and with a null stack behaves like fork: the child
+    // gets a copy-on-write image and returns 0 on the same stack. In the child we only call
+    // async-signal-safe functions (sigprocmask, dup2, fcntl, execve, _exit) on data prepared
+    // before the clone, so the state of other threads' locks in the copied image never matters.
+    // `pidfd` is a valid out-pointer for CLONE_PIDFD (the parent_tid argument slot).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags,
+            0 as libc::c_ulong,
+            &mut pidfd as *mut libc::c_int,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if ret == 0 {
+        // SAFETY: see above; this is the child and only async-signal-safe calls follow.
+        unsafe { exec_in_child(plan) }
+    }
+    // SAFETY: CLONE_PIDFD stored a fresh descriptor that only we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((ret as libc::pid_t, pidfd))
+}
+
+/// Runs in the freshly cloned child; never returns.
+///
+/// # Safety
+///
+/// Must only be called in the child of a fork-like clone, with `plan` prepared beforehand.
+unsafe fn exec_in_child(plan: &ExecPlan<'_>) -> ! {
+    // SAFETY: all calls below are async-signal-safe and use memory that was valid in the parent
+    // at clone time and is therefore valid in this copy of its address space.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        for &(src, dst) in plan.fds {
+            if libc::dup2(src, dst) < 0 {
+                libc::_exit(126);
+            }
+        }
+        libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
+        libc::_exit(127)
+    }
+}
