@@ -372,12 +372,11 @@ fn find_key_span(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
         if trimmed.starts_with('[') {
             return None;
         }
-        if let Some(rest) = trimmed.strip_prefix(key) {
-            if let Some(eq) = rest.trim_start().strip_prefix('=') {
+        if let Some(rest) = trimmed.strip_prefix(key)
+            && let Some(eq) = rest.trim_start().strip_prefix('=') {
                 let value_start = offset + line.len() - eq.trim_start().len();
                 return Some(value_start..value_start + eq.trim().len());
             }
-        }
         offset += line.len();
     }
     None
@@ -794,11 +793,11 @@ pub fn parse_size(text: &str) -> Option<u64> {
 
 /// Format a byte count the way manifests write it.
 pub fn format_size(bytes: u64) -> String {
-    if bytes >= GIB && bytes % GIB == 0 {
+    if bytes >= GIB && bytes.is_multiple_of(GIB) {
         format!("{}GiB", bytes / GIB)
-    } else if bytes >= MIB && bytes % MIB == 0 {
+    } else if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{}MiB", bytes / MIB)
-    } else if bytes >= 1024 && bytes % 1024 == 0 {
+    } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
         format!("{}KiB", bytes / 1024)
     } else {
         format!("{bytes}B")

@@ -32,7 +32,7 @@ fn manifest_errors_match_their_golden_files() {
             .to_string();
         let shown = Path::new("cartridges/web").join(&name);
         let got = match Manifest::parse(&text, &shown) {
-            Ok(_) => format!("(accepted)\n"),
+            Ok(_) => "(accepted)\n".to_string(),
             Err(e) => format!("{e}\n"),
         };
         let golden = case.with_extension("err");
