@@ -373,10 +373,11 @@ fn find_key_span(text: &str, key: &str) -> Option<std::ops::Range<usize>> {
             return None;
         }
         if let Some(rest) = trimmed.strip_prefix(key)
-            && let Some(eq) = rest.trim_start().strip_prefix('=') {
-                let value_start = offset + line.len() - eq.trim_start().len();
-                return Some(value_start..value_start + eq.trim().len());
-            }
+            && let Some(eq) = rest.trim_start().strip_prefix('=')
+        {
+            let value_start = offset + line.len() - eq.trim_start().len();
+            return Some(value_start..value_start + eq.trim().len());
+        }
         offset += line.len();
     }
     None
