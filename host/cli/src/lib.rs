@@ -73,6 +73,26 @@ pub enum Command {
     /// Write, check and try cartridges.
     #[command(subcommand)]
     Cartridge(CartridgeCommand),
+    /// Inspect this node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Run commands in throwaway gear sandboxes.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+}
+
+/// `gear node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Report which confinement layers this machine enforces (exit 4 if a required one is missing).
+    Check(cmd::node_check::Args),
+}
+
+/// `gear sandbox ...`
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Run one command in a throwaway gear sandbox with every layer on.
+    Run(cmd::sandbox_run::Args),
 }
 
 /// `gear cartridge ...`
@@ -101,7 +121,7 @@ pub fn default_cache_dir() -> PathBuf {
     base.join("gearhost/components")
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -134,6 +154,8 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Cartridge(CartridgeCommand::Check(args)) => cmd::cartridge_check::run(args),
         Command::Cartridge(CartridgeCommand::Call(args)) => cmd::cartridge_call::run(args),
+        Command::Node(NodeCommand::Check(args)) => cmd::node_check::run(args),
+        Command::Sandbox(SandboxCommand::Run(args)) => cmd::sandbox_run::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,8 @@
 
 pub mod cartridge_call;
 pub mod cartridge_check;
+pub mod node_check;
+pub mod sandbox_run;
 
 use std::path::Path;
 

@@ -1,0 +1,126 @@
+//! `gear sandbox run -- CMD ...`: run one command in a throwaway gear sandbox
+//! with every layer on, so operators and tests can probe what a gear sees.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use gearhost_runtime::manifest::parse_size;
+use gearhost_sandbox::{NetworkMode, Sandbox, SandboxSpec, Stdio};
+
+use crate::output::print_json;
+use crate::{CmdResult, Failure};
+
+/// Arguments of `gear sandbox run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The gear's uid (and gid unless --gid is given); must not be 0.
+    #[arg(long, default_value_t = 60999)]
+    pub uid: u32,
+    /// The gear's gid.
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Memory limit, swap included (e.g. 256MiB).
+    #[arg(long, value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// Most processes and threads the gear may have.
+    #[arg(long)]
+    pub pids: Option<u64>,
+    /// CPU quota in millicores (1000 = one CPU).
+    #[arg(long)]
+    pub cpu: Option<u32>,
+    /// Hostname inside the sandbox.
+    #[arg(long, default_value = "sandbox")]
+    pub hostname: String,
+    /// Use this directory as the gear's home (default: a fresh temporary
+    /// directory, removed afterwards). It appears at /gear inside.
+    #[arg(long)]
+    pub home: Option<PathBuf>,
+    /// Share the host's network instead of an isolated namespace with only loopback.
+    #[arg(long)]
+    pub host_network: bool,
+    /// Print the layer report on stderr before the command's output.
+    #[arg(long)]
+    pub report: bool,
+    /// Print the layer report as JSON on stdout and the command's status, instead of attaching stdio.
+    #[arg(long)]
+    pub json: bool,
+    /// The command and its arguments.
+    #[arg(required = true, last = true)]
+    pub command: Vec<String>,
+}
+
+fn parse_memory(text: &str) -> Result<u64, String> {
+    parse_size(text).ok_or_else(|| format!("invalid size {text:?}: use e.g. 256MiB or 1GiB"))
+}
+
+/// Run the command.
+pub fn run(args: Args) -> CmdResult {
+    if !crate::is_root() {
+        return Err(Failure::Environment(anyhow::anyhow!(
+            "gear sandbox run needs root to create namespaces and cgroups; run it with sudo"
+        )));
+    }
+    if args.uid == 0 || args.gid == Some(0) {
+        return Err(Failure::Invalid(anyhow::anyhow!(
+            "a gear never runs as uid or gid 0; pick an unprivileged id with --uid"
+        )));
+    }
+    let (_tmp, home) = match &args.home {
+        Some(home) => (None, home.clone()),
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("gear-sandbox-")
+                .tempdir()
+                .context("cannot create a temporary home")
+                .map_err(Failure::Environment)?;
+            let path = tmp.path().to_path_buf();
+            (Some(tmp), path)
+        }
+    };
+    let gid = args.gid.unwrap_or(args.uid);
+    std::os::unix::fs::chown(&home, Some(args.uid), Some(gid))
+        .with_context(|| format!("cannot hand {} to uid {}", home.display(), args.uid))
+        .map_err(Failure::Environment)?;
+
+    let id = format!("sandbox-{}", std::process::id());
+    let mut spec = SandboxSpec::new(id, args.uid, gid, &home, args.command.clone());
+    spec.hostname = args.hostname.clone();
+    spec.limits.memory_bytes = args.memory;
+    spec.limits.pids = args.pids;
+    spec.limits.cpu_millicores = args.cpu;
+    spec.env = vec![
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("HOME".into(), "/gear".into()),
+        ("TERM".into(), std::env::var("TERM").unwrap_or_else(|_| "dumb".into())),
+    ];
+    if args.host_network {
+        spec.network = NetworkMode::Host;
+    }
+    if !args.json {
+        spec.stdio.stdin = Stdio::Inherit;
+        spec.stdio.stdout = Stdio::Inherit;
+        spec.stdio.stderr = Stdio::Inherit;
+    }
+    let mut child = Sandbox::spawn(spec).map_err(|e| Failure::Environment(e.into()))?;
+    if args.report && !args.json {
+        eprintln!("{}", child.report());
+    }
+    let status = child.wait().map_err(|e| Failure::Failed(e.into()))?;
+    let report = child.report().clone();
+    let teardown = child.teardown().map_err(|e| Failure::Failed(e.into()))?;
+    if args.json {
+        print_json(&serde_json::json!({
+            "status": status.code(),
+            "signal": status.signal(),
+            "report": report,
+            "teardown": teardown,
+        }))?;
+    }
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Ok(()),
+        (Some(code), _) => Err(Failure::Reported(u8::try_from(code).unwrap_or(1))),
+        (None, Some(sig)) => Err(Failure::Reported(128u8.saturating_add(u8::try_from(sig).unwrap_or(0)))),
+        _ => Err(Failure::Reported(1)),
+    }
+}
