@@ -312,8 +312,10 @@ impl Sandbox {
         let stdio = plan_stdio(spec)?;
         let (spec_read, spec_write) = pipe()?;
         let (report_read, report_write) = pipe()?;
-        let spec_read = high_dup(spec_read.as_fd())?;
-        let report_write = high_dup(report_write.as_fd())?;
+        let (spec_read, report_write) = {
+            let (spec_low, report_low) = (spec_read, report_write);
+            (high_dup(spec_low.as_fd())?, high_dup(report_low.as_fd())?)
+        };
         let node_pidfd = if spec.detached {
             None
         } else {

@@ -43,14 +43,17 @@ struct OpenHow {
 }
 
 /// Opens `path` relative to `dir` (or the working directory) as an `O_PATH` descriptor with
-/// the given `RESOLVE_*` restrictions, following no symlink when `RESOLVE_NO_SYMLINKS` is set.
+/// the given `RESOLVE_*` restrictions; with `RESOLVE_NO_SYMLINKS` any symlink on the way,
+/// the last component included, fails with `ELOOP`.
 pub(crate) fn openat2_path(
     dir: Option<BorrowedFd<'_>>,
     path: &CStr,
     resolve: u64,
 ) -> io::Result<OwnedFd> {
     let how = OpenHow {
-        flags: (libc::O_PATH | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+        // No O_NOFOLLOW: with it a trailing symlink would be opened itself instead of being
+        // refused, and mounting from its /proc/self/fd link would then follow it.
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
         mode: 0,
         resolve,
     };
