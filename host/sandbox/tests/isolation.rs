@@ -55,12 +55,21 @@ struct TestGear {
 
 impl TestGear {
     fn new(name: &str, uid: u32, argv: &[&str]) -> TestGear {
-        let state = tempfile::Builder::new().prefix("gearhost-state-").tempdir().expect("state dir");
+        let state = tempfile::Builder::new()
+            .prefix("gearhost-state-")
+            .tempdir()
+            .expect("state dir");
         let home = state.path().join("gears").join(name);
         std::fs::create_dir_all(&home).expect("home");
         std::os::unix::fs::chown(&home, Some(uid), Some(uid)).expect("chown home");
         let probe_dir = Path::new(PROBE).parent().expect("probe dir");
-        let mut spec = SandboxSpec::new(name, uid, uid, &home, argv.iter().map(|s| s.to_string()).collect());
+        let mut spec = SandboxSpec::new(
+            name,
+            uid,
+            uid,
+            &home,
+            argv.iter().map(|s| s.to_string()).collect(),
+        );
         spec.cgroup.subtree = format!("gearhost-test-{}-{name}", std::process::id());
         spec.init_path = Some(PathBuf::from(INIT));
         spec.ro_binds.push(Bind {
@@ -81,7 +90,10 @@ impl TestGear {
         let subtree = self.spec.cgroup.subtree.clone();
         let mut gear = Sandbox::spawn(self.spec).expect("gear starts");
         let mut out = String::new();
-        gear.take_stdout().expect("stdout pipe").read_to_string(&mut out).expect("read stdout");
+        gear.take_stdout()
+            .expect("stdout pipe")
+            .read_to_string(&mut out)
+            .expect("read stdout");
         let status = gear.wait().expect("wait");
         let report = gear.report().clone();
         gear.teardown().expect("teardown");
@@ -103,7 +115,8 @@ struct Finished {
 }
 
 fn probe_json(out: &str) -> Value {
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("probe printed no JSON ({e}): {out:?}"))
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("probe printed no JSON ({e}): {out:?}"))
 }
 
 #[test]
@@ -145,7 +158,12 @@ fn probe_sees_every_layer_from_inside() {
     gear.spec.argv.push(config.to_string());
     gear.spec.env.push(("GEAR_TEST".into(), "1".into()));
     let home = gear.home.clone();
-    let Finished { status, out, report, _state } = gear.run();
+    let Finished {
+        status,
+        out,
+        report,
+        _state,
+    } = gear.run();
     let _ = std::fs::remove_file(Path::new("/tmp").join(&marker_name));
     assert!(status.success(), "probe failed: {status:?} {out}");
     let p = probe_json(&out);
@@ -165,7 +183,16 @@ fn probe_sees_every_layer_from_inside() {
     assert_eq!(s("NoNewPrivs"), "1");
     assert_eq!(s("Seccomp"), "2");
     // seccomp answers with EPERM (1)
-    for call in ["mount", "unshare_user", "clone_newuser", "tiocsti", "ptrace_init", "keyctl", "bpf", "personality_addr_compat"] {
+    for call in [
+        "mount",
+        "unshare_user",
+        "clone_newuser",
+        "tiocsti",
+        "ptrace_init",
+        "keyctl",
+        "bpf",
+        "personality_addr_compat",
+    ] {
         assert_eq!(s(call), "1", "{call} was not refused with EPERM");
     }
     // read-only system (EROFS 30), Landlock on a DAC-writable dir (EACCES 13)
@@ -174,10 +201,17 @@ fn probe_sees_every_layer_from_inside() {
     assert_eq!(s("write_root"), "30");
     assert_ne!(s("write_etc_passwd"), "ok");
     assert_ne!(s("write_proc_sys"), "ok");
-    assert_eq!(s("write_dev_shm"), "13", "Landlock must refuse /dev/shm although it is mode 1777");
+    assert_eq!(
+        s("write_dev_shm"),
+        "13",
+        "Landlock must refuse /dev/shm although it is mode 1777"
+    );
     assert_eq!(s("write_tmp"), "ok");
     assert_eq!(s("write_home"), "ok");
-    assert!(home.join("probe-wrote-this").exists(), "home write did not reach the host");
+    assert!(
+        home.join("probe-wrote-this").exists(),
+        "home write did not reach the host"
+    );
     // /proc masking, no /sys, no shadow
     assert_eq!(p["read_kcore"], 0);
     assert_eq!(s("read_keys"), "");
@@ -188,18 +222,32 @@ fn probe_sees_every_layer_from_inside() {
     for (path, seen) in p["visible"].as_object().expect("visible map") {
         assert_eq!(seen, false, "{path} is visible inside the gear");
     }
-    assert!(!p["tmp_entries"].as_array().expect("tmp").iter().any(|e| e.as_str() == Some(marker_name.as_str())));
+    assert!(
+        !p["tmp_entries"]
+            .as_array()
+            .expect("tmp")
+            .iter()
+            .any(|e| e.as_str() == Some(marker_name.as_str()))
+    );
     // network: only lo, which works; the host's loopback server is unreachable
     assert_eq!(p["interfaces"], serde_json::json!(["lo"]));
     assert_eq!(p["loopback_works"], true);
     assert_ne!(s("connect_host_port"), "ok");
     // descriptors and environment
-    let mut fds: Vec<String> = p["fds"].as_array().expect("fds").iter().filter_map(|v| v.as_str().map(String::from)).collect();
+    let mut fds: Vec<String> = p["fds"]
+        .as_array()
+        .expect("fds")
+        .iter()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
     fds.sort();
     // 0, 1, 2 plus the directory handle used to list /proc/self/fd
     assert_eq!(fds.len(), 4, "{fds:?}");
     assert_eq!(&fds[..3], ["0", "1", "2"]);
-    assert_eq!(p["env"], serde_json::json!({"GEAR_TEST": "1", "PATH": "/usr/bin:/bin"}));
+    assert_eq!(
+        p["env"],
+        serde_json::json!({"GEAR_TEST": "1", "PATH": "/usr/bin:/bin"})
+    );
     // the setuid binary gains nothing
     assert_eq!(s("setuid_euid"), uid.to_string());
     assert_eq!(s("cwd"), "/gear");
@@ -254,7 +302,11 @@ fn fork_bomb_is_stopped_by_the_pids_limit() {
     if !privileged("fork_bomb_is_stopped_by_the_pids_limit") {
         return;
     }
-    let mut gear = TestGear::new("forkbomb", 52_003, &["/opt/probe/gearhost-probe", "forkbomb"]);
+    let mut gear = TestGear::new(
+        "forkbomb",
+        52_003,
+        &["/opt/probe/gearhost-probe", "forkbomb"],
+    );
     gear.spec.limits.pids = Some(32);
     let Finished { status, out, .. } = gear.run();
     assert!(status.success(), "{status:?} {out}");
@@ -265,7 +317,12 @@ fn fork_bomb_is_stopped_by_the_pids_limit() {
     assert!(spawned >= 20, "spawned only {spawned}");
     assert_eq!(p["errno"], 11, "fork should fail with EAGAIN: {p}");
     // the host is still responsive
-    assert!(std::process::Command::new("/bin/true").status().expect("host runs /bin/true").success());
+    assert!(
+        std::process::Command::new("/bin/true")
+            .status()
+            .expect("host runs /bin/true")
+            .success()
+    );
 }
 
 #[test]
@@ -278,16 +335,26 @@ fn memory_hog_is_oom_killed_inside_the_gear() {
     let subtree = gear.spec.cgroup.subtree.clone();
     let mut running = Sandbox::spawn(gear.spec).expect("gear starts");
     let mut out = String::new();
-    running.take_stdout().expect("stdout").read_to_string(&mut out).expect("read");
+    running
+        .take_stdout()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
     let status = running.wait().expect("wait");
     let kills = running.cgroup().oom_kills();
     running.teardown().expect("teardown");
     gearhost_sandbox::cgroup::remove_subtree(&subtree).expect("remove subtree");
-    assert!(status.success(), "the surviving process should exit 0: {status:?} {out}");
+    assert!(
+        status.success(),
+        "the surviving process should exit 0: {status:?} {out}"
+    );
     let p = probe_json(&out);
     assert_eq!(p["hog_signal"], 9, "{p}");
     assert_eq!(p["survivor_alive"], true);
-    assert!(kills.unwrap_or(0) >= 1, "the cgroup counted no OOM kill: {kills:?}");
+    assert!(
+        kills.unwrap_or(0) >= 1,
+        "the cgroup counted no OOM kill: {kills:?}"
+    );
 }
 
 #[test]
@@ -295,27 +362,45 @@ fn cpu_quota_throttles() {
     if !privileged("cpu_quota_throttles") {
         return;
     }
-    let mut gear = TestGear::new("cpu", 52_005, &["/opt/probe/gearhost-probe", "spin", "1500"]);
+    let mut gear = TestGear::new(
+        "cpu",
+        52_005,
+        &["/opt/probe/gearhost-probe", "spin", "1500"],
+    );
     gear.spec.limits.cpu_millicores = Some(200);
     let subtree = gear.spec.cgroup.subtree.clone();
     let mut running = Sandbox::spawn(gear.spec).expect("gear starts");
     let mut out = String::new();
-    running.take_stdout().expect("stdout").read_to_string(&mut out).expect("read");
+    running
+        .take_stdout()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
     let status = running.wait().expect("wait");
     let used = running.cgroup().cpu_usage().expect("cpu usage");
-    let throttled = running.cgroup().cpu_throttled_periods().expect("throttle count");
+    let throttled = running
+        .cgroup()
+        .cpu_throttled_periods()
+        .expect("throttle count");
     running.teardown().expect("teardown");
     gearhost_sandbox::cgroup::remove_subtree(&subtree).expect("remove subtree");
     assert!(status.success(), "{status:?} {out}");
     let wall = Duration::from_millis(probe_json(&out)["wall_ms"].as_u64().expect("wall"));
     let share = used.as_secs_f64() / wall.as_secs_f64();
     // a 20% quota; generous margin for start-up and accounting granularity
-    assert!(share < 0.4, "used {used:?} in {wall:?} ({share:.2} of a CPU) with a 200m quota");
+    assert!(
+        share < 0.4,
+        "used {used:?} in {wall:?} ({share:.2} of a CPU) with a 200m quota"
+    );
     assert!(throttled > 0, "the gear was never throttled");
 }
 
 fn host_mounts_mentioning(needle: &str) -> usize {
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
 }
 
 #[test]
@@ -323,11 +408,18 @@ fn killing_init_kills_the_tree_and_teardown_leaves_nothing() {
     if !privileged("killing_init_kills_the_tree_and_teardown_leaves_nothing") {
         return;
     }
-    let mut gear = TestGear::new("tree", 52_006, &["/bin/sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
+    let mut gear = TestGear::new(
+        "tree",
+        52_006,
+        &["/bin/sh", "-c", "sleep 1000 & sleep 1000 & wait"],
+    );
     gear.spec.stdio.stdout = Stdio::Null;
     let state = gear.state.path().to_path_buf();
     let subtree = gear.spec.cgroup.subtree.clone();
-    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo").lines().count();
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .count();
     let mut running = Sandbox::spawn(gear.spec).expect("gear starts");
     let deadline = Instant::now() + Duration::from_secs(10);
     while running.cgroup().pids().len() < 4 && Instant::now() < deadline {
@@ -342,15 +434,24 @@ fn killing_init_kills_the_tree_and_teardown_leaves_nothing() {
     let report = running.teardown().expect("teardown");
     assert_eq!(report.removed.len(), paths.len());
     for pid in pids {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} survived");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} survived"
+        );
     }
     for p in paths {
         assert!(!p.exists(), "{} survived teardown", p.display());
     }
     gearhost_sandbox::cgroup::remove_subtree(&subtree).expect("remove subtree");
     assert_eq!(host_mounts_mentioning(state.to_str().expect("utf-8")), 0);
-    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo").lines().count();
-    assert_eq!(mounts_before, mounts_after, "the host's mount table changed");
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("mountinfo")
+        .lines()
+        .count();
+    assert_eq!(
+        mounts_before, mounts_after,
+        "the host's mount table changed"
+    );
 }
 
 #[test]
@@ -358,7 +459,11 @@ fn signals_reach_the_command_through_init() {
     if !privileged("signals_reach_the_command_through_init") {
         return;
     }
-    let mut gear = TestGear::new("signals", 52_007, &["/bin/sh", "-c", "trap 'exit 42' TERM; sleep 1000 & wait"]);
+    let mut gear = TestGear::new(
+        "signals",
+        52_007,
+        &["/bin/sh", "-c", "trap 'exit 42' TERM; sleep 1000 & wait"],
+    );
     gear.spec.stdio.stdout = Stdio::Null;
     let subtree = gear.spec.cgroup.subtree.clone();
     let mut running = Sandbox::spawn(gear.spec).expect("gear starts");

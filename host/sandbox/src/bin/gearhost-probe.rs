@@ -17,14 +17,22 @@ use serde_json::{Value, json};
 fn errno_of<T>(result: std::io::Result<T>) -> Value {
     match result {
         Ok(_) => json!("ok"),
-        Err(e) => json!(e.raw_os_error().map_or_else(|| e.to_string(), |n| n.to_string())),
+        Err(e) => json!(
+            e.raw_os_error()
+                .map_or_else(|| e.to_string(), |n| n.to_string())
+        ),
     }
 }
 
 /// Runs a raw system call result through errno: "ok" or the errno number as a string.
 fn sys_result(ret: libc::c_long) -> Value {
     if ret < 0 {
-        json!(std::io::Error::last_os_error().raw_os_error().unwrap_or(0).to_string())
+        json!(
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(0)
+                .to_string()
+        )
     } else {
         json!("ok")
     }
@@ -40,29 +48,67 @@ fn status_field(status: &str, name: &str) -> String {
 fn isolation(config: &Value) -> Value {
     let mut out = BTreeMap::new();
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    for f in ["Uid:", "Gid:", "Groups:", "CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:", "NoNewPrivs:", "Seccomp:"] {
-        out.insert(f.trim_end_matches(':').to_string(), json!(status_field(&status, f)));
+    for f in [
+        "Uid:",
+        "Gid:",
+        "Groups:",
+        "CapInh:",
+        "CapPrm:",
+        "CapEff:",
+        "CapBnd:",
+        "CapAmb:",
+        "NoNewPrivs:",
+        "Seccomp:",
+    ] {
+        out.insert(
+            f.trim_end_matches(':').to_string(),
+            json!(status_field(&status, f)),
+        );
     }
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
-        .map(|d| d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     pids.sort_unstable();
     out.insert("pids".into(), json!(pids));
     out.insert("self_pid".into(), json!(std::process::id()));
     out.insert(
         "hostname".into(),
-        json!(std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default().trim()),
+        json!(
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .unwrap_or_default()
+                .trim()
+        ),
     );
 
     // SAFETY: mount with valid NUL-terminated strings and a null data pointer.
-    let mount = unsafe { libc::mount(c"none".as_ptr(), c"/tmp".as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) };
+    let mount = unsafe {
+        libc::mount(
+            c"none".as_ptr(),
+            c"/tmp".as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     out.insert("mount".into(), sys_result(mount as libc::c_long));
     // SAFETY: unshare takes a flag word.
     let unshare = unsafe { libc::unshare(libc::CLONE_NEWUSER) };
     out.insert("unshare_user".into(), sys_result(unshare as libc::c_long));
     // SAFETY: a fork-like clone with a user-namespace flag; if it ever succeeded the child
     // leaves at once with _exit and the parent reaps it.
-    let clone = unsafe { libc::syscall(libc::SYS_clone, (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong, 0, 0, 0, 0) };
+    let clone = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (libc::CLONE_NEWUSER | libc::SIGCHLD) as libc::c_ulong,
+            0,
+            0,
+            0,
+            0,
+        )
+    };
     if clone == 0 {
         // SAFETY: child of the clone above; leave immediately.
         unsafe { libc::_exit(0) };
@@ -89,31 +135,58 @@ fn isolation(config: &Value) -> Value {
     // SAFETY: personality(ADDR_COMPAT_LAYOUT) only changes the personality word; the filter
     // refuses it.
     let persona = unsafe { libc::personality(0x0040_0000) };
-    out.insert("personality_addr_compat".into(), sys_result(persona as libc::c_long));
+    out.insert(
+        "personality_addr_compat".into(),
+        sys_result(persona as libc::c_long),
+    );
 
     let write = |p: &str| errno_of(std::fs::write(p, b"x"));
     out.insert("write_usr".into(), write("/usr/gearhost-probe"));
     out.insert("write_etc".into(), write("/etc/gearhost-probe"));
-    out.insert("write_etc_passwd".into(), errno_of(std::fs::OpenOptions::new().append(true).open("/etc/passwd")));
+    out.insert(
+        "write_etc_passwd".into(),
+        errno_of(std::fs::OpenOptions::new().append(true).open("/etc/passwd")),
+    );
     out.insert("write_proc_sys".into(), write("/proc/sys/kernel/hostname"));
     out.insert("write_root".into(), write("/gearhost-probe"));
     out.insert("write_dev_shm".into(), write("/dev/shm/gearhost-probe"));
     out.insert("write_tmp".into(), write("/tmp/gearhost-probe"));
     let home = config["home"].as_str().unwrap_or("/gear");
-    out.insert("write_home".into(), write(&format!("{home}/probe-wrote-this")));
+    out.insert(
+        "write_home".into(),
+        write(&format!("{home}/probe-wrote-this")),
+    );
     if let Some(dir) = config["world_writable"].as_str() {
-        out.insert("write_world_writable".into(), write(&format!("{dir}/probe-wrote-this")));
+        out.insert(
+            "write_world_writable".into(),
+            write(&format!("{dir}/probe-wrote-this")),
+        );
     }
-    out.insert("read_kcore".into(), json!(std::fs::read("/proc/kcore").map(|b| b.len()).unwrap_or(0)));
-    out.insert("read_keys".into(), json!(std::fs::read_to_string("/proc/keys").unwrap_or_default()));
-    out.insert("sys_exists".into(), json!(Path::new("/sys/kernel").exists()));
-    out.insert("etc_shadow_exists".into(), json!(Path::new("/etc/shadow").exists()));
+    out.insert(
+        "read_kcore".into(),
+        json!(std::fs::read("/proc/kcore").map(|b| b.len()).unwrap_or(0)),
+    );
+    out.insert(
+        "read_keys".into(),
+        json!(std::fs::read_to_string("/proc/keys").unwrap_or_default()),
+    );
+    out.insert(
+        "sys_exists".into(),
+        json!(Path::new("/sys/kernel").exists()),
+    );
+    out.insert(
+        "etc_shadow_exists".into(),
+        json!(Path::new("/etc/shadow").exists()),
+    );
 
     // A symlink in the home pointing at /etc/shadow yields nothing.
     let link = format!("{home}/shadow-link");
     let _ = std::fs::remove_file(&link);
     let _ = std::os::unix::fs::symlink("/etc/shadow", &link);
-    out.insert("read_shadow_via_link".into(), errno_of(std::fs::read(&link)));
+    out.insert(
+        "read_shadow_via_link".into(),
+        errno_of(std::fs::read(&link)),
+    );
 
     let mut visible = BTreeMap::new();
     for p in config["must_be_invisible"].as_array().into_iter().flatten() {
@@ -123,15 +196,25 @@ fn isolation(config: &Value) -> Value {
     }
     out.insert("visible".into(), json!(visible));
     let tmp: Vec<String> = std::fs::read_dir("/tmp")
-        .map(|d| d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
         .unwrap_or_default();
     out.insert("tmp_entries".into(), json!(tmp));
 
     let dev = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
-    let ifaces: Vec<String> = dev.lines().skip(2).filter_map(|l| Some(l.split(':').next()?.trim().to_string())).collect();
+    let ifaces: Vec<String> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| Some(l.split(':').next()?.trim().to_string()))
+        .collect();
     out.insert("interfaces".into(), json!(ifaces));
     if let Some(port) = config["host_port"].as_u64() {
-        let r = TcpStream::connect_timeout(&format!("127.0.0.1:{port}").parse().expect("address"), Duration::from_secs(2));
+        let r = TcpStream::connect_timeout(
+            &format!("127.0.0.1:{port}").parse().expect("address"),
+            Duration::from_secs(2),
+        );
         out.insert("connect_host_port".into(), errno_of(r));
     }
     // Loopback works inside: a server and a client in the gear.
@@ -147,7 +230,10 @@ fn isolation(config: &Value) -> Value {
     out.insert("loopback_works".into(), json!(lo.unwrap_or(false)));
 
     let fds: Vec<String> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
+        .map(|d| {
+            d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                .collect()
+        })
         .unwrap_or_default();
     out.insert("fds".into(), json!(fds));
     let env: BTreeMap<String, String> = std::env::vars().collect();
@@ -156,11 +242,29 @@ fn isolation(config: &Value) -> Value {
         let r = Command::new(setuid).arg("-u").output();
         out.insert(
             "setuid_euid".into(),
-            json!(r.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_else(|e| e.to_string())),
+            json!(
+                r.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_else(|e| e.to_string())
+            ),
         );
     }
-    out.insert("cwd".into(), json!(std::env::current_dir().map(|p| p.display().to_string()).unwrap_or_default()));
-    out.insert("passwd_has_gear".into(), json!(std::fs::read_to_string("/etc/passwd").unwrap_or_default().lines().count()));
+    out.insert(
+        "cwd".into(),
+        json!(
+            std::env::current_dir()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
+    );
+    out.insert(
+        "passwd_has_gear".into(),
+        json!(
+            std::fs::read_to_string("/etc/passwd")
+                .unwrap_or_default()
+                .lines()
+                .count()
+        ),
+    );
     json!(out)
 }
 
@@ -224,7 +328,10 @@ fn main() {
     let mode = args.get(1).map(String::as_str).unwrap_or("");
     let result = match mode {
         "isolation" => {
-            let config: Value = args.get(2).and_then(|c| serde_json::from_str(c).ok()).unwrap_or(Value::Null);
+            let config: Value = args
+                .get(2)
+                .and_then(|c| serde_json::from_str(c).ok())
+                .unwrap_or(Value::Null);
             isolation(&config)
         }
         "hog" => hog(),
@@ -232,7 +339,9 @@ fn main() {
         "forkbomb" => forkbomb(),
         "spin" => spin(args.get(2).and_then(|m| m.parse().ok()).unwrap_or(1000)),
         _ => {
-            eprintln!("usage: gearhost-probe isolation <config-json> | oom | hog | forkbomb | spin <millis>");
+            eprintln!(
+                "usage: gearhost-probe isolation <config-json> | oom | hog | forkbomb | spin <millis>"
+            );
             std::process::exit(2);
         }
     };
