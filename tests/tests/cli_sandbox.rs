@@ -1,0 +1,102 @@
+//! The real `gear` binary's `node check` and `sandbox run`: the layer report
+//! is honest about this machine, and a command runs confined with its exit
+//! status passed through.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use gearhost_tests::{gear_bin, privileged};
+
+fn gear(args: &[&str]) -> Output {
+    let mut child = Command::new(gear_bin())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run gear");
+    // never let a wedged sandbox hang the suite
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "gear {args:?} did not finish within 60 s\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn node_check_reports_every_layer_honestly() {
+    let out = gear(&["node", "check", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let layers = report["layers"].as_array().expect("layers");
+    let status = |name: &str| {
+        layers
+            .iter()
+            .find(|l| l["layer"] == name)
+            .unwrap_or_else(|| panic!("layer {name} missing from {report}"))["status"]
+            .as_str()
+            .expect("status")
+            .to_string()
+    };
+    for layer in ["namespaces", "filesystem", "credentials", "seccomp", "landlock", "selinux", "cgroups", "rlimits"] {
+        status(layer);
+    }
+    let selinux_on = Path::new("/sys/fs/selinux/enforce").exists();
+    if selinux_on {
+        assert_ne!(status("selinux"), "not_enabled");
+    } else {
+        assert_eq!(status("selinux"), "not_enabled", "SELinux is off here and must be reported so");
+    }
+    // the exit code follows the required layers
+    let all_hold = layers
+        .iter()
+        .filter(|l| l["required"] == true)
+        .all(|l| l["status"] == "enforced" || l["status"] == "partial");
+    assert_eq!(out.status.code(), Some(if all_hold { 0 } else { 4 }));
+
+    let human = gear(&["node", "check"]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("seccomp") && text.contains("landlock"), "{text}");
+}
+
+#[test]
+fn sandbox_run_confines_a_command_and_passes_its_status_through() {
+    if !privileged("gear sandbox run creates namespaces and cgroups") {
+        return;
+    }
+    let out = gear(&[
+        "sandbox", "run", "--uid", "61001", "--hostname", "probe", "--pids", "64", "--memory", "128MiB", "--",
+        "sh", "-c", "id -u; hostname; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "61001");
+    assert_eq!(lines[1], "probe");
+    assert!(stdout.contains("CapEff:\t0000000000000000"), "{stdout}");
+    assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
+    assert!(stdout.contains("Seccomp:\t2"), "{stdout}");
+
+    let out = gear(&["sandbox", "run", "--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+
+    let out = gear(&["sandbox", "run", "--json", "--", "true"]);
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(json["status"], 0);
+    assert!(json["report"].is_object(), "{json}");
+
+    let out = gear(&["sandbox", "run", "--uid", "0", "--", "true"]);
+    assert_eq!(out.status.code(), Some(3));
+}
