@@ -16,7 +16,10 @@ const INIT: &str = env!("CARGO_BIN_EXE_gearhost-init");
 const UID: u32 = 53_000;
 
 fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Stats {
@@ -41,7 +44,11 @@ fn ms(d: Duration) -> String {
 }
 
 fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|p| p.join(name)).find(|p| p.is_file()))
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(name))
+            .find(|p| p.is_file())
+    })
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -52,7 +59,13 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn gear_spec(id: &str, home: &Path, argv: &[&str], subtree: &str) -> SandboxSpec {
-    let mut spec = SandboxSpec::new(id, UID, UID, home, argv.iter().map(|s| s.to_string()).collect());
+    let mut spec = SandboxSpec::new(
+        id,
+        UID,
+        UID,
+        home,
+        argv.iter().map(|s| s.to_string()).collect(),
+    );
     spec.init_path = Some(PathBuf::from(INIT));
     spec.cgroup.subtree = subtree.to_string();
     spec.env = vec![("PATH".into(), "/usr/bin:/bin".into())];
@@ -78,10 +91,41 @@ fn gearhost_once(home: &Path, subtree: &str, i: usize) -> (Duration, Duration) {
 fn bwrap_once(bwrap: &Path) -> Duration {
     let start = Instant::now();
     let status = Command::new(bwrap)
-        .args(["--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"])
-        .args(["--ro-bind", "/usr", "/usr", "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib"])
-        .args(["--symlink", "usr/lib64", "/lib64", "--symlink", "usr/sbin", "/sbin"])
-        .args(["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "/bin/true"])
+        .args([
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+        ])
+        .args([
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+        ])
+        .args([
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--symlink",
+            "usr/sbin",
+            "/sbin",
+        ])
+        .args([
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "/bin/true",
+        ])
         .stdin(Stdio::null())
         .status()
         .expect("bwrap runs");
@@ -95,7 +139,12 @@ fn crun_bundle(dir: &Path) {
     for d in ["usr", "proc", "dev", "tmp"] {
         std::fs::create_dir_all(rootfs.join(d)).expect("rootfs dir");
     }
-    for (link, target) in [("bin", "usr/bin"), ("lib", "usr/lib"), ("lib64", "usr/lib64"), ("sbin", "usr/sbin")] {
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+        ("sbin", "usr/sbin"),
+    ] {
         let _ = std::os::unix::fs::symlink(target, rootfs.join(link));
     }
     let config = format!(
@@ -160,7 +209,11 @@ impl CrunRunner {
             .expect("unshare runs");
         let stdin = child.stdin.take().expect("stdin");
         let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        CrunRunner { child, stdin, stdout }
+        CrunRunner {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     fn once(&mut self, i: usize) -> Duration {
@@ -184,7 +237,11 @@ impl Drop for CrunRunner {
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -219,10 +276,22 @@ fn density(count: usize) {
     println!("density: {count} gears each running `sleep 1000`");
     println!("| measure | value |");
     println!("| --- | --- |");
-    println!("| time to start all | {:.2} s ({} ms per gear) |", started.as_secs_f64(), ms(started / count as u32));
+    println!(
+        "| time to start all | {:.2} s ({} ms per gear) |",
+        started.as_secs_f64(),
+        ms(started / count as u32)
+    );
     println!("| processes in the gears' cgroups | {processes} |");
-    println!("| node RSS growth | {} KiB total, {:.1} KiB per gear |", rss_after.saturating_sub(rss_before), rss_after.saturating_sub(rss_before) as f64 / count as f64);
-    println!("| memory charged to the gears' cgroups | {:.1} MiB total, {:.0} KiB per gear |", charged as f64 / (1 << 20) as f64, charged as f64 / 1024.0 / count as f64);
+    println!(
+        "| node RSS growth | {} KiB total, {:.1} KiB per gear |",
+        rss_after.saturating_sub(rss_before),
+        rss_after.saturating_sub(rss_before) as f64 / count as f64
+    );
+    println!(
+        "| memory charged to the gears' cgroups | {:.1} MiB total, {:.0} KiB per gear |",
+        charged as f64 / (1 << 20) as f64,
+        charged as f64 / 1024.0 / count as f64
+    );
     println!("| teardown of all | {:.2} s |", torn_down.as_secs_f64());
     println!("| cgroup directories left | {leftovers} |");
     assert_eq!(leftovers, 0);
@@ -260,7 +329,8 @@ fn main() {
             c.once(100_000 + i);
         }
     }
-    let (mut gh, mut gh_total, mut bw, mut cr, mut plain, mut unshare) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut gh, mut gh_total, mut bw, mut cr, mut plain, mut unshare) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for i in 0..runs {
         let (reaped, total) = gearhost_once(&home, &subtree, i);
         gh.push(reaped);
@@ -276,7 +346,16 @@ fn main() {
         plain.push(t.elapsed());
         let t = Instant::now();
         Command::new("unshare")
-            .args(["--fork", "--pid", "--mount", "--uts", "--ipc", "--net", "--mount-proc", "true"])
+            .args([
+                "--fork",
+                "--pid",
+                "--mount",
+                "--uts",
+                "--ipc",
+                "--net",
+                "--mount-proc",
+                "true",
+            ])
             .status()
             .expect("unshare");
         unshare.push(t.elapsed());
@@ -294,20 +373,34 @@ fn main() {
             return None;
         }
         let s = stats(samples);
-        println!("| {name} | {} | {} | {} |", ms(s.median), ms(s.p95), ms(s.mean));
+        println!(
+            "| {name} | {} | {} | {} |",
+            ms(s.median),
+            ms(s.p95),
+            ms(s.mean)
+        );
         Some(s.median)
     };
     row("/bin/true (no isolation)", plain);
     row("unshare, 6 namespaces + mount-proc", unshare);
     let ours = row("gearhost: all layers, start + reap", gh);
-    let ours_total = row("gearhost: all layers, start + reap + cgroup removal", gh_total);
+    let ours_total = row(
+        "gearhost: all layers, start + reap + cgroup removal",
+        gh_total,
+    );
     let bw_median = row("bwrap --unshare-all", bw);
     let cr_median = row("crun run (cgroups, seccomp, caps dropped)", cr);
     if let (Some(o), Some(b)) = (ours_total.or(ours), bw_median) {
-        println!("gearhost / bwrap = {:.2} (target <= 1.00)", o.as_secs_f64() / b.as_secs_f64());
+        println!(
+            "gearhost / bwrap = {:.2} (target <= 1.00)",
+            o.as_secs_f64() / b.as_secs_f64()
+        );
     }
     if let (Some(o), Some(c)) = (ours_total.or(ours), cr_median) {
-        println!("gearhost / crun = {:.2} (target <= 0.50)", o.as_secs_f64() / c.as_secs_f64());
+        println!(
+            "gearhost / crun = {:.2} (target <= 0.50)",
+            o.as_secs_f64() / c.as_secs_f64()
+        );
     }
     if density_count > 0 {
         density(density_count);

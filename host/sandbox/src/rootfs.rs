@@ -26,19 +26,19 @@ const STAGING: &str = "/tmp";
 /// System directories bound read-only when they are directories, recreated when symlinks.
 const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
-/// `/etc` entries bound read-only from the host when present.
-const ETC_ENTRIES: &[&str] = &[
+/// `/etc` directories bound read-only from the host when present.
+const ETC_DIRS: &[&str] = &["ssl", "alternatives", "terminfo"];
+
+/// `/etc` files copied from the host into the gear's read-only `/etc` when present: a copy
+/// costs less than a bind mount at start and at teardown, and these files are small. A
+/// symlink into `/usr` is recreated as the same symlink instead.
+const ETC_FILES: &[&str] = &[
     "resolv.conf",
     "nsswitch.conf",
     "host.conf",
     "gai.conf",
     "ld.so.cache",
     "ld.so.conf",
-    "ld.so.conf.d",
-    "ssl",
-    "ca-certificates",
-    "ca-certificates.conf",
-    "alternatives",
     "localtime",
     "timezone",
     "mime.types",
@@ -46,9 +46,11 @@ const ETC_ENTRIES: &[&str] = &[
     "services",
     "os-release",
     "debian_version",
-    "terminfo",
     "inputrc",
 ];
+
+/// Largest `/etc` file copied (bigger ones are skipped).
+const ETC_FILE_MAX: u64 = 512 << 10;
 
 /// Device nodes bound from the host's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -101,11 +103,19 @@ enum SystemEntry {
     Symlink(&'static str, PathBuf),
 }
 
+/// An `/etc` file of the host as the gear gets it.
+#[derive(Debug)]
+enum EtcFile {
+    Contents(Vec<u8>),
+    Symlink(PathBuf),
+}
+
 /// Every host object the root is built from, opened before the first mount.
 #[derive(Debug)]
 pub(crate) struct Sources {
     system: Vec<SystemEntry>,
-    etc: Vec<(&'static str, OwnedFd, bool)>,
+    etc_dirs: Vec<(&'static str, OwnedFd)>,
+    etc_files: Vec<(&'static str, EtcFile)>,
     devices: Vec<(&'static str, OwnedFd)>,
     null: OwnedFd,
     home: OwnedFd,
@@ -148,13 +158,33 @@ pub(crate) fn open_sources(hs: &HelperSpec) -> Result<Sources, SetupFailure> {
             _ => {}
         }
     }
-    let mut etc = Vec::new();
-    for name in ETC_ENTRIES {
+    let mut etc_dirs = Vec::new();
+    for name in ETC_DIRS {
         let path = Path::new("/etc").join(name);
-        if let Ok(fd) = open_following(&path) {
-            let dir = is_dir(fd.as_fd())
-                .map_err(|e| failure("open_sources", format!("stat {}", path.display()), &e))?;
-            etc.push((*name, fd, dir));
+        if let Ok(fd) = open_following(&path)
+            && is_dir(fd.as_fd())
+                .map_err(|e| failure("open_sources", format!("stat {}", path.display()), &e))?
+        {
+            etc_dirs.push((*name, fd));
+        }
+    }
+    let mut etc_files = Vec::new();
+    for name in ETC_FILES {
+        let path = Path::new("/etc").join(name);
+        if let Ok(target) = std::fs::read_link(&path) {
+            let resolved = path.parent().unwrap_or(Path::new("/")).join(&target);
+            if resolved.starts_with("/usr") || target.starts_with("../usr") {
+                etc_files.push((*name, EtcFile::Symlink(target)));
+                continue;
+            }
+        }
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() <= ETC_FILE_MAX => {
+                let contents = std::fs::read(&path)
+                    .map_err(|e| failure("open_sources", format!("read {}", path.display()), &e))?;
+                etc_files.push((*name, EtcFile::Contents(contents)));
+            }
+            _ => {}
         }
     }
     let mut devices = Vec::new();
@@ -235,7 +265,8 @@ pub(crate) fn open_sources(hs: &HelperSpec) -> Result<Sources, SetupFailure> {
     }
     Ok(Sources {
         system,
-        etc,
+        etc_dirs,
+        etc_files,
         devices,
         null,
         home,
@@ -434,7 +465,7 @@ pub(crate) fn build_and_pivot(
         STAGING,
         Some("tmpfs"),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=0755,size=2m"),
+        Some("mode=0755,size=4m"),
     )
     .map_err(|e| {
         failure(
@@ -481,8 +512,19 @@ pub(crate) fn build_and_pivot(
             spec.hostname
         ),
     )?;
-    for (name, fd, dir) in &sources.etc {
-        b.bind(fd.as_fd(), &Path::new("/etc").join(name), *dir, RO)?;
+    for (name, file) in &sources.etc_files {
+        let inner = format!("/etc/{name}");
+        match file {
+            EtcFile::Contents(bytes) => {
+                let path = b.root.join(inner.trim_start_matches('/'));
+                std::fs::write(&path, bytes)
+                    .map_err(|e| failure("etc", format!("write {inner}"), &e))?;
+            }
+            EtcFile::Symlink(target) => b.symlink(target, &inner)?,
+        }
+    }
+    for (name, fd) in &sources.etc_dirs {
+        b.bind(fd.as_fd(), &Path::new("/etc").join(name), true, RO)?;
     }
 
     // The gear's home and extra binds, parents before children.

@@ -211,13 +211,13 @@ pub fn label_tree(root: &Path, context: &str) -> Result<(), SelinuxError> {
     Ok(())
 }
 
-/// Sets the label the calling thread's next execve runs under (`setexeccon`).
+/// Sets the label the calling thread's next execve runs under, as `setexeccon` does: by
+/// writing `/proc/thread-self/attr/exec`. Done directly so `gearhost-init` does not load
+/// libselinux (and its configuration) on every gear start.
 pub(crate) fn set_exec_label(context: &str) -> Result<(), String> {
-    let c_context =
-        CString::new(context).map_err(|_| format!("label {context:?} contains a NUL byte"))?;
-    ::selinux::SecurityContext::from_c_str(&c_context, false)
-        .set_for_next_exec()
-        .map_err(|e| format!("setexeccon({context}) failed: {e}"))
+    let path = "/proc/thread-self/attr/exec";
+    std::fs::write(path, context.as_bytes())
+        .map_err(|e| format!("write {context} to {path} (setexeccon): {e}"))
 }
 
 #[cfg(test)]
