@@ -5,15 +5,15 @@
 //! Sequence (each step its own function; a failure is reported to the node as a
 //! [`SetupFailure`] naming the step):
 //!
-//! 1. [`read_spec`] from fd 3;
-//! 2. [`join_cgroup`]: write its own pid into the gear's cgroup on every hierarchy;
-//! 3. [`unshare_namespaces`]: mount, uts, ipc, cgroup and (isolated mode) net;
-//! 4. [`set_hostname`], [`bring_loopback_up`];
+//! 1. `read_spec` from fd 3;
+//! 2. `join_cgroup`: write its own pid into the gear's cgroup on every hierarchy;
+//! 3. `unshare_namespaces`: mount, uts, ipc, cgroup and (isolated mode) net;
+//! 4. `set_hostname`, `bring_loopback_up`;
 //! 5. `rootfs::open_sources` then `rootfs::build_and_pivot`;
-//! 6. block the forwarded signals, fork; in the child ([`run_gear`]): credentials, rlimits,
+//! 6. block the forwarded signals, fork; in the child (`run_gear`): credentials, rlimits,
 //!    cwd, SELinux exec label, Landlock, close-on-exec for every descriptor above 2, seccomp
 //!    (last, so the setup calls above are not filtered), report, exec;
-//! 7. in pid 1 ([`supervise`]): drop privileges the same way and loop on a signalfd and the
+//! 7. in pid 1 (`supervise`): drop privileges the same way and loop on a signalfd and the
 //!    node's pidfd.
 
 use std::convert::Infallible;

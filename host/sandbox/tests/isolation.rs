@@ -496,3 +496,58 @@ fn exec_failure_is_a_typed_error() {
         other => panic!("unexpected error: {other}"),
     }
 }
+
+#[test]
+fn gear_dies_with_the_process_that_started_it() {
+    if !privileged("gear_dies_with_the_process_that_started_it") {
+        return;
+    }
+    let mut gear = TestGear::new("orphan", 52_009, &["/bin/sleep", "1000"]);
+    gear.spec.stdio.stdout = Stdio::Null;
+    let placement = gear.spec.cgroup.clone();
+    let spec_json = serde_json::to_string(&gear.spec).expect("spec json");
+    // The probe, run on the host, plays the node: it starts the gear and sleeps.
+    let mut node = std::process::Command::new(PROBE)
+        .args(["parent", &spec_json])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("probe starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(node.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read pid");
+    let started: Value =
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let gear_pid = started["gear_pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no gear started: {started}"));
+    let mounts = gearhost_sandbox::cgroup::detect().expect("cgroups");
+    let paths = gearhost_sandbox::cgroup::gear_paths(&mounts, &placement);
+    let procs = paths
+        .values()
+        .next()
+        .expect("a cgroup")
+        .join("cgroup.procs");
+    let count = || {
+        std::fs::read_to_string(&procs)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    assert_eq!(count(), 2, "init and sleep expected in the gear");
+    node.kill().expect("kill the node");
+    node.wait().expect("reap the node");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        count(),
+        0,
+        "gear {gear_pid} outlived the process that started it"
+    );
+    let report = gearhost_sandbox::teardown(&placement).expect("teardown");
+    assert_eq!(report.killed, 0, "nothing should have been left to kill");
+    gearhost_sandbox::cgroup::remove_subtree(&placement.subtree).expect("remove subtree");
+}

@@ -1,7 +1,8 @@
 //! `gearhost-probe`: run inside a gear by the isolation tests; checks the sandbox from within
 //! and prints what it found as JSON on stdout.
 //!
-//! Modes: `isolation <config-json>`, `oom`, `hog`, `forkbomb`, `spin <millis>`.
+//! Modes: `isolation <config-json>`, `oom`, `hog`, `forkbomb`, `spin <millis>`; and, run on
+//! the host, `parent <spec-json>`: start a gear, print its pid, then wait to be killed.
 #![allow(unsafe_code)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -323,6 +324,24 @@ fn spin(millis: u64) -> Value {
     json!({ "wall_ms": start.elapsed().as_millis() as u64, "x": x & 1 })
 }
 
+/// Plays the node: starts a gear from `spec`, prints its pid and sleeps until killed.
+fn parent(spec: &str) -> Value {
+    let spec: gearhost_sandbox::SandboxSpec = match serde_json::from_str(spec) {
+        Ok(s) => s,
+        Err(e) => return json!({ "error": e.to_string() }),
+    };
+    match gearhost_sandbox::Sandbox::spawn(spec) {
+        Ok(gear) => {
+            println!("{}", json!({ "gear_pid": gear.pid() }));
+            let _ = std::io::stdout().flush();
+            loop {
+                std::thread::sleep(Duration::from_secs(1000));
+            }
+        }
+        Err(e) => json!({ "error": e.to_string() }),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or("");
@@ -337,6 +356,7 @@ fn main() {
         "hog" => hog(),
         "oom" => oom(),
         "forkbomb" => forkbomb(),
+        "parent" => parent(args.get(2).map(String::as_str).unwrap_or("")),
         "spin" => spin(args.get(2).and_then(|m| m.parse().ok()).unwrap_or(1000)),
         _ => {
             eprintln!(
