@@ -149,12 +149,18 @@ fn main() {
         assert!(out.result.is_ok(), "{:?}", out.result);
     }
     let mut warm = Vec::with_capacity(warm_n);
+    let mut setup = Vec::with_capacity(warm_n);
+    let mut inst = Vec::with_capacity(warm_n);
     for _ in 0..warm_n {
         let t = Instant::now();
         let out = tokio.block_on(cartridge.call(host.clone(), call()));
         warm.push(t.elapsed());
+        setup.push(out.setup);
+        inst.push(out.instantiate.unwrap_or_default());
         debug_assert!(out.result.is_ok());
     }
+    let (setup50, _, _) = stats(setup);
+    let (inst50, _, _) = stats(inst);
 
     // 2. cold calls in a fresh process, from the precompiled cache
     let gear = gearhost_tests::gear_bin();
@@ -241,6 +247,11 @@ fn main() {
         fmt(s50),
         fmt(s95),
         fmt(smin)
+    );
+    println!(
+        "  of which store set-up {} and instantiation {} (medians)",
+        fmt(setup50),
+        fmt(inst50)
     );
     println!("compile from scratch (median): {}", fmt(comp50));
     println!("load from cache (median):      {}", fmt(load50));

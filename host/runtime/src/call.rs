@@ -245,6 +245,16 @@ pub(crate) fn serialize_duration<S: serde::Serializer>(
     s.serialize_f64(d.as_secs_f64() * 1000.0)
 }
 
+fn serialize_option_duration<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => serialize_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// Everything about one finished hook call.
 #[derive(Debug, Clone, Serialize)]
 pub struct HookOutcome {
@@ -261,6 +271,15 @@ pub struct HookOutcome {
     /// Wall-clock time of the call, instantiation included.
     #[serde(rename = "elapsed_ms", serialize_with = "serialize_duration")]
     pub elapsed: Duration,
+    /// Of which: preparing the store (WASI context, limits).
+    #[serde(rename = "setup_ms", serialize_with = "serialize_duration")]
+    pub setup: Duration,
+    /// Of which: instantiating the component, when it got that far.
+    #[serde(
+        rename = "instantiate_ms",
+        serialize_with = "serialize_option_duration"
+    )]
+    pub instantiate: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -564,6 +583,10 @@ impl Cartridge {
         };
 
         let mut wasi = WasiCtxBuilder::new();
+        // A hook's file operations are small and local; running them on the
+        // calling thread costs far less than a round trip through the blocking
+        // pool (measured: 64 µs -> see docs/performance.md for a trivial hook).
+        wasi.allow_blocking_current_thread(true);
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
             .allow_tcp(false)
@@ -616,12 +639,15 @@ impl Cartridge {
             Ok(UpdateDeadline::Yield(1))
         });
 
+        let store_ready = started.elapsed();
+        let mut instantiated = None;
         let result = if let Some(message) = preopen_error {
             Err(host_error(message))
         } else {
             let pre = self.pre.clone();
             let fut = async {
                 let instance = pre.instantiate_async(&mut store).await?;
+                instantiated = Some(started.elapsed());
                 let hooks = instance.gearhost_cartridge_hooks();
                 match &call {
                     HookCall::Build => hooks
@@ -693,6 +719,8 @@ impl Cartridge {
             requests: record.requests,
             denials: record.denials,
             elapsed: started.elapsed(),
+            setup: store_ready,
+            instantiate: instantiated.map(|t| t.saturating_sub(store_ready)),
         }
     }
 

@@ -31,6 +31,7 @@ pub mod cgroup;
 pub mod check;
 mod confine;
 mod error;
+pub mod fdpass;
 #[doc(hidden)]
 pub mod helper;
 pub mod launch;
