@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+pub mod client;
 pub mod cmd;
 mod output;
 
@@ -70,9 +71,46 @@ pub struct Cli {
 /// Top-level subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Write, check and try cartridges.
+    /// Create a gear from a cartridge.
+    Create(cmd::create::Args),
+    /// List gears.
+    List(cmd::list::ListArgs),
+    /// Show one gear in detail.
+    Show(cmd::list::ShowArgs),
+    /// Deploy a directory of sources to a gear: build, activate, restart.
+    Deploy(cmd::deploy::Args),
+    /// Run the build hook on the active deployment.
+    Build(cmd::lifecycle::Args),
+    /// Start a gear.
+    Start(cmd::lifecycle::Args),
+    /// Stop a gear (it stays stopped across node restarts).
+    Stop(cmd::lifecycle::Args),
+    /// Stop, then start a gear.
+    Restart(cmd::lifecycle::Args),
+    /// A gear's state and processes.
+    Status(cmd::lifecycle::Args),
+    /// Run a control action of the gear's cartridge (status, tidy, reload, ...).
+    Control(cmd::control::Args),
+    /// A gear's deployments.
+    Deployments(cmd::deployments::ListArgs),
+    /// Go back to an earlier deployment.
+    Rollback(cmd::deployments::RollbackArgs),
+    /// A gear's environment variables.
+    Env(cmd::env::Args),
+    /// A gear's logs.
+    Logs(cmd::logs::Args),
+    /// Run a command inside a gear's sandbox, attached to this terminal.
+    Exec(cmd::exec::Args),
+    /// Stop a gear and remove it with everything it had.
+    Destroy(cmd::destroy::Args),
+    /// Write, check, try and install cartridges.
     #[command(subcommand)]
     Cartridge(CartridgeCommand),
+    /// Print shell completions for bash, zsh, fish, ...
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     /// Inspect this node.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -86,6 +124,10 @@ pub enum Command {
 pub enum NodeCommand {
     /// Report which confinement layers this machine enforces (exit 4 if a required one is missing).
     Check(cmd::node_check::Args),
+    /// Run the node in the foreground.
+    Run(cmd::node_run::Args),
+    /// Print the embedded default node configuration.
+    Config,
 }
 
 /// `gear sandbox ...`
@@ -102,6 +144,12 @@ pub enum CartridgeCommand {
     Check(cmd::cartridge_check::Args),
     /// Run one hook of a cartridge standalone, against a scratch gear directory.
     Call(cmd::cartridge_call::Args),
+    /// Install a cartridge on the node (validated and compiled once).
+    Install(cmd::cartridge_store::InstallArgs),
+    /// Cartridges installed on the node.
+    List(cmd::cartridge_store::ListArgs),
+    /// Remove a cartridge no gear uses.
+    Remove(cmd::cartridge_store::RemoveArgs),
 }
 
 /// Where compiled components are cached when no node is involved:
@@ -155,6 +203,32 @@ pub fn main() -> ExitCode {
         Command::Cartridge(CartridgeCommand::Check(args)) => cmd::cartridge_check::run(args),
         Command::Cartridge(CartridgeCommand::Call(args)) => cmd::cartridge_call::run(args),
         Command::Node(NodeCommand::Check(args)) => cmd::node_check::run(args),
+        Command::Node(NodeCommand::Run(args)) => cmd::node_run::run(args),
+        Command::Node(NodeCommand::Config) => cmd::node_run::print_default(),
+        Command::Cartridge(CartridgeCommand::Install(args)) => cmd::cartridge_store::install(args),
+        Command::Cartridge(CartridgeCommand::List(args)) => cmd::cartridge_store::list(args),
+        Command::Cartridge(CartridgeCommand::Remove(args)) => cmd::cartridge_store::remove(args),
+        Command::Create(args) => cmd::create::run(args),
+        Command::List(args) => cmd::list::list(args),
+        Command::Show(args) => cmd::list::show(args),
+        Command::Deploy(args) => cmd::deploy::run(args),
+        Command::Build(args) => cmd::lifecycle::run(cmd::lifecycle::Op::Build, args),
+        Command::Start(args) => cmd::lifecycle::run(cmd::lifecycle::Op::Start, args),
+        Command::Stop(args) => cmd::lifecycle::run(cmd::lifecycle::Op::Stop, args),
+        Command::Restart(args) => cmd::lifecycle::run(cmd::lifecycle::Op::Restart, args),
+        Command::Status(args) => cmd::lifecycle::run(cmd::lifecycle::Op::Status, args),
+        Command::Control(args) => cmd::control::run(args),
+        Command::Deployments(args) => cmd::deployments::list(args),
+        Command::Rollback(args) => cmd::deployments::rollback(args),
+        Command::Env(args) => cmd::env::run(args),
+        Command::Logs(args) => cmd::logs::run(args),
+        Command::Exec(args) => cmd::exec::run(args),
+        Command::Destroy(args) => cmd::destroy::run(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "gear", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Sandbox(SandboxCommand::Run(args)) => cmd::sandbox_run::run(args),
     };
     match result {

@@ -79,9 +79,18 @@ fn send(report: &mut File, message: &HelperMessage) {
 fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
     let hs = read_spec()?;
     join_cgroup(&hs.cgroup_procs)?;
-    let unshared = unshare_namespaces(hs.spec.network)?;
+    let joined = join_netns(hs.spec.netns.as_deref())?;
+    let network = if joined {
+        NetworkMode::Host
+    } else {
+        hs.spec.network
+    };
+    let mut unshared = unshare_namespaces(network)?;
+    if joined {
+        unshared.push("net (the gear's)".into());
+    }
     set_hostname(&hs.spec.hostname)?;
-    let loopback_up = bring_loopback_up(hs.spec.network)?;
+    let loopback_up = joined || bring_loopback_up(network)?;
     let namespaces = NamespaceReport {
         unshared,
         hostname: hs.spec.hostname.clone(),
@@ -164,6 +173,24 @@ fn unshare_namespaces(network: NetworkMode) -> Result<Vec<String>, SetupFailure>
     }
     unshare(flags).map_err(|e| fail("unshare", "create the gear's namespaces", e))?;
     Ok(names.into_iter().map(String::from).collect())
+}
+
+/// Enter the gear's own network namespace, when the spec names one.
+fn join_netns(path: Option<&std::path::Path>) -> Result<bool, SetupFailure> {
+    let Some(path) = path else { return Ok(false) };
+    let ns = File::open(path).map_err(|e| SetupFailure {
+        step: "netns".into(),
+        detail: format!("open the gear's network namespace {}: {e}", path.display()),
+        errno: e.raw_os_error(),
+    })?;
+    nix::sched::setns(std::os::fd::AsFd::as_fd(&ns), CloneFlags::CLONE_NEWNET).map_err(|e| {
+        fail(
+            "netns",
+            format!("join the network namespace {}", path.display()),
+            e,
+        )
+    })?;
+    Ok(true)
 }
 
 fn set_hostname(name: &str) -> Result<(), SetupFailure> {

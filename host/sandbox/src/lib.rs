@@ -35,6 +35,7 @@ pub mod fdpass;
 #[doc(hidden)]
 pub mod helper;
 pub mod launch;
+pub mod netns;
 #[doc(hidden)]
 pub mod protocol;
 pub mod report;

@@ -57,6 +57,11 @@ pub struct SandboxSpec {
     /// Network namespace mode.
     #[serde(default)]
     pub network: NetworkMode,
+    /// Join the network namespace bound at this path (see [`crate::netns`])
+    /// instead of creating one; overrides `network`. All processes of a gear
+    /// share its namespace this way.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
     /// Standard input, output and error of the gear process.
     #[serde(skip)]
     pub stdio: StdioSpec,
@@ -334,6 +339,7 @@ impl SandboxSpec {
             limits: Limits::default(),
             selinux: None,
             network: NetworkMode::Isolated,
+            netns: None,
             stdio: StdioSpec::default(),
             detached: false,
             init_path: None,

@@ -2,7 +2,19 @@
 
 pub mod cartridge_call;
 pub mod cartridge_check;
+pub mod cartridge_store;
+pub mod control;
+pub mod create;
+pub mod deploy;
+pub mod deployments;
+pub mod destroy;
+pub mod env;
+pub mod exec;
+pub mod lifecycle;
+pub mod list;
+pub mod logs;
 pub mod node_check;
+pub mod node_run;
 pub mod sandbox_run;
 
 use std::path::Path;

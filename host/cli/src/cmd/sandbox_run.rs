@@ -92,7 +92,10 @@ pub fn run(args: Args) -> CmdResult {
     spec.env = vec![
         ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
         ("HOME".into(), "/gear".into()),
-        ("TERM".into(), std::env::var("TERM").unwrap_or_else(|_| "dumb".into())),
+        (
+            "TERM".into(),
+            std::env::var("TERM").unwrap_or_else(|_| "dumb".into()),
+        ),
     ];
     if args.host_network {
         spec.network = NetworkMode::Host;
@@ -120,7 +123,9 @@ pub fn run(args: Args) -> CmdResult {
     match (status.code(), status.signal()) {
         (Some(0), _) => Ok(()),
         (Some(code), _) => Err(Failure::Reported(u8::try_from(code).unwrap_or(1))),
-        (None, Some(sig)) => Err(Failure::Reported(128u8.saturating_add(u8::try_from(sig).unwrap_or(0)))),
+        (None, Some(sig)) => Err(Failure::Reported(
+            128u8.saturating_add(u8::try_from(sig).unwrap_or(0)),
+        )),
         _ => Err(Failure::Reported(1)),
     }
 }

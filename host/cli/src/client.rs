@@ -1,0 +1,138 @@
+//! The node API client: find the node's socket, send one request, relay the
+//! node's progress events, and turn its answer into a result with the right
+//! exit-code class.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use gearhost_node::api::{ErrorKind, GearRef, Reply, Request};
+
+use crate::Failure;
+
+/// How to reach the node.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// The node's API socket.
+    #[arg(long, global = true, env = "GEARHOST_SOCKET", default_value = gearhost_node::config::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+}
+
+/// A gear as named on the command line.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GearArg {
+    /// The gear's name.
+    pub name: String,
+    /// The gear's namespace.
+    #[arg(
+        long,
+        short = 'N',
+        env = "GEARHOST_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+}
+
+impl GearArg {
+    /// As the API names it.
+    pub fn to_ref(&self) -> GearRef {
+        GearRef {
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+        }
+    }
+}
+
+fn connect(target: &Target) -> Result<UnixStream, Failure> {
+    UnixStream::connect(&target.socket).map_err(|e| {
+        let advice = match e.kind() {
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => format!(
+                "no node is running at {}; start one with `sudo gear node run` (or point --socket / GEARHOST_SOCKET at a running node)",
+                target.socket.display()
+            ),
+            std::io::ErrorKind::PermissionDenied => format!(
+                "permission denied on {}; run gear as root or as a member of the node's operator group",
+                target.socket.display()
+            ),
+            _ => format!("cannot reach the node at {}: {e}", target.socket.display()),
+        };
+        Failure::Environment(anyhow::anyhow!(advice))
+    })
+}
+
+fn map_error(e: gearhost_node::api::ApiError) -> Failure {
+    let err = anyhow::anyhow!(e.message);
+    match e.kind {
+        ErrorKind::Invalid | ErrorKind::NotFound => Failure::Invalid(err),
+        ErrorKind::Denied => Failure::Environment(err),
+        ErrorKind::Conflict | ErrorKind::Failed => Failure::Failed(err),
+    }
+}
+
+/// Send `request` and wait for the answer; each event line is handed to
+/// `on_event` as it arrives.
+pub fn call_with(
+    target: &Target,
+    request: &Request,
+    mut on_event: impl FnMut(&str),
+) -> Result<serde_json::Value, Failure> {
+    let stream = connect(target)?;
+    send(&stream, request, &[])?;
+    read_replies(stream, &mut on_event)
+}
+
+/// Send `request` with progress events shown on stderr.
+pub fn call(target: &Target, request: &Request) -> Result<serde_json::Value, Failure> {
+    call_with(target, request, |e| eprintln!("  {e}"))
+}
+
+/// Send `request` with the caller's stdin, stdout and stderr attached.
+pub fn call_attached(target: &Target, request: &Request) -> Result<serde_json::Value, Failure> {
+    let stream = connect(target)?;
+    let stdin = std::io::stdin();
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    send(
+        &stream,
+        request,
+        &[stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
+    )?;
+    read_replies(stream, &mut |e| eprintln!("  {e}"))
+}
+
+fn send(
+    stream: &UnixStream,
+    request: &Request,
+    fds: &[std::os::fd::BorrowedFd<'_>],
+) -> Result<(), Failure> {
+    let mut line = serde_json::to_vec(request).map_err(|e| Failure::Failed(e.into()))?;
+    line.push(b'\n');
+    gearhost_sandbox::fdpass::send_with_fds(stream, &line, fds).map_err(|e| {
+        Failure::Environment(anyhow::anyhow!("cannot send the request to the node: {e}"))
+    })?;
+    let mut s = stream;
+    s.flush().map_err(|e| Failure::Environment(e.into()))
+}
+
+fn read_replies(
+    stream: UnixStream,
+    on_event: &mut dyn FnMut(&str),
+) -> Result<serde_json::Value, Failure> {
+    let reader = BufReader::new(stream);
+    for line in reader.lines() {
+        let line = line.map_err(|e| {
+            Failure::Environment(anyhow::anyhow!("the connection to the node broke: {e}"))
+        })?;
+        let reply: Reply = serde_json::from_str(&line)
+            .map_err(|e| Failure::Failed(anyhow::anyhow!("the node sent something this gear does not understand ({e}); are gear and the node the same version?")))?;
+        match reply {
+            Reply::Event(text) => on_event(&text),
+            Reply::Ok(value) => return Ok(value),
+            Reply::Error(e) => return Err(map_error(e)),
+        }
+    }
+    Err(Failure::Failed(anyhow::anyhow!(
+        "the node closed the connection without an answer; it may have stopped (see its log)"
+    )))
+}

@@ -1,0 +1,45 @@
+//! `gear control NAME ACTION [ARGS]`: the cartridge's control hook.
+
+use gearhost_node::api::Request;
+
+use crate::CmdResult;
+use crate::client::{GearArg, Target, call};
+use crate::output::print_json;
+
+/// Arguments of `gear control`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The gear.
+    #[command(flatten)]
+    pub gear: GearArg,
+    /// The action: status, tidy, reload, or one of the cartridge's own.
+    pub action: String,
+    /// Arguments for the action.
+    pub args: Vec<String>,
+    /// How to reach the node.
+    #[command(flatten)]
+    pub target: Target,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run the command.
+pub fn run(args: Args) -> CmdResult {
+    let v = call(
+        &args.target,
+        &Request::Control {
+            gear: args.gear.to_ref(),
+            action: args.action.clone(),
+            args: args.args.clone(),
+        },
+    )?;
+    if args.json {
+        print_json(&v)?;
+    } else if let Some(out) = v["output"].as_str() {
+        if !out.is_empty() {
+            println!("{out}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! `gear create NAME --cartridge C`: a new gear with its own uid, MCS level and home.
+
+use gearhost_node::api::Request;
+
+use crate::CmdResult;
+use crate::client::{GearArg, Target, call};
+use crate::output::print_json;
+
+/// Arguments of `gear create`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The gear.
+    #[command(flatten)]
+    pub gear: GearArg,
+    /// The cartridge that decides what the gear runs (see `gear cartridge list`).
+    #[arg(long, short)]
+    pub cartridge: String,
+    /// How to reach the node.
+    #[command(flatten)]
+    pub target: Target,
+    /// Print the new gear as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Run the command.
+pub fn run(args: Args) -> CmdResult {
+    let v = call(
+        &args.target,
+        &Request::Create {
+            gear: args.gear.to_ref(),
+            cartridge: args.cartridge.clone(),
+        },
+    )?;
+    if args.json {
+        print_json(&v)?;
+    } else {
+        println!(
+            "created gear {} in namespace {} (uid {}, {}); deploy to it with `gear deploy {} DIR`",
+            args.gear.name,
+            args.gear.namespace,
+            v["uid"],
+            v["mcs_level"].as_str().unwrap_or("?"),
+            args.gear.name
+        );
+    }
+    Ok(())
+}

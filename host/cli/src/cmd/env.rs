@@ -1,0 +1,85 @@
+//! `gear env NAME set K=V ... | unset K ... | list`: the gear's user variables.
+
+use gearhost_node::api::Request;
+
+use crate::client::{GearArg, Target, call};
+use crate::output::print_json;
+use crate::{CmdResult, Failure};
+
+/// Arguments of `gear env`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The gear.
+    #[command(flatten)]
+    pub gear: GearArg,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: EnvAction,
+    /// How to reach the node.
+    #[command(flatten)]
+    pub target: Target,
+}
+
+/// `gear env NAME ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum EnvAction {
+    /// Set variables: KEY=VALUE ...
+    Set {
+        /// KEY=VALUE pairs.
+        #[arg(required = true)]
+        vars: Vec<String>,
+    },
+    /// Remove variables.
+    Unset {
+        /// Keys.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
+    /// Show the effective environment and where each variable comes from.
+    List {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Run the command.
+pub fn run(args: Args) -> CmdResult {
+    let gear = args.gear.to_ref();
+    match args.action {
+        EnvAction::Set { vars } => {
+            let mut pairs = Vec::new();
+            for v in vars {
+                let (k, val) = v.split_once('=').ok_or_else(|| {
+                    Failure::Invalid(anyhow::anyhow!(
+                        "{v:?} is not KEY=VALUE; write e.g. `gear env {} set DEBUG=1`",
+                        args.gear.name
+                    ))
+                })?;
+                pairs.push((k.to_string(), val.to_string()));
+            }
+            let v = call(&args.target, &Request::EnvSet { gear, vars: pairs })?;
+            if let Some(note) = v["note"].as_str() {
+                eprintln!("{note}");
+            }
+        }
+        EnvAction::Unset { keys } => {
+            call(&args.target, &Request::EnvUnset { gear, keys })?;
+        }
+        EnvAction::List { json } => {
+            let v = call(&args.target, &Request::EnvList { gear })?;
+            if json {
+                print_json(&v)?;
+            } else {
+                for layer in ["system", "cartridge", "user"] {
+                    if let Some(map) = v["layers"][layer].as_object() {
+                        for (k, val) in map {
+                            println!("{k}={}  ({layer})", val.as_str().unwrap_or(""));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! `gear exec NAME -- CMD ...`: run a command inside the gear's sandbox with
+//! this terminal (or these pipes) attached, like OpenShift's gear ssh.
+
+use gearhost_node::api::Request;
+
+use crate::client::{GearArg, Target, call_attached};
+use crate::{CmdResult, Failure};
+
+/// Arguments of `gear exec`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The gear.
+    #[command(flatten)]
+    pub gear: GearArg,
+    /// How to reach the node.
+    #[command(flatten)]
+    pub target: Target,
+    /// The command and its arguments (default: a shell).
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+/// Run the command; exits with the command's status.
+pub fn run(args: Args) -> CmdResult {
+    let argv = if args.command.is_empty() {
+        vec!["/bin/sh".to_string()]
+    } else {
+        args.command.clone()
+    };
+    let v = call_attached(
+        &args.target,
+        &Request::Exec {
+            gear: args.gear.to_ref(),
+            argv,
+        },
+    )?;
+    match (v["exit"].as_i64(), v["signal"].as_i64()) {
+        (Some(0), _) => Ok(()),
+        (Some(code), _) => Err(Failure::Reported(u8::try_from(code).unwrap_or(1))),
+        (None, Some(sig)) => Err(Failure::Reported(
+            128u8.saturating_add(u8::try_from(sig).unwrap_or(0)),
+        )),
+        _ => Err(Failure::Reported(1)),
+    }
+}

@@ -1,0 +1,207 @@
+//! The node API: requests the `gear` command sends over the node's unix
+//! socket, and the replies. One request per connection, as one JSON line;
+//! the node answers with any number of `event` lines (progress, log lines)
+//! and then exactly one `ok` or `error` line.
+//!
+//! `exec` additionally passes the caller's standard input, output and error
+//! as file descriptors (SCM_RIGHTS) with the request, so the command in the
+//! gear talks to the caller's terminal directly.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Most bytes of one request line.
+pub const MAX_REQUEST: usize = 1 << 20;
+
+/// A gear, named the way users name it: `name` in namespace `namespace`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GearRef {
+    /// Gear name.
+    pub name: String,
+    /// Namespace (owner).
+    pub namespace: String,
+}
+
+impl std::fmt::Display for GearRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.name, self.namespace)
+    }
+}
+
+/// A request to the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Is the node there? Answers its version and state directory.
+    Ping,
+    /// Install (or upgrade) the cartridge in a directory.
+    CartridgeInstall {
+        /// The cartridge directory, readable by the node.
+        dir: PathBuf,
+    },
+    /// Installed cartridges.
+    CartridgeList,
+    /// Remove an installed cartridge no gear uses.
+    CartridgeRemove {
+        /// Cartridge name.
+        name: String,
+    },
+    /// Create a gear.
+    Create {
+        /// The gear.
+        gear: GearRef,
+        /// Its cartridge.
+        cartridge: String,
+    },
+    /// All gears.
+    List,
+    /// One gear in detail.
+    Show {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// Stop and remove a gear, leaving nothing behind.
+    Destroy {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// Deploy a source directory: new deployment, build, activate, restart.
+    Deploy {
+        /// The gear.
+        gear: GearRef,
+        /// The source directory, readable by the node.
+        source: PathBuf,
+    },
+    /// Run the build hook on the active deployment.
+    Build {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// Start the gear.
+    Start {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// Stop the gear.
+    Stop {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// Stop, then start.
+    Restart {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// State and processes.
+    Status {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// Run the cartridge's control hook.
+    Control {
+        /// The gear.
+        gear: GearRef,
+        /// Action name.
+        action: String,
+        /// Arguments.
+        args: Vec<String>,
+    },
+    /// Deployment history.
+    Deployments {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// Activate an earlier deployment (default: the one before the active one).
+    Rollback {
+        /// The gear.
+        gear: GearRef,
+        /// Deployment id.
+        id: Option<u32>,
+    },
+    /// Set user variables.
+    EnvSet {
+        /// The gear.
+        gear: GearRef,
+        /// `KEY`, value pairs.
+        vars: Vec<(String, String)>,
+    },
+    /// Remove user variables.
+    EnvUnset {
+        /// The gear.
+        gear: GearRef,
+        /// Keys.
+        keys: Vec<String>,
+    },
+    /// The effective environment, by layer.
+    EnvList {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// The gear's logs.
+    Logs {
+        /// The gear.
+        gear: GearRef,
+        /// Last lines to show.
+        lines: usize,
+        /// Keep streaming new lines.
+        follow: bool,
+        /// Show hook logs instead of process output.
+        hooks: bool,
+    },
+    /// Run a command in the gear's sandbox with the caller's stdio (passed as fds).
+    Exec {
+        /// The gear.
+        gear: GearRef,
+        /// Command and arguments.
+        argv: Vec<String>,
+    },
+}
+
+/// Classes of failure, which the CLI maps to exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// The request is malformed or names something invalid.
+    Invalid,
+    /// The thing named does not exist.
+    NotFound,
+    /// It exists but cannot do this now (in use, already exists).
+    Conflict,
+    /// The caller may not do this.
+    Denied,
+    /// The operation was tried and failed (a hook failed, a start failed).
+    Failed,
+}
+
+/// An error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    /// Class.
+    pub kind: ErrorKind,
+    /// What went wrong and what to do.
+    pub message: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+        ApiError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// One line the node sends back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reply {
+    /// Progress or a log line; more lines follow.
+    Event(String),
+    /// The request succeeded; its result.
+    Ok(serde_json::Value),
+    /// The request failed.
+    Error(ApiError),
+}

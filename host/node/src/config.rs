@@ -1,0 +1,357 @@
+//! Node configuration: the TOML an operator writes (`/etc/gearhost/node.toml`),
+//! an embedded default that works on a fresh machine, and the validated form
+//! the rest of the node reads.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use gearhost_runtime::manifest::parse_size;
+
+/// The configuration used when no file is given: state under
+/// `/var/lib/gearhost`, socket at `/run/gearhost/node.sock`.
+pub const DEFAULT_CONFIG: &str = include_str!("default-node.toml");
+/// Where `gear node run` looks for its configuration by default.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/gearhost/node.toml";
+/// Where `gear` looks for the node's socket by default.
+pub const DEFAULT_SOCKET: &str = "/run/gearhost/node.sock";
+
+/// The validated node configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodeConfig {
+    /// Where gears, cartridges and the compile cache live.
+    pub state_dir: PathBuf,
+    /// The node API's unix socket.
+    pub socket: PathBuf,
+    /// Group (besides root) allowed to use the socket.
+    pub operator_group: Option<String>,
+    /// Domain of gear host names (`<gear>-<namespace>.<domain>`).
+    pub domain: String,
+    /// Frontend listen address.
+    pub frontend: String,
+    /// Lowest gear uid.
+    pub uid_min: u32,
+    /// Highest gear uid.
+    pub uid_max: u32,
+    /// The node's cgroup subtree name.
+    pub cgroup_subtree: String,
+    /// Default per-gear memory limit.
+    pub gear_memory: u64,
+    /// Default per-gear pids limit.
+    pub gear_pids: u64,
+    /// Default per-gear cpu quota, millicores.
+    pub gear_cpu: u32,
+    /// Deployments kept per gear.
+    pub keep_deployments: usize,
+    /// Ceiling on start/stop/control hook budgets.
+    pub hook_timeout: Duration,
+    /// Ceiling on build hook budgets.
+    pub build_timeout: Duration,
+    /// Ceiling on hook memory.
+    pub hook_memory: u64,
+    /// Whether builds may ever use the network (the manifest must also ask).
+    pub build_network: bool,
+    /// Log files are rotated at this size.
+    pub log_max_bytes: u64,
+    /// Rotated log files kept.
+    pub log_keep: usize,
+    /// Crashes within `crash_window` after which a process is marked failed.
+    pub crash_limit: u32,
+    /// Window for `crash_limit`.
+    pub crash_window: Duration,
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {problem}\n  help: {help}")]
+pub struct ConfigError {
+    /// The file (or `<embedded default>`).
+    pub path: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do.
+    pub help: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    schema: u32,
+    state_dir: PathBuf,
+    socket: PathBuf,
+    operator_group: Option<String>,
+    #[serde(default = "default_domain")]
+    domain: String,
+    #[serde(default = "default_frontend")]
+    frontend: String,
+    gears: RawGears,
+    #[serde(default)]
+    hooks: RawHooks,
+    #[serde(default)]
+    logs: RawLogs,
+}
+
+fn default_domain() -> String {
+    "localhost".into()
+}
+fn default_frontend() -> String {
+    "127.0.0.1:8000".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawGears {
+    uid_min: u32,
+    uid_max: u32,
+    #[serde(default = "default_subtree")]
+    cgroup_subtree: String,
+    #[serde(default = "default_gear_memory")]
+    memory: String,
+    #[serde(default = "default_gear_pids")]
+    pids: u64,
+    #[serde(default = "default_gear_cpu")]
+    cpu_millicores: u32,
+    #[serde(default = "default_keep")]
+    keep_deployments: usize,
+    #[serde(default = "default_crash_limit")]
+    crash_limit: u32,
+    #[serde(default = "default_crash_window")]
+    crash_window: String,
+}
+
+fn default_subtree() -> String {
+    "gearhost".into()
+}
+fn default_gear_memory() -> String {
+    "512MiB".into()
+}
+fn default_gear_pids() -> u64 {
+    512
+}
+fn default_gear_cpu() -> u32 {
+    1000
+}
+fn default_keep() -> usize {
+    5
+}
+fn default_crash_limit() -> u32 {
+    5
+}
+fn default_crash_window() -> String {
+    "60s".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHooks {
+    #[serde(default = "default_hook_timeout")]
+    max_timeout: String,
+    #[serde(default = "default_build_timeout")]
+    max_build_timeout: String,
+    #[serde(default = "default_hook_memory")]
+    max_memory: String,
+    #[serde(default = "default_true")]
+    build_network: bool,
+}
+
+impl Default for RawHooks {
+    fn default() -> Self {
+        RawHooks {
+            max_timeout: default_hook_timeout(),
+            max_build_timeout: default_build_timeout(),
+            max_memory: default_hook_memory(),
+            build_network: true,
+        }
+    }
+}
+
+fn default_hook_timeout() -> String {
+    "5m".into()
+}
+fn default_build_timeout() -> String {
+    "30m".into()
+}
+fn default_hook_memory() -> String {
+    "512MiB".into()
+}
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLogs {
+    #[serde(default = "default_log_size")]
+    max_size: String,
+    #[serde(default = "default_log_keep")]
+    keep: usize,
+}
+
+impl Default for RawLogs {
+    fn default() -> Self {
+        RawLogs {
+            max_size: default_log_size(),
+            keep: default_log_keep(),
+        }
+    }
+}
+
+fn default_log_size() -> String {
+    "10MiB".into()
+}
+fn default_log_keep() -> usize {
+    3
+}
+
+impl NodeConfig {
+    /// The embedded default configuration.
+    pub fn embedded() -> NodeConfig {
+        match NodeConfig::parse(DEFAULT_CONFIG, "<embedded default>") {
+            Ok(c) => c,
+            Err(e) => unreachable!("the embedded default configuration is valid: {e}"),
+        }
+    }
+
+    /// Read and validate a configuration file.
+    pub fn load(path: &Path) -> Result<NodeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.display().to_string(),
+            problem: format!("cannot read the node configuration: {e}"),
+            help: "create it (see docs/operator-guide.md), or run without --config to use the embedded default"
+                .into(),
+        })?;
+        NodeConfig::parse(&text, &path.display().to_string())
+    }
+
+    /// Parse and validate configuration text.
+    pub fn parse(text: &str, path: &str) -> Result<NodeConfig, ConfigError> {
+        let err = |problem: String, help: &str| ConfigError {
+            path: path.to_string(),
+            problem,
+            help: help.to_string(),
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| err(format!("not valid TOML: {}", e.message()), "fix the syntax"))?;
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            err(
+                format!("field `{field}`: {}", e.into_inner().message()),
+                "check the field against docs/operator-guide.md",
+            )
+        })?;
+        if raw.schema != 1 {
+            return Err(err(
+                format!("unsupported schema {}", raw.schema),
+                "set `schema = 1`",
+            ));
+        }
+        for (name, p) in [("state-dir", &raw.state_dir), ("socket", &raw.socket)] {
+            if !p.is_absolute() {
+                return Err(err(
+                    format!("`{name}` must be an absolute path, not {}", p.display()),
+                    "give a full path starting with /",
+                ));
+            }
+        }
+        let g = &raw.gears;
+        if g.uid_min < 1000 || g.uid_min > g.uid_max {
+            return Err(err(
+                format!("uid range {}..={} is not usable", g.uid_min, g.uid_max),
+                "use uid-min >= 1000 and uid-max >= uid-min, outside the range of real users",
+            ));
+        }
+        if gearhost_runtime::manifest::check_name(&g.cgroup_subtree, 64).is_err() {
+            return Err(err(
+                format!("invalid cgroup-subtree {:?}", g.cgroup_subtree),
+                "use lower-case letters, digits and dashes",
+            ));
+        }
+        let size = |field: &str, v: &str| {
+            parse_size(v).ok_or_else(|| {
+                err(
+                    format!("invalid size {v:?} in `{field}`"),
+                    "use e.g. \"512MiB\"",
+                )
+            })
+        };
+        let duration = |field: &str, v: &str| {
+            humantime::parse_duration(v).map_err(|e| {
+                err(
+                    format!("invalid duration {v:?} in `{field}`: {e}"),
+                    "use e.g. \"30s\" or \"5m\"",
+                )
+            })
+        };
+        if raw.domain.is_empty()
+            || !raw
+                .domain
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        {
+            return Err(err(
+                format!("invalid domain {:?}", raw.domain),
+                "use a DNS name such as \"localhost\" or \"apps.example.com\"",
+            ));
+        }
+        Ok(NodeConfig {
+            state_dir: raw.state_dir,
+            socket: raw.socket,
+            operator_group: raw.operator_group,
+            domain: raw.domain,
+            frontend: raw.frontend,
+            uid_min: g.uid_min,
+            uid_max: g.uid_max,
+            cgroup_subtree: g.cgroup_subtree.clone(),
+            gear_memory: size("gears.memory", &g.memory)?,
+            gear_pids: g.pids,
+            gear_cpu: g.cpu_millicores,
+            keep_deployments: g.keep_deployments.max(1),
+            crash_limit: g.crash_limit.max(1),
+            crash_window: duration("gears.crash-window", &g.crash_window)?,
+            hook_timeout: duration("hooks.max-timeout", &raw.hooks.max_timeout)?,
+            build_timeout: duration("hooks.max-build-timeout", &raw.hooks.max_build_timeout)?,
+            hook_memory: size("hooks.max-memory", &raw.hooks.max_memory)?,
+            build_network: raw.hooks.build_network,
+            log_max_bytes: size("logs.max-size", &raw.logs.max_size)?,
+            log_keep: raw.logs.keep,
+        })
+    }
+
+    /// `<state>/gears`
+    pub fn gears_dir(&self) -> PathBuf {
+        self.state_dir.join("gears")
+    }
+
+    /// `<state>/cartridges`
+    pub fn cartridges_dir(&self) -> PathBuf {
+        self.state_dir.join("cartridges")
+    }
+
+    /// `<state>/cache`
+    pub fn cache_dir(&self) -> PathBuf {
+        self.state_dir.join("cache")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_is_valid() {
+        let c = NodeConfig::embedded();
+        assert_eq!(c.socket, Path::new(DEFAULT_SOCKET));
+        assert!(c.uid_min >= 1000);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let e = NodeConfig::parse("schema = 1\nstate-dir = \"rel\"\nsocket = \"/s\"\n[gears]\nuid-min = 2000\nuid-max = 3000\n", "x.toml")
+            .expect_err("relative state dir");
+        assert!(e.to_string().contains("state-dir"), "{e}");
+        let e = NodeConfig::parse("schema = 1\nstate-dir = \"/a\"\nsocket = \"/s\"\ncolour = 1\n[gears]\nuid-min = 2000\nuid-max = 3000\n", "x.toml")
+            .expect_err("unknown field");
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+}

@@ -1,0 +1,50 @@
+//! The Gearhost node: the one long-running process that owns all gear state.
+//! It serves the node API on a unix socket ([`server`]), runs cartridge hooks
+//! against real gears ([`node`]), supervises gear processes ([`procs`]),
+//! captures their logs ([`logs`]) and keeps state on disk atomically
+//! ([`state`]).
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod env;
+pub mod logs;
+pub mod node;
+pub mod procs;
+pub mod server;
+pub mod state;
+
+pub use config::NodeConfig;
+pub use node::Node;
+
+/// Run the node until SIGTERM or SIGINT: open the state, restart the gears
+/// that should run, serve the API. On the way out every gear's processes are
+/// stopped; what should run starts again with the next node.
+pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    let socket = config.socket.clone();
+    let group = config.operator_group.clone();
+    let node = Node::open(config)?;
+    let listener = server::bind(&socket, group.as_deref())?;
+    tracing::info!(socket = %socket.display(), state = %node.config().state_dir.display(), "node ready");
+    eprintln!(
+        "gear node: serving {} (state in {})",
+        socket.display(),
+        node.config().state_dir.display()
+    );
+    let resume = {
+        let node = node.clone();
+        tokio::spawn(async move { node.resume().await })
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = server::serve(node.clone(), listener) => r,
+        _ = term.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    };
+    resume.abort();
+    eprintln!("gear node: stopping gear processes");
+    node.shutdown().await;
+    let _ = std::fs::remove_file(&socket);
+    result
+}

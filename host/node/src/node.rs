@@ -1,0 +1,1245 @@
+//! The node: owns every gear and installed cartridge, runs hooks against real
+//! gears, and carries out the lifecycle operations. Operations on one gear
+//! are serialized by that gear's lock; different gears proceed in parallel.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gearhost_runtime::{
+    Cartridge, CommandSpec, EndpointInfo, ExecOutput, ExitStatus, GearHost, GearInfo, HookCall,
+    HookKind, HostError, LogLevel, LogSource, Preopen, ProcessInfo, RequestContext, RestartPolicy,
+    Runtime, RuntimeConfig, Signal,
+};
+use serde_json::json;
+
+use crate::api::{ApiError, ErrorKind, GearRef};
+use crate::config::NodeConfig;
+use crate::env::{self, Layers};
+use crate::logs::LogFile;
+use crate::procs::{self, GEAR_HOME, GearSandbox, Supervisor};
+use crate::state::{
+    self, Deployment, DeploymentState, Desired, GearPaths, GearRecord, GearState, RECORD_VERSION,
+};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::Invalid, msg)
+}
+fn failed(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::Failed, msg)
+}
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorKind::Failed, e.to_string())
+}
+
+/// Sends progress lines back to the caller.
+pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
+
+/// One gear, live.
+#[derive(Debug)]
+pub struct Gear {
+    record: Mutex<GearRecord>,
+    op: tokio::sync::Mutex<()>,
+    paths: GearPaths,
+    supervisor: Supervisor,
+    app_log: LogFile,
+    hook_log: LogFile,
+    execs: AtomicU32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Gear {
+    fn new(config: &NodeConfig, record: GearRecord) -> Gear {
+        let paths = GearPaths::new(&config.gears_dir(), &record.id);
+        Gear {
+            app_log: LogFile::new(
+                paths.logs().join("app.log"),
+                config.log_max_bytes,
+                config.log_keep,
+            ),
+            hook_log: LogFile::new(
+                paths.logs().join("hooks.log"),
+                config.log_max_bytes,
+                config.log_keep,
+            ),
+            record: Mutex::new(record),
+            op: tokio::sync::Mutex::new(()),
+            paths,
+            supervisor: Supervisor::default(),
+            execs: AtomicU32::new(0),
+        }
+    }
+
+    /// A copy of the record.
+    pub fn record(&self) -> GearRecord {
+        lock(&self.record).clone()
+    }
+
+    fn update(
+        &self,
+        config: &NodeConfig,
+        f: impl FnOnce(&mut GearRecord),
+    ) -> ApiResult<GearRecord> {
+        let mut record = lock(&self.record);
+        let mut next = record.clone();
+        f(&mut next);
+        state::save_gear(&config.gears_dir(), &next).map_err(internal)?;
+        *record = next.clone();
+        Ok(next)
+    }
+}
+
+/// The node.
+#[derive(Debug)]
+pub struct Node {
+    config: Arc<NodeConfig>,
+    runtime: Runtime,
+    cartridges: Mutex<BTreeMap<String, Cartridge>>,
+    gears: Mutex<BTreeMap<String, Arc<Gear>>>,
+    create: tokio::sync::Mutex<()>,
+}
+
+impl Node {
+    /// Open the node's state (creating the layout on first use) and load
+    /// installed cartridges and gears. Gear directories without a record (a
+    /// create interrupted before it was acknowledged) are removed.
+    pub fn open(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
+        for dir in [
+            config.state_dir.clone(),
+            config.gears_dir(),
+            config.cartridges_dir(),
+            config.cache_dir(),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+        set_mode(&config.state_dir, 0o711)?;
+        set_mode(&config.gears_dir(), 0o711)?;
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: config.cache_dir(),
+            max_timeout: config.hook_timeout,
+            max_build_timeout: config.build_timeout,
+            max_memory: config.hook_memory,
+            max_concurrent_hooks: 128,
+        })?;
+        let mut cartridges = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(config.cartridges_dir()) {
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                match runtime.load_dir(&dir) {
+                    Ok(c) => {
+                        cartridges.insert(c.manifest().name.clone(), c);
+                    }
+                    Err(e) => {
+                        tracing::error!(dir = %dir.display(), error = %e, "installed cartridge cannot be loaded")
+                    }
+                }
+            }
+        }
+        let (records, orphans) = state::load_gears(&config.gears_dir())?;
+        for orphan in orphans {
+            tracing::warn!(dir = %orphan.display(), "removing a gear directory whose create never completed");
+            let _ = gearhost_sandbox::netns::remove(&orphan.join("netns"));
+            let _ = std::fs::remove_dir_all(&orphan);
+        }
+        let mut gears = BTreeMap::new();
+        for record in records {
+            // after a reboot the namespace binding is gone: make a new one
+            let netns = GearPaths::new(&config.gears_dir(), &record.id).netns();
+            if !gearhost_sandbox::netns::exists(&netns) {
+                let _ = std::fs::remove_file(&netns);
+                gearhost_sandbox::netns::create(&netns).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot create the network namespace of gear {}: {e}",
+                        record.name
+                    )
+                })?;
+            }
+            gears.insert(record.id.clone(), Arc::new(Gear::new(&config, record)));
+        }
+        Ok(Arc::new(Node {
+            config: Arc::new(config),
+            runtime,
+            cartridges: Mutex::new(cartridges),
+            gears: Mutex::new(gears),
+            create: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Start the gears that should run (after a node restart everything a
+    /// user left running runs again; what they stopped stays stopped).
+    pub async fn resume(self: &Arc<Self>) {
+        let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
+        let mut tasks = Vec::new();
+        for gear in gears {
+            let node = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let _op = gear.op.lock().await;
+                // whatever was in flight when the node died is over now
+                let record = gear.record();
+                let _ = gear.update(&node.config, |r| {
+                    for d in &mut r.deployments {
+                        if d.state == DeploymentState::Pending {
+                            d.state = DeploymentState::Failed;
+                            d.error = Some("the node stopped during the build".into());
+                        }
+                    }
+                });
+                if record.desired == Desired::Running && record.active.is_some() {
+                    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+                    if let Err(e) = node.start_locked(&gear, &tx).await {
+                        tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
+                    }
+                } else if matches!(record.state, GearState::Running | GearState::Starting | GearState::Building | GearState::Stopping) {
+                    let _ = gear.update(&node.config, |r| r.state = GearState::Stopped);
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Stop every gear's processes (node shutdown). Desired states are kept,
+    /// so the gears start again with the node.
+    pub async fn shutdown(&self) {
+        let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
+        for gear in gears {
+            gear.supervisor.stop_all(Duration::from_secs(5)).await;
+        }
+    }
+
+    // -- cartridges ---------------------------------------------------------
+
+    /// Install the cartridge in `dir`: validate, precompile, copy into the store.
+    pub fn cartridge_install(&self, dir: &Path) -> ApiResult<serde_json::Value> {
+        let loaded = self
+            .runtime
+            .load_dir(dir)
+            .map_err(|e| invalid(e.to_string()))?;
+        let name = loaded.manifest().name.clone();
+        let dest = self.config.cartridges_dir().join(&name);
+        let staging = self
+            .config
+            .cartridges_dir()
+            .join(format!(".{name}.installing"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(internal)?;
+        let copy = (|| -> std::io::Result<()> {
+            std::fs::copy(
+                dir.join(gearhost_runtime::manifest::MANIFEST_FILE),
+                staging.join(gearhost_runtime::manifest::MANIFEST_FILE),
+            )?;
+            let hooks = &loaded.manifest().hooks;
+            if let Some(parent) = hooks.parent() {
+                std::fs::create_dir_all(staging.join(parent))?;
+            }
+            std::fs::copy(loaded.manifest().hooks_path(dir), staging.join(hooks))?;
+            let old = self.config.cartridges_dir().join(format!(".{name}.old"));
+            let _ = std::fs::remove_dir_all(&old);
+            if dest.exists() {
+                std::fs::rename(&dest, &old)?;
+            }
+            std::fs::rename(&staging, &dest)?;
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::File::open(self.config.cartridges_dir())?.sync_all()
+        })();
+        if let Err(e) = copy {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(internal(format!("cannot install cartridge {name}: {e}")));
+        }
+        let installed = self
+            .runtime
+            .load_dir(&dest)
+            .map_err(|e| invalid(e.to_string()))?;
+        let summary = cartridge_summary(&installed);
+        lock(&self.cartridges).insert(name, installed);
+        Ok(summary)
+    }
+
+    /// Installed cartridges.
+    pub fn cartridge_list(&self) -> serde_json::Value {
+        json!(
+            lock(&self.cartridges)
+                .values()
+                .map(cartridge_summary)
+                .collect::<Vec<_>>()
+        )
+    }
+
+    /// Remove a cartridge no gear uses.
+    pub fn cartridge_remove(&self, name: &str) -> ApiResult<serde_json::Value> {
+        let users: Vec<String> = lock(&self.gears)
+            .values()
+            .map(|g| g.record())
+            .filter(|r| r.cartridge == name)
+            .map(|r| format!("{}-{}", r.name, r.namespace))
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "cartridge {name} is used by {}; destroy those gears first",
+                    users.join(", ")
+                ),
+            ));
+        }
+        if lock(&self.cartridges).remove(name).is_none() {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!("no cartridge named {name} is installed; see `gear cartridge list`"),
+            ));
+        }
+        let _ = std::fs::remove_dir_all(self.config.cartridges_dir().join(name));
+        Ok(json!({ "removed": name }))
+    }
+
+    fn cartridge(&self, name: &str) -> ApiResult<Cartridge> {
+        lock(&self.cartridges).get(name).cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!("no cartridge named {name} is installed; install it with `gear cartridge install DIR`"),
+            )
+        })
+    }
+
+    // -- gears --------------------------------------------------------------
+
+    fn find(&self, gear: &GearRef) -> ApiResult<Arc<Gear>> {
+        lock(&self.gears)
+            .values()
+            .find(|g| {
+                let r = lock(&g.record);
+                r.name == gear.name && r.namespace == gear.namespace
+            })
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "no gear {} in namespace {}; see `gear list`",
+                        gear.name, gear.namespace
+                    ),
+                )
+            })
+    }
+
+    /// Create a gear.
+    pub async fn create(&self, gear: &GearRef, cartridge: &str) -> ApiResult<serde_json::Value> {
+        check_gear_ref(gear)?;
+        let cart = self.cartridge(cartridge)?;
+        let _guard = self.create.lock().await;
+        if self.find(gear).is_ok() {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "gear {} already exists in namespace {}",
+                    gear.name, gear.namespace
+                ),
+            ));
+        }
+        let used: Vec<u32> = lock(&self.gears)
+            .values()
+            .map(|g| lock(&g.record).uid)
+            .collect();
+        let uid = (self.config.uid_min..=self.config.uid_max)
+            .find(|u| !used.contains(u))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Conflict,
+                    "the node's uid range is full; destroy unused gears or widen gears.uid-range",
+                )
+            })?;
+        let mcs = gearhost_sandbox::selinux::mcs_level_for_uid(uid).map_err(internal)?;
+        let id = new_id();
+        let paths = GearPaths::new(&self.config.gears_dir(), &id);
+        let record = GearRecord {
+            version: RECORD_VERSION,
+            id: id.clone(),
+            name: gear.name.clone(),
+            namespace: gear.namespace.clone(),
+            cartridge: cart.manifest().name.clone(),
+            uid,
+            mcs_level: mcs.to_string(),
+            created: state::now(),
+            desired: Desired::Stopped,
+            state: GearState::New,
+            failure: None,
+            cartridge_env: BTreeMap::new(),
+            user_env: BTreeMap::new(),
+            deployments: Vec::new(),
+            active: None,
+            next_deployment: 1,
+        };
+        let made = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(&paths.root)?;
+            set_mode(&paths.root, 0o711).map_err(std::io::Error::other)?;
+            for sub in [
+                "app-root/repo",
+                "app-root/data",
+                "app-root/runtime",
+                "app-root/logs",
+            ] {
+                std::fs::create_dir_all(paths.home().join(sub))?;
+            }
+            std::fs::create_dir_all(paths.root.join("deployments"))?;
+            std::fs::create_dir_all(paths.logs())?;
+            set_mode(&paths.logs(), 0o700).map_err(std::io::Error::other)?;
+            chown_tree(&paths.home(), uid)?;
+            set_mode(&paths.home(), 0o700).map_err(std::io::Error::other)?;
+            gearhost_sandbox::netns::create(&paths.netns())?;
+            Ok(())
+        })();
+        if let Err(e) = made {
+            let _ = gearhost_sandbox::netns::remove(&paths.netns());
+            let _ = std::fs::remove_dir_all(&paths.root);
+            return Err(internal(format!(
+                "cannot create the gear's directories: {e}"
+            )));
+        }
+        // the record is written last: it is what makes the gear exist
+        if let Err(e) = state::save_gear(&self.config.gears_dir(), &record) {
+            let _ = gearhost_sandbox::netns::remove(&paths.netns());
+            let _ = std::fs::remove_dir_all(&paths.root);
+            return Err(internal(e));
+        }
+        let summary = self.gear_summary(&record);
+        lock(&self.gears).insert(id, Arc::new(Gear::new(&self.config, record)));
+        Ok(summary)
+    }
+
+    /// All gears.
+    pub fn list(&self) -> serde_json::Value {
+        let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
+        json!(gears.iter().map(|g| self.gear_view(g)).collect::<Vec<_>>())
+    }
+
+    /// One gear.
+    pub fn show(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+        let g = self.find(gear)?;
+        let mut view = self.gear_view(&g);
+        let r = g.record();
+        view["deployments"] = json!(r.deployments);
+        view["env"] = json!(self.layers(&r).effective().keys().collect::<Vec<_>>());
+        view["home"] = json!(g.paths.home());
+        Ok(view)
+    }
+
+    fn gear_summary(&self, r: &GearRecord) -> serde_json::Value {
+        json!({
+            "id": r.id,
+            "name": r.name,
+            "namespace": r.namespace,
+            "cartridge": r.cartridge,
+            "uid": r.uid,
+            "mcs_level": r.mcs_level,
+            "state": r.state,
+            "desired": r.desired,
+            "active_deployment": r.active,
+            "url": format!("http://{}-{}.{}/", r.name, r.namespace, self.config.domain),
+        })
+    }
+
+    fn gear_view(&self, g: &Gear) -> serde_json::Value {
+        let r = g.record();
+        let mut v = self.gear_summary(&r);
+        v["processes"] = json!(g.supervisor.processes());
+        v["failure"] = json!(r.failure);
+        v
+    }
+
+    /// Destroy a gear: stop everything, remove its cgroups and files, free its uid.
+    pub async fn destroy(
+        &self,
+        gear: &GearRef,
+        progress: &Progress,
+    ) -> ApiResult<serde_json::Value> {
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        let r = g.record();
+        if r.state != GearState::New && r.active.is_some() {
+            let _ = progress.send(format!("stopping {}", gear.name));
+            if let Ok(cart) = self.cartridge(&r.cartridge) {
+                let _ = self.hook(&g, &cart, HookCall::Stop).await;
+            }
+        }
+        g.supervisor.stop_all(Duration::from_secs(5)).await;
+        // leftovers from any exec that was cut short
+        let paths = g.paths.clone();
+        let subtree = self.config.cgroup_subtree.clone();
+        let id = r.id.clone();
+        tokio::task::spawn_blocking(move || {
+            remove_gear_cgroups(&subtree, &id);
+            gearhost_sandbox::netns::remove(&paths.netns())?;
+            std::fs::remove_dir_all(&paths.root)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| internal(format!("cannot remove the gear's files: {e}")))?;
+        lock(&self.gears).remove(&r.id);
+        Ok(json!({ "destroyed": format!("{}-{}", r.name, r.namespace), "uid_released": r.uid }))
+    }
+
+    // -- lifecycle ----------------------------------------------------------
+
+    /// Deploy `source`: a new deployment, built, activated, and the gear restarted.
+    pub async fn deploy(
+        &self,
+        gear: &GearRef,
+        source: &Path,
+        progress: &Progress,
+    ) -> ApiResult<serde_json::Value> {
+        let meta = std::fs::metadata(source).map_err(|e| {
+            invalid(format!(
+                "cannot read the source directory {}: {e}; give a directory the node can read",
+                source.display()
+            ))
+        })?;
+        if !meta.is_dir() {
+            return Err(invalid(format!(
+                "{} is not a directory; deploy a directory of sources",
+                source.display()
+            )));
+        }
+        std::fs::read_dir(source)
+            .map_err(|e| invalid(format!("cannot list {}: {e}", source.display())))?;
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        let cart = self.cartridge(&g.record().cartridge)?;
+        let id = g.record().next_deployment;
+        let dest = g.paths.deployment(id);
+        let _ = progress.send(format!("copying {} into deployment {id}", source.display()));
+        let uid = g.record().uid;
+        let (src, dst) = (source.to_path_buf(), dest.clone());
+        let copied = tokio::task::spawn_blocking(move || {
+            copy_tree(&src, &dst).and_then(|()| chown_tree(&dst, uid))
+        })
+        .await
+        .map_err(internal)?;
+        if let Err(e) = copied {
+            let _ = std::fs::remove_dir_all(&dest);
+            return Err(invalid(format!("cannot copy {}: {e}", source.display())));
+        }
+        g.update(&self.config, |r| {
+            r.next_deployment = id + 1;
+            r.deployments.push(Deployment {
+                id,
+                created: state::now(),
+                source: source.display().to_string(),
+                state: DeploymentState::Pending,
+                error: None,
+            });
+        })?;
+        let _ = progress.send(format!("building deployment {id}"));
+        let previous = g.record().active;
+        let was_running = g.record().desired == Desired::Running;
+        let build = self
+            .hook_with_repo(&g, &cart, HookCall::Build, Some(id))
+            .await;
+        if let Err(e) = build {
+            g.update(&self.config, |r| {
+                if let Some(d) = r.deployments.iter_mut().find(|d| d.id == id) {
+                    d.state = DeploymentState::Failed;
+                    d.error = Some(e.message.clone());
+                }
+            })?;
+            let keep =
+                previous.map_or(String::new(), |p| format!("; deployment {p} keeps serving"));
+            return Err(failed(format!(
+                "build of deployment {id} failed: {}{keep}; see `gear logs {} --hooks`",
+                e.message, gear.name
+            )));
+        }
+        g.update(&self.config, |r| {
+            if let Some(d) = r.deployments.iter_mut().find(|d| d.id == id) {
+                d.state = DeploymentState::Ready;
+            }
+        })?;
+        self.activate(&g, &cart, id, was_running || previous.is_none(), progress)
+            .await?;
+        self.prune(&g);
+        let r = g.record();
+        Ok(json!({ "deployment": id, "state": r.state, "url": self.gear_summary(&r)["url"] }))
+    }
+
+    async fn activate(
+        &self,
+        g: &Arc<Gear>,
+        cart: &Cartridge,
+        id: u32,
+        start: bool,
+        progress: &Progress,
+    ) -> ApiResult<()> {
+        if g.supervisor.any_running() || g.record().state == GearState::Running {
+            let _ = progress.send("stopping the running deployment".into());
+            self.stop_locked(g, cart).await?;
+        }
+        g.update(&self.config, |r| r.active = Some(id))?;
+        if start {
+            let _ = progress.send(format!("starting deployment {id}"));
+            self.start_locked(g, progress).await?;
+        }
+        Ok(())
+    }
+
+    fn prune(&self, g: &Gear) {
+        let keep = self.config.keep_deployments;
+        let r = g.record();
+        if r.deployments.len() <= keep {
+            return;
+        }
+        let excess = r.deployments.len() - keep;
+        let drop: Vec<u32> = r
+            .deployments
+            .iter()
+            .filter(|d| Some(d.id) != r.active)
+            .take(excess)
+            .map(|d| d.id)
+            .collect();
+        if g.update(&self.config, |r| {
+            r.deployments.retain(|d| !drop.contains(&d.id))
+        })
+        .is_ok()
+        {
+            for id in drop {
+                let _ = std::fs::remove_dir_all(g.paths.deployment(id));
+            }
+        }
+    }
+
+    /// Run the build hook on the active deployment.
+    pub async fn build(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        let r = g.record();
+        let active = r.active.ok_or_else(|| {
+            invalid(format!(
+                "gear {} has nothing deployed; run `gear deploy {} DIR`",
+                r.name, r.name
+            ))
+        })?;
+        let cart = self.cartridge(&r.cartridge)?;
+        self.hook_with_repo(&g, &cart, HookCall::Build, Some(active))
+            .await?;
+        Ok(json!({ "built": active }))
+    }
+
+    /// Start the gear.
+    pub async fn start(&self, gear: &GearRef, progress: &Progress) -> ApiResult<serde_json::Value> {
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        self.start_locked(&g, progress).await?;
+        Ok(self.gear_view(&g))
+    }
+
+    async fn start_locked(&self, g: &Arc<Gear>, progress: &Progress) -> ApiResult<()> {
+        let r = g.record();
+        if r.active.is_none() {
+            return Err(invalid(format!(
+                "gear {} has nothing deployed; run `gear deploy {} DIR` first",
+                r.name, r.name
+            )));
+        }
+        let cart = self.cartridge(&r.cartridge)?;
+        g.update(&self.config, |r| {
+            r.desired = Desired::Running;
+            r.state = GearState::Starting;
+            r.failure = None;
+        })?;
+        g.supervisor.forget_ended();
+        let _ = progress.send("running the start hook".into());
+        match self.hook(g, &cart, HookCall::Start).await {
+            Ok(_) => {
+                g.update(&self.config, |r| r.state = GearState::Running)?;
+                Ok(())
+            }
+            Err(e) => {
+                g.supervisor.stop_all(Duration::from_secs(2)).await;
+                g.update(&self.config, |r| {
+                    r.state = GearState::Failed;
+                    r.failure = Some(e.message.clone());
+                })?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Stop the gear.
+    pub async fn stop(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        let cart = self.cartridge(&g.record().cartridge)?;
+        g.update(&self.config, |r| r.desired = Desired::Stopped)?;
+        self.stop_locked(&g, &cart).await?;
+        Ok(self.gear_view(&g))
+    }
+
+    async fn stop_locked(&self, g: &Arc<Gear>, cart: &Cartridge) -> ApiResult<()> {
+        g.update(&self.config, |r| r.state = GearState::Stopping)?;
+        let hook = self.hook(g, cart, HookCall::Stop).await;
+        // whatever the hook left running is stopped by the node
+        g.supervisor.stop_all(Duration::from_secs(10)).await;
+        g.update(&self.config, |r| r.state = GearState::Stopped)?;
+        hook.map(|_| ())
+    }
+
+    /// Stop, then start.
+    pub async fn restart(
+        &self,
+        gear: &GearRef,
+        progress: &Progress,
+    ) -> ApiResult<serde_json::Value> {
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        let cart = self.cartridge(&g.record().cartridge)?;
+        self.stop_locked(&g, &cart).await?;
+        self.start_locked(&g, progress).await?;
+        Ok(self.gear_view(&g))
+    }
+
+    /// State and processes (a failed process marks the gear failed).
+    pub fn status(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+        let g = self.find(gear)?;
+        if let Some(name) = g.supervisor.failed() {
+            if g.record().state == GearState::Running {
+                let _ = g.update(&self.config, |r| {
+                    r.state = GearState::Failed;
+                    r.failure = Some(format!(
+                        "process {name} kept crashing; see `gear logs {}`",
+                        r.name
+                    ));
+                });
+            }
+        }
+        Ok(self.gear_view(&g))
+    }
+
+    /// The cartridge's control hook.
+    pub async fn control(
+        &self,
+        gear: &GearRef,
+        action: &str,
+        args: Vec<String>,
+    ) -> ApiResult<serde_json::Value> {
+        if action.is_empty() {
+            return Err(invalid("the action is empty; try `status`"));
+        }
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        let cart = self.cartridge(&g.record().cartridge)?;
+        let out = self
+            .hook(
+                &g,
+                &cart,
+                HookCall::Control {
+                    action: action.into(),
+                    args,
+                },
+            )
+            .await?;
+        Ok(json!({ "output": out }))
+    }
+
+    /// Deployment history.
+    pub fn deployments(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+        let r = self.find(gear)?.record();
+        Ok(json!({ "active": r.active, "deployments": r.deployments }))
+    }
+
+    /// Activate an earlier deployment and restart onto it.
+    pub async fn rollback(
+        &self,
+        gear: &GearRef,
+        id: Option<u32>,
+        progress: &Progress,
+    ) -> ApiResult<serde_json::Value> {
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        let r = g.record();
+        let active = r
+            .active
+            .ok_or_else(|| invalid("nothing is deployed, so there is nothing to roll back to"))?;
+        let target = match id {
+            Some(id) => r.deployments.iter().find(|d| d.id == id).ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::NotFound,
+                    format!("no deployment {id}; see `gear deployments {}`", r.name),
+                )
+            })?,
+            None => r
+                .deployments
+                .iter()
+                .rev()
+                .find(|d| d.id < active && d.state == DeploymentState::Ready)
+                .ok_or_else(|| {
+                    invalid("there is no earlier successful deployment to roll back to")
+                })?,
+        };
+        if target.state != DeploymentState::Ready {
+            return Err(invalid(format!(
+                "deployment {} did not build successfully; pick another",
+                target.id
+            )));
+        }
+        let target = target.id;
+        let cart = self.cartridge(&r.cartridge)?;
+        let start = r.desired == Desired::Running;
+        self.activate(&g, &cart, target, start, progress).await?;
+        Ok(json!({ "active": target }))
+    }
+
+    fn layers(&self, r: &GearRecord) -> Layers {
+        let port = self
+            .cartridge(&r.cartridge)
+            .ok()
+            .and_then(|c| c.manifest().primary_endpoint().map(|e| e.private_port));
+        Layers {
+            system: env::system_layer(r, port, &self.config.domain),
+            cartridge: r.cartridge_env.clone(),
+            user: r.user_env.clone(),
+        }
+    }
+
+    /// Set user variables.
+    pub async fn env_set(
+        &self,
+        gear: &GearRef,
+        vars: Vec<(String, String)>,
+    ) -> ApiResult<serde_json::Value> {
+        for (k, v) in &vars {
+            env::check_user_key(k).map_err(invalid)?;
+            if v.len() > 64 * 1024 || v.contains('\0') {
+                return Err(invalid(format!(
+                    "the value of {k} is longer than 64 KiB or contains a NUL byte"
+                )));
+            }
+        }
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        g.update(&self.config, |r| {
+            for (k, v) in vars {
+                r.user_env.insert(k, v);
+            }
+        })?;
+        Ok(json!({ "note": "restart the gear for running processes to see the change" }))
+    }
+
+    /// Remove user variables.
+    pub async fn env_unset(
+        &self,
+        gear: &GearRef,
+        keys: Vec<String>,
+    ) -> ApiResult<serde_json::Value> {
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        g.update(&self.config, |r| {
+            for k in &keys {
+                r.user_env.remove(k);
+            }
+        })?;
+        Ok(json!({ "unset": keys }))
+    }
+
+    /// The environment by layer.
+    pub fn env_list(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+        let r = self.find(gear)?.record();
+        let layers = self.layers(&r);
+        Ok(json!({ "layers": layers, "effective": layers.effective() }))
+    }
+
+    /// Connect to `port` on the gear's own loopback (for the frontend and
+    /// for readiness checks).
+    pub async fn connect(&self, gear: &GearRef, port: u16) -> ApiResult<std::net::TcpStream> {
+        let g = self.find(gear)?;
+        let netns = g.paths.netns();
+        tokio::task::spawn_blocking(move || {
+            gearhost_sandbox::netns::connect(
+                &netns,
+                ([127, 0, 0, 1], port).into(),
+                Duration::from_secs(2),
+            )
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| {
+            failed(format!(
+                "nothing answers on port {port} inside the gear: {e}"
+            ))
+        })
+    }
+
+    /// Paths of a gear's logs, for `gear logs`.
+    pub fn log_path(&self, gear: &GearRef, hooks: bool) -> ApiResult<PathBuf> {
+        let g = self.find(gear)?;
+        Ok(if hooks {
+            g.hook_log.path()
+        } else {
+            g.app_log.path()
+        })
+    }
+
+    /// Run `argv` in the gear's sandbox attached to the caller's stdio.
+    pub async fn exec(
+        &self,
+        gear: &GearRef,
+        argv: Vec<String>,
+        fds: [std::fs::File; 3],
+    ) -> ApiResult<serde_json::Value> {
+        if argv.is_empty() {
+            return Err(invalid("give the command to run after `--`"));
+        }
+        let g = self.find(gear)?;
+        let sandbox = self.sandbox(&g, g.record().active);
+        let leaf = format!(
+            "{}-x{}",
+            g.record().id,
+            g.execs.fetch_add(1, Ordering::Relaxed)
+        );
+        let status = procs::exec_attached(&sandbox, &leaf, argv, fds)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        Ok(match status {
+            ExitStatus::Exited(c) => json!({ "exit": c }),
+            ExitStatus::Signaled(s) => json!({ "signal": s }),
+        })
+    }
+
+    fn sandbox(&self, g: &Gear, repo: Option<u32>) -> GearSandbox {
+        let r = g.record();
+        GearSandbox {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            uid: r.uid,
+            home: g.paths.home(),
+            netns: g.paths.netns(),
+            repo: repo.map(|id| g.paths.deployment(id)),
+            env: self.layers(&r).effective().into_iter().collect(),
+            config: self.config.clone(),
+        }
+    }
+
+    // -- hooks --------------------------------------------------------------
+
+    async fn hook(&self, g: &Arc<Gear>, cart: &Cartridge, call: HookCall) -> ApiResult<String> {
+        let active = g.record().active;
+        self.hook_with_repo(g, cart, call, active).await
+    }
+
+    async fn hook_with_repo(
+        &self,
+        g: &Arc<Gear>,
+        cart: &Cartridge,
+        call: HookCall,
+        repo: Option<u32>,
+    ) -> ApiResult<String> {
+        let host = Arc::new(NodeHost {
+            gear: g.clone(),
+            sandbox: self.sandbox(g, repo),
+            cartridge: cart.manifest().clone(),
+            config: self.config.clone(),
+        });
+        let kind = call.kind();
+        g.hook_log.line(&format!("{kind}[node]"), "hook started");
+        let outcome = cart.call(host, call).await;
+        let elapsed =
+            humantime::format_duration(Duration::from_millis(outcome.elapsed.as_millis() as u64));
+        match outcome.result {
+            Ok(out) => {
+                g.hook_log.line(
+                    &format!("{kind}[node]"),
+                    &format!("hook succeeded in {elapsed}"),
+                );
+                Ok(out)
+            }
+            Err(e) => {
+                g.hook_log.line(
+                    &format!("{kind}[node]"),
+                    &format!("hook failed after {elapsed}: {e}"),
+                );
+                Err(failed(e.to_string()))
+            }
+        }
+    }
+}
+
+/// The `GearHost` the node gives hooks: requests go to the gear's sandbox and
+/// supervisor; env changes persist in the gear's record.
+#[derive(Debug)]
+struct NodeHost {
+    gear: Arc<Gear>,
+    sandbox: GearSandbox,
+    cartridge: gearhost_runtime::Manifest,
+    config: Arc<NodeConfig>,
+}
+
+impl GearHost for NodeHost {
+    fn gear(&self) -> GearInfo {
+        let r = self.gear.record();
+        GearInfo {
+            id: r.id,
+            name: r.name,
+            namespace: r.namespace,
+            cartridge: r.cartridge,
+            home: GEAR_HOME.into(),
+            endpoints: self
+                .cartridge
+                .endpoints
+                .iter()
+                .map(|e| EndpointInfo {
+                    name: e.name.clone(),
+                    private_port: e.private_port,
+                    protocols: e.protocols.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    fn preopens(&self) -> Vec<Preopen> {
+        let mut preopens = vec![Preopen {
+            host: self.sandbox.home.clone(),
+            guest: GEAR_HOME.into(),
+            writable: true,
+        }];
+        if let Some(repo) = &self.sandbox.repo {
+            preopens.push(Preopen {
+                host: repo.clone(),
+                guest: procs::GEAR_REPO.into(),
+                writable: true,
+            });
+        }
+        preopens
+    }
+
+    fn log(&self, hook: HookKind, source: LogSource, level: LogLevel, message: &str) {
+        let source = match source {
+            LogSource::Hook => level.as_str(),
+            LogSource::Stdout => "stdout",
+            LogSource::Stderr => "stderr",
+        };
+        self.gear
+            .hook_log
+            .line(&format!("{hook}[{source}]"), message);
+    }
+
+    fn env_get(&self, key: &str) -> Option<String> {
+        self.sandbox
+            .env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .or_else(|| {
+                let r = self.gear.record();
+                r.user_env.get(key).or(r.cartridge_env.get(key)).cloned()
+            })
+    }
+
+    fn env_list(&self) -> Vec<(String, String)> {
+        let r = self.gear.record();
+        let mut env: BTreeMap<String, String> = r.cartridge_env.clone();
+        env.extend(r.user_env.clone());
+        env.extend(
+            self.sandbox
+                .env
+                .iter()
+                .filter(|(k, _)| env::is_system_key(k))
+                .cloned(),
+        );
+        env.into_iter().collect()
+    }
+
+    fn env_set(&self, key: &str, value: &str) -> Result<(), HostError> {
+        if env::is_system_key(key) {
+            return Err(HostError::PermissionDenied(format!(
+                "{key} is set by the node and cannot be changed by a cartridge"
+            )));
+        }
+        self.gear
+            .update(&self.config, |r| {
+                r.cartridge_env.insert(key.into(), value.into());
+            })
+            .map(drop)
+            .map_err(|e| HostError::Failed(e.message))
+    }
+
+    fn env_unset(&self, key: &str) -> Result<(), HostError> {
+        self.gear
+            .update(&self.config, |r| {
+                r.cartridge_env.remove(key);
+            })
+            .map(drop)
+            .map_err(|e| HostError::Failed(e.message))
+    }
+
+    fn exec(
+        &self,
+        ctx: RequestContext,
+        cmd: CommandSpec,
+    ) -> gearhost_runtime::host::BoxFuture<'_, Result<ExecOutput, HostError>> {
+        Box::pin(async move {
+            let network = ctx.network && self.config.build_network;
+            let timeout = if ctx.hook == HookKind::Build {
+                self.config.build_timeout
+            } else {
+                self.config.hook_timeout
+            };
+            let leaf = format!(
+                "{}-x{}",
+                self.sandbox.id,
+                self.gear.execs.fetch_add(1, Ordering::Relaxed)
+            );
+            procs::exec(&self.sandbox, &leaf, cmd, network, timeout).await
+        })
+    }
+
+    fn spawn(
+        &self,
+        _ctx: RequestContext,
+        name: &str,
+        cmd: CommandSpec,
+        restart: RestartPolicy,
+    ) -> gearhost_runtime::host::BoxFuture<'_, Result<u32, HostError>> {
+        let name = name.to_string();
+        Box::pin(async move {
+            self.gear
+                .supervisor
+                .spawn(
+                    self.sandbox.clone(),
+                    self.gear.app_log.clone(),
+                    &name,
+                    cmd,
+                    restart,
+                )
+                .await
+        })
+    }
+
+    fn signal(
+        &self,
+        name: &str,
+        signal: Signal,
+    ) -> gearhost_runtime::host::BoxFuture<'_, Result<(), HostError>> {
+        let r = self.gear.supervisor.signal(name, signal);
+        Box::pin(async move { r })
+    }
+
+    fn wait(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> gearhost_runtime::host::BoxFuture<'_, Result<Option<ExitStatus>, HostError>> {
+        let name = name.to_string();
+        Box::pin(async move { self.gear.supervisor.wait(&name, timeout).await })
+    }
+
+    fn processes(&self) -> Vec<ProcessInfo> {
+        self.gear.supervisor.processes()
+    }
+}
+
+fn cartridge_summary(c: &Cartridge) -> serde_json::Value {
+    let m = c.manifest();
+    json!({
+        "name": m.name,
+        "version": m.version.to_string(),
+        "display_name": m.display_name,
+        "description": m.description,
+        "endpoints": m.endpoints,
+        "contract": c.info().contract_version,
+        "sha256": c.info().content_hash,
+    })
+}
+
+fn check_gear_ref(gear: &GearRef) -> ApiResult<()> {
+    for (what, value) in [("gear name", &gear.name), ("namespace", &gear.namespace)] {
+        gearhost_runtime::manifest::check_name(value, 32).map_err(|problem| {
+            invalid(format!(
+                "invalid {what} {value:?}: {problem}; use 1-32 lower-case letters, digits and single dashes, starting with a letter"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+fn new_id() -> String {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| anyhow::anyhow!("cannot set the mode of {}: {e}", path.display()))
+}
+
+/// Copy a source tree without following symlinks (they are copied as links).
+fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let ty = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if ty.is_dir() {
+            copy_tree(&entry.path(), &to)?;
+        } else if ty.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
+        } else if ty.is_file() {
+            std::fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Hand a tree the node just created to the gear's uid (never following symlinks).
+fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove every cgroup of gear `id` under the node's subtree (leftovers of
+/// processes whose handles are gone).
+fn remove_gear_cgroups(subtree: &str, id: &str) {
+    for root in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/pids",
+        "/sys/fs/cgroup/cpu",
+        "/sys/fs/cgroup/freezer",
+        "/sys/fs/cgroup/cpuacct",
+    ] {
+        let dir = Path::new(root).join(subtree);
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&format!("{id}-")) {
+                let placement = gearhost_sandbox::CgroupPlacement {
+                    subtree: subtree.to_string(),
+                    leaf: name,
+                };
+                let _ = gearhost_sandbox::teardown(&placement);
+            }
+        }
+    }
+}

@@ -1,0 +1,648 @@
+//! Gear processes: starting them through the sandbox, running a command to
+//! completion (hook `exec`), and supervising long-running ones (hook `spawn`):
+//! output captured into the gear's log, restarts with backoff, a process
+//! that keeps crashing marked failed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gearhost_runtime::{
+    CommandSpec, ExitStatus, HostError, ProcessInfo, ProcessState, RestartPolicy, Signal,
+};
+use gearhost_sandbox::{
+    Bind, CgroupPlacement, NetworkMode, Sandbox, SandboxSpec, Sandboxed, Stdio,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::logs::LogFile;
+
+/// Where the gear's home appears inside its sandbox.
+pub const GEAR_HOME: &str = "/gear";
+/// Where the active deployment appears inside the sandbox.
+pub const GEAR_REPO: &str = "/gear/app-root/repo";
+/// PATH inside gears: system directories only, never gear-writable ones.
+pub const GEAR_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Everything needed to start a process in one gear.
+#[derive(Debug, Clone)]
+pub struct GearSandbox {
+    /// Gear id.
+    pub id: String,
+    /// Gear name (its hostname).
+    pub name: String,
+    /// Its uid and gid.
+    pub uid: u32,
+    /// Home on the host.
+    pub home: PathBuf,
+    /// The active deployment on the host, bound at [`GEAR_REPO`].
+    pub repo: Option<PathBuf>,
+    /// The gear's network namespace (bound file).
+    pub netns: PathBuf,
+    /// Effective environment.
+    pub env: Vec<(String, String)>,
+    /// Node settings.
+    pub config: Arc<NodeConfig>,
+}
+
+impl GearSandbox {
+    /// A sandbox spec for `argv` in this gear.
+    pub fn spec(
+        &self,
+        leaf: &str,
+        argv: Vec<String>,
+        extra_env: &[(String, String)],
+        cwd: Option<&str>,
+        network: bool,
+    ) -> SandboxSpec {
+        let mut spec = SandboxSpec::new(self.id.clone(), self.uid, self.uid, &self.home, argv);
+        spec.hostname = self.name.clone();
+        spec.home_target = PathBuf::from(GEAR_HOME);
+        let mut env: BTreeMap<String, String> = self.env.iter().cloned().collect();
+        for (k, v) in extra_env {
+            if !crate::env::is_system_key(k) {
+                env.insert(k.clone(), v.clone());
+            }
+        }
+        spec.env = env.into_iter().collect();
+        spec.cwd = Some(PathBuf::from(cwd.unwrap_or(if self.repo.is_some() {
+            GEAR_REPO
+        } else {
+            GEAR_HOME
+        })));
+        spec.limits.memory_bytes = Some(self.config.gear_memory);
+        spec.limits.pids = Some(self.config.gear_pids);
+        spec.limits.cpu_millicores = Some(self.config.gear_cpu);
+        spec.cgroup = CgroupPlacement {
+            subtree: self.config.cgroup_subtree.clone(),
+            leaf: leaf.to_string(),
+        };
+        if let Some(repo) = &self.repo {
+            spec.rw_binds.push(Bind {
+                source: repo.clone(),
+                target: PathBuf::from(GEAR_REPO),
+            });
+        }
+        if network {
+            spec.network = NetworkMode::Host;
+        } else {
+            spec.netns = Some(self.netns.clone());
+        }
+        spec
+    }
+}
+
+fn sandbox_error(e: gearhost_sandbox::SandboxError) -> HostError {
+    HostError::Failed(e.to_string())
+}
+
+fn exit_of(status: std::process::ExitStatus) -> ExitStatus {
+    match (status.code(), status.signal()) {
+        (Some(code), _) if code > 128 && code < 160 => ExitStatus::Signaled(code - 128),
+        (Some(code), _) => ExitStatus::Exited(code),
+        (None, Some(sig)) => ExitStatus::Signaled(sig),
+        _ => ExitStatus::Exited(-1),
+    }
+}
+
+async fn spawn_blocking_sandbox(spec: SandboxSpec) -> Result<Sandboxed, HostError> {
+    tokio::task::spawn_blocking(move || Sandbox::spawn(spec))
+        .await
+        .map_err(|e| HostError::Failed(format!("the sandbox thread failed: {e}")))?
+        .map_err(sandbox_error)
+}
+
+/// Wait for a sandboxed process without blocking a runtime thread.
+async fn wait_exit(child: &mut Sandboxed) -> Result<std::process::ExitStatus, HostError> {
+    let fd = child
+        .pidfd()
+        .try_clone_to_owned()
+        .map_err(|e| HostError::Failed(format!("cannot watch the process: {e}")))?;
+    // The constructor is deprecated because a caller could close the fd
+    // behind tokio's back; here the AsyncFd owns its own duplicate of the
+    // pidfd, so nothing else can close it while it is registered.
+    #[allow(deprecated)]
+    let watcher = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
+        .map_err(|e| HostError::Failed(format!("cannot watch the process: {e}")))?;
+    loop {
+        if let Some(status) = child.try_wait().map_err(sandbox_error)? {
+            return Ok(status);
+        }
+        let mut guard = watcher
+            .readable()
+            .await
+            .map_err(|e| HostError::Failed(format!("cannot watch the process: {e}")))?;
+        guard.clear_ready();
+    }
+}
+
+fn tear_down(child: Sandboxed) {
+    // cgroup removal waits for the kernel; keep it off the async threads
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = child.teardown() {
+            tracing::warn!(error = %e, "gear process teardown left something behind");
+        }
+    });
+}
+
+fn pipe_reader(file: std::fs::File) -> Option<tokio::net::unix::pipe::Receiver> {
+    tokio::net::unix::pipe::Receiver::from_file(file).ok()
+}
+
+/// Run `cmd` to completion in the gear, capturing its output (at most 16 MiB
+/// each), killing it after `timeout`.
+pub async fn exec(
+    gear: &GearSandbox,
+    leaf: &str,
+    cmd: CommandSpec,
+    network: bool,
+    timeout: Duration,
+) -> Result<gearhost_runtime::ExecOutput, HostError> {
+    let mut argv = vec![cmd.program.clone()];
+    argv.extend(cmd.args.iter().cloned());
+    let mut spec = gear.spec(leaf, argv, &cmd.env, cmd.cwd.as_deref(), network);
+    spec.stdio.stdin = if cmd.stdin.is_some() {
+        Stdio::Piped
+    } else {
+        Stdio::Null
+    };
+    spec.stdio.stdout = Stdio::Piped;
+    spec.stdio.stderr = Stdio::Piped;
+    let mut child = spawn_blocking_sandbox(spec).await?;
+    let stdin = child.take_stdin();
+    let stdout = child.take_stdout().and_then(pipe_reader);
+    let stderr = child.take_stderr().and_then(pipe_reader);
+    let input = cmd.stdin.clone();
+    let timeout = cmd.timeout.map_or(timeout, |t| t.min(timeout));
+
+    let collect = async {
+        let feed = async {
+            if let (Some(stdin), Some(bytes)) = (stdin, input) {
+                if let Ok(mut w) = tokio::net::unix::pipe::Sender::from_file(stdin) {
+                    let _ = w.write_all(&bytes).await;
+                }
+            }
+        };
+        let read_all = |r: Option<tokio::net::unix::pipe::Receiver>| async move {
+            let mut out = Vec::new();
+            if let Some(r) = r {
+                let _ = r.take(16 << 20).read_to_end(&mut out).await;
+            }
+            out
+        };
+        let ((), out, err) = tokio::join!(feed, read_all(stdout), read_all(stderr));
+        (out, err)
+    };
+    let result = tokio::time::timeout(timeout, async {
+        let (out, err) = collect.await;
+        let status = wait_exit(&mut child).await?;
+        Ok::<_, HostError>((status, out, err))
+    })
+    .await;
+    match result {
+        Ok(Ok((status, stdout, stderr))) => {
+            tear_down(child);
+            Ok(gearhost_runtime::ExecOutput {
+                status: exit_of(status),
+                stdout,
+                stderr,
+            })
+        }
+        Ok(Err(e)) => {
+            let _ = child.kill(gearhost_sandbox::Signal::Kill);
+            tear_down(child);
+            Err(e)
+        }
+        Err(_) => {
+            let _ = child.kill(gearhost_sandbox::Signal::Kill);
+            tear_down(child);
+            Err(HostError::Failed(format!(
+                "{} did not finish within {} and was killed",
+                cmd.program,
+                humantime::format_duration(timeout)
+            )))
+        }
+    }
+}
+
+/// Run `argv` in the gear with the caller's stdio (for `gear exec`).
+pub async fn exec_attached(
+    gear: &GearSandbox,
+    leaf: &str,
+    argv: Vec<String>,
+    fds: [std::fs::File; 3],
+) -> Result<ExitStatus, HostError> {
+    let mut spec = gear.spec(leaf, argv, &[], None, false);
+    let [stdin, stdout, stderr] = fds;
+    spec.stdio.stdin = Stdio::Fd(Arc::new(stdin));
+    spec.stdio.stdout = Stdio::Fd(Arc::new(stdout));
+    spec.stdio.stderr = Stdio::Fd(Arc::new(stderr));
+    let mut child = spawn_blocking_sandbox(spec).await?;
+    let status = wait_exit(&mut child).await;
+    tear_down(child);
+    status.map(exit_of)
+}
+
+// ---------------------------------------------------------------------------
+// supervision
+
+#[derive(Debug)]
+struct ProcStatus {
+    state: ProcessState,
+    pid: Option<u32>,
+    restarts: u32,
+    last_exit: Option<ExitStatus>,
+    crashes: VecDeque<Instant>,
+}
+
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    status: Mutex<ProcStatus>,
+    stop: AtomicBool,
+    /// The running child's pidfd-backed handle lives in the monitor task;
+    /// signals go through this channel.
+    signals: tokio::sync::mpsc::UnboundedSender<gearhost_sandbox::Signal>,
+    /// Bumped whenever the process ends; `wait` watches it.
+    ended: watch::Sender<u64>,
+}
+
+/// The supervised processes of one gear.
+#[derive(Debug, Default)]
+pub struct Supervisor {
+    procs: Mutex<BTreeMap<String, Arc<Proc>>>,
+    counter: AtomicU32,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Supervisor {
+    /// Start `cmd` as supervised process `name`. Returns its pid once the
+    /// sandbox reports every layer in place.
+    pub async fn spawn(
+        &self,
+        gear: GearSandbox,
+        log: LogFile,
+        name: &str,
+        cmd: CommandSpec,
+        restart: RestartPolicy,
+    ) -> Result<u32, HostError> {
+        {
+            let procs = lock(&self.procs);
+            if let Some(p) = procs.get(name) {
+                let s = lock(&p.status);
+                if matches!(
+                    s.state,
+                    ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
+                ) {
+                    return Err(HostError::Invalid(format!(
+                        "a process named {name:?} is already running (pid {}); stop it first or pick another name",
+                        s.pid.map_or("?".into(), |p| p.to_string())
+                    )));
+                }
+            }
+        }
+        let (signals, signal_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ended, _) = watch::channel(0);
+        let proc = Arc::new(Proc {
+            name: name.to_string(),
+            status: Mutex::new(ProcStatus {
+                state: ProcessState::Starting,
+                pid: None,
+                restarts: 0,
+                last_exit: None,
+                crashes: VecDeque::new(),
+            }),
+            stop: AtomicBool::new(false),
+            signals,
+            ended,
+        });
+        lock(&self.procs).insert(name.to_string(), proc.clone());
+        let leaf = format!("{}-{}", gear.id, name);
+        let first = start_one(&gear, &leaf, &cmd, &log, name).await;
+        let child = match first {
+            Ok(child) => child,
+            Err(e) => {
+                let mut s = lock(&proc.status);
+                s.state = ProcessState::Failed;
+                return Err(e);
+            }
+        };
+        let pid = child.pid();
+        {
+            let mut s = lock(&proc.status);
+            s.state = ProcessState::Running;
+            s.pid = Some(pid);
+        }
+        let crash_limit = gear.config.crash_limit;
+        let crash_window = gear.config.crash_window;
+        tokio::spawn(monitor(
+            proc,
+            child,
+            signal_rx,
+            gear,
+            leaf,
+            cmd,
+            restart,
+            log,
+            crash_limit,
+            crash_window,
+        ));
+        self.counter.fetch_add(1, Ordering::Relaxed);
+        Ok(pid)
+    }
+
+    /// Send `signal` to process `name`. Stopping signals also stop restarts.
+    pub fn signal(&self, name: &str, signal: Signal) -> Result<(), HostError> {
+        let proc = lock(&self.procs).get(name).cloned().ok_or_else(|| {
+            HostError::NotFound(format!("no process named {name:?} in this gear"))
+        })?;
+        let sig = match signal {
+            Signal::Term => gearhost_sandbox::Signal::Term,
+            Signal::Int => gearhost_sandbox::Signal::Int,
+            Signal::Hup => gearhost_sandbox::Signal::Hup,
+            Signal::Quit => gearhost_sandbox::Signal::Quit,
+            Signal::Usr1 => gearhost_sandbox::Signal::Usr1,
+            Signal::Usr2 => gearhost_sandbox::Signal::Usr2,
+            Signal::Kill => gearhost_sandbox::Signal::Kill,
+            Signal::Cont | Signal::Stop => {
+                return Err(HostError::Invalid(
+                    "stop and cont are not supported; use term to stop a process".into(),
+                ));
+            }
+        };
+        if matches!(
+            signal,
+            Signal::Term | Signal::Int | Signal::Quit | Signal::Kill
+        ) {
+            proc.stop.store(true, Ordering::SeqCst);
+        }
+        let state = lock(&proc.status).state;
+        if !matches!(
+            state,
+            ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
+        ) {
+            return Ok(());
+        }
+        proc.signals
+            .send(sig)
+            .map_err(|_| HostError::NotFound(format!("process {name:?} is not running")))
+    }
+
+    /// Wait up to `timeout` for process `name` to end.
+    pub async fn wait(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<ExitStatus>, HostError> {
+        let proc = lock(&self.procs).get(name).cloned().ok_or_else(|| {
+            HostError::NotFound(format!("no process named {name:?} in this gear"))
+        })?;
+        let mut rx = proc.ended.subscribe();
+        let done = |p: &Proc| {
+            let s = lock(&p.status);
+            (!matches!(
+                s.state,
+                ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
+            ))
+            .then_some(s.last_exit)
+        };
+        if let Some(exit) = done(&proc) {
+            return Ok(exit);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => return Ok(None),
+                Ok(Err(_)) => return Ok(lock(&proc.status).last_exit),
+                Ok(Ok(())) => {
+                    if let Some(exit) = done(&proc) {
+                        return Ok(exit);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The gear's processes.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        lock(&self.procs)
+            .values()
+            .map(|p| {
+                let s = lock(&p.status);
+                ProcessInfo {
+                    name: p.name.clone(),
+                    pid: s.pid,
+                    state: s.state,
+                    restarts: s.restarts,
+                    last_exit: s.last_exit,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether any process is running or about to.
+    pub fn any_running(&self) -> bool {
+        self.processes().iter().any(|p| {
+            matches!(
+                p.state,
+                ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
+            )
+        })
+    }
+
+    /// Whether some process was given up on.
+    pub fn failed(&self) -> Option<String> {
+        self.processes()
+            .into_iter()
+            .find(|p| p.state == ProcessState::Failed)
+            .map(|p| p.name)
+    }
+
+    /// Stop every process: TERM, then KILL after `grace`.
+    pub async fn stop_all(&self, grace: Duration) {
+        let names: Vec<String> = lock(&self.procs).keys().cloned().collect();
+        for name in &names {
+            let _ = self.signal(name, Signal::Term);
+        }
+        for name in &names {
+            if let Ok(None) = self.wait(name, grace).await {
+                let _ = self.signal(name, Signal::Kill);
+                let _ = self.wait(name, Duration::from_secs(5)).await;
+            }
+        }
+    }
+
+    /// Forget processes that have ended (so their names can be reused cleanly).
+    pub fn forget_ended(&self) {
+        lock(&self.procs).retain(|_, p| {
+            matches!(
+                lock(&p.status).state,
+                ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
+            )
+        });
+    }
+}
+
+async fn start_one(
+    gear: &GearSandbox,
+    leaf: &str,
+    cmd: &CommandSpec,
+    log: &LogFile,
+    name: &str,
+) -> Result<Sandboxed, HostError> {
+    let mut argv = vec![cmd.program.clone()];
+    argv.extend(cmd.args.iter().cloned());
+    let mut spec = gear.spec(leaf, argv, &cmd.env, cmd.cwd.as_deref(), false);
+    spec.stdio.stdout = Stdio::Piped;
+    spec.stdio.stderr = Stdio::Piped;
+    let mut child = spawn_blocking_sandbox(spec).await?;
+    for (stream, file) in [("out", child.take_stdout()), ("err", child.take_stderr())] {
+        if let Some(reader) = file.and_then(pipe_reader) {
+            let log = log.clone();
+            let source = format!("{name}[{stream}]");
+            tokio::spawn(async move {
+                let mut lines = tokio::io::BufReader::new(reader).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    log.line(&source, &line);
+                }
+            });
+        }
+    }
+    log.line(
+        &format!("{name}[node]"),
+        &format!("started as pid {}", child.pid()),
+    );
+    Ok(child)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn monitor(
+    proc: Arc<Proc>,
+    mut child: Sandboxed,
+    mut signals: tokio::sync::mpsc::UnboundedReceiver<gearhost_sandbox::Signal>,
+    gear: GearSandbox,
+    leaf: String,
+    cmd: CommandSpec,
+    restart: RestartPolicy,
+    log: LogFile,
+    crash_limit: u32,
+    crash_window: Duration,
+) {
+    let name = proc.name.clone();
+    loop {
+        // wait for the exit, forwarding signals meanwhile
+        let status = loop {
+            tokio::select! {
+                status = wait_exit(&mut child) => break status,
+                Some(sig) = signals.recv() => {
+                    let _ = child.kill(sig);
+                }
+            }
+        };
+        let exit = match status {
+            Ok(s) => exit_of(s),
+            Err(e) => {
+                log.line(
+                    &format!("{name}[node]"),
+                    &format!("lost track of the process: {e}"),
+                );
+                ExitStatus::Signaled(9)
+            }
+        };
+        let pid = child.pid();
+        tear_down(child);
+        let stopping = proc.stop.load(Ordering::SeqCst);
+        let failed = !matches!(exit, ExitStatus::Exited(0));
+        log.line(
+            &format!("{name}[node]"),
+            &format!("pid {pid} ended ({exit})"),
+        );
+        let again = !stopping
+            && match restart {
+                RestartPolicy::Never => false,
+                RestartPolicy::OnFailure => failed,
+                RestartPolicy::Always => true,
+            };
+        let backoff = {
+            let mut s = lock(&proc.status);
+            s.last_exit = Some(exit);
+            s.pid = None;
+            if !again {
+                s.state = if stopping {
+                    ProcessState::Stopped
+                } else {
+                    ProcessState::Exited
+                };
+                None
+            } else {
+                let now = Instant::now();
+                s.crashes.push_back(now);
+                while s
+                    .crashes
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > crash_window)
+                {
+                    s.crashes.pop_front();
+                }
+                if s.crashes.len() as u32 >= crash_limit {
+                    s.state = ProcessState::Failed;
+                    None
+                } else {
+                    s.state = ProcessState::Backoff;
+                    let n = s.crashes.len() as u32;
+                    Some(Duration::from_millis(250u64 << n.min(7)).min(Duration::from_secs(30)))
+                }
+            }
+        };
+        proc.ended.send_modify(|n| *n += 1);
+        let Some(delay) = backoff else {
+            if lock(&proc.status).state == ProcessState::Failed {
+                log.line(
+                    &format!("{name}[node]"),
+                    &format!(
+                        "crashed {crash_limit} times within {}; giving up",
+                        humantime::format_duration(crash_window)
+                    ),
+                );
+            }
+            return;
+        };
+        log.line(
+            &format!("{name}[node]"),
+            &format!("restarting in {}", humantime::format_duration(delay)),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            Some(_) = signals.recv() => {}
+        }
+        if proc.stop.load(Ordering::SeqCst) {
+            lock(&proc.status).state = ProcessState::Stopped;
+            proc.ended.send_modify(|n| *n += 1);
+            return;
+        }
+        match start_one(&gear, &leaf, &cmd, &log, &name).await {
+            Ok(next) => {
+                let mut s = lock(&proc.status);
+                s.restarts += 1;
+                s.state = ProcessState::Running;
+                s.pid = Some(next.pid());
+                drop(s);
+                child = next;
+            }
+            Err(e) => {
+                log.line(&format!("{name}[node]"), &format!("restart failed: {e}"));
+                lock(&proc.status).state = ProcessState::Failed;
+                proc.ended.send_modify(|n| *n += 1);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! What the node keeps on disk, and how it writes it: every record is written
+//! to a temporary file, fsynced, renamed over the old one and the directory
+//! fsynced, so a crash at any moment leaves either the old or the new record,
+//! never a torn one.
+//!
+//! Layout under the state directory:
+//!
+//! ```text
+//! gears/<id>/gear.json          the gear's record (node-only)
+//! gears/<id>/home/              the gear's home, /gear inside its sandbox
+//! gears/<id>/deployments/<n>/   deployed sources; the active one is bound at /gear/app-root/repo
+//! gears/<id>/logs/              captured output of its processes and hooks (node-only)
+//! cartridges/<name>/            installed cartridges (manifest + component)
+//! cache/                        compiled components
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the gear record format.
+pub const RECORD_VERSION: u32 = 1;
+
+/// What the operator or user wants a gear to be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Desired {
+    /// Its processes should run (restarted after a node restart).
+    Running,
+    /// Stopped on purpose; stays stopped across node restarts.
+    Stopped,
+}
+
+/// Last known state of a gear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GearState {
+    /// Created, nothing deployed yet.
+    New,
+    /// A deployment is being built.
+    Building,
+    /// Starting.
+    Starting,
+    /// Running.
+    Running,
+    /// Stopping.
+    Stopping,
+    /// Stopped.
+    Stopped,
+    /// A process crashed too often, or a hook failed.
+    Failed,
+}
+
+/// State of one deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentState {
+    /// Copied, not built yet (or the build was interrupted).
+    Pending,
+    /// Built successfully.
+    Ready,
+    /// The build failed.
+    Failed,
+}
+
+/// One deployment of a gear's source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Sequence number, unique per gear.
+    pub id: u32,
+    /// Unix time it was created.
+    pub created: u64,
+    /// Where the source came from.
+    pub source: String,
+    /// Build state.
+    pub state: DeploymentState,
+    /// The build's error, when it failed.
+    pub error: Option<String>,
+}
+
+/// A gear, as stored in `gear.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GearRecord {
+    /// Record format version.
+    pub version: u32,
+    /// Node-unique, immutable id.
+    pub id: String,
+    /// Name, unique within the namespace.
+    pub name: String,
+    /// Owner namespace.
+    pub namespace: String,
+    /// Primary cartridge.
+    pub cartridge: String,
+    /// The gear's uid (and gid).
+    pub uid: u32,
+    /// SELinux MCS level derived from the uid.
+    pub mcs_level: String,
+    /// Unix time of creation.
+    pub created: u64,
+    /// What it should be doing.
+    pub desired: Desired,
+    /// What it was last seen doing.
+    pub state: GearState,
+    /// Why it failed, when it did.
+    pub failure: Option<String>,
+    /// Variables set by the cartridge's hooks.
+    pub cartridge_env: BTreeMap<String, String>,
+    /// Variables set by the user.
+    pub user_env: BTreeMap<String, String>,
+    /// Deployments, oldest first (at most `keep-deployments`).
+    pub deployments: Vec<Deployment>,
+    /// The active deployment.
+    pub active: Option<u32>,
+    /// Next deployment id.
+    pub next_deployment: u32,
+}
+
+impl GearRecord {
+    /// `<gears>/<id>`
+    pub fn dir(gears_dir: &Path, id: &str) -> PathBuf {
+        gears_dir.join(id)
+    }
+}
+
+/// Paths of one gear.
+#[derive(Debug, Clone)]
+pub struct GearPaths {
+    /// `gears/<id>`
+    pub root: PathBuf,
+}
+
+impl GearPaths {
+    /// Paths of gear `id`.
+    pub fn new(gears_dir: &Path, id: &str) -> GearPaths {
+        GearPaths {
+            root: gears_dir.join(id),
+        }
+    }
+    /// The record file.
+    pub fn record(&self) -> PathBuf {
+        self.root.join("gear.json")
+    }
+    /// The gear's home.
+    pub fn home(&self) -> PathBuf {
+        self.root.join("home")
+    }
+    /// Deployment `n`.
+    pub fn deployment(&self, n: u32) -> PathBuf {
+        self.root.join("deployments").join(n.to_string())
+    }
+    /// The node-written logs.
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+    /// The gear's network namespace, bound to a file.
+    pub fn netns(&self) -> PathBuf {
+        self.root.join("netns")
+    }
+}
+
+/// An I/O failure of the state store.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot {action} {path}: {source}; check that the state directory is on a writable file system with space left"
+)]
+pub struct StateError {
+    /// What was being done.
+    pub action: &'static str,
+    /// The path.
+    pub path: PathBuf,
+    /// The error.
+    #[source]
+    pub source: std::io::Error,
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Write `bytes` to `path` atomically and durably.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state")
+    ));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(io("write", path))
+}
+
+/// Save a gear record.
+pub fn save_gear(gears_dir: &Path, record: &GearRecord) -> Result<(), StateError> {
+    let paths = GearPaths::new(gears_dir, &record.id);
+    let bytes = serde_json::to_vec_pretty(record).map_err(|e| StateError {
+        action: "encode",
+        path: paths.record(),
+        source: std::io::Error::other(e),
+    })?;
+    write_atomic(&paths.record(), &bytes)
+}
+
+/// Load every gear record. Directories without a record (a create that
+/// crashed before acknowledging) are returned separately for cleanup.
+pub fn load_gears(gears_dir: &Path) -> Result<(Vec<GearRecord>, Vec<PathBuf>), StateError> {
+    let mut gears = Vec::new();
+    let mut orphans = Vec::new();
+    let entries = match std::fs::read_dir(gears_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((gears, orphans)),
+        Err(e) => return Err(io("read", gears_dir)(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io("read", gears_dir))?;
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let record = path.join("gear.json");
+        match std::fs::read(&record) {
+            Ok(bytes) => {
+                let gear: GearRecord = serde_json::from_slice(&bytes).map_err(|e| StateError {
+                    action: "decode",
+                    path: record.clone(),
+                    source: std::io::Error::other(e),
+                })?;
+                if gear.version != RECORD_VERSION {
+                    return Err(StateError {
+                        action: "understand",
+                        path: record,
+                        source: std::io::Error::other(format!(
+                            "record version {} (this node reads {RECORD_VERSION})",
+                            gear.version
+                        )),
+                    });
+                }
+                gears.push(gear);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => orphans.push(path),
+            Err(e) => return Err(io("read", &record)(e)),
+        }
+    }
+    gears.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok((gears, orphans))
+}
+
+/// Current unix time in seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_writes_replace_whole_files() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("x.json");
+        write_atomic(&path, b"one").expect("write");
+        write_atomic(&path, b"two").expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"two");
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
+        assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn records_without_a_file_are_orphans() {
+        let dir = tempfile::tempdir().expect("dir");
+        std::fs::create_dir_all(dir.path().join("abc/home")).expect("mkdir");
+        let (gears, orphans) = load_gears(dir.path()).expect("load");
+        assert!(gears.is_empty());
+        assert_eq!(orphans, [dir.path().join("abc")]);
+    }
+}

@@ -1,0 +1,143 @@
+//! Persistent network namespaces: one per gear, bound to a file so it
+//! outlives any process. Every process of the gear joins it (its app server,
+//! the programs its hooks run, `gear exec` shells), so they reach each other
+//! on the gear's loopback; the node opens sockets inside it to reach the app
+//! (no veth, no NAT).
+
+use std::fs::File;
+use std::io;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+
+fn nix_err(what: &str, path: &Path, e: nix::Error) -> io::Error {
+    io::Error::new(
+        io::Error::from(e).kind(),
+        format!("{what} {}: {e}", path.display()),
+    )
+}
+
+/// Create a new network namespace with `lo` up and bind it to `path` (a file
+/// is created there; its directory must exist).
+pub fn create(path: &Path) -> io::Result<()> {
+    File::options().write(true).create_new(true).open(path)?;
+    let target = path.to_path_buf();
+    // namespaces belong to threads: do it in a thread of its own, which ends
+    // while the bind mount keeps the namespace alive
+    let result = std::thread::Builder::new()
+        .name("gearhost-netns".into())
+        .spawn(move || -> io::Result<()> {
+            unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| nix_err("create a network namespace for", &target, e))?;
+            crate::sys::loopback_up()?;
+            mount(
+                Some(Path::new("/proc/thread-self/ns/net")),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| nix_err("bind the network namespace to", &target, e))
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the network namespace thread panicked"))?;
+    if result.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+/// Whether `path` holds a bound network namespace.
+pub fn exists(path: &Path) -> bool {
+    // an unbound placeholder file has size 0 and lives on the parent's fs;
+    // the nsfs inode reports its own device
+    match (
+        std::fs::metadata(path),
+        path.parent().map(std::fs::metadata),
+    ) {
+        (Ok(ns), Some(Ok(dir))) => {
+            use std::os::unix::fs::MetadataExt;
+            ns.dev() != dir.dev()
+        }
+        _ => false,
+    }
+}
+
+/// Unbind and remove a namespace created by [`create`]. The namespace itself
+/// goes away with its last process.
+pub fn remove(path: &Path) -> io::Result<()> {
+    match umount2(path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => {}
+        Err(e) => return Err(nix_err("unbind", path, e)),
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Connect to `addr` from inside the network namespace bound at `path`. The
+/// returned socket stays in that namespace; the calling thread does not.
+pub fn connect(path: &Path, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let ns = File::open(path)?;
+    let path: PathBuf = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("gearhost-netns-connect".into())
+        .spawn(move || {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| nix_err("enter the network namespace", &path, e))?;
+            TcpStream::connect_timeout(&addr, timeout)
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the connecting thread panicked"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_bound_namespace_is_shared_and_private() {
+        if !nix::unistd::Uid::effective().is_root() {
+            assert!(
+                std::env::var("GEARHOST_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
+                "needs root"
+            );
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ns");
+        create(&path).expect("create");
+        assert!(exists(&path));
+        // a listener inside the namespace
+        let inside = path.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = std::thread::spawn(move || {
+            let ns = File::open(&inside).expect("open ns");
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            tx.send(listener.local_addr().expect("addr").port())
+                .expect("send");
+            let (mut s, _) = listener.accept().expect("accept");
+            s.write_all(b"from inside").expect("write");
+        });
+        let port = rx.recv().expect("port");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        // the host's loopback does not have it
+        assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err());
+        let mut s = connect(&path, addr, Duration::from_secs(2)).expect("connect inside");
+        let mut got = String::new();
+        s.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "from inside");
+        server.join().expect("server");
+        remove(&path).expect("remove");
+        assert!(!path.exists());
+    }
+}
