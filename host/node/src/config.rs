@@ -60,6 +60,8 @@ pub struct NodeConfig {
     pub crash_limit: u32,
     /// Window for `crash_limit`.
     pub crash_window: Duration,
+    /// How long a started gear has to answer on its port.
+    pub start_timeout: Duration,
 }
 
 /// A configuration that cannot be used.
@@ -118,6 +120,12 @@ struct RawGears {
     crash_limit: u32,
     #[serde(default = "default_crash_window")]
     crash_window: String,
+    #[serde(default = "default_start_timeout")]
+    start_timeout: String,
+}
+
+fn default_start_timeout() -> String {
+    "30s".into()
 }
 
 fn default_subtree() -> String {
@@ -309,6 +317,7 @@ impl NodeConfig {
             keep_deployments: g.keep_deployments.max(1),
             crash_limit: g.crash_limit.max(1),
             crash_window: duration("gears.crash-window", &g.crash_window)?,
+            start_timeout: duration("gears.start-timeout", &g.start_timeout)?,
             hook_timeout: duration("hooks.max-timeout", &raw.hooks.max_timeout)?,
             build_timeout: duration("hooks.max-build-timeout", &raw.hooks.max_build_timeout)?,
             hook_memory: size("hooks.max-memory", &raw.hooks.max_memory)?,

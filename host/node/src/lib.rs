@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod env;
+pub mod frontend;
 pub mod logs;
 pub mod node;
 pub mod procs;
@@ -26,6 +27,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let group = config.operator_group.clone();
     let node = Node::open(config)?;
     let listener = server::bind(&socket, group.as_deref())?;
+    let frontend = tokio::net::TcpListener::bind(&node.config().frontend)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on the frontend address {}: {e}; set `frontend` in the node configuration", node.config().frontend))?;
+    let frontend_addr = frontend.local_addr()?;
+    node.set_frontend_addr(frontend_addr);
     tracing::info!(socket = %socket.display(), state = %node.config().state_dir.display(), "node ready");
     eprintln!(
         "gear node: serving {} (state in {})",
@@ -39,6 +45,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = server::serve(node.clone(), listener) => r,
+        r = frontend::serve(node.clone(), frontend) => r,
         _ = term.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     };

@@ -104,6 +104,7 @@ pub struct Node {
     cartridges: Mutex<BTreeMap<String, Cartridge>>,
     gears: Mutex<BTreeMap<String, Arc<Gear>>>,
     create: tokio::sync::Mutex<()>,
+    frontend: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl Node {
@@ -170,12 +171,37 @@ impl Node {
             cartridges: Mutex::new(cartridges),
             gears: Mutex::new(gears),
             create: tokio::sync::Mutex::new(()),
+            frontend: Mutex::new(None),
         }))
     }
 
     /// The configuration.
     pub fn config(&self) -> &NodeConfig {
         &self.config
+    }
+
+    /// Record where the frontend listens (the configured port may be 0).
+    pub fn set_frontend_addr(&self, addr: std::net::SocketAddr) {
+        *lock(&self.frontend) = Some(addr);
+    }
+
+    /// Where the frontend listens, once it does.
+    pub fn frontend_addr(&self) -> Option<std::net::SocketAddr> {
+        *lock(&self.frontend)
+    }
+
+    fn url(&self, r: &GearRecord) -> String {
+        let port = self.frontend_addr().map_or(String::new(), |a| {
+            if a.port() == 80 {
+                String::new()
+            } else {
+                format!(":{}", a.port())
+            }
+        });
+        format!(
+            "http://{}-{}.{}{port}/",
+            r.name, r.namespace, self.config.domain
+        )
     }
 
     /// Start the gears that should run (after a node restart everything a
@@ -448,7 +474,7 @@ impl Node {
             "state": r.state,
             "desired": r.desired,
             "active_deployment": r.active,
-            "url": format!("http://{}-{}.{}/", r.name, r.namespace, self.config.domain),
+            "url": self.url(r),
         })
     }
 
@@ -660,8 +686,12 @@ impl Node {
         })?;
         g.supervisor.forget_ended();
         let _ = progress.send("running the start hook".into());
-        match self.hook(g, &cart, HookCall::Start).await {
-            Ok(_) => {
+        let started = match self.hook(g, &cart, HookCall::Start).await {
+            Ok(_) => self.wait_ready(g, &cart, progress).await,
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(()) => {
                 g.update(&self.config, |r| r.state = GearState::Running)?;
                 Ok(())
             }
@@ -673,6 +703,53 @@ impl Node {
                 })?;
                 Err(e)
             }
+        }
+    }
+
+    /// After the start hook: wait until the app answers on its primary port
+    /// (the gear is not "running" before a request can be served), failing
+    /// early when its processes die.
+    async fn wait_ready(
+        &self,
+        g: &Arc<Gear>,
+        cart: &Cartridge,
+        progress: &Progress,
+    ) -> ApiResult<()> {
+        let Some(port) = cart.manifest().primary_endpoint().map(|e| e.private_port) else {
+            return Ok(());
+        };
+        let _ = progress.send(format!("waiting for the app to answer on port {port}"));
+        let netns = g.paths.netns();
+        let deadline = tokio::time::Instant::now() + self.config.start_timeout;
+        loop {
+            let ns = netns.clone();
+            let answered = tokio::task::spawn_blocking(move || {
+                gearhost_sandbox::netns::connect(
+                    &ns,
+                    ([127, 0, 0, 1], port).into(),
+                    Duration::from_millis(500),
+                )
+                .is_ok()
+            })
+            .await
+            .unwrap_or(false);
+            if answered {
+                return Ok(());
+            }
+            if !g.supervisor.any_running() {
+                return Err(failed(format!(
+                    "the app's processes ended before it answered on port {port}; see `gear logs {}`",
+                    g.record().name
+                )));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(failed(format!(
+                    "the app did not answer on port {port} within {}; check that it listens on 127.0.0.1:{port} or 0.0.0.0:{port} (see `gear logs {}`)",
+                    humantime::format_duration(self.config.start_timeout),
+                    g.record().name
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -859,6 +936,34 @@ impl Node {
         Ok(json!({ "layers": layers, "effective": layers.effective() }))
     }
 
+    /// Which gear answers to `hostname` (`<gear>-<namespace>.<domain>`).
+    pub fn route(&self, hostname: &str) -> Option<Route> {
+        let label = hostname.strip_suffix(&format!(".{}", self.config.domain))?;
+        let gear = lock(&self.gears)
+            .values()
+            .find(|g| {
+                let r = lock(&g.record);
+                format!("{}-{}", r.name, r.namespace) == label
+            })
+            .cloned()?;
+        let r = gear.record();
+        let port = self
+            .cartridge(&r.cartridge)
+            .ok()?
+            .manifest()
+            .primary_endpoint()?
+            .private_port;
+        Some(Route {
+            gear: GearRef {
+                name: r.name.clone(),
+                namespace: r.namespace.clone(),
+            },
+            label: label.to_string(),
+            port,
+            running: r.state == GearState::Running,
+        })
+    }
+
     /// Connect to `port` on the gear's own loopback (for the frontend and
     /// for readiness checks).
     pub async fn connect(&self, gear: &GearRef, port: u16) -> ApiResult<std::net::TcpStream> {
@@ -972,6 +1077,19 @@ impl Node {
             }
         }
     }
+}
+
+/// Where the frontend sends a host name.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The gear.
+    pub gear: GearRef,
+    /// `<gear>-<namespace>`.
+    pub label: String,
+    /// Its primary endpoint's private port.
+    pub port: u16,
+    /// Whether it is running.
+    pub running: bool,
 }
 
 /// The `GearHost` the node gives hooks: requests go to the gear's sandbox and

@@ -227,6 +227,7 @@ async fn dispatch(
             "version": env!("CARGO_PKG_VERSION"),
             "state_dir": node.config().state_dir,
             "domain": node.config().domain,
+            "frontend": node.frontend_addr(),
         })),
         Request::CartridgeInstall { dir } => node.cartridge_install(&dir),
         Request::CartridgeList => Ok(node.cartridge_list()),
