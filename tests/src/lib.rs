@@ -150,3 +150,180 @@ pub fn privileged(reason: &str) -> bool {
     eprintln!("skipped: needs root ({reason})");
     false
 }
+
+/// A real node (`gear node run`) with its own state directory, socket,
+/// cgroup subtree, uid range and frontend port, stopped and cleaned up on
+/// drop. Several can run side by side.
+#[derive(Debug)]
+pub struct TestNode {
+    /// The node's state and socket live here.
+    pub dir: tempfile::TempDir,
+    /// The node's API socket.
+    pub socket: PathBuf,
+    /// The frontend's address.
+    pub frontend: std::net::SocketAddr,
+    /// The node's cgroup subtree.
+    pub subtree: String,
+    child: std::process::Child,
+}
+
+impl TestNode {
+    /// Start a node whose uids start at `uid_min` (give each test its own range).
+    pub fn start(uid_min: u32, extra_gears_config: &str) -> TestNode {
+        let dir = tempfile::Builder::new()
+            .prefix("gearhost-node-")
+            .tempdir()
+            .expect("node dir");
+        let socket = dir.path().join("node.sock");
+        let subtree = format!("gearhost-test-{uid_min}");
+        let config = format!(
+            "schema = 1\nstate-dir = \"{state}\"\nsocket = \"{sock}\"\nfrontend = \"127.0.0.1:0\"\n\
+             [gears]\nuid-min = {uid_min}\nuid-max = {uid_max}\ncgroup-subtree = \"{subtree}\"\n{extra_gears_config}\n",
+            state = dir.path().join("state").display(),
+            sock = socket.display(),
+            uid_max = uid_min + 199,
+        );
+        let config_path = dir.path().join("node.toml");
+        std::fs::write(&config_path, config).expect("config");
+        let log = std::fs::File::create(dir.path().join("node.log")).expect("log");
+        let child = Command::new(gear_bin())
+            .args(["node", "run", "--config"])
+            .arg(&config_path)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start node");
+        let mut node = TestNode {
+            dir,
+            socket,
+            frontend: "127.0.0.1:0".parse().expect("addr"),
+            subtree,
+            child,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            if let Ok(ping) = node.ping() {
+                node.frontend = ping;
+                return node;
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!("the node exited with {status}:\n{}", node.log());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node did not come up:\n{}",
+                node.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn ping(&self) -> std::io::Result<std::net::SocketAddr> {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket)?;
+        s.write_all(b"{\"op\":\"ping\"}\n")?;
+        let mut line = String::new();
+        std::io::BufReader::new(s).read_line(&mut line)?;
+        let addr = line
+            .split("\"frontend\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .ok_or_else(|| std::io::Error::other(format!("no frontend in {line}")))?;
+        addr.parse().map_err(std::io::Error::other)
+    }
+
+    /// Run `gear` against this node.
+    pub fn gear(&self, args: &[&str]) -> std::process::Output {
+        Command::new(gear_bin())
+            .args(args)
+            .env("GEARHOST_SOCKET", &self.socket)
+            .env_remove("GEARHOST_NAMESPACE")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run gear")
+    }
+
+    /// Run `gear` and insist that it succeeds; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.gear(args);
+        assert!(
+            out.status.success(),
+            "gear {args:?} failed ({}):\nstdout: {}\nstderr: {}\nnode log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The node's own log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// GET `path` from gear `label` (`<gear>-<namespace>`) through the frontend:
+    /// (status code, body).
+    pub fn http_get(&self, label: &str, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.frontend).expect("connect to the frontend");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .expect("timeout");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {label}.localhost:{}\r\nConnection: close\r\n\r\n",
+            self.frontend.port()
+        )
+        .expect("request");
+        let mut response = Vec::new();
+        let _ = s.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    /// The node's state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        // a graceful stop first, so the node stops its gears' processes
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // network namespaces stay bound until unmounted
+        if let Ok(gears) = std::fs::read_dir(self.state_dir().join("gears")) {
+            for g in gears.flatten() {
+                let _ = Command::new("umount")
+                    .arg("-l")
+                    .arg(g.path().join("netns"))
+                    .status();
+            }
+        }
+        for ctl in ["memory", "pids", "cpu", "cpuacct", "freezer"] {
+            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctl).join(&self.subtree));
+        }
+        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.subtree));
+    }
+}

@@ -49,14 +49,27 @@ fn node_check_reports_every_layer_honestly() {
             .expect("status")
             .to_string()
     };
-    for layer in ["namespaces", "filesystem", "credentials", "seccomp", "landlock", "selinux", "cgroups", "rlimits"] {
+    for layer in [
+        "namespaces",
+        "filesystem",
+        "credentials",
+        "seccomp",
+        "landlock",
+        "selinux",
+        "cgroups",
+        "rlimits",
+    ] {
         status(layer);
     }
     let selinux_on = Path::new("/sys/fs/selinux/enforce").exists();
     if selinux_on {
         assert_ne!(status("selinux"), "not_enabled");
     } else {
-        assert_eq!(status("selinux"), "not_enabled", "SELinux is off here and must be reported so");
+        assert_eq!(
+            status("selinux"),
+            "not_enabled",
+            "SELinux is off here and must be reported so"
+        );
     }
     // the exit code follows the required layers
     let all_hold = layers
@@ -67,7 +80,10 @@ fn node_check_reports_every_layer_honestly() {
 
     let human = gear(&["node", "check"]);
     let text = String::from_utf8_lossy(&human.stdout);
-    assert!(text.contains("seccomp") && text.contains("landlock"), "{text}");
+    assert!(
+        text.contains("seccomp") && text.contains("landlock"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -76,11 +92,27 @@ fn sandbox_run_confines_a_command_and_passes_its_status_through() {
         return;
     }
     let out = gear(&[
-        "sandbox", "run", "--uid", "61001", "--hostname", "probe", "--pids", "64", "--memory", "128MiB", "--",
-        "sh", "-c", "id -u; hostname; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status",
+        "sandbox",
+        "run",
+        "--uid",
+        "61001",
+        "--hostname",
+        "probe",
+        "--pids",
+        "64",
+        "--memory",
+        "128MiB",
+        "--",
+        "sh",
+        "-c",
+        "id -u; hostname; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], "61001");
     assert_eq!(lines[1], "probe");

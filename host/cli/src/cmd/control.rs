@@ -15,6 +15,7 @@ pub struct Args {
     /// The action: status, tidy, reload, or one of the cartridge's own.
     pub action: String,
     /// Arguments for the action.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     pub args: Vec<String>,
     /// How to reach the node.
     #[command(flatten)]
