@@ -789,16 +789,16 @@ impl Node {
     /// State and processes (a failed process marks the gear failed).
     pub fn status(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
         let g = self.find(gear)?;
-        if let Some(name) = g.supervisor.failed() {
-            if g.record().state == GearState::Running {
-                let _ = g.update(&self.config, |r| {
-                    r.state = GearState::Failed;
-                    r.failure = Some(format!(
-                        "process {name} kept crashing; see `gear logs {}`",
-                        r.name
-                    ));
-                });
-            }
+        if let Some(name) = g.supervisor.failed()
+            && g.record().state == GearState::Running
+        {
+            let _ = g.update(&self.config, |r| {
+                r.state = GearState::Failed;
+                r.failure = Some(format!(
+                    "process {name} kept crashing; see `gear logs {}`",
+                    r.name
+                ));
+            });
         }
         Ok(self.gear_view(&g))
     }

@@ -182,10 +182,10 @@ pub async fn exec(
 
     let collect = async {
         let feed = async {
-            if let (Some(stdin), Some(bytes)) = (stdin, input) {
-                if let Ok(mut w) = tokio::net::unix::pipe::Sender::from_file(stdin) {
-                    let _ = w.write_all(&bytes).await;
-                }
+            if let (Some(stdin), Some(bytes)) = (stdin, input)
+                && let Ok(mut w) = tokio::net::unix::pipe::Sender::from_file(stdin)
+            {
+                let _ = w.write_all(&bytes).await;
             }
         };
         let read_all = |r: Option<tokio::net::unix::pipe::Receiver>| async move {

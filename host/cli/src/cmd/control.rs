@@ -37,10 +37,10 @@ pub fn run(args: Args) -> CmdResult {
     )?;
     if args.json {
         print_json(&v)?;
-    } else if let Some(out) = v["output"].as_str() {
-        if !out.is_empty() {
-            println!("{out}");
-        }
+    } else if let Some(out) = v["output"].as_str()
+        && !out.is_empty()
+    {
+        println!("{out}");
     }
     Ok(())
 }
