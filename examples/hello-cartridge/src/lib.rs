@@ -80,6 +80,18 @@ impl Cartridge for Hello {
         std::fs::write(&index, page(&gear))
             .map_err(|e| Error::from(e).context(format!("writing {}", index.display())))?;
         info!("build: wrote {}", index.display());
+        // a deployed index.html is published beside the greeting
+        let deployed = gear.repo_dir().join("index.html");
+        if deployed.is_file() {
+            let to = dir.join("deployed.html");
+            std::fs::copy(&deployed, &to)
+                .map_err(|e| Error::from(e).context(format!("copying {}", deployed.display())))?;
+            info!(
+                "build: published {} as {}",
+                deployed.display(),
+                to.display()
+            );
+        }
         Ok(())
     }
 
