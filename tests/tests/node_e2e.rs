@@ -313,17 +313,16 @@ fn concurrent_creates_on_different_gears_all_succeed() {
         "install",
         hello.path().to_str().expect("utf-8"),
     ]);
-    let handles: Vec<_> =
-        (0..12)
-            .map(|i| {
-                let node = node.clone();
-                std::thread::spawn(move || {
-                    json(&node.ok(&["create", &format!("g{i}"), "--cartridge", "hello", "--json"]))
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                json(&node.ok(&["create", &format!("g{i}"), "--cartridge", "hello", "--json"]))
                         ["uid"]
                         .as_u64()
-                })
             })
-            .collect();
+        })
+        .collect();
     let mut uids: Vec<u64> = handles
         .into_iter()
         .map(|h| h.join().expect("thread").expect("uid"))
