@@ -185,14 +185,7 @@ impl TestNode {
         );
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, config).expect("config");
-        let log = std::fs::File::create(dir.path().join("node.log")).expect("log");
-        let child = Command::new(gear_bin())
-            .args(["node", "run", "--config"])
-            .arg(&config_path)
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start node");
+        let child = Self::spawn_node(dir.path());
         let mut node = TestNode {
             dir,
             socket,
@@ -200,11 +193,41 @@ impl TestNode {
             subtree,
             child,
         };
+        node.wait_up();
+        node
+    }
+
+    fn spawn_node(dir: &Path) -> std::process::Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("node.log"))
+            .expect("log");
+        Command::new(gear_bin())
+            .args(["node", "run", "--config"])
+            .arg(dir.join("node.toml"))
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start node")
+    }
+
+    /// Kill the node with SIGKILL (no chance to clean up), then start a new
+    /// one on the same state and configuration.
+    pub fn kill9_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn_node(self.dir.path());
+        self.wait_up();
+    }
+
+    fn wait_up(&mut self) {
+        let node = self;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             if let Ok(ping) = node.ping() {
                 node.frontend = ping;
-                return node;
+                return;
             }
             if let Ok(Some(status)) = node.child.try_wait() {
                 panic!("the node exited with {status}:\n{}", node.log());

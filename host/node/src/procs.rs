@@ -491,6 +491,10 @@ impl Supervisor {
     }
 }
 
+/// Start numbers, so every start of a process gets a cgroup of its own: the
+/// previous one may still be being removed when its successor starts.
+static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn start_one(
     gear: &GearSandbox,
     leaf: &str,
@@ -500,7 +504,8 @@ async fn start_one(
 ) -> Result<Sandboxed, HostError> {
     let mut argv = vec![cmd.program.clone()];
     argv.extend(cmd.args.iter().cloned());
-    let mut spec = gear.spec(leaf, argv, &cmd.env, cmd.cwd.as_deref(), false);
+    let leaf = format!("{leaf}-{}", STARTS.fetch_add(1, Ordering::Relaxed));
+    let mut spec = gear.spec(&leaf, argv, &cmd.env, cmd.cwd.as_deref(), false);
     spec.stdio.stdout = Stdio::Piped;
     spec.stdio.stderr = Stdio::Piped;
     let mut child = spawn_blocking_sandbox(spec).await?;

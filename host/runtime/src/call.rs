@@ -1011,7 +1011,7 @@ impl wit::Host for HookState {
             wt::RestartPolicy::OnFailure => RestartPolicy::OnFailure,
             wt::RestartPolicy::Always => RestartPolicy::Always,
         };
-        let r = match crate::manifest::check_name(&name, 64) {
+        let r = match crate::manifest::check_name(&name, 32) {
             Err(problem) => Err(HostError::Invalid(format!(
                 "process name {name:?}: {problem}"
             ))),
