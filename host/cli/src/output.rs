@@ -30,3 +30,16 @@ pub fn print_rows(rows: &[(&str, String)]) {
         println!("{key:>width$}  {value}");
     }
 }
+
+/// Print a gear's processes (from the node's JSON), one per line.
+pub fn print_processes(gear: &serde_json::Value) {
+    for p in gear["processes"].as_array().into_iter().flatten() {
+        println!(
+            "  process {} {} pid {} restarts {}",
+            p["name"].as_str().unwrap_or(""),
+            p["state"].as_str().unwrap_or(""),
+            p["pid"].as_u64().map_or("-".to_string(), |p| p.to_string()),
+            p["restarts"]
+        );
+    }
+}

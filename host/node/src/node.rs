@@ -1115,11 +1115,7 @@ impl GearHost for NodeHost {
                 .cartridge
                 .endpoints
                 .iter()
-                .map(|e| EndpointInfo {
-                    name: e.name.clone(),
-                    private_port: e.private_port,
-                    protocols: e.protocols.clone(),
-                })
+                .map(EndpointInfo::from)
                 .collect(),
         }
     }

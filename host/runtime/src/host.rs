@@ -115,6 +115,16 @@ pub struct EndpointInfo {
     pub protocols: Vec<String>,
 }
 
+impl From<&crate::manifest::Endpoint> for EndpointInfo {
+    fn from(e: &crate::manifest::Endpoint) -> Self {
+        EndpointInfo {
+            name: e.name.clone(),
+            private_port: e.private_port,
+            protocols: e.protocols.clone(),
+        }
+    }
+}
+
 /// Who and where a gear is, as a hook sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct GearInfo {

@@ -123,15 +123,7 @@ pub fn run(args: Args) -> CmdResult {
         namespace: "local".into(),
         cartridge: manifest.name.clone(),
         home: GUEST_HOME.into(),
-        endpoints: manifest
-            .endpoints
-            .iter()
-            .map(|e| EndpointInfo {
-                name: e.name.clone(),
-                private_port: e.private_port,
-                protocols: e.protocols.clone(),
-            })
-            .collect(),
+        endpoints: manifest.endpoints.iter().map(EndpointInfo::from).collect(),
     };
     let host = Arc::new(ScratchHost::new(gear, gear_dir.clone()));
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -57,15 +57,7 @@ pub fn run(op: Op, args: Args) -> CmdResult {
             if let Some(f) = v["failure"].as_str() {
                 println!("  failure: {f}");
             }
-            for p in v["processes"].as_array().into_iter().flatten() {
-                println!(
-                    "  {} {} pid {} restarts {}",
-                    p["name"].as_str().unwrap_or(""),
-                    p["state"].as_str().unwrap_or(""),
-                    p["pid"].as_u64().map_or("-".to_string(), |p| p.to_string()),
-                    p["restarts"]
-                );
-            }
+            crate::output::print_processes(&v);
         }
     }
     Ok(())

@@ -90,14 +90,6 @@ pub fn show(args: ShowArgs) -> CmdResult {
         ("home", field("home")),
         ("failure", field("failure")),
     ]);
-    for p in v["processes"].as_array().into_iter().flatten() {
-        println!(
-            "  process {} {} pid {} restarts {}",
-            p["name"].as_str().unwrap_or(""),
-            p["state"].as_str().unwrap_or(""),
-            p["pid"].as_u64().map_or("-".to_string(), |p| p.to_string()),
-            p["restarts"]
-        );
-    }
+    crate::output::print_processes(&v);
     Ok(())
 }
