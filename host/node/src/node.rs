@@ -1148,15 +1148,9 @@ impl GearHost for NodeHost {
     }
 
     fn env_get(&self, key: &str) -> Option<String> {
-        self.sandbox
-            .env
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.clone())
-            .or_else(|| {
-                let r = self.gear.record();
-                r.user_env.get(key).or(r.cartridge_env.get(key)).cloned()
-            })
+        self.env_list()
+            .into_iter()
+            .find_map(|(k, v)| (k == key).then_some(v))
     }
 
     fn env_list(&self) -> Vec<(String, String)> {
@@ -1333,27 +1327,27 @@ fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
 /// Remove every cgroup of gear `id` under the node's subtree (leftovers of
 /// processes whose handles are gone).
 fn remove_gear_cgroups(subtree: &str, id: &str) {
-    for root in [
-        "/sys/fs/cgroup",
-        "/sys/fs/cgroup/memory",
-        "/sys/fs/cgroup/pids",
-        "/sys/fs/cgroup/cpu",
-        "/sys/fs/cgroup/freezer",
-        "/sys/fs/cgroup/cpuacct",
-    ] {
-        let dir = Path::new(root).join(subtree);
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
+    let Ok(mounts) = gearhost_sandbox::cgroup::detect() else {
+        return;
+    };
+    let roots: Vec<PathBuf> = match mounts.layout {
+        gearhost_sandbox::CgroupLayout::V2 => mounts.v2.into_iter().collect(),
+        _ => mounts.v1.into_values().collect(),
+    };
+    // a leaf exists once per hierarchy; teardown handles all of them at once
+    let prefix = format!("{id}-");
+    let leaves: std::collections::BTreeSet<String> = roots
+        .iter()
+        .filter_map(|root| std::fs::read_dir(root.join(subtree)).ok())
+        .flat_map(|entries| entries.flatten())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    for leaf in leaves {
+        let placement = gearhost_sandbox::CgroupPlacement {
+            subtree: subtree.to_string(),
+            leaf,
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with(&format!("{id}-")) {
-                let placement = gearhost_sandbox::CgroupPlacement {
-                    subtree: subtree.to_string(),
-                    leaf: name,
-                };
-                let _ = gearhost_sandbox::teardown(&placement);
-            }
-        }
+        let _ = gearhost_sandbox::teardown(&placement);
     }
 }

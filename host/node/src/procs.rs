@@ -97,6 +97,14 @@ impl GearSandbox {
     }
 }
 
+/// The program and its arguments, as one argv.
+fn argv_of(cmd: &CommandSpec) -> Vec<String> {
+    std::iter::once(&cmd.program)
+        .chain(&cmd.args)
+        .cloned()
+        .collect()
+}
+
 fn sandbox_error(e: gearhost_sandbox::SandboxError) -> HostError {
     HostError::Failed(e.to_string())
 }
@@ -163,8 +171,7 @@ pub async fn exec(
     network: bool,
     timeout: Duration,
 ) -> Result<gearhost_runtime::ExecOutput, HostError> {
-    let mut argv = vec![cmd.program.clone()];
-    argv.extend(cmd.args.iter().cloned());
+    let argv = argv_of(&cmd);
     let mut spec = gear.spec(leaf, argv, &cmd.env, cmd.cwd.as_deref(), network);
     spec.stdio.stdin = if cmd.stdin.is_some() {
         Stdio::Piped
@@ -502,8 +509,7 @@ async fn start_one(
     log: &LogFile,
     name: &str,
 ) -> Result<Sandboxed, HostError> {
-    let mut argv = vec![cmd.program.clone()];
-    argv.extend(cmd.args.iter().cloned());
+    let argv = argv_of(cmd);
     let leaf = format!("{leaf}-{}", STARTS.fetch_add(1, Ordering::Relaxed));
     let mut spec = gear.spec(&leaf, argv, &cmd.env, cmd.cwd.as_deref(), false);
     spec.stdio.stdout = Stdio::Piped;

@@ -151,7 +151,8 @@ async fn handle(node: Arc<Node>, stream: UnixStream, group: Option<&str>) -> std
             .await;
         }
     };
-    tracing::info!(uid = cred.uid(), ?request, "request");
+    // the request itself may carry secrets (env values): log only at debug
+    tracing::debug!(uid = cred.uid(), ?request, "request");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     if let Request::Logs {
         gear,

@@ -163,8 +163,7 @@ fn namespaces() -> LayerCheck {
     let limits: Vec<String> = ["pid", "mnt", "uts", "ipc", "net", "cgroup"]
         .iter()
         .filter(|ns| {
-            let name = if **ns == "mnt" { "mnt" } else { ns };
-            std::fs::read_to_string(format!("/proc/sys/user/max_{name}_namespaces"))
+            std::fs::read_to_string(format!("/proc/sys/user/max_{ns}_namespaces"))
                 .is_ok_and(|v| v.trim() == "0")
         })
         .map(|s| s.to_string())
