@@ -111,6 +111,7 @@ mod cartridge;
 mod command;
 pub mod env;
 mod error;
+pub mod fs;
 mod gear;
 pub mod log;
 pub mod process;
@@ -124,7 +125,7 @@ pub use process::{ProcessInfo, ProcessState, Signal};
 /// The usual imports for a cartridge: `use gearhost_sdk::prelude::*;`.
 pub mod prelude {
     pub use crate::process::{self, Signal};
-    pub use crate::{Cartridge, Error, Gear, HostError, Result, env, gear};
+    pub use crate::{Cartridge, Error, Gear, HostError, Result, env, fs, gear};
     pub use crate::{Command, ExitStatus, Output, Restart};
     pub use crate::{debug, error, info, trace, warn};
 }

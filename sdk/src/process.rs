@@ -212,6 +212,51 @@ pub struct ProcessInfo {
     pub last_exit: Option<ExitStatus>,
 }
 
+impl fmt::Display for ProcessInfo {
+    /// `running (pid 42)`, `backoff (restarted 3 times, last exited with code 1)` ...
+    ///
+    /// ```
+    /// use gearhost_sdk::{ProcessInfo, ProcessState};
+    /// let web = ProcessInfo {
+    ///     name: "web".into(),
+    ///     pid: Some(42),
+    ///     state: ProcessState::Running,
+    ///     restarts: 0,
+    ///     last_exit: None,
+    /// };
+    /// assert_eq!(web.to_string(), "running (pid 42)");
+    /// ```
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.state)?;
+        let mut details = Vec::new();
+        if let Some(pid) = self.pid {
+            details.push(format!("pid {pid}"));
+        }
+        if self.restarts > 0 {
+            details.push(format!("restarted {} times", self.restarts));
+        }
+        if self.pid.is_none()
+            && let Some(exit) = self.last_exit
+        {
+            details.push(format!("last {exit}"));
+        }
+        if !details.is_empty() {
+            write!(f, " ({})", details.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// The supervised process called `name`, if the gear has one.
+pub fn find(name: &str) -> Option<ProcessInfo> {
+    processes().into_iter().find(|p| p.name == name)
+}
+
+/// Whether the process called `name` is running now.
+pub fn is_running(name: &str) -> bool {
+    find(name).is_some_and(|p| p.state == ProcessState::Running)
+}
+
 impl From<wit::ProcessInfo> for ProcessInfo {
     fn from(p: wit::ProcessInfo) -> Self {
         Self {

@@ -78,8 +78,13 @@ pub fn build_guest(package: &str) -> PathBuf {
 /// Where a guest's sources (and its `cartridge.toml`) live.
 pub fn guest_dir(package: &str) -> PathBuf {
     let root = workspace_root();
-    for base in ["tests/guests", "examples", "cartridges"] {
-        let dir = root.join(base).join(package);
+    // cartridges/<name> holds the package `<name>-cartridge`
+    let cartridge = package.strip_suffix("-cartridge").unwrap_or(package);
+    for dir in [
+        root.join("tests/guests").join(package),
+        root.join("examples").join(package),
+        root.join("cartridges").join(cartridge),
+    ] {
         if dir.join("Cargo.toml").is_file() {
             return dir;
         }
@@ -288,6 +293,17 @@ impl TestNode {
     /// GET `path` from gear `label` (`<gear>-<namespace>`) through the frontend:
     /// (status code, body).
     pub fn http_get(&self, label: &str, path: &str) -> (u16, String) {
+        let (code, _, body) = self.http_get_with_headers(label, path);
+        (code, body)
+    }
+
+    /// GET `path` from gear `label` through the frontend: (status code, the
+    /// response's headers with lower-case names, body).
+    pub fn http_get_with_headers(
+        &self,
+        label: &str,
+        path: &str,
+    ) -> (u16, HashMap<String, String>, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.frontend).expect("connect to the frontend");
         s.set_read_timeout(Some(std::time::Duration::from_secs(20)))
@@ -306,17 +322,45 @@ impl TestNode {
             .nth(1)
             .and_then(|c| c.parse().ok())
             .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (code, body)
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let headers: HashMap<String, String> = head
+            .lines()
+            .skip(1)
+            .filter_map(|line| line.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let chunked = headers
+            .get("transfer-encoding")
+            .is_some_and(|t| t.eq_ignore_ascii_case("chunked"));
+        let body = if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        (code, headers, body)
     }
 
     /// The node's state directory.
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
+}
+
+/// The payload of a chunked HTTP/1.1 body.
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = size.split(';').next().unwrap_or("").trim();
+        let Ok(size) = usize::from_str_radix(size, 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].strip_prefix("\r\n").unwrap_or(&rest[size..]);
+    }
+    out
 }
 
 impl Drop for TestNode {

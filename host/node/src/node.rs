@@ -1254,6 +1254,15 @@ impl GearHost for NodeHost {
     fn processes(&self) -> Vec<ProcessInfo> {
         self.gear.supervisor.processes()
     }
+
+    fn file_owner(&self) -> Option<gearhost_runtime::fsid::FileOwner> {
+        // what a hook writes in the gear belongs to the gear, and it may
+        // touch only what the gear's user may
+        Some(gearhost_runtime::fsid::FileOwner {
+            uid: self.sandbox.uid,
+            gid: self.sandbox.uid,
+        })
+    }
 }
 
 fn cartridge_summary(c: &Cartridge) -> serde_json::Value {

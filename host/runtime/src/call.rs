@@ -550,6 +550,12 @@ impl Cartridge {
     pub async fn call(&self, host: Arc<dyn GearHost>, call: HookCall) -> HookOutcome {
         let started = Instant::now();
         let hook = call.kind();
+        let owner = host.file_owner();
+        // every call back into the host runs as the node (see crate::fsid)
+        let host: Arc<dyn GearHost> = match owner {
+            Some(_) => Arc::new(crate::host::AsNodeHost(host)),
+            None => host,
+        };
         let cfg = &self.runtime.config;
         let (budget, ceiling) = match hook {
             HookKind::Build => (self.manifest.limits.build_timeout, cfg.max_build_timeout),
@@ -643,6 +649,12 @@ impl Cartridge {
         let mut instantiated = None;
         let result = if let Some(message) = preopen_error {
             Err(host_error(message))
+        } else if let Some(owner) = owner.filter(|o| !crate::fsid::can_take(*o)) {
+            Err(host_error(format!(
+                "cannot take the gear's file identity (uid {}, gid {}) for the hook; \
+                 the node needs CAP_SETUID and CAP_SETGID (run it as root)",
+                owner.uid, owner.gid
+            )))
         } else {
             let pre = self.pre.clone();
             let fut = async {
@@ -669,7 +681,7 @@ impl Cartridge {
             };
             let outer =
                 deadline.saturating_duration_since(Instant::now()) + OUTER_TIMER_SLACK + EPOCH_TICK;
-            match tokio::time::timeout(outer, fut).await {
+            match tokio::time::timeout(outer, crate::fsid::AsOwner::new(owner, fut)).await {
                 Err(_elapsed) => Err(HookError::DeadlineExceeded {
                     cartridge: cartridge.clone(),
                     hook,

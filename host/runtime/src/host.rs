@@ -375,6 +375,89 @@ pub trait GearHost: Send + Sync + 'static {
 
     /// The gear's supervised processes.
     fn processes(&self) -> Vec<ProcessInfo>;
+
+    /// Whose files the hook's own file operations create and may touch
+    /// (see [`crate::fsid`]). `None`, the default, leaves them to the
+    /// calling process's identity.
+    fn file_owner(&self) -> Option<crate::fsid::FileOwner> {
+        None
+    }
+}
+
+/// Runs every call into the wrapped host as the node itself, even from
+/// inside a hook's poll that runs under the gear's file identity.
+pub(crate) struct AsNodeHost(pub(crate) std::sync::Arc<dyn GearHost>);
+
+impl GearHost for AsNodeHost {
+    fn gear(&self) -> GearInfo {
+        crate::fsid::as_node(|| self.0.gear())
+    }
+
+    fn preopens(&self) -> Vec<Preopen> {
+        crate::fsid::as_node(|| self.0.preopens())
+    }
+
+    fn log(&self, hook: HookKind, source: LogSource, level: LogLevel, message: &str) {
+        crate::fsid::as_node(|| self.0.log(hook, source, level, message));
+    }
+
+    fn env_get(&self, key: &str) -> Option<String> {
+        crate::fsid::as_node(|| self.0.env_get(key))
+    }
+
+    fn env_list(&self) -> Vec<(String, String)> {
+        crate::fsid::as_node(|| self.0.env_list())
+    }
+
+    fn env_set(&self, key: &str, value: &str) -> Result<(), HostError> {
+        crate::fsid::as_node(|| self.0.env_set(key, value))
+    }
+
+    fn env_unset(&self, key: &str) -> Result<(), HostError> {
+        crate::fsid::as_node(|| self.0.env_unset(key))
+    }
+
+    fn exec(
+        &self,
+        ctx: RequestContext,
+        cmd: CommandSpec,
+    ) -> BoxFuture<'_, Result<ExecOutput, HostError>> {
+        let fut = crate::fsid::as_node(|| self.0.exec(ctx, cmd));
+        Box::pin(crate::fsid::AsNode::new(fut))
+    }
+
+    fn spawn(
+        &self,
+        ctx: RequestContext,
+        name: &str,
+        cmd: CommandSpec,
+        restart: RestartPolicy,
+    ) -> BoxFuture<'_, Result<u32, HostError>> {
+        let fut = crate::fsid::as_node(|| self.0.spawn(ctx, name, cmd, restart));
+        Box::pin(crate::fsid::AsNode::new(fut))
+    }
+
+    fn signal(&self, name: &str, signal: Signal) -> BoxFuture<'_, Result<(), HostError>> {
+        let fut = crate::fsid::as_node(|| self.0.signal(name, signal));
+        Box::pin(crate::fsid::AsNode::new(fut))
+    }
+
+    fn wait(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<Option<ExitStatus>, HostError>> {
+        let fut = crate::fsid::as_node(|| self.0.wait(name, timeout));
+        Box::pin(crate::fsid::AsNode::new(fut))
+    }
+
+    fn processes(&self) -> Vec<ProcessInfo> {
+        crate::fsid::as_node(|| self.0.processes())
+    }
+
+    fn file_owner(&self) -> Option<crate::fsid::FileOwner> {
+        self.0.file_owner()
+    }
 }
 
 /// A boxed, sendable future, as [`GearHost`]'s async methods return.

@@ -39,6 +39,7 @@
 pub mod cache;
 mod call;
 mod engine;
+pub mod fsid;
 pub mod host;
 pub mod manifest;
 

@@ -146,6 +146,33 @@ fn high_dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, SandboxError> {
         })
 }
 
+/// Hands a pipe that becomes one of the gear's standard streams to the gear's
+/// user. A process reaches its own stream by path as well as by descriptor
+/// (`/dev/stdout` is `/proc/self/fd/1`, which nginx, for one, opens), and the
+/// kernel checks such an open against the pipe's owner and mode: a pipe the
+/// node made belongs to root with mode 0600. Files, terminals and sockets
+/// are left as they are.
+fn give_pipe(fd: BorrowedFd<'_>, spec: &SandboxSpec) -> Result<(), SandboxError> {
+    let stat = nix::sys::stat::fstat(fd).map_err(|e| SandboxError::Spawn {
+        what: "inspect a standard stream",
+        source: e.into(),
+    })?;
+    let kind = stat.st_mode & nix::sys::stat::SFlag::S_IFMT.bits();
+    let is_fifo = kind == nix::sys::stat::SFlag::S_IFIFO.bits();
+    if !is_fifo || (stat.st_uid == spec.uid && stat.st_gid == spec.gid) {
+        return Ok(());
+    }
+    nix::unistd::fchown(
+        fd,
+        Some(nix::unistd::Uid::from_raw(spec.uid)),
+        Some(nix::unistd::Gid::from_raw(spec.gid)),
+    )
+    .map_err(|e| SandboxError::Spawn {
+        what: "hand a standard stream pipe to the gear's user",
+        source: e.into(),
+    })
+}
+
 /// The child ends and parent ends of the three standard streams.
 struct StdioPlan {
     child: Vec<OwnedFd>,
@@ -181,6 +208,7 @@ fn plan_stdio(spec: &SandboxSpec) -> Result<StdioPlan, SandboxError> {
             }
             Stdio::Piped => {
                 let (read, write) = pipe()?;
+                give_pipe(read.as_fd(), spec)?;
                 if i == 0 {
                     parent[0] = Some(File::from(write));
                     high_dup(read.as_fd())?
@@ -189,7 +217,10 @@ fn plan_stdio(spec: &SandboxSpec) -> Result<StdioPlan, SandboxError> {
                     high_dup(write.as_fd())?
                 }
             }
-            Stdio::Fd(file) => high_dup(file.as_fd())?,
+            Stdio::Fd(file) => {
+                give_pipe(file.as_fd(), spec)?;
+                high_dup(file.as_fd())?
+            }
         };
         child.push(fd);
     }
