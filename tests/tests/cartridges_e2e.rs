@@ -14,6 +14,19 @@ fn example(name: &str) -> String {
     dir.to_str().expect("utf-8 path").to_string()
 }
 
+/// A copy of an example, to change before deploying it.
+fn copy_example(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", example(name)))
+        .arg(dir.path())
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    dir
+}
+
 fn install(node: &TestNode, package: &str) -> tempfile::TempDir {
     let dir = cartridge_dir(package);
     node.ok(&["cartridge", "install", dir.path().to_str().expect("utf-8")]);
@@ -47,7 +60,7 @@ fn python_runs_a_plain_app_and_a_wsgi_app_with_requirements() {
     if !privileged("the node creates namespaces, cgroups and uids") {
         return;
     }
-    let node = TestNode::start(62000, "");
+    let node = TestNode::start(62000, "start-timeout = \"5s\"");
     let _python = install(&node, "python-cartridge");
 
     // app.py, standard library only
@@ -99,6 +112,84 @@ fn python_runs_a_plain_app_and_a_wsgi_app_with_requirements() {
     assert_eq!(
         get_ok(&node, "hello-default", "/"),
         "Hello from Python in hello!\n"
+    );
+
+    // a changed deployment shows the change; rollback restores the old one
+    let changed = copy_example("python-hello");
+    let app = changed.path().join("app.py");
+    let source = std::fs::read_to_string(&app).expect("read");
+    std::fs::write(
+        &app,
+        source.replace("Hello from Python", "Hi again from Python"),
+    )
+    .expect("write");
+    node.ok(&["deploy", "hello", changed.path().to_str().expect("utf-8")]);
+    assert_eq!(
+        get_ok(&node, "hello-default", "/"),
+        "Hi again from Python in hello!\n"
+    );
+    node.ok(&["rollback", "hello"]);
+    assert_eq!(
+        get_ok(&node, "hello-default", "/"),
+        "Hello from Python in hello!\n"
+    );
+
+    // broken apps: each deploy fails with a message that says what went
+    // wrong, and the running deployment keeps serving
+    let broken = |file: &str, contents: &str| {
+        let dir = copy_example("python-hello");
+        std::fs::write(dir.path().join(file), contents).expect("write");
+        let out = node.gear(&["deploy", "hello", dir.path().to_str().expect("utf-8")]);
+        assert!(!out.status.success(), "a broken app deployed: {file}");
+        assert_eq!(
+            get_ok(&node, "hello-default", "/"),
+            "Hello from Python in hello!\n",
+            "the previous deployment stopped serving after a broken {file}"
+        );
+        stderr_of(&out)
+    };
+    // a syntax error: the app crashes at start, the deploy says so at once
+    let started = Instant::now();
+    let err = broken("app.py", "def broken(:\n");
+    assert!(
+        err.contains("did not start")
+            && err.contains("exited with code 1 before it answered on port 8080")
+            && err.contains("is serving again"),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "{err}");
+    let logs = node.ok(&["logs", "hello", "-n", "50"]);
+    assert!(logs.contains("SyntaxError"), "{logs}");
+    // an app that never opens its port: the start timeout, then back
+    let err = broken("app.py", "import time\nwhile True:\n    time.sleep(1)\n");
+    assert!(
+        err.contains("did not answer on port 8080 within 5s") && err.contains("is serving again"),
+        "{err}"
+    );
+    // a dependency that does not exist: pip's reason, at build
+    let err = broken(
+        "requirements.txt",
+        "gearhost-no-such-package-for-tests==0.0.1\n",
+    );
+    assert!(
+        err.contains("pip could not install requirements.txt")
+            && err.contains("No matching distribution found")
+            && err.contains("keeps serving"),
+        "{err}"
+    );
+    let deployments: serde_json::Value =
+        serde_json::from_str(&node.ok(&["deployments", "hello", "--json"])).expect("json");
+    let states: Vec<&str> = deployments["deployments"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|d| d["state"].as_str())
+        .collect();
+    // the app-less deployment above, and these three
+    assert_eq!(
+        states.iter().filter(|s| **s == "failed").count(),
+        4,
+        "{deployments}"
     );
 
     // tidy empties pip's cache; stop is graceful and the frontend says so
@@ -204,6 +295,14 @@ fn static_serves_public_with_content_types_through_nginx() {
         nginx_uids.len() >= 2,
         "nginx processes of uid {uid}: {nginx_uids:?}"
     );
+
+    // a changed page is served after a deploy, the old one after a rollback
+    let changed = copy_example("static-site");
+    std::fs::write(changed.path().join("public/index.html"), "<h1>v2</h1>\n").expect("write");
+    node.ok(&["deploy", "site", changed.path().to_str().expect("utf-8")]);
+    assert_eq!(get_ok(&node, "site-default", "/"), "<h1>v2</h1>\n");
+    node.ok(&["rollback", "site"]);
+    assert!(get_ok(&node, "site-default", "/").contains("<h1>A static site"));
 
     let reload = node.ok(&["control", "site", "reload"]);
     assert!(reload.contains("re-reading its configuration"), "{reload}");

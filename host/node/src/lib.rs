@@ -55,3 +55,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&socket);
     result
 }
+
+/// The tokio runtime the node runs on. Every thread it starts takes the
+/// process's own file-system identity first: hooks run their file operations
+/// as their gear's user, and a thread started from inside a hook's poll would
+/// otherwise keep that identity (see `gearhost_runtime::fsid`).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gear-node")
+        .on_thread_start(gearhost_runtime::fsid::reset_thread)
+        .build()
+}

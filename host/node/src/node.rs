@@ -593,11 +593,61 @@ impl Node {
                 d.state = DeploymentState::Ready;
             }
         })?;
-        self.activate(&g, &cart, id, was_running || previous.is_none(), progress)
-            .await?;
+        if let Err(e) = self
+            .activate(&g, &cart, id, was_running || previous.is_none(), progress)
+            .await
+        {
+            return Err(self
+                .roll_back_failed_start(&g, id, previous.filter(|_| was_running), e, progress)
+                .await);
+        }
         self.prune(&g);
         let r = g.record();
         Ok(json!({ "deployment": id, "state": r.state, "url": self.gear_summary(&r)["url"] }))
+    }
+
+    /// Deployment `id` was built but did not start: mark it failed and, when
+    /// `previous` was serving before, activate and start it again. Returns
+    /// the error to report.
+    async fn roll_back_failed_start(
+        &self,
+        g: &Arc<Gear>,
+        id: u32,
+        previous: Option<u32>,
+        error: ApiError,
+        progress: &Progress,
+    ) -> ApiError {
+        let name = g.record().name;
+        let _ = g.update(&self.config, |r| {
+            if let Some(d) = r.deployments.iter_mut().find(|d| d.id == id) {
+                d.state = DeploymentState::Failed;
+                d.error = Some(error.message.clone());
+            }
+        });
+        let Some(previous) = previous else {
+            return failed(format!("deployment {id} did not start: {}", error.message));
+        };
+        let _ = progress.send(format!(
+            "deployment {id} did not start; going back to deployment {previous}"
+        ));
+        if let Err(e) = g.update(&self.config, |r| r.active = Some(previous)) {
+            return failed(format!(
+                "deployment {id} did not start: {}; going back to deployment {previous} failed: {}",
+                error.message, e.message
+            ));
+        }
+        match self.start_locked(g, progress).await {
+            Ok(()) => failed(format!(
+                "deployment {id} did not start: {}; deployment {previous} is serving again \
+                 (see `gear logs {name}`)",
+                error.message
+            )),
+            Err(e) => failed(format!(
+                "deployment {id} did not start: {}; deployment {previous} did not start \
+                 again either: {}",
+                error.message, e.message
+            )),
+        }
     }
 
     async fn activate(
@@ -735,6 +785,27 @@ impl Node {
             .unwrap_or(false);
             if answered {
                 return Ok(());
+            }
+            // a process that ended before the app answered (even one the
+            // supervisor would restart) means the app crashes on start:
+            // say so now rather than at the timeout
+            if let Some(p) = g
+                .supervisor
+                .processes()
+                .into_iter()
+                .find(|p| p.restarts > 0 || (p.last_exit.is_some() && p.pid.is_none()))
+            {
+                let how = match p.last_exit {
+                    Some(ExitStatus::Exited(code)) => format!("exited with code {code}"),
+                    Some(ExitStatus::Signaled(sig)) => format!("was killed by signal {sig}"),
+                    None => "ended".to_string(),
+                };
+                return Err(failed(format!(
+                    "the app's process `{}` {how} before it answered on port {port}; \
+                     its output is in `gear logs {}`",
+                    p.name,
+                    g.record().name
+                )));
             }
             if !g.supervisor.any_running() {
                 return Err(failed(format!(

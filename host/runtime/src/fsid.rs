@@ -18,6 +18,12 @@
 //! not depend on it. Whenever the hook calls back into the node (logs,
 //! environment, exec, spawn ...), [`AsNode`] switches the thread back to the
 //! node's own identity for that call only.
+//!
+//! A thread inherits the file-system identity of the thread that creates it,
+//! and WASI may start a blocking-pool thread from inside a hook's poll. A
+//! host that gives hooks a [`FileOwner`] must therefore build its tokio
+//! runtime with [`reset_thread`] as `on_thread_start`, so that every new
+//! thread starts as the process itself.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -49,6 +55,17 @@ fn switch(to: FileOwner) -> FileOwner {
         uid: uid.as_raw(),
         gid: gid.as_raw(),
     }
+}
+
+/// Give the calling thread the process's own file-system identity (its
+/// effective uid and gid). For `on_thread_start` of the runtime that polls
+/// hooks: see the module's documentation.
+pub fn reset_thread() {
+    switch(FileOwner {
+        uid: nix::unistd::geteuid().as_raw(),
+        gid: nix::unistd::getegid().as_raw(),
+    });
+    ACTIVE.with(|a| a.set(None));
 }
 
 /// Whether this process can take `owner`'s file identity: switches, reads
@@ -207,6 +224,28 @@ mod tests {
         assert_eq!(std::fs::metadata(&denied).expect("meta").uid(), 0);
         // and the thread is itself again
         assert_eq!(current(), FileOwner { uid: 0, gid: 0 });
+    }
+
+    #[test]
+    fn a_thread_started_under_a_hook_identity_is_reset_by_reset_thread() {
+        if !is_root() {
+            return;
+        }
+        let owner = FileOwner {
+            uid: 64998,
+            gid: 64998,
+        };
+        let inherited = futures_lite_block_on(AsOwner::new(Some(owner), async {
+            std::thread::spawn(|| {
+                let inherited = current();
+                reset_thread();
+                (inherited, current())
+            })
+            .join()
+            .expect("thread")
+        }));
+        assert_eq!(inherited.0, owner, "threads inherit the identity");
+        assert_eq!(inherited.1, FileOwner { uid: 0, gid: 0 });
     }
 
     /// Poll a future that never waits to completion on this thread.

@@ -31,11 +31,7 @@ pub fn run(args: Args) -> CmdResult {
         None => Ok(NodeConfig::embedded()),
     }
     .map_err(|e| Failure::Invalid(e.into()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("gear-node")
-        .build()
-        .map_err(|e| Failure::Environment(e.into()))?;
+    let rt = gearhost_node::runtime().map_err(|e| Failure::Environment(e.into()))?;
     rt.block_on(gearhost_node::run(config))
         .map_err(Failure::Environment)
 }
