@@ -84,9 +84,43 @@ pub struct Adapter<T>(PhantomData<T>);
 
 /// Make relative paths resolve against the gear's home, as they do for the
 /// gear's own processes. The host passes the home as `GEAR_HOME`.
+///
+/// On `wasm32-wasip2` the working directory is wasi-libc's `__wasilibc_cwd`,
+/// a path string that relative paths are joined to. `set_current_dir` would
+/// also look the directory up, which makes libc list the preopened
+/// directories and stat the home: a third of a trivial hook's time. The host
+/// guarantees the home exists (it is preopened there), so the string is set
+/// directly; the first file operation lists the preopens as it would anyway.
 fn enter_home() {
-    if let Ok(home) = std::env::var("GEAR_HOME") {
-        let _ = std::env::set_current_dir(home);
+    let Ok(home) = std::env::var("GEAR_HOME") else {
+        return;
+    };
+    #[cfg(all(target_os = "wasi", target_env = "p2"))]
+    if home.starts_with('/')
+        && let Ok(home) = std::ffi::CString::new(home.as_str())
+    {
+        set_libc_cwd(home);
+        return;
+    }
+    let _ = std::env::set_current_dir(home);
+}
+
+/// Points wasi-libc's working directory at `dir`, which lives as long as the
+/// instance (a fresh one per hook call).
+#[cfg(all(target_os = "wasi", target_env = "p2"))]
+#[allow(unsafe_code)]
+fn set_libc_cwd(dir: std::ffi::CString) {
+    unsafe extern "C" {
+        static mut __wasilibc_cwd: *mut std::ffi::c_char;
+    }
+    let dir = dir.into_raw();
+    // SAFETY: a guest instance runs one hook call on one thread, so nothing
+    // reads the variable while it is written. wasi-libc only reads the string
+    // and, on a later chdir, replaces the pointer without freeing what it did
+    // not allocate itself; `dir` is NUL-terminated and leaked, so it stays
+    // valid for the instance's life.
+    unsafe {
+        __wasilibc_cwd = dir;
     }
 }
 

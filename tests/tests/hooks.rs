@@ -526,6 +526,12 @@ fn hooks_cannot_reach_outside_their_gear_directory() {
         std::fs::read_to_string(gear.path().join("new.txt")).expect("new"),
         "written"
     );
+    // relative paths resolve against the gear's home, for writes too
+    assert_eq!(ok(&call(control("write", &["relative.txt", "here"]))), "ok");
+    assert_eq!(
+        std::fs::read_to_string(gear.path().join("relative.txt")).expect("relative"),
+        "here"
+    );
 
     let secret = outside.path().join("secret");
     let secret = secret.to_str().expect("utf-8");

@@ -101,6 +101,10 @@ pub enum Command {
     Logs(cmd::logs::Args),
     /// Run a command inside a gear's sandbox, attached to this terminal.
     Exec(cmd::exec::Args),
+    /// Let a gear reach another gear of its namespace (an app its database).
+    Link(cmd::link::Args),
+    /// Remove a link made by `gear link`.
+    Unlink(cmd::link::Args),
     /// Stop a gear and remove it with everything it had.
     Destroy(cmd::destroy::Args),
     /// Write, check, try and install cartridges.
@@ -223,6 +227,8 @@ pub fn main() -> ExitCode {
         Command::Env(args) => cmd::env::run(args),
         Command::Logs(args) => cmd::logs::run(args),
         Command::Exec(args) => cmd::exec::run(args),
+        Command::Link(args) => cmd::link::link(args),
+        Command::Unlink(args) => cmd::link::unlink(args),
         Command::Destroy(args) => cmd::destroy::run(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;

@@ -149,6 +149,22 @@ pub enum Request {
         /// Show hook logs instead of process output.
         hooks: bool,
     },
+    /// Link `gear` to `to`: `to`'s primary endpoint becomes reachable on
+    /// `gear`'s own loopback, and `gear` receives what `to`'s cartridge
+    /// publishes. Both gears are in the same namespace.
+    Link {
+        /// The gear that gets access (the app).
+        gear: GearRef,
+        /// The gear it reaches (the database).
+        to: GearRef,
+    },
+    /// Remove a link made by [`Request::Link`].
+    Unlink {
+        /// The gear that had access.
+        gear: GearRef,
+        /// The gear it reached.
+        to: GearRef,
+    },
     /// Run a command in the gear's sandbox with the caller's stdio (passed as fds).
     Exec {
         /// The gear.

@@ -1,7 +1,10 @@
 //! A gear's environment, layered like OpenShift's: system variables the node
-//! sets (`GEAR_*`, `PATH`, `HOME`), then the cartridge's (set by its hooks),
-//! then the user's (`gear env set`). Users and cartridges cannot override
-//! system variables.
+//! sets (`GEAR_*`, `PATH`, `HOME`), the cartridge's (set by its hooks), the
+//! linked gears' (what the cartridges of gears it is linked to publish, see
+//! [`crate::links`]) and the user's (`gear env set`). Precedence, lowest
+//! first: cartridge, linked, user, system: a link overrides what the app's
+//! cartridge guessed, the user can override a link, and nobody overrides the
+//! system layer.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +15,7 @@ use crate::state::GearRecord;
 
 /// Whether `key` belongs to the system layer.
 pub fn is_system_key(key: &str) -> bool {
-    key.starts_with("GEAR_") || matches!(key, "PATH" | "HOME" | "USER" | "LOGNAME" | "HOSTNAME")
+    gearhost_runtime::host::is_system_env_key(key)
 }
 
 /// The system layer for a gear.
@@ -56,14 +59,17 @@ pub struct Layers {
     pub system: BTreeMap<String, String>,
     /// Set by the cartridge's hooks.
     pub cartridge: BTreeMap<String, String>,
+    /// Published by the gears this one is linked to.
+    pub linked: BTreeMap<String, String>,
     /// Set by the user.
     pub user: BTreeMap<String, String>,
 }
 
 impl Layers {
-    /// Merge: user over cartridge; system over both.
+    /// Merge: linked over cartridge, user over both, system over all.
     pub fn effective(&self) -> BTreeMap<String, String> {
         let mut env = self.cartridge.clone();
+        env.extend(self.linked.clone());
         env.extend(self.user.clone());
         env.extend(self.system.clone());
         env
@@ -79,4 +85,34 @@ pub fn check_user_key(key: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn layers_merge_cartridge_linked_user_system() {
+        let layers = Layers {
+            system: map(&[("GEAR_NAME", "app")]),
+            cartridge: map(&[("DATABASE_URL", "sqlite://x"), ("A", "cartridge")]),
+            linked: map(&[("DATABASE_URL", "postgresql://db"), ("PGUSER", "db")]),
+            user: map(&[("PGUSER", "me"), ("GEAR_NAME", "ignored")]),
+        };
+        let env = layers.effective();
+        assert_eq!(
+            env["DATABASE_URL"], "postgresql://db",
+            "a link beats the cartridge"
+        );
+        assert_eq!(env["PGUSER"], "me", "the user beats a link");
+        assert_eq!(env["GEAR_NAME"], "app", "nobody beats the system");
+        assert_eq!(env["A"], "cartridge");
+    }
 }

@@ -1,8 +1,8 @@
 //! The Gearhost node: the one long-running process that owns all gear state.
 //! It serves the node API on a unix socket ([`server`]), runs cartridge hooks
 //! against real gears ([`node`]), supervises gear processes ([`procs`]),
-//! captures their logs ([`logs`]) and keeps state on disk atomically
-//! ([`state`]).
+//! captures their logs ([`logs`]), proxies links between gears ([`links`])
+//! and keeps state on disk atomically ([`state`]).
 
 #![forbid(unsafe_code)]
 
@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod env;
 pub mod frontend;
+pub mod links;
 pub mod logs;
 pub mod node;
 pub mod procs;
@@ -38,6 +39,8 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         socket.display(),
         node.config().state_dir.display()
     );
+    // links first, so gears that start find the gears they are linked to
+    node.restore_links().await;
     let resume = {
         let node = node.clone();
         tokio::spawn(async move { node.resume().await })

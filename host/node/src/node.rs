@@ -18,21 +18,22 @@ use serde_json::json;
 use crate::api::{ApiError, ErrorKind, GearRef};
 use crate::config::NodeConfig;
 use crate::env::{self, Layers};
+use crate::links::Links;
 use crate::logs::LogFile;
 use crate::procs::{self, GEAR_HOME, GearSandbox, Supervisor};
 use crate::state::{
     self, Deployment, DeploymentState, Desired, GearPaths, GearRecord, GearState, RECORD_VERSION,
 };
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
-fn invalid(msg: impl Into<String>) -> ApiError {
+pub(crate) fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::Invalid, msg)
 }
-fn failed(msg: impl Into<String>) -> ApiError {
+pub(crate) fn failed(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::Failed, msg)
 }
-fn internal(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorKind::Failed, e.to_string())
 }
 
@@ -43,15 +44,15 @@ pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
 #[derive(Debug)]
 pub struct Gear {
     record: Mutex<GearRecord>,
-    op: tokio::sync::Mutex<()>,
-    paths: GearPaths,
+    pub(crate) op: tokio::sync::Mutex<()>,
+    pub(crate) paths: GearPaths,
     supervisor: Supervisor,
     app_log: LogFile,
-    hook_log: LogFile,
+    pub(crate) hook_log: LogFile,
     execs: AtomicU32,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -82,7 +83,7 @@ impl Gear {
         lock(&self.record).clone()
     }
 
-    fn update(
+    pub(crate) fn update(
         &self,
         config: &NodeConfig,
         f: impl FnOnce(&mut GearRecord),
@@ -102,9 +103,10 @@ pub struct Node {
     config: Arc<NodeConfig>,
     runtime: Runtime,
     cartridges: Mutex<BTreeMap<String, Cartridge>>,
-    gears: Mutex<BTreeMap<String, Arc<Gear>>>,
+    pub(crate) gears: Mutex<BTreeMap<String, Arc<Gear>>>,
     create: tokio::sync::Mutex<()>,
     frontend: Mutex<Option<std::net::SocketAddr>>,
+    pub(crate) links: Links,
 }
 
 impl Node {
@@ -172,6 +174,7 @@ impl Node {
             gears: Mutex::new(gears),
             create: tokio::sync::Mutex::new(()),
             frontend: Mutex::new(None),
+            links: Links::default(),
         }))
     }
 
@@ -223,7 +226,11 @@ impl Node {
                         }
                     }
                 });
-                if record.desired == Desired::Running && record.active.is_some() {
+                let startable = record.active.is_some()
+                    || node
+                        .cartridge(&record.cartridge)
+                        .is_ok_and(|c| !c.manifest().deploy.required);
+                if record.desired == Desired::Running && startable {
                     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
                     if let Err(e) = node.start_locked(&gear, &tx).await {
                         tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
@@ -332,7 +339,7 @@ impl Node {
         Ok(json!({ "removed": name }))
     }
 
-    fn cartridge(&self, name: &str) -> ApiResult<Cartridge> {
+    pub(crate) fn cartridge(&self, name: &str) -> ApiResult<Cartridge> {
         lock(&self.cartridges).get(name).cloned().ok_or_else(|| {
             ApiError::new(
                 ErrorKind::NotFound,
@@ -343,7 +350,7 @@ impl Node {
 
     // -- gears --------------------------------------------------------------
 
-    fn find(&self, gear: &GearRef) -> ApiResult<Arc<Gear>> {
+    pub(crate) fn find(&self, gear: &GearRef) -> ApiResult<Arc<Gear>> {
         lock(&self.gears)
             .values()
             .find(|g| {
@@ -408,6 +415,7 @@ impl Node {
             deployments: Vec::new(),
             active: None,
             next_deployment: 1,
+            links: Vec::new(),
         };
         let made = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&paths.root)?;
@@ -460,6 +468,13 @@ impl Node {
         view["deployments"] = json!(r.deployments);
         view["env"] = json!(self.layers(&r).effective().keys().collect::<Vec<_>>());
         view["home"] = json!(g.paths.home());
+        view["links"] = self.links_view(&r);
+        view["linked_from"] = json!(
+            self.linked_from(&r.id)
+                .iter()
+                .map(|l| l.name.clone())
+                .collect::<Vec<_>>()
+        );
         Ok(view)
     }
 
@@ -495,13 +510,34 @@ impl Node {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let r = g.record();
-        if r.state != GearState::New && r.active.is_some() {
+        // a gear others are linked to holds their data: refuse rather than
+        // break them (links to it are made under its lock, so this holds)
+        let users = self.linked_from(&r.id);
+        if !users.is_empty() {
+            let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "gear {} is linked from {}; unlink first (`gear unlink {} {}`), then destroy it",
+                    r.name,
+                    names.join(", "),
+                    names[0],
+                    r.name
+                ),
+            ));
+        }
+        let deploy_required = self
+            .cartridge(&r.cartridge)
+            .map_or(true, |c| c.manifest().deploy.required);
+        if r.state != GearState::New && (r.active.is_some() || !deploy_required) {
             let _ = progress.send(format!("stopping {}", gear.name));
             if let Ok(cart) = self.cartridge(&r.cartridge) {
                 let _ = self.hook(&g, &cart, HookCall::Stop).await;
             }
         }
         g.supervisor.stop_all(Duration::from_secs(5)).await;
+        // its own links go with it
+        self.links.close_from(&r.id);
         // leftovers from any exec that was cut short
         let paths = g.paths.clone();
         let subtree = self.config.cgroup_subtree.clone();
@@ -722,13 +758,13 @@ impl Node {
 
     async fn start_locked(&self, g: &Arc<Gear>, progress: &Progress) -> ApiResult<()> {
         let r = g.record();
-        if r.active.is_none() {
+        let cart = self.cartridge(&r.cartridge)?;
+        if r.active.is_none() && cart.manifest().deploy.required {
             return Err(invalid(format!(
                 "gear {} has nothing deployed; run `gear deploy {} DIR` first",
                 r.name, r.name
             )));
         }
-        let cart = self.cartridge(&r.cartridge)?;
         g.update(&self.config, |r| {
             r.desired = Desired::Running;
             r.state = GearState::Starting;
@@ -956,6 +992,7 @@ impl Node {
         Layers {
             system: env::system_layer(r, port, &self.config.domain),
             cartridge: r.cartridge_env.clone(),
+            linked: self.linked_env(r),
             user: r.user_env.clone(),
         }
     }
@@ -1018,11 +1055,19 @@ impl Node {
             })
             .cloned()?;
         let r = gear.record();
+        // the first endpoint that speaks HTTP: a database's port is never
+        // handed HTTP requests
         let port = self
             .cartridge(&r.cartridge)
             .ok()?
             .manifest()
-            .primary_endpoint()?
+            .endpoints
+            .iter()
+            .find(|e| {
+                e.protocols
+                    .iter()
+                    .any(|p| matches!(p.as_str(), "http" | "websocket"))
+            })?
             .private_port;
         Some(Route {
             gear: GearRef {
@@ -1125,6 +1170,7 @@ impl Node {
             sandbox: self.sandbox(g, repo),
             cartridge: cart.manifest().clone(),
             config: self.config.clone(),
+            linked: self.linked_env(&g.record()),
         });
         let kind = call.kind();
         g.hook_log.line(&format!("{kind}[node]"), "hook started");
@@ -1171,6 +1217,8 @@ struct NodeHost {
     sandbox: GearSandbox,
     cartridge: gearhost_runtime::Manifest,
     config: Arc<NodeConfig>,
+    /// What linked gears publish, as of the start of the call.
+    linked: BTreeMap<String, String>,
 }
 
 impl GearHost for NodeHost {
@@ -1227,6 +1275,7 @@ impl GearHost for NodeHost {
     fn env_list(&self) -> Vec<(String, String)> {
         let r = self.gear.record();
         let mut env: BTreeMap<String, String> = r.cartridge_env.clone();
+        env.extend(self.linked.clone());
         env.extend(r.user_env.clone());
         env.extend(
             self.sandbox

@@ -249,6 +249,8 @@ async fn dispatch(
         Request::EnvSet { gear, vars } => node.env_set(&gear, vars).await,
         Request::EnvUnset { gear, keys } => node.env_unset(&gear, keys).await,
         Request::EnvList { gear } => node.env_list(&gear),
+        Request::Link { gear, to } => node.link(&gear, &to).await,
+        Request::Unlink { gear, to } => node.unlink(&gear, &to).await,
         Request::Logs { .. } => Err(ApiError::new(
             ErrorKind::Invalid,
             "logs are streamed separately",

@@ -116,6 +116,26 @@ pub struct GearRecord {
     pub active: Option<u32>,
     /// Next deployment id.
     pub next_deployment: u32,
+    /// Gears this one is linked to (`gear link`), oldest first. Absent in
+    /// records written before links existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<Link>,
+}
+
+/// A link from this gear to another one: the node listens on `port` on this
+/// gear's loopback and forwards every connection to the same port on the
+/// other gear's loopback; this gear also receives what the other gear's
+/// cartridge publishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// Id of the gear linked to.
+    pub gear: String,
+    /// The port, as the other gear's primary endpoint declared it when the
+    /// link was made.
+    pub port: u16,
+    /// Unix time the link was made.
+    pub created: u64,
 }
 
 impl GearRecord {
@@ -281,6 +301,22 @@ mod tests {
         assert_eq!(std::fs::read(&path).expect("read"), b"two");
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).expect("ls").collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn records_written_before_links_existed_still_load() {
+        let record = serde_json::json!({
+            "version": 1, "id": "abc", "name": "web", "namespace": "default",
+            "cartridge": "hello", "uid": 61000, "mcs_level": "s0:c0,c1", "created": 1,
+            "desired": "stopped", "state": "new", "failure": null,
+            "cartridge_env": {}, "user_env": {}, "deployments": [], "active": null,
+            "next_deployment": 1
+        });
+        let gear: GearRecord = serde_json::from_value(record).expect("old record");
+        assert!(gear.links.is_empty());
+        // and a record without links is written the way it was
+        let text = serde_json::to_string(&gear).expect("encode");
+        assert!(!text.contains("links"), "{text}");
     }
 
     #[test]

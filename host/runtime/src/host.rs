@@ -463,6 +463,13 @@ impl GearHost for AsNodeHost {
 /// A boxed, sendable future, as [`GearHost`]'s async methods return.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
+/// Whether `key` belongs to the node's system layer of a gear's environment
+/// (`GEAR_*`, `PATH`, `HOME`, `USER`, `LOGNAME`, `HOSTNAME`): set by the node
+/// only, never by a cartridge, a user or a link.
+pub fn is_system_env_key(key: &str) -> bool {
+    key.starts_with("GEAR_") || matches!(key, "PATH" | "HOME" | "USER" | "LOGNAME" | "HOSTNAME")
+}
+
 /// Check an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 128
 /// characters.
 pub fn check_env_key(key: &str) -> Result<(), HostError> {

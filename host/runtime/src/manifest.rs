@@ -52,6 +52,31 @@ pub struct Manifest {
     pub limits: Limits,
     /// What the hooks may ask the host to do.
     pub permissions: Permissions,
+    /// How the cartridge's gears relate to deployments.
+    pub deploy: Deploy,
+    /// What a gear linked to one of this cartridge's gears receives.
+    pub publish: Publish,
+}
+
+/// How a cartridge's gears relate to deployments (`[deploy]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Deploy {
+    /// Whether a gear needs a deployment before it can start (`true` for
+    /// apps; `false` for services such as databases, which start empty).
+    pub required: bool,
+}
+
+/// What a cartridge publishes to gears linked to its gears (`[publish]`).
+///
+/// `gear link APP DB` lets APP reach DB's primary endpoint on APP's own
+/// loopback and gives APP the values of DB's variables listed here.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Publish {
+    /// Names of the gear's environment variables a linked gear receives
+    /// (never system variables such as `GEAR_*` or `PATH`).
+    pub env: Vec<String>,
 }
 
 /// A network endpoint declared by a cartridge.
@@ -208,6 +233,23 @@ struct RawManifest {
     limits: RawLimits,
     #[serde(default)]
     permissions: RawPermissions,
+    #[serde(default)]
+    deploy: RawDeploy,
+    #[serde(default)]
+    publish: RawPublish,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDeploy {
+    required: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPublish {
+    #[serde(default)]
+    env: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -464,6 +506,8 @@ fn explain_serde_error(field: &str, message: &str) -> (String, String) {
         "schema" => format!("use `schema = {SCHEMA_VERSION}`"),
         "build-network" => "use `true` or `false`".into(),
         "exec" | "spawn" => "use a list of program names or paths, e.g. [\"python3\"]".into(),
+        "required" => "use `true` or `false`".into(),
+        "env" => "use a list of variable names, e.g. [\"DATABASE_URL\"]".into(),
         "timeout" | "build-timeout" => "use a quoted duration such as \"30s\" or \"10m\"".into(),
         "memory" => "use a quoted size such as \"64MiB\" or \"1GiB\"".into(),
         _ => "check the value's type against docs/cartridge-guide.md".into(),
@@ -564,6 +608,10 @@ fn resolve(ctx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, ManifestError> {
         spawn: resolve_programs(ctx, "permissions.spawn", &raw.permissions.spawn)?,
         build_network: raw.permissions.build_network,
     };
+    let deploy = Deploy {
+        required: raw.deploy.required.unwrap_or(true),
+    };
+    let publish = resolve_publish(ctx, &raw.publish, &endpoints)?;
 
     Ok(Manifest {
         name: name.clone(),
@@ -575,7 +623,56 @@ fn resolve(ctx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, ManifestError> {
         endpoints,
         limits,
         permissions,
+        deploy,
+        publish,
     })
+}
+
+fn resolve_publish(
+    ctx: &Ctx<'_>,
+    raw: &RawPublish,
+    endpoints: &[Endpoint],
+) -> Result<Publish, ManifestError> {
+    let mut seen = BTreeSet::new();
+    let mut env = Vec::new();
+    for (i, entry) in raw.env.iter().enumerate() {
+        let field = format!("publish.env[{i}]");
+        let key = entry.get_ref();
+        if crate::host::check_env_key(key).is_err() {
+            return ctx.err(
+                field,
+                Some(entry.span()),
+                format!("{key:?} is not an environment variable name"),
+                "use letters, digits and `_`, not starting with a digit, e.g. \"DATABASE_URL\"",
+            );
+        }
+        if crate::host::is_system_env_key(key) {
+            return ctx.err(
+                field,
+                Some(entry.span()),
+                format!("{key} is set by the node in every gear and cannot be published"),
+                "publish the cartridge's own variables, not GEAR_*, PATH, HOME, USER, LOGNAME or HOSTNAME",
+            );
+        }
+        if !seen.insert(key.clone()) {
+            return ctx.err(
+                field,
+                Some(entry.span()),
+                format!("{key} is listed twice"),
+                "list every variable once",
+            );
+        }
+        env.push(key.clone());
+    }
+    if !env.is_empty() && endpoints.is_empty() {
+        return ctx.err(
+            "publish.env",
+            raw.env.first().map(|e| e.span()),
+            "variables are published to linked gears, but there is no endpoint to link to",
+            "declare the endpoint linked gears connect to under [[endpoints]], or remove [publish]",
+        );
+    }
+    Ok(Publish { env })
 }
 
 /// Check a name made of lower-case letters, digits and single dashes.
@@ -917,6 +1014,39 @@ build-network = true
         assert!(m.endpoints.is_empty());
         assert!(!m.permissions.build_network);
         assert!(!m.permissions.exec.allows("sh"));
+    }
+
+    #[test]
+    fn publish_and_deploy_resolve() {
+        let text = "schema = 1\nname = \"db\"\nversion = \"1.0.0\"\nhooks = \"h.wasm\"\n\
+                    [[endpoints]]\nname = \"pg\"\nprivate-port = 5432\nprotocols = [\"tcp\"]\n\
+                    [deploy]\nrequired = false\n\
+                    [publish]\nenv = [\"PGUSER\", \"DATABASE_URL\"]\n";
+        let m = Manifest::parse(text, Path::new("c.toml")).expect("valid");
+        assert!(!m.deploy.required);
+        assert_eq!(m.publish.env, ["PGUSER", "DATABASE_URL"]);
+        // by default a gear needs a deployment and publishes nothing
+        let m = Manifest::parse(
+            "schema = 1\nname = \"x\"\nversion = \"1.0.0\"\nhooks = \"h.wasm\"\n",
+            Path::new("c.toml"),
+        )
+        .expect("valid");
+        assert!(m.deploy.required);
+        assert!(m.publish.env.is_empty());
+        for (bad, problem) in [
+            ("[\"GEAR_ID\"]", "set by the node"),
+            ("[\"PATH\"]", "set by the node"),
+            ("[\"A\", \"A\"]", "listed twice"),
+            ("[\"1X\"]", "not an environment variable name"),
+        ] {
+            let text = format!(
+                "schema = 1\nname = \"db\"\nversion = \"1.0.0\"\nhooks = \"h.wasm\"\n\
+                 [[endpoints]]\nname = \"pg\"\nprivate-port = 5432\n[publish]\nenv = {bad}\n"
+            );
+            let e = Manifest::parse(&text, Path::new("c.toml")).expect_err(bad);
+            assert!(e.problem.contains(problem), "{bad}: {e}");
+            assert!(e.field.starts_with("publish.env"), "{e}");
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -97,6 +97,25 @@ pub fn connect(path: &Path, addr: SocketAddr, timeout: Duration) -> io::Result<T
         .map_err(|_| io::Error::other("the connecting thread panicked"))?
 }
 
+/// Listen on `addr` inside the network namespace bound at `path`. The
+/// returned listener stays in that namespace (so do the connections it
+/// accepts); the calling thread does not. Address reuse is on, so a port a
+/// previous node left in `TIME_WAIT` can be taken again at once.
+pub fn listen(path: &Path, addr: SocketAddr) -> io::Result<TcpListener> {
+    let ns = File::open(path)?;
+    let path: PathBuf = path.to_path_buf();
+    std::thread::Builder::new()
+        .name("gearhost-netns-listen".into())
+        .spawn(move || {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| nix_err("enter the network namespace", &path, e))?;
+            // std sets SO_REUSEADDR and close-on-exec on Unix
+            TcpListener::bind(addr)
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the listening thread panicked"))?
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +158,45 @@ mod tests {
         server.join().expect("server");
         remove(&path).expect("remove");
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_listener_made_for_a_namespace_lives_in_it() {
+        if !nix::unistd::Uid::effective().is_root() {
+            assert!(
+                std::env::var("GEARHOST_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
+                "needs root"
+            );
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("ns");
+        create(&path).expect("create");
+        let listener = listen(&path, "127.0.0.1:0".parse().expect("addr")).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        // not on the host's loopback
+        assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err());
+        // but inside the namespace, from another thread of this process
+        let client = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                let mut s = connect(&path, addr, Duration::from_secs(2)).expect("connect inside");
+                s.write_all(b"hello").expect("write");
+            }
+        });
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut got = String::new();
+        s.read_to_string(&mut got).expect("read");
+        assert_eq!(got, "hello");
+        client.join().expect("client");
+        // the port is taken inside the namespace while the listener lives...
+        let taken = listen(&path, addr).expect_err("port in use");
+        assert_eq!(taken.kind(), io::ErrorKind::AddrInUse);
+        // ...and free again once it is dropped, at once
+        drop(s);
+        drop(listener);
+        listen(&path, addr).expect("listen again");
+        remove(&path).expect("remove");
     }
 }

@@ -95,9 +95,7 @@ pub fn run(args: Args) -> CmdResult {
             (None, dir.clone())
         }
         None => {
-            let tmp = tempfile::Builder::new()
-                .prefix("gear-scratch-")
-                .tempdir()
+            let tmp = scratch_dir()
                 .context("cannot create a scratch gear directory in the temporary directory")
                 .map_err(Failure::Environment)?;
             let path = tmp.path().to_path_buf();
@@ -207,4 +205,20 @@ fn print_human(cartridge: &str, outcome: &HookOutcome, host: &ScratchHost) {
             let _ = host;
         }
     }
+}
+
+/// A throwaway gear directory: in memory (`/dev/shm`) when the machine has
+/// it, so that making and removing it costs no disk work (on a disk mounted
+/// with `discard`, removing even a small tree waits for the device), else in
+/// the temporary directory.
+fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("gear-scratch-");
+    if std::env::var_os("TMPDIR").is_none() {
+        let shm = std::path::Path::new("/dev/shm");
+        if let Ok(dir) = builder.tempdir_in(shm) {
+            return Ok(dir);
+        }
+    }
+    builder.tempdir()
 }

@@ -71,7 +71,7 @@ pub fn run(args: Args) -> CmdResult {
             if json {
                 print_json(&v)?;
             } else {
-                for layer in ["system", "cartridge", "user"] {
+                for layer in ["system", "cartridge", "linked", "user"] {
                     if let Some(map) = v["layers"][layer].as_object() {
                         for (k, val) in map {
                             println!("{k}={}  ({layer})", val.as_str().unwrap_or(""));

@@ -91,5 +91,26 @@ pub fn show(args: ShowArgs) -> CmdResult {
         ("failure", field("failure")),
     ]);
     crate::output::print_processes(&v);
+    for l in v["links"].as_array().into_iter().flatten() {
+        let env: Vec<&str> = l["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str())
+            .collect();
+        println!(
+            "  link to {} on 127.0.0.1:{}{}",
+            l["gear"].as_str().unwrap_or("?"),
+            l["port"],
+            if env.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", env.join(", "))
+            }
+        );
+    }
+    for from in v["linked_from"].as_array().into_iter().flatten() {
+        println!("  linked from {}", from.as_str().unwrap_or("?"));
+    }
     Ok(())
 }

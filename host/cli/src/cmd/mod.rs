@@ -11,6 +11,7 @@ pub mod destroy;
 pub mod env;
 pub mod exec;
 pub mod lifecycle;
+pub mod link;
 pub mod list;
 pub mod logs;
 pub mod node_check;

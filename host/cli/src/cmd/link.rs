@@ -1,0 +1,86 @@
+//! `gear link GEAR TO` and `gear unlink GEAR TO`: let a gear reach another
+//! gear of its namespace (an app its database) on its own loopback, with the
+//! variables the other gear's cartridge publishes.
+
+use gearhost_node::api::{GearRef, Request};
+
+use crate::CmdResult;
+use crate::client::{Target, call};
+use crate::output::print_json;
+
+/// Arguments of `gear link` and `gear unlink`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The gear that gets (or loses) access, e.g. the app.
+    pub gear: String,
+    /// The gear it reaches, e.g. the database.
+    pub to: String,
+    /// The namespace of both gears.
+    #[arg(
+        long,
+        short = 'N',
+        env = "GEARHOST_NAMESPACE",
+        default_value = "default"
+    )]
+    pub namespace: String,
+    /// How to reach the node.
+    #[command(flatten)]
+    pub target: Target,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Args {
+    fn refs(&self) -> (GearRef, GearRef) {
+        let r = |name: &str| GearRef {
+            name: name.to_string(),
+            namespace: self.namespace.clone(),
+        };
+        (r(&self.gear), r(&self.to))
+    }
+}
+
+/// `gear link`
+pub fn link(args: Args) -> CmdResult {
+    let (gear, to) = args.refs();
+    let v = call(&args.target, &Request::Link { gear, to })?;
+    if args.json {
+        print_json(&v)?;
+        return Ok(());
+    }
+    let env: Vec<&str> = v["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k.as_str())
+        .collect();
+    println!(
+        "linked {} to {}: {} reaches it at 127.0.0.1:{}",
+        args.gear, args.to, args.gear, v["port"]
+    );
+    if !env.is_empty() {
+        println!("{} receives {}", args.gear, env.join(", "));
+    }
+    print_note(&v);
+    Ok(())
+}
+
+/// `gear unlink`
+pub fn unlink(args: Args) -> CmdResult {
+    let (gear, to) = args.refs();
+    let v = call(&args.target, &Request::Unlink { gear, to })?;
+    if args.json {
+        print_json(&v)?;
+        return Ok(());
+    }
+    println!("unlinked {} from {}", args.gear, args.to);
+    print_note(&v);
+    Ok(())
+}
+
+fn print_note(v: &serde_json::Value) {
+    if let Some(note) = v["note"].as_str().filter(|n| !n.is_empty()) {
+        eprintln!("{note}");
+    }
+}

@@ -1,0 +1,569 @@
+//! Links between gears: `gear link APP DB` is the one way an app gear gets to
+//! a service gear (a database) of the same namespace.
+//!
+//! The service keeps its own gear: its own uid, MCS label, cgroup limits and
+//! lifecycle. A link adds two things to APP and nothing to DB:
+//!
+//! - a **proxy**: the node listens on `127.0.0.1:<port>` inside APP's network
+//!   namespace, where `<port>` is DB's primary endpoint, and forwards each
+//!   connection it accepts to the same port on DB's loopback, through a
+//!   socket it opens inside DB's network namespace. No routes, veths or
+//!   shared namespaces: a gear without a link has no path to DB at all;
+//! - an **environment layer** ("linked"): the values of the variables DB's
+//!   cartridge publishes (`[publish] env` in its manifest), read from DB's
+//!   environment whenever APP's environment is computed, so every start of
+//!   APP (and every `gear exec`) sees DB's current values.
+//!
+//! Links are stored in APP's record and the proxies are opened again when
+//! the node starts. A gear others are linked to cannot be destroyed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::api::{ApiError, ErrorKind, GearRef};
+use crate::node::{ApiResult, Gear, Node, internal, invalid, lock};
+use crate::state::{self, GearRecord, Link};
+
+/// How long the proxy waits for the linked gear to accept a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Something went wrong with a link's proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// Something inside the gear already listens on the port.
+    #[error(
+        "something inside gear {gear} already listens on port {port}; stop it (or move it to another port) and link again"
+    )]
+    PortTaken {
+        /// The gear.
+        gear: String,
+        /// The port.
+        port: u16,
+    },
+    /// The listener could not be made.
+    #[error("cannot listen on 127.0.0.1:{port} inside gear {gear}: {source}")]
+    Listen {
+        /// The gear.
+        gear: String,
+        /// The port.
+        port: u16,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One link's proxy: a listener task and its connections. Dropping it closes
+/// the listener and cuts every connection made through it.
+#[derive(Debug)]
+struct Proxy {
+    /// Dropped with the proxy, which ends every connection task.
+    _stop: watch::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The node's open link proxies, by (linking gear id, linked gear id).
+#[derive(Debug, Default)]
+pub struct Links {
+    proxies: Mutex<BTreeMap<(String, String), Proxy>>,
+}
+
+impl Links {
+    fn insert(&self, from: &str, to: &str, proxy: Proxy) {
+        lock(&self.proxies).insert((from.to_string(), to.to_string()), proxy);
+    }
+
+    /// Close the proxy of the link from `from` to `to`, if open.
+    fn close(&self, from: &str, to: &str) {
+        let proxy = lock(&self.proxies).remove(&(from.to_string(), to.to_string()));
+        drop(proxy);
+    }
+
+    /// Close every proxy of links made by gear `from` (it is being destroyed).
+    pub fn close_from(&self, from: &str) {
+        let closed: Vec<Proxy> = {
+            let mut proxies = lock(&self.proxies);
+            let keys: Vec<_> = proxies.keys().filter(|(f, _)| f == from).cloned().collect();
+            keys.iter().filter_map(|k| proxies.remove(k)).collect()
+        };
+        drop(closed);
+    }
+}
+
+/// Listen on `127.0.0.1:port` inside `from_netns` and forward every
+/// connection to `127.0.0.1:port` inside `to_netns`.
+async fn open_proxy(
+    from_name: &str,
+    from_netns: PathBuf,
+    to_name: &str,
+    to_netns: PathBuf,
+    port: u16,
+) -> Result<Proxy, LinkError> {
+    let listen_err = |source: std::io::Error| {
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            LinkError::PortTaken {
+                gear: from_name.to_string(),
+                port,
+            }
+        } else {
+            LinkError::Listen {
+                gear: from_name.to_string(),
+                port,
+                source,
+            }
+        }
+    };
+    let listener = tokio::task::spawn_blocking(move || {
+        let l = gearhost_sandbox::netns::listen(&from_netns, ([127, 0, 0, 1], port).into())?;
+        l.set_nonblocking(true)?;
+        Ok::<_, std::io::Error>(l)
+    })
+    .await
+    .map_err(|e| listen_err(std::io::Error::other(e)))?
+    .map_err(listen_err)?;
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
+    let (stop, stopped) = watch::channel(());
+    let label = format!("{from_name}->{to_name}:{port}");
+    let task = tokio::spawn(accept_loop(listener, to_netns, port, stopped, label));
+    Ok(Proxy { _stop: stop, task })
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    to_netns: PathBuf,
+    port: u16,
+    stopped: watch::Receiver<()>,
+    label: String,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((client, _)) => {
+                let to_netns = to_netns.clone();
+                let mut stopped = stopped.clone();
+                let label = label.clone();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        r = forward(client, to_netns, port) => {
+                            if let Err(e) = r {
+                                tracing::debug!(link = %label, error = %e, "linked connection ended");
+                            }
+                        }
+                        // the link was removed: cut the connection
+                        _ = stopped.changed() => {}
+                    }
+                });
+            }
+            Err(e) => {
+                // out of descriptors and the like: back off instead of spinning
+                tracing::warn!(link = %label, error = %e, "cannot accept a linked connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn forward(
+    mut client: tokio::net::TcpStream,
+    to_netns: PathBuf,
+    port: u16,
+) -> std::io::Result<()> {
+    let upstream = tokio::task::spawn_blocking(move || {
+        gearhost_sandbox::netns::connect(&to_netns, ([127, 0, 0, 1], port).into(), CONNECT_TIMEOUT)
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    upstream.set_nonblocking(true)?;
+    let mut upstream = tokio::net::TcpStream::from_std(upstream)?;
+    // small request/response protocols (SQL) must not wait for Nagle
+    client.set_nodelay(true)?;
+    upstream.set_nodelay(true)?;
+    tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    Ok(())
+}
+
+/// A gear linked to another one, for views and messages.
+#[derive(Debug, Clone)]
+pub struct LinkedGear {
+    /// The gear's id.
+    pub id: String,
+    /// The gear's name.
+    pub name: String,
+}
+
+/// Lock the operations of two gears, always in the same order (by id), so
+/// two requests locking the same pair never deadlock.
+async fn lock_both<'a>(
+    a: &'a Gear,
+    a_id: &str,
+    b: &'a Gear,
+    b_id: &str,
+) -> (
+    tokio::sync::MutexGuard<'a, ()>,
+    tokio::sync::MutexGuard<'a, ()>,
+) {
+    if a_id < b_id {
+        let ga = a.op.lock().await;
+        let gb = b.op.lock().await;
+        (ga, gb)
+    } else {
+        let gb = b.op.lock().await;
+        let ga = a.op.lock().await;
+        (ga, gb)
+    }
+}
+
+impl Node {
+    /// The linked layer of `r`'s environment: for each gear `r` is linked
+    /// to, the variables its cartridge publishes, with that gear's current
+    /// values (user over cartridge). Variables the linked gear has not set
+    /// (yet) are left out.
+    pub(crate) fn linked_env(&self, r: &GearRecord) -> BTreeMap<String, String> {
+        let mut env = BTreeMap::new();
+        for link in &r.links {
+            let Some(target) = lock(&self.gears).get(&link.gear).cloned() else {
+                continue;
+            };
+            let t = target.record();
+            let Ok(cart) = self.cartridge(&t.cartridge) else {
+                continue;
+            };
+            for key in &cart.manifest().publish.env {
+                if let Some(value) = t.user_env.get(key).or_else(|| t.cartridge_env.get(key)) {
+                    env.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        env
+    }
+
+    /// The gears linked to gear `id`, by name.
+    pub(crate) fn linked_from(&self, id: &str) -> Vec<LinkedGear> {
+        let mut from: Vec<LinkedGear> = lock(&self.gears)
+            .values()
+            .map(|g| g.record())
+            .filter(|r| r.links.iter().any(|l| l.gear == id))
+            .map(|r| LinkedGear {
+                id: r.id,
+                name: r.name,
+            })
+            .collect();
+        from.sort_by(|a, b| a.name.cmp(&b.name));
+        from
+    }
+
+    /// The links of `r`, for `gear show`.
+    pub(crate) fn links_view(&self, r: &GearRecord) -> serde_json::Value {
+        let gears = lock(&self.gears).clone();
+        json!(
+            r.links
+                .iter()
+                .map(|l| {
+                    let target = gears.get(&l.gear).map(|g| g.record());
+                    let env = target
+                        .as_ref()
+                        .and_then(|t| self.cartridge(&t.cartridge).ok())
+                        .map(|c| c.manifest().publish.env.clone())
+                        .unwrap_or_default();
+                    json!({
+                        "gear": target.map_or_else(|| l.gear.clone(), |t| t.name),
+                        "port": l.port,
+                        "env": env,
+                        "created": l.created,
+                    })
+                })
+                .collect::<Vec<_>>()
+        )
+    }
+
+    /// Open the proxies of every stored link (at node start: the previous
+    /// node's listeners died with it). A link whose proxy cannot be opened
+    /// is kept and reported in the gear's hook log; `gear unlink` and
+    /// `gear link` again repair it.
+    pub async fn restore_links(&self) {
+        let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
+        for g in &gears {
+            let r = g.record();
+            for link in &r.links {
+                let Some(target) = lock(&self.gears).get(&link.gear).cloned() else {
+                    tracing::warn!(gear = %r.name, link = %link.gear, "a link names a gear that no longer exists");
+                    continue;
+                };
+                let t = target.record();
+                match open_proxy(
+                    &r.name,
+                    g.paths.netns(),
+                    &t.name,
+                    target.paths.netns(),
+                    link.port,
+                )
+                .await
+                {
+                    Ok(proxy) => self.links.insert(&r.id, &t.id, proxy),
+                    Err(e) => {
+                        tracing::warn!(gear = %r.name, to = %t.name, error = %e, "cannot reopen a link");
+                        g.hook_log.line(
+                            "link[node]",
+                            &format!("cannot reopen the link to {}: {e}", t.name),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `gear link GEAR TO`: make `to`'s primary endpoint reachable on
+    /// `gear`'s loopback and give `gear` what `to` publishes.
+    pub async fn link(&self, gear: &GearRef, to: &GearRef) -> ApiResult<serde_json::Value> {
+        if gear.namespace != to.namespace {
+            return Err(invalid(format!(
+                "gears {} and {} are in different namespaces; only gears of one namespace can be linked",
+                gear, to
+            )));
+        }
+        if gear.name == to.name {
+            return Err(invalid(format!(
+                "gear {} cannot be linked to itself; name the gear it should reach, e.g. `gear link {} DB`",
+                gear.name, gear.name
+            )));
+        }
+        let app = self.find(gear)?;
+        let db = self.find(to)?;
+        let (app_id, db_id) = (app.record().id, db.record().id);
+        let _ops = lock_both(&app, &app_id, &db, &db_id).await;
+        // either may have been destroyed while we waited for its lock
+        let app = self.find(gear)?;
+        let db = self.find(to)?;
+        let (a, d) = (app.record(), db.record());
+        let db_cart = self.cartridge(&d.cartridge)?;
+        let db_manifest = db_cart.manifest();
+        let endpoint = db_manifest.primary_endpoint().ok_or_else(|| {
+            invalid(format!(
+                "gear {}'s cartridge {} declares no endpoint, so there is nothing to link to",
+                d.name, d.cartridge
+            ))
+        })?;
+        let port = endpoint.private_port;
+        if a.links.iter().any(|l| l.gear == d.id) {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!("gear {} is already linked to {}", a.name, d.name),
+            ));
+        }
+        let app_cart = self.cartridge(&a.cartridge)?;
+        if let Some(own) = app_cart
+            .manifest()
+            .endpoints
+            .iter()
+            .find(|e| e.private_port == port)
+        {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "gear {} listens on port {port} itself (its endpoint {}), which {}'s endpoint {} also uses; a link would hide one from the other",
+                    a.name, own.name, d.name, endpoint.name
+                ),
+            ));
+        }
+        let published = &db_manifest.publish.env;
+        for other in &a.links {
+            let Some(o) = lock(&self.gears).get(&other.gear).map(|g| g.record()) else {
+                continue;
+            };
+            if other.port == port {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "gear {} already reaches {} on port {port}; unlink it first (`gear unlink {} {}`)",
+                        a.name, o.name, a.name, o.name
+                    ),
+                ));
+            }
+            let theirs = self
+                .cartridge(&o.cartridge)
+                .map(|c| c.manifest().publish.env.clone())
+                .unwrap_or_default();
+            if let Some(key) = published.iter().find(|k| theirs.contains(k)) {
+                return Err(ApiError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{} and {} both publish {key} to gear {}; unlink {} first",
+                        d.name, o.name, a.name, o.name
+                    ),
+                ));
+            }
+        }
+        let proxy = open_proxy(&a.name, app.paths.netns(), &d.name, db.paths.netns(), port)
+            .await
+            .map_err(|e| match e {
+                LinkError::PortTaken { .. } => ApiError::new(ErrorKind::Conflict, e.to_string()),
+                LinkError::Listen { .. } => internal(e),
+            })?;
+        // persisted last: a failure here leaves nothing behind (the proxy is dropped)
+        app.update(self.config(), |r| {
+            r.links.push(Link {
+                gear: d.id.clone(),
+                port,
+                created: state::now(),
+            });
+        })?;
+        self.links.insert(&a.id, &d.id, proxy);
+        app.hook_log.line(
+            "link[node]",
+            &format!("linked to {} on 127.0.0.1:{port}", d.name),
+        );
+        let running = app.record().state == crate::state::GearState::Running;
+        Ok(json!({
+            "gear": a.name,
+            "to": d.name,
+            "port": port,
+            "env": published,
+            "note": running.then(|| {
+                format!("restart {} for its running processes to see the new variables", a.name)
+            }),
+        }))
+    }
+
+    /// `gear unlink GEAR TO`: close the proxy (cutting open connections) and
+    /// drop the linked variables.
+    pub async fn unlink(&self, gear: &GearRef, to: &GearRef) -> ApiResult<serde_json::Value> {
+        let app = self.find(gear)?;
+        let _op = app.op.lock().await;
+        let app = self.find(gear)?;
+        let a = app.record();
+        let target = self.find(to).ok().map(|g| g.record());
+        let link = target
+            .as_ref()
+            .and_then(|t| a.links.iter().find(|l| l.gear == t.id))
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "gear {} is not linked to {}; see `gear show {}`",
+                        a.name, to.name, a.name
+                    ),
+                )
+            })?;
+        app.update(self.config(), |r| r.links.retain(|l| l.gear != link.gear))?;
+        self.links.close(&a.id, &link.gear);
+        app.hook_log
+            .line("link[node]", &format!("unlinked from {}", to.name));
+        let running = app.record().state == crate::state::GearState::Running;
+        Ok(json!({
+            "gear": a.name,
+            "to": to.name,
+            "note": running.then(|| {
+                format!("restart {} for its running processes to lose the linked variables", a.name)
+            }),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn root() -> bool {
+        let root = nix::unistd::Uid::effective().is_root();
+        if !root {
+            assert!(
+                std::env::var("GEARHOST_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
+                "needs root"
+            );
+            eprintln!("skipped: network namespaces need root");
+        }
+        root
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_proxy_joins_two_namespaces_until_it_is_dropped() {
+        if !root() {
+            return;
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let (app, db) = (dir.path().join("app"), dir.path().join("db"));
+        gearhost_sandbox::netns::create(&app).expect("app namespace");
+        gearhost_sandbox::netns::create(&db).expect("db namespace");
+        // an echo server on the db gear's loopback
+        let server =
+            gearhost_sandbox::netns::listen(&db, ([127, 0, 0, 1], 0).into()).expect("listen");
+        let port = server.local_addr().expect("addr").port();
+        let echo = std::thread::spawn(move || {
+            let (mut s, _) = server.accept().expect("accept");
+            let mut buf = [0u8; 64];
+            let n = s.read(&mut buf).expect("read");
+            s.write_all(&buf[..n]).expect("write");
+            // hold the connection open: only the proxy going away ends it
+            let _ = s.read(&mut buf);
+        });
+        // nothing on the app's loopback yet
+        let app_ns = app.clone();
+        let connect = move || {
+            gearhost_sandbox::netns::connect(
+                &app_ns,
+                ([127, 0, 0, 1], port).into(),
+                Duration::from_secs(2),
+            )
+        };
+        assert!(connect().is_err());
+
+        let proxy = open_proxy("app", app.clone(), "db", db.clone(), port)
+            .await
+            .expect("proxy");
+        // the port is now taken in the app's namespace
+        let again = open_proxy("app", app.clone(), "db", db.clone(), port).await;
+        assert!(
+            matches!(again, Err(LinkError::PortTaken { .. })),
+            "{again:?}"
+        );
+        let c = connect.clone();
+        let mut client = tokio::task::spawn_blocking(move || c().expect("connect"))
+            .await
+            .expect("join");
+        let mut client = tokio::task::spawn_blocking(move || {
+            client.write_all(b"ping").expect("write");
+            let mut buf = [0u8; 4];
+            client.read_exact(&mut buf).expect("echo");
+            assert_eq!(&buf, b"ping");
+            client
+        })
+        .await
+        .expect("join");
+
+        drop(proxy);
+        // the open connection is cut, and the port is closed
+        let ended = tokio::task::spawn_blocking(move || {
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = [0u8; 4];
+            client.read(&mut buf)
+        })
+        .await
+        .expect("join");
+        assert!(matches!(ended, Ok(0) | Err(_)), "{ended:?}");
+        echo.join().expect("echo server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while connect().is_ok() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the listener outlived its proxy"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        gearhost_sandbox::netns::remove(&app).expect("remove");
+        gearhost_sandbox::netns::remove(&db).expect("remove");
+    }
+}
