@@ -98,13 +98,12 @@ fn start_app() -> Result<u32> {
 }
 
 fn stop_app() -> Result<()> {
-    if process::is_running(APP) && run_script("stop", SCRIPT_TIMEOUT)? {
-        // the app's own stop may have ended it already
-        if process::wait(APP, GRACE).ok().flatten().is_some() {
-            info!("stop: the app ended after .gear/stop");
-            return Ok(());
-        }
+    if process::is_running(APP) && run_script("stop", SCRIPT_TIMEOUT)? && !process::is_running(APP)
+    {
+        info!("stop: the app ended with .gear/stop");
+        return Ok(());
     }
+    // whatever .gear/stop did, the app gets TERM now, KILL after the grace
     match process::stop_gracefully(APP, GRACE)? {
         Some(status) => info!("stop: the app {status}"),
         None => debug!("stop: the app was not running"),

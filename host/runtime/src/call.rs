@@ -280,6 +280,11 @@ pub struct HookOutcome {
         serialize_with = "serialize_option_duration"
     )]
     pub instantiate: Option<Duration>,
+    /// Of which: waiting on the host for what the hook asked of it (programs
+    /// run with `exec`, processes started with `spawn`, `wait`, `signal`).
+    /// The rest of `elapsed` is the hook machinery and the hook's own code.
+    #[serde(rename = "host_calls_ms", serialize_with = "serialize_duration")]
+    pub host_calls: Duration,
 }
 
 #[derive(Debug, Default)]
@@ -289,6 +294,7 @@ struct Record {
     denials: Vec<Denial>,
     stderr_tail: Vec<String>,
     dropped_log_lines: usize,
+    host_calls: Duration,
 }
 
 impl Record {
@@ -733,6 +739,7 @@ impl Cartridge {
             elapsed: started.elapsed(),
             setup: store_ready,
             instantiate: instantiated.map(|t| t.saturating_sub(store_ready)),
+            host_calls: record.host_calls,
         }
     }
 
@@ -991,7 +998,12 @@ impl wit::Host for HookState {
             Err(e) => Err(e),
             Ok(spec) => match self.check_permission("exec", &spec.program) {
                 Err(e) => Err(e),
-                Ok(()) => self.shared.host.exec(self.request_context(), spec).await,
+                Ok(()) => {
+                    let started = Instant::now();
+                    let r = self.shared.host.exec(self.request_context(), spec).await;
+                    self.shared.record().host_calls += started.elapsed();
+                    r
+                }
             },
         };
         self.shared.record().requests.push(HostRequest::Exec {
@@ -1032,10 +1044,14 @@ impl wit::Host for HookState {
                 Ok(spec) => match self.check_permission("spawn", &spec.program) {
                     Err(e) => Err(e),
                     Ok(()) => {
-                        self.shared
+                        let started = Instant::now();
+                        let r = self
+                            .shared
                             .host
                             .spawn(self.request_context(), &name, spec, restart)
-                            .await
+                            .await;
+                        self.shared.record().host_calls += started.elapsed();
+                        r
                     }
                 },
             },
@@ -1051,7 +1067,9 @@ impl wit::Host for HookState {
 
     async fn signal(&mut self, name: String, sig: wt::PosixSignal) -> Result<(), wt::HostError> {
         let signal = from_signal(sig);
+        let started = Instant::now();
         let r = self.shared.host.signal(&name, signal).await;
+        self.shared.record().host_calls += started.elapsed();
         self.shared.record().requests.push(HostRequest::Signal {
             name,
             signal,
@@ -1068,7 +1086,9 @@ impl wit::Host for HookState {
         // never wait past the hook's own deadline
         let left = self.deadline.saturating_duration_since(Instant::now());
         let timeout = Duration::from_millis(timeout_ms.into()).min(left);
+        let started = Instant::now();
         let r = self.shared.host.wait(&name, timeout).await;
+        self.shared.record().host_calls += started.elapsed();
         self.shared.record().requests.push(HostRequest::Wait {
             name,
             timeout_ms,
