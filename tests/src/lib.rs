@@ -167,14 +167,22 @@ pub struct TestNode {
     pub socket: PathBuf,
     /// The frontend's address.
     pub frontend: std::net::SocketAddr,
+    /// The operator's metrics endpoint (`GET /metrics`).
+    pub metrics: std::net::SocketAddr,
     /// The node's cgroup subtree.
     pub subtree: String,
     child: std::process::Child,
 }
 
 impl TestNode {
-    /// Start a node whose uids start at `uid_min` (give each test its own range).
+    /// Start a node whose uids start at `uid_min` (give each test its own
+    /// range of 200).
     pub fn start(uid_min: u32, extra_gears_config: &str) -> TestNode {
+        Self::start_with_uids(uid_min, 200, extra_gears_config)
+    }
+
+    /// Start a node with `uid_count` uids from `uid_min` (for more than 200 gears).
+    pub fn start_with_uids(uid_min: u32, uid_count: u32, extra_gears_config: &str) -> TestNode {
         let dir = tempfile::Builder::new()
             .prefix("gearhost-node-")
             .tempdir()
@@ -182,11 +190,11 @@ impl TestNode {
         let socket = dir.path().join("node.sock");
         let subtree = format!("gearhost-test-{uid_min}");
         let config = format!(
-            "schema = 1\nstate-dir = \"{state}\"\nsocket = \"{sock}\"\nfrontend = \"127.0.0.1:0\"\n\
+            "schema = 1\nstate-dir = \"{state}\"\nsocket = \"{sock}\"\nfrontend = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n\
              [gears]\nuid-min = {uid_min}\nuid-max = {uid_max}\ncgroup-subtree = \"{subtree}\"\n{extra_gears_config}\n",
             state = dir.path().join("state").display(),
             sock = socket.display(),
-            uid_max = uid_min + 199,
+            uid_max = uid_min + uid_count - 1,
         );
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, config).expect("config");
@@ -195,6 +203,7 @@ impl TestNode {
             dir,
             socket,
             frontend: "127.0.0.1:0".parse().expect("addr"),
+            metrics: "127.0.0.1:0".parse().expect("addr"),
             subtree,
             child,
         };
@@ -230,8 +239,9 @@ impl TestNode {
         let node = self;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            if let Ok(ping) = node.ping() {
-                node.frontend = ping;
+            if let Ok((frontend, metrics)) = node.ping() {
+                node.frontend = frontend;
+                node.metrics = metrics;
                 return;
             }
             if let Ok(Some(status)) = node.child.try_wait() {
@@ -246,18 +256,40 @@ impl TestNode {
         }
     }
 
-    fn ping(&self) -> std::io::Result<std::net::SocketAddr> {
+    fn ping(&self) -> std::io::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
         use std::io::{BufRead, Write};
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket)?;
         s.write_all(b"{\"op\":\"ping\"}\n")?;
         let mut line = String::new();
         std::io::BufReader::new(s).read_line(&mut line)?;
-        let addr = line
-            .split("\"frontend\":\"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .ok_or_else(|| std::io::Error::other(format!("no frontend in {line}")))?;
-        addr.parse().map_err(std::io::Error::other)
+        let addr = |field: &str| -> std::io::Result<std::net::SocketAddr> {
+            line.split(&format!("\"{field}\":\""))
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .ok_or_else(|| std::io::Error::other(format!("no {field} in {line}")))?
+                .parse()
+                .map_err(std::io::Error::other)
+        };
+        Ok((addr("frontend")?, addr("metrics")?))
+    }
+
+    /// The node's metrics from its metrics endpoint: `name{labels}` -> value.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        use std::io::{Read, Write};
+        let mut s =
+            std::net::TcpStream::connect(self.metrics).expect("connect to the metrics endpoint");
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: node\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+            .collect()
     }
 
     /// Run `gear` against this node.
@@ -338,6 +370,11 @@ impl TestNode {
             body.to_string()
         };
         (code, headers, body)
+    }
+
+    /// The node process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The node's state directory.

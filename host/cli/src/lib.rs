@@ -105,6 +105,13 @@ pub enum Command {
     Link(cmd::link::Args),
     /// Remove a link made by `gear link`.
     Unlink(cmd::link::Args),
+    /// Extra host names the frontend routes to a gear.
+    #[command(subcommand)]
+    Alias(cmd::alias::Command),
+    /// Stop a running gear now and mark it idle; its next request starts it again.
+    Idle(cmd::idle::Args),
+    /// Start an idle gear now, without waiting for a request.
+    Unidle(cmd::idle::Args),
     /// Stop a gear and remove it with everything it had.
     Destroy(cmd::destroy::Args),
     /// Write, check, try and install cartridges.
@@ -132,6 +139,8 @@ pub enum NodeCommand {
     Run(cmd::node_run::Args),
     /// Print the embedded default node configuration.
     Config,
+    /// Print the node's metrics (Prometheus text format).
+    Metrics(cmd::node_metrics::Args),
 }
 
 /// `gear sandbox ...`
@@ -209,6 +218,7 @@ pub fn main() -> ExitCode {
         Command::Node(NodeCommand::Check(args)) => cmd::node_check::run(args),
         Command::Node(NodeCommand::Run(args)) => cmd::node_run::run(args),
         Command::Node(NodeCommand::Config) => cmd::node_run::print_default(),
+        Command::Node(NodeCommand::Metrics(args)) => cmd::node_metrics::run(args),
         Command::Cartridge(CartridgeCommand::Install(args)) => cmd::cartridge_store::install(args),
         Command::Cartridge(CartridgeCommand::List(args)) => cmd::cartridge_store::list(args),
         Command::Cartridge(CartridgeCommand::Remove(args)) => cmd::cartridge_store::remove(args),
@@ -230,6 +240,9 @@ pub fn main() -> ExitCode {
         Command::Link(args) => cmd::link::link(args),
         Command::Unlink(args) => cmd::link::unlink(args),
         Command::Destroy(args) => cmd::destroy::run(args),
+        Command::Alias(command) => cmd::alias::run(command),
+        Command::Idle(args) => cmd::idle::idle(args),
+        Command::Unidle(args) => cmd::idle::unidle(args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "gear", &mut std::io::stdout());

@@ -148,6 +148,9 @@ pub enum Request {
         follow: bool,
         /// Show hook logs instead of process output.
         hooks: bool,
+        /// Show the frontend's access log of the gear's requests instead.
+        #[serde(default)]
+        access: bool,
     },
     /// Link `gear` to `to`: `to`'s primary endpoint becomes reachable on
     /// `gear`'s own loopback, and `gear` receives what `to`'s cartridge
@@ -165,6 +168,39 @@ pub enum Request {
         /// The gear it reached.
         to: GearRef,
     },
+    /// Add a host name the frontend routes to the gear.
+    AliasAdd {
+        /// The gear.
+        gear: GearRef,
+        /// The host name, e.g. `www.example.com`.
+        hostname: String,
+    },
+    /// Remove an alias.
+    AliasRemove {
+        /// The gear.
+        gear: GearRef,
+        /// The host name.
+        hostname: String,
+    },
+    /// The gear's host names.
+    AliasList {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// Stop a running gear and mark it idle: its next request through the
+    /// frontend starts it again.
+    Idle {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// Start an idle gear now.
+    Unidle {
+        /// The gear.
+        gear: GearRef,
+    },
+    /// The node's metrics in the Prometheus text format (operators only,
+    /// like every request on the socket).
+    Metrics,
     /// Run a command in the gear's sandbox with the caller's stdio (passed as fds).
     Exec {
         /// The gear.

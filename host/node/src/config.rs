@@ -30,6 +30,21 @@ pub struct NodeConfig {
     pub domain: String,
     /// Frontend listen address.
     pub frontend: String,
+    /// Where the operator's `/metrics` endpoint listens (none: only through
+    /// the node API, `gear node metrics`).
+    pub metrics: Option<String>,
+    /// A gear with no request through the frontend for this long is idled
+    /// (none: gears are never idled automatically).
+    pub idle_timeout: Option<Duration>,
+    /// Largest request body the frontend forwards, in bytes.
+    pub max_body: u64,
+    /// How long a client has to send a complete request head, including the
+    /// wait for the next request on a kept-alive connection.
+    pub header_timeout: Duration,
+    /// How long a gear has to answer a forwarded request with its response head.
+    pub response_timeout: Duration,
+    /// How long the frontend waits for a gear to accept a connection.
+    pub connect_timeout: Duration,
     /// Lowest gear uid.
     pub uid_min: u32,
     /// Highest gear uid.
@@ -87,7 +102,10 @@ struct RawConfig {
     domain: String,
     #[serde(default = "default_frontend")]
     frontend: String,
+    metrics: Option<String>,
     gears: RawGears,
+    #[serde(default)]
+    http: RawHttp,
     #[serde(default)]
     hooks: RawHooks,
     #[serde(default)]
@@ -122,6 +140,49 @@ struct RawGears {
     crash_window: String,
     #[serde(default = "default_start_timeout")]
     start_timeout: String,
+    #[serde(default = "default_idle_timeout")]
+    idle_timeout: String,
+}
+
+fn default_idle_timeout() -> String {
+    "24h".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHttp {
+    #[serde(default = "default_max_body")]
+    max_body: String,
+    #[serde(default = "default_header_timeout")]
+    header_timeout: String,
+    #[serde(default = "default_response_timeout")]
+    response_timeout: String,
+    #[serde(default = "default_connect_timeout")]
+    connect_timeout: String,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            max_body: default_max_body(),
+            header_timeout: default_header_timeout(),
+            response_timeout: default_response_timeout(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+fn default_max_body() -> String {
+    "1GiB".into()
+}
+fn default_header_timeout() -> String {
+    "60s".into()
+}
+fn default_response_timeout() -> String {
+    "300s".into()
+}
+fn default_connect_timeout() -> String {
+    "5s".into()
 }
 
 fn default_start_timeout() -> String {
@@ -302,12 +363,61 @@ impl NodeConfig {
                 "use a DNS name such as \"localhost\" or \"apps.example.com\"",
             ));
         }
+        let positive = |field: &str, v: &str| {
+            let d = duration(field, v)?;
+            if d.is_zero() {
+                return Err(err(
+                    format!("`{field}` is zero"),
+                    "give a duration longer than zero, e.g. \"30s\"",
+                ));
+            }
+            Ok(d)
+        };
+        let idle_timeout = match g.idle_timeout.as_str() {
+            "off" | "never" => None,
+            v => {
+                let d = duration("gears.idle-timeout", v)?;
+                if d < Duration::from_secs(1) {
+                    return Err(err(
+                        format!("`gears.idle-timeout` {v:?} is shorter than a second"),
+                        "give at least \"1s\" (minutes or hours are usual), or \"off\" to never idle gears",
+                    ));
+                }
+                Some(d)
+            }
+        };
+        let max_body = size("http.max-body", &raw.http.max_body)?;
+        if max_body == 0 {
+            return Err(err(
+                "`http.max-body` is zero".into(),
+                "give the largest request body to accept, e.g. \"100MiB\"",
+            ));
+        }
+        for (field, addr) in [
+            ("frontend", Some(&raw.frontend)),
+            ("metrics", raw.metrics.as_ref()),
+        ] {
+            if let Some(addr) = addr
+                && addr.parse::<std::net::SocketAddr>().is_err()
+            {
+                return Err(err(
+                    format!("`{field}` {addr:?} is not an address and port"),
+                    "use e.g. \"127.0.0.1:8000\" or \"[::1]:8000\"",
+                ));
+            }
+        }
         Ok(NodeConfig {
             state_dir: raw.state_dir,
             socket: raw.socket,
             operator_group: raw.operator_group,
             domain: raw.domain,
             frontend: raw.frontend,
+            metrics: raw.metrics,
+            idle_timeout,
+            max_body,
+            header_timeout: positive("http.header-timeout", &raw.http.header_timeout)?,
+            response_timeout: positive("http.response-timeout", &raw.http.response_timeout)?,
+            connect_timeout: positive("http.connect-timeout", &raw.http.connect_timeout)?,
             uid_min: g.uid_min,
             uid_max: g.uid_max,
             cgroup_subtree: g.cgroup_subtree.clone(),
@@ -362,5 +472,56 @@ mod tests {
         let e = NodeConfig::parse("schema = 1\nstate-dir = \"/a\"\nsocket = \"/s\"\ncolour = 1\n[gears]\nuid-min = 2000\nuid-max = 3000\n", "x.toml")
             .expect_err("unknown field");
         assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    const BASE: &str = "schema = 1\nstate-dir = \"/a\"\nsocket = \"/s\"\n";
+
+    #[test]
+    fn frontend_settings_have_defaults_and_are_checked() {
+        let c = NodeConfig::parse(
+            &format!("{BASE}[gears]\nuid-min = 2000\nuid-max = 3000\n"),
+            "x",
+        )
+        .expect("defaults");
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(24 * 3600)));
+        assert_eq!(c.max_body, 1 << 30);
+        assert_eq!(c.metrics, None);
+        let c = NodeConfig::parse(
+            &format!(
+                "{BASE}metrics = \"127.0.0.1:9180\"\n[gears]\nuid-min = 2000\nuid-max = 3000\nidle-timeout = \"off\"\n\
+                 [http]\nmax-body = \"1MiB\"\nheader-timeout = \"5s\"\n"
+            ),
+            "x",
+        )
+        .expect("set");
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.max_body, 1 << 20);
+        assert_eq!(c.header_timeout, Duration::from_secs(5));
+        assert_eq!(c.metrics.as_deref(), Some("127.0.0.1:9180"));
+        for (bad, named) in [
+            (
+                "[gears]\nuid-min = 2000\nuid-max = 3000\nidle-timeout = \"10ms\"\n",
+                "idle-timeout",
+            ),
+            (
+                "[gears]\nuid-min = 2000\nuid-max = 3000\n[http]\nmax-body = \"0\"\n",
+                "max-body",
+            ),
+            (
+                "[gears]\nuid-min = 2000\nuid-max = 3000\n[http]\nresponse-timeout = \"0s\"\n",
+                "response-timeout",
+            ),
+            (
+                "metrics = \"everywhere\"\n[gears]\nuid-min = 2000\nuid-max = 3000\n",
+                "metrics",
+            ),
+            (
+                "[gears]\nuid-min = 2000\nuid-max = 3000\n[http]\nkeepalive = 1\n",
+                "keepalive",
+            ),
+        ] {
+            let e = NodeConfig::parse(&format!("{BASE}{bad}"), "x").expect_err(bad);
+            assert!(e.to_string().contains(named), "{e}");
+        }
     }
 }

@@ -1,15 +1,18 @@
 //! The Gearhost node: the one long-running process that owns all gear state.
 //! It serves the node API on a unix socket ([`server`]), runs cartridge hooks
 //! against real gears ([`node`]), supervises gear processes ([`procs`]),
-//! captures their logs ([`logs`]), proxies links between gears ([`links`])
-//! and keeps state on disk atomically ([`state`]).
+//! captures their logs ([`logs`]), proxies links between gears ([`links`]),
+//! routes HTTP to gears ([`frontend`], with [`alias`]es), idles and wakes
+//! them ([`idle`]) and keeps state on disk atomically ([`state`]).
 
 #![forbid(unsafe_code)]
 
+pub mod alias;
 pub mod api;
 pub mod config;
 pub mod env;
 pub mod frontend;
+pub mod idle;
 pub mod links;
 pub mod logs;
 pub mod node;
@@ -33,6 +36,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on the frontend address {}: {e}; set `frontend` in the node configuration", node.config().frontend))?;
     let frontend_addr = frontend.local_addr()?;
     node.set_frontend_addr(frontend_addr);
+    let metrics = match &node.config().metrics {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on the metrics address {addr}: {e}; set `metrics` in the node configuration, or remove it")
+        })?),
+        None => None,
+    };
+    if let Some(m) = &metrics {
+        node.set_metrics_addr(m.local_addr()?);
+    }
     tracing::info!(socket = %socket.display(), state = %node.config().state_dir.display(), "node ready");
     eprintln!(
         "gear node: serving {} (state in {})",
@@ -41,18 +53,36 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     );
     // links first, so gears that start find the gears they are linked to
     node.restore_links().await;
+    node.open_doors().await;
     let resume = {
         let node = node.clone();
         tokio::spawn(async move { node.resume().await })
+    };
+    let idler = tokio::spawn(node.clone().idler());
+    let flusher = tokio::spawn(frontend::flush_access_logs(node.clone()));
+    let metrics = {
+        let node = node.clone();
+        async move {
+            match metrics {
+                Some(listener) => frontend::serve_metrics(node, listener).await,
+                None => std::future::pending().await,
+            }
+        }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = server::serve(node.clone(), listener) => r,
         r = frontend::serve(node.clone(), frontend) => r,
+        r = metrics => r,
         _ = term.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     };
     resume.abort();
+    idler.abort();
+    flusher.abort();
+    for g in node.gears_snapshot() {
+        g.front.access.flush();
+    }
     eprintln!("gear node: stopping gear processes");
     node.shutdown().await;
     let _ = std::fs::remove_file(&socket);

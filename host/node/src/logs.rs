@@ -69,6 +69,14 @@ impl LogFile {
         }
     }
 
+    /// Append lines that are already formatted (each ending in a newline).
+    pub fn write_lines(&self, bytes: &[u8]) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = inner.append(bytes) {
+            tracing::warn!(path = %inner.path.display(), error = %e, "cannot write gear log lines");
+        }
+    }
+
     /// The log's path.
     pub fn path(&self) -> PathBuf {
         self.inner

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::api::{ApiError, ErrorKind, GearRef};
 use crate::config::NodeConfig;
 use crate::env::{self, Layers};
+use crate::frontend::{Frontend, GearFront, Target};
 use crate::links::Links;
 use crate::logs::LogFile;
 use crate::procs::{self, GEAR_HOME, GearSandbox, Supervisor};
@@ -50,6 +51,27 @@ pub struct Gear {
     app_log: LogFile,
     pub(crate) hook_log: LogFile,
     execs: AtomicU32,
+    /// The record's state, readable without the record's lock (the frontend
+    /// reads it on every request).
+    state: AtomicU8,
+    /// The frontend's side of the gear: connection pool, counters, access
+    /// log, activity, wake-up.
+    pub(crate) front: GearFront,
+}
+
+const STATES: [GearState; 8] = [
+    GearState::New,
+    GearState::Building,
+    GearState::Starting,
+    GearState::Running,
+    GearState::Stopping,
+    GearState::Stopped,
+    GearState::Failed,
+    GearState::Idle,
+];
+
+fn state_index(state: GearState) -> u8 {
+    STATES.iter().position(|s| *s == state).unwrap_or(0) as u8
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -70,12 +92,19 @@ impl Gear {
                 config.log_max_bytes,
                 config.log_keep,
             ),
+            front: GearFront::new(&paths.logs(), config.log_max_bytes, config.log_keep),
+            state: AtomicU8::new(state_index(record.state)),
             record: Mutex::new(record),
             op: tokio::sync::Mutex::new(()),
             paths,
             supervisor: Supervisor::default(),
             execs: AtomicU32::new(0),
         }
+    }
+
+    /// The gear's last known state.
+    pub fn state(&self) -> GearState {
+        STATES[usize::from(self.state.load(Ordering::Relaxed)) % STATES.len()]
     }
 
     /// A copy of the record.
@@ -92,6 +121,7 @@ impl Gear {
         let mut next = record.clone();
         f(&mut next);
         state::save_gear(&config.gears_dir(), &next).map_err(internal)?;
+        self.state.store(state_index(next.state), Ordering::Relaxed);
         *record = next.clone();
         Ok(next)
     }
@@ -104,9 +134,13 @@ pub struct Node {
     runtime: Runtime,
     cartridges: Mutex<BTreeMap<String, Cartridge>>,
     pub(crate) gears: Mutex<BTreeMap<String, Arc<Gear>>>,
-    create: tokio::sync::Mutex<()>,
-    frontend: Mutex<Option<std::net::SocketAddr>>,
+    /// Held while gears are created and host names change: names stay unique.
+    pub(crate) create: tokio::sync::Mutex<()>,
+    frontend_addr: Mutex<Option<std::net::SocketAddr>>,
+    metrics_addr: Mutex<Option<std::net::SocketAddr>>,
     pub(crate) links: Links,
+    /// The frontend's routing table and node-wide counters.
+    pub(crate) frontend: Frontend,
 }
 
 impl Node {
@@ -167,15 +201,19 @@ impl Node {
             }
             gears.insert(record.id.clone(), Arc::new(Gear::new(&config, record)));
         }
-        Ok(Arc::new(Node {
+        let node = Arc::new(Node {
             config: Arc::new(config),
             runtime,
             cartridges: Mutex::new(cartridges),
             gears: Mutex::new(gears),
             create: tokio::sync::Mutex::new(()),
-            frontend: Mutex::new(None),
+            frontend_addr: Mutex::new(None),
+            metrics_addr: Mutex::new(None),
             links: Links::default(),
-        }))
+            frontend: Frontend::default(),
+        });
+        node.rebuild_routes();
+        Ok(node)
     }
 
     /// The configuration.
@@ -185,12 +223,78 @@ impl Node {
 
     /// Record where the frontend listens (the configured port may be 0).
     pub fn set_frontend_addr(&self, addr: std::net::SocketAddr) {
-        *lock(&self.frontend) = Some(addr);
+        *lock(&self.frontend_addr) = Some(addr);
     }
 
     /// Where the frontend listens, once it does.
     pub fn frontend_addr(&self) -> Option<std::net::SocketAddr> {
-        *lock(&self.frontend)
+        *lock(&self.frontend_addr)
+    }
+
+    /// Record where the metrics endpoint listens.
+    pub fn set_metrics_addr(&self, addr: std::net::SocketAddr) {
+        *lock(&self.metrics_addr) = Some(addr);
+    }
+
+    /// Where the metrics endpoint listens, if it does.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        *lock(&self.metrics_addr)
+    }
+
+    /// Open the frontend's door inside every gear (at node start, once the
+    /// frontend listens).
+    pub async fn open_doors(self: &Arc<Self>) {
+        for g in self.gears_snapshot() {
+            crate::frontend::open_door(self, &g).await;
+        }
+    }
+
+    /// Every gear, live.
+    pub(crate) fn gears_snapshot(&self) -> Vec<Arc<Gear>> {
+        lock(&self.gears).values().cloned().collect()
+    }
+
+    /// The port the frontend sends a gear's requests to: the first endpoint
+    /// of its cartridge that speaks HTTP (a database's port never gets HTTP).
+    pub(crate) fn http_port(&self, cartridge: &str) -> Option<u16> {
+        self.cartridge(cartridge)
+            .ok()?
+            .manifest()
+            .endpoints
+            .iter()
+            .find(|e| {
+                e.protocols
+                    .iter()
+                    .any(|p| matches!(p.as_str(), "http" | "websocket"))
+            })
+            .map(|e| e.private_port)
+    }
+
+    /// The host name a gear answers to: `<gear>-<namespace>.<domain>`.
+    pub(crate) fn public_name(&self, r: &GearRecord) -> String {
+        format!("{}-{}.{}", r.name, r.namespace, self.config.domain)
+    }
+
+    /// Build the frontend's routing table again from the gears, their
+    /// aliases and the installed cartridges (after any change to those).
+    pub(crate) fn rebuild_routes(&self) {
+        let mut routes = std::collections::HashMap::new();
+        for g in self.gears_snapshot() {
+            let r = g.record();
+            let Some(port) = self.http_port(&r.cartridge) else {
+                continue;
+            };
+            let target = Arc::new(Target {
+                gear: g.clone(),
+                label: format!("{}-{}", r.name, r.namespace),
+                port,
+            });
+            routes.insert(self.public_name(&r), target.clone());
+            for alias in &r.aliases {
+                routes.insert(alias.clone(), target.clone());
+            }
+        }
+        self.frontend.set_routes(routes);
     }
 
     fn url(&self, r: &GearRecord) -> String {
@@ -230,7 +334,9 @@ impl Node {
                     || node
                         .cartridge(&record.cartridge)
                         .is_ok_and(|c| !c.manifest().deploy.required);
-                if record.desired == Desired::Running && startable {
+                if record.state == GearState::Idle {
+                    // an idle gear stays asleep until a request wakes it
+                } else if record.desired == Desired::Running && startable {
                     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
                     if let Err(e) = node.start_locked(&gear, &tx).await {
                         tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
@@ -299,6 +405,7 @@ impl Node {
             .map_err(|e| invalid(e.to_string()))?;
         let summary = cartridge_summary(&installed);
         lock(&self.cartridges).insert(name, installed);
+        self.rebuild_routes();
         Ok(summary)
     }
 
@@ -336,6 +443,7 @@ impl Node {
             ));
         }
         let _ = std::fs::remove_dir_all(self.config.cartridges_dir().join(name));
+        self.rebuild_routes();
         Ok(json!({ "removed": name }))
     }
 
@@ -370,7 +478,11 @@ impl Node {
     }
 
     /// Create a gear.
-    pub async fn create(&self, gear: &GearRef, cartridge: &str) -> ApiResult<serde_json::Value> {
+    pub async fn create(
+        self: &Arc<Self>,
+        gear: &GearRef,
+        cartridge: &str,
+    ) -> ApiResult<serde_json::Value> {
         check_gear_ref(gear)?;
         let cart = self.cartridge(cartridge)?;
         let _guard = self.create.lock().await;
@@ -416,6 +528,7 @@ impl Node {
             active: None,
             next_deployment: 1,
             links: Vec::new(),
+            aliases: Vec::new(),
         };
         let made = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&paths.root)?;
@@ -450,7 +563,10 @@ impl Node {
             return Err(internal(e));
         }
         let summary = self.gear_summary(&record);
-        lock(&self.gears).insert(id, Arc::new(Gear::new(&self.config, record)));
+        let g = Arc::new(Gear::new(&self.config, record));
+        lock(&self.gears).insert(id, g.clone());
+        self.rebuild_routes();
+        crate::frontend::open_door(self, &g).await;
         Ok(summary)
     }
 
@@ -469,6 +585,7 @@ impl Node {
         view["env"] = json!(self.layers(&r).effective().keys().collect::<Vec<_>>());
         view["home"] = json!(g.paths.home());
         view["links"] = self.links_view(&r);
+        view["aliases"] = json!(r.aliases);
         view["linked_from"] = json!(
             self.linked_from(&r.id)
                 .iter()
@@ -536,8 +653,9 @@ impl Node {
             }
         }
         g.supervisor.stop_all(Duration::from_secs(5)).await;
-        // its own links go with it
+        // its own links go with it, and the frontend's door
         self.links.close_from(&r.id);
+        g.front.close_door();
         // leftovers from any exec that was cut short
         let paths = g.paths.clone();
         let subtree = self.config.cgroup_subtree.clone();
@@ -551,6 +669,7 @@ impl Node {
         .map_err(internal)?
         .map_err(|e| internal(format!("cannot remove the gear's files: {e}")))?;
         lock(&self.gears).remove(&r.id);
+        self.rebuild_routes();
         Ok(json!({ "destroyed": format!("{}-{}", r.name, r.namespace), "uid_released": r.uid }))
     }
 
@@ -756,7 +875,7 @@ impl Node {
         Ok(self.gear_view(&g))
     }
 
-    async fn start_locked(&self, g: &Arc<Gear>, progress: &Progress) -> ApiResult<()> {
+    pub(crate) async fn start_locked(&self, g: &Arc<Gear>, progress: &Progress) -> ApiResult<()> {
         let r = g.record();
         let cart = self.cartridge(&r.cartridge)?;
         if r.active.is_none() && cart.manifest().deploy.required {
@@ -779,6 +898,8 @@ impl Node {
         match started {
             Ok(()) => {
                 g.update(&self.config, |r| r.state = GearState::Running)?;
+                // a fresh start counts as activity for the idler
+                g.front.touch();
                 Ok(())
             }
             Err(e) => {
@@ -871,11 +992,24 @@ impl Node {
     }
 
     async fn stop_locked(&self, g: &Arc<Gear>, cart: &Cartridge) -> ApiResult<()> {
+        self.stop_into(g, cart, GearState::Stopped).await
+    }
+
+    /// Run the stop hook, stop whatever it left running, close the
+    /// frontend's connections to the gear and leave it in `state`
+    /// (`stopped`, or `idle` for the idler).
+    pub(crate) async fn stop_into(
+        &self,
+        g: &Arc<Gear>,
+        cart: &Cartridge,
+        state: GearState,
+    ) -> ApiResult<()> {
         g.update(&self.config, |r| r.state = GearState::Stopping)?;
         let hook = self.hook(g, cart, HookCall::Stop).await;
         // whatever the hook left running is stopped by the node
         g.supervisor.stop_all(Duration::from_secs(10)).await;
-        g.update(&self.config, |r| r.state = GearState::Stopped)?;
+        g.front.clear_pool();
+        g.update(&self.config, |r| r.state = state)?;
         hook.map(|_| ())
     }
 
@@ -1044,70 +1178,17 @@ impl Node {
         Ok(json!({ "layers": layers, "effective": layers.effective() }))
     }
 
-    /// Which gear answers to `hostname` (`<gear>-<namespace>.<domain>`).
-    pub fn route(&self, hostname: &str) -> Option<Route> {
-        let label = hostname.strip_suffix(&format!(".{}", self.config.domain))?;
-        let gear = lock(&self.gears)
-            .values()
-            .find(|g| {
-                let r = lock(&g.record);
-                format!("{}-{}", r.name, r.namespace) == label
-            })
-            .cloned()?;
-        let r = gear.record();
-        // the first endpoint that speaks HTTP: a database's port is never
-        // handed HTTP requests
-        let port = self
-            .cartridge(&r.cartridge)
-            .ok()?
-            .manifest()
-            .endpoints
-            .iter()
-            .find(|e| {
-                e.protocols
-                    .iter()
-                    .any(|p| matches!(p.as_str(), "http" | "websocket"))
-            })?
-            .private_port;
-        Some(Route {
-            gear: GearRef {
-                name: r.name.clone(),
-                namespace: r.namespace.clone(),
-            },
-            label: label.to_string(),
-            port,
-            running: r.state == GearState::Running,
-        })
-    }
-
-    /// Connect to `port` on the gear's own loopback (for the frontend and
-    /// for readiness checks).
-    pub async fn connect(&self, gear: &GearRef, port: u16) -> ApiResult<std::net::TcpStream> {
-        let g = self.find(gear)?;
-        let netns = g.paths.netns();
-        tokio::task::spawn_blocking(move || {
-            gearhost_sandbox::netns::connect(
-                &netns,
-                ([127, 0, 0, 1], port).into(),
-                Duration::from_secs(2),
-            )
-        })
-        .await
-        .map_err(internal)?
-        .map_err(|e| {
-            failed(format!(
-                "nothing answers on port {port} inside the gear: {e}"
-            ))
-        })
-    }
-
     /// Paths of a gear's logs, for `gear logs`.
-    pub fn log_path(&self, gear: &GearRef, hooks: bool) -> ApiResult<PathBuf> {
+    pub fn log_path(&self, gear: &GearRef, which: LogKind) -> ApiResult<PathBuf> {
         let g = self.find(gear)?;
-        Ok(if hooks {
-            g.hook_log.path()
-        } else {
-            g.app_log.path()
+        Ok(match which {
+            LogKind::App => g.app_log.path(),
+            LogKind::Hooks => g.hook_log.path(),
+            LogKind::Access => {
+                // what the frontend buffered is on disk before it is read
+                g.front.access.flush();
+                g.front.access.path()
+            }
         })
     }
 
@@ -1175,20 +1256,27 @@ impl Node {
         let kind = call.kind();
         g.hook_log.line(&format!("{kind}[node]"), "hook started");
         let outcome = cart.call(host, call).await;
-        let elapsed =
-            humantime::format_duration(Duration::from_millis(outcome.elapsed.as_millis() as u64));
+        // how long, and how much of it the hook machinery and the hook's own
+        // code took, as opposed to the programs it ran
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let timing = format!(
+            "{:.1} ms (hook {:.2} ms, programs and processes {:.1} ms)",
+            ms(outcome.elapsed),
+            ms(outcome.elapsed.saturating_sub(outcome.host_calls)),
+            ms(outcome.host_calls)
+        );
         match outcome.result {
             Ok(out) => {
                 g.hook_log.line(
                     &format!("{kind}[node]"),
-                    &format!("hook succeeded in {elapsed}"),
+                    &format!("hook succeeded in {timing}"),
                 );
                 Ok(out)
             }
             Err(e) => {
                 g.hook_log.line(
                     &format!("{kind}[node]"),
-                    &format!("hook failed after {elapsed}: {e}"),
+                    &format!("hook failed after {timing}: {e}"),
                 );
                 Err(failed(e.to_string()))
             }
@@ -1196,17 +1284,15 @@ impl Node {
     }
 }
 
-/// Where the frontend sends a host name.
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// The gear.
-    pub gear: GearRef,
-    /// `<gear>-<namespace>`.
-    pub label: String,
-    /// Its primary endpoint's private port.
-    pub port: u16,
-    /// Whether it is running.
-    pub running: bool,
+/// Which of a gear's logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    /// Its processes' output.
+    App,
+    /// Its hooks' log.
+    Hooks,
+    /// The frontend's access log of its requests.
+    Access,
 }
 
 /// The `GearHost` the node gives hooks: requests go to the gear's sandbox and

@@ -11,7 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::api::{ApiError, ErrorKind, MAX_REQUEST, Reply, Request};
 use crate::logs;
-use crate::node::Node;
+use crate::node::{LogKind, Node};
 
 /// Bind the node's socket: its directory is created, a stale socket left by
 /// a dead node is replaced, a live node's is not.
@@ -159,9 +159,15 @@ async fn handle(node: Arc<Node>, stream: UnixStream, group: Option<&str>) -> std
         lines,
         follow,
         hooks,
+        access,
     } = &request
     {
-        return stream_logs(&node, &mut stream, gear, *lines, *follow, *hooks).await;
+        let which = match (*hooks, *access) {
+            (_, true) => LogKind::Access,
+            (true, false) => LogKind::Hooks,
+            (false, false) => LogKind::App,
+        };
+        return stream_logs(&node, &mut stream, gear, *lines, *follow, which).await;
     }
     let work = dispatch(node, request, fds, tx);
     tokio::pin!(work);
@@ -190,9 +196,9 @@ async fn stream_logs(
     gear: &crate::api::GearRef,
     lines: usize,
     follow: bool,
-    hooks: bool,
+    which: LogKind,
 ) -> std::io::Result<()> {
-    let path = match node.log_path(gear, hooks) {
+    let path = match node.log_path(gear, which) {
         Ok(p) => p,
         Err(e) => return send(stream, &Reply::Error(e)).await,
     };
@@ -210,7 +216,7 @@ async fn stream_logs(
         for line in new {
             send(stream, &Reply::Event(line)).await?;
         }
-        if node.log_path(gear, hooks).is_err() {
+        if node.log_path(gear, which).is_err() {
             return send(stream, &Reply::Ok(serde_json::Value::Null)).await;
         }
     }
@@ -229,6 +235,7 @@ async fn dispatch(
             "state_dir": node.config().state_dir,
             "domain": node.config().domain,
             "frontend": node.frontend_addr(),
+            "metrics": node.metrics_addr(),
         })),
         Request::CartridgeInstall { dir } => node.cartridge_install(&dir),
         Request::CartridgeList => Ok(node.cartridge_list()),
@@ -251,6 +258,14 @@ async fn dispatch(
         Request::EnvList { gear } => node.env_list(&gear),
         Request::Link { gear, to } => node.link(&gear, &to).await,
         Request::Unlink { gear, to } => node.unlink(&gear, &to).await,
+        Request::AliasAdd { gear, hostname } => node.alias_add(&gear, &hostname).await,
+        Request::AliasRemove { gear, hostname } => node.alias_remove(&gear, &hostname).await,
+        Request::AliasList { gear } => node.alias_list(&gear),
+        Request::Idle { gear } => node.idle(&gear).await,
+        Request::Unidle { gear } => node.unidle(&gear, p).await,
+        Request::Metrics => Ok(serde_json::json!({
+            "text": crate::frontend::render_metrics(&node),
+        })),
         Request::Logs { .. } => Err(ApiError::new(
             ErrorKind::Invalid,
             "logs are streamed separately",

@@ -51,6 +51,10 @@ pub enum GearState {
     Stopped,
     /// A process crashed too often, or a hook failed.
     Failed,
+    /// Put to sleep by the idler (or `gear idle`): its processes are stopped
+    /// while it should be running, and the next request to it through the
+    /// frontend starts it again. Kept across node restarts.
+    Idle,
 }
 
 /// State of one deployment.
@@ -120,6 +124,11 @@ pub struct GearRecord {
     /// records written before links existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<Link>,
+    /// Extra host names the frontend routes to this gear (`gear alias`),
+    /// lower-case, in the order they were added. Absent in records written
+    /// before aliases existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// A link from this gear to another one: the node listens on `port` on this
@@ -314,9 +323,11 @@ mod tests {
         });
         let gear: GearRecord = serde_json::from_value(record).expect("old record");
         assert!(gear.links.is_empty());
-        // and a record without links is written the way it was
+        assert!(gear.aliases.is_empty());
+        // and a record without links or aliases is written the way it was
         let text = serde_json::to_string(&gear).expect("encode");
         assert!(!text.contains("links"), "{text}");
+        assert!(!text.contains("aliases"), "{text}");
     }
 
     #[test]

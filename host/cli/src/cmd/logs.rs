@@ -1,4 +1,5 @@
-//! `gear logs NAME [-f] [-n N] [--hooks]`: the gear's captured output.
+//! `gear logs NAME [-f] [-n N] [--hooks | --access]`: the gear's captured
+//! output, its hooks' log, or the frontend's access log of its requests.
 
 use gearhost_node::api::Request;
 
@@ -18,8 +19,11 @@ pub struct Args {
     #[arg(long, short = 'n', default_value_t = 100)]
     pub lines: usize,
     /// Show the cartridge hooks' log instead of the processes' output.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "access")]
     pub hooks: bool,
+    /// Show the frontend's access log of the gear's requests instead.
+    #[arg(long)]
+    pub access: bool,
     /// How to reach the node.
     #[command(flatten)]
     pub target: Target,
@@ -32,6 +36,7 @@ pub fn run(args: Args) -> CmdResult {
         lines: args.lines,
         follow: args.follow,
         hooks: args.hooks,
+        access: args.access,
     };
     call_with(&args.target, &request, |line| println!("{line}"))?;
     Ok(())

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod alias;
 pub mod cartridge_call;
 pub mod cartridge_check;
 pub mod cartridge_store;
@@ -10,11 +11,13 @@ pub mod deployments;
 pub mod destroy;
 pub mod env;
 pub mod exec;
+pub mod idle;
 pub mod lifecycle;
 pub mod link;
 pub mod list;
 pub mod logs;
 pub mod node_check;
+pub mod node_metrics;
 pub mod node_run;
 pub mod sandbox_run;
 

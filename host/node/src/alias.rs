@@ -1,0 +1,181 @@
+//! Aliases: extra host names the frontend routes to a gear
+//! (`gear alias add web www.example.com`), besides its own
+//! `<gear>-<namespace>.<domain>`.
+//!
+//! An alias belongs to one gear on the node. Names of the form
+//! `<label>.<domain>` (one label under the node's domain) are left to gears'
+//! own names, so an alias can never take the name of a gear created later.
+//! Aliases are stored in the gear's record and routed as soon as they are
+//! added.
+
+use serde_json::json;
+
+use crate::api::{ApiError, ErrorKind, GearRef};
+use crate::node::{ApiResult, Node, invalid};
+
+/// Most aliases one gear may have.
+pub const MAX_ALIASES: usize = 32;
+
+/// Check a host name and return it lower-case, or say what is wrong with it.
+pub fn check_hostname(name: &str, domain: &str) -> Result<String, String> {
+    let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() || name.len() > 253 {
+        return Err(format!(
+            "{name:?} is not a host name; give a DNS name of 1 to 253 characters, e.g. www.example.com"
+        ));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    for label in &labels {
+        let ok = !label.is_empty()
+            && label.len() <= 63
+            && !label.starts_with('-')
+            && !label.ends_with('-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !ok {
+            return Err(format!(
+                "{name:?} is not a host name; use labels of letters, digits and inner dashes separated by dots, e.g. www.example.com"
+            ));
+        }
+    }
+    if labels.len() < 2 {
+        return Err(format!(
+            "{name:?} has no domain; give a full name such as {name}.example.com"
+        ));
+    }
+    if labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+        return Err(format!(
+            "{name:?} is an address, not a host name; the frontend routes by name"
+        ));
+    }
+    if let Some(label) = name.strip_suffix(&format!(".{domain}"))
+        && !label.contains('.')
+    {
+        return Err(format!(
+            "{name:?} is reserved: names <label>.{domain} belong to gears (<gear>-<namespace>.{domain}); pick a name in another domain or a deeper one, e.g. www.{label}.{domain}"
+        ));
+    }
+    if name == domain {
+        return Err(format!(
+            "{name:?} is the node's own domain; pick a name for the gear"
+        ));
+    }
+    Ok(name)
+}
+
+impl Node {
+    /// `gear alias add GEAR HOSTNAME`.
+    pub async fn alias_add(&self, gear: &GearRef, hostname: &str) -> ApiResult<serde_json::Value> {
+        let name = check_hostname(hostname, &self.config().domain).map_err(invalid)?;
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        // names are unique on the node: one change of names at a time
+        let _names = self.create.lock().await;
+        let r = g.record();
+        if self.http_port(&r.cartridge).is_none() {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "gear {} has no HTTP endpoint (cartridge {}), so the frontend does not route to it",
+                    r.name, r.cartridge
+                ),
+            ));
+        }
+        if r.aliases.contains(&name) {
+            return Ok(json!({ "gear": r.name, "alias": name, "aliases": r.aliases }));
+        }
+        if let Some(other) = self
+            .gears_snapshot()
+            .iter()
+            .map(|o| o.record())
+            .find(|o| o.aliases.contains(&name) || self.public_name(o) == name)
+        {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{name} already leads to gear {} in namespace {}; remove it there first",
+                    other.name, other.namespace
+                ),
+            ));
+        }
+        if r.aliases.len() >= MAX_ALIASES {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "gear {} has {MAX_ALIASES} aliases already; remove one first",
+                    r.name
+                ),
+            ));
+        }
+        let next = g.update(self.config(), |r| r.aliases.push(name.clone()))?;
+        self.rebuild_routes();
+        g.hook_log
+            .line("alias[node]", &format!("added alias {name}"));
+        Ok(json!({ "gear": next.name, "alias": name, "aliases": next.aliases }))
+    }
+
+    /// `gear alias remove GEAR HOSTNAME`.
+    pub async fn alias_remove(
+        &self,
+        gear: &GearRef,
+        hostname: &str,
+    ) -> ApiResult<serde_json::Value> {
+        let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        let r = g.record();
+        if !r.aliases.contains(&name) {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "gear {} has no alias {name}; see `gear alias list {}`",
+                    r.name, r.name
+                ),
+            ));
+        }
+        let next = g.update(self.config(), |r| r.aliases.retain(|a| *a != name))?;
+        self.rebuild_routes();
+        g.hook_log
+            .line("alias[node]", &format!("removed alias {name}"));
+        Ok(json!({ "gear": next.name, "removed": name, "aliases": next.aliases }))
+    }
+
+    /// `gear alias list GEAR`: its own name and its aliases.
+    pub fn alias_list(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+        let r = self.find(gear)?.record();
+        Ok(json!({ "gear": r.name, "name": self.public_name(&r), "aliases": r.aliases }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_checked_and_lower_cased() {
+        assert_eq!(
+            check_hostname("WWW.Example.com.", "localhost").as_deref(),
+            Ok("www.example.com")
+        );
+        assert_eq!(
+            check_hostname("shop.web.localhost", "localhost").as_deref(),
+            Ok("shop.web.localhost")
+        );
+        for bad in [
+            "",
+            "localhost",
+            "web-default.localhost",
+            "a..b",
+            "-a.com",
+            "a_b.com",
+            "10.0.0.1",
+            "exa mple.com",
+        ] {
+            assert!(
+                check_hostname(bad, "localhost").is_err(),
+                "{bad:?} accepted"
+            );
+        }
+    }
+}

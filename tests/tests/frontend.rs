@@ -1,0 +1,729 @@
+//! End to end: the node's HTTP frontend in front of real apps in real gears,
+//! driven by real clients (curl, a hand-written websocket client, raw
+//! keep-alive connections) and the real `gear` binary: routing by name and
+//! alias, the frontend's own 404/413/502/503/504 pages, forwarding headers,
+//! websockets, large streamed bodies, keep-alive, idling and waking (also
+//! across a node restart), what a gear can reach through the frontend, the
+//! access log and the metrics.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use gearhost_tests::{TestNode, cartridge_dir, privileged, workspace_root};
+
+fn app_dir() -> String {
+    let dir = workspace_root().join("tests/apps/frontend-app");
+    dir.to_str().expect("utf-8").to_string()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// curl through the node's frontend, with `label` (`<gear>-<namespace>`)
+/// or a full host name resolved to it.
+fn curl(node: &TestNode, host: &str, args: &[&str]) -> Output {
+    let host = if host.contains('.') {
+        host.to_string()
+    } else {
+        format!("{host}.localhost")
+    };
+    let port = node.frontend.port();
+    Command::new("curl")
+        .args(["-sS", "--max-time", "60", "--resolve"])
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .args(args)
+        .output()
+        .expect("run curl")
+}
+
+fn url(node: &TestNode, host: &str, path: &str) -> String {
+    let host = if host.contains('.') {
+        host.to_string()
+    } else {
+        format!("{host}.localhost")
+    };
+    format!("http://{host}:{}{path}", node.frontend.port())
+}
+
+/// Status code and body of a GET through the frontend.
+fn get(node: &TestNode, host: &str, path: &str) -> (u16, String) {
+    let out = curl(
+        node,
+        host,
+        &["-o", "-", "-w", "\n%{http_code}", &url(node, host, path)],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn install(node: &TestNode, package: &str) -> tempfile::TempDir {
+    let dir = cartridge_dir(package);
+    node.ok(&["cartridge", "install", dir.path().to_str().expect("utf-8")]);
+    dir
+}
+
+fn metric(node: &TestNode, key: &str) -> f64 {
+    node.metrics().get(key).copied().unwrap_or(0.0)
+}
+
+fn state(node: &TestNode, gear: &str) -> String {
+    json(&node.ok(&["status", gear, "--json"]))["state"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// One response read from a kept-alive connection (content-length or chunked).
+fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut line = String::new();
+    r.read_line(&mut line).expect("status line");
+    let code = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("header");
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let find = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if let Some(n) = find("content-length") {
+        body.resize(n.parse().expect("length"), 0);
+        r.read_exact(&mut body).expect("body");
+    } else if find("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).expect("chunk size");
+            let n = usize::from_str_radix(size.trim(), 16).expect("hex size");
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk).expect("chunk");
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    (code, headers, body)
+}
+
+/// A minimal RFC 6455 client: the handshake, then masked frames out and
+/// unmasked frames in.
+struct WebSocket {
+    reader: BufReader<TcpStream>,
+    stream: TcpStream,
+}
+
+impl WebSocket {
+    fn connect(node: &TestNode, host: &str, path: &str) -> WebSocket {
+        let stream = TcpStream::connect(node.frontend).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut w = stream.try_clone().expect("clone");
+        write!(
+            w,
+            "GET {path} HTTP/1.1\r\nHost: {host}.localhost\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .expect("handshake");
+        let mut reader = BufReader::new(stream);
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("status");
+        assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+        let mut accept = None;
+        loop {
+            let mut h = String::new();
+            reader.read_line(&mut h).expect("header");
+            if h.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("sec-websocket-accept")
+            {
+                accept = Some(v.trim().to_string());
+            }
+        }
+        // RFC 6455's own example key and answer
+        assert_eq!(accept.as_deref(), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        WebSocket { reader, stream: w }
+    }
+
+    fn send(&mut self, opcode: u8, payload: &[u8]) {
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x80 | opcode];
+        let n = payload.len();
+        if n < 126 {
+            frame.push(0x80 | n as u8);
+        } else if n < 65536 {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        } else {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        self.stream.write_all(&frame).expect("send frame");
+    }
+
+    fn receive(&mut self) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 2];
+        self.reader.read_exact(&mut head).expect("frame head");
+        let mut n = u64::from(head[1] & 0x7f);
+        if n == 126 {
+            let mut b = [0u8; 2];
+            self.reader.read_exact(&mut b).expect("length");
+            n = u64::from(u16::from_be_bytes(b));
+        } else if n == 127 {
+            let mut b = [0u8; 8];
+            self.reader.read_exact(&mut b).expect("length");
+            n = u64::from_be_bytes(b);
+        }
+        assert_eq!(head[1] & 0x80, 0, "a server's frames are not masked");
+        let mut payload = vec![0; n as usize];
+        self.reader.read_exact(&mut payload).expect("payload");
+        (head[0] & 0x0f, payload)
+    }
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let out = Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let node = TestNode::start(
+        60000,
+        "idle-timeout = \"off\"\n[http]\nmax-body = \"32MiB\"\nresponse-timeout = \"2s\"",
+    );
+    let _nodejs = install(&node, "nodejs-cartridge");
+    for gear in ["web", "other"] {
+        node.ok(&["create", gear, "--cartridge", "nodejs"]);
+        node.ok(&["deploy", gear, &app_dir()]);
+    }
+
+    // routing by name; forwarding headers set by the frontend, not the client
+    assert_eq!(
+        get(&node, "web-default", "/"),
+        (200, "hello from web\n".into())
+    );
+    assert_eq!(get(&node, "other-default", "/").1, "hello from other\n");
+    let out = curl(
+        &node,
+        "web-default",
+        &[
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "X-Forwarded-Proto: https",
+            &url(&node, "web-default", "/headers?x=1"),
+        ],
+    );
+    let seen = json(&String::from_utf8_lossy(&out.stdout));
+    assert_eq!(seen["url"], "/headers?x=1");
+    let h = &seen["headers"];
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1", "{seen}");
+    assert_eq!(h["x-forwarded-proto"], "http", "{seen}");
+    assert_eq!(
+        h["x-forwarded-host"],
+        format!("web-default.localhost:{}", node.frontend.port())
+    );
+    // the host name is case-insensitive; a port in it never picks the gear's port
+    assert_eq!(
+        get(&node, "WEB-default.LOCALHOST", "/").1,
+        "hello from web\n"
+    );
+
+    // unknown hosts get a clear 404 page, tunnels a 405
+    let (code, body) = get(&node, "nothing-here", "/");
+    assert_eq!(code, 404);
+    assert!(
+        body.contains("No gear answers to <code>nothing-here.localhost</code>"),
+        "{body}"
+    );
+    let out = curl(
+        &node,
+        "web-default",
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "CONNECT",
+            &url(&node, "web-default", "/"),
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "405");
+
+    // aliases
+    node.ok(&["alias", "add", "web", "www.example.com"]);
+    assert_eq!(get(&node, "www.example.com", "/").1, "hello from web\n");
+    let list = json(&node.ok(&["alias", "list", "web", "--json"]));
+    assert_eq!(list["aliases"], serde_json::json!(["www.example.com"]));
+    let taken = node.gear(&["alias", "add", "other", "WWW.example.com"]);
+    assert_eq!(taken.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("already leads to gear web"));
+    for bad in ["not a name", "other-default.localhost", "10.1.2.3"] {
+        let out = node.gear(&["alias", "add", "web", bad]);
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "{bad}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    node.ok(&["alias", "add", "other", "api.example.com"]);
+    assert_eq!(get(&node, "api.example.com", "/").1, "hello from other\n");
+    node.ok(&["alias", "remove", "web", "www.example.com"]);
+    assert_eq!(get(&node, "www.example.com", "/").0, 404);
+    assert_eq!(
+        json(&node.ok(&["show", "other", "--json"]))["aliases"],
+        serde_json::json!(["api.example.com"])
+    );
+
+    // keep-alive: one client connection, requests for two gears, each routed
+    // on its own; the connections to the gear are reused
+    let before_clients = metric(&node, "gearhost_frontend_connections_total");
+    let before_upstream = metric(
+        &node,
+        "gearhost_frontend_upstream_connections_total{gear=\"web-default\"}",
+    );
+    let stream = TcpStream::connect(node.frontend).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut w = stream.try_clone().expect("clone");
+    let mut r = BufReader::new(stream);
+    for i in 0..20 {
+        let gear = if i % 5 == 4 { "other" } else { "web" };
+        write!(
+            w,
+            "GET / HTTP/1.1\r\nHost: {gear}-default.localhost\r\n\r\n"
+        )
+        .expect("request");
+        let (code, _, body) = read_response(&mut r);
+        assert_eq!(code, 200);
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("hello from {gear}\n")
+        );
+    }
+    drop((w, r));
+    let m = node.metrics();
+    assert_eq!(
+        m["gearhost_frontend_connections_total"] - before_clients,
+        1.0
+    );
+    let opened =
+        m["gearhost_frontend_upstream_connections_total{gear=\"web-default\"}"] - before_upstream;
+    assert!(
+        opened <= 1.0,
+        "16 sequential requests opened {opened} connections to the gear"
+    );
+
+    // a large upload, streamed (chunked) and with a length, arrives whole
+    let dir = tempfile::tempdir().expect("dir");
+    let big = dir.path().join("big.bin");
+    let status = Command::new("head")
+        .args(["-c", "30000000", "/dev/urandom"])
+        .stdout(std::fs::File::create(&big).expect("file"))
+        .status()
+        .expect("head");
+    assert!(status.success());
+    let want = sha256_hex(&big);
+    let path = big.to_str().expect("utf-8");
+    for extra in [
+        &["-H", "Transfer-Encoding: chunked", "-T", path, "-X", "POST"][..],
+        &["--data-binary", &format!("@{path}")][..],
+    ] {
+        let mut args = extra.to_vec();
+        let u = url(&node, "web-default", "/upload");
+        args.push(&u);
+        let out = curl(&node, "web-default", &args);
+        let got = json(&String::from_utf8_lossy(&out.stdout));
+        assert_eq!(got["bytes"], 30_000_000, "{got}");
+        assert_eq!(got["sha256"], want.as_str());
+    }
+    // ... and one over the node's limit is refused, with or without a length
+    let status = Command::new("head")
+        .args(["-c", "40000000", "/dev/urandom"])
+        .stdout(std::fs::File::create(&big).expect("file"))
+        .status()
+        .expect("head");
+    assert!(status.success());
+    for extra in [
+        &["-H", "Transfer-Encoding: chunked", "-T", path, "-X", "POST"][..],
+        &["--data-binary", &format!("@{path}")][..],
+    ] {
+        let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}"];
+        args.extend_from_slice(extra);
+        let u = url(&node, "web-default", "/upload");
+        args.push(&u);
+        let out = curl(&node, "web-default", &args);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "413",
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // a large streamed download (no length) arrives whole and in order
+    let down = dir.path().join("down.bin");
+    let out = curl(
+        &node,
+        "web-default",
+        &[
+            "-o",
+            down.to_str().expect("utf-8"),
+            &url(&node, "web-default", "/download?bytes=200000000"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bytes = std::fs::read(&down).expect("downloaded");
+    assert_eq!(bytes.len(), 200_000_000);
+    assert!(
+        bytes
+            .iter()
+            .enumerate()
+            .step_by(4099)
+            .all(|(i, b)| *b as usize == i % (251 * 256) % 251)
+    );
+
+    // websockets: the upgrade passes through and frames echo both ways
+    let mut ws = WebSocket::connect(&node, "web-default", "/ws");
+    ws.send(1, b"hello gear");
+    assert_eq!(ws.receive(), (1, b"hello gear".to_vec()));
+    let large: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    ws.send(2, &large);
+    assert_eq!(ws.receive(), (2, large));
+    ws.send(8, b"");
+    assert_eq!(ws.receive().0, 8);
+    assert!(
+        metric(
+            &node,
+            "gearhost_frontend_upgrades_total{gear=\"web-default\"}"
+        ) >= 1.0
+    );
+
+    // 502 when the app breaks the connection, 504 when it is too slow,
+    // 503 when the gear is stopped
+    let (code, body) = get(&node, "web-default", "/hangup");
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body.contains("Gear <code>web-default</code> broke the connection"),
+        "{body}"
+    );
+    let (code, body) = get(&node, "web-default", "/slow?ms=4000");
+    assert_eq!(code, 504, "{body}");
+    assert!(body.contains("did not answer within 2s"), "{body}");
+    assert_eq!(get(&node, "web-default", "/slow?ms=10").0, 200);
+    node.ok(&["stop", "other"]);
+    let (code, body) = get(&node, "other-default", "/");
+    assert_eq!(code, 503);
+    assert!(
+        body.contains("is stopped; start it with <code>gear start</code>"),
+        "{body}"
+    );
+    let out = curl(
+        &node,
+        "other-default",
+        &[
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            &url(&node, "other-default", "/"),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .to_ascii_lowercase()
+            .contains("retry-after: 5")
+    );
+
+    // the access log has every request; the metrics count them
+    let access = node.ok(&["logs", "web", "--access", "-n", "500"]);
+    assert!(
+        access.contains("\"GET /headers?x=1 HTTP/1.1\" 200"),
+        "{access}"
+    );
+    assert!(access.contains("\"GET /hangup HTTP/1.1\" 502"), "{access}");
+    assert!(access.contains("\"POST /upload HTTP/1.1\" 200"), "{access}");
+    let m = node.metrics();
+    assert!(m["gearhost_frontend_requests_total{gear=\"web-default\",status=\"2xx\"}"] >= 20.0);
+    assert!(
+        m["gearhost_frontend_errors_total{gear=\"web-default\",reason=\"bad_gateway\"}"] >= 1.0
+    );
+    assert!(m["gearhost_frontend_errors_total{gear=\"web-default\",reason=\"timeout\"}"] >= 1.0);
+    assert!(m["gearhost_frontend_errors_total{gear=\"web-default\",reason=\"too_large\"}"] >= 2.0);
+    assert!(m["gearhost_frontend_errors_total{gear=\"\",reason=\"unknown_host\"}"] >= 2.0);
+    assert!(m["gearhost_frontend_request_duration_seconds_count{gear=\"web-default\"}"] >= 20.0);
+    // the same text through the node API
+    let text = node.ok(&["node", "metrics"]);
+    assert!(
+        text.contains("# TYPE gearhost_frontend_requests_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("gearhost_gears{state=\"stopped\"} 1"),
+        "{text}"
+    );
+    for gear in ["web", "other"] {
+        node.ok(&["destroy", gear]);
+    }
+    assert_eq!(
+        get(&node, "api.example.com", "/").0,
+        404,
+        "aliases go with their gear"
+    );
+}
+
+#[test]
+fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let node = TestNode::start(60200, "idle-timeout = \"3s\"");
+    let _nodejs = install(&node, "nodejs-cartridge");
+    let _diy = install(&node, "diy-cartridge");
+    node.ok(&["create", "web", "--cartridge", "nodejs"]);
+    node.ok(&["deploy", "web", &app_dir()]);
+    let uid = json(&node.ok(&["show", "web", "--json"]))["uid"]
+        .as_u64()
+        .expect("uid");
+
+    // idled by hand: its processes are gone, a request wakes it and is served
+    node.ok(&["idle", "web"]);
+    assert_eq!(state(&node, "web"), "idle");
+    assert!(
+        json(&node.ok(&["status", "web", "--json"]))["processes"]
+            .as_array()
+            .is_none_or(|p| p.iter().all(|p| p["pid"].is_null()))
+    );
+    let (code, body) = get(&node, "web-default", "/");
+    assert_eq!((code, body.as_str()), (200, "hello from web\n"));
+    assert_eq!(state(&node, "web"), "running");
+
+    // idled by the idler after 3 s without a request
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state(&node, "web") != "idle" {
+        assert!(
+            Instant::now() < deadline,
+            "never idled:\n{}",
+            node.ok(&["logs", "web", "--hooks"])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        node.ok(&["logs", "web", "--hooks"])
+            .contains("idling the gear: no request for")
+    );
+
+    // 20 concurrent requests during one wake-up: all served, one start
+    let starts = |node: &TestNode| {
+        node.ok(&["logs", "web", "--hooks", "-n", "10000"])
+            .matches("start[node] hook started")
+            .count()
+    };
+    let starts_before = starts(&node);
+    let wakeups_before = metric(
+        &node,
+        "gearhost_frontend_wakeups_total{gear=\"web-default\"}",
+    );
+    let node = std::sync::Arc::new(node);
+    let handles: Vec<_> = (0..20)
+        .map(|_| {
+            let node = node.clone();
+            std::thread::spawn(move || get(&node, "web-default", "/"))
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(
+            h.join().expect("thread"),
+            (200, "hello from web\n".to_string())
+        );
+    }
+    assert_eq!(starts(&node) - starts_before, 1, "started once");
+    assert_eq!(
+        metric(
+            &node,
+            "gearhost_frontend_wakeups_total{gear=\"web-default\"}"
+        ) - wakeups_before,
+        1.0
+    );
+    let mut node = std::sync::Arc::try_unwrap(node).expect("one owner");
+
+    // idle across a node restart: it stays idle, and a request still wakes it
+    node.ok(&["idle", "web"]);
+    node.kill9_and_restart();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(state(&node, "web"), "idle");
+    let running = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("status")).is_ok_and(|s| {
+                s.lines().any(|l| {
+                    l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid.to_string())
+                })
+            })
+        })
+        .count();
+    assert_eq!(running, 0, "an idle gear runs nothing after a node restart");
+    assert_eq!(get(&node, "web-default", "/").1, "hello from web\n");
+    assert_eq!(state(&node, "web"), "running");
+
+    // unidle starts it without a request; idling what cannot be woken is refused
+    node.ok(&["idle", "web"]);
+    node.ok(&["unidle", "web"]);
+    assert_eq!(state(&node, "web"), "running");
+    node.ok(&["stop", "web"]);
+    let out = node.gear(&["idle", "web"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only a running gear can be idled"));
+
+    // a gear that fails to wake answers 503 and says why
+    node.ok(&["create", "flaky", "--cartridge", "diy"]);
+    node.ok(&["deploy", "flaky", &app_dir()]);
+    assert_eq!(get(&node, "flaky-default", "/").1, "hello from flaky\n");
+    node.ok(&["idle", "flaky"]);
+    let out = node.gear(&[
+        "exec",
+        "flaky",
+        "--",
+        "sh",
+        "-c",
+        "touch \"$GEAR_DATA_DIR/broken\"",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, body) = get(&node, "flaky-default", "/");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("was idle and did not start again"), "{body}");
+    assert!(
+        metric(
+            &node,
+            "gearhost_frontend_wake_failures_total{gear=\"flaky-default\"}"
+        ) >= 1.0
+    );
+    for gear in ["web", "flaky"] {
+        node.ok(&["destroy", gear]);
+    }
+}
+
+#[test]
+fn a_gear_reaches_other_gears_through_the_frontend_only_by_their_public_names() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let node = TestNode::start(60400, "idle-timeout = \"off\"");
+    let _nodejs = install(&node, "nodejs-cartridge");
+    for gear in ["a", "b"] {
+        node.ok(&["create", gear, "--cartridge", "nodejs"]);
+        node.ok(&["deploy", gear, &app_dir()]);
+    }
+    let port = node.frontend.port();
+    let inside = |script: &str| {
+        let out = node.gear(&["exec", "a", "--", "sh", "-c", script]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // by its public name, gear b answers, from inside gear a too
+    let (code, out, err) = inside(&format!(
+        "curl -sS --resolve b-default.localhost:{port}:127.0.0.1 http://b-default.localhost:{port}/"
+    ));
+    assert_eq!((code, out.as_str()), (Some(0), "hello from b\n"), "{err}");
+    // a port in the name never selects another port of the gear
+    let (_, out, _) = inside(&format!(
+        "curl -sS -H 'Host: b-default.localhost:5432' http://127.0.0.1:{port}/pid"
+    ));
+    assert!(out.trim().parse::<u32>().is_ok(), "{out}");
+    // addresses and ports are not names: no open proxy, no tunnels
+    for request in [
+        format!(
+            "curl -sS -o /dev/null -w '%{{http_code}}' -H 'Host: 127.0.0.1:8080' http://127.0.0.1:{port}/"
+        ),
+        format!(
+            "curl -sS -o /dev/null -w '%{{http_code}}' -x http://127.0.0.1:{port} http://127.0.0.1:8080/"
+        ),
+        format!(
+            "curl -sS -o /dev/null -w '%{{http_code}}' -x http://127.0.0.1:{port} http://localhost:8080/"
+        ),
+    ] {
+        let (_, out, err) = inside(&request);
+        assert_eq!(out, "404", "{request}: {err}");
+    }
+    let (_, out, _) = inside(&format!(
+        "curl -sS -o /dev/null -w '%{{http_code}}' -X CONNECT -H 'Host: b-default.localhost' http://127.0.0.1:{port}/"
+    ));
+    assert_eq!(out, "405");
+    // the metrics endpoint and the node API are out of reach
+    let (code, _, _) = inside(&format!(
+        "curl -sS --max-time 5 http://127.0.0.1:{}/metrics",
+        node.metrics.port()
+    ));
+    assert_ne!(code, Some(0), "a gear reached the metrics endpoint");
+    let (_, out, _) = inside(&format!(
+        "curl -sS -H 'Host: b-default.localhost' http://127.0.0.1:{port}/metrics"
+    ));
+    assert_eq!(
+        out, "not here\n",
+        "/metrics on a gear's name is the gear's own path"
+    );
+    let (_, out, _) = inside(&format!(
+        "test -e {} && echo visible || echo absent",
+        node.socket.display()
+    ));
+    assert_eq!(out, "absent\n");
+    // requests from inside gears are logged and counted like any other
+    let access = node.ok(&["logs", "b", "--access"]);
+    assert!(
+        access.contains("127.0.0.1 \"GET / HTTP/1.1\" 200"),
+        "{access}"
+    );
+    for gear in ["a", "b"] {
+        node.ok(&["destroy", gear]);
+    }
+}
