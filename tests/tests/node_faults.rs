@@ -314,3 +314,29 @@ fn operations_on_one_gear_never_interleave() {
     assert_eq!(status["state"], "running", "{status}");
     node.ok(&["destroy", "app"]);
 }
+
+#[test]
+fn exec_gives_the_command_a_terminal_when_the_caller_has_one() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let node = TestNode::start(61200, "");
+    let diy = cartridge_dir("diy-cartridge");
+    node.ok(&["cartridge", "install", path_str(diy.path())]);
+    node.ok(&["create", "app", "--cartridge", "diy"]);
+    let probe = "if test -t 0 && test -t 1; then echo terminal; else echo pipes; fi";
+    // through pipes: the command sees pipes
+    let out = node.ok(&["exec", "app", "--", "sh", "-c", probe]);
+    assert_eq!(out, "pipes\n");
+    // under a terminal (script(1) gives gear one): the command sees a terminal
+    let command = format!("{} exec app -- sh -c '{probe}'", path_str(&gear_bin()));
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("GEARHOST_SOCKET", &node.socket)
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("terminal"), "{text:?}");
+}
