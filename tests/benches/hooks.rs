@@ -32,17 +32,6 @@ fn fmt(d: Duration) -> String {
     }
 }
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
-}
-
 const SHELL_HOOK: &str = r#"#!/bin/bash
 # an OpenShift v2 style bin/control: source the gear's env files, act on $1
 set -e
@@ -207,7 +196,7 @@ fn main() {
     // the compiled component and builds its own InstancePre; keep 40 of them
     // and warm each with one call
     let loaded_n = 40;
-    let before = rss_kib();
+    let before = gearhost_tests::rss_kib(std::process::id());
     let mut keep = Vec::new();
     for _ in 0..loaded_n {
         let c = runtime.load_dir(pkg.path()).expect("load");
@@ -215,7 +204,7 @@ fn main() {
         assert!(out.result.is_ok());
         keep.push(c);
     }
-    let after = rss_kib();
+    let after = gearhost_tests::rss_kib(std::process::id());
 
     let (w50, w95, wmin) = stats(warm);
     let (c50, c95, cmin) = stats(cold);

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use gearhost_tests::{TestNode, cartridge_dir, workspace_root};
+use gearhost_tests::{TestNode, cartridge_dir, rss_kib, workspace_root};
 
 fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
     samples.sort();
@@ -23,17 +23,6 @@ fn stats(mut samples: Vec<Duration>) -> (Duration, Duration) {
 
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
 }
 
 /// A cartridge that starts python3's web server without needing a deploy.

@@ -5,11 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use gearhost_tests::{TestNode, cartridge_dir, privileged};
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
+use gearhost_tests::{TestNode, cartridge_dir, json, privileged};
 
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()

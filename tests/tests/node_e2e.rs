@@ -4,32 +4,7 @@
 
 use std::path::Path;
 
-use gearhost_tests::{TestNode, cartridge_dir, privileged};
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-/// Processes on the machine running as `uid`.
-fn processes_of(uid: u32) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let real = status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|u| u.parse::<u32>().ok());
-        // zombies have ended; reaping orphans is the machine's init's job
-        let zombie = status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains('Z'));
-        if real == Some(uid) && !zombie {
-            found.push(status.lines().next().unwrap_or("").to_string());
-        }
-    }
-    found
-}
+use gearhost_tests::{TestNode, cartridge_dir, json, privileged, processes_of};
 
 fn cgroup_leaves(subtree: &str, id: &str) -> Vec<String> {
     let mut found = Vec::new();

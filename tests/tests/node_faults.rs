@@ -7,11 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gearhost_tests::{TestNode, cartridge_dir, gear_bin, privileged, workspace_root};
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
+use gearhost_tests::{
+    TestNode, cartridge_dir, gear_bin, json, privileged, processes_of, workspace_root,
+};
 
 /// A copy of tests/apps/ops-diy whose page says `version`.
 fn ops_app(version: &str) -> tempfile::TempDir {
@@ -90,27 +88,6 @@ fn wait_for_page(node: &TestNode, label: &str, body: &str) {
     }
 }
 
-/// Command lines of the processes running as `uid` (zombies excluded).
-fn processes_of(uid: u32) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("proc").flatten() {
-        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let real = status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|u| u.parse::<u32>().ok());
-        let zombie = status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains('Z'));
-        if real == Some(uid) && !zombie {
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
-        }
-    }
-    found
-}
-
 #[test]
 fn a_node_killed_during_a_deploy_or_a_start_comes_back_consistent() {
     if !privileged("the node creates namespaces, cgroups and uids") {
@@ -129,7 +106,7 @@ fn a_node_killed_during_a_deploy_or_a_start_comes_back_consistent() {
     // SIGKILL while deployment 2 builds
     node.ok(&["env", "app", "set", "BUILD_SLEEP=30"]);
     let v2 = ops_app("v2");
-    let mut deploy = spawn_gear(&node, &["deploy", "app", path_str(v2.path())]);
+    let deploy = spawn_gear(&node, &["deploy", "app", path_str(v2.path())]);
     wait_for_marker(&node, &id, "B+", 2);
     node.kill9_and_restart();
     let out = deploy.wait_with_output().expect("deploy");
