@@ -317,3 +317,58 @@ fn exec_gives_the_command_a_terminal_when_the_caller_has_one() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("terminal"), "{text:?}");
 }
+
+#[test]
+fn a_gears_memory_limit_bounds_all_its_processes_together() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let node = TestNode::start(59800, "memory = \"96MiB\"");
+    let diy = cartridge_dir("diy-cartridge");
+    node.ok(&["cartridge", "install", path_str(diy.path())]);
+    node.ok(&["create", "app", "--cartridge", "diy"]);
+    let hold = |mib: u32| {
+        format!("import time; b = b'x' * ({mib} << 20); print('holding {mib} MiB', flush=True)")
+    };
+    // alone, 40 MiB fits in the gear's 96 MiB
+    let alone = node.gear(&["exec", "app", "--", "python3", "-c", &hold(40)]);
+    assert!(
+        alone.status.success(),
+        "{}",
+        String::from_utf8_lossy(&alone.stderr)
+    );
+    // an app that holds 70 MiB, then serves
+    let app = tempfile::tempdir().expect("app");
+    std::fs::create_dir(app.path().join(".gear")).expect("mkdir");
+    let start = app.path().join(".gear/start");
+    std::fs::write(
+        &start,
+        format!(
+            "#!/bin/sh\nexec python3 -c \"{}; import http.server, os; \
+             http.server.test(http.server.SimpleHTTPRequestHandler, port=int(os.environ['PORT']), bind='127.0.0.1')\"\n",
+            hold(70)
+        ),
+    )
+    .expect("write");
+    Command::new("chmod")
+        .args(["755"])
+        .arg(&start)
+        .status()
+        .expect("chmod");
+    node.ok(&["deploy", "app", path_str(app.path())]);
+    let before = json(&node.ok(&["status", "app", "--json"]));
+    let restarts = |status: &serde_json::Value| status["processes"][0]["restarts"].as_u64();
+    // the same 40 MiB next to the app's 70 no longer fit: one of the two is
+    // killed by the gear's limit, which a limit per process would not do
+    let beside = node.gear(&["exec", "app", "--", "python3", "-c", &hold(40)]);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = json(&node.ok(&["status", "app", "--json"]));
+    let exec_killed = !beside.status.success();
+    let app_killed =
+        restarts(&after) > restarts(&before) || after["processes"][0]["state"] != "running";
+    assert!(
+        exec_killed || app_killed,
+        "both processes kept their memory: exec {:?}, app {after}",
+        beside.status
+    );
+}

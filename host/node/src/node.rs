@@ -1539,9 +1539,13 @@ fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Remove every cgroup of gear `id` under the node's subtree (leftovers of
-/// processes whose handles are gone).
+/// Remove every cgroup of gear `id`: its group under the node's subtree with
+/// every process start's cgroup in it, and leaves a node of an earlier
+/// version made directly under the subtree (`<id>-...`).
 fn remove_gear_cgroups(subtree: &str, id: &str) {
+    if let Err(e) = gearhost_sandbox::cgroup::remove_group(subtree, id) {
+        tracing::warn!(gear = %id, error = %e, "the gear's cgroup group could not be removed");
+    }
     let Ok(mounts) = gearhost_sandbox::cgroup::detect() else {
         return;
     };

@@ -78,8 +78,10 @@ impl GearSandbox {
         spec.limits.memory_bytes = Some(self.config.gear_memory);
         spec.limits.pids = Some(self.config.gear_pids);
         spec.limits.cpu_millicores = Some(self.config.gear_cpu);
+        // every start of the gear has its own cgroup inside the gear's group,
+        // which holds the gear's limits (see `spawn_blocking_sandbox`)
         spec.cgroup = CgroupPlacement {
-            subtree: self.config.cgroup_subtree.clone(),
+            subtree: format!("{}/{}", self.config.cgroup_subtree, self.id),
             leaf: leaf.to_string(),
         };
         if let Some(repo) = &self.repo {
@@ -119,10 +121,17 @@ fn exit_of(status: std::process::ExitStatus) -> ExitStatus {
 }
 
 async fn spawn_blocking_sandbox(spec: SandboxSpec) -> Result<Sandboxed, HostError> {
-    tokio::task::spawn_blocking(move || Sandbox::spawn(spec))
-        .await
-        .map_err(|e| HostError::Failed(format!("the sandbox thread failed: {e}")))?
-        .map_err(sandbox_error)
+    tokio::task::spawn_blocking(move || {
+        // the gear's group carries the gear's limits, shared by all its processes
+        if let Some((subtree, gear)) = spec.cgroup.subtree.rsplit_once('/') {
+            let mounts = gearhost_sandbox::cgroup::detect()?;
+            gearhost_sandbox::cgroup::ensure_group(&mounts, subtree, gear, &spec.limits)?;
+        }
+        Sandbox::spawn(spec)
+    })
+    .await
+    .map_err(|e| HostError::Failed(format!("the sandbox thread failed: {e}")))?
+    .map_err(sandbox_error)
 }
 
 /// Wait for a sandboxed process without blocking a runtime thread.

@@ -599,6 +599,116 @@ pub fn teardown(placement: &CgroupPlacement) -> Result<TeardownReport, CgroupErr
     cgroup.teardown(Duration::from_secs(10))
 }
 
+/// Creates, or brings up to date, the group `<subtree>/<name>` on every
+/// hierarchy with `limits`: a gear's group, which holds the cgroup of each of
+/// the gear's process starts (placed with the subtree `<subtree>/<name>`), so
+/// that the limits bound the gear as a whole, not each process on its own.
+/// On cgroup v2 the controllers are enabled down to the group's children.
+pub fn ensure_group(
+    mounts: &CgroupMounts,
+    subtree: &str,
+    name: &str,
+    limits: &Limits,
+) -> Result<CgroupReport, CgroupError> {
+    let placement = CgroupPlacement {
+        subtree: subtree.to_string(),
+        leaf: name.to_string(),
+    };
+    let group = GearCgroup {
+        layout: mounts.layout,
+        dirs: gear_paths(mounts, &placement),
+    };
+    if mounts.layout == CgroupLayout::V2 {
+        let root = mounts.v2.as_ref().ok_or(CgroupError::NotMounted)?;
+        let mut dir = root.clone();
+        let levels = Path::new(subtree).join(name);
+        for part in levels.components() {
+            enable_controllers(&dir)?;
+            dir.push(part);
+            mkdir_if_missing(&dir)?;
+        }
+        enable_controllers(&dir)?;
+    } else {
+        for needed in ["memory", "pids", "cpu"] {
+            if !mounts.v1.contains_key(needed) {
+                return Err(CgroupError::MissingController { controller: needed });
+            }
+        }
+        for dir in group.dirs.values() {
+            std::fs::create_dir_all(dir).map_err(io_err(
+                "create",
+                dir,
+                "run the node as root with the cgroup filesystem mounted read-write",
+            ))?;
+        }
+    }
+    group.write_limits(limits)
+}
+
+/// Lets the children of a v2 cgroup use the memory, pids and cpu controllers.
+fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
+    let control = dir.join("cgroup.subtree_control");
+    let current = std::fs::read_to_string(&control).unwrap_or_default();
+    if ["memory", "pids", "cpu"]
+        .iter()
+        .all(|c| current.split_whitespace().any(|x| x == *c))
+    {
+        return Ok(());
+    }
+    write_file(
+        &control,
+        "+memory +pids +cpu",
+        "enable the memory, pids and cpu controllers for the node's subtree",
+    )
+}
+
+/// Tears down the group `<subtree>/<name>` made by [`ensure_group`]: every
+/// cgroup in it (killing what is left there), then the group itself.
+pub fn remove_group(subtree: &str, name: &str) -> Result<TeardownReport, CgroupError> {
+    let mounts = detect()?;
+    let group_placement = CgroupPlacement {
+        subtree: subtree.to_string(),
+        leaf: name.to_string(),
+    };
+    let group = GearCgroup {
+        layout: mounts.layout,
+        dirs: gear_paths(&mounts, &group_placement),
+    };
+    // the members, by name, across all hierarchies
+    let mut members = std::collections::BTreeSet::new();
+    for dir in group.dirs.values() {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                members.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    let inner = format!("{subtree}/{name}");
+    let mut report = TeardownReport {
+        killed: 0,
+        removed: Vec::new(),
+    };
+    for member in members {
+        let member = GearCgroup {
+            layout: mounts.layout,
+            dirs: gear_paths(
+                &mounts,
+                &CgroupPlacement {
+                    subtree: inner.clone(),
+                    leaf: member,
+                },
+            ),
+        };
+        let done = member.teardown(Duration::from_secs(10))?;
+        report.killed += done.killed;
+        report.removed.extend(done.removed);
+    }
+    let done = group.teardown(Duration::from_secs(10))?;
+    report.killed += done.killed;
+    report.removed.extend(done.removed);
+    Ok(report)
+}
+
 /// Removes the node's (empty) subtree directories, e.g. after tests.
 pub fn remove_subtree(subtree: &str) -> Result<(), CgroupError> {
     let mounts = detect()?;

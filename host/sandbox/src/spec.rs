@@ -146,7 +146,9 @@ impl Default for Rlimits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CgroupPlacement {
-    /// The node's subtree, e.g. `gearhost`.
+    /// The node's subtree, e.g. `gearhost`, or a path of names below the
+    /// cgroup roots, e.g. `gearhost/<gear id>` for a gear's group (see
+    /// [`crate::cgroup::ensure_group`]).
     pub subtree: String,
     /// The gear's own cgroup name below the subtree, usually the gear id.
     pub leaf: String,
@@ -414,7 +416,10 @@ impl SandboxSpec {
             }
         }
         check_inner_path("cwd", self.effective_cwd())?;
-        check_name("cgroup.subtree", &self.cgroup.subtree)?;
+        // one name, or a path of names (a gear's group below the node's subtree)
+        for part in self.cgroup.subtree.split('/') {
+            check_name("cgroup.subtree", part)?;
+        }
         check_name("cgroup.leaf", &self.cgroup.leaf)?;
         if let Some(m) = self.limits.memory_bytes
             && m < (8 << 20)
