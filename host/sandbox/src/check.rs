@@ -304,40 +304,68 @@ fn selinux() -> LayerCheck {
             "selinux",
             false,
             LayerStatus::NotEnabled,
-            "not enabled on this kernel",
+            "disabled: not enabled on this kernel",
         );
     }
-    let mode = match ::selinux::current_mode() {
-        ::selinux::SELinuxMode::Enforcing => "enforcing",
-        ::selinux::SELinuxMode::Permissive => "permissive",
-        _ => "disabled",
-    };
-    let context = "system_u:system_r:gear_t:s0:c0,c1";
-    let valid = std::ffi::CString::new(context)
-        .ok()
-        .and_then(|c| ::selinux::SecurityContext::from_c_str(&c, false).check())
-        .unwrap_or(false);
-    if !valid {
-        return check(
-            "selinux",
-            false,
+    let report = selinux_verdict(
+        crate::selinux::mode(),
+        crate::selinux::context_is_valid,
+        crate::selinux::current_context().as_deref(),
+    );
+    check("selinux", false, report.0, report.1)
+}
+
+/// The SELinux verdict from the mode, what the loaded policy knows and this process's context.
+fn selinux_verdict(
+    mode: &str,
+    valid: impl Fn(&str) -> bool,
+    current: Option<&str>,
+) -> (LayerStatus, String) {
+    // The module's types make these contexts valid once it is loaded.
+    let module_types = ["gear_t", "gear_file_t", "gear_node_t"];
+    let unknown: Vec<&str> = module_types
+        .iter()
+        .copied()
+        .filter(|t| {
+            let role = if *t == "gear_file_t" {
+                "object_r"
+            } else {
+                "system_r"
+            };
+            !valid(&format!("system_u:{role}:{t}:s0:c0,c1"))
+        })
+        .collect();
+    if !unknown.is_empty() {
+        return (
             LayerStatus::Missing,
-            format!("{mode}, but gear_t is unknown: install the gear policy module"),
+            format!(
+                "{mode}; gear policy module not loaded ({} unknown to the kernel): build and install host/sandbox/selinux as docs/security.md says",
+                unknown.join(", ")
+            ),
+        );
+    }
+    let me = current.unwrap_or("unknown");
+    // user:role:type:range; the range is everything after the third colon
+    let range = me.splitn(4, ':').nth(3).unwrap_or("");
+    if !crate::selinux::range_is_s0(range) {
+        return (
+            LayerStatus::Missing,
+            format!(
+                "{mode}; gear policy module loaded, but this process runs as {me}: gears could not use the pipes and sockets it hands them (their logs); run the node in gear_node_t at s0, which the module does for the gear binary when it is labelled (restorecon -v $(command -v gear))"
+            ),
         );
     }
     if mode != "enforcing" {
-        return check(
-            "selinux",
-            false,
+        return (
             LayerStatus::Partial,
-            format!("{mode}: labels applied, denials only logged"),
+            format!(
+                "{mode}; gear policy module loaded; labels are applied but denials are only logged (setenforce 1); running as {me}"
+            ),
         );
     }
-    check(
-        "selinux",
-        false,
+    (
         LayerStatus::Enforced,
-        "enforcing, gear policy module loaded",
+        format!("enforcing; gear policy module loaded; running as {me}"),
     )
 }
 
@@ -492,10 +520,47 @@ mod tests {
         let text = r.to_string();
         assert!(text.contains("selinux"));
         if !crate::selinux::is_enabled() {
-            assert!(text.contains("not enabled on this kernel"), "{text}");
+            assert!(
+                text.contains("disabled: not enabled on this kernel"),
+                "{text}"
+            );
         }
         let json = serde_json::to_string(&r).expect("serialize");
         assert!(json.contains("\"layers\""));
+    }
+
+    #[test]
+    fn selinux_verdicts_name_the_mode_and_the_module() {
+        let node = Some("system_u:system_r:gear_node_t:s0");
+        let (status, detail) = selinux_verdict("enforcing", |_| true, node);
+        assert_eq!(status, LayerStatus::Enforced);
+        assert!(
+            detail.starts_with("enforcing; gear policy module loaded"),
+            "{detail}"
+        );
+
+        let (status, detail) = selinux_verdict("permissive", |_| true, node);
+        assert_eq!(status, LayerStatus::Partial);
+        assert!(
+            detail.starts_with("permissive; gear policy module loaded"),
+            "{detail}"
+        );
+
+        let (status, detail) = selinux_verdict("enforcing", |c| !c.contains("gear_"), node);
+        assert_eq!(status, LayerStatus::Missing);
+        assert!(detail.contains("gear policy module not loaded"), "{detail}");
+        assert!(
+            detail.contains("gear_t, gear_file_t, gear_node_t"),
+            "{detail}"
+        );
+
+        let (status, detail) = selinux_verdict(
+            "enforcing",
+            |_| true,
+            Some("unconfined_u:unconfined_r:unconfined_t:s0-s0:c0.c1023"),
+        );
+        assert_eq!(status, LayerStatus::Missing);
+        assert!(detail.contains("gear_node_t at s0"), "{detail}");
     }
 
     #[test]

@@ -332,8 +332,20 @@ fn supervise(child: Pid, hs: &HelperSpec, mask: SigSet, filter: &seccomp::GearFi
 
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC);
     // Pid 1 keeps no privilege it does not need: it only waits, polls and sends signals.
+    // It runs under the gear's label too (before Landlock takes /proc away from it), so no
+    // process of the gear stays in the node's domain.
     let locked = confine::drop_credentials(hs.spec.uid, hs.spec.gid)
-        .and_then(|_| {
+        .and_then(|_| match &hs.exec_label {
+            Some(label) => {
+                crate::selinux::set_current_label(label).map_err(|detail| SetupFailure {
+                    step: "selinux".into(),
+                    detail,
+                    errno: None,
+                })
+            }
+            None => Ok(()),
+        })
+        .and_then(|()| {
             nix::sys::prctl::set_dumpable(false)
                 .map_err(|e| fail("init", "make init non-dumpable", e))
         })

@@ -286,18 +286,25 @@ impl Sandbox {
                 source,
                 hint: "create the gear's home directory first",
             })?;
-        // SELinux: label the home with the gear's level before anything runs; fail closed.
-        let exec_label = if selinux::is_enabled() {
+        // SELinux: label the home and the read-write binds (the gear's deployment) with the
+        // gear's level before anything runs; fail closed.
+        let contexts = if selinux::is_enabled() {
             let contexts = selinux::gear_contexts(spec.selinux.as_ref(), spec.uid)?;
             selinux::label_tree(&canonical_home, &contexts.file)?;
-            Some(contexts.process)
+            // binds from below the home were labelled with it; the others by their canonical path
+            for bind in resolve_binds(&spec.home, &canonical_home, &spec.rw_binds)? {
+                if let BindSource::Host(path) = &bind.source {
+                    selinux::label_tree(path, &contexts.file)?;
+                }
+            }
+            Some(contexts)
         } else {
             None
         };
 
         let mounts = cgroup::detect()?;
         let (cgroup, cgroup_report) = GearCgroup::create(&mounts, &spec.cgroup, &spec.limits)?;
-        let started = Self::start_helper(&spec, &init, &canonical_home, exec_label, &cgroup);
+        let started = Self::start_helper(&spec, &init, &canonical_home, contexts, &cgroup);
         match started {
             Ok((pid, pidfd, mut report, stdio)) => {
                 report.cgroup = Some(cgroup_report);
@@ -325,13 +332,14 @@ impl Sandbox {
         spec: &SandboxSpec,
         init: &Path,
         canonical_home: &Path,
-        exec_label: Option<String>,
+        contexts: Option<selinux::GearContexts>,
         cgroup: &GearCgroup,
     ) -> Result<(u32, OwnedFd, LayerReport, [Option<File>; 3]), SandboxError> {
         let helper_spec = HelperSpec {
             spec: spec.clone(),
             cgroup_procs: cgroup.procs_files(),
-            exec_label,
+            exec_label: contexts.as_ref().map(|c| c.process.clone()),
+            file_label: contexts.map(|c| c.file),
             home: canonical_home.to_path_buf(),
             ro_binds: resolve_binds(&spec.home, canonical_home, &spec.ro_binds)?,
             rw_binds: resolve_binds(&spec.home, canonical_home, &spec.rw_binds)?,

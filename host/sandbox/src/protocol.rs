@@ -28,6 +28,9 @@ pub struct HelperSpec {
     pub cgroup_procs: Vec<PathBuf>,
     /// The SELinux label to execute the command under, when SELinux is enabled.
     pub exec_label: Option<String>,
+    /// The SELinux context of the gear's files, given to its private `/tmp` and `/dev/shm`
+    /// (`context=` mount option), when SELinux is enabled.
+    pub file_label: Option<String>,
     /// Canonical home path (resolved by the node).
     pub home: PathBuf,
     /// Bind sources, each either below the home (relative path) or canonical absolute.

@@ -541,15 +541,24 @@ pub(crate) fn build_and_pivot(
         b.bind(fd, target, dir, attrs)?;
     }
 
-    // Private /tmp.
+    // Private /tmp, labelled like the gear's files when SELinux is enabled.
     b.tmpfs(
         Path::new("/tmp"),
-        &format!("mode=1777,size={}", spec.limits.tmp_bytes),
+        &format!(
+            "mode=1777,size={}{}",
+            spec.limits.tmp_bytes,
+            context_option(hs.file_label.as_deref())
+        ),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     b.report.read_write.push("/tmp".into());
 
-    build_dev(&mut b, &sources, spec.limits.tmp_bytes)?;
+    build_dev(
+        &mut b,
+        &sources,
+        spec.limits.tmp_bytes,
+        hs.file_label.as_deref(),
+    )?;
     build_proc(&mut b, &sources)?;
     for empty in ["/run", "/var/tmp"] {
         drop(b.ensure(Path::new(empty), true)?);
@@ -559,7 +568,18 @@ pub(crate) fn build_and_pivot(
     Ok(b.report)
 }
 
-fn build_dev(b: &mut Builder, sources: &Sources, shm_bytes: u64) -> Result<(), SetupFailure> {
+/// The `context=` mount option that labels a whole tmpfs (and everything created in it) with
+/// `label`; empty without SELinux. The label holds commas (`s0:c1,c2`), hence the quotes.
+fn context_option(label: Option<&str>) -> String {
+    label.map_or_else(String::new, |l| format!(",context=\"{l}\""))
+}
+
+fn build_dev(
+    b: &mut Builder,
+    sources: &Sources,
+    shm_bytes: u64,
+    file_label: Option<&str>,
+) -> Result<(), SetupFailure> {
     b.tmpfs(
         Path::new("/dev"),
         "mode=0755,size=64k",
@@ -592,7 +612,7 @@ fn build_dev(b: &mut Builder, sources: &Sources, shm_bytes: u64) -> Result<(), S
     drop(pts);
     b.tmpfs(
         Path::new("/dev/shm"),
-        &format!("mode=1777,size={shm_bytes}"),
+        &format!("mode=1777,size={shm_bytes}{}", context_option(file_label)),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
     )?;
     for (target, name) in [
@@ -710,5 +730,14 @@ mod tests {
         }
         assert!(PROC_READ_ONLY.contains(&"sys"));
         assert!(PROC_MASKED_FILES.contains(&"kcore"));
+    }
+
+    #[test]
+    fn context_option_quotes_the_level() {
+        assert_eq!(context_option(None), "");
+        assert_eq!(
+            context_option(Some("system_u:object_r:gear_file_t:s0:c1,c2")),
+            ",context=\"system_u:object_r:gear_file_t:s0:c1,c2\""
+        );
     }
 }

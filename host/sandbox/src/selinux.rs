@@ -177,18 +177,31 @@ pub fn gear_contexts(label: Option<&SelinuxLabel>, uid: u32) -> Result<GearConte
 
 /// Labels `root` and everything below it (without following symlinks) with `context`.
 /// Fails on the first file that cannot be labelled.
+///
+/// Files that already carry `context` are left alone (a warm start writes nothing). Mount
+/// points below `root` are neither labelled nor entered: whatever an operator mounted into a
+/// gear's home is not the gear's to own, and a walk into another gear's files (a bind mount)
+/// must not hand them to this gear's level.
 pub fn label_tree(root: &Path, context: &str) -> Result<(), SelinuxError> {
     let c_context =
         CString::new(context).map_err(|_| SelinuxError::BadLevel(context.to_string()))?;
-    let ctx = ::selinux::SecurityContext::from_c_str(&c_context, false);
+    let ctx = ::selinux::SecurityContext::from_c_str(&c_context, true);
     let label = |path: &Path| {
-        ctx.set_for_path(path, false, false)
+        let current = ::selinux::SecurityContext::of_path(path, false, true)
+            .ok()
+            .flatten()
+            .and_then(|c| c.to_c_string().ok().flatten().map(|c| c.into_owned()));
+        if current.as_deref() == Some(c_context.as_c_str()) {
+            return Ok(());
+        }
+        ctx.set_for_path(path, false, true)
             .map_err(|e| SelinuxError::Label {
                 path: path.to_path_buf(),
                 context: context.to_string(),
                 message: e.to_string(),
             })
     };
+    let mounts = mount_points_below(root);
     label(root)?;
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
@@ -202,6 +215,9 @@ pub fn label_tree(root: &Path, context: &str) -> Result<(), SelinuxError> {
                 source,
             })?;
             let path = entry.path();
+            if mounts.iter().any(|m| m == &path) {
+                continue;
+            }
             label(&path)?;
             if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
                 stack.push(path);
@@ -211,6 +227,76 @@ pub fn label_tree(root: &Path, context: &str) -> Result<(), SelinuxError> {
     Ok(())
 }
 
+/// Mount points strictly below `root` in this process's mount namespace.
+fn mount_points_below(root: &Path) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        .filter(|p| p != root && p.starts_with(root))
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value = bytes[i + 1..i + 4]
+                .iter()
+                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+            out.push(value as u8);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mode SELinux is in: `enforcing`, `permissive` or `disabled`.
+pub fn mode() -> &'static str {
+    if !is_enabled() {
+        return "disabled";
+    }
+    match ::selinux::current_mode() {
+        ::selinux::SELinuxMode::Enforcing => "enforcing",
+        ::selinux::SELinuxMode::Permissive => "permissive",
+        _ => "disabled",
+    }
+}
+
+/// Whether the loaded policy knows `context` (e.g. whether the gear policy module is loaded:
+/// its types make its contexts valid).
+pub fn context_is_valid(context: &str) -> bool {
+    CString::new(context)
+        .ok()
+        .and_then(|c| ::selinux::SecurityContext::from_c_str(&c, true).check())
+        .unwrap_or(false)
+}
+
+/// The calling process's own context, e.g. `system_u:system_r:gear_node_t:s0-s0:c0.c1023`.
+pub fn current_context() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/self/attr/current").ok()?;
+    let text = text.trim_end_matches(['\0', '\n']).to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+/// Whether an MLS range (the part of a context after its type) is the single level `s0`, the
+/// level the node must run at: the pipes and sockets it hands a gear carry the node's level,
+/// and a gear may only use what its own level dominates.
+pub fn range_is_s0(range: &str) -> bool {
+    matches!(range, "s0" | "s0-s0")
+}
+
 /// Sets the label the calling thread's next execve runs under, as `setexeccon` does: by
 /// writing `/proc/thread-self/attr/exec`. Done directly so `gearhost-init` does not load
 /// libselinux (and its configuration) on every gear start.
@@ -218,6 +304,15 @@ pub(crate) fn set_exec_label(context: &str) -> Result<(), String> {
     let path = "/proc/thread-self/attr/exec";
     std::fs::write(path, context.as_bytes())
         .map_err(|e| format!("write {context} to {path} (setexeccon): {e}"))
+}
+
+/// Moves the calling thread to `context` at once, as `setcon` does: by writing
+/// `/proc/thread-self/attr/current` (the policy must allow the dynamic transition). Used by
+/// the gear's init, which never executes anything after setup.
+pub(crate) fn set_current_label(context: &str) -> Result<(), String> {
+    let path = "/proc/thread-self/attr/current";
+    std::fs::write(path, context.as_bytes())
+        .map_err(|e| format!("write {context} to {path} (setcon): {e}"))
 }
 
 #[cfg(test)]
@@ -275,6 +370,29 @@ mod tests {
         assert_eq!(level.to_string().parse::<McsLevel>().expect("parse"), level);
         for bad in ["s0:c2,c1", "s0:c1,c1024", "s1:c0,c1", "c0,c1"] {
             assert!(bad.parse::<McsLevel>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
+    }
+
+    #[test]
+    fn node_runs_at_s0() {
+        assert!(range_is_s0("s0"));
+        assert!(range_is_s0("s0-s0"));
+        assert!(!range_is_s0("s0-s0:c0.c1023"));
+        assert!(!range_is_s0("s0:c1,c2"));
+    }
+
+    #[test]
+    fn mode_is_a_known_word() {
+        assert!(["enforcing", "permissive", "disabled"].contains(&mode()));
+        if !is_enabled() {
+            assert_eq!(mode(), "disabled");
         }
     }
 
