@@ -247,6 +247,12 @@ pub async fn exec(
 }
 
 /// Run `argv` in the gear with the caller's stdio (for `gear exec`).
+///
+/// A terminal is handed to the command as it is (interactive shells). Pipes and files are
+/// relayed through the node's own pipes instead: the command never holds the caller's
+/// descriptors, and under SELinux it only uses objects at the node's level (a gear may not
+/// read or write a pipe of an administrator's shell that holds every category, nor the
+/// administrator's files).
 pub async fn exec_attached(
     gear: &GearSandbox,
     leaf: &str,
@@ -254,14 +260,64 @@ pub async fn exec_attached(
     fds: [std::fs::File; 3],
 ) -> Result<ExitStatus, HostError> {
     let mut spec = gear.spec(leaf, argv, &[], None, false);
-    let [stdin, stdout, stderr] = fds;
-    spec.stdio.stdin = Stdio::Fd(Arc::new(stdin));
-    spec.stdio.stdout = Stdio::Fd(Arc::new(stdout));
-    spec.stdio.stderr = Stdio::Fd(Arc::new(stderr));
+    let [stdin, stdout, stderr] = fds.map(attach);
+    spec.stdio.stdin = stdin.0;
+    spec.stdio.stdout = stdout.0;
+    spec.stdio.stderr = stderr.0;
     let mut child = spawn_blocking_sandbox(spec).await?;
+    let feed = tokio::spawn(relay_in(stdin.1, child.take_stdin()));
+    let out = tokio::spawn(relay_out(child.take_stdout(), stdout.1));
+    let err = tokio::spawn(relay_out(child.take_stderr(), stderr.1));
     let status = wait_exit(&mut child).await;
+    // the command is gone: what it left in its pipes still reaches the caller
+    feed.abort();
+    let _ = out.await;
+    let _ = err.await;
     tear_down(child);
     status.map(exit_of)
+}
+
+/// How one of the caller's descriptors reaches the command: a terminal as it is, anything
+/// else through a pipe of the node's (the descriptor is kept for the relay).
+fn attach(file: std::fs::File) -> (Stdio, Option<std::fs::File>) {
+    use std::io::IsTerminal;
+    if file.is_terminal() {
+        (Stdio::Fd(Arc::new(file)), None)
+    } else {
+        (Stdio::Piped, Some(file))
+    }
+}
+
+/// Copies the caller's stdin into the command's until either ends.
+async fn relay_in(from: Option<std::fs::File>, to: Option<std::fs::File>) {
+    use std::os::unix::fs::FileTypeExt;
+    let (Some(from), Some(to)) = (from, to) else {
+        return;
+    };
+    let Ok(mut to) = tokio::net::unix::pipe::Sender::from_file(to) else {
+        return;
+    };
+    if from.metadata().is_ok_and(|m| m.file_type().is_fifo()) {
+        if let Ok(mut from) = tokio::net::unix::pipe::Receiver::from_file(from) {
+            let _ = tokio::io::copy(&mut from, &mut to).await;
+        }
+    } else {
+        let mut from = tokio::fs::File::from_std(from);
+        let _ = tokio::io::copy(&mut from, &mut to).await;
+    }
+}
+
+/// Copies the command's stdout or stderr to the caller's until the command closes it.
+async fn relay_out(from: Option<std::fs::File>, to: Option<std::fs::File>) {
+    let (Some(from), Some(to)) = (from, to) else {
+        return;
+    };
+    let Some(mut from) = pipe_reader(from) else {
+        return;
+    };
+    let mut to = tokio::fs::File::from_std(to);
+    let _ = tokio::io::copy(&mut from, &mut to).await;
+    let _ = to.flush().await;
 }
 
 // ---------------------------------------------------------------------------

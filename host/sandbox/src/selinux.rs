@@ -76,7 +76,7 @@ pub enum SelinuxError {
     BadLevel(String),
     /// Labelling a file failed while SELinux is enabled, so the gear is not started.
     #[error(
-        "could not label {path} with {context}: {message}; check that the gear policy module is installed (semodule -l | grep gear)"
+        "could not label {path} with {context}: {message}; the gear is not started: check that the gear policy module is installed (semodule -l | grep gear) and that the file may be relabelled (not immutable: lsattr)"
     )]
     Label {
         /// The file.
@@ -198,7 +198,10 @@ pub fn label_tree(root: &Path, context: &str) -> Result<(), SelinuxError> {
             .map_err(|e| SelinuxError::Label {
                 path: path.to_path_buf(),
                 context: context.to_string(),
-                message: e.to_string(),
+                message: match std::error::Error::source(&e) {
+                    Some(cause) => format!("{e}: {cause}"),
+                    None => e.to_string(),
+                },
             })
     };
     let mounts = mount_points_below(root);
