@@ -1,0 +1,328 @@
+//! Frontend benchmark, side by side in one run with `wrk` against one
+//! trivial app (the `GET /` of `tests/apps/frontend-app`, node's `http`
+//! module, in a real gear of the `nodejs` cartridge):
+//!
+//! 1. **direct**: wrk inside the gear's network namespace, to the app's
+//!    private port;
+//! 2. **frontend**: wrk on the host, through the node's frontend, routed by
+//!    the `Host` header into the gear's namespace;
+//! 3. **nginx**: wrk to Debian's nginx configured as a reverse proxy to the
+//!    same app (upstream keep-alive, the same forwarding headers, a buffered
+//!    access log); nginx runs in the gear's network namespace, since that is
+//!    the only place the app can be reached from without the node.
+//!
+//! Each is measured for throughput (2 threads, 50 connections) and for
+//! latency at low load (1 connection), in three interleaved rounds; the
+//! median round is reported. Then the wake-from-idle time: the gear is idled
+//! (`gear idle`) and one request wakes it; the time from sending the request
+//! to the first byte of the answer, over 20 wakes.
+//!
+//! Run as root on a quiet machine: `cargo build --release -p gearhost-cli -p
+//! gearhost-sandbox && cargo bench -p gearhost-tests --bench frontend`.
+//! Needs `wrk`, `nginx` (nginx-light) and `nsenter`. Results:
+//! docs/performance.md. `GEARHOST_BENCH_QUICK=1` runs 2-second rounds.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use gearhost_tests::{TestNode, cartridge_dir, workspace_root};
+
+/// What one wrk run measured.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn parse_duration_ms(text: &str) -> f64 {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map_or((text, "ms"), |i| text.split_at(i));
+    let n: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn wrk(
+    netns: Option<&Path>,
+    url: &str,
+    host: Option<&str>,
+    threads: u32,
+    conns: u32,
+    secs: u32,
+) -> Run {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display())).arg("wrk");
+            c
+        }
+        None => Command::new("wrk"),
+    };
+    cmd.args([
+        format!("-t{threads}"),
+        format!("-c{conns}"),
+        format!("-d{secs}s"),
+        "--latency".into(),
+    ]);
+    if let Some(host) = host {
+        cmd.args(["-H", &format!("Host: {host}")]);
+    }
+    let out = cmd.arg(url).output().expect("run wrk");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "wrk failed: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("Non-2xx") && !text.contains("Socket errors"),
+        "wrk saw errors against {url}:\n{text}"
+    );
+    let field = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no {prefix} in wrk's output:\n{text}"))
+            .to_string()
+    };
+    Run {
+        rps: field("Requests/sec:").parse().unwrap_or(f64::NAN),
+        p50_ms: parse_duration_ms(&field("50%")),
+        p99_ms: parse_duration_ms(&field("99%")),
+    }
+}
+
+fn median_run(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+    let rps = runs[runs.len() / 2].rps;
+    let mut p50: Vec<f64> = runs.iter().map(|r| r.p50_ms).collect();
+    let mut p99: Vec<f64> = runs.iter().map(|r| r.p99_ms).collect();
+    p50.sort_by(f64::total_cmp);
+    p99.sort_by(f64::total_cmp);
+    Run {
+        rps,
+        p50_ms: p50[p50.len() / 2],
+        p99_ms: p99[p99.len() / 2],
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// nginx as a reverse proxy to the app, inside the gear's network namespace.
+fn start_nginx(dir: &Path, netns: &Path, app_port: u16, port: u16) -> Child {
+    let d = dir.display();
+    let conf = format!(
+        "user root;\nworker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n\
+           access_log {d}/access.log combined buffer=64k flush=1s;\n\
+           client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+           upstream app {{ server 127.0.0.1:{app_port}; keepalive 64; }}\n\
+           server {{\n\
+             listen 127.0.0.1:{port};\n\
+             location / {{\n\
+               proxy_pass http://app;\n\
+               proxy_http_version 1.1;\n\
+               proxy_set_header Connection \"\";\n\
+               proxy_set_header Host $http_host;\n\
+               proxy_set_header X-Forwarded-For $remote_addr;\n\
+               proxy_set_header X-Forwarded-Host $http_host;\n\
+               proxy_set_header X-Forwarded-Proto $scheme;\n\
+             }}\n\
+           }}\n\
+         }}\n"
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("nginx.conf");
+    let child = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["nginx", "-p"])
+        .arg(dir)
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"])
+        .spawn()
+        .expect("start nginx");
+    // wait until it answers
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ok = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .args(["curl", "-sf", "-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{port}/"))
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return child;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not come up: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Time from sending a request to the first byte of its answer.
+fn time_to_first_byte(node: &TestNode, host: &str) -> Duration {
+    let mut s = std::net::TcpStream::connect(node.frontend).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let start = Instant::now();
+    write!(
+        s,
+        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut first = [0u8; 1];
+    s.read_exact(&mut first).expect("first byte");
+    let elapsed = start.elapsed();
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        String::from_utf8_lossy(&rest).starts_with("TTP/1.1 200"),
+        "the woken gear answered {}",
+        String::from_utf8_lossy(&rest)
+    );
+    elapsed
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    let uid_root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false);
+    if !uid_root {
+        eprintln!("skipped: the frontend benchmark runs a node, which needs root");
+        return;
+    }
+    let quick = std::env::var_os("GEARHOST_BENCH_QUICK").is_some();
+    let secs = if quick { 2 } else { 10 };
+    let rounds = if quick { 1 } else { 3 };
+    let wakes = if quick { 5 } else { 20 };
+
+    let node = TestNode::start(60600, "idle-timeout = \"off\"");
+    let nodejs = cartridge_dir("nodejs-cartridge");
+    node.ok(&[
+        "cartridge",
+        "install",
+        nodejs.path().to_str().expect("utf-8"),
+    ]);
+    node.ok(&["create", "bench", "--cartridge", "nodejs"]);
+    let app: PathBuf = workspace_root().join("tests/apps/frontend-app");
+    node.ok(&["deploy", "bench", app.to_str().expect("utf-8")]);
+    let shown: serde_json::Value =
+        serde_json::from_str(&node.ok(&["show", "bench", "--json"])).expect("json");
+    let id = shown["id"].as_str().expect("id");
+    let netns = node.state_dir().join("gears").join(id).join("netns");
+    let host = "bench-default.localhost";
+    let app_port = 8080;
+
+    let nginx_dir = tempfile::tempdir().expect("nginx dir");
+    let nginx_port = free_port();
+    let mut nginx = start_nginx(nginx_dir.path(), &netns, app_port, nginx_port);
+
+    let direct_url = format!("http://127.0.0.1:{app_port}/");
+    let frontend_url = format!("http://127.0.0.1:{}/", node.frontend.port());
+    let nginx_url = format!("http://127.0.0.1:{nginx_port}/");
+    type Setup<'a> = (&'a str, Option<&'a Path>, &'a str, Option<&'a str>);
+    let setups: [Setup<'_>; 3] = [
+        ("direct", Some(&netns), &direct_url, None),
+        ("frontend", None, &frontend_url, Some(host)),
+        ("nginx", Some(&netns), &nginx_url, Some(host)),
+    ];
+    // warm-up: JIT, pools, caches
+    for (_, ns, url, h) in &setups {
+        wrk(*ns, url, *h, 2, 50, 2);
+    }
+    let mut load: Vec<Vec<Run>> = vec![Vec::new(); 3];
+    let mut single: Vec<Vec<Run>> = vec![Vec::new(); 3];
+    for round in 0..rounds {
+        for (i, (name, ns, url, h)) in setups.iter().enumerate() {
+            let r = wrk(*ns, url, *h, 2, 50, secs);
+            eprintln!("round {round} {name} 50 connections: {r:?}");
+            load[i].push(r);
+            let r = wrk(*ns, url, *h, 1, 1, secs);
+            eprintln!("round {round} {name} 1 connection: {r:?}");
+            single[i].push(r);
+        }
+    }
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+
+    // wake from idle
+    let mut ttfb = Vec::new();
+    for _ in 0..wakes {
+        node.ok(&["idle", "bench"]);
+        ttfb.push(time_to_first_byte(&node, host));
+    }
+    ttfb.sort();
+    let pick = |q: f64| ttfb[((ttfb.len() - 1) as f64 * q).round() as usize];
+    let wakeups = node
+        .metrics()
+        .get("gearhost_frontend_wakeups_total{gear=\"bench-default\"}")
+        .copied()
+        .unwrap_or(0.0);
+
+    println!("| setup | req/s (50 conns) | p50 | p99 | req/s (1 conn) | p50 | p99 |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let mut medians = Vec::new();
+    for (i, (name, ..)) in setups.iter().enumerate() {
+        let l = median_run(load[i].clone());
+        let s = median_run(single[i].clone());
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.3} ms | {:.3} ms |",
+            l.rps, l.p50_ms, l.p99_ms, s.rps, s.p50_ms, s.p99_ms
+        );
+        medians.push((l, s));
+    }
+    let (direct, frontend, nginx) = (medians[0], medians[1], medians[2]);
+    println!();
+    println!(
+        "frontend throughput / nginx: {:.2} (target >= 1.00)",
+        frontend.0.rps / nginx.0.rps
+    );
+    println!(
+        "frontend p99 added over direct: {:.3} ms at 1 connection, {:.3} ms at 50 (target <= 1 ms)",
+        frontend.1.p99_ms - direct.1.p99_ms,
+        frontend.0.p99_ms - direct.0.p99_ms
+    );
+    println!(
+        "nginx p99 added over direct: {:.3} ms at 1 connection, {:.3} ms at 50",
+        nginx.1.p99_ms - direct.1.p99_ms,
+        nginx.0.p99_ms - direct.0.p99_ms
+    );
+    println!(
+        "wake from idle to first byte over {wakes} wakes: median {:.1} ms, p95 {:.1} ms, min {:.1} ms ({wakeups} wake-ups counted)",
+        pick(0.5).as_secs_f64() * 1000.0,
+        pick(0.95).as_secs_f64() * 1000.0,
+        ttfb[0].as_secs_f64() * 1000.0
+    );
+    node.ok(&["destroy", "bench"]);
+}
