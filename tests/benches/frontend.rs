@@ -125,6 +125,10 @@ fn free_port() -> u16 {
 }
 
 /// nginx as a reverse proxy to the app, inside the gear's network namespace.
+#[allow(
+    clippy::zombie_processes,
+    reason = "the child is returned; the caller stops and waits for it"
+)]
 fn start_nginx(dir: &Path, netns: &Path, app_port: u16, port: u16) -> Child {
     let d = dir.display();
     let conf = format!(
@@ -151,7 +155,7 @@ fn start_nginx(dir: &Path, netns: &Path, app_port: u16, port: u16) -> Child {
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).expect("nginx.conf");
-    let child = Command::new("nsenter")
+    let mut child = Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
         .args(["nginx", "-p"])
         .arg(dir)
@@ -172,11 +176,14 @@ fn start_nginx(dir: &Path, netns: &Path, app_port: u16, port: u16) -> Child {
         if ok {
             return child;
         }
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not come up: {}",
-            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
-        );
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "nginx did not come up: {}",
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            );
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -273,7 +280,11 @@ fn main() {
             single[i].push(r);
         }
     }
-    let _ = nginx.kill();
+    // a graceful stop: the master takes its workers with it
+    let _ = Command::new("kill")
+        .arg("-QUIT")
+        .arg(nginx.id().to_string())
+        .status();
     let _ = nginx.wait();
 
     // wake from idle

@@ -188,11 +188,25 @@ impl std::fmt::Debug for Pooled {
 /// The result of a wake-up, shared by every request that waited for it.
 pub(crate) type WakeResult = Option<Result<(), String>>;
 
-/// The frontend's state of one gear: its connection pool, counters, access
+thread_local! {
+    /// Which frontend worker this thread is (0: not a worker).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// How many frontend workers run: one per core.
+fn workers() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+}
+
+/// The frontend's state of one gear: its connection pools, counters, access
 /// log, activity and wake-up.
 #[derive(Debug)]
 pub struct GearFront {
-    pool: Mutex<Vec<Pooled>>,
+    /// Idle connections to the gear, one pool per frontend worker (a
+    /// connection's task runs on the worker that opened it, so a request
+    /// never hops threads), plus one for everything else.
+    pools: Vec<Mutex<Vec<Pooled>>>,
     /// Request counters.
     pub stats: Stats,
     /// The access log.
@@ -213,7 +227,7 @@ impl GearFront {
     /// The frontend state of a gear whose logs are in `logs`.
     pub fn new(logs: &std::path::Path, max_bytes: u64, keep: usize) -> GearFront {
         GearFront {
-            pool: Mutex::new(Vec::new()),
+            pools: (0..=workers()).map(|_| Mutex::new(Vec::new())).collect(),
             stats: Stats::default(),
             access: AccessLog {
                 buf: Mutex::new(Vec::new()),
@@ -245,14 +259,21 @@ impl GearFront {
 
     /// Close every pooled connection (the gear stopped).
     pub fn clear_pool(&self) {
-        lock(&self.pool).clear();
+        for pool in &self.pools {
+            lock(pool).clear();
+        }
+    }
+
+    /// This thread's pool.
+    fn pool(&self) -> &Mutex<Vec<Pooled>> {
+        &self.pools[WORKER.get() % self.pools.len()]
     }
 
     fn put(&self, sender: SendRequest<ReqBody>) {
         if sender.is_closed() {
             return;
         }
-        let mut pool = lock(&self.pool);
+        let mut pool = lock(self.pool());
         if pool.len() < POOL_MAX {
             pool.push(Pooled {
                 sender,
@@ -263,7 +284,7 @@ impl GearFront {
 
     async fn take(&self) -> Option<SendRequest<ReqBody>> {
         loop {
-            let mut p = lock(&self.pool).pop()?;
+            let mut p = lock(self.pool()).pop()?;
             if p.sender.is_closed() || p.since.elapsed() > POOL_IDLE {
                 continue;
             }
@@ -566,9 +587,40 @@ fn page(status: StatusCode, title: &str, html: &str, finish: Option<Finish>) -> 
 
 // -- the proxy ----------------------------------------------------------
 
-/// Serve the frontend on `listener` until it fails.
-pub async fn serve(node: Arc<Node>, listener: TcpListener) -> anyhow::Result<()> {
-    accept_loop(node, listener).await;
+/// Serve the frontend on `listener` with one worker thread per core, each
+/// with a single-threaded runtime of its own that accepts connections and
+/// serves them to the end, with its own connections to gears: a request
+/// never changes threads (nginx's worker model). Wake-ups and every other
+/// operation on gears still run on the node's main runtime.
+pub fn start_workers(node: &Arc<Node>, listener: std::net::TcpListener) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    for i in 1..=workers() {
+        let listener = listener.try_clone()?;
+        let node = node.clone();
+        std::thread::Builder::new()
+            .name(format!("gear-frontend-{i}"))
+            .spawn(move || {
+                gearhost_runtime::fsid::reset_thread();
+                WORKER.set(i);
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .on_thread_start(gearhost_runtime::fsid::reset_thread)
+                    .build();
+                let runtime = match runtime {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a frontend worker");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => accept_loop(node, listener).await,
+                        Err(e) => tracing::error!(error = %e, "a frontend worker cannot listen"),
+                    }
+                });
+            })?;
+    }
     Ok(())
 }
 

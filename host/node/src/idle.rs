@@ -35,7 +35,8 @@ impl Node {
                     *waking = Some(rx.clone());
                     let node = self.clone();
                     let gear = gear.clone();
-                    tokio::spawn(async move {
+                    // on the main runtime: hooks do not run on frontend workers
+                    self.spawn_main(async move {
                         let result = node.wake_now(&gear).await;
                         // later requests see the gear's new state, not this wake-up
                         *lock(&gear.front.waking) = None;

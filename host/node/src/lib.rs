@@ -31,11 +31,11 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let group = config.operator_group.clone();
     let node = Node::open(config)?;
     let listener = server::bind(&socket, group.as_deref())?;
-    let frontend = tokio::net::TcpListener::bind(&node.config().frontend)
-        .await
+    let frontend = std::net::TcpListener::bind(&node.config().frontend)
         .map_err(|e| anyhow::anyhow!("cannot listen on the frontend address {}: {e}; set `frontend` in the node configuration", node.config().frontend))?;
     let frontend_addr = frontend.local_addr()?;
     node.set_frontend_addr(frontend_addr);
+    node.set_main_runtime(tokio::runtime::Handle::current());
     let metrics = match &node.config().metrics {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             anyhow::anyhow!("cannot listen on the metrics address {addr}: {e}; set `metrics` in the node configuration, or remove it")
@@ -58,6 +58,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         let node = node.clone();
         tokio::spawn(async move { node.resume().await })
     };
+    frontend::start_workers(&node, frontend)?;
     let idler = tokio::spawn(node.clone().idler());
     let flusher = tokio::spawn(frontend::flush_access_logs(node.clone()));
     let metrics = {
@@ -72,7 +73,6 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let result = tokio::select! {
         r = server::serve(node.clone(), listener) => r,
-        r = frontend::serve(node.clone(), frontend) => r,
         r = metrics => r,
         _ = term.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),

@@ -138,6 +138,8 @@ pub struct Node {
     pub(crate) create: tokio::sync::Mutex<()>,
     frontend_addr: Mutex<Option<std::net::SocketAddr>>,
     metrics_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// The runtime operations run on (the frontend's workers have their own).
+    main: std::sync::OnceLock<tokio::runtime::Handle>,
     pub(crate) links: Links,
     /// The frontend's routing table and node-wide counters.
     pub(crate) frontend: Frontend,
@@ -209,6 +211,7 @@ impl Node {
             create: tokio::sync::Mutex::new(()),
             frontend_addr: Mutex::new(None),
             metrics_addr: Mutex::new(None),
+            main: std::sync::OnceLock::new(),
             links: Links::default(),
             frontend: Frontend::default(),
         });
@@ -229,6 +232,23 @@ impl Node {
     /// Where the frontend listens, once it does.
     pub fn frontend_addr(&self) -> Option<std::net::SocketAddr> {
         *lock(&self.frontend_addr)
+    }
+
+    /// Record the runtime that operations on gears run on.
+    pub fn set_main_runtime(&self, handle: tokio::runtime::Handle) {
+        let _ = self.main.set(handle);
+    }
+
+    /// Run `task` on the node's main runtime (from a frontend worker too).
+    pub(crate) fn spawn_main<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.main.get() {
+            Some(handle) => handle.spawn(task),
+            None => tokio::spawn(task),
+        }
     }
 
     /// Record where the metrics endpoint listens.
