@@ -384,6 +384,22 @@ mod tests {
     }
 
     #[test]
+    fn mount_points_below_a_root_exclude_the_root() {
+        let below_root = mount_points_below(Path::new("/"));
+        assert!(
+            below_root.iter().any(|p| p == Path::new("/proc")),
+            "{below_root:?}"
+        );
+        assert!(!below_root.iter().any(|p| p == Path::new("/")));
+        let below_proc = mount_points_below(Path::new("/proc"));
+        assert!(
+            below_proc
+                .iter()
+                .all(|p| p.starts_with("/proc") && p != Path::new("/proc"))
+        );
+    }
+
+    #[test]
     fn node_runs_at_s0() {
         assert!(range_is_s0("s0"));
         assert!(range_is_s0("s0-s0"));
