@@ -8,8 +8,9 @@
 //!    the `Host` header into the gear's namespace;
 //! 3. **nginx**: wrk to Debian's nginx configured as a reverse proxy to the
 //!    same app (upstream keep-alive, the same forwarding headers, a buffered
-//!    access log); nginx runs in the gear's network namespace, since that is
-//!    the only place the app can be reached from without the node.
+//!    access log, as many workers as the frontend has threads); nginx runs in
+//!    the gear's network namespace, since that is the only place the app can
+//!    be reached from without the node.
 //!
 //! Each is measured for throughput (2 threads, 50 connections) and for
 //! latency at low load (1 connection), in three interleaved rounds; the
@@ -33,6 +34,9 @@ use gearhost_tests::{TestNode, cartridge_dir, workspace_root};
 #[derive(Debug, Clone, Copy)]
 struct Run {
     rps: f64,
+    requests: f64,
+    /// CPU time the proxy (the node, or nginx) used per request, µs.
+    cpu_us: f64,
     p50_ms: f64,
     p99_ms: f64,
 }
@@ -52,6 +56,72 @@ fn parse_duration_ms(text: &str) -> f64 {
     }
 }
 
+/// CPU time (user + system) used so far by every thread of these processes, in seconds.
+fn cpu_seconds(pids: &[u32]) -> f64 {
+    static TICK: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    let tick = *TICK.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    });
+    let mut ticks = 0u64;
+    for pid in pids {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // fields after the command name, which may contain spaces
+            let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            ticks += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+    }
+    ticks as f64 / tick
+}
+
+/// Processes whose command line contains `needle`, and their children.
+fn processes(needle: &str) -> Vec<u32> {
+    let mut found: Vec<u32> = Vec::new();
+    let all: Vec<(u32, u32, String)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read_to_string(e.path().join("cmdline"))
+                .ok()?
+                .replace('\0', " ");
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((pid, ppid, cmdline))
+        })
+        .collect();
+    for (pid, _, cmdline) in &all {
+        if cmdline.contains(needle) {
+            found.push(*pid);
+        }
+    }
+    let parents = found.clone();
+    for (pid, ppid, _) in &all {
+        if parents.contains(ppid) && !found.contains(pid) {
+            found.push(*pid);
+        }
+    }
+    found
+}
+
 fn wrk(
     netns: Option<&Path>,
     url: &str,
@@ -59,6 +129,7 @@ fn wrk(
     threads: u32,
     conns: u32,
     secs: u32,
+    proxy: &[u32],
 ) -> Run {
     let mut cmd = match netns {
         Some(ns) => {
@@ -77,7 +148,9 @@ fn wrk(
     if let Some(host) = host {
         cmd.args(["-H", &format!("Host: {host}")]);
     }
+    let cpu_before = cpu_seconds(proxy);
     let out = cmd.arg(url).output().expect("run wrk");
+    let cpu = cpu_seconds(proxy) - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -96,8 +169,16 @@ fn wrk(
             .unwrap_or_else(|| panic!("no {prefix} in wrk's output:\n{text}"))
             .to_string()
     };
+    let requests: f64 = text
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(f64::NAN);
     Run {
         rps: field("Requests/sec:").parse().unwrap_or(f64::NAN),
+        requests,
+        cpu_us: cpu * 1e6 / requests,
         p50_ms: parse_duration_ms(&field("50%")),
         p99_ms: parse_duration_ms(&field("99%")),
     }
@@ -110,8 +191,12 @@ fn median_run(mut runs: Vec<Run>) -> Run {
     let mut p99: Vec<f64> = runs.iter().map(|r| r.p99_ms).collect();
     p50.sort_by(f64::total_cmp);
     p99.sort_by(f64::total_cmp);
+    let mut cpu: Vec<f64> = runs.iter().map(|r| r.cpu_us).collect();
+    cpu.sort_by(f64::total_cmp);
     Run {
         rps,
+        requests: runs.iter().map(|r| r.requests).sum(),
+        cpu_us: cpu[cpu.len() / 2],
         p50_ms: p50[p50.len() / 2],
         p99_ms: p99[p99.len() / 2],
     }
@@ -129,10 +214,10 @@ fn free_port() -> u16 {
     clippy::zombie_processes,
     reason = "the child is returned; the caller stops and waits for it"
 )]
-fn start_nginx(dir: &Path, netns: &Path, app_port: u16, port: u16) -> Child {
+fn start_nginx(dir: &Path, netns: &Path, app_port: u16, port: u16, workers: usize) -> Child {
     let d = dir.display();
     let conf = format!(
-        "user root;\nworker_processes auto;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+        "user root;\nworker_processes {workers};\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n\
            access_log {d}/access.log combined buffer=64k flush=1s;\n\
@@ -234,7 +319,13 @@ fn main() {
     let rounds = if quick { 1 } else { 3 };
     let wakes = if quick { 5 } else { 20 };
 
-    let node = TestNode::start(60600, "idle-timeout = \"off\"");
+    // the frontend and nginx get the same number of worker threads: the
+    // node's default, half the cores (the apps need the rest)
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2));
+    let node = TestNode::start(
+        60600,
+        &format!("idle-timeout = \"off\"\n[http]\nworkers = {workers}"),
+    );
     let nodejs = cartridge_dir("nodejs-cartridge");
     node.ok(&[
         "cartridge",
@@ -253,29 +344,37 @@ fn main() {
 
     let nginx_dir = tempfile::tempdir().expect("nginx dir");
     let nginx_port = free_port();
-    let mut nginx = start_nginx(nginx_dir.path(), &netns, app_port, nginx_port);
+    let mut nginx = start_nginx(nginx_dir.path(), &netns, app_port, nginx_port, workers);
 
     let direct_url = format!("http://127.0.0.1:{app_port}/");
     let frontend_url = format!("http://127.0.0.1:{}/", node.frontend.port());
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/");
-    type Setup<'a> = (&'a str, Option<&'a Path>, &'a str, Option<&'a str>);
+    let node_pids = processes(&node.dir.path().join("node.toml").display().to_string());
+    let nginx_pids = processes(&nginx_dir.path().join("nginx.conf").display().to_string());
+    type Setup<'a> = (
+        &'a str,
+        Option<&'a Path>,
+        &'a str,
+        Option<&'a str>,
+        &'a [u32],
+    );
     let setups: [Setup<'_>; 3] = [
-        ("direct", Some(&netns), &direct_url, None),
-        ("frontend", None, &frontend_url, Some(host)),
-        ("nginx", Some(&netns), &nginx_url, Some(host)),
+        ("direct", Some(&netns), &direct_url, None, &[]),
+        ("frontend", None, &frontend_url, Some(host), &node_pids),
+        ("nginx", Some(&netns), &nginx_url, Some(host), &nginx_pids),
     ];
     // warm-up: JIT, pools, caches
-    for (_, ns, url, h) in &setups {
-        wrk(*ns, url, *h, 2, 50, 2);
+    for (_, ns, url, h, pids) in &setups {
+        wrk(*ns, url, *h, 2, 50, 2, pids);
     }
     let mut load: Vec<Vec<Run>> = vec![Vec::new(); 3];
     let mut single: Vec<Vec<Run>> = vec![Vec::new(); 3];
     for round in 0..rounds {
-        for (i, (name, ns, url, h)) in setups.iter().enumerate() {
-            let r = wrk(*ns, url, *h, 2, 50, secs);
+        for (i, (name, ns, url, h, pids)) in setups.iter().enumerate() {
+            let r = wrk(*ns, url, *h, 2, 50, secs, pids);
             eprintln!("round {round} {name} 50 connections: {r:?}");
             load[i].push(r);
-            let r = wrk(*ns, url, *h, 1, 1, secs);
+            let r = wrk(*ns, url, *h, 1, 1, secs, pids);
             eprintln!("round {round} {name} 1 connection: {r:?}");
             single[i].push(r);
         }
@@ -301,15 +400,28 @@ fn main() {
         .copied()
         .unwrap_or(0.0);
 
-    println!("| setup | req/s (50 conns) | p50 | p99 | req/s (1 conn) | p50 | p99 |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("{workers} worker thread(s) each for the frontend and nginx\n");
+    println!(
+        "| setup | req/s (50 conns) | p50 | p99 | proxy CPU per request | req/s (1 conn) | p50 | p99 |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     let mut medians = Vec::new();
     for (i, (name, ..)) in setups.iter().enumerate() {
         let l = median_run(load[i].clone());
         let s = median_run(single[i].clone());
         println!(
-            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:.0} | {:.3} ms | {:.3} ms |",
-            l.rps, l.p50_ms, l.p99_ms, s.rps, s.p50_ms, s.p99_ms
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.0} | {:.3} ms | {:.3} ms |",
+            l.rps,
+            l.p50_ms,
+            l.p99_ms,
+            if i == 0 {
+                "-".to_string()
+            } else {
+                format!("{:.1} µs", l.cpu_us)
+            },
+            s.rps,
+            s.p50_ms,
+            s.p99_ms
         );
         medians.push((l, s));
     }
@@ -318,6 +430,10 @@ fn main() {
     println!(
         "frontend throughput / nginx: {:.2} (target >= 1.00)",
         frontend.0.rps / nginx.0.rps
+    );
+    println!(
+        "proxy CPU per request at 50 connections: frontend {:.1} µs, nginx {:.1} µs",
+        frontend.0.cpu_us, nginx.0.cpu_us
     );
     println!(
         "frontend p99 added over direct: {:.3} ms at 1 connection, {:.3} ms at 50 (target <= 1 ms)",

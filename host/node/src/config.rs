@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub response_timeout: Duration,
     /// How long the frontend waits for a gear to accept a connection.
     pub connect_timeout: Duration,
+    /// Frontend worker threads.
+    pub frontend_workers: usize,
     /// Lowest gear uid.
     pub uid_min: u32,
     /// Highest gear uid.
@@ -159,6 +161,8 @@ struct RawHttp {
     response_timeout: String,
     #[serde(default = "default_connect_timeout")]
     connect_timeout: String,
+    #[serde(default)]
+    workers: usize,
 }
 
 impl Default for RawHttp {
@@ -168,6 +172,7 @@ impl Default for RawHttp {
             header_timeout: default_header_timeout(),
             response_timeout: default_response_timeout(),
             connect_timeout: default_connect_timeout(),
+            workers: 0,
         }
     }
 }
@@ -406,6 +411,16 @@ impl NodeConfig {
                 ));
             }
         }
+        if raw.http.workers > 256 {
+            return Err(err(
+                format!("`http.workers` is {}", raw.http.workers),
+                "give at most 256 (one per core is the most that helps), or 0 for half the cores",
+            ));
+        }
+        let frontend_workers = match raw.http.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
+            n => n,
+        };
         Ok(NodeConfig {
             state_dir: raw.state_dir,
             socket: raw.socket,
@@ -418,6 +433,7 @@ impl NodeConfig {
             header_timeout: positive("http.header-timeout", &raw.http.header_timeout)?,
             response_timeout: positive("http.response-timeout", &raw.http.response_timeout)?,
             connect_timeout: positive("http.connect-timeout", &raw.http.connect_timeout)?,
+            frontend_workers,
             uid_min: g.uid_min,
             uid_max: g.uid_max,
             cgroup_subtree: g.cgroup_subtree.clone(),
@@ -486,6 +502,7 @@ mod tests {
         assert_eq!(c.idle_timeout, Some(Duration::from_secs(24 * 3600)));
         assert_eq!(c.max_body, 1 << 30);
         assert_eq!(c.metrics, None);
+        assert!(c.frontend_workers >= 1);
         let c = NodeConfig::parse(
             &format!(
                 "{BASE}metrics = \"127.0.0.1:9180\"\n[gears]\nuid-min = 2000\nuid-max = 3000\nidle-timeout = \"off\"\n\

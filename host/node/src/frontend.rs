@@ -193,12 +193,6 @@ thread_local! {
     static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// How many frontend workers run: one per core.
-fn workers() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-}
-
 /// The frontend's state of one gear: its connection pools, counters, access
 /// log, activity and wake-up.
 #[derive(Debug)]
@@ -224,10 +218,11 @@ pub struct GearFront {
 }
 
 impl GearFront {
-    /// The frontend state of a gear whose logs are in `logs`.
-    pub fn new(logs: &std::path::Path, max_bytes: u64, keep: usize) -> GearFront {
+    /// The frontend state of a gear whose logs are in `logs`, for `workers`
+    /// frontend workers.
+    pub fn new(logs: &std::path::Path, max_bytes: u64, keep: usize, workers: usize) -> GearFront {
         GearFront {
-            pools: (0..=workers()).map(|_| Mutex::new(Vec::new())).collect(),
+            pools: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
             stats: Stats::default(),
             access: AccessLog {
                 buf: Mutex::new(Vec::new()),
@@ -450,18 +445,50 @@ impl Drop for Finish {
         {
             front.put(sender);
         }
-        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        let micros = self.start.elapsed().as_micros();
         let (request, agent) = self.line.split_at(self.split.min(self.line.len()));
-        let line = format!(
-            "{} {request} {} {} {ms:.1}ms{agent}",
-            crate::logs::timestamp(),
-            self.status,
-            self.bytes
-        );
-        front.access.record(&line);
+        LINE.with_borrow_mut(|line| {
+            use std::fmt::Write;
+            line.clear();
+            stamp(line);
+            let _ = write!(
+                line,
+                " {request} {} {} {}.{}ms{agent}",
+                self.status,
+                self.bytes,
+                micros / 1000,
+                micros % 1000 / 100
+            );
+            front.access.record(line);
+        });
         front.active.fetch_sub(1, Ordering::Relaxed);
         front.touch();
     }
+}
+
+thread_local! {
+    /// The access log line being written (one buffer per thread).
+    static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    /// The current second, formatted, and which second it is.
+    static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+}
+
+/// Append the time now as `logs::timestamp` writes it, formatting the date
+/// and time once a second per thread.
+fn stamp(out: &mut String) {
+    use std::fmt::Write;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != now.as_secs() || text.is_empty() {
+            let full = crate::logs::timestamp();
+            *text = full.split('.').next().unwrap_or(&full).to_string();
+            *second = now.as_secs();
+        }
+        out.push_str(text);
+    });
+    let _ = write!(out, ".{:03}Z", now.subsec_millis());
 }
 
 /// A response body: a page of the frontend's own, or a gear's body streamed through.
@@ -587,15 +614,19 @@ fn page(status: StatusCode, title: &str, html: &str, finish: Option<Finish>) -> 
 
 // -- the proxy ----------------------------------------------------------
 
-/// Serve the frontend on `listener` with one worker thread per core, each
-/// with a single-threaded runtime of its own that accepts connections and
-/// serves them to the end, with its own connections to gears: a request
-/// never changes threads (nginx's worker model). Wake-ups and every other
-/// operation on gears still run on the node's main runtime.
+/// Serve the frontend on `listener` with `http.workers` worker threads, each
+/// with a single-threaded runtime of its own that serves the connections it
+/// is given to the end, with its own connections to gears: a request never
+/// changes threads (nginx's worker model). One acceptor thread hands
+/// connections to the workers in turn, so they share the load evenly. Wake-ups
+/// and every other operation on gears still run on the node's main runtime.
 pub fn start_workers(node: &Arc<Node>, listener: std::net::TcpListener) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    for i in 1..=workers() {
-        let listener = listener.try_clone()?;
+    listener.set_nonblocking(false)?;
+    let mut workers_tx = Vec::new();
+    for i in 1..=node.config().frontend_workers {
+        let (tx, mut rx) =
+            tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
+        workers_tx.push(tx);
         let node = node.clone();
         std::thread::Builder::new()
             .name(format!("gear-frontend-{i}"))
@@ -603,7 +634,8 @@ pub fn start_workers(node: &Arc<Node>, listener: std::net::TcpListener) -> std::
                 gearhost_runtime::fsid::reset_thread();
                 WORKER.set(i);
                 let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
+                    .enable_io()
+                    .enable_time()
                     .on_thread_start(gearhost_runtime::fsid::reset_thread)
                     .build();
                 let runtime = match runtime {
@@ -614,13 +646,50 @@ pub fn start_workers(node: &Arc<Node>, listener: std::net::TcpListener) -> std::
                     }
                 };
                 runtime.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => accept_loop(node, listener).await,
-                        Err(e) => tracing::error!(error = %e, "a frontend worker cannot listen"),
+                    while let Some((stream, peer)) = rx.recv().await {
+                        let stream = stream
+                            .set_nonblocking(true)
+                            .and_then(|()| TcpStream::from_std(stream));
+                        match stream {
+                            Ok(stream) => {
+                                tokio::spawn(serve_connection(node.clone(), stream, peer));
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "a frontend worker cannot take a connection")
+                            }
+                        }
                     }
                 });
             })?;
     }
+    std::thread::Builder::new()
+        .name("gear-frontend-accept".into())
+        .spawn(move || {
+            let mut next = 0;
+            loop {
+                match listener.accept() {
+                    Ok(connection) => {
+                        // a worker that is gone leaves the others the work
+                        if workers_tx[next % workers_tx.len()]
+                            .send(connection)
+                            .is_err()
+                        {
+                            workers_tx.remove(next % workers_tx.len());
+                            if workers_tx.is_empty() {
+                                tracing::error!("every frontend worker is gone");
+                                return;
+                            }
+                        }
+                        next = next.wrapping_add(1);
+                    }
+                    Err(e) => {
+                        // out of descriptors and the like: back off instead of spinning
+                        tracing::warn!(error = %e, "frontend cannot accept a connection");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
     Ok(())
 }
 
@@ -673,17 +742,19 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
                 continue;
             }
         };
-        let node = node.clone();
-        tokio::spawn(async move {
-            let front = &node.frontend;
-            front.connections.fetch_add(1, Ordering::Relaxed);
-            front.connections_total.fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = connection(node.clone(), stream, peer).await {
-                tracing::debug!(error = %e, %peer, "frontend connection ended with an error");
-            }
-            node.frontend.connections.fetch_sub(1, Ordering::Relaxed);
-        });
+        tokio::spawn(serve_connection(node.clone(), stream, peer));
     }
+}
+
+/// Serve one client connection to its end, counted.
+async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
+    let front = &node.frontend;
+    front.connections.fetch_add(1, Ordering::Relaxed);
+    front.connections_total.fetch_add(1, Ordering::Relaxed);
+    if let Err(e) = connection(node.clone(), stream, peer).await {
+        tracing::debug!(error = %e, %peer, "frontend connection ended with an error");
+    }
+    node.frontend.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> hyper::Result<()> {

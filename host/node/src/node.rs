@@ -92,7 +92,12 @@ impl Gear {
                 config.log_max_bytes,
                 config.log_keep,
             ),
-            front: GearFront::new(&paths.logs(), config.log_max_bytes, config.log_keep),
+            front: GearFront::new(
+                &paths.logs(),
+                config.log_max_bytes,
+                config.log_keep,
+                config.frontend_workers,
+            ),
             state: AtomicU8::new(state_index(record.state)),
             record: Mutex::new(record),
             op: tokio::sync::Mutex::new(()),
