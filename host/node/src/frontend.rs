@@ -7,11 +7,14 @@
 //! Every request is routed on its own (a kept-alive client connection may
 //! carry requests for several gears), gets `X-Forwarded-For`, `-Host` and
 //! `-Proto`, is bounded in head time, body size and response time, and is
-//! written to the gear's access log and the node's metrics. Connections to
-//! a gear are kept in a small per-gear pool and reused. Websocket (and any
-//! other) upgrades are passed through: both sides are upgraded, then bytes
-//! are spliced. A request for an idle gear wakes it (see [`crate::idle`]) and
-//! is served once it answers.
+//! written to the gear's access log and the node's metrics. The frontend
+//! runs on worker threads of its own (`http.workers`), each serving its
+//! client connections to the end and keeping its own pool of connections to
+//! each gear for reuse. Websocket (and any other) upgrades are passed
+//! through: both sides are upgraded, then bytes are spliced. A request for
+//! an idle gear wakes it (see [`crate::idle`]) and is served once it answers.
+//! The same proxy listens inside every gear (its door), and the operator's
+//! `/metrics` on an address of its own.
 
 use std::borrow::Cow;
 use std::convert::Infallible;
@@ -334,19 +337,6 @@ impl Frontend {
             .unwrap_or_else(|p| p.into_inner())
             .get(hostname)
             .cloned()
-    }
-
-    /// Every routed host name, with its gear's label.
-    pub fn names(&self) -> Vec<(String, String)> {
-        let mut names: Vec<_> = self
-            .routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|(k, t)| (k.clone(), t.label.clone()))
-            .collect();
-        names.sort();
-        names
     }
 }
 

@@ -953,6 +953,9 @@ impl Node {
         let _ = progress.send(format!("waiting for the app to answer on port {port}"));
         let netns = g.paths.netns();
         let deadline = tokio::time::Instant::now() + self.config.start_timeout;
+        // short waits first: a wake-up from idle waits on this, and most apps
+        // answer within a few hundred milliseconds
+        let mut pause = Duration::from_millis(2);
         loop {
             let ns = netns.clone();
             let answered = tokio::task::spawn_blocking(move || {
@@ -1002,7 +1005,8 @@ impl Node {
                     g.record().name
                 )));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
         }
     }
 
