@@ -225,7 +225,8 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
     }
     let node = TestNode::start(
         60000,
-        "idle-timeout = \"off\"\n[http]\nmax-body = \"32MiB\"\nresponse-timeout = \"2s\"",
+        // three workers: connections spread over them, each with its own pools
+        "idle-timeout = \"off\"\n[http]\nmax-body = \"32MiB\"\nresponse-timeout = \"2s\"\nworkers = 3",
     );
     let _nodejs = install(&node, "nodejs-cartridge");
     for gear in ["web", "other"] {
@@ -519,7 +520,8 @@ fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
     if !privileged("the node creates namespaces, cgroups and uids") {
         return;
     }
-    let node = TestNode::start(60200, "idle-timeout = \"3s\"");
+    // two workers: the requests waiting for one wake-up come from both
+    let node = TestNode::start(60200, "idle-timeout = \"3s\"\n[http]\nworkers = 2");
     let _nodejs = install(&node, "nodejs-cartridge");
     let _diy = install(&node, "diy-cartridge");
     node.ok(&["create", "web", "--cartridge", "nodejs"]);
