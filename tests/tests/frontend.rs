@@ -620,10 +620,53 @@ fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("only a running gear can be idled"));
 
-    // a gear that fails to wake answers 503 and says why
+    // a request that comes while the gear is being idled waits, and wakes it
+    // after (its stop script takes a second, so the request surely comes
+    // in the middle)
+    let slow_stop = tempfile::tempdir().expect("dir");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", app_dir()))
+        .arg(slow_stop.path())
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let stop = slow_stop.path().join(".gear/stop");
+    std::fs::write(&stop, "#!/bin/sh\nsleep 1\n").expect("stop script");
+    let status = Command::new("chmod")
+        .arg("+x")
+        .arg(&stop)
+        .status()
+        .expect("chmod");
+    assert!(status.success());
     node.ok(&["create", "flaky", "--cartridge", "diy"]);
-    node.ok(&["deploy", "flaky", &app_dir()]);
+    node.ok(&["deploy", "flaky", slow_stop.path().to_str().expect("utf-8")]);
     assert_eq!(get(&node, "flaky-default", "/").1, "hello from flaky\n");
+    let node = std::sync::Arc::new(node);
+    let idler = {
+        let node = node.clone();
+        std::thread::spawn(move || node.ok(&["idle", "flaky"]))
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(state(&node, "flaky"), "stopping");
+    assert_eq!(
+        get(&node, "flaky-default", "/"),
+        (200, "hello from flaky\n".to_string())
+    );
+    idler.join().expect("gear idle");
+    assert_eq!(state(&node, "flaky"), "running");
+    let hooks = node.ok(&["logs", "flaky", "--hooks", "-n", "200"]);
+    assert!(
+        hooks.contains("idling the gear: asked by `gear idle`"),
+        "{hooks}"
+    );
+    assert!(
+        hooks.contains("a request came for the idle gear"),
+        "{hooks}"
+    );
+    let node = std::sync::Arc::try_unwrap(node).expect("one owner");
+
+    // a gear that fails to wake answers 503 and says why
     node.ok(&["idle", "flaky"]);
     let out = node.gear(&[
         "exec",

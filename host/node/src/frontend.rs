@@ -218,6 +218,13 @@ pub struct GearFront {
     pub(crate) waking: Mutex<Option<tokio::sync::watch::Receiver<WakeResult>>>,
     /// The frontend's listener inside the gear's network namespace.
     door: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Set while the gear is being idled. With `active` it makes a
+    /// handshake (both sequentially consistent): the idler sets this, then
+    /// looks at `active`; a request raises `active`, then looks at this. So
+    /// either the idler sees the request and leaves the gear alone, or the
+    /// request sees the idler and waits for the wake-up after it, instead of
+    /// reaching an app that is being stopped.
+    pub(crate) closing: AtomicBool,
 }
 
 impl GearFront {
@@ -235,6 +242,7 @@ impl GearFront {
             last_active: AtomicU64::new(now_ms()),
             waking: Mutex::new(None),
             door: Mutex::new(None),
+            closing: AtomicBool::new(false),
         }
     }
 
@@ -364,7 +372,8 @@ pub enum BodyError {
 /// A request body on its way to a gear, cut off at the node's limit.
 #[derive(Debug)]
 pub struct ReqBody {
-    inner: Incoming,
+    /// The client's body; taken away to be drained when the limit is hit.
+    inner: Option<Incoming>,
     remaining: u64,
     limit: u64,
     /// Set when the limit was hit (only for bodies of unknown length).
@@ -380,13 +389,21 @@ impl Body for ReqBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = &mut this.inner else {
+            return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > this.remaining {
                         if let Some(t) = &this.tripped {
                             t.store(true, Ordering::Relaxed);
+                        }
+                        // read what the client still sends (within bounds),
+                        // so that it gets to read the 413 instead of a reset
+                        if let Some(inner) = this.inner.take() {
+                            tokio::spawn(drain(inner));
                         }
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
                     }
@@ -401,12 +418,36 @@ impl Body for ReqBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
     }
+}
+
+/// Most bytes, and longest time, spent reading a refused body to its end.
+const DRAIN_BYTES: u64 = 64 << 20;
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Read and discard the rest of a refused request body, so the client,
+/// which may still be sending, reads the answer instead of a broken
+/// connection (what nginx calls a lingering close).
+async fn drain(mut body: Incoming) {
+    use std::future::poll_fn;
+    let mut left = DRAIN_BYTES;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
+            if n >= left {
+                return;
+            }
+            left -= n;
+        }
+    })
+    .await;
 }
 
 /// What is left to do when a response is finished: the access log line,
@@ -878,6 +919,19 @@ async fn connect(node: &Node, target: &Target) -> Result<SendRequest<ReqBody>, S
     Ok(sender)
 }
 
+/// What the not-running page says about a gear in `state`.
+fn not_running(state: GearState) -> &'static str {
+    match state {
+        GearState::Starting | GearState::Building => "is starting; try again in a moment",
+        GearState::Stopping => "is stopping",
+        GearState::Failed => {
+            "has failed; its owner can see why with <code>gear status</code> and <code>gear logs</code>"
+        }
+        GearState::New => "has nothing deployed yet; deploy with <code>gear deploy</code>",
+        _ => "is stopped; start it with <code>gear start</code>",
+    }
+}
+
 async fn proxy(
     node: Arc<Node>,
     mut req: Request<Incoming>,
@@ -915,7 +969,7 @@ async fn proxy(
     };
     drop(host);
     let front = &target.gear.front;
-    front.active.fetch_add(1, Ordering::Relaxed);
+    front.active.fetch_add(1, Ordering::SeqCst);
     front.touch();
     let ua = req
         .headers()
@@ -965,56 +1019,51 @@ async fn proxy(
     }
 
     // an idle gear is woken, and the request waits for it
-    match target.gear.state() {
-        GearState::Running => {}
-        GearState::Idle => {
-            if let Err(e) = node.wake(&target.gear).await {
+    let state = target.gear.state();
+    let waking = || front.waking.lock().is_ok_and(|w| w.is_some());
+    let closing = front.closing.load(Ordering::SeqCst);
+    let wake = match state {
+        GearState::Running => closing,
+        GearState::Idle => true,
+        // being idled, or woken by another request
+        GearState::Stopping => closing,
+        GearState::Starting => waking(),
+        _ => false,
+    };
+    if wake {
+        if let Err(e) = node.wake(&target.gear).await {
+            let now = target.gear.state();
+            // stopped meanwhile (`gear stop`) rather than failed to start
+            if matches!(now, GearState::Stopped | GearState::New) {
                 return refuse(
-                    Refusal::WakeFailed,
+                    Refusal::NotRunning,
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "Gear could not be woken",
-                    &format!(
-                        "Gear <code>{label}</code> was idle and did not start again: {}. \
-                         Its owner can see why with <code>gear logs</code> and start it with \
-                         <code>gear start</code>.",
-                        escape(&e)
-                    ),
+                    "Gear not running",
+                    &format!("Gear <code>{label}</code> {}.", not_running(now)),
                     finish,
                 );
             }
-        }
-        GearState::Starting if front.waking.lock().is_ok_and(|w| w.is_some()) => {
-            if let Err(e) = node.wake(&target.gear).await {
-                return refuse(
-                    Refusal::WakeFailed,
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Gear could not be woken",
-                    &format!(
-                        "Gear <code>{label}</code> was idle and did not start again: {}.",
-                        escape(&e)
-                    ),
-                    finish,
-                );
-            }
-        }
-        state => {
-            let what = match state {
-                GearState::Starting | GearState::Building => "is starting; try again in a moment",
-                GearState::Stopping => "is stopping",
-                GearState::Failed => {
-                    "has failed; its owner can see why with <code>gear status</code> and <code>gear logs</code>"
-                }
-                GearState::New => "has nothing deployed yet; deploy with <code>gear deploy</code>",
-                _ => "is stopped; start it with <code>gear start</code>",
-            };
             return refuse(
-                Refusal::NotRunning,
+                Refusal::WakeFailed,
                 StatusCode::SERVICE_UNAVAILABLE,
-                "Gear not running",
-                &format!("Gear <code>{label}</code> {what}."),
+                "Gear could not be woken",
+                &format!(
+                    "Gear <code>{label}</code> was idle and did not start again: {}. \
+                     Its owner can see why with <code>gear logs</code> and start it with \
+                     <code>gear start</code>.",
+                    escape(&e)
+                ),
                 finish,
             );
         }
+    } else if state != GearState::Running {
+        return refuse(
+            Refusal::NotRunning,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Gear not running",
+            &format!("Gear <code>{label}</code> {}.", not_running(state)),
+            finish,
+        );
     }
 
     // the body limit: known lengths are refused before anything is sent
@@ -1063,7 +1112,7 @@ async fn proxy(
     let tripped =
         (declared.is_none() && !incoming.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
     let body = ReqBody {
-        inner: incoming,
+        inner: Some(incoming),
         remaining: limit,
         limit,
         tripped: tripped.clone(),

@@ -118,12 +118,16 @@ impl Node {
         None
     }
 
-    /// Stop a running gear and mark it idle (its lock held).
+    /// Stop a running gear and mark it idle (its lock held). Requests that
+    /// arrive meanwhile wait, and wake it again afterwards.
     async fn idle_locked(&self, gear: &Arc<Gear>, why: &str) -> ApiResult<()> {
         let cart = self.cartridge(&gear.record().cartridge)?;
         gear.hook_log
             .line("idle[node]", &format!("idling the gear: {why}"));
-        self.stop_into(gear, &cart, GearState::Idle).await
+        gear.front.closing.store(true, Ordering::SeqCst);
+        let result = self.stop_into(gear, &cart, GearState::Idle).await;
+        gear.front.closing.store(false, Ordering::SeqCst);
+        result
     }
 
     /// `gear idle NAME`: stop a running gear now and mark it idle; its next
@@ -195,6 +199,13 @@ impl Node {
                     // a busy gear (an operation in progress) is left for the next round
                     let Ok(_op) = g.op.try_lock() else { return };
                     if !node.due(&g, timeout) {
+                        return;
+                    }
+                    // the handshake with requests (see `GearFront::closing`):
+                    // announce, then look once more for one in flight
+                    g.front.closing.store(true, Ordering::SeqCst);
+                    if g.front.active.load(Ordering::SeqCst) != 0 {
+                        g.front.closing.store(false, Ordering::SeqCst);
                         return;
                     }
                     let why = format!(
