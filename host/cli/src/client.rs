@@ -34,6 +34,21 @@ pub struct GearArg {
     pub namespace: String,
 }
 
+/// The arguments of a command that acts on one gear and prints what came of
+/// it: the gear, how to reach the node, and `--json`.
+#[derive(Debug, clap::Args)]
+pub struct OneGear {
+    /// The gear.
+    #[command(flatten)]
+    pub gear: GearArg,
+    /// How to reach the node.
+    #[command(flatten)]
+    pub target: Target,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 impl GearArg {
     /// As the API names it.
     pub fn to_ref(&self) -> GearRef {

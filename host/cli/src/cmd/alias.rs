@@ -35,18 +35,7 @@ pub struct ChangeArgs {
 }
 
 /// Arguments of `gear alias list`.
-#[derive(Debug, clap::Args)]
-pub struct ListArgs {
-    /// The gear.
-    #[command(flatten)]
-    pub gear: GearArg,
-    /// How to reach the node.
-    #[command(flatten)]
-    pub target: Target,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+pub type ListArgs = crate::client::OneGear;
 
 /// Run the command.
 pub fn run(command: Command) -> CmdResult {

@@ -7,18 +7,7 @@ use crate::client::{GearArg, Target, call};
 use crate::output::print_json;
 
 /// Arguments of `gear deployments`.
-#[derive(Debug, clap::Args)]
-pub struct ListArgs {
-    /// The gear.
-    #[command(flatten)]
-    pub gear: GearArg,
-    /// How to reach the node.
-    #[command(flatten)]
-    pub target: Target,
-    /// Print as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+pub type ListArgs = crate::client::OneGear;
 
 /// Arguments of `gear rollback`.
 #[derive(Debug, clap::Args)]

@@ -3,22 +3,11 @@
 use gearhost_node::api::Request;
 
 use crate::CmdResult;
-use crate::client::{GearArg, Target, call};
+use crate::client::call;
 use crate::output::print_json;
 
 /// Arguments shared by the lifecycle commands.
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The gear.
-    #[command(flatten)]
-    pub gear: GearArg,
-    /// How to reach the node.
-    #[command(flatten)]
-    pub target: Target,
-    /// Print the result as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+pub type Args = crate::client::OneGear;
 
 /// Which lifecycle operation.
 #[derive(Debug, Clone, Copy)]

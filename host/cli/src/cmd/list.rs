@@ -3,7 +3,7 @@
 use gearhost_node::api::Request;
 
 use crate::CmdResult;
-use crate::client::{GearArg, Target, call};
+use crate::client::{Target, call};
 use crate::output::print_json;
 
 /// Arguments of `gear list`.
@@ -18,18 +18,7 @@ pub struct ListArgs {
 }
 
 /// Arguments of `gear show`.
-#[derive(Debug, clap::Args)]
-pub struct ShowArgs {
-    /// The gear.
-    #[command(flatten)]
-    pub gear: GearArg,
-    /// How to reach the node.
-    #[command(flatten)]
-    pub target: Target,
-    /// Print as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
+pub type ShowArgs = crate::client::OneGear;
 
 /// `gear list`
 pub fn list(args: ListArgs) -> CmdResult {
