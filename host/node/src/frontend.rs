@@ -1007,6 +1007,18 @@ async fn proxy(
         page(status, title, html, Some(finish))
     };
     let label = escape(&target.label);
+    let not_answering = |e: &str, finish: Finish| {
+        refuse(
+            Refusal::BadGateway,
+            StatusCode::BAD_GATEWAY,
+            "Gear not answering",
+            &format!(
+                "Gear <code>{label}</code> does not accept connections: {}.",
+                escape(e)
+            ),
+            finish,
+        )
+    };
 
     if req.method() == Method::CONNECT {
         return refuse(
@@ -1129,16 +1141,7 @@ async fn proxy(
         None => match connect(&node, &target).await {
             Ok(s) => s,
             Err(e) => {
-                return refuse(
-                    Refusal::BadGateway,
-                    StatusCode::BAD_GATEWAY,
-                    "Gear not answering",
-                    &format!(
-                        "Gear <code>{label}</code> does not accept connections: {}.",
-                        escape(&e)
-                    ),
-                    finish,
-                );
+                return not_answering(&e, finish);
             }
         },
     };
@@ -1154,16 +1157,7 @@ async fn proxy(
                     tokio::time::timeout(response_timeout, sender.try_send_request(request)).await;
             }
             Err(e) => {
-                return refuse(
-                    Refusal::BadGateway,
-                    StatusCode::BAD_GATEWAY,
-                    "Gear not answering",
-                    &format!(
-                        "Gear <code>{label}</code> does not accept connections: {}.",
-                        escape(&e)
-                    ),
-                    finish,
-                );
+                return not_answering(&e, finish);
             }
         }
     }

@@ -84,17 +84,9 @@ pub fn remove(path: &Path) -> io::Result<()> {
 /// Connect to `addr` from inside the network namespace bound at `path`. The
 /// returned socket stays in that namespace; the calling thread does not.
 pub fn connect(path: &Path, addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let ns = File::open(path)?;
-    let path: PathBuf = path.to_path_buf();
-    std::thread::Builder::new()
-        .name("gearhost-netns-connect".into())
-        .spawn(move || {
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|e| nix_err("enter the network namespace", &path, e))?;
-            TcpStream::connect_timeout(&addr, timeout)
-        })?
-        .join()
-        .map_err(|_| io::Error::other("the connecting thread panicked"))?
+    inside(path, "gearhost-netns-connect", move || {
+        TcpStream::connect_timeout(&addr, timeout)
+    })
 }
 
 /// Listen on `addr` inside the network namespace bound at `path`. The
@@ -102,18 +94,31 @@ pub fn connect(path: &Path, addr: SocketAddr, timeout: Duration) -> io::Result<T
 /// accepts); the calling thread does not. Address reuse is on, so a port a
 /// previous node left in `TIME_WAIT` can be taken again at once.
 pub fn listen(path: &Path, addr: SocketAddr) -> io::Result<TcpListener> {
+    // std sets SO_REUSEADDR and close-on-exec on Unix
+    inside(path, "gearhost-netns-listen", move || {
+        TcpListener::bind(addr)
+    })
+}
+
+/// Runs `f` on a short-lived thread that has entered the network namespace
+/// bound at `path`: sockets `f` makes belong to that namespace, and no thread
+/// of the caller ever changes namespace.
+fn inside<T: Send + 'static>(
+    path: &Path,
+    thread_name: &str,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     let ns = File::open(path)?;
     let path: PathBuf = path.to_path_buf();
     std::thread::Builder::new()
-        .name("gearhost-netns-listen".into())
+        .name(thread_name.into())
         .spawn(move || {
             setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
                 .map_err(|e| nix_err("enter the network namespace", &path, e))?;
-            // std sets SO_REUSEADDR and close-on-exec on Unix
-            TcpListener::bind(addr)
+            f()
         })?
         .join()
-        .map_err(|_| io::Error::other("the listening thread panicked"))?
+        .map_err(|_| io::Error::other(format!("the thread {thread_name} panicked")))?
 }
 
 #[cfg(test)]
