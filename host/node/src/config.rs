@@ -79,6 +79,8 @@ pub struct NodeConfig {
     pub crash_window: Duration,
     /// How long a started gear has to answer on its port.
     pub start_timeout: Duration,
+    /// Gear helpers kept prepared and waiting for a start (0: none; see `gearhost_sandbox::warm`).
+    pub warm_helpers: usize,
 }
 
 /// A configuration that cannot be used.
@@ -144,6 +146,12 @@ struct RawGears {
     start_timeout: String,
     #[serde(default = "default_idle_timeout")]
     idle_timeout: String,
+    #[serde(default = "default_warm_helpers")]
+    warm_helpers: usize,
+}
+
+fn default_warm_helpers() -> usize {
+    1
 }
 
 fn default_idle_timeout() -> String {
@@ -444,6 +452,7 @@ impl NodeConfig {
             crash_limit: g.crash_limit.max(1),
             crash_window: duration("gears.crash-window", &g.crash_window)?,
             start_timeout: duration("gears.start-timeout", &g.start_timeout)?,
+            warm_helpers: g.warm_helpers,
             hook_timeout: duration("hooks.max-timeout", &raw.hooks.max_timeout)?,
             build_timeout: duration("hooks.max-build-timeout", &raw.hooks.max_build_timeout)?,
             hook_memory: size("hooks.max-memory", &raw.hooks.max_memory)?,

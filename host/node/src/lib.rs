@@ -45,6 +45,12 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if let Some(m) = &metrics {
         node.set_metrics_addr(m.local_addr()?);
     }
+    if node.config().warm_helpers > 0 {
+        match gearhost_sandbox::find_init(None) {
+            Ok(init) => gearhost_sandbox::keep_warm(&init, node.config().warm_helpers),
+            Err(e) => tracing::warn!("no warm gear helpers: {e}"),
+        }
+    }
     tracing::info!(socket = %socket.display(), state = %node.config().state_dir.display(), "node ready");
     eprintln!(
         "gear node: serving {} (state in {})",

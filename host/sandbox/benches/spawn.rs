@@ -2,6 +2,10 @@
 //! and reaped, side by side in one run with `bwrap` and `crun run`; then a density run of many
 //! gears each running `sleep`.
 //!
+//! gearhost is measured twice per round: as a node runs it, with one warm helper waiting (the
+//! replacement is prepared in the background while the measured gear runs, and is ready again
+//! before the next measured start), and cold, with no helper waiting.
+//!
 //! `cargo bench -p gearhost-sandbox` (as root). Environment: `GEARHOST_BENCH_RUNS` (default
 //! 200), `GEARHOST_BENCH_DENSITY` (default 1000, 0 skips).
 
@@ -319,8 +323,20 @@ fn main() {
     crun_bundle(&bundle);
     let mut crun_runner = crun.as_ref().map(|c| CrunRunner::start(c, &bundle));
 
+    let init = Path::new(INIT);
+    let warm = |count: usize| {
+        gearhost_sandbox::keep_warm(init, count);
+        assert!(
+            gearhost_sandbox::wait_warm(init, Duration::from_secs(10)),
+            "warm helper not ready: {:?}",
+            gearhost_sandbox::warm_status(init)
+        );
+    };
     // Warm up every tool, then interleave them so load changes hit all alike.
     for i in 0..10 {
+        warm(1);
+        gearhost_once(&home, &subtree, i);
+        warm(0);
         gearhost_once(&home, &subtree, i);
         if let Some(b) = &bwrap {
             bwrap_once(b);
@@ -331,10 +347,16 @@ fn main() {
     }
     let (mut gh, mut gh_total, mut bw, mut cr, mut plain, mut unshare) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut cold, mut cold_total) = (vec![], vec![]);
     for i in 0..runs {
+        warm(1);
         let (reaped, total) = gearhost_once(&home, &subtree, i);
         gh.push(reaped);
         gh_total.push(total);
+        warm(0);
+        let (reaped, total) = gearhost_once(&home, &subtree, i);
+        cold.push(reaped);
+        cold_total.push(total);
         if let Some(b) = &bwrap {
             bw.push(bwrap_once(b));
         }
@@ -383,10 +405,15 @@ fn main() {
     };
     row("/bin/true (no isolation)", plain);
     row("unshare, 6 namespaces + mount-proc", unshare);
-    let ours = row("gearhost: all layers, start + reap", gh);
+    let ours = row("gearhost: all layers, warm helper, start + reap", gh);
     let ours_total = row(
-        "gearhost: all layers, start + reap + cgroup removal",
+        "gearhost: all layers, warm helper, start + reap + cgroup removal",
         gh_total,
+    );
+    row("gearhost: all layers, cold, start + reap", cold);
+    let cold_total = row(
+        "gearhost: all layers, cold, start + reap + cgroup removal",
+        cold_total,
     );
     let bw_median = row("bwrap --unshare-all", bw);
     let cr_median = row("crun run (cgroups, seccomp, caps dropped)", cr);
@@ -399,6 +426,13 @@ fn main() {
     if let (Some(o), Some(c)) = (ours_total.or(ours), cr_median) {
         println!(
             "gearhost / crun = {:.2} (target <= 0.50)",
+            o.as_secs_f64() / c.as_secs_f64()
+        );
+    }
+    if let (Some(o), Some(b), Some(c)) = (cold_total, bw_median, cr_median) {
+        println!(
+            "cold: gearhost / bwrap = {:.2}, gearhost / crun = {:.2}",
+            o.as_secs_f64() / b.as_secs_f64(),
             o.as_secs_f64() / c.as_secs_f64()
         );
     }

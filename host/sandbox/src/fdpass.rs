@@ -11,7 +11,17 @@ pub const MAX_FDS: usize = 8;
 
 /// Send `data` with `fds` attached, in one message.
 pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-    if fds.len() > MAX_FDS {
+    send_with_fds_max(sock, data, fds, MAX_FDS)
+}
+
+/// [`send_with_fds`] allowing up to `max_fds` descriptors.
+pub(crate) fn send_with_fds_max(
+    sock: &UnixStream,
+    data: &[u8],
+    fds: &[BorrowedFd<'_>],
+    max_fds: usize,
+) -> io::Result<()> {
+    if fds.len() > max_fds {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "too many descriptors",
@@ -76,9 +86,18 @@ pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> 
 /// close-on-exec set). Returns the byte count (0 at end of stream) and the
 /// descriptors.
 pub fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    recv_with_fds_max(sock, buf, MAX_FDS)
+}
+
+/// [`recv_with_fds`] with room for up to `max_fds` descriptors.
+pub(crate) fn recv_with_fds_max(
+    sock: &UnixStream,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<OwnedFd>)> {
     // SAFETY: CMSG_SPACE only computes a size.
     let space =
-        unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
+        unsafe { libc::CMSG_SPACE((max_fds * std::mem::size_of::<RawFd>()) as u32) } as usize;
     let mut control = vec![0u8; space];
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),

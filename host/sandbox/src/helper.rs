@@ -5,21 +5,33 @@
 //! Sequence (each step its own function; a failure is reported to the node as a
 //! [`SetupFailure`] naming the step):
 //!
-//! 1. `read_spec` from fd 3;
-//! 2. `join_cgroup`: write its own pid into the gear's cgroup on every hierarchy;
-//! 3. `unshare_namespaces`: mount, uts, ipc, cgroup and (isolated mode) net;
-//! 4. `set_hostname`, `bring_loopback_up`;
-//! 5. `rootfs::open_sources` then `rootfs::build_and_pivot`;
-//! 6. block the forwarded signals, fork; in the child (`run_gear`): credentials, rlimits,
+//! Before the spec — the same for every gear, so a warm helper does it ahead of time:
+//!
+//! 1. `unshare_early`: mount, uts and ipc namespaces;
+//! 2. `rootfs::open_system` then `rootfs::prepare`: the shared part of the root at the staging
+//!    path (system, shared `/etc` files, `/dev`, `/proc` and its masks);
+//! 3. compile the seccomp filter;
+//! 4. `receive_spec` from fd 3, with the gear's descriptors (waiting, and exiting with the
+//!    node, when warm).
+//!
+//! With the spec:
+//!
+//! 5. `install_stdio`, then `join_cgroup`: write its own pid into the gear's cgroup on every
+//!    hierarchy;
+//! 6. `join_netns` or `unshare_late`: cgroup and (isolated mode) network namespaces;
+//! 7. `set_hostname`, `bring_loopback_up`;
+//! 8. `rootfs::finish_and_pivot`: identity files, home and binds, `/tmp`, `/dev/shm`, pivot;
+//! 9. block the forwarded signals, fork; in the child (`run_gear`): credentials, rlimits,
 //!    cwd, SELinux exec label, Landlock, close-on-exec for every descriptor above 2, seccomp
 //!    (last, so the setup calls above are not filtered), report, exec;
-//! 7. in pid 1 (`supervise`): drop privileges the same way and loop on a signalfd and the
-//!    node's pidfd.
+//! 10. in pid 1 (`supervise`): drop privileges the same way and loop on a signalfd and the
+//!     node's pidfd.
 
 use std::convert::Infallible;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 
@@ -30,11 +42,14 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
-use crate::protocol::{HelperMessage, HelperSpec, PARENT_FD, REPORT_FD, SPEC_FD, SetupFailure};
+use crate::protocol::{
+    HelperMessage, HelperSpec, MAX_SPEC_BYTES, MAX_SPEC_FDS, PARENT_FD, REPORT_FD, SPEC_FD,
+    SetupFailure, SpecFds,
+};
 use crate::report::{FilesystemReport, LayerReport, NamespaceReport, SeccompReport};
 use crate::selinux::SelinuxReport;
 use crate::spec::NetworkMode;
-use crate::{confine, rootfs, seccomp, sys};
+use crate::{confine, fdpass, rootfs, seccomp, sys};
 
 /// Signals pid 1 passes on to the gear command.
 pub(crate) const FORWARDED: &[Signal] = &[
@@ -77,15 +92,31 @@ fn send(report: &mut File, message: &HelperMessage) {
 }
 
 fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
-    let hs = read_spec()?;
+    // SAFETY: fd 5 is the node's pidfd (see `protocol`); nothing else in this process owns it.
+    let node = unsafe { OwnedFd::from_raw_fd(PARENT_FD) };
+    unshare_early()?;
+    let prepared = rootfs::prepare(rootfs::open_system()?)?;
+    let filter = seccomp::build().map_err(|e| SetupFailure {
+        step: "seccomp".into(),
+        detail: format!("build the filter: {e}"),
+        errno: None,
+    })?;
+
+    send(report, &HelperMessage::Prepared);
+    let (hs, fds) = receive_spec(&node)?;
+    let node = hs.watch_parent.then_some(node);
+    install_stdio(fds.stdio)?;
     join_cgroup(&hs.cgroup_procs)?;
-    let joined = join_netns(hs.spec.netns.as_deref())?;
+    let joined = match fds.netns {
+        Some(ns) => join_netns(ns, hs.spec.netns.as_deref())?,
+        None => false,
+    };
     let network = if joined {
         NetworkMode::Host
     } else {
         hs.spec.network
     };
-    let mut unshared = unshare_namespaces(network)?;
+    let mut unshared = unshare_late(network)?;
     if joined {
         unshared.push("net (the gear's)".into());
     }
@@ -98,13 +129,22 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
         loopback_up,
         nested_userns: "seccomp refuses unshare, setns and clone with namespace flags (EPERM) and clone3 (ENOSYS)".into(),
     };
-    let sources = rootfs::open_sources(&hs)?;
-    let filesystem = rootfs::build_and_pivot(&hs, sources)?;
-    let filter = seccomp::build().map_err(|e| SetupFailure {
-        step: "seccomp".into(),
-        detail: format!("build the filter: {e}"),
-        errno: None,
-    })?;
+    let gear = rootfs::GearSources {
+        home: fds.home,
+        ro: fds
+            .ro
+            .into_iter()
+            .zip(&hs.ro_binds)
+            .map(|((fd, dir), (target, _))| (fd, target.clone(), dir))
+            .collect(),
+        rw: fds
+            .rw
+            .into_iter()
+            .zip(&hs.rw_binds)
+            .map(|((fd, dir), (target, _))| (fd, target.clone(), dir))
+            .collect(),
+    };
+    let filesystem = rootfs::finish_and_pivot(prepared, &hs, gear)?;
 
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -126,25 +166,88 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
             // SAFETY: _exit ends this child at once without running the parent's atexit state.
             unsafe { libc::_exit(1) }
         }
-        ForkResult::Parent { child } => supervise(child, &hs, mask, &filter),
+        ForkResult::Parent { child } => supervise(child, &hs, node, mask, &filter),
     }
 }
 
-/// Reads the helper spec the node wrote to fd 3.
-fn read_spec() -> Result<HelperSpec, SetupFailure> {
-    // SAFETY: the node hands the helper the spec pipe as fd 3; nothing else owns it.
-    let mut file = unsafe { File::from_raw_fd(SPEC_FD) };
-    let mut text = Vec::new();
-    file.read_to_end(&mut text).map_err(|e| SetupFailure {
+/// Waits for the spec on fd 3 — for as long as the node lives, when this helper was started
+/// ahead of time — and takes the descriptors that come with it.
+fn receive_spec(node: &OwnedFd) -> Result<(HelperSpec, SpecFds<OwnedFd>), SetupFailure> {
+    let failed = |detail: String, errno: Option<i32>| SetupFailure {
         step: "read_spec".into(),
-        detail: format!("read the spec from fd {SPEC_FD}: {e}"),
-        errno: e.raw_os_error(),
+        detail,
+        errno,
+    };
+    // SAFETY: the node hands the helper the spec socket as fd 3; nothing else owns it.
+    let sock = UnixStream::from(unsafe { OwnedFd::from_raw_fd(SPEC_FD) });
+    loop {
+        let mut fds = [
+            PollFd::new(sock.as_fd(), PollFlags::POLLIN),
+            PollFd::new(node.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(fail("read_spec", "wait for the spec", e)),
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            // The node is gone before it had a gear for this helper: nothing to report.
+            std::process::exit(0);
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            break;
+        }
+    }
+    let mut text = vec![0u8; 64 << 10];
+    let (n, descriptors) =
+        fdpass::recv_with_fds_max(&sock, &mut text, MAX_SPEC_FDS).map_err(|e| {
+            failed(
+                format!("receive the spec on fd {SPEC_FD}: {e}"),
+                e.raw_os_error(),
+            )
+        })?;
+    text.truncate(n);
+    if n == 0 {
+        // The node closed the socket without a spec (it discarded this helper).
+        std::process::exit(0);
+    }
+    (&sock)
+        .take(MAX_SPEC_BYTES as u64)
+        .read_to_end(&mut text)
+        .map_err(|e| {
+            failed(
+                format!("read the spec on fd {SPEC_FD}: {e}"),
+                e.raw_os_error(),
+            )
+        })?;
+    let hs: HelperSpec = serde_json::from_slice(&text).map_err(|e| {
+        failed(
+            format!("parse the spec (node and gearhost-init from different builds?): {e}"),
+            None,
+        )
     })?;
-    serde_json::from_slice(&text).map_err(|e| SetupFailure {
-        step: "read_spec".into(),
-        detail: format!("parse the spec (node and gearhost-init from different builds?): {e}"),
-        errno: None,
-    })
+    let ro: Vec<bool> = hs.ro_binds.iter().map(|(_, dir)| *dir).collect();
+    let rw: Vec<bool> = hs.rw_binds.iter().map(|(_, dir)| *dir).collect();
+    let fds = SpecFds::from_vec(descriptors, hs.spec.netns.is_some(), &ro, &rw)
+        .map_err(|detail| failed(detail, None))?;
+    Ok((hs, fds))
+}
+
+/// Puts the gear's standard streams on descriptors 0 to 2.
+fn install_stdio(stdio: [OwnedFd; 3]) -> Result<(), SetupFailure> {
+    for (target, fd) in stdio.iter().enumerate() {
+        // SAFETY: dup2 onto a standard descriptor, which this process holds only as a
+        // placeholder (/dev/null from the node); `fd` stays open for the call.
+        let ret = unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(fd), target as i32) };
+        if ret < 0 {
+            return Err(fail(
+                "stdio",
+                format!("install descriptor {target}"),
+                nix::Error::last(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Moves this process into the gear's cgroup on every hierarchy.
@@ -159,13 +262,17 @@ fn join_cgroup(procs: &[PathBuf]) -> Result<(), SetupFailure> {
     Ok(())
 }
 
-/// Gives the gear its own mount, uts, ipc, cgroup and (isolated mode) network namespaces; the
-/// pid namespace was created by the node's clone.
-fn unshare_namespaces(network: NetworkMode) -> Result<Vec<String>, SetupFailure> {
-    let mut flags = CloneFlags::CLONE_NEWNS
-        | CloneFlags::CLONE_NEWUTS
-        | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWCGROUP;
+/// Gives the helper its own mount, uts and ipc namespaces; the pid namespace was created by
+/// the node's clone. Nothing here depends on the gear.
+fn unshare_early() -> Result<(), SetupFailure> {
+    let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    unshare(flags).map_err(|e| fail("unshare", "create the gear's namespaces", e))
+}
+
+/// Gives the gear its cgroup namespace (after joining the gear's cgroup, so that is its root)
+/// and, in isolated mode, its own network namespace. Returns every namespace the gear has.
+fn unshare_late(network: NetworkMode) -> Result<Vec<String>, SetupFailure> {
+    let mut flags = CloneFlags::CLONE_NEWCGROUP;
     let mut names = vec!["pid", "mnt", "uts", "ipc", "cgroup"];
     if network == NetworkMode::Isolated {
         flags |= CloneFlags::CLONE_NEWNET;
@@ -175,21 +282,11 @@ fn unshare_namespaces(network: NetworkMode) -> Result<Vec<String>, SetupFailure>
     Ok(names.into_iter().map(String::from).collect())
 }
 
-/// Enter the gear's own network namespace, when the spec names one.
-fn join_netns(path: Option<&std::path::Path>) -> Result<bool, SetupFailure> {
-    let Some(path) = path else { return Ok(false) };
-    let ns = File::open(path).map_err(|e| SetupFailure {
-        step: "netns".into(),
-        detail: format!("open the gear's network namespace {}: {e}", path.display()),
-        errno: e.raw_os_error(),
-    })?;
-    nix::sched::setns(std::os::fd::AsFd::as_fd(&ns), CloneFlags::CLONE_NEWNET).map_err(|e| {
-        fail(
-            "netns",
-            format!("join the network namespace {}", path.display()),
-            e,
-        )
-    })?;
+/// Enters the gear's own network namespace (opened by the node).
+fn join_netns(ns: OwnedFd, path: Option<&std::path::Path>) -> Result<bool, SetupFailure> {
+    let shown = path.map_or_else(|| "of the gear".to_string(), |p| p.display().to_string());
+    nix::sched::setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| fail("netns", format!("join the network namespace {shown}"), e))?;
     Ok(true)
 }
 
@@ -216,7 +313,7 @@ fn writable_paths(hs: &HelperSpec) -> (Vec<PathBuf>, Vec<PathBuf>) {
         PathBuf::from("/tmp"),
         PathBuf::from("/dev/pts"),
     ];
-    dirs.extend(hs.rw_binds.iter().map(|b| b.target.clone()));
+    dirs.extend(hs.rw_binds.iter().map(|(target, _)| target.clone()));
     let files = ["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"]
         .iter()
         .map(PathBuf::from)
@@ -314,11 +411,13 @@ fn run_gear(
 
 /// Pid 1 after the fork: drop privileges, then forward signals and reap until the command
 /// exits, or until the node dies (unless detached).
-fn supervise(child: Pid, hs: &HelperSpec, mask: SigSet, filter: &seccomp::GearFilter) -> ! {
-    // SAFETY: fd 5 is the node's pidfd when `watch_parent` is set (see `protocol`).
-    let parent = hs
-        .watch_parent
-        .then(|| unsafe { OwnedFd::from_raw_fd(PARENT_FD) });
+fn supervise(
+    child: Pid,
+    hs: &HelperSpec,
+    parent: Option<OwnedFd>,
+    mask: SigSet,
+    filter: &seccomp::GearFilter,
+) -> ! {
     // Stop holding the gear's stdio and the report pipe open.
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
         for target in 0..3 {

@@ -16,8 +16,8 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -26,13 +26,12 @@ use std::time::Duration;
 
 use crate::cgroup::{self, GearCgroup, TeardownReport};
 use crate::error::SandboxError;
-use crate::protocol::{
-    BindSource, HelperMessage, HelperSpec, PARENT_FD, REPORT_FD, ResolvedBind, SPEC_FD,
-};
+use crate::protocol::{HelperMessage, HelperSpec, MAX_SPEC_FDS, SpecFds};
 use crate::report::LayerReport;
 use crate::selinux;
 use crate::spec::{Bind, SandboxSpec, Stdio};
 use crate::sys::{self, ChildState};
+use crate::warm::{self, Helper, high_dup};
 
 /// Name of the helper binary.
 pub const INIT_NAME: &str = "gearhost-init";
@@ -132,20 +131,6 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     })
 }
 
-/// Duplicates `fd` to a close-on-exec descriptor numbered 10 or above, so the dup2 calls in
-/// the cloned child never overwrite a source they still need.
-fn high_dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, SandboxError> {
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
-        .map(|raw| {
-            // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor we now own.
-            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
-        })
-        .map_err(|e| SandboxError::Spawn {
-            what: "duplicate a descriptor",
-            source: e.into(),
-        })
-}
-
 /// Hands a pipe that becomes one of the gear's standard streams to the gear's
 /// user. A process reaches its own stream by path as well as by descriptor
 /// (`/dev/stdout` is `/proc/self/fd/1`, which nginx, for one, opens), and the
@@ -225,6 +210,102 @@ fn plan_stdio(spec: &SandboxSpec) -> Result<StdioPlan, SandboxError> {
         child.push(fd);
     }
     Ok(StdioPlan { child, parent })
+}
+
+/// A bind source as the node opens it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ResolvedBind {
+    source: BindSource,
+    target: PathBuf,
+}
+
+/// Where a bind comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BindSource {
+    /// Below the gear's home (gear-controlled: no symlink may be followed).
+    InHome(PathBuf),
+    /// Elsewhere on the host (node-controlled, already canonical).
+    Host(PathBuf),
+}
+
+/// The gear's home and bind sources as detached mount trees: each opened by the node without
+/// following any symlink (and, below the home, without leaving it), so a symlink planted in
+/// the gear's home cannot redirect a bind, then cloned with `open_tree`.
+struct OpenedSources {
+    home: OwnedFd,
+    ro: Vec<(OwnedFd, bool)>,
+    rw: Vec<(OwnedFd, bool)>,
+}
+
+fn open_sources(
+    canonical_home: &Path,
+    ro: &[ResolvedBind],
+    rw: &[ResolvedBind],
+) -> Result<OpenedSources, SandboxError> {
+    let plain = sys::RESOLVE_NO_SYMLINKS | sys::RESOLVE_NO_MAGICLINKS;
+    let home_c = cstring(
+        canonical_home.as_os_str().as_bytes(),
+        "encode the home path",
+    )?;
+    let home = sys::openat2_path(None, &home_c, plain).map_err(|source| SandboxError::Io {
+        action: "open the gear home",
+        path: canonical_home.to_path_buf(),
+        source,
+        hint: "create it, and make sure no symlink is on its path",
+    })?;
+    let open = |bind: &ResolvedBind| -> Result<(OwnedFd, bool), SandboxError> {
+        let (opened, shown) = match &bind.source {
+            BindSource::InHome(rel) => (
+                cstring(rel.as_os_str().as_bytes(), "encode a bind source").map(|c| {
+                    sys::openat2_path(Some(home.as_fd()), &c, plain | sys::RESOLVE_BENEATH)
+                })?,
+                canonical_home.join(rel),
+            ),
+            BindSource::Host(path) => (
+                cstring(path.as_os_str().as_bytes(), "encode a bind source")
+                    .map(|c| sys::openat2_path(None, &c, plain))?,
+                path.clone(),
+            ),
+        };
+        let fd = opened.map_err(|source| SandboxError::Io {
+            action: "open bind source",
+            hint: if source.raw_os_error() == Some(libc::ELOOP) {
+                "a symlink is on the way; bind sources are never reached through symlinks"
+            } else {
+                "create it or remove the bind from the spec"
+            },
+            path: shown.clone(),
+            source,
+        })?;
+        let stat = nix::sys::stat::fstat(fd.as_fd()).map_err(|e| SandboxError::Io {
+            action: "inspect bind source",
+            path: shown,
+            source: e.into(),
+            hint: "check the node's file system",
+        })?;
+        let dir = stat.st_mode & libc::S_IFMT == libc::S_IFDIR;
+        Ok((fd, dir))
+    };
+    let ro: Vec<(OwnedFd, bool)> = ro.iter().map(&open).collect::<Result<_, _>>()?;
+    let rw: Vec<(OwnedFd, bool)> = rw.iter().map(&open).collect::<Result<_, _>>()?;
+    // The helper lives in a mount namespace of its own (made before the spec, when warm), where
+    // a mount of the node's namespace cannot be bound: hand it detached clones instead.
+    let clone = |fd: &OwnedFd| {
+        sys::open_tree_clone(fd.as_fd()).map_err(|source| SandboxError::Spawn {
+            what: "clone a bind source into a detached mount",
+            source,
+        })
+    };
+    let clone_all = |list: Vec<(OwnedFd, bool)>| -> Result<Vec<(OwnedFd, bool)>, SandboxError> {
+        list.iter()
+            .map(|(fd, dir)| Ok((clone(fd)?, *dir)))
+            .collect()
+    };
+    Ok(OpenedSources {
+        home: clone(&home)?,
+        ro: clone_all(ro)?,
+        rw: clone_all(rw)?,
+    })
 }
 
 /// Splits bind sources into those below the gear's home (opened beneath it, no symlinks) and
@@ -335,71 +416,80 @@ impl Sandbox {
         contexts: Option<selinux::GearContexts>,
         cgroup: &GearCgroup,
     ) -> Result<(u32, OwnedFd, LayerReport, [Option<File>; 3]), SandboxError> {
+        let ro = resolve_binds(&spec.home, canonical_home, &spec.ro_binds)?;
+        let rw = resolve_binds(&spec.home, canonical_home, &spec.rw_binds)?;
+        let sources = open_sources(canonical_home, &ro, &rw)?;
+        let netns = spec
+            .netns
+            .as_ref()
+            .map(|path| {
+                File::open(path)
+                    .map(OwnedFd::from)
+                    .map_err(|source| SandboxError::Io {
+                        action: "open the network namespace",
+                        path: path.clone(),
+                        source,
+                        hint: "create the gear's network namespace first",
+                    })
+            })
+            .transpose()?;
         let helper_spec = HelperSpec {
             spec: spec.clone(),
             cgroup_procs: cgroup.procs_files(),
             exec_label: contexts.as_ref().map(|c| c.process.clone()),
             file_label: contexts.map(|c| c.file),
             home: canonical_home.to_path_buf(),
-            ro_binds: resolve_binds(&spec.home, canonical_home, &spec.ro_binds)?,
-            rw_binds: resolve_binds(&spec.home, canonical_home, &spec.rw_binds)?,
+            ro_binds: ro
+                .iter()
+                .zip(&sources.ro)
+                .map(|(b, (_, dir))| (b.target.clone(), *dir))
+                .collect(),
+            rw_binds: rw
+                .iter()
+                .zip(&sources.rw)
+                .map(|(b, (_, dir))| (b.target.clone(), *dir))
+                .collect(),
             watch_parent: !spec.detached,
         };
         let spec_json = serde_json::to_vec(&helper_spec)
             .map_err(|e| SandboxError::Protocol(format!("encode the spec: {e}")))?;
-
         let stdio = plan_stdio(spec)?;
-        let (spec_read, spec_write) = pipe()?;
-        let (report_read, report_write) = pipe()?;
-        let (spec_read, report_write) = {
-            let (spec_low, report_low) = (spec_read, report_write);
-            (high_dup(spec_low.as_fd())?, high_dup(report_low.as_fd())?)
-        };
-        let node_pidfd = if spec.detached {
-            None
-        } else {
-            let own = sys::pidfd_open(std::process::id() as libc::pid_t).map_err(|source| {
-                SandboxError::Spawn {
-                    what: "open a pidfd of the node",
-                    source,
-                }
-            })?;
-            Some(high_dup(own.as_fd())?)
-        };
-
-        let mut fds: Vec<(RawFd, RawFd)> = stdio
-            .child
-            .iter()
-            .enumerate()
-            .map(|(i, fd)| (fd.as_raw_fd(), i as RawFd))
-            .collect();
-        fds.push((spec_read.as_raw_fd(), SPEC_FD));
-        fds.push((report_write.as_raw_fd(), REPORT_FD));
-        if let Some(p) = &node_pidfd {
-            fds.push((p.as_raw_fd(), PARENT_FD));
+        let [stdin, stdout, stderr] = <[OwnedFd; 3]>::try_from(stdio.child)
+            .map_err(|_| SandboxError::Protocol("three standard streams expected".into()))?;
+        let fds = SpecFds {
+            stdio: [stdin, stdout, stderr],
+            home: sources.home,
+            netns,
+            ro: sources.ro,
+            rw: sources.rw,
         }
-        let path = cstring(init.as_os_str().as_bytes(), "encode the helper path")?;
-        let arg0 = cstring(INIT_NAME.as_bytes(), "encode argv")?;
-        let argv = [arg0.as_ptr(), std::ptr::null()];
-        let envp = [std::ptr::null()];
-        let plan = sys::ExecPlan {
-            fds: &fds,
-            path: &path,
-            argv: &argv,
-            envp: &envp,
-        };
-        let (pid, pidfd) =
-            sys::clone_into_new_pid_ns(&plan).map_err(|source| SandboxError::Spawn {
-                what: "clone the gear's init into a new pid namespace",
-                source,
-            })?;
-        // Our copies of the child's ends must go, or end-of-file never comes.
-        drop(stdio.child);
-        drop(spec_read);
-        drop(report_write);
-        drop(node_pidfd);
+        .into_vec();
+        if fds.len() > MAX_SPEC_FDS {
+            return Err(SandboxError::Protocol(format!(
+                "{} descriptors for one gear, at most {MAX_SPEC_FDS}: use fewer binds",
+                fds.len()
+            )));
+        }
 
-        let outcome = Self::handshake(&spec_json, spec_write, report_read, &spec.argv[0]);
+        let helper = match warm::take(init) {
+            Some(h) => h,
+            None => Helper::start(init)?,
+        };
+        let Helper {
+            pid,
+            pidfd,
+            spec: spec_sock,
+            report,
+        } = helper;
+        let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
+        // A helper that died early closes its end; its reason arrives on the report pipe.
+        let sent =
+            crate::fdpass::send_with_fds_max(&spec_sock, &spec_json, &borrowed, MAX_SPEC_FDS);
+        drop(spec_sock);
+        drop(borrowed);
+        // Our copies of the helper's descriptors must go, or end-of-file never comes.
+        drop(fds);
+        let outcome = Self::handshake(sent, report, &spec.argv[0]);
         match outcome {
             Ok(report) => Ok((pid as u32, pidfd, report, stdio.parent)),
             Err(e) => {
@@ -412,17 +502,12 @@ impl Sandbox {
 
     /// Sends the spec and reads messages until the helper closes the report pipe.
     fn handshake(
-        spec_json: &[u8],
-        spec_write: OwnedFd,
-        report_read: OwnedFd,
+        write_result: io::Result<()>,
+        mut report: File,
         program: &str,
     ) -> Result<LayerReport, SandboxError> {
-        let mut writer = File::from(spec_write);
-        // A helper that died early closes its end; its reason arrives on the report pipe.
-        let write_result = writer.write_all(spec_json);
-        drop(writer);
         let mut text = Vec::new();
-        File::from(report_read)
+        report
             .read_to_end(&mut text)
             .map_err(|e| SandboxError::Protocol(format!("read the helper's report: {e}")))?;
         let mut ready = None;
@@ -431,6 +516,7 @@ impl Sandbox {
                 SandboxError::Protocol(format!("undecodable message from gearhost-init: {e}"))
             })?;
             match message {
+                HelperMessage::Prepared => {}
                 HelperMessage::Ready(report) => ready = Some(*report),
                 HelperMessage::Failed(failure) => return Err(SandboxError::Setup(failure)),
                 HelperMessage::ExecFailed { program, errno } => {

@@ -44,6 +44,7 @@ pub mod seccomp;
 pub mod selinux;
 pub mod spec;
 mod sys;
+pub mod warm;
 
 pub use cgroup::{CgroupError, CgroupLayout, CgroupReport, TeardownReport};
 pub use error::SandboxError;
@@ -53,6 +54,7 @@ pub use spec::{
     Bind, CgroupPlacement, Limits, NetworkMode, Rlimits, SandboxSpec, SelinuxLabel, Stdio,
     StdioSpec,
 };
+pub use warm::{keep_warm, wait_warm, warm_status};
 
 /// Tears down a gear's cgroup by placement: kills any process left in it, waits for them to be
 /// gone and removes the cgroup on every hierarchy. Use it for gears whose [`Sandboxed`] handle

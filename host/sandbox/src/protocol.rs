@@ -1,8 +1,13 @@
-//! The messages exchanged between the node side and `gearhost-init` over two inherited pipes.
+//! The messages exchanged between the node side and `gearhost-init` over inherited descriptors.
 //!
-//! The node writes one [`HelperSpec`] as JSON to fd 3 and closes it. The helper writes
-//! newline-separated [`HelperMessage`]s to fd 4; the node reads until end of file, which comes
-//! when the gear command has been executed (the descriptor is close-on-exec) or the helper died.
+//! fd 3 is one end of a unix `SOCK_SEQPACKET` socket pair: the node sends one message holding a
+//! [`HelperSpec`] as JSON with the gear's descriptors attached (see [`SpecFds`]), then closes its
+//! end. The helper may have been started long before (a warm helper, see `launch`), so every
+//! host object the gear's root needs from the node's current view — home, bind sources,
+//! network namespace, standard streams — travels as a descriptor, never as a path. The helper
+//! writes newline-separated [`HelperMessage`]s to fd 4; the node reads until end of file, which
+//! comes when the gear command has been executed (the descriptor is close-on-exec) or the
+//! helper died. fd 5 is a pidfd of the node.
 
 use std::path::PathBuf;
 
@@ -11,12 +16,77 @@ use serde::{Deserialize, Serialize};
 use crate::report::LayerReport;
 use crate::spec::SandboxSpec;
 
-/// Descriptor the helper reads its spec from.
+/// Descriptor (a `SOCK_SEQPACKET` socket) the helper receives its spec on.
 pub const SPEC_FD: i32 = 3;
 /// Descriptor the helper writes its messages to.
 pub const REPORT_FD: i32 = 4;
-/// Descriptor of a pidfd for the node process (absent when detached).
+/// Descriptor of a pidfd for the node process (closed by the helper when detached).
 pub const PARENT_FD: i32 = 5;
+
+/// Most descriptors one spec message may carry (the kernel's own limit is 253).
+pub const MAX_SPEC_FDS: usize = 128;
+
+/// Largest spec message, in bytes.
+pub const MAX_SPEC_BYTES: usize = 4 << 20;
+
+/// The order of the descriptors attached to the spec message: the three standard streams,
+/// the gear's home, the gear's network namespace when the spec names one, then one descriptor
+/// per read-only bind and per read-write bind, in the spec's order.
+#[derive(Debug)]
+pub struct SpecFds<T> {
+    /// Standard input, output and error for the gear command.
+    pub stdio: [T; 3],
+    /// The gear's home, an `O_PATH` descriptor opened without following symlinks.
+    pub home: T,
+    /// The gear's network namespace, when it joins one.
+    pub netns: Option<T>,
+    /// Read-only bind sources (`O_PATH`), with whether each is a directory.
+    pub ro: Vec<(T, bool)>,
+    /// Read-write bind sources (`O_PATH`), with whether each is a directory.
+    pub rw: Vec<(T, bool)>,
+}
+
+impl<T> SpecFds<T> {
+    /// The descriptors in wire order.
+    pub fn into_vec(self) -> Vec<T> {
+        let [a, b, c] = self.stdio;
+        let mut all = vec![a, b, c, self.home];
+        all.extend(self.netns);
+        all.extend(self.ro.into_iter().map(|(fd, _)| fd));
+        all.extend(self.rw.into_iter().map(|(fd, _)| fd));
+        all
+    }
+
+    /// Rebuilds the structure from descriptors in wire order, checking the count.
+    pub fn from_vec(
+        fds: Vec<T>,
+        has_netns: bool,
+        ro_dirs: &[bool],
+        rw_dirs: &[bool],
+    ) -> Result<Self, String> {
+        let expected = 4 + usize::from(has_netns) + ro_dirs.len() + rw_dirs.len();
+        if fds.len() != expected {
+            return Err(format!(
+                "expected {expected} descriptors with the spec, got {}",
+                fds.len()
+            ));
+        }
+        let mut it = fds.into_iter();
+        let mut next = || it.next().expect("count checked above");
+        let stdio = [next(), next(), next()];
+        let home = next();
+        let netns = has_netns.then(&mut next);
+        let ro = ro_dirs.iter().map(|d| (next(), *d)).collect();
+        let rw = rw_dirs.iter().map(|d| (next(), *d)).collect();
+        Ok(SpecFds {
+            stdio,
+            home,
+            netns,
+            ro,
+            rw,
+        })
+    }
+}
 
 /// The fully resolved spec the helper works from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,35 +101,17 @@ pub struct HelperSpec {
     /// The SELinux context of the gear's files, given to its private `/tmp` and `/dev/shm`
     /// (`context=` mount option), when SELinux is enabled.
     pub file_label: Option<String>,
-    /// Canonical home path (resolved by the node).
+    /// Canonical home path (resolved by the node; for messages, the home itself arrives as a
+    /// descriptor).
     pub home: PathBuf,
-    /// Bind sources, each either below the home (relative path) or canonical absolute.
-    pub ro_binds: Vec<ResolvedBind>,
-    /// Read-write bind sources, resolved the same way.
-    pub rw_binds: Vec<ResolvedBind>,
-    /// Whether fd [`PARENT_FD`] holds a pidfd of the node to watch.
+    /// Targets of the read-only binds, with whether each source is a directory (the sources
+    /// arrive as descriptors).
+    pub ro_binds: Vec<(PathBuf, bool)>,
+    /// Targets of the read-write binds, the same way.
+    pub rw_binds: Vec<(PathBuf, bool)>,
+    /// Whether the helper watches the node's pidfd (fd [`PARENT_FD`]) and takes the gear down
+    /// with the node.
     pub watch_parent: bool,
-}
-
-/// A bind source as the helper must open it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResolvedBind {
-    /// Either a path relative to the gear's home (opened beneath it without symlinks) or an
-    /// absolute canonical path (opened without symlinks).
-    pub source: BindSource,
-    /// Target inside the gear.
-    pub target: PathBuf,
-}
-
-/// Where a bind comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BindSource {
-    /// Below the gear's home (gear-controlled: no symlink may be followed).
-    InHome(PathBuf),
-    /// Elsewhere on the host (node-controlled, already canonical).
-    Host(PathBuf),
 }
 
 /// A setup step of the helper that failed.
@@ -77,6 +129,8 @@ pub struct SetupFailure {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HelperMessage {
+    /// The part of the root shared by every gear is built; the helper waits for its spec.
+    Prepared,
     /// Every layer is in place; the command is about to be executed.
     Ready(Box<LayerReport>),
     /// A setup step failed; the helper exits.

@@ -15,7 +15,7 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 
-use crate::protocol::{BindSource, HelperSpec, SetupFailure};
+use crate::protocol::{HelperSpec, SetupFailure};
 use crate::report::FilesystemReport;
 use crate::sys;
 
@@ -29,9 +29,10 @@ const SYSTEM_DIRS: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "l
 /// `/etc` directories bound read-only from the host when present.
 const ETC_DIRS: &[&str] = &["ssl", "alternatives", "terminfo"];
 
-/// `/etc` files copied from the host into the gear's read-only `/etc` when present: a copy
-/// costs less than a bind mount at start and at teardown, and these files are small. A
-/// symlink into `/usr` is recreated as the same symlink instead.
+/// `/etc` files the gear's read-only `/etc` gets from the host when present: small ones are
+/// copied (a copy costs less than a bind mount at start and at teardown), larger ones bound
+/// (their pages are not duplicated for every gear). A symlink into `/usr` is recreated as the
+/// same symlink instead.
 const ETC_FILES: &[&str] = &[
     "resolv.conf",
     "nsswitch.conf",
@@ -49,8 +50,8 @@ const ETC_FILES: &[&str] = &[
     "inputrc",
 ];
 
-/// Largest `/etc` file copied (bigger ones are skipped).
-const ETC_FILE_MAX: u64 = 512 << 10;
+/// Largest `/etc` file copied; bigger ones are bound.
+const ETC_COPY_MAX: u64 = 16 << 10;
 
 /// Device nodes bound from the host's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
@@ -107,20 +108,29 @@ enum SystemEntry {
 #[derive(Debug)]
 enum EtcFile {
     Contents(Vec<u8>),
+    Bind(OwnedFd),
     Symlink(PathBuf),
 }
 
-/// Every host object the root is built from, opened before the first mount.
+/// The host objects every gear's root is built from, opened before the first mount. They do
+/// not depend on the gear, so a warm helper opens them before its spec arrives.
 #[derive(Debug)]
-pub(crate) struct Sources {
+pub(crate) struct SystemSources {
     system: Vec<SystemEntry>,
     etc_dirs: Vec<(&'static str, OwnedFd)>,
     etc_files: Vec<(&'static str, EtcFile)>,
     devices: Vec<(&'static str, OwnedFd)>,
     null: OwnedFd,
-    home: OwnedFd,
-    ro: Vec<(OwnedFd, PathBuf, bool)>,
-    rw: Vec<(OwnedFd, PathBuf, bool)>,
+}
+
+/// The gear's own sources, opened by the node (which sees the host as it is now), cloned there
+/// into detached mount trees and passed to the helper as descriptors: the home, then
+/// read-only and read-write binds as (tree, target, is a directory).
+#[derive(Debug)]
+pub(crate) struct GearSources {
+    pub(crate) home: OwnedFd,
+    pub(crate) ro: Vec<(OwnedFd, PathBuf, bool)>,
+    pub(crate) rw: Vec<(OwnedFd, PathBuf, bool)>,
 }
 
 fn open_following(path: &Path) -> io::Result<OwnedFd> {
@@ -138,8 +148,9 @@ fn is_dir(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(meta.is_dir())
 }
 
-/// Opens every source of the gear's root.
-pub(crate) fn open_sources(hs: &HelperSpec) -> Result<Sources, SetupFailure> {
+/// Opens the system parts of the gear's root: system directories, `/etc` files and
+/// directories, devices.
+pub(crate) fn open_system() -> Result<SystemSources, SetupFailure> {
     let mut system = Vec::new();
     for name in SYSTEM_DIRS {
         let path = Path::new("/").join(name);
@@ -179,10 +190,15 @@ pub(crate) fn open_sources(hs: &HelperSpec) -> Result<Sources, SetupFailure> {
             }
         }
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_file() && meta.len() <= ETC_FILE_MAX => {
+            Ok(meta) if meta.is_file() && meta.len() <= ETC_COPY_MAX => {
                 let contents = std::fs::read(&path)
                     .map_err(|e| failure("open_sources", format!("read {}", path.display()), &e))?;
                 etc_files.push((*name, EtcFile::Contents(contents)));
+            }
+            Ok(meta) if meta.is_file() => {
+                let fd = open_following(&path)
+                    .map_err(|e| failure("open_sources", format!("open {}", path.display()), &e))?;
+                etc_files.push((*name, EtcFile::Bind(fd)));
             }
             _ => {}
         }
@@ -205,73 +221,12 @@ pub(crate) fn open_sources(hs: &HelperSpec) -> Result<Sources, SetupFailure> {
     }
     let null = open_following(Path::new("/dev/null"))
         .map_err(|e| failure("open_sources", "open /dev/null".into(), &e))?;
-
-    let home_c = cpath(&hs.home)?;
-    let home = sys::openat2_path(None, &home_c, sys::RESOLVE_NO_SYMLINKS | sys::RESOLVE_NO_MAGICLINKS).map_err(|e| {
-        failure(
-            "open_home",
-            format!("open the gear's home {} without following symlinks (create it, and make sure no symlink is on its path)", hs.home.display()),
-            &e,
-        )
-    })?;
-    let open_bind = |source: &BindSource| -> Result<(OwnedFd, bool), SetupFailure> {
-        let (fd, shown) = match source {
-            BindSource::InHome(rel) => {
-                let c = cpath(rel)?;
-                let fd = sys::openat2_path(
-                    Some(home.as_fd()),
-                    &c,
-                    sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS | sys::RESOLVE_NO_MAGICLINKS,
-                );
-                (fd, hs.home.join(rel))
-            }
-            BindSource::Host(path) => {
-                let c = cpath(path)?;
-                (
-                    sys::openat2_path(
-                        None,
-                        &c,
-                        sys::RESOLVE_NO_SYMLINKS | sys::RESOLVE_NO_MAGICLINKS,
-                    ),
-                    path.clone(),
-                )
-            }
-        };
-        let fd = fd.map_err(|e| {
-            let hint = if e.raw_os_error() == Some(libc::ELOOP) {
-                " (a symlink is on the way; bind sources are never reached through symlinks)"
-            } else {
-                ""
-            };
-            failure(
-                "open_bind_source",
-                format!("open bind source {}{hint}", shown.display()),
-                &e,
-            )
-        })?;
-        let dir = is_dir(fd.as_fd())
-            .map_err(|e| failure("open_bind_source", format!("stat {}", shown.display()), &e))?;
-        Ok((fd, dir))
-    };
-    let mut ro = Vec::new();
-    for b in &hs.ro_binds {
-        let (fd, dir) = open_bind(&b.source)?;
-        ro.push((fd, b.target.clone(), dir));
-    }
-    let mut rw = Vec::new();
-    for b in &hs.rw_binds {
-        let (fd, dir) = open_bind(&b.source)?;
-        rw.push((fd, b.target.clone(), dir));
-    }
-    Ok(Sources {
+    Ok(SystemSources {
         system,
         etc_dirs,
         etc_files,
         devices,
         null,
-        home,
-        ro,
-        rw,
     })
 }
 
@@ -398,6 +353,28 @@ impl Builder {
         Ok(())
     }
 
+    /// Attaches the detached mount tree `tree` (cloned by the node) at `inner` with `attrs`
+    /// applied to the whole tree.
+    fn attach(
+        &mut self,
+        tree: BorrowedFd<'_>,
+        inner: &Path,
+        is_dir: bool,
+        attrs: u64,
+    ) -> Result<(), SetupFailure> {
+        let target = self.ensure(inner, is_dir)?;
+        sys::move_mount_to(tree, target.as_fd())
+            .map_err(|e| failure("bind", format!("attach onto {}", inner.display()), &e))?;
+        drop(target);
+        self.set_attrs(inner, attrs, true)?;
+        if attrs & sys::MOUNT_ATTR_RDONLY != 0 {
+            self.report.read_only.push(inner.to_path_buf());
+        } else {
+            self.report.read_write.push(inner.to_path_buf());
+        }
+        Ok(())
+    }
+
     fn tmpfs(&mut self, inner: &Path, options: &str, flags: MsFlags) -> Result<(), SetupFailure> {
         let target = self.ensure(inner, true)?;
         let target_path = fd_path(target.as_fd());
@@ -432,13 +409,23 @@ impl Builder {
 const RO: u64 = sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
 const RW: u64 = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
 
-/// Builds the root at the staging path and pivots into it. Runs in the helper, in its own
-/// mount namespace, after [`open_sources`].
-pub(crate) fn build_and_pivot(
-    hs: &HelperSpec,
-    sources: Sources,
-) -> Result<FilesystemReport, SetupFailure> {
-    let spec = &hs.spec;
+/// A gear root under construction at the staging path: everything that is the same for every
+/// gear is in place; [`finish_and_pivot`] adds the gear's own parts.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    b: Builder,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder").field("root", &self.root).finish()
+    }
+}
+
+/// Builds the part of the root every gear shares, at the staging path, in the helper's own
+/// mount namespace: the system read-only, `/etc` with the host's shared files, `/dev` without
+/// its shared-memory mount, `/proc` with its masks. Runs before the spec is known.
+pub(crate) fn prepare(sources: SystemSources) -> Result<Prepared, SetupFailure> {
     // No mount event may travel back to the host.
     mount(
         None::<&str>,
@@ -488,9 +475,42 @@ pub(crate) fn build_and_pivot(
         }
     }
 
-    // A curated /etc: generated identity files plus read-only binds.
-    let etc = b.ensure(Path::new("/etc"), true)?;
-    drop(etc);
+    // A curated /etc: the host's shared files now, the gear's identity files later.
+    drop(b.ensure(Path::new("/etc"), true)?);
+    for (name, file) in &sources.etc_files {
+        let inner = format!("/etc/{name}");
+        match file {
+            EtcFile::Contents(bytes) => {
+                let path = b.root.join(inner.trim_start_matches('/'));
+                std::fs::write(&path, bytes)
+                    .map_err(|e| failure("etc", format!("write {inner}"), &e))?;
+            }
+            EtcFile::Bind(fd) => b.bind(fd.as_fd(), Path::new(&inner), false, RO)?,
+            EtcFile::Symlink(target) => b.symlink(target, &inner)?,
+        }
+    }
+    for (name, fd) in &sources.etc_dirs {
+        b.bind(fd.as_fd(), &Path::new("/etc").join(name), true, RO)?;
+    }
+
+    build_dev(&mut b, &sources)?;
+    build_proc(&mut b, &sources)?;
+    for empty in ["/run", "/var/tmp"] {
+        drop(b.ensure(Path::new(empty), true)?);
+    }
+    Ok(Prepared { b })
+}
+
+/// Adds the gear's own parts to a prepared root — identity files in `/etc`, the home and the
+/// spec's binds, a private `/tmp` and `/dev/shm` sized and labelled for the gear — and pivots
+/// into it.
+pub(crate) fn finish_and_pivot(
+    prepared: Prepared,
+    hs: &HelperSpec,
+    sources: GearSources,
+) -> Result<FilesystemReport, SetupFailure> {
+    let spec = &hs.spec;
+    let mut b = prepared.b;
     let user = &spec.gear_id;
     let home = spec.home_target.display();
     b.write_file(
@@ -512,20 +532,6 @@ pub(crate) fn build_and_pivot(
             spec.hostname
         ),
     )?;
-    for (name, file) in &sources.etc_files {
-        let inner = format!("/etc/{name}");
-        match file {
-            EtcFile::Contents(bytes) => {
-                let path = b.root.join(inner.trim_start_matches('/'));
-                std::fs::write(&path, bytes)
-                    .map_err(|e| failure("etc", format!("write {inner}"), &e))?;
-            }
-            EtcFile::Symlink(target) => b.symlink(target, &inner)?,
-        }
-    }
-    for (name, fd) in &sources.etc_dirs {
-        b.bind(fd.as_fd(), &Path::new("/etc").join(name), true, RO)?;
-    }
 
     // The gear's home and extra binds, parents before children.
     let mut binds: Vec<(BorrowedFd<'_>, &Path, bool, u64)> =
@@ -538,31 +544,27 @@ pub(crate) fn build_and_pivot(
     }
     binds.sort_by_key(|(_, target, _, _)| target.components().count());
     for (fd, target, dir, attrs) in binds {
-        b.bind(fd, target, dir, attrs)?;
+        b.attach(fd, target, dir, attrs)?;
     }
 
-    // Private /tmp, labelled like the gear's files when SELinux is enabled.
+    // Private /tmp and /dev/shm, labelled like the gear's files when SELinux is enabled.
+    let label = context_option(hs.file_label.as_deref());
     b.tmpfs(
         Path::new("/tmp"),
-        &format!(
-            "mode=1777,size={}{}",
-            spec.limits.tmp_bytes,
-            context_option(hs.file_label.as_deref())
-        ),
+        &format!("mode=1777,size={}{label}", spec.limits.tmp_bytes),
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )?;
     b.report.read_write.push("/tmp".into());
-
-    build_dev(
-        &mut b,
-        &sources,
-        spec.limits.tmp_bytes,
-        hs.file_label.as_deref(),
+    b.tmpfs(
+        Path::new("/dev/shm"),
+        &format!("mode=1777,size={}{label}", spec.limits.tmp_bytes),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
     )?;
-    build_proc(&mut b, &sources)?;
-    for empty in ["/run", "/var/tmp"] {
-        drop(b.ensure(Path::new(empty), true)?);
-    }
+    b.set_attrs(
+        Path::new("/dev"),
+        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+        false,
+    )?;
 
     pivot(&b)?;
     Ok(b.report)
@@ -574,12 +576,7 @@ fn context_option(label: Option<&str>) -> String {
     label.map_or_else(String::new, |l| format!(",context=\"{l}\""))
 }
 
-fn build_dev(
-    b: &mut Builder,
-    sources: &Sources,
-    shm_bytes: u64,
-    file_label: Option<&str>,
-) -> Result<(), SetupFailure> {
+fn build_dev(b: &mut Builder, sources: &SystemSources) -> Result<(), SetupFailure> {
     b.tmpfs(
         Path::new("/dev"),
         "mode=0755,size=64k",
@@ -610,11 +607,6 @@ fn build_dev(
         )
     })?;
     drop(pts);
-    b.tmpfs(
-        Path::new("/dev/shm"),
-        &format!("mode=1777,size={shm_bytes}{}", context_option(file_label)),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-    )?;
     for (target, name) in [
         ("pts/ptmx", "/dev/ptmx"),
         ("/proc/self/fd", "/dev/fd"),
@@ -624,15 +616,10 @@ fn build_dev(
     ] {
         b.symlink(Path::new(target), name)?;
     }
-    b.set_attrs(
-        Path::new("/dev"),
-        sys::MOUNT_ATTR_RDONLY | sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
-        false,
-    )?;
     Ok(())
 }
 
-fn build_proc(b: &mut Builder, sources: &Sources) -> Result<(), SetupFailure> {
+fn build_proc(b: &mut Builder, sources: &SystemSources) -> Result<(), SetupFailure> {
     // A fresh proc for the gear's pid namespace, mounted before the old root goes away.
     let proc_dir = b.ensure(Path::new("/proc"), true)?;
     mount(

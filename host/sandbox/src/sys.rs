@@ -107,6 +107,42 @@ pub(crate) fn mount_setattr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io
     check(ret).map(drop)
 }
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// Clones the mount tree at `fd` (an `O_PATH` descriptor, no path is resolved) into a new
+/// detached tree, with every mount below it, and returns a descriptor of it. Unlike a bind
+/// from `/proc/self/fd/N`, a detached tree can be attached in another mount namespace by
+/// whoever receives the descriptor ([`move_mount_to`]); closing it unattached unmounts it.
+pub(crate) fn open_tree_clone(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | libc::AT_EMPTY_PATH as libc::c_uint
+        | AT_RECURSIVE;
+    // SAFETY: the empty path is a valid NUL-terminated string living for the call.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
+    // SAFETY: open_tree returned a fresh descriptor that only we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(check(ret)? as RawFd) })
+}
+
+/// Attaches the detached tree `tree` on the mount point `target` (an `O_PATH` descriptor).
+pub(crate) fn move_mount_to(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: both paths are empty NUL-terminated strings living for the call; the
+    // descriptors are borrowed for its duration.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            target.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    check(ret).map(drop)
+}
+
 /// Creates directory `name` in `dir` (an existing entry is not an error).
 pub(crate) fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
     // SAFETY: `name` is NUL-terminated and lives for the call.

@@ -283,9 +283,10 @@ fn symlink_in_home_cannot_redirect_a_bind() {
     let placement = gear.spec.cgroup.clone();
     let err = Sandbox::spawn(gear.spec).expect_err("a bind through a symlink must be refused");
     match &err {
-        SandboxError::Setup(f) => {
-            assert_eq!(f.step, "open_bind_source", "{err}");
-            assert_eq!(f.errno, Some(40), "expected ELOOP: {err}");
+        SandboxError::Io { action, source, .. } => {
+            assert_eq!(*action, "open bind source", "{err}");
+            assert_eq!(source.raw_os_error(), Some(40), "expected ELOOP: {err}");
+            assert!(err.to_string().contains("symlink"), "{err}");
         }
         other => panic!("unexpected error: {other}"),
     }
@@ -536,6 +537,14 @@ fn gear_dies_with_the_process_that_started_it() {
             .unwrap_or(0)
     };
     assert_eq!(count(), 2, "init and sleep expected in the gear");
+    // The "node" started its gear from a warm helper and keeps another one waiting.
+    let waiting = helpers_of(node.id(), Path::new(INIT));
+    assert_eq!(
+        waiting.len(),
+        2,
+        "the gear's init and one waiting helper: {waiting:?}"
+    );
+    assert!(waiting.contains(&(gear_pid as u32)), "{waiting:?}");
     node.kill().expect("kill the node");
     node.wait().expect("reap the node");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -550,4 +559,124 @@ fn gear_dies_with_the_process_that_started_it() {
     let report = gearhost_sandbox::teardown(&placement).expect("teardown");
     assert_eq!(report.killed, 0, "nothing should have been left to kill");
     gearhost_sandbox::cgroup::remove_subtree(&placement.subtree).expect("remove subtree");
+    // the waiting helper went with the node too
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while waiting.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let left: Vec<u32> = waiting.into_iter().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "helpers outlived the node: {left:?}");
+}
+
+/// Pids of the live children of `parent` executing `init`.
+fn helpers_of(parent: u32, init: &Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let ppid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("PPid:"))
+            .and_then(|v| v.trim().parse::<u32>().ok());
+        let exe = std::fs::read_link(entry.path().join("exe")).ok();
+        if ppid == Some(parent) && exe.as_deref() == Some(init) && alive(pid) {
+            found.push(pid);
+        }
+    }
+    found.sort_unstable();
+    found
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_warm_helper_starts_the_gear_and_is_replaced() {
+    if !privileged("a_warm_helper_starts_the_gear_and_is_replaced") {
+        return;
+    }
+    // A copy of the helper of its own, so no other test's start takes the waiting one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let init = dir.path().join("gearhost-init");
+    std::fs::copy(INIT, &init).expect("copy gearhost-init");
+    let me = std::process::id();
+    let run = |name: &str| {
+        let mut gear = TestGear::new(
+            name,
+            52_020,
+            &[
+                "/bin/sh",
+                "-c",
+                "echo $$; cat /etc/hostname; id -u; touch /gear/made",
+            ],
+        );
+        gear.spec.init_path = Some(init.clone());
+        let home = gear.home.clone();
+        let subtree = gear.spec.cgroup.subtree.clone();
+        let mut started = Sandbox::spawn(gear.spec).expect("gear starts");
+        let pid = started.pid();
+        let mut out = String::new();
+        started
+            .take_stdout()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("read");
+        assert!(started.wait().expect("wait").success(), "{out}");
+        started.teardown().expect("teardown");
+        gearhost_sandbox::cgroup::remove_subtree(&subtree).expect("remove subtree");
+        assert_eq!(out, format!("2\n{name}\n52020\n"), "the command is pid 2");
+        assert!(
+            home.join("made").exists(),
+            "the home is the gear's, read-write"
+        );
+        drop(gear.state);
+        pid
+    };
+
+    gearhost_sandbox::keep_warm(&init, 1);
+    assert!(gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)));
+    assert_eq!(gearhost_sandbox::warm_status(&init), (1, None));
+    let waiting = helpers_of(me, &init);
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+
+    // the waiting helper becomes the gear's init, and a new one is prepared
+    assert_eq!(run("warm-a"), waiting[0]);
+    assert!(gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)));
+    let replacement = helpers_of(me, &init);
+    assert_eq!(replacement.len(), 1, "{replacement:?}");
+    assert_ne!(replacement, waiting);
+
+    // a waiting helper that died is passed over: the start still works
+    let killed = replacement[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the waiting helper");
+    while alive(killed) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = run("warm-b");
+    assert_ne!(pid, killed);
+    assert!(gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)));
+
+    // no helper is kept once the node asks for none
+    gearhost_sandbox::keep_warm(&init, 0);
+    assert!(gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)));
+    assert_eq!(gearhost_sandbox::warm_status(&init), (0, None));
+    assert_eq!(helpers_of(me, &init), Vec::<u32>::new());
 }

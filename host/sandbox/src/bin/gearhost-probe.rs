@@ -330,7 +330,20 @@ fn parent(spec: &str) -> Value {
         Ok(s) => s,
         Err(e) => return json!({ "error": e.to_string() }),
     };
-    match gearhost_sandbox::Sandbox::spawn(spec) {
+    // Like a node: start the gear from a warm helper, and keep another one waiting.
+    let init = match gearhost_sandbox::find_init(spec.init_path.as_deref()) {
+        Ok(i) => i,
+        Err(e) => return json!({ "error": e.to_string() }),
+    };
+    gearhost_sandbox::keep_warm(&init, 1);
+    if !gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)) {
+        return json!({ "error": format!("no warm helper: {:?}", gearhost_sandbox::warm_status(&init)) });
+    }
+    let started = gearhost_sandbox::Sandbox::spawn(spec);
+    if !gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)) {
+        return json!({ "error": format!("no warm helper after the start: {:?}", gearhost_sandbox::warm_status(&init)) });
+    }
+    match started {
         Ok(gear) => {
             println!("{}", json!({ "gear_pid": gear.pid() }));
             let _ = std::io::stdout().flush();

@@ -1,0 +1,339 @@
+//! Helper processes, and helpers started ahead of time ("warm").
+//!
+//! Starting a gear begins with a clone of the node into a new pid namespace and an exec of
+//! `gearhost-init`, which then builds every part of the gear's root that is the same for all
+//! gears (system binds, `/etc`, `/dev`, `/proc` and its masks) before it needs the gear's spec.
+//! That is more than half of a start, and none of it depends on the gear, so a node can keep
+//! a helper that has done all of it waiting for a spec: [`keep_warm`]. A start then takes the
+//! waiting helper and only the gear's own steps remain on its path; a replacement is started
+//! in the background. Without a warm helper (none configured, or taken by a concurrent start)
+//! a start clones a fresh one and runs the same code in the same order.
+//!
+//! A waiting helper is pid 1 of an empty pid namespace, in private mount, uts and ipc
+//! namespaces, in the node's cgroup, with every capability of the node and nothing of any gear.
+//! It exits when the node exits (it polls the node's pidfd), and a node discards one whose
+//! preparation failed: the failure is kept for [`warm_status`], and starts go on cold (where
+//! the same failure, if it persists, is reported to the caller).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::error::SandboxError;
+use crate::protocol::{HelperMessage, PARENT_FD, REPORT_FD, SPEC_FD};
+use crate::sys;
+
+/// A started `gearhost-init`, before it has a spec: pid 1 of its own pid namespace.
+#[derive(Debug)]
+pub(crate) struct Helper {
+    pub(crate) pid: libc::pid_t,
+    pub(crate) pidfd: OwnedFd,
+    /// The node's end of the spec socket (fd 3 in the helper).
+    pub(crate) spec: UnixStream,
+    /// The reading end of the report pipe (fd 4 in the helper).
+    pub(crate) report: File,
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SandboxError::Spawn {
+        what: "create a pipe",
+        source: e.into(),
+    })
+}
+
+/// Duplicates `fd` to a close-on-exec descriptor numbered 10 or above, so the dup2 calls in
+/// the cloned child never overwrite a source they still need.
+pub(crate) fn high_dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, SandboxError> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
+        .map(|raw| {
+            // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor we now own.
+            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+        })
+        .map_err(|e| SandboxError::Spawn {
+            what: "duplicate a descriptor",
+            source: e.into(),
+        })
+}
+
+fn cstring(bytes: &[u8], what: &'static str) -> Result<CString, SandboxError> {
+    CString::new(bytes).map_err(|_| SandboxError::Spawn {
+        what,
+        source: io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte"),
+    })
+}
+
+impl Helper {
+    /// Clones `init` straight into a new pid namespace with its protocol descriptors
+    /// (`/dev/null` as 0 to 2 until the gear's streams arrive with the spec).
+    pub(crate) fn start(init: &Path) -> Result<Helper, SandboxError> {
+        let null = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|source| SandboxError::Io {
+                action: "open",
+                path: PathBuf::from("/dev/null"),
+                source,
+                hint: "make sure /dev is mounted on the node",
+            })?;
+        let null = high_dup(null.as_fd())?;
+        let (spec, helper_spec) = UnixStream::pair().map_err(|e| SandboxError::Spawn {
+            what: "create the spec socket",
+            source: e,
+        })?;
+        let helper_spec = high_dup(helper_spec.as_fd())?;
+        let (report_read, report_write) = pipe()?;
+        let report_write = high_dup(report_write.as_fd())?;
+        let own = sys::pidfd_open(std::process::id() as libc::pid_t).map_err(|source| {
+            SandboxError::Spawn {
+                what: "open a pidfd of the node",
+                source,
+            }
+        })?;
+        let node = high_dup(own.as_fd())?;
+        drop(own);
+
+        let fds: [(RawFd, RawFd); 6] = [
+            (null.as_raw_fd(), 0),
+            (null.as_raw_fd(), 1),
+            (null.as_raw_fd(), 2),
+            (helper_spec.as_raw_fd(), SPEC_FD),
+            (report_write.as_raw_fd(), REPORT_FD),
+            (node.as_raw_fd(), PARENT_FD),
+        ];
+        let path = cstring(init.as_os_str().as_bytes(), "encode the helper path")?;
+        let arg0 = cstring(crate::launch::INIT_NAME.as_bytes(), "encode argv")?;
+        let argv = [arg0.as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null()];
+        let plan = sys::ExecPlan {
+            fds: &fds,
+            path: &path,
+            argv: &argv,
+            envp: &envp,
+        };
+        let (pid, pidfd) =
+            sys::clone_into_new_pid_ns(&plan).map_err(|source| SandboxError::Spawn {
+                what: "clone the gear's init into a new pid namespace",
+                source,
+            })?;
+        Ok(Helper {
+            pid,
+            pidfd,
+            spec,
+            report: File::from(report_read),
+        })
+    }
+
+    /// Whether the helper is still running (a warm one may have been killed while waiting).
+    fn is_alive(&self) -> bool {
+        let mut fds = [nix::poll::PollFd::new(
+            self.pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        matches!(
+            nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+            Ok(0)
+        )
+    }
+
+    /// Kills and reaps the helper.
+    pub(crate) fn discard(self) {
+        let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGKILL);
+        let _ = sys::waitid_pidfd(self.pidfd.as_fd(), false);
+    }
+
+    /// Reads the helper's first message: that the shared part of the root is ready, or why it
+    /// could not be built.
+    fn await_prepared(&mut self) -> Result<(), String> {
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        loop {
+            match self.report.read(&mut byte) {
+                Ok(0) => return Err("gearhost-init exited while preparing".into()),
+                Ok(_) if byte[0] == b'\n' => break,
+                Ok(_) => line.push(byte[0]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read from gearhost-init: {e}")),
+            }
+        }
+        match serde_json::from_slice::<HelperMessage>(&line) {
+            Ok(HelperMessage::Prepared) => Ok(()),
+            Ok(HelperMessage::Failed(f)) => Err(format!("{}: {}", f.step, f.detail)),
+            Ok(other) => Err(format!("unexpected message {other:?}")),
+            Err(e) => Err(format!("undecodable message: {e}")),
+        }
+    }
+}
+
+/// The warm helpers kept for one `gearhost-init` path.
+#[derive(Debug)]
+struct Pool {
+    init: PathBuf,
+    target: usize,
+    ready: Vec<Helper>,
+    filling: usize,
+    last_error: Option<String>,
+}
+
+static POOLS: Mutex<Vec<Pool>> = Mutex::new(Vec::new());
+static CHANGED: Condvar = Condvar::new();
+
+fn pools() -> MutexGuard<'static, Vec<Pool>> {
+    // A panic elsewhere while holding the lock leaves plain data behind; keep using it.
+    POOLS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Keeps `count` helpers of `init` prepared and waiting (0 stops keeping any and ends the
+/// waiting ones). Returns at once; the helpers are started in the background.
+pub fn keep_warm(init: &Path, count: usize) {
+    let discarded = {
+        let mut all = pools();
+        let index = match all.iter().position(|p| p.init == init) {
+            Some(i) => i,
+            None => {
+                all.push(Pool {
+                    init: init.to_path_buf(),
+                    target: 0,
+                    ready: Vec::new(),
+                    filling: 0,
+                    last_error: None,
+                });
+                all.len() - 1
+            }
+        };
+        let pool = &mut all[index];
+        pool.target = count;
+        pool.last_error = None;
+        let extra = pool.ready.len().saturating_sub(count);
+        pool.ready.drain(..extra).collect::<Vec<_>>()
+    };
+    for helper in discarded {
+        helper.discard();
+    }
+    refill(init);
+}
+
+/// Waits up to `timeout` until every helper [`keep_warm`] asked for is prepared and none is
+/// being prepared; false on timeout or when preparing failed (see [`warm_status`]).
+pub fn wait_warm(init: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut all = pools();
+    loop {
+        match all.iter().find(|p| p.init == init) {
+            None => return false,
+            Some(p) if p.last_error.is_some() => return false,
+            Some(p) if p.ready.len() >= p.target && p.filling == 0 => return true,
+            Some(_) => {}
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        all = CHANGED
+            .wait_timeout(all, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+}
+
+/// How many helpers of `init` are waiting, and why the last preparation failed, if it did.
+pub fn warm_status(init: &Path) -> (usize, Option<String>) {
+    pools()
+        .iter()
+        .find(|p| p.init == init)
+        .map_or((0, None), |p| (p.ready.len(), p.last_error.clone()))
+}
+
+/// Takes a prepared helper of `init`, if one is waiting, and starts its replacement.
+pub(crate) fn take(init: &Path) -> Option<Helper> {
+    loop {
+        let helper = {
+            let mut all = pools();
+            let pool = all.iter_mut().find(|p| p.init == init)?;
+            pool.ready.pop()
+        };
+        refill(init);
+        let helper = helper?;
+        if helper.is_alive() {
+            return Some(helper);
+        }
+        helper.discard();
+    }
+}
+
+/// Starts helpers in the background until the pool of `init` holds its target.
+fn refill(init: &Path) {
+    let wanted = {
+        let mut all = pools();
+        let Some(pool) = all.iter_mut().find(|p| p.init == init) else {
+            return;
+        };
+        if pool.last_error.is_some() {
+            return;
+        }
+        let wanted = pool.target.saturating_sub(pool.ready.len() + pool.filling);
+        pool.filling += wanted;
+        wanted
+    };
+    for _ in 0..wanted {
+        let owned = init.to_path_buf();
+        let started = std::thread::Builder::new()
+            .name("gearhost-warm".into())
+            .spawn(move || fill_one(&owned));
+        if started.is_err() {
+            finish_filling(
+                init,
+                None,
+                Some("could not start a thread to prepare a warm helper"),
+            );
+        }
+    }
+}
+
+fn fill_one(init: &Path) {
+    let outcome = Helper::start(init)
+        .map_err(|e| e.to_string())
+        .and_then(|mut h| match h.await_prepared() {
+            Ok(()) => Ok(h),
+            Err(e) => {
+                h.discard();
+                Err(e)
+            }
+        });
+    match outcome {
+        Ok(helper) => finish_filling(init, Some(helper), None),
+        Err(e) => finish_filling(init, None, Some(&e)),
+    }
+}
+
+fn finish_filling(init: &Path, helper: Option<Helper>, error: Option<&str>) {
+    let leftover = {
+        let mut all = pools();
+        match all.iter_mut().find(|p| p.init == init) {
+            Some(pool) => {
+                pool.filling = pool.filling.saturating_sub(1);
+                if let Some(e) = error {
+                    pool.last_error = Some(e.to_string());
+                }
+                match helper {
+                    Some(h) if pool.ready.len() < pool.target => {
+                        pool.ready.push(h);
+                        None
+                    }
+                    other => other,
+                }
+            }
+            None => helper,
+        }
+    };
+    CHANGED.notify_all();
+    if let Some(h) = leftover {
+        h.discard();
+    }
+}
