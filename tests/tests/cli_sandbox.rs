@@ -132,3 +132,87 @@ fn sandbox_run_confines_a_command_and_passes_its_status_through() {
     let out = gear(&["sandbox", "run", "--uid", "0", "--", "true"]);
     assert_eq!(out.status.code(), Some(3));
 }
+
+/// `gear` run by an unprivileged user, through setpriv.
+fn gear_as_nobody(args: &[&str]) -> Output {
+    let bin = gear_bin();
+    let mut full = vec![
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        bin.to_str().expect("utf-8 path"),
+    ];
+    full.extend_from_slice(args);
+    Command::new("setpriv")
+        .args(&full)
+        .env("TMPDIR", "/tmp")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run setpriv (util-linux)")
+}
+
+#[test]
+fn rootless_sandbox_runs_as_the_caller_in_a_user_namespace() {
+    if !privileged("becoming an unprivileged user to run a rootless sandbox") {
+        return;
+    }
+    let out = gear_as_nobody(&[
+        "sandbox",
+        "run",
+        "--hostname",
+        "rootless",
+        "--",
+        "sh",
+        "-c",
+        "id -u; hostname; tr -s ' ' < /proc/self/uid_map | cut -d' ' -f2; \
+         tr -s ' ' < /proc/self/uid_map | cut -d' ' -f3; cat /proc/1/comm; \
+         grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; \
+         (touch /usr/x 2>/dev/null && echo usr-writable || echo usr-read-only); \
+         (unshare -U true 2>/dev/null && echo nested-userns || echo nested-refused); \
+         echo data > /gear/made && echo home-writable; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "0", "uid 0 inside: {stdout}");
+    assert_eq!(lines[1], "rootless");
+    assert_eq!(lines[2], "0");
+    assert_eq!(
+        lines[3], "65534",
+        "0 inside is the caller outside: {stdout}"
+    );
+    assert_eq!(lines[4], "gearhost-init", "own pid namespace: {stdout}");
+    for expected in [
+        "CapEff:\t0000000000000000",
+        "CapBnd:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "Seccomp:\t2",
+        "usr-read-only",
+        "nested-refused",
+        "home-writable",
+    ] {
+        assert!(stdout.contains(expected), "{expected} missing: {stdout}");
+    }
+    assert_eq!(lines.last(), Some(&"lo"), "only loopback: {stdout}");
+
+    // the report says what rootless mode is and is not
+    let out = gear_as_nobody(&["sandbox", "run", "--json", "--", "true"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let user = json["report"]["namespaces"]["user"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(user.contains("65534 and 65534 outside"), "{json}");
+    assert!(json["report"]["cgroup"].is_null(), "{json}");
+
+    // limits need cgroups, which need root: a clear refusal, not a silent gear without them
+    let out = gear_as_nobody(&["sandbox", "run", "--memory", "64MiB", "--", "true"]);
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--memory needs root"), "{stderr}");
+}

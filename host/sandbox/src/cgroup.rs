@@ -248,6 +248,14 @@ fn mkdir_if_missing(path: &Path) -> Result<(), CgroupError> {
 }
 
 impl GearCgroup {
+    /// A gear placed in no cgroup (rootless mode): no paths, nothing to tear down.
+    pub(crate) fn unplaced() -> Self {
+        GearCgroup {
+            layout: CgroupLayout::V2,
+            dirs: BTreeMap::new(),
+        }
+    }
+
     /// Creates the gear's cgroup on every hierarchy and writes its limits. A leftover empty
     /// cgroup of the same name is replaced; a busy one is an error.
     pub fn create(

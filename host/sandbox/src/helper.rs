@@ -95,6 +95,16 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
     // SAFETY: fd 5 is the node's pidfd (see `protocol`); nothing else in this process owns it.
     let node = unsafe { OwnedFd::from_raw_fd(PARENT_FD) };
     unshare_early()?;
+    // Rootless, the node's mounts cannot be handed over as detached trees (that needs
+    // privilege over the node's mount namespace), so this helper takes its spec first and finds
+    // the same files in its own copy of the mounts before the staging root hides any of them.
+    // A rootless node keeps no warm helpers, so nothing waits on this order.
+    let early = if in_user_namespace() {
+        let (hs, fds) = receive_spec(&node)?;
+        Some((hs, adopt_sources(fds)?))
+    } else {
+        None
+    };
     let prepared = rootfs::prepare(rootfs::open_system()?)?;
     let filter = seccomp::build().map_err(|e| SetupFailure {
         step: "seccomp".into(),
@@ -102,8 +112,13 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
         errno: None,
     })?;
 
-    send(report, &HelperMessage::Prepared);
-    let (hs, fds) = receive_spec(&node)?;
+    let (hs, fds) = match early {
+        Some(spec) => spec,
+        None => {
+            send(report, &HelperMessage::Prepared);
+            receive_spec(&node)?
+        }
+    };
     let node = hs.watch_parent.then_some(node);
     install_stdio(fds.stdio)?;
     join_cgroup(&hs.cgroup_procs)?;
@@ -117,6 +132,9 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
         hs.spec.network
     };
     let mut unshared = unshare_late(network)?;
+    if hs.rootless {
+        unshared.push("user".into());
+    }
     if joined {
         unshared.push("net (the gear's)".into());
     }
@@ -128,6 +146,12 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
         network: hs.spec.network,
         loopback_up,
         nested_userns: "seccomp refuses unshare, setns and clone with namespace flags (EPERM) and clone3 (ENOSYS)".into(),
+        user: hs.rootless.then(|| {
+            format!(
+                "user namespace: uid and gid 0 inside are {} and {} outside, nothing else is mapped",
+                hs.spec.uid, hs.spec.gid
+            )
+        }),
     };
     let gear = rootfs::GearSources {
         home: fds.home,
@@ -231,6 +255,72 @@ fn receive_spec(node: &OwnedFd) -> Result<(HelperSpec, SpecFds<OwnedFd>), SetupF
     let fds = SpecFds::from_vec(descriptors, hs.spec.netns.is_some(), &ro, &rw)
         .map_err(|detail| failed(detail, None))?;
     Ok((hs, fds))
+}
+
+/// Whether this helper runs in a user namespace of its own (rootless mode): its uid map is
+/// not the whole identity range of the host.
+fn in_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().nth(2) != Some("4294967295"))
+        .unwrap_or(false)
+}
+
+/// Rootless mode: replaces each source the node sent (a plain descriptor of the node's mount
+/// namespace) with a detached clone made in this helper's own namespace, from the same path,
+/// checked to be the same file, opened without following symlinks.
+fn adopt_sources(fds: SpecFds<OwnedFd>) -> Result<SpecFds<OwnedFd>, SetupFailure> {
+    let adopt = |fd: OwnedFd| -> Result<OwnedFd, SetupFailure> {
+        let link = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+        let path = std::fs::read_link(&link).map_err(|e| SetupFailure {
+            step: "open_bind_source".into(),
+            detail: format!("find the path of a bind source: {e}"),
+            errno: e.raw_os_error(),
+        })?;
+        let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()))
+            .map_err(|_| SetupFailure {
+                step: "open_bind_source".into(),
+                detail: format!("{} contains a NUL byte", path.display()),
+                errno: None,
+            })?;
+        let own = sys::openat2_path(
+            None,
+            &c,
+            sys::RESOLVE_NO_SYMLINKS | sys::RESOLVE_NO_MAGICLINKS,
+        )
+        .map_err(|e| SetupFailure {
+            step: "open_bind_source".into(),
+            detail: format!("open {} without following symlinks: {e}", path.display()),
+            errno: e.raw_os_error(),
+        })?;
+        let same = |a: &OwnedFd| nix::sys::stat::fstat(a.as_fd()).map(|st| (st.st_dev, st.st_ino));
+        if same(&fd).ok() != same(&own).ok() {
+            return Err(SetupFailure {
+                step: "open_bind_source".into(),
+                detail: format!("{} changed while the gear was starting", path.display()),
+                errno: None,
+            });
+        }
+        sys::open_tree_clone(own.as_fd()).map_err(|e| SetupFailure {
+            step: "open_bind_source".into(),
+            detail: format!("clone {} into a detached mount: {e}", path.display()),
+            errno: e.raw_os_error(),
+        })
+    };
+    Ok(SpecFds {
+        stdio: fds.stdio,
+        home: adopt(fds.home)?,
+        netns: fds.netns,
+        ro: fds
+            .ro
+            .into_iter()
+            .map(|(fd, dir)| Ok((adopt(fd)?, dir)))
+            .collect::<Result<_, SetupFailure>>()?,
+        rw: fds
+            .rw
+            .into_iter()
+            .map(|(fd, dir)| Ok((adopt(fd)?, dir)))
+            .collect::<Result<_, SetupFailure>>()?,
+    })
 }
 
 /// Puts the gear's standard streams on descriptors 0 to 2.
@@ -337,16 +427,12 @@ fn run_gear(
             let _ = unsafe { nix::sys::signal::signal(sig, nix::sys::signal::SigHandler::SigDfl) };
         }
     }
-    let dropped = confine::drop_credentials(spec.uid, spec.gid)?;
+    let (uid, gid) = hs.ids();
+    let dropped = confine::drop_credentials(uid, gid, hs.rootless)?;
     let rlimits = confine::apply_rlimits(&spec.limits.rlimits)?;
     let cwd = spec.effective_cwd();
-    nix::unistd::chdir(cwd).map_err(|e| {
-        fail(
-            "cwd",
-            format!("enter {} as uid {}", cwd.display(), spec.uid),
-            e,
-        )
-    })?;
+    nix::unistd::chdir(cwd)
+        .map_err(|e| fail("cwd", format!("enter {} as uid {uid}", cwd.display()), e))?;
     let selinux = match &hs.exec_label {
         Some(label) => {
             crate::selinux::set_exec_label(label).map_err(|detail| SetupFailure {
@@ -433,7 +519,8 @@ fn supervise(
     // Pid 1 keeps no privilege it does not need: it only waits, polls and sends signals.
     // It runs under the gear's label too (before Landlock takes /proc away from it), so no
     // process of the gear stays in the node's domain.
-    let locked = confine::drop_credentials(hs.spec.uid, hs.spec.gid)
+    let (uid, gid) = hs.ids();
+    let locked = confine::drop_credentials(uid, gid, hs.rootless)
         .and_then(|_| match &hs.exec_label {
             Some(label) => {
                 crate::selinux::set_current_label(label).map_err(|detail| SetupFailure {

@@ -289,7 +289,11 @@ fn open_sources(
     let ro: Vec<(OwnedFd, bool)> = ro.iter().map(&open).collect::<Result<_, _>>()?;
     let rw: Vec<(OwnedFd, bool)> = rw.iter().map(&open).collect::<Result<_, _>>()?;
     // The helper lives in a mount namespace of its own (made before the spec, when warm), where
-    // a mount of the node's namespace cannot be bound: hand it detached clones instead.
+    // a mount of the node's namespace cannot be bound: hand it detached clones instead. A
+    // rootless node may not clone its mounts; its helper finds the files itself.
+    if warm::rootless() {
+        return Ok(OpenedSources { home, ro, rw });
+    }
     let clone = |fd: &OwnedFd| {
         sys::open_tree_clone(fd.as_fd()).map_err(|source| SandboxError::Spawn {
             what: "clone a bind source into a detached mount",
@@ -367,9 +371,10 @@ impl Sandbox {
                 source,
                 hint: "create the gear's home directory first",
             })?;
-        // SELinux: label the home and the read-write binds (the gear's deployment) with the
-        // gear's level before anything runs; fail closed.
-        let contexts = if selinux::is_enabled() {
+        let rootless = warm::rootless();
+        // SELinux: label the home and the read-write binds with the gear's level before
+        // anything runs; fail closed. (A rootless caller can neither relabel nor transition.)
+        let contexts = if selinux::is_enabled() && !rootless {
             let contexts = selinux::gear_contexts(spec.selinux.as_ref(), spec.uid)?;
             selinux::label_tree(&canonical_home, &contexts.file)?;
             // binds from below the home were labelled with it; the others by their canonical path
@@ -383,12 +388,18 @@ impl Sandbox {
             None
         };
 
-        let mounts = cgroup::detect()?;
-        let (cgroup, cgroup_report) = GearCgroup::create(&mounts, &spec.cgroup, &spec.limits)?;
+        // A rootless caller has no cgroup to place gears in: no limits, said in the report.
+        let (cgroup, cgroup_report) = if rootless {
+            (GearCgroup::unplaced(), None)
+        } else {
+            let mounts = cgroup::detect()?;
+            let (cgroup, report) = GearCgroup::create(&mounts, &spec.cgroup, &spec.limits)?;
+            (cgroup, Some(report))
+        };
         let started = Self::start_helper(&spec, &init, &canonical_home, contexts, &cgroup);
         match started {
             Ok((pid, pidfd, mut report, stdio)) => {
-                report.cgroup = Some(cgroup_report);
+                report.cgroup = cgroup_report;
                 let [stdin, stdout, stderr] = stdio;
                 Ok(Sandboxed {
                     pid,
@@ -450,6 +461,7 @@ impl Sandbox {
                 .map(|(b, (_, dir))| (b.target.clone(), *dir))
                 .collect(),
             watch_parent: !spec.detached,
+            rootless: warm::rootless(),
         };
         let spec_json = serde_json::to_vec(&helper_spec)
             .map_err(|e| SandboxError::Protocol(format!("encode the spec: {e}")))?;

@@ -112,6 +112,22 @@ pub struct HelperSpec {
     /// Whether the helper watches the node's pidfd (fd [`PARENT_FD`]) and takes the gear down
     /// with the node.
     pub watch_parent: bool,
+    /// Rootless mode: the helper is root of a user namespace of its own, where only uid and gid
+    /// 0 exist (mapped to the non-root caller outside); the gear runs as that 0, with no
+    /// capabilities, and has no cgroup.
+    #[serde(default)]
+    pub rootless: bool,
+}
+
+impl HelperSpec {
+    /// The uid and gid the gear runs as, inside its namespaces.
+    pub fn ids(&self) -> (u32, u32) {
+        if self.rootless {
+            (0, 0)
+        } else {
+            (self.spec.uid, self.spec.gid)
+        }
+    }
 }
 
 /// A setup step of the helper that failed.

@@ -46,6 +46,9 @@ pub struct NamespaceReport {
     pub loopback_up: bool,
     /// How nested user namespaces are prevented.
     pub nested_userns: String,
+    /// Rootless mode: the gear's user namespace and its one mapping.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// What the filesystem layer did.
@@ -147,6 +150,9 @@ impl fmt::Display for LayerReport {
             ns.network,
             ns.loopback_up
         )?;
+        if let Some(user) = &ns.user {
+            writeln!(f, "rootless     {user}")?;
+        }
         writeln!(
             f,
             "filesystem   {}; {} read-only, {} read-write, {} masked",
@@ -181,6 +187,10 @@ impl fmt::Display for LayerReport {
                 cg.memory_bytes,
                 cg.pids,
                 cg.cpu_millicores
+            )?,
+            None if self.namespaces.user.is_some() => writeln!(
+                f,
+                "cgroup       none: rootless mode, no limits (a non-root caller has no cgroup of its own to place gears in)"
             )?,
             None => writeln!(f, "cgroup       not set")?,
         }

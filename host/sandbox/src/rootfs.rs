@@ -513,16 +513,23 @@ pub(crate) fn finish_and_pivot(
     let mut b = prepared.b;
     let user = &spec.gear_id;
     let home = spec.home_target.display();
+    let (uid, gid) = hs.ids();
+    // Rootless, the gear is uid 0 of its namespace: it is the one user, under its own name.
+    let root = if hs.rootless {
+        String::new()
+    } else {
+        "root:x:0:0:root:/root:/usr/sbin/nologin\n".to_string()
+    };
+    let root_group = if hs.rootless { "" } else { "root:x:0:\n" };
     b.write_file(
         "/etc/passwd",
         &format!(
-            "root:x:0:0:root:/root:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n{user}:x:{}:{}:gear {user}:{home}:/bin/sh\n",
-            spec.uid, spec.gid
+            "{root}nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n{user}:x:{uid}:{gid}:gear {user}:{home}:/bin/sh\n"
         ),
     )?;
     b.write_file(
         "/etc/group",
-        &format!("root:x:0:\nnogroup:x:65534:\n{user}:x:{}:\n", spec.gid),
+        &format!("{root_group}nogroup:x:65534:\n{user}:x:{gid}:\n"),
     )?;
     b.write_file("/etc/hostname", &format!("{}\n", spec.hostname))?;
     b.write_file(

@@ -395,6 +395,10 @@ pub(crate) struct ExecPlan<'a> {
     pub(crate) argv: &'a [*const libc::c_char],
     /// NULL-terminated environment.
     pub(crate) envp: &'a [*const libc::c_char],
+    /// Rootless mode: the child is cloned into a new user namespace too, waits until one byte
+    /// arrives on this descriptor (the parent has written its uid and gid maps), then takes
+    /// uid and gid 0 of that namespace before it executes.
+    pub(crate) userns_sync: Option<RawFd>,
 }
 
 /// Forks a child into a new pid namespace (it is pid 1 there), returning its host pid and a
@@ -404,7 +408,11 @@ pub(crate) fn clone_into_new_pid_ns(plan: &ExecPlan<'_>) -> io::Result<(libc::pi
     debug_assert_eq!(plan.argv.last(), Some(&std::ptr::null()));
     debug_assert_eq!(plan.envp.last(), Some(&std::ptr::null()));
     let mut pidfd: libc::c_int = -1;
-    let flags = libc::CLONE_NEWPID as libc::c_ulong | CLONE_PIDFD | libc::SIGCHLD as libc::c_ulong;
+    let mut flags =
+        libc::CLONE_NEWPID as libc::c_ulong | CLONE_PIDFD | libc::SIGCHLD as libc::c_ulong;
+    if plan.userns_sync.is_some() {
+        flags |= libc::CLONE_NEWUSER as libc::c_ulong;
+    }
     // SAFETY: a raw clone without CLONE_VM and with a null stack behaves like fork: the child
     // gets a copy-on-write image and returns 0 on the same stack. In the child we only call
     // async-signal-safe functions (sigprocmask, dup2, fcntl, execve, _exit) on data prepared
@@ -444,6 +452,24 @@ unsafe fn exec_in_child(plan: &ExecPlan<'_>) -> ! {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        if let Some(sync) = plan.userns_sync {
+            let mut byte = 0u8;
+            loop {
+                let n = libc::read(sync, (&mut byte as *mut u8).cast(), 1);
+                if n == 1 {
+                    break;
+                }
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                libc::_exit(125);
+            }
+            // Root of the new user namespace (mapped to the caller outside); without this the
+            // exec would drop the capabilities the namespace gave this process.
+            if libc::setresgid(0, 0, 0) < 0 || libc::setresuid(0, 0, 0) < 0 {
+                libc::_exit(125);
+            }
+        }
         for &(src, dst) in plan.fds {
             if libc::dup2(src, dst) < 0 {
                 libc::_exit(126);

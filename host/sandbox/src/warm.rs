@@ -111,17 +111,37 @@ impl Helper {
         let arg0 = cstring(crate::launch::INIT_NAME.as_bytes(), "encode argv")?;
         let argv = [arg0.as_ptr(), std::ptr::null()];
         let envp = [std::ptr::null()];
+        let sync = if rootless() {
+            let (wait, release) = pipe()?;
+            Some((high_dup(wait.as_fd())?, release))
+        } else {
+            None
+        };
         let plan = sys::ExecPlan {
             fds: &fds,
             path: &path,
             argv: &argv,
             envp: &envp,
+            userns_sync: sync.as_ref().map(|(wait, _)| wait.as_raw_fd()),
         };
         let (pid, pidfd) =
             sys::clone_into_new_pid_ns(&plan).map_err(|source| SandboxError::Spawn {
                 what: "clone the gear's init into a new pid namespace",
                 source,
             })?;
+        if let Some((_, release)) = sync {
+            let mapped = map_ids(pid);
+            if let Err(e) = &mapped {
+                let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
+                let _ = sys::waitid_pidfd(pidfd.as_fd(), false);
+                return Err(SandboxError::Spawn {
+                    what: "map the caller's ids into the gear's user namespace",
+                    source: io::Error::new(e.kind(), e.to_string()),
+                });
+            }
+            // Lets the child go on (it exits if this never comes).
+            let _ = nix::unistd::write(&release, &[1]);
+        }
         Ok(Helper {
             pid,
             pidfd,
@@ -171,6 +191,28 @@ impl Helper {
     }
 }
 
+/// Whether this process starts gears rootless: it is not root, so each gear gets a user
+/// namespace of its own where the caller's uid and gid are mapped to 0.
+pub(crate) fn rootless() -> bool {
+    !nix::unistd::geteuid().is_root()
+}
+
+/// Writes the user namespace maps of the freshly cloned `pid`: uid and gid 0 inside are the
+/// caller's ids outside, and nothing else is mapped. An unprivileged process may write only
+/// this one line per map, and only after refusing `setgroups` in the namespace.
+fn map_ids(pid: libc::pid_t) -> io::Result<()> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    std::fs::write(proc.join("setgroups"), "deny")?;
+    std::fs::write(
+        proc.join("uid_map"),
+        format!("0 {} 1\n", nix::unistd::geteuid()),
+    )?;
+    std::fs::write(
+        proc.join("gid_map"),
+        format!("0 {} 1\n", nix::unistd::getegid()),
+    )
+}
+
 /// The warm helpers kept for one `gearhost-init` path.
 #[derive(Debug)]
 struct Pool {
@@ -192,6 +234,8 @@ fn pools() -> MutexGuard<'static, Vec<Pool>> {
 /// Keeps `count` helpers of `init` prepared and waiting (0 stops keeping any and ends the
 /// waiting ones). Returns at once; the helpers are started in the background.
 pub fn keep_warm(init: &Path, count: usize) {
+    // Rootless helpers are never prepared ahead (see `helper`).
+    let count = if rootless() { 0 } else { count };
     let discarded = {
         let mut all = pools();
         let index = match all.iter().position(|p| p.init == init) {
@@ -252,6 +296,10 @@ pub fn warm_status(init: &Path) -> (usize, Option<String>) {
 
 /// Takes a prepared helper of `init`, if one is waiting, and starts its replacement.
 pub(crate) fn take(init: &Path) -> Option<Helper> {
+    if rootless() {
+        // A rootless helper must see its spec before it prepares (see `helper`).
+        return None;
+    }
     loop {
         let helper = {
             let mut all = pools();

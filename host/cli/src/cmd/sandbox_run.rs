@@ -14,9 +14,10 @@ use crate::{CmdResult, Failure};
 /// Arguments of `gear sandbox run`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The gear's uid (and gid unless --gid is given); must not be 0.
-    #[arg(long, default_value_t = 60999)]
-    pub uid: u32,
+    /// The gear's uid (and gid unless --gid is given); must not be 0. Default 60999. Needs
+    /// root: run by another user, the gear is rootless and runs as that user
+    #[arg(long)]
+    pub uid: Option<u32>,
     /// The gear's gid.
     #[arg(long)]
     pub gid: Option<u32>,
@@ -54,14 +55,43 @@ fn parse_memory(text: &str) -> Result<u64, String> {
     parse_size(text).ok_or_else(|| format!("invalid size {text:?}: use e.g. 256MiB or 1GiB"))
 }
 
+/// This process's effective uid (`Uid:`) or gid (`Gid:`), from `/proc/self/status`.
+fn own_id(field: &str) -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(u32::MAX)
+}
+
 /// Run the command.
 pub fn run(args: Args) -> CmdResult {
-    if !crate::is_root() {
-        return Err(Failure::Environment(anyhow::anyhow!(
-            "gear sandbox run needs root to create namespaces and cgroups; run it with sudo"
-        )));
+    let root = crate::is_root();
+    if !root {
+        // Rootless: a user namespace maps the caller to the gear's uid 0; there is no cgroup.
+        let needs_root = [
+            ("--uid", args.uid.is_some()),
+            ("--gid", args.gid.is_some()),
+            ("--memory", args.memory.is_some()),
+            ("--pids", args.pids.is_some()),
+            ("--cpu", args.cpu.is_some()),
+        ];
+        if let Some((flag, _)) = needs_root.iter().find(|(_, given)| *given) {
+            return Err(Failure::Invalid(anyhow::anyhow!(
+                "{flag} needs root: without it the gear is rootless (it runs as you, in a user namespace, with no cgroup to hold limits); run with sudo to use {flag}"
+            )));
+        }
     }
-    if args.uid == 0 || args.gid == Some(0) {
+    let uid = match args.uid {
+        Some(uid) => uid,
+        None if root => 60999,
+        None => own_id("Uid:"),
+    };
+    if root && (uid == 0 || args.gid == Some(0)) {
         return Err(Failure::Invalid(anyhow::anyhow!(
             "a gear never runs as uid or gid 0; pick an unprivileged id with --uid"
         )));
@@ -78,13 +108,19 @@ pub fn run(args: Args) -> CmdResult {
             (Some(tmp), path)
         }
     };
-    let gid = args.gid.unwrap_or(args.uid);
-    std::os::unix::fs::chown(&home, Some(args.uid), Some(gid))
-        .with_context(|| format!("cannot hand {} to uid {}", home.display(), args.uid))
-        .map_err(Failure::Environment)?;
+    let gid = match args.gid {
+        Some(gid) => gid,
+        None if root => uid,
+        None => own_id("Gid:"),
+    };
+    if root {
+        std::os::unix::fs::chown(&home, Some(uid), Some(gid))
+            .with_context(|| format!("cannot hand {} to uid {uid}", home.display()))
+            .map_err(Failure::Environment)?;
+    }
 
     let id = format!("sandbox-{}", std::process::id());
-    let mut spec = SandboxSpec::new(id, args.uid, gid, &home, args.command.clone());
+    let mut spec = SandboxSpec::new(id, uid, gid, &home, args.command.clone());
     spec.hostname = args.hostname.clone();
     spec.limits.memory_bytes = args.memory;
     spec.limits.pids = args.pids;
