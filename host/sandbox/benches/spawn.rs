@@ -2,6 +2,8 @@
 //! and reaped, side by side in one run with `bwrap` and `crun run`; then a density run of many
 //! gears each running `sleep`.
 //!
+//! The density run starts its gears one after another with no warm helper.
+//!
 //! gearhost is measured twice per round: as a node runs it, with one warm helper waiting (the
 //! replacement is prepared in the background while the measured gear runs, and is ready again
 //! before the next measured start), and cold, with no helper waiting.
@@ -249,11 +251,28 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// Memory charged to this process's own memory cgroup (v1 or v2), in bytes.
+fn own_memcg_usage() -> Option<u64> {
+    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read =
+        |path: String| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    for line in groups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            return read(format!("/sys/fs/cgroup/memory{path}/memory.usage_in_bytes"));
+        }
+    }
+    let path = groups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    read(format!("/sys/fs/cgroup{path}/memory.current"))
+}
+
 fn density(count: usize) {
     let subtree = format!("gearhost-bench-density-{}", std::process::id());
     let home = scratch("density");
     std::os::unix::fs::chown(&home, Some(UID), Some(UID)).expect("chown");
     let rss_before = rss_kib();
+    let node_charge_before = own_memcg_usage();
     let start = Instant::now();
     let mut gears = Vec::with_capacity(count);
     for i in 0..count {
@@ -264,6 +283,7 @@ fn density(count: usize) {
     let started = start.elapsed();
     std::thread::sleep(Duration::from_millis(500));
     let rss_after = rss_kib();
+    let node_charge_after = own_memcg_usage();
     let charged: u64 = gears.iter().filter_map(|g| g.cgroup().memory_usage()).sum();
     let processes: usize = gears.iter().map(|g| g.cgroup().pids().len()).sum();
     let teardown_start = Instant::now();
@@ -296,6 +316,14 @@ fn density(count: usize) {
         charged as f64 / (1 << 20) as f64,
         charged as f64 / 1024.0 / count as f64
     );
+    if let (Some(before), Some(after)) = (node_charge_before, node_charge_after) {
+        let grown = after.saturating_sub(before);
+        println!(
+            "| memory charged to the starting process's own cgroup (helpers' shared part, page cache; approximate) | {:.1} MiB total, {:.0} KiB per gear |",
+            grown as f64 / (1 << 20) as f64,
+            grown as f64 / 1024.0 / count as f64
+        );
+    }
     println!("| teardown of all | {:.2} s |", torn_down.as_secs_f64());
     println!("| cgroup directories left | {leftovers} |");
     assert_eq!(leftovers, 0);

@@ -460,6 +460,48 @@ fn rlimits() -> LayerCheck {
     }
 }
 
+/// Whether an unprivileged user may create the user namespace a rootless gear needs, from
+/// the values of `user.max_user_namespaces`, Debian's `kernel.unprivileged_userns_clone` and
+/// Ubuntu's `kernel.apparmor_restrict_unprivileged_userns` (absent ones are `None`).
+fn rootless_verdict(
+    max_user: Option<&str>,
+    debian_clone: Option<&str>,
+    apparmor_restrict: Option<&str>,
+) -> (LayerStatus, String) {
+    let is = |v: Option<&str>, want: &str| v.map(str::trim) == Some(want);
+    let blocked = if is(max_user, "0") {
+        Some("user.max_user_namespaces is 0")
+    } else if is(debian_clone, "0") {
+        Some("kernel.unprivileged_userns_clone is 0")
+    } else if is(apparmor_restrict, "1") {
+        Some("kernel.apparmor_restrict_unprivileged_userns is 1")
+    } else {
+        None
+    };
+    match blocked {
+        Some(why) => (
+            LayerStatus::Missing,
+            format!(
+                "{why}: gears need root here (set it to allow rootless `gear sandbox run`)"
+            ),
+        ),
+        None => (
+            LayerStatus::Enforced,
+            "unprivileged user namespaces available: a non-root `gear sandbox run` maps the caller to uid 0 of its own user namespace, with every layer but cgroups and SELinux".into(),
+        ),
+    }
+}
+
+fn rootless() -> LayerCheck {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let (status, detail) = rootless_verdict(
+        read("/proc/sys/user/max_user_namespaces").as_deref(),
+        read("/proc/sys/kernel/unprivileged_userns_clone").as_deref(),
+        read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns").as_deref(),
+    );
+    check("rootless", false, status, detail)
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -486,6 +528,7 @@ pub fn host_capabilities() -> HostReport {
             selinux(),
             cgroups(),
             rlimits(),
+            rootless(),
         ],
     }
 }
@@ -514,7 +557,8 @@ mod tests {
                 "landlock",
                 "selinux",
                 "cgroups",
-                "rlimits"
+                "rlimits",
+                "rootless"
             ]
         );
         let text = r.to_string();
@@ -527,6 +571,19 @@ mod tests {
         }
         let json = serde_json::to_string(&r).expect("serialize");
         assert!(json.contains("\"layers\""));
+    }
+
+    #[test]
+    fn rootless_verdicts_name_the_switch_that_blocks_it() {
+        let (status, _) = rootless_verdict(Some("96364\n"), None, None);
+        assert_eq!(status, LayerStatus::Enforced);
+        let (status, detail) = rootless_verdict(Some("0\n"), None, None);
+        assert_eq!(status, LayerStatus::Missing);
+        assert!(detail.contains("user.max_user_namespaces"), "{detail}");
+        let (_, detail) = rootless_verdict(Some("10"), Some("0\n"), None);
+        assert!(detail.contains("unprivileged_userns_clone"), "{detail}");
+        let (_, detail) = rootless_verdict(Some("10"), Some("1"), Some("1\n"));
+        assert!(detail.contains("apparmor"), "{detail}");
     }
 
     #[test]
