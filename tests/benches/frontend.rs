@@ -21,7 +21,9 @@
 //! Run as root on a quiet machine: `cargo build --release -p gearhost-cli -p
 //! gearhost-sandbox && cargo bench -p gearhost-tests --bench frontend`.
 //! Needs `wrk`, `nginx` (nginx-light) and `nsenter`. Results:
-//! docs/performance.md. `GEARHOST_BENCH_QUICK=1` runs 2-second rounds.
+//! docs/performance.md. `GEARHOST_BENCH_QUICK=1` runs 2-second rounds;
+//! `GEARHOST_BENCH_HOLD=<seconds>` keeps everything up that long before measuring
+//! (for profiling by hand; the addresses are printed).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -364,6 +366,16 @@ fn main() {
         ("nginx", Some(&netns), &nginx_url, Some(host), &nginx_pids),
     ];
     // warm-up: JIT, pools, caches
+    if let Some(hold) = std::env::var_os("GEARHOST_BENCH_HOLD") {
+        // For profiling by hand: everything is up; drive it with wrk, attach perf.
+        eprintln!(
+            "holding {}s: frontend {frontend_url} (Host: {host}), nginx {nginx_url}, node pids {node_pids:?}, nginx pids {nginx_pids:?}, app netns {}",
+            hold.to_string_lossy(),
+            netns.display()
+        );
+        let secs: u64 = hold.to_string_lossy().parse().unwrap_or(600);
+        std::thread::sleep(Duration::from_secs(secs));
+    }
     for (_, ns, url, h, pids) in &setups {
         wrk(*ns, url, *h, 2, 50, 2, pids);
     }
