@@ -17,21 +17,19 @@
 //! `/metrics` on an address of its own.
 
 use std::borrow::Cow;
-use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::SendRequest;
-use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::proxy::{
+    self, BodyState, Framing, HeadError, ReadBuf, RequestHead, ResponseHead, Upstream,
+};
 
 use crate::logs::LogFile;
 use crate::node::{Gear, Node, lock};
@@ -175,19 +173,6 @@ impl AccessLog {
     }
 }
 
-struct Pooled {
-    sender: SendRequest<ReqBody>,
-    since: Instant,
-}
-
-impl std::fmt::Debug for Pooled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pooled")
-            .field("since", &self.since)
-            .finish()
-    }
-}
-
 /// The result of a wake-up, shared by every request that waited for it.
 pub(crate) type WakeResult = Option<Result<(), String>>;
 
@@ -203,7 +188,7 @@ pub struct GearFront {
     /// Idle connections to the gear, one pool per frontend worker (a
     /// connection's task runs on the worker that opened it, so a request
     /// never hops threads), plus one for everything else.
-    pools: Vec<Mutex<Vec<Pooled>>>,
+    pools: Vec<Mutex<Vec<Upstream>>>,
     /// Request counters.
     pub stats: Stats,
     /// The access log.
@@ -271,38 +256,24 @@ impl GearFront {
     }
 
     /// This thread's pool.
-    fn pool(&self) -> &Mutex<Vec<Pooled>> {
+    fn pool(&self) -> &Mutex<Vec<Upstream>> {
         &self.pools[WORKER.get() % self.pools.len()]
     }
 
-    fn put(&self, sender: SendRequest<ReqBody>) {
-        if sender.is_closed() {
-            return;
-        }
+    fn put(&self, mut upstream: Upstream) {
+        upstream.since = Instant::now();
         let mut pool = lock(self.pool());
         if pool.len() < POOL_MAX {
-            pool.push(Pooled {
-                sender,
-                since: Instant::now(),
-            });
+            pool.push(upstream);
         }
     }
 
-    async fn take(&self) -> Option<SendRequest<ReqBody>> {
+    /// An idle connection to the gear that can carry a request, if one is pooled.
+    fn take(&self) -> Option<Upstream> {
         loop {
-            let mut p = lock(self.pool()).pop()?;
-            if p.sender.is_closed() || p.since.elapsed() > POOL_IDLE {
-                continue;
-            }
-            if p.sender.is_ready() {
-                return Some(p.sender);
-            }
-            // returned at the end of a response body: the connection's task
-            // may not have seen the end yet
-            if let Ok(Ok(())) =
-                tokio::time::timeout(Duration::from_millis(50), p.sender.ready()).await
-            {
-                return Some(p.sender);
+            let upstream = lock(self.pool()).pop()?;
+            if upstream.since.elapsed() <= POOL_IDLE && upstream.usable() {
+                return Some(upstream);
             }
         }
     }
@@ -354,101 +325,11 @@ pub fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
-// -- bodies -------------------------------------------------------------
-
-/// Why a forwarded request body ended early.
-#[derive(Debug, thiserror::Error)]
-pub enum BodyError {
-    /// The body is larger than `http.max-body`.
-    #[error(
-        "the request body is larger than {0} bytes; send less, or raise http.max-body in the node configuration"
-    )]
-    TooLarge(u64),
-    /// Reading from the client failed.
-    #[error("cannot read the request body from the client: {0}")]
-    Client(#[from] hyper::Error),
-}
-
-/// A request body on its way to a gear, cut off at the node's limit.
-#[derive(Debug)]
-pub struct ReqBody {
-    /// The client's body; taken away to be drained when the limit is hit.
-    inner: Option<Incoming>,
-    remaining: u64,
-    limit: u64,
-    /// Set when the limit was hit (only for bodies of unknown length).
-    tripped: Option<Arc<AtomicBool>>,
-}
-
-impl Body for ReqBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.get_mut();
-        let Some(inner) = &mut this.inner else {
-            return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
-        };
-        match Pin::new(inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    let n = data.len() as u64;
-                    if n > this.remaining {
-                        if let Some(t) = &this.tripped {
-                            t.store(true, Ordering::Relaxed);
-                        }
-                        // read what the client still sends (within bounds),
-                        // so that it gets to read the 413 instead of a reset
-                        if let Some(inner) = this.inner.take() {
-                            tokio::spawn(drain(inner));
-                        }
-                        return Poll::Ready(Some(Err(BodyError::TooLarge(this.limit))));
-                    }
-                    this.remaining -= n;
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Client(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
-    }
-}
+// -- requests -----------------------------------------------------------
 
 /// Most bytes, and longest time, spent reading a refused body to its end.
 const DRAIN_BYTES: u64 = 64 << 20;
 const DRAIN_TIME: Duration = Duration::from_secs(10);
-
-/// Read and discard the rest of a refused request body, so the client,
-/// which may still be sending, reads the answer instead of a broken
-/// connection (what nginx calls a lingering close).
-async fn drain(mut body: Incoming) {
-    use std::future::poll_fn;
-    let mut left = DRAIN_BYTES;
-    let _ = tokio::time::timeout(DRAIN_TIME, async {
-        while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-            let n = frame.data_ref().map_or(0, |d| d.len() as u64);
-            if n >= left {
-                return;
-            }
-            left -= n;
-        }
-    })
-    .await;
-}
 
 /// What is left to do when a response is finished: the access log line,
 /// the gear's activity, and returning its connection to the pool.
@@ -462,19 +343,16 @@ struct Finish {
     status: u16,
     start: Instant,
     bytes: u64,
-    /// The connection the response came on, returned when the body ended.
-    sender: Option<SendRequest<ReqBody>>,
-    /// The body was read to its end.
-    complete: bool,
+    /// The connection the response came on, returned when it can carry
+    /// another request.
+    upstream: Option<Upstream>,
 }
 
 impl Drop for Finish {
     fn drop(&mut self) {
         let front = &self.gear.front;
-        if let Some(sender) = self.sender.take()
-            && self.complete
-        {
-            front.put(sender);
+        if let Some(upstream) = self.upstream.take() {
+            front.put(upstream);
         }
         let micros = self.start.elapsed().as_micros();
         let (request, agent) = self.line.split_at(self.split.min(self.line.len()));
@@ -522,94 +400,6 @@ fn stamp(out: &mut String) {
     let _ = write!(out, ".{:03}Z", now.subsec_millis());
 }
 
-/// A response body: a page of the frontend's own, or a gear's body streamed through.
-#[derive(Debug)]
-pub struct RespBody {
-    inner: Option<Incoming>,
-    page: Option<Bytes>,
-    finish: Option<Finish>,
-}
-
-impl RespBody {
-    fn page(bytes: Bytes, finish: Option<Finish>) -> RespBody {
-        let mut finish = finish;
-        if let Some(f) = &mut finish {
-            f.bytes = bytes.len() as u64;
-            f.complete = true;
-        }
-        RespBody {
-            inner: None,
-            page: Some(bytes),
-            finish,
-        }
-    }
-
-    fn empty(finish: Option<Finish>) -> RespBody {
-        RespBody {
-            inner: None,
-            page: None,
-            finish,
-        }
-    }
-}
-
-impl Body for RespBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        if let Some(page) = this.page.take() {
-            return Poll::Ready(Some(Ok(Frame::data(page))));
-        }
-        let Some(inner) = &mut this.inner else {
-            return Poll::Ready(None);
-        };
-        let polled = Pin::new(inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(f)) = (frame.data_ref(), &mut this.finish) {
-                    f.bytes += data.len() as u64;
-                }
-            }
-            Poll::Ready(None) => {
-                if let Some(f) = &mut this.finish {
-                    f.complete = true;
-                }
-                // done: the connection goes back to the pool now, not when
-                // the client's connection gets around to dropping the body
-                this.finish = None;
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.page.is_none() && self.inner.as_ref().is_none_or(|b| b.is_end_stream())
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match (&self.page, &self.inner) {
-            (Some(p), _) => SizeHint::with_exact(p.len() as u64),
-            (None, Some(b)) => b.size_hint(),
-            (None, None) => SizeHint::with_exact(0),
-        }
-    }
-}
-
-impl Drop for RespBody {
-    fn drop(&mut self) {
-        if let (Some(f), Some(inner)) = (&mut self.finish, &self.inner) {
-            // a body without content (HEAD, 204, 304) is complete unread
-            f.complete = f.complete || inner.is_end_stream();
-        }
-    }
-}
-
 // -- pages --------------------------------------------------------------
 
 fn escape(text: &str) -> String {
@@ -619,28 +409,30 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn page(status: StatusCode, title: &str, html: &str, finish: Option<Finish>) -> Response<RespBody> {
+/// A whole response of the frontend's own: a small HTML page saying why.
+fn page(status: StatusCode, title: &str, html: &str, head_only: bool, close: bool) -> Vec<u8> {
     let body = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{} {title}</title></head>\n\
          <body><h1>{title}</h1><p>{html}</p><hr><p>gearhost</p></body></html>\n",
         status.as_u16()
     );
-    let mut finish = finish;
-    if let Some(f) = &mut finish {
-        f.status = status.as_u16();
-    }
-    let mut response = Response::new(RespBody::page(Bytes::from(body), finish));
-    *response.status_mut() = status;
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: text/html; charset=utf-8\r\ncache-control: no-store\r\ncontent-length: {}\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len()
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        out.push_str("retry-after: 5\r\n");
     }
-    response
+    if close {
+        out.push_str("connection: close\r\n");
+    }
+    out.push_str("\r\n");
+    if !head_only {
+        out.push_str(&body);
+    }
+    out.into_bytes()
 }
 
 // -- the proxy ----------------------------------------------------------
@@ -782,111 +574,265 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
     let front = &node.frontend;
     front.connections.fetch_add(1, Ordering::Relaxed);
     front.connections_total.fetch_add(1, Ordering::Relaxed);
-    if let Err(e) = connection(node.clone(), stream, peer).await {
-        tracing::debug!(error = %e, %peer, "frontend connection ended with an error");
-    }
+    connection(&node, stream, peer).await;
     node.frontend.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-async fn connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) -> hyper::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let forwarded_for = HeaderValue::from_str(&peer.ip().to_string()).ok();
-    let config = node.config();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
-        .max_buf_size(MAX_HEAD)
-        .keep_alive(true);
-    let service = hyper::service::service_fn(move |req| {
-        let node = node.clone();
-        let forwarded_for = forwarded_for.clone();
-        async move { Ok::<_, Infallible>(proxy(node, req, peer, forwarded_for).await) }
-    });
-    builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades()
-        .await
+/// A client connection's state that lives from one request to the next.
+struct Client {
+    stream: TcpStream,
+    buf: ReadBuf,
+    head: RequestHead,
+    forwarded_for: String,
+    /// The head (and first body bytes) going to the gear.
+    to_gear: Vec<u8>,
+    /// The head (and first body bytes) going back to the client.
+    to_client: Vec<u8>,
+    /// Request body bytes on their way to the gear.
+    body_out: Vec<u8>,
+    response: ResponseHead,
 }
 
-/// The host name a request is for: the authority of an absolute URI, else
-/// the `Host` header; without the port or a final dot.
-fn hostname(req: &Request<Incoming>) -> Option<Cow<'_, str>> {
-    let host = match req.uri().authority() {
-        Some(a) => a.host(),
-        None => {
-            let h = req.headers().get(header::HOST)?.to_str().ok()?;
-            if h.starts_with('[') {
-                h.split_inclusive(']').next().unwrap_or(h)
-            } else {
-                h.rsplit_once(':').map_or(h, |(name, port)| {
-                    if port.bytes().all(|b| b.is_ascii_digit()) {
-                        name
-                    } else {
-                        h
-                    }
-                })
+async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut c = Client {
+        stream,
+        buf: ReadBuf::default(),
+        head: RequestHead::default(),
+        forwarded_for: peer.ip().to_string(),
+        to_gear: Vec::with_capacity(1024),
+        to_client: Vec::with_capacity(1024),
+        body_out: Vec::new(),
+        response: ResponseHead::default(),
+    };
+    let header_timeout = node.config().header_timeout;
+    loop {
+        let read = proxy::with_deadline(
+            header_timeout,
+            proxy::read_request_head(&mut c.stream, &mut c.buf, &mut c.head, MAX_HEAD),
+        )
+        .await;
+        match read {
+            Ok(()) => {}
+            Err(HeadError::Closed | HeadError::Io(_) | HeadError::Timeout) => return,
+            Err(HeadError::Malformed(e)) => {
+                node.frontend.stats.refused(Refusal::BadRequest);
+                let bytes = page(
+                    StatusCode::BAD_REQUEST,
+                    "Bad request",
+                    &format!(
+                        "The request is not HTTP/1.1 the frontend can read: {}.",
+                        escape(&e)
+                    ),
+                    false,
+                    true,
+                );
+                let _ = c.stream.write_all(&bytes).await;
+                return;
+            }
+            Err(HeadError::TooLarge) => {
+                node.frontend.stats.refused(Refusal::BadRequest);
+                let bytes = page(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "Request head too large",
+                    &format!(
+                        "The frontend reads request heads of at most {MAX_HEAD} bytes and {} headers.",
+                        proxy::MAX_HEADERS
+                    ),
+                    false,
+                    true,
+                );
+                let _ = c.stream.write_all(&bytes).await;
+                return;
             }
         }
-    };
-    let host = host.strip_suffix('.').unwrap_or(host);
-    if host.is_empty() {
-        return None;
+        match request(node, &mut c).await {
+            Next::KeepAlive => {}
+            Next::Close => return,
+            Next::Drain(left) => {
+                // a refused body: read (and drop) what the client still
+                // sends, so that it reads the answer instead of a reset
+                let _ = c.stream.shutdown().await;
+                let _ = tokio::time::timeout(DRAIN_TIME, async {
+                    let mut left = left.min(DRAIN_BYTES);
+                    let mut sink = vec![0u8; 16 * 1024];
+                    while left > 0 {
+                        match c.stream.read(&mut sink).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => left = left.saturating_sub(n as u64),
+                        }
+                    }
+                })
+                .await;
+                return;
+            }
+        }
     }
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(host.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(host)
+}
+
+/// What happens to a client connection after a request.
+enum Next {
+    /// Read the next request.
+    KeepAlive,
+    /// Close it.
+    Close,
+    /// Close it after reading and dropping up to this many bytes.
+    Drain(u64),
+}
+
+/// What a request head says, taken out of the read buffer.
+#[derive(Default)]
+struct Facts {
+    host: Option<Range<usize>>,
+    content_length: Option<u64>,
+    bad_length: bool,
+    chunked: bool,
+    other_coding: bool,
+    close: bool,
+    keep_alive: bool,
+    connection_upgrade: bool,
+    upgrade: bool,
+    expect_continue: bool,
+    user_agent: Option<Range<usize>>,
+    /// `Connection` header values, for the headers they name.
+    connection: Vec<Range<usize>>,
+}
+
+fn facts(data: &[u8], headers: &[(Range<usize>, Range<usize>)]) -> Facts {
+    let mut f = Facts::default();
+    for (n, v) in headers {
+        let name = &data[n.clone()];
+        let value = &data[v.clone()];
+        let is = |want: &str| name.eq_ignore_ascii_case(want.as_bytes());
+        match name.len() {
+            4 if is("host") => f.host = Some(v.clone()),
+            14 if is("content-length") => {
+                let parsed = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok());
+                match (parsed, f.content_length) {
+                    (None, _) => f.bad_length = true,
+                    (Some(a), Some(b)) if a != b => f.bad_length = true,
+                    (Some(a), _) => f.content_length = Some(a),
+                }
+            }
+            17 if is("transfer-encoding") => {
+                let last = value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .map(<[u8]>::trim_ascii)
+                    .unwrap_or_default();
+                if last.eq_ignore_ascii_case(b"chunked") {
+                    f.chunked = true;
+                } else {
+                    f.other_coding = true;
+                }
+            }
+            10 if is("connection") => {
+                f.close |= proxy::has_token(value, "close");
+                f.keep_alive |= proxy::has_token(value, "keep-alive");
+                f.connection_upgrade |= proxy::has_token(value, "upgrade");
+                f.connection.push(v.clone());
+            }
+            7 if is("upgrade") => f.upgrade = true,
+            6 if is("expect") => f.expect_continue = value.eq_ignore_ascii_case(b"100-continue"),
+            10 if is("user-agent") => f.user_agent = Some(v.clone()),
+            _ => {}
+        }
+    }
+    f
+}
+
+/// Whether a header is the connection's own (not passed on): hop-by-hop,
+/// listed in `Connection`, or one the frontend sets itself.
+fn hop_by_hop(name: &[u8], data: &[u8], connection: &[Range<usize>], keep_upgrade: bool) -> bool {
+    const OWN: [&str; 11] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "proxy-authorization",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "expect",
+    ];
+    if OWN.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes())) {
+        return true;
+    }
+    if name.eq_ignore_ascii_case(b"upgrade") {
+        return !keep_upgrade;
+    }
+    connection.iter().any(|r| {
+        data[r.clone()]
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
     })
 }
 
-fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+/// The host a request is for, lower-case, without port or final dot: the
+/// authority of an absolute target, else the `Host` header.
+fn hostname<'a>(target: &'a [u8], host: Option<&'a [u8]>) -> Option<Cow<'a, str>> {
+    let raw: &[u8] = match absolute_authority(target) {
+        Some(a) => a,
+        None => host?,
+    };
+    let raw = std::str::from_utf8(raw).ok()?.trim();
+    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
+    let name = if raw.starts_with('[') {
+        raw.split_inclusive(']').next().unwrap_or(raw)
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                raw
+            }
+        })
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return None;
+    }
+    Some(if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    })
 }
 
-/// Remove hop-by-hop headers (those of this connection, not of the
-/// message); `upgrade` keeps `Connection: upgrade` and `Upgrade`.
-fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if headers.contains_key(header::CONNECTION) {
-        let listed: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !(upgrade && t.eq_ignore_ascii_case("upgrade")))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .collect();
-        for name in listed {
-            headers.remove(name);
+/// The authority of an absolute-form target (`http://host:port/path`).
+fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
+    let rest = target
+        .strip_prefix(b"http://")
+        .or_else(|| target.strip_prefix(b"https://"))?;
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?'))
+        .unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// The origin form of a target: an absolute one loses its scheme and authority.
+fn origin_form(target: &[u8]) -> &[u8] {
+    match absolute_authority(target) {
+        Some(authority) => {
+            let scheme = if target.starts_with(b"https://") {
+                8
+            } else {
+                7
+            };
+            let rest = &target[scheme + authority.len()..];
+            if rest.is_empty() { b"/" } else { rest }
         }
-        if !upgrade {
-            headers.remove(header::CONNECTION);
-        }
+        None => target,
     }
-    if !upgrade {
-        headers.remove(header::UPGRADE);
-    }
-    for name in [
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHORIZATION,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 /// Open a connection to `port` inside the gear's network namespace.
-async fn connect(node: &Node, target: &Target) -> Result<SendRequest<ReqBody>, String> {
+async fn connect(node: &Node, target: &Target) -> Result<Upstream, String> {
     let netns = target.gear.paths.netns();
     let port = target.port;
     let timeout = node.config().connect_timeout;
@@ -900,23 +846,13 @@ async fn connect(node: &Node, target: &Target) -> Result<SendRequest<ReqBody>, S
     .map_err(|e| e.to_string())?
     .map_err(|e| format!("nothing answers on port {port} inside the gear ({e})"))?;
     let stream = TcpStream::from_std(stream).map_err(|e| e.to_string())?;
-    let (sender, conn) = hyper::client::conn::http1::Builder::new()
-        .max_buf_size(MAX_HEAD.max(8192) * 4)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.with_upgrades().await {
-            tracing::debug!(error = %e, "connection to a gear ended with an error");
-        }
-    });
     target
         .gear
         .front
         .stats
         .upstream_connections
         .fetch_add(1, Ordering::Relaxed);
-    Ok(sender)
+    Ok(Upstream::new(stream))
 }
 
 /// What the not-running page says about a gear in `state`.
@@ -932,65 +868,230 @@ fn not_running(state: GearState) -> &'static str {
     }
 }
 
-async fn proxy(
-    node: Arc<Node>,
-    mut req: Request<Incoming>,
-    peer: SocketAddr,
-    forwarded_for: Option<HeaderValue>,
-) -> Response<RespBody> {
+/// Writes a page of the frontend's own to the client, and says what happens
+/// to the connection: a body the request announced and nobody read is
+/// drained before the connection closes.
+#[allow(clippy::too_many_arguments)]
+async fn refusal(
+    c: &mut Client,
+    status: StatusCode,
+    title: &str,
+    html: &str,
+    head_only: bool,
+    keep: bool,
+    pending: Option<u64>,
+) -> Next {
+    let close = !keep || pending.is_some();
+    let bytes = page(status, title, html, head_only, close);
+    if c.stream.write_all(&bytes).await.is_err() {
+        return Next::Close;
+    }
+    match pending {
+        Some(left) => Next::Drain(left),
+        None if close => Next::Close,
+        None => Next::KeepAlive,
+    }
+}
+
+/// The response headers a client gets: the gear's, without those of the
+/// gear's connection.
+fn response_header_passes(
+    name: &[u8],
+    data: &[u8],
+    connection: &[Range<usize>],
+    upgrade: bool,
+) -> bool {
+    const HOP: [&str; 6] = [
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "content-length",
+    ];
+    if HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes())) {
+        return false;
+    }
+    if name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"upgrade") {
+        return upgrade;
+    }
+    !connection.iter().any(|r| {
+        data[r.clone()]
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+    })
+}
+
+/// Serves one request whose head is in `c.head`: route, wake, refuse, or
+/// pass it to the gear and its answer back.
+#[allow(clippy::too_many_lines)]
+async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
     let start = Instant::now();
-    let Some(host) = hostname(&req) else {
-        node.frontend.stats.refused(Refusal::BadRequest);
-        return page(
-            StatusCode::BAD_REQUEST,
-            "No host name",
-            "The request names no host. Gears are reached by name, e.g. \
-             <code>http://&lt;gear&gt;-&lt;namespace&gt;.DOMAIN/</code>.",
-            None,
-        );
+    let head_len = c.head.len;
+    let client_minor = c.head.minor;
+    let f = facts(&c.buf.data, &c.head.headers);
+    let (is_head, is_connect) = {
+        let method = &c.buf.data[c.head.method.clone()];
+        (method == b"HEAD", method == b"CONNECT")
     };
-    let Some(target) = node.frontend.lookup(&host) else {
-        node.frontend.stats.refused(Refusal::UnknownHost);
-        node.frontend
-            .stats
-            .response(StatusCode::NOT_FOUND, start.elapsed());
-        return page(
-            StatusCode::NOT_FOUND,
-            "No such gear",
-            &format!(
-                "No gear answers to <code>{}</code> on this node. Gears are reached at \
+    // keep-alive: HTTP/1.1 unless `close`, HTTP/1.0 only when asked
+    let keep = if client_minor == 0 {
+        f.keep_alive && !f.close
+    } else {
+        !f.close
+    };
+    let framing = if f.chunked {
+        Framing::Chunked
+    } else {
+        Framing::Length(f.content_length.unwrap_or(0))
+    };
+    // what the request still has to send, were it refused before its body
+    let unread = match framing {
+        Framing::Length(0) | Framing::Empty => None,
+        Framing::Length(n) => Some(n),
+        Framing::Chunked | Framing::Close => Some(DRAIN_BYTES),
+    };
+    let malformed = if f.bad_length {
+        Some("its Content-Length is not one number")
+    } else if f.other_coding {
+        Some("its Transfer-Encoding is not chunked")
+    } else if f.chunked && f.content_length.is_some() {
+        Some("it has both Content-Length and Transfer-Encoding")
+    } else {
+        None
+    };
+    if let Some(why) = malformed {
+        node.frontend.stats.refused(Refusal::BadRequest);
+        c.buf.consume(head_len);
+        let html = format!("The request cannot be passed on: {why}.");
+        refusal(
+            c,
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            &html,
+            is_head,
+            false,
+            None,
+        )
+        .await;
+        return Next::Close;
+    }
+
+    // route it
+    let routed: Result<Arc<Target>, Option<String>> = {
+        let data = &c.buf.data;
+        match hostname(
+            &data[c.head.target.clone()],
+            f.host.clone().map(|r| &data[r]),
+        ) {
+            None => Err(None),
+            Some(host) => node
+                .frontend
+                .lookup(&host)
+                .ok_or_else(|| Some(escape(&host))),
+        }
+    };
+    let target = match routed {
+        Ok(t) => t,
+        Err(None) => {
+            node.frontend.stats.refused(Refusal::BadRequest);
+            c.buf.consume(head_len);
+            return refusal(
+                c,
+                StatusCode::BAD_REQUEST,
+                "No host name",
+                "The request names no host. Gears are reached by name, e.g. \
+                 <code>http://&lt;gear&gt;-&lt;namespace&gt;.DOMAIN/</code>.",
+                is_head,
+                false,
+                unread,
+            )
+            .await;
+        }
+        Err(Some(host)) => {
+            node.frontend.stats.refused(Refusal::UnknownHost);
+            node.frontend
+                .stats
+                .response(StatusCode::NOT_FOUND, start.elapsed());
+            c.buf.consume(head_len);
+            let html = format!(
+                "No gear answers to <code>{host}</code> on this node. Gears are reached at \
                  <code>&lt;gear&gt;-&lt;namespace&gt;.{}</code> or at an alias their owner \
                  added with <code>gear alias add</code>.",
-                escape(&host),
                 escape(&node.config().domain)
-            ),
-            None,
-        );
+            );
+            return refusal(
+                c,
+                StatusCode::NOT_FOUND,
+                "No such gear",
+                &html,
+                is_head,
+                keep,
+                unread,
+            )
+            .await;
+        }
     };
-    drop(host);
     let front = &target.gear.front;
     front.active.fetch_add(1, Ordering::SeqCst);
     front.touch();
-    let ua = req
-        .headers()
-        .get(header::USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
-    let mut line = format!(
-        "{} \"{} {} {:?}\"",
-        peer.ip(),
-        req.method(),
-        req.uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .escape_debug(),
-        req.version(),
-    );
-    let split = line.len();
+
+    // the access log line and the head for the gear, straight from the
+    // client's bytes; then the head is done with
+    let upgrade = f.upgrade && f.connection_upgrade;
+    let mut line = String::with_capacity(128);
+    let split;
     {
         use std::fmt::Write;
+        let data = &c.buf.data;
+        let head = &c.head;
+        let _ = write!(
+            line,
+            "{} \"{} {} HTTP/1.{}\"",
+            c.forwarded_for,
+            String::from_utf8_lossy(&data[head.method.clone()]),
+            String::from_utf8_lossy(&data[head.target.clone()]).escape_debug(),
+            head.minor
+        );
+        split = line.len();
+        let ua = f
+            .user_agent
+            .clone()
+            .map_or(Cow::Borrowed("-"), |r| String::from_utf8_lossy(&data[r]));
         let _ = write!(line, " \"{}\"", ua.escape_debug());
+
+        let out = &mut c.to_gear;
+        out.clear();
+        out.extend_from_slice(&data[head.method.clone()]);
+        out.push(b' ');
+        out.extend_from_slice(origin_form(&data[head.target.clone()]));
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (n, v) in &head.headers {
+            let name = &data[n.clone()];
+            if hop_by_hop(name, data, &f.connection, upgrade) {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&data[v.clone()]);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"x-forwarded-for: ");
+        out.extend_from_slice(c.forwarded_for.as_bytes());
+        if let Some(h) = &f.host {
+            out.extend_from_slice(b"\r\nx-forwarded-host: ");
+            out.extend_from_slice(&data[h.clone()]);
+        }
+        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+        if f.chunked {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        }
+        if upgrade {
+            out.extend_from_slice(b"connection: upgrade\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
     }
+    c.buf.consume(head_len);
     let mut finish = Finish {
         gear: target.gear.clone(),
         line,
@@ -998,35 +1099,29 @@ async fn proxy(
         status: 0,
         start,
         bytes: 0,
-        sender: None,
-        complete: false,
-    };
-    let refuse = |why: Refusal, status: StatusCode, title: &str, html: &str, finish: Finish| {
-        front.stats.refused(why);
-        front.stats.response(status, start.elapsed());
-        page(status, title, html, Some(finish))
+        upstream: None,
     };
     let label = escape(&target.label);
-    let not_answering = |e: &str, finish: Finish| {
-        refuse(
-            Refusal::BadGateway,
-            StatusCode::BAD_GATEWAY,
-            "Gear not answering",
-            &format!(
-                "Gear <code>{label}</code> does not accept connections: {}.",
-                escape(e)
-            ),
-            finish,
-        )
-    };
 
-    if req.method() == Method::CONNECT {
-        return refuse(
+    // a refusal from here on: counted, logged, answered with a page
+    macro_rules! refuse {
+        ($why:expr, $status:expr, $title:expr, $html:expr, $pending:expr) => {{
+            let status: StatusCode = $status;
+            front.stats.refused($why);
+            front.stats.response(status, start.elapsed());
+            finish.status = status.as_u16();
+            let html: String = $html;
+            return refusal(c, status, $title, &html, is_head, keep, $pending).await;
+        }};
+    }
+
+    if is_connect {
+        refuse!(
             Refusal::BadRequest,
             StatusCode::METHOD_NOT_ALLOWED,
             "Not a forward proxy",
-            "The frontend routes requests to gears by name; it does not open tunnels.",
-            finish,
+            "The frontend routes requests to gears by name; it does not open tunnels.".into(),
+            unread
         );
     }
 
@@ -1047,193 +1142,402 @@ async fn proxy(
             let now = target.gear.state();
             // stopped meanwhile (`gear stop`) rather than failed to start
             if matches!(now, GearState::Stopped | GearState::New) {
-                return refuse(
+                refuse!(
                     Refusal::NotRunning,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "Gear not running",
-                    &format!("Gear <code>{label}</code> {}.", not_running(now)),
-                    finish,
+                    format!("Gear <code>{label}</code> {}.", not_running(now)),
+                    unread
                 );
             }
-            return refuse(
+            refuse!(
                 Refusal::WakeFailed,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Gear could not be woken",
-                &format!(
+                format!(
                     "Gear <code>{label}</code> was idle and did not start again: {}. \
                      Its owner can see why with <code>gear logs</code> and start it with \
                      <code>gear start</code>.",
                     escape(&e)
                 ),
-                finish,
+                unread
             );
         }
     } else if state != GearState::Running {
-        return refuse(
+        refuse!(
             Refusal::NotRunning,
             StatusCode::SERVICE_UNAVAILABLE,
             "Gear not running",
-            &format!("Gear <code>{label}</code> {}.", not_running(state)),
-            finish,
+            format!("Gear <code>{label}</code> {}.", not_running(state)),
+            unread
         );
     }
 
     // the body limit: known lengths are refused before anything is sent
     let limit = node.config().max_body;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return refuse(
+    let too_large = || format!("This node accepts request bodies of at most {limit} bytes.");
+    if f.content_length.is_some_and(|n| n > limit) {
+        refuse!(
             Refusal::TooLarge,
             StatusCode::PAYLOAD_TOO_LARGE,
             "Request body too large",
-            &format!("This node accepts request bodies of at most {limit} bytes."),
-            finish,
+            too_large(),
+            unread
         );
     }
-
-    let upgrade = wants_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (mut parts, incoming) = req.into_parts();
-    if parts.uri.authority().is_some() {
-        // absolute form (a proxy-style request): the gear gets the origin form
-        let pq = parts.uri.path_and_query().map_or_else(
-            || hyper::http::uri::PathAndQuery::from_static("/"),
-            Clone::clone,
-        );
-        parts.uri = hyper::Uri::from(pq);
-    }
-    let host_value = parts.headers.get(header::HOST).cloned();
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    let h = &mut parts.headers;
-    match forwarded_for {
-        Some(v) => h.insert(HeaderName::from_static("x-forwarded-for"), v),
-        None => h.remove("x-forwarded-for"),
-    };
-    match host_value {
-        Some(v) => h.insert(HeaderName::from_static("x-forwarded-host"), v),
-        None => h.remove("x-forwarded-host"),
-    };
-    h.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
-    let tripped =
-        (declared.is_none() && !incoming.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
-    let body = ReqBody {
-        inner: Some(incoming),
-        remaining: limit,
-        limit,
-        tripped: tripped.clone(),
-    };
-    let request = Request::from_parts(parts, body);
-
-    // a pooled connection, or a new one; a pooled one the gear closed
-    // before the request went out is replaced once
-    let response_timeout = node.config().response_timeout;
-    let pooled = front.take().await;
-    let reused = pooled.is_some();
-    let mut sender = match pooled {
-        Some(s) => s,
-        None => match connect(&node, &target).await {
-            Ok(s) => s,
-            Err(e) => {
-                return not_answering(&e, finish);
-            }
-        },
-    };
-    let mut sent = tokio::time::timeout(response_timeout, sender.try_send_request(request)).await;
-    if reused
-        && let Ok(Err(e)) = &mut sent
-        && let Some(request) = e.take_message()
-    {
-        match connect(&node, &target).await {
-            Ok(s) => {
-                sender = s;
-                sent =
-                    tokio::time::timeout(response_timeout, sender.try_send_request(request)).await;
-            }
-            Err(e) => {
-                return not_answering(&e, finish);
-            }
+    if f.expect_continue && unread.is_some() && client_minor == 1 {
+        // the frontend reads the body itself, so it asks for it itself
+        if c.stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return Next::Close;
         }
     }
-    let mut response = match sent {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            if tripped.is_some_and(|t| t.load(Ordering::Relaxed)) {
-                return refuse(
-                    Refusal::TooLarge,
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "Request body too large",
-                    &format!("This node accepts request bodies of at most {limit} bytes."),
-                    finish,
-                );
-            }
-            let e = e.into_error();
-            return refuse(
+    // the body's first bytes go with the head
+    let mut body = BodyState::new(framing);
+    let mut sent: u64 = 0;
+    match body.take(&mut c.buf, &mut c.to_gear, false) {
+        Ok(n) => sent += n,
+        Err(_) => refuse!(
+            Refusal::BadRequest,
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            "The request's chunked body is malformed.".into(),
+            Some(DRAIN_BYTES)
+        ),
+    }
+    if sent > limit {
+        refuse!(
+            Refusal::TooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large",
+            too_large(),
+            Some(DRAIN_BYTES)
+        );
+    }
+
+    // a pooled connection, or a new one; a pooled one that fails at once is
+    // replaced, once
+    let response_timeout = node.config().response_timeout;
+    let not_answering = |e: &str| {
+        format!(
+            "Gear <code>{label}</code> does not accept connections: {}.",
+            escape(e)
+        )
+    };
+    let pooled = front.take();
+    let reused = pooled.is_some();
+    let mut upstream = match pooled {
+        Some(u) => u,
+        None => match connect(node, &target).await {
+            Ok(u) => u,
+            Err(e) => refuse!(
                 Refusal::BadGateway,
                 StatusCode::BAD_GATEWAY,
-                "Gear answered badly",
-                &format!(
-                    "Gear <code>{label}</code> broke the connection or sent something that \
-                     is not HTTP: {}.",
-                    escape(&e.to_string())
-                ),
-                finish,
-            );
+                "Gear not answering",
+                not_answering(&e),
+                (!body.done()).then_some(DRAIN_BYTES)
+            ),
+        },
+    };
+    let mut written = upstream.stream.write_all(&c.to_gear).await;
+    if written.is_err() && reused {
+        match connect(node, &target).await {
+            Ok(u) => {
+                upstream = u;
+                written = upstream.stream.write_all(&c.to_gear).await;
+            }
+            Err(e) => refuse!(
+                Refusal::BadGateway,
+                StatusCode::BAD_GATEWAY,
+                "Gear not answering",
+                not_answering(&e),
+                (!body.done()).then_some(DRAIN_BYTES)
+            ),
         }
-        Err(_) => {
-            return refuse(
+    }
+    if let Err(e) = written {
+        refuse!(
+            Refusal::BadGateway,
+            StatusCode::BAD_GATEWAY,
+            "Gear answered badly",
+            format!(
+                "Gear <code>{label}</code> broke the connection: {}.",
+                escape(&e.to_string())
+            ),
+            (!body.done()).then_some(DRAIN_BYTES)
+        );
+    }
+
+    // the rest of the body goes up while the answer is awaited: a gear may
+    // answer (and stop reading) before the body is through
+    let deadline = tokio::time::Instant::now() + response_timeout;
+    let mut body_error: Option<proxy::CopyError> = None;
+    let answered: Result<(), HeadError> = {
+        let (mut up_read, mut up_write) = upstream.stream.split();
+        let (mut client_read, mut client_write) = c.stream.split();
+        let pump = proxy::pump(
+            &mut client_read,
+            &mut c.buf,
+            &mut up_write,
+            &mut body,
+            false,
+            limit,
+            &mut sent,
+            &mut c.body_out,
+        );
+        let answer = read_answer(
+            &mut up_read,
+            &mut upstream.buf,
+            &mut c.response,
+            &mut client_write,
+            client_minor,
+        );
+        tokio::pin!(pump);
+        tokio::pin!(answer);
+        let mut pumping = true;
+        loop {
+            tokio::select! {
+                r = &mut pump, if pumping => {
+                    pumping = false;
+                    if let Err(e) = r {
+                        let stop = !matches!(e, proxy::CopyError::Write);
+                        body_error = Some(e);
+                        if stop {
+                            break Ok(());
+                        }
+                    }
+                }
+                r = &mut answer => break r,
+                () = tokio::time::sleep_until(deadline) => break Err(HeadError::Timeout),
+            }
+        }
+    };
+    match body_error {
+        Some(proxy::CopyError::TooLarge) => refuse!(
+            Refusal::TooLarge,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "Request body too large",
+            too_large(),
+            Some(DRAIN_BYTES)
+        ),
+        Some(proxy::CopyError::Framing(why)) => refuse!(
+            Refusal::BadRequest,
+            StatusCode::BAD_REQUEST,
+            "Bad request",
+            format!("The request's chunked body is malformed: {why}."),
+            Some(DRAIN_BYTES)
+        ),
+        Some(proxy::CopyError::Read) => {
+            // the client went away in the middle of its body
+            finish.status = 499;
+            return Next::Close;
+        }
+        Some(proxy::CopyError::Write) | None => {}
+    }
+    let body_through = body.done();
+    if let Err(e) = answered {
+        if matches!(e, HeadError::Timeout) {
+            refuse!(
                 Refusal::Timeout,
                 StatusCode::GATEWAY_TIMEOUT,
                 "Gear too slow",
-                &format!(
+                format!(
                     "Gear <code>{label}</code> did not answer within {}.",
                     humantime::format_duration(response_timeout)
                 ),
-                finish,
+                (!body_through).then_some(DRAIN_BYTES)
             );
         }
-    };
-    let status = response.status();
-    front.stats.response(status, start.elapsed());
-    finish.status = status.as_u16();
-
-    if status == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
-            let gear_upgrade = hyper::upgrade::on(&mut response);
-            front.stats.upgrades.fetch_add(1, Ordering::Relaxed);
-            let gear = target.gear.clone();
-            gear.front.active.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, gear_upgrade) {
-                    let mut client = TokioIo::new(client);
-                    let mut upstream = TokioIo::new(upstream);
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-                gear.front.active.fetch_sub(1, Ordering::Relaxed);
-                gear.front.touch();
-            });
-        }
-        let (parts, _) = response.into_parts();
-        return Response::from_parts(parts, RespBody::empty(Some(finish)));
+        let why = match e {
+            HeadError::Closed => "the connection closed without an answer".to_string(),
+            HeadError::Io(e) => e.to_string(),
+            HeadError::Malformed(e) => format!("not HTTP: {e}"),
+            HeadError::TooLarge | HeadError::Timeout => "a response head too large".to_string(),
+        };
+        refuse!(
+            Refusal::BadGateway,
+            StatusCode::BAD_GATEWAY,
+            "Gear answered badly",
+            format!(
+                "Gear <code>{label}</code> broke the connection or sent something that \
+                 is not HTTP: {}.",
+                escape(&why)
+            ),
+            (!body_through).then_some(DRAIN_BYTES)
+        );
     }
 
-    finish.sender = Some(sender);
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    Response::from_parts(
-        parts,
-        RespBody {
-            inner: Some(body),
-            page: None,
-            finish: Some(finish),
-        },
+    // the answer's head is in upstream.buf
+    let status = c.response.status;
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let rf = facts(&upstream.buf.data, &c.response.headers);
+    if status == 101 && !upgrade {
+        refuse!(
+            Refusal::BadGateway,
+            StatusCode::BAD_GATEWAY,
+            "Gear answered badly",
+            format!("Gear <code>{label}</code> switched protocols unasked."),
+            (!body_through).then_some(DRAIN_BYTES)
+        );
+    }
+    if rf.bad_length {
+        refuse!(
+            Refusal::BadGateway,
+            StatusCode::BAD_GATEWAY,
+            "Gear answered badly",
+            format!("Gear <code>{label}</code> sent an answer with a broken Content-Length."),
+            (!body_through).then_some(DRAIN_BYTES)
+        );
+    }
+    front.stats.response(code, start.elapsed());
+    finish.status = status;
+    let rframing = if status == 101 || is_head || status == 204 || status == 304 {
+        Framing::Empty
+    } else if rf.chunked {
+        Framing::Chunked
+    } else if rf.other_coding {
+        Framing::Close
+    } else if let Some(n) = rf.content_length {
+        Framing::Length(n)
+    } else {
+        Framing::Close
+    };
+    // an HTTP/1.0 client gets a chunked answer unchunked, delimited by the close
+    let decode = rframing == Framing::Chunked && client_minor == 0;
+    let keep = keep && body_through && rframing != Framing::Close && !decode;
+
+    // the answer's head for the client
+    {
+        let data = &upstream.buf.data;
+        let out = &mut c.to_client;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(code.as_str().as_bytes());
+        out.push(b' ');
+        if c.response.reason.is_empty() {
+            out.extend_from_slice(code.canonical_reason().unwrap_or("").as_bytes());
+        } else {
+            out.extend_from_slice(&data[c.response.reason.clone()]);
+        }
+        out.extend_from_slice(b"\r\n");
+        for (n, v) in &c.response.headers {
+            let name = &data[n.clone()];
+            if !response_header_passes(name, data, &rf.connection, status == 101) {
+                continue;
+            }
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&data[v.clone()]);
+            out.extend_from_slice(b"\r\n");
+        }
+        match rframing {
+            Framing::Chunked if !decode => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Framing::Length(n) => {
+                use std::io::Write;
+                let _ = write!(out, "content-length: {n}\r\n");
+            }
+            Framing::Empty if is_head || status == 304 => {
+                if let Some(n) = rf.content_length {
+                    use std::io::Write;
+                    let _ = write!(out, "content-length: {n}\r\n");
+                }
+            }
+            _ => {}
+        }
+        if status != 101 {
+            if !keep {
+                out.extend_from_slice(b"connection: close\r\n");
+            } else if client_minor == 0 {
+                out.extend_from_slice(b"connection: keep-alive\r\n");
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    let answer_len = c.response.len;
+    upstream.buf.consume(answer_len);
+
+    if status == 101 {
+        // both sides switch: what each already sent the other goes first
+        front.stats.upgrades.fetch_add(1, Ordering::Relaxed);
+        c.to_client.extend_from_slice(&upstream.buf.data);
+        upstream.buf.data.clear();
+        let to_gear = std::mem::take(&mut c.buf.data);
+        drop(finish);
+        front.active.fetch_add(1, Ordering::Relaxed);
+        if c.stream.write_all(&c.to_client).await.is_ok()
+            && upstream.stream.write_all(&to_gear).await.is_ok()
+        {
+            let _ = tokio::io::copy_bidirectional(&mut c.stream, &mut upstream.stream).await;
+        }
+        front.active.fetch_sub(1, Ordering::Relaxed);
+        front.touch();
+        return Next::Close;
+    }
+
+    // the body: its first bytes with the head, the rest as it comes
+    let mut rbody = BodyState::new(rframing);
+    match rbody.take(&mut upstream.buf, &mut c.to_client, decode) {
+        Ok(n) => finish.bytes = n,
+        Err(_) => return Next::Close,
+    }
+    if c.stream.write_all(&c.to_client).await.is_err() {
+        return Next::Close;
+    }
+    let mut copied = finish.bytes;
+    let pumped = proxy::pump(
+        &mut upstream.stream,
+        &mut upstream.buf,
+        &mut c.stream,
+        &mut rbody,
+        decode,
+        u64::MAX,
+        &mut copied,
+        &mut c.body_out,
     )
+    .await;
+    finish.bytes = copied;
+    if pumped.is_err() {
+        // cut short: the client cannot tell where this answer ends otherwise
+        return Next::Close;
+    }
+    // the gear's connection goes back to the pool when it can carry another request
+    if rbody.done()
+        && rframing != Framing::Close
+        && body_through
+        && !rf.close
+        && c.response.minor == 1
+        && upstream.buf.data.is_empty()
+    {
+        finish.upstream = Some(upstream);
+    }
+    drop(finish);
+    if keep { Next::KeepAlive } else { Next::Close }
+}
+
+/// Reads the gear's answer head into `buf` and `head`, passing interim
+/// answers (1xx other than 101) on to an HTTP/1.1 client and dropping
+/// `100 Continue`, which the frontend already sent.
+async fn read_answer(
+    up: &mut (impl tokio::io::AsyncRead + Unpin),
+    buf: &mut ReadBuf,
+    head: &mut ResponseHead,
+    client: &mut (impl tokio::io::AsyncWrite + Unpin),
+    client_minor: u8,
+) -> Result<(), HeadError> {
+    loop {
+        proxy::read_response_head(up, buf, head, MAX_HEAD * 4).await?;
+        if !(100..200).contains(&head.status) || head.status == 101 {
+            return Ok(());
+        }
+        if head.status != 100 && client_minor == 1 {
+            let bytes = buf.data[..head.len].to_vec();
+            client.write_all(&bytes).await.map_err(HeadError::Io)?;
+        }
+        buf.consume(head.len);
+    }
 }
 
 // -- metrics ------------------------------------------------------------
@@ -1393,38 +1697,57 @@ pub async fn serve_metrics(node: Arc<Node>, listener: TcpListener) -> anyhow::Re
                 continue;
             }
         };
-        let node = node.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let node = node.clone();
-                async move {
-                    let response = if req.uri().path() == "/metrics"
-                        && matches!(*req.method(), Method::GET | Method::HEAD)
-                    {
-                        let mut r =
-                            Response::new(RespBody::page(Bytes::from(render_metrics(&node)), None));
-                        r.headers_mut().insert(
-                            header::CONTENT_TYPE,
-                            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-                        );
-                        r
-                    } else {
-                        page(
-                            StatusCode::NOT_FOUND,
-                            "Not found",
-                            "The node's metrics are at <code>/metrics</code>.",
-                            None,
-                        )
-                    };
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(30))
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+        tokio::spawn(metrics_connection(node.clone(), stream));
+    }
+}
+
+/// Answers `GET /metrics` (and `HEAD`) on one connection, kept alive.
+async fn metrics_connection(node: Arc<Node>, mut stream: TcpStream) {
+    let mut buf = ReadBuf::default();
+    let mut head = RequestHead::default();
+    loop {
+        let read = proxy::with_deadline(
+            Duration::from_secs(30),
+            proxy::read_request_head(&mut stream, &mut buf, &mut head, MAX_HEAD),
+        )
+        .await;
+        if read.is_err() {
+            return;
+        }
+        let (method, path) = {
+            let data = &buf.data;
+            let target = &data[head.target.clone()];
+            let path = target.split(|b| *b == b'?').next().unwrap_or_default();
+            (data[head.method.clone()].to_vec(), path == b"/metrics")
+        };
+        let f = facts(&buf.data, &head.headers);
+        buf.consume(head.len);
+        let is_head = method == b"HEAD";
+        let has_body = f.chunked || f.content_length.is_some_and(|n| n > 0);
+        let close = f.close || head.minor == 0 || has_body;
+        let bytes = if path && (method == b"GET" || is_head) {
+            let body = render_metrics(&node);
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n",
+                body.len(),
+                if close { "connection: close\r\n" } else { "" }
+            );
+            if !is_head {
+                out.push_str(&body);
+            }
+            out.into_bytes()
+        } else {
+            page(
+                StatusCode::NOT_FOUND,
+                "Not found",
+                "The node's metrics are at <code>/metrics</code>.",
+                is_head,
+                close,
+            )
+        };
+        if stream.write_all(&bytes).await.is_err() || close {
+            return;
+        }
     }
 }
 
@@ -1445,28 +1768,89 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_are_removed_and_upgrades_kept() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key(header::ACCEPT));
+        let data = b"keep-alive, x-secret";
+        let listed = vec![Range {
+            start: 0,
+            end: data.len(),
+        }];
+        for own in [
+            "Connection",
+            "keep-alive",
+            "x-secret",
+            "Transfer-Encoding",
+            "TE",
+            "x-forwarded-for",
+            "expect",
+        ] {
+            assert!(hop_by_hop(own.as_bytes(), data, &listed, false), "{own}");
+        }
+        assert!(!hop_by_hop(b"accept", data, &listed, false));
+        assert!(hop_by_hop(b"upgrade", data, &listed, false));
+        assert!(!hop_by_hop(b"upgrade", data, &listed, true));
+        // answers keep Connection and Upgrade only when switching protocols
+        assert!(!response_header_passes(b"connection", data, &listed, false));
+        assert!(response_header_passes(b"upgrade", data, &listed, true));
+        assert!(!response_header_passes(b"x-secret", data, &listed, false));
+        assert!(response_header_passes(
+            b"content-type",
+            data,
+            &listed,
+            false
+        ));
+    }
 
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(wants_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
-        assert!(h.contains_key(header::CONNECTION) && h.contains_key(header::UPGRADE));
+    #[test]
+    fn host_names_come_from_the_target_or_the_host_header() {
+        let name = |t: &str, h: Option<&str>| {
+            hostname(t.as_bytes(), h.map(str::as_bytes)).map(|c| c.into_owned())
+        };
+        assert_eq!(
+            name("/", Some("Web-Default.Localhost:8000")).as_deref(),
+            Some("web-default.localhost")
+        );
+        assert_eq!(
+            name("/", Some("example.com.")).as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(name("/", Some("[::1]:80")).as_deref(), Some("[::1]"));
+        assert_eq!(
+            name("http://a.example:81/x", Some("b.example")).as_deref(),
+            Some("a.example")
+        );
+        assert_eq!(name("/", None), None);
+        assert_eq!(name("/", Some(":80")), None);
+        assert_eq!(origin_form(b"http://a.example:81/x?y=1"), b"/x?y=1");
+        assert_eq!(origin_form(b"http://a.example"), b"/");
+        assert_eq!(origin_form(b"/path"), b"/path");
+    }
+
+    #[test]
+    fn request_facts_catch_smuggling_shapes() {
+        let head = |text: &str| {
+            let mut headers = [httparse::EMPTY_HEADER; 16];
+            let mut req = httparse::Request::new(&mut headers);
+            assert!(req.parse(text.as_bytes()).expect("parse").is_complete());
+            let data = text.as_bytes();
+            let ranges: Vec<_> = req
+                .headers
+                .iter()
+                .map(|h| {
+                    let n = h.name.as_ptr() as usize - data.as_ptr() as usize;
+                    let v = h.value.as_ptr() as usize - data.as_ptr() as usize;
+                    (n..n + h.name.len(), v..v + h.value.len())
+                })
+                .collect();
+            facts(data, &ranges)
+        };
+        let f =
+            head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+        assert!(f.bad_length);
+        let f = head("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n");
+        assert!(f.other_coding);
+        let f = head(
+            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n",
+        );
+        assert!(f.chunked && f.close && f.connection_upgrade && f.upgrade);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod links;
 pub mod logs;
 pub mod node;
 pub mod procs;
+mod proxy;
 pub mod server;
 pub mod state;
 
