@@ -442,6 +442,80 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
         ) >= 1.0
     );
 
+    // on the wire: pipelined requests for two gears answered in order, HEAD
+    // keeps the connection usable, an absolute target is routed by its host
+    let port = node.frontend.port();
+    let mut wire = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    wire.write_all(
+        b"GET / HTTP/1.1\r\nHost: web-default.localhost\r\n\r\n\
+          GET /headers HTTP/1.1\r\nHost: other-default.localhost\r\n\r\n\
+          HEAD /pid HTTP/1.1\r\nHost: web-default.localhost\r\n\r\n",
+    )
+    .expect("write");
+    let mut reader = BufReader::new(wire.try_clone().expect("clone"));
+    let (code, _, body) = read_response(&mut reader);
+    assert_eq!((code, body.as_slice()), (200, &b"hello from web\n"[..]));
+    let (code, _, body) = read_response(&mut reader);
+    assert_eq!(code, 200);
+    assert_eq!(json(&String::from_utf8_lossy(&body))["url"], "/headers");
+    // HEAD: a head and no body, and the connection goes on (the next answer
+    // below would not parse otherwise)
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status");
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).expect("header");
+        if h.trim().is_empty() {
+            break;
+        }
+    }
+    wire.write_all(
+        b"GET http://web-default.localhost/headers?abs=1 HTTP/1.1\r\nHost: elsewhere\r\n\r\n",
+    )
+    .expect("write");
+    let (code, _, body) = read_response(&mut reader);
+    assert_eq!(code, 200);
+    let seen = json(&String::from_utf8_lossy(&body));
+    assert_eq!(seen["url"], "/headers?abs=1");
+    assert_eq!(seen["headers"]["x-forwarded-host"], "elsewhere");
+
+    // an HTTP/1.0 client gets a chunked answer as plain bytes, ended by the close
+    let mut old = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    old.write_all(b"GET /download?bytes=100000 HTTP/1.0\r\nHost: web-default.localhost\r\n\r\n")
+        .expect("write");
+    let mut all = Vec::new();
+    old.read_to_end(&mut all).expect("read to the close");
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8_lossy(&all[..split]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let body = &all[split + 4..];
+    assert_eq!(body.len(), 100_000);
+    assert!(body.iter().enumerate().all(|(i, b)| *b as usize == i % 251));
+
+    // a request that could be read two ways is refused, not passed on
+    let mut smuggle = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    smuggle
+        .write_all(
+            b"POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nContent-Length: 4\r\n\
+              Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n",
+        )
+        .expect("write");
+    let mut answer = Vec::new();
+    smuggle.read_to_end(&mut answer).expect("read");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.contains("both Content-Length and Transfer-Encoding"),
+        "{answer}"
+    );
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+
     // 502 when the app breaks the connection, 504 when it is too slow,
     // 503 when the gear is stopped
     let (code, body) = get(&node, "web-default", "/hangup");
