@@ -616,6 +616,18 @@ fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
     assert_eq!((code, body.as_str()), (200, "hello from web\n"));
     assert_eq!(state(&node, "web"), "running");
 
+    // idled by hand while a request is with the app: it is answered first
+    let slow = std::thread::scope(|s| {
+        let slow = s.spawn(|| get(&node, "web-default", "/slow?ms=1500"));
+        std::thread::sleep(Duration::from_millis(400));
+        node.ok(&["idle", "web"]);
+        slow.join().expect("slow request")
+    });
+    assert_eq!(slow, (200, "slow\n".to_string()));
+    assert_eq!(state(&node, "web"), "idle");
+    let (code, body) = get(&node, "web-default", "/");
+    assert_eq!((code, body.as_str()), (200, "hello from web\n"));
+
     // idled by the idler after 3 s without a request
     let deadline = Instant::now() + Duration::from_secs(20);
     while state(&node, "web") != "idle" {

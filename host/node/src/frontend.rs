@@ -210,6 +210,19 @@ pub struct GearFront {
     /// request sees the idler and waits for the wake-up after it, instead of
     /// reaching an app that is being stopped.
     pub(crate) closing: AtomicBool,
+    /// Requests being passed to the gear now (past the wake-up check, until
+    /// their answer is through). Idling waits for them: with `closing` it
+    /// makes the same handshake as `active`.
+    pub(crate) forwarding: AtomicUsize,
+}
+
+/// Counts a request in [`GearFront::forwarding`] while it lives.
+struct Forwarding<'a>(&'a GearFront);
+
+impl Drop for Forwarding<'_> {
+    fn drop(&mut self) {
+        self.0.forwarding.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl GearFront {
@@ -228,6 +241,7 @@ impl GearFront {
             waking: Mutex::new(None),
             door: Mutex::new(None),
             closing: AtomicBool::new(false),
+            forwarding: AtomicUsize::new(0),
         }
     }
 
@@ -1172,6 +1186,28 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
             unread
         );
     }
+
+    // from here the request goes to the gear: an idling that began meanwhile
+    // is waited out (it waits for the requests already counted here)
+    let _forwarding = loop {
+        front.forwarding.fetch_add(1, Ordering::SeqCst);
+        if !front.closing.load(Ordering::SeqCst) {
+            break Forwarding(front);
+        }
+        front.forwarding.fetch_sub(1, Ordering::SeqCst);
+        if let Err(e) = node.wake(&target.gear).await {
+            refuse!(
+                Refusal::WakeFailed,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Gear could not be woken",
+                format!(
+                    "Gear <code>{label}</code> was idled and did not start again: {}.",
+                    escape(&e)
+                ),
+                unread
+            );
+        }
+    };
 
     // the body limit: known lengths are refused before anything is sent
     let limit = node.config().max_body;

@@ -125,6 +125,16 @@ impl Node {
         gear.hook_log
             .line("idle[node]", &format!("idling the gear: {why}"));
         gear.front.closing.store(true, Ordering::SeqCst);
+        // requests already on their way to the app finish first (new ones
+        // wait for the wake-up after the idling); a stuck one is cut after
+        // the response timeout, at most 30 s
+        let grace = self.config().response_timeout.min(Duration::from_secs(30));
+        let deadline = tokio::time::Instant::now() + grace;
+        while gear.front.forwarding.load(Ordering::SeqCst) != 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let result = self.stop_into(gear, &cart, GearState::Idle).await;
         gear.front.closing.store(false, Ordering::SeqCst);
         result
