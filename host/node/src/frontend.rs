@@ -371,17 +371,20 @@ impl Drop for Finish {
         let micros = self.start.elapsed().as_micros();
         let (request, agent) = self.line.split_at(self.split.min(self.line.len()));
         LINE.with_borrow_mut(|line| {
-            use std::fmt::Write;
             line.clear();
             stamp(line);
-            let _ = write!(
-                line,
-                " {request} {} {} {}.{}ms{agent}",
-                self.status,
-                self.bytes,
-                micros / 1000,
-                micros % 1000 / 100
-            );
+            line.push(' ');
+            line.push_str(request);
+            line.push(' ');
+            push_number(line, u64::from(self.status));
+            line.push(' ');
+            push_number(line, self.bytes);
+            line.push(' ');
+            push_number(line, (micros / 1000) as u64);
+            line.push('.');
+            push_number(line, (micros % 1000 / 100) as u64);
+            line.push_str("ms");
+            line.push_str(agent);
             front.access.record(line);
         });
         front.active.fetch_sub(1, Ordering::Relaxed);
@@ -396,10 +399,38 @@ thread_local! {
     static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
 }
 
+/// Append `bytes` for the access log: as they are when they are printable
+/// ASCII without quotes or backslashes (nearly always), escaped otherwise.
+fn push_escaped(line: &mut String, bytes: &[u8]) {
+    if bytes
+        .iter()
+        .all(|b| (0x20..0x7f).contains(b) && *b != b'"' && *b != b'\\')
+    {
+        // printable ASCII is UTF-8
+        line.push_str(std::str::from_utf8(bytes).unwrap_or_default());
+    } else {
+        line.extend(String::from_utf8_lossy(bytes).escape_debug());
+    }
+}
+
+/// Append a number in decimal, without the formatting machinery.
+fn push_number(line: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    line.push_str(std::str::from_utf8(&digits[i..]).unwrap_or_default());
+}
+
 /// Append the time now as `logs::timestamp` writes it, formatting the date
 /// and time once a second per thread.
 fn stamp(out: &mut String) {
-    use std::fmt::Write;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -411,7 +442,16 @@ fn stamp(out: &mut String) {
         }
         out.push_str(text);
     });
-    let _ = write!(out, ".{:03}Z", now.subsec_millis());
+    let ms = now.subsec_millis();
+    out.push('.');
+    if ms < 100 {
+        out.push('0');
+    }
+    if ms < 10 {
+        out.push('0');
+    }
+    push_number(out, u64::from(ms));
+    out.push('Z');
 }
 
 // -- pages --------------------------------------------------------------
@@ -1053,26 +1093,28 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
     // the access log line and the head for the gear, straight from the
     // client's bytes; then the head is done with
     let upgrade = f.upgrade && f.connection_upgrade;
-    let mut line = String::with_capacity(128);
+    let mut line = String::with_capacity(160);
     let split;
     {
-        use std::fmt::Write;
         let data = &c.buf.data;
         let head = &c.head;
-        let _ = write!(
-            line,
-            "{} \"{} {} HTTP/1.{}\"",
-            c.forwarded_for,
-            String::from_utf8_lossy(&data[head.method.clone()]),
-            String::from_utf8_lossy(&data[head.target.clone()]).escape_debug(),
-            head.minor
-        );
+        line.push_str(&c.forwarded_for);
+        line.push_str(" \"");
+        push_escaped(&mut line, &data[head.method.clone()]);
+        line.push(' ');
+        push_escaped(&mut line, &data[head.target.clone()]);
+        line.push_str(if head.minor == 0 {
+            " HTTP/1.0\""
+        } else {
+            " HTTP/1.1\""
+        });
         split = line.len();
-        let ua = f
-            .user_agent
-            .clone()
-            .map_or(Cow::Borrowed("-"), |r| String::from_utf8_lossy(&data[r]));
-        let _ = write!(line, " \"{}\"", ua.escape_debug());
+        line.push_str(" \"");
+        match f.user_agent.clone() {
+            Some(r) => push_escaped(&mut line, &data[r]),
+            None => line.push('-'),
+        }
+        line.push('"');
 
         let out = &mut c.to_gear;
         out.clear();
@@ -1887,6 +1929,21 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n",
         );
         assert!(f.chunked && f.close && f.connection_upgrade && f.upgrade);
+    }
+
+    #[test]
+    fn access_log_pieces_are_written_plainly_or_escaped() {
+        let mut line = String::new();
+        push_escaped(&mut line, b"/a?b=1");
+        push_escaped(&mut line, b" \"q\"");
+        push_escaped(&mut line, b"\xff");
+        assert_eq!(line, "/a?b=1 \\\"q\\\"\u{fffd}");
+        let mut n = String::new();
+        for v in [0, 7, 10, 12345, u64::MAX] {
+            push_number(&mut n, v);
+            n.push(',');
+        }
+        assert_eq!(n, format!("0,7,10,12345,{},", u64::MAX));
     }
 
     #[test]
