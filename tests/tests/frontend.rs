@@ -226,7 +226,7 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
     let node = TestNode::start(
         60000,
         // three workers: connections spread over them, each with its own pools
-        "idle-timeout = \"off\"\n[http]\nmax-body = \"32MiB\"\nresponse-timeout = \"2s\"\nworkers = 3",
+        "idle-timeout = \"off\"\n[http]\nmax-body = \"32MiB\"\nresponse-timeout = \"2s\"\nheader-timeout = \"2s\"\nworkers = 3",
     );
     let _nodejs = install(&node, "nodejs-cartridge");
     for gear in ["web", "other"] {
@@ -497,6 +497,26 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
     let body = &all[split + 4..];
     assert_eq!(body.len(), 100_000);
     assert!(body.iter().enumerate().all(|(i, b)| *b as usize == i % 251));
+
+    // a client that starts a head and never ends it is let go after the
+    // header timeout, and so is a kept-alive connection with no next request
+    for partial in [
+        &b"GET / HTTP/1.1\r\nHost: web-default.localhost\r\n"[..],
+        &b""[..],
+    ] {
+        let mut slow_client = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        slow_client.write_all(partial).expect("write");
+        let began = Instant::now();
+        let mut rest = Vec::new();
+        slow_client
+            .read_to_end(&mut rest)
+            .expect("closed by the frontend");
+        let waited = began.elapsed();
+        assert!(
+            waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
+            "closed after {waited:?}"
+        );
+    }
 
     // a request that could be read two ways is refused, not passed on
     let mut smuggle = TcpStream::connect(("127.0.0.1", port)).expect("connect");

@@ -257,6 +257,11 @@ impl GearFront {
         self.last_active.store(now_ms(), Ordering::Relaxed);
     }
 
+    /// Note activity at `at`.
+    fn touch_at(&self, at: Instant) {
+        self.last_active.store(ms_at(at), Ordering::Relaxed);
+    }
+
     /// How long since the last activity.
     pub fn idle_for(&self) -> Duration {
         Duration::from_millis(now_ms().saturating_sub(self.last_active.load(Ordering::Relaxed)))
@@ -274,8 +279,8 @@ impl GearFront {
         &self.pools[WORKER.get() % self.pools.len()]
     }
 
-    fn put(&self, mut upstream: Upstream) {
-        upstream.since = Instant::now();
+    fn put(&self, mut upstream: Upstream, now: Instant) {
+        upstream.since = now;
         let mut pool = lock(self.pool());
         if pool.len() < POOL_MAX {
             pool.push(upstream);
@@ -283,10 +288,10 @@ impl GearFront {
     }
 
     /// An idle connection to the gear that can carry a request, if one is pooled.
-    fn take(&self) -> Option<Upstream> {
+    fn take(&self, now: Instant) -> Option<Upstream> {
         loop {
             let upstream = lock(self.pool()).pop()?;
-            if upstream.since.elapsed() <= POOL_IDLE && upstream.usable() {
+            if now.saturating_duration_since(upstream.since) <= POOL_IDLE && upstream.usable() {
                 return Some(upstream);
             }
         }
@@ -333,10 +338,18 @@ impl Frontend {
     }
 }
 
+static CLOCK_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
 /// Milliseconds on the node's monotonic clock.
 pub fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    ms_at(Instant::now())
+}
+
+/// `at` in milliseconds on the node's monotonic clock.
+fn ms_at(at: Instant) -> u64 {
+    at.saturating_duration_since(*CLOCK_START.get_or_init(Instant::now))
+        .as_millis() as u64
+        + 1
 }
 
 // -- requests -----------------------------------------------------------
@@ -365,10 +378,11 @@ struct Finish {
 impl Drop for Finish {
     fn drop(&mut self) {
         let front = &self.gear.front;
+        let now = Instant::now();
         if let Some(upstream) = self.upstream.take() {
-            front.put(upstream);
+            front.put(upstream, now);
         }
-        let micros = self.start.elapsed().as_micros();
+        let micros = now.saturating_duration_since(self.start).as_micros();
         let (request, agent) = self.line.split_at(self.split.min(self.line.len()));
         LINE.with_borrow_mut(|line| {
             line.clear();
@@ -388,7 +402,7 @@ impl Drop for Finish {
             front.access.record(line);
         });
         front.active.fetch_sub(1, Ordering::Relaxed);
-        front.touch();
+        front.touch_at(now);
     }
 }
 
@@ -632,6 +646,19 @@ async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) 
     node.frontend.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Polls `fut` once: its output if it is ready at once, else `None` (it can
+/// be polled again later).
+async fn futures_poll_once<F: std::future::Future + Unpin>(fut: F) -> Option<F::Output> {
+    let mut fut = fut;
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut fut).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
 /// A client connection's state that lives from one request to the next.
 struct Client {
     stream: TcpStream,
@@ -660,12 +687,27 @@ async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr) {
         response: ResponseHead::default(),
     };
     let header_timeout = node.config().header_timeout;
+    // one timer per connection, moved for each request
+    let timer = tokio::time::sleep(header_timeout);
+    tokio::pin!(timer);
     loop {
-        let read = proxy::with_deadline(
-            header_timeout,
-            proxy::read_request_head(&mut c.stream, &mut c.buf, &mut c.head, MAX_HEAD),
-        )
-        .await;
+        let read = {
+            let head = proxy::read_request_head(&mut c.stream, &mut c.buf, &mut c.head, MAX_HEAD);
+            tokio::pin!(head);
+            // a head already buffered (pipelining) needs no timer
+            match futures_poll_once(head.as_mut()).await {
+                Some(r) => r,
+                None => {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + header_timeout);
+                    tokio::select! {
+                        r = head => r,
+                        () = timer.as_mut() => Err(HeadError::Timeout),
+                    }
+                }
+            }
+        };
         match read {
             Ok(()) => {}
             Err(HeadError::Closed | HeadError::Io(_) | HeadError::Timeout) => return,
@@ -1088,7 +1130,7 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
     };
     let front = &target.gear.front;
     front.active.fetch_add(1, Ordering::SeqCst);
-    front.touch();
+    front.touch_at(start);
 
     // the access log line and the head for the gear, straight from the
     // client's bytes; then the head is done with
@@ -1305,7 +1347,7 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
             escape(e)
         )
     };
-    let pooled = front.take();
+    let pooled = front.take(start);
     let reused = pooled.is_some();
     let mut upstream = match pooled {
         Some(u) => u,
@@ -1351,7 +1393,7 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
 
     // the rest of the body goes up while the answer is awaited: a gear may
     // answer (and stop reading) before the body is through
-    let deadline = tokio::time::Instant::now() + response_timeout;
+    let deadline = tokio::time::Instant::from_std(start) + response_timeout;
     let mut body_error: Option<proxy::CopyError> = None;
     let answered: Result<(), HeadError> = {
         let (mut up_read, mut up_write) = upstream.stream.split();
