@@ -861,6 +861,12 @@ fn hop_by_hop(name: &[u8], data: &[u8], connection: &[Range<usize>], keep_upgrad
     if name.eq_ignore_ascii_case(b"upgrade") {
         return !keep_upgrade;
     }
+    named_in(name, data, connection)
+}
+
+/// Whether one of the `Connection` header values at `connection` names the
+/// header `name` (making it the connection's own).
+fn named_in(name: &[u8], data: &[u8], connection: &[Range<usize>]) -> bool {
     connection.iter().any(|r| {
         data[r.clone()]
             .split(|b| *b == b',')
@@ -1011,11 +1017,7 @@ fn response_header_passes(
     if name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"upgrade") {
         return upgrade;
     }
-    !connection.iter().any(|r| {
-        data[r.clone()]
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
-    })
+    !named_in(name, data, connection)
 }
 
 /// Serves one request whose head is in `c.head`: route, wake, refuse, or

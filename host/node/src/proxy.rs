@@ -95,32 +95,19 @@ impl ReadBuf {
     }
 }
 
-/// Reads until `buf` holds a complete request head; parses it into `head`.
-pub(crate) async fn read_request_head(
+/// Reads into `buf` until `parse` finds a complete head in it (`Ok(true)`),
+/// it is malformed, or it grows past `max`.
+async fn read_head(
     stream: &mut (impl AsyncRead + Unpin),
     buf: &mut ReadBuf,
-    head: &mut RequestHead,
     max: usize,
+    mut parse: impl FnMut(&[u8]) -> Result<bool, httparse::Error>,
 ) -> Result<(), HeadError> {
     loop {
         if !buf.data.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut req = httparse::Request::new(&mut headers);
-            match req.parse(&buf.data) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let data = &buf.data;
-                    head.method = offset(data, req.method.unwrap_or_default().as_bytes());
-                    head.target = offset(data, req.path.unwrap_or_default().as_bytes());
-                    head.minor = req.version.unwrap_or(1);
-                    head.headers.clear();
-                    for h in req.headers.iter() {
-                        head.headers
-                            .push((offset(data, h.name.as_bytes()), offset(data, h.value)));
-                    }
-                    head.len = len;
-                    return Ok(());
-                }
-                Ok(httparse::Status::Partial) => {}
+            match parse(&buf.data) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
                 Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
                 Err(e) => return Err(HeadError::Malformed(e.to_string())),
             }
@@ -137,16 +124,46 @@ pub(crate) async fn read_request_head(
                 )));
             }
             Ok(_) => {}
-            Err(e) if buf.data.is_empty() => {
-                return Err(if is_reset(&e) {
-                    HeadError::Closed
-                } else {
-                    HeadError::Io(e)
-                });
-            }
+            // a peer that resets an idle connection simply left
+            Err(e) if buf.data.is_empty() && is_reset(&e) => return Err(HeadError::Closed),
             Err(e) => return Err(HeadError::Io(e)),
         }
     }
+}
+
+/// The headers of a parsed head as ranges of `data`.
+fn header_ranges(
+    data: &[u8],
+    headers: &[httparse::Header<'_>],
+    into: &mut Vec<(Range<usize>, Range<usize>)>,
+) {
+    into.clear();
+    for h in headers {
+        into.push((offset(data, h.name.as_bytes()), offset(data, h.value)));
+    }
+}
+
+/// Reads until `buf` holds a complete request head; parses it into `head`.
+pub(crate) async fn read_request_head(
+    stream: &mut (impl AsyncRead + Unpin),
+    buf: &mut ReadBuf,
+    head: &mut RequestHead,
+    max: usize,
+) -> Result<(), HeadError> {
+    read_head(stream, buf, max, |data| {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut headers);
+        let httparse::Status::Complete(len) = req.parse(data)? else {
+            return Ok(false);
+        };
+        head.method = offset(data, req.method.unwrap_or_default().as_bytes());
+        head.target = offset(data, req.path.unwrap_or_default().as_bytes());
+        head.minor = req.version.unwrap_or(1);
+        header_ranges(data, req.headers, &mut head.headers);
+        head.len = len;
+        Ok(true)
+    })
+    .await
 }
 
 /// Reads until `buf` holds a complete response head; parses it into `head`.
@@ -156,48 +173,23 @@ pub(crate) async fn read_response_head(
     head: &mut ResponseHead,
     max: usize,
 ) -> Result<(), HeadError> {
-    loop {
-        if !buf.data.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&buf.data) {
-                Ok(httparse::Status::Complete(len)) => {
-                    let data = &buf.data;
-                    head.status = resp.code.unwrap_or(0);
-                    head.reason = offset(data, resp.reason.unwrap_or_default().as_bytes());
-                    if resp.reason.is_none_or(str::is_empty) {
-                        head.reason = 0..0;
-                    }
-                    head.minor = resp.version.unwrap_or(1);
-                    head.headers.clear();
-                    for h in resp.headers.iter() {
-                        head.headers
-                            .push((offset(data, h.name.as_bytes()), offset(data, h.value)));
-                    }
-                    head.len = len;
-                    return Ok(());
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
-                Err(e) => return Err(HeadError::Malformed(e.to_string())),
-            }
-            if buf.data.len() >= max {
-                return Err(HeadError::TooLarge);
-            }
-        }
-        match buf.fill(stream).await {
-            Ok(0) if buf.data.is_empty() => return Err(HeadError::Closed),
-            Ok(0) => {
-                return Err(HeadError::Io(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "the connection closed in the middle of a head",
-                )));
-            }
-            Ok(_) => {}
-            Err(e) if buf.data.is_empty() && is_reset(&e) => return Err(HeadError::Closed),
-            Err(e) => return Err(HeadError::Io(e)),
-        }
-    }
+    read_head(stream, buf, max, |data| {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let httparse::Status::Complete(len) = resp.parse(data)? else {
+            return Ok(false);
+        };
+        head.status = resp.code.unwrap_or(0);
+        head.reason = match resp.reason {
+            Some(r) if !r.is_empty() => offset(data, r.as_bytes()),
+            _ => 0..0,
+        };
+        head.minor = resp.version.unwrap_or(1);
+        header_ranges(data, resp.headers, &mut head.headers);
+        head.len = len;
+        Ok(true)
+    })
+    .await
 }
 
 fn is_reset(e: &std::io::Error) -> bool {

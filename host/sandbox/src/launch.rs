@@ -172,19 +172,7 @@ fn plan_stdio(spec: &SandboxSpec) -> Result<StdioPlan, SandboxError> {
         .enumerate()
     {
         let fd = match stdio {
-            Stdio::Null => {
-                let f = File::options()
-                    .read(true)
-                    .write(true)
-                    .open("/dev/null")
-                    .map_err(|source| SandboxError::Io {
-                        action: "open",
-                        path: PathBuf::from("/dev/null"),
-                        source,
-                        hint: "make sure /dev is mounted on the node",
-                    })?;
-                high_dup(f.as_fd())?
-            }
+            Stdio::Null => high_dup(warm::open_null()?.as_fd())?,
             Stdio::Inherit => {
                 // SAFETY: 0, 1 and 2 are the node's standard descriptors, borrowed only for
                 // the duplicate call.

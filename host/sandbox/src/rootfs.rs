@@ -333,24 +333,16 @@ impl Builder {
         is_dir: bool,
         attrs: u64,
     ) -> Result<(), SetupFailure> {
-        let target = self.ensure(inner, is_dir)?;
-        let target_path = fd_path(target.as_fd());
-        mount(
-            Some(fd_path(source).as_str()),
-            target_path.as_str(),
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .map_err(|e| failure("bind", format!("bind onto {}", inner.display()), &e.into()))?;
-        drop(target);
-        self.set_attrs(inner, attrs, true)?;
-        if attrs & sys::MOUNT_ATTR_RDONLY != 0 {
-            self.report.read_only.push(inner.to_path_buf());
-        } else {
-            self.report.read_write.push(inner.to_path_buf());
-        }
-        Ok(())
+        self.mount_at(inner, is_dir, attrs, |target| {
+            mount(
+                Some(fd_path(source).as_str()),
+                fd_path(target).as_str(),
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .map_err(|e| failure("bind", format!("bind onto {}", inner.display()), &e.into()))
+        })
     }
 
     /// Attaches the detached mount tree `tree` (cloned by the node) at `inner` with `attrs`
@@ -362,9 +354,23 @@ impl Builder {
         is_dir: bool,
         attrs: u64,
     ) -> Result<(), SetupFailure> {
+        self.mount_at(inner, is_dir, attrs, |target| {
+            sys::move_mount_to(tree, target)
+                .map_err(|e| failure("bind", format!("attach onto {}", inner.display()), &e))
+        })
+    }
+
+    /// Mounts something at `inner` with `mount` (given the target's descriptor), then applies
+    /// `attrs` to the whole mounted tree and records it in the report.
+    fn mount_at(
+        &mut self,
+        inner: &Path,
+        is_dir: bool,
+        attrs: u64,
+        mount: impl FnOnce(BorrowedFd<'_>) -> Result<(), SetupFailure>,
+    ) -> Result<(), SetupFailure> {
         let target = self.ensure(inner, is_dir)?;
-        sys::move_mount_to(tree, target.as_fd())
-            .map_err(|e| failure("bind", format!("attach onto {}", inner.display()), &e))?;
+        mount(target.as_fd())?;
         drop(target);
         self.set_attrs(inner, attrs, true)?;
         if attrs & sys::MOUNT_ATTR_RDONLY != 0 {

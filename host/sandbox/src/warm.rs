@@ -61,6 +61,20 @@ pub(crate) fn high_dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, SandboxError> {
         })
 }
 
+/// `/dev/null`, for reading and writing.
+pub(crate) fn open_null() -> Result<File, SandboxError> {
+    File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|source| SandboxError::Io {
+            action: "open",
+            path: PathBuf::from("/dev/null"),
+            source,
+            hint: "make sure /dev is mounted on the node",
+        })
+}
+
 fn cstring(bytes: &[u8], what: &'static str) -> Result<CString, SandboxError> {
     CString::new(bytes).map_err(|_| SandboxError::Spawn {
         what,
@@ -72,17 +86,7 @@ impl Helper {
     /// Clones `init` straight into a new pid namespace with its protocol descriptors
     /// (`/dev/null` as 0 to 2 until the gear's streams arrive with the spec).
     pub(crate) fn start(init: &Path) -> Result<Helper, SandboxError> {
-        let null = File::options()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map_err(|source| SandboxError::Io {
-                action: "open",
-                path: PathBuf::from("/dev/null"),
-                source,
-                hint: "make sure /dev is mounted on the node",
-            })?;
-        let null = high_dup(null.as_fd())?;
+        let null = high_dup(open_null()?.as_fd())?;
         let (spec, helper_spec) = UnixStream::pair().map_err(|e| SandboxError::Spawn {
             what: "create the spec socket",
             source: e,
