@@ -580,7 +580,14 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
     );
     assert!(access.contains("\"GET /hangup HTTP/1.1\" 502"), "{access}");
     assert!(access.contains("\"POST /upload HTTP/1.1\" 200"), "{access}");
+    // the node keeps a gear helper prepared (gears.warm-helpers = 1)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.metrics()["gearhost_warm_helpers"] != 1.0 {
+        assert!(Instant::now() < deadline, "no warm helper after 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let m = node.metrics();
+    assert_eq!(m["gearhost_warm_helpers_failing"], 0.0);
     assert!(m["gearhost_frontend_requests_total{gear=\"web-default\",status=\"2xx\"}"] >= 20.0);
     assert!(
         m["gearhost_frontend_errors_total{gear=\"web-default\",reason=\"bad_gateway\"}"] >= 1.0

@@ -1805,6 +1805,27 @@ pub fn render_metrics(node: &Node) -> String {
     for (state, n) in states {
         let _ = writeln!(out, "gearhost_gears{{state=\"{state}\"}} {n}");
     }
+    if let Ok(init) = gearhost_sandbox::find_init(None) {
+        let (waiting, failed) = gearhost_sandbox::warm_status(&init);
+        counter(
+            &mut out,
+            "gearhost_warm_helpers",
+            "Gear helpers prepared and waiting for a start (gears.warm-helpers).",
+            "gauge",
+        );
+        let _ = writeln!(out, "gearhost_warm_helpers {waiting}");
+        counter(
+            &mut out,
+            "gearhost_warm_helpers_failing",
+            "1 when preparing a helper failed and starts go on without one (the node's log says why).",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "gearhost_warm_helpers_failing {}",
+            u8::from(failed.is_some())
+        );
+    }
     out
 }
 

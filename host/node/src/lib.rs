@@ -48,7 +48,21 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
     if node.config().warm_helpers > 0 {
         match gearhost_sandbox::find_init(None) {
-            Ok(init) => gearhost_sandbox::keep_warm(&init, node.config().warm_helpers),
+            Ok(init) => {
+                gearhost_sandbox::keep_warm(&init, node.config().warm_helpers);
+                // say once why, if the first helper cannot be prepared
+                let count = node.config().warm_helpers;
+                tokio::task::spawn_blocking(move || {
+                    if !gearhost_sandbox::wait_warm(&init, std::time::Duration::from_secs(30)) {
+                        let (_, why) = gearhost_sandbox::warm_status(&init);
+                        tracing::warn!(
+                            helpers = count,
+                            reason = why.as_deref().unwrap_or("not ready within 30 s"),
+                            "gear helpers are not prepared ahead; starts prepare their own"
+                        );
+                    }
+                });
+            }
             Err(e) => tracing::warn!("no warm gear helpers: {e}"),
         }
     }

@@ -618,6 +618,45 @@ pub fn ensure_group(
     name: &str,
     limits: &Limits,
 ) -> Result<CgroupReport, CgroupError> {
+    // a group made with these very limits, still there, needs no writes
+    let key = format!("{subtree}/{name}");
+    if let Some((written, report, dir)) = lock_groups().get(&key)
+        && written == limits
+        && dir.is_dir()
+    {
+        return Ok(report.clone());
+    }
+    let report = write_group(mounts, subtree, name, limits)?;
+    if let Some(dir) = gear_paths(
+        mounts,
+        &CgroupPlacement {
+            subtree: subtree.to_string(),
+            leaf: name.to_string(),
+        },
+    )
+    .into_values()
+    .next()
+    {
+        lock_groups().insert(key, (limits.clone(), report.clone(), dir));
+    }
+    Ok(report)
+}
+
+/// The groups [`ensure_group`] made in this process, with the limits written and one of
+/// their directories.
+type Groups = BTreeMap<String, (Limits, CgroupReport, PathBuf)>;
+
+fn lock_groups() -> std::sync::MutexGuard<'static, Groups> {
+    static GROUPS: std::sync::Mutex<Groups> = std::sync::Mutex::new(BTreeMap::new());
+    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_group(
+    mounts: &CgroupMounts,
+    subtree: &str,
+    name: &str,
+    limits: &Limits,
+) -> Result<CgroupReport, CgroupError> {
     let placement = CgroupPlacement {
         subtree: subtree.to_string(),
         leaf: name.to_string(),
@@ -673,6 +712,7 @@ fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
 /// Tears down the group `<subtree>/<name>` made by [`ensure_group`]: every
 /// cgroup in it (killing what is left there), then the group itself.
 pub fn remove_group(subtree: &str, name: &str) -> Result<TeardownReport, CgroupError> {
+    lock_groups().remove(&format!("{subtree}/{name}"));
     let mounts = detect()?;
     let group_placement = CgroupPlacement {
         subtree: subtree.to_string(),

@@ -37,43 +37,42 @@ pub struct ChangeArgs {
 /// Arguments of `gear alias list`.
 pub type ListArgs = crate::client::OneGear;
 
+/// Sends an add or remove request and says what changed: `<gear> <what> <hostname>`, the
+/// host name as the node reports it under `key`.
+fn change(args: &ChangeArgs, request: Request, key: &str, what: &str) -> CmdResult {
+    let v = call(&args.target, &request)?;
+    if args.json {
+        return Ok(print_json(&v)?);
+    }
+    println!(
+        "{} {what} {}",
+        args.gear.name,
+        v[key].as_str().unwrap_or(&args.hostname)
+    );
+    Ok(())
+}
+
 /// Run the command.
 pub fn run(command: Command) -> CmdResult {
     match command {
-        Command::Add(args) => {
-            let v = call(
-                &args.target,
-                &Request::AliasAdd {
-                    gear: args.gear.to_ref(),
-                    hostname: args.hostname.clone(),
-                },
-            )?;
-            if args.json {
-                return Ok(print_json(&v)?);
-            }
-            println!(
-                "{} now also answers to {}",
-                args.gear.name,
-                v["alias"].as_str().unwrap_or(&args.hostname)
-            );
-        }
-        Command::Remove(args) => {
-            let v = call(
-                &args.target,
-                &Request::AliasRemove {
-                    gear: args.gear.to_ref(),
-                    hostname: args.hostname.clone(),
-                },
-            )?;
-            if args.json {
-                return Ok(print_json(&v)?);
-            }
-            println!(
-                "{} no longer answers to {}",
-                args.gear.name,
-                v["removed"].as_str().unwrap_or(&args.hostname)
-            );
-        }
+        Command::Add(args) => change(
+            &args,
+            Request::AliasAdd {
+                gear: args.gear.to_ref(),
+                hostname: args.hostname.clone(),
+            },
+            "alias",
+            "now also answers to",
+        )?,
+        Command::Remove(args) => change(
+            &args,
+            Request::AliasRemove {
+                gear: args.gear.to_ref(),
+                hostname: args.hostname.clone(),
+            },
+            "removed",
+            "no longer answers to",
+        )?,
         Command::List(args) => {
             let v = call(
                 &args.target,
