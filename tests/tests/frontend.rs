@@ -480,6 +480,20 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
     assert_eq!(seen["url"], "/headers?abs=1");
     assert_eq!(seen["headers"]["x-forwarded-host"], "elsewhere");
 
+    // a kept connection to the app that the app closes as the next request
+    // arrives is replaced, and the request is answered, not refused
+    wire.write_all(b"GET /arm HTTP/1.1\r\nHost: web-default.localhost\r\n\r\n")
+        .expect("write");
+    let (code, _, body) = read_response(&mut reader);
+    assert_eq!((code, body.as_slice()), (200, &b"armed\n"[..]));
+    wire.write_all(b"GET / HTTP/1.1\r\nHost: web-default.localhost\r\n\r\n")
+        .expect("write");
+    let (code, _, body) = read_response(&mut reader);
+    assert_eq!(
+        (code, String::from_utf8_lossy(&body).into_owned()),
+        (200, "hello from web\n".to_string())
+    );
+
     // an HTTP/1.0 client gets a chunked answer as plain bytes, ended by the close
     let mut old = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     old.write_all(b"GET /download?bytes=100000 HTTP/1.0\r\nHost: web-default.localhost\r\n\r\n")

@@ -1028,9 +1028,18 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
     let head_len = c.head.len;
     let client_minor = c.head.minor;
     let f = facts(&c.buf.data, &c.head.headers);
-    let (is_head, is_connect) = {
+    let (is_head, is_connect, idempotent) = {
         let method = &c.buf.data[c.head.method.clone()];
-        (method == b"HEAD", method == b"CONNECT")
+        let idempotent = [
+            &b"GET"[..],
+            b"HEAD",
+            b"OPTIONS",
+            b"TRACE",
+            b"PUT",
+            b"DELETE",
+        ]
+        .contains(&method);
+        (method == b"HEAD", method == b"CONNECT", idempotent)
     };
     // keep-alive: HTTP/1.1 unless `close`, HTTP/1.0 only when asked
     let keep = if client_minor == 0 {
@@ -1340,102 +1349,107 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
         );
     }
 
-    // a pooled connection, or a new one; a pooled one that fails at once is
-    // replaced, once
+    // a pooled connection, or a new one. A pooled one the gear closed just
+    // before it was used (an app's keep-alive timeout racing the request) is
+    // replaced by a new one, once, when the request can be sent again whole
+    // and safely: no answer byte came back, all of the body went in the first
+    // write, and the method is idempotent (the app may have acted on it)
     let response_timeout = node.config().response_timeout;
+    let deadline = tokio::time::Instant::from_std(start) + response_timeout;
     let not_answering = |e: &str| {
         format!(
             "Gear <code>{label}</code> does not accept connections: {}.",
             escape(e)
         )
     };
-    let pooled = front.take(start);
-    let reused = pooled.is_some();
-    let mut upstream = match pooled {
-        Some(u) => u,
-        None => match connect(node, &target).await {
-            Ok(u) => u,
-            Err(e) => refuse!(
-                Refusal::BadGateway,
-                StatusCode::BAD_GATEWAY,
-                "Gear not answering",
-                not_answering(&e),
-                (!body.done()).then_some(DRAIN_BYTES)
-            ),
-        },
-    };
-    let mut written = upstream.stream.write_all(&c.to_gear).await;
-    if written.is_err() && reused {
-        match connect(node, &target).await {
-            Ok(u) => {
-                upstream = u;
-                written = upstream.stream.write_all(&c.to_gear).await;
+    let whole_in_first_write = body.done();
+    let mut fresh_only = false;
+    let (mut upstream, answered, body_error) = loop {
+        let pooled = if fresh_only { None } else { front.take(start) };
+        let reused = pooled.is_some();
+        let mut upstream = match pooled {
+            Some(u) => u,
+            None => match connect(node, &target).await {
+                Ok(u) => u,
+                Err(e) => refuse!(
+                    Refusal::BadGateway,
+                    StatusCode::BAD_GATEWAY,
+                    "Gear not answering",
+                    not_answering(&e),
+                    (!body.done()).then_some(DRAIN_BYTES)
+                ),
+            },
+        };
+        if let Err(e) = upstream.stream.write_all(&c.to_gear).await {
+            if reused {
+                fresh_only = true;
+                continue;
             }
-            Err(e) => refuse!(
+            refuse!(
                 Refusal::BadGateway,
                 StatusCode::BAD_GATEWAY,
-                "Gear not answering",
-                not_answering(&e),
+                "Gear answered badly",
+                format!(
+                    "Gear <code>{label}</code> broke the connection: {}.",
+                    escape(&e.to_string())
+                ),
                 (!body.done()).then_some(DRAIN_BYTES)
-            ),
+            );
         }
-    }
-    if let Err(e) = written {
-        refuse!(
-            Refusal::BadGateway,
-            StatusCode::BAD_GATEWAY,
-            "Gear answered badly",
-            format!(
-                "Gear <code>{label}</code> broke the connection: {}.",
-                escape(&e.to_string())
-            ),
-            (!body.done()).then_some(DRAIN_BYTES)
-        );
-    }
 
-    // the rest of the body goes up while the answer is awaited: a gear may
-    // answer (and stop reading) before the body is through
-    let deadline = tokio::time::Instant::from_std(start) + response_timeout;
-    let mut body_error: Option<proxy::CopyError> = None;
-    let answered: Result<(), HeadError> = {
-        let (mut up_read, mut up_write) = upstream.stream.split();
-        let (mut client_read, mut client_write) = c.stream.split();
-        let pump = proxy::pump(
-            &mut client_read,
-            &mut c.buf,
-            &mut up_write,
-            &mut body,
-            false,
-            limit,
-            &mut sent,
-            &mut c.body_out,
-        );
-        let answer = read_answer(
-            &mut up_read,
-            &mut upstream.buf,
-            &mut c.response,
-            &mut client_write,
-            client_minor,
-        );
-        tokio::pin!(pump);
-        tokio::pin!(answer);
-        let mut pumping = true;
-        loop {
-            tokio::select! {
-                r = &mut pump, if pumping => {
-                    pumping = false;
-                    if let Err(e) = r {
-                        let stop = !matches!(e, proxy::CopyError::Write);
-                        body_error = Some(e);
-                        if stop {
-                            break Ok(());
+        // the rest of the body goes up while the answer is awaited: a gear
+        // may answer (and stop reading) before the body is through
+        let mut body_error: Option<proxy::CopyError> = None;
+        let answered: Result<(), HeadError> = {
+            let (mut up_read, mut up_write) = upstream.stream.split();
+            let (mut client_read, mut client_write) = c.stream.split();
+            let pump = proxy::pump(
+                &mut client_read,
+                &mut c.buf,
+                &mut up_write,
+                &mut body,
+                false,
+                limit,
+                &mut sent,
+                &mut c.body_out,
+            );
+            let answer = read_answer(
+                &mut up_read,
+                &mut upstream.buf,
+                &mut c.response,
+                &mut client_write,
+                client_minor,
+            );
+            tokio::pin!(pump);
+            tokio::pin!(answer);
+            let mut pumping = true;
+            loop {
+                tokio::select! {
+                    r = &mut pump, if pumping => {
+                        pumping = false;
+                        if let Err(e) = r {
+                            let stop = !matches!(e, proxy::CopyError::Write);
+                            body_error = Some(e);
+                            if stop {
+                                break Ok(());
+                            }
                         }
                     }
+                    r = &mut answer => break r,
+                    () = tokio::time::sleep_until(deadline) => break Err(HeadError::Timeout),
                 }
-                r = &mut answer => break r,
-                () = tokio::time::sleep_until(deadline) => break Err(HeadError::Timeout),
             }
+        };
+        if reused
+            && idempotent
+            && whole_in_first_write
+            && matches!(answered, Err(HeadError::Closed))
+            && matches!(body_error, None | Some(proxy::CopyError::Write))
+        {
+            fresh_only = true;
+            continue;
         }
+        break (upstream, answered, body_error);
     };
     match body_error {
         Some(proxy::CopyError::TooLarge) => refuse!(

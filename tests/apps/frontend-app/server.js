@@ -6,6 +6,8 @@
 //   GET  /slow?ms=N        answers after N ms
 //   GET  /pid              the server's pid
 //   GET  /hangup           closes the connection without answering
+//   GET  /arm              answers, then closes its connection at the next request
+//                          on it without answering (a keep-alive close racing a request)
 //   GET  /ws               websocket: every text or binary message is echoed back
 const http = require("http");
 const crypto = require("crypto");
@@ -21,6 +23,10 @@ function pattern(n) {
 
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, "http://x");
+  if (req.socket.armed) {
+    req.socket.destroy();
+    return;
+  }
   if (req.method === "GET" && url.pathname === "/") {
     res.setHeader("Content-Type", "text/plain");
     res.end(`hello from ${name}\n`);
@@ -58,6 +64,10 @@ const server = http.createServer((req, res) => {
     setTimeout(() => res.end("slow\n"), Number(url.searchParams.get("ms") || 0));
   } else if (url.pathname === "/hangup") {
     req.socket.destroy();
+  } else if (url.pathname === "/arm") {
+    res.end("armed\n", () => {
+      req.socket.armed = true;
+    });
   } else if (url.pathname === "/pid") {
     res.end(`${process.pid}\n`);
   } else {
