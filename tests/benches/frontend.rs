@@ -398,6 +398,29 @@ fn main() {
         .status();
     let _ = nginx.wait();
 
+    // memory per idle client connection: each has had one answer and waits
+    let idle_count = if quick { 200 } else { 2000 };
+    let rss_before = gearhost_tests::rss_kib(node.pid());
+    let mut idle = Vec::with_capacity(idle_count);
+    for _ in 0..idle_count {
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", node.frontend.port())).expect("connect");
+        s.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())
+            .expect("request");
+        let mut answer = [0u8; 512];
+        let mut got = 0;
+        while !answer[..got].ends_with(b"hello from bench\n") {
+            let n = s.read(&mut answer[got..]).expect("answer");
+            assert!(n > 0, "closed before the answer");
+            got += n;
+        }
+        idle.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let rss_after = gearhost_tests::rss_kib(node.pid());
+    let per_connection = rss_after.saturating_sub(rss_before) as f64 / idle_count as f64;
+    drop(idle);
+
     // wake from idle
     let mut ttfb = Vec::new();
     for _ in 0..wakes {
@@ -456,6 +479,9 @@ fn main() {
         "nginx p99 added over direct: {:.3} ms at 1 connection, {:.3} ms at 50",
         nginx.1.p99_ms - direct.1.p99_ms,
         nginx.0.p99_ms - direct.0.p99_ms
+    );
+    println!(
+        "node memory per idle client connection: {per_connection:.1} KiB ({idle_count} connections, node RSS {rss_before} -> {rss_after} KiB)"
     );
     println!(
         "wake from idle to first byte over {wakes} wakes: median {:.1} ms, p95 {:.1} ms, min {:.1} ms ({wakeups} wake-ups counted)",

@@ -281,6 +281,7 @@ impl GearFront {
 
     fn put(&self, mut upstream: Upstream, now: Instant) {
         upstream.since = now;
+        upstream.buf.release();
         let mut pool = lock(self.pool());
         if pool.len() < POOL_MAX {
             pool.push(upstream);
@@ -691,8 +692,18 @@ async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     let timer = tokio::time::sleep(header_timeout);
     tokio::pin!(timer);
     loop {
+        // a connection waiting for its next request holds no buffer
+        c.buf.release();
+        proxy::give_buffer(std::mem::take(&mut c.body_out));
         let read = {
-            let head = proxy::read_request_head(&mut c.stream, &mut c.buf, &mut c.head, MAX_HEAD);
+            let (stream, buf, parsed) = (&mut c.stream, &mut c.buf, &mut c.head);
+            let head = async move {
+                if buf.data.is_empty() {
+                    // take a buffer only once there is something to read
+                    stream.readable().await.map_err(HeadError::Io)?;
+                }
+                proxy::read_request_head(stream, buf, parsed, MAX_HEAD).await
+            };
             tokio::pin!(head);
             // a head already buffered (pipelining) needs no timer
             match futures_poll_once(head.as_mut()).await {

@@ -72,6 +72,34 @@ pub(crate) struct ReadBuf {
     pub data: Vec<u8>,
 }
 
+/// Most spare buffers a thread keeps.
+const SPARE_MAX: usize = 256;
+
+thread_local! {
+    /// Buffers of connections that are waiting, for the next one that reads.
+    static SPARE: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for at least one read, from this thread's spares.
+pub(crate) fn take_buffer() -> Vec<u8> {
+    SPARE
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(CHUNK))
+}
+
+/// Gives an unused buffer back to this thread's spares (a large one is freed).
+pub(crate) fn give_buffer(mut buf: Vec<u8>) {
+    if buf.capacity() == 0 || buf.capacity() > 4 * CHUNK {
+        return;
+    }
+    buf.clear();
+    SPARE.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_MAX {
+            spare.push(buf);
+        }
+    });
+}
+
 impl ReadBuf {
     /// Reads more bytes from `stream` into spare capacity; `Ok(0)` at end
     /// of stream.
@@ -79,10 +107,21 @@ impl ReadBuf {
         &mut self,
         stream: &mut (impl AsyncRead + Unpin),
     ) -> std::io::Result<usize> {
+        if self.data.capacity() == 0 {
+            self.data = take_buffer();
+        }
         if self.data.capacity() - self.data.len() < CHUNK {
             self.data.reserve(CHUNK);
         }
         stream.read_buf(&mut self.data).await
+    }
+
+    /// Lets go of the buffer while nothing is in it, so a connection that
+    /// waits holds no buffer.
+    pub(crate) fn release(&mut self) {
+        if self.data.is_empty() {
+            give_buffer(std::mem::take(&mut self.data));
+        }
     }
 
     /// Forgets the first `n` bytes.
