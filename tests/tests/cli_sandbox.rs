@@ -133,9 +133,30 @@ fn sandbox_run_confines_a_command_and_passes_its_status_through() {
     assert_eq!(out.status.code(), Some(3));
 }
 
-/// `gear` run by an unprivileged user, through setpriv.
-fn gear_as_nobody(args: &[&str]) -> Output {
-    let bin = gear_bin();
+/// Copies of `gear` and `gearhost-init` that any user may run: the build's
+/// own may sit below a directory only root can enter (a clone in /root).
+fn binaries_for_everyone() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("gearhost-rootless-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod dir");
+    let gear = gear_bin();
+    let init = gear.with_file_name("gearhost-init");
+    for bin in [&gear, &init] {
+        let copy = dir.path().join(bin.file_name().expect("file name"));
+        std::fs::copy(bin, &copy).expect("copy binary");
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod binary");
+    }
+    dir
+}
+
+/// `gear` (from `bins`) run by an unprivileged user, through setpriv.
+fn gear_as_nobody(bins: &Path, args: &[&str]) -> Output {
+    let bin = bins.join("gear");
     let mut full = vec![
         "--reuid=65534",
         "--regid=65534",
@@ -145,7 +166,9 @@ fn gear_as_nobody(args: &[&str]) -> Output {
     full.extend_from_slice(args);
     Command::new("setpriv")
         .args(&full)
+        .current_dir("/tmp")
         .env("TMPDIR", "/tmp")
+        .env_remove("GEARHOST_INIT")
         .stdin(std::process::Stdio::null())
         .output()
         .expect("run setpriv (util-linux)")
@@ -156,21 +179,25 @@ fn rootless_sandbox_runs_as_the_caller_in_a_user_namespace() {
     if !privileged("becoming an unprivileged user to run a rootless sandbox") {
         return;
     }
-    let out = gear_as_nobody(&[
-        "sandbox",
-        "run",
-        "--hostname",
-        "rootless",
-        "--",
-        "sh",
-        "-c",
-        "id -u; hostname; tr -s ' ' < /proc/self/uid_map | cut -d' ' -f2; \
+    let bins = binaries_for_everyone();
+    let out = gear_as_nobody(
+        bins.path(),
+        &[
+            "sandbox",
+            "run",
+            "--hostname",
+            "rootless",
+            "--",
+            "sh",
+            "-c",
+            "id -u; hostname; tr -s ' ' < /proc/self/uid_map | cut -d' ' -f2; \
          tr -s ' ' < /proc/self/uid_map | cut -d' ' -f3; cat /proc/1/comm; \
          grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status; \
          (touch /usr/x 2>/dev/null && echo usr-writable || echo usr-read-only); \
          (unshare -U true 2>/dev/null && echo nested-userns || echo nested-refused); \
          echo data > /gear/made && echo home-writable; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
-    ]);
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "stdout: {stdout}\nstderr: {stderr}");
@@ -197,7 +224,7 @@ fn rootless_sandbox_runs_as_the_caller_in_a_user_namespace() {
     assert_eq!(lines.last(), Some(&"lo"), "only loopback: {stdout}");
 
     // the report says what rootless mode is and is not
-    let out = gear_as_nobody(&["sandbox", "run", "--json", "--", "true"]);
+    let out = gear_as_nobody(bins.path(), &["sandbox", "run", "--json", "--", "true"]);
     assert!(
         out.status.success(),
         "{}",
@@ -211,7 +238,10 @@ fn rootless_sandbox_runs_as_the_caller_in_a_user_namespace() {
     assert!(json["report"]["cgroup"].is_null(), "{json}");
 
     // limits need cgroups, which need root: a clear refusal, not a silent gear without them
-    let out = gear_as_nobody(&["sandbox", "run", "--memory", "64MiB", "--", "true"]);
+    let out = gear_as_nobody(
+        bins.path(),
+        &["sandbox", "run", "--memory", "64MiB", "--", "true"],
+    );
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--memory needs root"), "{stderr}");
