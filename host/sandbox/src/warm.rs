@@ -29,6 +29,9 @@ use crate::error::SandboxError;
 use crate::protocol::{HelperMessage, PARENT_FD, REPORT_FD, SPEC_FD};
 use crate::sys;
 
+/// How long a warm helper may take to prepare, in milliseconds.
+const PREPARE_TIMEOUT_MS: u16 = 10_000;
+
 /// A started `gearhost-init`, before it has a spec: pid 1 of its own pid namespace.
 #[derive(Debug)]
 pub(crate) struct Helper {
@@ -178,6 +181,16 @@ impl Helper {
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
         loop {
+            // a helper that hangs while preparing is given up on, not waited for forever
+            let mut fds = [nix::poll::PollFd::new(
+                self.report.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut fds, PREPARE_TIMEOUT_MS) {
+                Ok(0) => return Err("gearhost-init did not finish preparing within 10 s".into()),
+                Ok(_) | Err(nix::Error::EINTR) => {}
+                Err(e) => return Err(format!("wait for gearhost-init: {e}")),
+            }
             match self.report.read(&mut byte) {
                 Ok(0) => return Err("gearhost-init exited while preparing".into()),
                 Ok(_) if byte[0] == b'\n' => break,
