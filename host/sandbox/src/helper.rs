@@ -100,8 +100,8 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
     // the same files in its own copy of the mounts before the staging root hides any of them.
     // A rootless node keeps no warm helpers, so nothing waits on this order.
     let early = if in_user_namespace() {
-        let (hs, fds) = receive_spec(&node)?;
-        Some((hs, adopt_sources(fds)?))
+        let (hs, fds, sock) = receive_spec(&node)?;
+        Some((hs, adopt_sources(fds)?, sock))
     } else {
         None
     };
@@ -112,7 +112,7 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
         errno: None,
     })?;
 
-    let (hs, fds) = match early {
+    let (hs, fds, sock) = match early {
         Some(spec) => spec,
         None => {
             send(report, &HelperMessage::Prepared);
@@ -169,6 +169,12 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
             .collect(),
     };
     let filesystem = rootfs::finish_and_pivot(prepared, &hs, gear)?;
+    let terminal = if hs.terminal {
+        Some(make_terminal(&hs, &sock)?)
+    } else {
+        None
+    };
+    drop(sock);
 
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
@@ -182,7 +188,7 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
     // may do anything after fork.
     match unsafe { fork() }.map_err(|e| fail("fork", "fork the gear command", e))? {
         ForkResult::Child => {
-            let failure = match run_gear(&hs, namespaces, filesystem, &filter, report) {
+            let failure = match run_gear(&hs, namespaces, filesystem, &filter, report, terminal) {
                 Ok(never) => match never {},
                 Err(f) => f,
             };
@@ -190,13 +196,18 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
             // SAFETY: _exit ends this child at once without running the parent's atexit state.
             unsafe { libc::_exit(1) }
         }
-        ForkResult::Parent { child } => supervise(child, &hs, node, mask, &filter),
+        ForkResult::Parent { child } => {
+            drop(terminal);
+            supervise(child, &hs, node, mask, &filter)
+        }
     }
 }
 
 /// Waits for the spec on fd 3 — for as long as the node lives, when this helper was started
 /// ahead of time — and takes the descriptors that come with it.
-fn receive_spec(node: &OwnedFd) -> Result<(HelperSpec, SpecFds<OwnedFd>), SetupFailure> {
+fn receive_spec(
+    node: &OwnedFd,
+) -> Result<(HelperSpec, SpecFds<OwnedFd>, UnixStream), SetupFailure> {
     let failed = |detail: String, errno: Option<i32>| SetupFailure {
         step: "read_spec".into(),
         detail,
@@ -254,7 +265,7 @@ fn receive_spec(node: &OwnedFd) -> Result<(HelperSpec, SpecFds<OwnedFd>), SetupF
     let rw: Vec<bool> = hs.rw_binds.iter().map(|(_, dir)| *dir).collect();
     let fds = SpecFds::from_vec(descriptors, hs.spec.netns.is_some(), &ro, &rw)
         .map_err(|detail| failed(detail, None))?;
-    Ok((hs, fds))
+    Ok((hs, fds, sock))
 }
 
 /// Whether this helper runs in a user namespace of its own (rootless mode): its uid map is
@@ -321,6 +332,78 @@ fn adopt_sources(fds: SpecFds<OwnedFd>) -> Result<SpecFds<OwnedFd>, SetupFailure
             .map(|(fd, dir)| Ok((adopt(fd)?, dir)))
             .collect::<Result<_, SetupFailure>>()?,
     })
+}
+
+/// Makes a pseudo-terminal in the gear's own `/dev/pts` (the helper has pivoted), hands the
+/// terminal side to the gear's user, and sends the controlling side to the node on `sock`.
+/// Returns the terminal side, for the command.
+fn make_terminal(hs: &HelperSpec, sock: &UnixStream) -> Result<OwnedFd, SetupFailure> {
+    use std::os::fd::AsRawFd;
+    let master = nix::fcntl::open(
+        "/dev/ptmx",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| fail("terminal", "open /dev/ptmx in the gear", e))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads one int from the pointer, which lives for the call.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) } < 0 {
+        return Err(fail("terminal", "unlock the terminal", nix::Error::last()));
+    }
+    // SAFETY: TIOCGPTPEER takes open flags and returns a new descriptor of the terminal side.
+    let peer = unsafe {
+        libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    if peer < 0 {
+        return Err(fail(
+            "terminal",
+            "open the terminal side",
+            nix::Error::last(),
+        ));
+    }
+    // SAFETY: the ioctl returned a fresh descriptor that only we own.
+    let peer = unsafe { OwnedFd::from_raw_fd(peer) };
+    let (uid, gid) = hs.ids();
+    nix::unistd::fchown(
+        &peer,
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    )
+    .map_err(|e| fail("terminal", "give the terminal to the gear's user", e))?;
+    nix::sys::stat::fchmod(&peer, nix::sys::stat::Mode::from_bits_truncate(0o620))
+        .map_err(|e| fail("terminal", "set the terminal's mode", e))?;
+    fdpass::send_with_fds(sock, b"t", &[master.as_fd()]).map_err(|e| SetupFailure {
+        step: "terminal".into(),
+        detail: format!("send the terminal to the node: {e}"),
+        errno: e.raw_os_error(),
+    })?;
+    Ok(peer)
+}
+
+/// In the command's process: a session of its own with `terminal` as its controlling
+/// terminal and standard streams.
+fn take_terminal(terminal: OwnedFd) -> Result<(), SetupFailure> {
+    use std::os::fd::AsRawFd;
+    nix::unistd::setsid().map_err(|e| fail("terminal", "start a session", e))?;
+    // SAFETY: TIOCSCTTY takes an int argument (0: do not steal); the descriptor is ours.
+    if unsafe { libc::ioctl(terminal.as_raw_fd(), libc::TIOCSCTTY, 0) } < 0 {
+        return Err(fail(
+            "terminal",
+            "make the terminal the controlling one",
+            nix::Error::last(),
+        ));
+    }
+    for target in 0..3 {
+        // SAFETY: dup2 onto a standard descriptor; `terminal` stays open for the call.
+        if unsafe { libc::dup2(terminal.as_raw_fd(), target) } < 0 {
+            return Err(fail("terminal", "install the terminal", nix::Error::last()));
+        }
+    }
+    Ok(())
 }
 
 /// Puts the gear's standard streams on descriptors 0 to 2.
@@ -418,8 +501,12 @@ fn run_gear(
     filesystem: FilesystemReport,
     filter: &seccomp::GearFilter,
     report: &mut File,
+    terminal: Option<OwnedFd>,
 ) -> Result<Infallible, SetupFailure> {
     let spec = &hs.spec;
+    if let Some(terminal) = terminal {
+        take_terminal(terminal)?;
+    }
     // Handlers never reach the command; restore default dispositions (SIGPIPE included).
     for sig in Signal::iterator() {
         if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {

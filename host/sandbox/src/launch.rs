@@ -121,6 +121,7 @@ pub struct Sandboxed {
     stdin: Option<File>,
     stdout: Option<File>,
     stderr: Option<File>,
+    terminal: Option<File>,
     status: Option<ExitStatus>,
 }
 
@@ -198,6 +199,20 @@ fn plan_stdio(spec: &SandboxSpec) -> Result<StdioPlan, SandboxError> {
         child.push(fd);
     }
     Ok(StdioPlan { child, parent })
+}
+
+/// Receives the controlling side of the command's terminal, which the helper sends on the spec
+/// socket before the command runs.
+fn receive_terminal(sock: &std::os::unix::net::UnixStream) -> Result<File, SandboxError> {
+    let mut byte = [0u8; 1];
+    let (n, mut fds) = crate::fdpass::recv_with_fds(sock, &mut byte)
+        .map_err(|e| SandboxError::Protocol(format!("receive the gear's terminal: {e}")))?;
+    match (n, fds.pop()) {
+        (1, Some(fd)) if fds.is_empty() => Ok(File::from(fd)),
+        _ => Err(SandboxError::Protocol(
+            "gearhost-init did not send the gear's terminal".into(),
+        )),
+    }
 }
 
 /// A bind source as the node opens it.
@@ -386,7 +401,7 @@ impl Sandbox {
         };
         let started = Self::start_helper(&spec, &init, &canonical_home, contexts, &cgroup);
         match started {
-            Ok((pid, pidfd, mut report, stdio)) => {
+            Ok((pid, pidfd, mut report, stdio, terminal)) => {
                 report.cgroup = cgroup_report;
                 let [stdin, stdout, stderr] = stdio;
                 Ok(Sandboxed {
@@ -397,6 +412,7 @@ impl Sandbox {
                     stdin,
                     stdout,
                     stderr,
+                    terminal,
                     status: None,
                 })
             }
@@ -414,7 +430,7 @@ impl Sandbox {
         canonical_home: &Path,
         contexts: Option<selinux::GearContexts>,
         cgroup: &GearCgroup,
-    ) -> Result<(u32, OwnedFd, LayerReport, [Option<File>; 3]), SandboxError> {
+    ) -> Result<(u32, OwnedFd, LayerReport, [Option<File>; 3], Option<File>), SandboxError> {
         let ro = resolve_binds(&spec.home, canonical_home, &spec.ro_binds)?;
         let rw = resolve_binds(&spec.home, canonical_home, &spec.rw_binds)?;
         let sources = open_sources(canonical_home, &ro, &rw)?;
@@ -450,6 +466,7 @@ impl Sandbox {
                 .collect(),
             watch_parent: !spec.detached,
             rootless: warm::rootless(),
+            terminal: spec.stdio.terminal,
         };
         let spec_json = serde_json::to_vec(&helper_spec)
             .map_err(|e| SandboxError::Protocol(format!("encode the spec: {e}")))?;
@@ -485,13 +502,21 @@ impl Sandbox {
         // A helper that died early closes its end; its reason arrives on the report pipe.
         let sent =
             crate::fdpass::send_with_fds_max(&spec_sock, &spec_json, &borrowed, MAX_SPEC_FDS);
-        drop(spec_sock);
+        // end of the spec; the socket stays open for a terminal coming back
+        let _ = spec_sock.shutdown(std::net::Shutdown::Write);
         drop(borrowed);
         // Our copies of the helper's descriptors must go, or end-of-file never comes.
         drop(fds);
-        let outcome = Self::handshake(sent, report, &spec.argv[0]);
+        let outcome = Self::handshake(sent, report, &spec.argv[0]).and_then(|report| {
+            let terminal = if spec.stdio.terminal {
+                Some(receive_terminal(&spec_sock)?)
+            } else {
+                None
+            };
+            Ok((report, terminal))
+        });
         match outcome {
-            Ok(report) => Ok((pid as u32, pidfd, report, stdio.parent)),
+            Ok((report, terminal)) => Ok((pid as u32, pidfd, report, stdio.parent, terminal)),
             Err(e) => {
                 let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
                 let _ = sys::waitid_pidfd(pidfd.as_fd(), false);
@@ -574,6 +599,14 @@ impl Sandboxed {
     /// The reading end of the gear's stderr, when it was [`Stdio::Piped`].
     pub fn take_stderr(&mut self) -> Option<File> {
         self.stderr.take()
+    }
+
+    /// The controlling side of the command's terminal, when the spec asked for one
+    /// ([`StdioSpec::terminal`](crate::StdioSpec::terminal)): what is written to it is the
+    /// command's input, what is read from it its output; reading fails with `EIO` once the
+    /// command and everything it started have closed the terminal.
+    pub fn take_terminal(&mut self) -> Option<File> {
+        self.terminal.take()
     }
 
     fn record(&mut self, state: ChildState) -> Option<ExitStatus> {

@@ -117,6 +117,10 @@ pub struct HelperSpec {
     /// capabilities, and has no cgroup.
     #[serde(default)]
     pub rootless: bool,
+    /// Make a pseudo-terminal in the gear for the command, and send its controlling side back
+    /// on fd [`SPEC_FD`] (one byte with the descriptor) before the command runs.
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 impl HelperSpec {

@@ -217,6 +217,11 @@ pub struct StdioSpec {
     pub stdout: Stdio,
     /// Standard error.
     pub stderr: Stdio,
+    /// Give the command a terminal instead: a pseudo-terminal made in the gear's own `/dev/pts`,
+    /// the command's controlling terminal and its three standard streams (the three fields
+    /// above must then be [`Stdio::Null`]). The caller gets the other side from
+    /// [`Sandboxed::take_terminal`](crate::Sandboxed::take_terminal).
+    pub terminal: bool,
 }
 
 /// Why a spec was refused.
@@ -356,6 +361,17 @@ impl SandboxSpec {
     /// Checks every field; [`Sandbox::spawn`](crate::Sandbox::spawn) calls this first.
     pub fn validate(&self) -> Result<(), SpecError> {
         check_name("gear_id", &self.gear_id)?;
+        let s = &self.stdio;
+        if s.terminal
+            && [&s.stdin, &s.stdout, &s.stderr]
+                .iter()
+                .any(|x| !matches!(x, Stdio::Null))
+        {
+            return Err(invalid(
+                "stdio",
+                "a terminal is the command's stdin, stdout and stderr; leave those at Null",
+            ));
+        }
         if self.hostname.is_empty()
             || self.hostname.len() > 64
             || !self

@@ -680,3 +680,58 @@ fn a_warm_helper_starts_the_gear_and_is_replaced() {
     assert_eq!(gearhost_sandbox::warm_status(&init), (0, None));
     assert_eq!(helpers_of(me, &init), Vec::<u32>::new());
 }
+
+#[test]
+fn a_terminal_made_in_the_gear_is_the_commands_controlling_terminal() {
+    if !privileged("a_terminal_made_in_the_gear_is_the_commands_controlling_terminal") {
+        return;
+    }
+    let mut gear = TestGear::new(
+        "tty",
+        52_030,
+        &[
+            "/bin/sh",
+            "-c",
+            "tty; test -t 0 && echo is-a-tty; ps -o stat= -p $$; read line; echo got:$line",
+        ],
+    );
+    // a terminal replaces the three streams, which must be left alone
+    let mut refused = gear.spec.clone();
+    refused.stdio.terminal = true;
+    assert!(Sandbox::spawn(refused).is_err(), "stdout is piped");
+    gear.spec.stdio.stdout = Stdio::Null;
+    gear.spec.stdio.terminal = true;
+    let subtree = gear.spec.cgroup.subtree.clone();
+    let mut started = Sandbox::spawn(gear.spec).expect("gear starts");
+    let mut terminal = started
+        .take_terminal()
+        .expect("the terminal's controlling side");
+    std::io::Write::write_all(&mut terminal, b"hello\n").expect("type a line");
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // the terminal reads until every process of the gear has closed it (then EIO)
+    while let Ok(n) = terminal.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+    assert!(started.wait().expect("wait").success());
+    started.teardown().expect("teardown");
+    gearhost_sandbox::cgroup::remove_subtree(&subtree).expect("remove subtree");
+    let out = String::from_utf8_lossy(&out).replace('\r', "");
+    // (the terminal echoes the typed line, wherever it lands among the rest)
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.contains(&"/dev/pts/0"),
+        "the gear's own devpts: {out}"
+    );
+    assert!(lines.contains(&"is-a-tty"), "{out}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with('S') && l.contains('s') && l.contains('+')),
+        "a session leader in the foreground of its terminal (job control): {out}"
+    );
+    assert!(lines.contains(&"got:hello"), "typed input arrives: {out}");
+}
