@@ -316,6 +316,26 @@ fn exec_gives_the_command_a_terminal_when_the_caller_has_one() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("terminal"), "{text:?}");
+    // the terminal is one of the gear's own, the command's controlling terminal (job control),
+    // and the exit status still comes through
+    let command = format!(
+        "{} exec app -- sh -c 'tty; ps -o stat= -p $$; exit 3'",
+        path_str(&gear_bin())
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env("GEARHOST_SOCKET", &node.socket)
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert_eq!(out.status.code(), Some(3), "{text}");
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert!(lines.contains(&"/dev/pts/0"), "{text:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with('S') && l.contains('+')),
+        "in the foreground of its own terminal: {text:?}"
+    );
 }
 
 #[test]

@@ -479,3 +479,66 @@ unsafe fn exec_in_child(plan: &ExecPlan<'_>) -> ! {
         libc::_exit(127)
     }
 }
+
+/// The window size (rows, columns) of the terminal `fd`, if it is one.
+pub fn terminal_size(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
+    // SAFETY: an all-zero winsize is a valid value for the kernel to overwrite.
+    let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: TIOCGWINSZ writes one winsize through the pointer, which lives for the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) };
+    (ret == 0).then_some((ws.ws_row, ws.ws_col))
+}
+
+/// Sets the window size of the terminal `fd` (its foreground processes get SIGWINCH).
+pub fn set_terminal_size(fd: BorrowedFd<'_>, rows: u16, cols: u16) -> io::Result<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize through the pointer, which lives for the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    check(ret as libc::c_long).map(drop)
+}
+
+/// A terminal put in raw mode (no line editing, no signals from keys, no echo) for as long as
+/// this lives; its settings are restored when it is dropped.
+#[derive(Debug)]
+pub struct RawTerminal {
+    fd: RawFd,
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    /// Puts the terminal `fd` in raw mode. The descriptor must stay open while this lives.
+    pub fn enter(fd: BorrowedFd<'_>) -> io::Result<RawTerminal> {
+        // SAFETY: termios is a plain C struct; all-zero is a valid value for tcgetattr to fill.
+        let mut saved: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: `saved` lives for the call; the descriptor is borrowed for it.
+        if unsafe { libc::tcgetattr(fd.as_raw_fd(), &mut saved) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut raw = saved;
+        // SAFETY: cfmakeraw edits only the struct given; tcsetattr reads it during the call.
+        let set = unsafe {
+            libc::cfmakeraw(&mut raw);
+            libc::tcsetattr(fd.as_raw_fd(), libc::TCSANOW, &raw)
+        };
+        if set != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(RawTerminal {
+            fd: fd.as_raw_fd(),
+            saved,
+        })
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `enter` on the same descriptor, which the
+        // caller keeps open while this value lives; `saved` lives for the call.
+        unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
+    }
+}

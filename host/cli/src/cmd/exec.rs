@@ -1,6 +1,8 @@
 //! `gear exec NAME -- CMD ...`: run a command inside the gear's sandbox with
 //! this terminal (or these pipes) attached, like OpenShift's gear ssh.
 
+use std::os::fd::AsFd;
+
 use gearhost_node::api::Request;
 
 use crate::client::{GearArg, Target, call_attached};
@@ -27,13 +29,23 @@ pub fn run(args: Args) -> CmdResult {
     } else {
         args.command.clone()
     };
+    // on a terminal the command gets one of its own in the gear, which does the line editing
+    // and turns ^C into SIGINT there: this one passes keys through untouched meanwhile
+    let raw = {
+        use std::io::IsTerminal;
+        (std::io::stdin().is_terminal() && std::io::stdout().is_terminal())
+            .then(|| gearhost_sandbox::RawTerminal::enter(std::io::stdin().as_fd()).ok())
+            .flatten()
+    };
     let v = call_attached(
         &args.target,
         &Request::Exec {
             gear: args.gear.to_ref(),
             argv,
         },
-    )?;
+    );
+    drop(raw);
+    let v = v?;
     match (v["exit"].as_i64(), v["signal"].as_i64()) {
         (Some(0), _) => Ok(()),
         (Some(code), _) => Err(Failure::Reported(u8::try_from(code).unwrap_or(1))),
