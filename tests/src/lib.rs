@@ -475,3 +475,29 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// Runs the shell command `command` on a terminal of its own (script(1)) and returns its exit
+/// code and what it wrote there (carriage returns removed). script's stdin stays open until the
+/// command ends: at end of file script would type a NUL into the terminal, which a terminal in
+/// the gear echoes.
+pub fn on_terminal(command: &str, env: &[(&str, &std::ffi::OsStr)]) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", command, "/dev/null"])
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script (util-linux)");
+    let keep_open = child.stdin.take();
+    let mut text = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut text)
+        .expect("read script's output");
+    let status = child.wait().expect("wait for script");
+    drop(keep_open);
+    (status.code(), text.replace('\r', ""))
+}

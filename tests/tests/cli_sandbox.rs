@@ -131,6 +131,21 @@ fn sandbox_run_confines_a_command_and_passes_its_status_through() {
 
     let out = gear(&["sandbox", "run", "--uid", "0", "--", "true"]);
     assert_eq!(out.status.code(), Some(3));
+
+    // on a terminal (script(1) gives gear one) the command gets its own, as its
+    // controlling terminal, and the status still comes through
+    let command = format!(
+        "{} sandbox run -- sh -c 'tty; ps -o stat= -p $$; exit 5'",
+        gear_bin().display()
+    );
+    let (code, text) = gearhost_tests::on_terminal(&command, &[]);
+    assert_eq!(code, Some(5), "{text}");
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert!(lines.contains(&"/dev/pts/0"), "{text:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with('S') && l.contains('+')),
+        "in the foreground of its own terminal: {text:?}"
+    );
 }
 
 /// Copies of `gear` and `gearhost-init` that any user may run: the build's

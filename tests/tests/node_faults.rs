@@ -322,14 +322,9 @@ fn exec_gives_the_command_a_terminal_when_the_caller_has_one() {
         "{} exec app -- sh -c 'tty; ps -o stat= -p $$; exit 3'",
         path_str(&gear_bin())
     );
-    let out = Command::new("script")
-        .args(["-qec", &command, "/dev/null"])
-        .env("GEARHOST_SOCKET", &node.socket)
-        .stdin(Stdio::null())
-        .output()
-        .expect("script");
-    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
-    assert_eq!(out.status.code(), Some(3), "{text}");
+    let (code, text) =
+        gearhost_tests::on_terminal(&command, &[("GEARHOST_SOCKET", node.socket.as_os_str())]);
+    assert_eq!(code, Some(3), "{text}");
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
     assert!(lines.contains(&"/dev/pts/0"), "{text:?}");
     assert!(

@@ -304,74 +304,13 @@ async fn exec_on_terminal(
     let [caller_in, caller_out, _] = fds;
     let relay = std::thread::Builder::new()
         .name("gear-exec-terminal".into())
-        .spawn(move || relay_terminal(&caller_in, &caller_out, &terminal))
+        .spawn(move || gearhost_sandbox::relay_terminal(&caller_in, &caller_out, &terminal))
         .map_err(|e| HostError::Failed(format!("cannot relay the terminal: {e}")))?;
     let status = wait_exit(&mut child).await;
     // the relay ends when the last process of the gear lets go of the terminal
     let _ = tokio::task::spawn_blocking(move || relay.join()).await;
     tear_down(child);
     status.map(exit_of)
-}
-
-/// Copies between the caller's terminal and the gear's until the gear's is closed, copying the
-/// caller's window size over whenever it changes.
-fn relay_terminal(caller_in: &std::fs::File, caller_out: &std::fs::File, gear: &std::fs::File) {
-    use std::io::{Read, Write};
-    use std::os::fd::AsFd;
-    let mut size = None;
-    let mut buf = [0u8; 16 * 1024];
-    let (mut from_caller, mut to_caller, mut with_gear) = (caller_in, caller_out, gear);
-    let mut caller_open = true;
-    loop {
-        let now = gearhost_sandbox::terminal_size(caller_out.as_fd());
-        if now.is_some() && now != size {
-            size = now;
-            if let Some((rows, cols)) = size {
-                let _ = gearhost_sandbox::set_terminal_size(gear.as_fd(), rows, cols);
-            }
-        }
-        let mut fds = vec![nix::poll::PollFd::new(
-            gear.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        if caller_open {
-            fds.push(nix::poll::PollFd::new(
-                caller_in.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            ));
-        }
-        match nix::poll::poll(&mut fds, 250u16) {
-            Ok(_) | Err(nix::Error::EINTR) => {}
-            Err(_) => return,
-        }
-        let gear_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let caller_ready = fds
-            .get(1)
-            .and_then(|f| f.revents())
-            .is_some_and(|r| !r.is_empty());
-        if gear_ready {
-            match with_gear.read(&mut buf) {
-                // EIO: every process of the gear has closed its terminal
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    if to_caller.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                    let _ = to_caller.flush();
-                }
-            }
-        }
-        if caller_ready {
-            match from_caller.read(&mut buf) {
-                Ok(0) | Err(_) => caller_open = false,
-                Ok(n) => {
-                    if with_gear.write_all(&buf[..n]).is_err() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// How one of the caller's descriptors reaches the command: a terminal as it is, anything

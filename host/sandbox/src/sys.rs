@@ -542,3 +542,65 @@ impl Drop for RawTerminal {
         unsafe { libc::tcsetattr(self.fd, libc::TCSANOW, &self.saved) };
     }
 }
+
+/// Copies between a caller's terminal (`caller_in`, `caller_out`, in raw mode) and the
+/// controlling side of a gear's terminal until the gear's side is closed (every process of the
+/// gear has let go of it), copying the caller's window size over whenever it changes.
+pub fn relay_terminal(caller_in: &std::fs::File, caller_out: &std::fs::File, gear: &std::fs::File) {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    let mut size = None;
+    let mut buf = [0u8; 16 * 1024];
+    let (mut from_caller, mut to_caller, mut with_gear) = (caller_in, caller_out, gear);
+    let mut caller_open = true;
+    loop {
+        let now = terminal_size(caller_out.as_fd());
+        if now.is_some() && now != size {
+            size = now;
+            if let Some((rows, cols)) = size {
+                let _ = set_terminal_size(gear.as_fd(), rows, cols);
+            }
+        }
+        let mut fds = vec![nix::poll::PollFd::new(
+            gear.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        if caller_open {
+            fds.push(nix::poll::PollFd::new(
+                caller_in.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            ));
+        }
+        match nix::poll::poll(&mut fds, 250u16) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => return,
+        }
+        let gear_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let caller_ready = fds
+            .get(1)
+            .and_then(|f| f.revents())
+            .is_some_and(|r| !r.is_empty());
+        if gear_ready {
+            match with_gear.read(&mut buf) {
+                // EIO: every process of the gear has closed its terminal
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to_caller.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                    let _ = to_caller.flush();
+                }
+            }
+        }
+        if caller_ready {
+            match from_caller.read(&mut buf) {
+                Ok(0) | Err(_) => caller_open = false,
+                Ok(n) => {
+                    if with_gear.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}

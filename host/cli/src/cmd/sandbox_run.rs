@@ -136,7 +136,14 @@ pub fn run(args: Args) -> CmdResult {
     if args.host_network {
         spec.network = NetworkMode::Host;
     }
-    if !args.json {
+    // on a terminal the command gets a terminal of its own in the gear, relayed from this one
+    let on_terminal = {
+        use std::io::IsTerminal;
+        !args.json && std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+    };
+    if on_terminal {
+        spec.stdio.terminal = true;
+    } else if !args.json {
         spec.stdio.stdin = Stdio::Inherit;
         spec.stdio.stdout = Stdio::Inherit;
         spec.stdio.stderr = Stdio::Inherit;
@@ -144,6 +151,23 @@ pub fn run(args: Args) -> CmdResult {
     let mut child = Sandbox::spawn(spec).map_err(|e| Failure::Environment(e.into()))?;
     if args.report && !args.json {
         eprintln!("{}", child.report());
+    }
+    if let Some(terminal) = child.take_terminal() {
+        use std::os::fd::AsFd;
+        let caller_in = std::io::stdin();
+        let raw = gearhost_sandbox::RawTerminal::enter(caller_in.as_fd()).ok();
+        let (input, output) = (
+            caller_in.as_fd().try_clone_to_owned(),
+            std::io::stdout().as_fd().try_clone_to_owned(),
+        );
+        if let (Ok(input), Ok(output)) = (input, output) {
+            gearhost_sandbox::relay_terminal(
+                &std::fs::File::from(input),
+                &std::fs::File::from(output),
+                &terminal,
+            );
+        }
+        drop(raw);
     }
     let status = child.wait().map_err(|e| Failure::Failed(e.into()))?;
     let report = child.report().clone();
