@@ -109,7 +109,7 @@ pub struct CgroupMounts {
 }
 
 /// Decodes the octal escapes (`\040`) mountinfo uses for spaces and the like.
-fn unescape_mountinfo(field: &str) -> String {
+pub(crate) fn unescape_mountinfo(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -153,20 +153,18 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
             )
         }),
     };
+    // each bind's descriptor with the target the spec gives it
+    let with_targets = |sources: Vec<(OwnedFd, bool)>, binds: &[(PathBuf, bool)]| {
+        sources
+            .into_iter()
+            .zip(binds)
+            .map(|((fd, dir), (target, _))| (fd, target.clone(), dir))
+            .collect()
+    };
     let gear = rootfs::GearSources {
         home: fds.home,
-        ro: fds
-            .ro
-            .into_iter()
-            .zip(&hs.ro_binds)
-            .map(|((fd, dir), (target, _))| (fd, target.clone(), dir))
-            .collect(),
-        rw: fds
-            .rw
-            .into_iter()
-            .zip(&hs.rw_binds)
-            .map(|((fd, dir), (target, _))| (fd, target.clone(), dir))
-            .collect(),
+        ro: with_targets(fds.ro, &hs.ro_binds),
+        rw: with_targets(fds.rw, &hs.rw_binds),
     };
     let filesystem = rootfs::finish_and_pivot(prepared, &hs, gear)?;
     let terminal = if hs.terminal {
@@ -317,20 +315,18 @@ fn adopt_sources(fds: SpecFds<OwnedFd>) -> Result<SpecFds<OwnedFd>, SetupFailure
             errno: e.raw_os_error(),
         })
     };
+    let adopt_all = |sources: Vec<(OwnedFd, bool)>| {
+        sources
+            .into_iter()
+            .map(|(fd, dir)| Ok((adopt(fd)?, dir)))
+            .collect::<Result<Vec<_>, SetupFailure>>()
+    };
     Ok(SpecFds {
         stdio: fds.stdio,
         home: adopt(fds.home)?,
         netns: fds.netns,
-        ro: fds
-            .ro
-            .into_iter()
-            .map(|(fd, dir)| Ok((adopt(fd)?, dir)))
-            .collect::<Result<_, SetupFailure>>()?,
-        rw: fds
-            .rw
-            .into_iter()
-            .map(|(fd, dir)| Ok((adopt(fd)?, dir)))
-            .collect::<Result<_, SetupFailure>>()?,
+        ro: adopt_all(fds.ro)?,
+        rw: adopt_all(fds.rw)?,
     })
 }
 

@@ -244,6 +244,7 @@ fn open_sources(
     canonical_home: &Path,
     ro: &[ResolvedBind],
     rw: &[ResolvedBind],
+    rootless: bool,
 ) -> Result<OpenedSources, SandboxError> {
     let plain = sys::RESOLVE_NO_SYMLINKS | sys::RESOLVE_NO_MAGICLINKS;
     let home_c = cstring(
@@ -294,7 +295,7 @@ fn open_sources(
     // The helper lives in a mount namespace of its own (made before the spec, when warm), where
     // a mount of the node's namespace cannot be bound: hand it detached clones instead. A
     // rootless node may not clone its mounts; its helper finds the files itself.
-    if warm::rootless() {
+    if rootless {
         return Ok(OpenedSources { home, ro, rw });
     }
     let clone = |fd: &OwnedFd| {
@@ -399,7 +400,8 @@ impl Sandbox {
             let (cgroup, report) = GearCgroup::create(&mounts, &spec.cgroup, &spec.limits)?;
             (cgroup, Some(report))
         };
-        let started = Self::start_helper(&spec, &init, &canonical_home, contexts, &cgroup);
+        let started =
+            Self::start_helper(&spec, &init, &canonical_home, contexts, &cgroup, rootless);
         match started {
             Ok((pid, pidfd, mut report, stdio, terminal)) => {
                 report.cgroup = cgroup_report;
@@ -430,10 +432,11 @@ impl Sandbox {
         canonical_home: &Path,
         contexts: Option<selinux::GearContexts>,
         cgroup: &GearCgroup,
+        rootless: bool,
     ) -> Result<(u32, OwnedFd, LayerReport, [Option<File>; 3], Option<File>), SandboxError> {
         let ro = resolve_binds(&spec.home, canonical_home, &spec.ro_binds)?;
         let rw = resolve_binds(&spec.home, canonical_home, &spec.rw_binds)?;
-        let sources = open_sources(canonical_home, &ro, &rw)?;
+        let sources = open_sources(canonical_home, &ro, &rw, rootless)?;
         let netns = spec
             .netns
             .as_ref()
@@ -465,7 +468,7 @@ impl Sandbox {
                 .map(|(b, (_, dir))| (b.target.clone(), *dir))
                 .collect(),
             watch_parent: !spec.detached,
-            rootless: warm::rootless(),
+            rootless,
             terminal: spec.stdio.terminal,
         };
         let spec_json = serde_json::to_vec(&helper_spec)

@@ -126,14 +126,23 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    /// Whether these tests can make network namespaces here: root is needed; without it they
+    /// skip, unless `GEARHOST_REQUIRE_PRIVILEGED=1`, when they fail.
+    fn may_run() -> bool {
+        if nix::unistd::Uid::effective().is_root() {
+            return true;
+        }
+        assert!(
+            std::env::var("GEARHOST_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
+            "needs root"
+        );
+        eprintln!("skipped: network namespaces need root");
+        false
+    }
+
     #[test]
     fn a_bound_namespace_is_shared_and_private() {
-        if !nix::unistd::Uid::effective().is_root() {
-            assert!(
-                std::env::var("GEARHOST_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
-                "needs root"
-            );
-            eprintln!("skipped: network namespaces need root");
+        if !may_run() {
             return;
         }
         let dir = tempfile::tempdir().expect("dir");
@@ -167,12 +176,7 @@ mod tests {
 
     #[test]
     fn a_listener_made_for_a_namespace_lives_in_it() {
-        if !nix::unistd::Uid::effective().is_root() {
-            assert!(
-                std::env::var("GEARHOST_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
-                "needs root"
-            );
-            eprintln!("skipped: network namespaces need root");
+        if !may_run() {
             return;
         }
         let dir = tempfile::tempdir().expect("dir");

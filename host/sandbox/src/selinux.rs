@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::unescape_mountinfo;
 use crate::spec::SelinuxLabel;
 
 /// Number of MCS categories (`c0` to `c1023`).
@@ -238,31 +239,6 @@ fn mount_points_below(root: &Path) -> Vec<PathBuf> {
         .map(|field| PathBuf::from(unescape_mountinfo(field)))
         .filter(|p| p != root && p.starts_with(root))
         .collect()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value = bytes[i + 1..i + 4]
-                .iter()
-                .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
-            out.push(value as u8);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The mode SELinux is in: `enforcing`, `permissive` or `disabled`.
