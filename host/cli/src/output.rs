@@ -43,3 +43,13 @@ pub fn print_processes(gear: &serde_json::Value) {
         );
     }
 }
+
+/// The strings of a JSON array (nothing when `value` is not one).
+pub fn strings(value: &serde_json::Value) -> Vec<&str> {
+    value
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k.as_str())
+        .collect()
+}

@@ -49,12 +49,7 @@ pub fn link(args: Args) -> CmdResult {
         print_json(&v)?;
         return Ok(());
     }
-    let env: Vec<&str> = v["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|k| k.as_str())
-        .collect();
+    let env = crate::output::strings(&v["env"]);
     println!(
         "linked {} to {}: {} reaches it at 127.0.0.1:{}",
         args.gear, args.to, args.gear, v["port"]

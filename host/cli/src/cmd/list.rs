@@ -81,12 +81,7 @@ pub fn show(args: ShowArgs) -> CmdResult {
     ]);
     crate::output::print_processes(&v);
     for l in v["links"].as_array().into_iter().flatten() {
-        let env: Vec<&str> = l["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|k| k.as_str())
-            .collect();
+        let env = crate::output::strings(&l["env"]);
         println!(
             "  link to {} on 127.0.0.1:{}{}",
             l["gear"].as_str().unwrap_or("?"),
