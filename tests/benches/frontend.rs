@@ -305,15 +305,7 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
-    let uid_root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false);
-    if !uid_root {
+    if !gearhost_tests::is_root() {
         eprintln!("skipped: the frontend benchmark runs a node, which needs root");
         return;
     }

@@ -70,7 +70,7 @@ fn main() {
         return;
     }
     assert!(
-        nix_is_root(),
+        gearhost_tests::is_root(),
         "the node benchmark runs a real node: run it as root"
     );
     let gears: usize = std::env::var("GEARHOST_BENCH_GEARS")
@@ -177,15 +177,4 @@ fn main() {
         (calls_after - calls_before) / deploys,
         100.0 * hook_ms / wall_ms
     );
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }

@@ -132,19 +132,23 @@ pub fn gear_bin() -> PathBuf {
     gear
 }
 
-/// Whether this process may run privileged tests. When it cannot and
-/// `GEARHOST_REQUIRE_PRIVILEGED=1` is set, panics (the test fails); otherwise
-/// prints why the test is skipped and returns false.
-pub fn privileged(reason: &str) -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
+/// Whether this process runs with effective uid 0.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("Uid:"))
                 .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
         })
-        .unwrap_or(false);
-    if root {
+        .unwrap_or(false)
+}
+
+/// Whether this process may run privileged tests. When it cannot and
+/// `GEARHOST_REQUIRE_PRIVILEGED=1` is set, panics (the test fails); otherwise
+/// prints why the test is skipped and returns false.
+pub fn privileged(reason: &str) -> bool {
+    if is_root() {
         return true;
     }
     let required = std::env::var("GEARHOST_REQUIRE_PRIVILEGED").is_ok_and(|v| v == "1");
@@ -500,4 +504,16 @@ pub fn on_terminal(command: &str, env: &[(&str, &std::ffi::OsStr)]) -> (Option<i
     let status = child.wait().expect("wait for script");
     drop(keep_open);
     (status.code(), text.replace('\r', ""))
+}
+
+/// Asserts that `text`, what a command printed on a terminal, shows it ran on one of its own:
+/// `tty` said `/dev/pts/0` (the gear's own devpts) and `ps -o stat=` shows it in the
+/// foreground of that terminal.
+pub fn assert_on_own_terminal(text: &str) {
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    assert!(lines.contains(&"/dev/pts/0"), "{text:?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with('S') && l.contains('+')),
+        "in the foreground of its own terminal: {text:?}"
+    );
 }

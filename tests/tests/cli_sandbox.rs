@@ -140,12 +140,7 @@ fn sandbox_run_confines_a_command_and_passes_its_status_through() {
     );
     let (code, text) = gearhost_tests::on_terminal(&command, &[]);
     assert_eq!(code, Some(5), "{text}");
-    let lines: Vec<&str> = text.lines().map(str::trim).collect();
-    assert!(lines.contains(&"/dev/pts/0"), "{text:?}");
-    assert!(
-        lines.iter().any(|l| l.starts_with('S') && l.contains('+')),
-        "in the foreground of its own terminal: {text:?}"
-    );
+    gearhost_tests::assert_on_own_terminal(&text);
 }
 
 /// Copies of `gear` and `gearhost-init` that any user may run: the build's

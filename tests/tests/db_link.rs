@@ -7,6 +7,26 @@ use std::time::{Duration, Instant};
 
 use gearhost_tests::{TestNode, cartridge_dir, json, privileged};
 
+/// Asserts that `gear` has neither a path to the database's port on its loopback nor its
+/// credentials in the environment.
+fn assert_no_database(node: &TestNode, gear: &str) {
+    let out = node.gear(&[
+        "exec",
+        gear,
+        "--",
+        "sh",
+        "-c",
+        "echo \"url=$DATABASE_URL\"; PGPASSWORD=x psql -X -h 127.0.0.1 -p 5432 -U db -d db -c 'select 1'",
+    ]);
+    assert!(!out.status.success());
+    assert_eq!(stdout(&out), "url=\n");
+    assert!(
+        stderr(&out).contains("Connection refused"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -208,21 +228,7 @@ fn a_linked_gear_reaches_its_database_and_no_other_gear_does() {
 
     // a gear that is not linked has no path to the database and no credentials
     node.ok(&["create", "other", "--cartridge", "hello"]);
-    let out = node.gear(&[
-        "exec",
-        "other",
-        "--",
-        "sh",
-        "-c",
-        "echo \"url=$DATABASE_URL\"; PGPASSWORD=x psql -X -h 127.0.0.1 -p 5432 -U db -d db -c 'select 1'",
-    ]);
-    assert!(!out.status.success());
-    assert_eq!(stdout(&out), "url=\n");
-    assert!(
-        stderr(&out).contains("Connection refused"),
-        "{}",
-        stderr(&out)
-    );
+    assert_no_database(&node, "other");
 
     // the database cannot be destroyed under the app's feet
     let out = node.gear(&["destroy", "db"]);
@@ -278,21 +284,7 @@ fn a_linked_gear_reaches_its_database_and_no_other_gear_does() {
         unlinked.elapsed() < Duration::from_secs(10),
         "the connection was not cut at once"
     );
-    let out = node.gear(&[
-        "exec",
-        "app",
-        "--",
-        "sh",
-        "-c",
-        "echo \"url=$DATABASE_URL\"; PGPASSWORD=x psql -X -h 127.0.0.1 -p 5432 -U db -d db -c 'select 1'",
-    ]);
-    assert!(!out.status.success());
-    assert_eq!(stdout(&out), "url=\n");
-    assert!(
-        stderr(&out).contains("Connection refused"),
-        "{}",
-        stderr(&out)
-    );
+    assert_no_database(&node, "app");
     let shown = json(&node.ok(&["show", "app", "--json"]));
     assert_eq!(shown["links"], serde_json::json!([]), "{shown}");
     let out = node.gear(&["unlink", "app", "db"]);

@@ -325,12 +325,7 @@ fn exec_gives_the_command_a_terminal_when_the_caller_has_one() {
     let (code, text) =
         gearhost_tests::on_terminal(&command, &[("GEARHOST_SOCKET", node.socket.as_os_str())]);
     assert_eq!(code, Some(3), "{text}");
-    let lines: Vec<&str> = text.lines().map(str::trim).collect();
-    assert!(lines.contains(&"/dev/pts/0"), "{text:?}");
-    assert!(
-        lines.iter().any(|l| l.starts_with('S') && l.contains('+')),
-        "in the foreground of its own terminal: {text:?}"
-    );
+    gearhost_tests::assert_on_own_terminal(&text);
 }
 
 #[test]
