@@ -375,6 +375,10 @@ impl Sandbox {
                 source,
                 hint: "create the gear's home directory first",
             })?;
+        let binds = (
+            resolve_binds(&spec.home, &canonical_home, &spec.ro_binds)?,
+            resolve_binds(&spec.home, &canonical_home, &spec.rw_binds)?,
+        );
         let rootless = warm::rootless();
         // SELinux: label the home and the read-write binds with the gear's level before
         // anything runs; fail closed. (A rootless caller can neither relabel nor transition.)
@@ -382,7 +386,7 @@ impl Sandbox {
             let contexts = selinux::gear_contexts(spec.selinux.as_ref(), spec.uid)?;
             selinux::label_tree(&canonical_home, &contexts.file)?;
             // binds from below the home were labelled with it; the others by their canonical path
-            for bind in resolve_binds(&spec.home, &canonical_home, &spec.rw_binds)? {
+            for bind in &binds.1 {
                 if let BindSource::Host(path) = &bind.source {
                     selinux::label_tree(path, &contexts.file)?;
                 }
@@ -400,8 +404,14 @@ impl Sandbox {
             let (cgroup, report) = GearCgroup::create(&mounts, &spec.cgroup, &spec.limits)?;
             (cgroup, Some(report))
         };
-        let started =
-            Self::start_helper(&spec, &init, &canonical_home, contexts, &cgroup, rootless);
+        let started = Self::start_helper(
+            &spec,
+            &init,
+            (&canonical_home, &binds.0, &binds.1),
+            contexts,
+            &cgroup,
+            rootless,
+        );
         match started {
             Ok((pid, pidfd, mut report, stdio, terminal)) => {
                 report.cgroup = cgroup_report;
@@ -429,14 +439,12 @@ impl Sandbox {
     fn start_helper(
         spec: &SandboxSpec,
         init: &Path,
-        canonical_home: &Path,
+        (canonical_home, ro, rw): (&Path, &[ResolvedBind], &[ResolvedBind]),
         contexts: Option<selinux::GearContexts>,
         cgroup: &GearCgroup,
         rootless: bool,
     ) -> Result<(u32, OwnedFd, LayerReport, [Option<File>; 3], Option<File>), SandboxError> {
-        let ro = resolve_binds(&spec.home, canonical_home, &spec.ro_binds)?;
-        let rw = resolve_binds(&spec.home, canonical_home, &spec.rw_binds)?;
-        let sources = open_sources(canonical_home, &ro, &rw, rootless)?;
+        let sources = open_sources(canonical_home, ro, rw, rootless)?;
         let netns = spec
             .netns
             .as_ref()
