@@ -610,6 +610,20 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
     assert!(m["gearhost_frontend_errors_total{gear=\"web-default\",reason=\"too_large\"}"] >= 2.0);
     assert!(m["gearhost_frontend_errors_total{gear=\"\",reason=\"unknown_host\"}"] >= 2.0);
     assert!(m["gearhost_frontend_request_duration_seconds_count{gear=\"web-default\"}"] >= 20.0);
+    // where this kernel allows io_uring, each of the three workers passed its
+    // sends to the kernel in batches (everything above went through them)
+    if gearhost_sandbox::sendbatch::SendBatch::new().is_ok() {
+        assert_eq!(m["gearhost_frontend_batching_workers"], 3.0);
+        let sends = m["gearhost_frontend_batched_sends_total"];
+        let batches = m["gearhost_frontend_send_batches_total"];
+        assert!(sends >= 40.0, "{sends} batched sends");
+        assert!(
+            batches >= 1.0 && batches <= sends,
+            "{batches} batches of {sends} sends"
+        );
+    } else {
+        assert_eq!(m["gearhost_frontend_batching_workers"], 0.0);
+    }
     // the same text through the node API
     let text = node.ok(&["node", "metrics"]);
     assert!(
@@ -635,8 +649,13 @@ fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
     if !privileged("the node creates namespaces, cgroups and uids") {
         return;
     }
-    // two workers: the requests waiting for one wake-up come from both
-    let node = TestNode::start(60200, "idle-timeout = \"3s\"\n[http]\nworkers = 2");
+    // two workers: the requests waiting for one wake-up come from both; they
+    // send one call per connection (the other tests batch their sends)
+    let node = TestNode::start(
+        60200,
+        "idle-timeout = \"3s\"\n[http]\nworkers = 2\nbatch-sends = false",
+    );
+    assert_eq!(node.metrics()["gearhost_frontend_batching_workers"], 0.0);
     let _nodejs = install(&node, "nodejs-cartridge");
     let _diy = install(&node, "diy-cartridge");
     node.ok(&["create", "web", "--cartridge", "nodejs"]);

@@ -47,6 +47,9 @@ pub struct NodeConfig {
     pub connect_timeout: Duration,
     /// Frontend worker threads.
     pub frontend_workers: usize,
+    /// Whether the frontend workers pass their sends to the kernel in batches
+    /// (io_uring) where the kernel allows it.
+    pub frontend_batch_sends: bool,
     /// Lowest gear uid.
     pub uid_min: u32,
     /// Highest gear uid.
@@ -171,6 +174,8 @@ struct RawHttp {
     connect_timeout: String,
     #[serde(default)]
     workers: usize,
+    #[serde(default = "default_true")]
+    batch_sends: bool,
 }
 
 impl Default for RawHttp {
@@ -181,6 +186,7 @@ impl Default for RawHttp {
             response_timeout: default_response_timeout(),
             connect_timeout: default_connect_timeout(),
             workers: 0,
+            batch_sends: true,
         }
     }
 }
@@ -442,6 +448,7 @@ impl NodeConfig {
             response_timeout: positive("http.response-timeout", &raw.http.response_timeout)?,
             connect_timeout: positive("http.connect-timeout", &raw.http.connect_timeout)?,
             frontend_workers,
+            frontend_batch_sends: raw.http.batch_sends,
             uid_min: g.uid_min,
             uid_max: g.uid_max,
             cgroup_subtree: g.cgroup_subtree.clone(),

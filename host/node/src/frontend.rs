@@ -321,6 +321,8 @@ pub struct Frontend {
     pub connections: AtomicUsize,
     /// Client connections accepted.
     pub connections_total: AtomicU64,
+    /// The send batches of the workers that have one (`http.batch-sends`).
+    pub batches: Mutex<Vec<Arc<gearhost_sandbox::sendbatch::SendBatch>>>,
 }
 
 impl Frontend {
@@ -538,6 +540,20 @@ pub fn start_workers(node: &Arc<Node>, listener: std::net::TcpListener) -> std::
                     }
                 };
                 runtime.block_on(async move {
+                    if node.config().frontend_batch_sends {
+                        match proxy::start_batching() {
+                            Ok(batch) => node
+                                .frontend
+                                .batches
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(batch),
+                            Err(e) => tracing::warn!(
+                                error = %e,
+                                "frontend worker {i} sends one call per connection: this kernel does not allow io_uring here"
+                            ),
+                        }
+                    }
                     while let Some((stream, peer)) = rx.recv().await {
                         let stream = stream
                             .set_nonblocking(true)
@@ -663,6 +679,7 @@ async fn futures_poll_once<F: std::future::Future + Unpin>(fut: F) -> Option<F::
 /// A client connection's state that lives from one request to the next.
 struct Client {
     stream: TcpStream,
+    sendfd: proxy::SendFd,
     buf: ReadBuf,
     head: RequestHead,
     forwarded_for: String,
@@ -679,6 +696,7 @@ async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let mut c = Client {
         stream,
+        sendfd: proxy::SendFd::default(),
         buf: ReadBuf::default(),
         head: RequestHead::default(),
         forwarded_for: peer.ip().to_string(),
@@ -1391,7 +1409,9 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
                 ),
             },
         };
-        if let Err(e) = upstream.stream.write_all(&c.to_gear).await {
+        if let Err(e) =
+            proxy::send_all(&mut upstream.stream, &mut upstream.sendfd, &mut c.to_gear).await
+        {
             if reused {
                 fresh_only = true;
                 continue;
@@ -1630,7 +1650,10 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
         Ok(n) => finish.bytes = n,
         Err(_) => return Next::Close,
     }
-    if c.stream.write_all(&c.to_client).await.is_err() {
+    if proxy::send_all(&mut c.stream, &mut c.sendfd, &mut c.to_client)
+        .await
+        .is_err()
+    {
         return Next::Close;
     }
     let mut copied = finish.bytes;
@@ -1818,6 +1841,40 @@ pub fn render_metrics(node: &Node) -> String {
         "gearhost_frontend_connections_total {}",
         node.frontend.connections_total.load(Ordering::Relaxed)
     );
+    let batches = node
+        .frontend
+        .batches
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let (mut flushes, mut sent, mut working) = (0, 0, 0);
+    for batch in &batches {
+        let (f, s) = batch.counts();
+        flushes += f;
+        sent += s;
+        working += usize::from(batch.working());
+    }
+    counter(
+        &mut out,
+        "gearhost_frontend_batching_workers",
+        "Frontend workers passing their sends to the kernel in batches (http.batch-sends).",
+        "gauge",
+    );
+    let _ = writeln!(out, "gearhost_frontend_batching_workers {working}");
+    counter(
+        &mut out,
+        "gearhost_frontend_send_batches_total",
+        "Batches of sends passed to the kernel, one call each.",
+        "counter",
+    );
+    let _ = writeln!(out, "gearhost_frontend_send_batches_total {flushes}");
+    counter(
+        &mut out,
+        "gearhost_frontend_batched_sends_total",
+        "Sends passed to the kernel in batches.",
+        "counter",
+    );
+    let _ = writeln!(out, "gearhost_frontend_batched_sends_total {sent}");
     counter(&mut out, "gearhost_gears", "Gears by state.", "gauge");
     let mut states: std::collections::BTreeMap<String, usize> = Default::default();
     for g in &gears {

@@ -11,9 +11,19 @@
 //! the length of a request, so nothing travels between tasks. What a
 //! request may do (routing, waking, refusals, limits) is decided in
 //! [`crate::frontend`]; this module is the wire.
+//!
+//! On a frontend worker the heads (with the first body bytes) go out through
+//! the worker's [`SendBatch`]: the sends of every connection that was ready
+//! at once reach the kernel in one call, so the processes they wake cannot
+//! take the worker's CPU between one connection and the next.
 
+use std::cell::RefCell;
 use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use gearhost_sandbox::sendbatch::SendBatch;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -418,6 +428,7 @@ impl ChunkScanner {
 #[derive(Debug)]
 pub(crate) struct Upstream {
     pub stream: TcpStream,
+    pub sendfd: SendFd,
     pub buf: ReadBuf,
     pub since: Instant,
 }
@@ -426,6 +437,7 @@ impl Upstream {
     pub(crate) fn new(stream: TcpStream) -> Upstream {
         Upstream {
             stream,
+            sendfd: SendFd::default(),
             buf: ReadBuf::default(),
             since: Instant::now(),
         }
@@ -629,4 +641,62 @@ mod tests {
         assert!(!has_token(b"keep-alive", "close"));
         assert!(has_token(b"close", "close"));
     }
+}
+
+// -- batched sends ------------------------------------------------------
+
+thread_local! {
+    /// This thread's send batch: set on frontend workers where io_uring works.
+    static BATCH: RefCell<Option<Arc<SendBatch>>> = const { RefCell::new(None) };
+}
+
+/// Gives the calling frontend worker a send batch and spawns its flusher on
+/// the worker's runtime; the batch is returned for the metrics. An error (no
+/// io_uring here) leaves the worker sending the usual way.
+pub(crate) fn start_batching() -> std::io::Result<Arc<SendBatch>> {
+    let batch = SendBatch::new()?;
+    tokio::spawn(batch.clone().flusher());
+    BATCH.with(|b| *b.borrow_mut() = Some(batch.clone()));
+    Ok(batch)
+}
+
+/// The descriptor a connection's batched sends use: a duplicate of the
+/// socket's, made at the first such send, so a send still queued never names
+/// a descriptor number that was closed (and perhaps reused).
+#[derive(Debug, Default)]
+pub(crate) struct SendFd(Option<Arc<OwnedFd>>);
+
+/// Writes all of `data` to `stream`, through this thread's send batch when it
+/// has one. `data` is handed to the batch and comes back with the result.
+pub(crate) async fn send_all(
+    stream: &mut TcpStream,
+    fd: &mut SendFd,
+    data: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let Some(batch) = BATCH.with(|b| b.borrow().clone()) else {
+        return stream.write_all(data).await;
+    };
+    let fd = match &mut fd.0 {
+        Some(fd) => fd,
+        empty => empty.insert(Arc::new(stream.as_fd().try_clone_to_owned()?)),
+    };
+    let ticket = match batch.queue(fd, std::mem::take(data)) {
+        Ok(ticket) => ticket,
+        Err(back) => {
+            *data = back;
+            return stream.write_all(data).await;
+        }
+    };
+    let (result, back) = ticket.await;
+    *data = back;
+    let sent = match result {
+        Ok(n) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    // what did not fit waits for room the usual way
+    if sent < data.len() {
+        stream.write_all(&data[sent..]).await?;
+    }
+    Ok(())
 }

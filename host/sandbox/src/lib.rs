@@ -42,6 +42,7 @@ pub mod report;
 mod rootfs;
 pub mod seccomp;
 pub mod selinux;
+pub mod sendbatch;
 pub mod spec;
 mod sys;
 pub mod warm;
