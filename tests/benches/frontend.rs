@@ -22,7 +22,9 @@
 //! Run as root on a quiet machine: `cargo build --release -p gearhost-cli -p
 //! gearhost-sandbox && cargo bench -p gearhost-tests --bench frontend`.
 //! Needs `wrk`, `nginx` (nginx-light) and `nsenter`. Results:
-//! docs/performance.md. `GEARHOST_BENCH_QUICK=1` runs 2-second rounds;
+//! docs/performance.md. `GEARHOST_BENCH_UNBATCHED=1` runs the frontend with
+//! `http.batch-sends = false` (one send call per connection, like nginx);
+//! `GEARHOST_BENCH_QUICK=1` runs 2-second rounds;
 //! `GEARHOST_BENCH_HOLD=<seconds>` keeps everything up that long before measuring
 //! (for profiling by hand; the addresses are printed).
 
@@ -317,9 +319,12 @@ fn main() {
     // the frontend and nginx get the same number of worker threads: the
     // node's default, half the cores (the apps need the rest)
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2));
+    let batch_sends = std::env::var_os("GEARHOST_BENCH_UNBATCHED").is_none();
     let node = TestNode::start(
         60600,
-        &format!("idle-timeout = \"off\"\n[http]\nworkers = {workers}"),
+        &format!(
+            "idle-timeout = \"off\"\n[http]\nworkers = {workers}\nbatch-sends = {batch_sends}"
+        ),
     );
     let nodejs = cartridge_dir("nodejs-cartridge");
     node.ok(&[
@@ -384,6 +389,12 @@ fn main() {
             single[i].push(r);
         }
     }
+    let m = node.metrics();
+    let batched = (
+        m["gearhost_frontend_batching_workers"],
+        m["gearhost_frontend_batched_sends_total"],
+        m["gearhost_frontend_send_batches_total"],
+    );
     // a graceful stop: the master takes its workers with it
     let _ = Command::new("kill")
         .arg("-QUIT")
@@ -428,7 +439,14 @@ fn main() {
         .copied()
         .unwrap_or(0.0);
 
-    println!("{workers} worker thread(s) each for the frontend and nginx\n");
+    println!("{workers} worker thread(s) each for the frontend and nginx");
+    println!(
+        "frontend send batching (http.batch-sends = {batch_sends}): {} worker(s) batching, {} sends in {} batches (mean {:.1} per batch)\n",
+        batched.0,
+        batched.1,
+        batched.2,
+        batched.1 / batched.2.max(1.0)
+    );
     println!(
         "| setup | req/s (50 conns) | p50 | p99 | proxy CPU per request | req/s (1 conn) | p50 | p99 |"
     );

@@ -24,10 +24,29 @@ pub mod state;
 pub use config::NodeConfig;
 pub use node::Node;
 
+/// Lifts the node's soft limit on open files to its hard limit: each client
+/// connection through the frontend holds its socket, the duplicate its
+/// batched sends use, and a connection to the gear, and a service manager's
+/// default soft limit (1024) would cap a node at a few hundred clients. Gears
+/// get their own limit (`Rlimits::nofile`), not this one.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the node's open file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the node's open file limit"),
+    }
+}
+
 /// Run the node until SIGTERM or SIGINT: open the state, restart the gears
 /// that should run, serve the API. On the way out every gear's processes are
 /// stopped; what should run starts again with the next node.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    raise_open_file_limit();
     let socket = config.socket.clone();
     let group = config.operator_group.clone();
     let node = Node::open(config)?;

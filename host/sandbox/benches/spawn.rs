@@ -185,7 +185,7 @@ fn crun_bundle(dir: &Path) {
     "maskedPaths": ["/proc/kcore", "/proc/keys", "/proc/timer_list"],
     "readonlyPaths": ["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"],
     "seccomp": {{ "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
-      "syscalls": [ {{ "names": ["mount", "umount2", "pivot_root", "ptrace", "kexec_load", "init_module", "finit_module", "delete_module", "bpf", "keyctl", "add_key", "request_key", "perf_event_open", "userfaultfd", "unshare", "setns"], "action": "SCMP_ACT_ERRNO" }} ] }}
+      "syscalls": [ {{ "names": ["mount", "umount2", "pivot_root", "ptrace", "kexec_load", "init_module", "finit_module", "delete_module", "bpf", "keyctl", "add_key", "request_key", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter", "io_uring_register", "unshare", "setns"], "action": "SCMP_ACT_ERRNO" }} ] }}
   }}
 }}"#
     );

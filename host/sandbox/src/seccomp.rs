@@ -81,6 +81,10 @@ fn denied_syscalls() -> Vec<(&'static str, i64)> {
         ("open_tree", libc::SYS_open_tree),
         ("mount_setattr", libc::SYS_mount_setattr),
         ("fanotify_init", libc::SYS_fanotify_init),
+        // operations submitted through a ring are system calls this filter never sees
+        ("io_uring_setup", libc::SYS_io_uring_setup),
+        ("io_uring_enter", libc::SYS_io_uring_enter),
+        ("io_uring_register", libc::SYS_io_uring_register),
     ];
     #[cfg(target_arch = "x86_64")]
     list.extend([

@@ -186,7 +186,14 @@ impl Inner {
         self.flushes += 1;
         self.sent += queued.len() as u64;
         for part in queued.chunks(RING_ENTRIES as usize) {
-            self.flush_part(part);
+            if self.broken.is_some() {
+                // not given to the kernel: their tasks send the usual way
+                for &i in part {
+                    self.resolve(i, Err(io::ErrorKind::WouldBlock.into()));
+                }
+            } else {
+                self.flush_part(part);
+            }
         }
         // keep the allocation for the next batch
         self.queued = queued;
@@ -194,12 +201,12 @@ impl Inner {
     }
 
     fn flush_part(&mut self, part: &[usize]) {
-        let Inner { ring, slots, .. } = self;
         let mut pushed = 0;
         {
-            let mut sq = ring.submission();
+            let mut sq = self.ring.submission();
             for &i in part {
-                let Slot::Queued { fd, data, .. } = &slots[i] else {
+                let Slot::Queued { fd, data, .. } = &self.slots[i] else {
+                    pushed += 1;
                     continue;
                 };
                 let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
@@ -211,16 +218,25 @@ impl Inner {
                 // are owned by slot `i`, which stays `Queued` (neither freed nor
                 // changed: the lock is held) until this function has reaped the
                 // entry's completion below, or, if the ring fails, are moved to
-                // `broken` and kept for the ring's life. The part has at most
-                // RING_ENTRIES entries and the queue was empty, so the push fits.
-                if unsafe { sq.push(&entry) }.is_ok() {
-                    pushed += 1;
+                // `broken` and kept for the ring's life.
+                if unsafe { sq.push(&entry) }.is_err() {
+                    break;
                 }
+                pushed += 1;
             }
         }
+        // the part fits the ring and the ring was empty, so this does not
+        // happen; if it did, those tasks send the usual way
+        for &i in &part[pushed..] {
+            self.resolve(i, Err(io::ErrorKind::WouldBlock.into()));
+        }
+        let in_kernel = part[..pushed]
+            .iter()
+            .filter(|&&i| matches!(self.slots[i], Slot::Queued { .. }))
+            .count();
         let mut reaped = 0;
-        while reaped < pushed {
-            match ring.submit_and_wait(pushed - reaped) {
+        while reaped < in_kernel {
+            match self.ring.submit_and_wait(in_kernel - reaped) {
                 Ok(_) => {}
                 Err(e)
                     if matches!(
@@ -228,26 +244,35 @@ impl Inner {
                         Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
                     ) => {}
                 Err(e) => {
-                    self.fail(part, &e);
+                    self.fail(&part[..pushed], &e);
                     return;
                 }
             }
-            for cqe in ring.completion() {
+            loop {
+                let next = self.ring.completion().next();
+                let Some(cqe) = next else { break };
                 reaped += 1;
-                let i = cqe.user_data() as usize;
-                let result = if cqe.result() >= 0 {
-                    Ok(cqe.result() as usize)
-                } else {
-                    Err(io::Error::from_raw_os_error(-cqe.result()))
-                };
-                if let Some(Slot::Queued { data, waker, .. }) = slots.get_mut(i) {
-                    let data = std::mem::take(data);
-                    if let Some(w) = waker.take() {
-                        w.wake();
-                    }
-                    slots[i] = Slot::Done { result, data };
-                }
+                let result = cqe.result();
+                self.resolve(
+                    cqe.user_data() as usize,
+                    if result >= 0 {
+                        Ok(result as usize)
+                    } else {
+                        Err(io::Error::from_raw_os_error(-result))
+                    },
+                );
             }
+        }
+    }
+
+    /// A queued send is over: its ticket gets `result` and its bytes back.
+    fn resolve(&mut self, i: usize, result: io::Result<usize>) {
+        if let Some(Slot::Queued { data, waker, .. }) = self.slots.get_mut(i) {
+            let data = std::mem::take(data);
+            if let Some(w) = waker.take() {
+                w.wake();
+            }
+            self.slots[i] = Slot::Done { result, data };
         }
     }
 
@@ -282,15 +307,15 @@ pub struct Ticket {
 impl Future for Ticket {
     type Output = (io::Result<usize>, Vec<u8>);
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(index) = self.slot else {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(index) = this.slot else {
             return Poll::Ready((
                 Err(io::Error::other("a send ticket polled after it resolved")),
                 Vec::new(),
             ));
         };
-        let batch = self.batch.clone();
-        let mut inner = batch.lock();
+        let mut inner = this.batch.lock();
         let inner = &mut *inner;
         match &mut inner.slots[index] {
             Slot::Queued { waker, .. } => {
@@ -304,7 +329,7 @@ impl Future for Ticket {
                     unreachable!("matched as done")
                 };
                 inner.free.push(index);
-                self.slot = None;
+                this.slot = None;
                 Poll::Ready((result, data))
             }
             Slot::Free => unreachable!("a ticket's slot is free only after it resolved"),

@@ -191,6 +191,7 @@ fn probe_sees_every_layer_from_inside() {
         "ptrace_init",
         "keyctl",
         "bpf",
+        "io_uring_setup",
         "personality_addr_compat",
     ] {
         assert_eq!(s(call), "1", "{call} was not refused with EPERM");
