@@ -683,6 +683,11 @@ pub(crate) async fn send_all(
     let ticket = match batch.queue(fd, std::mem::take(data)) {
         Ok(ticket) => ticket,
         Err(back) => {
+            // its ring failed (the metrics show one batching worker fewer)
+            BATCH.with(|b| b.borrow_mut().take());
+            tracing::warn!(
+                "a frontend worker's send batch failed; the worker sends one call per connection from now on"
+            );
             *data = back;
             return stream.write_all(data).await;
         }

@@ -108,8 +108,8 @@ impl SendBatch {
 
     /// Queues `data` to be sent on the socket `fd` at the next flush. The ticket
     /// resolves to the result of that one `send` (bytes written, which may be
-    /// fewer than all) and gives `data` back. `None` (with `data` back) when the
-    /// batch cannot take sends any more: send the usual way.
+    /// fewer than all) and gives `data` back. `Err` with `data` when the batch
+    /// takes no more sends (its ring failed): send the usual way.
     pub fn queue(self: &Arc<Self>, fd: &Arc<OwnedFd>, data: Vec<u8>) -> Result<Ticket, Vec<u8>> {
         let mut inner = self.lock();
         if inner.broken.is_some() {
@@ -281,6 +281,8 @@ impl Inner {
         let kept = self.broken.get_or_insert_with(Vec::new);
         for &i in part {
             if let Slot::Queued { fd, data, waker } = &mut self.slots[i] {
+                // the kernel may still read these bytes: they stay, a copy goes back
+                let copy = data.clone();
                 kept.push((fd.clone(), std::mem::take(data)));
                 if let Some(w) = waker.take() {
                     w.wake();
@@ -290,7 +292,7 @@ impl Inner {
                         error.kind(),
                         format!("the send batch failed: {error}"),
                     )),
-                    data: Vec::new(),
+                    data: copy,
                 };
             }
         }
