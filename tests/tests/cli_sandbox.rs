@@ -71,6 +71,13 @@ fn node_check_reports_every_layer_honestly() {
             "SELinux is off here and must be reported so"
         );
     }
+    // io_uring is reported as this kernel allows it (not required: it never
+    // decides the exit code)
+    let uring = gearhost_sandbox::sendbatch::SendBatch::new().is_ok();
+    assert_eq!(
+        status("io_uring"),
+        if uring { "enforced" } else { "missing" }
+    );
     // the exit code follows the required layers
     let all_hold = layers
         .iter()

@@ -502,6 +502,36 @@ fn rootless() -> LayerCheck {
     check("rootless", false, status, detail)
 }
 
+/// Whether this kernel lets the node use io_uring (the frontend's batched sends), from
+/// whether a ring could be made and `kernel.io_uring_disabled` (absent: `None`).
+fn io_uring_verdict(ring: Result<(), String>, disabled: Option<&str>) -> (LayerStatus, String) {
+    match ring {
+        Ok(()) => (
+            LayerStatus::Enforced,
+            "available: the frontend passes each worker's sends to the kernel in batches (http.batch-sends); gears are refused it (seccomp)".into(),
+        ),
+        Err(e) => {
+            let why = match disabled.map(str::trim) {
+                Some(v @ ("1" | "2")) => format!("kernel.io_uring_disabled is {v}"),
+                _ => e,
+            };
+            (
+                LayerStatus::Missing,
+                format!("{why}: the frontend sends one call per connection (set kernel.io_uring_disabled to 0 for batched sends)"),
+            )
+        }
+    }
+}
+
+fn io_uring() -> LayerCheck {
+    let ring = crate::sendbatch::SendBatch::new()
+        .map(drop)
+        .map_err(|e| e.to_string());
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok();
+    let (status, detail) = io_uring_verdict(ring, disabled.as_deref());
+    check("io_uring", false, status, detail)
+}
+
 fn kernel_release() -> String {
     std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|s| s.trim().to_string())
@@ -529,6 +559,7 @@ pub fn host_capabilities() -> HostReport {
             cgroups(),
             rlimits(),
             rootless(),
+            io_uring(),
         ],
     }
 }
@@ -558,7 +589,8 @@ mod tests {
                 "selinux",
                 "cgroups",
                 "rlimits",
-                "rootless"
+                "rootless",
+                "io_uring"
             ]
         );
         let text = r.to_string();
@@ -571,6 +603,22 @@ mod tests {
         }
         let json = serde_json::to_string(&r).expect("serialize");
         assert!(json.contains("\"layers\""));
+    }
+
+    #[test]
+    fn io_uring_verdicts_name_the_switch_that_blocks_it() {
+        let (status, detail) = io_uring_verdict(Ok(()), Some("0\n"));
+        assert_eq!(status, LayerStatus::Enforced);
+        assert!(detail.contains("batches"), "{detail}");
+        let (status, detail) =
+            io_uring_verdict(Err("Operation not permitted".into()), Some("2\n"));
+        assert_eq!(status, LayerStatus::Missing);
+        assert!(
+            detail.starts_with("kernel.io_uring_disabled is 2: the frontend sends one call per connection"),
+            "{detail}"
+        );
+        let (_, detail) = io_uring_verdict(Err("Function not implemented".into()), None);
+        assert!(detail.starts_with("Function not implemented:"), "{detail}");
     }
 
     #[test]
