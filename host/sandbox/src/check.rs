@@ -610,11 +610,12 @@ mod tests {
         let (status, detail) = io_uring_verdict(Ok(()), Some("0\n"));
         assert_eq!(status, LayerStatus::Enforced);
         assert!(detail.contains("batches"), "{detail}");
-        let (status, detail) =
-            io_uring_verdict(Err("Operation not permitted".into()), Some("2\n"));
+        let (status, detail) = io_uring_verdict(Err("Operation not permitted".into()), Some("2\n"));
         assert_eq!(status, LayerStatus::Missing);
         assert!(
-            detail.starts_with("kernel.io_uring_disabled is 2: the frontend sends one call per connection"),
+            detail.starts_with(
+                "kernel.io_uring_disabled is 2: the frontend sends one call per connection"
+            ),
             "{detail}"
         );
         let (_, detail) = io_uring_verdict(Err("Function not implemented".into()), None);
