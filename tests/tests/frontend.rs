@@ -354,6 +354,38 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
         "16 sequential requests opened {opened} connections to the gear"
     );
 
+    // many kept-alive clients at once, their requests in flight together (and
+    // their sends batched together): each gets the answers to its own requests
+    let clients: Vec<_> = (0..24)
+        .map(|n| {
+            let addr = node.frontend;
+            std::thread::spawn(move || {
+                let stream = TcpStream::connect(addr).expect("connect");
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(20)))
+                    .expect("timeout");
+                let mut w = stream.try_clone().expect("clone");
+                let mut r = BufReader::new(stream);
+                for i in 0..25 {
+                    let gear = if (n + i) % 3 == 0 { "other" } else { "web" };
+                    write!(
+                        w,
+                        "GET /headers?who={n}-{i} HTTP/1.1\r\nHost: {gear}-default.localhost\r\n\r\n"
+                    )
+                    .expect("request");
+                    let (code, _, body) = read_response(&mut r);
+                    assert_eq!(code, 200);
+                    let seen = json(&String::from_utf8_lossy(&body));
+                    assert_eq!(seen["url"], format!("/headers?who={n}-{i}"));
+                    assert_eq!(seen["headers"]["host"], format!("{gear}-default.localhost"));
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().expect("a client got another's answer");
+    }
+
     // a large upload, streamed (chunked) and with a length, arrives whole
     let dir = tempfile::tempdir().expect("dir");
     let big = dir.path().join("big.bin");
