@@ -649,8 +649,9 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
         let sends = m["gearhost_frontend_batched_sends_total"];
         let batches = m["gearhost_frontend_send_batches_total"];
         assert!(sends >= 40.0, "{sends} batched sends");
+        // the 24 clients at once put more than one send in some batches
         assert!(
-            batches >= 1.0 && batches <= sends,
+            batches >= 1.0 && batches < sends,
             "{batches} batches of {sends} sends"
         );
     } else {
