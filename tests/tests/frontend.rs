@@ -895,10 +895,21 @@ fn a_gear_reaches_other_gears_through_the_frontend_only_by_their_public_names() 
         )
     };
     // by its public name, gear b answers, from inside gear a too
+    let batched = || node.metrics()["gearhost_frontend_batched_sends_total"];
+    let before = batched();
     let (code, out, err) = inside(&format!(
         "curl -sS --resolve b-default.localhost:{port}:127.0.0.1 http://b-default.localhost:{port}/"
     ));
     assert_eq!((code, out.as_str()), (Some(0), "hello from b\n"), "{err}");
+    // the door hands its connections to the frontend's workers like the
+    // host's listener: the request and its answer went out batched
+    if gearhost_sandbox::sendbatch::SendBatch::new().is_ok() {
+        assert!(
+            batched() >= before + 2.0,
+            "{} batched sends",
+            batched() - before
+        );
+    }
     // a port in the name never selects another port of the gear
     let (_, out, _) = inside(&format!(
         "curl -sS -H 'Host: b-default.localhost:5432' http://127.0.0.1:{port}/pid"

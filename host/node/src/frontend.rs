@@ -323,9 +323,35 @@ pub struct Frontend {
     pub connections_total: AtomicU64,
     /// The send batches of the workers that have one (`http.batch-sends`).
     pub batches: Mutex<Vec<Arc<gearhost_sandbox::sendbatch::SendBatch>>>,
+    /// The workers' queues of new connections, and which worker is next.
+    workers: Mutex<Vec<WorkerQueue>>,
+    next_worker: AtomicUsize,
 }
 
+/// A connection accepted for a frontend worker, with its peer's address.
+type Accepted = (std::net::TcpStream, SocketAddr);
+type WorkerQueue = tokio::sync::mpsc::UnboundedSender<Accepted>;
+
 impl Frontend {
+    /// Hands an accepted connection to the next frontend worker, in turn; a
+    /// worker that is gone leaves the others the work. The connection comes
+    /// back when there is no worker.
+    fn dispatch(&self, connection: Accepted) -> Result<(), Accepted> {
+        let mut workers = lock(&self.workers);
+        let mut connection = connection;
+        while !workers.is_empty() {
+            let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % workers.len();
+            match workers[i].send(connection) {
+                Ok(()) => return Ok(()),
+                Err(back) => {
+                    workers.remove(i);
+                    connection = back.0;
+                }
+            }
+        }
+        Err(connection)
+    }
+
     /// Replace the routing table.
     pub fn set_routes(&self, routes: std::collections::HashMap<String, Arc<Target>>) {
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
@@ -512,15 +538,14 @@ fn page(status: StatusCode, title: &str, html: &str, head_only: bool, close: boo
 /// with a single-threaded runtime of its own that serves the connections it
 /// is given to the end, with its own connections to gears: a request never
 /// changes threads (nginx's worker model). One acceptor thread hands
-/// connections to the workers in turn, so they share the load evenly. Wake-ups
-/// and every other operation on gears still run on the node's main runtime.
+/// connections to the workers in turn, so they share the load evenly, and so
+/// do the doors inside gears. Wake-ups and every other operation on gears
+/// still run on the node's main runtime.
 pub fn start_workers(node: &Arc<Node>, listener: std::net::TcpListener) -> std::io::Result<()> {
     listener.set_nonblocking(false)?;
-    let mut workers_tx = Vec::new();
     for i in 1..=node.config().frontend_workers {
-        let (tx, mut rx) =
-            tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr)>();
-        workers_tx.push(tx);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Accepted>();
+        lock(&node.frontend.workers).push(tx);
         let node = node.clone();
         std::thread::Builder::new()
             .name(format!("gear-frontend-{i}"))
@@ -572,23 +597,15 @@ pub fn start_workers(node: &Arc<Node>, listener: std::net::TcpListener) -> std::
     }
     std::thread::Builder::new()
         .name("gear-frontend-accept".into())
-        .spawn(move || {
-            let mut next = 0;
-            loop {
+        .spawn({
+            let node = node.clone();
+            move || loop {
                 match listener.accept() {
                     Ok(connection) => {
-                        // a worker that is gone leaves the others the work
-                        if workers_tx[next % workers_tx.len()]
-                            .send(connection)
-                            .is_err()
-                        {
-                            workers_tx.remove(next % workers_tx.len());
-                            if workers_tx.is_empty() {
-                                tracing::error!("every frontend worker is gone");
-                                return;
-                            }
+                        if node.frontend.dispatch(connection).is_err() {
+                            tracing::error!("every frontend worker is gone");
+                            return;
                         }
-                        next = next.wrapping_add(1);
                     }
                     Err(e) => {
                         // out of descriptors and the like: back off instead of spinning
@@ -639,6 +656,8 @@ pub async fn open_door(node: &Arc<Node>, gear: &Arc<Gear>) {
     }
 }
 
+/// Accepts connections at a gear's door and hands them to the frontend's
+/// workers, like the host's listener does (served here when there is none).
 async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -650,7 +669,23 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
                 continue;
             }
         };
-        tokio::spawn(serve_connection(node.clone(), stream, peer));
+        let back = match stream.into_std() {
+            Ok(stream) => node.frontend.dispatch((stream, peer)),
+            Err(e) => {
+                tracing::warn!(error = %e, "frontend cannot take a connection at a gear's door");
+                continue;
+            }
+        };
+        if let Err((stream, peer)) = back {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => {
+                    tokio::spawn(serve_connection(node.clone(), stream, peer));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "frontend cannot take a connection at a gear's door")
+                }
+            }
+        }
     }
 }
 
