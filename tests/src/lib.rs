@@ -506,6 +506,66 @@ pub fn on_terminal(command: &str, env: &[(&str, &std::ffi::OsStr)]) -> (Option<i
     (status.code(), text.replace('\r', ""))
 }
 
+/// Runs `gear` (`command`, up to the `--` before the command in the gear) on a terminal of a
+/// terminal emulator (Python's pty module), with a shell in the gear that stays silent until
+/// its terminal changes size; the emulator then makes its window 41 rows by 121 columns, and
+/// the shell says the size it sees on SIGWINCH and ends once that is 41 by 121. Asserts it did.
+/// As the shell prints nothing before, only `gear`'s notice of the change can move the relay.
+pub fn assert_terminal_follows_a_resize(command: std::process::Command) {
+    let emulator = r#"
+import os, pty, select, struct, sys, fcntl, termios, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+out = b""
+def until(what, seconds):
+    global out
+    end = time.time() + seconds
+    while what not in out and time.time() < end:
+        if select.select([fd], [], [], 0.5)[0]:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                return
+            if not chunk:
+                return
+            out += chunk
+until(b"ready", 30)
+fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 41, 121, 0, 0))
+until(b"\0the end", 30)
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let shell = "trap 's=$(stty size); echo \"size $s\"; [ \"$s\" = \"41 121\" ] && exit 0' WINCH; \
+                 echo ready; i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done; exit 1";
+    let gear = command.get_program().to_owned();
+    let args: Vec<std::ffi::OsString> = command.get_args().map(|a| a.to_owned()).collect();
+    let envs: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)> = command
+        .get_envs()
+        .map(|(k, v)| (k.to_owned(), v.map(|v| v.to_owned())))
+        .collect();
+    let mut python = std::process::Command::new("python3");
+    python
+        .args(["-c", emulator])
+        .arg(gear)
+        .args(args)
+        .args(["sh", "-c", shell])
+        .stdin(std::process::Stdio::null());
+    for (k, v) in envs {
+        match v {
+            Some(v) => python.env(k, v),
+            None => python.env_remove(k),
+        };
+    }
+    let out = python
+        .output()
+        .expect("run python3 (the terminal emulator)");
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("size 41 121"), "{text:?}");
+}
+
 /// Asserts that `text`, what a command printed on a terminal, shows it ran on one of its own:
 /// `tty` said `/dev/pts/0` (the gear's own devpts) and `ps -o stat=` shows it in the
 /// foreground of that terminal.

@@ -148,6 +148,10 @@ fn sandbox_run_confines_a_command_and_passes_its_status_through() {
     let (code, text) = gearhost_tests::on_terminal(&command, &[]);
     assert_eq!(code, Some(5), "{text}");
     gearhost_tests::assert_on_own_terminal(&text);
+    // and its terminal follows when the caller's window changes size
+    let mut run = Command::new(gear_bin());
+    run.args(["sandbox", "run", "--"]);
+    gearhost_tests::assert_terminal_follows_a_resize(run);
 }
 
 /// Copies of `gear` and `gearhost-init` that any user may run: the build's

@@ -326,6 +326,12 @@ fn exec_gives_the_command_a_terminal_when_the_caller_has_one() {
         gearhost_tests::on_terminal(&command, &[("GEARHOST_SOCKET", node.socket.as_os_str())]);
     assert_eq!(code, Some(3), "{text}");
     gearhost_tests::assert_on_own_terminal(&text);
+
+    // the caller's window changes size: the gear's terminal follows
+    let mut exec = Command::new(gear_bin());
+    exec.args(["exec", "app", "--"])
+        .env("GEARHOST_SOCKET", &node.socket);
+    gearhost_tests::assert_terminal_follows_a_resize(exec);
 }
 
 #[test]

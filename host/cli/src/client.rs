@@ -102,17 +102,20 @@ pub fn call(target: &Target, request: &Request) -> Result<serde_json::Value, Fai
     call_with(target, request, |e| eprintln!("  {e}"))
 }
 
-/// Send `request` with the caller's stdin, stdout and stderr attached.
-pub fn call_attached(target: &Target, request: &Request) -> Result<serde_json::Value, Failure> {
+/// Send `request` with the caller's stdin, stdout and stderr attached, and
+/// `resized` (a pipe that gets a byte when this terminal changes size) if given.
+pub fn call_attached(
+    target: &Target,
+    request: &Request,
+    resized: Option<&std::fs::File>,
+) -> Result<serde_json::Value, Failure> {
     let stream = connect(target)?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    send(
-        &stream,
-        request,
-        &[stdin.as_fd(), stdout.as_fd(), stderr.as_fd()],
-    )?;
+    let mut fds = vec![stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
+    fds.extend(resized.map(|f| f.as_fd()));
+    send(&stream, request, &fds)?;
     read_replies(stream, &mut |e| eprintln!("  {e}"))
 }
 

@@ -201,7 +201,9 @@ pub enum Request {
     /// The node's metrics in the Prometheus text format (operators only,
     /// like every request on the socket).
     Metrics,
-    /// Run a command in the gear's sandbox with the caller's stdio (passed as fds).
+    /// Run a command in the gear's sandbox with the caller's stdio (passed as fds: stdin,
+    /// stdout, stderr, and on a terminal optionally a pipe that gets a byte whenever the
+    /// caller's window changes size).
     Exec {
         /// The gear.
         gear: GearRef,

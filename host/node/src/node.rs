@@ -1221,12 +1221,14 @@ impl Node {
         })
     }
 
-    /// Run `argv` in the gear's sandbox attached to the caller's stdio.
+    /// Run `argv` in the gear's sandbox attached to the caller's stdio; `resized` gets a byte
+    /// whenever the caller's terminal changes size.
     pub async fn exec(
         &self,
         gear: &GearRef,
         argv: Vec<String>,
         fds: [std::fs::File; 3],
+        resized: Option<std::fs::File>,
     ) -> ApiResult<serde_json::Value> {
         if argv.is_empty() {
             return Err(invalid("give the command to run after `--`"));
@@ -1238,7 +1240,7 @@ impl Node {
             g.record().id,
             g.execs.fetch_add(1, Ordering::Relaxed)
         );
-        let status = procs::exec_attached(&sandbox, &leaf, argv, fds)
+        let status = procs::exec_attached(&sandbox, &leaf, argv, fds, resized)
             .await
             .map_err(|e| failed(e.to_string()))?;
         Ok(match status {

@@ -258,11 +258,12 @@ pub async fn exec_attached(
     leaf: &str,
     argv: Vec<String>,
     fds: [std::fs::File; 3],
+    resized: Option<std::fs::File>,
 ) -> Result<ExitStatus, HostError> {
     {
         use std::io::IsTerminal;
         if fds[0].is_terminal() && fds[1].is_terminal() {
-            return exec_on_terminal(gear, leaf, argv, fds).await;
+            return exec_on_terminal(gear, leaf, argv, fds, resized).await;
         }
     }
     let mut spec = gear.spec(leaf, argv, &[], None, false);
@@ -285,12 +286,14 @@ pub async fn exec_attached(
 
 /// `exec` for a caller on a terminal: the command gets a terminal of its own in the gear (its
 /// controlling terminal, so job control and ^C work inside), and the node passes bytes between
-/// it and the caller's terminal, which the caller has put in raw mode, keeping the sizes equal.
+/// it and the caller's terminal, which the caller has put in raw mode, keeping the sizes equal
+/// (the caller says when its size changes on `resized`; without it the relay looks).
 async fn exec_on_terminal(
     gear: &GearSandbox,
     leaf: &str,
     argv: Vec<String>,
     fds: [std::fs::File; 3],
+    resized: Option<std::fs::File>,
 ) -> Result<ExitStatus, HostError> {
     let mut spec = gear.spec(leaf, argv, &[], None, false);
     spec.stdio.terminal = true;
@@ -304,7 +307,9 @@ async fn exec_on_terminal(
     let [caller_in, caller_out, _] = fds;
     let relay = std::thread::Builder::new()
         .name("gear-exec-terminal".into())
-        .spawn(move || gearhost_sandbox::relay_terminal(&caller_in, &caller_out, &terminal))
+        .spawn(move || {
+            gearhost_sandbox::relay_terminal(&caller_in, &caller_out, &terminal, resized.as_ref())
+        })
         .map_err(|e| HostError::Failed(format!("cannot relay the terminal: {e}")))?;
     let status = wait_exit(&mut child).await;
     // the relay ends when the last process of the gear lets go of the terminal

@@ -272,16 +272,18 @@ async fn dispatch(
         )),
         Request::Exec { gear, argv } => {
             let mut files: Vec<std::fs::File> = fds.into_iter().map(std::fs::File::from).collect();
-            if files.len() != 3 {
+            if !(3..=4).contains(&files.len()) {
                 return Err(ApiError::new(
                     ErrorKind::Invalid,
-                    "exec needs the caller's stdin, stdout and stderr passed with the request",
+                    "exec needs the caller's stdin, stdout and stderr passed with the request (and, on a terminal, a pipe that says when its window changes size)",
                 ));
             }
+            let resized = (files.len() == 4).then(|| files.remove(3));
             let stderr = files.remove(2);
             let stdout = files.remove(1);
             let stdin = files.remove(0);
-            node.exec(&gear, argv, [stdin, stdout, stderr]).await
+            node.exec(&gear, argv, [stdin, stdout, stderr], resized)
+                .await
         }
     }
 }

@@ -55,7 +55,7 @@ pub use spec::{
     Bind, CgroupPlacement, Limits, NetworkMode, Rlimits, SandboxSpec, SelinuxLabel, Stdio,
     StdioSpec,
 };
-pub use sys::{RawTerminal, relay_terminal, set_terminal_size, terminal_size};
+pub use sys::{RawTerminal, relay_terminal, set_terminal_size, terminal_size, window_changes};
 pub use warm::{keep_warm, wait_warm, warm_status};
 
 /// Tears down a gear's cgroup by placement: kills any process left in it, waits for them to be

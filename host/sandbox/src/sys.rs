@@ -543,16 +543,47 @@ impl Drop for RawTerminal {
     }
 }
 
+/// A pipe that gets a byte each time this process is sent SIGWINCH (the window of its
+/// terminal changed size), for [`relay_terminal`]: hand it to whoever relays for this
+/// terminal. Call it before this process starts other threads: SIGWINCH is blocked in the
+/// calling thread, and so in the threads it starts later, and one thread of its own waits for
+/// it.
+pub fn window_changes() -> io::Result<std::fs::File> {
+    use nix::sys::signal::{SigSet, Signal};
+    use std::io::Write;
+    let mut winch = SigSet::empty();
+    winch.add(Signal::SIGWINCH);
+    winch.thread_block().map_err(io::Error::from)?;
+    let (read, mut write) = io::pipe()?;
+    std::thread::Builder::new()
+        .name("window-changes".into())
+        .spawn(move || {
+            while winch.wait().is_ok() {
+                if write.write_all(b"w").is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(std::fs::File::from(OwnedFd::from(read)))
+}
+
 /// Copies between a caller's terminal (`caller_in`, `caller_out`, in raw mode) and the
 /// controlling side of a gear's terminal until the gear's side is closed (every process of the
-/// gear has let go of it), copying the caller's window size over whenever it changes.
-pub fn relay_terminal(caller_in: &std::fs::File, caller_out: &std::fs::File, gear: &std::fs::File) {
+/// gear has let go of it), copying the caller's window size over whenever it changes: when a
+/// byte arrives on `resized` (see [`window_changes`]), or, without it, by looking every 250 ms.
+pub fn relay_terminal(
+    caller_in: &std::fs::File,
+    caller_out: &std::fs::File,
+    gear: &std::fs::File,
+    resized: Option<&std::fs::File>,
+) {
     use std::io::{Read, Write};
     use std::os::fd::AsFd;
     let mut size = None;
     let mut buf = [0u8; 16 * 1024];
     let (mut from_caller, mut to_caller, mut with_gear) = (caller_in, caller_out, gear);
     let mut caller_open = true;
+    let mut resized = resized;
     loop {
         let now = terminal_size(caller_out.as_fd());
         if now.is_some() && now != size {
@@ -571,15 +602,37 @@ pub fn relay_terminal(caller_in: &std::fs::File, caller_out: &std::fs::File, gea
                 nix::poll::PollFlags::POLLIN,
             ));
         }
-        match nix::poll::poll(&mut fds, 250u16) {
+        if let Some(r) = resized {
+            fds.push(nix::poll::PollFd::new(
+                r.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            ));
+        }
+        let timeout = if resized.is_some() {
+            nix::poll::PollTimeout::NONE
+        } else {
+            nix::poll::PollTimeout::from(250u16)
+        };
+        match nix::poll::poll(&mut fds, timeout) {
             Ok(_) | Err(nix::Error::EINTR) => {}
             Err(_) => return,
         }
-        let gear_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let caller_ready = fds
-            .get(1)
-            .and_then(|f| f.revents())
-            .is_some_and(|r| !r.is_empty());
+        let ready = |i: usize| {
+            fds.get(i)
+                .and_then(|f| f.revents())
+                .is_some_and(|r| !r.is_empty())
+        };
+        let gear_ready = ready(0);
+        let caller_ready = caller_open && ready(1);
+        if let Some(mut r) = resized
+            && ready(fds.len() - 1)
+        {
+            // the notices only say "look again"; at their end, go back to looking by time
+            let mut notices = [0u8; 64];
+            if !matches!(r.read(&mut notices), Ok(n) if n > 0) {
+                resized = None;
+            }
+        }
         if gear_ready {
             match with_gear.read(&mut buf) {
                 // EIO: every process of the gear has closed its terminal
@@ -602,5 +655,80 @@ pub fn relay_terminal(caller_in: &std::fs::File, caller_out: &std::fs::File, gea
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+    use std::time::{Duration, Instant};
+
+    /// A pseudo-terminal pair: (the side a terminal emulator holds, the side a program holds).
+    fn pty() -> (std::fs::File, std::fs::File) {
+        let (mut master, mut slave) = (-1, -1);
+        // SAFETY: openpty writes two descriptors through the pointers, which live for the
+        // call; the name, termios and winsize pointers may be null.
+        let r = unsafe {
+            libc::openpty(
+                &mut master,
+                &mut slave,
+                std::ptr::null_mut(),
+                std::ptr::null(),
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "openpty: {}", io::Error::last_os_error());
+        // SAFETY: both descriptors were just opened by openpty and are owned by nothing else.
+        unsafe {
+            (
+                std::fs::File::from_raw_fd(master),
+                std::fs::File::from_raw_fd(slave),
+            )
+        }
+    }
+
+    fn wait_for_size(fd: BorrowedFd<'_>, want: (u16, u16)) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while terminal_size(fd) != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "the gear's terminal is {:?}, not {want:?}",
+                terminal_size(fd)
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Relays between a caller's terminal and a gear's, changes the caller's size, and waits
+    /// for the gear's to follow; `told` sends a notice as a terminal's SIGWINCH would.
+    fn relay_follows_a_resize(told: bool) {
+        let (emulator, caller) = pty();
+        let (gear, gear_program) = pty();
+        set_terminal_size(emulator.as_fd(), 24, 80).expect("size");
+        let (notices, mut notify) = io::pipe().expect("pipe");
+        let notices = std::fs::File::from(OwnedFd::from(notices));
+        let caller_in = caller.try_clone().expect("dup");
+        let relay = std::thread::spawn(move || {
+            relay_terminal(&caller_in, &caller, &gear, told.then_some(&notices));
+        });
+        wait_for_size(gear_program.as_fd(), (24, 80));
+        set_terminal_size(emulator.as_fd(), 40, 120).expect("size");
+        if told {
+            use std::io::Write;
+            notify.write_all(b"w").expect("notice");
+        }
+        wait_for_size(gear_program.as_fd(), (40, 120));
+        // the gear lets go of its terminal: the relay ends
+        drop(gear_program);
+        relay.join().expect("relay");
+    }
+
+    #[test]
+    fn the_relay_copies_a_new_window_size_when_told_and_otherwise_looks() {
+        // told: the relay waits on the notices alone (no timeout), so only a notice wakes it
+        relay_follows_a_resize(true);
+        // not told: it looks by itself
+        relay_follows_a_resize(false);
     }
 }

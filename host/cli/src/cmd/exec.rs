@@ -30,19 +30,25 @@ pub fn run(args: Args) -> CmdResult {
         args.command.clone()
     };
     // on a terminal the command gets one of its own in the gear, which does the line editing
-    // and turns ^C into SIGINT there: this one passes keys through untouched meanwhile
-    let raw = {
+    // and turns ^C into SIGINT there: this one passes keys through untouched meanwhile, and
+    // tells the node when its window changes size
+    let on_terminal = {
         use std::io::IsTerminal;
-        (std::io::stdin().is_terminal() && std::io::stdout().is_terminal())
-            .then(|| gearhost_sandbox::RawTerminal::enter(std::io::stdin().as_fd()).ok())
-            .flatten()
+        std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
     };
+    let resized = on_terminal
+        .then(|| gearhost_sandbox::window_changes().ok())
+        .flatten();
+    let raw = on_terminal
+        .then(|| gearhost_sandbox::RawTerminal::enter(std::io::stdin().as_fd()).ok())
+        .flatten();
     let v = call_attached(
         &args.target,
         &Request::Exec {
             gear: args.gear.to_ref(),
             argv,
         },
+        resized.as_ref(),
     );
     drop(raw);
     let v = v?;

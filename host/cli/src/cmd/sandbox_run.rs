@@ -141,6 +141,10 @@ pub fn run(args: Args) -> CmdResult {
         use std::io::IsTerminal;
         !args.json && std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
     };
+    // told when this terminal changes size (before any thread starts: see window_changes)
+    let resized = on_terminal
+        .then(|| gearhost_sandbox::window_changes().ok())
+        .flatten();
     if on_terminal {
         spec.stdio.terminal = true;
     } else if !args.json {
@@ -165,6 +169,7 @@ pub fn run(args: Args) -> CmdResult {
                 &std::fs::File::from(input),
                 &std::fs::File::from(output),
                 &terminal,
+                resized.as_ref(),
             );
         }
         drop(raw);
