@@ -125,6 +125,17 @@ fn read_response(r: &mut BufReader<TcpStream>) -> (u16, Vec<(String, String)>, V
     (code, headers, body)
 }
 
+/// A client connection to the frontend at `addr` with a 20 s read timeout:
+/// its writing side and a buffered reader.
+fn kept_connection(addr: std::net::SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let w = stream.try_clone().expect("clone");
+    (w, BufReader::new(stream))
+}
+
 /// A minimal RFC 6455 client: the handshake, then masked frames out and
 /// unmasked frames in.
 struct WebSocket {
@@ -134,11 +145,7 @@ struct WebSocket {
 
 impl WebSocket {
     fn connect(node: &TestNode, host: &str, path: &str) -> WebSocket {
-        let stream = TcpStream::connect(node.frontend).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        let mut w = stream.try_clone().expect("clone");
+        let (mut w, mut reader) = kept_connection(node.frontend);
         write!(
             w,
             "GET {path} HTTP/1.1\r\nHost: {host}.localhost\r\nUpgrade: websocket\r\n\
@@ -146,7 +153,6 @@ impl WebSocket {
              Sec-WebSocket-Version: 13\r\n\r\n"
         )
         .expect("handshake");
-        let mut reader = BufReader::new(stream);
         let mut status = String::new();
         reader.read_line(&mut status).expect("status");
         assert!(status.starts_with("HTTP/1.1 101"), "{status}");
@@ -321,12 +327,7 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
         &node,
         "gearhost_frontend_upstream_connections_total{gear=\"web-default\"}",
     );
-    let stream = TcpStream::connect(node.frontend).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    let mut w = stream.try_clone().expect("clone");
-    let mut r = BufReader::new(stream);
+    let (mut w, mut r) = kept_connection(node.frontend);
     for i in 0..20 {
         let gear = if i % 5 == 4 { "other" } else { "web" };
         write!(
@@ -360,12 +361,7 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
         .map(|n| {
             let addr = node.frontend;
             std::thread::spawn(move || {
-                let stream = TcpStream::connect(addr).expect("connect");
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(20)))
-                    .expect("timeout");
-                let mut w = stream.try_clone().expect("clone");
-                let mut r = BufReader::new(stream);
+                let (mut w, mut r) = kept_connection(addr);
                 for i in 0..25 {
                     let gear = if (n + i) % 3 == 0 { "other" } else { "web" };
                     write!(
