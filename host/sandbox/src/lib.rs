@@ -8,7 +8,10 @@
 //! - build a [`SandboxSpec`], call [`Sandbox::spawn`], get a [`Sandboxed`] (pid, pidfd, stdio,
 //!   wait, kill, teardown) and its [`LayerReport`];
 //! - [`check::host_capabilities`] says which layers this machine enforces;
-//! - [`selinux::mcs_level_for_uid`] is the uid to MCS level mapping.
+//! - [`selinux::mcs_level_for_uid`] is the uid to MCS level mapping;
+//! - beside the sandbox, the node's other uses of the kernel that need `unsafe`: the terminal
+//!   relay ([`relay_terminal`], [`window_changes`]), descriptor passing ([`fdpass`]) and the
+//!   frontend's batched sends ([`sendbatch::SendBatch`], io_uring).
 //!
 //! The work inside the sandbox is done by the small `gearhost-init` binary of this crate (see
 //! [`launch`] for how it is started and [`find_init`] for where it is looked up).
