@@ -953,9 +953,12 @@ impl Node {
         let _ = progress.send(format!("waiting for the app to answer on port {port}"));
         let netns = g.paths.netns();
         let deadline = tokio::time::Instant::now() + self.config.start_timeout;
-        // short waits first: a wake-up from idle waits on this, and most apps
-        // answer within a few hundred milliseconds
-        let mut pause = Duration::from_millis(2);
+        // a wake-up from idle waits on this, and most apps answer within a few
+        // hundred milliseconds: look every 4 ms for the first second (a look is
+        // one refused connect, ~0.1 ms), so an app is seen at most 4 ms after it
+        // listens, then less and less often
+        let started = tokio::time::Instant::now();
+        let mut pause = Duration::from_millis(4);
         loop {
             let ns = netns.clone();
             let answered = tokio::task::spawn_blocking(move || {
@@ -1006,7 +1009,9 @@ impl Node {
                 )));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(50));
+            if started.elapsed() >= Duration::from_secs(1) {
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
         }
     }
 
