@@ -954,9 +954,10 @@ impl Node {
         let netns = g.paths.netns();
         let deadline = tokio::time::Instant::now() + self.config.start_timeout;
         // a wake-up from idle waits on this, and most apps answer within a few
-        // hundred milliseconds: look every 4 ms for the first second (a look is
-        // one refused connect, ~0.1 ms), so an app is seen at most 4 ms after it
-        // listens, then less and less often
+        // hundred milliseconds: look every 4 ms for the first quarter second (a
+        // look is one refused connect, well under 0.1 ms), so such an app is
+        // seen at most 4 ms after it listens, then less and less often (many
+        // gears start at once when the node starts)
         let started = tokio::time::Instant::now();
         let mut pause = Duration::from_millis(4);
         loop {
@@ -1009,7 +1010,7 @@ impl Node {
                 )));
             }
             tokio::time::sleep(pause).await;
-            if started.elapsed() >= Duration::from_secs(1) {
+            if started.elapsed() >= Duration::from_millis(250) {
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
         }
