@@ -506,6 +506,12 @@ pub fn on_terminal(command: &str, env: &[(&str, &std::ffi::OsStr)]) -> (Option<i
     (status.code(), text.replace('\r', ""))
 }
 
+/// Whether this kernel lets this process use io_uring (what the node's
+/// frontend needs to batch its sends).
+pub fn io_uring_allowed() -> bool {
+    gearhost_sandbox::sendbatch::SendBatch::new().is_ok()
+}
+
 /// Runs `gear` (`command`, up to the `--` before the command in the gear) on a terminal of a
 /// terminal emulator (Python's pty module), with a shell in the gear that stays silent until
 /// its terminal changes size; the emulator then makes its window 41 rows by 121 columns, and

@@ -73,7 +73,7 @@ fn node_check_reports_every_layer_honestly() {
     }
     // io_uring is reported as this kernel allows it (not required: it never
     // decides the exit code)
-    let uring = gearhost_sandbox::sendbatch::SendBatch::new().is_ok();
+    let uring = gearhost_tests::io_uring_allowed();
     assert_eq!(
         status("io_uring"),
         if uring { "enforced" } else { "missing" }

@@ -567,12 +567,7 @@ pub fn start_workers(node: &Arc<Node>, listener: std::net::TcpListener) -> std::
                 runtime.block_on(async move {
                     if node.config().frontend_batch_sends {
                         match proxy::start_batching() {
-                            Ok(batch) => node
-                                .frontend
-                                .batches
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(batch),
+                            Ok(batch) => lock(&node.frontend.batches).push(batch),
                             Err(e) => tracing::warn!(
                                 error = %e,
                                 "frontend worker {i} sends one call per connection: this kernel does not allow io_uring here"
@@ -903,23 +898,35 @@ fn facts(data: &[u8], headers: &[(Range<usize>, Range<usize>)]) -> Facts {
     f
 }
 
+/// Headers that describe one connection, in either direction (besides
+/// `Connection` and `Upgrade`, which each direction treats its own way).
+const HOP_BY_HOP: [&str; 5] = [
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Whether `name` is one of `names` (ASCII case ignored).
+fn is_one_of(name: &[u8], names: &[&str]) -> bool {
+    names
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
+
 /// Whether a header is the connection's own (not passed on): hop-by-hop,
 /// listed in `Connection`, or one the frontend sets itself.
 fn hop_by_hop(name: &[u8], data: &[u8], connection: &[Range<usize>], keep_upgrade: bool) -> bool {
-    const OWN: [&str; 11] = [
+    const OWN: [&str; 6] = [
         "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
         "proxy-authorization",
         "x-forwarded-for",
         "x-forwarded-host",
         "x-forwarded-proto",
         "expect",
     ];
-    if OWN.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes())) {
+    if is_one_of(name, &HOP_BY_HOP) || is_one_of(name, &OWN) {
         return true;
     }
     if name.eq_ignore_ascii_case(b"upgrade") {
@@ -1067,15 +1074,8 @@ fn response_header_passes(
     connection: &[Range<usize>],
     upgrade: bool,
 ) -> bool {
-    const HOP: [&str; 6] = [
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "content-length",
-    ];
-    if HOP.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes())) {
+    // the frontend writes the answer's length (or framing) itself
+    if is_one_of(name, &HOP_BY_HOP) || name.eq_ignore_ascii_case(b"content-length") {
         return false;
     }
     if name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"upgrade") {
@@ -1876,18 +1876,12 @@ pub fn render_metrics(node: &Node) -> String {
         "gearhost_frontend_connections_total {}",
         node.frontend.connections_total.load(Ordering::Relaxed)
     );
-    let batches = node
-        .frontend
-        .batches
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
     let (mut flushes, mut sent, mut working) = (0, 0, 0);
-    for batch in &batches {
-        let (f, s) = batch.counts();
-        flushes += f;
-        sent += s;
-        working += usize::from(batch.working());
+    for batch in lock(&node.frontend.batches).iter() {
+        let stats = batch.stats();
+        flushes += stats.flushes;
+        sent += stats.sends;
+        working += usize::from(stats.working);
     }
     counter(
         &mut out,

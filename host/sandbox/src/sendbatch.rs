@@ -167,17 +167,26 @@ impl SendBatch {
         self.lock().flush();
     }
 
-    /// How many flushes passed sends to the kernel, and how many sends they
-    /// passed (their ratio is the mean batch).
-    pub fn counts(&self) -> (u64, u64) {
+    /// What the batch has done so far.
+    pub fn stats(&self) -> BatchStats {
         let inner = self.lock();
-        (inner.flushes, inner.sent)
+        BatchStats {
+            flushes: inner.flushes,
+            sends: inner.sent,
+            working: inner.broken.is_none(),
+        }
     }
+}
 
+/// What a [`SendBatch`] has done so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchStats {
+    /// Flushes that passed sends to the kernel, one call each.
+    pub flushes: u64,
+    /// Sends they passed (`sends / flushes` is the mean batch).
+    pub sends: u64,
     /// Whether the batch still takes sends (its ring has not failed).
-    pub fn working(&self) -> bool {
-        self.lock().broken.is_none()
-    }
+    pub working: bool,
 }
 
 impl Inner {
@@ -385,7 +394,12 @@ mod tests {
         a_peer.set_nonblocking(true).expect("nonblocking");
         assert!(a_peer.read(&mut [0u8; 8]).is_err());
         batch.flush();
-        assert_eq!(batch.counts(), (1, 2), "one flush passed both sends");
+        let stats = batch.stats();
+        assert_eq!(
+            (stats.flushes, stats.sends, stats.working),
+            (1, 2, true),
+            "one flush passed both sends"
+        );
         assert_eq!(flag.0.load(std::sync::atomic::Ordering::SeqCst), 2);
         let Poll::Ready((sent, data)) = poll(&mut first, &waker) else {
             panic!("resolved after the flush")
