@@ -84,6 +84,9 @@ pub struct NodeConfig {
     pub start_timeout: Duration,
     /// Gear helpers kept prepared and waiting for a start (0: none; see `gearhost_sandbox::warm`).
     pub warm_helpers: usize,
+    /// Connections one gear may hold open through the node at once (its
+    /// door to the frontend and its links), `gears.max-connections`.
+    pub gear_max_connections: usize,
 }
 
 /// A configuration that cannot be used.
@@ -151,6 +154,12 @@ struct RawGears {
     idle_timeout: String,
     #[serde(default = "default_warm_helpers")]
     warm_helpers: usize,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    256
 }
 
 fn default_warm_helpers() -> usize {
@@ -460,6 +469,7 @@ impl NodeConfig {
             crash_window: duration("gears.crash-window", &g.crash_window)?,
             start_timeout: duration("gears.start-timeout", &g.start_timeout)?,
             warm_helpers: g.warm_helpers,
+            gear_max_connections: g.max_connections,
             hook_timeout: duration("hooks.max-timeout", &raw.hooks.max_timeout)?,
             build_timeout: duration("hooks.max-build-timeout", &raw.hooks.max_build_timeout)?,
             hook_memory: size("hooks.max-memory", &raw.hooks.max_memory)?,

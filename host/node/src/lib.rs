@@ -10,6 +10,7 @@
 pub mod alias;
 pub mod api;
 pub mod config;
+pub mod conns;
 pub mod env;
 pub mod frontend;
 pub mod idle;

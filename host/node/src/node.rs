@@ -57,6 +57,8 @@ pub struct Gear {
     /// The frontend's side of the gear: connection pool, counters, access
     /// log, activity, wake-up.
     pub(crate) front: GearFront,
+    /// Connections the gear holds through the node (doors, links).
+    pub(crate) conns: Arc<crate::conns::GearConnections>,
 }
 
 const STATES: [GearState; 8] = [
@@ -104,6 +106,7 @@ impl Gear {
             paths,
             supervisor: Supervisor::default(),
             execs: AtomicU32::new(0),
+            conns: Arc::default(),
         }
     }
 
@@ -148,6 +151,8 @@ pub struct Node {
     pub(crate) links: Links,
     /// The frontend's routing table and node-wide counters.
     pub(crate) frontend: Frontend,
+    /// The bounds on connections gears open through the node.
+    pub(crate) admission: Arc<crate::conns::Admission>,
 }
 
 impl Node {
@@ -208,6 +213,7 @@ impl Node {
             }
             gears.insert(record.id.clone(), Arc::new(Gear::new(&config, record)));
         }
+        let admission = crate::conns::Admission::new(config.gear_max_connections);
         let node = Arc::new(Node {
             config: Arc::new(config),
             runtime,
@@ -219,6 +225,7 @@ impl Node {
             main: std::sync::OnceLock::new(),
             links: Links::default(),
             frontend: Frontend::default(),
+            admission,
         });
         node.rebuild_routes();
         Ok(node)
@@ -300,12 +307,54 @@ impl Node {
         format!("{}-{}.{}", r.name, r.namespace, self.config.domain)
     }
 
+    /// A new gear's public name must be a valid host name and lead to it
+    /// alone: `a-b` in namespace `c` and `a` in namespace `b-c` would both be
+    /// `a-b-c.<domain>`, so the second create is refused, naming the first.
+    /// Aliases cannot take such names (see [`crate::alias`]). Called under
+    /// the node's lock for names.
+    fn check_public_name_free(&self, gear: &GearRef) -> ApiResult<()> {
+        let label = format!("{}-{}", gear.name, gear.namespace);
+        if label.len() > 63 {
+            return Err(invalid(format!(
+                "gear {} in namespace {} would be reachable as {label}.{}, but a host name's label \
+                 holds at most 63 characters; use a shorter gear name",
+                gear.name, gear.namespace, self.config.domain
+            )));
+        }
+        let taken = self
+            .gears_snapshot()
+            .into_iter()
+            .map(|g| g.record())
+            .find(|o| format!("{}-{}", o.name, o.namespace) == label);
+        match taken {
+            Some(other) => Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "gear {} in namespace {} would be reachable as {label}.{}, which already leads \
+                     to gear {} in namespace {}; choose another gear name",
+                    gear.name, gear.namespace, self.config.domain, other.name, other.namespace
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Build the frontend's routing table again from the gears, their
     /// aliases and the installed cartridges (after any change to those).
     pub(crate) fn rebuild_routes(&self) {
         let mut routes = std::collections::HashMap::new();
-        for g in self.gears_snapshot() {
-            let r = g.record();
+        // oldest first: should two gears made before names were checked share
+        // a name, the older one keeps it, whatever the order of the map
+        let mut gears: Vec<(Arc<Gear>, GearRecord)> = self
+            .gears_snapshot()
+            .into_iter()
+            .map(|g| {
+                let r = g.record();
+                (g, r)
+            })
+            .collect();
+        gears.sort_by(|(_, a), (_, b)| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+        for (g, r) in gears {
             let Some(port) = self.http_port(&r.cartridge) else {
                 continue;
             };
@@ -314,9 +363,8 @@ impl Node {
                 label: format!("{}-{}", r.name, r.namespace),
                 port,
             });
-            routes.insert(self.public_name(&r), target.clone());
-            for alias in &r.aliases {
-                routes.insert(alias.clone(), target.clone());
+            for name in std::iter::once(self.public_name(&r)).chain(r.aliases.iter().cloned()) {
+                routes.entry(name).or_insert_with(|| target.clone());
             }
         }
         self.frontend.set_routes(routes);
@@ -520,6 +568,7 @@ impl Node {
                 ),
             ));
         }
+        self.check_public_name_free(gear)?;
         let used: Vec<u32> = lock(&self.gears)
             .values()
             .map(|g| lock(&g.record).uid)
@@ -892,12 +941,32 @@ impl Node {
         Ok(json!({ "built": active }))
     }
 
-    /// Start the gear.
+    /// Start the gear. Starting a running gear changes nothing and says so.
     pub async fn start(&self, gear: &GearRef, progress: &Progress) -> ApiResult<serde_json::Value> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        let r = g.record();
+        if r.state == GearState::Running
+            && g.supervisor.any_running()
+            && g.supervisor.failed().is_none()
+        {
+            return Ok(self.unchanged(
+                &g,
+                format!(
+                    "gear {} is already running; nothing was changed (`gear restart {}` restarts it)",
+                    r.name, r.name
+                ),
+            ));
+        }
         self.start_locked(&g, progress).await?;
         Ok(self.gear_view(&g))
+    }
+
+    /// The view of a gear an operation left as it was, with `note` saying why.
+    pub(crate) fn unchanged(&self, g: &Gear, note: String) -> serde_json::Value {
+        let mut view = self.gear_view(g);
+        view["note"] = json!(note);
+        view
     }
 
     pub(crate) async fn start_locked(&self, g: &Arc<Gear>, progress: &Progress) -> ApiResult<()> {
@@ -1016,11 +1085,21 @@ impl Node {
         }
     }
 
-    /// Stop the gear.
+    /// Stop the gear. Stopping a stopped gear changes nothing and says so.
     pub async fn stop(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
-        let cart = self.cartridge(&g.record().cartridge)?;
+        let r = g.record();
+        if matches!(r.state, GearState::Stopped | GearState::New) && !g.supervisor.any_running() {
+            if r.desired != Desired::Stopped {
+                g.update(&self.config, |r| r.desired = Desired::Stopped)?;
+            }
+            return Ok(self.unchanged(
+                &g,
+                format!("gear {} is already stopped; nothing was changed", r.name),
+            ));
+        }
+        let cart = self.cartridge(&r.cartridge)?;
         g.update(&self.config, |r| r.desired = Desired::Stopped)?;
         self.stop_locked(&g, &cart).await?;
         Ok(self.gear_view(&g))

@@ -16,7 +16,7 @@ use gearhost_runtime::{
 use gearhost_sandbox::{
     Bind, CgroupPlacement, NetworkMode, Sandbox, SandboxSpec, Sandboxed, Stdio,
 };
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::config::NodeConfig;
@@ -171,8 +171,12 @@ fn pipe_reader(file: std::fs::File) -> Option<tokio::net::unix::pipe::Receiver> 
     tokio::net::unix::pipe::Receiver::from_file(file).ok()
 }
 
-/// Run `cmd` to completion in the gear, capturing its output (at most 16 MiB
-/// each), killing it after `timeout`.
+/// How much of each output stream of a program a hook runs is kept; the rest
+/// is read and dropped, so the program never blocks on a full pipe.
+const EXEC_OUTPUT_CAP: u64 = 4 << 20;
+
+/// Run `cmd` to completion in the gear, capturing its output (at most
+/// [`EXEC_OUTPUT_CAP`] each), killing it after `timeout`.
 pub async fn exec(
     gear: &GearSandbox,
     leaf: &str,
@@ -206,8 +210,10 @@ pub async fn exec(
         };
         let read_all = |r: Option<tokio::net::unix::pipe::Receiver>| async move {
             let mut out = Vec::new();
-            if let Some(r) = r {
-                let _ = r.take(16 << 20).read_to_end(&mut out).await;
+            if let Some(mut r) = r {
+                let _ = (&mut r).take(EXEC_OUTPUT_CAP).read_to_end(&mut out).await;
+                // the rest is drained, not kept
+                let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
             }
             out
         };
@@ -625,12 +631,9 @@ async fn start_one(
         if let Some(reader) = file.and_then(pipe_reader) {
             let log = log.clone();
             let source = format!("{name}[{stream}]");
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(reader).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    log.line(&source, &line);
-                }
-            });
+            tokio::spawn(crate::logs::copy_lines(reader, move |line| {
+                log.line(&source, line)
+            }));
         }
     }
     log.line(

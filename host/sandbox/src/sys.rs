@@ -6,7 +6,7 @@
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// `RESOLVE_NO_SYMLINKS` from `<linux/openat2.h>`: refuse every symbolic link on the way.
 pub(crate) const RESOLVE_NO_SYMLINKS: u64 = 0x04;
@@ -85,10 +85,16 @@ struct MountAttr {
 /// Sets `MOUNT_ATTR_*` flags on the mount `fd` refers to (an `O_PATH` descriptor of the mount's
 /// root), on its whole subtree when `recursive`.
 pub(crate) fn mount_setattr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
+    setattr(fd, set, 0, recursive)
+}
+
+/// `mount_setattr` with both the flags to set and a propagation type (`MS_PRIVATE`, `MS_SLAVE`
+/// ...; 0 leaves propagation as it is).
+fn setattr(fd: BorrowedFd<'_>, set: u64, propagation: u64, recursive: bool) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: 0,
-        propagation: 0,
+        propagation,
         userns_fd: 0,
     };
     let flags = libc::AT_EMPTY_PATH as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
@@ -115,6 +121,12 @@ const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 /// detached tree, with every mount below it, and returns a descriptor of it. Unlike a bind
 /// from `/proc/self/fd/N`, a detached tree can be attached in another mount namespace by
 /// whoever receives the descriptor ([`move_mount_to`]); closing it unattached unmounts it.
+///
+/// Every mount of the clone is private before the descriptor is returned. A clone of a shared
+/// mount (on a systemd host `/` and everything below it is shared) would otherwise join the
+/// original's peer group, so that whatever is later mounted on it inside a gear (its
+/// deployment, `/tmp` ...) would propagate back into the host's mount table, and the next
+/// clone would copy those mounts again.
 pub(crate) fn open_tree_clone(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let flags = OPEN_TREE_CLONE
         | libc::O_CLOEXEC as libc::c_uint
@@ -123,7 +135,9 @@ pub(crate) fn open_tree_clone(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: the empty path is a valid NUL-terminated string living for the call.
     let ret = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
     // SAFETY: open_tree returned a fresh descriptor that only we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(check(ret)? as RawFd) })
+    let tree = unsafe { OwnedFd::from_raw_fd(check(ret)? as RawFd) };
+    setattr(tree.as_fd(), 0, libc::MS_PRIVATE, true)?;
+    Ok(tree)
 }
 
 /// Attaches the detached tree `tree` on the mount point `target` (an `O_PATH` descriptor).

@@ -22,10 +22,13 @@ pub fn idle(args: Args) -> CmdResult {
     if args.json {
         return Ok(print_json(&v)?);
     }
-    println!(
-        "{}: idle (its next request starts it again)",
-        args.gear.name
-    );
+    match v["note"].as_str() {
+        Some(note) => println!("{note}"),
+        None => println!(
+            "{}: idle (its next request starts it again)",
+            args.gear.name
+        ),
+    }
     Ok(())
 }
 
@@ -40,6 +43,9 @@ pub fn unidle(args: Args) -> CmdResult {
     if args.json {
         return Ok(print_json(&v)?);
     }
-    println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?"));
+    match v["note"].as_str() {
+        Some(note) => println!("{note}"),
+        None => println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?")),
+    }
     Ok(())
 }

@@ -42,7 +42,10 @@ pub fn run(op: Op, args: Args) -> CmdResult {
     match op {
         Op::Build => println!("built deployment {} of {}", v["built"], args.gear.name),
         _ => {
-            println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?"));
+            match v["note"].as_str() {
+                Some(note) => println!("{note}"),
+                None => println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?")),
+            }
             if let Some(f) = v["failure"].as_str() {
                 println!("  failure: {f}");
             }
