@@ -415,3 +415,32 @@ fn a_gear_cannot_take_the_nodes_descriptors() {
     node.ok(&["start", "greedy"]);
     assert!(node.is_running());
 }
+
+#[test]
+fn a_deep_tree_in_a_gear_does_not_end_the_node() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let mut node = TestNode::start(69400, "");
+    let _diy = install_diy(&node);
+    node.ok(&["create", "deep", "--cartridge", "diy"]);
+    node.ok(&["create", "calm", "--cartridge", "diy"]);
+    node.ok(&["deploy", "calm", path(diy_app("").path())]);
+    node.ok(&["deploy", "deep", path(diy_app("").path())]);
+    // 25,000 directories, one inside the other: a recursive removal by the
+    // node overflows a 2 MiB thread stack from about 20,000
+    let made = node.ok(&[
+        "exec",
+        "deep",
+        "--",
+        "python3",
+        "-c",
+        "import os\nos.chdir('/gear/app-root/data')\nfor _ in range(25000):\n    os.mkdir('d')\n    os.chdir('d')\nprint('made')",
+    ]);
+    assert_eq!(made.trim(), "made");
+    node.ok(&["destroy", "deep"]);
+    assert!(node.is_running(), "the node ended:\n{}", node.log());
+    let list = json(&node.ok(&["list", "--json"]));
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(node.http_get("calm-default", "/").0, 200);
+}

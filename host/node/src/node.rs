@@ -196,7 +196,7 @@ impl Node {
         for orphan in orphans {
             tracing::warn!(dir = %orphan.display(), "removing a gear directory whose create never completed");
             let _ = gearhost_sandbox::netns::remove(&orphan.join("netns"));
-            let _ = std::fs::remove_dir_all(&orphan);
+            let _ = state::remove_tree(&orphan);
         }
         let mut gears = BTreeMap::new();
         for record in records {
@@ -625,7 +625,7 @@ impl Node {
         })();
         if let Err(e) = made {
             let _ = gearhost_sandbox::netns::remove(&paths.netns());
-            let _ = std::fs::remove_dir_all(&paths.root);
+            let _ = state::remove_tree(&paths.root);
             return Err(internal(format!(
                 "cannot create the gear's directories: {e}"
             )));
@@ -633,7 +633,7 @@ impl Node {
         // the record is written last: it is what makes the gear exist
         if let Err(e) = state::save_gear(&self.config.gears_dir(), &record) {
             let _ = gearhost_sandbox::netns::remove(&paths.netns());
-            let _ = std::fs::remove_dir_all(&paths.root);
+            let _ = state::remove_tree(&paths.root);
             return Err(internal(e));
         }
         let summary = self.gear_summary(&record);
@@ -737,7 +737,7 @@ impl Node {
         tokio::task::spawn_blocking(move || {
             remove_gear_cgroups(&subtree, &id);
             gearhost_sandbox::netns::remove(&paths.netns())?;
-            std::fs::remove_dir_all(&paths.root)
+            state::remove_tree(&paths.root)
         })
         .await
         .map_err(internal)?
@@ -784,7 +784,7 @@ impl Node {
         .await
         .map_err(internal)?;
         if let Err(e) = copied {
-            let _ = std::fs::remove_dir_all(&dest);
+            let _ = state::remove_tree(&dest);
             return Err(invalid(format!("cannot copy {}: {e}", source.display())));
         }
         g.update(&self.config, |r| {
@@ -919,7 +919,7 @@ impl Node {
         .is_ok()
         {
             for id in drop {
-                let _ = std::fs::remove_dir_all(g.paths.deployment(id));
+                let _ = state::remove_tree(&g.paths.deployment(id));
             }
         }
     }
@@ -1628,13 +1628,26 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
 
 /// Copy a source tree without following symlinks (they are copied as links).
 fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    copy_tree_below(src, dst, 0)
+}
+
+/// How deep a deployed source may nest directories (the copy recurses).
+const MAX_SOURCE_DEPTH: usize = 128;
+
+fn copy_tree_below(src: &Path, dst: &Path, depth: usize) -> std::io::Result<()> {
+    if depth > MAX_SOURCE_DEPTH {
+        return Err(std::io::Error::other(format!(
+            "{} is nested more than {MAX_SOURCE_DEPTH} directories deep; deploy a shallower tree",
+            src.display()
+        )));
+    }
     std::fs::create_dir_all(dst)?;
     for entry in std::fs::read_dir(src)? {
         let entry = entry?;
         let ty = entry.file_type()?;
         let to = dst.join(entry.file_name());
         if ty.is_dir() {
-            copy_tree(&entry.path(), &to)?;
+            copy_tree_below(&entry.path(), &to, depth + 1)?;
         } else if ty.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
         } else if ty.is_file() {
