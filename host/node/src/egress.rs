@@ -417,10 +417,9 @@ async fn handle(mut client: TcpStream, sh: &Shared) {
             };
             counter.fetch_add(1, Ordering::Relaxed);
             sh.note(&format!(
-                "{} {} {}: {}",
+                "{} {}: {}",
                 if a.status == 403 { "refused" } else { "failed" },
-                request.method_shown(),
-                request.authority(),
+                request.shown(),
                 a.message
             ));
             return answer(&mut client, &a).await;
@@ -530,10 +529,19 @@ enum Kind {
 }
 
 impl Request {
-    fn method_shown(&self) -> &'static str {
-        match self.kind {
-            Kind::Connect => "CONNECT",
-            Kind::Forward { .. } => "http://",
+    /// The request for the log: `CONNECT host:port` or `GET http://host:port/`
+    /// (no path: it is the build's, and may be long).
+    fn shown(&self) -> String {
+        match &self.kind {
+            Kind::Connect => format!("CONNECT {}", self.authority()),
+            Kind::Forward { head } => {
+                let method = head.split(|b| *b == b' ').next().unwrap_or_default();
+                format!(
+                    "{} http://{}/",
+                    String::from_utf8_lossy(method),
+                    self.authority()
+                )
+            }
         }
     }
 
