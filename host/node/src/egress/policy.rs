@@ -126,7 +126,7 @@ impl Cidr {
     }
 
     /// The prefix length.
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -464,7 +464,7 @@ mod tests {
         let c = Cidr::parse("fd12:3456::/32").expect("v6");
         assert!(c.contains(ip("fd12:3456:ffff::1")));
         assert!(!c.contains(ip("fd12:3457::1")));
-        assert_eq!(Cidr::parse("192.0.2.7").expect("bare").len(), 32);
+        assert_eq!(Cidr::parse("192.0.2.7").expect("bare").prefix_len(), 32);
         assert!(
             Cidr::parse("0.0.0.0/0")
                 .expect("all")
