@@ -2,8 +2,9 @@
 //! code, run by the real node through the real `gear` binary) tries to reach
 //! what a build must not: a server on the host's loopback, the node's
 //! frontend, a private address the operator did not allow, an address of the
-//! host's own interfaces, and anything at all without the proxy. It reaches
-//! only the server the node configuration allows.
+//! host's own interfaces, an abstract unix socket of the host, and anything
+//! at all without the proxy. It reaches only the server the node
+//! configuration allows.
 //!
 //! The test makes its own network namespace joined to the host by a veth
 //! pair; the server there answers on two addresses, one in the block the
@@ -268,6 +269,18 @@ fn a_build_reaches_an_allowed_server_and_nothing_of_the_host() {
         let got = get_directly(addr, "/");
         assert!(got.contains(expect), "{addr}: {got}");
     }
+    // an abstract unix socket of the host's network namespace (the kind
+    // display servers and container runtimes listen on)
+    let abstract_name = format!("gearhost-egress-test-{}", std::process::id());
+    let abstract_listener = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .expect("abstract name");
+        std::os::unix::net::UnixListener::bind_addr(&addr).expect("bind abstract socket")
+    };
+    abstract_listener
+        .set_nonblocking(true)
+        .expect("nonblocking");
     let (remote_before, loopback_before, host_before) =
         (remote.hits(), loopback.hits(), host_side.hits());
 
@@ -293,6 +306,7 @@ fn a_build_reaches_an_allowed_server_and_nothing_of_the_host() {
          probe direct --noproxy '*' http://{allowed}:{port}/allowed.txt\n\
          probe direct-loopback --noproxy '*' http://127.0.0.1:{lo}/\n\
          echo \"probe socket rc=0 out=$(python3 -c 'import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)' {allowed} {port} 2>&1 | tail -n 1)\"\n\
+         echo \"probe abstract rc=0 out=$(python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(chr(0)+sys.argv[1]); print(\"connected\")' {abstract_name} 2>&1 | tail -n 1)\"\n\
          exit 0\n",
         allowed = net.allowed,
         private = net.private,
@@ -358,6 +372,18 @@ fn a_build_reaches_an_allowed_server_and_nothing_of_the_host() {
     assert_eq!(rc(line), 7, "{line}");
     let line = probe(&log, "socket");
     assert!(line.contains("Network is unreachable"), "{line}");
+    // the host's abstract unix sockets are not in the build's namespace: the
+    // name does not exist there (refused), where the host's namespace gave
+    // Landlock's scoping as the only layer (EPERM)
+    let line = probe(&log, "abstract");
+    assert!(
+        line.contains("ConnectionRefusedError") && !line.contains("out=connected"),
+        "{line}"
+    );
+    assert!(
+        abstract_listener.accept().is_err(),
+        "the build connected to the host's abstract socket"
+    );
     // no secret reached the build, and the servers never saw a connection
     assert!(!log.contains("loopback-secret"), "{log}");
     assert!(!log.contains("host-address-secret"), "{log}");
