@@ -2,9 +2,9 @@
 //! code, run by the real node through the real `gear` binary) tries to reach
 //! what a build must not: a server on the host's loopback, the node's
 //! frontend, a private address the operator did not allow, an address of the
-//! host's own interfaces, an abstract unix socket of the host, and anything
-//! at all without the proxy. It reaches only the server the node
-//! configuration allows.
+//! host's own interfaces or of a local route, an abstract unix socket of the
+//! host, and anything at all without the proxy. It reaches only the server
+//! the node configuration allows.
 //!
 //! The test makes its own network namespace joined to the host by a veth
 //! pair; the server there answers on two addresses, one in the block the
@@ -45,6 +45,11 @@ struct TestNet {
     private: Ipv4Addr,
     /// The /30 the node's configuration allows.
     allowed_block: String,
+    /// A /24 the host accepts as its own through a `local` route, without
+    /// any interface address in it (the node's configuration allows it too).
+    local_block: String,
+    /// An address in `local_block`.
+    local_addr: Ipv4Addr,
 }
 
 impl TestNet {
@@ -59,11 +64,16 @@ impl TestNet {
             allowed: Ipv4Addr::new(10, 213, n, 2),
             private: Ipv4Addr::new(10, 214, n, 2),
             allowed_block: format!("10.213.{n}.0/30"),
+            local_block: format!("10.215.{n}.0/24"),
+            local_addr: Ipv4Addr::new(10, 215, n, 5),
         };
         // anything a killed earlier run left behind
         let _ = Command::new("ip").args(["netns", "del", &net.ns]).output();
         let _ = Command::new("ip")
             .args(["link", "del", &net.host_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["route", "del", "local", &net.local_block, "dev", "lo"])
             .output();
         let peer = format!("ghe{pid}{tag}n");
         ip(&["netns", "add", &net.ns]);
@@ -102,6 +112,7 @@ impl TestNet {
             "dev",
             &net.host_if,
         ]);
+        ip(&["route", "add", "local", &net.local_block, "dev", "lo"]);
         net
     }
 
@@ -113,6 +124,9 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["route", "del", "local", &self.local_block, "dev", "lo"])
+            .output();
         let _ = Command::new("ip")
             .args(["link", "del", &self.host_if])
             .output();
@@ -258,6 +272,11 @@ fn a_build_reaches_an_allowed_server_and_nothing_of_the_host() {
         TcpListener::bind((net.host_addr, 0)).expect("bind the host's veth address"),
         "host-address-secret".into(),
     );
+    // and one on an address the host takes through a local route only
+    let anyip = Server::serve(
+        TcpListener::bind((net.local_addr, 0)).expect("bind an address of the local route"),
+        "local-route-secret".into(),
+    );
     // from the host all of them answer: a refusal below is the policy's, not
     // a missing route
     for (addr, expect) in [
@@ -265,6 +284,7 @@ fn a_build_reaches_an_allowed_server_and_nothing_of_the_host() {
         (SocketAddr::from((net.private, port)), token.as_str()),
         (loopback.addr, "loopback-secret"),
         (host_side.addr, "host-address-secret"),
+        (anyip.addr, "local-route-secret"),
     ] {
         let got = get_directly(addr, "/");
         assert!(got.contains(expect), "{addr}: {got}");
@@ -281,12 +301,19 @@ fn a_build_reaches_an_allowed_server_and_nothing_of_the_host() {
     abstract_listener
         .set_nonblocking(true)
         .expect("nonblocking");
-    let (remote_before, loopback_before, host_before) =
-        (remote.hits(), loopback.hits(), host_side.hits());
+    let (remote_before, loopback_before, host_before, anyip_before) = (
+        remote.hits(),
+        loopback.hits(),
+        host_side.hits(),
+        anyip.hits(),
+    );
 
     let node = TestNode::start(
         66000,
-        &format!("\n[build]\negress-allow = [\"{}\"]\n", net.allowed_block),
+        &format!(
+            "\n[build]\negress-allow = [\"{}\", \"{}\"]\n",
+            net.allowed_block, net.local_block
+        ),
     );
     let diy = cartridge_dir("diy-cartridge");
     node.ok(&["cartridge", "install", diy.path().to_str().expect("utf-8")]);
@@ -303,6 +330,7 @@ fn a_build_reaches_an_allowed_server_and_nothing_of_the_host() {
          probe frontend --noproxy '' http://127.0.0.1:{frontend}/\n\
          probe private http://{private}:{port}/allowed.txt\n\
          probe host-address http://{host}:{host_port}/\n\
+         probe local-route http://{anyip}:{anyip_port}/\n\
          probe direct --noproxy '*' http://{allowed}:{port}/allowed.txt\n\
          probe direct-loopback --noproxy '*' http://127.0.0.1:{lo}/\n\
          echo \"probe socket rc=0 out=$(python3 -c 'import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)' {allowed} {port} 2>&1 | tail -n 1)\"\n\
@@ -312,6 +340,8 @@ fn a_build_reaches_an_allowed_server_and_nothing_of_the_host() {
         private = net.private,
         host = net.host_addr,
         host_port = host_side.addr.port(),
+        anyip = net.local_addr,
+        anyip_port = anyip.addr.port(),
         lo = loopback.addr.port(),
     );
     let app = app_with_build(&build);
@@ -359,6 +389,16 @@ fn a_build_reaches_an_allowed_server_and_nothing_of_the_host() {
         )),
         "{line}"
     );
+    // an address the host accepts through a local route, with no interface
+    // holding it: the kernel's route says it is the host's
+    let line = probe(&log, "local-route");
+    assert!(
+        line.contains(&format!(
+            "{} is an address of this host, which builds never reach",
+            net.local_addr
+        )),
+        "{line}"
+    );
     // a build that ignores the proxy finds no route at all
     for name in ["direct", "direct-loopback"] {
         let line = probe(&log, name);
@@ -387,6 +427,12 @@ fn a_build_reaches_an_allowed_server_and_nothing_of_the_host() {
     // no secret reached the build, and the servers never saw a connection
     assert!(!log.contains("loopback-secret"), "{log}");
     assert!(!log.contains("host-address-secret"), "{log}");
+    assert!(!log.contains("local-route-secret"), "{log}");
+    assert_eq!(
+        anyip.hits(),
+        anyip_before,
+        "the local-route server was reached"
+    );
     assert_eq!(
         loopback.hits(),
         loopback_before,

@@ -1089,6 +1089,53 @@ mod tests {
         assert!(TcpStream::connect(addr).await.is_err());
     }
 
+    /// Two ends of a loopback connection.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let a = TcpStream::connect(l.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (b, _) = l.accept().await.expect("accept");
+        (a, b)
+    }
+
+    #[tokio::test]
+    async fn a_splice_passes_bytes_and_ends_when_idle() {
+        let (_dir, log) = log();
+        let limits = Limits {
+            idle_time: Duration::from_millis(300),
+            ..LIMITS
+        };
+        let sh = Arc::new(Shared::new(EgressConfig::default(), log, limits));
+        let (mut build, client) = pair().await;
+        let (upstream, mut server) = pair().await;
+        let started = Instant::now();
+        let spliced = tokio::spawn({
+            let sh = sh.clone();
+            async move { splice(client, upstream, &sh).await }
+        });
+        build.write_all(b"ping").await.expect("write");
+        let mut buf = [0u8; 4];
+        server.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"ping");
+        server.write_all(b"pong!").await.expect("write");
+        let mut buf = [0u8; 5];
+        build.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"pong!");
+        // then nothing moves: both sides are cut after the idle time
+        tokio::time::timeout(Duration::from_secs(5), spliced)
+            .await
+            .expect("the splice ended")
+            .expect("join");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let mut rest = Vec::new();
+        assert_eq!(build.read_to_end(&mut rest).await.expect("closed"), 0);
+        assert_eq!(sh.stats.sent.load(Ordering::Relaxed), 4);
+        assert_eq!(sh.stats.received.load(Ordering::Relaxed), 5);
+    }
+
     #[tokio::test]
     async fn a_build_net_has_its_own_namespace_and_closes() {
         if !nix::unistd::Uid::effective().is_root() {
