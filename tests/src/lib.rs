@@ -634,3 +634,31 @@ pub fn assert_on_own_terminal(text: &str) {
         "in the foreground of its own terminal: {text:?}"
     );
 }
+
+/// Node configuration for tests whose builds fetch packages (pip, npm): a
+/// `[build]` section whose `egress-allow` lists the addresses the package
+/// indexes resolve to on this machine, so a build reaches them through the
+/// node's egress proxy even where they are served from a range the proxy
+/// refuses by default (a lab that serves them from a documentation range).
+/// Public addresses need no listing but do no harm; loopback ones are left
+/// out (no setting opens them). Empty when no index resolves. Append it to
+/// the `extra_gears_config` of [`TestNode::start`].
+pub fn package_index_egress() -> String {
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<std::net::IpAddr> = Vec::new();
+    for host in ["pypi.org", "files.pythonhosted.org", "registry.npmjs.org"] {
+        if let Ok(found) = (host, 443).to_socket_addrs() {
+            for a in found {
+                let ip = a.ip().to_canonical();
+                if !ip.is_loopback() && !ip.is_unspecified() && !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+        }
+    }
+    if addrs.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("\n[build]\negress-allow = [{}]\n", list.join(", "))
+}

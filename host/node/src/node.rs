@@ -1368,10 +1368,13 @@ impl Node {
             cartridge: cart.manifest().clone(),
             config: self.config.clone(),
             linked: self.linked_env(&g.record()),
+            egress: Default::default(),
         });
         let kind = call.kind();
         g.hook_log.line(&format!("{kind}[node]"), "hook started");
-        let outcome = cart.call(host, call).await;
+        let outcome = cart.call(host.clone(), call).await;
+        // a build's network ends with its hook
+        host.egress.close().await;
         // how long, and how much of it the hook machinery and the hook's own
         // code took, as opposed to the programs it ran
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -1421,6 +1424,8 @@ struct NodeHost {
     config: Arc<NodeConfig>,
     /// What linked gears publish, as of the start of the call.
     linked: BTreeMap<String, String>,
+    /// The build's network, opened by its first `exec` that may use it.
+    egress: crate::egress::BuildEgress,
 }
 
 impl GearHost for NodeHost {
@@ -1518,7 +1523,11 @@ impl GearHost for NodeHost {
         cmd: CommandSpec,
     ) -> gearhost_runtime::host::BoxFuture<'_, Result<ExecOutput, HostError>> {
         Box::pin(async move {
-            let network = ctx.network && self.config.build_network;
+            // a build that may use the network gets its own namespace and
+            // the egress proxy, never the host's network
+            let network = ctx.network
+                && self.config.build_network
+                && self.config.build_egress.mode == crate::egress::EgressMode::Proxy;
             let timeout = if ctx.hook == HookKind::Build {
                 self.config.build_timeout
             } else {
@@ -1529,7 +1538,16 @@ impl GearHost for NodeHost {
                 self.sandbox.id,
                 self.gear.execs.fetch_add(1, Ordering::Relaxed)
             );
-            procs::exec(&self.sandbox, &leaf, cmd, network, timeout).await
+            let net = if network {
+                Some(
+                    self.egress
+                        .get(&self.config.build_egress, &self.gear.hook_log)
+                        .await?,
+                )
+            } else {
+                None
+            };
+            procs::exec(&self.sandbox, &leaf, cmd, net.as_deref(), timeout).await
         })
     }
 

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use gearhost_runtime::{
     CommandSpec, ExitStatus, HostError, ProcessInfo, ProcessState, RestartPolicy, Signal,
 };
-use gearhost_sandbox::{
-    Bind, CgroupPlacement, NetworkMode, Sandbox, SandboxSpec, Sandboxed, Stdio,
-};
+use gearhost_sandbox::{Bind, CgroupPlacement, Sandbox, SandboxSpec, Sandboxed, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -51,14 +49,14 @@ pub struct GearSandbox {
 }
 
 impl GearSandbox {
-    /// A sandbox spec for `argv` in this gear.
+    /// A sandbox spec for `argv` in this gear, in the gear's network
+    /// namespace.
     pub fn spec(
         &self,
         leaf: &str,
         argv: Vec<String>,
         extra_env: &[(String, String)],
         cwd: Option<&str>,
-        network: bool,
     ) -> SandboxSpec {
         let mut spec = SandboxSpec::new(self.id.clone(), self.uid, self.uid, &self.home, argv);
         spec.hostname = self.name.clone();
@@ -90,11 +88,7 @@ impl GearSandbox {
                 target: PathBuf::from(GEAR_REPO),
             });
         }
-        if network {
-            spec.network = NetworkMode::Host;
-        } else {
-            spec.netns = Some(self.netns.clone());
-        }
+        spec.netns = Some(self.netns.clone());
         spec
     }
 }
@@ -176,16 +170,21 @@ fn pipe_reader(file: std::fs::File) -> Option<tokio::net::unix::pipe::Receiver> 
 const EXEC_OUTPUT_CAP: u64 = 4 << 20;
 
 /// Run `cmd` to completion in the gear, capturing its output (at most
-/// [`EXEC_OUTPUT_CAP`] each), killing it after `timeout`.
+/// [`EXEC_OUTPUT_CAP`] each), killing it after `timeout`. With `build_net`
+/// it runs in the build's network (its own namespace, the egress proxy in
+/// its environment) instead of the gear's.
 pub async fn exec(
     gear: &GearSandbox,
     leaf: &str,
     cmd: CommandSpec,
-    network: bool,
+    build_net: Option<&crate::egress::BuildNet>,
     timeout: Duration,
 ) -> Result<gearhost_runtime::ExecOutput, HostError> {
     let argv = argv_of(&cmd);
-    let mut spec = gear.spec(leaf, argv, &cmd.env, cmd.cwd.as_deref(), network);
+    let mut spec = gear.spec(leaf, argv, &cmd.env, cmd.cwd.as_deref());
+    if let Some(net) = build_net {
+        net.apply(&mut spec);
+    }
     spec.stdio.stdin = if cmd.stdin.is_some() {
         Stdio::Piped
     } else {
@@ -272,7 +271,7 @@ pub async fn exec_attached(
             return exec_on_terminal(gear, leaf, argv, fds, resized).await;
         }
     }
-    let mut spec = gear.spec(leaf, argv, &[], None, false);
+    let mut spec = gear.spec(leaf, argv, &[], None);
     let [stdin, stdout, stderr] = fds.map(attach);
     spec.stdio.stdin = stdin.0;
     spec.stdio.stdout = stdout.0;
@@ -301,7 +300,7 @@ async fn exec_on_terminal(
     fds: [std::fs::File; 3],
     resized: Option<std::fs::File>,
 ) -> Result<ExitStatus, HostError> {
-    let mut spec = gear.spec(leaf, argv, &[], None, false);
+    let mut spec = gear.spec(leaf, argv, &[], None);
     spec.stdio.terminal = true;
     let mut child = spawn_blocking_sandbox(spec).await?;
     let Some(terminal) = child.take_terminal() else {
@@ -623,7 +622,7 @@ async fn start_one(
 ) -> Result<Sandboxed, HostError> {
     let argv = argv_of(cmd);
     let leaf = format!("{leaf}-{}", STARTS.fetch_add(1, Ordering::Relaxed));
-    let mut spec = gear.spec(&leaf, argv, &cmd.env, cmd.cwd.as_deref(), false);
+    let mut spec = gear.spec(&leaf, argv, &cmd.env, cmd.cwd.as_deref());
     spec.stdio.stdout = Stdio::Piped;
     spec.stdio.stderr = Stdio::Piped;
     let mut child = spawn_blocking_sandbox(spec).await?;
