@@ -454,11 +454,14 @@ fn kind_of(fd: BorrowedFd<'_>) -> io::Result<Kind> {
     })
 }
 
-/// Labels `root` and everything below it with `context`, by [`walk`] within
-/// [`LABEL_WALK_LIMITS`]: no symlink is ever followed (links are labelled themselves), every
-/// label is read and written through the entry's own descriptor, the walk never leaves the
-/// tree, and a gear that swaps directories for links to host files while it runs cannot get a
-/// host file relabelled. Fails on the first file that cannot be labelled, and past a bound.
+/// Labels `root` and everything below it with `context`, walking from descriptor to
+/// descriptor within [`LABEL_WALK_LIMITS`]: each entry is opened `O_PATH` relative to its
+/// directory's descriptor (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+/// RESOLVE_NO_XDEV`), no symlink is ever followed (links are labelled themselves), every label
+/// is read and written through the entry's own descriptor (its `/proc/self/fd` path), and the
+/// walk never leaves the tree. So a gear that swaps its directories for links to host files
+/// while the walk runs cannot get a host file relabelled. Fails on the first file that cannot
+/// be labelled, and past a bound.
 ///
 /// Files that already carry `context` are left alone (a warm start writes nothing). Mount
 /// points below `root` are neither labelled nor entered: whatever an operator mounted into a
