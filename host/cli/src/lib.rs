@@ -10,6 +10,7 @@
 //! | 2 | the command line is wrong (clap's usage errors) |
 //! | 3 | the input is invalid (a manifest, a component, a name) |
 //! | 4 | the environment is missing something (no node, no permission, a kernel feature) |
+//! | 141 | the reader of its standard output went away (as SIGPIPE would end it) |
 
 #![forbid(unsafe_code)]
 

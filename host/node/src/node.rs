@@ -1181,7 +1181,7 @@ impl Node {
                 },
             )
             .await?;
-        Ok(json!({ "output": out }))
+        Ok(json!({ "output": bounded_output(out) }))
     }
 
     /// Deployment history.
@@ -1645,6 +1645,25 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 /// Copy a source tree without following symlinks (they are copied as links).
+/// The most of a control hook's output the node passes on.
+const MAX_CONTROL_OUTPUT: usize = 1 << 20;
+
+/// A control hook's output, cut at [`MAX_CONTROL_OUTPUT`] bytes (on a
+/// character boundary, the cut marked): what a hook says about a gear may
+/// come from the gear's files.
+fn bounded_output(mut out: String) -> String {
+    if out.len() > MAX_CONTROL_OUTPUT {
+        let mut end = MAX_CONTROL_OUTPUT;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        let dropped = out.len() - end;
+        out.truncate(end);
+        out.push_str(&format!("\n[output cut: {dropped} more bytes]\n"));
+    }
+    out
+}
+
 fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
     copy_tree_below(src, dst, 0)
 }
@@ -1715,5 +1734,21 @@ fn remove_gear_cgroups(subtree: &str, id: &str) {
             leaf,
         };
         let _ = gearhost_sandbox::teardown(&placement);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_output_is_cut_on_a_character_boundary() {
+        assert_eq!(bounded_output("short".into()), "short");
+        let long = "é".repeat(MAX_CONTROL_OUTPUT);
+        let cut = bounded_output(long.clone());
+        assert!(cut.len() < MAX_CONTROL_OUTPUT + 64, "{}", cut.len());
+        let kept = cut.split('\n').next().expect("text");
+        assert!(long.starts_with(kept) && kept.len() == MAX_CONTROL_OUTPUT);
+        assert!(cut.ends_with(&format!("[output cut: {} more bytes]\n", long.len() - kept.len())));
     }
 }
