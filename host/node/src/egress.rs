@@ -104,9 +104,25 @@ const NO_PROXY: &str = "localhost,127.0.0.1,::1";
 pub struct BuildEgress {
     net: tokio::sync::Mutex<Option<Arc<BuildNet>>>,
     closed: AtomicBool,
+    payer: Option<Payer>,
 }
 
+/// The gear whose connections a build's proxy connections count as
+/// ([`crate::conns`]), besides the build's own cap.
+pub type Payer = (
+    Arc<crate::conns::Admission>,
+    Arc<crate::conns::GearConnections>,
+);
+
 impl BuildEgress {
+    /// A build's way out whose connections count against `payer`.
+    pub fn paid_by(payer: Payer) -> BuildEgress {
+        BuildEgress {
+            payer: Some(payer),
+            ..BuildEgress::default()
+        }
+    }
+
     /// The call's network, opened on first use.
     pub async fn get(
         &self,
@@ -122,7 +138,7 @@ impl BuildEgress {
         if let Some(net) = &*net {
             return Ok(net.clone());
         }
-        let opened = BuildNet::open(policy.clone(), log.clone(), LIMITS)
+        let opened = BuildNet::open(policy.clone(), log.clone(), LIMITS, self.payer.clone())
             .await
             .map_err(|e| {
                 HostError::Failed(format!(
@@ -160,7 +176,12 @@ pub struct BuildNet {
 
 impl BuildNet {
     /// Make the namespace, listen inside it and start serving.
-    pub async fn open(policy: EgressConfig, log: LogFile, limits: Limits) -> io::Result<BuildNet> {
+    pub async fn open(
+        policy: EgressConfig,
+        log: LogFile,
+        limits: Limits,
+        payer: Option<Payer>,
+    ) -> io::Result<BuildNet> {
         let (ns, listener) = tokio::task::spawn_blocking(|| -> io::Result<_> {
             let ns = gearhost_sandbox::netns::create_private()?;
             let listener = gearhost_sandbox::netns::listen(
@@ -174,7 +195,9 @@ impl BuildNet {
         .map_err(io::Error::other)??;
         let port = listener.local_addr()?.port();
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        let shared = Arc::new(Shared::new(policy, log, limits));
+        let mut shared = Shared::new(policy, log, limits);
+        shared.payer = payer;
+        let shared = Arc::new(shared);
         let task = tokio::spawn(serve(listener, shared.clone()));
         Ok(BuildNet {
             ns,
@@ -263,6 +286,8 @@ struct Shared {
     stats: Stats,
     /// Log lines left for refusals and failures.
     budget: AtomicU32,
+    /// Whose connections these are, node-wide.
+    payer: Option<Payer>,
 }
 
 #[derive(Debug, Default)]
@@ -282,6 +307,7 @@ impl Shared {
             limits,
             log,
             stats: Stats::default(),
+            payer: None,
         }
     }
 
@@ -325,9 +351,21 @@ async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
         match listener.accept().await {
             Ok((client, _)) => {
                 shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+                let slot = match &shared.payer {
+                    Some((admission, gear)) => match admission.admit(gear) {
+                        Ok(slot) => Some(slot),
+                        Err((why, _)) => {
+                            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                            shared.note(&format!("closed a connection to the proxy: {why}"));
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let shared = shared.clone();
                 connections.spawn(async move {
                     let _permit = permit;
+                    let _slot = slot;
                     handle(client, &shared).await;
                 });
             }
@@ -1147,7 +1185,7 @@ mod tests {
             return;
         }
         let (_dir, log) = log();
-        let net = BuildNet::open(EgressConfig::default(), log.clone(), LIMITS)
+        let net = BuildNet::open(EgressConfig::default(), log.clone(), LIMITS, None)
             .await
             .expect("open");
         let port = net.port();

@@ -1368,7 +1368,7 @@ impl Node {
             cartridge: cart.manifest().clone(),
             config: self.config.clone(),
             linked: self.linked_env(&g.record()),
-            egress: Default::default(),
+            egress: crate::egress::BuildEgress::paid_by((self.admission.clone(), g.conns.clone())),
         });
         let kind = call.kind();
         g.hook_log.line(&format!("{kind}[node]"), "hook started");
@@ -1749,6 +1749,9 @@ mod tests {
         assert!(cut.len() < MAX_CONTROL_OUTPUT + 64, "{}", cut.len());
         let kept = cut.split('\n').next().expect("text");
         assert!(long.starts_with(kept) && kept.len() == MAX_CONTROL_OUTPUT);
-        assert!(cut.ends_with(&format!("[output cut: {} more bytes]\n", long.len() - kept.len())));
+        assert!(cut.ends_with(&format!(
+            "[output cut: {} more bytes]\n",
+            long.len() - kept.len()
+        )));
     }
 }

@@ -414,6 +414,21 @@ impl Supervisor {
     ) -> Result<u32, HostError> {
         {
             let procs = lock(&self.procs);
+            let live = procs
+                .values()
+                .filter(|p| {
+                    !matches!(
+                        lock(&p.status).state,
+                        ProcessState::Exited | ProcessState::Stopped | ProcessState::Failed
+                    )
+                })
+                .count();
+            if live >= MAX_SUPERVISED && !procs.contains_key(name) {
+                return Err(HostError::Invalid(format!(
+                    "the gear runs {MAX_SUPERVISED} supervised processes already, the most a \
+                     gear may; stop one first"
+                )));
+            }
             if let Some(p) = procs.get(name) {
                 let s = lock(&p.status);
                 if matches!(
@@ -608,6 +623,10 @@ impl Supervisor {
         });
     }
 }
+
+/// The most processes one gear's supervisor keeps (each holds two pipes and
+/// a pidfd in the node, and a task).
+const MAX_SUPERVISED: usize = 64;
 
 /// Start numbers, so every start of a process gets a cgroup of its own: the
 /// previous one may still be being removed when its successor starts.
