@@ -84,6 +84,36 @@ impl Layers {
     }
 }
 
+/// The most variables one layer a user or a cartridge writes may hold.
+pub const MAX_LAYER_KEYS: usize = 256;
+
+/// The most bytes (names and values) one such layer may hold: the record
+/// that keeps it is rewritten at every change, and every process of the gear
+/// gets it.
+pub const MAX_LAYER_BYTES: usize = 256 * 1024;
+
+/// Whether `layer` with `changes` set in it stays within [`MAX_LAYER_KEYS`]
+/// and [`MAX_LAYER_BYTES`]; `what` names the layer in the message.
+pub fn check_room<'a>(
+    layer: &BTreeMap<String, String>,
+    changes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    what: &str,
+) -> Result<(), String> {
+    let mut next = layer.clone();
+    for (k, v) in changes {
+        next.insert(k.to_string(), v.to_string());
+    }
+    let bytes: usize = next.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if next.len() > MAX_LAYER_KEYS || bytes > MAX_LAYER_BYTES {
+        return Err(format!(
+            "{what} would hold {} variables and {bytes} bytes; a layer holds at most \
+             {MAX_LAYER_KEYS} variables and {MAX_LAYER_BYTES} bytes: unset some first",
+            next.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Check a user-supplied variable: a valid name that is not a system one.
 pub fn check_user_key(key: &str) -> Result<(), String> {
     gearhost_runtime::host::check_env_key(key).map_err(|e| e.to_string())?;
@@ -99,6 +129,22 @@ pub fn check_user_key(key: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layer_has_room_for_so_many_variables_and_bytes() {
+        let mut layer = BTreeMap::new();
+        for i in 0..MAX_LAYER_KEYS {
+            layer.insert(format!("K{i}"), "v".to_string());
+        }
+        assert!(check_room(&layer, [("K0", "changed")], "layer").is_ok());
+        let err = check_room(&layer, [("NEW", "x")], "the layer").expect_err("one too many");
+        assert!(
+            err.starts_with("the layer would hold 257 variables"),
+            "{err}"
+        );
+        let big = "x".repeat(MAX_LAYER_BYTES);
+        assert!(check_room(&BTreeMap::new(), [("BIG", big.as_str())], "layer").is_err());
+    }
 
     #[test]
     fn what_the_node_sets_is_exactly_what_users_may_not_set() {

@@ -1261,6 +1261,12 @@ impl Node {
         }
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        env::check_room(
+            &g.record().user_env,
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            "the gear's environment",
+        )
+        .map_err(invalid)?;
         g.update(&self.config, |r| {
             for (k, v) in vars {
                 r.user_env.insert(k, v);
@@ -1500,6 +1506,12 @@ impl GearHost for NodeHost {
                 "{key} is set by the node and cannot be changed by a cartridge"
             )));
         }
+        env::check_room(
+            &self.gear.record().cartridge_env,
+            [(key, value)],
+            "the cartridge's variables",
+        )
+        .map_err(HostError::Invalid)?;
         self.gear
             .update(&self.config, |r| {
                 r.cartridge_env.insert(key.into(), value.into());
