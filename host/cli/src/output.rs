@@ -39,6 +39,16 @@ pub fn error_text(e: &anyhow::Error) -> String {
     parts.join("\n  caused by: ")
 }
 
+/// For a reply that says the node changed nothing (`unchanged`), prints its
+/// note and returns true.
+pub fn print_if_unchanged(v: &serde_json::Value) -> bool {
+    let note = v["note"].as_str().filter(|_| v["unchanged"] == true);
+    if let Some(note) = note {
+        println!("{note}");
+    }
+    note.is_some()
+}
+
 /// Print `key: value` rows with the keys aligned.
 pub fn print_rows(rows: &[(&str, String)]) {
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

@@ -390,11 +390,15 @@ impl Node {
             ))
         })?;
         let port = endpoint.private_port;
-        if a.links.iter().any(|l| l.gear == d.id) {
-            return Err(ApiError::new(
-                ErrorKind::Conflict,
-                format!("gear {} is already linked to {}", a.name, d.name),
-            ));
+        if let Some(link) = a.links.iter().find(|l| l.gear == d.id) {
+            return Ok(json!({
+                "gear": a.name,
+                "to": d.name,
+                "port": link.port,
+                "env": db_manifest.publish.env,
+                "unchanged": true,
+                "note": format!("gear {} is already linked to {}; nothing was changed", a.name, d.name),
+            }));
         }
         let app_cart = self.cartridge(&a.cartridge)?;
         if let Some(own) = app_cart
@@ -484,20 +488,15 @@ impl Node {
         let _op = app.op.lock().await;
         let app = self.find(gear)?;
         let a = app.record();
-        let target = self.find(to).ok().map(|g| g.record());
-        let link = target
-            .as_ref()
-            .and_then(|t| a.links.iter().find(|l| l.gear == t.id))
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "gear {} is not linked to {}; see `gear show {}`",
-                        a.name, to.name, a.name
-                    ),
-                )
-            })?;
+        let target = self.find(to)?.record();
+        let Some(link) = a.links.iter().find(|l| l.gear == target.id).cloned() else {
+            return Ok(json!({
+                "gear": a.name,
+                "to": to.name,
+                "unchanged": true,
+                "note": format!("gear {} is not linked to {}; nothing was changed", a.name, to.name),
+            }));
+        };
         app.update(self.config(), |r| r.links.retain(|l| l.gear != link.gear))?;
         self.links.close(&a.id, &link.gear);
         app.hook_log

@@ -962,9 +962,11 @@ impl Node {
         Ok(self.gear_view(&g))
     }
 
-    /// The view of a gear an operation left as it was, with `note` saying why.
+    /// The view of a gear an operation left as it was: `unchanged` set, and
+    /// `note` saying why.
     pub(crate) fn unchanged(&self, g: &Gear, note: String) -> serde_json::Value {
         let mut view = self.gear_view(g);
+        view["unchanged"] = json!(true);
         view["note"] = json!(note);
         view
     }

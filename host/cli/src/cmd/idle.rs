@@ -22,12 +22,11 @@ pub fn idle(args: Args) -> CmdResult {
     if args.json {
         return Ok(print_json(&v)?);
     }
-    match v["note"].as_str() {
-        Some(note) => println!("{note}"),
-        None => println!(
+    if !crate::output::print_if_unchanged(&v) {
+        println!(
             "{}: idle (its next request starts it again)",
             args.gear.name
-        ),
+        );
     }
     Ok(())
 }
@@ -43,9 +42,8 @@ pub fn unidle(args: Args) -> CmdResult {
     if args.json {
         return Ok(print_json(&v)?);
     }
-    match v["note"].as_str() {
-        Some(note) => println!("{note}"),
-        None => println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?")),
+    if !crate::output::print_if_unchanged(&v) {
+        println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?"));
     }
     Ok(())
 }
