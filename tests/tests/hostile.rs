@@ -146,6 +146,7 @@ fn output_without_newlines_does_not_grow_the_node() {
         assert_eq!(code, 200);
         std::thread::sleep(Duration::from_millis(200));
     }
+    eprintln!("figures: node RSS {idle} KiB idle, at most {peak} KiB during the flood");
     assert!(
         peak <= idle + 64 * 1024,
         "the node grew from {idle} KiB to {peak} KiB while a gear wrote without newlines"
