@@ -1176,12 +1176,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_build_net_has_its_own_namespace_and_closes() {
-        if !nix::unistd::Uid::effective().is_root() {
-            assert!(
-                std::env::var("GEARHOST_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
-                "needs root"
-            );
-            eprintln!("skipped: network namespaces need root");
+        if !gearhost_sandbox::testing::privileged("network namespaces") {
             return;
         }
         let (_dir, log) = log();

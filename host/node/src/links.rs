@@ -518,15 +518,7 @@ mod tests {
     use std::io::{Read, Write};
 
     fn root() -> bool {
-        let root = nix::unistd::Uid::effective().is_root();
-        if !root {
-            assert!(
-                std::env::var("GEARHOST_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
-                "needs root"
-            );
-            eprintln!("skipped: network namespaces need root");
-        }
-        root
+        gearhost_sandbox::testing::privileged("network namespaces")
     }
 
     fn payer() -> Payer {

@@ -50,6 +50,25 @@ pub mod spec;
 mod sys;
 pub mod warm;
 
+/// For the workspace's own unit tests.
+#[doc(hidden)]
+pub mod testing {
+    /// Whether a test that needs root (`what` says for what) may run here:
+    /// without root it is skipped, unless `GEARHOST_REQUIRE_PRIVILEGED=1`
+    /// is set, when it fails.
+    pub fn privileged(what: &str) -> bool {
+        if nix::unistd::Uid::effective().is_root() {
+            return true;
+        }
+        assert!(
+            std::env::var("GEARHOST_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
+            "this test needs root ({what}) and GEARHOST_REQUIRE_PRIVILEGED=1 forbids skipping it"
+        );
+        eprintln!("skipped: needs root ({what})");
+        false
+    }
+}
+
 pub use cgroup::{CgroupError, CgroupLayout, CgroupReport, TeardownReport};
 pub use error::SandboxError;
 pub use launch::{INIT_NAME, Sandbox, Sandboxed, Signal, find_init};

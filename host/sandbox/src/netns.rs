@@ -148,18 +148,8 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    /// Whether these tests can make network namespaces here: root is needed; without it they
-    /// skip, unless `GEARHOST_REQUIRE_PRIVILEGED=1`, when they fail.
     fn may_run() -> bool {
-        if nix::unistd::Uid::effective().is_root() {
-            return true;
-        }
-        assert!(
-            std::env::var("GEARHOST_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
-            "needs root"
-        );
-        eprintln!("skipped: network namespaces need root");
-        false
+        crate::testing::privileged("network namespaces")
     }
 
     #[test]

@@ -1024,18 +1024,8 @@ mod tests {
 
     // ---- labelling and mounts: need root (a `trusted.` attribute, a mount) ----
 
-    /// Whether these tests can run: they need root; without it they skip, unless
-    /// `GEARHOST_REQUIRE_PRIVILEGED=1`, when they fail.
     fn may_run() -> bool {
-        if nix::unistd::Uid::effective().is_root() {
-            return true;
-        }
-        assert!(
-            std::env::var("GEARHOST_REQUIRE_PRIVILEGED").map_or(true, |v| v != "1"),
-            "needs root"
-        );
-        eprintln!("skipped: needs root");
-        false
+        crate::testing::privileged("a trusted. attribute, a mount")
     }
 
     const TEST_XATTR: &CStr = c"trusted.gearhost-label-test";
