@@ -652,7 +652,11 @@ fn many_hooks_run_concurrently_on_one_runtime() {
 // budget and memory cap hold, and a stuck hook holds nobody else up
 
 /// The `files` test cartridge with its budget set to `timeout`.
-fn files_cartridge(runtime: &Runtime, pkg: &Path, timeout: Duration) -> gearhost_runtime::Cartridge {
+fn files_cartridge(
+    runtime: &Runtime,
+    pkg: &Path,
+    timeout: Duration,
+) -> gearhost_runtime::Cartridge {
     let mut manifest = Manifest::load_dir(pkg).expect("manifest");
     manifest.limits.timeout = timeout;
     let wasm = std::fs::read(pkg.join("hooks.wasm")).expect("wasm");
@@ -663,7 +667,11 @@ fn files_cartridge(runtime: &Runtime, pkg: &Path, timeout: Duration) -> gearhost
 
 /// Run `f` on a thread of its own and give up after `limit`: a call that
 /// hangs fails the test instead of hanging it.
-fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
@@ -718,30 +726,38 @@ fn a_hook_blocked_opening_a_fifo_ends_at_its_budget_and_others_keep_running() {
     let dir = gear.path().to_path_buf();
 
     // one runtime thread, as in the looping test: the stuck hook must not hold it
-    let (read, write, others) = within(Duration::from_secs(20), "a hook opening a FIFO", move || {
-        rt().block_on(async {
-            let read = files.call(scratch("files", &dir), control("read", &["/gear/fifo-r"]));
-            let write = files.call(scratch("files", &dir), control("open-write", &["/gear/fifo-w"]));
-            let others = async {
-                let mut done = Vec::new();
-                for _ in 0..10 {
-                    let out = full
-                        .call(scratch("full", &dir), control("noop", &[]))
-                        .await;
-                    done.push((out.result.is_ok(), Instant::now()));
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                done
-            };
-            let started = Instant::now();
-            let (read, write, others) = tokio::join!(read, write, others);
-            (read, write, (started, others))
-        })
-    });
+    let (read, write, others) = within(
+        Duration::from_secs(20),
+        "a hook opening a FIFO",
+        move || {
+            rt().block_on(async {
+                let read = files.call(scratch("files", &dir), control("read", &["/gear/fifo-r"]));
+                let write = files.call(
+                    scratch("files", &dir),
+                    control("open-write", &["/gear/fifo-w"]),
+                );
+                let others = async {
+                    let mut done = Vec::new();
+                    for _ in 0..10 {
+                        let out = full.call(scratch("full", &dir), control("noop", &[])).await;
+                        done.push((out.result.is_ok(), Instant::now()));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    done
+                };
+                let started = Instant::now();
+                let (read, write, others) = tokio::join!(read, write, others);
+                (read, write, (started, others))
+            })
+        },
+    );
     expect_deadline(&read, budget);
     expect_deadline(&write, budget);
     let (started, others) = others;
-    assert!(others.iter().all(|(ok, _)| *ok), "a well-behaved hook failed");
+    assert!(
+        others.iter().all(|(ok, _)| *ok),
+        "a well-behaved hook failed"
+    );
     // the ten calls (and their pauses) ran while the two hooks were stuck
     assert!(
         others
@@ -768,14 +784,21 @@ fn a_cancelled_hook_blocked_on_a_fifo_ends_within_milliseconds() {
                 canceller.cancel("the test stopped it");
             });
             files
-                .call_cancellable(scratch("files", &dir), control("read", &["/gear/fifo"]), &cancel)
+                .call_cancellable(
+                    scratch("files", &dir),
+                    control("read", &["/gear/fifo"]),
+                    &cancel,
+                )
                 .await
         })
     });
     match &out.result {
         Err(e @ HookError::Cancelled { reason, .. }) => {
             assert_eq!(reason, "the test stopped it");
-            assert!(e.to_string().contains("was stopped before it finished"), "{e}");
+            assert!(
+                e.to_string().contains("was stopped before it finished"),
+                "{e}"
+            );
         }
         other => panic!("expected a cancelled hook, got {other:?}"),
     }
@@ -819,9 +842,13 @@ fn a_file_under_a_lease_does_not_hold_a_hook_past_its_budget() {
     let budget = Duration::from_millis(300);
     let files = files_cartridge(&runtime(cache.path()), pkg.path(), budget);
     let dir = gear.path().to_path_buf();
-    let out = within(Duration::from_secs(20), "a hook opening a leased file", move || {
-        rt().block_on(files.call(scratch("files", &dir), control("read", &["/gear/leased"])))
-    });
+    let out = within(
+        Duration::from_secs(20),
+        "a hook opening a leased file",
+        move || {
+            rt().block_on(files.call(scratch("files", &dir), control("read", &["/gear/leased"])))
+        },
+    );
     let _ = holder.kill();
     let _ = holder.wait();
     expect_deadline(&out, budget);
@@ -844,7 +871,11 @@ fn sockets_and_symlink_loops_fail_at_once() {
         assert_eq!(code, "io");
         assert!(message.contains(kind), "{path}: {message}");
         assert!(!message.contains("Interrupted"), "{path}: {message}");
-        assert!(out.elapsed < Duration::from_secs(1), "{path}: {:?}", out.elapsed);
+        assert!(
+            out.elapsed < Duration::from_secs(1),
+            "{path}: {:?}",
+            out.elapsed
+        );
     }
 }
 
@@ -860,19 +891,28 @@ fn a_sparse_terabyte_file_is_held_by_the_memory_cap_and_the_budget() {
     let files = files_cartridge(&runtime(cache.path()), pkg.path(), budget);
     let rt = rt();
     // into memory by its size: the reservation fails at once, in the guest
-    let read = rt.block_on(files.call(scratch("files", gear.path()), control("read", &["/gear/huge"])));
+    let read = rt.block_on(files.call(
+        scratch("files", gear.path()),
+        control("read", &["/gear/huge"]),
+    ));
     let (code, message) = failed_code(&read);
     assert_eq!(code, "io");
     assert!(message.starts_with("OutOfMemory"), "{message}");
     // into memory as it comes: stopped at the cap (32 MiB)
-    let slurp = rt.block_on(files.call(scratch("files", gear.path()), control("slurp", &["/gear/huge"])));
+    let slurp = rt.block_on(files.call(
+        scratch("files", gear.path()),
+        control("slurp", &["/gear/huge"]),
+    ));
     assert!(
         matches!(slurp.result, Err(HookError::MemoryLimitExceeded { limit, .. }) if limit == 32 << 20),
         "{:?}",
         slurp.result
     );
     // read through, keeping nothing: stopped at the budget
-    let scan = rt.block_on(files.call(scratch("files", gear.path()), control("scan", &["/gear/huge"])));
+    let scan = rt.block_on(files.call(
+        scratch("files", gear.path()),
+        control("scan", &["/gear/huge"]),
+    ));
     expect_deadline(&scan, budget);
 }
 
@@ -887,7 +927,10 @@ fn a_device_that_never_ends_is_held_by_the_memory_cap() {
     // the same device as /dev/zero: endless, and of size 0
     sh(&format!("mknod {}/zero c 1 5", gear.path().display()));
     let files = files_cartridge(&runtime(cache.path()), pkg.path(), Duration::from_secs(5));
-    let out = rt().block_on(files.call(scratch("files", gear.path()), control("read", &["/gear/zero"])));
+    let out = rt().block_on(files.call(
+        scratch("files", gear.path()),
+        control("read", &["/gear/zero"]),
+    ));
     assert!(
         matches!(out.result, Err(HookError::MemoryLimitExceeded { .. })),
         "{:?}",
@@ -904,18 +947,29 @@ fn a_huge_directory_is_listed_as_the_hook_reads_it() {
     std::fs::create_dir(&many).expect("dir");
     let n = 200_000;
     for i in 0..n {
-        std::fs::File::create(many.join(format!("entry-with-a-longish-name-{i:08}"))).expect("create");
+        std::fs::File::create(many.join(format!("entry-with-a-longish-name-{i:08}")))
+            .expect("create");
     }
     let runtime = runtime(cache.path());
     let files = files_cartridge(&runtime, pkg.path(), Duration::from_secs(20));
     let rt = rt();
     // all of it, one entry at a time
-    let count = rt.block_on(files.call(scratch("files", gear.path()), control("count", &["/gear/many"])));
+    let count = rt.block_on(files.call(
+        scratch("files", gear.path()),
+        control("count", &["/gear/many"]),
+    ));
     assert_eq!(ok(&count), format!("{n} entries"));
     // the first entry does not wait for the rest: the host does not read
     // (and keep) the whole directory before the hook sees one entry
-    let first = rt.block_on(files.call(scratch("files", gear.path()), control("first", &["/gear/many"])));
-    assert!(ok(&first).starts_with("entry-with-a-longish-name-"), "{:?}", first.result);
+    let first = rt.block_on(files.call(
+        scratch("files", gear.path()),
+        control("first", &["/gear/many"]),
+    ));
+    assert!(
+        ok(&first).starts_with("entry-with-a-longish-name-"),
+        "{:?}",
+        first.result
+    );
     assert!(
         first.elapsed < Duration::from_millis(60),
         "the first entry of {n} took {:?}",
@@ -924,7 +978,10 @@ fn a_huge_directory_is_listed_as_the_hook_reads_it() {
     // and a listing that takes too long ends at the budget
     let budget = Duration::from_millis(20);
     let short = files_cartridge(&runtime, pkg.path(), budget);
-    let out = rt.block_on(short.call(scratch("files", gear.path()), control("count", &["/gear/many"])));
+    let out = rt.block_on(short.call(
+        scratch("files", gear.path()),
+        control("count", &["/gear/many"]),
+    ));
     expect_deadline(&out, budget);
 }
 
@@ -949,8 +1006,15 @@ fn a_tree_deeper_than_a_path_can_be_ends_in_an_error() {
         .expect("python3");
     assert!(status.success());
     let files = files_cartridge(&runtime(cache.path()), pkg.path(), Duration::from_secs(10));
-    let out = within(Duration::from_secs(30), "a walk of a deep tree", move || {
-        rt().block_on(files.call(scratch("files", gear.path()), control("walk", &["/gear/deep"])))
-    });
+    let out = within(
+        Duration::from_secs(30),
+        "a walk of a deep tree",
+        move || {
+            rt().block_on(files.call(
+                scratch("files", gear.path()),
+                control("walk", &["/gear/deep"]),
+            ))
+        },
+    );
     println!("{:?} after {:?}", out.result, out.elapsed);
 }

@@ -16,6 +16,7 @@ pub mod idle;
 pub mod links;
 pub mod logs;
 pub mod node;
+mod oplock;
 pub mod procs;
 mod proxy;
 pub mod server;

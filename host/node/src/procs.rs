@@ -167,6 +167,41 @@ fn tear_down(child: Sandboxed) {
     });
 }
 
+/// A child that is killed and torn down if it is dropped before [`TearDownOnDrop::disarm`].
+struct TearDownOnDrop(Option<Sandboxed>);
+
+impl TearDownOnDrop {
+    fn disarm(mut self) -> Sandboxed {
+        self.0.take().expect("armed until disarmed")
+    }
+}
+
+impl std::ops::Deref for TearDownOnDrop {
+    type Target = Sandboxed;
+    fn deref(&self) -> &Sandboxed {
+        self.0.as_ref().expect("armed until disarmed")
+    }
+}
+
+impl std::ops::DerefMut for TearDownOnDrop {
+    fn deref_mut(&mut self) -> &mut Sandboxed {
+        self.0.as_mut().expect("armed until disarmed")
+    }
+}
+
+impl Drop for TearDownOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take() {
+            let _ = child.kill(gearhost_sandbox::Signal::Kill);
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tear_down(child);
+            } else if let Err(e) = child.teardown() {
+                tracing::warn!(error = %e, "gear process teardown left something behind");
+            }
+        }
+    }
+}
+
 fn pipe_reader(file: std::fs::File) -> Option<tokio::net::unix::pipe::Receiver> {
     tokio::net::unix::pipe::Receiver::from_file(file).ok()
 }
@@ -189,7 +224,8 @@ pub async fn exec(
     };
     spec.stdio.stdout = Stdio::Piped;
     spec.stdio.stderr = Stdio::Piped;
-    let mut child = spawn_blocking_sandbox(spec).await?;
+    // killed if this future is dropped first (the hook that asked was cancelled)
+    let mut child = TearDownOnDrop(Some(spawn_blocking_sandbox(spec).await?));
     let stdin = child.take_stdin();
     let stdout = child.take_stdout().and_then(pipe_reader);
     let stderr = child.take_stderr().and_then(pipe_reader);
@@ -220,6 +256,7 @@ pub async fn exec(
         Ok::<_, HostError>((status, out, err))
     })
     .await;
+    let child = child.disarm();
     match result {
         Ok(Ok((status, stdout, stderr))) => {
             tear_down(child);

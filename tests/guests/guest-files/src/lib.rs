@@ -45,8 +45,15 @@ fn walk(dir: &Path, depth: usize, stats: &mut (usize, u64)) -> std::io::Result<(
 }
 
 impl Cartridge for Files {
-    const ACTIONS: &'static [&'static str] =
-        &["read", "slurp", "scan", "open-write", "first", "count", "walk"];
+    const ACTIONS: &'static [&'static str] = &[
+        "read",
+        "slurp",
+        "scan",
+        "open-write",
+        "first",
+        "count",
+        "walk",
+    ];
 
     fn control(&self, action: &str, args: &[String]) -> Result<String> {
         let path = args
