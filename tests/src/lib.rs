@@ -176,7 +176,27 @@ pub struct TestNode {
     /// The node's cgroup subtree.
     pub subtree: String,
     child: std::process::Child,
+    /// A command the node runs under (`prlimit ...`, a mount namespace of
+    /// its own); empty for none.
+    wrapper: Vec<String>,
 }
+
+/// A wrapper for [`TestNode::start_wrapped`]: the node runs in a mount
+/// namespace of its own whose `/` has shared propagation, as on a systemd
+/// host (`/` of this machine is private): the namespace stands for the
+/// host's, and what the node's work leaves in it shows in its table
+/// (`/proc/<node pid>/mountinfo`).
+pub const ON_SHARED_PROPAGATION: &[&str] = &[
+    "unshare",
+    "--mount",
+    "--propagation",
+    "unchanged",
+    "sh",
+    "-c",
+    // private first: a copy of a shared table would stay a peer of the
+    // test's own, and other tests' mounts would come and go in it
+    "mount --make-rprivate / && mount --make-rshared / && exec \"$0\" \"$@\"",
+];
 
 impl TestNode {
     /// Start a node whose uids start at `uid_min` (give each test its own
@@ -187,6 +207,22 @@ impl TestNode {
 
     /// Start a node with `uid_count` uids from `uid_min` (for more than 200 gears).
     pub fn start_with_uids(uid_min: u32, uid_count: u32, extra_gears_config: &str) -> TestNode {
+        Self::start_full(uid_min, uid_count, extra_gears_config, &[])
+    }
+
+    /// Start a node (uids from `uid_min`, 200 of them) that runs under
+    /// `wrapper`, a command that ends by executing its arguments (so the
+    /// node's pid is the wrapper's): [`ON_SHARED_PROPAGATION`], `prlimit ...`.
+    pub fn start_wrapped(uid_min: u32, extra_gears_config: &str, wrapper: &[&str]) -> TestNode {
+        Self::start_full(uid_min, 200, extra_gears_config, wrapper)
+    }
+
+    fn start_full(
+        uid_min: u32,
+        uid_count: u32,
+        extra_gears_config: &str,
+        wrapper: &[&str],
+    ) -> TestNode {
         let dir = tempfile::Builder::new()
             .prefix("gearhost-node-")
             .tempdir()
@@ -202,7 +238,8 @@ impl TestNode {
         );
         let config_path = dir.path().join("node.toml");
         std::fs::write(&config_path, config).expect("config");
-        let child = Self::spawn_node(dir.path());
+        let wrapper: Vec<String> = wrapper.iter().map(|w| w.to_string()).collect();
+        let child = Self::spawn_node(dir.path(), &wrapper);
         let mut node = TestNode {
             dir,
             socket,
@@ -210,18 +247,27 @@ impl TestNode {
             metrics: "127.0.0.1:0".parse().expect("addr"),
             subtree,
             child,
+            wrapper,
         };
         node.wait_up();
         node
     }
 
-    fn spawn_node(dir: &Path) -> std::process::Child {
+    fn spawn_node(dir: &Path, wrapper: &[String]) -> std::process::Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("node.log"))
             .expect("log");
-        Command::new(gear_bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(gear_bin());
+                c
+            }
+            None => Command::new(gear_bin()),
+        };
+        command
             .args(["node", "run", "--config"])
             .arg(dir.join("node.toml"))
             .stdout(log.try_clone().expect("log"))
@@ -235,7 +281,7 @@ impl TestNode {
     pub fn kill9_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        self.child = Self::spawn_node(self.dir.path());
+        self.child = Self::spawn_node(self.dir.path(), &self.wrapper);
         self.wait_up();
     }
 
@@ -379,6 +425,11 @@ impl TestNode {
     /// The node process's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the node is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// The node's state directory.
@@ -582,4 +633,32 @@ pub fn assert_on_own_terminal(text: &str) {
         lines.iter().any(|l| l.starts_with('S') && l.contains('+')),
         "in the foreground of its own terminal: {text:?}"
     );
+}
+
+/// Node configuration for tests whose builds fetch packages (pip, npm): a
+/// `[build]` section whose `egress-allow` lists the addresses the package
+/// indexes resolve to on this machine, so a build reaches them through the
+/// node's egress proxy even where they are served from a range the proxy
+/// refuses by default (a lab that serves them from a documentation range).
+/// Public addresses need no listing but do no harm; loopback ones are left
+/// out (no setting opens them). Empty when no index resolves. Append it to
+/// the `extra_gears_config` of [`TestNode::start`].
+pub fn package_index_egress() -> String {
+    use std::net::ToSocketAddrs;
+    let mut addrs: Vec<std::net::IpAddr> = Vec::new();
+    for host in ["pypi.org", "files.pythonhosted.org", "registry.npmjs.org"] {
+        if let Ok(found) = (host, 443).to_socket_addrs() {
+            for a in found {
+                let ip = a.ip().to_canonical();
+                if !ip.is_loopback() && !ip.is_unspecified() && !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+        }
+    }
+    if addrs.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = addrs.iter().map(|a| format!("\"{a}\"")).collect();
+    format!("\n[build]\negress-allow = [{}]\n", list.join(", "))
 }

@@ -60,7 +60,13 @@ fn python_runs_a_plain_app_and_a_wsgi_app_with_requirements() {
     if !privileged("the node creates namespaces, cgroups and uids") {
         return;
     }
-    let node = TestNode::start(62000, "start-timeout = \"5s\"");
+    let node = TestNode::start(
+        62000,
+        &format!(
+            "start-timeout = \"5s\"{}",
+            gearhost_tests::package_index_egress()
+        ),
+    );
     let _python = install(&node, "python-cartridge");
 
     // app.py, standard library only

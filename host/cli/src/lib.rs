@@ -10,6 +10,7 @@
 //! | 2 | the command line is wrong (clap's usage errors) |
 //! | 3 | the input is invalid (a manifest, a component, a name) |
 //! | 4 | the environment is missing something (no node, no permission, a kernel feature) |
+//! | 141 | the reader of its standard output went away (as SIGPIPE would end it) |
 
 #![forbid(unsafe_code)]
 
@@ -17,6 +18,25 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+/// Standard output for every command, in place of std's `print!`: a reader that went away
+/// (`gear status | head`) ends `gear` quietly with status 141, as the default action of
+/// SIGPIPE would, instead of a panic. Defined before the modules so that theirs are these.
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
+/// [`print!`] with a newline.
+macro_rules! println {
+    () => {
+        $crate::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 pub mod client;
 pub mod cmd;

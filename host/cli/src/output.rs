@@ -1,7 +1,23 @@
 //! Output helpers shared by subcommands: JSON for machines, aligned text for
 //! people.
 
+use std::io::Write;
+
 use serde::Serialize;
+
+/// Writes to standard output (what the crate's `print!` and `println!` expand to). When the
+/// reader has gone away, `gear` exits at once with status 141 (128 + SIGPIPE), which is what
+/// shells expect of a writer cut off by `head`; any other write error is reported the same way
+/// std's `print!` reports it.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        panic!("failed printing to stdout: {e}");
+    }
+}
 
 /// Print `value` as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -21,6 +37,16 @@ pub fn error_text(e: &anyhow::Error) -> String {
         }
     }
     parts.join("\n  caused by: ")
+}
+
+/// For a reply that says the node changed nothing (`unchanged`), prints its
+/// note and returns true.
+pub fn print_if_unchanged(v: &serde_json::Value) -> bool {
+    let note = v["note"].as_str().filter(|_| v["unchanged"] == true);
+    if let Some(note) = note {
+        println!("{note}");
+    }
+    note.is_some()
 }
 
 /// Print `key: value` rows with the keys aligned.

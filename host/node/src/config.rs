@@ -72,6 +72,9 @@ pub struct NodeConfig {
     pub hook_memory: u64,
     /// Whether builds may ever use the network (the manifest must also ask).
     pub build_network: bool,
+    /// How builds that may use the network reach it, and where they may
+    /// connect (`[build]`).
+    pub build_egress: crate::egress::EgressConfig,
     /// Log files are rotated at this size.
     pub log_max_bytes: u64,
     /// Rotated log files kept.
@@ -84,6 +87,9 @@ pub struct NodeConfig {
     pub start_timeout: Duration,
     /// Gear helpers kept prepared and waiting for a start (0: none; see `gearhost_sandbox::warm`).
     pub warm_helpers: usize,
+    /// Connections one gear may hold open through the node at once (its
+    /// door to the frontend and its links), `gears.max-connections`.
+    pub gear_max_connections: usize,
 }
 
 /// A configuration that cannot be used.
@@ -115,6 +121,8 @@ struct RawConfig {
     http: RawHttp,
     #[serde(default)]
     hooks: RawHooks,
+    #[serde(default)]
+    build: RawBuild,
     #[serde(default)]
     logs: RawLogs,
 }
@@ -151,6 +159,12 @@ struct RawGears {
     idle_timeout: String,
     #[serde(default = "default_warm_helpers")]
     warm_helpers: usize,
+    #[serde(default = "default_max_connections")]
+    max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    256
 }
 
 fn default_warm_helpers() -> usize {
@@ -265,6 +279,38 @@ fn default_hook_memory() -> String {
 }
 fn default_true() -> bool {
     true
+}
+
+/// `[build]`: the network of builds whose cartridge may use it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBuild {
+    #[serde(default = "default_egress")]
+    egress: String,
+    #[serde(default)]
+    egress_allow: Vec<String>,
+    #[serde(default)]
+    egress_deny: Vec<String>,
+    #[serde(default = "default_egress_connections")]
+    egress_connections: usize,
+}
+
+impl Default for RawBuild {
+    fn default() -> Self {
+        RawBuild {
+            egress: default_egress(),
+            egress_allow: Vec::new(),
+            egress_deny: Vec::new(),
+            egress_connections: default_egress_connections(),
+        }
+    }
+}
+
+fn default_egress() -> String {
+    "proxy".into()
+}
+fn default_egress_connections() -> usize {
+    32
 }
 
 #[derive(Deserialize)]
@@ -431,6 +477,40 @@ impl NodeConfig {
                 "give at most 256 (one per core is the most that helps), or 0 for half the cores",
             ));
         }
+        let build_egress = {
+            use crate::egress::{EgressConfig, EgressMode, policy::parse_list};
+            let b = &raw.build;
+            let mode = match b.egress.as_str() {
+                "proxy" => EgressMode::Proxy,
+                "none" => EgressMode::None,
+                other => {
+                    return Err(err(
+                        format!("`build.egress` is {other:?}"),
+                        "use \"proxy\" (builds reach the network through the node's egress proxy) or \"none\" (builds get no network)",
+                    ));
+                }
+            };
+            let list = |field: &str, entries: &[String], allow: bool| {
+                parse_list(field, entries, allow).map_err(|problem| {
+                    err(
+                        problem,
+                        "list address blocks such as \"10.1.2.0/24\" or \"fd12:3456::/48\" (see docs/operator-guide.md, build egress)",
+                    )
+                })
+            };
+            if b.egress_connections == 0 || b.egress_connections > 4096 {
+                return Err(err(
+                    format!("`build.egress-connections` is {}", b.egress_connections),
+                    "give the connections one build may have open at once, from 1 to 4096 (32 is plenty for pip and npm)",
+                ));
+            }
+            EgressConfig {
+                mode,
+                allow: list("build.egress-allow", &b.egress_allow, true)?,
+                deny: list("build.egress-deny", &b.egress_deny, false)?,
+                connections: b.egress_connections,
+            }
+        };
         let frontend_workers = match raw.http.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
             n => n,
@@ -460,10 +540,12 @@ impl NodeConfig {
             crash_window: duration("gears.crash-window", &g.crash_window)?,
             start_timeout: duration("gears.start-timeout", &g.start_timeout)?,
             warm_helpers: g.warm_helpers,
+            gear_max_connections: g.max_connections,
             hook_timeout: duration("hooks.max-timeout", &raw.hooks.max_timeout)?,
             build_timeout: duration("hooks.max-build-timeout", &raw.hooks.max_build_timeout)?,
             hook_memory: size("hooks.max-memory", &raw.hooks.max_memory)?,
             build_network: raw.hooks.build_network,
+            build_egress,
             log_max_bytes: size("logs.max-size", &raw.logs.max_size)?,
             log_keep: raw.logs.keep,
         })
@@ -555,6 +637,56 @@ mod tests {
         ] {
             let e = NodeConfig::parse(&format!("{BASE}{bad}"), "x").expect_err(bad);
             assert!(e.to_string().contains(named), "{e}");
+        }
+    }
+
+    #[test]
+    fn build_egress_has_defaults_and_is_checked() {
+        use crate::egress::{Cidr, EgressMode};
+        let gears = "[gears]\nuid-min = 2000\nuid-max = 3000\n";
+        let c = NodeConfig::parse(&format!("{BASE}{gears}"), "x").expect("defaults");
+        assert_eq!(c.build_egress.mode, EgressMode::Proxy);
+        assert!(c.build_egress.allow.is_empty() && c.build_egress.deny.is_empty());
+        assert_eq!(c.build_egress.connections, 32);
+        assert_eq!(NodeConfig::embedded().build_egress, c.build_egress);
+        let c = NodeConfig::parse(
+            &format!(
+                "{BASE}{gears}[build]\negress = \"proxy\"\negress-allow = [\"10.1.2.0/24\", \"fd12:3456::/48\"]\n\
+                 egress-deny = [\"203.0.113.7\"]\negress-connections = 8\n"
+            ),
+            "x",
+        )
+        .expect("set");
+        assert_eq!(
+            c.build_egress.allow,
+            [
+                Cidr::parse("10.1.2.0/24").expect("cidr"),
+                Cidr::parse("fd12:3456::/48").expect("cidr")
+            ]
+        );
+        assert_eq!(
+            c.build_egress.deny,
+            [Cidr::parse("203.0.113.7/32").expect("cidr")]
+        );
+        assert_eq!(c.build_egress.connections, 8);
+        let c = NodeConfig::parse(&format!("{BASE}{gears}[build]\negress = \"none\"\n"), "x")
+            .expect("none");
+        assert_eq!(c.build_egress.mode, EgressMode::None);
+        for (bad, named) in [
+            ("egress = \"direct\"", "`build.egress` is \"direct\""),
+            ("egress-allow = [\"10.1.2.0/33\"]", "`build.egress-allow`"),
+            ("egress-allow = [\"10.1.2.5/24\"]", "write 10.1.2.0/24"),
+            ("egress-deny = [\"mirror.lan\"]", "`build.egress-deny`"),
+            ("egress-allow = [\"127.0.0.1\"]", "never reach"),
+            ("egress-connections = 0", "egress-connections"),
+            ("egress-allow = \"10.0.0.0/8\"", "egress-allow"),
+            ("egres = \"none\"", "egres"),
+        ] {
+            let e = NodeConfig::parse(&format!("{BASE}{gears}[build]\n{bad}\n"), "x")
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains(named), "{bad}: {e}");
+            assert!(e.contains("help:"), "{e}");
         }
     }
 }

@@ -48,8 +48,14 @@ pub fn system_layer(
     set("HOME", GEAR_HOME.into());
     set("PATH", GEAR_PATH.into());
     set("USER", gear.name.clone());
-    set("LANG", "C.UTF-8".into());
     env
+}
+
+/// What a gear's environment holds unless a layer says otherwise: a locale
+/// is a preference, not the node's to enforce, so `gear env set LANG=...`
+/// takes effect.
+fn defaults() -> BTreeMap<String, String> {
+    BTreeMap::from([("LANG".to_string(), "C.UTF-8".to_string())])
 }
 
 /// The effective environment, by layer.
@@ -66,9 +72,11 @@ pub struct Layers {
 }
 
 impl Layers {
-    /// Merge: linked over cartridge, user over both, system over all.
+    /// Merge: the node's defaults, cartridge over them, linked over
+    /// cartridge, user over those, system over all.
     pub fn effective(&self) -> BTreeMap<String, String> {
-        let mut env = self.cartridge.clone();
+        let mut env = defaults();
+        env.extend(self.cartridge.clone());
         env.extend(self.linked.clone());
         env.extend(self.user.clone());
         env.extend(self.system.clone());
@@ -76,12 +84,43 @@ impl Layers {
     }
 }
 
+/// The most variables one layer a user or a cartridge writes may hold.
+pub const MAX_LAYER_KEYS: usize = 256;
+
+/// The most bytes (names and values) one such layer may hold: the record
+/// that keeps it is rewritten at every change, and every process of the gear
+/// gets it.
+pub const MAX_LAYER_BYTES: usize = 256 * 1024;
+
+/// Whether `layer` with `changes` set in it stays within [`MAX_LAYER_KEYS`]
+/// and [`MAX_LAYER_BYTES`]; `what` names the layer in the message.
+pub fn check_room<'a>(
+    layer: &BTreeMap<String, String>,
+    changes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    what: &str,
+) -> Result<(), String> {
+    let mut next = layer.clone();
+    for (k, v) in changes {
+        next.insert(k.to_string(), v.to_string());
+    }
+    let bytes: usize = next.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if next.len() > MAX_LAYER_KEYS || bytes > MAX_LAYER_BYTES {
+        return Err(format!(
+            "{what} would hold {} variables and {bytes} bytes; a layer holds at most \
+             {MAX_LAYER_KEYS} variables and {MAX_LAYER_BYTES} bytes: unset some first",
+            next.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Check a user-supplied variable: a valid name that is not a system one.
 pub fn check_user_key(key: &str) -> Result<(), String> {
     gearhost_runtime::host::check_env_key(key).map_err(|e| e.to_string())?;
     if is_system_key(key) {
         return Err(format!(
-            "{key} is set by the node and cannot be overridden; pick a name without the GEAR_ prefix"
+            "{key} is set by the node (GEAR_*, PATH, HOME, USER, LOGNAME, HOSTNAME are) and \
+             cannot be overridden; choose another name"
         ));
     }
     Ok(())
@@ -90,6 +129,53 @@ pub fn check_user_key(key: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layer_has_room_for_so_many_variables_and_bytes() {
+        let mut layer = BTreeMap::new();
+        for i in 0..MAX_LAYER_KEYS {
+            layer.insert(format!("K{i}"), "v".to_string());
+        }
+        assert!(check_room(&layer, [("K0", "changed")], "layer").is_ok());
+        let err = check_room(&layer, [("NEW", "x")], "the layer").expect_err("one too many");
+        assert!(
+            err.starts_with("the layer would hold 257 variables"),
+            "{err}"
+        );
+        let big = "x".repeat(MAX_LAYER_BYTES);
+        assert!(check_room(&BTreeMap::new(), [("BIG", big.as_str())], "layer").is_err());
+    }
+
+    #[test]
+    fn what_the_node_sets_is_exactly_what_users_may_not_set() {
+        let record: GearRecord = serde_json::from_value(serde_json::json!({
+            "version": 1, "id": "0123456789abcdef", "name": "web", "namespace": "team",
+            "cartridge": "python", "uid": 61000, "mcs_level": "s0:c1,c2", "created": 0,
+            "desired": "stopped", "state": "new", "failure": null, "cartridge_env": {},
+            "user_env": {}, "deployments": [], "active": null, "next_deployment": 1
+        }))
+        .expect("record");
+        for key in system_layer(&record, Some(8080), "localhost").keys() {
+            assert!(
+                check_user_key(key).is_err(),
+                "{key} is set by the node but accepted"
+            );
+        }
+        // a default is not a system key: the user's value takes effect
+        assert!(check_user_key("LANG").is_ok());
+        let layers = Layers {
+            system: system_layer(&record, Some(8080), "localhost"),
+            cartridge: BTreeMap::new(),
+            linked: BTreeMap::new(),
+            user: map(&[("LANG", "de_DE.UTF-8")]),
+        };
+        assert_eq!(layers.effective()["LANG"], "de_DE.UTF-8");
+        let without = Layers {
+            user: BTreeMap::new(),
+            ..layers
+        };
+        assert_eq!(without.effective()["LANG"], "C.UTF-8");
+    }
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

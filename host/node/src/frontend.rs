@@ -328,8 +328,9 @@ pub struct Frontend {
     next_worker: AtomicUsize,
 }
 
-/// A connection accepted for a frontend worker, with its peer's address.
-type Accepted = (std::net::TcpStream, SocketAddr);
+/// A connection accepted for a frontend worker, with its peer's address and,
+/// for one a gear opened at its door, its place in the gear's connections.
+type Accepted = (std::net::TcpStream, SocketAddr, Option<crate::conns::Slot>);
 type WorkerQueue = tokio::sync::mpsc::UnboundedSender<Accepted>;
 
 impl Frontend {
@@ -574,13 +575,13 @@ pub fn start_workers(node: &Arc<Node>, listener: std::net::TcpListener) -> std::
                             ),
                         }
                     }
-                    while let Some((stream, peer)) = rx.recv().await {
+                    while let Some((stream, peer, slot)) = rx.recv().await {
                         let stream = stream
                             .set_nonblocking(true)
                             .and_then(|()| TcpStream::from_std(stream));
                         match stream {
                             Ok(stream) => {
-                                tokio::spawn(serve_connection(node.clone(), stream, peer));
+                                tokio::spawn(serve_connection(node.clone(), stream, peer, slot));
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "a frontend worker cannot take a connection")
@@ -596,8 +597,8 @@ pub fn start_workers(node: &Arc<Node>, listener: std::net::TcpListener) -> std::
             let node = node.clone();
             move || loop {
                 match listener.accept() {
-                    Ok(connection) => {
-                        if node.frontend.dispatch(connection).is_err() {
+                    Ok((stream, peer)) => {
+                        if node.frontend.dispatch((stream, peer, None)).is_err() {
                             tracing::error!("every frontend worker is gone");
                             return;
                         }
@@ -635,7 +636,7 @@ pub async fn open_door(node: &Arc<Node>, gear: &Arc<Gear>) {
     .and_then(TcpListener::from_std);
     match listener {
         Ok(listener) => {
-            let task = tokio::spawn(accept_loop(node.clone(), listener));
+            let task = tokio::spawn(accept_loop(node.clone(), listener, gear.clone()));
             if let Some(old) = lock(&gear.front.door).replace(task.abort_handle()) {
                 old.abort();
             }
@@ -653,7 +654,9 @@ pub async fn open_door(node: &Arc<Node>, gear: &Arc<Gear>) {
 
 /// Accepts connections at a gear's door and hands them to the frontend's
 /// workers, like the host's listener does (served here when there is none).
-async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
+/// Each counts against the gear's connections (`crate::conns`); one over
+/// the bounds is closed at once.
+async fn accept_loop(node: Arc<Node>, listener: TcpListener, gear: Arc<Gear>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -664,17 +667,29 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
                 continue;
             }
         };
+        let slot = match node.admission.admit(&gear.conns) {
+            Ok(slot) => slot,
+            Err((why, first)) => {
+                if first {
+                    gear.hook_log.line(
+                        "frontend[node]",
+                        &format!("closed a connection at the door: {why}"),
+                    );
+                }
+                continue;
+            }
+        };
         let back = match stream.into_std() {
-            Ok(stream) => node.frontend.dispatch((stream, peer)),
+            Ok(stream) => node.frontend.dispatch((stream, peer, Some(slot))),
             Err(e) => {
                 tracing::warn!(error = %e, "frontend cannot take a connection at a gear's door");
                 continue;
             }
         };
-        if let Err((stream, peer)) = back {
+        if let Err((stream, peer, slot)) = back {
             match TcpStream::from_std(stream) {
                 Ok(stream) => {
-                    tokio::spawn(serve_connection(node.clone(), stream, peer));
+                    tokio::spawn(serve_connection(node.clone(), stream, peer, slot));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "frontend cannot take a connection at a gear's door")
@@ -684,13 +699,20 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
     }
 }
 
-/// Serve one client connection to its end, counted.
-async fn serve_connection(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
+/// Serve one client connection to its end, counted (and, for a gear's,
+/// holding its place among the gear's connections until then).
+async fn serve_connection(
+    node: Arc<Node>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: Option<crate::conns::Slot>,
+) {
     let front = &node.frontend;
     front.connections.fetch_add(1, Ordering::Relaxed);
     front.connections_total.fetch_add(1, Ordering::Relaxed);
     connection(&node, stream, peer).await;
     node.frontend.connections.fetch_sub(1, Ordering::Relaxed);
+    drop(slot);
 }
 
 /// Polls `fut` once: its output if it is ready at once, else `None` (it can

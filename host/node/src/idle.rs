@@ -149,7 +149,12 @@ impl Node {
             return Err(ApiError::new(ErrorKind::Conflict, why));
         }
         match g.state() {
-            GearState::Idle => {}
+            GearState::Idle => {
+                return Ok(self.unchanged(
+                    &g,
+                    format!("gear {} is already idle; nothing was changed", gear.name),
+                ));
+            }
             GearState::Running => self.idle_locked(&g, "asked by `gear idle`").await?,
             other => {
                 return Err(ApiError::new(
@@ -174,7 +179,12 @@ impl Node {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         match g.state() {
-            GearState::Running => {}
+            GearState::Running => {
+                return Ok(self.unchanged(
+                    &g,
+                    format!("gear {} is already running; nothing was changed", gear.name),
+                ));
+            }
             GearState::Idle => self.start_locked(&g, progress).await?,
             other => {
                 return Err(invalid(format!(

@@ -1,7 +1,8 @@
 //! The Gearhost node: the one long-running process that owns all gear state.
 //! It serves the node API on a unix socket ([`server`]), runs cartridge hooks
 //! against real gears ([`node`]), supervises gear processes ([`procs`]),
-//! captures their logs ([`logs`]), proxies links between gears ([`links`]),
+//! captures their logs ([`logs`]), proxies links between gears ([`links`])
+//! and the network of builds ([`egress`]),
 //! routes HTTP to gears ([`frontend`], with [`alias`]es), idles and wakes
 //! them ([`idle`]) and keeps state on disk atomically ([`state`]).
 
@@ -10,6 +11,8 @@
 pub mod alias;
 pub mod api;
 pub mod config;
+pub mod conns;
+pub mod egress;
 pub mod env;
 pub mod frontend;
 pub mod idle;

@@ -101,14 +101,35 @@ impl Links {
     }
 }
 
+/// The gear a proxy's connections count against (the one it listens in:
+/// see [`crate::conns`]), and where a refusal is logged.
+#[derive(Debug)]
+pub(crate) struct Payer {
+    pub admission: Arc<crate::conns::Admission>,
+    pub gear: Arc<crate::conns::GearConnections>,
+    pub log: Option<crate::logs::LogFile>,
+}
+
+impl Payer {
+    fn of(node: &Node, gear: &Gear) -> Payer {
+        Payer {
+            admission: node.admission.clone(),
+            gear: gear.conns.clone(),
+            log: Some(gear.hook_log.clone()),
+        }
+    }
+}
+
 /// Listen on `127.0.0.1:port` inside `from_netns` and forward every
-/// connection to `127.0.0.1:port` inside `to_netns`.
+/// connection to `127.0.0.1:port` inside `to_netns`, each counted against
+/// `payer`'s connections.
 async fn open_proxy(
     from_name: &str,
     from_netns: PathBuf,
     to_name: &str,
     to_netns: PathBuf,
     port: u16,
+    payer: Payer,
 ) -> Result<Proxy, LinkError> {
     let listen_err = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::AddrInUse {
@@ -135,7 +156,7 @@ async fn open_proxy(
     let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
     let (stop, stopped) = watch::channel(());
     let label = format!("{from_name}->{to_name}:{port}");
-    let task = tokio::spawn(accept_loop(listener, to_netns, port, stopped, label));
+    let task = tokio::spawn(accept_loop(listener, to_netns, port, stopped, label, payer));
     Ok(Proxy { _stop: stop, task })
 }
 
@@ -145,14 +166,28 @@ async fn accept_loop(
     port: u16,
     stopped: watch::Receiver<()>,
     label: String,
+    payer: Payer,
 ) {
     loop {
         match listener.accept().await {
             Ok((client, _)) => {
+                let slot = match payer.admission.admit(&payer.gear) {
+                    Ok(slot) => slot,
+                    Err((why, first)) => {
+                        if first && let Some(log) = &payer.log {
+                            log.line(
+                                "link[node]",
+                                &format!("closed a connection to {label}: {why}"),
+                            );
+                        }
+                        continue;
+                    }
+                };
                 let to_netns = to_netns.clone();
                 let mut stopped = stopped.clone();
                 let label = label.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     tokio::select! {
                         r = forward(client, to_netns, port) => {
                             if let Err(e) = r {
@@ -303,6 +338,7 @@ impl Node {
                     &t.name,
                     target.paths.netns(),
                     link.port,
+                    Payer::of(self, g),
                 )
                 .await
                 {
@@ -351,11 +387,15 @@ impl Node {
             ))
         })?;
         let port = endpoint.private_port;
-        if a.links.iter().any(|l| l.gear == d.id) {
-            return Err(ApiError::new(
-                ErrorKind::Conflict,
-                format!("gear {} is already linked to {}", a.name, d.name),
-            ));
+        if let Some(link) = a.links.iter().find(|l| l.gear == d.id) {
+            return Ok(json!({
+                "gear": a.name,
+                "to": d.name,
+                "port": link.port,
+                "env": db_manifest.publish.env,
+                "unchanged": true,
+                "note": format!("gear {} is already linked to {}; nothing was changed", a.name, d.name),
+            }));
         }
         let app_cart = self.cartridge(&a.cartridge)?;
         if let Some(own) = app_cart
@@ -400,12 +440,19 @@ impl Node {
                 ));
             }
         }
-        let proxy = open_proxy(&a.name, app.paths.netns(), &d.name, db.paths.netns(), port)
-            .await
-            .map_err(|e| match e {
-                LinkError::PortTaken { .. } => ApiError::new(ErrorKind::Conflict, e.to_string()),
-                LinkError::Listen { .. } => internal(e),
-            })?;
+        let proxy = open_proxy(
+            &a.name,
+            app.paths.netns(),
+            &d.name,
+            db.paths.netns(),
+            port,
+            Payer::of(self, &app),
+        )
+        .await
+        .map_err(|e| match e {
+            LinkError::PortTaken { .. } => ApiError::new(ErrorKind::Conflict, e.to_string()),
+            LinkError::Listen { .. } => internal(e),
+        })?;
         // persisted last: a failure here leaves nothing behind (the proxy is dropped)
         app.update(self.config(), |r| {
             r.links.push(Link {
@@ -438,20 +485,15 @@ impl Node {
         let _op = app.op.lock().await;
         let app = self.find(gear)?;
         let a = app.record();
-        let target = self.find(to).ok().map(|g| g.record());
-        let link = target
-            .as_ref()
-            .and_then(|t| a.links.iter().find(|l| l.gear == t.id))
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "gear {} is not linked to {}; see `gear show {}`",
-                        a.name, to.name, a.name
-                    ),
-                )
-            })?;
+        let target = self.find(to)?.record();
+        let Some(link) = a.links.iter().find(|l| l.gear == target.id).cloned() else {
+            return Ok(json!({
+                "gear": a.name,
+                "to": to.name,
+                "unchanged": true,
+                "note": format!("gear {} is not linked to {}; nothing was changed", a.name, to.name),
+            }));
+        };
         app.update(self.config(), |r| r.links.retain(|l| l.gear != link.gear))?;
         self.links.close(&a.id, &link.gear);
         app.hook_log
@@ -482,6 +524,14 @@ mod tests {
             eprintln!("skipped: network namespaces need root");
         }
         root
+    }
+
+    fn payer() -> Payer {
+        Payer {
+            admission: crate::conns::Admission::new(16),
+            gear: Arc::default(),
+            log: None,
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,11 +566,11 @@ mod tests {
         };
         assert!(connect().is_err());
 
-        let proxy = open_proxy("app", app.clone(), "db", db.clone(), port)
+        let proxy = open_proxy("app", app.clone(), "db", db.clone(), port, payer())
             .await
             .expect("proxy");
         // the port is now taken in the app's namespace
-        let again = open_proxy("app", app.clone(), "db", db.clone(), port).await;
+        let again = open_proxy("app", app.clone(), "db", db.clone(), port, payer()).await;
         assert!(
             matches!(again, Err(LinkError::PortTaken { .. })),
             "{again:?}"

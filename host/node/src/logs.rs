@@ -1,11 +1,36 @@
 //! Gear logs: timestamped lines appended to `app.log` (process output) or
 //! `hooks.log` (hook logs), rotated by size (`app.log.1` ... `.N`), and read
 //! back by `gear logs`.
+//!
+//! Everything in a gear's log came from the gear, so it is read and written
+//! within bounds: a line is at most [`MAX_LINE`] bytes (a longer one is cut
+//! and the cut marked), control characters are written as visible escapes
+//! (an operator's terminal never receives a gear's escape sequences), and a
+//! process's output is taken at most at [`OUTPUT_RATE`] bytes a second
+//! beyond a burst, so a gear that writes without pause waits on its own full
+//! pipe instead of making the node copy for it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// The longest log line kept, in bytes of text; the rest of a longer line is
+/// dropped and the cut says how much.
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// How fast one output stream of a gear process is read once its burst
+/// ([`OUTPUT_BURST`]) is spent, in bytes a second.
+pub const OUTPUT_RATE: u64 = 4 << 20;
+
+/// How much one output stream may write at once before [`OUTPUT_RATE`] applies.
+pub const OUTPUT_BURST: u64 = 16 << 20;
+
+/// The most `gear logs` reads of a log file for one answer.
+const READ_WINDOW: u64 = 4 << 20;
 
 /// One rotating log file, shared by everything that writes to it.
 #[derive(Debug, Clone)]
@@ -59,11 +84,12 @@ impl LogFile {
         }
     }
 
-    /// Append one line: `<timestamp> <source> <text>`.
+    /// Append one line: `<timestamp> <source> <text>`, with `text` cut at
+    /// [`MAX_LINE`] bytes and its control characters escaped.
     pub fn line(&self, source: &str, text: &str) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let text = text.trim_end_matches(['\n', '\r']);
-        let line = format!("{} {source} {text}\n", timestamp());
+        let line = format!("{} {source} {}\n", timestamp(), printable(text, MAX_LINE));
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if let Err(e) = inner.append(line.as_bytes()) {
             tracing::warn!(path = %inner.path.display(), error = %e, "cannot write a gear log line");
         }
@@ -134,62 +160,169 @@ impl Inner {
     }
 }
 
-/// The last `n` lines of `path` and the offset just past them, for following.
-pub fn tail(path: &Path, n: usize) -> std::io::Result<(Vec<String>, u64)> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(e),
-    };
-    let len = file.metadata()?.len();
-    // read at most the last 4 MiB: enough for any sensible `-n`
-    let start = len.saturating_sub(4 << 20);
-    let mut reader = BufReader::new(file);
-    reader.seek(SeekFrom::Start(start))?;
-    let mut lines: Vec<String> = Vec::new();
-    let mut buf = String::new();
-    let mut first = start > 0;
-    loop {
-        buf.clear();
-        if reader.read_line(&mut buf)? == 0 {
+/// `text` cut at `max` bytes (on a character boundary, the cut marked) with
+/// every control character but the tab written as a visible escape (`\u{1b}`),
+/// so it can go to a terminal as it is.
+pub fn printable(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    let clean = |c: char| !c.is_control() || c == '\t';
+    if text.len() <= max && text.chars().all(clean) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len().min(max) + 48);
+    let mut used = 0;
+    for (i, c) in text.char_indices() {
+        if out.len() >= max {
+            used = i;
             break;
         }
-        if first {
-            // a partial line at the cut
-            first = false;
-            continue;
-        }
-        lines.push(buf.trim_end_matches('\n').to_string());
-        if lines.len() > n {
-            lines.remove(0);
+        used = i + c.len_utf8();
+        if clean(c) {
+            out.push(c);
+        } else {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{}", c.escape_unicode());
         }
     }
-    Ok((lines, len))
+    if used < text.len() {
+        use std::fmt::Write as _;
+        let _ = write!(out, " [line cut: {} more bytes]", text.len() - used);
+    }
+    std::borrow::Cow::Owned(out)
 }
 
-/// Lines appended to `path` after `offset`, and the new offset. A file that
-/// shrank (rotated) is read from its start.
-pub fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<String>, u64)> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
-        Err(e) => return Err(e),
+/// Copies the output of a gear process from `reader` to `emit`, a line at a
+/// time, within the bounds in the module's documentation: no more than
+/// [`MAX_LINE`] bytes of a line are held (the rest is counted and dropped),
+/// invalid UTF-8 is replaced, and beyond [`OUTPUT_BURST`] bytes the stream is
+/// read at [`OUTPUT_RATE`]. Ends at end of file or on a read error.
+pub async fn copy_lines<R: AsyncRead + Unpin>(reader: R, emit: impl FnMut(&str)) {
+    copy_lines_at(reader, emit, OUTPUT_RATE, OUTPUT_BURST).await;
+}
+
+/// [`copy_lines`] with the rate and burst given.
+async fn copy_lines_at<R: AsyncRead + Unpin>(
+    mut reader: R,
+    mut emit: impl FnMut(&str),
+    rate: u64,
+    burst: u64,
+) {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut line: Vec<u8> = Vec::new();
+    let mut dropped: u64 = 0;
+    let mut flush = |line: &mut Vec<u8>, dropped: &mut u64| {
+        let text = String::from_utf8_lossy(line);
+        if *dropped > 0 {
+            emit(&format!("{text} [line cut: {dropped} more bytes]"));
+        } else {
+            emit(&text);
+        }
+        line.clear();
+        *dropped = 0;
     };
-    let len = file.metadata()?.len();
+    let (rate, burst) = (rate as f64, burst as f64);
+    let mut budget = burst;
+    let mut last = tokio::time::Instant::now();
+    loop {
+        let n = match reader.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        let mut rest = &chunk[..n];
+        while !rest.is_empty() {
+            let (part, ended) = match rest.iter().position(|b| *b == b'\n') {
+                Some(pos) => (&rest[..pos], Some(pos + 1)),
+                None => (rest, None),
+            };
+            let room = MAX_LINE.saturating_sub(line.len()).min(part.len());
+            line.extend_from_slice(&part[..room]);
+            dropped += (part.len() - room) as u64;
+            match ended {
+                Some(next) => {
+                    flush(&mut line, &mut dropped);
+                    rest = &rest[next..];
+                }
+                None => rest = &[],
+            }
+        }
+        // the rate: a token bucket refilled at `rate` up to `burst`
+        let now = tokio::time::Instant::now();
+        budget = (budget + now.duration_since(last).as_secs_f64() * rate).min(burst) - n as f64;
+        last = now;
+        if budget < 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(-budget / rate)).await;
+        }
+    }
+    if !line.is_empty() || dropped > 0 {
+        flush(&mut line, &mut dropped);
+    }
+}
+
+/// Opens a log for reading (a missing one reads as empty) and its length.
+fn open_log(path: &Path) -> std::io::Result<Option<(File, u64)>> {
+    match File::open(path) {
+        Ok(f) => {
+            let len = f.metadata()?.len();
+            Ok(Some((f, len)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads `file` from `start`, at most [`READ_WINDOW`] bytes.
+fn read_window(mut file: File, start: u64) -> std::io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(start))?;
+    let mut bytes = Vec::new();
+    file.take(READ_WINDOW).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+/// The text of one stored line, made printable (logs written before lines
+/// were escaped, or a file changed behind the node's back, are read safely).
+fn stored_line(bytes: &[u8]) -> String {
+    printable(&String::from_utf8_lossy(bytes), MAX_LINE + 256).into_owned()
+}
+
+/// The last `n` lines of `path` and the offset just past them, for following.
+pub fn tail(path: &Path, n: usize) -> std::io::Result<(Vec<String>, u64)> {
+    let Some((file, len)) = open_log(path)? else {
+        return Ok((Vec::new(), 0));
+    };
+    // read at most the last window: enough for any sensible `-n`
+    let start = len.saturating_sub(READ_WINDOW);
+    let bytes = read_window(file, start)?;
+    // what follows the last newline is a line still being written: following
+    // starts at it
+    let end = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+    let mut parts: Vec<&[u8]> = bytes[..end].split(|b| *b == b'\n').collect();
+    parts.pop();
+    if start > 0 && !parts.is_empty() {
+        // a partial line at the cut
+        parts.remove(0);
+    }
+    let first = parts.len().saturating_sub(n);
+    let lines = parts[first..].iter().map(|l| stored_line(l)).collect();
+    Ok((lines, start + end as u64))
+}
+
+/// Lines appended to `path` after `offset` (at most a window's worth; the
+/// rest comes with the next call), and the new offset. A file that shrank
+/// (rotated) is read from its start.
+pub fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<String>, u64)> {
+    let Some((file, len)) = open_log(path)? else {
+        return Ok((Vec::new(), 0));
+    };
     let offset = if len < offset { 0 } else { offset };
-    let mut reader = BufReader::new(file);
-    reader.seek(SeekFrom::Start(offset))?;
+    let bytes = read_window(file, offset)?;
     let mut lines = Vec::new();
     let mut consumed = offset;
-    let mut buf = String::new();
-    loop {
-        buf.clear();
-        let n = reader.read_line(&mut buf)?;
-        if n == 0 || !buf.ends_with('\n') {
-            break;
-        }
-        consumed += n as u64;
-        lines.push(buf.trim_end_matches('\n').to_string());
+    let mut rest = &bytes[..];
+    while let Some(pos) = rest.iter().position(|b| *b == b'\n') {
+        lines.push(stored_line(&rest[..pos]));
+        consumed += pos as u64 + 1;
+        rest = &rest[pos + 1..];
     }
     Ok((lines, consumed))
 }
@@ -222,6 +355,94 @@ mod tests {
             "{last:?}"
         );
         assert!(last[1].contains(" web "));
+    }
+
+    #[test]
+    fn printable_escapes_control_characters_and_cuts_long_text() {
+        assert_eq!(printable("plain\ttext", 100), "plain\ttext");
+        let escaped = printable("a\x1b[2Jb\x07c\rd", 100);
+        assert!(!escaped.chars().any(|c| c.is_control()), "{escaped}");
+        assert_eq!(escaped, "a\\u{1b}[2Jb\\u{7}c\\u{d}d");
+        let long = "é".repeat(100);
+        let cut = printable(&long, 21);
+        assert!(cut.starts_with(&"é".repeat(11)), "{cut}");
+        assert!(cut.ends_with(" [line cut: 178 more bytes]"), "{cut}");
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
+    fn run_copy(input: Vec<u8>) -> Vec<String> {
+        let rt = runtime();
+        let mut lines = Vec::new();
+        rt.block_on(copy_lines(&input[..], |l| lines.push(l.to_string())));
+        lines
+    }
+
+    #[test]
+    fn output_lines_are_cut_and_never_held_whole() {
+        let mut input = b"short\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', 3 * MAX_LINE + 7));
+        input.extend(b"\nafter\n\xff\xfe tail without newline");
+        let lines = run_copy(input);
+        assert_eq!(
+            lines.len(),
+            4,
+            "{:?}",
+            lines.iter().map(|l| l.len()).collect::<Vec<_>>()
+        );
+        assert_eq!(lines[0], "short");
+        assert_eq!(
+            lines[1],
+            format!(
+                "{} [line cut: {} more bytes]",
+                "x".repeat(MAX_LINE),
+                2 * MAX_LINE + 7
+            )
+        );
+        assert_eq!(lines[2], "after");
+        assert_eq!(lines[3], "\u{fffd}\u{fffd} tail without newline");
+    }
+
+    #[test]
+    fn output_beyond_the_burst_is_read_at_the_rate() {
+        // 256 KiB beyond a 64 KiB burst at 1 MiB/s cannot take less than a
+        // quarter of a second (the reader is an in-memory slice: without the
+        // rate it takes microseconds)
+        let (rate, burst) = (1 << 20, 64 << 10);
+        let input = vec![b'y'; 320 << 10];
+        let took = runtime().block_on(async {
+            let started = std::time::Instant::now();
+            copy_lines_at(&input[..], |_| {}, rate, burst).await;
+            started.elapsed()
+        });
+        assert!(took >= Duration::from_millis(240), "{took:?}");
+    }
+
+    #[test]
+    fn reading_a_log_back_is_bounded_and_printable() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("app.log");
+        // a log written behind the node's back: one huge line, escapes, a partial line
+        let mut bytes = vec![b'z'; (READ_WINDOW + 10) as usize];
+        bytes.extend(b"\nline \x1b]0;owned\x07\npartial");
+        std::fs::write(&path, &bytes).expect("write");
+        let (lines, offset) = tail(&path, 10).expect("tail");
+        assert_eq!(lines, vec!["line \\u{1b}]0;owned\\u{7}".to_string()]);
+        assert_eq!(offset, bytes.len() as u64 - "partial".len() as u64);
+        let (more, next) = read_from(&path, offset).expect("read");
+        assert!(more.is_empty() && next == offset, "{more:?}");
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(b" done\n"))
+            .expect("append");
+        let (more, _) = read_from(&path, offset).expect("read");
+        assert_eq!(more, vec!["partial done".to_string()]);
     }
 
     #[test]

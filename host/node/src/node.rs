@@ -60,6 +60,8 @@ pub struct Gear {
     /// The frontend's side of the gear: connection pool, counters, access
     /// log, activity, wake-up.
     pub(crate) front: GearFront,
+    /// Connections the gear holds through the node (doors, links).
+    pub(crate) conns: Arc<crate::conns::GearConnections>,
 }
 
 const STATES: [GearState; 8] = [
@@ -107,6 +109,7 @@ impl Gear {
             paths,
             supervisor: Supervisor::default(),
             execs: AtomicU32::new(0),
+            conns: Arc::default(),
         }
     }
 
@@ -151,6 +154,8 @@ pub struct Node {
     pub(crate) links: Links,
     /// The frontend's routing table and node-wide counters.
     pub(crate) frontend: Frontend,
+    /// The bounds on connections gears open through the node.
+    pub(crate) admission: Arc<crate::conns::Admission>,
 }
 
 impl Node {
@@ -194,7 +199,7 @@ impl Node {
         for orphan in orphans {
             tracing::warn!(dir = %orphan.display(), "removing a gear directory whose create never completed");
             let _ = gearhost_sandbox::netns::remove(&orphan.join("netns"));
-            let _ = std::fs::remove_dir_all(&orphan);
+            let _ = state::remove_tree(&orphan);
         }
         let mut gears = BTreeMap::new();
         for record in records {
@@ -211,6 +216,7 @@ impl Node {
             }
             gears.insert(record.id.clone(), Arc::new(Gear::new(&config, record)));
         }
+        let admission = crate::conns::Admission::new(config.gear_max_connections);
         let node = Arc::new(Node {
             config: Arc::new(config),
             runtime,
@@ -222,6 +228,7 @@ impl Node {
             main: std::sync::OnceLock::new(),
             links: Links::default(),
             frontend: Frontend::default(),
+            admission,
         });
         node.rebuild_routes();
         Ok(node)
@@ -303,12 +310,54 @@ impl Node {
         format!("{}-{}.{}", r.name, r.namespace, self.config.domain)
     }
 
+    /// A new gear's public name must be a valid host name and lead to it
+    /// alone: `a-b` in namespace `c` and `a` in namespace `b-c` would both be
+    /// `a-b-c.<domain>`, so the second create is refused, naming the first.
+    /// Aliases cannot take such names (see [`crate::alias`]). Called under
+    /// the node's lock for names.
+    fn check_public_name_free(&self, gear: &GearRef) -> ApiResult<()> {
+        let label = format!("{}-{}", gear.name, gear.namespace);
+        if label.len() > 63 {
+            return Err(invalid(format!(
+                "gear {} in namespace {} would be reachable as {label}.{}, but a host name's label \
+                 holds at most 63 characters; use a shorter gear name",
+                gear.name, gear.namespace, self.config.domain
+            )));
+        }
+        let taken = self
+            .gears_snapshot()
+            .into_iter()
+            .map(|g| g.record())
+            .find(|o| format!("{}-{}", o.name, o.namespace) == label);
+        match taken {
+            Some(other) => Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "gear {} in namespace {} would be reachable as {label}.{}, which already leads \
+                     to gear {} in namespace {}; choose another gear name",
+                    gear.name, gear.namespace, self.config.domain, other.name, other.namespace
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Build the frontend's routing table again from the gears, their
     /// aliases and the installed cartridges (after any change to those).
     pub(crate) fn rebuild_routes(&self) {
         let mut routes = std::collections::HashMap::new();
-        for g in self.gears_snapshot() {
-            let r = g.record();
+        // oldest first: should two gears made before names were checked share
+        // a name, the older one keeps it, whatever the order of the map
+        let mut gears: Vec<(Arc<Gear>, GearRecord)> = self
+            .gears_snapshot()
+            .into_iter()
+            .map(|g| {
+                let r = g.record();
+                (g, r)
+            })
+            .collect();
+        gears.sort_by(|(_, a), (_, b)| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+        for (g, r) in gears {
             let Some(port) = self.http_port(&r.cartridge) else {
                 continue;
             };
@@ -317,9 +366,8 @@ impl Node {
                 label: format!("{}-{}", r.name, r.namespace),
                 port,
             });
-            routes.insert(self.public_name(&r), target.clone());
-            for alias in &r.aliases {
-                routes.insert(alias.clone(), target.clone());
+            for name in std::iter::once(self.public_name(&r)).chain(r.aliases.iter().cloned()) {
+                routes.entry(name).or_insert_with(|| target.clone());
             }
         }
         self.frontend.set_routes(routes);
@@ -523,6 +571,7 @@ impl Node {
                 ),
             ));
         }
+        self.check_public_name_free(gear)?;
         let used: Vec<u32> = lock(&self.gears)
             .values()
             .map(|g| lock(&g.record).uid)
@@ -579,7 +628,7 @@ impl Node {
         })();
         if let Err(e) = made {
             let _ = gearhost_sandbox::netns::remove(&paths.netns());
-            let _ = std::fs::remove_dir_all(&paths.root);
+            let _ = state::remove_tree(&paths.root);
             return Err(internal(format!(
                 "cannot create the gear's directories: {e}"
             )));
@@ -587,7 +636,7 @@ impl Node {
         // the record is written last: it is what makes the gear exist
         if let Err(e) = state::save_gear(&self.config.gears_dir(), &record) {
             let _ = gearhost_sandbox::netns::remove(&paths.netns());
-            let _ = std::fs::remove_dir_all(&paths.root);
+            let _ = state::remove_tree(&paths.root);
             return Err(internal(e));
         }
         let summary = self.gear_summary(&record);
@@ -702,7 +751,7 @@ impl Node {
         tokio::task::spawn_blocking(move || {
             remove_gear_cgroups(&subtree, &id);
             gearhost_sandbox::netns::remove(&paths.netns())?;
-            std::fs::remove_dir_all(&paths.root)
+            state::remove_tree(&paths.root)
         })
         .await
         .map_err(internal)?
@@ -749,7 +798,7 @@ impl Node {
         .await
         .map_err(internal)?;
         if let Err(e) = copied {
-            let _ = std::fs::remove_dir_all(&dest);
+            let _ = state::remove_tree(&dest);
             return Err(invalid(format!("cannot copy {}: {e}", source.display())));
         }
         g.update(&self.config, |r| {
@@ -884,7 +933,7 @@ impl Node {
         .is_ok()
         {
             for id in drop {
-                let _ = std::fs::remove_dir_all(g.paths.deployment(id));
+                let _ = state::remove_tree(&g.paths.deployment(id));
             }
         }
     }
@@ -906,12 +955,34 @@ impl Node {
         Ok(json!({ "built": active }))
     }
 
-    /// Start the gear.
+    /// Start the gear. Starting a running gear changes nothing and says so.
     pub async fn start(&self, gear: &GearRef, progress: &Progress) -> ApiResult<serde_json::Value> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        let r = g.record();
+        if r.state == GearState::Running
+            && g.supervisor.any_running()
+            && g.supervisor.failed().is_none()
+        {
+            return Ok(self.unchanged(
+                &g,
+                format!(
+                    "gear {} is already running; nothing was changed (`gear restart {}` restarts it)",
+                    r.name, r.name
+                ),
+            ));
+        }
         self.start_locked(&g, progress).await?;
         Ok(self.gear_view(&g))
+    }
+
+    /// The view of a gear an operation left as it was: `unchanged` set, and
+    /// `note` saying why.
+    pub(crate) fn unchanged(&self, g: &Gear, note: String) -> serde_json::Value {
+        let mut view = self.gear_view(g);
+        view["unchanged"] = json!(true);
+        view["note"] = json!(note);
+        view
     }
 
     pub(crate) async fn start_locked(&self, g: &Arc<Gear>, progress: &Progress) -> ApiResult<()> {
@@ -1039,12 +1110,22 @@ impl Node {
         }
     }
 
-    /// Stop the gear.
+    /// Stop the gear. Stopping a stopped gear changes nothing and says so.
     pub async fn stop(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
         let g = self.find(gear)?;
         // an operation stuck on what the gear did gives way (its hooks are cancelled)
         let _op = g.op.preempt("`gear stop` was asked for").await;
-        let cart = self.cartridge(&g.record().cartridge)?;
+        let r = g.record();
+        if matches!(r.state, GearState::Stopped | GearState::New) && !g.supervisor.any_running() {
+            if r.desired != Desired::Stopped {
+                g.update(&self.config, |r| r.desired = Desired::Stopped)?;
+            }
+            return Ok(self.unchanged(
+                &g,
+                format!("gear {} is already stopped; nothing was changed", r.name),
+            ));
+        }
+        let cart = self.cartridge(&r.cartridge)?;
         g.update(&self.config, |r| r.desired = Desired::Stopped)?;
         self.stop_locked(&g, &cart).await?;
         Ok(self.gear_view(&g))
@@ -1126,7 +1207,7 @@ impl Node {
                 },
             )
             .await?;
-        Ok(json!({ "output": out }))
+        Ok(json!({ "output": bounded_output(out) }))
     }
 
     /// Deployment history.
@@ -1206,6 +1287,12 @@ impl Node {
         }
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        env::check_room(
+            &g.record().user_env,
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            "the gear's environment",
+        )
+        .map_err(invalid)?;
         g.update(&self.config, |r| {
             for (k, v) in vars {
                 r.user_env.insert(k, v);
@@ -1313,13 +1400,16 @@ impl Node {
             cartridge: cart.manifest().clone(),
             config: self.config.clone(),
             linked: self.linked_env(&g.record()),
+            egress: crate::egress::BuildEgress::paid_by((self.admission.clone(), g.conns.clone())),
         });
         let kind = call.kind();
         g.hook_log.line(&format!("{kind}[node]"), "hook started");
         // the operation holding the gear's lock: a `gear stop` or `gear destroy`
         // that preempts it cancels the hook
         let cancel = g.op.cancel();
-        let outcome = cart.call_cancellable(host, call, &cancel).await;
+        let outcome = cart.call_cancellable(host.clone(), call, &cancel).await;
+        // a build's network ends with its hook
+        host.egress.close().await;
         // how long, and how much of it the hook machinery and the hook's own
         // code took, as opposed to the programs it ran
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -1369,6 +1459,8 @@ struct NodeHost {
     config: Arc<NodeConfig>,
     /// What linked gears publish, as of the start of the call.
     linked: BTreeMap<String, String>,
+    /// The build's network, opened by its first `exec` that may use it.
+    egress: crate::egress::BuildEgress,
 }
 
 impl GearHost for NodeHost {
@@ -1443,6 +1535,12 @@ impl GearHost for NodeHost {
                 "{key} is set by the node and cannot be changed by a cartridge"
             )));
         }
+        env::check_room(
+            &self.gear.record().cartridge_env,
+            [(key, value)],
+            "the cartridge's variables",
+        )
+        .map_err(HostError::Invalid)?;
         self.gear
             .update(&self.config, |r| {
                 r.cartridge_env.insert(key.into(), value.into());
@@ -1466,7 +1564,11 @@ impl GearHost for NodeHost {
         cmd: CommandSpec,
     ) -> gearhost_runtime::host::BoxFuture<'_, Result<ExecOutput, HostError>> {
         Box::pin(async move {
-            let network = ctx.network && self.config.build_network;
+            // a build that may use the network gets its own namespace and
+            // the egress proxy, never the host's network
+            let network = ctx.network
+                && self.config.build_network
+                && self.config.build_egress.mode == crate::egress::EgressMode::Proxy;
             let timeout = if ctx.hook == HookKind::Build {
                 self.config.build_timeout
             } else {
@@ -1477,7 +1579,16 @@ impl GearHost for NodeHost {
                 self.sandbox.id,
                 self.gear.execs.fetch_add(1, Ordering::Relaxed)
             );
-            procs::exec(&self.sandbox, &leaf, cmd, network, timeout).await
+            let net = if network {
+                Some(
+                    self.egress
+                        .get(&self.config.build_egress, &self.gear.hook_log)
+                        .await?,
+                )
+            } else {
+                None
+            };
+            procs::exec(&self.sandbox, &leaf, cmd, net.as_deref(), timeout).await
         })
     }
 
@@ -1575,14 +1686,46 @@ fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
 }
 
 /// Copy a source tree without following symlinks (they are copied as links).
+/// The most of a control hook's output the node passes on.
+const MAX_CONTROL_OUTPUT: usize = 1 << 20;
+
+/// A control hook's output, cut at [`MAX_CONTROL_OUTPUT`] bytes (on a
+/// character boundary, the cut marked): what a hook says about a gear may
+/// come from the gear's files.
+fn bounded_output(mut out: String) -> String {
+    if out.len() > MAX_CONTROL_OUTPUT {
+        let mut end = MAX_CONTROL_OUTPUT;
+        while !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        let dropped = out.len() - end;
+        out.truncate(end);
+        out.push_str(&format!("\n[output cut: {dropped} more bytes]\n"));
+    }
+    out
+}
+
 fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
+    copy_tree_below(src, dst, 0)
+}
+
+/// How deep a deployed source may nest directories (the copy recurses).
+const MAX_SOURCE_DEPTH: usize = 128;
+
+fn copy_tree_below(src: &Path, dst: &Path, depth: usize) -> std::io::Result<()> {
+    if depth > MAX_SOURCE_DEPTH {
+        return Err(std::io::Error::other(format!(
+            "{} is nested more than {MAX_SOURCE_DEPTH} directories deep; deploy a shallower tree",
+            src.display()
+        )));
+    }
     std::fs::create_dir_all(dst)?;
     for entry in std::fs::read_dir(src)? {
         let entry = entry?;
         let ty = entry.file_type()?;
         let to = dst.join(entry.file_name());
         if ty.is_dir() {
-            copy_tree(&entry.path(), &to)?;
+            copy_tree_below(&entry.path(), &to, depth + 1)?;
         } else if ty.is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
         } else if ty.is_file() {
@@ -1632,5 +1775,24 @@ fn remove_gear_cgroups(subtree: &str, id: &str) {
             leaf,
         };
         let _ = gearhost_sandbox::teardown(&placement);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_output_is_cut_on_a_character_boundary() {
+        assert_eq!(bounded_output("short".into()), "short");
+        let long = "é".repeat(MAX_CONTROL_OUTPUT);
+        let cut = bounded_output(long.clone());
+        assert!(cut.len() < MAX_CONTROL_OUTPUT + 64, "{}", cut.len());
+        let kept = cut.split('\n').next().expect("text");
+        assert!(long.starts_with(kept) && kept.len() == MAX_CONTROL_OUTPUT);
+        assert!(cut.ends_with(&format!(
+            "[output cut: {} more bytes]\n",
+            long.len() - kept.len()
+        )));
     }
 }

@@ -13,10 +13,8 @@ use std::time::{Duration, Instant};
 use gearhost_runtime::{
     CommandSpec, ExitStatus, HostError, ProcessInfo, ProcessState, RestartPolicy, Signal,
 };
-use gearhost_sandbox::{
-    Bind, CgroupPlacement, NetworkMode, Sandbox, SandboxSpec, Sandboxed, Stdio,
-};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use gearhost_sandbox::{Bind, CgroupPlacement, Sandbox, SandboxSpec, Sandboxed, Stdio};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
 use crate::config::NodeConfig;
@@ -51,14 +49,14 @@ pub struct GearSandbox {
 }
 
 impl GearSandbox {
-    /// A sandbox spec for `argv` in this gear.
+    /// A sandbox spec for `argv` in this gear, in the gear's network
+    /// namespace.
     pub fn spec(
         &self,
         leaf: &str,
         argv: Vec<String>,
         extra_env: &[(String, String)],
         cwd: Option<&str>,
-        network: bool,
     ) -> SandboxSpec {
         let mut spec = SandboxSpec::new(self.id.clone(), self.uid, self.uid, &self.home, argv);
         spec.hostname = self.name.clone();
@@ -90,11 +88,7 @@ impl GearSandbox {
                 target: PathBuf::from(GEAR_REPO),
             });
         }
-        if network {
-            spec.network = NetworkMode::Host;
-        } else {
-            spec.netns = Some(self.netns.clone());
-        }
+        spec.netns = Some(self.netns.clone());
         spec
     }
 }
@@ -206,17 +200,26 @@ fn pipe_reader(file: std::fs::File) -> Option<tokio::net::unix::pipe::Receiver> 
     tokio::net::unix::pipe::Receiver::from_file(file).ok()
 }
 
-/// Run `cmd` to completion in the gear, capturing its output (at most 16 MiB
-/// each), killing it after `timeout`.
+/// How much of each output stream of a program a hook runs is kept; the rest
+/// is read and dropped, so the program never blocks on a full pipe.
+const EXEC_OUTPUT_CAP: u64 = 4 << 20;
+
+/// Run `cmd` to completion in the gear, capturing its output (at most
+/// [`EXEC_OUTPUT_CAP`] each), killing it after `timeout`. With `build_net`
+/// it runs in the build's network (its own namespace, the egress proxy in
+/// its environment) instead of the gear's.
 pub async fn exec(
     gear: &GearSandbox,
     leaf: &str,
     cmd: CommandSpec,
-    network: bool,
+    build_net: Option<&crate::egress::BuildNet>,
     timeout: Duration,
 ) -> Result<gearhost_runtime::ExecOutput, HostError> {
     let argv = argv_of(&cmd);
-    let mut spec = gear.spec(leaf, argv, &cmd.env, cmd.cwd.as_deref(), network);
+    let mut spec = gear.spec(leaf, argv, &cmd.env, cmd.cwd.as_deref());
+    if let Some(net) = build_net {
+        net.apply(&mut spec);
+    }
     spec.stdio.stdin = if cmd.stdin.is_some() {
         Stdio::Piped
     } else {
@@ -242,8 +245,10 @@ pub async fn exec(
         };
         let read_all = |r: Option<tokio::net::unix::pipe::Receiver>| async move {
             let mut out = Vec::new();
-            if let Some(r) = r {
-                let _ = r.take(16 << 20).read_to_end(&mut out).await;
+            if let Some(mut r) = r {
+                let _ = (&mut r).take(EXEC_OUTPUT_CAP).read_to_end(&mut out).await;
+                // the rest is drained, not kept
+                let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
             }
             out
         };
@@ -303,7 +308,7 @@ pub async fn exec_attached(
             return exec_on_terminal(gear, leaf, argv, fds, resized).await;
         }
     }
-    let mut spec = gear.spec(leaf, argv, &[], None, false);
+    let mut spec = gear.spec(leaf, argv, &[], None);
     let [stdin, stdout, stderr] = fds.map(attach);
     spec.stdio.stdin = stdin.0;
     spec.stdio.stdout = stdout.0;
@@ -332,7 +337,7 @@ async fn exec_on_terminal(
     fds: [std::fs::File; 3],
     resized: Option<std::fs::File>,
 ) -> Result<ExitStatus, HostError> {
-    let mut spec = gear.spec(leaf, argv, &[], None, false);
+    let mut spec = gear.spec(leaf, argv, &[], None);
     spec.stdio.terminal = true;
     let mut child = spawn_blocking_sandbox(spec).await?;
     let Some(terminal) = child.take_terminal() else {
@@ -446,6 +451,21 @@ impl Supervisor {
     ) -> Result<u32, HostError> {
         {
             let procs = lock(&self.procs);
+            let live = procs
+                .values()
+                .filter(|p| {
+                    !matches!(
+                        lock(&p.status).state,
+                        ProcessState::Exited | ProcessState::Stopped | ProcessState::Failed
+                    )
+                })
+                .count();
+            if live >= MAX_SUPERVISED && !procs.contains_key(name) {
+                return Err(HostError::Invalid(format!(
+                    "the gear runs {MAX_SUPERVISED} supervised processes already, the most a \
+                     gear may; stop one first"
+                )));
+            }
             if let Some(p) = procs.get(name) {
                 let s = lock(&p.status);
                 if matches!(
@@ -641,6 +661,10 @@ impl Supervisor {
     }
 }
 
+/// The most processes one gear's supervisor keeps (each holds two pipes and
+/// a pidfd in the node, and a task).
+const MAX_SUPERVISED: usize = 64;
+
 /// Start numbers, so every start of a process gets a cgroup of its own: the
 /// previous one may still be being removed when its successor starts.
 static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -654,7 +678,7 @@ async fn start_one(
 ) -> Result<Sandboxed, HostError> {
     let argv = argv_of(cmd);
     let leaf = format!("{leaf}-{}", STARTS.fetch_add(1, Ordering::Relaxed));
-    let mut spec = gear.spec(&leaf, argv, &cmd.env, cmd.cwd.as_deref(), false);
+    let mut spec = gear.spec(&leaf, argv, &cmd.env, cmd.cwd.as_deref());
     spec.stdio.stdout = Stdio::Piped;
     spec.stdio.stderr = Stdio::Piped;
     let mut child = spawn_blocking_sandbox(spec).await?;
@@ -662,12 +686,9 @@ async fn start_one(
         if let Some(reader) = file.and_then(pipe_reader) {
             let log = log.clone();
             let source = format!("{name}[{stream}]");
-            tokio::spawn(async move {
-                let mut lines = tokio::io::BufReader::new(reader).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    log.line(&source, &line);
-                }
-            });
+            tokio::spawn(crate::logs::copy_lines(reader, move |line| {
+                log.line(&source, line)
+            }));
         }
     }
     log.line(

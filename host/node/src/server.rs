@@ -53,11 +53,20 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serve requests until the listener fails.
+/// Serve requests for as long as the node runs. An accept that fails (out
+/// of descriptors, out of memory for the socket) is never fatal: the loop
+/// backs off and tries again, so what gears do cannot end the node.
 pub async fn serve(node: Arc<Node>, listener: UnixListener) -> anyhow::Result<()> {
     let group = node.config().operator_group.clone();
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                tracing::warn!(error = %e, "the node API cannot accept a connection now; trying again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
         let node = node.clone();
         let group = group.clone();
         tokio::spawn(async move {

@@ -297,9 +297,137 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// Deepest a [`remove_tree`] descends before it moves a directory up.
+const REMOVE_DEPTH: usize = 32;
+
+/// Removes `root` and everything below it, as root, over a tree a gear
+/// controlled: symlinks are removed, never followed; the stack and the
+/// descriptors used stay bounded however deep the tree is (a gear can nest
+/// directories many thousands deep, and a recursive removal overflows its
+/// thread's stack and ends the node): a directory deeper than
+/// [`REMOVE_DEPTH`] is first moved up to `root` itself, then removed from
+/// there. A `root` that does not exist is not an error.
+pub fn remove_tree(root: &Path) -> std::io::Result<()> {
+    use nix::errno::Errno;
+    use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+    use nix::sys::stat::{Mode, SFlag, fstatat};
+    use nix::unistd::{UnlinkatFlags, unlinkat};
+
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let open =
+        |dir: &std::os::fd::OwnedFd, name: &std::ffi::CStr| openat(dir, name, flags, Mode::empty());
+    // a listing of its own (a duplicate descriptor would share the position)
+    let list = |dir: &std::os::fd::OwnedFd| -> nix::Result<nix::dir::OwningIter> {
+        Ok(nix::dir::Dir::from_fd(open(dir, c".")?)?.into_iter())
+    };
+    let top = match nix::fcntl::open(root, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(Errno::ENOTDIR | Errno::ELOOP) => return std::fs::remove_file(root),
+        Err(e) => return Err(e.into()),
+    };
+    let mut moved: u64 = 0;
+    // passes over the tree until `root` is empty: entries moved up to `root`
+    // while it was being read may not show in the same pass
+    loop {
+        let mut removed = 0u64;
+        // (descriptor for *at calls, its listing, its name in the parent)
+        let mut stack = vec![(top.try_clone()?, list(&top)?, std::ffi::CString::default())];
+        while let Some(depth) = stack.len().checked_sub(1) {
+            let (dir, listing, _) = &mut stack[depth];
+            let Some(entry) = listing.next() else {
+                let (_, _, name) = stack.pop().unwrap_or_else(|| unreachable!());
+                if let Some((parent, _, _)) = stack.last() {
+                    match unlinkat(parent, name.as_c_str(), UnlinkatFlags::RemoveDir) {
+                        Ok(()) => removed += 1,
+                        // what a pass missed, the next one finds
+                        Err(Errno::ENOTEMPTY) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                continue;
+            };
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let st = fstatat(&*dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+            if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
+                unlinkat(&*dir, name, UnlinkatFlags::NoRemoveDir)?;
+                removed += 1;
+            } else if depth + 1 >= REMOVE_DEPTH {
+                moved += 1;
+                let to = std::ffi::CString::new(format!(".gearhost-removing-{moved}"))
+                    .map_err(std::io::Error::other)?;
+                renameat(&*dir, name, &top, to.as_c_str())?;
+                removed += 1;
+            } else {
+                let name = name.to_owned();
+                let child = open(dir, &name)?;
+                let listing = list(&child)?;
+                stack.push((child, listing, name));
+            }
+        }
+        let empty = list(&top)?
+            .filter_map(Result::ok)
+            .all(|e| e.file_name() == c"." || e.file_name() == c"..");
+        if empty {
+            break;
+        }
+        if removed == 0 {
+            return Err(std::io::Error::other(format!(
+                "{} could not be emptied",
+                root.display()
+            )));
+        }
+    }
+    drop(top);
+    std::fs::remove_dir(root)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tree_of_any_depth_is_removed_without_following_links() {
+        let dir = tempfile::tempdir().expect("dir");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).expect("outside");
+        std::fs::write(outside.join("keep"), b"mine").expect("keep");
+        let root = dir.path().join("home");
+        std::fs::create_dir(&root).expect("home");
+        // 5,000 levels (far past PATH_MAX), made by descriptor; every 100th
+        // holds a file, a symlink out and a FIFO
+        use nix::fcntl::{OFlag, open, openat};
+        use nix::sys::stat::Mode;
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let mut at = open(&root, flags, Mode::empty()).expect("open home");
+        for i in 0..5000 {
+            if i % 100 == 0 {
+                let file = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_CLOEXEC;
+                openat(&at, c"f", file, Mode::S_IRWXU).expect("file");
+                nix::unistd::symlinkat(&outside, &at, c"out").expect("link");
+                nix::unistd::mkfifoat(&at, c"fifo", Mode::S_IRWXU).expect("fifo");
+            }
+            nix::sys::stat::mkdirat(&at, c"d", Mode::S_IRWXU).expect("level");
+            at = openat(&at, c"d", flags, Mode::empty()).expect("descend");
+        }
+        drop(at);
+        // a thread with a small stack: the removal must not recurse per level
+        let target = root.clone();
+        let removed = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || remove_tree(&target))
+            .expect("thread")
+            .join()
+            .expect("no overflow");
+        removed.expect("removed");
+        assert!(!root.exists());
+        assert_eq!(std::fs::read(outside.join("keep")).expect("kept"), b"mine");
+        assert!(remove_tree(&root).is_ok(), "a missing tree is not an error");
+    }
 
     #[test]
     fn atomic_writes_replace_whole_files() {

@@ -51,6 +51,28 @@ pub fn create(path: &Path) -> io::Result<()> {
     result
 }
 
+/// Create a new network namespace with only `lo` (up) and return a descriptor
+/// of it, without binding it anywhere. The namespace lives as long as the
+/// descriptor (or a copy of it) stays open or a process is inside it, so it
+/// leaves nothing behind when its owner goes away, even after a crash.
+///
+/// Other functions of this module take a path: the owner's descriptor is
+/// named by `/proc/self/fd/<n>` for as long as it stays open.
+pub fn create_private() -> io::Result<std::os::fd::OwnedFd> {
+    std::thread::Builder::new()
+        .name("gearhost-netns".into())
+        .spawn(move || -> io::Result<std::os::fd::OwnedFd> {
+            let here = Path::new("/proc/thread-self/ns/net");
+            unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| nix_err("create a network namespace in", here, e))?;
+            crate::sys::loopback_up()?;
+            // the thread ends here; the descriptor keeps the namespace
+            Ok(File::open(here)?.into())
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the network namespace thread panicked"))?
+}
+
 /// Whether `path` holds a bound network namespace.
 pub fn exists(path: &Path) -> bool {
     // an unbound placeholder file has size 0 and lives on the parent's fs;
@@ -207,5 +229,39 @@ mod tests {
         drop(listener);
         listen(&path, addr).expect("listen again");
         remove(&path).expect("remove");
+    }
+
+    #[test]
+    fn a_private_namespace_lives_with_its_descriptor() {
+        use std::os::fd::AsRawFd;
+        if !may_run() {
+            return;
+        }
+        let ns = create_private().expect("create");
+        let path = PathBuf::from(format!("/proc/self/fd/{}", ns.as_raw_fd()));
+        // not the caller's namespace
+        let own = std::fs::metadata("/proc/self/ns/net").expect("own ns");
+        let made = std::fs::metadata(&path).expect("made ns");
+        {
+            use std::os::unix::fs::MetadataExt;
+            assert_ne!(own.ino(), made.ino());
+        }
+        let listener = listen(&path, "127.0.0.1:0".parse().expect("addr")).expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err());
+        let client = std::thread::spawn({
+            let path = path.clone();
+            move || connect(&path, addr, Duration::from_secs(2)).map(drop)
+        });
+        listener.accept().expect("accept");
+        client.join().expect("client").expect("connect inside");
+        // only the loopback: nothing outside is routed
+        let out = connect(
+            &path,
+            "192.0.2.1:80".parse().expect("addr"),
+            Duration::from_secs(2),
+        )
+        .expect_err("no route out");
+        assert_eq!(out.raw_os_error(), Some(libc::ENETUNREACH), "{out}");
     }
 }

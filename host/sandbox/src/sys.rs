@@ -1,12 +1,13 @@
 //! Thin wrappers over the Linux system calls that `nix` does not cover (openat2, mount_setattr,
-//! close_range, pidfds, capset, clone with a pidfd, Landlock's version query, interface flags).
+//! close_range, pidfds, capset, clone with a pidfd, Landlock's version query, interface flags,
+//! extended attributes through a descriptor, getdents64).
 //!
 //! Each wrapper is safe to call: it takes owned Rust values, hands the kernel pointers that live
 //! for the whole call, and turns `-1` into an [`std::io::Error`].
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// `RESOLVE_NO_SYMLINKS` from `<linux/openat2.h>`: refuse every symbolic link on the way.
 pub(crate) const RESOLVE_NO_SYMLINKS: u64 = 0x04;
@@ -85,10 +86,16 @@ struct MountAttr {
 /// Sets `MOUNT_ATTR_*` flags on the mount `fd` refers to (an `O_PATH` descriptor of the mount's
 /// root), on its whole subtree when `recursive`.
 pub(crate) fn mount_setattr(fd: BorrowedFd<'_>, set: u64, recursive: bool) -> io::Result<()> {
+    setattr(fd, set, 0, recursive)
+}
+
+/// `mount_setattr` with both the flags to set and a propagation type (`MS_PRIVATE`, `MS_SLAVE`
+/// ...; 0 leaves propagation as it is).
+fn setattr(fd: BorrowedFd<'_>, set: u64, propagation: u64, recursive: bool) -> io::Result<()> {
     let attr = MountAttr {
         attr_set: set,
         attr_clr: 0,
-        propagation: 0,
+        propagation,
         userns_fd: 0,
     };
     let flags = libc::AT_EMPTY_PATH as libc::c_uint | if recursive { AT_RECURSIVE } else { 0 };
@@ -115,6 +122,12 @@ const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 /// detached tree, with every mount below it, and returns a descriptor of it. Unlike a bind
 /// from `/proc/self/fd/N`, a detached tree can be attached in another mount namespace by
 /// whoever receives the descriptor ([`move_mount_to`]); closing it unattached unmounts it.
+///
+/// Every mount of the clone is private before the descriptor is returned. A clone of a shared
+/// mount (on a systemd host `/` and everything below it is shared) would otherwise join the
+/// original's peer group, so that whatever is later mounted on it inside a gear (its
+/// deployment, `/tmp` ...) would propagate back into the host's mount table, and the next
+/// clone would copy those mounts again.
 pub(crate) fn open_tree_clone(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let flags = OPEN_TREE_CLONE
         | libc::O_CLOEXEC as libc::c_uint
@@ -123,7 +136,9 @@ pub(crate) fn open_tree_clone(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: the empty path is a valid NUL-terminated string living for the call.
     let ret = unsafe { libc::syscall(libc::SYS_open_tree, fd.as_raw_fd(), c"".as_ptr(), flags) };
     // SAFETY: open_tree returned a fresh descriptor that only we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(check(ret)? as RawFd) })
+    let tree = unsafe { OwnedFd::from_raw_fd(check(ret)? as RawFd) };
+    setattr(tree.as_fd(), 0, libc::MS_PRIVATE, true)?;
+    Ok(tree)
 }
 
 /// Attaches the detached tree `tree` on the mount point `target` (an `O_PATH` descriptor).
@@ -654,6 +669,168 @@ pub fn relay_terminal(
                     }
                 }
             }
+        }
+    }
+}
+
+/// `RESOLVE_NO_XDEV`: refuse to cross a mount point (bind mounts included) on the way.
+pub(crate) const RESOLVE_NO_XDEV: u64 = 0x01;
+
+/// Opens `path` relative to `dir` with `openat2` and the given `O_*` flags (`O_CLOEXEC` is always
+/// added) and `RESOLVE_*` restrictions. With `O_PATH | O_NOFOLLOW` and `RESOLVE_NO_SYMLINKS`, a
+/// trailing symlink is opened itself (nothing is followed), which [`openat2_path`] refuses.
+pub(crate) fn openat2_flags(
+    dir: BorrowedFd<'_>,
+    path: &CStr,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve,
+    };
+    // SAFETY: `path` is a valid NUL-terminated string and `how` a properly laid out `open_how`,
+    // both alive for the duration of the call; the size passed is the size of that struct.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    let fd = check(ret)? as RawFd;
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The `/proc/self/fd/N` path of a descriptor. Path calls given it act on the very file the
+/// descriptor refers to: the kernel jumps to it and follows nothing further, not even when the
+/// descriptor is an `O_PATH` one of a symlink (the link itself is reached).
+fn proc_fd_path(fd: BorrowedFd<'_>) -> std::ffi::CString {
+    std::ffi::CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .unwrap_or_else(|_| unreachable!("a formatted number holds no NUL"))
+}
+
+/// Reads extended attribute `name` of the file `fd` refers to (any descriptor, `O_PATH` ones
+/// included, which `fgetxattr` refuses) into `buf`, through its `/proc/self/fd` path; returns
+/// the value's length.
+pub(crate) fn fd_getxattr(fd: BorrowedFd<'_>, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    let path = proc_fd_path(fd);
+    // SAFETY: both strings are NUL-terminated and `buf` is writable for `buf.len()` bytes, all
+    // alive for the call.
+    let ret = unsafe {
+        libc::getxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret as usize)
+}
+
+/// Sets extended attribute `name` of the file `fd` refers to (any descriptor, `O_PATH` ones of
+/// symlinks included: the link itself gets it), through its `/proc/self/fd` path.
+pub(crate) fn fd_setxattr(fd: BorrowedFd<'_>, name: &CStr, value: &[u8]) -> io::Result<()> {
+    let path = proc_fd_path(fd);
+    // SAFETY: both strings are NUL-terminated and `value` readable for `value.len()` bytes, all
+    // alive for the call.
+    let ret = unsafe {
+        libc::setxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The entries of a directory, read with `getdents64` from a descriptor that stays usable as
+/// the `dirfd` of calls on those entries. Holds one descriptor and a fixed 8 KiB buffer.
+pub(crate) struct DirEntries {
+    fd: OwnedFd,
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for DirEntries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirEntries").field("fd", &self.fd).finish()
+    }
+}
+
+impl DirEntries {
+    /// Reads the directory `fd` (opened for reading, `O_DIRECTORY`).
+    pub(crate) fn new(fd: OwnedFd) -> DirEntries {
+        DirEntries {
+            fd,
+            buf: vec![0u8; 8192].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+        }
+    }
+
+    /// The directory's descriptor.
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    /// The next entry's name (never `.` or `..`), or `None` at the end.
+    pub(crate) fn next_name(&mut self) -> io::Result<Option<std::ffi::CString>> {
+        // linux_dirent64: d_ino u64, d_off i64, d_reclen u16, d_type u8, d_name[]
+        const NAME_AT: usize = 19;
+        loop {
+            if self.pos >= self.len {
+                // SAFETY: `buf` is writable for its whole length and outlives the call; the
+                // descriptor is open (owned by `self`).
+                let ret = unsafe {
+                    libc::syscall(
+                        libc::SYS_getdents64,
+                        self.fd.as_raw_fd(),
+                        self.buf.as_mut_ptr(),
+                        self.buf.len(),
+                    )
+                };
+                let n = check(ret)? as usize;
+                if n == 0 {
+                    return Ok(None);
+                }
+                self.pos = 0;
+                self.len = n.min(self.buf.len());
+            }
+            let record = &self.buf[self.pos..self.len];
+            let reclen = record
+                .get(16..18)
+                .map(|b| u16::from_ne_bytes([b[0], b[1]]) as usize)
+                .unwrap_or(0);
+            if reclen <= NAME_AT || reclen > record.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "getdents64 returned a malformed record",
+                ));
+            }
+            self.pos += reclen;
+            let name = &record[NAME_AT..reclen];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if name.is_empty() || name == b"." || name == b".." {
+                continue;
+            }
+            return Ok(Some(std::ffi::CString::new(name).map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, "a directory entry holds a NUL")
+            })?));
         }
     }
 }

@@ -22,10 +22,12 @@ pub fn idle(args: Args) -> CmdResult {
     if args.json {
         return Ok(print_json(&v)?);
     }
-    println!(
-        "{}: idle (its next request starts it again)",
-        args.gear.name
-    );
+    if !crate::output::print_if_unchanged(&v) {
+        println!(
+            "{}: idle (its next request starts it again)",
+            args.gear.name
+        );
+    }
     Ok(())
 }
 
@@ -40,6 +42,8 @@ pub fn unidle(args: Args) -> CmdResult {
     if args.json {
         return Ok(print_json(&v)?);
     }
-    println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?"));
+    if !crate::output::print_if_unchanged(&v) {
+        println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?"));
+    }
     Ok(())
 }

@@ -42,7 +42,9 @@ pub fn run(op: Op, args: Args) -> CmdResult {
     match op {
         Op::Build => println!("built deployment {} of {}", v["built"], args.gear.name),
         _ => {
-            println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?"));
+            if !crate::output::print_if_unchanged(&v) {
+                println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?"));
+            }
             if let Some(f) = v["failure"].as_str() {
                 println!("  failure: {f}");
             }

@@ -49,6 +49,9 @@ pub fn link(args: Args) -> CmdResult {
         print_json(&v)?;
         return Ok(());
     }
+    if crate::output::print_if_unchanged(&v) {
+        return Ok(());
+    }
     let env = crate::output::strings(&v["env"]);
     println!(
         "linked {} to {}: {} reaches it at 127.0.0.1:{}",
@@ -67,6 +70,9 @@ pub fn unlink(args: Args) -> CmdResult {
     let v = call(&args.target, &Request::Unlink { gear, to })?;
     if args.json {
         print_json(&v)?;
+        return Ok(());
+    }
+    if crate::output::print_if_unchanged(&v) {
         return Ok(());
     }
     println!("unlinked {} from {}", args.gear, args.to);
