@@ -13,7 +13,6 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::bindings::CartridgePre;
 use crate::bindings::gearhost::cartridge::{host as wit, types as wt};
 use crate::engine::{Cartridge, EPOCH_TICK, error_chain};
 use crate::host::{
@@ -583,8 +582,10 @@ const ABANDON_GRACE: Duration = Duration::from_secs(2);
 
 /// Everything one hook call needs on the thread that runs it.
 struct Job {
-    store: Store<HookState>,
-    pre: CartridgePre<HookState>,
+    cartridge: Cartridge,
+    host: Arc<dyn GearHost>,
+    stdout: LogStream,
+    stderr: LogStream,
     call: HookCall,
     owner: Option<crate::fsid::FileOwner>,
     watch: Arc<Watch>,
@@ -634,16 +635,35 @@ impl Limits {
     }
 }
 
-/// A finished run: the result and when instantiation was done.
-type Ran = (Result<String, HookError>, Option<Duration>);
+/// A finished run: the result, when instantiation was done and when the
+/// store was ready (both since the call started, when it got that far).
+type Ran = (
+    Result<String, HookError>,
+    Option<Duration>,
+    Option<Duration>,
+);
 
 impl Job {
+    /// Prepare the store and run the hook in it, on this thread, polled through `handle`
+    /// (a thread of that runtime's blocking pool).
+    fn run_here(self, handle: &tokio::runtime::Handle) -> Ran {
+        let store = match self.cartridge.prepare(&self) {
+            Ok(store) => store,
+            Err(e) => return (Err(e), None, None),
+        };
+        let store_ready = self.started.elapsed();
+        let (result, instantiated) = handle.block_on(self.run(store));
+        (result, instantiated, Some(store_ready))
+    }
+
     /// Instantiate and call the hook, polled as the gear's file owner and watched: bounded by
     /// the epoch deadline, an outer timer, and `cancel`.
-    async fn run(self) -> Ran {
+    async fn run(
+        self,
+        mut store: Store<HookState>,
+    ) -> (Result<String, HookError>, Option<Duration>) {
+        let pre = self.cartridge.pre.clone();
         let Job {
-            mut store,
-            pre,
             call,
             owner,
             watch,
@@ -651,6 +671,7 @@ impl Job {
             shared,
             limits,
             started,
+            ..
         } = self;
         let mut instantiated = None;
         let result = {
@@ -705,6 +726,100 @@ impl Job {
             other => other,
         };
         (result, instantiated)
+    }
+}
+
+impl Cartridge {
+    /// A fresh store for one call: WASI with the host's preopens and the
+    /// hook's streams, the memory cap, the epoch deadline; or why the hook
+    /// cannot run.
+    fn prepare(&self, job: &Job) -> Result<Store<HookState>, HookError> {
+        let Job {
+            host,
+            stdout,
+            stderr,
+            owner,
+            cancel,
+            shared,
+            limits,
+            ..
+        } = job;
+        let deadline = limits.deadline;
+        let memory_cap = limits.memory_cap;
+        let mut wasi = WasiCtxBuilder::new();
+        // A hook's file operations are small and local; running them on the
+        // calling thread costs far less than a round trip through the blocking
+        // pool (measured: 64 µs -> see docs/performance.md for a trivial hook).
+        // The calling thread is the hook's own (see `call_cancellable`), and
+        // the watchdog breaks it out of a file operation that waits too long.
+        wasi.allow_blocking_current_thread(true);
+        wasi.stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
+        let gear = host.gear();
+        wasi.env("GEAR_HOME", &gear.home)
+            .env("PWD", &gear.home)
+            .initial_cwd(&gear.home);
+        let mut preopen_error = None;
+        for p in host.preopens() {
+            let perms = if p.writable {
+                FsPerms::ReadWrite
+            } else {
+                FsPerms::ReadOnly
+            };
+            if let Err(e) = wasi.preopened_dir(&p.host, &p.guest, perms) {
+                preopen_error = Some(format!(
+                    "cannot open the gear directory {} for the hook: {e}; check that it exists",
+                    p.host.display()
+                ));
+                break;
+            }
+        }
+        if let Some(message) = preopen_error {
+            return Err(limits.host_error(message));
+        }
+        if let Some(owner) = owner.filter(|o| !crate::fsid::can_take(*o)) {
+            return Err(limits.host_error(format!(
+                "cannot take the gear's file identity (uid {}, gid {}) for the hook; \
+                 the node needs CAP_SETUID and CAP_SETGID (run it as root)",
+                owner.uid, owner.gid
+            )));
+        }
+
+        let state = HookState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter {
+                memory_cap: usize::try_from(memory_cap).unwrap_or(usize::MAX),
+                hit: false,
+            },
+            shared: shared.clone(),
+            deadline,
+            deadline_hit: false,
+            cancel: cancel.clone(),
+            cancel_hit: false,
+        };
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            if state.cancel.is_cancelled() {
+                state.cancel_hit = true;
+                return Err(wasmtime::Error::new(CancelHit));
+            }
+            if Instant::now() >= state.deadline {
+                state.deadline_hit = true;
+                return Err(wasmtime::Error::new(DeadlineHit));
+            }
+            // yield to the executor at every tick so a busy hook never
+            // monopolises its thread's executor
+            Ok(UpdateDeadline::Yield(1))
+        });
+        Ok(store)
     }
 }
 
@@ -794,92 +909,18 @@ impl Cartridge {
             state: stdout.state.clone(),
         };
 
-        let mut wasi = WasiCtxBuilder::new();
-        // A hook's file operations are small and local; running them on the
-        // calling thread costs far less than a round trip through the blocking
-        // pool (measured: 64 µs -> see docs/performance.md for a trivial hook).
-        // The calling thread is the hook's own (see `call_cancellable`), and
-        // the watchdog breaks it out of a file operation that waits too long.
-        wasi.allow_blocking_current_thread(true);
-        wasi.stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }));
-        let gear = host.gear();
-        wasi.env("GEAR_HOME", &gear.home)
-            .env("PWD", &gear.home)
-            .initial_cwd(&gear.home);
-        let mut preopen_error = None;
-        for p in host.preopens() {
-            let perms = if p.writable {
-                FsPerms::ReadWrite
-            } else {
-                FsPerms::ReadOnly
-            };
-            if let Err(e) = wasi.preopened_dir(&p.host, &p.guest, perms) {
-                preopen_error = Some(format!(
-                    "cannot open the gear directory {} for the hook: {e}; check that it exists",
-                    p.host.display()
-                ));
-                break;
-            }
-        }
-
-        let state = HookState {
-            wasi: wasi.build(),
-            table: ResourceTable::new(),
-            limiter: MemoryLimiter {
-                memory_cap: usize::try_from(memory_cap).unwrap_or(usize::MAX),
-                hit: false,
-            },
-            shared: shared.clone(),
-            deadline,
-            deadline_hit: false,
-            cancel: cancel.clone(),
-            cancel_hit: false,
-        };
-        let mut store = Store::new(&self.runtime.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| {
-            let state = ctx.data_mut();
-            if state.cancel.is_cancelled() {
-                state.cancel_hit = true;
-                return Err(wasmtime::Error::new(CancelHit));
-            }
-            if Instant::now() >= state.deadline {
-                state.deadline_hit = true;
-                return Err(wasmtime::Error::new(DeadlineHit));
-            }
-            // yield to the executor at every tick so a busy hook never
-            // monopolises its thread's executor
-            Ok(UpdateDeadline::Yield(1))
-        });
-
-        let store_ready = started.elapsed();
         let mut cancel_on_drop = CancelOnDrop {
             cancel,
             armed: true,
         };
-        let (result, instantiated) = if let Some(message) = preopen_error {
-            (Err(limits.host_error(message)), None)
-        } else if let Some(owner) = owner.filter(|o| !crate::fsid::can_take(*o)) {
-            (
-                Err(limits.host_error(format!(
-                    "cannot take the gear's file identity (uid {}, gid {}) for the hook; \
-                     the node needs CAP_SETUID and CAP_SETGID (run it as root)",
-                    owner.uid, owner.gid
-                ))),
-                None,
-            )
-        } else if cancel.is_cancelled() {
-            (Err(limits.cancelled(cancel)), None)
+        let (result, instantiated, store_ready) = if cancel.is_cancelled() {
+            (Err(limits.cancelled(cancel)), None, None)
         } else {
             let job = Job {
-                store,
-                pre: self.pre.clone(),
+                cartridge: self.clone(),
+                host,
+                stdout: stdout.clone(),
+                stderr,
                 call,
                 owner,
                 watch: self.runtime.watchdog.watch(deadline, cancel.clone()),
@@ -921,8 +962,8 @@ impl Cartridge {
             requests: record.requests,
             denials: record.denials,
             elapsed: started.elapsed(),
-            setup: store_ready,
-            instantiate: instantiated.map(|t| t.saturating_sub(store_ready)),
+            setup: store_ready.unwrap_or_default(),
+            instantiate: instantiated.map(|t| t.saturating_sub(store_ready.unwrap_or_default())),
             host_calls: record.host_calls,
         }
     }
@@ -934,7 +975,7 @@ impl Cartridge {
 /// the call reported as stopped.
 async fn run_on_own_thread(job: Job, limits: &Limits, cancel: &Cancel) -> Ran {
     let handle = tokio::runtime::Handle::current();
-    let mut task = tokio::task::spawn_blocking(move || handle.block_on(job.run()));
+    let mut task = tokio::task::spawn_blocking(move || job.run_here(&handle));
     let give_up = tokio::time::Instant::from_std(limits.deadline)
         + OUTER_TIMER_SLACK
         + EPOCH_TICK
@@ -960,6 +1001,7 @@ async fn run_on_own_thread(job: Job, limits: &Limits, cancel: &Cancel) -> Ran {
                 "the thread running the hook failed: {e}; this is a bug in the node, report it"
             ))),
             None,
+            None,
         ),
     }
 }
@@ -971,7 +1013,7 @@ fn abandoned(limits: &Limits, error: HookError) -> Ran {
         "a hook's thread did not come back after it was told to stop (a system call no signal \
          interrupts); it is left to finish on its own and can no longer reach the gear"
     );
-    (Err(error), None)
+    (Err(error), None, None)
 }
 
 /// Say what a trap means: the deadline, a cancel, the memory cap, or a crash.
