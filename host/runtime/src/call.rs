@@ -971,8 +971,9 @@ impl Cartridge {
 
 /// Run `job` on a thread of the blocking pool, entered into the current runtime, and wait
 /// for it — but not past its budget plus a grace, nor long after `cancel`: a thread that
-/// does not come back by then (stuck where no signal reaches) is left behind, cancelled, and
-/// the call reported as stopped.
+/// does not come back by then (stuck where no signal reaches) is left behind, and the call
+/// reported as stopped (the host refuses every request from it from then on: it is past its
+/// deadline, or cancelled).
 async fn run_on_own_thread(job: Job, limits: &Limits, cancel: &Cancel) -> Ran {
     let handle = tokio::runtime::Handle::current();
     let mut task = tokio::task::spawn_blocking(move || job.run_here(&handle));
@@ -983,7 +984,7 @@ async fn run_on_own_thread(job: Job, limits: &Limits, cancel: &Cancel) -> Ran {
     let joined = tokio::select! {
         joined = &mut task => joined,
         () = tokio::time::sleep_until(give_up) => {
-            cancel.cancel("the hook ran past its budget");
+            // past its deadline the hook is refused every request already
             match tokio::time::timeout(CANCEL_GRACE, &mut task).await {
                 Ok(joined) => joined,
                 Err(_) => return abandoned(limits, limits.deadline_exceeded()),
