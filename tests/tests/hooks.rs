@@ -854,6 +854,8 @@ fn a_file_under_a_lease_does_not_hold_a_hook_past_its_budget() {
     expect_deadline(&out, budget);
 }
 
+/// Opening a socket fails (`ENXIO`, an I/O error to the guest), a symlink
+/// loop ends in `ELOOP`: neither waits.
 #[test]
 fn sockets_and_symlink_loops_fail_at_once() {
     let pkg = cartridge_dir("guest-files");
@@ -865,7 +867,7 @@ fn sockets_and_symlink_loops_fail_at_once() {
     std::os::unix::fs::symlink("a", gear.path().join("b")).expect("symlink");
     let files = files_cartridge(&runtime(cache.path()), pkg.path(), Duration::from_secs(5));
     let rt = rt();
-    for (path, kind) in [("/gear/socket", "os error"), ("/gear/a", "FilesystemLoop")] {
+    for (path, kind) in [("/gear/socket", "I/O error"), ("/gear/a", "FilesystemLoop")] {
         let out = rt.block_on(files.call(scratch("files", gear.path()), control("read", &[path])));
         let (code, message) = failed_code(&out);
         assert_eq!(code, "io");
