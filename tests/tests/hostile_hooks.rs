@@ -307,6 +307,7 @@ fn a_build_stuck_on_a_fifo_ends_at_its_budget_and_stop_and_destroy_cut_it_short(
         rss_after < rss_before + 64 * 1024,
         "the node grew from {rss_before} KiB to {rss_after} KiB"
     );
+    ok_within(&node, &["destroy", "bystander"], Duration::from_secs(30));
 }
 
 #[test]
@@ -375,6 +376,9 @@ fn more_stuck_gears_than_node_threads_leave_the_api_answering() {
         );
     }
     node_alive(&node);
+    for name in rest.iter().map(String::as_str).chain(["fresh"]) {
+        ok_within(&node, &["destroy", name], Duration::from_secs(30));
+    }
 }
 
 #[test]
@@ -439,4 +443,5 @@ fn a_program_a_cancelled_build_ran_is_killed_with_it() {
         std::thread::sleep(Duration::from_millis(100));
     }
     node_alive(&node);
+    ok_within(&node, &["destroy", "sleeper"], Duration::from_secs(30));
 }
