@@ -115,17 +115,25 @@ fn exit_of(status: std::process::ExitStatus) -> ExitStatus {
 }
 
 async fn spawn_blocking_sandbox(spec: SandboxSpec) -> Result<Sandboxed, HostError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        // the gear's group carries the gear's limits, shared by all its processes
-        if let Some((subtree, gear)) = spec.cgroup.subtree.rsplit_once('/') {
-            let mounts = gearhost_sandbox::cgroup::detect()?;
-            gearhost_sandbox::cgroup::ensure_group(&mounts, subtree, gear, &spec.limits)?;
+        let spawned = (|| {
+            // the gear's group carries the gear's limits, shared by all its processes
+            if let Some((subtree, gear)) = spec.cgroup.subtree.rsplit_once('/') {
+                let mounts = gearhost_sandbox::cgroup::detect()?;
+                gearhost_sandbox::cgroup::ensure_group(&mounts, subtree, gear, &spec.limits)?;
+            }
+            Sandbox::spawn(spec)
+        })();
+        // nobody waits for it any more (a hook cancelled while its program
+        // started): nobody would ever stop it either
+        if let Err(Ok(child)) = tx.send(spawned) {
+            let _ = child.teardown();
         }
-        Sandbox::spawn(spec)
-    })
-    .await
-    .map_err(|e| HostError::Failed(format!("the sandbox thread failed: {e}")))?
-    .map_err(sandbox_error)
+    });
+    rx.await
+        .map_err(|_| HostError::Failed("the sandbox thread failed".into()))?
+        .map_err(sandbox_error)
 }
 
 /// Wait for a sandboxed process without blocking a runtime thread.
