@@ -28,8 +28,11 @@ use crate::state::{
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
-/// How long `gear destroy` lets the gear's stop hook run.
-const DESTROY_STOP_HOOK: Duration = Duration::from_secs(3);
+/// How long `gear destroy` lets the gear's stop hook run, and then its
+/// processes finish after `SIGTERM`: the gear goes anyway, and a hostile one
+/// must not hold its destroy up.
+const DESTROY_STOP_HOOK: Duration = Duration::from_secs(2);
+const DESTROY_GRACE: Duration = Duration::from_secs(2);
 
 pub(crate) fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::Invalid, msg)
@@ -740,7 +743,7 @@ impl Node {
                 timer.abort();
             }
         }
-        g.supervisor.stop_all(Duration::from_secs(5)).await;
+        g.supervisor.stop_all(DESTROY_GRACE).await;
         // its own links go with it, and the frontend's door
         self.links.close_from(&r.id);
         g.front.close_door();
