@@ -646,3 +646,379 @@ fn many_hooks_run_concurrently_on_one_runtime() {
         assert_eq!(r.as_deref().ok(), Some(i.to_string().as_str()));
     }
 }
+
+// ---------------------------------------------------------------------------
+// hostile files: whatever a gear did to the files a hook touches, the hook's
+// budget and memory cap hold, and a stuck hook holds nobody else up
+
+/// The `files` test cartridge with its budget set to `timeout`.
+fn files_cartridge(
+    runtime: &Runtime,
+    pkg: &Path,
+    timeout: Duration,
+) -> gearhost_runtime::Cartridge {
+    let mut manifest = Manifest::load_dir(pkg).expect("manifest");
+    manifest.limits.timeout = timeout;
+    let wasm = std::fs::read(pkg.join("hooks.wasm")).expect("wasm");
+    runtime
+        .load(manifest, &wasm, &pkg.join("hooks.wasm"))
+        .expect("load files")
+}
+
+/// Run `f` on a thread of its own and give up after `limit`: a call that
+/// hangs fails the test instead of hanging it.
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(_) => panic!("{what} did not end within {limit:?}: the hook's budget did not hold"),
+    }
+}
+
+fn sh(script: &str) {
+    let status = std::process::Command::new("sh")
+        .args(["-c", script])
+        .status()
+        .expect("sh");
+    assert!(status.success(), "{script}");
+}
+
+fn mkfifo(path: &Path) {
+    let status = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo");
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+fn expect_deadline(out: &HookOutcome, budget: Duration) {
+    match &out.result {
+        Err(HookError::DeadlineExceeded { budget: b, .. }) => assert_eq!(*b, budget),
+        other => panic!("expected the budget to end the hook, got {other:?}"),
+    }
+    assert!(
+        out.elapsed >= budget && out.elapsed < budget + Duration::from_millis(250),
+        "the hook ended after {:?}, its budget was {budget:?}",
+        out.elapsed
+    );
+}
+
+#[test]
+fn a_hook_blocked_opening_a_fifo_ends_at_its_budget_and_others_keep_running() {
+    let pkg = cartridge_dir("guest-files");
+    let full_pkg = cartridge_dir("guest-full");
+    let cache = tempfile::tempdir().expect("cache");
+    let gear = tempfile::tempdir().expect("gear");
+    // two: a reader and a writer of the same FIFO would meet and both go on
+    mkfifo(&gear.path().join("fifo-r"));
+    mkfifo(&gear.path().join("fifo-w"));
+    let runtime = runtime(cache.path());
+    let budget = Duration::from_millis(300);
+    let files = files_cartridge(&runtime, pkg.path(), budget);
+    let full = runtime.load_dir(full_pkg.path()).expect("load full");
+    let dir = gear.path().to_path_buf();
+
+    // one runtime thread, as in the looping test: the stuck hook must not hold it
+    let (read, write, others) = within(
+        Duration::from_secs(20),
+        "a hook opening a FIFO",
+        move || {
+            rt().block_on(async {
+                let read = files.call(scratch("files", &dir), control("read", &["/gear/fifo-r"]));
+                let write = files.call(
+                    scratch("files", &dir),
+                    control("open-write", &["/gear/fifo-w"]),
+                );
+                let others = async {
+                    let mut done = Vec::new();
+                    for _ in 0..10 {
+                        let out = full.call(scratch("full", &dir), control("noop", &[])).await;
+                        done.push((out.result.is_ok(), Instant::now()));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    done
+                };
+                let started = Instant::now();
+                let (read, write, others) = tokio::join!(read, write, others);
+                (read, write, (started, others))
+            })
+        },
+    );
+    expect_deadline(&read, budget);
+    expect_deadline(&write, budget);
+    let (started, others) = others;
+    assert!(
+        others.iter().all(|(ok, _)| *ok),
+        "a well-behaved hook failed"
+    );
+    // the ten calls (and their pauses) ran while the two hooks were stuck
+    assert!(
+        others
+            .iter()
+            .all(|(_, at)| at.duration_since(started) < budget),
+        "the other hooks waited for the stuck ones"
+    );
+}
+
+#[test]
+fn a_cancelled_hook_blocked_on_a_fifo_ends_within_milliseconds() {
+    let pkg = cartridge_dir("guest-files");
+    let cache = tempfile::tempdir().expect("cache");
+    let gear = tempfile::tempdir().expect("gear");
+    mkfifo(&gear.path().join("fifo"));
+    let files = files_cartridge(&runtime(cache.path()), pkg.path(), Duration::from_secs(30));
+    let dir = gear.path().to_path_buf();
+    let out = within(Duration::from_secs(10), "a cancelled hook", move || {
+        rt().block_on(async {
+            let cancel = gearhost_runtime::Cancel::new();
+            let canceller = cancel.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                canceller.cancel("the test stopped it");
+            });
+            files
+                .call_cancellable(
+                    scratch("files", &dir),
+                    control("read", &["/gear/fifo"]),
+                    &cancel,
+                )
+                .await
+        })
+    });
+    match &out.result {
+        Err(e @ HookError::Cancelled { reason, .. }) => {
+            assert_eq!(reason, "the test stopped it");
+            assert!(
+                e.to_string().contains("was stopped before it finished"),
+                "{e}"
+            );
+        }
+        other => panic!("expected a cancelled hook, got {other:?}"),
+    }
+    assert!(
+        out.elapsed < Duration::from_millis(500),
+        "cancelled after 200 ms, ended after {:?}",
+        out.elapsed
+    );
+}
+
+#[test]
+fn a_file_under_a_lease_does_not_hold_a_hook_past_its_budget() {
+    let pkg = cartridge_dir("guest-files");
+    let cache = tempfile::tempdir().expect("cache");
+    let gear = tempfile::tempdir().expect("gear");
+    let leased = gear.path().join("leased");
+    std::fs::write(&leased, "data").expect("write");
+    // a write lease: every open by another process waits until the holder
+    // gives it up, or for the kernel's lease-break-time (45 s by default)
+    let mut holder = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import fcntl, os, signal, sys, time\n\
+             signal.signal(signal.SIGIO, lambda *_: None)\n\
+             fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)\n\
+             print('leased', flush=True)\n\
+             time.sleep(120)\n",
+        ])
+        .arg(&leased)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert_eq!(line.trim(), "leased");
+    let budget = Duration::from_millis(300);
+    let files = files_cartridge(&runtime(cache.path()), pkg.path(), budget);
+    let dir = gear.path().to_path_buf();
+    let out = within(
+        Duration::from_secs(20),
+        "a hook opening a leased file",
+        move || {
+            rt().block_on(files.call(scratch("files", &dir), control("read", &["/gear/leased"])))
+        },
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    expect_deadline(&out, budget);
+}
+
+/// Opening a socket fails (`ENXIO`, an I/O error to the guest), a symlink
+/// loop ends in `ELOOP`: neither waits.
+#[test]
+fn sockets_and_symlink_loops_fail_at_once() {
+    let pkg = cartridge_dir("guest-files");
+    let cache = tempfile::tempdir().expect("cache");
+    let gear = tempfile::tempdir().expect("gear");
+    let _listener =
+        std::os::unix::net::UnixListener::bind(gear.path().join("socket")).expect("bind");
+    std::os::unix::fs::symlink("b", gear.path().join("a")).expect("symlink");
+    std::os::unix::fs::symlink("a", gear.path().join("b")).expect("symlink");
+    let files = files_cartridge(&runtime(cache.path()), pkg.path(), Duration::from_secs(5));
+    let rt = rt();
+    for (path, kind) in [("/gear/socket", "I/O error"), ("/gear/a", "FilesystemLoop")] {
+        let out = rt.block_on(files.call(scratch("files", gear.path()), control("read", &[path])));
+        let (code, message) = failed_code(&out);
+        assert_eq!(code, "io");
+        assert!(message.contains(kind), "{path}: {message}");
+        assert!(!message.contains("Interrupted"), "{path}: {message}");
+        assert!(
+            out.elapsed < Duration::from_secs(1),
+            "{path}: {:?}",
+            out.elapsed
+        );
+    }
+}
+
+#[test]
+fn a_sparse_terabyte_file_is_held_by_the_memory_cap_and_the_budget() {
+    let pkg = cartridge_dir("guest-files");
+    let cache = tempfile::tempdir().expect("cache");
+    let gear = tempfile::tempdir().expect("gear");
+    std::fs::File::create(gear.path().join("huge"))
+        .and_then(|f| f.set_len(1 << 40))
+        .expect("sparse file");
+    let runtime = runtime(cache.path());
+    let files = files_cartridge(&runtime, pkg.path(), Duration::from_secs(10));
+    let rt = rt();
+    // into memory by its size: the reservation fails at once, in the guest
+    let read = rt.block_on(files.call(
+        scratch("files", gear.path()),
+        control("read", &["/gear/huge"]),
+    ));
+    let (code, message) = failed_code(&read);
+    assert_eq!(code, "io");
+    assert!(message.starts_with("OutOfMemory"), "{message}");
+    // into memory as it comes: stopped at the cap (32 MiB)
+    let slurp = rt.block_on(files.call(
+        scratch("files", gear.path()),
+        control("slurp", &["/gear/huge"]),
+    ));
+    assert!(
+        matches!(slurp.result, Err(HookError::MemoryLimitExceeded { limit, .. }) if limit == 32 << 20),
+        "{:?}",
+        slurp.result
+    );
+    // read through, keeping nothing: stopped at the budget
+    let budget = Duration::from_millis(300);
+    let files = files_cartridge(&runtime, pkg.path(), budget);
+    let scan = rt.block_on(files.call(
+        scratch("files", gear.path()),
+        control("scan", &["/gear/huge"]),
+    ));
+    expect_deadline(&scan, budget);
+}
+
+#[test]
+fn a_device_that_never_ends_is_held_by_the_memory_cap() {
+    if !gearhost_tests::privileged("making a device node takes root") {
+        return;
+    }
+    let pkg = cartridge_dir("guest-files");
+    let cache = tempfile::tempdir().expect("cache");
+    let gear = tempfile::tempdir().expect("gear");
+    // the same device as /dev/zero: endless, and of size 0
+    sh(&format!("mknod {}/zero c 1 5", gear.path().display()));
+    let files = files_cartridge(&runtime(cache.path()), pkg.path(), Duration::from_secs(5));
+    let out = rt().block_on(files.call(
+        scratch("files", gear.path()),
+        control("read", &["/gear/zero"]),
+    ));
+    assert!(
+        matches!(out.result, Err(HookError::MemoryLimitExceeded { .. })),
+        "{:?}",
+        out.result
+    );
+}
+
+#[test]
+fn a_huge_directory_is_listed_as_the_hook_reads_it() {
+    let pkg = cartridge_dir("guest-files");
+    let cache = tempfile::tempdir().expect("cache");
+    let gear = tempfile::tempdir().expect("gear");
+    let many = gear.path().join("many");
+    std::fs::create_dir(&many).expect("dir");
+    let n = 200_000;
+    for i in 0..n {
+        std::fs::File::create(many.join(format!("entry-with-a-longish-name-{i:08}")))
+            .expect("create");
+    }
+    let runtime = runtime(cache.path());
+    let files = files_cartridge(&runtime, pkg.path(), Duration::from_secs(20));
+    let rt = rt();
+    // all of it, one entry at a time
+    let count = rt.block_on(files.call(
+        scratch("files", gear.path()),
+        control("count", &["/gear/many"]),
+    ));
+    assert_eq!(ok(&count), format!("{n} entries"));
+    // the first entry does not wait for the rest: the host does not read
+    // (and keep) the whole directory before the hook sees one entry
+    let first = rt.block_on(files.call(
+        scratch("files", gear.path()),
+        control("first", &["/gear/many"]),
+    ));
+    assert!(
+        ok(&first).starts_with("entry-with-a-longish-name-"),
+        "{:?}",
+        first.result
+    );
+    assert!(
+        first.elapsed < Duration::from_millis(100),
+        "the first entry of {n} took {:?}",
+        first.elapsed
+    );
+    // and a listing that takes too long ends at the budget
+    let budget = Duration::from_millis(20);
+    let short = files_cartridge(&runtime, pkg.path(), budget);
+    let out = rt.block_on(short.call(
+        scratch("files", gear.path()),
+        control("count", &["/gear/many"]),
+    ));
+    expect_deadline(&out, budget);
+}
+
+#[test]
+fn a_tree_deeper_than_a_path_can_be_ends_in_an_error() {
+    let pkg = cartridge_dir("guest-files");
+    let cache = tempfile::tempdir().expect("cache");
+    let gear = tempfile::tempdir().expect("gear");
+    // 3000 levels of `d`: its deepest paths are longer than PATH_MAX
+    let status = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import os, sys\n\
+             os.mkdir(sys.argv[1])\n\
+             fd = os.open(sys.argv[1], os.O_RDONLY)\n\
+             for _ in range(3000):\n\
+             \x20   os.mkdir('d', dir_fd=fd)\n\
+             \x20   fd = os.open('d', os.O_RDONLY, dir_fd=fd)\n",
+        ])
+        .arg(gear.path().join("deep"))
+        .status()
+        .expect("python3");
+    assert!(status.success());
+    let files = files_cartridge(&runtime(cache.path()), pkg.path(), Duration::from_secs(10));
+    let out = within(
+        Duration::from_secs(30),
+        "a walk of a deep tree",
+        move || {
+            rt().block_on(files.call(
+                scratch("files", gear.path()),
+                control("walk", &["/gear/deep"]),
+            ))
+        },
+    );
+    println!("{:?} after {:?}", out.result, out.elapsed);
+}

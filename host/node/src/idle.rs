@@ -127,11 +127,14 @@ impl Node {
         gear.front.closing.store(true, Ordering::SeqCst);
         // requests already on their way to the app finish first (new ones
         // wait for the wake-up after the idling); a stuck one is cut after
-        // the response timeout, at most 30 s
+        // the response timeout, at most 30 s (or until a `gear stop` or `gear
+        // destroy` comes for the gear)
         let grace = self.config().response_timeout.min(Duration::from_secs(30));
         let deadline = tokio::time::Instant::now() + grace;
+        let cancel = gear.op.cancel();
         while gear.front.forwarding.load(Ordering::SeqCst) != 0
             && tokio::time::Instant::now() < deadline
+            && !cancel.is_cancelled()
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

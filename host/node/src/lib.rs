@@ -19,6 +19,7 @@ pub mod idle;
 pub mod links;
 pub mod logs;
 pub mod node;
+mod oplock;
 pub mod procs;
 mod proxy;
 pub mod server;
@@ -132,10 +133,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     result
 }
 
+/// How long the node waits, once it has stopped, for work still running on
+/// its runtime's blocking threads (a hook's thread stuck in the kernel
+/// where no signal reaches is left behind after that).
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The tokio runtime the node runs on. Every thread it starts takes the
 /// process's own file-system identity first: hooks run their file operations
 /// as their gear's user, and a thread started from inside a hook's poll would
-/// otherwise keep that identity (see `gearhost_runtime::fsid`).
+/// otherwise keep that identity (see `gearhost_runtime::fsid`). Hooks run on
+/// its blocking threads, never on its workers (see
+/// `gearhost_runtime::Cartridge::call_cancellable`), so a hook stuck in the
+/// kernel holds no worker and the node's API keeps answering.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

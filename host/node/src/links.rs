@@ -243,10 +243,7 @@ async fn lock_both<'a>(
     a_id: &str,
     b: &'a Gear,
     b_id: &str,
-) -> (
-    tokio::sync::MutexGuard<'a, ()>,
-    tokio::sync::MutexGuard<'a, ()>,
-) {
+) -> (crate::oplock::OpGuard<'a>, crate::oplock::OpGuard<'a>) {
     if a_id < b_id {
         let ga = a.op.lock().await;
         let gb = b.op.lock().await;

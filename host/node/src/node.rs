@@ -28,6 +28,12 @@ use crate::state::{
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
+/// How long `gear destroy` lets the gear's stop hook run, and then its
+/// processes finish after `SIGTERM`: the gear goes anyway, and a hostile one
+/// must not hold its destroy up.
+const DESTROY_STOP_HOOK: Duration = Duration::from_secs(2);
+const DESTROY_GRACE: Duration = Duration::from_secs(2);
+
 pub(crate) fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::Invalid, msg)
 }
@@ -45,7 +51,7 @@ pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
 #[derive(Debug)]
 pub struct Gear {
     record: Mutex<GearRecord>,
-    pub(crate) op: tokio::sync::Mutex<()>,
+    pub(crate) op: crate::oplock::OpLock,
     pub(crate) paths: GearPaths,
     supervisor: Supervisor,
     app_log: LogFile,
@@ -102,7 +108,7 @@ impl Gear {
             ),
             state: AtomicU8::new(state_index(record.state)),
             record: Mutex::new(record),
-            op: tokio::sync::Mutex::new(()),
+            op: crate::oplock::OpLock::default(),
             paths,
             supervisor: Supervisor::default(),
             execs: AtomicU32::new(0),
@@ -699,7 +705,8 @@ impl Node {
         progress: &Progress,
     ) -> ApiResult<serde_json::Value> {
         let g = self.find(gear)?;
-        let _op = g.op.lock().await;
+        // an operation stuck on what the gear did gives way (its hooks are cancelled)
+        let _op = g.op.preempt("`gear destroy` was asked for").await;
         let r = g.record();
         // a gear others are linked to holds their data: refuse rather than
         // break them (links to it are made under its lock, so this holds)
@@ -723,10 +730,20 @@ impl Node {
         if r.state != GearState::New && (r.active.is_some() || !deploy_required) {
             let _ = progress.send(format!("stopping {}", gear.name));
             if let Ok(cart) = self.cartridge(&r.cartridge) {
+                // the gear goes anyway: its stop hook gets a few seconds, not its budget
+                let cancel = g.op.cancel();
+                let timer = tokio::spawn(async move {
+                    tokio::time::sleep(DESTROY_STOP_HOOK).await;
+                    cancel.cancel(format!(
+                        "`gear destroy` gives the stop hook {}",
+                        humantime::format_duration(DESTROY_STOP_HOOK)
+                    ));
+                });
                 let _ = self.hook(&g, &cart, HookCall::Stop).await;
+                timer.abort();
             }
         }
-        g.supervisor.stop_all(Duration::from_secs(5)).await;
+        g.supervisor.stop_all(DESTROY_GRACE).await;
         // its own links go with it, and the frontend's door
         self.links.close_from(&r.id);
         g.front.close_door();
@@ -1022,6 +1039,7 @@ impl Node {
             return Ok(());
         };
         let _ = progress.send(format!("waiting for the app to answer on port {port}"));
+        let cancel = g.op.cancel();
         let netns = g.paths.netns();
         let deadline = tokio::time::Instant::now() + self.config.start_timeout;
         // a wake-up from idle waits on this, and most apps answer within a few
@@ -1080,7 +1098,15 @@ impl Node {
                     g.record().name
                 )));
             }
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = cancel.cancelled() => {
+                    return Err(failed(format!(
+                        "the start was stopped before the app answered on port {port}: {}",
+                        cancel.reason().unwrap_or_default()
+                    )));
+                }
+            }
             if started.elapsed() >= Duration::from_millis(250) {
                 pause = (pause * 2).min(Duration::from_millis(50));
             }
@@ -1090,7 +1116,8 @@ impl Node {
     /// Stop the gear. Stopping a stopped gear changes nothing and says so.
     pub async fn stop(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
         let g = self.find(gear)?;
-        let _op = g.op.lock().await;
+        // an operation stuck on what the gear did gives way (its hooks are cancelled)
+        let _op = g.op.preempt("`gear stop` was asked for").await;
         let r = g.record();
         if matches!(r.state, GearState::Stopped | GearState::New) && !g.supervisor.any_running() {
             if r.desired != Desired::Stopped {
@@ -1380,7 +1407,10 @@ impl Node {
         });
         let kind = call.kind();
         g.hook_log.line(&format!("{kind}[node]"), "hook started");
-        let outcome = cart.call(host.clone(), call).await;
+        // the operation holding the gear's lock: a `gear stop` or `gear destroy`
+        // that preempts it cancels the hook
+        let cancel = g.op.cancel();
+        let outcome = cart.call_cancellable(host.clone(), call, &cancel).await;
         // a build's network ends with its hook
         host.egress.close().await;
         // how long, and how much of it the hook machinery and the hook's own

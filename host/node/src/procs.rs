@@ -115,17 +115,25 @@ fn exit_of(status: std::process::ExitStatus) -> ExitStatus {
 }
 
 async fn spawn_blocking_sandbox(spec: SandboxSpec) -> Result<Sandboxed, HostError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::task::spawn_blocking(move || {
-        // the gear's group carries the gear's limits, shared by all its processes
-        if let Some((subtree, gear)) = spec.cgroup.subtree.rsplit_once('/') {
-            let mounts = gearhost_sandbox::cgroup::detect()?;
-            gearhost_sandbox::cgroup::ensure_group(&mounts, subtree, gear, &spec.limits)?;
+        let spawned = (|| {
+            // the gear's group carries the gear's limits, shared by all its processes
+            if let Some((subtree, gear)) = spec.cgroup.subtree.rsplit_once('/') {
+                let mounts = gearhost_sandbox::cgroup::detect()?;
+                gearhost_sandbox::cgroup::ensure_group(&mounts, subtree, gear, &spec.limits)?;
+            }
+            Sandbox::spawn(spec)
+        })();
+        // nobody waits for it any more (a hook cancelled while its program
+        // started): nobody would ever stop it either
+        if let Err(Ok(child)) = tx.send(spawned) {
+            let _ = child.teardown();
         }
-        Sandbox::spawn(spec)
-    })
-    .await
-    .map_err(|e| HostError::Failed(format!("the sandbox thread failed: {e}")))?
-    .map_err(sandbox_error)
+    });
+    rx.await
+        .map_err(|_| HostError::Failed("the sandbox thread failed".into()))?
+        .map_err(sandbox_error)
 }
 
 /// Wait for a sandboxed process without blocking a runtime thread.
@@ -161,6 +169,41 @@ fn tear_down(child: Sandboxed) {
     });
 }
 
+/// A child that is killed and torn down if it is dropped before [`TearDownOnDrop::disarm`].
+struct TearDownOnDrop(Option<Sandboxed>);
+
+impl TearDownOnDrop {
+    fn disarm(mut self) -> Sandboxed {
+        self.0.take().expect("armed until disarmed")
+    }
+}
+
+impl std::ops::Deref for TearDownOnDrop {
+    type Target = Sandboxed;
+    fn deref(&self) -> &Sandboxed {
+        self.0.as_ref().expect("armed until disarmed")
+    }
+}
+
+impl std::ops::DerefMut for TearDownOnDrop {
+    fn deref_mut(&mut self) -> &mut Sandboxed {
+        self.0.as_mut().expect("armed until disarmed")
+    }
+}
+
+impl Drop for TearDownOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take() {
+            let _ = child.kill(gearhost_sandbox::Signal::Kill);
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tear_down(child);
+            } else if let Err(e) = child.teardown() {
+                tracing::warn!(error = %e, "gear process teardown left something behind");
+            }
+        }
+    }
+}
+
 fn pipe_reader(file: std::fs::File) -> Option<tokio::net::unix::pipe::Receiver> {
     tokio::net::unix::pipe::Receiver::from_file(file).ok()
 }
@@ -192,7 +235,8 @@ pub async fn exec(
     };
     spec.stdio.stdout = Stdio::Piped;
     spec.stdio.stderr = Stdio::Piped;
-    let mut child = spawn_blocking_sandbox(spec).await?;
+    // killed if this future is dropped first (the hook that asked was cancelled)
+    let mut child = TearDownOnDrop(Some(spawn_blocking_sandbox(spec).await?));
     let stdin = child.take_stdin();
     let stdout = child.take_stdout().and_then(pipe_reader);
     let stderr = child.take_stderr().and_then(pipe_reader);
@@ -225,6 +269,7 @@ pub async fn exec(
         Ok::<_, HostError>((status, out, err))
     })
     .await;
+    let child = child.disarm();
     match result {
         Ok(Ok((status, stdout, stderr))) => {
             tear_down(child);

@@ -14,6 +14,7 @@ use crate::bindings::CartridgePre;
 use crate::cache::{CacheError, CacheOutcome, ComponentCache};
 use crate::call::HookState;
 use crate::manifest::{Manifest, ManifestError};
+use crate::watchdog::Watchdog;
 
 /// The contract version this host implements.
 pub const CONTRACT_VERSION: semver::Version = semver::Version::new(0, 1, 0);
@@ -131,6 +132,7 @@ pub(crate) struct RuntimeInner {
     pub(crate) linker: Linker<HookState>,
     pub(crate) cache: ComponentCache,
     pub(crate) config: RuntimeConfig,
+    pub(crate) watchdog: Arc<Watchdog>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -173,7 +175,8 @@ impl Cartridge {
 
 impl Runtime {
     /// Create the engine (pooling allocator, epoch interruption) and start
-    /// the epoch ticker thread that enforces deadlines.
+    /// the epoch ticker thread that enforces deadlines (and, as the hooks'
+    /// watchdog, breaks a hook that is due out of a blocking system call).
     pub fn new(config: RuntimeConfig) -> Result<Runtime, LoadError> {
         let mut pool = PoolingAllocationConfig::default();
         let slots = config.max_concurrent_hooks.max(1);
@@ -203,8 +206,19 @@ impl Runtime {
             |state| state,
         )
         .map_err(|e| LoadError::Engine(e.to_string()))?;
+        crate::readdir::add_to_linker(&mut linker).map_err(|e| {
+            LoadError::Engine(format!(
+                "cannot install the bounded directory listing: {}",
+                error_chain(&e)
+            ))
+        })?;
 
-        spawn_epoch_ticker(&engine).map_err(|e| {
+        let watchdog = Arc::new(Watchdog::new().map_err(|e| {
+            LoadError::Engine(format!(
+                "cannot install the signal handler that holds hook budgets: {e}"
+            ))
+        })?);
+        spawn_epoch_ticker(&engine, watchdog.clone()).map_err(|e| {
             LoadError::Engine(format!(
                 "cannot start the thread that enforces hook deadlines: {e}"
             ))
@@ -216,6 +230,7 @@ impl Runtime {
                 linker,
                 cache,
                 config,
+                watchdog,
             }),
         })
     }
@@ -437,8 +452,9 @@ pub(crate) fn error_chain(e: &wasmtime::Error) -> String {
 }
 
 /// Advance the engine's epoch every [`EPOCH_TICK`] for as long as the engine
-/// lives. Hook deadlines are checked at each tick.
-fn spawn_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
+/// lives. Hook deadlines are checked at each tick, and the watchdog
+/// interrupts the threads of calls that are due.
+fn spawn_epoch_ticker(engine: &Engine, watchdog: Arc<Watchdog>) -> std::io::Result<()> {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("gearhost-epoch".into())
@@ -456,6 +472,7 @@ fn spawn_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
                     Some(engine) => engine.increment_epoch(),
                     None => return,
                 }
+                watchdog.tick(Instant::now());
             }
         })
         .map(drop)

@@ -19,6 +19,14 @@
 //! environment, exec, spawn ...), [`AsNode`] switches the thread back to the
 //! node's own identity for that call only.
 //!
+//! The polling thread is the hook's own: a thread of the host runtime's
+//! blocking pool, never one of its workers (see
+//! [`Cartridge::call_cancellable`](crate::Cartridge::call_cancellable)). A
+//! file operation that waits on what the gear did (a FIFO, a leased file)
+//! blocks that thread only, and the runtime's watchdog interrupts it when the
+//! call is due. Each poll takes the identity and gives it back, so the thread
+//! leaves every poll, and the call, as the node.
+//!
 //! A thread inherits the file-system identity of the thread that creates it,
 //! and WASI may start a blocking-pool thread from inside a hook's poll. A
 //! host that gives hooks a [`FileOwner`] must therefore build its tokio

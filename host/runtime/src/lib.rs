@@ -7,7 +7,10 @@
 //!   cartridge against the contract and compiles it once (cached on disk).
 //! - [`Cartridge::call`]: one hook call in a fresh instance with an epoch
 //!   deadline, a memory cap, deny-by-default WASI and the manifest's
-//!   permissions enforced on every `exec` and `spawn`.
+//!   permissions enforced on every `exec` and `spawn`, on a thread of its
+//!   own that a watchdog breaks out of a blocked file operation when the
+//!   call is due; [`Cartridge::call_cancellable`] with a [`Cancel`] to stop
+//!   it from outside.
 //! - [`GearHost`]: what a hook may ask of the world; the node implements it
 //!   for real gears, [`ScratchHost`] for standalone calls.
 //!
@@ -42,6 +45,8 @@ mod engine;
 pub mod fsid;
 pub mod host;
 pub mod manifest;
+mod readdir;
+mod watchdog;
 
 pub use cache::{CacheError, CacheOutcome, ComponentCache};
 pub use call::{Denial, HookCall, HookError, HookOutcome, HookState, HostRequest, LogLine};
@@ -55,6 +60,7 @@ pub use host::{
     ScratchHost, Signal,
 };
 pub use manifest::{Manifest, ManifestError};
+pub use watchdog::Cancel;
 
 /// Bindings generated from the contract in `sdk/wit`.
 #[allow(missing_docs, missing_debug_implementations)]

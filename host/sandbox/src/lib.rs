@@ -10,8 +10,9 @@
 //! - [`check::host_capabilities`] says which layers this machine enforces;
 //! - [`selinux::mcs_level_for_uid`] is the uid to MCS level mapping;
 //! - beside the sandbox, the node's other uses of the kernel that need `unsafe`: the terminal
-//!   relay ([`relay_terminal`], [`window_changes`]), descriptor passing ([`fdpass`]) and the
-//!   frontend's batched sends ([`sendbatch::SendBatch`], io_uring).
+//!   relay ([`relay_terminal`], [`window_changes`]), descriptor passing ([`fdpass`]), the
+//!   frontend's batched sends ([`sendbatch::SendBatch`], io_uring) and breaking a thread out of
+//!   a blocking system call ([`interrupt`], for hook budgets).
 //!
 //! The work inside the sandbox is done by the small `gearhost-init` binary of this crate (see
 //! [`launch`] for how it is started and [`find_init`] for where it is looked up).
@@ -37,6 +38,7 @@ mod error;
 pub mod fdpass;
 #[doc(hidden)]
 pub mod helper;
+pub mod interrupt;
 pub mod launch;
 pub mod netns;
 #[doc(hidden)]

@@ -32,8 +32,10 @@ pub fn run(args: Args) -> CmdResult {
     }
     .map_err(|e| Failure::Invalid(e.into()))?;
     let rt = gearhost_node::runtime().map_err(|e| Failure::Environment(e.into()))?;
-    rt.block_on(gearhost_node::run(config))
-        .map_err(Failure::Environment)
+    let result = rt.block_on(gearhost_node::run(config));
+    // a hook's thread stuck where no signal reaches must not keep the node from exiting
+    rt.shutdown_timeout(gearhost_node::SHUTDOWN_GRACE);
+    result.map_err(Failure::Environment)
 }
 
 /// Print the embedded default configuration.

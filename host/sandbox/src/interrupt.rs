@@ -1,0 +1,239 @@
+//! Breaking a thread out of a blocking system call: the node's way to hold a hook's time
+//! budget when the hook's file operation waits on something a gear controls (opening a FIFO
+//! nobody writes to, a file under a lease, ...).
+//!
+//! A signal whose handler does nothing, installed without `SA_RESTART`, makes an interruptible
+//! wait in the kernel return `EINTR` to the thread it was sent to, and the caller sees an error
+//! instead of waiting on. The signal is `SIGURG`: nothing else in the node uses it, it does not
+//! queue (however often it is sent, at most one is pending), and its default action is to be
+//! ignored, so a `SIGURG` that reaches the process for any other reason changes nothing but a
+//! retried system call.
+//!
+//! A signal sent to a thread that has left the code it was meant for would interrupt whatever
+//! that thread does next. So a thread accepts interruptions only between [`accept`] and
+//! [`refuse`] (the signal is unblocked there and blocked outside), and whoever decides to
+//! interrupt it must know that it is between the two (the caller keeps that under its own
+//! lock). After [`refuse`], [`discard_pending`] drops an interruption that arrived too late to
+//! matter, so it cannot fire in later work. Threads that never call [`accept`] are unaffected.
+
+use std::io;
+use std::sync::OnceLock;
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+/// The signal used to interrupt threads.
+const SIGNAL: Signal = Signal::SIGURG;
+
+/// A thread of this process, by its kernel thread id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ThreadId(libc::pid_t);
+
+impl ThreadId {
+    /// The calling thread.
+    pub fn current() -> ThreadId {
+        ThreadId(nix::unistd::gettid().as_raw())
+    }
+}
+
+/// Proof that the handler is installed: only with it may threads be interrupted (without a
+/// handler the signal would simply be ignored and interrupt nothing).
+#[derive(Debug, Clone, Copy)]
+pub struct Interrupter {
+    _installed: (),
+}
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    // nothing to do: being delivered is the point (the interrupted call returns EINTR)
+}
+
+/// Installs the handler (once per process) and returns the interrupter.
+///
+/// # Errors
+///
+/// The error of `sigaction` if the handler cannot be installed.
+pub fn interrupter() -> io::Result<Interrupter> {
+    static INSTALLED: OnceLock<Result<(), nix::errno::Errno>> = OnceLock::new();
+    let installed = INSTALLED.get_or_init(|| {
+        // no SA_RESTART: interrupted calls must return EINTR instead of being restarted;
+        // SA_ONSTACK: run on the thread's alternate stack where one exists (wasm code may
+        // run close to the end of its own stack when the signal lands)
+        let action = SigAction::new(
+            SigHandler::Handler(on_interrupt),
+            SaFlags::SA_ONSTACK,
+            SigSet::empty(),
+        );
+        // SAFETY: the handler is an `extern "C"` function that does nothing at all (trivially
+        // async-signal-safe), installed for a signal nothing else in the process handles; the
+        // previous disposition (default: ignore) is not needed back.
+        unsafe { nix::sys::signal::sigaction(SIGNAL, &action) }.map(drop)
+    });
+    match installed {
+        Ok(()) => Ok(Interrupter { _installed: () }),
+        Err(e) => Err(io::Error::from(*e)),
+    }
+}
+
+impl Interrupter {
+    /// Interrupts `thread`: a blocking, interruptible system call it is in (or enters before
+    /// the signal is delivered) returns `EINTR`. Has an effect only while the thread is
+    /// between [`accept`] and [`refuse`]; otherwise the interruption waits, blocked, for
+    /// [`discard_pending`] or the next [`accept`].
+    ///
+    /// # Errors
+    ///
+    /// `ESRCH` if the thread is gone.
+    pub fn interrupt(&self, thread: ThreadId) -> io::Result<()> {
+        // SAFETY: tgkill takes plain integers and touches no memory of ours; the thread group
+        // is our own process, so at worst (a thread id reused after its thread ended) another
+        // thread of this process gets a signal whose handler does nothing.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_tgkill,
+                libc::getpid(),
+                thread.0,
+                SIGNAL as libc::c_int,
+            )
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn signal_set() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(SIGNAL);
+    set
+}
+
+/// Lets the calling thread be interrupted from now on (until [`refuse`]).
+///
+/// # Errors
+///
+/// The error of `pthread_sigmask`.
+pub fn accept() -> io::Result<()> {
+    signal_set().thread_unblock().map_err(io::Error::from)
+}
+
+/// Stops interruptions of the calling thread: one sent from now on stays pending until
+/// [`discard_pending`] (or the next [`accept`]).
+///
+/// # Errors
+///
+/// The error of `pthread_sigmask`.
+pub fn refuse() -> io::Result<()> {
+    signal_set().thread_block().map_err(io::Error::from)
+}
+
+/// Drops an interruption of the calling thread that is pending (sent after [`refuse`]).
+/// Call it after [`refuse`], once nobody will interrupt this thread any more for what it
+/// was doing.
+pub fn discard_pending() {
+    let set = signal_set();
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    loop {
+        // SAFETY: `set` and `zero` are valid for the call; a null info pointer is allowed.
+        // With a zero timeout the call does not wait: it takes a pending signal of the set
+        // (blocked in this thread, see `refuse`) or fails with EAGAIN.
+        let got = unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) };
+        if got < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        if got < 0 {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    fn open_no_retry(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
+        nix::fcntl::open(
+            path,
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(io::Error::from)
+    }
+
+    #[test]
+    fn a_blocked_fifo_open_returns_eintr_when_interrupted() {
+        let dir = tempfile::tempdir().expect("dir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let interrupter = interrupter().expect("handler");
+        let (tx, rx) = mpsc::channel();
+        let path = fifo.clone();
+        let worker = std::thread::spawn(move || {
+            accept().expect("accept");
+            tx.send(ThreadId::current()).expect("send");
+            let started = Instant::now();
+            // no writer: this open waits until interrupted (std's File::open would retry
+            // after EINTR; cap-std, which WASI uses, does not)
+            let opened = open_no_retry(&path);
+            refuse().expect("refuse");
+            discard_pending();
+            (opened.map(drop), started.elapsed())
+        });
+        let thread = rx.recv().expect("thread id");
+        std::thread::sleep(Duration::from_millis(100));
+        // the worker may not have entered open yet: interrupt until it is out
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !worker.is_finished() {
+            assert!(Instant::now() < deadline, "the open was not interrupted");
+            interrupter.interrupt(thread).expect("interrupt");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (opened, waited) = worker.join().expect("worker");
+        let err = opened.expect_err("nobody wrote to the fifo");
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted, "{err}");
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    }
+
+    #[test]
+    fn an_interruption_after_refuse_is_discarded_and_does_not_reach_later_work() {
+        let interrupter = interrupter().expect("handler");
+        let (tx, rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let dir = tempfile::tempdir().expect("dir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let path = fifo.clone();
+        let worker = std::thread::spawn(move || {
+            accept().expect("accept");
+            refuse().expect("refuse");
+            tx.send(ThreadId::current()).expect("send");
+            go_rx.recv().expect("go");
+            discard_pending();
+            // a later accept must not see the old interruption: this open would fail
+            // at once with EINTR if it did; a writer opens the fifo after 200 ms
+            accept().expect("accept");
+            let opened = open_no_retry(&path);
+            refuse().expect("refuse");
+            opened.map(drop)
+        });
+        let thread = rx.recv().expect("thread id");
+        interrupter.interrupt(thread).expect("interrupt");
+        go_tx.send(()).expect("go");
+        std::thread::sleep(Duration::from_millis(200));
+        let _writer = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)
+            .expect("writer");
+        worker
+            .join()
+            .expect("worker")
+            .expect("the open waited for the writer instead of being interrupted");
+    }
+}
