@@ -27,6 +27,11 @@ use crate::watchdog::{Cancel, Watch, Watched};
 const OUTPUT_CAP: usize = 1 << 20;
 /// Most log lines recorded in one call's report (all still reach the host).
 const REPORT_LOG_CAP: usize = 1000;
+/// Most host requests recorded in one call's report.
+const REPORT_REQUEST_CAP: usize = 1000;
+/// Most bytes of text (log messages, request arguments) a call's report
+/// holds: a hook's report lives in the node's memory until the call ends.
+const REPORT_BYTES_CAP: usize = 1 << 20;
 /// Slack on top of a budget for the outer timer that catches hooks stuck in
 /// a host call (the engine's epoch check catches hooks stuck in wasm code).
 const OUTER_TIMER_SLACK: Duration = Duration::from_millis(50);
@@ -306,6 +311,9 @@ struct Record {
     denials: Vec<Denial>,
     stderr_tail: Vec<String>,
     dropped_log_lines: usize,
+    dropped_requests: usize,
+    /// Bytes of text held in `logs` and `requests`.
+    bytes: usize,
     host_calls: Duration,
 }
 
@@ -317,7 +325,8 @@ impl Record {
             }
             self.stderr_tail.push(message.clone());
         }
-        if self.logs.len() < REPORT_LOG_CAP {
+        if self.logs.len() < REPORT_LOG_CAP && self.bytes + message.len() <= REPORT_BYTES_CAP {
+            self.bytes += message.len();
             self.logs.push(LogLine {
                 source,
                 level,
@@ -325,6 +334,45 @@ impl Record {
             });
         } else {
             self.dropped_log_lines += 1;
+        }
+    }
+
+    fn request(&mut self, request: HostRequest) {
+        let weight = request.text_len();
+        if self.requests.len() < REPORT_REQUEST_CAP && self.bytes + weight <= REPORT_BYTES_CAP {
+            self.bytes += weight;
+            self.requests.push(request);
+        } else {
+            self.dropped_requests += 1;
+        }
+    }
+}
+
+impl HostRequest {
+    /// How many bytes of text the request holds.
+    fn text_len(&self) -> usize {
+        let args = |a: &[String]| a.iter().map(String::len).sum::<usize>();
+        match self {
+            HostRequest::EnvSet {
+                key,
+                value,
+                outcome,
+            } => key.len() + value.len() + outcome.len(),
+            HostRequest::EnvUnset { key, outcome } => key.len() + outcome.len(),
+            HostRequest::Exec {
+                program,
+                args: a,
+                outcome,
+            } => program.len() + args(a) + outcome.len(),
+            HostRequest::Spawn {
+                name,
+                program,
+                args: a,
+                outcome,
+            } => name.len() + program.len() + args(a) + outcome.len(),
+            HostRequest::Signal { name, outcome, .. } | HostRequest::Wait { name, outcome, .. } => {
+                name.len() + outcome.len()
+            }
         }
     }
 }
@@ -935,10 +983,11 @@ impl Cartridge {
         stdout.flush_partial();
 
         let record = std::mem::take(&mut *shared.record());
-        if record.dropped_log_lines > 0 {
+        if record.dropped_log_lines > 0 || record.dropped_requests > 0 {
             tracing::debug!(
-                dropped = record.dropped_log_lines,
-                "hook report log truncated"
+                dropped_lines = record.dropped_log_lines,
+                dropped_requests = record.dropped_requests,
+                "hook report truncated"
             );
         }
         // a failure after a refused request is reported as the refusal: that
@@ -1263,7 +1312,7 @@ impl wit::Host for HookState {
                     self.shared.host.env_set(&key, &value)
                 }
             });
-        self.shared.record().requests.push(HostRequest::EnvSet {
+        self.shared.record().request(HostRequest::EnvSet {
             key,
             value,
             outcome: r.as_ref().map_or_else(|e| e.to_string(), |()| "ok".into()),
@@ -1276,7 +1325,7 @@ impl wit::Host for HookState {
             .still_running()
             .and_then(|()| crate::host::check_env_key(&key))
             .and_then(|()| self.shared.host.env_unset(&key));
-        self.shared.record().requests.push(HostRequest::EnvUnset {
+        self.shared.record().request(HostRequest::EnvUnset {
             key,
             outcome: r.as_ref().map_or_else(|e| e.to_string(), |()| "ok".into()),
         });
@@ -1298,7 +1347,7 @@ impl wit::Host for HookState {
                 }
             },
         };
-        self.shared.record().requests.push(HostRequest::Exec {
+        self.shared.record().request(HostRequest::Exec {
             program,
             args,
             outcome: match &r {
@@ -1348,7 +1397,7 @@ impl wit::Host for HookState {
                 },
             },
         };
-        self.shared.record().requests.push(HostRequest::Spawn {
+        self.shared.record().request(HostRequest::Spawn {
             name,
             program,
             args,
@@ -1365,7 +1414,7 @@ impl wit::Host for HookState {
             Err(e) => Err(e),
         };
         self.shared.record().host_calls += started.elapsed();
-        self.shared.record().requests.push(HostRequest::Signal {
+        self.shared.record().request(HostRequest::Signal {
             name,
             signal,
             outcome: r.as_ref().map_or_else(|e| e.to_string(), |()| "ok".into()),
@@ -1387,7 +1436,7 @@ impl wit::Host for HookState {
             Err(e) => Err(e),
         };
         self.shared.record().host_calls += started.elapsed();
-        self.shared.record().requests.push(HostRequest::Wait {
+        self.shared.record().request(HostRequest::Wait {
             name,
             timeout_ms,
             outcome: match &r {
@@ -1419,5 +1468,28 @@ impl wit::Host for HookState {
                 last_exit: p.last_exit.map(to_exit),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_calls_report_holds_a_bounded_amount_of_text() {
+        let mut record = Record::default();
+        let big = "x".repeat(64 * 1024);
+        for _ in 0..100 {
+            record.request(HostRequest::EnvSet {
+                key: "K".into(),
+                value: big.clone(),
+                outcome: "ok".into(),
+            });
+            record.log(LogSource::Hook, LogLevel::Info, big.clone());
+        }
+        assert!(record.bytes <= REPORT_BYTES_CAP, "{}", record.bytes);
+        // 1 MiB holds 15 of them, whatever their kind
+        assert_eq!(record.requests.len() + record.logs.len(), 15);
+        assert_eq!(record.dropped_requests + record.dropped_log_lines, 185);
     }
 }
