@@ -8,8 +8,6 @@
 #![forbid(unsafe_code)]
 
 pub mod alias;
-pub mod api;
-pub mod config;
 pub mod env;
 pub mod frontend;
 pub mod idle;
@@ -20,6 +18,11 @@ pub mod procs;
 mod proxy;
 pub mod server;
 pub mod state;
+
+/// The node API's messages, shared with every client (`gearhost-api`).
+pub use gearhost_api as api;
+/// The node's configuration file (`gearhost-node-config`).
+pub use gearhost_node_config as config;
 
 pub use config::NodeConfig;
 pub use node::Node;

@@ -6,6 +6,11 @@
 //! `exec` additionally passes the caller's standard input, output and error
 //! as file descriptors (SCM_RIGHTS) with the request, so the command in the
 //! gear talks to the caller's terminal directly.
+//!
+//! This crate is the one place these types live (the node, the `gear`
+//! command and any other client share it), with [`decode_request`], which
+//! turns what the node read from its socket into a [`Request`]. It has no
+//! I/O of its own.
 
 use std::path::PathBuf;
 
@@ -258,4 +263,92 @@ pub enum Reply {
     Ok(serde_json::Value),
     /// The request failed.
     Error(ApiError),
+}
+
+/// Decodes the request a client sent: the bytes the node read from its
+/// socket, up to and including the first line feed (bytes after it are not
+/// looked at; the line may also end where the client closed the
+/// connection). A line longer than [`MAX_REQUEST`] bytes, or one that is
+/// not a [`Request`] in JSON, is an [`ErrorKind::Invalid`] error that says
+/// what to do.
+pub fn decode_request(read: &[u8]) -> Result<Request, ApiError> {
+    let line = match read.iter().position(|b| *b == b'\n') {
+        Some(end) => &read[..end],
+        None => read,
+    };
+    if line.len() > MAX_REQUEST {
+        return Err(ApiError::new(
+            ErrorKind::Invalid,
+            format!(
+                "the request is longer than {MAX_REQUEST} bytes; pass large data as files \
+                 (a source directory, a cartridge directory) rather than inline"
+            ),
+        ));
+    }
+    serde_json::from_slice(line).map_err(|e| {
+        ApiError::new(
+            ErrorKind::Invalid,
+            format!("malformed request: {e}; is gear the same version as the node?"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_one_json_line() {
+        let gear = GearRef {
+            name: "web".into(),
+            namespace: "default".into(),
+        };
+        let request = Request::EnvSet {
+            gear: gear.clone(),
+            vars: vec![("A".into(), "b\nc".into())],
+        };
+        let mut line = serde_json::to_vec(&request).expect("encode");
+        assert!(!line.contains(&b'\n'), "a value's line feed stays escaped");
+        line.extend_from_slice(b"\n{\"op\":\"ping\"}\n");
+        assert_eq!(decode_request(&line), Ok(request));
+        assert_eq!(decode_request(br#"{"op":"ping"}"#), Ok(Request::Ping));
+        assert_eq!(
+            decode_request(br#"{"op":"logs","gear":{"name":"a","namespace":"b"},"lines":5,"follow":false,"hooks":false}"#),
+            Ok(Request::Logs {
+                gear: GearRef {
+                    name: "a".into(),
+                    namespace: "b".into()
+                },
+                lines: 5,
+                follow: false,
+                hooks: false,
+                access: false,
+            })
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_invalid_and_say_why() {
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"{\"op\":\"start\",\"gear\":{\"name\":\"a\",\"namespace\":\"b\"},\"extra\":1}",
+            b"{\"op\":\"reboot\"}",
+            b"{\"op\":\"start\"}",
+            b"[1,2]",
+            b"{\"op\":\"rollback\",\"gear\":{\"name\":\"a\",\"namespace\":\"b\"},\"id\":-1}",
+            b"\xff\xfe",
+        ] {
+            let e = decode_request(bad).expect_err(&String::from_utf8_lossy(bad));
+            assert_eq!(e.kind, ErrorKind::Invalid);
+            assert!(e.message.starts_with("malformed request: "), "{e}");
+        }
+        let mut huge = b"{\"op\":\"ping\",\"pad\":\"".to_vec();
+        huge.resize(MAX_REQUEST + 1, b'x');
+        let e = decode_request(&huge).expect_err("too long");
+        assert!(e.message.contains("longer than"), "{e}");
+        // nesting deeper than the JSON reader's limit is an error, not a crash
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(decode_request(deep.as_bytes()).is_err());
+    }
 }
