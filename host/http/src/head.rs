@@ -6,12 +6,18 @@ use std::ops::Range;
 
 /// Most header fields in one head.
 pub const MAX_HEADERS: usize = 128;
+/// Most header fields in a request head from a client: the head a gear
+/// receives has up to six fields the frontend adds (`Host`, the three
+/// `X-Forwarded-*`, the framing, `Connection`), and stays within
+/// [`MAX_HEADERS`], the limit the frontend holds the gear's answers to.
+pub const MAX_REQUEST_HEADERS: usize = MAX_HEADERS - 8;
 
 /// Why a head cannot be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
-    /// More than [`MAX_HEADERS`] header fields.
-    #[error("more than {MAX_HEADERS} header fields")]
+    /// More header fields than allowed ([`MAX_REQUEST_HEADERS`] in a
+    /// request, [`MAX_HEADERS`] in an answer).
+    #[error("too many header fields")]
     TooManyHeaders,
     /// Not HTTP/1.x, or malformed.
     #[error("{0}")]
@@ -93,6 +99,16 @@ fn has_bare_line_feed(data: &[u8]) -> bool {
 /// and a peer in front of the frontend that does not would read the same
 /// bytes as other header fields, so such a head is refused.
 pub fn parse_request(data: &[u8], head: &mut RequestHead) -> Result<bool, ParseError> {
+    parse_request_within(data, head, MAX_REQUEST_HEADERS)
+}
+
+/// [`parse_request`] with at most `max_fields` header fields (up to
+/// [`MAX_HEADERS`]): [`MAX_HEADERS`] reads a head as a gear receives it.
+pub fn parse_request_within(
+    data: &[u8],
+    head: &mut RequestHead,
+    max_fields: usize,
+) -> Result<bool, ParseError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let httparse::Status::Complete(len) = req.parse(data)? else {
@@ -100,6 +116,9 @@ pub fn parse_request(data: &[u8], head: &mut RequestHead) -> Result<bool, ParseE
     };
     if has_bare_line_feed(&data[..len]) {
         return Err(ParseError::BareLineFeed);
+    }
+    if req.headers.len() > max_fields {
+        return Err(ParseError::TooManyHeaders);
     }
     head.method = offset(data, req.method.unwrap_or_default().as_bytes());
     head.target = offset(data, req.path.unwrap_or_default().as_bytes());
@@ -130,7 +149,7 @@ pub fn parse_response(data: &[u8], head: &mut ResponseHead) -> Result<bool, Pars
     Ok(true)
 }
 
-/// Writes an interim answer (1xx other than 101) of a gear for the client
+/// Writes an interim answer (a 1xx status other than 101) of a gear for the client
 /// into `out` (which it clears): its status, reason and fields, without the
 /// fields of the gear's connection, every line ended with CRLF whatever the
 /// gear sent.
@@ -227,5 +246,16 @@ mod tests {
             request(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
             Err(ParseError::TooManyHeaders)
         );
+        // a request leaves room for the fields the frontend adds
+        let many: String = (0..=MAX_REQUEST_HEADERS)
+            .map(|i| format!("X-{i}: a\r\n"))
+            .collect();
+        assert_eq!(
+            request(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            Err(ParseError::TooManyHeaders)
+        );
+        let mut head = ResponseHead::default();
+        let answer = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert_eq!(parse_response(answer.as_bytes(), &mut head), Ok(true));
     }
 }

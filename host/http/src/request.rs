@@ -428,6 +428,65 @@ mod tests {
         );
     }
 
+    /// What the `http_request` fuzz target checks of a request that passes:
+    /// the head written for the gear is one head, passes the same checks,
+    /// names the same host once and frames the body the same way.
+    fn gear_reads_it_the_same(data: &[u8]) {
+        let mut head = RequestHead::default();
+        let Ok(true) = parse_request(data, &mut head) else {
+            return;
+        };
+        let Ok(checked) = check_request(data, &head) else {
+            return;
+        };
+        let mut gear = Vec::new();
+        write_request_head(data, &head, &checked, "192.0.2.1", &mut gear);
+        let mut again = RequestHead::default();
+        let limit = crate::head::MAX_HEADERS;
+        assert_eq!(
+            crate::head::parse_request_within(&gear, &mut again, limit),
+            Ok(true)
+        );
+        assert_eq!(again.len, gear.len());
+        let rechecked = check_request(&gear, &again).expect("the gear's head passes");
+        assert_eq!(rechecked.facts.hosts, 1);
+        assert_eq!(
+            host_name(&gear[rechecked.authority.clone()]),
+            host_name(&data[checked.authority.clone()])
+        );
+        assert_eq!(rechecked.framing, checked.framing);
+    }
+
+    #[test]
+    fn fuzz_findings_stay_fixed() {
+        // 128 fields (then the most a request had) and an upgrade: the
+        // gear's head had more fields than the frontend itself accepts
+        gear_reads_it_the_same(include_bytes!(
+            "../testdata/fuzz-request-at-the-field-limit.http"
+        ));
+    }
+
+    #[test]
+    fn the_gears_head_stays_within_the_header_limit() {
+        // found by the http_request fuzz target: a request at the limit grew
+        // past it with the fields the frontend adds
+        let mut text = "POST /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\
+                        Transfer-Encoding: chunked\r\n"
+            .to_string();
+        for i in 4..crate::head::MAX_REQUEST_HEADERS {
+            text.push_str(&format!("X-{i}: a\r\n"));
+        }
+        text.push_str("\r\n");
+        let (gear, _) = forwarded(&text);
+        let mut head = RequestHead::default();
+        let limit = crate::head::MAX_HEADERS;
+        assert_eq!(
+            crate::head::parse_request_within(gear.as_bytes(), &mut head, limit),
+            Ok(true),
+            "{gear}"
+        );
+    }
+
     #[test]
     fn targets_have_one_of_the_known_forms() {
         for bad in [

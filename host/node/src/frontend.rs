@@ -793,7 +793,7 @@ async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr) {
                     "Request head too large",
                     &format!(
                         "The frontend reads request heads of at most {MAX_HEAD} bytes and {} headers.",
-                        proxy::MAX_HEADERS
+                        gearhost_http::head::MAX_REQUEST_HEADERS
                     ),
                     false,
                     true,

@@ -23,8 +23,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub(crate) use gearhost_http::head::{MAX_HEADERS, RequestHead, ResponseHead};
 use gearhost_http::head::{ParseError, parse_request, parse_response};
+pub(crate) use gearhost_http::head::{RequestHead, ResponseHead};
 pub(crate) use gearhost_http::{ChunkScanner, Framing};
 use gearhost_sandbox::sendbatch::SendBatch;
 
