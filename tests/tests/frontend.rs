@@ -1136,6 +1136,21 @@ fn requests_reach_a_gear_as_the_frontend_read_them_or_not_at_all() {
     assert_eq!(code, 200);
     let seen = json(&String::from_utf8_lossy(&body));
     assert_eq!(seen["headers"]["host"], "web-default.localhost", "{seen}");
+    // the frontend's own fields spelt with underscores, which CGI-style
+    // servers (gunicorn before 22, PHP) hand their apps as the real ones,
+    // stay behind; other underscored fields pass
+    let (code, _, body) = one_answer(
+        port,
+        b"GET /headers HTTP/1.1\r\nHost: web-default.localhost\r\nX_Forwarded_For: 6.6.6.6\r\n\
+          X_Forwarded_Host: other-default.localhost\r\nX_Request_Id: 7\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+    let seen = json(&String::from_utf8_lossy(&body));
+    let headers = &seen["headers"];
+    assert!(headers.get("x_forwarded_for").is_none(), "{seen}");
+    assert!(headers.get("x_forwarded_host").is_none(), "{seen}");
+    assert_eq!(headers["x_request_id"], "7", "{seen}");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "{seen}");
     let smuggled = b"GET /headers HTTP/1.1\r\nHost: other-default.localhost\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
     let mut request = format!(
         "POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nConnection: content-length\r\n\

@@ -151,9 +151,21 @@ pub fn named_in(name: &[u8], data: &[u8], connection: &[Range<usize>]) -> bool {
     })
 }
 
+/// Whether `name` is `field` once `_` is read as `-` (ASCII case ignored),
+/// as CGI-style servers (WSGI, PHP) read field names: `X_Forwarded_For`
+/// reaches their apps as `X-Forwarded-For` does.
+fn same_with_underscores(name: &[u8], field: &str) -> bool {
+    name.len() == field.len()
+        && name.iter().zip(field.bytes()).all(|(a, b)| {
+            let a = if *a == b'_' { b'-' } else { *a };
+            a.eq_ignore_ascii_case(&b)
+        })
+}
+
 /// Whether a request field stays behind when the request is passed to a
 /// gear: hop-by-hop, named in `Connection`, or one the frontend writes
-/// itself (`Host`, the framing, `X-Forwarded-*`).
+/// itself (`Host`, the framing, `X-Forwarded-*`), also when spelt with
+/// underscores for the apps that cannot tell them apart.
 pub fn request_field_stays(
     name: &[u8],
     data: &[u8],
@@ -171,6 +183,15 @@ pub fn request_field_stays(
         "expect",
     ];
     if is_one_of(name, &HOP_BY_HOP) || is_one_of(name, &OWN) {
+        return true;
+    }
+    if name.contains(&b'_')
+        && (OWN
+            .iter()
+            .chain(&HOP_BY_HOP)
+            .any(|f| same_with_underscores(name, f))
+            || same_with_underscores(name, "upgrade"))
+    {
         return true;
     }
     if name.eq_ignore_ascii_case(b"upgrade") {
@@ -295,6 +316,21 @@ mod tests {
             );
         }
         assert!(!request_field_stays(b"accept", data, &listed, false));
+        // what a CGI-style server reads as one of the frontend's own fields
+        for spelt in [
+            "X_Forwarded_For",
+            "x_forwarded-host",
+            "X-Forwarded_Proto",
+            "Content_Length",
+            "transfer_encoding",
+            "Proxy_Authorization",
+        ] {
+            assert!(
+                request_field_stays(spelt.as_bytes(), data, &listed, true),
+                "{spelt}"
+            );
+        }
+        assert!(!request_field_stays(b"x_request_id", data, &listed, false));
         assert!(request_field_stays(b"upgrade", data, &listed, false));
         assert!(!request_field_stays(b"upgrade", data, &listed, true));
         // answers keep Connection and Upgrade only when switching protocols

@@ -53,6 +53,36 @@ fn request(data: &[u8]) {
     );
     let rechecked = check_request(&gear, &again).expect("the gear's head passes the checks");
     assert_eq!(rechecked.facts.hosts, 1);
+    // the fields the frontend writes appear once, however they are spelt
+    // (CGI-style servers read `_` as `-`)
+    let own = |field: &str| {
+        again
+            .headers
+            .iter()
+            .filter(|(n, _)| {
+                let name = &gear[n.clone()];
+                name.len() == field.len()
+                    && name.iter().zip(field.bytes()).all(|(a, b)| {
+                        let a = if *a == b'_' { b'-' } else { *a };
+                        a.eq_ignore_ascii_case(&b)
+                    })
+            })
+            .count()
+    };
+    for field in [
+        "host",
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+    ] {
+        assert_eq!(
+            own(field),
+            1,
+            "{field} in {:?}",
+            String::from_utf8_lossy(&gear)
+        );
+    }
+    assert!(own("content-length") + own("transfer-encoding") <= 1);
     assert_eq!(
         host_name(&gear[rechecked.authority.clone()]).as_deref(),
         Some(name.as_str()),
