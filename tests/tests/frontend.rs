@@ -4,7 +4,8 @@
 //! alias, the frontend's own 404/413/502/503/504 pages, forwarding headers,
 //! websockets, large streamed bodies, keep-alive, idling and waking (also
 //! across a node restart), what a gear can reach through the frontend, the
-//! access log and the metrics.
+//! access log and the metrics, and requests that could be read two ways
+//! (smuggling and host confusion), written byte by byte on raw sockets.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -506,7 +507,9 @@ fn the_frontend_routes_streams_upgrades_and_refuses_clearly() {
     assert_eq!(code, 200);
     let seen = json(&String::from_utf8_lossy(&body));
     assert_eq!(seen["url"], "/headers?abs=1");
-    assert_eq!(seen["headers"]["x-forwarded-host"], "elsewhere");
+    // the app sees the host the request was routed on (RFC 9112, 3.2.2)
+    assert_eq!(seen["headers"]["host"], "web-default.localhost");
+    assert_eq!(seen["headers"]["x-forwarded-host"], "web-default.localhost");
 
     // a kept connection to the app that the app closes as the next request
     // arrives is replaced, and the request is answered, not refused
@@ -955,6 +958,228 @@ fn a_gear_reaches_other_gears_through_the_frontend_only_by_their_public_names() 
         "{access}"
     );
     for gear in ["a", "b"] {
+        node.ok(&["destroy", gear]);
+    }
+}
+
+/// Writes `request` on a new connection to the frontend and reads until the
+/// frontend closes it (or 5 s pass: what came until then).
+fn exchange(port: u16, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(request).expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Writes `request` on a new connection and reads one answer.
+fn one_answer(port: u16, request: &[u8]) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let (mut w, mut r) = kept_connection(([127, 0, 0, 1], port).into());
+    w.write_all(request).expect("write");
+    read_response(&mut r)
+}
+
+#[test]
+fn requests_reach_a_gear_as_the_frontend_read_them_or_not_at_all() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let node = TestNode::start(65000, "idle-timeout = \"off\"");
+    let _nodejs = install(&node, "nodejs-cartridge");
+    for gear in ["web", "other"] {
+        node.ok(&["create", gear, "--cartridge", "nodejs"]);
+        node.ok(&["deploy", gear, &app_dir()]);
+    }
+    let port = node.frontend.port();
+
+    // refused by the frontend itself (its own page says why), never passed
+    // on, and nothing behind them answered
+    let refused: &[(&[u8], &str)] = &[
+        // two Host fields: routed on one, the app would read the other
+        (
+            b"GET /headers HTTP/1.1\r\nHost: other-default.localhost\r\nHost: web-default.localhost\r\n\r\n",
+            "more than one Host header",
+        ),
+        (
+            b"GET /headers HTTP/1.1\r\nHost: web-default.localhost\r\nhost: web-default.localhost\r\n\r\n",
+            "more than one Host header",
+        ),
+        // a host that URL parsers read differently
+        (
+            b"GET /headers HTTP/1.1\r\nHost: other-default.localhost@web-default.localhost\r\n\r\n",
+            "its host is not a host name",
+        ),
+        (
+            b"GET http://other-default.localhost\\@web-default.localhost/headers HTTP/1.1\r\nHost: other-default.localhost\r\n\r\n",
+            "its host is not a host name",
+        ),
+        // targets the app would read as naming another host, or nothing
+        (
+            b"GET ftp://other-default.localhost/headers HTTP/1.1\r\nHost: web-default.localhost\r\n\r\n",
+            "its target is neither a path",
+        ),
+        (
+            b"GET /headers#x HTTP/1.1\r\nHost: web-default.localhost\r\n\r\n",
+            "carries a fragment",
+        ),
+        // a head whose lines end with a line feed alone
+        (
+            b"GET / HTTP/1.1\nHost: web-default.localhost\n\n",
+            "ends without a carriage return",
+        ),
+        // lengths and codings a peer could read another way
+        (
+            b"POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nContent-Length: +3\r\n\r\nabc",
+            "Content-Length is not one number",
+        ),
+        (
+            b"POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+            "Content-Length is not one number",
+        ),
+        (
+            b"POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nTransfer-Encoding: chunked, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "Transfer-Encoding is not chunked alone",
+        ),
+        (
+            b"POST /upload HTTP/1.0\r\nHost: web-default.localhost\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "HTTP/1.0 and has a Transfer-Encoding",
+        ),
+        // chunked framing: a bare line feed ends the trailers for some
+        // readers and not for others, and what follows is a second request
+        (
+            b"POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n0\r\n\nGET /headers HTTP/1.1\r\nHost: other-default.localhost\r\n\r\n",
+            "chunked body is malformed",
+        ),
+        (
+            b"POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n0\r\nX-Sum: 1\nGET /headers HTTP/1.1\r\n\r\n",
+            "chunked body is malformed",
+        ),
+        (
+            b"POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\nabc\r\n0\r\n\r\n",
+            "chunked body is malformed",
+        ),
+        (
+            b"POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3 5\r\nabc\r\n0\r\n\r\n",
+            "chunked body is malformed",
+        ),
+        (
+            b"POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3;x\0y\r\nabc\r\n0\r\n\r\n",
+            "chunked body is malformed",
+        ),
+        (
+            b"POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+              3\r\nabc\r\n0\r\nX-Sum: 1\r\n folded\r\n\r\n",
+            "chunked body is malformed",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (request, why) in refused {
+        let answer = exchange(port, request);
+        if !(answer.starts_with("HTTP/1.1 400")
+            && answer.contains(why)
+            && answer.lines().filter(|l| l.starts_with("HTTP/1.")).count() == 1)
+        {
+            wrong.push(format!(
+                "{:?}\n  got: {:?}",
+                String::from_utf8_lossy(request),
+                answer.chars().take(600).collect::<String>()
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{} of {} requests were not refused by the frontend:\n{}",
+        wrong.len(),
+        refused.len(),
+        wrong.join("\n")
+    );
+
+    // passed on: the app sees the host the request was routed on, once
+    let (code, _, body) = one_answer(
+        port,
+        b"GET http://web-default.localhost/headers?abs=1 HTTP/1.1\r\nHost: other-default.localhost\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+    let seen = json(&String::from_utf8_lossy(&body));
+    assert_eq!(seen["url"], "/headers?abs=1");
+    assert_eq!(seen["headers"]["host"], "web-default.localhost", "{seen}");
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"], "web-default.localhost",
+        "{seen}"
+    );
+    // an absolute target with a query and no path gets the path /
+    let (code, _, body) = one_answer(
+        port,
+        b"GET HTTP://web-default.localhost?q=1 HTTP/1.1\r\nHost: web-default.localhost\r\n\r\n",
+    );
+    assert_eq!((code, body.as_slice()), (200, &b"hello from web\n"[..]));
+    // naming Host or Content-Length in Connection takes neither away from
+    // the app: a body the app did not know of would be read as a second
+    // request (with its own Host and X-Forwarded-For)
+    let (code, _, body) = one_answer(
+        port,
+        b"GET /headers HTTP/1.1\r\nHost: web-default.localhost\r\nConnection: host\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+    let seen = json(&String::from_utf8_lossy(&body));
+    assert_eq!(seen["headers"]["host"], "web-default.localhost", "{seen}");
+    // the frontend's own fields spelt with underscores, which CGI-style
+    // servers (gunicorn before 22, PHP) hand their apps as the real ones,
+    // stay behind; other underscored fields pass
+    let (code, _, body) = one_answer(
+        port,
+        b"GET /headers HTTP/1.1\r\nHost: web-default.localhost\r\nX_Forwarded_For: 6.6.6.6\r\n\
+          X_Forwarded_Host: other-default.localhost\r\nX_Request_Id: 7\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+    let seen = json(&String::from_utf8_lossy(&body));
+    let headers = &seen["headers"];
+    assert!(headers.get("x_forwarded_for").is_none(), "{seen}");
+    assert!(headers.get("x_forwarded_host").is_none(), "{seen}");
+    assert_eq!(headers["x_request_id"], "7", "{seen}");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1", "{seen}");
+    let smuggled = b"GET /headers HTTP/1.1\r\nHost: other-default.localhost\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n";
+    let mut request = format!(
+        "POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nConnection: content-length\r\n\
+         Content-Length: {}\r\n\r\n",
+        smuggled.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(smuggled);
+    let (code, _, body) = one_answer(port, &request);
+    assert_eq!(code, 200);
+    let got = json(&String::from_utf8_lossy(&body));
+    assert_eq!(got["bytes"], smuggled.len(), "{got}");
+    // strict framing still takes what clients send: extensions, trailers
+    let (code, _, body) = one_answer(
+        port,
+        b"POST /upload HTTP/1.1\r\nHost: web-default.localhost\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3;name=\"a b\"\r\nabc\r\n0000000000000002\r\nde\r\n0\r\nX-Sum: 5\r\n\r\n",
+    );
+    assert_eq!(code, 200);
+    assert_eq!(json(&String::from_utf8_lossy(&body))["bytes"], 5);
+
+    // the refusals are counted as bad requests
+    assert!(
+        metric(
+            &node,
+            "gearhost_frontend_errors_total{gear=\"\",reason=\"bad_request\"}"
+        ) >= 10.0
+    );
+    for gear in ["web", "other"] {
         node.ok(&["destroy", gear]);
     }
 }

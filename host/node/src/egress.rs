@@ -27,7 +27,9 @@
 //! accept errors are logged and retried, and the listener, every connection
 //! and the namespace are gone when the hook call ends.
 
-pub mod policy;
+/// The egress policy: address blocks and the checks on them (it lives with
+/// the configuration that declares it).
+pub use gearhost_node_config::egress as policy;
 mod route;
 
 use std::io;

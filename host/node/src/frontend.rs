@@ -16,9 +16,7 @@
 //! The same proxy listens inside every gear (its door), and the operator's
 //! `/metrics` on an address of its own.
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -26,6 +24,9 @@ use std::time::{Duration, Instant};
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use gearhost_http::fields::{facts, response_field_passes};
+use gearhost_http::request::{BadRequest, check_request, host_name, write_request_head};
 
 use crate::proxy::{
     self, BodyState, Framing, HeadError, ReadBuf, RequestHead, ResponseHead, Upstream,
@@ -814,7 +815,7 @@ async fn connection(node: &Arc<Node>, stream: TcpStream, peer: SocketAddr) {
                     "Request head too large",
                     &format!(
                         "The frontend reads request heads of at most {MAX_HEAD} bytes and {} headers.",
-                        proxy::MAX_HEADERS
+                        gearhost_http::head::MAX_REQUEST_HEADERS
                     ),
                     false,
                     true,
@@ -855,175 +856,6 @@ enum Next {
     Close,
     /// Close it after reading and dropping up to this many bytes.
     Drain(u64),
-}
-
-/// What a request head says, taken out of the read buffer.
-#[derive(Default)]
-struct Facts {
-    host: Option<Range<usize>>,
-    content_length: Option<u64>,
-    bad_length: bool,
-    chunked: bool,
-    other_coding: bool,
-    close: bool,
-    keep_alive: bool,
-    connection_upgrade: bool,
-    upgrade: bool,
-    expect_continue: bool,
-    user_agent: Option<Range<usize>>,
-    /// `Connection` header values, for the headers they name.
-    connection: Vec<Range<usize>>,
-}
-
-fn facts(data: &[u8], headers: &[(Range<usize>, Range<usize>)]) -> Facts {
-    let mut f = Facts::default();
-    for (n, v) in headers {
-        let name = &data[n.clone()];
-        let value = &data[v.clone()];
-        let is = |want: &str| name.eq_ignore_ascii_case(want.as_bytes());
-        match name.len() {
-            4 if is("host") => f.host = Some(v.clone()),
-            14 if is("content-length") => {
-                let parsed = std::str::from_utf8(value)
-                    .ok()
-                    .and_then(|t| t.trim().parse::<u64>().ok());
-                match (parsed, f.content_length) {
-                    (None, _) => f.bad_length = true,
-                    (Some(a), Some(b)) if a != b => f.bad_length = true,
-                    (Some(a), _) => f.content_length = Some(a),
-                }
-            }
-            17 if is("transfer-encoding") => {
-                let last = value
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .map(<[u8]>::trim_ascii)
-                    .unwrap_or_default();
-                if last.eq_ignore_ascii_case(b"chunked") {
-                    f.chunked = true;
-                } else {
-                    f.other_coding = true;
-                }
-            }
-            10 if is("connection") => {
-                f.close |= proxy::has_token(value, "close");
-                f.keep_alive |= proxy::has_token(value, "keep-alive");
-                f.connection_upgrade |= proxy::has_token(value, "upgrade");
-                f.connection.push(v.clone());
-            }
-            7 if is("upgrade") => f.upgrade = true,
-            6 if is("expect") => f.expect_continue = value.eq_ignore_ascii_case(b"100-continue"),
-            10 if is("user-agent") => f.user_agent = Some(v.clone()),
-            _ => {}
-        }
-    }
-    f
-}
-
-/// Headers that describe one connection, in either direction (besides
-/// `Connection` and `Upgrade`, which each direction treats its own way).
-const HOP_BY_HOP: [&str; 5] = [
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-];
-
-/// Whether `name` is one of `names` (ASCII case ignored).
-fn is_one_of(name: &[u8], names: &[&str]) -> bool {
-    names
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-}
-
-/// Whether a header is the connection's own (not passed on): hop-by-hop,
-/// listed in `Connection`, or one the frontend sets itself.
-fn hop_by_hop(name: &[u8], data: &[u8], connection: &[Range<usize>], keep_upgrade: bool) -> bool {
-    const OWN: [&str; 6] = [
-        "connection",
-        "proxy-authorization",
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-        "expect",
-    ];
-    if is_one_of(name, &HOP_BY_HOP) || is_one_of(name, &OWN) {
-        return true;
-    }
-    if name.eq_ignore_ascii_case(b"upgrade") {
-        return !keep_upgrade;
-    }
-    named_in(name, data, connection)
-}
-
-/// Whether one of the `Connection` header values at `connection` names the
-/// header `name` (making it the connection's own).
-fn named_in(name: &[u8], data: &[u8], connection: &[Range<usize>]) -> bool {
-    connection.iter().any(|r| {
-        data[r.clone()]
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
-    })
-}
-
-/// The host a request is for, lower-case, without port or final dot: the
-/// authority of an absolute target, else the `Host` header.
-fn hostname<'a>(target: &'a [u8], host: Option<&'a [u8]>) -> Option<Cow<'a, str>> {
-    let raw: &[u8] = match absolute_authority(target) {
-        Some(a) => a,
-        None => host?,
-    };
-    let raw = std::str::from_utf8(raw).ok()?.trim();
-    let raw = raw.rsplit_once('@').map_or(raw, |(_, h)| h);
-    let name = if raw.starts_with('[') {
-        raw.split_inclusive(']').next().unwrap_or(raw)
-    } else {
-        raw.rsplit_once(':').map_or(raw, |(name, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                name
-            } else {
-                raw
-            }
-        })
-    };
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.is_empty() {
-        return None;
-    }
-    Some(if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(name.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(name)
-    })
-}
-
-/// The authority of an absolute-form target (`http://host:port/path`).
-fn absolute_authority(target: &[u8]) -> Option<&[u8]> {
-    let rest = target
-        .strip_prefix(b"http://")
-        .or_else(|| target.strip_prefix(b"https://"))?;
-    let end = rest
-        .iter()
-        .position(|b| matches!(b, b'/' | b'?'))
-        .unwrap_or(rest.len());
-    Some(&rest[..end])
-}
-
-/// The origin form of a target: an absolute one loses its scheme and authority.
-fn origin_form(target: &[u8]) -> &[u8] {
-    match absolute_authority(target) {
-        Some(authority) => {
-            let scheme = if target.starts_with(b"https://") {
-                8
-            } else {
-                7
-            };
-            let rest = &target[scheme + authority.len()..];
-            if rest.is_empty() { b"/" } else { rest }
-        }
-        None => target,
-    }
 }
 
 /// Open a connection to `port` inside the gear's network namespace.
@@ -1088,24 +920,6 @@ async fn refusal(
     }
 }
 
-/// The response headers a client gets: the gear's, without those of the
-/// gear's connection.
-fn response_header_passes(
-    name: &[u8],
-    data: &[u8],
-    connection: &[Range<usize>],
-    upgrade: bool,
-) -> bool {
-    // the frontend writes the answer's length (or framing) itself
-    if is_one_of(name, &HOP_BY_HOP) || name.eq_ignore_ascii_case(b"content-length") {
-        return false;
-    }
-    if name.eq_ignore_ascii_case(b"connection") || name.eq_ignore_ascii_case(b"upgrade") {
-        return upgrade;
-    }
-    !named_in(name, data, connection)
-}
-
 /// Serves one request whose head is in `c.head`: route, wake, refuse, or
 /// pass it to the gear and its answer back.
 #[allow(clippy::too_many_lines)]
@@ -1113,7 +927,7 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
     let start = Instant::now();
     let head_len = c.head.len;
     let client_minor = c.head.minor;
-    let f = facts(&c.buf.data, &c.head.headers);
+    let checked = check_request(&c.buf.data, &c.head);
     let (is_head, is_connect, idempotent) = {
         let method = &c.buf.data[c.head.method.clone()];
         let idempotent = [
@@ -1127,81 +941,81 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
         .contains(&method);
         (method == b"HEAD", method == b"CONNECT", idempotent)
     };
+    let checked = match checked {
+        Ok(checked) => checked,
+        Err(why) => {
+            // a body whose framing is known is read and dropped so that the
+            // client reads the answer; one framed two ways is not
+            let f = facts(&c.buf.data, &c.head.headers);
+            let framing_known = !matches!(
+                why,
+                BadRequest::BadLength
+                    | BadRequest::BadCoding
+                    | BadRequest::LengthAndCoding
+                    | BadRequest::CodingInOldHttp
+            );
+            let pending = match f.content_length {
+                _ if !framing_known => None,
+                Some(n) if n > 0 => Some(n),
+                _ if f.encodings > 0 => Some(DRAIN_BYTES),
+                _ => None,
+            };
+            node.frontend.stats.refused(Refusal::BadRequest);
+            c.buf.consume(head_len);
+            if why == BadRequest::NoHost {
+                return refusal(
+                    c,
+                    StatusCode::BAD_REQUEST,
+                    "No host name",
+                    "The request names no host. Gears are reached by name, e.g. \
+                     <code>http://&lt;gear&gt;-&lt;namespace&gt;.DOMAIN/</code>.",
+                    is_head,
+                    false,
+                    pending,
+                )
+                .await;
+            }
+            let html = format!(
+                "The request cannot be passed on: {}. Send one request per message, \
+                 framed one way, with one <code>Host</code> naming the gear.",
+                escape(&why.to_string())
+            );
+            return refusal(
+                c,
+                StatusCode::BAD_REQUEST,
+                "Bad request",
+                &html,
+                is_head,
+                false,
+                pending,
+            )
+            .await;
+        }
+    };
+    let f = &checked.facts;
     // keep-alive: HTTP/1.1 unless `close`, HTTP/1.0 only when asked
     let keep = if client_minor == 0 {
         f.keep_alive && !f.close
     } else {
         !f.close
     };
-    let framing = if f.chunked {
-        Framing::Chunked
-    } else {
-        Framing::Length(f.content_length.unwrap_or(0))
-    };
+    let framing = checked.framing;
     // what the request still has to send, were it refused before its body
     let unread = match framing {
         Framing::Length(0) | Framing::Empty => None,
         Framing::Length(n) => Some(n),
         Framing::Chunked | Framing::Close => Some(DRAIN_BYTES),
     };
-    let malformed = if f.bad_length {
-        Some("its Content-Length is not one number")
-    } else if f.other_coding {
-        Some("its Transfer-Encoding is not chunked")
-    } else if f.chunked && f.content_length.is_some() {
-        Some("it has both Content-Length and Transfer-Encoding")
-    } else {
-        None
-    };
-    if let Some(why) = malformed {
-        node.frontend.stats.refused(Refusal::BadRequest);
-        c.buf.consume(head_len);
-        let html = format!("The request cannot be passed on: {why}.");
-        refusal(
-            c,
-            StatusCode::BAD_REQUEST,
-            "Bad request",
-            &html,
-            is_head,
-            false,
-            None,
-        )
-        .await;
-        return Next::Close;
-    }
 
-    // route it
-    let routed: Result<Arc<Target>, Option<String>> = {
-        let data = &c.buf.data;
-        match hostname(
-            &data[c.head.target.clone()],
-            f.host.clone().map(|r| &data[r]),
-        ) {
-            None => Err(None),
-            Some(host) => node
-                .frontend
-                .lookup(&host)
-                .ok_or_else(|| Some(escape(&host))),
-        }
+    // route it, on the authority the gear will see as its Host
+    let routed: Result<Arc<Target>, String> = {
+        let authority = &c.buf.data[checked.authority.clone()];
+        let host = host_name(authority).unwrap_or_default();
+        node.frontend.lookup(&host).ok_or_else(|| escape(&host))
     };
     let target = match routed {
         Ok(t) => t,
-        Err(None) => {
-            node.frontend.stats.refused(Refusal::BadRequest);
-            c.buf.consume(head_len);
-            return refusal(
-                c,
-                StatusCode::BAD_REQUEST,
-                "No host name",
-                "The request names no host. Gears are reached by name, e.g. \
-                 <code>http://&lt;gear&gt;-&lt;namespace&gt;.DOMAIN/</code>.",
-                is_head,
-                false,
-                unread,
-            )
-            .await;
-        }
-        Err(Some(host)) => {
+        Err(host) => {
             node.frontend.stats.refused(Refusal::UnknownHost);
             node.frontend
                 .stats
@@ -1231,7 +1045,7 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
 
     // the access log line and the head for the gear, straight from the
     // client's bytes; then the head is done with
-    let upgrade = f.upgrade && f.connection_upgrade;
+    let upgrade = checked.upgrade;
     let mut line = String::with_capacity(160);
     let split;
     {
@@ -1254,37 +1068,7 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
             None => line.push('-'),
         }
         line.push('"');
-
-        let out = &mut c.to_gear;
-        out.clear();
-        out.extend_from_slice(&data[head.method.clone()]);
-        out.push(b' ');
-        out.extend_from_slice(origin_form(&data[head.target.clone()]));
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (n, v) in &head.headers {
-            let name = &data[n.clone()];
-            if hop_by_hop(name, data, &f.connection, upgrade) {
-                continue;
-            }
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(&data[v.clone()]);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"x-forwarded-for: ");
-        out.extend_from_slice(c.forwarded_for.as_bytes());
-        if let Some(h) = &f.host {
-            out.extend_from_slice(b"\r\nx-forwarded-host: ");
-            out.extend_from_slice(&data[h.clone()]);
-        }
-        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-        if f.chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
-        if upgrade {
-            out.extend_from_slice(b"connection: upgrade\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
+        write_request_head(data, head, &checked, &c.forwarded_for, &mut c.to_gear);
     }
     c.buf.consume(head_len);
     let mut finish = Finish {
@@ -1417,11 +1201,14 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
     let mut sent: u64 = 0;
     match body.take(&mut c.buf, &mut c.to_gear, false) {
         Ok(n) => sent += n,
-        Err(_) => refuse!(
+        Err(e) => refuse!(
             Refusal::BadRequest,
             StatusCode::BAD_REQUEST,
             "Bad request",
-            "The request's chunked body is malformed.".into(),
+            format!(
+                "The request's chunked body is malformed: {}.",
+                chunk_error(&e)
+            ),
             Some(DRAIN_BYTES)
         ),
     }
@@ -1551,7 +1338,7 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
             Refusal::BadRequest,
             StatusCode::BAD_REQUEST,
             "Bad request",
-            format!("The request's chunked body is malformed: {why}."),
+            format!("The request's chunked body is malformed: {}.", escape(why)),
             Some(DRAIN_BYTES)
         ),
         Some(proxy::CopyError::Read) => {
@@ -1649,7 +1436,7 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
         out.extend_from_slice(b"\r\n");
         for (n, v) in &c.response.headers {
             let name = &data[n.clone()];
-            if !response_header_passes(name, data, &rf.connection, status == 101) {
+            if !response_field_passes(name, data, &rf.connection, status == 101) {
                 continue;
             }
             out.extend_from_slice(name);
@@ -1744,6 +1531,14 @@ async fn request(node: &Arc<Node>, c: &mut Client) -> Next {
     if keep { Next::KeepAlive } else { Next::Close }
 }
 
+/// What a copy error says about a chunked body, for a page.
+fn chunk_error(e: &proxy::CopyError) -> String {
+    match e {
+        proxy::CopyError::Framing(why) => escape(why),
+        _ => "it ended early".into(),
+    }
+}
+
 /// Reads the gear's answer head into `buf` and `head`, passing interim
 /// answers (1xx other than 101) on to an HTTP/1.1 client and dropping
 /// `100 Continue`, which the frontend already sent.
@@ -1760,7 +1555,9 @@ async fn read_answer(
             return Ok(());
         }
         if head.status != 100 && client_minor == 1 {
-            let bytes = buf.data[..head.len].to_vec();
+            // written anew, like every head the client gets from a gear
+            let mut bytes = Vec::with_capacity(head.len + 16);
+            gearhost_http::head::write_interim_head(&buf.data, head, &mut bytes);
             client.write_all(&bytes).await.map_err(HeadError::Io)?;
         }
         buf.consume(head.len);
@@ -2041,93 +1838,6 @@ pub async fn flush_access_logs(node: Arc<Node>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_are_removed_and_upgrades_kept() {
-        let data = b"keep-alive, x-secret";
-        let listed = vec![Range {
-            start: 0,
-            end: data.len(),
-        }];
-        for own in [
-            "Connection",
-            "keep-alive",
-            "x-secret",
-            "Transfer-Encoding",
-            "TE",
-            "x-forwarded-for",
-            "expect",
-        ] {
-            assert!(hop_by_hop(own.as_bytes(), data, &listed, false), "{own}");
-        }
-        assert!(!hop_by_hop(b"accept", data, &listed, false));
-        assert!(hop_by_hop(b"upgrade", data, &listed, false));
-        assert!(!hop_by_hop(b"upgrade", data, &listed, true));
-        // answers keep Connection and Upgrade only when switching protocols
-        assert!(!response_header_passes(b"connection", data, &listed, false));
-        assert!(response_header_passes(b"upgrade", data, &listed, true));
-        assert!(!response_header_passes(b"x-secret", data, &listed, false));
-        assert!(response_header_passes(
-            b"content-type",
-            data,
-            &listed,
-            false
-        ));
-    }
-
-    #[test]
-    fn host_names_come_from_the_target_or_the_host_header() {
-        let name = |t: &str, h: Option<&str>| {
-            hostname(t.as_bytes(), h.map(str::as_bytes)).map(|c| c.into_owned())
-        };
-        assert_eq!(
-            name("/", Some("Web-Default.Localhost:8000")).as_deref(),
-            Some("web-default.localhost")
-        );
-        assert_eq!(
-            name("/", Some("example.com.")).as_deref(),
-            Some("example.com")
-        );
-        assert_eq!(name("/", Some("[::1]:80")).as_deref(), Some("[::1]"));
-        assert_eq!(
-            name("http://a.example:81/x", Some("b.example")).as_deref(),
-            Some("a.example")
-        );
-        assert_eq!(name("/", None), None);
-        assert_eq!(name("/", Some(":80")), None);
-        assert_eq!(origin_form(b"http://a.example:81/x?y=1"), b"/x?y=1");
-        assert_eq!(origin_form(b"http://a.example"), b"/");
-        assert_eq!(origin_form(b"/path"), b"/path");
-    }
-
-    #[test]
-    fn request_facts_catch_smuggling_shapes() {
-        let head = |text: &str| {
-            let mut headers = [httparse::EMPTY_HEADER; 16];
-            let mut req = httparse::Request::new(&mut headers);
-            assert!(req.parse(text.as_bytes()).expect("parse").is_complete());
-            let data = text.as_bytes();
-            let ranges: Vec<_> = req
-                .headers
-                .iter()
-                .map(|h| {
-                    let n = h.name.as_ptr() as usize - data.as_ptr() as usize;
-                    let v = h.value.as_ptr() as usize - data.as_ptr() as usize;
-                    (n..n + h.name.len(), v..v + h.value.len())
-                })
-                .collect();
-            facts(data, &ranges)
-        };
-        let f =
-            head("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
-        assert!(f.bad_length);
-        let f = head("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n");
-        assert!(f.other_coding);
-        let f = head(
-            "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n",
-        );
-        assert!(f.chunked && f.close && f.connection_upgrade && f.upgrade);
-    }
 
     #[test]
     fn access_log_pieces_are_written_plainly_or_escaped() {

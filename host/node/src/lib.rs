@@ -9,8 +9,6 @@
 #![forbid(unsafe_code)]
 
 pub mod alias;
-pub mod api;
-pub mod config;
 pub mod conns;
 pub mod egress;
 pub mod env;
@@ -24,6 +22,11 @@ pub mod procs;
 mod proxy;
 pub mod server;
 pub mod state;
+
+/// The node API's messages, shared with every client (`gearhost-api`).
+pub use gearhost_api as api;
+/// The node's configuration file (`gearhost-node-config`).
+pub use gearhost_node_config as config;
 
 pub use config::NodeConfig;
 pub use node::Node;

@@ -3,10 +3,11 @@
 //! namespace, and writes the answers back, with as little work per request
 //! as the protocol allows.
 //!
-//! Heads are parsed in place with `httparse` and rewritten straight from the
-//! read buffer into the write buffer (no header map, no per-header
-//! allocation); bodies are passed through as bytes, chunked ones verbatim
-//! while a scanner follows their framing to find where each message ends.
+//! Heads are parsed in place (the wire format is `gearhost_http`'s) and
+//! rewritten straight from the read buffer into the write buffer (no header
+//! map, no per-header allocation); bodies are passed through as bytes,
+//! chunked ones verbatim while a scanner follows their framing to find where
+//! each message ends.
 //! One task serves one client connection: it owns the gear connection for
 //! the length of a request, so nothing travels between tasks. What a
 //! request may do (routing, waking, refusals, limits) is decided in
@@ -18,18 +19,18 @@
 //! take the worker's CPU between one connection and the next.
 
 use std::cell::RefCell;
-use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gearhost_http::head::{ParseError, parse_request, parse_response};
+pub(crate) use gearhost_http::head::{RequestHead, ResponseHead};
+pub(crate) use gearhost_http::{ChunkScanner, Framing};
 use gearhost_sandbox::sendbatch::SendBatch;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Most headers in one head.
-pub(crate) const MAX_HEADERS: usize = 128;
 /// Bytes read from a socket at a time.
 const CHUNK: usize = 16 * 1024;
 
@@ -46,34 +47,6 @@ pub(crate) enum HeadError {
     TooLarge,
     /// No complete head within the time allowed.
     Timeout,
-}
-
-/// A request head parsed in place: every field is a range of the
-/// connection's read buffer.
-#[derive(Debug, Default)]
-pub(crate) struct RequestHead {
-    pub method: Range<usize>,
-    pub target: Range<usize>,
-    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
-    pub minor: u8,
-    pub headers: Vec<(Range<usize>, Range<usize>)>,
-    /// Length of the head, including its final empty line.
-    pub len: usize,
-}
-
-/// A response head parsed in place, like [`RequestHead`].
-#[derive(Debug, Default)]
-pub(crate) struct ResponseHead {
-    pub status: u16,
-    pub reason: Range<usize>,
-    pub minor: u8,
-    pub headers: Vec<(Range<usize>, Range<usize>)>,
-    pub len: usize,
-}
-
-fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
-    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-    start..start + part.len()
 }
 
 /// A connection's read side: the socket's bytes not yet consumed.
@@ -150,14 +123,14 @@ async fn read_head(
     stream: &mut (impl AsyncRead + Unpin),
     buf: &mut ReadBuf,
     max: usize,
-    mut parse: impl FnMut(&[u8]) -> Result<bool, httparse::Error>,
+    mut parse: impl FnMut(&[u8]) -> Result<bool, ParseError>,
 ) -> Result<(), HeadError> {
     loop {
         if !buf.data.is_empty() {
             match parse(&buf.data) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
-                Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+                Err(ParseError::TooManyHeaders) => return Err(HeadError::TooLarge),
                 Err(e) => return Err(HeadError::Malformed(e.to_string())),
             }
             if buf.data.len() >= max {
@@ -180,18 +153,6 @@ async fn read_head(
     }
 }
 
-/// The headers of a parsed head as ranges of `data`.
-fn header_ranges(
-    data: &[u8],
-    headers: &[httparse::Header<'_>],
-    into: &mut Vec<(Range<usize>, Range<usize>)>,
-) {
-    into.clear();
-    for h in headers {
-        into.push((offset(data, h.name.as_bytes()), offset(data, h.value)));
-    }
-}
-
 /// Reads until `buf` holds a complete request head; parses it into `head`.
 pub(crate) async fn read_request_head(
     stream: &mut (impl AsyncRead + Unpin),
@@ -199,20 +160,7 @@ pub(crate) async fn read_request_head(
     head: &mut RequestHead,
     max: usize,
 ) -> Result<(), HeadError> {
-    read_head(stream, buf, max, |data| {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let httparse::Status::Complete(len) = req.parse(data)? else {
-            return Ok(false);
-        };
-        head.method = offset(data, req.method.unwrap_or_default().as_bytes());
-        head.target = offset(data, req.path.unwrap_or_default().as_bytes());
-        head.minor = req.version.unwrap_or(1);
-        header_ranges(data, req.headers, &mut head.headers);
-        head.len = len;
-        Ok(true)
-    })
-    .await
+    read_head(stream, buf, max, |data| parse_request(data, head)).await
 }
 
 /// Reads until `buf` holds a complete response head; parses it into `head`.
@@ -222,23 +170,7 @@ pub(crate) async fn read_response_head(
     head: &mut ResponseHead,
     max: usize,
 ) -> Result<(), HeadError> {
-    read_head(stream, buf, max, |data| {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let httparse::Status::Complete(len) = resp.parse(data)? else {
-            return Ok(false);
-        };
-        head.status = resp.code.unwrap_or(0);
-        head.reason = match resp.reason {
-            Some(r) if !r.is_empty() => offset(data, r.as_bytes()),
-            _ => 0..0,
-        };
-        head.minor = resp.version.unwrap_or(1);
-        header_ranges(data, resp.headers, &mut head.headers);
-        head.len = len;
-        Ok(true)
-    })
-    .await
+    read_head(stream, buf, max, |data| parse_response(data, head)).await
 }
 
 fn is_reset(e: &std::io::Error) -> bool {
@@ -258,169 +190,6 @@ pub(crate) async fn with_deadline<T>(
     match tokio::time::timeout(limit, fut).await {
         Ok(r) => r,
         Err(_) => Err(HeadError::Timeout),
-    }
-}
-
-/// Whether `list` (a comma-separated header value) names `token`.
-pub(crate) fn has_token(list: &[u8], token: &str) -> bool {
-    list.split(|b| *b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
-/// How a message body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Framing {
-    /// No body.
-    Empty,
-    /// Exactly this many bytes.
-    Length(u64),
-    /// `Transfer-Encoding: chunked`.
-    Chunked,
-    /// Until the connection closes (responses only).
-    Close,
-}
-
-/// Follows the framing of a chunked body passed through verbatim: says how
-/// many bytes of what is fed belong to the body, and counts its data bytes.
-#[derive(Debug, Default)]
-pub(crate) struct ChunkScanner {
-    state: ChunkState,
-    /// Data bytes seen (the payload, without the framing).
-    pub data: u64,
-    /// Hex digits of the size line being read.
-    size: u64,
-    size_digits: u8,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    #[default]
-    Size,
-    /// After the size: extensions, up to the line's end.
-    SizeRest,
-    SizeLf,
-    Data(u64),
-    DataCr,
-    DataLf,
-    /// A trailer line (or the final empty line) begins.
-    TrailerStart,
-    TrailerLine,
-    TrailerLf,
-    EndLf,
-    Done,
-}
-
-/// A chunked body that breaks its framing.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct BadChunk(pub &'static str);
-
-impl ChunkScanner {
-    /// Whether the body is complete.
-    pub(crate) fn done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-
-    /// Feeds `bytes`; returns how many of them belong to the body (all of
-    /// them unless it ended inside), calling `data` with each run of payload
-    /// bytes.
-    pub(crate) fn feed(
-        &mut self,
-        bytes: &[u8],
-        mut data: impl FnMut(&[u8]),
-    ) -> Result<usize, BadChunk> {
-        let mut i = 0;
-        while i < bytes.len() {
-            let b = bytes[i];
-            match self.state {
-                ChunkState::Size => match (b as char).to_digit(16) {
-                    Some(d) => {
-                        if self.size_digits >= 15 {
-                            return Err(BadChunk("chunk size too large"));
-                        }
-                        self.size = self.size * 16 + u64::from(d);
-                        self.size_digits += 1;
-                    }
-                    None if self.size_digits == 0 => return Err(BadChunk("no chunk size")),
-                    None if b == b'\r' => self.state = ChunkState::SizeLf,
-                    None if b == b';' || b == b' ' || b == b'\t' => {
-                        self.state = ChunkState::SizeRest
-                    }
-                    None => return Err(BadChunk("bad chunk size")),
-                },
-                ChunkState::SizeRest => {
-                    if b == b'\r' {
-                        self.state = ChunkState::SizeLf;
-                    } else if b == b'\n' {
-                        return Err(BadChunk("bare line feed in a chunk size line"));
-                    }
-                }
-                ChunkState::SizeLf => {
-                    if b != b'\n' {
-                        return Err(BadChunk("chunk size line without line feed"));
-                    }
-                    self.state = if self.size == 0 {
-                        ChunkState::TrailerStart
-                    } else {
-                        ChunkState::Data(self.size)
-                    };
-                    self.size = 0;
-                    self.size_digits = 0;
-                }
-                ChunkState::Data(left) => {
-                    let n = (bytes.len() - i).min(usize::try_from(left).unwrap_or(usize::MAX));
-                    data(&bytes[i..i + n]);
-                    self.data += n as u64;
-                    let left = left - n as u64;
-                    self.state = if left == 0 {
-                        ChunkState::DataCr
-                    } else {
-                        ChunkState::Data(left)
-                    };
-                    i += n;
-                    continue;
-                }
-                ChunkState::DataCr => {
-                    if b != b'\r' {
-                        return Err(BadChunk("chunk data longer than its size"));
-                    }
-                    self.state = ChunkState::DataLf;
-                }
-                ChunkState::DataLf => {
-                    if b != b'\n' {
-                        return Err(BadChunk("chunk data without line end"));
-                    }
-                    self.state = ChunkState::Size;
-                }
-                ChunkState::TrailerStart => {
-                    self.state = if b == b'\r' {
-                        ChunkState::EndLf
-                    } else {
-                        ChunkState::TrailerLine
-                    };
-                }
-                ChunkState::TrailerLine => {
-                    if b == b'\r' {
-                        self.state = ChunkState::TrailerLf;
-                    }
-                }
-                ChunkState::TrailerLf => {
-                    if b != b'\n' {
-                        return Err(BadChunk("trailer line without line feed"));
-                    }
-                    self.state = ChunkState::TrailerStart;
-                }
-                ChunkState::EndLf => {
-                    if b != b'\n' {
-                        return Err(BadChunk("chunked body without final line feed"));
-                    }
-                    self.state = ChunkState::Done;
-                    return Ok(i + 1);
-                }
-                ChunkState::Done => return Ok(i),
-            }
-            i += 1;
-        }
-        Ok(i)
     }
 }
 
@@ -582,65 +351,6 @@ pub(crate) enum CopyError {
     TooLarge,
     /// A chunked body broke its framing.
     Framing(&'static str),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn scan(parts: &[&[u8]]) -> (Result<usize, BadChunk>, Vec<u8>, bool) {
-        let mut s = ChunkScanner::default();
-        let mut payload = Vec::new();
-        let mut total = 0;
-        for p in parts {
-            match s.feed(p, |d| payload.extend_from_slice(d)) {
-                Ok(n) => {
-                    total += n;
-                    if s.done() {
-                        break;
-                    }
-                }
-                Err(e) => return (Err(e), payload, false),
-            }
-        }
-        (Ok(total), payload, s.done())
-    }
-
-    #[test]
-    fn chunked_bodies_are_followed_across_reads() {
-        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\n\r\nGET / HTTP/1.1\r\n";
-        let (used, payload, done) = scan(&[body]);
-        assert_eq!(used, Ok(body.len() - "GET / HTTP/1.1\r\n".len()));
-        assert_eq!(payload, b"hello world");
-        assert!(done);
-        // the same, one byte at a time
-        let bytes: Vec<&[u8]> = body[..body.len() - 16].chunks(1).collect();
-        let (_, payload, done) = scan(&bytes);
-        assert_eq!(payload, b"hello world");
-        assert!(done);
-        // trailers
-        let (_, payload, done) = scan(&[b"3\r\nabc\r\n0\r\nX-Sum: 1\r\n\r\n"]);
-        assert_eq!(payload, b"abc");
-        assert!(done);
-    }
-
-    #[test]
-    fn broken_chunked_bodies_are_refused() {
-        assert!(scan(&[b"zz\r\n"]).0.is_err());
-        assert!(scan(&[b"3\r\nabcd\r\n"]).0.is_err());
-        assert!(scan(&[b"fffffffffffffffff\r\n"]).0.is_err());
-        assert!(scan(&[b"3\nabc"]).0.is_err());
-        let (used, _, done) = scan(&[b"3\r\nab"]);
-        assert_eq!(used, Ok(5));
-        assert!(!done);
-    }
-
-    #[test]
-    fn tokens_are_found_in_lists() {
-        assert!(has_token(b"keep-alive, Upgrade", "upgrade"));
-        assert!(!has_token(b"keep-alive", "close"));
-        assert!(has_token(b"close", "close"));
-    }
 }
 
 // -- batched sends ------------------------------------------------------

@@ -146,19 +146,9 @@ async fn handle(node: Arc<Node>, stream: UnixStream, group: Option<&str>) -> std
         )
         .await;
     }
-    let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
-    let request: Request = match serde_json::from_slice(line) {
+    let request: Request = match crate::api::decode_request(&line) {
         Ok(r) => r,
-        Err(e) => {
-            return send(
-                &mut stream,
-                &Reply::Error(ApiError::new(
-                    ErrorKind::Invalid,
-                    format!("malformed request: {e}; is gear the same version as the node?"),
-                )),
-            )
-            .await;
-        }
+        Err(e) => return send(&mut stream, &Reply::Error(e)).await,
     };
     // the request itself may carry secrets (env values): log only at debug
     tracing::debug!(uid = cred.uid(), ?request, "request");

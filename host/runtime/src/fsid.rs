@@ -33,6 +33,9 @@
 //! runtime with [`reset_thread`] as `on_thread_start`, so that every new
 //! thread starts as the process itself.
 
+// the guards below serve hook calls, which exist with the `engine` feature only
+#![cfg_attr(not(feature = "engine"), allow(dead_code))]
+
 use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;

@@ -386,8 +386,10 @@ pub trait GearHost: Send + Sync + 'static {
 
 /// Runs every call into the wrapped host as the node itself, even from
 /// inside a hook's poll that runs under the gear's file identity.
+#[cfg(feature = "engine")]
 pub(crate) struct AsNodeHost(pub(crate) std::sync::Arc<dyn GearHost>);
 
+#[cfg(feature = "engine")]
 impl GearHost for AsNodeHost {
     fn gear(&self) -> GearInfo {
         crate::fsid::as_node(|| self.0.gear())

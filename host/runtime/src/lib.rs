@@ -14,7 +14,12 @@
 //! - [`GearHost`]: what a hook may ask of the world; the node implements it
 //!   for real gears, [`ScratchHost`] for standalone calls.
 //!
+//! Everything but the manifest and the host types is behind the default
+//! `engine` feature: without it the crate does not build wasmtime, which is
+//! how the node's configuration crate and the fuzz targets use the manifest.
+//!
 //! ```no_run
+//! # #[cfg(feature = "engine")]
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use gearhost_runtime::{GearInfo, HookCall, Runtime, RuntimeConfig, ScratchHost};
@@ -39,17 +44,25 @@
 
 #![forbid(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "engine")]
 pub mod cache;
+#[cfg(feature = "engine")]
 mod call;
+#[cfg(feature = "engine")]
 mod engine;
 pub mod fsid;
 pub mod host;
 pub mod manifest;
+#[cfg(feature = "engine")]
 mod readdir;
+#[cfg(feature = "engine")]
 mod watchdog;
 
+#[cfg(feature = "engine")]
 pub use cache::{CacheError, CacheOutcome, ComponentCache};
+#[cfg(feature = "engine")]
 pub use call::{Denial, HookCall, HookError, HookOutcome, HookState, HostRequest, LogLine};
+#[cfg(feature = "engine")]
 pub use engine::{
     CONTRACT_PACKAGE, CONTRACT_VERSION, Cartridge, ComponentInfo, EPOCH_TICK, LoadError, Runtime,
     RuntimeConfig,
@@ -60,9 +73,11 @@ pub use host::{
     ScratchHost, Signal,
 };
 pub use manifest::{Manifest, ManifestError};
+#[cfg(feature = "engine")]
 pub use watchdog::Cancel;
 
 /// Bindings generated from the contract in `sdk/wit`.
+#[cfg(feature = "engine")]
 #[allow(missing_docs, missing_debug_implementations)]
 mod bindings {
     wasmtime::component::bindgen!({
@@ -80,9 +95,11 @@ pub enum Error {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     /// A component could not be loaded.
+    #[cfg(feature = "engine")]
     #[error(transparent)]
     Load(#[from] LoadError),
     /// A hook call did not succeed.
+    #[cfg(feature = "engine")]
     #[error(transparent)]
     Hook(#[from] HookError),
 }
