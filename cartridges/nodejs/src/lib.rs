@@ -134,8 +134,8 @@ impl Cartridge for NodeJs {
             };
             let out = npm(args).current_dir(&repo).run().map_err(|e| {
                 e.context(format!(
-                    "`npm {}` failed (the node must allow the build network for packages \
-                     from the registry)",
+                    "`npm {}` failed (packages come from the registry through the node's \
+                     build egress proxy: a refused address is named in `gear logs --hooks`)",
                     args[0]
                 ))
             })?;

@@ -159,8 +159,9 @@ impl Layout {
             .run()
             .map_err(|e| {
                 e.context(
-                    "pip could not install requirements.txt (the node must allow the build \
-                     network for packages from an index)",
+                    "pip could not install requirements.txt (packages come from an index \
+                     through the node's build egress proxy: a refused address is named in \
+                     `gear logs --hooks`)",
                 )
             })?;
         let summary = out
