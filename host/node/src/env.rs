@@ -37,10 +37,7 @@ pub fn system_layer(
     set("GEAR_DATA_DIR", format!("{GEAR_HOME}/app-root/data"));
     set("GEAR_RUNTIME_DIR", format!("{GEAR_HOME}/app-root/runtime"));
     set("GEAR_LOG_DIR", format!("{GEAR_HOME}/app-root/logs"));
-    set(
-        "GEAR_DNS",
-        format!("{}-{}.{domain}", gear.name, gear.namespace),
-    );
+    set("GEAR_DNS", format!("{}.{domain}", gear.label()));
     if let Some(port) = port {
         set("GEAR_PORT", port.to_string());
         set("GEAR_IP", "127.0.0.1".into());

@@ -1579,7 +1579,7 @@ pub fn render_metrics(node: &Node) -> String {
     let mut all: Vec<(String, &Stats)> = vec![(String::new(), node_stats)];
     for g in &gears {
         let r = g.record();
-        all.push((format!("{}-{}", r.name, r.namespace), &g.front.stats));
+        all.push((r.label(), &g.front.stats));
     }
     let mut out = String::with_capacity(4096);
     counter(

@@ -310,7 +310,7 @@ impl Node {
 
     /// The host name a gear answers to: `<gear>-<namespace>.<domain>`.
     pub(crate) fn public_name(&self, r: &GearRecord) -> String {
-        format!("{}-{}.{}", r.name, r.namespace, self.config.domain)
+        format!("{}.{}", r.label(), self.config.domain)
     }
 
     /// A new gear's public name must be a valid host name and lead to it
@@ -319,7 +319,7 @@ impl Node {
     /// Aliases cannot take such names (see [`crate::alias`]). Called under
     /// the node's lock for names.
     fn check_public_name_free(&self, gear: &GearRef) -> ApiResult<()> {
-        let label = format!("{}-{}", gear.name, gear.namespace);
+        let label = state::public_label(&gear.name, &gear.namespace);
         if label.len() > 63 {
             return Err(invalid(format!(
                 "gear {} in namespace {} would be reachable as {label}.{}, but a host name's label \
@@ -331,7 +331,7 @@ impl Node {
             .gears_snapshot()
             .into_iter()
             .map(|g| g.record())
-            .find(|o| format!("{}-{}", o.name, o.namespace) == label);
+            .find(|o| o.label() == label);
         match taken {
             Some(other) => Err(ApiError::new(
                 ErrorKind::Conflict,
@@ -366,7 +366,7 @@ impl Node {
             };
             let target = Arc::new(Target {
                 gear: g.clone(),
-                label: format!("{}-{}", r.name, r.namespace),
+                label: r.label(),
                 port,
             });
             for name in std::iter::once(self.public_name(&r)).chain(r.aliases.iter().cloned()) {
@@ -384,10 +384,7 @@ impl Node {
                 format!(":{}", a.port())
             }
         });
-        format!(
-            "http://{}-{}.{}{port}/",
-            r.name, r.namespace, self.config.domain
-        )
+        format!("http://{}{port}/", self.public_name(r))
     }
 
     /// Start the gears that should run (after a node restart everything a
@@ -504,7 +501,7 @@ impl Node {
             .values()
             .map(|g| g.record())
             .filter(|r| r.cartridge == name)
-            .map(|r| format!("{}-{}", r.name, r.namespace))
+            .map(|r| r.label())
             .collect();
         if !users.is_empty() {
             return Err(ApiError::new(
@@ -761,7 +758,7 @@ impl Node {
         .map_err(|e| internal(format!("cannot remove the gear's files: {e}")))?;
         lock(&self.gears).remove(&r.id);
         self.rebuild_routes();
-        Ok(json!({ "destroyed": format!("{}-{}", r.name, r.namespace), "uid_released": r.uid }))
+        Ok(json!({ "destroyed": r.label(), "uid_released": r.uid }))
     }
 
     // -- lifecycle ----------------------------------------------------------

@@ -147,7 +147,18 @@ pub struct Link {
     pub created: u64,
 }
 
+/// The first label of a gear's public host name, `<gear>-<namespace>`
+/// (`<label>.<domain>`), which also names it in logs and messages.
+pub fn public_label(name: &str, namespace: &str) -> String {
+    format!("{name}-{namespace}")
+}
+
 impl GearRecord {
+    /// [`public_label`] of this gear.
+    pub fn label(&self) -> String {
+        public_label(&self.name, &self.namespace)
+    }
+
     /// `<gears>/<id>`
     pub fn dir(gears_dir: &Path, id: &str) -> PathBuf {
         gears_dir.join(id)
