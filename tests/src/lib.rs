@@ -309,7 +309,7 @@ impl TestNode {
     fn ping(&self) -> std::io::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
         use std::io::{BufRead, Write};
         let mut s = std::os::unix::net::UnixStream::connect(&self.socket)?;
-        s.write_all(b"{\"op\":\"ping\"}\n")?;
+        s.write_all(b"{\"api\":1,\"op\":\"ping\"}\n")?;
         let mut line = String::new();
         std::io::BufReader::new(s).read_line(&mut line)?;
         let addr = |field: &str| -> std::io::Result<std::net::SocketAddr> {

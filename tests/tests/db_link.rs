@@ -351,7 +351,7 @@ fn bad_links_are_refused_with_clear_errors_and_leave_nothing_behind() {
         use std::io::{BufRead, Write};
         let mut s = std::os::unix::net::UnixStream::connect(&node.socket).expect("socket");
         s.write_all(
-            b"{\"op\":\"link\",\"gear\":{\"name\":\"app\",\"namespace\":\"default\"},\"to\":{\"name\":\"db\",\"namespace\":\"elsewhere\"}}\n",
+            b"{\"api\":1,\"op\":\"link\",\"gear\":{\"name\":\"app\",\"namespace\":\"default\"},\"to\":{\"name\":\"db\",\"namespace\":\"elsewhere\"}}\n",
         )
         .expect("write");
         let mut line = String::new();

@@ -200,7 +200,8 @@ fn bad_input_gets_clear_errors_and_creates_nothing() {
     // a malformed request is refused with a reason
     use std::io::{BufRead, Write};
     let mut s = std::os::unix::net::UnixStream::connect(&node.socket).expect("socket");
-    s.write_all(b"{\"op\":\"format-disk\"}\n").expect("write");
+    s.write_all(b"{\"api\":1,\"op\":\"format-disk\"}\n")
+        .expect("write");
     let mut line = String::new();
     std::io::BufReader::new(s)
         .read_line(&mut line)
@@ -209,6 +210,23 @@ fn bad_input_gets_clear_errors_and_creates_nothing() {
         line.contains("\"invalid\"") && line.contains("malformed request"),
         "{line}"
     );
+    // a client of another API version is told which side to upgrade, in
+    // the frame every version reads
+    for (request, advice) in [
+        (&b"{\"op\":\"ping\"}\n"[..], "sent no API version"),
+        (b"{\"api\":99,\"op\":\"ping\"}\n", "upgrade the node"),
+    ] {
+        let mut s = std::os::unix::net::UnixStream::connect(&node.socket).expect("socket");
+        s.write_all(request).expect("write");
+        let mut line = String::new();
+        std::io::BufReader::new(s)
+            .read_line(&mut line)
+            .expect("read");
+        assert!(
+            line.starts_with("{\"error\":{\"kind\":\"invalid\"") && line.contains(advice),
+            "{line}"
+        );
+    }
 
     // only root may use the socket
     let out = std::process::Command::new("setpriv")

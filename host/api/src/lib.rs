@@ -1,26 +1,53 @@
-//! The node API: requests the `gear` command sends over the node's unix
-//! socket, and the replies. One request per connection, as one JSON line;
-//! the node answers with any number of `event` lines (progress, log lines)
-//! and then exactly one `ok` or `error` line.
+//! The node API: what clients send over the node's unix socket and what the
+//! node answers, typed. The node, the `gear` command and every other client
+//! (a remote transport, another node of a cluster) share this crate; it has
+//! no I/O of its own and no dependency on the node.
+//!
+//! # The wire
+//!
+//! One request per connection: one JSON line, an [`ops`] operation tagged by
+//! `op`, with the API version the client speaks in `api`
+//! ([`encode_request`], [`decode_request`]). The node answers with any number
+//! of [`Event`] lines and then exactly one answer line ([`Reply`]): `ok` with
+//! the operation's typed answer ([`Op::Reply`], see [`reply`]), or `error`
+//! with an [`ApiError`].
+//!
+//! The reply *frame* (`event` / `ok` / `error`, the error's `kind` and
+//! `message`) is the same in every API version, so a client of any version
+//! can read the error a node of another version sends: a request whose `api`
+//! differs from the node's [`API_VERSION`] is refused with a message that
+//! says which side to upgrade. What is inside `ok` and the operations may
+//! change only with a new API version. Golden files in `tests/golden/` pin
+//! the encoding of every request and answer.
 //!
 //! `exec` additionally passes the caller's standard input, output and error
 //! as file descriptors (SCM_RIGHTS) with the request, so the command in the
 //! gear talks to the caller's terminal directly.
-//!
-//! This crate is the one place these types live (the node, the `gear`
-//! command and any other client share it), with [`decode_request`], which
-//! turns what the node read from its socket into a [`Request`]. It has no
-//! I/O of its own.
 
-use std::path::PathBuf;
-
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+pub mod ops;
+pub mod reply;
+
+pub use ops::Request;
+
+/// The version of the node API this crate describes. It changes whenever an
+/// operation or an answer changes in a way an older peer would misread.
+pub const API_VERSION: u32 = 1;
+
+/// Where a node listens unless its configuration says otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/gearhost/node.sock";
 
 /// Most bytes of one request line.
 pub const MAX_REQUEST: usize = 1 << 20;
 
+/// The release of Gearhost this crate belongs to.
+const RELEASE: &str = env!("CARGO_PKG_VERSION");
+
 /// A gear, named the way users name it: `name` in namespace `namespace`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct GearRef {
     /// Gear name.
     pub name: String,
@@ -34,187 +61,23 @@ impl std::fmt::Display for GearRef {
     }
 }
 
-/// A request to the node.
+/// An operation: its fields are the request, [`Op::Reply`] is what the node
+/// answers when it succeeds.
+pub trait Op: Into<Request> {
+    /// The answer.
+    type Reply: Serialize + DeserializeOwned;
+    /// The operation's name on the wire.
+    const NAME: &'static str;
+}
+
+/// Something the node reports while it works on a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
-pub enum Request {
-    /// Is the node there? Answers its version and state directory.
-    Ping,
-    /// Install (or upgrade) the cartridge in a directory.
-    CartridgeInstall {
-        /// The cartridge directory, readable by the node.
-        dir: PathBuf,
-    },
-    /// Installed cartridges.
-    CartridgeList,
-    /// Remove an installed cartridge no gear uses.
-    CartridgeRemove {
-        /// Cartridge name.
-        name: String,
-    },
-    /// Create a gear.
-    Create {
-        /// The gear.
-        gear: GearRef,
-        /// Its cartridge.
-        cartridge: String,
-    },
-    /// All gears.
-    List,
-    /// One gear in detail.
-    Show {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// Stop and remove a gear, leaving nothing behind.
-    Destroy {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// Deploy a source directory: new deployment, build, activate, restart.
-    Deploy {
-        /// The gear.
-        gear: GearRef,
-        /// The source directory, readable by the node.
-        source: PathBuf,
-    },
-    /// Run the build hook on the active deployment.
-    Build {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// Start the gear.
-    Start {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// Stop the gear.
-    Stop {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// Stop, then start.
-    Restart {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// State and processes.
-    Status {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// Run the cartridge's control hook.
-    Control {
-        /// The gear.
-        gear: GearRef,
-        /// Action name.
-        action: String,
-        /// Arguments.
-        args: Vec<String>,
-    },
-    /// Deployment history.
-    Deployments {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// Activate an earlier deployment (default: the one before the active one).
-    Rollback {
-        /// The gear.
-        gear: GearRef,
-        /// Deployment id.
-        id: Option<u32>,
-    },
-    /// Set user variables.
-    EnvSet {
-        /// The gear.
-        gear: GearRef,
-        /// `KEY`, value pairs.
-        vars: Vec<(String, String)>,
-    },
-    /// Remove user variables.
-    EnvUnset {
-        /// The gear.
-        gear: GearRef,
-        /// Keys.
-        keys: Vec<String>,
-    },
-    /// The effective environment, by layer.
-    EnvList {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// The gear's logs.
-    Logs {
-        /// The gear.
-        gear: GearRef,
-        /// Last lines to show.
-        lines: usize,
-        /// Keep streaming new lines.
-        follow: bool,
-        /// Show hook logs instead of process output.
-        hooks: bool,
-        /// Show the frontend's access log of the gear's requests instead.
-        #[serde(default)]
-        access: bool,
-    },
-    /// Link `gear` to `to`: `to`'s primary endpoint becomes reachable on
-    /// `gear`'s own loopback, and `gear` receives what `to`'s cartridge
-    /// publishes. Both gears are in the same namespace.
-    Link {
-        /// The gear that gets access (the app).
-        gear: GearRef,
-        /// The gear it reaches (the database).
-        to: GearRef,
-    },
-    /// Remove a link made by [`Request::Link`].
-    Unlink {
-        /// The gear that had access.
-        gear: GearRef,
-        /// The gear it reached.
-        to: GearRef,
-    },
-    /// Add a host name the frontend routes to the gear.
-    AliasAdd {
-        /// The gear.
-        gear: GearRef,
-        /// The host name, e.g. `www.example.com`.
-        hostname: String,
-    },
-    /// Remove an alias.
-    AliasRemove {
-        /// The gear.
-        gear: GearRef,
-        /// The host name.
-        hostname: String,
-    },
-    /// The gear's host names.
-    AliasList {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// Stop a running gear and mark it idle: its next request through the
-    /// frontend starts it again.
-    Idle {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// Start an idle gear now.
-    Unidle {
-        /// The gear.
-        gear: GearRef,
-    },
-    /// The node's metrics in the Prometheus text format (operators only,
-    /// like every request on the socket).
-    Metrics,
-    /// Run a command in the gear's sandbox with the caller's stdio (passed as fds: stdin,
-    /// stdout, stderr, and on a terminal optionally a pipe that gets a byte whenever the
-    /// caller's window changes size).
-    Exec {
-        /// The gear.
-        gear: GearRef,
-        /// Command and arguments.
-        argv: Vec<String>,
-    },
+#[serde(rename_all = "kebab-case")]
+pub enum Event {
+    /// Progress of the operation (a build's output, a step done), for people.
+    Progress(String),
+    /// A line of a log the caller asked for (`logs`).
+    Line(String),
 }
 
 /// Classes of failure, which the CLI maps to exit codes.
@@ -233,7 +96,7 @@ pub enum ErrorKind {
     Failed,
 }
 
-/// An error reply.
+/// An error answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
@@ -253,24 +116,87 @@ impl ApiError {
     }
 }
 
-/// One line the node sends back.
+/// One line the node sends back: the frame every API version shares.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reply {
     /// Progress or a log line; more lines follow.
-    Event(String),
-    /// The request succeeded; its result.
+    Event(Event),
+    /// The request succeeded; the operation's answer ([`Op::Reply`]).
     Ok(serde_json::Value),
     /// The request failed.
     Error(ApiError),
 }
 
+impl Reply {
+    /// The success line for operation `O`'s answer.
+    pub fn answer<O: Op>(answer: &O::Reply) -> Reply {
+        match serde_json::to_value(answer) {
+            Ok(value) => Reply::Ok(value),
+            Err(e) => Reply::Error(ApiError::new(
+                ErrorKind::Failed,
+                format!("the node could not encode its answer to {}: {e}", O::NAME),
+            )),
+        }
+    }
+
+    /// The line as sent: JSON and a line feed.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).unwrap_or_else(|e| {
+            // a reply is built from strings and numbers only; should that
+            // ever fail, the client still gets a well-formed error line
+            let error = Reply::Error(ApiError::new(ErrorKind::Failed, e.to_string()));
+            serde_json::to_vec(&error).unwrap_or_default()
+        });
+        line.push(b'\n');
+        line
+    }
+
+    /// Reads one line a node sent.
+    pub fn decode(line: &str) -> Result<Reply, ApiError> {
+        serde_json::from_str(line).map_err(|e| {
+            ApiError::new(
+                ErrorKind::Failed,
+                format!(
+                    "the node sent a line this client cannot read ({e}); \
+                     is the node a Gearhost node of a version that speaks API {API_VERSION}?"
+                ),
+            )
+        })
+    }
+}
+
+/// Reads operation `O`'s answer out of an `ok` line's value.
+pub fn decode_answer<O: Op>(value: serde_json::Value) -> Result<O::Reply, ApiError> {
+    serde_json::from_value(value).map_err(|e| {
+        ApiError::new(
+            ErrorKind::Failed,
+            format!(
+                "the node's answer to {} does not have the shape API {API_VERSION} gives it ({e}); \
+                 are the client and the node the same release (`gear --version`, `gearhost-node --version`)?",
+                O::NAME
+            ),
+        )
+    })
+}
+
+/// The request line for `request`: JSON with the API version, and a line feed.
+pub fn encode_request(request: &Request) -> Vec<u8> {
+    let mut value = serde_json::to_value(request).unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("api".into(), API_VERSION.into());
+    }
+    let mut line = serde_json::to_vec(&value).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
 /// Decodes the request a client sent: the bytes the node read from its
 /// socket, up to and including the first line feed (bytes after it are not
 /// looked at; the line may also end where the client closed the
-/// connection). A line longer than [`MAX_REQUEST`] bytes, or one that is
-/// not a [`Request`] in JSON, is an [`ErrorKind::Invalid`] error that says
-/// what to do.
+/// connection). A line longer than [`MAX_REQUEST`] bytes, one of another API
+/// version, or one that is not a [`Request`] in JSON, is an
+/// [`ErrorKind::Invalid`] error that says what to do.
 pub fn decode_request(read: &[u8]) -> Result<Request, ApiError> {
     let line = match read.iter().position(|b| *b == b'\n') {
         Some(end) => &read[..end],
@@ -285,36 +211,85 @@ pub fn decode_request(read: &[u8]) -> Result<Request, ApiError> {
             ),
         ));
     }
-    serde_json::from_slice(line).map_err(|e| {
+    let malformed = |e: &dyn std::fmt::Display| {
         ApiError::new(
             ErrorKind::Invalid,
-            format!("malformed request: {e}; is gear the same version as the node?"),
+            format!("malformed request: {e}; is the client the same version as the node?"),
         )
-    })
+    };
+    let mut value: serde_json::Value = serde_json::from_slice(line).map_err(|e| malformed(&e))?;
+    let Some(fields) = value.as_object_mut() else {
+        return Err(malformed(&"a request is a JSON object"));
+    };
+    let spoken = match fields.remove("api") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .ok_or_else(|| malformed(&format!("`api` is {v}, not a version number")))?,
+        ),
+    };
+    if spoken != Some(u64::from(API_VERSION)) {
+        return Err(version_mismatch(spoken));
+    }
+    Request::deserialize(value).map_err(|e| malformed(&e))
+}
+
+/// The error for a client that speaks another API version than this node.
+fn version_mismatch(spoken: Option<u64>) -> ApiError {
+    let node = format!("this node (Gearhost {RELEASE}) speaks node API {API_VERSION}");
+    let message = match spoken {
+        None => format!(
+            "{node}, and the client sent no API version, which only clients from before \
+             versioned APIs do: use the `gear` of the node's release"
+        ),
+        Some(v) if v < u64::from(API_VERSION) => format!(
+            "the client speaks node API {v}, older than {node}: upgrade the client \
+             (`gear`) to the node's release"
+        ),
+        Some(v) => format!(
+            "the client speaks node API {v}, newer than {node}: upgrade the node, or use \
+             the `gear` of the node's release"
+        ),
+    };
+    ApiError::new(ErrorKind::Invalid, message)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::{EnvSet, Logs, Ping, Start};
 
-    #[test]
-    fn requests_are_one_json_line() {
-        let gear = GearRef {
+    fn gear() -> GearRef {
+        GearRef {
             name: "web".into(),
             namespace: "default".into(),
-        };
-        let request = Request::EnvSet {
-            gear: gear.clone(),
+        }
+    }
+
+    #[test]
+    fn requests_are_one_json_line_with_the_api_version() {
+        let request: Request = EnvSet {
+            gear: gear(),
             vars: vec![("A".into(), "b\nc".into())],
-        };
-        let mut line = serde_json::to_vec(&request).expect("encode");
-        assert!(!line.contains(&b'\n'), "a value's line feed stays escaped");
-        line.extend_from_slice(b"\n{\"op\":\"ping\"}\n");
+        }
+        .into();
+        let mut line = encode_request(&request);
+        assert_eq!(line.iter().filter(|b| **b == b'\n').count(), 1, "one line");
+        assert!(line.ends_with(b"\n"));
+        let text = String::from_utf8(line.clone()).expect("utf-8");
+        assert!(text.contains(r#""api":1"#), "{text}");
+        assert!(text.contains(r#""op":"env-set""#), "{text}");
+        line.extend_from_slice(b"{\"api\":1,\"op\":\"ping\"}\n");
         assert_eq!(decode_request(&line), Ok(request));
-        assert_eq!(decode_request(br#"{"op":"ping"}"#), Ok(Request::Ping));
         assert_eq!(
-            decode_request(br#"{"op":"logs","gear":{"name":"a","namespace":"b"},"lines":5,"follow":false,"hooks":false}"#),
-            Ok(Request::Logs {
+            decode_request(br#"{"op":"ping","api":1}"#),
+            Ok(Request::Ping(Ping {}))
+        );
+        assert_eq!(
+            decode_request(
+                br#"{"api":1,"op":"logs","gear":{"name":"a","namespace":"b"},"lines":5,"follow":false,"hooks":false}"#
+            ),
+            Ok(Request::Logs(Logs {
                 gear: GearRef {
                     name: "a".into(),
                     namespace: "b".into()
@@ -323,7 +298,7 @@ mod tests {
                 follow: false,
                 hooks: false,
                 access: false,
-            })
+            }))
         );
     }
 
@@ -332,11 +307,15 @@ mod tests {
         for bad in [
             &b""[..],
             b"\n",
-            b"{\"op\":\"start\",\"gear\":{\"name\":\"a\",\"namespace\":\"b\"},\"extra\":1}",
-            b"{\"op\":\"reboot\"}",
-            b"{\"op\":\"start\"}",
+            b"{\"api\":1,\"op\":\"start\",\"gear\":{\"name\":\"a\",\"namespace\":\"b\"},\"extra\":1}",
+            b"{\"api\":1,\"op\":\"start\",\"gear\":{\"name\":\"a\",\"namespace\":\"b\",\"x\":0}}",
+            // an operation without fields refuses unknown ones too
+            b"{\"api\":1,\"op\":\"ping\",\"extra\":1}",
+            b"{\"api\":1,\"op\":\"reboot\"}",
+            b"{\"api\":1,\"op\":\"start\"}",
+            b"{\"api\":\"one\",\"op\":\"ping\"}",
             b"[1,2]",
-            b"{\"op\":\"rollback\",\"gear\":{\"name\":\"a\",\"namespace\":\"b\"},\"id\":-1}",
+            b"{\"api\":1,\"op\":\"rollback\",\"gear\":{\"name\":\"a\",\"namespace\":\"b\"},\"id\":-1}",
             b"\xff\xfe",
         ] {
             let e = decode_request(bad).expect_err(&String::from_utf8_lossy(bad));
@@ -350,5 +329,62 @@ mod tests {
         // nesting deeper than the JSON reader's limit is an error, not a crash
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(decode_request(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn another_api_version_is_told_which_side_to_upgrade() {
+        let unversioned = decode_request(br#"{"op":"ping"}"#).expect_err("no version");
+        assert_eq!(unversioned.kind, ErrorKind::Invalid);
+        assert!(
+            unversioned.message.contains("sent no API version"),
+            "{unversioned}"
+        );
+        let older = decode_request(br#"{"api":0,"op":"ping"}"#).expect_err("older");
+        assert!(older.message.contains("upgrade the client"), "{older}");
+        let newer = format!(r#"{{"api":{},"op":"ping"}}"#, API_VERSION + 1);
+        let newer = decode_request(newer.as_bytes()).expect_err("newer");
+        assert!(newer.message.contains("upgrade the node"), "{newer}");
+        // whatever the version, the refusal is a frame every client reads
+        let line = Reply::Error(newer).encode();
+        let text = std::str::from_utf8(&line).expect("utf-8");
+        assert!(
+            text.starts_with(r#"{"error":{"kind":"invalid","message":"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn answers_are_typed_by_their_operation() {
+        let view = reply::NodeInfo {
+            version: "1.2.3".into(),
+            api: API_VERSION,
+            state_dir: "/var/lib/gearhost".into(),
+            domain: "apps.test".into(),
+            frontend: None,
+            metrics: None,
+        };
+        let Reply::Ok(value) = Reply::answer::<Ping>(&view) else {
+            panic!("an answer encodes");
+        };
+        assert_eq!(decode_answer::<Ping>(value.clone()), Ok(view));
+        // the same value is not the answer to another operation
+        let e = decode_answer::<Start>(value).expect_err("not a gear view");
+        assert_eq!(e.kind, ErrorKind::Failed);
+        assert!(e.message.contains("answer to start"), "{e}");
+        // frames round-trip, events included
+        for frame in [
+            Reply::Event(Event::Progress("building".into())),
+            Reply::Event(Event::Line("GET / 200".into())),
+            Reply::Ok(serde_json::Value::Null),
+            Reply::Error(ApiError::new(ErrorKind::NotFound, "no gear")),
+        ] {
+            let line = frame.encode();
+            let text = std::str::from_utf8(&line).expect("utf-8");
+            assert_eq!(Reply::decode(text.trim_end()), Ok(frame));
+        }
+        assert_eq!(
+            Reply::decode("{\"shout\":1}").map_err(|e| e.kind),
+            Err(ErrorKind::Failed)
+        );
     }
 }

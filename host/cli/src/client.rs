@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 
-use gearhost_node::api::{ErrorKind, GearRef, Reply, Request};
+use gearhost_api::{ErrorKind, Event, GearRef, Op, Reply, Request};
 
 use crate::Failure;
 
@@ -15,7 +15,7 @@ use crate::Failure;
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
     /// The node's API socket.
-    #[arg(long, global = true, env = "GEARHOST_SOCKET", default_value = gearhost_node::config::DEFAULT_SOCKET)]
+    #[arg(long, global = true, env = "GEARHOST_SOCKET", default_value = gearhost_api::DEFAULT_SOCKET)]
     pub socket: PathBuf,
 }
 
@@ -76,7 +76,7 @@ fn connect(target: &Target) -> Result<UnixStream, Failure> {
     })
 }
 
-fn map_error(e: gearhost_node::api::ApiError) -> Failure {
+fn map_error(e: gearhost_api::ApiError) -> Failure {
     let err = anyhow::anyhow!(e.message);
     match e.kind {
         ErrorKind::Invalid | ErrorKind::NotFound => Failure::Invalid(err),
@@ -85,38 +85,53 @@ fn map_error(e: gearhost_node::api::ApiError) -> Failure {
     }
 }
 
-/// Send `request` and wait for the answer; each event line is handed to
+/// Send operation `op` and wait for its answer; each event is handed to
 /// `on_event` as it arrives.
-pub fn call_with(
+pub fn call_with<O: Op>(
     target: &Target,
-    request: &Request,
-    mut on_event: impl FnMut(&str),
-) -> Result<serde_json::Value, Failure> {
+    op: O,
+    mut on_event: impl FnMut(&Event),
+) -> Result<O::Reply, Failure> {
     let stream = connect(target)?;
-    send(&stream, request, &[])?;
-    read_replies(stream, &mut on_event)
+    send(&stream, &op.into(), &[])?;
+    let value = read_replies(stream, &mut on_event)?;
+    decode::<O>(value)
 }
 
-/// Send `request` with progress events shown on stderr.
-pub fn call(target: &Target, request: &Request) -> Result<serde_json::Value, Failure> {
-    call_with(target, request, |e| eprintln!("  {e}"))
+/// Send operation `op` with progress shown on stderr.
+pub fn call<O: Op>(target: &Target, op: O) -> Result<O::Reply, Failure> {
+    call_with(target, op, show_event)
 }
 
-/// Send `request` with the caller's stdin, stdout and stderr attached, and
-/// `resized` (a pipe that gets a byte when this terminal changes size) if given.
-pub fn call_attached(
+/// Send operation `op` with the caller's stdin, stdout and stderr attached,
+/// and `resized` (a pipe that gets a byte when this terminal changes size)
+/// if given.
+pub fn call_attached<O: Op>(
     target: &Target,
-    request: &Request,
+    op: O,
     resized: Option<&std::fs::File>,
-) -> Result<serde_json::Value, Failure> {
+) -> Result<O::Reply, Failure> {
     let stream = connect(target)?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
     let mut fds = vec![stdin.as_fd(), stdout.as_fd(), stderr.as_fd()];
     fds.extend(resized.map(|f| f.as_fd()));
-    send(&stream, request, &fds)?;
-    read_replies(stream, &mut |e| eprintln!("  {e}"))
+    send(&stream, &op.into(), &fds)?;
+    let value = read_replies(stream, &mut show_event)?;
+    decode::<O>(value)
+}
+
+/// Progress on stderr, indented; log lines on stdout.
+fn show_event(event: &Event) {
+    match event {
+        Event::Progress(text) => eprintln!("  {text}"),
+        Event::Line(text) => println!("{text}"),
+    }
+}
+
+fn decode<O: Op>(value: serde_json::Value) -> Result<O::Reply, Failure> {
+    gearhost_api::decode_answer::<O>(value).map_err(|e| Failure::Failed(anyhow::anyhow!(e)))
 }
 
 fn send(
@@ -124,8 +139,7 @@ fn send(
     request: &Request,
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> Result<(), Failure> {
-    let mut line = serde_json::to_vec(request).map_err(|e| Failure::Failed(e.into()))?;
-    line.push(b'\n');
+    let line = gearhost_api::encode_request(request);
     gearhost_sandbox::fdpass::send_with_fds(stream, &line, fds).map_err(|e| {
         Failure::Environment(anyhow::anyhow!("cannot send the request to the node: {e}"))
     })?;
@@ -135,17 +149,15 @@ fn send(
 
 fn read_replies(
     stream: UnixStream,
-    on_event: &mut dyn FnMut(&str),
+    on_event: &mut dyn FnMut(&Event),
 ) -> Result<serde_json::Value, Failure> {
     let reader = BufReader::new(stream);
     for line in reader.lines() {
         let line = line.map_err(|e| {
             Failure::Environment(anyhow::anyhow!("the connection to the node broke: {e}"))
         })?;
-        let reply: Reply = serde_json::from_str(&line)
-            .map_err(|e| Failure::Failed(anyhow::anyhow!("the node sent something this gear does not understand ({e}); are gear and the node the same version?")))?;
-        match reply {
-            Reply::Event(text) => on_event(&text),
+        match Reply::decode(&line).map_err(|e| Failure::Failed(anyhow::anyhow!(e)))? {
+            Reply::Event(event) => on_event(&event),
             Reply::Ok(value) => return Ok(value),
             Reply::Error(e) => return Err(map_error(e)),
         }

@@ -236,7 +236,7 @@ pub fn main() -> ExitCode {
         Command::Cartridge(CartridgeCommand::Check(args)) => cmd::cartridge_check::run(args),
         Command::Cartridge(CartridgeCommand::Call(args)) => cmd::cartridge_call::run(args),
         Command::Node(NodeCommand::Check(args)) => cmd::node_check::run(args),
-        Command::Node(NodeCommand::Run(args)) => cmd::node_run::run(args),
+        Command::Node(NodeCommand::Run(args)) => cmd::node_run::run(args, cli.verbose),
         Command::Node(NodeCommand::Config) => cmd::node_run::print_default(),
         Command::Node(NodeCommand::Metrics(args)) => cmd::node_metrics::run(args),
         Command::Cartridge(CartridgeCommand::Install(args)) => cmd::cartridge_store::install(args),

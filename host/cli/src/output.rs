@@ -39,14 +39,13 @@ pub fn error_text(e: &anyhow::Error) -> String {
     parts.join("\n  caused by: ")
 }
 
-/// For a reply that says the node changed nothing (`unchanged`), prints its
-/// note and returns true.
-pub fn print_if_unchanged(v: &serde_json::Value) -> bool {
-    let note = v["note"].as_str().filter(|_| v["unchanged"] == true);
-    if let Some(note) = note {
-        println!("{note}");
+/// For an answer that says the node changed nothing (`unchanged`), prints
+/// its note and returns true.
+pub fn print_if_unchanged(unchanged: bool, note: Option<&str>) -> bool {
+    if unchanged {
+        println!("{}", note.unwrap_or("nothing was changed"));
     }
-    note.is_some()
+    unchanged
 }
 
 /// Print `key: value` rows with the keys aligned.
@@ -57,25 +56,15 @@ pub fn print_rows(rows: &[(&str, String)]) {
     }
 }
 
-/// Print a gear's processes (from the node's JSON), one per line.
-pub fn print_processes(gear: &serde_json::Value) {
-    for p in gear["processes"].as_array().into_iter().flatten() {
+/// Print a gear's processes, one per line.
+pub fn print_processes(processes: &[gearhost_api::reply::Process]) {
+    for p in processes {
         println!(
             "  process {} {} pid {} restarts {}",
-            p["name"].as_str().unwrap_or(""),
-            p["state"].as_str().unwrap_or(""),
-            p["pid"].as_u64().map_or("-".to_string(), |p| p.to_string()),
-            p["restarts"]
+            p.name,
+            p.state,
+            p.pid.map_or("-".to_string(), |p| p.to_string()),
+            p.restarts
         );
     }
-}
-
-/// The strings of a JSON array (nothing when `value` is not one).
-pub fn strings(value: &serde_json::Value) -> Vec<&str> {
-    value
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|k| k.as_str())
-        .collect()
 }

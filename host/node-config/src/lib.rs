@@ -17,7 +17,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-node.toml");
 /// Where `gear node run` looks for its configuration by default.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/gearhost/node.toml";
 /// Where `gear` looks for the node's socket by default.
-pub const DEFAULT_SOCKET: &str = "/run/gearhost/node.sock";
+pub use gearhost_api::DEFAULT_SOCKET;
 
 /// The validated node configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -8,9 +8,7 @@
 //! Aliases are stored in the gear's record and routed as soon as they are
 //! added.
 
-use serde_json::json;
-
-use crate::api::{ApiError, ErrorKind, GearRef};
+use crate::api::{ApiError, ErrorKind, GearRef, reply};
 use crate::node::{ApiResult, Node, invalid};
 
 /// Most aliases one gear may have.
@@ -66,7 +64,11 @@ pub fn check_hostname(name: &str, domain: &str) -> Result<String, String> {
 
 impl Node {
     /// `gear alias add GEAR HOSTNAME`.
-    pub async fn alias_add(&self, gear: &GearRef, hostname: &str) -> ApiResult<serde_json::Value> {
+    pub async fn alias_add(
+        &self,
+        gear: &GearRef,
+        hostname: &str,
+    ) -> ApiResult<reply::AliasChanged> {
         let name = check_hostname(hostname, &self.config().domain).map_err(invalid)?;
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
@@ -83,7 +85,12 @@ impl Node {
             ));
         }
         if r.aliases.contains(&name) {
-            return Ok(json!({ "gear": r.name, "alias": name, "aliases": r.aliases }));
+            return Ok(reply::AliasChanged {
+                gear: r.name,
+                hostname: name,
+                aliases: r.aliases,
+                unchanged: true,
+            });
         }
         if let Some(other) = self
             .gears_snapshot()
@@ -112,7 +119,12 @@ impl Node {
         self.rebuild_routes();
         g.hook_log
             .line("alias[node]", &format!("added alias {name}"));
-        Ok(json!({ "gear": next.name, "alias": name, "aliases": next.aliases }))
+        Ok(reply::AliasChanged {
+            gear: next.name,
+            hostname: name,
+            aliases: next.aliases,
+            unchanged: false,
+        })
     }
 
     /// `gear alias remove GEAR HOSTNAME`.
@@ -120,7 +132,7 @@ impl Node {
         &self,
         gear: &GearRef,
         hostname: &str,
-    ) -> ApiResult<serde_json::Value> {
+    ) -> ApiResult<reply::AliasChanged> {
         let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
@@ -138,13 +150,22 @@ impl Node {
         self.rebuild_routes();
         g.hook_log
             .line("alias[node]", &format!("removed alias {name}"));
-        Ok(json!({ "gear": next.name, "removed": name, "aliases": next.aliases }))
+        Ok(reply::AliasChanged {
+            gear: next.name,
+            hostname: name,
+            aliases: next.aliases,
+            unchanged: false,
+        })
     }
 
     /// `gear alias list GEAR`: its own name and its aliases.
-    pub fn alias_list(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+    pub fn alias_list(&self, gear: &GearRef) -> ApiResult<reply::HostNames> {
         let r = self.find(gear)?.record();
-        Ok(json!({ "gear": r.name, "name": self.public_name(&r), "aliases": r.aliases }))
+        Ok(reply::HostNames {
+            name: self.public_name(&r),
+            gear: r.name,
+            aliases: r.aliases,
+        })
     }
 }
 

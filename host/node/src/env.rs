@@ -68,6 +68,17 @@ pub struct Layers {
     pub user: BTreeMap<String, String>,
 }
 
+impl From<Layers> for crate::api::reply::EnvLayers {
+    fn from(l: Layers) -> Self {
+        crate::api::reply::EnvLayers {
+            system: l.system,
+            cartridge: l.cartridge,
+            linked: l.linked,
+            user: l.user,
+        }
+    }
+}
+
 impl Layers {
     /// Merge: the node's defaults, cartridge over them, linked over
     /// cartridge, user over those, system over all.

@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
-use crate::api::{ApiError, ErrorKind, GearRef};
+use crate::api::{ApiError, ErrorKind, GearRef, reply};
 use crate::node::{ApiResult, Gear, Node, Progress, invalid, lock};
 use crate::state::{Desired, GearState};
 
@@ -145,7 +143,7 @@ impl Node {
 
     /// `gear idle NAME`: stop a running gear now and mark it idle; its next
     /// request starts it again.
-    pub async fn idle(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+    pub async fn idle(&self, gear: &GearRef) -> ApiResult<reply::GearView> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         if let Some(why) = self.not_idleable(&g) {
@@ -164,21 +162,16 @@ impl Node {
                     ErrorKind::Conflict,
                     format!(
                         "gear {} is {}, not running; only a running gear can be idled",
-                        gear.name,
-                        serde_json::to_value(other).unwrap_or_default()
+                        gear.name, other
                     ),
                 ));
             }
         }
-        Ok(json!({ "name": gear.name, "state": g.state() }))
+        Ok(self.gear_view(&g))
     }
 
     /// `gear unidle NAME`: start an idle gear now, without waiting for a request.
-    pub async fn unidle(
-        &self,
-        gear: &GearRef,
-        progress: &Progress,
-    ) -> ApiResult<serde_json::Value> {
+    pub async fn unidle(&self, gear: &GearRef, progress: &Progress) -> ApiResult<reply::GearView> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         match g.state() {
@@ -192,13 +185,11 @@ impl Node {
             other => {
                 return Err(invalid(format!(
                     "gear {} is {}, not idle; start it with `gear start {}`",
-                    gear.name,
-                    serde_json::to_value(other).unwrap_or_default(),
-                    gear.name
+                    gear.name, other, gear.name
                 )));
             }
         }
-        Ok(json!({ "name": gear.name, "state": g.state() }))
+        Ok(self.gear_view(&g))
     }
 
     /// The idler: every so often, idle the running gears that got no

@@ -22,10 +22,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::watch;
 
-use crate::api::{ApiError, ErrorKind, GearRef};
+use crate::api::{ApiError, ErrorKind, GearRef, reply};
 use crate::node::{ApiResult, Gear, Node, internal, invalid, lock};
 use crate::state::{self, GearRecord, Link};
 
@@ -295,27 +294,25 @@ impl Node {
     }
 
     /// The links of `r`, for `gear show`.
-    pub(crate) fn links_view(&self, r: &GearRecord) -> serde_json::Value {
+    pub(crate) fn links_view(&self, r: &GearRecord) -> Vec<reply::LinkInfo> {
         let gears = lock(&self.gears).clone();
-        json!(
-            r.links
-                .iter()
-                .map(|l| {
-                    let target = gears.get(&l.gear).map(|g| g.record());
-                    let env = target
-                        .as_ref()
-                        .and_then(|t| self.cartridge(&t.cartridge).ok())
-                        .map(|c| c.manifest().publish.env.clone())
-                        .unwrap_or_default();
-                    json!({
-                        "gear": target.map_or_else(|| l.gear.clone(), |t| t.name),
-                        "port": l.port,
-                        "env": env,
-                        "created": l.created,
-                    })
-                })
-                .collect::<Vec<_>>()
-        )
+        r.links
+            .iter()
+            .map(|l| {
+                let target = gears.get(&l.gear).map(|g| g.record());
+                let env = target
+                    .as_ref()
+                    .and_then(|t| self.cartridge(&t.cartridge).ok())
+                    .map(|c| c.manifest().publish.env.clone())
+                    .unwrap_or_default();
+                reply::LinkInfo {
+                    gear: target.map_or_else(|| l.gear.clone(), |t| t.name),
+                    port: l.port,
+                    env,
+                    created: l.created,
+                }
+            })
+            .collect()
     }
 
     /// Open the proxies of every stored link (at node start: the previous
@@ -357,7 +354,7 @@ impl Node {
 
     /// `gear link GEAR TO`: make `to`'s primary endpoint reachable on
     /// `gear`'s loopback and give `gear` what `to` publishes.
-    pub async fn link(&self, gear: &GearRef, to: &GearRef) -> ApiResult<serde_json::Value> {
+    pub async fn link(&self, gear: &GearRef, to: &GearRef) -> ApiResult<reply::Linked> {
         if gear.namespace != to.namespace {
             return Err(invalid(format!(
                 "gears {} and {} are in different namespaces; only gears of one namespace can be linked",
@@ -388,14 +385,17 @@ impl Node {
         })?;
         let port = endpoint.private_port;
         if let Some(link) = a.links.iter().find(|l| l.gear == d.id) {
-            return Ok(json!({
-                "gear": a.name,
-                "to": d.name,
-                "port": link.port,
-                "env": db_manifest.publish.env,
-                "unchanged": true,
-                "note": format!("gear {} is already linked to {}; nothing was changed", a.name, d.name),
-            }));
+            return Ok(reply::Linked {
+                note: Some(format!(
+                    "gear {} is already linked to {}; nothing was changed",
+                    a.name, d.name
+                )),
+                gear: a.name,
+                to: d.name,
+                port: link.port,
+                env: db_manifest.publish.env.clone(),
+                unchanged: true,
+            });
         }
         let app_cart = self.cartridge(&a.cartridge)?;
         if let Some(own) = app_cart
@@ -467,45 +467,56 @@ impl Node {
             &format!("linked to {} on 127.0.0.1:{port}", d.name),
         );
         let running = app.record().state == crate::state::GearState::Running;
-        Ok(json!({
-            "gear": a.name,
-            "to": d.name,
-            "port": port,
-            "env": published,
-            "note": running.then(|| {
-                format!("restart {} for its running processes to see the new variables", a.name)
+        Ok(reply::Linked {
+            note: running.then(|| {
+                format!(
+                    "restart {} for its running processes to see the new variables",
+                    a.name
+                )
             }),
-        }))
+            gear: a.name,
+            to: d.name,
+            port,
+            env: published.clone(),
+            unchanged: false,
+        })
     }
 
     /// `gear unlink GEAR TO`: close the proxy (cutting open connections) and
     /// drop the linked variables.
-    pub async fn unlink(&self, gear: &GearRef, to: &GearRef) -> ApiResult<serde_json::Value> {
+    pub async fn unlink(&self, gear: &GearRef, to: &GearRef) -> ApiResult<reply::Unlinked> {
         let app = self.find(gear)?;
         let _op = app.op.lock().await;
         let app = self.find(gear)?;
         let a = app.record();
         let target = self.find(to)?.record();
         let Some(link) = a.links.iter().find(|l| l.gear == target.id).cloned() else {
-            return Ok(json!({
-                "gear": a.name,
-                "to": to.name,
-                "unchanged": true,
-                "note": format!("gear {} is not linked to {}; nothing was changed", a.name, to.name),
-            }));
+            return Ok(reply::Unlinked {
+                note: Some(format!(
+                    "gear {} is not linked to {}; nothing was changed",
+                    a.name, to.name
+                )),
+                gear: a.name,
+                to: to.name.clone(),
+                unchanged: true,
+            });
         };
         app.update(self.config(), |r| r.links.retain(|l| l.gear != link.gear))?;
         self.links.close(&a.id, &link.gear);
         app.hook_log
             .line("link[node]", &format!("unlinked from {}", to.name));
         let running = app.record().state == crate::state::GearState::Running;
-        Ok(json!({
-            "gear": a.name,
-            "to": to.name,
-            "note": running.then(|| {
-                format!("restart {} for its running processes to lose the linked variables", a.name)
+        Ok(reply::Unlinked {
+            note: running.then(|| {
+                format!(
+                    "restart {} for its running processes to lose the linked variables",
+                    a.name
+                )
             }),
-        }))
+            gear: a.name,
+            to: to.name.clone(),
+            unchanged: false,
+        })
     }
 }
 

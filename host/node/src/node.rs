@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::api::reply;
 use gearhost_runtime::{
     Cartridge, CommandSpec, EndpointInfo, ExecOutput, ExitStatus, GearHost, GearInfo, HookCall,
     HookKind, HostError, LogLevel, LogSource, Preopen, ProcessInfo, RequestContext, RestartPolicy,
     Runtime, RuntimeConfig, Signal,
 };
-use serde_json::json;
 
 use crate::api::{ApiError, ErrorKind, GearRef};
 use crate::config::NodeConfig;
@@ -439,7 +439,7 @@ impl Node {
     // -- cartridges ---------------------------------------------------------
 
     /// Install the cartridge in `dir`: validate, precompile, copy into the store.
-    pub fn cartridge_install(&self, dir: &Path) -> ApiResult<serde_json::Value> {
+    pub fn cartridge_install(&self, dir: &Path) -> ApiResult<reply::CartridgeSummary> {
         let loaded = self
             .runtime
             .load_dir(dir)
@@ -486,17 +486,15 @@ impl Node {
     }
 
     /// Installed cartridges.
-    pub fn cartridge_list(&self) -> serde_json::Value {
-        json!(
-            lock(&self.cartridges)
-                .values()
-                .map(cartridge_summary)
-                .collect::<Vec<_>>()
-        )
+    pub fn cartridge_list(&self) -> Vec<reply::CartridgeSummary> {
+        lock(&self.cartridges)
+            .values()
+            .map(cartridge_summary)
+            .collect()
     }
 
     /// Remove a cartridge no gear uses.
-    pub fn cartridge_remove(&self, name: &str) -> ApiResult<serde_json::Value> {
+    pub fn cartridge_remove(&self, name: &str) -> ApiResult<reply::CartridgeRemoved> {
         let users: Vec<String> = lock(&self.gears)
             .values()
             .map(|g| g.record())
@@ -520,7 +518,9 @@ impl Node {
         }
         let _ = std::fs::remove_dir_all(self.config.cartridges_dir().join(name));
         self.rebuild_routes();
-        Ok(json!({ "removed": name }))
+        Ok(reply::CartridgeRemoved {
+            removed: name.to_string(),
+        })
     }
 
     pub(crate) fn cartridge(&self, name: &str) -> ApiResult<Cartridge> {
@@ -558,7 +558,7 @@ impl Node {
         self: &Arc<Self>,
         gear: &GearRef,
         cartridge: &str,
-    ) -> ApiResult<serde_json::Value> {
+    ) -> ApiResult<reply::GearSummary> {
         check_gear_ref(gear)?;
         let cart = self.cartridge(cartridge)?;
         let _guard = self.create.lock().await;
@@ -648,51 +648,60 @@ impl Node {
     }
 
     /// All gears.
-    pub fn list(&self) -> serde_json::Value {
+    pub fn list(&self) -> Vec<reply::GearView> {
         let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
-        json!(gears.iter().map(|g| self.gear_view(g)).collect::<Vec<_>>())
+        gears.iter().map(|g| self.gear_view(g)).collect()
     }
 
     /// One gear.
-    pub fn show(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+    pub fn show(&self, gear: &GearRef) -> ApiResult<reply::GearDetail> {
         let g = self.find(gear)?;
-        let mut view = self.gear_view(&g);
+        let view = self.gear_view(&g);
         let r = g.record();
-        view["deployments"] = json!(r.deployments);
-        view["env"] = json!(self.layers(&r).effective().keys().collect::<Vec<_>>());
-        view["home"] = json!(g.paths.home());
-        view["links"] = self.links_view(&r);
-        view["aliases"] = json!(r.aliases);
-        view["linked_from"] = json!(
-            self.linked_from(&r.id)
-                .iter()
-                .map(|l| l.name.clone())
-                .collect::<Vec<_>>()
-        );
-        Ok(view)
-    }
-
-    fn gear_summary(&self, r: &GearRecord) -> serde_json::Value {
-        json!({
-            "id": r.id,
-            "name": r.name,
-            "namespace": r.namespace,
-            "cartridge": r.cartridge,
-            "uid": r.uid,
-            "mcs_level": r.mcs_level,
-            "state": r.state,
-            "desired": r.desired,
-            "active_deployment": r.active,
-            "url": self.url(r),
+        Ok(reply::GearDetail {
+            view,
+            env: self.layers(&r).effective().into_keys().collect(),
+            home: g.paths.home(),
+            links: self.links_view(&r),
+            linked_from: self
+                .linked_from(&r.id)
+                .into_iter()
+                .map(|l| l.name)
+                .collect(),
+            deployments: r.deployments,
+            aliases: r.aliases,
         })
     }
 
-    fn gear_view(&self, g: &Gear) -> serde_json::Value {
+    fn gear_summary(&self, r: &GearRecord) -> reply::GearSummary {
+        reply::GearSummary {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            namespace: r.namespace.clone(),
+            cartridge: r.cartridge.clone(),
+            uid: r.uid,
+            mcs_level: r.mcs_level.clone(),
+            state: r.state,
+            desired: r.desired,
+            active_deployment: r.active,
+            url: self.url(r),
+        }
+    }
+
+    pub(crate) fn gear_view(&self, g: &Gear) -> reply::GearView {
         let r = g.record();
-        let mut v = self.gear_summary(&r);
-        v["processes"] = json!(g.supervisor.processes());
-        v["failure"] = json!(r.failure);
-        v
+        reply::GearView {
+            gear: self.gear_summary(&r),
+            processes: g
+                .supervisor
+                .processes()
+                .into_iter()
+                .map(process_view)
+                .collect(),
+            failure: r.failure,
+            unchanged: false,
+            note: None,
+        }
     }
 
     /// Destroy a gear: stop everything, remove its cgroups and files, free its uid.
@@ -700,7 +709,7 @@ impl Node {
         &self,
         gear: &GearRef,
         progress: &Progress,
-    ) -> ApiResult<serde_json::Value> {
+    ) -> ApiResult<reply::Destroyed> {
         let g = self.find(gear)?;
         // an operation stuck on what the gear did gives way (its hooks are cancelled)
         let _op = g.op.preempt("`gear destroy` was asked for").await;
@@ -758,7 +767,10 @@ impl Node {
         .map_err(|e| internal(format!("cannot remove the gear's files: {e}")))?;
         lock(&self.gears).remove(&r.id);
         self.rebuild_routes();
-        Ok(json!({ "destroyed": r.label(), "uid_released": r.uid }))
+        Ok(reply::Destroyed {
+            destroyed: r.label(),
+            uid_released: r.uid,
+        })
     }
 
     // -- lifecycle ----------------------------------------------------------
@@ -769,7 +781,7 @@ impl Node {
         gear: &GearRef,
         source: &Path,
         progress: &Progress,
-    ) -> ApiResult<serde_json::Value> {
+    ) -> ApiResult<reply::Deployed> {
         let meta = std::fs::metadata(source).map_err(|e| {
             invalid(format!(
                 "cannot read the source directory {}: {e}; give a directory the node can read",
@@ -846,7 +858,11 @@ impl Node {
         }
         self.prune(&g);
         let r = g.record();
-        Ok(json!({ "deployment": id, "state": r.state, "url": self.gear_summary(&r)["url"] }))
+        Ok(reply::Deployed {
+            deployment: id,
+            state: r.state,
+            url: self.url(&r),
+        })
     }
 
     /// Deployment `id` was built but did not start: mark it failed and, when
@@ -939,7 +955,7 @@ impl Node {
     }
 
     /// Run the build hook on the active deployment.
-    pub async fn build(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+    pub async fn build(&self, gear: &GearRef) -> ApiResult<reply::Built> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let r = g.record();
@@ -952,11 +968,11 @@ impl Node {
         let cart = self.cartridge(&r.cartridge)?;
         self.hook_with_repo(&g, &cart, HookCall::Build, Some(active))
             .await?;
-        Ok(json!({ "built": active }))
+        Ok(reply::Built { built: active })
     }
 
     /// Start the gear. Starting a running gear changes nothing and says so.
-    pub async fn start(&self, gear: &GearRef, progress: &Progress) -> ApiResult<serde_json::Value> {
+    pub async fn start(&self, gear: &GearRef, progress: &Progress) -> ApiResult<reply::GearView> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let r = g.record();
@@ -978,11 +994,12 @@ impl Node {
 
     /// The view of a gear an operation left as it was: `unchanged` set, and
     /// `note` saying why.
-    pub(crate) fn unchanged(&self, g: &Gear, note: String) -> serde_json::Value {
-        let mut view = self.gear_view(g);
-        view["unchanged"] = json!(true);
-        view["note"] = json!(note);
-        view
+    pub(crate) fn unchanged(&self, g: &Gear, note: String) -> reply::GearView {
+        reply::GearView {
+            unchanged: true,
+            note: Some(note),
+            ..self.gear_view(g)
+        }
     }
 
     pub(crate) async fn start_locked(&self, g: &Arc<Gear>, progress: &Progress) -> ApiResult<()> {
@@ -1111,7 +1128,7 @@ impl Node {
     }
 
     /// Stop the gear. Stopping a stopped gear changes nothing and says so.
-    pub async fn stop(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+    pub async fn stop(&self, gear: &GearRef) -> ApiResult<reply::GearView> {
         let g = self.find(gear)?;
         // an operation stuck on what the gear did gives way (its hooks are cancelled)
         let _op = g.op.preempt("`gear stop` was asked for").await;
@@ -1154,11 +1171,7 @@ impl Node {
     }
 
     /// Stop, then start.
-    pub async fn restart(
-        &self,
-        gear: &GearRef,
-        progress: &Progress,
-    ) -> ApiResult<serde_json::Value> {
+    pub async fn restart(&self, gear: &GearRef, progress: &Progress) -> ApiResult<reply::GearView> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let cart = self.cartridge(&g.record().cartridge)?;
@@ -1168,7 +1181,7 @@ impl Node {
     }
 
     /// State and processes (a failed process marks the gear failed).
-    pub fn status(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+    pub fn status(&self, gear: &GearRef) -> ApiResult<reply::GearView> {
         let g = self.find(gear)?;
         if let Some(name) = g.supervisor.failed()
             && g.record().state == GearState::Running
@@ -1190,7 +1203,7 @@ impl Node {
         gear: &GearRef,
         action: &str,
         args: Vec<String>,
-    ) -> ApiResult<serde_json::Value> {
+    ) -> ApiResult<reply::ControlOutput> {
         if action.is_empty() {
             return Err(invalid("the action is empty; try `status`"));
         }
@@ -1207,13 +1220,18 @@ impl Node {
                 },
             )
             .await?;
-        Ok(json!({ "output": bounded_output(out) }))
+        Ok(reply::ControlOutput {
+            output: bounded_output(out),
+        })
     }
 
     /// Deployment history.
-    pub fn deployments(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+    pub fn deployments(&self, gear: &GearRef) -> ApiResult<reply::DeploymentList> {
         let r = self.find(gear)?.record();
-        Ok(json!({ "active": r.active, "deployments": r.deployments }))
+        Ok(reply::DeploymentList {
+            active: r.active,
+            deployments: r.deployments,
+        })
     }
 
     /// Activate an earlier deployment and restart onto it.
@@ -1222,7 +1240,7 @@ impl Node {
         gear: &GearRef,
         id: Option<u32>,
         progress: &Progress,
-    ) -> ApiResult<serde_json::Value> {
+    ) -> ApiResult<reply::RolledBack> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let r = g.record();
@@ -1255,7 +1273,7 @@ impl Node {
         let cart = self.cartridge(&r.cartridge)?;
         let start = r.desired == Desired::Running;
         self.activate(&g, &cart, target, start, progress).await?;
-        Ok(json!({ "active": target }))
+        Ok(reply::RolledBack { active: target })
     }
 
     fn layers(&self, r: &GearRecord) -> Layers {
@@ -1276,7 +1294,7 @@ impl Node {
         &self,
         gear: &GearRef,
         vars: Vec<(String, String)>,
-    ) -> ApiResult<serde_json::Value> {
+    ) -> ApiResult<reply::EnvChanged> {
         for (k, v) in &vars {
             env::check_user_key(k).map_err(invalid)?;
             if v.len() > 64 * 1024 || v.contains('\0') {
@@ -1298,7 +1316,9 @@ impl Node {
                 r.user_env.insert(k, v);
             }
         })?;
-        Ok(json!({ "note": "restart the gear for running processes to see the change" }))
+        Ok(reply::EnvChanged {
+            note: "restart the gear for running processes to see the change".into(),
+        })
     }
 
     /// Remove user variables.
@@ -1306,7 +1326,7 @@ impl Node {
         &self,
         gear: &GearRef,
         keys: Vec<String>,
-    ) -> ApiResult<serde_json::Value> {
+    ) -> ApiResult<reply::EnvRemoved> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         g.update(&self.config, |r| {
@@ -1314,14 +1334,17 @@ impl Node {
                 r.user_env.remove(k);
             }
         })?;
-        Ok(json!({ "unset": keys }))
+        Ok(reply::EnvRemoved { unset: keys })
     }
 
     /// The environment by layer.
-    pub fn env_list(&self, gear: &GearRef) -> ApiResult<serde_json::Value> {
+    pub fn env_list(&self, gear: &GearRef) -> ApiResult<reply::Environment> {
         let r = self.find(gear)?.record();
         let layers = self.layers(&r);
-        Ok(json!({ "layers": layers, "effective": layers.effective() }))
+        Ok(reply::Environment {
+            effective: layers.effective(),
+            layers: layers.into(),
+        })
     }
 
     /// Paths of a gear's logs, for `gear logs`.
@@ -1346,7 +1369,7 @@ impl Node {
         argv: Vec<String>,
         fds: [std::fs::File; 3],
         resized: Option<std::fs::File>,
-    ) -> ApiResult<serde_json::Value> {
+    ) -> ApiResult<reply::ExecEnd> {
         if argv.is_empty() {
             return Err(invalid("give the command to run after `--`"));
         }
@@ -1361,8 +1384,8 @@ impl Node {
             .await
             .map_err(|e| failed(e.to_string()))?;
         Ok(match status {
-            ExitStatus::Exited(c) => json!({ "exit": c }),
-            ExitStatus::Signaled(s) => json!({ "signal": s }),
+            ExitStatus::Exited(c) => reply::ExecEnd::Exit(c),
+            ExitStatus::Signaled(s) => reply::ExecEnd::Signal(s),
         })
     }
 
@@ -1646,17 +1669,47 @@ impl GearHost for NodeHost {
     }
 }
 
-fn cartridge_summary(c: &Cartridge) -> serde_json::Value {
+fn cartridge_summary(c: &Cartridge) -> reply::CartridgeSummary {
     let m = c.manifest();
-    json!({
-        "name": m.name,
-        "version": m.version.to_string(),
-        "display_name": m.display_name,
-        "description": m.description,
-        "endpoints": m.endpoints,
-        "contract": c.info().contract_version,
-        "sha256": c.info().content_hash,
-    })
+    reply::CartridgeSummary {
+        name: m.name.clone(),
+        version: m.version.to_string(),
+        display_name: m.display_name.clone(),
+        description: m.description.clone(),
+        endpoints: m
+            .endpoints
+            .iter()
+            .map(|e| reply::Endpoint {
+                name: e.name.clone(),
+                private_port: e.private_port,
+                protocols: e.protocols.clone(),
+            })
+            .collect(),
+        contract: c.info().contract_version.clone(),
+        sha256: c.info().content_hash.clone(),
+    }
+}
+
+/// A supervised process as the API shows it.
+fn process_view(p: ProcessInfo) -> reply::Process {
+    use gearhost_runtime::ProcessState as S;
+    reply::Process {
+        name: p.name,
+        pid: p.pid,
+        state: match p.state {
+            S::Starting => reply::ProcessState::Starting,
+            S::Running => reply::ProcessState::Running,
+            S::Backoff => reply::ProcessState::Backoff,
+            S::Stopped => reply::ProcessState::Stopped,
+            S::Exited => reply::ProcessState::Exited,
+            S::Failed => reply::ProcessState::Failed,
+        },
+        restarts: p.restarts,
+        last_exit: p.last_exit.map(|e| match e {
+            ExitStatus::Exited(c) => reply::ExitStatus::Exited(c),
+            ExitStatus::Signaled(s) => reply::ExitStatus::Signaled(s),
+        }),
+    }
 }
 
 fn check_gear_ref(gear: &GearRef) -> ApiResult<()> {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::api::{ApiError, ErrorKind, MAX_REQUEST, Reply, Request};
+use crate::api::{ApiError, ErrorKind, Event, MAX_REQUEST, Op, Reply, Request, ops, reply};
 use crate::logs;
 use crate::node::{LogKind, Node};
 
@@ -95,9 +95,7 @@ fn permitted(uid: u32, gid: u32, group: Option<&str>) -> bool {
 }
 
 async fn send(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    stream.write_all(&line).await
+    stream.write_all(&reply.encode()).await
 }
 
 /// Read the request line, with any descriptors sent alongside it.
@@ -153,39 +151,37 @@ async fn handle(node: Arc<Node>, stream: UnixStream, group: Option<&str>) -> std
     // the request itself may carry secrets (env values): log only at debug
     tracing::debug!(uid = cred.uid(), ?request, "request");
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
-    if let Request::Logs {
-        gear,
-        lines,
-        follow,
-        hooks,
-        access,
-    } = &request
-    {
-        let which = match (*hooks, *access) {
+    if let Request::Logs(logs) = &request {
+        let which = match (logs.hooks, logs.access) {
             (_, true) => LogKind::Access,
             (true, false) => LogKind::Hooks,
             (false, false) => LogKind::App,
         };
-        return stream_logs(&node, &mut stream, gear, *lines, *follow, which).await;
+        return stream_logs(
+            &node,
+            &mut stream,
+            &logs.gear,
+            logs.lines,
+            logs.follow,
+            which,
+        )
+        .await;
     }
     let work = dispatch(node, request, fds, tx);
     tokio::pin!(work);
-    let result = loop {
+    let progress = |text| Reply::Event(Event::Progress(text));
+    let reply = loop {
         tokio::select! {
-            result = &mut work => break result,
+            reply = &mut work => break reply,
             Some(event) = rx.recv() => {
                 // the caller going away does not cancel an operation half-way
-                let _ = send(&mut stream, &Reply::Event(event)).await;
+                let _ = send(&mut stream, &progress(event)).await;
             }
         }
     };
     while let Ok(event) = rx.try_recv() {
-        let _ = send(&mut stream, &Reply::Event(event)).await;
+        let _ = send(&mut stream, &progress(event)).await;
     }
-    let reply = match result {
-        Ok(v) => Reply::Ok(v),
-        Err(e) => Reply::Error(e),
-    };
     send(&mut stream, &reply).await
 }
 
@@ -203,21 +199,30 @@ async fn stream_logs(
     };
     let (last, mut offset) = logs::tail(&path, lines)?;
     for line in last {
-        send(stream, &Reply::Event(line)).await?;
+        send(stream, &Reply::Event(Event::Line(line))).await?;
     }
+    let end = Reply::answer::<ops::Logs>(&());
     if !follow {
-        return send(stream, &Reply::Ok(serde_json::Value::Null)).await;
+        return send(stream, &end).await;
     }
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let (new, next) = logs::read_from(&path, offset)?;
         offset = next;
         for line in new {
-            send(stream, &Reply::Event(line)).await?;
+            send(stream, &Reply::Event(Event::Line(line))).await?;
         }
         if node.log_path(gear, which).is_err() {
-            return send(stream, &Reply::Ok(serde_json::Value::Null)).await;
+            return send(stream, &end).await;
         }
+    }
+}
+
+/// The answer line of operation `O`: its typed answer, or the error.
+fn answer<O: Op>(result: Result<O::Reply, ApiError>) -> Reply {
+    match result {
+        Ok(answer) => Reply::answer::<O>(&answer),
+        Err(e) => Reply::Error(e),
     }
 }
 
@@ -226,63 +231,77 @@ async fn dispatch(
     request: Request,
     fds: Vec<OwnedFd>,
     progress: tokio::sync::mpsc::UnboundedSender<String>,
-) -> Result<serde_json::Value, ApiError> {
+) -> Reply {
     let p = &progress;
     match request {
-        Request::Ping => Ok(serde_json::json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "state_dir": node.config().state_dir,
-            "domain": node.config().domain,
-            "frontend": node.frontend_addr(),
-            "metrics": node.metrics_addr(),
+        Request::Ping(_) => answer::<ops::Ping>(Ok(reply::NodeInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            api: crate::api::API_VERSION,
+            state_dir: node.config().state_dir.clone(),
+            domain: node.config().domain.clone(),
+            frontend: node.frontend_addr(),
+            metrics: node.metrics_addr(),
         })),
-        Request::CartridgeInstall { dir } => node.cartridge_install(&dir),
-        Request::CartridgeList => Ok(node.cartridge_list()),
-        Request::CartridgeRemove { name } => node.cartridge_remove(&name),
-        Request::Create { gear, cartridge } => node.create(&gear, &cartridge).await,
-        Request::List => Ok(node.list()),
-        Request::Show { gear } => node.show(&gear),
-        Request::Destroy { gear } => node.destroy(&gear, p).await,
-        Request::Deploy { gear, source } => node.deploy(&gear, &source, p).await,
-        Request::Build { gear } => node.build(&gear).await,
-        Request::Start { gear } => node.start(&gear, p).await,
-        Request::Stop { gear } => node.stop(&gear).await,
-        Request::Restart { gear } => node.restart(&gear, p).await,
-        Request::Status { gear } => node.status(&gear),
-        Request::Control { gear, action, args } => node.control(&gear, &action, args).await,
-        Request::Deployments { gear } => node.deployments(&gear),
-        Request::Rollback { gear, id } => node.rollback(&gear, id, p).await,
-        Request::EnvSet { gear, vars } => node.env_set(&gear, vars).await,
-        Request::EnvUnset { gear, keys } => node.env_unset(&gear, keys).await,
-        Request::EnvList { gear } => node.env_list(&gear),
-        Request::Link { gear, to } => node.link(&gear, &to).await,
-        Request::Unlink { gear, to } => node.unlink(&gear, &to).await,
-        Request::AliasAdd { gear, hostname } => node.alias_add(&gear, &hostname).await,
-        Request::AliasRemove { gear, hostname } => node.alias_remove(&gear, &hostname).await,
-        Request::AliasList { gear } => node.alias_list(&gear),
-        Request::Idle { gear } => node.idle(&gear).await,
-        Request::Unidle { gear } => node.unidle(&gear, p).await,
-        Request::Metrics => Ok(serde_json::json!({
-            "text": crate::frontend::render_metrics(&node),
+        Request::CartridgeInstall(op) => {
+            answer::<ops::CartridgeInstall>(node.cartridge_install(&op.dir))
+        }
+        Request::CartridgeList(_) => answer::<ops::CartridgeList>(Ok(node.cartridge_list())),
+        Request::CartridgeRemove(op) => {
+            answer::<ops::CartridgeRemove>(node.cartridge_remove(&op.name))
+        }
+        Request::Create(op) => answer::<ops::Create>(node.create(&op.gear, &op.cartridge).await),
+        Request::List(_) => answer::<ops::List>(Ok(node.list())),
+        Request::Show(op) => answer::<ops::Show>(node.show(&op.gear)),
+        Request::Destroy(op) => answer::<ops::Destroy>(node.destroy(&op.gear, p).await),
+        Request::Deploy(op) => answer::<ops::Deploy>(node.deploy(&op.gear, &op.source, p).await),
+        Request::Build(op) => answer::<ops::Build>(node.build(&op.gear).await),
+        Request::Start(op) => answer::<ops::Start>(node.start(&op.gear, p).await),
+        Request::Stop(op) => answer::<ops::Stop>(node.stop(&op.gear).await),
+        Request::Restart(op) => answer::<ops::Restart>(node.restart(&op.gear, p).await),
+        Request::Status(op) => answer::<ops::Status>(node.status(&op.gear)),
+        Request::Control(op) => {
+            answer::<ops::Control>(node.control(&op.gear, &op.action, op.args).await)
+        }
+        Request::Deployments(op) => answer::<ops::Deployments>(node.deployments(&op.gear)),
+        Request::Rollback(op) => answer::<ops::Rollback>(node.rollback(&op.gear, op.id, p).await),
+        Request::EnvSet(op) => answer::<ops::EnvSet>(node.env_set(&op.gear, op.vars).await),
+        Request::EnvUnset(op) => answer::<ops::EnvUnset>(node.env_unset(&op.gear, op.keys).await),
+        Request::EnvList(op) => answer::<ops::EnvList>(node.env_list(&op.gear)),
+        Request::Link(op) => answer::<ops::Link>(node.link(&op.gear, &op.to).await),
+        Request::Unlink(op) => answer::<ops::Unlink>(node.unlink(&op.gear, &op.to).await),
+        Request::AliasAdd(op) => {
+            answer::<ops::AliasAdd>(node.alias_add(&op.gear, &op.hostname).await)
+        }
+        Request::AliasRemove(op) => {
+            answer::<ops::AliasRemove>(node.alias_remove(&op.gear, &op.hostname).await)
+        }
+        Request::AliasList(op) => answer::<ops::AliasList>(node.alias_list(&op.gear)),
+        Request::Idle(op) => answer::<ops::Idle>(node.idle(&op.gear).await),
+        Request::Unidle(op) => answer::<ops::Unidle>(node.unidle(&op.gear, p).await),
+        Request::Metrics(_) => answer::<ops::Metrics>(Ok(reply::MetricsText {
+            text: crate::frontend::render_metrics(&node),
         })),
-        Request::Logs { .. } => Err(ApiError::new(
+        Request::Logs(_) => Reply::Error(ApiError::new(
             ErrorKind::Invalid,
             "logs are streamed separately",
         )),
-        Request::Exec { gear, argv } => {
-            let mut files: Vec<std::fs::File> = fds.into_iter().map(std::fs::File::from).collect();
-            if !(3..=4).contains(&files.len()) {
-                return Err(ApiError::new(
-                    ErrorKind::Invalid,
-                    "exec needs the caller's stdin, stdout and stderr passed with the request (and, on a terminal, a pipe that says when its window changes size)",
-                ));
-            }
-            let resized = (files.len() == 4).then(|| files.remove(3));
-            let stderr = files.remove(2);
-            let stdout = files.remove(1);
-            let stdin = files.remove(0);
-            node.exec(&gear, argv, [stdin, stdout, stderr], resized)
-                .await
-        }
+        Request::Exec(op) => answer::<ops::Exec>(exec(&node, op, fds).await),
     }
+}
+
+/// `exec`: the caller's stdio came as descriptors with the request.
+async fn exec(node: &Node, op: ops::Exec, fds: Vec<OwnedFd>) -> Result<reply::ExecEnd, ApiError> {
+    let mut files: Vec<std::fs::File> = fds.into_iter().map(std::fs::File::from).collect();
+    if !(3..=4).contains(&files.len()) {
+        return Err(ApiError::new(
+            ErrorKind::Invalid,
+            "exec needs the caller's stdin, stdout and stderr passed with the request (and, on a terminal, a pipe that says when its window changes size)",
+        ));
+    }
+    let resized = (files.len() == 4).then(|| files.remove(3));
+    let stderr = files.remove(2);
+    let stdout = files.remove(1);
+    let stdin = files.remove(0);
+    node.exec(&op.gear, op.argv, [stdin, stdout, stderr], resized)
+        .await
 }

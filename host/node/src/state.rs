@@ -23,66 +23,9 @@ use serde::{Deserialize, Serialize};
 /// Version of the gear record format.
 pub const RECORD_VERSION: u32 = 1;
 
-/// What the operator or user wants a gear to be doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Desired {
-    /// Its processes should run (restarted after a node restart).
-    Running,
-    /// Stopped on purpose; stays stopped across node restarts.
-    Stopped,
-}
-
-/// Last known state of a gear.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum GearState {
-    /// Created, nothing deployed yet.
-    New,
-    /// A deployment is being built.
-    Building,
-    /// Starting.
-    Starting,
-    /// Running.
-    Running,
-    /// Stopping.
-    Stopping,
-    /// Stopped.
-    Stopped,
-    /// A process crashed too often, or a hook failed.
-    Failed,
-    /// Put to sleep by the idler (or `gear idle`): its processes are stopped
-    /// while it should be running, and the next request to it through the
-    /// frontend starts it again. Kept across node restarts.
-    Idle,
-}
-
-/// State of one deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DeploymentState {
-    /// Copied, not built yet (or the build was interrupted).
-    Pending,
-    /// Built successfully.
-    Ready,
-    /// The build failed.
-    Failed,
-}
-
-/// One deployment of a gear's source.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Deployment {
-    /// Sequence number, unique per gear.
-    pub id: u32,
-    /// Unix time it was created.
-    pub created: u64,
-    /// Where the source came from.
-    pub source: String,
-    /// Build state.
-    pub state: DeploymentState,
-    /// The build's error, when it failed.
-    pub error: Option<String>,
-}
+// The states and the deployment record are part of the node API (the
+// answers carry them) and are stored in `gear.json` in the same form.
+pub use gearhost_api::reply::{Deployment, DeploymentState, Desired, GearState};
 
 /// A gear, as stored in `gear.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! `gear alias add|remove|list NAME [HOSTNAME]`: extra host names the
 //! node's frontend routes to a gear.
 
-use gearhost_node::api::Request;
+use gearhost_api::{Op, ops, reply::AliasChanged};
 
 use crate::CmdResult;
 use crate::client::{GearArg, Target, call};
@@ -38,17 +38,17 @@ pub struct ChangeArgs {
 pub type ListArgs = crate::client::OneGear;
 
 /// Sends an add or remove request and says what changed: `<gear> <what> <hostname>`, the
-/// host name as the node reports it under `key`.
-fn change(args: &ChangeArgs, request: Request, key: &str, what: &str) -> CmdResult {
-    let v = call(&args.target, &request)?;
+/// host name as the node stores it.
+fn change<O: Op<Reply = AliasChanged>>(args: &ChangeArgs, op: O, what: &str) -> CmdResult {
+    let changed = call(&args.target, op)?;
     if args.json {
-        return Ok(print_json(&v)?);
+        return Ok(print_json(&changed)?);
     }
-    println!(
-        "{} {what} {}",
-        args.gear.name,
-        v[key].as_str().unwrap_or(&args.hostname)
-    );
+    if changed.unchanged {
+        println!("{} already answers to {}", args.gear.name, changed.hostname);
+    } else {
+        println!("{} {what} {}", args.gear.name, changed.hostname);
+    }
     Ok(())
 }
 
@@ -57,35 +57,33 @@ pub fn run(command: Command) -> CmdResult {
     match command {
         Command::Add(args) => change(
             &args,
-            Request::AliasAdd {
+            ops::AliasAdd {
                 gear: args.gear.to_ref(),
                 hostname: args.hostname.clone(),
             },
-            "alias",
             "now also answers to",
         )?,
         Command::Remove(args) => change(
             &args,
-            Request::AliasRemove {
+            ops::AliasRemove {
                 gear: args.gear.to_ref(),
                 hostname: args.hostname.clone(),
             },
-            "removed",
             "no longer answers to",
         )?,
         Command::List(args) => {
-            let v = call(
+            let names = call(
                 &args.target,
-                &Request::AliasList {
+                ops::AliasList {
                     gear: args.gear.to_ref(),
                 },
             )?;
             if args.json {
-                return Ok(print_json(&v)?);
+                return Ok(print_json(&names)?);
             }
-            println!("{}", v["name"].as_str().unwrap_or(""));
-            for alias in v["aliases"].as_array().into_iter().flatten() {
-                println!("{}", alias.as_str().unwrap_or(""));
+            println!("{}", names.name);
+            for alias in &names.aliases {
+                println!("{alias}");
             }
         }
     }

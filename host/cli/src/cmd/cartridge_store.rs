@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use gearhost_node::api::Request;
+use gearhost_api::ops;
 
 use crate::CmdResult;
 use crate::client::{Target, call};
@@ -47,37 +47,30 @@ pub fn install(args: InstallArgs) -> CmdResult {
     let dir = std::fs::canonicalize(&args.dir).map_err(|e| {
         crate::Failure::Invalid(anyhow::anyhow!("cannot find {}: {e}", args.dir.display()))
     })?;
-    let v = call(&args.target, &Request::CartridgeInstall { dir })?;
+    let installed = call(&args.target, ops::CartridgeInstall { dir })?;
     if args.json {
-        print_json(&v)?;
+        print_json(&installed)?;
     } else {
-        println!(
-            "installed {} {}",
-            v["name"].as_str().unwrap_or("?"),
-            v["version"].as_str().unwrap_or("?")
-        );
+        println!("installed {} {}", installed.name, installed.version);
     }
     Ok(())
 }
 
 /// `gear cartridge list`
 pub fn list(args: ListArgs) -> CmdResult {
-    let v = call(&args.target, &Request::CartridgeList)?;
+    let cartridges = call(&args.target, ops::CartridgeList {})?;
     if args.json {
-        print_json(&v)?;
+        print_json(&cartridges)?;
         return Ok(());
     }
     println!(
         "{:<16} {:<10} {:<10} DESCRIPTION",
         "NAME", "VERSION", "CONTRACT"
     );
-    for c in v.as_array().into_iter().flatten() {
+    for c in &cartridges {
         println!(
             "{:<16} {:<10} {:<10} {}",
-            c["name"].as_str().unwrap_or(""),
-            c["version"].as_str().unwrap_or(""),
-            c["contract"].as_str().unwrap_or(""),
-            c["description"].as_str().unwrap_or("")
+            c.name, c.version, c.contract, c.description
         );
     }
     Ok(())
@@ -87,7 +80,7 @@ pub fn list(args: ListArgs) -> CmdResult {
 pub fn remove(args: RemoveArgs) -> CmdResult {
     call(
         &args.target,
-        &Request::CartridgeRemove {
+        ops::CartridgeRemove {
             name: args.name.clone(),
         },
     )?;

@@ -1,6 +1,6 @@
 //! `gear control NAME ACTION [ARGS]`: the cartridge's control hook.
 
-use gearhost_node::api::Request;
+use gearhost_api::ops;
 
 use crate::CmdResult;
 use crate::client::{GearArg, Target, call};
@@ -27,20 +27,18 @@ pub struct Args {
 
 /// Run the command.
 pub fn run(args: Args) -> CmdResult {
-    let v = call(
+    let out = call(
         &args.target,
-        &Request::Control {
+        ops::Control {
             gear: args.gear.to_ref(),
             action: args.action.clone(),
             args: args.args.clone(),
         },
     )?;
     if args.json {
-        print_json(&v)?;
-    } else if let Some(out) = v["output"].as_str()
-        && !out.is_empty()
-    {
-        println!("{out}");
+        print_json(&out)?;
+    } else if !out.output.is_empty() {
+        println!("{}", out.output);
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `gear create NAME --cartridge C`: a new gear with its own uid, MCS level and home.
 
-use gearhost_node::api::Request;
+use gearhost_api::ops;
 
 use crate::CmdResult;
 use crate::client::{GearArg, Target, call};
@@ -25,23 +25,19 @@ pub struct Args {
 
 /// Run the command.
 pub fn run(args: Args) -> CmdResult {
-    let v = call(
+    let gear = call(
         &args.target,
-        &Request::Create {
+        ops::Create {
             gear: args.gear.to_ref(),
             cartridge: args.cartridge.clone(),
         },
     )?;
     if args.json {
-        print_json(&v)?;
+        print_json(&gear)?;
     } else {
         println!(
             "created gear {} in namespace {} (uid {}, {}); deploy to it with `gear deploy {} DIR`",
-            args.gear.name,
-            args.gear.namespace,
-            v["uid"],
-            v["mcs_level"].as_str().unwrap_or("?"),
-            args.gear.name
+            args.gear.name, args.gear.namespace, gear.uid, gear.mcs_level, args.gear.name
         );
     }
     Ok(())

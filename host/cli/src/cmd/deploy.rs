@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use gearhost_node::api::Request;
+use gearhost_api::ops;
 
 use crate::client::{GearArg, Target, call};
 use crate::output::print_json;
@@ -33,22 +33,19 @@ pub fn run(args: Args) -> CmdResult {
         ))
     })?;
     eprintln!("deploying {} to {}", source.display(), args.gear.name);
-    let v = call(
+    let deployed = call(
         &args.target,
-        &Request::Deploy {
+        ops::Deploy {
             gear: args.gear.to_ref(),
             source,
         },
     )?;
     if args.json {
-        print_json(&v)?;
+        print_json(&deployed)?;
     } else {
         println!(
             "deployment {} of {} is active ({}); {}",
-            v["deployment"],
-            args.gear.name,
-            v["state"].as_str().unwrap_or("?"),
-            v["url"].as_str().unwrap_or("")
+            deployed.deployment, args.gear.name, deployed.state, deployed.url
         );
     }
     Ok(())

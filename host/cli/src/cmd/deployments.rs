@@ -1,6 +1,6 @@
 //! `gear deployments NAME` and `gear rollback NAME [ID]`.
 
-use gearhost_node::api::Request;
+use gearhost_api::ops;
 
 use crate::CmdResult;
 use crate::client::{GearArg, Target, call};
@@ -24,33 +24,30 @@ pub struct RollbackArgs {
 
 /// `gear deployments`
 pub fn list(args: ListArgs) -> CmdResult {
-    let v = call(
+    let list = call(
         &args.target,
-        &Request::Deployments {
+        ops::Deployments {
             gear: args.gear.to_ref(),
         },
     )?;
     if args.json {
-        print_json(&v)?;
+        print_json(&list)?;
         return Ok(());
     }
-    let active = v["active"].as_u64();
     println!("  {:<4} {:<8} {:<22} SOURCE", "ID", "STATE", "CREATED");
-    for d in v["deployments"].as_array().into_iter().flatten() {
-        let id = d["id"].as_u64().unwrap_or(0);
-        let created = d["created"].as_u64().unwrap_or(0);
+    for d in &list.deployments {
         let when = humantime::format_rfc3339_seconds(
-            std::time::UNIX_EPOCH + std::time::Duration::from_secs(created),
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(d.created),
         );
         println!(
             "{} {:<4} {:<8} {:<22} {}{}",
-            if Some(id) == active { "*" } else { " " },
-            id,
-            d["state"].as_str().unwrap_or(""),
+            if Some(d.id) == list.active { "*" } else { " " },
+            d.id,
+            d.state,
             when,
-            d["source"].as_str().unwrap_or(""),
-            d["error"]
-                .as_str()
+            d.source,
+            d.error
+                .as_deref()
                 .map_or(String::new(), |e| format!("  ({e})"))
         );
     }
@@ -59,13 +56,13 @@ pub fn list(args: ListArgs) -> CmdResult {
 
 /// `gear rollback`
 pub fn rollback(args: RollbackArgs) -> CmdResult {
-    let v = call(
+    let rolled = call(
         &args.target,
-        &Request::Rollback {
+        ops::Rollback {
             gear: args.gear.to_ref(),
             id: args.id,
         },
     )?;
-    println!("{} now runs deployment {}", args.gear.name, v["active"]);
+    println!("{} now runs deployment {}", args.gear.name, rolled.active);
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! `gear destroy NAME`: stop everything and remove the gear, leaving nothing behind.
 
-use gearhost_node::api::Request;
+use gearhost_api::ops;
 
 use crate::CmdResult;
 use crate::client::{GearArg, Target, call};
@@ -20,7 +20,7 @@ pub struct Args {
 pub fn run(args: Args) -> CmdResult {
     call(
         &args.target,
-        &Request::Destroy {
+        ops::Destroy {
             gear: args.gear.to_ref(),
         },
     )?;

@@ -1,6 +1,6 @@
 //! `gear env NAME set K=V ... | unset K ... | list`: the gear's user variables.
 
-use gearhost_node::api::Request;
+use gearhost_api::ops;
 
 use crate::client::{GearArg, Target, call};
 use crate::output::print_json;
@@ -58,24 +58,26 @@ pub fn run(args: Args) -> CmdResult {
                 })?;
                 pairs.push((k.to_string(), val.to_string()));
             }
-            let v = call(&args.target, &Request::EnvSet { gear, vars: pairs })?;
-            if let Some(note) = v["note"].as_str() {
-                eprintln!("{note}");
-            }
+            let changed = call(&args.target, ops::EnvSet { gear, vars: pairs })?;
+            eprintln!("{}", changed.note);
         }
         EnvAction::Unset { keys } => {
-            call(&args.target, &Request::EnvUnset { gear, keys })?;
+            call(&args.target, ops::EnvUnset { gear, keys })?;
         }
         EnvAction::List { json } => {
-            let v = call(&args.target, &Request::EnvList { gear })?;
+            let env = call(&args.target, ops::EnvList { gear })?;
             if json {
-                print_json(&v)?;
+                print_json(&env)?;
             } else {
-                for layer in ["system", "cartridge", "linked", "user"] {
-                    if let Some(map) = v["layers"][layer].as_object() {
-                        for (k, val) in map {
-                            println!("{k}={}  ({layer})", val.as_str().unwrap_or(""));
-                        }
+                let l = &env.layers;
+                for (layer, map) in [
+                    ("system", &l.system),
+                    ("cartridge", &l.cartridge),
+                    ("linked", &l.linked),
+                    ("user", &l.user),
+                ] {
+                    for (k, val) in map {
+                        println!("{k}={val}  ({layer})");
                     }
                 }
             }

@@ -3,7 +3,7 @@
 
 use std::os::fd::AsFd;
 
-use gearhost_node::api::Request;
+use gearhost_api::{ops, reply::ExecEnd};
 
 use crate::client::{GearArg, Target, call_attached};
 use crate::{CmdResult, Failure};
@@ -42,22 +42,21 @@ pub fn run(args: Args) -> CmdResult {
     let raw = on_terminal
         .then(|| gearhost_sandbox::RawTerminal::enter(std::io::stdin().as_fd()).ok())
         .flatten();
-    let v = call_attached(
+    let end = call_attached(
         &args.target,
-        &Request::Exec {
+        ops::Exec {
             gear: args.gear.to_ref(),
             argv,
         },
         resized.as_ref(),
     );
     drop(raw);
-    let v = v?;
-    match (v["exit"].as_i64(), v["signal"].as_i64()) {
-        (Some(0), _) => Ok(()),
-        (Some(code), _) => Err(Failure::Reported(u8::try_from(code).unwrap_or(1))),
-        (None, Some(sig)) => Err(Failure::Reported(
+    match end? {
+        ExecEnd::Exit(0) => Ok(()),
+        // a code that does not fit a byte is cut the way a shell would see it
+        ExecEnd::Exit(code) => Err(Failure::Reported((code & 0xff) as u8)),
+        ExecEnd::Signal(sig) => Err(Failure::Reported(
             128u8.saturating_add(u8::try_from(sig).unwrap_or(0)),
         )),
-        _ => Err(Failure::Reported(1)),
     }
 }

@@ -2,7 +2,7 @@
 //! (its next request through the frontend wakes it), or wake an idle one
 //! without waiting for a request.
 
-use gearhost_node::api::Request;
+use gearhost_api::ops;
 
 use crate::CmdResult;
 use crate::client::call;
@@ -13,16 +13,16 @@ pub type Args = crate::client::OneGear;
 
 /// `gear idle`
 pub fn idle(args: Args) -> CmdResult {
-    let v = call(
+    let view = call(
         &args.target,
-        &Request::Idle {
+        ops::Idle {
             gear: args.gear.to_ref(),
         },
     )?;
     if args.json {
-        return Ok(print_json(&v)?);
+        return Ok(print_json(&view)?);
     }
-    if !crate::output::print_if_unchanged(&v) {
+    if !crate::output::print_if_unchanged(view.unchanged, view.note.as_deref()) {
         println!(
             "{}: idle (its next request starts it again)",
             args.gear.name
@@ -33,17 +33,17 @@ pub fn idle(args: Args) -> CmdResult {
 
 /// `gear unidle`
 pub fn unidle(args: Args) -> CmdResult {
-    let v = call(
+    let view = call(
         &args.target,
-        &Request::Unidle {
+        ops::Unidle {
             gear: args.gear.to_ref(),
         },
     )?;
     if args.json {
-        return Ok(print_json(&v)?);
+        return Ok(print_json(&view)?);
     }
-    if !crate::output::print_if_unchanged(&v) {
-        println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?"));
+    if !crate::output::print_if_unchanged(view.unchanged, view.note.as_deref()) {
+        println!("{}: {}", args.gear.name, view.gear.state);
     }
     Ok(())
 }

@@ -1,6 +1,8 @@
 //! `gear build|start|stop|restart|status NAME`.
 
-use gearhost_node::api::Request;
+use gearhost_api::ops;
+
+use gearhost_api::reply::GearView;
 
 use crate::CmdResult;
 use crate::client::call;
@@ -27,29 +29,37 @@ pub enum Op {
 /// Run the command.
 pub fn run(op: Op, args: Args) -> CmdResult {
     let gear = args.gear.to_ref();
-    let request = match op {
-        Op::Build => Request::Build { gear },
-        Op::Start => Request::Start { gear },
-        Op::Stop => Request::Stop { gear },
-        Op::Restart => Request::Restart { gear },
-        Op::Status => Request::Status { gear },
+    let view = match op {
+        Op::Build => {
+            let built = call(&args.target, ops::Build { gear })?;
+            if args.json {
+                print_json(&built)?;
+            } else {
+                println!("built deployment {} of {}", built.built, args.gear.name);
+            }
+            return Ok(());
+        }
+        Op::Start => call(&args.target, ops::Start { gear })?,
+        Op::Stop => call(&args.target, ops::Stop { gear })?,
+        Op::Restart => call(&args.target, ops::Restart { gear })?,
+        Op::Status => call(&args.target, ops::Status { gear })?,
     };
-    let v = call(&args.target, &request)?;
-    if args.json {
-        print_json(&v)?;
+    print_view(&view, args.json)
+}
+
+/// What a lifecycle operation left: the gear's state and processes, or the
+/// note of one that found nothing to do.
+pub(crate) fn print_view(view: &GearView, json: bool) -> CmdResult {
+    if json {
+        print_json(view)?;
         return Ok(());
     }
-    match op {
-        Op::Build => println!("built deployment {} of {}", v["built"], args.gear.name),
-        _ => {
-            if !crate::output::print_if_unchanged(&v) {
-                println!("{}: {}", args.gear.name, v["state"].as_str().unwrap_or("?"));
-            }
-            if let Some(f) = v["failure"].as_str() {
-                println!("  failure: {f}");
-            }
-            crate::output::print_processes(&v);
-        }
+    if !crate::output::print_if_unchanged(view.unchanged, view.note.as_deref()) {
+        println!("{}: {}", view.gear.name, view.gear.state);
     }
+    if let Some(f) = &view.failure {
+        println!("  failure: {f}");
+    }
+    crate::output::print_processes(&view.processes);
     Ok(())
 }

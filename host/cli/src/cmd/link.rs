@@ -2,7 +2,7 @@
 //! gear of its namespace (an app its database) on its own loopback, with the
 //! variables the other gear's cartridge publishes.
 
-use gearhost_node::api::{GearRef, Request};
+use gearhost_api::{GearRef, ops};
 
 use crate::CmdResult;
 use crate::client::{Target, call};
@@ -44,44 +44,43 @@ impl Args {
 /// `gear link`
 pub fn link(args: Args) -> CmdResult {
     let (gear, to) = args.refs();
-    let v = call(&args.target, &Request::Link { gear, to })?;
+    let linked = call(&args.target, ops::Link { gear, to })?;
     if args.json {
-        print_json(&v)?;
+        print_json(&linked)?;
         return Ok(());
     }
-    if crate::output::print_if_unchanged(&v) {
+    if crate::output::print_if_unchanged(linked.unchanged, linked.note.as_deref()) {
         return Ok(());
     }
-    let env = crate::output::strings(&v["env"]);
     println!(
         "linked {} to {}: {} reaches it at 127.0.0.1:{}",
-        args.gear, args.to, args.gear, v["port"]
+        args.gear, args.to, args.gear, linked.port
     );
-    if !env.is_empty() {
-        println!("{} receives {}", args.gear, env.join(", "));
+    if !linked.env.is_empty() {
+        println!("{} receives {}", args.gear, linked.env.join(", "));
     }
-    print_note(&v);
+    print_note(linked.note.as_deref());
     Ok(())
 }
 
 /// `gear unlink`
 pub fn unlink(args: Args) -> CmdResult {
     let (gear, to) = args.refs();
-    let v = call(&args.target, &Request::Unlink { gear, to })?;
+    let unlinked = call(&args.target, ops::Unlink { gear, to })?;
     if args.json {
-        print_json(&v)?;
+        print_json(&unlinked)?;
         return Ok(());
     }
-    if crate::output::print_if_unchanged(&v) {
+    if crate::output::print_if_unchanged(unlinked.unchanged, unlinked.note.as_deref()) {
         return Ok(());
     }
     println!("unlinked {} from {}", args.gear, args.to);
-    print_note(&v);
+    print_note(unlinked.note.as_deref());
     Ok(())
 }
 
-fn print_note(v: &serde_json::Value) {
-    if let Some(note) = v["note"].as_str().filter(|n| !n.is_empty()) {
+fn print_note(note: Option<&str>) {
+    if let Some(note) = note.filter(|n| !n.is_empty()) {
         eprintln!("{note}");
     }
 }

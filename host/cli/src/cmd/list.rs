@@ -1,6 +1,6 @@
 //! `gear list` and `gear show NAME`: gears at a glance and in detail.
 
-use gearhost_node::api::Request;
+use gearhost_api::ops;
 
 use crate::CmdResult;
 use crate::client::{Target, call};
@@ -22,27 +22,25 @@ pub type ShowArgs = crate::client::OneGear;
 
 /// `gear list`
 pub fn list(args: ListArgs) -> CmdResult {
-    let v = call(&args.target, &Request::List)?;
+    let gears = call(&args.target, ops::List {})?;
     if args.json {
-        print_json(&v)?;
+        print_json(&gears)?;
         return Ok(());
     }
     println!(
         "{:<20} {:<14} {:<12} {:<10} {:<7} {:<6} URL",
         "NAME", "NAMESPACE", "CARTRIDGE", "STATE", "UID", "DEPLOY"
     );
-    for g in v.as_array().into_iter().flatten() {
+    for g in gears.iter().map(|v| &v.gear) {
         println!(
             "{:<20} {:<14} {:<12} {:<10} {:<7} {:<6} {}",
-            g["name"].as_str().unwrap_or(""),
-            g["namespace"].as_str().unwrap_or(""),
-            g["cartridge"].as_str().unwrap_or(""),
-            g["state"].as_str().unwrap_or(""),
-            g["uid"],
-            g["active_deployment"]
-                .as_u64()
-                .map_or("-".into(), |d| d.to_string()),
-            g["url"].as_str().unwrap_or("")
+            g.name,
+            g.namespace,
+            g.cartridge,
+            g.state,
+            g.uid,
+            g.active_deployment.map_or("-".into(), |d| d.to_string()),
+            g.url
         );
     }
     Ok(())
@@ -50,51 +48,55 @@ pub fn list(args: ListArgs) -> CmdResult {
 
 /// `gear show`
 pub fn show(args: ShowArgs) -> CmdResult {
-    let v = call(
+    let detail = call(
         &args.target,
-        &Request::Show {
+        ops::Show {
             gear: args.gear.to_ref(),
         },
     )?;
     if args.json {
-        print_json(&v)?;
+        print_json(&detail)?;
         return Ok(());
     }
-    let field = |k: &str| match &v[k] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
-    };
+    let g = &detail.view.gear;
     crate::output::print_rows(&[
-        ("name", field("name")),
-        ("namespace", field("namespace")),
-        ("id", field("id")),
-        ("cartridge", field("cartridge")),
-        ("state", field("state")),
-        ("desired", field("desired")),
-        ("uid", field("uid")),
-        ("selinux level", field("mcs_level")),
-        ("deployment", field("active_deployment")),
-        ("url", field("url")),
-        ("home", field("home")),
-        ("failure", field("failure")),
+        ("name", g.name.clone()),
+        ("namespace", g.namespace.clone()),
+        ("id", g.id.clone()),
+        ("cartridge", g.cartridge.clone()),
+        ("state", g.state.to_string()),
+        ("desired", g.desired.to_string()),
+        ("uid", g.uid.to_string()),
+        ("selinux level", g.mcs_level.clone()),
+        (
+            "deployment",
+            g.active_deployment.map_or("-".into(), |d| d.to_string()),
+        ),
+        ("url", g.url.clone()),
+        ("home", detail.home.display().to_string()),
+        (
+            "failure",
+            detail.view.failure.clone().unwrap_or_else(|| "-".into()),
+        ),
     ]);
-    crate::output::print_processes(&v);
-    for l in v["links"].as_array().into_iter().flatten() {
-        let env = crate::output::strings(&l["env"]);
+    crate::output::print_processes(&detail.view.processes);
+    for l in &detail.links {
         println!(
             "  link to {} on 127.0.0.1:{}{}",
-            l["gear"].as_str().unwrap_or("?"),
-            l["port"],
-            if env.is_empty() {
+            l.gear,
+            l.port,
+            if l.env.is_empty() {
                 String::new()
             } else {
-                format!(" ({})", env.join(", "))
+                format!(" ({})", l.env.join(", "))
             }
         );
     }
-    for from in v["linked_from"].as_array().into_iter().flatten() {
-        println!("  linked from {}", from.as_str().unwrap_or("?"));
+    for from in &detail.linked_from {
+        println!("  linked from {from}");
+    }
+    for alias in &detail.aliases {
+        println!("  alias {alias}");
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! `gear logs NAME [-f] [-n N] [--hooks | --access]`: the gear's captured
 //! output, its hooks' log, or the frontend's access log of its requests.
 
-use gearhost_node::api::Request;
+use gearhost_api::{Event, ops};
 
 use crate::CmdResult;
 use crate::client::{GearArg, Target, call_with};
@@ -31,13 +31,16 @@ pub struct Args {
 
 /// Run the command.
 pub fn run(args: Args) -> CmdResult {
-    let request = Request::Logs {
+    let op = ops::Logs {
         gear: args.gear.to_ref(),
         lines: args.lines,
         follow: args.follow,
         hooks: args.hooks,
         access: args.access,
     };
-    call_with(&args.target, &request, |line| println!("{line}"))?;
+    // the lines go to stdout as they are, whatever kind of event brings them
+    call_with(&args.target, op, |event| match event {
+        Event::Line(line) | Event::Progress(line) => println!("{line}"),
+    })?;
     Ok(())
 }

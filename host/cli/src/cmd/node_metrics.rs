@@ -2,7 +2,7 @@
 //! latency, wake-ups, gears by state) in the Prometheus text format, through
 //! the node API, so only those who may use the node's socket see them.
 
-use gearhost_node::api::Request;
+use gearhost_api::ops;
 
 use crate::CmdResult;
 use crate::client::{Target, call};
@@ -17,7 +17,7 @@ pub struct Args {
 
 /// Run the command.
 pub fn run(args: Args) -> CmdResult {
-    let v = call(&args.target, &Request::Metrics)?;
-    print!("{}", v["text"].as_str().unwrap_or(""));
+    let metrics = call(&args.target, ops::Metrics {})?;
+    print!("{}", metrics.text);
     Ok(())
 }

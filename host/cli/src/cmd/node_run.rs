@@ -1,11 +1,18 @@
 //! `gear node run`: run the node in the foreground (under systemd, see
-//! docs/operator-guide.md). `gear node config` prints the embedded default.
+//! docs/operator-guide.md). The node is a program of its own,
+//! `gearhost-node`, which this command replaces itself with, so `gear`
+//! carries none of the node's code. `gear node config` prints the embedded
+//! default configuration.
 
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 
-use gearhost_node::config::{DEFAULT_CONFIG, DEFAULT_CONFIG_PATH, NodeConfig};
+use gearhost_node_config::DEFAULT_CONFIG;
 
 use crate::{CmdResult, Failure};
+
+/// The node's program.
+const NODE_NAME: &str = "gearhost-node";
 
 /// Arguments of `gear node run`.
 #[derive(Debug, clap::Args)]
@@ -16,26 +23,48 @@ pub struct Args {
     pub config: Option<PathBuf>,
 }
 
-/// Run the command.
-pub fn run(args: Args) -> CmdResult {
-    if !crate::is_root() {
-        return Err(Failure::Environment(anyhow::anyhow!(
-            "the node needs root to create gears (namespaces, cgroups, uids); run `sudo gear node run`"
-        )));
+/// Where `gearhost-node` is: `$GEARHOST_NODE_BIN`, else beside this `gear`
+/// (or one directory up, as in a cargo target directory's `deps/`), else
+/// on `PATH`.
+fn find_node() -> Result<PathBuf, Failure> {
+    if let Some(path) = std::env::var_os("GEARHOST_NODE_BIN") {
+        return Ok(PathBuf::from(path));
     }
-    let config = match &args.config {
-        Some(path) => NodeConfig::load(path),
-        None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
-            NodeConfig::load(std::path::Path::new(DEFAULT_CONFIG_PATH))
-        }
-        None => Ok(NodeConfig::embedded()),
+    let exe = std::env::current_exe().ok();
+    let dir = exe.as_deref().and_then(Path::parent);
+    let beside = dir.map(|d| d.join(NODE_NAME));
+    let above = dir.and_then(Path::parent).map(|d| d.join(NODE_NAME));
+    if let Some(found) = [beside, above].into_iter().flatten().find(|p| p.is_file()) {
+        return Ok(found);
     }
-    .map_err(|e| Failure::Invalid(e.into()))?;
-    let rt = gearhost_node::runtime().map_err(|e| Failure::Environment(e.into()))?;
-    let result = rt.block_on(gearhost_node::run(config));
-    // a hook's thread stuck where no signal reaches must not keep the node from exiting
-    rt.shutdown_timeout(gearhost_node::SHUTDOWN_GRACE);
-    result.map_err(Failure::Environment)
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(NODE_NAME))
+            .find(|p| p.is_file())
+    });
+    on_path.ok_or_else(|| {
+        Failure::Environment(anyhow::anyhow!(
+            "{NODE_NAME} is not installed beside gear nor on PATH; install it next to gear \
+             (`cargo build --release -p gearhost-node` builds it) or set GEARHOST_NODE_BIN"
+        ))
+    })
+}
+
+/// Run the command: becomes the node, and returns only when that fails.
+pub fn run(args: Args, verbose: u8) -> CmdResult {
+    let node = find_node()?;
+    let mut command = std::process::Command::new(&node);
+    if let Some(config) = &args.config {
+        command.arg("--config").arg(config);
+    }
+    if verbose > 0 {
+        command.arg(format!("-{}", "v".repeat(usize::from(verbose.min(3)))));
+    }
+    let e = command.exec();
+    Err(Failure::Environment(anyhow::anyhow!(
+        "cannot run the node {}: {e}",
+        node.display()
+    )))
 }
 
 /// Print the embedded default configuration.

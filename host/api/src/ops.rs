@@ -1,0 +1,247 @@
+//! The operations a client asks the node for: one type per operation, each
+//! tied by [`Op`] to the type of its answer.
+//!
+//! On the wire an operation is one JSON object whose `op` member names it
+//! (see [`Request`]); its other members are the operation's fields. Every
+//! operation refuses members it does not know, so a misspelt field is an
+//! error and not silently ignored.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::reply;
+use crate::{GearRef, Op};
+
+/// Declares operation structs and the [`Request`] enum over them, with each
+/// operation's reply type and wire name in one place.
+macro_rules! ops {
+    ($(
+        $(#[$meta:meta])*
+        $name:ident $wire:literal => $reply:ty { $($(#[$fmeta:meta])* $field:ident : $ty:ty),* $(,)? }
+    )*) => {
+        $(
+            $(#[$meta])*
+            #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub struct $name {
+                $($(#[$fmeta])* pub $field: $ty,)*
+            }
+
+            impl Op for $name {
+                type Reply = $reply;
+                const NAME: &'static str = $wire;
+            }
+
+            impl From<$name> for Request {
+                fn from(op: $name) -> Request {
+                    Request::$name(op)
+                }
+            }
+        )*
+
+        /// A request to the node: one of the operations, tagged by `op`.
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(tag = "op")]
+        pub enum Request {
+            $(
+                $(#[$meta])*
+                #[serde(rename = $wire)]
+                $name($name),
+            )*
+        }
+
+        impl Request {
+            /// The operation's name on the wire (`start`, `env-set`, ...).
+            pub fn name(&self) -> &'static str {
+                match self {
+                    $(Request::$name(_) => $wire,)*
+                }
+            }
+
+            /// Every operation's wire name.
+            pub const NAMES: &'static [&'static str] = &[$($wire),*];
+        }
+    };
+}
+
+ops! {
+    /// Is the node there? Answers its version, API version and addresses.
+    Ping "ping" => reply::NodeInfo {}
+    /// Install (or upgrade) the cartridge in a directory.
+    CartridgeInstall "cartridge-install" => reply::CartridgeSummary {
+        /// The cartridge directory, readable by the node.
+        dir: PathBuf,
+    }
+    /// Installed cartridges.
+    CartridgeList "cartridge-list" => Vec<reply::CartridgeSummary> {}
+    /// Remove an installed cartridge no gear uses.
+    CartridgeRemove "cartridge-remove" => reply::CartridgeRemoved {
+        /// Cartridge name.
+        name: String,
+    }
+    /// Create a gear.
+    Create "create" => reply::GearSummary {
+        /// The gear.
+        gear: GearRef,
+        /// Its cartridge.
+        cartridge: String,
+    }
+    /// All gears.
+    List "list" => Vec<reply::GearView> {}
+    /// One gear in detail.
+    Show "show" => reply::GearDetail {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// Stop and remove a gear, leaving nothing behind.
+    Destroy "destroy" => reply::Destroyed {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// Deploy a source directory: new deployment, build, activate, restart.
+    Deploy "deploy" => reply::Deployed {
+        /// The gear.
+        gear: GearRef,
+        /// The source directory, readable by the node.
+        source: PathBuf,
+    }
+    /// Run the build hook on the active deployment.
+    Build "build" => reply::Built {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// Start the gear.
+    Start "start" => reply::GearView {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// Stop the gear.
+    Stop "stop" => reply::GearView {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// Stop, then start.
+    Restart "restart" => reply::GearView {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// State and processes.
+    Status "status" => reply::GearView {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// Run the cartridge's control hook.
+    Control "control" => reply::ControlOutput {
+        /// The gear.
+        gear: GearRef,
+        /// Action name.
+        action: String,
+        /// Arguments.
+        args: Vec<String>,
+    }
+    /// Deployment history.
+    Deployments "deployments" => reply::DeploymentList {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// Activate an earlier deployment (default: the one before the active one).
+    Rollback "rollback" => reply::RolledBack {
+        /// The gear.
+        gear: GearRef,
+        /// Deployment id.
+        id: Option<u32>,
+    }
+    /// Set user variables.
+    EnvSet "env-set" => reply::EnvChanged {
+        /// The gear.
+        gear: GearRef,
+        /// `KEY`, value pairs.
+        vars: Vec<(String, String)>,
+    }
+    /// Remove user variables.
+    EnvUnset "env-unset" => reply::EnvRemoved {
+        /// The gear.
+        gear: GearRef,
+        /// Keys.
+        keys: Vec<String>,
+    }
+    /// The effective environment, by layer.
+    EnvList "env-list" => reply::Environment {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// The gear's logs, as [`Event::Line`](crate::Event::Line) events; the
+    /// answer marks the end (with `follow`, when the gear is gone).
+    Logs "logs" => () {
+        /// The gear.
+        gear: GearRef,
+        /// Last lines to show.
+        lines: usize,
+        /// Keep streaming new lines.
+        follow: bool,
+        /// Show hook logs instead of process output.
+        hooks: bool,
+        /// Show the frontend's access log of the gear's requests instead.
+        #[serde(default)]
+        access: bool,
+    }
+    /// Link `gear` to `to`: `to`'s primary endpoint becomes reachable on
+    /// `gear`'s own loopback, and `gear` receives what `to`'s cartridge
+    /// publishes. Both gears are in the same namespace.
+    Link "link" => reply::Linked {
+        /// The gear that gets access (the app).
+        gear: GearRef,
+        /// The gear it reaches (the database).
+        to: GearRef,
+    }
+    /// Remove a link made by [`Link`].
+    Unlink "unlink" => reply::Unlinked {
+        /// The gear that had access.
+        gear: GearRef,
+        /// The gear it reached.
+        to: GearRef,
+    }
+    /// Add a host name the frontend routes to the gear.
+    AliasAdd "alias-add" => reply::AliasChanged {
+        /// The gear.
+        gear: GearRef,
+        /// The host name, e.g. `www.example.com`.
+        hostname: String,
+    }
+    /// Remove an alias.
+    AliasRemove "alias-remove" => reply::AliasChanged {
+        /// The gear.
+        gear: GearRef,
+        /// The host name.
+        hostname: String,
+    }
+    /// The gear's host names.
+    AliasList "alias-list" => reply::HostNames {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// Stop a running gear and mark it idle: its next request through the
+    /// frontend starts it again.
+    Idle "idle" => reply::GearView {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// Start an idle gear now.
+    Unidle "unidle" => reply::GearView {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// The node's metrics in the Prometheus text format.
+    Metrics "metrics" => reply::MetricsText {}
+    /// Run a command in the gear's sandbox with the caller's stdio, passed as
+    /// descriptors with the request: stdin, stdout, stderr, and on a terminal
+    /// optionally a pipe that gets a byte whenever the caller's window
+    /// changes size.
+    Exec "exec" => reply::ExecEnd {
+        /// The gear.
+        gear: GearRef,
+        /// Command and arguments.
+        argv: Vec<String>,
+    }
+}

@@ -1,0 +1,462 @@
+//! What the node answers: one type per kind of answer (see
+//! [`Op::Reply`](crate::Op::Reply) for which operation gets which).
+//!
+//! Answers accept members they do not know, so a node of the same API
+//! version may add a member without breaking a client; requests, by
+//! contrast, are strict.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// What the operator or user wants a gear to be doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Desired {
+    /// Its processes should run (restarted after a node restart).
+    Running,
+    /// Stopped on purpose; stays stopped across node restarts.
+    Stopped,
+}
+
+/// Last known state of a gear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GearState {
+    /// Created, nothing deployed yet.
+    New,
+    /// A deployment is being built.
+    Building,
+    /// Starting.
+    Starting,
+    /// Running.
+    Running,
+    /// Stopping.
+    Stopping,
+    /// Stopped.
+    Stopped,
+    /// A process crashed too often, or a hook failed.
+    Failed,
+    /// Put to sleep by the idler (or `gear idle`): its processes are stopped
+    /// while it should be running, and the next request to it through the
+    /// frontend starts it again. Kept across node restarts.
+    Idle,
+}
+
+impl GearState {
+    /// The state's name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GearState::New => "new",
+            GearState::Building => "building",
+            GearState::Starting => "starting",
+            GearState::Running => "running",
+            GearState::Stopping => "stopping",
+            GearState::Stopped => "stopped",
+            GearState::Failed => "failed",
+            GearState::Idle => "idle",
+        }
+    }
+}
+
+impl std::fmt::Display for GearState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Desired {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Desired::Running => "running",
+            Desired::Stopped => "stopped",
+        })
+    }
+}
+
+/// State of one deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentState {
+    /// Copied, not built yet (or the build was interrupted).
+    Pending,
+    /// Built successfully.
+    Ready,
+    /// The build failed.
+    Failed,
+}
+
+impl std::fmt::Display for DeploymentState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DeploymentState::Pending => "pending",
+            DeploymentState::Ready => "ready",
+            DeploymentState::Failed => "failed",
+        })
+    }
+}
+
+/// One deployment of a gear's source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// Sequence number, unique per gear.
+    pub id: u32,
+    /// Unix time it was created.
+    pub created: u64,
+    /// Where the source came from.
+    pub source: String,
+    /// Build state.
+    pub state: DeploymentState,
+    /// The build's error, when it failed.
+    pub error: Option<String>,
+}
+
+/// The answer to `ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// The node's release.
+    pub version: String,
+    /// The node API version it speaks ([`API_VERSION`](crate::API_VERSION)).
+    pub api: u32,
+    /// Its state directory.
+    pub state_dir: PathBuf,
+    /// The domain under which gears get their default host names.
+    pub domain: String,
+    /// Where the frontend listens, once it does.
+    pub frontend: Option<SocketAddr>,
+    /// Where the metrics endpoint listens, if configured.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A network endpoint a cartridge declares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Endpoint {
+    /// Endpoint name, unique within the cartridge (e.g. `http`).
+    pub name: String,
+    /// Port the app listens on inside the gear's network namespace.
+    pub private_port: u16,
+    /// Protocols spoken on the port.
+    pub protocols: Vec<String>,
+}
+
+/// An installed cartridge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartridgeSummary {
+    /// Its name.
+    pub name: String,
+    /// Its semver version.
+    pub version: String,
+    /// The name people read.
+    pub display_name: String,
+    /// What it runs.
+    pub description: String,
+    /// The endpoints its gears serve.
+    pub endpoints: Vec<Endpoint>,
+    /// The version of the hook contract its component implements.
+    pub contract: String,
+    /// SHA-256 of its component.
+    pub sha256: String,
+}
+
+/// The answer to `cartridge-remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartridgeRemoved {
+    /// The cartridge removed.
+    pub removed: String,
+}
+
+/// A gear's identity and state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GearSummary {
+    /// The node's id for it.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its cartridge.
+    pub cartridge: String,
+    /// The uid its processes run as.
+    pub uid: u32,
+    /// Its SELinux MCS level.
+    pub mcs_level: String,
+    /// Its state.
+    pub state: GearState,
+    /// What it should be doing.
+    pub desired: Desired,
+    /// The deployment it runs.
+    pub active_deployment: Option<u32>,
+    /// Where the frontend serves it.
+    pub url: String,
+}
+
+/// Supervisor state of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcessState {
+    /// Being started.
+    Starting,
+    /// Running.
+    Running,
+    /// Waiting to be restarted.
+    Backoff,
+    /// Stopped on purpose.
+    Stopped,
+    /// Ended and will not be restarted.
+    Exited,
+    /// Crashed too often; given up.
+    Failed,
+}
+
+impl std::fmt::Display for ProcessState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProcessState::Starting => "starting",
+            ProcessState::Running => "running",
+            ProcessState::Backoff => "backoff",
+            ProcessState::Stopped => "stopped",
+            ProcessState::Exited => "exited",
+            ProcessState::Failed => "failed",
+        })
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitStatus {
+    /// Exited with a code.
+    Exited(i32),
+    /// Killed by a signal.
+    Signaled(i32),
+}
+
+/// One supervised process of a gear.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    /// The name the cartridge gave it.
+    pub name: String,
+    /// Host pid while running.
+    pub pid: Option<u32>,
+    /// State.
+    pub state: ProcessState,
+    /// Restart count.
+    pub restarts: u32,
+    /// How it last ended.
+    pub last_exit: Option<ExitStatus>,
+}
+
+/// A gear with its processes: the answer of the lifecycle operations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GearView {
+    /// Identity and state.
+    #[serde(flatten)]
+    pub gear: GearSummary,
+    /// Its processes.
+    pub processes: Vec<Process>,
+    /// Why it failed, when it did.
+    pub failure: Option<String>,
+    /// Set when the operation found the gear as asked and changed nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+    /// What the operation wants the caller to know (why nothing changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A link from a gear to another, as `show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkInfo {
+    /// The gear reached.
+    pub gear: String,
+    /// The port on the linking gear's loopback.
+    pub port: u16,
+    /// The variables the reached gear's cartridge publishes.
+    pub env: Vec<String>,
+    /// Unix time the link was made.
+    pub created: u64,
+}
+
+/// The answer to `show`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GearDetail {
+    /// The gear with its processes.
+    #[serde(flatten)]
+    pub view: GearView,
+    /// Its deployments.
+    pub deployments: Vec<Deployment>,
+    /// The names of its effective variables.
+    pub env: Vec<String>,
+    /// Its home directory on the node.
+    pub home: PathBuf,
+    /// The gears it reaches.
+    pub links: Vec<LinkInfo>,
+    /// Its extra host names.
+    pub aliases: Vec<String>,
+    /// The gears that reach it.
+    pub linked_from: Vec<String>,
+}
+
+/// The answer to `destroy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destroyed {
+    /// The gear destroyed (`name-namespace`).
+    pub destroyed: String,
+    /// Its uid, free again.
+    pub uid_released: u32,
+}
+
+/// The answer to `deploy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployed {
+    /// The new deployment, now active.
+    pub deployment: u32,
+    /// The gear's state afterwards.
+    pub state: GearState,
+    /// Where the frontend serves it.
+    pub url: String,
+}
+
+/// The answer to `build`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Built {
+    /// The deployment built.
+    pub built: u32,
+}
+
+/// The answer to `control`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlOutput {
+    /// What the action printed.
+    pub output: String,
+}
+
+/// The answer to `deployments`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentList {
+    /// The active deployment.
+    pub active: Option<u32>,
+    /// Every deployment kept.
+    pub deployments: Vec<Deployment>,
+}
+
+/// The answer to `rollback`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolledBack {
+    /// The deployment now active.
+    pub active: u32,
+}
+
+/// The answer to `env-set`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvChanged {
+    /// What the caller should know (running processes keep their environment).
+    pub note: String,
+}
+
+/// The answer to `env-unset`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvRemoved {
+    /// The keys removed.
+    pub unset: Vec<String>,
+}
+
+/// A gear's variables by where they come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvLayers {
+    /// Set by the node.
+    pub system: BTreeMap<String, String>,
+    /// Set by the cartridge's hooks.
+    pub cartridge: BTreeMap<String, String>,
+    /// Published by the gears this one is linked to.
+    pub linked: BTreeMap<String, String>,
+    /// Set by the user.
+    pub user: BTreeMap<String, String>,
+}
+
+/// The answer to `env-list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Environment {
+    /// The layers.
+    pub layers: EnvLayers,
+    /// What the gear's processes get.
+    pub effective: BTreeMap<String, String>,
+}
+
+/// The answer to `link`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Linked {
+    /// The gear that reaches.
+    pub gear: String,
+    /// The gear reached.
+    pub to: String,
+    /// The port on `gear`'s loopback.
+    pub port: u16,
+    /// The variables `gear` receives.
+    pub env: Vec<String>,
+    /// Set when the link existed already.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+    /// What the caller should know (a restart, or why nothing changed).
+    pub note: Option<String>,
+}
+
+/// The answer to `unlink`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unlinked {
+    /// The gear that reached.
+    pub gear: String,
+    /// The gear it reached.
+    pub to: String,
+    /// Set when there was no such link.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+    /// What the caller should know (a restart, or why nothing changed).
+    pub note: Option<String>,
+}
+
+/// The answer to `alias-add` and `alias-remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasChanged {
+    /// The gear.
+    pub gear: String,
+    /// The host name added or removed, as the node stores it (lower case,
+    /// no trailing dot).
+    pub hostname: String,
+    /// The gear's aliases afterwards.
+    pub aliases: Vec<String>,
+    /// Set when the gear had the alias already (add).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unchanged: bool,
+}
+
+/// The answer to `alias-list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostNames {
+    /// The gear.
+    pub gear: String,
+    /// Its default host name.
+    pub name: String,
+    /// Its extra host names.
+    pub aliases: Vec<String>,
+}
+
+/// The answer to `metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetricsText {
+    /// The Prometheus text exposition.
+    pub text: String,
+}
+
+/// How the command of an `exec` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecEnd {
+    /// It exited with this code.
+    Exit(i32),
+    /// A signal ended it.
+    Signal(i32),
+}

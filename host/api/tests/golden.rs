@@ -1,0 +1,462 @@
+//! The wire format, pinned: every operation and every kind of answer is
+//! encoded as the file of its name in `tests/golden/` says, and each file
+//! decodes back to the same value. A change to the API that alters what
+//! peers see fails here; if it is meant, raise `API_VERSION` and rewrite the
+//! files with `GEARHOST_BLESS=1 cargo test -p gearhost-api --test golden`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use gearhost_api::ops::*;
+use gearhost_api::reply::*;
+use gearhost_api::{
+    API_VERSION, ApiError, ErrorKind, Event, GearRef, Op, Reply, Request, decode_request,
+    encode_request,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn bless() -> bool {
+    std::env::var_os("GEARHOST_BLESS").is_some_and(|v| v == "1")
+}
+
+/// Compares `text` with the golden file `name`, or writes it when blessing.
+fn check(name: &str, text: &str) {
+    let path = golden_dir().join(name);
+    if bless() {
+        std::fs::write(&path, text).expect("write golden file");
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; write it with GEARHOST_BLESS=1 cargo test -p gearhost-api --test golden",
+            path.display()
+        )
+    });
+    assert_eq!(
+        text,
+        want,
+        "{} changed: if that is meant, raise API_VERSION and bless the golden files",
+        path.display()
+    );
+}
+
+fn web() -> GearRef {
+    GearRef {
+        name: "web".into(),
+        namespace: "team".into(),
+    }
+}
+
+fn db() -> GearRef {
+    GearRef {
+        name: "db".into(),
+        namespace: "team".into(),
+    }
+}
+
+/// One of every operation.
+fn requests() -> Vec<Request> {
+    vec![
+        Ping {}.into(),
+        CartridgeInstall {
+            dir: "/srv/cartridges/python".into(),
+        }
+        .into(),
+        CartridgeList {}.into(),
+        CartridgeRemove {
+            name: "python".into(),
+        }
+        .into(),
+        Create {
+            gear: web(),
+            cartridge: "python".into(),
+        }
+        .into(),
+        List {}.into(),
+        Show { gear: web() }.into(),
+        Destroy { gear: web() }.into(),
+        Deploy {
+            gear: web(),
+            source: "/home/ada/web".into(),
+        }
+        .into(),
+        Build { gear: web() }.into(),
+        Start { gear: web() }.into(),
+        Stop { gear: web() }.into(),
+        Restart { gear: web() }.into(),
+        Status { gear: web() }.into(),
+        Control {
+            gear: web(),
+            action: "status".into(),
+            args: vec!["--verbose".into()],
+        }
+        .into(),
+        Deployments { gear: web() }.into(),
+        Rollback {
+            gear: web(),
+            id: Some(2),
+        }
+        .into(),
+        EnvSet {
+            gear: web(),
+            vars: vec![("DEBUG".into(), "1".into())],
+        }
+        .into(),
+        EnvUnset {
+            gear: web(),
+            keys: vec!["DEBUG".into()],
+        }
+        .into(),
+        EnvList { gear: web() }.into(),
+        Logs {
+            gear: web(),
+            lines: 100,
+            follow: true,
+            hooks: false,
+            access: false,
+        }
+        .into(),
+        Link {
+            gear: web(),
+            to: db(),
+        }
+        .into(),
+        Unlink {
+            gear: web(),
+            to: db(),
+        }
+        .into(),
+        AliasAdd {
+            gear: web(),
+            hostname: "www.example.com".into(),
+        }
+        .into(),
+        AliasRemove {
+            gear: web(),
+            hostname: "www.example.com".into(),
+        }
+        .into(),
+        AliasList { gear: web() }.into(),
+        Idle { gear: web() }.into(),
+        Unidle { gear: web() }.into(),
+        Metrics {}.into(),
+        Exec {
+            gear: web(),
+            argv: vec!["python".into(), "manage.py".into(), "migrate".into()],
+        }
+        .into(),
+    ]
+}
+
+#[test]
+fn every_operation_is_encoded_as_its_golden_file() {
+    let requests = requests();
+    let mut seen: Vec<&str> = requests.iter().map(Request::name).collect();
+    seen.sort_unstable();
+    let mut all = Request::NAMES.to_vec();
+    all.sort_unstable();
+    assert_eq!(seen, all, "every operation has a sample here");
+    for request in &requests {
+        let line = encode_request(request);
+        let text = String::from_utf8(line.clone()).expect("utf-8");
+        check(&format!("request-{}.json", request.name()), &text);
+        assert_eq!(decode_request(&line).as_ref(), Ok(request));
+    }
+}
+
+fn gear_summary() -> GearSummary {
+    GearSummary {
+        id: "f3a9c2d1e0b4".into(),
+        name: "web".into(),
+        namespace: "team".into(),
+        cartridge: "python".into(),
+        uid: 5001,
+        mcs_level: "s0:c1,c2".into(),
+        state: GearState::Running,
+        desired: Desired::Running,
+        active_deployment: Some(3),
+        url: "http://web-team.apps.test/".into(),
+    }
+}
+
+fn gear_view() -> GearView {
+    GearView {
+        gear: gear_summary(),
+        processes: vec![Process {
+            name: "web".into(),
+            pid: Some(4242),
+            state: ProcessState::Running,
+            restarts: 1,
+            last_exit: Some(ExitStatus::Signaled(9)),
+        }],
+        failure: None,
+        unchanged: false,
+        note: None,
+    }
+}
+
+fn deployment() -> Deployment {
+    Deployment {
+        id: 3,
+        created: 1_800_000_000,
+        source: "/home/ada/web".into(),
+        state: DeploymentState::Ready,
+        error: None,
+    }
+}
+
+fn cartridge() -> CartridgeSummary {
+    CartridgeSummary {
+        name: "python".into(),
+        version: "1.4.0".into(),
+        display_name: "Python".into(),
+        description: "WSGI apps under gunicorn".into(),
+        endpoints: vec![Endpoint {
+            name: "http".into(),
+            private_port: 8080,
+            protocols: vec!["http".into()],
+        }],
+        contract: "0.3.0".into(),
+        sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+    }
+}
+
+/// Checks one answer of operation `O` against its golden file.
+fn answer<O: Op>(file: &str, value: &O::Reply)
+where
+    O::Reply: PartialEq + std::fmt::Debug,
+{
+    let Reply::Ok(json) = Reply::answer::<O>(value) else {
+        panic!("{file}: the answer encodes");
+    };
+    let text = serde_json::to_string_pretty(&json).expect("pretty") + "\n";
+    check(&format!("answer-{file}.json"), &text);
+    let back: O::Reply = gearhost_api::decode_answer::<O>(json).expect("decodes");
+    assert_eq!(&back, value, "{file} round-trips");
+}
+
+fn roundtrip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(file: &str, v: &T) {
+    let text = serde_json::to_string(v).expect("encode") + "\n";
+    check(file, &text);
+    let back: T = serde_json::from_str(&text).expect("decode");
+    assert_eq!(&back, v);
+}
+
+#[test]
+fn every_kind_of_answer_is_encoded_as_its_golden_file() {
+    answer::<Ping>(
+        "ping",
+        &NodeInfo {
+            version: "0.1.0".into(),
+            api: API_VERSION,
+            state_dir: "/var/lib/gearhost".into(),
+            domain: "apps.test".into(),
+            frontend: Some("0.0.0.0:80".parse().expect("address")),
+            metrics: None,
+        },
+    );
+    answer::<CartridgeInstall>("cartridge", &cartridge());
+    answer::<CartridgeRemove>(
+        "cartridge-remove",
+        &CartridgeRemoved {
+            removed: "python".into(),
+        },
+    );
+    answer::<Create>("gear-summary", &gear_summary());
+    answer::<Start>("gear-view", &gear_view());
+    answer::<Stop>(
+        "gear-view-unchanged",
+        &GearView {
+            gear: GearSummary {
+                state: GearState::Stopped,
+                desired: Desired::Stopped,
+                ..gear_summary()
+            },
+            processes: Vec::new(),
+            failure: None,
+            unchanged: true,
+            note: Some("gear web is already stopped; nothing was changed".into()),
+        },
+    );
+    answer::<Show>(
+        "gear-detail",
+        &GearDetail {
+            view: gear_view(),
+            deployments: vec![deployment()],
+            env: vec!["DATABASE_URL".into(), "PORT".into()],
+            home: "/var/lib/gearhost/gears/f3a9c2d1e0b4/home".into(),
+            links: vec![LinkInfo {
+                gear: "db".into(),
+                port: 5432,
+                env: vec!["DATABASE_URL".into()],
+                created: 1_800_000_100,
+            }],
+            aliases: vec!["www.example.com".into()],
+            linked_from: Vec::new(),
+        },
+    );
+    answer::<Destroy>(
+        "destroyed",
+        &Destroyed {
+            destroyed: "web-team".into(),
+            uid_released: 5001,
+        },
+    );
+    answer::<Deploy>(
+        "deployed",
+        &Deployed {
+            deployment: 3,
+            state: GearState::Running,
+            url: "http://web-team.apps.test/".into(),
+        },
+    );
+    answer::<Build>("built", &Built { built: 3 });
+    answer::<Control>(
+        "control",
+        &ControlOutput {
+            output: "running, 2 workers".into(),
+        },
+    );
+    answer::<Deployments>(
+        "deployments",
+        &DeploymentList {
+            active: Some(3),
+            deployments: vec![
+                Deployment {
+                    id: 2,
+                    state: DeploymentState::Failed,
+                    error: Some("build hook failed: pip exited with 1".into()),
+                    ..deployment()
+                },
+                deployment(),
+            ],
+        },
+    );
+    answer::<Rollback>("rolled-back", &RolledBack { active: 2 });
+    answer::<EnvSet>(
+        "env-set",
+        &gearhost_api::reply::EnvChanged {
+            note: "restart the gear for running processes to see the change".into(),
+        },
+    );
+    answer::<EnvUnset>(
+        "env-unset",
+        &gearhost_api::reply::EnvRemoved {
+            unset: vec!["DEBUG".into()],
+        },
+    );
+    let layers = EnvLayers {
+        system: BTreeMap::from([("PORT".into(), "8080".into())]),
+        cartridge: BTreeMap::from([("VIRTUAL_ENV".into(), "/gear/venv".into())]),
+        linked: BTreeMap::new(),
+        user: BTreeMap::from([("DEBUG".into(), "1".into())]),
+    };
+    answer::<EnvList>(
+        "env-list",
+        &gearhost_api::reply::Environment {
+            effective: layers
+                .system
+                .iter()
+                .chain(&layers.cartridge)
+                .chain(&layers.user)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            layers,
+        },
+    );
+    answer::<Link>(
+        "linked",
+        &Linked {
+            gear: "web".into(),
+            to: "db".into(),
+            port: 5432,
+            env: vec!["DATABASE_URL".into()],
+            unchanged: false,
+            note: Some("restart web for its running processes to see the new variables".into()),
+        },
+    );
+    answer::<Unlink>(
+        "unlinked",
+        &Unlinked {
+            gear: "web".into(),
+            to: "db".into(),
+            unchanged: true,
+            note: Some("gear web is not linked to db; nothing was changed".into()),
+        },
+    );
+    answer::<AliasAdd>(
+        "alias-changed",
+        &AliasChanged {
+            gear: "web".into(),
+            hostname: "www.example.com".into(),
+            aliases: vec!["www.example.com".into()],
+            unchanged: false,
+        },
+    );
+    answer::<AliasList>(
+        "alias-list",
+        &gearhost_api::reply::HostNames {
+            gear: "web".into(),
+            name: "web-team.apps.test".into(),
+            aliases: vec!["www.example.com".into()],
+        },
+    );
+    answer::<Metrics>(
+        "metrics",
+        &MetricsText {
+            text: "# TYPE gearhost_gears gauge\ngearhost_gears{state=\"running\"} 1\n".into(),
+        },
+    );
+    answer::<Exec>("exec-exit", &ExecEnd::Exit(3));
+    answer::<Exec>("exec-signal", &ExecEnd::Signal(15));
+    answer::<gearhost_api::ops::Logs>("logs-end", &());
+}
+
+#[test]
+fn the_frame_is_encoded_as_its_golden_files() {
+    roundtrip(
+        "frame-event-progress.json",
+        &Reply::Event(Event::Progress("build: installing requirements".into())),
+    );
+    roundtrip(
+        "frame-event-line.json",
+        &Reply::Event(Event::Line("2026-12-04T10:00:00Z web: listening".into())),
+    );
+    roundtrip(
+        "frame-error.json",
+        &Reply::Error(ApiError::new(
+            ErrorKind::NotFound,
+            "no gear web in namespace team; see `gear list`",
+        )),
+    );
+    roundtrip("frame-ok.json", &Reply::Ok(serde_json::json!({"built": 3})));
+}
+
+#[test]
+fn no_golden_file_is_left_without_a_sample() {
+    if bless() {
+        return;
+    }
+    // run after the others have been blessed: every file here is checked by a test above
+    let mut names: Vec<String> = std::fs::read_dir(golden_dir())
+        .expect("golden directory")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let requests = requests().len();
+    let from_requests = names.iter().filter(|n| n.starts_with("request-")).count();
+    assert_eq!(from_requests, requests, "{names:?}");
+    for name in &names {
+        assert!(
+            name.starts_with("request-")
+                || name.starts_with("answer-")
+                || name.starts_with("frame-"),
+            "{name} is not a golden file of any test"
+        );
+    }
+}

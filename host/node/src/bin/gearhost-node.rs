@@ -1,0 +1,94 @@
+//! `gearhost-node`: the node as a process of its own. `gear node run` starts
+//! it (the `gear` command does not link the node), and a service manager
+//! may start it directly (see dist/gearhost-node.service).
+//!
+//! Exit codes follow `gear`'s: 0 stopped cleanly, 2 bad command line, 3 the
+//! configuration is invalid, 4 the environment is missing something (root,
+//! a free socket, a listening address).
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gearhost_node::config::{DEFAULT_CONFIG_PATH, NodeConfig};
+
+/// Run a Gearhost node in the foreground.
+#[derive(Debug, Parser)]
+#[command(name = "gearhost-node", version, about, long_about = None)]
+struct Args {
+    /// The node configuration; default: /etc/gearhost/node.toml if it
+    /// exists, else the embedded default (`gear node config` prints it).
+    #[arg(long, env = "GEARHOST_CONFIG")]
+    config: Option<PathBuf>,
+    /// More log output (-v info, -vv debug, -vvv trace); GEARHOST_LOG takes
+    /// a filter such as `gearhost_node=debug`.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GEARHOST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.verbose);
+    let config = match &args.config {
+        Some(path) => NodeConfig::load(path),
+        None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
+            NodeConfig::load(std::path::Path::new(DEFAULT_CONFIG_PATH))
+        }
+        None => Ok(NodeConfig::embedded()),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "error: the node needs root to create gears (namespaces, cgroups, uids); run `sudo gear node run`"
+        );
+        return ExitCode::from(4);
+    }
+    let rt = match gearhost_node::runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the node's runtime: {e}");
+            return ExitCode::from(4);
+        }
+    };
+    let result = rt.block_on(gearhost_node::run(config));
+    // a hook's thread stuck where no signal reaches must not keep the node from exiting
+    rt.shutdown_timeout(gearhost_node::SHUTDOWN_GRACE);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut text = e.to_string();
+            for cause in e.chain().skip(1) {
+                let cause = cause.to_string();
+                if !text.contains(&cause) {
+                    text.push_str("\n  caused by: ");
+                    text.push_str(&cause);
+                }
+            }
+            eprintln!("error: {text}");
+            ExitCode::from(4)
+        }
+    }
+}
