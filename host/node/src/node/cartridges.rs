@@ -1,0 +1,127 @@
+//! The node's cartridge store: install (validate, precompile, copy in
+//! atomically), list, remove, and look-up by name.
+
+use std::path::Path;
+
+use gearhost_runtime::Cartridge;
+
+use super::*;
+use crate::api::reply;
+use crate::api::{ApiError, ErrorKind};
+
+impl Node {
+    /// Install the cartridge in `dir`: validate, precompile, copy into the store.
+    pub fn cartridge_install(&self, dir: &Path) -> ApiResult<reply::CartridgeSummary> {
+        let loaded = self
+            .runtime
+            .load_dir(dir)
+            .map_err(|e| invalid(e.to_string()))?;
+        let name = loaded.manifest().name.clone();
+        let dest = self.config.cartridges_dir().join(&name);
+        let staging = self
+            .config
+            .cartridges_dir()
+            .join(format!(".{name}.installing"));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).map_err(internal)?;
+        let copy = (|| -> std::io::Result<()> {
+            std::fs::copy(
+                dir.join(gearhost_runtime::manifest::MANIFEST_FILE),
+                staging.join(gearhost_runtime::manifest::MANIFEST_FILE),
+            )?;
+            let hooks = &loaded.manifest().hooks;
+            if let Some(parent) = hooks.parent() {
+                std::fs::create_dir_all(staging.join(parent))?;
+            }
+            std::fs::copy(loaded.manifest().hooks_path(dir), staging.join(hooks))?;
+            let old = self.config.cartridges_dir().join(format!(".{name}.old"));
+            let _ = std::fs::remove_dir_all(&old);
+            if dest.exists() {
+                std::fs::rename(&dest, &old)?;
+            }
+            std::fs::rename(&staging, &dest)?;
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::File::open(self.config.cartridges_dir())?.sync_all()
+        })();
+        if let Err(e) = copy {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(internal(format!("cannot install cartridge {name}: {e}")));
+        }
+        let installed = self
+            .runtime
+            .load_dir(&dest)
+            .map_err(|e| invalid(e.to_string()))?;
+        let summary = cartridge_summary(&installed);
+        lock(&self.cartridges).insert(name, installed);
+        self.rebuild_routes();
+        Ok(summary)
+    }
+
+    /// Installed cartridges.
+    pub fn cartridge_list(&self) -> Vec<reply::CartridgeSummary> {
+        lock(&self.cartridges)
+            .values()
+            .map(cartridge_summary)
+            .collect()
+    }
+
+    /// Remove a cartridge no gear uses.
+    pub fn cartridge_remove(&self, name: &str) -> ApiResult<reply::CartridgeRemoved> {
+        let users: Vec<String> = lock(&self.gears)
+            .values()
+            .map(|g| g.record())
+            .filter(|r| r.cartridge == name)
+            .map(|r| r.label())
+            .collect();
+        if !users.is_empty() {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "cartridge {name} is used by {}; destroy those gears first",
+                    users.join(", ")
+                ),
+            ));
+        }
+        if lock(&self.cartridges).remove(name).is_none() {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!("no cartridge named {name} is installed; see `gear cartridge list`"),
+            ));
+        }
+        let _ = std::fs::remove_dir_all(self.config.cartridges_dir().join(name));
+        self.rebuild_routes();
+        Ok(reply::CartridgeRemoved {
+            removed: name.to_string(),
+        })
+    }
+
+    pub(crate) fn cartridge(&self, name: &str) -> ApiResult<Cartridge> {
+        lock(&self.cartridges).get(name).cloned().ok_or_else(|| {
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!("no cartridge named {name} is installed; install it with `gear cartridge install DIR`"),
+            )
+        })
+    }
+}
+
+pub(super) fn cartridge_summary(c: &Cartridge) -> reply::CartridgeSummary {
+    let m = c.manifest();
+    reply::CartridgeSummary {
+        name: m.name.clone(),
+        version: m.version.to_string(),
+        display_name: m.display_name.clone(),
+        description: m.description.clone(),
+        endpoints: m
+            .endpoints
+            .iter()
+            .map(|e| reply::Endpoint {
+                name: e.name.clone(),
+                private_port: e.private_port,
+                protocols: e.protocols.clone(),
+            })
+            .collect(),
+        contract: c.info().contract_version.clone(),
+        sha256: c.info().content_hash.clone(),
+    }
+}

@@ -1,0 +1,331 @@
+//! Gears as things that exist: create (uid, MCS level, directories, network
+//! namespace, record last), list, show, and destroy (nothing left behind),
+//! with the views the API answers with.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gearhost_runtime::{ExitStatus, HookCall, ProcessInfo};
+
+use super::*;
+use crate::api::reply;
+use crate::api::{ApiError, ErrorKind, GearRef};
+use crate::state::{self, Desired, GearPaths, GearRecord, GearState, RECORD_VERSION};
+
+impl Node {
+    /// Create a gear.
+    pub async fn create(
+        self: &Arc<Self>,
+        gear: &GearRef,
+        cartridge: &str,
+    ) -> ApiResult<reply::GearSummary> {
+        check_gear_ref(gear)?;
+        let cart = self.cartridge(cartridge)?;
+        let _guard = self.create.lock().await;
+        if self.find(gear).is_ok() {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "gear {} already exists in namespace {}",
+                    gear.name, gear.namespace
+                ),
+            ));
+        }
+        self.check_public_name_free(gear)?;
+        let used: Vec<u32> = lock(&self.gears)
+            .values()
+            .map(|g| lock(&g.record).uid)
+            .collect();
+        let uid = (self.config.uid_min..=self.config.uid_max)
+            .find(|u| !used.contains(u))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::Conflict,
+                    "the node's uid range is full; destroy unused gears or widen gears.uid-range",
+                )
+            })?;
+        let mcs = gearhost_sandbox::selinux::mcs_level_for_uid(uid).map_err(internal)?;
+        let id = new_id();
+        let paths = GearPaths::new(&self.config.gears_dir(), &id);
+        let record = GearRecord {
+            version: RECORD_VERSION,
+            id: id.clone(),
+            name: gear.name.clone(),
+            namespace: gear.namespace.clone(),
+            cartridge: cart.manifest().name.clone(),
+            uid,
+            mcs_level: mcs.to_string(),
+            created: state::now(),
+            desired: Desired::Stopped,
+            state: GearState::New,
+            failure: None,
+            cartridge_env: BTreeMap::new(),
+            user_env: BTreeMap::new(),
+            deployments: Vec::new(),
+            active: None,
+            next_deployment: 1,
+            links: Vec::new(),
+            aliases: Vec::new(),
+        };
+        let made = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(&paths.root)?;
+            set_mode(&paths.root, 0o711).map_err(std::io::Error::other)?;
+            for sub in [
+                "app-root/repo",
+                "app-root/data",
+                "app-root/runtime",
+                "app-root/logs",
+            ] {
+                std::fs::create_dir_all(paths.home().join(sub))?;
+            }
+            std::fs::create_dir_all(paths.root.join("deployments"))?;
+            std::fs::create_dir_all(paths.logs())?;
+            set_mode(&paths.logs(), 0o700).map_err(std::io::Error::other)?;
+            chown_tree(&paths.home(), uid)?;
+            set_mode(&paths.home(), 0o700).map_err(std::io::Error::other)?;
+            gearhost_sandbox::netns::create(&paths.netns())?;
+            Ok(())
+        })();
+        if let Err(e) = made {
+            let _ = gearhost_sandbox::netns::remove(&paths.netns());
+            let _ = state::remove_tree(&paths.root);
+            return Err(internal(format!(
+                "cannot create the gear's directories: {e}"
+            )));
+        }
+        // the record is written last: it is what makes the gear exist
+        if let Err(e) = state::save_gear(&self.config.gears_dir(), &record) {
+            let _ = gearhost_sandbox::netns::remove(&paths.netns());
+            let _ = state::remove_tree(&paths.root);
+            return Err(internal(e));
+        }
+        let summary = self.gear_summary(&record);
+        let g = Arc::new(Gear::new(&self.config, record));
+        lock(&self.gears).insert(id, g.clone());
+        self.rebuild_routes();
+        crate::frontend::open_door(self, &g).await;
+        Ok(summary)
+    }
+
+    /// All gears.
+    pub fn list(&self) -> Vec<reply::GearView> {
+        let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
+        gears.iter().map(|g| self.gear_view(g)).collect()
+    }
+
+    /// One gear.
+    pub fn show(&self, gear: &GearRef) -> ApiResult<reply::GearDetail> {
+        let g = self.find(gear)?;
+        let view = self.gear_view(&g);
+        let r = g.record();
+        Ok(reply::GearDetail {
+            view,
+            env: self.layers(&r).effective().into_keys().collect(),
+            home: g.paths.home(),
+            links: self.links_view(&r),
+            linked_from: self
+                .linked_from(&r.id)
+                .into_iter()
+                .map(|l| l.name)
+                .collect(),
+            deployments: r.deployments,
+            aliases: r.aliases,
+        })
+    }
+
+    pub(super) fn gear_summary(&self, r: &GearRecord) -> reply::GearSummary {
+        reply::GearSummary {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            namespace: r.namespace.clone(),
+            cartridge: r.cartridge.clone(),
+            uid: r.uid,
+            mcs_level: r.mcs_level.clone(),
+            state: r.state,
+            desired: r.desired,
+            active_deployment: r.active,
+            url: self.url(r),
+        }
+    }
+
+    pub(crate) fn gear_view(&self, g: &Gear) -> reply::GearView {
+        let r = g.record();
+        reply::GearView {
+            gear: self.gear_summary(&r),
+            processes: g
+                .supervisor
+                .processes()
+                .into_iter()
+                .map(process_view)
+                .collect(),
+            failure: r.failure,
+            unchanged: false,
+            note: None,
+        }
+    }
+
+    /// The view of a gear an operation left as it was: `unchanged` set, and
+    /// `note` saying why.
+    pub(crate) fn unchanged(&self, g: &Gear, note: String) -> reply::GearView {
+        reply::GearView {
+            unchanged: true,
+            note: Some(note),
+            ..self.gear_view(g)
+        }
+    }
+
+    /// Destroy a gear: stop everything, remove its cgroups and files, free its uid.
+    pub async fn destroy(
+        &self,
+        gear: &GearRef,
+        progress: &Progress,
+    ) -> ApiResult<reply::Destroyed> {
+        let g = self.find(gear)?;
+        // an operation stuck on what the gear did gives way (its hooks are cancelled)
+        let _op = g.op.preempt("`gear destroy` was asked for").await;
+        let r = g.record();
+        // a gear others are linked to holds their data: refuse rather than
+        // break them (links to it are made under its lock, so this holds)
+        let users = self.linked_from(&r.id);
+        if !users.is_empty() {
+            let names: Vec<&str> = users.iter().map(|u| u.name.as_str()).collect();
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "gear {} is linked from {}; unlink first (`gear unlink {} {}`), then destroy it",
+                    r.name,
+                    names.join(", "),
+                    names[0],
+                    r.name
+                ),
+            ));
+        }
+        let deploy_required = self
+            .cartridge(&r.cartridge)
+            .map_or(true, |c| c.manifest().deploy.required);
+        if r.state != GearState::New && (r.active.is_some() || !deploy_required) {
+            let _ = progress.send(format!("stopping {}", gear.name));
+            if let Ok(cart) = self.cartridge(&r.cartridge) {
+                // the gear goes anyway: its stop hook gets a few seconds, not its budget
+                let cancel = g.op.cancel();
+                let timer = tokio::spawn(async move {
+                    tokio::time::sleep(DESTROY_STOP_HOOK).await;
+                    cancel.cancel(format!(
+                        "`gear destroy` gives the stop hook {}",
+                        humantime::format_duration(DESTROY_STOP_HOOK)
+                    ));
+                });
+                let _ = self.hook(&g, &cart, HookCall::Stop).await;
+                timer.abort();
+            }
+        }
+        g.supervisor.stop_all(DESTROY_GRACE).await;
+        // its own links go with it, and the frontend's door
+        self.links.close_from(&r.id);
+        g.front.close_door();
+        // leftovers from any exec that was cut short
+        let paths = g.paths.clone();
+        let subtree = self.config.cgroup_subtree.clone();
+        let id = r.id.clone();
+        tokio::task::spawn_blocking(move || {
+            remove_gear_cgroups(&subtree, &id);
+            gearhost_sandbox::netns::remove(&paths.netns())?;
+            state::remove_tree(&paths.root)
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| internal(format!("cannot remove the gear's files: {e}")))?;
+        lock(&self.gears).remove(&r.id);
+        self.rebuild_routes();
+        Ok(reply::Destroyed {
+            destroyed: r.label(),
+            uid_released: r.uid,
+        })
+    }
+}
+
+/// A supervised process as the API shows it.
+pub(super) fn process_view(p: ProcessInfo) -> reply::Process {
+    use gearhost_runtime::ProcessState as S;
+    reply::Process {
+        name: p.name,
+        pid: p.pid,
+        state: match p.state {
+            S::Starting => reply::ProcessState::Starting,
+            S::Running => reply::ProcessState::Running,
+            S::Backoff => reply::ProcessState::Backoff,
+            S::Stopped => reply::ProcessState::Stopped,
+            S::Exited => reply::ProcessState::Exited,
+            S::Failed => reply::ProcessState::Failed,
+        },
+        restarts: p.restarts,
+        last_exit: p.last_exit.map(|e| match e {
+            ExitStatus::Exited(c) => reply::ExitStatus::Exited(c),
+            ExitStatus::Signaled(s) => reply::ExitStatus::Signaled(s),
+        }),
+    }
+}
+
+pub(super) fn check_gear_ref(gear: &GearRef) -> ApiResult<()> {
+    for (what, value) in [("gear name", &gear.name), ("namespace", &gear.namespace)] {
+        gearhost_runtime::manifest::check_name(value, 32).map_err(|problem| {
+            invalid(format!(
+                "invalid {what} {value:?}: {problem}; use 1-32 lower-case letters, digits and single dashes, starting with a letter"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+pub(super) fn new_id() -> String {
+    let mut bytes = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Hand a tree the node just created to the gear's uid (never following symlinks).
+pub(super) fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
+    std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
+    if std::fs::symlink_metadata(path)?.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            chown_tree(&entry?.path(), uid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove every cgroup of gear `id`: its group under the node's subtree with
+/// every process start's cgroup in it, and leaves a node of an earlier
+/// version made directly under the subtree (`<id>-...`).
+pub(super) fn remove_gear_cgroups(subtree: &str, id: &str) {
+    if let Err(e) = gearhost_sandbox::cgroup::remove_group(subtree, id) {
+        tracing::warn!(gear = %id, error = %e, "the gear's cgroup group could not be removed");
+    }
+    let Ok(mounts) = gearhost_sandbox::cgroup::detect() else {
+        return;
+    };
+    let roots: Vec<PathBuf> = match mounts.layout {
+        gearhost_sandbox::CgroupLayout::V2 => mounts.v2.into_iter().collect(),
+        _ => mounts.v1.into_values().collect(),
+    };
+    // a leaf exists once per hierarchy; teardown handles all of them at once
+    let prefix = format!("{id}-");
+    let leaves: std::collections::BTreeSet<String> = roots
+        .iter()
+        .filter_map(|root| std::fs::read_dir(root.join(subtree)).ok())
+        .flat_map(|entries| entries.flatten())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix))
+        .collect();
+    for leaf in leaves {
+        let placement = gearhost_sandbox::CgroupPlacement {
+            subtree: subtree.to_string(),
+            leaf,
+        };
+        let _ = gearhost_sandbox::teardown(&placement);
+    }
+}

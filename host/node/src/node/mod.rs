@@ -1,0 +1,560 @@
+//! The node: owns every gear and installed cartridge, runs hooks against real
+//! gears, and carries out the lifecycle operations. Operations on one gear
+//! are serialized by that gear's lock; different gears proceed in parallel.
+//!
+//! [`Node`] itself (state, configuration, routing, resume and shutdown) is
+//! here; its operations are grouped by concern, each an `impl Node` of its
+//! own: [`cartridges`], [`gears`] (create, show, destroy), [`deploy`]
+//! (deployments and rollback), [`lifecycle`] (start, stop, control, exec),
+//! [`variables`] (the environment) and [`hooks`] (the hook host). A gear
+//! live is a [`Gear`] ([`gear`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use gearhost_runtime::{Cartridge, Runtime, RuntimeConfig};
+
+use crate::api::{ApiError, ErrorKind, GearRef};
+use crate::config::NodeConfig;
+use crate::frontend::{Frontend, Target};
+use crate::links::Links;
+use crate::state::{self, DeploymentState, Desired, GearPaths, GearRecord, GearState};
+
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// How long `gear destroy` lets the gear's stop hook run, and then its
+/// processes finish after `SIGTERM`: the gear goes anyway, and a hostile one
+/// must not hold its destroy up.
+const DESTROY_STOP_HOOK: Duration = Duration::from_secs(2);
+const DESTROY_GRACE: Duration = Duration::from_secs(2);
+
+pub(crate) fn invalid(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::Invalid, msg)
+}
+pub(crate) fn failed(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorKind::Failed, msg)
+}
+pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(ErrorKind::Failed, e.to_string())
+}
+
+/// Sends progress lines back to the caller.
+pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+mod cartridges;
+mod deploy;
+mod gear;
+mod gears;
+mod hooks;
+mod lifecycle;
+mod variables;
+
+pub use gear::Gear;
+
+/// The node.
+#[derive(Debug)]
+pub struct Node {
+    config: Arc<NodeConfig>,
+    runtime: Runtime,
+    cartridges: Mutex<BTreeMap<String, Cartridge>>,
+    pub(crate) gears: Mutex<BTreeMap<String, Arc<Gear>>>,
+    /// Held while gears are created and host names change: names stay unique.
+    pub(crate) create: tokio::sync::Mutex<()>,
+    frontend_addr: Mutex<Option<std::net::SocketAddr>>,
+    metrics_addr: Mutex<Option<std::net::SocketAddr>>,
+    /// The runtime operations run on (the frontend's workers have their own).
+    main: std::sync::OnceLock<tokio::runtime::Handle>,
+    pub(crate) links: Links,
+    /// The frontend's routing table and node-wide counters.
+    pub(crate) frontend: Frontend,
+    /// The bounds on connections gears open through the node.
+    pub(crate) admission: Arc<crate::conns::Admission>,
+}
+
+impl Node {
+    /// Open the node's state (creating the layout on first use) and load
+    /// installed cartridges and gears. Gear directories without a record (a
+    /// create interrupted before it was acknowledged) are removed.
+    pub fn open(config: NodeConfig) -> anyhow::Result<Arc<Node>> {
+        for dir in [
+            config.state_dir.clone(),
+            config.gears_dir(),
+            config.cartridges_dir(),
+            config.cache_dir(),
+        ] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        }
+        set_mode(&config.state_dir, 0o711)?;
+        set_mode(&config.gears_dir(), 0o711)?;
+        let runtime = Runtime::new(RuntimeConfig {
+            cache_dir: config.cache_dir(),
+            max_timeout: config.hook_timeout,
+            max_build_timeout: config.build_timeout,
+            max_memory: config.hook_memory,
+            max_concurrent_hooks: 128,
+        })?;
+        let mut cartridges = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(config.cartridges_dir()) {
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                match runtime.load_dir(&dir) {
+                    Ok(c) => {
+                        cartridges.insert(c.manifest().name.clone(), c);
+                    }
+                    Err(e) => {
+                        tracing::error!(dir = %dir.display(), error = %e, "installed cartridge cannot be loaded")
+                    }
+                }
+            }
+        }
+        let (records, orphans) = state::load_gears(&config.gears_dir())?;
+        for orphan in orphans {
+            tracing::warn!(dir = %orphan.display(), "removing a gear directory whose create never completed");
+            let _ = gearhost_sandbox::netns::remove(&orphan.join("netns"));
+            let _ = state::remove_tree(&orphan);
+        }
+        let mut gears = BTreeMap::new();
+        for record in records {
+            // after a reboot the namespace binding is gone: make a new one
+            let netns = GearPaths::new(&config.gears_dir(), &record.id).netns();
+            if !gearhost_sandbox::netns::exists(&netns) {
+                let _ = std::fs::remove_file(&netns);
+                gearhost_sandbox::netns::create(&netns).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot create the network namespace of gear {}: {e}",
+                        record.name
+                    )
+                })?;
+            }
+            gears.insert(record.id.clone(), Arc::new(Gear::new(&config, record)));
+        }
+        let admission = crate::conns::Admission::new(config.gear_max_connections);
+        let node = Arc::new(Node {
+            config: Arc::new(config),
+            runtime,
+            cartridges: Mutex::new(cartridges),
+            gears: Mutex::new(gears),
+            create: tokio::sync::Mutex::new(()),
+            frontend_addr: Mutex::new(None),
+            metrics_addr: Mutex::new(None),
+            main: std::sync::OnceLock::new(),
+            links: Links::default(),
+            frontend: Frontend::default(),
+            admission,
+        });
+        node.rebuild_routes();
+        Ok(node)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// Record where the frontend listens (the configured port may be 0).
+    pub fn set_frontend_addr(&self, addr: std::net::SocketAddr) {
+        *lock(&self.frontend_addr) = Some(addr);
+    }
+
+    /// Where the frontend listens, once it does.
+    pub fn frontend_addr(&self) -> Option<std::net::SocketAddr> {
+        *lock(&self.frontend_addr)
+    }
+
+    /// Record the runtime that operations on gears run on.
+    pub fn set_main_runtime(&self, handle: tokio::runtime::Handle) {
+        let _ = self.main.set(handle);
+    }
+
+    /// Run `task` on the node's main runtime (from a frontend worker too).
+    pub(crate) fn spawn_main<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match self.main.get() {
+            Some(handle) => handle.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+
+    /// Record where the metrics endpoint listens.
+    pub fn set_metrics_addr(&self, addr: std::net::SocketAddr) {
+        *lock(&self.metrics_addr) = Some(addr);
+    }
+
+    /// Where the metrics endpoint listens, if it does.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        *lock(&self.metrics_addr)
+    }
+
+    /// Open the frontend's door inside every gear (at node start, once the
+    /// frontend listens).
+    pub async fn open_doors(self: &Arc<Self>) {
+        for g in self.gears_snapshot() {
+            crate::frontend::open_door(self, &g).await;
+        }
+    }
+
+    /// Every gear, live.
+    pub(crate) fn gears_snapshot(&self) -> Vec<Arc<Gear>> {
+        lock(&self.gears).values().cloned().collect()
+    }
+
+    /// The port the frontend sends a gear's requests to: the first endpoint
+    /// of its cartridge that speaks HTTP (a database's port never gets HTTP).
+    pub(crate) fn http_port(&self, cartridge: &str) -> Option<u16> {
+        self.cartridge(cartridge)
+            .ok()?
+            .manifest()
+            .endpoints
+            .iter()
+            .find(|e| {
+                e.protocols
+                    .iter()
+                    .any(|p| matches!(p.as_str(), "http" | "websocket"))
+            })
+            .map(|e| e.private_port)
+    }
+
+    /// The host name a gear answers to: `<gear>-<namespace>.<domain>`.
+    pub(crate) fn public_name(&self, r: &GearRecord) -> String {
+        format!("{}.{}", r.label(), self.config.domain)
+    }
+
+    /// A new gear's public name must be a valid host name and lead to it
+    /// alone: `a-b` in namespace `c` and `a` in namespace `b-c` would both be
+    /// `a-b-c.<domain>`, so the second create is refused, naming the first.
+    /// Aliases cannot take such names (see [`crate::alias`]). Called under
+    /// the node's lock for names.
+    fn check_public_name_free(&self, gear: &GearRef) -> ApiResult<()> {
+        let label = state::public_label(&gear.name, &gear.namespace);
+        if label.len() > 63 {
+            return Err(invalid(format!(
+                "gear {} in namespace {} would be reachable as {label}.{}, but a host name's label \
+                 holds at most 63 characters; use a shorter gear name",
+                gear.name, gear.namespace, self.config.domain
+            )));
+        }
+        let taken = self
+            .gears_snapshot()
+            .into_iter()
+            .map(|g| g.record())
+            .find(|o| o.label() == label);
+        match taken {
+            Some(other) => Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "gear {} in namespace {} would be reachable as {label}.{}, which already leads \
+                     to gear {} in namespace {}; choose another gear name",
+                    gear.name, gear.namespace, self.config.domain, other.name, other.namespace
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Build the frontend's routing table again from the gears, their
+    /// aliases and the installed cartridges (after any change to those).
+    pub(crate) fn rebuild_routes(&self) {
+        let mut routes = std::collections::HashMap::new();
+        // oldest first: should two gears made before names were checked share
+        // a name, the older one keeps it, whatever the order of the map
+        let mut gears: Vec<(Arc<Gear>, GearRecord)> = self
+            .gears_snapshot()
+            .into_iter()
+            .map(|g| {
+                let r = g.record();
+                (g, r)
+            })
+            .collect();
+        gears.sort_by(|(_, a), (_, b)| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
+        for (g, r) in gears {
+            let Some(port) = self.http_port(&r.cartridge) else {
+                continue;
+            };
+            let target = Arc::new(Target {
+                gear: g.clone(),
+                label: r.label(),
+                port,
+            });
+            for name in std::iter::once(self.public_name(&r)).chain(r.aliases.iter().cloned()) {
+                routes.entry(name).or_insert_with(|| target.clone());
+            }
+        }
+        self.frontend.set_routes(routes);
+    }
+
+    fn url(&self, r: &GearRecord) -> String {
+        let port = self.frontend_addr().map_or(String::new(), |a| {
+            if a.port() == 80 {
+                String::new()
+            } else {
+                format!(":{}", a.port())
+            }
+        });
+        format!("http://{}{port}/", self.public_name(r))
+    }
+
+    /// Start the gears that should run (after a node restart everything a
+    /// user left running runs again; what they stopped stays stopped).
+    pub async fn resume(self: &Arc<Self>) {
+        let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
+        let mut tasks = Vec::new();
+        for gear in gears {
+            let node = self.clone();
+            tasks.push(tokio::spawn(async move {
+                let _op = gear.op.lock().await;
+                // whatever was in flight when the node died is over now
+                let record = gear.record();
+                let _ = gear.update(&node.config, |r| {
+                    for d in &mut r.deployments {
+                        if d.state == DeploymentState::Pending {
+                            d.state = DeploymentState::Failed;
+                            d.error = Some("the node stopped during the build".into());
+                        }
+                    }
+                });
+                let startable = record.active.is_some()
+                    || node
+                        .cartridge(&record.cartridge)
+                        .is_ok_and(|c| !c.manifest().deploy.required);
+                if record.state == GearState::Idle {
+                    // an idle gear stays asleep until a request wakes it
+                } else if record.desired == Desired::Running && startable {
+                    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+                    if let Err(e) = node.start_locked(&gear, &tx).await {
+                        tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
+                    }
+                } else if matches!(record.state, GearState::Running | GearState::Starting | GearState::Building | GearState::Stopping) {
+                    let _ = gear.update(&node.config, |r| r.state = GearState::Stopped);
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Stop every gear's processes (node shutdown). Desired states are kept,
+    /// so the gears start again with the node.
+    pub async fn shutdown(&self) {
+        let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
+        for gear in gears {
+            gear.supervisor.stop_all(Duration::from_secs(5)).await;
+        }
+    }
+
+    pub(crate) fn find(&self, gear: &GearRef) -> ApiResult<Arc<Gear>> {
+        lock(&self.gears)
+            .values()
+            .find(|g| {
+                let r = lock(&g.record);
+                r.name == gear.name && r.namespace == gear.namespace
+            })
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "no gear {} in namespace {}; see `gear list`",
+                        gear.name, gear.namespace
+                    ),
+                )
+            })
+    }
+}
+
+/// Which of a gear's logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogKind {
+    /// Its processes' output.
+    App,
+    /// Its hooks' log.
+    Hooks,
+    /// The frontend's access log of its requests.
+    Access,
+}
+
+pub(super) fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| anyhow::anyhow!("cannot set the mode of {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The node's bookkeeping on a state directory of its own, without
+    //! privileges: what is refused before anything is created, names, and
+    //! what the refusals say. Gears themselves (which need root for their
+    //! namespaces and uids) are tested end to end in `gearhost-tests`.
+
+    use super::*;
+    use crate::api::ErrorKind;
+
+    fn node() -> (tempfile::TempDir, Arc<Node>) {
+        let dir = tempfile::tempdir().expect("temporary state directory");
+        let mut config = NodeConfig::embedded();
+        config.state_dir = dir.path().join("state");
+        config.domain = "apps.test".into();
+        let node = Node::open(config).expect("open the node's state");
+        (dir, node)
+    }
+
+    fn gear(name: &str, namespace: &str) -> GearRef {
+        GearRef {
+            name: name.into(),
+            namespace: namespace.into(),
+        }
+    }
+
+    #[test]
+    fn a_new_state_directory_is_laid_out_and_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let (_dir, node) = node();
+        for d in [&node.config().state_dir, &node.config().gears_dir()] {
+            let mode = std::fs::metadata(d).expect("created").permissions().mode();
+            assert_eq!(mode & 0o777, 0o711, "{}", d.display());
+        }
+        assert!(node.config().cartridges_dir().is_dir());
+        assert!(node.list().is_empty());
+        assert!(node.cartridge_list().is_empty());
+    }
+
+    #[tokio::test]
+    async fn bad_names_are_refused_before_anything_is_made() {
+        let (_dir, node) = node();
+        for (name, namespace) in [
+            ("Web", "default"),
+            ("web", "-x"),
+            ("", "default"),
+            ("web", &"n".repeat(33)),
+            ("../etc", "default"),
+        ] {
+            let e = node
+                .create(&gear(name, namespace), "python")
+                .await
+                .expect_err(name);
+            assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
+            assert!(e.message.contains("lower-case letters"), "{e}");
+        }
+        let entries = std::fs::read_dir(node.config().gears_dir())
+            .expect("gears directory")
+            .count();
+        assert_eq!(entries, 0, "nothing was created");
+    }
+
+    #[tokio::test]
+    async fn a_missing_cartridge_or_gear_names_the_command_that_helps() {
+        let (_dir, node) = node();
+        let e = node
+            .create(&gear("web", "default"), "python")
+            .await
+            .expect_err("no cartridge");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert!(e.message.contains("gear cartridge install"), "{e}");
+        let e = node.cartridge_remove("python").expect_err("none installed");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert!(e.message.contains("gear cartridge list"), "{e}");
+        let e = node.show(&gear("web", "default")).expect_err("no gear");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert!(e.message.contains("gear list"), "{e}");
+        let e = node
+            .stop(&gear("web", "default"))
+            .await
+            .expect_err("no gear");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        let e = node
+            .cartridge_install(Path::new("/nonexistent/cartridge"))
+            .expect_err("no directory");
+        assert_eq!(e.kind, ErrorKind::Invalid);
+        assert!(
+            std::fs::read_dir(node.config().cartridges_dir())
+                .expect("store")
+                .next()
+                .is_none(),
+            "a failed install leaves nothing in the store"
+        );
+    }
+
+    #[test]
+    fn public_names_fit_a_dns_label_and_urls_carry_the_frontend_port() {
+        let (_dir, node) = node();
+        let long = "a".repeat(32);
+        let e = node
+            .check_public_name_free(&gear(&long, &long))
+            .expect_err("65 characters");
+        assert!(e.message.contains("at most 63 characters"), "{e}");
+        node.check_public_name_free(&gear("web", "team"))
+            .expect("a free, short name");
+        let record = GearRecord {
+            name: "web".into(),
+            namespace: "team".into(),
+            ..test_record()
+        };
+        assert_eq!(node.public_name(&record), "web-team.apps.test");
+        node.set_frontend_addr("127.0.0.1:80".parse().expect("address"));
+        assert_eq!(node.url(&record), "http://web-team.apps.test/");
+        node.set_frontend_addr("127.0.0.1:8000".parse().expect("address"));
+        assert_eq!(node.url(&record), "http://web-team.apps.test:8000/");
+    }
+
+    fn test_record() -> GearRecord {
+        GearRecord {
+            version: state::RECORD_VERSION,
+            id: "0123456789abcdef".into(),
+            name: "web".into(),
+            namespace: "default".into(),
+            cartridge: "python".into(),
+            uid: 5000,
+            mcs_level: "s0:c0,c1".into(),
+            created: 0,
+            desired: Desired::Stopped,
+            state: GearState::New,
+            failure: None,
+            cartridge_env: BTreeMap::new(),
+            user_env: BTreeMap::new(),
+            deployments: Vec::new(),
+            active: None,
+            next_deployment: 1,
+            links: Vec::new(),
+            aliases: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_gear_update_is_saved_before_it_is_seen() {
+        let (_dir, node) = node();
+        let record = test_record();
+        std::fs::create_dir_all(node.config().gears_dir().join(&record.id)).expect("gear dir");
+        let g = Gear::new(node.config(), record.clone());
+        assert_eq!(g.state(), GearState::New);
+        let next = g
+            .update(node.config(), |r| {
+                r.state = GearState::Running;
+                r.desired = Desired::Running;
+            })
+            .expect("saved");
+        assert_eq!(g.state(), GearState::Running, "the lock-free state follows");
+        assert_eq!(g.record(), next);
+        let (stored, orphans) = state::load_gears(&node.config().gears_dir()).expect("load");
+        assert!(orphans.is_empty());
+        assert_eq!(stored, vec![next]);
+    }
+
+    #[test]
+    fn ids_are_sixteen_random_hex_digits() {
+        let a = gears::new_id();
+        let b = gears::new_id();
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,81 @@
+//! A gear's environment as the API changes it: the layers (system,
+//! cartridge, linked, user), and setting and unsetting user variables.
+
+use super::*;
+use crate::api::GearRef;
+use crate::api::reply;
+use crate::env::{self, Layers};
+use crate::state::GearRecord;
+
+impl Node {
+    pub(super) fn layers(&self, r: &GearRecord) -> Layers {
+        let port = self
+            .cartridge(&r.cartridge)
+            .ok()
+            .and_then(|c| c.manifest().primary_endpoint().map(|e| e.private_port));
+        Layers {
+            system: env::system_layer(r, port, &self.config.domain),
+            cartridge: r.cartridge_env.clone(),
+            linked: self.linked_env(r),
+            user: r.user_env.clone(),
+        }
+    }
+
+    /// Set user variables.
+    pub async fn env_set(
+        &self,
+        gear: &GearRef,
+        vars: Vec<(String, String)>,
+    ) -> ApiResult<reply::EnvChanged> {
+        for (k, v) in &vars {
+            env::check_user_key(k).map_err(invalid)?;
+            if v.len() > 64 * 1024 || v.contains('\0') {
+                return Err(invalid(format!(
+                    "the value of {k} is longer than 64 KiB or contains a NUL byte"
+                )));
+            }
+        }
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        env::check_room(
+            &g.record().user_env,
+            vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            "the gear's environment",
+        )
+        .map_err(invalid)?;
+        g.update(&self.config, |r| {
+            for (k, v) in vars {
+                r.user_env.insert(k, v);
+            }
+        })?;
+        Ok(reply::EnvChanged {
+            note: "restart the gear for running processes to see the change".into(),
+        })
+    }
+
+    /// Remove user variables.
+    pub async fn env_unset(
+        &self,
+        gear: &GearRef,
+        keys: Vec<String>,
+    ) -> ApiResult<reply::EnvRemoved> {
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        g.update(&self.config, |r| {
+            for k in &keys {
+                r.user_env.remove(k);
+            }
+        })?;
+        Ok(reply::EnvRemoved { unset: keys })
+    }
+
+    /// The environment by layer.
+    pub fn env_list(&self, gear: &GearRef) -> ApiResult<reply::Environment> {
+        let r = self.find(gear)?.record();
+        let layers = self.layers(&r);
+        Ok(reply::Environment {
+            effective: layers.effective(),
+            layers: layers.into(),
+        })
+    }
+}
