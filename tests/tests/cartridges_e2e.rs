@@ -166,6 +166,19 @@ fn python_runs_a_plain_app_and_a_wsgi_app_with_requirements() {
     assert!(started.elapsed() < Duration::from_secs(20), "{err}");
     let logs = node.ok(&["logs", "hello", "-n", "50"]);
     assert!(logs.contains("SyntaxError"), "{logs}");
+    // the same lines for programs: one JSON object per line
+    let lines = node.ok(&["logs", "hello", "-n", "50", "--json"]);
+    let entries: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert!(entries.iter().all(|e| e["log"] == "app"), "{lines}");
+    assert!(
+        entries.iter().any(|e| e["line"]
+            .as_str()
+            .is_some_and(|l| l.contains("SyntaxError"))),
+        "{lines}"
+    );
     // an app that never opens its port: the start timeout, then back
     let err = broken("app.py", "import time\nwhile True:\n    time.sleep(1)\n");
     assert!(

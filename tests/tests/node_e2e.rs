@@ -85,6 +85,28 @@ fn a_gear_lives_its_whole_life_through_the_real_cli() {
         String::from_utf8_lossy(&out.stdout),
         format!("{uid}\nweb\none\n")
     );
+    // the command's status is passed on, signals as a shell reports them;
+    // gear's own failures are 125, so they never pass for the command's
+    let killed = node.gear(&["exec", "web", "--", "sh", "-c", "kill -TERM $$"]);
+    assert_eq!(killed.status.code(), Some(128 + 15));
+    for own in [
+        vec!["exec", "no-such-gear", "--", "true"],
+        vec!["exec", "web", "--no-such-flag"],
+        vec![
+            "exec",
+            "web",
+            "--socket",
+            "/nonexistent/node.sock",
+            "--",
+            "true",
+        ],
+    ] {
+        let out = node.gear(&own);
+        assert_eq!(out.status.code(), Some(125), "{own:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{own:?} says why");
+    }
+    // every other command keeps the documented codes
+    assert_eq!(node.gear(&["show", "no-such-gear"]).status.code(), Some(3));
 
     // stop: the frontend says so; start: it answers again
     node.ok(&["stop", "web"]);

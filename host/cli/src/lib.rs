@@ -11,6 +11,11 @@
 //! | 3 | the input is invalid (a manifest, a component, a name) |
 //! | 4 | the environment is missing something (no node, no permission, a kernel feature) |
 //! | 141 | the reader of its standard output went away (as SIGPIPE would end it) |
+//!
+//! `gear exec` is the exception, since it passes on its command's status: it
+//! exits with that status (128 + N when signal N ended the command), and with
+//! 125 when `gear` itself fails (a bad command line, no node, no permission,
+//! no such gear), so a script can tell the two apart, as with `docker run`.
 
 #![forbid(unsafe_code)]
 
@@ -229,8 +234,31 @@ fn init_tracing(verbose: u8) {
 }
 
 /// Parse the command line, run the command, and turn the outcome into an exit code.
+/// What `gear exec` exits with when `gear` itself fails, rather than the
+/// command it runs.
+pub const EXEC_OWN_FAILURE: u8 = 125;
+
+/// Whether the command line asks for `gear exec` (global options may come
+/// before the subcommand).
+fn is_exec(args: &[std::ffi::OsString]) -> bool {
+    args.iter()
+        .skip(1)
+        .map(|a| a.to_string_lossy())
+        .find(|a| !a.starts_with('-'))
+        .is_some_and(|a| a == "exec")
+}
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let exec = is_exec(&args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) if exec && e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::from(EXEC_OWN_FAILURE);
+        }
+        Err(e) => e.exit(),
+    };
     init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Cartridge(CartridgeCommand::Check(args)) => cmd::cartridge_check::run(args),
@@ -279,7 +307,11 @@ pub fn main() -> ExitCode {
                 }
                 Failure::Reported(_) => {}
             }
-            ExitCode::from(failure.code())
+            match failure {
+                Failure::Reported(code) => ExitCode::from(code),
+                _ if exec => ExitCode::from(EXEC_OWN_FAILURE),
+                other => ExitCode::from(other.code()),
+            }
         }
     }
 }

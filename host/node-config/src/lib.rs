@@ -109,8 +109,11 @@ pub struct ConfigError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawConfig {
+    #[serde(default = "default_schema")]
     schema: u32,
+    #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
+    #[serde(default = "default_socket")]
     socket: PathBuf,
     operator_group: Option<String>,
     #[serde(default = "default_domain")]
@@ -118,6 +121,7 @@ struct RawConfig {
     #[serde(default = "default_frontend")]
     frontend: String,
     metrics: Option<String>,
+    #[serde(default)]
     gears: RawGears,
     #[serde(default)]
     http: RawHttp,
@@ -127,6 +131,18 @@ struct RawConfig {
     build: RawBuild,
     #[serde(default)]
     logs: RawLogs,
+}
+
+fn default_schema() -> u32 {
+    1
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/gearhost")
+}
+
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
 }
 
 fn default_domain() -> String {
@@ -139,7 +155,9 @@ fn default_frontend() -> String {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawGears {
+    #[serde(default = "default_uid_min")]
     uid_min: u32,
+    #[serde(default = "default_uid_max")]
     uid_max: u32,
     #[serde(default = "default_subtree")]
     cgroup_subtree: String,
@@ -163,6 +181,35 @@ struct RawGears {
     warm_helpers: usize,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+}
+
+fn default_uid_min() -> u32 {
+    61000
+}
+
+fn default_uid_max() -> u32 {
+    62999
+}
+
+impl Default for RawGears {
+    /// What an empty `[gears]` table gives.
+    fn default() -> Self {
+        RawGears {
+            uid_min: default_uid_min(),
+            uid_max: default_uid_max(),
+            cgroup_subtree: default_subtree(),
+            memory: default_gear_memory(),
+            pids: default_gear_pids(),
+            cpu_millicores: default_gear_cpu(),
+            keep_deployments: default_keep(),
+            crash_limit: default_crash_limit(),
+            crash_window: default_crash_window(),
+            start_timeout: default_start_timeout(),
+            idle_timeout: default_idle_timeout(),
+            warm_helpers: default_warm_helpers(),
+            max_connections: default_max_connections(),
+        }
+    }
 }
 
 fn default_max_connections() -> usize {
@@ -571,6 +618,33 @@ impl NodeConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_field_has_the_documented_default() {
+        let empty = NodeConfig::parse("", "empty.toml").expect("an empty file is a configuration");
+        let embedded = NodeConfig::embedded();
+        assert_eq!(empty.state_dir, Path::new("/var/lib/gearhost"));
+        assert_eq!(empty.socket, Path::new(DEFAULT_SOCKET));
+        assert_eq!((empty.uid_min, empty.uid_max), (61000, 62999));
+        assert_eq!(
+            (
+                empty.uid_min,
+                empty.uid_max,
+                &empty.state_dir,
+                &empty.socket
+            ),
+            (
+                embedded.uid_min,
+                embedded.uid_max,
+                &embedded.state_dir,
+                &embedded.socket
+            ),
+            "the embedded default says what the defaults are"
+        );
+        let only_gears =
+            NodeConfig::parse("[gears]\nmemory = \"1GiB\"\n", "g.toml").expect("parse");
+        assert_eq!((only_gears.uid_min, only_gears.uid_max), (61000, 62999));
+    }
+
     use super::*;
 
     #[test]

@@ -298,7 +298,7 @@ fn landlock() -> LayerCheck {
     )
 }
 
-fn selinux() -> LayerCheck {
+fn selinux(node_program: Option<&Path>) -> LayerCheck {
     if !crate::selinux::is_enabled() {
         return check(
             "selinux",
@@ -307,19 +307,25 @@ fn selinux() -> LayerCheck {
             "disabled: not enabled on this kernel",
         );
     }
+    let node = node_program.map(|p| (p, crate::selinux::file_context(p)));
     let report = selinux_verdict(
         crate::selinux::mode(),
         crate::selinux::context_is_valid,
         crate::selinux::current_context().as_deref(),
+        node.as_ref().map(|(p, label)| (*p, label.as_deref())),
     );
     check("selinux", false, report.0, report.1)
 }
 
-/// The SELinux verdict from the mode, what the loaded policy knows and this process's context.
+/// The SELinux verdict from the mode, what the loaded policy knows, this process's context
+/// and, when this process is not the node, the node program's path and file label: the node
+/// must run in `gear_node_t` at `s0`, which it enters when its program is labelled
+/// `gear_node_exec_t`.
 fn selinux_verdict(
     mode: &str,
     valid: impl Fn(&str) -> bool,
     current: Option<&str>,
+    node_program: Option<(&Path, Option<&str>)>,
 ) -> (LayerStatus, String) {
     // The module's types make these contexts valid once it is loaded.
     let module_types = ["gear_t", "gear_file_t", "gear_node_t"];
@@ -347,25 +353,52 @@ fn selinux_verdict(
     let me = current.unwrap_or("unknown");
     // user:role:type:range; the range is everything after the third colon
     let range = me.splitn(4, ':').nth(3).unwrap_or("");
-    if !crate::selinux::range_is_s0(range) {
-        return (
-            LayerStatus::Missing,
-            format!(
-                "{mode}; gear policy module loaded, but this process runs as {me}: gears could not use the pipes and sockets it hands them (their logs); run the node in gear_node_t at s0, which the module does for the gear binary when it is labelled (restorecon -v $(command -v gear))"
-            ),
-        );
-    }
+    // this process is the node, or runs the way the node must; else the node's program decides
+    let node = if crate::selinux::range_is_s0(range) {
+        format!("running as {me}")
+    } else {
+        let label_type = |label: &str| label.split(':').nth(2).map(str::to_owned);
+        match node_program {
+            Some((path, Some(label)))
+                if label_type(label).as_deref() == Some("gear_node_exec_t") =>
+            {
+                format!(
+                    "the node ({}, gear_node_exec_t) runs as gear_node_t:s0",
+                    path.display()
+                )
+            }
+            Some((path, label)) => {
+                return (
+                    LayerStatus::Missing,
+                    format!(
+                        "{mode}; gear policy module loaded, but the node's program {} is labelled {}, not gear_node_exec_t: the node would run as its caller (here {me}) and gears could not use the pipes and sockets it hands them (their logs); label it: restorecon -v {}",
+                        path.display(),
+                        label.unwrap_or("nothing"),
+                        path.display()
+                    ),
+                );
+            }
+            None => {
+                return (
+                    LayerStatus::Missing,
+                    format!(
+                        "{mode}; gear policy module loaded, but this process runs as {me} and the node's program (gearhost-node) was not found to check its label; install it beside gear and label it (restorecon -v /usr/local/bin/gearhost-node)"
+                    ),
+                );
+            }
+        }
+    };
     if mode != "enforcing" {
         return (
             LayerStatus::Partial,
             format!(
-                "{mode}; gear policy module loaded; labels are applied but denials are only logged (setenforce 1); running as {me}"
+                "{mode}; gear policy module loaded; labels are applied but denials are only logged (setenforce 1); {node}"
             ),
         );
     }
     (
         LayerStatus::Enforced,
-        format!("enforcing; gear policy module loaded; running as {me}"),
+        format!("enforcing; gear policy module loaded; {node}"),
     )
 }
 
@@ -547,6 +580,12 @@ fn parse_release(release: &str) -> (u32, u32) {
 
 /// Checks every layer on this machine.
 pub fn host_capabilities() -> HostReport {
+    host_capabilities_for(None)
+}
+
+/// [`host_capabilities`] as seen for a node started from `node_program` (SELinux: the
+/// program's label decides the domain the node runs in, when the caller is not the node).
+pub fn host_capabilities_for(node_program: Option<&Path>) -> HostReport {
     HostReport {
         kernel: kernel_release(),
         layers: vec![
@@ -555,7 +594,7 @@ pub fn host_capabilities() -> HostReport {
             credentials(),
             seccomp(),
             landlock(),
-            selinux(),
+            selinux(node_program),
             cgroups(),
             rlimits(),
             rootless(),
@@ -638,21 +677,21 @@ mod tests {
     #[test]
     fn selinux_verdicts_name_the_mode_and_the_module() {
         let node = Some("system_u:system_r:gear_node_t:s0");
-        let (status, detail) = selinux_verdict("enforcing", |_| true, node);
+        let (status, detail) = selinux_verdict("enforcing", |_| true, node, None);
         assert_eq!(status, LayerStatus::Enforced);
         assert!(
             detail.starts_with("enforcing; gear policy module loaded"),
             "{detail}"
         );
 
-        let (status, detail) = selinux_verdict("permissive", |_| true, node);
+        let (status, detail) = selinux_verdict("permissive", |_| true, node, None);
         assert_eq!(status, LayerStatus::Partial);
         assert!(
             detail.starts_with("permissive; gear policy module loaded"),
             "{detail}"
         );
 
-        let (status, detail) = selinux_verdict("enforcing", |c| !c.contains("gear_"), node);
+        let (status, detail) = selinux_verdict("enforcing", |c| !c.contains("gear_"), node, None);
         assert_eq!(status, LayerStatus::Missing);
         assert!(detail.contains("gear policy module not loaded"), "{detail}");
         assert!(
@@ -660,13 +699,37 @@ mod tests {
             "{detail}"
         );
 
+        // an administrator's shell: the node program's label decides
+        let admin = Some("unconfined_u:unconfined_r:unconfined_t:s0-s0:c0.c1023");
+        let program = Path::new("/usr/local/bin/gearhost-node");
         let (status, detail) = selinux_verdict(
             "enforcing",
             |_| true,
-            Some("unconfined_u:unconfined_r:unconfined_t:s0-s0:c0.c1023"),
+            admin,
+            Some((program, Some("system_u:object_r:gear_node_exec_t:s0"))),
+        );
+        assert_eq!(status, LayerStatus::Enforced);
+        assert!(
+            detail.ends_with(
+                "the node (/usr/local/bin/gearhost-node, gear_node_exec_t) runs as gear_node_t:s0"
+            ),
+            "{detail}"
+        );
+        let (status, detail) = selinux_verdict(
+            "enforcing",
+            |_| true,
+            admin,
+            Some((program, Some("system_u:object_r:bin_t:s0"))),
         );
         assert_eq!(status, LayerStatus::Missing);
-        assert!(detail.contains("gear_node_t at s0"), "{detail}");
+        assert!(
+            detail.contains("labelled system_u:object_r:bin_t:s0")
+                && detail.contains("restorecon -v /usr/local/bin/gearhost-node"),
+            "{detail}"
+        );
+        let (status, detail) = selinux_verdict("enforcing", |_| true, admin, None);
+        assert_eq!(status, LayerStatus::Missing);
+        assert!(detail.contains("was not found"), "{detail}");
     }
 
     #[test]

@@ -538,6 +538,15 @@ pub fn current_context() -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
+/// The SELinux label of the file at `path` (not following a final symlink), e.g.
+/// `system_u:object_r:gear_node_exec_t:s0`.
+pub fn file_context(path: &Path) -> Option<String> {
+    let context = ::selinux::SecurityContext::of_path(path, true, false).ok()??;
+    let text = context.to_c_string().ok()??;
+    let text = text.to_string_lossy().trim_end_matches('\0').to_string();
+    (!text.is_empty()).then_some(text)
+}
+
 /// Whether an MLS range (the part of a context after its type) is the single level `s0`, the
 /// level the node must run at: the pipes and sockets it hands a gear carry the node's level,
 /// and a gear may only use what its own level dominates.

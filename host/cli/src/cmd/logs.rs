@@ -24,6 +24,10 @@ pub struct Args {
     /// Show the frontend's access log of the gear's requests instead.
     #[arg(long)]
     pub access: bool,
+    /// Print each line as a JSON object (`{"log": "app", "line": "..."}`),
+    /// one per line, so a program can follow the log.
+    #[arg(long)]
+    pub json: bool,
     /// How to reach the node.
     #[command(flatten)]
     pub target: Target,
@@ -38,9 +42,20 @@ pub fn run(args: Args) -> CmdResult {
         hooks: args.hooks,
         access: args.access,
     };
-    // the lines go to stdout as they are, whatever kind of event brings them
-    call_with(&args.target, op, |event| match event {
-        Event::Line(line) | Event::Progress(line) => println!("{line}"),
+    let log = match (args.hooks, args.access) {
+        (_, true) => "access",
+        (true, false) => "hooks",
+        (false, false) => "app",
+    };
+    // the lines go to stdout, whatever kind of event brings them
+    call_with(&args.target, op, |event| {
+        let (Event::Line(line) | Event::Progress(line)) = event;
+        if args.json {
+            let entry = serde_json::json!({ "log": log, "line": line });
+            println!("{entry}");
+        } else {
+            println!("{line}");
+        }
     })?;
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! layer, in the spirit of OpenShift's `oo-accept-node`. Exits 4 when a
 //! required layer is missing.
 
-use gearhost_sandbox::check::host_capabilities;
+use gearhost_sandbox::check::host_capabilities_for;
 
 use crate::output::print_json;
 use crate::{CmdResult, Failure};
@@ -17,7 +17,9 @@ pub struct Args {
 
 /// Run the command.
 pub fn run(args: Args) -> CmdResult {
-    let report = host_capabilities();
+    // SELinux: the node's domain comes from its program's label
+    let node = super::node_run::find_node().ok();
+    let report = host_capabilities_for(node.as_deref());
     if args.json {
         print_json(&report)?;
     } else {

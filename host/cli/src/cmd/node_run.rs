@@ -26,7 +26,7 @@ pub struct Args {
 /// Where `gearhost-node` is: `$GEARHOST_NODE_BIN`, else beside this `gear`
 /// (or one directory up, as in a cargo target directory's `deps/`), else
 /// on `PATH`.
-fn find_node() -> Result<PathBuf, Failure> {
+pub(crate) fn find_node() -> Result<PathBuf, Failure> {
     if let Some(path) = std::env::var_os("GEARHOST_NODE_BIN") {
         return Ok(PathBuf::from(path));
     }

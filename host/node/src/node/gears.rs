@@ -42,7 +42,7 @@ impl Node {
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorKind::Conflict,
-                    "the node's uid range is full; destroy unused gears or widen gears.uid-range",
+                    "the node's uid range is full; destroy unused gears, or widen the range (gears.uid-min, gears.uid-max in the node configuration)",
                 )
             })?;
         let mcs = gearhost_sandbox::selinux::mcs_level_for_uid(uid).map_err(internal)?;
