@@ -560,7 +560,7 @@ pub fn on_terminal(command: &str, env: &[(&str, &std::ffi::OsStr)]) -> (Option<i
 /// Whether this kernel lets this process use io_uring (what the node's
 /// frontend needs to batch its sends).
 pub fn io_uring_allowed() -> bool {
-    gearhost_sandbox::sendbatch::SendBatch::new().is_ok()
+    gearhost_sys::sendbatch::SendBatch::new().is_ok()
 }
 
 /// Runs `gear` (`command`, up to the `--` before the command in the gear) on a terminal of a

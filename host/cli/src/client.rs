@@ -126,7 +126,7 @@ fn send(
 ) -> Result<(), Failure> {
     let mut line = serde_json::to_vec(request).map_err(|e| Failure::Failed(e.into()))?;
     line.push(b'\n');
-    gearhost_sandbox::fdpass::send_with_fds(stream, &line, fds).map_err(|e| {
+    gearhost_sys::fdpass::send_with_fds(stream, &line, fds).map_err(|e| {
         Failure::Environment(anyhow::anyhow!("cannot send the request to the node: {e}"))
     })?;
     let mut s = stream;

@@ -323,7 +323,7 @@ pub struct Frontend {
     /// Client connections accepted.
     pub connections_total: AtomicU64,
     /// The send batches of the workers that have one (`http.batch-sends`).
-    pub batches: Mutex<Vec<Arc<gearhost_sandbox::sendbatch::SendBatch>>>,
+    pub batches: Mutex<Vec<Arc<gearhost_sys::sendbatch::SendBatch>>>,
     /// The workers' queues of new connections, and which worker is next.
     workers: Mutex<Vec<WorkerQueue>>,
     next_worker: AtomicUsize,

@@ -358,7 +358,7 @@ async fn exec_on_terminal(
     let relay = std::thread::Builder::new()
         .name("gear-exec-terminal".into())
         .spawn(move || {
-            gearhost_sandbox::relay_terminal(&caller_in, &caller_out, &terminal, resized.as_ref())
+            gearhost_sys::relay_terminal(&caller_in, &caller_out, &terminal, resized.as_ref())
         })
         .map_err(|e| HostError::Failed(format!("cannot relay the terminal: {e}")))?;
     let status = wait_exit(&mut child).await;

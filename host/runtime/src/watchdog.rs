@@ -9,7 +9,7 @@
 //!
 //! So every call is watched: [`Watched`] records which thread is inside a poll of the hook,
 //! and the runtime's epoch ticker thread, at every tick, interrupts that thread (a signal,
-//! [`gearhost_sandbox::interrupt`]) when the call's deadline has passed or it was cancelled.
+//! [`gearhost_sys::interrupt`]) when the call's deadline has passed or it was cancelled.
 //! The interrupted system call returns `EINTR`, the guest gets an error, and the epoch check
 //! traps as soon as wasm code runs again. A thread is only interrupted while it is inside the
 //! poll of the call that is due, never in other work.
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use gearhost_sandbox::interrupt::{self, Interrupter, ThreadId};
+use gearhost_sys::interrupt::{self, Interrupter, ThreadId};
 
 /// A cancellation flag for one or more hook calls, cheap to clone; every clone sees the same
 /// flag. Cancelling is final.

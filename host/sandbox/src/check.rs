@@ -524,7 +524,7 @@ fn io_uring_verdict(ring: Result<(), String>, disabled: Option<&str>) -> (LayerS
 }
 
 fn io_uring() -> LayerCheck {
-    let ring = crate::sendbatch::SendBatch::new()
+    let ring = gearhost_sys::sendbatch::SendBatch::new()
         .map(drop)
         .map_err(|e| e.to_string());
     let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok();

@@ -143,7 +143,7 @@ pub fn run(args: Args) -> CmdResult {
     };
     // told when this terminal changes size (before any thread starts: see window_changes)
     let resized = on_terminal
-        .then(|| gearhost_sandbox::window_changes().ok())
+        .then(|| gearhost_sys::window_changes().ok())
         .flatten();
     if on_terminal {
         spec.stdio.terminal = true;
@@ -159,13 +159,13 @@ pub fn run(args: Args) -> CmdResult {
     if let Some(terminal) = child.take_terminal() {
         use std::os::fd::AsFd;
         let caller_in = std::io::stdin();
-        let raw = gearhost_sandbox::RawTerminal::enter(caller_in.as_fd()).ok();
+        let raw = gearhost_sys::RawTerminal::enter(caller_in.as_fd()).ok();
         let (input, output) = (
             caller_in.as_fd().try_clone_to_owned(),
             std::io::stdout().as_fd().try_clone_to_owned(),
         );
         if let (Ok(input), Ok(output)) = (input, output) {
-            gearhost_sandbox::relay_terminal(
+            gearhost_sys::relay_terminal(
                 &std::fs::File::from(input),
                 &std::fs::File::from(output),
                 &terminal,
