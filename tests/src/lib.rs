@@ -34,7 +34,7 @@ pub fn guest_target_dir() -> PathBuf {
 pub fn build_guest(package: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
-    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+    let mut built = gearhost_sys::lock::lock(built);
     if let Some(path) = built.get(package) {
         return path.clone();
     }

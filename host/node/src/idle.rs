@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::api::{ApiError, ErrorKind, GearRef};
-use crate::node::{ApiResult, Gear, Node, Progress, invalid, lock};
+use crate::node::{ApiResult, Gear, Node, Progress, invalid};
 use crate::state::{Desired, GearState};
+use gearhost_sys::lock::lock;
 
 impl Node {
     /// Wake an idle gear for a request: start it (once, however many

@@ -26,8 +26,9 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::api::{ApiError, ErrorKind, GearRef};
-use crate::node::{ApiResult, Gear, Node, internal, invalid, lock};
+use crate::node::{ApiResult, Gear, Node, internal, invalid};
 use crate::state::{self, GearRecord, Link};
+use gearhost_sys::lock::lock;
 
 /// How long the proxy waits for the linked gear to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -13,6 +13,7 @@ use gearhost_runtime::{
     HookKind, HostError, LogLevel, LogSource, Preopen, ProcessInfo, RequestContext, RestartPolicy,
     Runtime, RuntimeConfig, Signal,
 };
+use gearhost_sys::lock::lock;
 use serde_json::json;
 
 use crate::api::{ApiError, ErrorKind, GearRef};
@@ -80,10 +81,6 @@ const STATES: [GearState; 8] = [
 
 fn state_index(state: GearState) -> u8 {
     STATES.iter().position(|s| *s == state).unwrap_or(0) as u8
-}
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Gear {

@@ -14,6 +14,7 @@ use gearhost_runtime::{
     CommandSpec, ExitStatus, HostError, ProcessInfo, ProcessState, RestartPolicy, Signal,
 };
 use gearhost_sandbox::{Bind, CgroupPlacement, Sandbox, SandboxSpec, Sandboxed, Stdio};
+use gearhost_sys::lock::lock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -440,10 +441,6 @@ struct Proc {
 pub struct Supervisor {
     procs: Mutex<BTreeMap<String, Arc<Proc>>>,
     counter: AtomicU32,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Supervisor {

@@ -648,7 +648,7 @@ type Groups = BTreeMap<String, (Limits, CgroupReport, PathBuf)>;
 
 fn lock_groups() -> std::sync::MutexGuard<'static, Groups> {
     static GROUPS: std::sync::Mutex<Groups> = std::sync::Mutex::new(BTreeMap::new());
-    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+    gearhost_sys::lock::lock(&GROUPS)
 }
 
 fn write_group(

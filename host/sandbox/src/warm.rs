@@ -245,7 +245,7 @@ static CHANGED: Condvar = Condvar::new();
 
 fn pools() -> MutexGuard<'static, Vec<Pool>> {
     // A panic elsewhere while holding the lock leaves plain data behind; keep using it.
-    POOLS.lock().unwrap_or_else(|e| e.into_inner())
+    gearhost_sys::lock::lock(&POOLS)
 }
 
 /// Keeps `count` helpers of `init` prepared and waiting (0 stops keeping any and ends the

@@ -17,6 +17,7 @@
 pub mod fdpass;
 #[allow(unsafe_code)]
 pub mod interrupt;
+pub mod lock;
 #[allow(unsafe_code)]
 pub mod sendbatch;
 #[allow(unsafe_code)]
