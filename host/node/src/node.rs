@@ -1673,7 +1673,7 @@ fn new_id() -> String {
         use std::io::Read;
         let _ = f.read_exact(&mut bytes);
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    gearhost_sys::hex::encode(&bytes)
 }
 
 fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {

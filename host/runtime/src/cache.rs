@@ -91,7 +91,7 @@ impl ComponentCache {
 
     /// SHA-256 of `bytes`, hex.
     pub fn content_hash(bytes: &[u8]) -> String {
-        hex(&Sha256::digest(bytes))
+        gearhost_sys::hex::encode(&Sha256::digest(bytes))
     }
 
     fn entry_path(&self, content_hash: &str) -> PathBuf {
@@ -212,14 +212,4 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> 
     unsafe {
         Component::deserialize(engine, artifact)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

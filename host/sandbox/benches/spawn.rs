@@ -241,13 +241,9 @@ impl Drop for CrunRunner {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    gearhost_sys::proc_status::Status::own()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .and_then(|s| s.kib("VmRSS"))
         .unwrap_or(0)
 }
 

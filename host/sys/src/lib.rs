@@ -15,9 +15,11 @@
 
 #[allow(unsafe_code)]
 pub mod fdpass;
+pub mod hex;
 #[allow(unsafe_code)]
 pub mod interrupt;
 pub mod lock;
+pub mod proc_status;
 #[allow(unsafe_code)]
 pub mod sendbatch;
 #[allow(unsafe_code)]

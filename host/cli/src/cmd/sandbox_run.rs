@@ -55,17 +55,12 @@ fn parse_memory(text: &str) -> Result<u64, String> {
     parse_size(text).ok_or_else(|| format!("invalid size {text:?}: use e.g. 256MiB or 1GiB"))
 }
 
-/// This process's effective uid (`Uid:`) or gid (`Gid:`), from `/proc/self/status`.
+/// This process's effective uid (`Uid`) or gid (`Gid`), from `/proc/self/status`.
 fn own_id(field: &str) -> u32 {
-    std::fs::read_to_string("/proc/self/status")
+    gearhost_sys::proc_status::Status::own()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(u32::MAX)
+        .and_then(|s| s.ids(field))
+        .map_or(u32::MAX, |ids| ids.effective)
 }
 
 /// Run the command.
@@ -89,7 +84,7 @@ pub fn run(args: Args) -> CmdResult {
     let uid = match args.uid {
         Some(uid) => uid,
         None if root => 60999,
-        None => own_id("Uid:"),
+        None => own_id("Uid"),
     };
     if root && (uid == 0 || args.gid == Some(0)) {
         return Err(Failure::Invalid(anyhow::anyhow!(
@@ -111,7 +106,7 @@ pub fn run(args: Args) -> CmdResult {
     let gid = match args.gid {
         Some(gid) => gid,
         None if root => uid,
-        None => own_id("Gid:"),
+        None => own_id("Gid"),
     };
     if root {
         std::os::unix::fs::chown(&home, Some(uid), Some(gid))
