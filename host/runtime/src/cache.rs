@@ -201,7 +201,8 @@ impl ComponentCache {
 }
 
 fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
-    // The one unsafe operation outside host/sandbox (see docs/ARCHITECTURE.md).
+    // The runtime's one unsafe operation (see "Where unsafe code lives" in
+    // docs/ARCHITECTURE.md).
     #[allow(unsafe_code)]
     // SAFETY: `artifact` was produced by `Component::serialize` of an engine
     // with the same compatibility hash (it is part of the file name), written

@@ -537,8 +537,9 @@ impl GearCgroup {
                     let _ = std::fs::write(f, "FROZEN");
                 }
                 for pid in self.pids() {
-                    // SAFETY: kill takes plain integers; a pid that vanished yields ESRCH.
-                    if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                    // a pid that vanished yields ESRCH
+                    let pid = nix::unistd::Pid::from_raw(pid);
+                    if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
                         killed += 1;
                     }
                 }

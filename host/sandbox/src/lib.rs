@@ -2,9 +2,10 @@
 //! an unprivileged uid with no capabilities and `no_new_privs`, seccomp, Landlock, SELinux
 //! (where enabled), cgroups and rlimits. Breaking one layer still leaves the others.
 //!
-//! Every unsafe block says why it is sound, and unsafe code is allowed only in the modules that
-//! make system calls `nix` does not wrap (see "Where unsafe code lives" in
-//! docs/ARCHITECTURE.md). The API is small and safe:
+//! Every unsafe block says why it is sound, and unsafe code is allowed only in the three modules
+//! that need it: `sys` (the system calls `nix` does not wrap), [`helper`] (the gear's first
+//! process) and [`launch`] (see "Where unsafe code lives" in docs/ARCHITECTURE.md). The API is
+//! small and safe:
 //!
 //! - build a [`SandboxSpec`], call [`Sandbox::spawn`], get a [`Sandboxed`] (pid, pidfd, stdio,
 //!   wait, kill, teardown) and its [`LayerReport`];
@@ -28,15 +29,14 @@
 //! gear.teardown()?;
 //! # Ok::<(), gearhost_sandbox::SandboxError>(())
 //! ```
-#![allow(unsafe_code)]
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 pub mod cgroup;
 pub mod check;
 mod confine;
 mod error;
 #[doc(hidden)]
+#[allow(unsafe_code)] // the child's side of the clone: raw descriptors, prctl, execve
 pub mod helper;
+#[allow(unsafe_code)] // borrows the node's standard descriptors
 pub mod launch;
 pub mod netns;
 #[doc(hidden)]
@@ -46,6 +46,7 @@ mod rootfs;
 pub mod seccomp;
 pub mod selinux;
 pub mod spec;
+#[allow(unsafe_code)] // the system calls nix does not wrap, as safe functions
 mod sys;
 pub mod warm;
 
