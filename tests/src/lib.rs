@@ -475,10 +475,11 @@ impl Drop for TestNode {
                     .status();
             }
         }
-        for ctl in ["memory", "pids", "cpu", "cpuacct", "freezer"] {
-            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctl).join(&self.subtree));
+        if let Ok(mounts) = gearhost_sandbox::cgroup::detect() {
+            for root in gearhost_sandbox::cgroup::roots(&mounts) {
+                let _ = std::fs::remove_dir(root.join(&self.subtree));
+            }
         }
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.subtree));
     }
 }
 

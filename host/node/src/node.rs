@@ -1349,10 +1349,9 @@ impl Node {
         }
         let g = self.find(gear)?;
         let sandbox = self.sandbox(&g, g.record().active);
-        let leaf = format!(
-            "{}-x{}",
-            g.record().id,
-            g.execs.fetch_add(1, Ordering::Relaxed)
+        let leaf = gearhost_sandbox::cgroup::exec_leaf(
+            &g.record().id,
+            g.execs.fetch_add(1, Ordering::Relaxed),
         );
         let status = procs::exec_attached(&sandbox, &leaf, argv, fds, resized)
             .await
@@ -1571,10 +1570,9 @@ impl GearHost for NodeHost {
             } else {
                 self.config.hook_timeout
             };
-            let leaf = format!(
-                "{}-x{}",
-                self.sandbox.id,
-                self.gear.execs.fetch_add(1, Ordering::Relaxed)
+            let leaf = gearhost_sandbox::cgroup::exec_leaf(
+                &self.sandbox.id,
+                self.gear.execs.fetch_add(1, Ordering::Relaxed),
             );
             let net = if network {
                 Some(
@@ -1747,31 +1745,8 @@ fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
 /// every process start's cgroup in it, and leaves a node of an earlier
 /// version made directly under the subtree (`<id>-...`).
 fn remove_gear_cgroups(subtree: &str, id: &str) {
-    if let Err(e) = gearhost_sandbox::cgroup::remove_group(subtree, id) {
-        tracing::warn!(gear = %id, error = %e, "the gear's cgroup group could not be removed");
-    }
-    let Ok(mounts) = gearhost_sandbox::cgroup::detect() else {
-        return;
-    };
-    let roots: Vec<PathBuf> = match mounts.layout {
-        gearhost_sandbox::CgroupLayout::V2 => mounts.v2.into_iter().collect(),
-        _ => mounts.v1.into_values().collect(),
-    };
-    // a leaf exists once per hierarchy; teardown handles all of them at once
-    let prefix = format!("{id}-");
-    let leaves: std::collections::BTreeSet<String> = roots
-        .iter()
-        .filter_map(|root| std::fs::read_dir(root.join(subtree)).ok())
-        .flat_map(|entries| entries.flatten())
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(&prefix))
-        .collect();
-    for leaf in leaves {
-        let placement = gearhost_sandbox::CgroupPlacement {
-            subtree: subtree.to_string(),
-            leaf,
-        };
-        let _ = gearhost_sandbox::teardown(&placement);
+    if let Err(e) = gearhost_sandbox::cgroup::remove_gear(subtree, id) {
+        tracing::warn!(gear = %id, error = %e, "the gear's cgroups could not all be removed");
     }
 }
 
