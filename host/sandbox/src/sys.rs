@@ -1,6 +1,14 @@
-//! Thin wrappers over the Linux system calls that `nix` does not cover (openat2, mount_setattr,
-//! close_range, pidfds, capset, clone with a pidfd, Landlock's version query, interface flags,
-//! extended attributes through a descriptor, getdents64).
+//! The sandbox's one module of raw system calls: thin wrappers over what `nix` does not cover
+//! (openat2, open_tree, move_mount, mount_setattr, close_range, pidfd_open,
+//! pidfd_send_signal, `waitid` on a pidfd with real-time signals, capset, the capability
+//! `prctl`s, clone with a pidfd, Landlock's version query, interface flags, extended attributes
+//! through a descriptor, getdents64, a duplicate above a given number).
+//!
+//! The rest of the crate makes its system calls through `nix` (or `std`), and calls these
+//! wrappers for the others; it does not call `libc` functions itself (the exceptions are the
+//! `gearhost-init` child in `helper.rs`, see "Where unsafe code lives" in
+//! docs/ARCHITECTURE.md). A few wrappers here (`mkdirat`, `create_file_at`) use `nix` too and
+//! only add the treatment of an existing entry.
 //!
 //! Each wrapper is safe to call: it takes owned Rust values, hands the kernel pointers that live
 //! for the whole call, and turns `-1` into an [`std::io::Error`].
@@ -160,40 +168,28 @@ pub(crate) fn move_mount_to(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io:
 
 /// Creates directory `name` in `dir` (an existing entry is not an error).
 pub(crate) fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated and lives for the call.
-    let ret = unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) };
-    if ret < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EEXIST) {
-            return Ok(());
-        }
-        return Err(err);
+    match nix::sys::stat::mkdirat(dir, name, nix::sys::stat::Mode::from_bits_truncate(mode)) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 /// Creates an empty regular file `name` in `dir` to mount a file on (an existing entry is not
 /// an error; symlinks are never followed).
 pub(crate) fn create_file_at(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
-    // SAFETY: `name` is NUL-terminated and lives for the call.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            0o444 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        let err = io::Error::last_os_error();
-        if err.raw_os_error() == Some(libc::EEXIST) {
-            return Ok(());
+    use nix::fcntl::OFlag;
+    let flags =
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mode = nix::sys::stat::Mode::from_bits_truncate(0o444);
+    match nix::fcntl::openat(dir, name, flags, mode) {
+        // closing the fresh descriptor is all that is needed
+        Ok(fd) => {
+            drop(fd);
+            Ok(())
         }
-        return Err(err);
+        Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e.into()),
     }
-    // SAFETY: a fresh descriptor we own; closing it is all we need.
-    drop(unsafe { OwnedFd::from_raw_fd(fd) });
-    Ok(())
 }
 
 /// Marks every descriptor from `first` upwards close-on-exec, so none survives the next execve.
@@ -365,13 +361,13 @@ struct IfReqFlags {
 
 /// Brings the loopback interface of the current network namespace up.
 pub(crate) fn loopback_up() -> io::Result<()> {
-    // SAFETY: socket() takes plain integers.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh descriptor owned by nobody else.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     let mut req = IfReqFlags {
         name: [0; libc::IFNAMSIZ],
         flags: 0,
