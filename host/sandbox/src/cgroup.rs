@@ -918,7 +918,10 @@ pub fn remove_gear(subtree: &str, gear: &str) -> Result<TeardownReport, CgroupEr
         }
         Err(e) => first_error = Some(e),
     }
-    let mounts = detect()?;
+    let mounts = match detect() {
+        Ok(mounts) => mounts,
+        Err(e) => return Err(first_error.unwrap_or(e)),
+    };
     // a leaf exists once per hierarchy; teardown handles all of them at once
     for leaf in legacy_leaves(&mounts, subtree, gear) {
         let placement = CgroupPlacement {
