@@ -99,10 +99,13 @@
 //!
 //! # Unsafe code
 //!
-//! The only unsafe code is the generated glue in a hidden module (and the
-//! exported functions that [`export_cartridge!`] expands to); everything
-//! written by hand is safe. A cartridge crate can itself be
-//! `#![forbid(unsafe_code)]`: the export macro's expansion does not trip it.
+//! Unsafe code is the generated glue in a hidden module (and the exported
+//! functions that [`export_cartridge!`] expands to), plus one hand-written
+//! block: on `wasm32-wasip2`, before each hook, the SDK points wasi-libc's
+//! private working-directory variable (`__wasilibc_cwd`) at the gear's home
+//! (`set_current_dir` would do it too, at a third of a trivial hook's time).
+//! Its `SAFETY` comment says why that is sound. A cartridge crate can itself be `#![forbid(unsafe_code)]`:
+//! the export macro's expansion does not trip it.
 
 #![warn(missing_docs)]
 #![deny(unsafe_code)]

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 
+use gearhost_sys::proc_status::Status;
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,7 +36,7 @@ pub fn guest_target_dir() -> PathBuf {
 pub fn build_guest(package: &str) -> PathBuf {
     static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
-    let mut built = built.lock().unwrap_or_else(|p| p.into_inner());
+    let mut built = gearhost_sys::lock::lock(built);
     if let Some(path) = built.get(package) {
         return path.clone();
     }
@@ -134,14 +136,7 @@ pub fn gear_bin() -> PathBuf {
 
 /// Whether this process runs with effective uid 0.
 pub fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
+    gearhost_sys::proc_status::is_root()
 }
 
 /// Whether this process may run privileged tests. When it cannot and
@@ -480,10 +475,11 @@ impl Drop for TestNode {
                     .status();
             }
         }
-        for ctl in ["memory", "pids", "cpu", "cpuacct", "freezer"] {
-            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctl).join(&self.subtree));
+        if let Ok(mounts) = gearhost_sandbox::cgroup::detect() {
+            for root in gearhost_sandbox::cgroup::roots(&mounts) {
+                let _ = std::fs::remove_dir(root.join(&self.subtree));
+            }
         }
-        let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(&self.subtree));
     }
 }
 
@@ -499,21 +495,13 @@ pub fn processes_of(uid: u32) -> Vec<String> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
         let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .map(str::trim)
-                .unwrap_or_default()
-        };
-        let real = field("Uid:")
-            .split_whitespace()
-            .next()
-            .and_then(|u| u.parse::<u32>().ok());
-        if real == Some(uid) && !field("State:").starts_with('Z') {
+        let status = Status::from_text(status);
+        let field = |name: &str| status.field(name).unwrap_or_default();
+        let real = status.ids("Uid").map(|ids| ids.real);
+        if real == Some(uid) && !field("State").starts_with('Z') {
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            found.push(format!("{}: {}", field("Name:"), cmdline.trim_end()));
+            found.push(format!("{}: {}", field("Name"), cmdline.trim_end()));
         }
     }
     found
@@ -521,13 +509,9 @@ pub fn processes_of(uid: u32) -> Vec<String> {
 
 /// The resident memory of process `pid`, in KiB (0 if it cannot be read).
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
+    Status::of(pid)
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
+        .and_then(|s| s.kib("VmRSS"))
         .unwrap_or(0)
 }
 
@@ -560,7 +544,7 @@ pub fn on_terminal(command: &str, env: &[(&str, &std::ffi::OsStr)]) -> (Option<i
 /// Whether this kernel lets this process use io_uring (what the node's
 /// frontend needs to batch its sends).
 pub fn io_uring_allowed() -> bool {
-    gearhost_sandbox::sendbatch::SendBatch::new().is_ok()
+    gearhost_sys::sendbatch::SendBatch::new().is_ok()
 }
 
 /// Runs `gear` (`command`, up to the `--` before the command in the gear) on a terminal of a

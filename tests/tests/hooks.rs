@@ -89,23 +89,20 @@ impl GearHost for DirectHost {
     }
     fn log(&self, _: HookKind, _: LogSource, _: LogLevel, _: &str) {}
     fn env_get(&self, key: &str) -> Option<String> {
-        let env = self.env.lock().unwrap_or_else(|p| p.into_inner());
+        let env = gearhost_sys::lock::lock(&self.env);
         env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
     }
     fn env_list(&self) -> Vec<(String, String)> {
-        self.env.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        gearhost_sys::lock::lock(&self.env).clone()
     }
     fn env_set(&self, key: &str, value: &str) -> Result<(), HostError> {
-        let mut env = self.env.lock().unwrap_or_else(|p| p.into_inner());
+        let mut env = gearhost_sys::lock::lock(&self.env);
         env.retain(|(k, _)| k != key);
         env.push((key.into(), value.into()));
         Ok(())
     }
     fn env_unset(&self, key: &str) -> Result<(), HostError> {
-        self.env
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(k, _)| k != key);
+        gearhost_sys::lock::lock(&self.env).retain(|(k, _)| k != key);
         Ok(())
     }
     fn exec(
@@ -113,10 +110,7 @@ impl GearHost for DirectHost {
         ctx: RequestContext,
         cmd: CommandSpec,
     ) -> BoxFuture<'_, Result<ExecOutput, HostError>> {
-        self.execs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((ctx, cmd.clone()));
+        gearhost_sys::lock::lock(&self.execs).push((ctx, cmd.clone()));
         Box::pin(async move {
             let out = tokio::process::Command::new(&cmd.program)
                 .args(&cmd.args)

@@ -2,14 +2,13 @@
 //! with real cartridges built from the SDK, apps answering through the
 //! frontend from inside their gears.
 
-use std::path::Path;
-
 use gearhost_tests::{TestNode, cartridge_dir, json, privileged, processes_of};
 
 fn cgroup_leaves(subtree: &str, id: &str) -> Vec<String> {
     let mut found = Vec::new();
-    for ctl in ["memory", "pids", "cpu", "freezer", ""] {
-        let dir = Path::new("/sys/fs/cgroup").join(ctl).join(subtree);
+    let mounts = gearhost_sandbox::cgroup::detect().expect("cgroup mounts");
+    for root in gearhost_sandbox::cgroup::roots(&mounts) {
+        let dir = root.join(subtree);
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with(id) {

@@ -140,7 +140,7 @@ fn send(
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> Result<(), Failure> {
     let line = gearhost_api::encode_request(request);
-    gearhost_sandbox::fdpass::send_with_fds(stream, &line, fds).map_err(|e| {
+    gearhost_sys::fdpass::send_with_fds(stream, &line, fds).map_err(|e| {
         Failure::Environment(anyhow::anyhow!("cannot send the request to the node: {e}"))
     })?;
     let mut s = stream;

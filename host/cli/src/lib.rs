@@ -208,14 +208,7 @@ pub fn default_cache_dir() -> PathBuf {
 }
 
 pub(crate) fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|euid| euid == "0"))
-        })
-        .unwrap_or(false)
+    gearhost_sys::proc_status::is_root()
 }
 
 fn init_tracing(verbose: u8) {

@@ -247,7 +247,7 @@ impl BuildNet {
 
     /// Stop the proxy, cut its connections and log a summary (once).
     pub fn close(&self) {
-        let task = crate::node::lock(&self.task).take();
+        let task = gearhost_sys::lock::lock(&self.task).take();
         if let Some(task) = task {
             task.abort();
             let s = &self.shared.stats;

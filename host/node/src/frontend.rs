@@ -33,8 +33,9 @@ use crate::proxy::{
 };
 
 use crate::logs::LogFile;
-use crate::node::{Gear, Node, lock};
+use crate::node::{Gear, Node};
 use crate::state::GearState;
+use gearhost_sys::lock::lock;
 
 /// Most idle connections kept open to one gear.
 const POOL_MAX: usize = 256;
@@ -323,7 +324,7 @@ pub struct Frontend {
     /// Client connections accepted.
     pub connections_total: AtomicU64,
     /// The send batches of the workers that have one (`http.batch-sends`).
-    pub batches: Mutex<Vec<Arc<gearhost_sandbox::sendbatch::SendBatch>>>,
+    pub batches: Mutex<Vec<Arc<gearhost_sys::sendbatch::SendBatch>>>,
     /// The workers' queues of new connections, and which worker is next.
     workers: Mutex<Vec<WorkerQueue>>,
     next_worker: AtomicUsize,
@@ -356,14 +357,12 @@ impl Frontend {
 
     /// Replace the routing table.
     pub fn set_routes(&self, routes: std::collections::HashMap<String, Arc<Target>>) {
-        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
+        *gearhost_sys::lock::write(&self.routes) = routes;
     }
 
     /// Which gear answers to `hostname` (lower-case, without port).
     pub fn lookup(&self, hostname: &str) -> Option<Arc<Target>> {
-        self.routes
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
+        gearhost_sys::lock::read(&self.routes)
             .get(hostname)
             .cloned()
     }

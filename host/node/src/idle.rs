@@ -16,8 +16,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::api::{ApiError, ErrorKind, GearRef, reply};
-use crate::node::{ApiResult, Gear, Node, Progress, invalid, lock};
+use crate::node::{ApiResult, Gear, Node, Progress, invalid};
 use crate::state::{Desired, GearState};
+use gearhost_sys::lock::lock;
 
 impl Node {
     /// Wake an idle gear for a request: start it (once, however many

@@ -25,8 +25,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::api::{ApiError, ErrorKind, GearRef, reply};
-use crate::node::{ApiResult, Gear, Node, internal, invalid, lock};
+use crate::node::{ApiResult, Gear, Node, internal, invalid};
 use crate::state::{self, GearRecord, Link};
+use gearhost_sys::lock::lock;
 
 /// How long the proxy waits for the linked gear to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -89,7 +89,7 @@ impl LogFile {
     pub fn line(&self, source: &str, text: &str) {
         let text = text.trim_end_matches(['\n', '\r']);
         let line = format!("{} {source} {}\n", timestamp(), printable(text, MAX_LINE));
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = gearhost_sys::lock::lock(&self.inner);
         if let Err(e) = inner.append(line.as_bytes()) {
             tracing::warn!(path = %inner.path.display(), error = %e, "cannot write a gear log line");
         }
@@ -97,7 +97,7 @@ impl LogFile {
 
     /// Append lines that are already formatted (each ending in a newline).
     pub fn write_lines(&self, bytes: &[u8]) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = gearhost_sys::lock::lock(&self.inner);
         if let Err(e) = inner.append(bytes) {
             tracing::warn!(path = %inner.path.display(), error = %e, "cannot write gear log lines");
         }
@@ -105,11 +105,7 @@ impl LogFile {
 
     /// The log's path.
     pub fn path(&self) -> PathBuf {
-        self.inner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .path
-            .clone()
+        gearhost_sys::lock::lock(&self.inner).path.clone()
     }
 }
 

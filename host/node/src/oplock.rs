@@ -60,7 +60,7 @@ impl Drop for Waiting<'_> {
 
 impl OpLock {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        gearhost_sys::lock::lock(&self.state)
     }
 
     fn install<'a>(&'a self, held: tokio::sync::MutexGuard<'a, ()>) -> OpGuard<'a> {

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use gearhost_runtime::{
     CommandSpec, ExitStatus, HostError, ProcessInfo, ProcessState, RestartPolicy, Signal,
 };
-use gearhost_sandbox::{Bind, CgroupPlacement, Sandbox, SandboxSpec, Sandboxed, Stdio};
+use gearhost_sandbox::{Bind, Sandbox, SandboxSpec, Sandboxed, Stdio, cgroup};
+use gearhost_sys::lock::lock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -78,10 +79,7 @@ impl GearSandbox {
         spec.limits.cpu_millicores = Some(self.config.gear_cpu);
         // every start of the gear has its own cgroup inside the gear's group,
         // which holds the gear's limits (see `spawn_blocking_sandbox`)
-        spec.cgroup = CgroupPlacement {
-            subtree: format!("{}/{}", self.config.cgroup_subtree, self.id),
-            leaf: leaf.to_string(),
-        };
+        spec.cgroup = cgroup::leaf_placement(&self.config.cgroup_subtree, &self.id, leaf);
         if let Some(repo) = &self.repo {
             spec.rw_binds.push(Bind {
                 source: repo.clone(),
@@ -119,9 +117,9 @@ async fn spawn_blocking_sandbox(spec: SandboxSpec) -> Result<Sandboxed, HostErro
     tokio::task::spawn_blocking(move || {
         let spawned = (|| {
             // the gear's group carries the gear's limits, shared by all its processes
-            if let Some((subtree, gear)) = spec.cgroup.subtree.rsplit_once('/') {
-                let mounts = gearhost_sandbox::cgroup::detect()?;
-                gearhost_sandbox::cgroup::ensure_group(&mounts, subtree, gear, &spec.limits)?;
+            if let Some((subtree, gear)) = cgroup::group_of(&spec.cgroup) {
+                let mounts = cgroup::detect()?;
+                cgroup::ensure_group(&mounts, subtree, gear, &spec.limits)?;
             }
             Sandbox::spawn(spec)
         })();
@@ -358,7 +356,7 @@ async fn exec_on_terminal(
     let relay = std::thread::Builder::new()
         .name("gear-exec-terminal".into())
         .spawn(move || {
-            gearhost_sandbox::relay_terminal(&caller_in, &caller_out, &terminal, resized.as_ref())
+            gearhost_sys::relay_terminal(&caller_in, &caller_out, &terminal, resized.as_ref())
         })
         .map_err(|e| HostError::Failed(format!("cannot relay the terminal: {e}")))?;
     let status = wait_exit(&mut child).await;
@@ -442,10 +440,6 @@ pub struct Supervisor {
     counter: AtomicU32,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl Supervisor {
     /// Start `cmd` as supervised process `name`. Returns its pid once the
     /// sandbox reports every layer in place.
@@ -503,8 +497,7 @@ impl Supervisor {
             ended,
         });
         lock(&self.procs).insert(name.to_string(), proc.clone());
-        let leaf = format!("{}-{}", gear.id, name);
-        let first = start_one(&gear, &leaf, &cmd, &log, name).await;
+        let first = start_one(&gear, &cmd, &log, name).await;
         let child = match first {
             Ok(child) => child,
             Err(e) => {
@@ -526,7 +519,6 @@ impl Supervisor {
             child,
             signal_rx,
             gear,
-            leaf,
             cmd,
             restart,
             log,
@@ -679,13 +671,12 @@ static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 
 async fn start_one(
     gear: &GearSandbox,
-    leaf: &str,
     cmd: &CommandSpec,
     log: &LogFile,
     name: &str,
 ) -> Result<Sandboxed, HostError> {
     let argv = argv_of(cmd);
-    let leaf = format!("{leaf}-{}", STARTS.fetch_add(1, Ordering::Relaxed));
+    let leaf = cgroup::process_leaf(&gear.id, name, STARTS.fetch_add(1, Ordering::Relaxed));
     let mut spec = gear.spec(&leaf, argv, &cmd.env, cmd.cwd.as_deref());
     spec.stdio.stdout = Stdio::Piped;
     spec.stdio.stderr = Stdio::Piped;
@@ -712,7 +703,6 @@ async fn monitor(
     mut child: Sandboxed,
     mut signals: tokio::sync::mpsc::UnboundedReceiver<gearhost_sandbox::Signal>,
     gear: GearSandbox,
-    leaf: String,
     cmd: CommandSpec,
     restart: RestartPolicy,
     log: LogFile,
@@ -811,7 +801,7 @@ async fn monitor(
             proc.ended.send_modify(|n| *n += 1);
             return;
         }
-        match start_one(&gear, &leaf, &cmd, &log, &name).await {
+        match start_one(&gear, &cmd, &log, &name).await {
             Ok(next) => {
                 let mut s = lock(&proc.status);
                 s.restarts += 1;

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use gearhost_http::head::{ParseError, parse_request, parse_response};
 pub(crate) use gearhost_http::head::{RequestHead, ResponseHead};
 pub(crate) use gearhost_http::{ChunkScanner, Framing};
-use gearhost_sandbox::sendbatch::SendBatch;
+use gearhost_sys::sendbatch::SendBatch;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;

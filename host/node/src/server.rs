@@ -108,7 +108,7 @@ async fn read_request(stream: UnixStream) -> std::io::Result<(UnixStream, Vec<u8
         let mut fds = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let (n, mut got) = gearhost_sandbox::fdpass::recv_with_fds(&std_stream, &mut buf)?;
+            let (n, mut got) = gearhost_sys::fdpass::recv_with_fds(&std_stream, &mut buf)?;
             fds.append(&mut got);
             if n == 0 {
                 break;

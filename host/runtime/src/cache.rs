@@ -91,7 +91,7 @@ impl ComponentCache {
 
     /// SHA-256 of `bytes`, hex.
     pub fn content_hash(bytes: &[u8]) -> String {
-        hex(&Sha256::digest(bytes))
+        gearhost_sys::hex::encode(&Sha256::digest(bytes))
     }
 
     fn entry_path(&self, content_hash: &str) -> PathBuf {
@@ -201,7 +201,8 @@ impl ComponentCache {
 }
 
 fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> {
-    // The one unsafe operation outside host/sandbox (see docs/ARCHITECTURE.md).
+    // The runtime's one unsafe operation (see "Where unsafe code lives" in
+    // docs/ARCHITECTURE.md).
     #[allow(unsafe_code)]
     // SAFETY: `artifact` was produced by `Component::serialize` of an engine
     // with the same compatibility hash (it is part of the file name), written
@@ -212,14 +213,4 @@ fn deserialize(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Component> 
     unsafe {
         Component::deserialize(engine, artifact)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }

@@ -388,7 +388,7 @@ struct CallShared {
 
 impl CallShared {
     fn record(&self) -> std::sync::MutexGuard<'_, Record> {
-        self.record.lock().unwrap_or_else(|p| p.into_inner())
+        gearhost_sys::lock::lock(&self.record)
     }
 
     fn log(&self, source: LogSource, level: LogLevel, message: &str) {
@@ -531,7 +531,7 @@ impl LogStream {
     }
 
     fn push(&self, bytes: &[u8]) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = gearhost_sys::lock::lock(&self.state);
         let room = OUTPUT_CAP.saturating_sub(state.total);
         let take = bytes.len().min(room);
         state.total += take;
@@ -551,7 +551,7 @@ impl LogStream {
     }
 
     fn flush_partial(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = gearhost_sys::lock::lock(&self.state);
         if !state.partial.is_empty() {
             let line = std::mem::take(&mut state.partial);
             drop(state);

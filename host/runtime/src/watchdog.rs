@@ -9,7 +9,7 @@
 //!
 //! So every call is watched: [`Watched`] records which thread is inside a poll of the hook,
 //! and the runtime's epoch ticker thread, at every tick, interrupts that thread (a signal,
-//! [`gearhost_sandbox::interrupt`]) when the call's deadline has passed or it was cancelled.
+//! [`gearhost_sys::interrupt`]) when the call's deadline has passed or it was cancelled.
 //! The interrupted system call returns `EINTR`, the guest gets an error, and the epoch check
 //! traps as soon as wasm code runs again. A thread is only interrupted while it is inside the
 //! poll of the call that is due, never in other work.
@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use gearhost_sandbox::interrupt::{self, Interrupter, ThreadId};
+use gearhost_sys::interrupt::{self, Interrupter, ThreadId};
 
 /// A cancellation flag for one or more hook calls, cheap to clone; every clone sees the same
 /// flag. Cancelling is final.
@@ -60,7 +60,7 @@ impl Cancel {
     /// end within a few milliseconds with [`HookError::Cancelled`](crate::HookError).
     pub fn cancel(&self, reason: impl Into<String>) {
         {
-            let mut slot = self.inner.reason.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = gearhost_sys::lock::lock(&self.inner.reason);
             if slot.is_none() {
                 *slot = Some(reason.into());
             }
@@ -76,11 +76,7 @@ impl Cancel {
 
     /// Why it was cancelled, once it was.
     pub fn reason(&self) -> Option<String> {
-        self.inner
-            .reason
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        gearhost_sys::lock::lock(&self.inner.reason).clone()
     }
 
     /// Wait until it is cancelled.
@@ -120,7 +116,7 @@ impl Watchdog {
             cancel,
             state: Mutex::new(WatchState::default()),
         });
-        let mut calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut calls = gearhost_sys::lock::lock(&self.calls);
         calls.retain(|w| w.strong_count() > 0);
         calls.push(Arc::downgrade(&watch));
         watch
@@ -129,7 +125,7 @@ impl Watchdog {
     /// One tick: interrupt every thread that polls a call that is due.
     pub(crate) fn tick(&self, now: Instant) {
         let calls: Vec<Arc<Watch>> = {
-            let calls = self.calls.lock().unwrap_or_else(|p| p.into_inner());
+            let calls = gearhost_sys::lock::lock(&self.calls);
             calls.iter().filter_map(Weak::upgrade).collect()
         };
         for watch in calls {
@@ -159,7 +155,7 @@ struct WatchState {
 
 impl Watch {
     fn state(&self) -> std::sync::MutexGuard<'_, WatchState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        gearhost_sys::lock::lock(&self.state)
     }
 
     fn interrupt(&self, interrupter: &Interrupter) {

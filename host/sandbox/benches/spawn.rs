@@ -241,30 +241,28 @@ impl Drop for CrunRunner {
 }
 
 fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
+    gearhost_sys::proc_status::Status::own()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
+        .and_then(|s| s.kib("VmRSS"))
         .unwrap_or(0)
 }
 
 /// Memory charged to this process's own memory cgroup (v1 or v2), in bytes.
 fn own_memcg_usage() -> Option<u64> {
-    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let read =
-        |path: String| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
-    for line in groups.lines() {
-        let mut parts = line.splitn(3, ':');
-        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        if controllers.split(',').any(|c| c == "memory") {
-            return read(format!("/sys/fs/cgroup/memory{path}/memory.usage_in_bytes"));
-        }
-    }
-    let path = groups.lines().find_map(|l| l.strip_prefix("0::"))?;
-    read(format!("/sys/fs/cgroup{path}/memory.current"))
+    use gearhost_sandbox::cgroup;
+    let mounts = cgroup::detect().ok()?;
+    let groups = cgroup::cgroups_of(std::process::id()).ok()?;
+    let dir = cgroup::process_dir(&mounts, &groups, "memory")?;
+    let file = if mounts.v1.contains_key("memory") {
+        "memory.usage_in_bytes"
+    } else {
+        "memory.current"
+    };
+    std::fs::read_to_string(dir.join(file))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 fn density(count: usize) {

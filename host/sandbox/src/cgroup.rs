@@ -3,6 +3,18 @@
 //!
 //! The node's subtree is created under each controller's root, never under the cgroup the node
 //! itself happens to sit in: on v1 that may belong to whatever started the node.
+//!
+//! This module owns the layout; the node asks it for names and paths instead of building them:
+//!
+//! ```text
+//! <root>/<subtree>/<gear>/<leaf>      one root per hierarchy (roots)
+//!        |         |      `- one cgroup per process start (leaf_placement, process_leaf, exec_leaf)
+//!        |         `- the gear's group, holding the gear's limits (group_path, ensure_group)
+//!        `- the node's subtree (node.toml's cgroup-subtree)
+//! ```
+//!
+//! A node of an earlier version placed each start directly under the subtree as
+//! `<subtree>/<gear>-...`; [`remove_gear`] removes those too ([`legacy_leaves`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -175,6 +187,137 @@ pub fn detect() -> Result<CgroupMounts, CgroupError> {
     let text =
         std::fs::read_to_string(path).map_err(io_err("read", path, "mount /proc and retry"))?;
     parse_mountinfo(&text)
+}
+
+/// The path of gear `gear`'s group below the cgroup roots: `<subtree>/<gear>`.
+pub fn group_path(subtree: &str, gear: &str) -> String {
+    format!("{subtree}/{gear}")
+}
+
+/// Where a process start of gear `gear` is placed: leaf `leaf` inside the gear's group.
+pub fn leaf_placement(subtree: &str, gear: &str, leaf: &str) -> CgroupPlacement {
+    CgroupPlacement {
+        subtree: group_path(subtree, gear),
+        leaf: leaf.to_string(),
+    }
+}
+
+/// The node's subtree and the gear of a placement made by [`leaf_placement`], or `None` for a
+/// placement directly below the roots (no group to make first).
+pub fn group_of(placement: &CgroupPlacement) -> Option<(&str, &str)> {
+    placement.subtree.rsplit_once('/')
+}
+
+/// The leaf of start number `start` of the gear's process `name` (a supervised service).
+pub fn process_leaf(gear: &str, name: &str, start: u64) -> String {
+    format!("{gear}-{name}-{start}")
+}
+
+/// The leaf of the gear's command number `n` run to completion (`gear exec`, a hook's `exec`).
+pub fn exec_leaf(gear: &str, n: u32) -> String {
+    format!("{gear}-x{n}")
+}
+
+/// The root of every hierarchy a gear is placed in, each once: the cgroup2 mount on v2, the
+/// mount point of each v1 controller otherwise (controllers sharing one hierarchy, such as
+/// `cpu,cpuacct`, give one root).
+pub fn roots(mounts: &CgroupMounts) -> Vec<PathBuf> {
+    if mounts.layout == CgroupLayout::V2 {
+        return mounts.v2.iter().cloned().collect();
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for root in mounts.v1.values() {
+        if !roots.contains(root) {
+            roots.push(root.clone());
+        }
+    }
+    roots
+}
+
+/// The cgroups a node of an earlier version left for gear `gear` directly under the subtree
+/// (`<subtree>/<gear>-...`), by name, across every hierarchy.
+pub fn legacy_leaves(
+    mounts: &CgroupMounts,
+    subtree: &str,
+    gear: &str,
+) -> std::collections::BTreeSet<String> {
+    let prefix = format!("{gear}-");
+    roots(mounts)
+        .iter()
+        .filter_map(|root| std::fs::read_dir(root.join(subtree)).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with(&prefix))
+        .collect()
+}
+
+/// One line of `/proc/<pid>/cgroup`: `hierarchy-id:controllers:path`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcCgroup {
+    /// The hierarchy's id (0 for cgroup v2).
+    pub hierarchy: u32,
+    /// The v1 controllers bound to the hierarchy (`name=systemd` included); empty on v2.
+    pub controllers: Vec<String>,
+    /// The process's cgroup, relative to the hierarchy's root (it starts with `/`).
+    pub path: String,
+}
+
+/// Parses the text of `/proc/<pid>/cgroup`; malformed lines are left out.
+pub fn parse_proc_cgroup(text: &str) -> Vec<ProcCgroup> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let hierarchy = parts.next()?.parse().ok()?;
+            let controllers = parts.next()?;
+            let path = parts.next()?.to_string();
+            let controllers = controllers
+                .split(',')
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect();
+            Some(ProcCgroup {
+                hierarchy,
+                controllers,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// The cgroups of process `pid` (`/proc/<pid>/cgroup`).
+pub fn cgroups_of(pid: u32) -> Result<Vec<ProcCgroup>, CgroupError> {
+    let path = PathBuf::from(format!("/proc/{pid}/cgroup"));
+    let text = std::fs::read_to_string(&path).map_err(io_err(
+        "read",
+        &path,
+        "the process may have ended, or /proc is not mounted",
+    ))?;
+    Ok(parse_proc_cgroup(&text))
+}
+
+/// The directory of the cgroup a process is in (its `/proc/<pid>/cgroup` lines `groups`) on the
+/// hierarchy that carries `controller`: the v1 hierarchy of that controller when there is one,
+/// the cgroup2 hierarchy otherwise.
+pub fn process_dir(
+    mounts: &CgroupMounts,
+    groups: &[ProcCgroup],
+    controller: &str,
+) -> Option<PathBuf> {
+    let below = |root: &Path, path: &str| root.join(path.trim_start_matches('/'));
+    if mounts.layout != CgroupLayout::V2
+        && let Some(root) = mounts.v1.get(controller)
+        && let Some(group) = groups
+            .iter()
+            .find(|g| g.controllers.iter().any(|c| c == controller))
+    {
+        return Some(below(root, &group.path));
+    }
+    let root = mounts.v2.as_ref()?;
+    let group = groups
+        .iter()
+        .find(|g| g.hierarchy == 0 && g.controllers.is_empty())?;
+    Some(below(root, &group.path))
 }
 
 /// What the cgroup layer set up for one gear.
@@ -537,8 +680,9 @@ impl GearCgroup {
                     let _ = std::fs::write(f, "FROZEN");
                 }
                 for pid in self.pids() {
-                    // SAFETY: kill takes plain integers; a pid that vanished yields ESRCH.
-                    if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+                    // a pid that vanished yields ESRCH
+                    let pid = nix::unistd::Pid::from_raw(pid);
+                    if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).is_ok() {
                         killed += 1;
                     }
                 }
@@ -648,7 +792,7 @@ type Groups = BTreeMap<String, (Limits, CgroupReport, PathBuf)>;
 
 fn lock_groups() -> std::sync::MutexGuard<'static, Groups> {
     static GROUPS: std::sync::Mutex<Groups> = std::sync::Mutex::new(BTreeMap::new());
-    GROUPS.lock().unwrap_or_else(|e| e.into_inner())
+    gearhost_sys::lock::lock(&GROUPS)
 }
 
 fn write_group(
@@ -757,15 +901,53 @@ pub fn remove_group(subtree: &str, name: &str) -> Result<TeardownReport, CgroupE
     Ok(report)
 }
 
+/// Removes every cgroup of gear `gear` under the node's `subtree`: its group with every process
+/// start's cgroup in it ([`remove_group`]), and the leaves an earlier version of the node made
+/// directly under the subtree ([`legacy_leaves`]), killing whatever is left in them. Every
+/// cgroup is tried; the first failure is returned after that.
+pub fn remove_gear(subtree: &str, gear: &str) -> Result<TeardownReport, CgroupError> {
+    let mut report = TeardownReport {
+        killed: 0,
+        removed: Vec::new(),
+    };
+    let mut first_error = None;
+    match remove_group(subtree, gear) {
+        Ok(done) => {
+            report.killed += done.killed;
+            report.removed.extend(done.removed);
+        }
+        Err(e) => first_error = Some(e),
+    }
+    let mounts = match detect() {
+        Ok(mounts) => mounts,
+        Err(e) => return Err(first_error.unwrap_or(e)),
+    };
+    // a leaf exists once per hierarchy; teardown handles all of them at once
+    for leaf in legacy_leaves(&mounts, subtree, gear) {
+        let placement = CgroupPlacement {
+            subtree: subtree.to_string(),
+            leaf,
+        };
+        match teardown(&placement) {
+            Ok(done) => {
+                report.killed += done.killed;
+                report.removed.extend(done.removed);
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
+
 /// Removes the node's (empty) subtree directories, e.g. after tests.
 pub fn remove_subtree(subtree: &str) -> Result<(), CgroupError> {
     let mounts = detect()?;
-    let roots: Vec<PathBuf> = if mounts.layout == CgroupLayout::V2 {
-        mounts.v2.iter().cloned().collect()
-    } else {
-        mounts.v1.values().cloned().collect()
-    };
-    for root in roots {
+    for root in roots(&mounts) {
         let dir = root.join(subtree);
         match std::fs::remove_dir(&dir) {
             Ok(()) => {}
@@ -873,5 +1055,137 @@ mod tests {
             stat_value("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", "oom_kill"),
             Some(2)
         );
+    }
+
+    #[test]
+    fn a_gear_group_holds_one_leaf_per_start() {
+        assert_eq!(group_path("gearhost", "g1"), "gearhost/g1");
+        let service = leaf_placement("gearhost", "g1", &process_leaf("g1", "web", 7));
+        assert_eq!(service.subtree, "gearhost/g1");
+        assert_eq!(service.leaf, "g1-web-7");
+        assert_eq!(group_of(&service), Some(("gearhost", "g1")));
+        let exec = leaf_placement("nodes/a", "g2", &exec_leaf("g2", 3));
+        assert_eq!(exec.leaf, "g2-x3");
+        // a nested node subtree keeps its own slashes
+        assert_eq!(group_of(&exec), Some(("nodes/a", "g2")));
+        // a placement straight below the roots has no group
+        assert_eq!(group_of(&placement()), None);
+        // the names pass the spec's checks
+        let mut spec = crate::SandboxSpec::new("g1", 5001, 5001, "/tmp", vec!["/bin/true".into()]);
+        spec.cgroup = service;
+        spec.validate().expect("valid placement");
+    }
+
+    #[test]
+    fn the_leaf_lands_under_every_root() {
+        let m = parse_mountinfo(HYBRID).expect("parse");
+        let paths = gear_paths(&m, &leaf_placement("gearhost", "g1", "g1-web-0"));
+        assert_eq!(
+            paths["pids"],
+            PathBuf::from("/sys/fs/cgroup/pids/gearhost/g1/g1-web-0")
+        );
+    }
+
+    #[test]
+    fn roots_are_listed_once_per_hierarchy() {
+        let text = "1 0 0:1 / /cg/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n\
+                    2 0 0:2 / /cg/memory rw - cgroup cgroup rw,memory\n\
+                    3 0 0:3 / /cg/unified rw - cgroup2 cgroup2 rw\n";
+        let m = parse_mountinfo(text).expect("parse");
+        assert_eq!(
+            roots(&m),
+            vec![
+                PathBuf::from("/cg/cpu,cpuacct"),
+                PathBuf::from("/cg/memory")
+            ]
+        );
+        let v2 = parse_mountinfo("30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+            .expect("parse");
+        assert_eq!(roots(&v2), vec![PathBuf::from("/sys/fs/cgroup")]);
+    }
+
+    #[test]
+    fn legacy_leaves_are_found_by_gear_across_roots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (memory, pids) = (dir.path().join("memory"), dir.path().join("pids"));
+        for made in [
+            memory.join("gearhost/g1-web-0"),
+            memory.join("gearhost/g1-x4"),
+            pids.join("gearhost/g1-web-0"),
+            pids.join("gearhost/g12-web-0"),
+            pids.join("gearhost/g1"),
+            memory.join("gearhost/g2-web-1"),
+        ] {
+            std::fs::create_dir_all(made).expect("mkdir");
+        }
+        // a control file that happens to share the prefix is not a cgroup
+        std::fs::write(pids.join("gearhost/g1-notes"), "").expect("write");
+        let mounts = CgroupMounts {
+            layout: CgroupLayout::V1,
+            v1: BTreeMap::from([
+                ("memory".to_string(), memory.clone()),
+                ("pids".to_string(), pids.clone()),
+            ]),
+            v2: None,
+        };
+        let found: Vec<String> = legacy_leaves(&mounts, "gearhost", "g1")
+            .into_iter()
+            .collect();
+        assert_eq!(found, ["g1-web-0", "g1-x4"]);
+        assert!(legacy_leaves(&mounts, "elsewhere", "g1").is_empty());
+    }
+
+    #[test]
+    fn proc_cgroup_lines_are_parsed() {
+        let text = "12:pids:/user.slice\n\
+                    4:cpu,cpuacct:/user.slice/session-3.scope\n\
+                    1:name=systemd:/user.slice/session-3.scope\n\
+                    not a line\n\
+                    0::/user.slice/user-0.slice/session-3.scope\n";
+        let groups = parse_proc_cgroup(text);
+        assert_eq!(groups.len(), 4);
+        assert_eq!(
+            groups[1],
+            ProcCgroup {
+                hierarchy: 4,
+                controllers: vec!["cpu".into(), "cpuacct".into()],
+                path: "/user.slice/session-3.scope".into(),
+            }
+        );
+        assert_eq!(groups[3].hierarchy, 0);
+        assert!(groups[3].controllers.is_empty());
+        // hybrid: pids from its v1 hierarchy, memory (not in the text) nowhere on v1, so v2
+        let m = parse_mountinfo(HYBRID).expect("parse");
+        assert_eq!(
+            process_dir(&m, &groups, "pids"),
+            Some(PathBuf::from("/sys/fs/cgroup/pids/user.slice"))
+        );
+        assert_eq!(
+            process_dir(&m, &groups, "cpu"),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/cpu/user.slice/session-3.scope"
+            ))
+        );
+        assert_eq!(
+            process_dir(&m, &groups, "memory"),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/unified/user.slice/user-0.slice/session-3.scope"
+            ))
+        );
+        let v2 = parse_mountinfo("30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n")
+            .expect("parse");
+        assert_eq!(
+            process_dir(&v2, &groups, "pids"),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/user.slice/user-0.slice/session-3.scope"
+            ))
+        );
+    }
+
+    #[test]
+    fn this_process_has_cgroups() {
+        let groups = cgroups_of(std::process::id()).expect("own cgroups");
+        assert!(!groups.is_empty());
+        assert!(groups.iter().all(|g| g.path.starts_with('/')));
     }
 }

@@ -105,17 +105,7 @@ impl fmt::Display for HostReport {
     }
 }
 
-fn status_field(name: &str) -> Option<String> {
-    let text = std::fs::read_to_string("/proc/self/status").ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-}
-
-fn has_cap(bit: u32) -> bool {
-    status_field("CapEff:")
-        .and_then(|v| u64::from_str_radix(&v, 16).ok())
-        .is_some_and(|caps| caps & (1u64 << bit) != 0)
-}
+use gearhost_sys::proc_status::has_effective_cap as has_cap;
 
 const CAP_SETGID: u32 = 6;
 const CAP_SETUID: u32 = 7;
@@ -238,7 +228,7 @@ fn credentials() -> LayerCheck {
 }
 
 fn seccomp() -> LayerCheck {
-    if status_field("Seccomp:").is_none() {
+    if gearhost_sys::proc_status::field("Seccomp").is_none() {
         return check(
             "seccomp",
             true,
@@ -557,7 +547,7 @@ fn io_uring_verdict(ring: Result<(), String>, disabled: Option<&str>) -> (LayerS
 }
 
 fn io_uring() -> LayerCheck {
-    let ring = crate::sendbatch::SendBatch::new()
+    let ring = gearhost_sys::sendbatch::SendBatch::new()
         .map(drop)
         .map_err(|e| e.to_string());
     let disabled = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").ok();

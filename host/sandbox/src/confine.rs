@@ -5,6 +5,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use gearhost_sys::proc_status::Status;
 use landlock::{
     ABI, Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
     RulesetStatus, Scope,
@@ -72,41 +73,24 @@ pub(crate) fn drop_credentials(uid: u32, gid: u32, rootless: bool) -> Result<u32
 pub(crate) fn read_credentials(
     bounding_caps_dropped: u32,
 ) -> Result<CredentialReport, SetupFailure> {
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| failure("credentials", "read /proc/self/status", &e))?;
-    let field = |name: &str| -> String {
+    let status = Status::own().map_err(|e| failure("credentials", "read /proc/self/status", &e))?;
+    // an id counts only when real, effective, saved and file-system ids agree
+    let id = |name: &str| {
         status
-            .lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-            .unwrap_or_default()
+            .ids(name)
+            .filter(|ids| ids.all_equal())
+            .map_or(0, |ids| ids.real)
     };
-    let ids = |name: &str| -> Vec<u32> {
-        field(name)
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect()
-    };
-    let uids = ids("Uid:");
-    let gids = ids("Gid:");
-    let caps_empty = ["CapInh:", "CapPrm:", "CapEff:", "CapBnd:", "CapAmb:"]
+    let caps_empty = ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"]
         .iter()
-        .all(|c| u64::from_str_radix(&field(c), 16) == Ok(0));
-    let same = |v: &[u32]| v.windows(2).all(|w| w[0] == w[1]);
+        .all(|c| status.caps(c) == Some(0));
     Ok(CredentialReport {
-        uid: if same(&uids) {
-            uids.first().copied().unwrap_or(0)
-        } else {
-            0
-        },
-        gid: if same(&gids) {
-            gids.first().copied().unwrap_or(0)
-        } else {
-            0
-        },
-        groups_cleared: field("Groups:").is_empty(),
+        uid: id("Uid"),
+        gid: id("Gid"),
+        groups_cleared: status.field("Groups").unwrap_or_default().is_empty(),
         bounding_caps_dropped,
         all_capability_sets_empty: caps_empty,
-        no_new_privs: field("NoNewPrivs:") == "1",
+        no_new_privs: status.field("NoNewPrivs") == Some("1"),
         other_fds_closed: true,
         env_cleared: true,
     })

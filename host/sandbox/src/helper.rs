@@ -49,7 +49,8 @@ use crate::protocol::{
 use crate::report::{FilesystemReport, LayerReport, NamespaceReport, SeccompReport};
 use crate::selinux::SelinuxReport;
 use crate::spec::NetworkMode;
-use crate::{confine, fdpass, rootfs, seccomp, sys};
+use crate::{confine, rootfs, seccomp, sys};
+use gearhost_sys::fdpass;
 
 /// Signals pid 1 passes on to the gear command.
 pub(crate) const FORWARDED: &[Signal] = &[

@@ -205,7 +205,7 @@ fn plan_stdio(spec: &SandboxSpec) -> Result<StdioPlan, SandboxError> {
 /// socket before the command runs.
 fn receive_terminal(sock: &std::os::unix::net::UnixStream) -> Result<File, SandboxError> {
     let mut byte = [0u8; 1];
-    let (n, mut fds) = crate::fdpass::recv_with_fds(sock, &mut byte)
+    let (n, mut fds) = gearhost_sys::fdpass::recv_with_fds(sock, &mut byte)
         .map_err(|e| SandboxError::Protocol(format!("receive the gear's terminal: {e}")))?;
     match (n, fds.pop()) {
         (1, Some(fd)) if fds.is_empty() => Ok(File::from(fd)),
@@ -511,8 +511,12 @@ impl Sandbox {
         } = helper;
         let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(AsFd::as_fd).collect();
         // A helper that died early closes its end; its reason arrives on the report pipe.
-        let sent =
-            crate::fdpass::send_with_fds_max(&spec_sock, &spec_json, &borrowed, MAX_SPEC_FDS);
+        let sent = gearhost_sys::fdpass::send_with_fds_max(
+            &spec_sock,
+            &spec_json,
+            &borrowed,
+            MAX_SPEC_FDS,
+        );
         // end of the spec; the socket stays open for a terminal coming back
         let _ = spec_sock.shutdown(std::net::Shutdown::Write);
         drop(borrowed);

@@ -2,17 +2,18 @@
 //! an unprivileged uid with no capabilities and `no_new_privs`, seccomp, Landlock, SELinux
 //! (where enabled), cgroups and rlimits. Breaking one layer still leaves the others.
 //!
-//! This is the only crate of the project with unsafe code; every unsafe block says why it is
-//! sound. The API is small and safe:
+//! Every unsafe block says why it is sound, and unsafe code is allowed only in the three modules
+//! that need it: `sys` (the system calls `nix` does not wrap), [`helper`] (the gear's first
+//! process) and [`launch`] (see "Where unsafe code lives" in docs/ARCHITECTURE.md). The API is
+//! small and safe:
 //!
 //! - build a [`SandboxSpec`], call [`Sandbox::spawn`], get a [`Sandboxed`] (pid, pidfd, stdio,
 //!   wait, kill, teardown) and its [`LayerReport`];
 //! - [`check::host_capabilities`] says which layers this machine enforces;
-//! - [`selinux::mcs_level_for_uid`] is the uid to MCS level mapping;
-//! - beside the sandbox, the node's other uses of the kernel that need `unsafe`: the terminal
-//!   relay ([`relay_terminal`], [`window_changes`]), descriptor passing ([`fdpass`]), the
-//!   frontend's batched sends ([`sendbatch::SendBatch`], io_uring) and breaking a thread out of
-//!   a blocking system call ([`interrupt`], for hook budgets).
+//! - [`selinux::mcs_level_for_uid`] is the uid to MCS level mapping.
+//!
+//! Operating-system plumbing that is not confinement (descriptor passing, the terminal relay,
+//! the frontend's batched sends, interrupting a blocked thread) lives in `gearhost-sys`.
 //!
 //! The work inside the sandbox is done by the small `gearhost-init` binary of this crate (see
 //! [`launch`] for how it is started and [`find_init`] for where it is looked up).
@@ -28,17 +29,14 @@
 //! gear.teardown()?;
 //! # Ok::<(), gearhost_sandbox::SandboxError>(())
 //! ```
-#![allow(unsafe_code)]
-#![deny(clippy::undocumented_unsafe_blocks)]
-
 pub mod cgroup;
 pub mod check;
 mod confine;
 mod error;
-pub mod fdpass;
 #[doc(hidden)]
+#[allow(unsafe_code)] // the child's side of the clone: raw descriptors, prctl, execve
 pub mod helper;
-pub mod interrupt;
+#[allow(unsafe_code)] // borrows the node's standard descriptors
 pub mod launch;
 pub mod netns;
 #[doc(hidden)]
@@ -47,8 +45,8 @@ pub mod report;
 mod rootfs;
 pub mod seccomp;
 pub mod selinux;
-pub mod sendbatch;
 pub mod spec;
+#[allow(unsafe_code)] // the system calls nix does not wrap, as safe functions
 mod sys;
 pub mod warm;
 
@@ -79,7 +77,6 @@ pub use spec::{
     Bind, CgroupPlacement, Limits, NetworkMode, Rlimits, SandboxSpec, SelinuxLabel, Stdio,
     StdioSpec,
 };
-pub use sys::{RawTerminal, relay_terminal, set_terminal_size, terminal_size, window_changes};
 pub use warm::{keep_warm, wait_warm, warm_status};
 
 /// Tears down a gear's cgroup by placement: kills any process left in it, waits for them to be

@@ -53,15 +53,10 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
 /// Duplicates `fd` to a close-on-exec descriptor numbered 10 or above, so the dup2 calls in
 /// the cloned child never overwrite a source they still need.
 pub(crate) fn high_dup(fd: BorrowedFd<'_>) -> Result<OwnedFd, SandboxError> {
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(10))
-        .map(|raw| {
-            // SAFETY: F_DUPFD_CLOEXEC returned a fresh descriptor we now own.
-            unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
-        })
-        .map_err(|e| SandboxError::Spawn {
-            what: "duplicate a descriptor",
-            source: e.into(),
-        })
+    crate::sys::dup_at_least(fd, 10).map_err(|e| SandboxError::Spawn {
+        what: "duplicate a descriptor",
+        source: e,
+    })
 }
 
 /// `/dev/null`, for reading and writing.
@@ -245,7 +240,7 @@ static CHANGED: Condvar = Condvar::new();
 
 fn pools() -> MutexGuard<'static, Vec<Pool>> {
     // A panic elsewhere while holding the lock leaves plain data behind; keep using it.
-    POOLS.lock().unwrap_or_else(|e| e.into_inner())
+    gearhost_sys::lock::lock(&POOLS)
 }
 
 /// Keeps `count` helpers of `init` prepared and waiting (0 stops keeping any and ends the

@@ -20,12 +20,7 @@ const INIT: &str = env!("CARGO_BIN_EXE_gearhost-init");
 /// Whether privileged tests can run here; prints the reason when they cannot, and panics
 /// instead when `GEARHOST_REQUIRE_PRIVILEGED=1`.
 fn privileged(test: &str) -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let euid_zero = status
-        .lines()
-        .find(|l| l.starts_with("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(2))
-        == Some("0");
+    let euid_zero = gearhost_sys::proc_status::is_root();
     let report = gearhost_sandbox::check::host_capabilities();
     let reason = if !euid_zero {
         Some("not running as root".to_string())

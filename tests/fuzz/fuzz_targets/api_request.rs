@@ -5,15 +5,15 @@
 
 #![no_main]
 
-use gearhost_api::{ErrorKind, decode_request};
+use gearhost_api::{ErrorKind, decode_request, encode_request};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     match decode_request(data) {
         Ok(request) => {
-            let mut line = serde_json::to_vec(&request).expect("a request encodes");
-            assert!(!line.contains(&b'\n'), "an encoded request is one line");
-            line.push(b'\n');
+            let line = encode_request(&request);
+            let feeds = line.iter().filter(|b| **b == b'\n').count();
+            assert!(feeds == 1 && line.ends_with(b"\n"), "an encoded request is one line");
             assert_eq!(decode_request(&line), Ok(request));
         }
         Err(e) => assert_eq!(e.kind, ErrorKind::Invalid),

@@ -37,10 +37,10 @@ pub fn run(args: Args) -> CmdResult {
         std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
     };
     let resized = on_terminal
-        .then(|| gearhost_sandbox::window_changes().ok())
+        .then(|| gearhost_sys::window_changes().ok())
         .flatten();
     let raw = on_terminal
-        .then(|| gearhost_sandbox::RawTerminal::enter(std::io::stdin().as_fd()).ok())
+        .then(|| gearhost_sys::RawTerminal::enter(std::io::stdin().as_fd()).ok())
         .flatten();
     let end = call_attached(
         &args.target,

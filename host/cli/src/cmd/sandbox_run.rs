@@ -55,17 +55,12 @@ fn parse_memory(text: &str) -> Result<u64, String> {
     parse_size(text).ok_or_else(|| format!("invalid size {text:?}: use e.g. 256MiB or 1GiB"))
 }
 
-/// This process's effective uid (`Uid:`) or gid (`Gid:`), from `/proc/self/status`.
+/// This process's effective uid (`Uid`) or gid (`Gid`), from `/proc/self/status`.
 fn own_id(field: &str) -> u32 {
-    std::fs::read_to_string("/proc/self/status")
+    gearhost_sys::proc_status::Status::own()
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(u32::MAX)
+        .and_then(|s| s.ids(field))
+        .map_or(u32::MAX, |ids| ids.effective)
 }
 
 /// Run the command.
@@ -89,7 +84,7 @@ pub fn run(args: Args) -> CmdResult {
     let uid = match args.uid {
         Some(uid) => uid,
         None if root => 60999,
-        None => own_id("Uid:"),
+        None => own_id("Uid"),
     };
     if root && (uid == 0 || args.gid == Some(0)) {
         return Err(Failure::Invalid(anyhow::anyhow!(
@@ -111,7 +106,7 @@ pub fn run(args: Args) -> CmdResult {
     let gid = match args.gid {
         Some(gid) => gid,
         None if root => uid,
-        None => own_id("Gid:"),
+        None => own_id("Gid"),
     };
     if root {
         std::os::unix::fs::chown(&home, Some(uid), Some(gid))
@@ -143,7 +138,7 @@ pub fn run(args: Args) -> CmdResult {
     };
     // told when this terminal changes size (before any thread starts: see window_changes)
     let resized = on_terminal
-        .then(|| gearhost_sandbox::window_changes().ok())
+        .then(|| gearhost_sys::window_changes().ok())
         .flatten();
     if on_terminal {
         spec.stdio.terminal = true;
@@ -159,13 +154,13 @@ pub fn run(args: Args) -> CmdResult {
     if let Some(terminal) = child.take_terminal() {
         use std::os::fd::AsFd;
         let caller_in = std::io::stdin();
-        let raw = gearhost_sandbox::RawTerminal::enter(caller_in.as_fd()).ok();
+        let raw = gearhost_sys::RawTerminal::enter(caller_in.as_fd()).ok();
         let (input, output) = (
             caller_in.as_fd().try_clone_to_owned(),
             std::io::stdout().as_fd().try_clone_to_owned(),
         );
         if let (Ok(input), Ok(output)) = (input, output) {
-            gearhost_sandbox::relay_terminal(
+            gearhost_sys::relay_terminal(
                 &std::fs::File::from(input),
                 &std::fs::File::from(output),
                 &terminal,

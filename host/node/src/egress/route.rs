@@ -11,6 +11,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd};
 
+use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, poll};
 use nix::sys::socket::{
     AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
@@ -22,6 +23,11 @@ const NLMSG_ERROR: u16 = 2;
 const RTM_NEWROUTE: u16 = 24;
 const RTM_GETROUTE: u16 = 26;
 const RTA_DST: u16 = 1;
+const RTN_UNICAST: u8 = 1;
+const RTN_LOCAL: u8 = 2;
+const RTN_BROADCAST: u8 = 3;
+const RTN_ANYCAST: u8 = 4;
+const RTN_MULTICAST: u8 = 5;
 const NLMSG_HEADER: usize = 16;
 const RTMSG: usize = 12;
 
@@ -72,8 +78,8 @@ pub(crate) fn lookup(addrs: &[IpAddr]) -> io::Result<Vec<Route>> {
 /// An RTM_GETROUTE request for `addr`.
 fn request(seq: u32, addr: IpAddr) -> Vec<u8> {
     let (family, bytes): (u8, Vec<u8>) = match addr {
-        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
-        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+        IpAddr::V4(a) => (AddressFamily::Inet as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (AddressFamily::Inet6 as u8, a.octets().to_vec()),
     };
     let attr_len = 4 + bytes.len();
     let len = NLMSG_HEADER + RTMSG + attr_len;
@@ -114,22 +120,22 @@ fn parse(mut data: &[u8], seq: u32) -> io::Result<Option<Route>> {
         if this_seq == seq {
             if kind == NLMSG_ERROR {
                 let errno = i32::from_ne_bytes(u32_at(data, NLMSG_HEADER)?.to_ne_bytes());
-                return match errno.wrapping_neg() {
-                    0 => Err(bad()),
-                    libc::ENETUNREACH | libc::EHOSTUNREACH | libc::EACCES => {
+                let errno = errno.wrapping_neg();
+                if errno == 0 {
+                    return Err(bad());
+                }
+                return match Errno::from_raw(errno) {
+                    Errno::ENETUNREACH | Errno::EHOSTUNREACH | Errno::EACCES => {
                         Ok(Some(Route::Nowhere))
                     }
-                    e => Err(io::Error::from_raw_os_error(e)),
+                    _ => Err(io::Error::from_raw_os_error(errno)),
                 };
             }
             if kind == RTM_NEWROUTE {
                 let rtm_type = *data.get(NLMSG_HEADER + 7).ok_or_else(bad)?;
                 return Ok(Some(match rtm_type {
-                    libc::RTN_UNICAST => Route::Away,
-                    libc::RTN_LOCAL
-                    | libc::RTN_BROADCAST
-                    | libc::RTN_ANYCAST
-                    | libc::RTN_MULTICAST => Route::ThisHost,
+                    RTN_UNICAST => Route::Away,
+                    RTN_LOCAL | RTN_BROADCAST | RTN_ANYCAST | RTN_MULTICAST => Route::ThisHost,
                     _ => Route::Nowhere,
                 }));
             }

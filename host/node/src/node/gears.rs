@@ -3,7 +3,7 @@
 //! with the views the API answers with.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use gearhost_runtime::{ExitStatus, HookCall, ProcessInfo};
@@ -284,7 +284,7 @@ pub(super) fn new_id() -> String {
         use std::io::Read;
         let _ = f.read_exact(&mut bytes);
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    gearhost_sys::hex::encode(&bytes)
 }
 
 /// Hand a tree the node just created to the gear's uid (never following symlinks).
@@ -302,30 +302,7 @@ pub(super) fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
 /// every process start's cgroup in it, and leaves a node of an earlier
 /// version made directly under the subtree (`<id>-...`).
 pub(super) fn remove_gear_cgroups(subtree: &str, id: &str) {
-    if let Err(e) = gearhost_sandbox::cgroup::remove_group(subtree, id) {
-        tracing::warn!(gear = %id, error = %e, "the gear's cgroup group could not be removed");
-    }
-    let Ok(mounts) = gearhost_sandbox::cgroup::detect() else {
-        return;
-    };
-    let roots: Vec<PathBuf> = match mounts.layout {
-        gearhost_sandbox::CgroupLayout::V2 => mounts.v2.into_iter().collect(),
-        _ => mounts.v1.into_values().collect(),
-    };
-    // a leaf exists once per hierarchy; teardown handles all of them at once
-    let prefix = format!("{id}-");
-    let leaves: std::collections::BTreeSet<String> = roots
-        .iter()
-        .filter_map(|root| std::fs::read_dir(root.join(subtree)).ok())
-        .flat_map(|entries| entries.flatten())
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with(&prefix))
-        .collect();
-    for leaf in leaves {
-        let placement = gearhost_sandbox::CgroupPlacement {
-            subtree: subtree.to_string(),
-            leaf,
-        };
-        let _ = gearhost_sandbox::teardown(&placement);
+    if let Err(e) = gearhost_sandbox::cgroup::remove_gear(subtree, id) {
+        tracing::warn!(gear = %id, error = %e, "the gear's cgroups could not all be removed");
     }
 }

@@ -205,10 +205,9 @@ impl GearHost for NodeHost {
             } else {
                 self.config.hook_timeout
             };
-            let leaf = format!(
-                "{}-x{}",
-                self.sandbox.id,
-                self.gear.execs.fetch_add(1, Ordering::Relaxed)
+            let leaf = gearhost_sandbox::cgroup::exec_leaf(
+                &self.sandbox.id,
+                self.gear.execs.fetch_add(1, Ordering::Relaxed),
             );
             let net = if network {
                 Some(

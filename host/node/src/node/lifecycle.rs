@@ -287,10 +287,9 @@ impl Node {
         }
         let g = self.find(gear)?;
         let sandbox = self.sandbox(&g, g.record().active);
-        let leaf = format!(
-            "{}-x{}",
-            g.record().id,
-            g.execs.fetch_add(1, Ordering::Relaxed)
+        let leaf = gearhost_sandbox::cgroup::exec_leaf(
+            &g.record().id,
+            g.execs.fetch_add(1, Ordering::Relaxed),
         );
         let status = procs::exec_attached(&sandbox, &leaf, argv, fds, resized)
             .await

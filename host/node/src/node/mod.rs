@@ -43,9 +43,7 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
 /// Sends progress lines back to the caller.
 pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use gearhost_sys::lock::lock;
 
 mod cartridges;
 mod deploy;

@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use gearhost_sys::proc_status::Status;
 use serde_json::{Value, json};
 
 fn errno_of<T>(result: std::io::Result<T>) -> Value {
@@ -39,32 +40,22 @@ fn sys_result(ret: libc::c_long) -> Value {
     }
 }
 
-fn status_field(status: &str, name: &str) -> String {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
-        .unwrap_or_default()
-}
-
 fn isolation(config: &Value) -> Value {
     let mut out = BTreeMap::new();
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let status = Status::own().unwrap_or_else(|_| Status::from_text(""));
     for f in [
-        "Uid:",
-        "Gid:",
-        "Groups:",
-        "CapInh:",
-        "CapPrm:",
-        "CapEff:",
-        "CapBnd:",
-        "CapAmb:",
-        "NoNewPrivs:",
-        "Seccomp:",
+        "Uid",
+        "Gid",
+        "Groups",
+        "CapInh",
+        "CapPrm",
+        "CapEff",
+        "CapBnd",
+        "CapAmb",
+        "NoNewPrivs",
+        "Seccomp",
     ] {
-        out.insert(
-            f.trim_end_matches(':').to_string(),
-            json!(status_field(&status, f)),
-        );
+        out.insert(f.to_string(), json!(status.field(f).unwrap_or_default()));
     }
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
         .map(|d| {

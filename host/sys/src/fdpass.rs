@@ -15,7 +15,7 @@ pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> 
 }
 
 /// [`send_with_fds`] allowing up to `max_fds` descriptors.
-pub(crate) fn send_with_fds_max(
+pub fn send_with_fds_max(
     sock: &UnixStream,
     data: &[u8],
     fds: &[BorrowedFd<'_>],
@@ -90,7 +90,7 @@ pub fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> io::Result<(usize, Ve
 }
 
 /// [`recv_with_fds`] with room for up to `max_fds` descriptors.
-pub(crate) fn recv_with_fds_max(
+pub fn recv_with_fds_max(
     sock: &UnixStream,
     buf: &mut [u8],
     max_fds: usize,

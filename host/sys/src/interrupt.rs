@@ -89,7 +89,7 @@ impl Interrupter {
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_tgkill,
-                libc::getpid(),
+                nix::unistd::getpid().as_raw(),
                 thread.0,
                 SIGNAL as libc::c_int,
             )

@@ -103,7 +103,7 @@ impl SendBatch {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::lock::lock(&self.inner)
     }
 
     /// Queues `data` to be sent on the socket `fd` at the next flush. The ticket
