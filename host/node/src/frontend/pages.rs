@@ -365,7 +365,8 @@ mod tests {
         assert!(page.starts_with("HTTP/1.1 503 "));
         assert!(page.contains("retry-after: 5\r\n"));
         assert!(page.contains("start it with <code>gear start</code>"));
-        let other = String::from_utf8(Refused::too_large(10).page(false, false)).expect("test value");
+        let other =
+            String::from_utf8(Refused::too_large(10).page(false, false)).expect("test value");
         assert!(!other.contains("retry-after"));
         assert!(other.starts_with("HTTP/1.1 413 "));
     }
