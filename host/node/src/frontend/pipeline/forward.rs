@@ -10,7 +10,7 @@ use super::super::gear::Forwarding;
 use super::super::headers::MAX_ANSWER_HEAD;
 use super::super::pages::{DRAIN_BYTES, Refused};
 use super::super::wire::{self, BodyState, CopyError, HeadError, ReadBuf, ResponseHead, Upstream};
-use super::{Client, Exchange, Target};
+use super::{Client, Exchange, Framed, Target};
 use crate::state::GearState;
 
 /// Why forwarding stopped short of an answer.
@@ -98,33 +98,8 @@ pub(super) async fn forward<B: Backend>(
     let front = target.gear.front();
     let limits = backend.limits();
     let limit = limits.max_body;
+    let (mut body, mut sent) = start_body(c, &ex.framed, limit).await?;
     let framed = &ex.framed;
-    let f = &framed.checked.facts;
-    // the body limit: known lengths are refused before anything is sent
-    if f.content_length.is_some_and(|n| n > limit) {
-        return Err(Refused::too_large(limit).pending(framed.unread).into());
-    }
-    if f.expect_continue && framed.unread.is_some() && framed.client_minor == 1 {
-        // the frontend reads the body itself, so it asks for it itself
-        if c.stream
-            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-            .await
-            .is_err()
-        {
-            return Err(Halt::Close);
-        }
-    }
-    // the body's first bytes go with the head
-    let mut body = BodyState::new(framed.checked.framing);
-    let mut sent: u64 = 0;
-    match body.take(&mut c.buf, &mut c.to_gear, false) {
-        Ok(n) => sent += n,
-        Err(e) => return Err(Refused::bad_chunks(&e).pending(Some(DRAIN_BYTES)).into()),
-    }
-    if sent > limit {
-        return Err(Refused::too_large(limit).pending(Some(DRAIN_BYTES)).into());
-    }
-
     let deadline = tokio::time::Instant::from_std(ex.start) + limits.response_timeout;
     let whole_in_first_write = body.done();
     let mut fresh_only = false;
@@ -195,27 +170,61 @@ pub(super) async fn forward<B: Backend>(
         Some(CopyError::Write) | None => {}
     }
     let body_through = body.done();
-    let pending = (!body_through).then_some(DRAIN_BYTES);
     match answered {
         Ok(()) => Ok(Answered {
             upstream,
             body_through,
         }),
-        Err(HeadError::Timeout) => Err(Refused::too_slow(&target.label, limits.response_timeout)
-            .pending(pending)
-            .into()),
         Err(e) => {
-            let why = match e {
-                HeadError::Closed => "the connection closed without an answer".to_string(),
-                HeadError::Io(e) => e.to_string(),
-                HeadError::Malformed(e) => format!("not HTTP: {e}"),
-                HeadError::TooLarge | HeadError::Timeout => "a response head too large".to_string(),
-            };
-            Err(Refused::bad_answer(&target.label, &why)
-                .pending(pending)
+            let refused = no_answer(&target.label, e, limits.response_timeout);
+            Err(refused
+                .pending((!body_through).then_some(DRAIN_BYTES))
                 .into())
         }
     }
+}
+
+/// Before anything goes to the gear: a body over the limit is refused when
+/// its length says so, a client that expects `100 Continue` gets it, and
+/// the body's first bytes (read with the head) join the head for the gear.
+/// Out: where the body stands, and the payload bytes taken so far.
+async fn start_body(c: &mut Client, framed: &Framed, limit: u64) -> Result<(BodyState, u64), Halt> {
+    let f = &framed.checked.facts;
+    // the body limit: known lengths are refused before anything is sent
+    if f.content_length.is_some_and(|n| n > limit) {
+        return Err(Refused::too_large(limit).pending(framed.unread).into());
+    }
+    if f.expect_continue && framed.unread.is_some() && framed.client_minor == 1 {
+        // the frontend reads the body itself, so it asks for it itself
+        if c.stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return Err(Halt::Close);
+        }
+    }
+    let mut body = BodyState::new(framed.checked.framing);
+    let sent = match body.take(&mut c.buf, &mut c.to_gear, false) {
+        Ok(n) => n,
+        Err(e) => return Err(Refused::bad_chunks(&e).pending(Some(DRAIN_BYTES)).into()),
+    };
+    if sent > limit {
+        return Err(Refused::too_large(limit).pending(Some(DRAIN_BYTES)).into());
+    }
+    Ok((body, sent))
+}
+
+/// The refusal for an answer head that did not come whole within `timeout`.
+fn no_answer(label: &str, e: HeadError, timeout: std::time::Duration) -> Refused {
+    let why = match e {
+        HeadError::Timeout => return Refused::too_slow(label, timeout),
+        HeadError::Closed => "the connection closed without an answer".to_string(),
+        HeadError::Io(e) => e.to_string(),
+        HeadError::Malformed(e) => format!("not HTTP: {e}"),
+        HeadError::TooLarge => "a response head too large".to_string(),
+    };
+    Refused::bad_answer(label, &why)
 }
 
 /// Opens a new connection to the gear, counted.
