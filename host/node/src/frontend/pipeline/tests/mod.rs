@@ -597,3 +597,39 @@ async fn counters_and_access_log_lines_follow_each_request() {
         assert!(out.lines().any(|l| l == line), "no {line} in\n{out}");
     }
 }
+
+#[tokio::test]
+async fn a_request_meeting_an_idling_waits_for_the_wake_up_after_it() {
+    let app = App::ok("after the idling").await;
+    // the idler has begun: the gear still runs, but is closing
+    let wake: harness::WakeFn = Box::new(|gear| {
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            gear.front.closing.store(false, Ordering::SeqCst);
+            Ok(())
+        })
+    });
+    let world = World::new(app.port, GearState::Running, wake, limits()).await;
+    world.gear.front.closing.store(true, Ordering::SeqCst);
+    let mut c = world.client().await;
+    let start = Instant::now();
+    c.send(&get("app-ns.gears.test", "/")).await;
+    assert_eq!(c.response(false).await.text(), "after the idling");
+    assert!(start.elapsed() >= Duration::from_millis(200));
+    assert_eq!(world.node.wakes.load(Ordering::SeqCst), 1);
+    world.settle().await;
+    assert_eq!(world.gear.front.forwarding.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let app = App::start(|r| Reply::Send(ok(r.head.split(' ').nth(1).unwrap_or("?")))).await;
+    let world = World::running(&app).await;
+    let mut c = world.client().await;
+    let mut both = get("app-ns.gears.test", "/first");
+    both.extend_from_slice(&get("www.example.org", "/second"));
+    c.send(&both).await;
+    assert_eq!(c.response(false).await.text(), "/first");
+    assert_eq!(c.response(false).await.text(), "/second");
+    assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
+}
