@@ -19,7 +19,6 @@ pub mod logs;
 pub mod node;
 mod oplock;
 pub mod procs;
-mod proxy;
 pub mod server;
 pub mod state;
 

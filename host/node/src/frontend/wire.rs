@@ -10,8 +10,9 @@
 //! each message ends.
 //! One task serves one client connection: it owns the gear connection for
 //! the length of a request, so nothing travels between tasks. What a
-//! request may do (routing, waking, refusals, limits) is decided in
-//! [`crate::frontend`]; this module is the wire.
+//! request may do (routing, waking, refusals, limits) is decided by the
+//! request pipeline (`super::pipeline`) and the header policy
+//! (`super::headers`); this module is the wire.
 //!
 //! On a frontend worker the heads (with the first body bytes) go out through
 //! the worker's [`SendBatch`]: the sends of every connection that was ready

@@ -1,0 +1,114 @@
+//! The seam between the request pipeline and the node. The pipeline asks
+//! the node for four things only: the route table, the limits of its
+//! configuration, a wake-up of an idle gear, and a connection to a gear's
+//! port; and a gear for two: its frontend state and its lifecycle state.
+//! [`Node`] answers with network namespaces and its lifecycle; the
+//! pipeline's unit tests answer with loopback listeners and wake-ups they
+//! script, and drive the same pipeline code without root or namespaces.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::{Frontend, GearFront, Target};
+use crate::node::{Gear, Node};
+use crate::state::GearState;
+
+/// The bounds the pipeline holds a request to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Time allowed for a request head to arrive whole.
+    pub header_timeout: Duration,
+    /// Time allowed from a request's arrival to its answer's head.
+    pub response_timeout: Duration,
+    /// Largest request body passed on.
+    pub max_body: u64,
+}
+
+/// A gear as the pipeline sees it.
+pub(crate) trait BackendGear: Send + Sync + 'static {
+    /// The frontend's state of the gear.
+    fn front(&self) -> &GearFront;
+    /// Its lifecycle state now.
+    fn state(&self) -> GearState;
+}
+
+/// The node as the pipeline sees it.
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Its gears.
+    type Gear: BackendGear;
+
+    /// The route table and node-wide counters.
+    fn frontend(&self) -> &Frontend<Self::Gear>;
+
+    /// The bounds on requests.
+    fn limits(&self) -> Limits;
+
+    /// The domain of gears' public names, for the unknown-host page.
+    fn domain(&self) -> &str;
+
+    /// Wakes an idle gear (or waits for the wake-up in progress, or for an
+    /// idling to end and the wake-up after it): `Ok` once it runs.
+    fn wake(&self, gear: &Arc<Self::Gear>) -> impl Future<Output = Result<(), String>> + Send;
+
+    /// A new connection to the target's port, or why there is none.
+    fn connect(
+        &self,
+        target: &Target<Self::Gear>,
+    ) -> impl Future<Output = Result<TcpStream, String>> + Send;
+}
+
+impl BackendGear for Gear {
+    fn front(&self) -> &GearFront {
+        &self.front
+    }
+
+    fn state(&self) -> GearState {
+        Gear::state(self)
+    }
+}
+
+impl Backend for Arc<Node> {
+    type Gear = Gear;
+
+    fn frontend(&self) -> &Frontend<Gear> {
+        &self.frontend
+    }
+
+    fn limits(&self) -> Limits {
+        let config = self.config();
+        Limits {
+            header_timeout: config.header_timeout,
+            response_timeout: config.response_timeout,
+            max_body: config.max_body,
+        }
+    }
+
+    fn domain(&self) -> &str {
+        &self.config().domain
+    }
+
+    fn wake(&self, gear: &Arc<Gear>) -> impl Future<Output = Result<(), String>> + Send {
+        Node::wake(self, gear)
+    }
+
+    /// Connects to `127.0.0.1:<port>` inside the gear's network namespace.
+    async fn connect(&self, target: &Target<Gear>) -> Result<TcpStream, String> {
+        let netns = target.gear.paths.netns();
+        let port = target.port;
+        let timeout = self.config().connect_timeout;
+        let stream = tokio::task::spawn_blocking(move || {
+            let s =
+                gearhost_sandbox::netns::connect(&netns, ([127, 0, 0, 1], port).into(), timeout)?;
+            s.set_nodelay(true)?;
+            s.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("nothing answers on port {port} inside the gear ({e})"))?;
+        TcpStream::from_std(stream).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,182 @@
+//! The frontend's state of one gear: its pools of idle connections (one per
+//! worker), its counters and access log, its activity (for idling) and the
+//! wake-up in progress; and the node's monotonic clock that activity is
+//! measured on.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::access::AccessLog;
+use super::metrics::Stats;
+use super::wire::Upstream;
+use gearhost_sys::lock::lock;
+
+/// Most idle connections kept open to one gear.
+const POOL_MAX: usize = 256;
+/// An idle pooled connection older than this is closed instead of reused
+/// (apps close idle keep-alive connections after a while themselves).
+const POOL_IDLE: Duration = Duration::from_secs(30);
+
+/// The result of a wake-up, shared by every request that waited for it.
+pub(crate) type WakeResult = Option<Result<(), String>>;
+
+thread_local! {
+    /// Which frontend worker this thread is (0: not a worker).
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Make this thread frontend worker `i` (from 1): requests it serves use
+/// the gears' pools of that worker.
+pub(super) fn set_worker(i: usize) {
+    WORKER.set(i);
+}
+
+/// The frontend's state of one gear: its connection pools, counters, access
+/// log, activity and wake-up.
+#[derive(Debug)]
+pub struct GearFront {
+    /// Idle connections to the gear, one pool per frontend worker (a
+    /// connection's task runs on the worker that opened it, so a request
+    /// never hops threads), plus one for everything else.
+    pools: Vec<Mutex<Vec<Upstream>>>,
+    /// Request counters.
+    pub stats: Stats,
+    /// The access log.
+    pub access: AccessLog,
+    /// Requests (and upgraded connections) in flight.
+    pub(crate) active: AtomicUsize,
+    /// When the last request arrived or ended, or the gear started: the
+    /// node's monotonic milliseconds.
+    pub(crate) last_active: AtomicU64,
+    /// The wake-up in progress, if any: every request for the idle gear
+    /// waits on the same one.
+    pub(crate) waking: Mutex<Option<tokio::sync::watch::Receiver<WakeResult>>>,
+    /// The frontend's listener inside the gear's network namespace.
+    pub(super) door: Mutex<Option<tokio::task::AbortHandle>>,
+    /// Set while the gear is being idled. With `active` it makes a
+    /// handshake (both sequentially consistent): the idler sets this, then
+    /// looks at `active`; a request raises `active`, then looks at this. So
+    /// either the idler sees the request and leaves the gear alone, or the
+    /// request sees the idler and waits for the wake-up after it, instead of
+    /// reaching an app that is being stopped.
+    pub(crate) closing: AtomicBool,
+    /// Requests being passed to the gear now (past the wake-up check, until
+    /// their answer is through). Idling waits for them: with `closing` it
+    /// makes the same handshake as `active`.
+    pub(crate) forwarding: AtomicUsize,
+}
+
+impl GearFront {
+    /// The frontend state of a gear whose logs are in `logs`, for `workers`
+    /// frontend workers.
+    pub fn new(logs: &std::path::Path, max_bytes: u64, keep: usize, workers: usize) -> GearFront {
+        GearFront {
+            pools: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
+            stats: Stats::default(),
+            access: AccessLog::new(logs.join("access.log"), max_bytes, keep),
+            active: AtomicUsize::new(0),
+            last_active: AtomicU64::new(now_ms()),
+            waking: Mutex::new(None),
+            door: Mutex::new(None),
+            closing: AtomicBool::new(false),
+            forwarding: AtomicUsize::new(0),
+        }
+    }
+
+    /// Close the frontend's listener inside the gear (it is being destroyed).
+    pub fn close_door(&self) {
+        if let Some(door) = lock(&self.door).take() {
+            door.abort();
+        }
+    }
+
+    /// Note activity now (a request, a start).
+    pub fn touch(&self) {
+        self.last_active.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Note activity at `at`.
+    pub(super) fn touch_at(&self, at: Instant) {
+        self.last_active.store(ms_at(at), Ordering::Relaxed);
+    }
+
+    /// How long since the last activity.
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.last_active.load(Ordering::Relaxed)))
+    }
+
+    /// Close every pooled connection (the gear stopped).
+    pub fn clear_pool(&self) {
+        for pool in &self.pools {
+            lock(pool).clear();
+        }
+    }
+
+    /// This thread's pool.
+    fn pool(&self) -> &Mutex<Vec<Upstream>> {
+        &self.pools[WORKER.get() % self.pools.len()]
+    }
+
+    /// Keep a connection that can carry another request, idle since `now`.
+    pub(super) fn put(&self, mut upstream: Upstream, now: Instant) {
+        upstream.since = now;
+        upstream.buf.release();
+        let mut pool = lock(self.pool());
+        if pool.len() < POOL_MAX {
+            pool.push(upstream);
+        }
+    }
+
+    /// An idle connection to the gear that can carry a request, if one is pooled.
+    pub(super) fn take(&self, now: Instant) -> Option<Upstream> {
+        loop {
+            let upstream = lock(self.pool()).pop()?;
+            if now.saturating_duration_since(upstream.since) <= POOL_IDLE && upstream.usable() {
+                return Some(upstream);
+            }
+        }
+    }
+
+    /// Connections idle in this thread's pool.
+    #[cfg(test)]
+    pub(super) fn pooled(&self) -> usize {
+        lock(self.pool()).len()
+    }
+}
+
+/// Counts a request in [`GearFront::forwarding`] while it lives.
+pub(super) struct Forwarding<'a>(&'a GearFront);
+
+impl<'a> Forwarding<'a> {
+    /// Count a request as being passed to the gear, unless the gear is being
+    /// idled (then `None`: the request waits for the wake-up after it).
+    pub(super) fn begin(front: &'a GearFront) -> Option<Forwarding<'a>> {
+        front.forwarding.fetch_add(1, Ordering::SeqCst);
+        if !front.closing.load(Ordering::SeqCst) {
+            return Some(Forwarding(front));
+        }
+        front.forwarding.fetch_sub(1, Ordering::SeqCst);
+        None
+    }
+}
+
+impl Drop for Forwarding<'_> {
+    fn drop(&mut self) {
+        self.0.forwarding.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+static CLOCK_START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Milliseconds on the node's monotonic clock.
+pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// `at` in milliseconds on the node's monotonic clock.
+fn ms_at(at: Instant) -> u64 {
+    at.saturating_duration_since(*CLOCK_START.get_or_init(Instant::now))
+        .as_millis() as u64
+        + 1
+}

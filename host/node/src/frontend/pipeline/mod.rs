@@ -1,0 +1,381 @@
+//! The request pipeline: one client connection, and each request on it in
+//! phases, each a function with a clear input and output:
+//!
+//! 1. **frame** ([`frame`]): the request head is read (within the header
+//!    timeout and [`MAX_HEAD`]) and checked: one request, framed one way,
+//!    naming one host. Out: a [`Framed`] request, or a 400.
+//! 2. **route** (`RouteTable::route`): the authority the gear will see as
+//!    its `Host` leads to a [`Target`], or a 404. The request is then
+//!    counted as the gear's ([`admit`]): its access log line and the head
+//!    for the gear are written from the client's bytes.
+//! 3. **wake** ([`forward::wake`]): an idle gear is woken and the request
+//!    waits for it; one being idled is waited out. Out: the request counted
+//!    as being forwarded, or a 503.
+//! 4. **forward** ([`forward::forward`]): the head and body go to the gear
+//!    over a pooled or new connection while its answer's head is awaited.
+//!    Out: the gear's connection with the answer's head read, or a
+//!    413/502/504.
+//! 5. **relay** ([`relay::relay`]): the answer's head is written anew for
+//!    the client and its body passed on (or both sides spliced after an
+//!    upgrade); the gear's connection goes back to its pool when it can
+//!    carry another request.
+//!
+//! A phase that refuses returns a [`Refused`]: [`request`] counts it and
+//! writes its page. The node is reached only through [`Backend`], so the
+//! tests below drive this code over loopback sockets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use gearhost_http::fields::facts;
+use gearhost_http::request::{BadRequest, Checked, check_request};
+
+use super::backend::{Backend, BackendGear};
+use super::headers::{self, MAX_HEAD, Method};
+use super::pages::Refused;
+use super::wire::{self, HeadError, ReadBuf, RequestHead, ResponseHead, Upstream};
+use super::{Target, access};
+
+mod forward;
+mod relay;
+#[cfg(test)]
+mod tests;
+
+/// Longest time spent reading a refused body to its end.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Serve one client connection to its end, counted.
+pub(super) async fn serve<B: Backend>(backend: &B, stream: TcpStream, peer: SocketAddr) {
+    let front = backend.frontend();
+    front.connections.fetch_add(1, Ordering::Relaxed);
+    front.connections_total.fetch_add(1, Ordering::Relaxed);
+    connection(backend, stream, peer).await;
+    front.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A client connection's state that lives from one request to the next.
+struct Client {
+    stream: TcpStream,
+    sendfd: wire::SendFd,
+    buf: ReadBuf,
+    head: RequestHead,
+    forwarded_for: String,
+    /// The head (and first body bytes) going to the gear.
+    to_gear: Vec<u8>,
+    /// The head (and first body bytes) going back to the client.
+    to_client: Vec<u8>,
+    /// Request body bytes on their way to the gear.
+    body_out: Vec<u8>,
+    response: ResponseHead,
+}
+
+/// What happens to a client connection after a request.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Read the next request.
+    KeepAlive,
+    /// Close it.
+    Close,
+    /// Close it after reading and dropping up to this many bytes.
+    Drain(u64),
+}
+
+/// Polls `fut` once: its output if it is ready at once, else `None` (it can
+/// be polled again later).
+async fn poll_once<F: std::future::Future + Unpin>(fut: F) -> Option<F::Output> {
+    let mut fut = fut;
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut fut).poll(cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// Serves the requests of one client connection until it closes, fails,
+/// sends no whole head within the header timeout, or a request ends it.
+async fn connection<B: Backend>(backend: &B, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let mut c = Client {
+        stream,
+        sendfd: wire::SendFd::default(),
+        buf: ReadBuf::default(),
+        head: RequestHead::default(),
+        forwarded_for: peer.ip().to_string(),
+        to_gear: Vec::with_capacity(1024),
+        to_client: Vec::with_capacity(1024),
+        body_out: Vec::new(),
+        response: ResponseHead::default(),
+    };
+    let header_timeout = backend.limits().header_timeout;
+    // one timer per connection, moved for each request
+    let timer = tokio::time::sleep(header_timeout);
+    tokio::pin!(timer);
+    loop {
+        // a connection waiting for its next request holds no buffer
+        c.buf.release();
+        wire::give_buffer(std::mem::take(&mut c.body_out));
+        let read = {
+            let (stream, buf, parsed) = (&mut c.stream, &mut c.buf, &mut c.head);
+            let head = async move {
+                if buf.data.is_empty() {
+                    // take a buffer only once there is something to read
+                    stream.readable().await.map_err(HeadError::Io)?;
+                }
+                wire::read_request_head(stream, buf, parsed, MAX_HEAD).await
+            };
+            tokio::pin!(head);
+            // a head already buffered (pipelining) needs no timer
+            match poll_once(head.as_mut()).await {
+                Some(r) => r,
+                None => {
+                    timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + header_timeout);
+                    tokio::select! {
+                        r = head => r,
+                        () = timer.as_mut() => Err(HeadError::Timeout),
+                    }
+                }
+            }
+        };
+        let unreadable = match read {
+            Ok(()) => None,
+            Err(HeadError::Closed | HeadError::Io(_) | HeadError::Timeout) => return,
+            Err(HeadError::Malformed(e)) => Some(Refused::malformed_head(&e)),
+            Err(HeadError::TooLarge) => Some(Refused::head_too_large(MAX_HEAD)),
+        };
+        if let Some(refused) = unreadable {
+            backend.frontend().stats.refused(refused.why);
+            let _ = c.stream.write_all(&refused.page(false, true)).await;
+            return;
+        }
+        match request(backend, &mut c).await {
+            Next::KeepAlive => {}
+            Next::Close => return,
+            Next::Drain(left) => {
+                drain(&mut c.stream, left).await;
+                return;
+            }
+        }
+    }
+}
+
+/// After a refused body: reads (and drops) what the client still sends, so
+/// that it reads the answer instead of a reset.
+async fn drain(stream: &mut TcpStream, left: u64) {
+    let _ = stream.shutdown().await;
+    let _ = tokio::time::timeout(DRAIN_TIME, async {
+        let mut left = left.min(super::pages::DRAIN_BYTES);
+        let mut sink = vec![0u8; 16 * 1024];
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n as u64),
+            }
+        }
+    })
+    .await;
+}
+
+/// Serves one request whose head is in `c.head`, phase by phase (see the
+/// module's description).
+async fn request<B: Backend>(backend: &B, c: &mut Client) -> Next {
+    let start = Instant::now();
+    let method = Method::of(&c.buf.data[c.head.method.clone()]);
+    let framed = match frame(c, method) {
+        Ok(framed) => framed,
+        Err(refused) => {
+            backend.frontend().stats.refused(refused.why);
+            c.buf.consume(c.head.len);
+            return answer(c, &refused, method.head, false).await;
+        }
+    };
+    let authority = &c.buf.data[framed.checked.authority.clone()];
+    let target = match backend.frontend().routes.route(authority) {
+        Ok(target) => target,
+        Err(host) => {
+            let refused = Refused::unknown_host(&host, backend.domain()).pending(framed.unread);
+            let stats = &backend.frontend().stats;
+            stats.refused(refused.why);
+            stats.response(refused.status, start.elapsed());
+            c.buf.consume(c.head.len);
+            return answer(c, &refused, method.head, framed.keep).await;
+        }
+    };
+    let mut ex = admit(c, framed, &target, start);
+    if method.connect {
+        let refused = Refused::not_a_proxy().pending(ex.framed.unread);
+        return ex.refuse(c, refused).await;
+    }
+    let _forwarding = match forward::wake(backend, &target, ex.framed.unread).await {
+        Ok(forwarding) => forwarding,
+        Err(refused) => return ex.refuse(c, refused).await,
+    };
+    let answered = match forward::forward(backend, c, &target, &mut ex).await {
+        Ok(answered) => answered,
+        Err(forward::Halt::Refuse(refused)) => return ex.refuse(c, refused).await,
+        Err(forward::Halt::Close) => return Next::Close,
+    };
+    relay::relay(c, &target, ex, answered).await
+}
+
+/// A request that passed the frame phase.
+#[derive(Debug)]
+struct Framed {
+    checked: Checked,
+    method: Method,
+    client_minor: u8,
+    /// The client connection stays open after the answer (were nothing to
+    /// end it).
+    keep: bool,
+    /// Body bytes to read and drop were the request refused before its body.
+    unread: Option<u64>,
+}
+
+/// Phase 1, frame: the head in `c` as one request, framed one way, naming
+/// one host; else the 400 that says why (with the body left to drain, when
+/// its framing is known).
+fn frame(c: &Client, method: Method) -> Result<Framed, Refused> {
+    match check_request(&c.buf.data, &c.head) {
+        Ok(checked) => Ok(Framed {
+            keep: headers::client_keeps_alive(c.head.minor, &checked.facts),
+            unread: headers::unread_body(checked.framing),
+            checked,
+            method,
+            client_minor: c.head.minor,
+        }),
+        Err(why) => {
+            let f = facts(&c.buf.data, &c.head.headers);
+            let refused = if why == BadRequest::NoHost {
+                Refused::no_host()
+            } else {
+                Refused::bad_request(&why.to_string())
+            };
+            Err(refused.pending(headers::unread_after_refusal(why, &f)))
+        }
+    }
+}
+
+/// A routed request, from its admission to its end.
+struct Exchange<G: BackendGear> {
+    framed: Framed,
+    start: Instant,
+    finish: Finish<G>,
+}
+
+/// Between route and wake: the request counts as the gear's (in flight,
+/// activity); its access log line and the head for the gear are written
+/// from the client's bytes, and then the head is done with.
+fn admit<G: BackendGear>(
+    c: &mut Client,
+    framed: Framed,
+    target: &Target<G>,
+    start: Instant,
+) -> Exchange<G> {
+    let front = target.gear.front();
+    front.active.fetch_add(1, Ordering::SeqCst);
+    front.touch_at(start);
+    let mut line = String::with_capacity(160);
+    let split = access::request_part(
+        &mut line,
+        &c.forwarded_for,
+        &c.buf.data,
+        &c.head,
+        framed.checked.facts.user_agent.clone(),
+    );
+    headers::write_request_head(
+        &c.buf.data,
+        &c.head,
+        &framed.checked,
+        &c.forwarded_for,
+        &mut c.to_gear,
+    );
+    c.buf.consume(c.head.len);
+    Exchange {
+        framed,
+        start,
+        finish: Finish {
+            gear: target.gear.clone(),
+            line,
+            split,
+            status: 0,
+            start,
+            bytes: 0,
+            upstream: None,
+        },
+    }
+}
+
+impl<G: BackendGear> Exchange<G> {
+    /// Answers the routed request with the frontend's own page, counted as
+    /// the gear's.
+    async fn refuse(&mut self, c: &mut Client, refused: Refused) -> Next {
+        let stats = &self.finish.gear.front().stats;
+        stats.refused(refused.why);
+        stats.response(refused.status, self.start.elapsed());
+        self.finish.status = refused.status.as_u16();
+        answer(c, &refused, self.framed.method.head, self.framed.keep).await
+    }
+}
+
+/// Writes a page of the frontend's own to the client, and says what happens
+/// to the connection: a body the request announced and nobody read is
+/// drained before the connection closes.
+async fn answer(c: &mut Client, refused: &Refused, head_only: bool, keep: bool) -> Next {
+    let close = !keep || refused.pending.is_some();
+    if c.stream
+        .write_all(&refused.page(head_only, close))
+        .await
+        .is_err()
+    {
+        return Next::Close;
+    }
+    match refused.pending {
+        Some(left) => Next::Drain(left),
+        None if close => Next::Close,
+        None => Next::KeepAlive,
+    }
+}
+
+/// What is left to do when a response is finished: the access log line,
+/// the gear's activity, and returning its connection to the pool.
+struct Finish<G: BackendGear> {
+    gear: Arc<G>,
+    /// `<peer> "<method> <path> <version>"` followed by ` "<user agent>"`,
+    /// which starts at `split`.
+    line: String,
+    split: usize,
+    status: u16,
+    start: Instant,
+    bytes: u64,
+    /// The connection the response came on, returned when it can carry
+    /// another request.
+    upstream: Option<Upstream>,
+}
+
+impl<G: BackendGear> Drop for Finish<G> {
+    fn drop(&mut self) {
+        let front = self.gear.front();
+        let now = Instant::now();
+        if let Some(upstream) = self.upstream.take() {
+            front.put(upstream, now);
+        }
+        access::record(
+            &front.access,
+            &self.line,
+            self.split,
+            self.status,
+            self.bytes,
+            now.saturating_duration_since(self.start),
+        );
+        front.active.fetch_sub(1, Ordering::Relaxed);
+        front.touch_at(now);
+    }
+}

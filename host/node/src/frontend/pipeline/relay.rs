@@ -1,0 +1,141 @@
+//! Phase 5 of a request: the gear's answer to the client.
+
+use std::sync::atomic::Ordering;
+
+use http::StatusCode;
+use tokio::io::AsyncWriteExt;
+
+use gearhost_http::Framing;
+use gearhost_http::fields::facts;
+
+use super::super::backend::BackendGear;
+use super::super::headers::{self, AnswerShape};
+use super::super::pages::{DRAIN_BYTES, Refused};
+use super::super::wire::{self, BodyState, Upstream};
+use super::forward::Answered;
+use super::{Client, Exchange, Next, Target};
+
+/// Phase 5, relay: checks the answer's head (in `answered`), writes it anew
+/// for the client, and passes the body on as it comes (or, after `101`,
+/// splices both sides). The gear's connection goes back to the pool when it
+/// can carry another request. Out: what happens to the client connection.
+pub(super) async fn relay<G: BackendGear>(
+    c: &mut Client,
+    target: &Target<G>,
+    mut ex: Exchange<G>,
+    answered: Answered,
+) -> Next {
+    let Answered {
+        mut upstream,
+        body_through,
+    } = answered;
+    let status = c.response.status;
+    let rf = facts(&upstream.buf.data, &c.response.headers);
+    let problem = if status == 101 && !ex.framed.checked.upgrade {
+        Some(Refused::switched_unasked(&target.label))
+    } else if rf.bad_length {
+        Some(Refused::bad_length(&target.label))
+    } else {
+        None
+    };
+    if let Some(refused) = problem {
+        let refused = refused.pending((!body_through).then_some(DRAIN_BYTES));
+        return ex.refuse(c, refused).await;
+    }
+    let front = target.gear.front();
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    front.stats.response(code, ex.start.elapsed());
+    ex.finish.status = status;
+    let framing = headers::answer_framing(status, ex.framed.method.head, &rf);
+    let client_minor = ex.framed.client_minor;
+    // an HTTP/1.0 client gets a chunked answer unchunked, delimited by the close
+    let decode = framing == Framing::Chunked && client_minor == 0;
+    let keep = ex.framed.keep && body_through && framing != Framing::Close && !decode;
+    let shape = AnswerShape {
+        framing,
+        decode,
+        keep,
+        head_request: ex.framed.method.head,
+        client_minor,
+    };
+    headers::write_response_head(
+        &upstream.buf.data,
+        &c.response,
+        &rf,
+        shape,
+        &mut c.to_client,
+    );
+    upstream.buf.consume(c.response.len);
+
+    if status == 101 {
+        return upgrade(c, target, ex, upstream).await;
+    }
+
+    // the body: its first bytes with the head, the rest as it comes
+    let mut body = BodyState::new(framing);
+    match body.take(&mut upstream.buf, &mut c.to_client, decode) {
+        Ok(n) => ex.finish.bytes = n,
+        Err(_) => return Next::Close,
+    }
+    if wire::send_all(&mut c.stream, &mut c.sendfd, &mut c.to_client)
+        .await
+        .is_err()
+    {
+        return Next::Close;
+    }
+    let mut copied = ex.finish.bytes;
+    let pumped = wire::pump(
+        &mut upstream.stream,
+        &mut upstream.buf,
+        &mut c.stream,
+        &mut body,
+        decode,
+        u64::MAX,
+        &mut copied,
+        &mut c.body_out,
+    )
+    .await;
+    ex.finish.bytes = copied;
+    if pumped.is_err() {
+        // cut short: the client cannot tell where this answer ends otherwise
+        return Next::Close;
+    }
+    // the gear's connection goes back to the pool when it can carry another request
+    if body.done()
+        && framing != Framing::Close
+        && body_through
+        && !rf.close
+        && c.response.minor == 1
+        && upstream.buf.data.is_empty()
+    {
+        ex.finish.upstream = Some(upstream);
+    }
+    drop(ex);
+    if keep { Next::KeepAlive } else { Next::Close }
+}
+
+/// Both sides switch protocols: what each already sent the other goes
+/// first, then bytes are spliced until either closes. The request is over
+/// (and logged); the connection counts as the gear's activity until then.
+async fn upgrade<G: BackendGear>(
+    c: &mut Client,
+    target: &Target<G>,
+    ex: Exchange<G>,
+    mut upstream: Upstream,
+) -> Next {
+    let front = target.gear.front();
+    front.stats.upgrades.fetch_add(1, Ordering::Relaxed);
+    c.to_client.extend_from_slice(&upstream.buf.data);
+    upstream.buf.data.clear();
+    let to_gear = std::mem::take(&mut c.buf.data);
+    drop(ex);
+    front.active.fetch_add(1, Ordering::Relaxed);
+    if c.stream.write_all(&c.to_client).await.is_ok()
+        && upstream.stream.write_all(&to_gear).await.is_ok()
+    {
+        let _ = tokio::io::copy_bidirectional(&mut c.stream, &mut upstream.stream).await;
+    }
+    front.active.fetch_sub(1, Ordering::Relaxed);
+    front.touch();
+    Next::Close
+}
