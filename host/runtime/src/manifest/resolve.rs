@@ -154,7 +154,10 @@ fn resolve_publish(
                 field,
                 Some(entry.span()),
                 format!("{key} is set by the node in every gear and cannot be published"),
-                "publish the cartridge's own variables, not GEAR_*, PATH, HOME, USER, LOGNAME or HOSTNAME",
+                format!(
+                    "publish the cartridge's own variables, not {}",
+                    crate::sysenv::describe_system_keys()
+                ),
             );
         }
         if !seen.insert(key.clone()) {
