@@ -526,7 +526,8 @@ impl ScratchHost {
     fn refuse(&self, what: &str) -> HostError {
         HostError::Unavailable(format!(
             "{what} needs a gear sandbox, and this hook runs standalone without one; \
-             install the cartridge on a node and use a real gear to run programs"
+             run `gear cartridge call` as root to run it in a throwaway sandbox, or install \
+             the cartridge on a node and use a real gear"
         ))
     }
 }
