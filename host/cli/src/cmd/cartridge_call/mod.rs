@@ -169,14 +169,15 @@ pub fn run(args: Args) -> CmdResult {
         (Arc::new(scratch), None)
     };
     let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_time();
     if sandboxed {
         // hooks run under the gear's file identity: every new thread starts as
-        // this process (see gearhost_runtime::fsid), and Ctrl-C is caught
-        builder
-            .enable_all()
-            .on_thread_start(gearhost_runtime::fsid::reset_thread);
-    } else {
-        builder.enable_time();
+        // this process (see gearhost_runtime::fsid)
+        builder.on_thread_start(gearhost_runtime::fsid::reset_thread);
+    }
+    if sandboxed && args.keep_running {
+        // Ctrl-C is caught (the signal driver needs the I/O driver)
+        builder.enable_io();
     }
     let rt = builder
         .build()
