@@ -158,25 +158,7 @@ impl TrialHost {
         spec.home_target = PathBuf::from(&gear.home);
         spec.netns = Some(self.netns_path()?);
         spec.cwd = Some(PathBuf::from(cmd.cwd.as_deref().unwrap_or(&gear.home)));
-        let mut env: BTreeMap<String, String> = sysenv::DEFAULTS
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
-            .collect();
-        env.extend(self.scratch.env_list());
-        for (k, v) in &cmd.env {
-            if !sysenv::is_system_key(k) {
-                env.insert(k.clone(), v.clone());
-            }
-        }
-        for (k, v) in [
-            ("HOME", gear.home.as_str()),
-            ("PATH", GEAR_PATH),
-            ("USER", gear.name.as_str()),
-            ("LOGNAME", gear.name.as_str()),
-            ("HOSTNAME", gear.name.as_str()),
-        ] {
-            env.insert(k.to_string(), v.to_string());
-        }
+        let env = environment(&gear, self.scratch.env_list(), &cmd.env);
         spec.env = env.into_iter().collect();
         Ok(spec)
     }
@@ -217,6 +199,36 @@ impl TrialHost {
         }
         removed
     }
+}
+
+/// A program's environment in the throwaway gear: the defaults, the gear's
+/// variables, what the hook asked for (never a system variable), and the
+/// system variables, which nobody overrides.
+fn environment(
+    gear: &GearInfo,
+    gear_env: Vec<(String, String)>,
+    extra: &[(String, String)],
+) -> BTreeMap<String, String> {
+    let mut env: BTreeMap<String, String> = sysenv::DEFAULTS
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+    env.extend(gear_env);
+    for (k, v) in extra {
+        if !sysenv::is_system_key(k) {
+            env.insert(k.clone(), v.clone());
+        }
+    }
+    for (k, v) in [
+        ("HOME", gear.home.as_str()),
+        ("PATH", GEAR_PATH),
+        ("USER", gear.name.as_str()),
+        ("LOGNAME", gear.name.as_str()),
+        ("HOSTNAME", gear.name.as_str()),
+    ] {
+        env.insert(k.to_string(), v.to_string());
+    }
+    env
 }
 
 fn exit_of(status: std::process::ExitStatus) -> ExitStatus {
@@ -488,5 +500,63 @@ impl GearHost for TrialHost {
 
     fn file_owner(&self) -> Option<FileOwner> {
         Some(self.owner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_program_gets_the_gears_environment_and_cannot_override_the_system() {
+        let gear = GearInfo {
+            id: "trial".into(),
+            name: "site".into(),
+            namespace: "local".into(),
+            cartridge: "c".into(),
+            home: "/gear".into(),
+            endpoints: vec![],
+        };
+        let env = environment(
+            &gear,
+            pairs(&[("GEAR_HOME", "/gear"), ("GREETING", "hi")]),
+            &pairs(&[
+                ("PATH", "/evil"),
+                ("GEAR_HOME", "/tmp"),
+                ("LANG", "de_DE.UTF-8"),
+            ]),
+        );
+        assert_eq!(env["PATH"], GEAR_PATH);
+        assert_eq!(env["GEAR_HOME"], "/gear");
+        assert_eq!(env["HOME"], "/gear");
+        assert_eq!(env["USER"], "site");
+        assert_eq!(env["GREETING"], "hi");
+        // a default gives way to what the hook asked for
+        assert_eq!(env["LANG"], "de_DE.UTF-8");
+        for key in sysenv::SYSTEM_KEYS {
+            assert!(env.contains_key(*key), "{key}");
+        }
+        let plain = environment(&gear, vec![], &[]);
+        assert_eq!(plain["LANG"], "C.UTF-8");
+    }
+
+    #[test]
+    fn a_killed_command_is_reported_as_signalled() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let from_code = |code: i32| std::process::ExitStatus::from_raw(code << 8);
+        assert_eq!(exit_of(from_code(0)), ExitStatus::Exited(0));
+        assert_eq!(exit_of(from_code(3)), ExitStatus::Exited(3));
+        // the sandbox reports SIGTERM as 128 + 15
+        assert_eq!(exit_of(from_code(143)), ExitStatus::Signaled(15));
+        assert_eq!(
+            exit_of(std::process::ExitStatus::from_raw(9)),
+            ExitStatus::Signaled(9)
+        );
     }
 }
