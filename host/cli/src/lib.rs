@@ -177,7 +177,8 @@ pub enum CartridgeCommand {
     New(cmd::cartridge_new::Args),
     /// Validate a cartridge directory (manifest and hooks component) and summarise it.
     Check(cmd::cartridge_check::Args),
-    /// Run one hook of a cartridge standalone, against a scratch gear directory.
+    /// Run one hook of a cartridge standalone, against a scratch gear directory (as root,
+    /// its programs run for real in a throwaway gear sandbox).
     Call(cmd::cartridge_call::Args),
     /// Install a cartridge on the node (validated and compiled once).
     Install(cmd::cartridge_store::InstallArgs),

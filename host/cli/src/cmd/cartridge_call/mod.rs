@@ -42,8 +42,9 @@ pub struct Args {
     /// An argument for the control action (repeat for more).
     #[arg(long = "arg", value_name = "ARG")]
     pub args: Vec<String>,
-    /// A directory to use as the gear's home (kept afterwards); default: a
-    /// fresh temporary directory, removed afterwards.
+    /// A directory to use as the gear's home (kept afterwards; as root it is
+    /// handed to the gear's uid); default: a fresh temporary directory,
+    /// removed afterwards.
     #[arg(long)]
     pub gear_dir: Option<PathBuf>,
     /// Name of the scratch gear.
