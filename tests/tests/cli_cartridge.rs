@@ -161,13 +161,15 @@ fn call_runs_a_hook_and_reports_what_it_did() {
     // the scratch gear directory got the usual layout and was kept
     assert!(gear_dir.path().join("app-root/repo").is_dir());
 
-    // exec is refused without a sandbox, and the exit code says the hook failed
+    // exec is refused without a sandbox (as root too, with --no-sandbox), and
+    // the exit code says the hook failed
     let out = gear(
         &[
             "cartridge",
             "call",
             dir,
             "control",
+            "--no-sandbox",
             "--action",
             "exec",
             "--arg",

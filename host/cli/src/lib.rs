@@ -178,9 +178,12 @@ pub enum SandboxCommand {
 /// `gear cartridge ...`
 #[derive(Debug, Subcommand)]
 pub enum CartridgeCommand {
+    /// Write a new cartridge crate, ready to build anywhere (the SDK vendored).
+    New(cmd::cartridge_new::Args),
     /// Validate a cartridge directory (manifest and hooks component) and summarise it.
     Check(cmd::cartridge_check::Args),
-    /// Run one hook of a cartridge standalone, against a scratch gear directory.
+    /// Run one hook of a cartridge standalone, against a scratch gear directory (as root,
+    /// its programs run for real in a throwaway gear sandbox).
     Call(cmd::cartridge_call::Args),
     /// Install a cartridge on the node (validated and compiled once).
     Install(cmd::cartridge_store::InstallArgs),
@@ -254,6 +257,7 @@ pub fn main() -> ExitCode {
     };
     init_tracing(cli.verbose);
     let result = match cli.command {
+        Command::Cartridge(CartridgeCommand::New(args)) => cmd::cartridge_new::run(args),
         Command::Cartridge(CartridgeCommand::Check(args)) => cmd::cartridge_check::run(args),
         Command::Cartridge(CartridgeCommand::Call(args)) => cmd::cartridge_call::run(args),
         Command::Node(NodeCommand::Check(args)) => cmd::node_check::run(args),

@@ -4,9 +4,13 @@
 //! [`crate::links`]) and the user's (`gear env set`). Precedence, lowest
 //! first: cartridge, linked, user, system: a link overrides what the app's
 //! cartridge guessed, the user can override a link, and nobody overrides the
-//! system layer.
+//! system layer. Which variables are the system's, and the defaults under all
+//! layers (`LANG`), is [`gearhost_runtime::sysenv`]'s to say: the runtime
+//! holds cartridges to the same list.
 
 use std::collections::BTreeMap;
+
+use gearhost_runtime::sysenv;
 
 use serde::Serialize;
 
@@ -15,10 +19,11 @@ use crate::state::GearRecord;
 
 /// Whether `key` belongs to the system layer.
 pub fn is_system_key(key: &str) -> bool {
-    gearhost_runtime::host::is_system_env_key(key)
+    sysenv::is_system_key(key)
 }
 
-/// The system layer for a gear.
+/// The system layer for a gear: a value for every key of
+/// [`sysenv::SYSTEM_KEYS`] and the gear's `GEAR_*` variables.
 pub fn system_layer(
     gear: &GearRecord,
     port: Option<u16>,
@@ -45,14 +50,19 @@ pub fn system_layer(
     set("HOME", GEAR_HOME.into());
     set("PATH", GEAR_PATH.into());
     set("USER", gear.name.clone());
+    set("LOGNAME", gear.name.clone());
+    // the gear's UTS namespace carries its name as the host name
+    set("HOSTNAME", gear.name.clone());
     env
 }
 
-/// What a gear's environment holds unless a layer says otherwise: a locale
-/// is a preference, not the node's to enforce, so `gear env set LANG=...`
-/// takes effect.
+/// What a gear's environment holds unless a layer says otherwise
+/// ([`sysenv::DEFAULTS`]).
 fn defaults() -> BTreeMap<String, String> {
-    BTreeMap::from([("LANG".to_string(), "C.UTF-8".to_string())])
+    sysenv::DEFAULTS
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect()
 }
 
 /// The effective environment, by layer.
@@ -127,8 +137,8 @@ pub fn check_user_key(key: &str) -> Result<(), String> {
     gearhost_runtime::host::check_env_key(key).map_err(|e| e.to_string())?;
     if is_system_key(key) {
         return Err(format!(
-            "{key} is set by the node (GEAR_*, PATH, HOME, USER, LOGNAME, HOSTNAME are) and \
-             cannot be overridden; choose another name"
+            "{key} is set by the node and cannot be overridden (nor can {}); choose another name",
+            sysenv::describe_system_keys()
         ));
     }
     Ok(())
@@ -163,11 +173,32 @@ mod tests {
             "user_env": {}, "deployments": [], "active": null, "next_deployment": 1
         }))
         .expect("record");
-        for key in system_layer(&record, Some(8080), "localhost").keys() {
+        let system = system_layer(&record, Some(8080), "localhost");
+        for key in system.keys() {
             assert!(
                 check_user_key(key).is_err(),
                 "{key} is set by the node but accepted"
             );
+        }
+        // and every name the list reserves is one the node does set
+        for key in sysenv::SYSTEM_KEYS {
+            assert!(system.contains_key(*key), "{key} is reserved but not set");
+        }
+        // the defaults are there unless a layer says otherwise, and any layer may
+        for (key, value) in sysenv::DEFAULTS {
+            assert!(check_user_key(key).is_ok(), "{key} is a default");
+            let plain = Layers {
+                system: system.clone(),
+                cartridge: BTreeMap::new(),
+                linked: BTreeMap::new(),
+                user: BTreeMap::new(),
+            };
+            assert_eq!(plain.effective()[*key], *value);
+            let by_cartridge = Layers {
+                cartridge: map(&[(key, "x")]),
+                ..plain
+            };
+            assert_eq!(by_cartridge.effective()[*key], "x");
         }
         // a default is not a system key: the user's value takes effect
         assert!(check_user_key("LANG").is_ok());

@@ -466,10 +466,10 @@ impl GearHost for AsNodeHost {
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Whether `key` belongs to the node's system layer of a gear's environment
-/// (`GEAR_*`, `PATH`, `HOME`, `USER`, `LOGNAME`, `HOSTNAME`): set by the node
-/// only, never by a cartridge, a user or a link.
+/// (see [`crate::sysenv`], which owns the list): set by the node only, never
+/// by a cartridge, a user or a link.
 pub fn is_system_env_key(key: &str) -> bool {
-    key.starts_with("GEAR_") || matches!(key, "PATH" | "HOME" | "USER" | "LOGNAME" | "HOSTNAME")
+    crate::sysenv::is_system_key(key)
 }
 
 /// Check an environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 128
@@ -526,7 +526,8 @@ impl ScratchHost {
     fn refuse(&self, what: &str) -> HostError {
         HostError::Unavailable(format!(
             "{what} needs a gear sandbox, and this hook runs standalone without one; \
-             install the cartridge on a node and use a real gear to run programs"
+             run `gear cartridge call` as root to run it in a throwaway sandbox, or install \
+             the cartridge on a node and use a real gear"
         ))
     }
 }

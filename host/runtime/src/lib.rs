@@ -11,6 +11,7 @@
 //!   own that a watchdog breaks out of a blocked file operation when the
 //!   call is due; [`Cartridge::call_cancellable`] with a [`Cancel`] to stop
 //!   it from outside.
+//! - [`sysenv`]: the one list of the variables the node sets in every gear.
 //! - [`GearHost`]: what a hook may ask of the world; the node implements it
 //!   for real gears, [`ScratchHost`] for standalone calls.
 //!
@@ -55,6 +56,7 @@ pub mod host;
 pub mod manifest;
 #[cfg(feature = "engine")]
 mod readdir;
+pub mod sysenv;
 #[cfg(feature = "engine")]
 mod watchdog;
 

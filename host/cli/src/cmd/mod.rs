@@ -3,6 +3,7 @@
 pub mod alias;
 pub mod cartridge_call;
 pub mod cartridge_check;
+pub mod cartridge_new;
 pub mod cartridge_store;
 pub mod control;
 pub mod create;
