@@ -6,6 +6,10 @@
 //! across a node restart), what a gear can reach through the frontend, the
 //! access log and the metrics, and requests that could be read two ways
 //! (smuggling and host confusion), written byte by byte on raw sockets.
+//!
+//! Long on purpose: the scenarios share one node with its gears (starting
+//! one costs seconds), so they live in one test binary; the pipeline's own
+//! unit tests, which need no node, are in `host/node/src/frontend/pipeline/`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

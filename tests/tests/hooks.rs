@@ -2,6 +2,10 @@
 //! crates: every host import, the limits (deadline, memory), traps, the
 //! manifest's permissions, contract versions, WASI confinement and the
 //! compile cache.
+//!
+//! Long on purpose: every test shares one built guest and one runtime per
+//! scenario, and splitting them over files would build and load them once per
+//! file; each test is a scenario of its own.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

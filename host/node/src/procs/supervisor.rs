@@ -1,0 +1,426 @@
+//! Supervision of a gear's long-running processes (hook `spawn`): one monitor
+//! task per process waiting on its pidfd, output captured into the gear's
+//! log, restarts with exponential backoff, and a process that crashes
+//! `crash-limit` times within `crash-window` marked failed.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gearhost_runtime::{
+    CommandSpec, ExitStatus, HostError, ProcessInfo, ProcessState, RestartPolicy, Signal,
+};
+use gearhost_sys::lock::lock;
+use tokio::sync::watch;
+
+use super::*;
+use crate::logs::LogFile;
+
+#[derive(Debug)]
+struct ProcStatus {
+    state: ProcessState,
+    pid: Option<u32>,
+    restarts: u32,
+    last_exit: Option<ExitStatus>,
+    crashes: VecDeque<Instant>,
+}
+
+#[derive(Debug)]
+struct Proc {
+    name: String,
+    status: Mutex<ProcStatus>,
+    stop: AtomicBool,
+    /// The running child's pidfd-backed handle lives in the monitor task;
+    /// signals go through this channel.
+    signals: tokio::sync::mpsc::UnboundedSender<gearhost_sandbox::Signal>,
+    /// Bumped whenever the process ends; `wait` watches it.
+    ended: watch::Sender<u64>,
+}
+
+/// The supervised processes of one gear.
+#[derive(Debug, Default)]
+pub struct Supervisor {
+    procs: Mutex<BTreeMap<String, Arc<Proc>>>,
+    counter: AtomicU32,
+}
+
+impl Supervisor {
+    /// Start `cmd` as supervised process `name`. Returns its pid once the
+    /// sandbox reports every layer in place.
+    pub async fn spawn(
+        &self,
+        gear: GearSandbox,
+        log: LogFile,
+        name: &str,
+        cmd: CommandSpec,
+        restart: RestartPolicy,
+    ) -> Result<u32, HostError> {
+        {
+            let procs = lock(&self.procs);
+            let live = procs
+                .values()
+                .filter(|p| {
+                    !matches!(
+                        lock(&p.status).state,
+                        ProcessState::Exited | ProcessState::Stopped | ProcessState::Failed
+                    )
+                })
+                .count();
+            if live >= MAX_SUPERVISED && !procs.contains_key(name) {
+                return Err(HostError::Invalid(format!(
+                    "the gear runs {MAX_SUPERVISED} supervised processes already, the most a \
+                     gear may; stop one first"
+                )));
+            }
+            if let Some(p) = procs.get(name) {
+                let s = lock(&p.status);
+                if matches!(
+                    s.state,
+                    ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
+                ) {
+                    return Err(HostError::Invalid(format!(
+                        "a process named {name:?} is already running (pid {}); stop it first or pick another name",
+                        s.pid.map_or("?".into(), |p| p.to_string())
+                    )));
+                }
+            }
+        }
+        let (signals, signal_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ended, _) = watch::channel(0);
+        let proc = Arc::new(Proc {
+            name: name.to_string(),
+            status: Mutex::new(ProcStatus {
+                state: ProcessState::Starting,
+                pid: None,
+                restarts: 0,
+                last_exit: None,
+                crashes: VecDeque::new(),
+            }),
+            stop: AtomicBool::new(false),
+            signals,
+            ended,
+        });
+        lock(&self.procs).insert(name.to_string(), proc.clone());
+        let first = start_one(&gear, &cmd, &log, name).await;
+        let child = match first {
+            Ok(child) => child,
+            Err(e) => {
+                let mut s = lock(&proc.status);
+                s.state = ProcessState::Failed;
+                return Err(e);
+            }
+        };
+        let pid = child.pid();
+        {
+            let mut s = lock(&proc.status);
+            s.state = ProcessState::Running;
+            s.pid = Some(pid);
+        }
+        let crash_limit = gear.config.crash_limit;
+        let crash_window = gear.config.crash_window;
+        tokio::spawn(monitor(
+            proc,
+            child,
+            signal_rx,
+            gear,
+            cmd,
+            restart,
+            log,
+            crash_limit,
+            crash_window,
+        ));
+        self.counter.fetch_add(1, Ordering::Relaxed);
+        Ok(pid)
+    }
+
+    /// Send `signal` to process `name`. Stopping signals also stop restarts.
+    pub fn signal(&self, name: &str, signal: Signal) -> Result<(), HostError> {
+        let proc = lock(&self.procs).get(name).cloned().ok_or_else(|| {
+            HostError::NotFound(format!("no process named {name:?} in this gear"))
+        })?;
+        let sig = match signal {
+            Signal::Term => gearhost_sandbox::Signal::Term,
+            Signal::Int => gearhost_sandbox::Signal::Int,
+            Signal::Hup => gearhost_sandbox::Signal::Hup,
+            Signal::Quit => gearhost_sandbox::Signal::Quit,
+            Signal::Usr1 => gearhost_sandbox::Signal::Usr1,
+            Signal::Usr2 => gearhost_sandbox::Signal::Usr2,
+            Signal::Kill => gearhost_sandbox::Signal::Kill,
+            Signal::Cont | Signal::Stop => {
+                return Err(HostError::Invalid(
+                    "stop and cont are not supported; use term to stop a process".into(),
+                ));
+            }
+        };
+        if matches!(
+            signal,
+            Signal::Term | Signal::Int | Signal::Quit | Signal::Kill
+        ) {
+            proc.stop.store(true, Ordering::SeqCst);
+        }
+        let state = lock(&proc.status).state;
+        if !matches!(
+            state,
+            ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
+        ) {
+            return Ok(());
+        }
+        proc.signals
+            .send(sig)
+            .map_err(|_| HostError::NotFound(format!("process {name:?} is not running")))
+    }
+
+    /// Wait up to `timeout` for process `name` to end.
+    pub async fn wait(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Option<ExitStatus>, HostError> {
+        let proc = lock(&self.procs).get(name).cloned().ok_or_else(|| {
+            HostError::NotFound(format!("no process named {name:?} in this gear"))
+        })?;
+        let mut rx = proc.ended.subscribe();
+        let done = |p: &Proc| {
+            let s = lock(&p.status);
+            (!matches!(
+                s.state,
+                ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
+            ))
+            .then_some(s.last_exit)
+        };
+        if let Some(exit) = done(&proc) {
+            return Ok(exit);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Err(_) => return Ok(None),
+                Ok(Err(_)) => return Ok(lock(&proc.status).last_exit),
+                Ok(Ok(())) => {
+                    if let Some(exit) = done(&proc) {
+                        return Ok(exit);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The gear's processes.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        lock(&self.procs)
+            .values()
+            .map(|p| {
+                let s = lock(&p.status);
+                ProcessInfo {
+                    name: p.name.clone(),
+                    pid: s.pid,
+                    state: s.state,
+                    restarts: s.restarts,
+                    last_exit: s.last_exit,
+                }
+            })
+            .collect()
+    }
+
+    /// Whether any process is running or about to.
+    pub fn any_running(&self) -> bool {
+        self.processes().iter().any(|p| {
+            matches!(
+                p.state,
+                ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
+            )
+        })
+    }
+
+    /// Whether some process was given up on.
+    pub fn failed(&self) -> Option<String> {
+        self.processes()
+            .into_iter()
+            .find(|p| p.state == ProcessState::Failed)
+            .map(|p| p.name)
+    }
+
+    /// Stop every process: TERM, then KILL after `grace`.
+    pub async fn stop_all(&self, grace: Duration) {
+        let names: Vec<String> = lock(&self.procs).keys().cloned().collect();
+        for name in &names {
+            let _ = self.signal(name, Signal::Term);
+        }
+        for name in &names {
+            if let Ok(None) = self.wait(name, grace).await {
+                let _ = self.signal(name, Signal::Kill);
+                let _ = self.wait(name, Duration::from_secs(5)).await;
+            }
+        }
+    }
+
+    /// Forget processes that have ended (so their names can be reused cleanly).
+    pub fn forget_ended(&self) {
+        lock(&self.procs).retain(|_, p| {
+            matches!(
+                lock(&p.status).state,
+                ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
+            )
+        });
+    }
+}
+
+/// The most processes one gear's supervisor keeps (each holds two pipes and
+/// a pidfd in the node, and a task).
+const MAX_SUPERVISED: usize = 64;
+
+/// Start numbers, so every start of a process gets a cgroup of its own: the
+/// previous one may still be being removed when its successor starts.
+static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+async fn start_one(
+    gear: &GearSandbox,
+    cmd: &CommandSpec,
+    log: &LogFile,
+    name: &str,
+) -> Result<Sandboxed, HostError> {
+    let argv = argv_of(cmd);
+    let leaf = cgroup::process_leaf(&gear.id, name, STARTS.fetch_add(1, Ordering::Relaxed));
+    let mut spec = gear.spec(&leaf, argv, &cmd.env, cmd.cwd.as_deref());
+    spec.stdio.stdout = Stdio::Piped;
+    spec.stdio.stderr = Stdio::Piped;
+    let mut child = spawn_blocking_sandbox(spec).await?;
+    for (stream, file) in [("out", child.take_stdout()), ("err", child.take_stderr())] {
+        if let Some(reader) = file.and_then(pipe_reader) {
+            let log = log.clone();
+            let source = format!("{name}[{stream}]");
+            tokio::spawn(crate::logs::copy_lines(reader, move |line| {
+                log.line(&source, line)
+            }));
+        }
+    }
+    log.line(
+        &format!("{name}[node]"),
+        &format!("started as pid {}", child.pid()),
+    );
+    Ok(child)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn monitor(
+    proc: Arc<Proc>,
+    mut child: Sandboxed,
+    mut signals: tokio::sync::mpsc::UnboundedReceiver<gearhost_sandbox::Signal>,
+    gear: GearSandbox,
+    cmd: CommandSpec,
+    restart: RestartPolicy,
+    log: LogFile,
+    crash_limit: u32,
+    crash_window: Duration,
+) {
+    let name = proc.name.clone();
+    loop {
+        // wait for the exit, forwarding signals meanwhile
+        let status = loop {
+            tokio::select! {
+                status = wait_exit(&mut child) => break status,
+                Some(sig) = signals.recv() => {
+                    let _ = child.kill(sig);
+                }
+            }
+        };
+        let exit = match status {
+            Ok(s) => exit_of(s),
+            Err(e) => {
+                log.line(
+                    &format!("{name}[node]"),
+                    &format!("lost track of the process: {e}"),
+                );
+                ExitStatus::Signaled(9)
+            }
+        };
+        let pid = child.pid();
+        tear_down(child);
+        let stopping = proc.stop.load(Ordering::SeqCst);
+        let failed = !matches!(exit, ExitStatus::Exited(0));
+        log.line(
+            &format!("{name}[node]"),
+            &format!("pid {pid} ended ({exit})"),
+        );
+        let again = !stopping
+            && match restart {
+                RestartPolicy::Never => false,
+                RestartPolicy::OnFailure => failed,
+                RestartPolicy::Always => true,
+            };
+        let backoff = {
+            let mut s = lock(&proc.status);
+            s.last_exit = Some(exit);
+            s.pid = None;
+            if !again {
+                s.state = if stopping {
+                    ProcessState::Stopped
+                } else {
+                    ProcessState::Exited
+                };
+                None
+            } else {
+                let now = Instant::now();
+                s.crashes.push_back(now);
+                while s
+                    .crashes
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > crash_window)
+                {
+                    s.crashes.pop_front();
+                }
+                if s.crashes.len() as u32 >= crash_limit {
+                    s.state = ProcessState::Failed;
+                    None
+                } else {
+                    s.state = ProcessState::Backoff;
+                    let n = s.crashes.len() as u32;
+                    Some(Duration::from_millis(250u64 << n.min(7)).min(Duration::from_secs(30)))
+                }
+            }
+        };
+        proc.ended.send_modify(|n| *n += 1);
+        let Some(delay) = backoff else {
+            if lock(&proc.status).state == ProcessState::Failed {
+                log.line(
+                    &format!("{name}[node]"),
+                    &format!(
+                        "crashed {crash_limit} times within {}; giving up",
+                        humantime::format_duration(crash_window)
+                    ),
+                );
+            }
+            return;
+        };
+        log.line(
+            &format!("{name}[node]"),
+            &format!("restarting in {}", humantime::format_duration(delay)),
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            Some(_) = signals.recv() => {}
+        }
+        if proc.stop.load(Ordering::SeqCst) {
+            lock(&proc.status).state = ProcessState::Stopped;
+            proc.ended.send_modify(|n| *n += 1);
+            return;
+        }
+        match start_one(&gear, &cmd, &log, &name).await {
+            Ok(next) => {
+                let mut s = lock(&proc.status);
+                s.restarts += 1;
+                s.state = ProcessState::Running;
+                s.pid = Some(next.pid());
+                drop(s);
+                child = next;
+            }
+            Err(e) => {
+                log.line(&format!("{name}[node]"), &format!("restart failed: {e}"));
+                lock(&proc.status).state = ProcessState::Failed;
+                proc.ended.send_modify(|n| *n += 1);
+                return;
+            }
+        }
+    }
+}
