@@ -7,9 +7,10 @@
 //! access log and the metrics, and requests that could be read two ways
 //! (smuggling and host confusion), written byte by byte on raw sockets.
 //!
-//! Long on purpose: the scenarios share one node with its gears (starting
-//! one costs seconds), so they live in one test binary; the pipeline's own
-//! unit tests, which need no node, are in `host/node/src/frontend/pipeline/`.
+//! Long on purpose: the scenarios share the raw-socket clients and node
+//! set-up written here, and each more test binary costs a link; the
+//! pipeline's own unit tests, which need no node, are in
+//! `host/node/src/frontend/pipeline/`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;

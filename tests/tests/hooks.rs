@@ -3,9 +3,10 @@
 //! manifest's permissions, contract versions, WASI confinement and the
 //! compile cache.
 //!
-//! Long on purpose: every test shares one built guest and one runtime per
-//! scenario, and splitting them over files would build and load them once per
-//! file; each test is a scenario of its own.
+//! Long on purpose: every integration test file is a binary of its own that
+//! links wasmtime, and on a small build machine each more binary costs more
+//! link time than this file's length costs a reader; each test is one
+//! scenario, and the helpers they share sit at the end.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
