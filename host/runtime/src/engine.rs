@@ -11,7 +11,7 @@ use wasmtime::component::{Component, Linker, types::ComponentItem};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::CartridgePre;
-use crate::cache::{CacheError, CacheOutcome, ComponentCache};
+use crate::cache::{CacheError, CacheOutcome, Cached, ComponentCache, Lookup};
 use crate::call::HookState;
 use crate::manifest::{Manifest, ManifestError};
 use crate::watchdog::Watchdog;
@@ -247,14 +247,31 @@ impl Runtime {
 
     /// Load the cartridge in directory `dir`: validate `cartridge.toml`, then
     /// validate, compile (or fetch from cache) and pre-link its component.
+    ///
+    /// The component is hashed as it is read, and only read whole when the
+    /// cache has no valid entry for it: a cache hit never holds the wasm.
     pub fn load_dir(&self, dir: &Path) -> Result<Cartridge, LoadError> {
         let manifest = Manifest::load_dir(dir)?;
         let path = manifest.hooks_path(dir);
-        let wasm = std::fs::read(&path).map_err(|source| LoadError::Read {
+        let read_error = |source| LoadError::Read {
             path: path.clone(),
             source,
-        })?;
-        self.load(manifest, &wasm, &path)
+        };
+        let started = Instant::now();
+        let (content_hash, header, len) = ComponentCache::hash_file(&path).map_err(read_error)?;
+        let header_len = usize::try_from(len).map_or(header.len(), |l| l.min(header.len()));
+        check_component_header(&header[..header_len], &path)?;
+        match self
+            .inner
+            .cache
+            .lookup(&self.inner.engine, &content_hash, started)?
+        {
+            Lookup::Hit(cached) => self.prepare(manifest, cached, len, &path),
+            Lookup::Missing | Lookup::Stale => {
+                let wasm = std::fs::read(&path).map_err(read_error)?;
+                self.load(manifest, &wasm, &path)
+            }
+        }
     }
 
     /// Load a cartridge from a manifest and component bytes; `path` names the
@@ -276,6 +293,18 @@ impl Runtime {
                 problem: format!("it does not compile: {}", error_chain(&e)),
                 help: "rebuild it with `cargo build --release --target wasm32-wasip2`".into(),
             })?;
+        self.prepare(manifest, cached, wasm.len() as u64, path)
+    }
+
+    /// Check a loaded component against the contract and pre-link it.
+    fn prepare(
+        &self,
+        manifest: Manifest,
+        cached: Cached,
+        wasm_bytes: u64,
+        path: &Path,
+    ) -> Result<Cartridge, LoadError> {
+        let engine = &self.inner.engine;
         let (contract_version, hooks, imports) = check_contract(engine, &cached.component, path)?;
         let instance_pre = self
             .inner
@@ -298,7 +327,7 @@ impl Runtime {
         })?;
         let info = ComponentInfo {
             content_hash: cached.content_hash,
-            wasm_bytes: wasm.len() as u64,
+            wasm_bytes,
             contract_version,
             hooks,
             imports,

@@ -59,7 +59,7 @@ mod readdir;
 mod watchdog;
 
 #[cfg(feature = "engine")]
-pub use cache::{CacheError, CacheOutcome, ComponentCache};
+pub use cache::{CacheError, CacheOutcome, Cached, ComponentCache, Lookup};
 #[cfg(feature = "engine")]
 pub use call::{Denial, HookCall, HookError, HookOutcome, HookState, HostRequest, LogLine};
 #[cfg(feature = "engine")]
