@@ -37,9 +37,11 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-/// The trailer's magic; entries of the earlier format (a SHA-256 trailer,
-/// `GHCWASM1`) are found stale and rebuilt once.
+/// The trailer's magic.
 const TRAILER_MAGIC: &[u8; 8] = b"GHCWASM2";
+/// The magic of the earlier format (a SHA-256 trailer): such entries are
+/// rebuilt once.
+const EARLIER_MAGIC: &[u8; 8] = b"GHCWASM1";
 /// CRC-32 (4 bytes, little-endian), artifact length (8, little-endian), magic.
 const TRAILER_LEN: usize = 4 + 8 + 8;
 
@@ -100,8 +102,9 @@ pub enum Lookup {
     Hit(Cached),
     /// No entry for this component and engine.
     Missing,
-    /// An entry that is corrupt or that the engine refused; it must be rebuilt.
-    Stale,
+    /// An entry that is corrupt, of an earlier format, or that the engine
+    /// refused (said why); it must be rebuilt.
+    Stale(String),
 }
 
 impl ComponentCache {
@@ -153,9 +156,10 @@ impl ComponentCache {
     }
 
     /// The cached component for the wasm whose SHA-256 is `content_hash`, if
-    /// the cache holds a valid entry for it. Removes nothing: a corrupt or
-    /// refused entry is reported as [`Lookup::Stale`], and [`ComponentCache::load`]
-    /// replaces it. `started` is when the caller began loading.
+    /// the cache holds a valid entry for it. Removes and logs nothing: a
+    /// corrupt or refused entry is reported as [`Lookup::Stale`], and
+    /// [`ComponentCache::load`] says so and replaces it. `started` is when the
+    /// caller began loading.
     pub fn lookup(
         &self,
         engine: &Engine,
@@ -172,9 +176,14 @@ impl ComponentCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lookup::Missing),
             Err(e) => return Err(io(e)),
         };
-        if !verified(&mut file).map_err(io)? {
-            tracing::warn!(path = %path.display(), "cached component is corrupt; rebuilding it");
-            return Ok(Lookup::Stale);
+        match check(&mut file).map_err(io)? {
+            Check::Valid => {}
+            Check::Corrupt => return Ok(Lookup::Stale("it is corrupt".into())),
+            Check::Earlier => {
+                return Ok(Lookup::Stale(
+                    "it was written in an earlier format of the cache".into(),
+                ));
+            }
         }
         match deserialize_file(engine, &file, &path) {
             Ok(component) => Ok(Lookup::Hit(Cached {
@@ -184,10 +193,7 @@ impl ComponentCache {
                 elapsed: started.elapsed(),
                 path,
             })),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cached component refused by the engine; rebuilding it");
-                Ok(Lookup::Stale)
-            }
+            Err(e) => Ok(Lookup::Stale(format!("the engine refused it: {e}"))),
         }
     }
 
@@ -205,7 +211,8 @@ impl ComponentCache {
         let outcome = match self.lookup(engine, &content_hash, started)? {
             Lookup::Hit(cached) => return Ok(Ok(cached)),
             Lookup::Missing => CacheOutcome::Compiled,
-            Lookup::Stale => {
+            Lookup::Stale(why) => {
+                tracing::warn!(path = %path.display(), "cached component not used ({why}); rebuilding it");
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -290,12 +297,22 @@ fn trailer_of(crc: u32, len: u64) -> [u8; TRAILER_LEN] {
     out
 }
 
-/// Whether `file` (read from its start) is an artifact followed by a valid
-/// trailer: its CRC-32, its length and the magic.
-fn verified(file: &mut File) -> std::io::Result<bool> {
+/// What [`check`] found in an entry.
+enum Check {
+    /// An artifact followed by a valid trailer.
+    Valid,
+    /// Damaged: truncated, extended, or its bytes changed.
+    Corrupt,
+    /// Written by an earlier version of this cache (a SHA-256 trailer).
+    Earlier,
+}
+
+/// Check `file` (read from its start): an artifact followed by a valid
+/// trailer, its CRC-32, its length and the magic.
+fn check(file: &mut File) -> std::io::Result<Check> {
     let len = file.metadata()?.len();
     let Some(artifact_len) = len.checked_sub(TRAILER_LEN as u64) else {
-        return Ok(false);
+        return Ok(Check::Corrupt);
     };
     let mut crc = crc32fast::Hasher::new();
     let mut read = 0u64;
@@ -305,9 +322,15 @@ fn verified(file: &mut File) -> std::io::Result<bool> {
     })?;
     let mut found = [0u8; TRAILER_LEN];
     if read != artifact_len || file.read_exact(&mut found).is_err() {
-        return Ok(false);
+        return Ok(Check::Corrupt);
     }
-    Ok(found == trailer_of(crc.finalize(), artifact_len))
+    Ok(if found == trailer_of(crc.finalize(), artifact_len) {
+        Check::Valid
+    } else if found[TRAILER_LEN - 8..] == *EARLIER_MAGIC {
+        Check::Earlier
+    } else {
+        Check::Corrupt
+    })
 }
 
 /// Map the verified entry `file` (named `path`) as a component.
