@@ -172,7 +172,14 @@ fn main() {
     let mut call = Case::new(
         "gear cartridge call (hello, control status)",
         &gear,
-        &["cartridge", "call", hello_dir, "control", "--action", "status"],
+        &[
+            "cartridge",
+            "call",
+            hello_dir,
+            "control",
+            "--action",
+            "status",
+        ],
     );
     call.command.env("GEARHOST_CACHE_DIR", cache.path());
     cases.push(call);
