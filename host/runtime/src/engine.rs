@@ -208,8 +208,13 @@ impl Runtime {
             .max_memory_size(config.max_memory as usize);
 
         let mut wasm = Config::new();
+        // No native unwind tables for guest code: wasmtime walks guest frames itself for
+        // backtraces and traps, and a host panic is caught before it could unwind through
+        // guest frames. Registering the tables with libgcc on every load, and removing them
+        // again, was a tenth of a cached load.
         wasm.epoch_interruption(true)
             .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(32))
+            .native_unwind_info(false)
             .wasm_component_model(true);
         if pooled {
             wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
