@@ -7,9 +7,12 @@
 //!   compiled component already in the cache, against the same `status` written as a bash
 //!   hook (`tests/benches/fixtures/hello-control.sh`).
 //!
-//! Every round runs each command once, in an order that rotates from round to round, so that
-//! changing load on the machine hits all of them alike. Each command is spawned, its output
-//! discarded, and timed until it is reaped.
+//! Each command is measured against its peer in rounds that run both once, the order swapping
+//! from round to round, so that changing load on the machine hits both alike. The three pairs
+//! run one after another, not mixed: a sandbox leaves kernel work behind when it ends (its
+//! network namespace and cgroups are released by kernel workers a little later), which would
+//! otherwise land on whatever command ran next. Each command is spawned, its output discarded,
+//! and timed until it is reaped.
 //!
 //! Run (as root for the sandbox rows):
 //! `cargo build --release -p gearhost-cli && cargo bench -p gearhost-tests --bench cold`.
@@ -164,56 +167,51 @@ fn main() {
     let gear_home = tempfile::tempdir().expect("the bash hook's gear home");
     std::fs::create_dir_all(gear_home.path().join("app-root/runtime")).expect("gear layout");
 
-    let mut cases = vec![
+    let mut pairs: Vec<Vec<Case>> = vec![vec![
         Case::new("/bin/true", "/bin/true", &[]),
         Case::new("gear --version", &gear, &["--version"]),
-    ];
+    ]];
     let hello_dir = hello.path().to_str().expect("a UTF-8 temporary path");
     let mut call = Case::new(
         "gear cartridge call (hello, control status)",
         &gear,
-        &[
-            "cartridge",
-            "call",
-            hello_dir,
-            "control",
-            "--action",
-            "status",
-        ],
+        &["cartridge", "call", hello_dir, "control", "--action", "status"],
     );
     call.command.env("GEARHOST_CACHE_DIR", cache.path());
-    cases.push(call);
     let mut bash = Case::new("bash hook (control status)", "bash", &[]);
     bash.command
         .arg(&hook)
         .arg("status")
         .env("GEAR_HOME", gear_home.path())
         .env("GEAR_NAME", "scratch");
-    cases.push(bash);
+    pairs.push(vec![call, bash]);
     if root {
-        cases.push(Case::new(
+        let mut sandbox = vec![Case::new(
             "gear sandbox run -- /bin/true",
             &gear,
             &["sandbox", "run", "--", "/bin/true"],
-        ));
+        )];
         match find_program("bwrap") {
-            Some(bwrap) => cases.push(Case::new("bwrap ... /bin/true", bwrap, BWRAP_ARGS)),
+            Some(bwrap) => sandbox.push(Case::new("bwrap ... /bin/true", bwrap, BWRAP_ARGS)),
             None => eprintln!(
                 "bwrap is not installed (apt-get install -y bubblewrap): its row is skipped"
             ),
         }
+        pairs.push(sandbox);
     } else {
         eprintln!("not root: the sandbox rows need root and are skipped");
     }
 
     let load_before = read_trimmed("/proc/loadavg");
-    for round in 0..warmup + runs {
-        let n = cases.len();
-        for i in 0..n {
-            let case = &mut cases[(round + i) % n];
-            let elapsed = case.run_once();
-            if round >= warmup {
-                case.samples.push(elapsed);
+    for pair in &mut pairs {
+        let n = pair.len();
+        for round in 0..warmup + runs {
+            for i in 0..n {
+                let case = &mut pair[(round + i) % n];
+                let elapsed = case.run_once();
+                if round >= warmup {
+                    case.samples.push(elapsed);
+                }
             }
         }
     }
@@ -229,7 +227,7 @@ fn main() {
         "command", "median", "p95", "mean", "min"
     );
     let mut medians = std::collections::HashMap::new();
-    for case in &cases {
+    for case in pairs.iter().flatten() {
         let s = stats(&case.samples);
         println!(
             "{:<46} {:>8} {:>8} {:>8} {:>8}  ms",
