@@ -17,7 +17,9 @@
 //! Run (as root for the sandbox rows):
 //! `cargo build --release -p gearhost-cli && cargo bench -p gearhost-tests --bench cold`.
 //! Environment: `GEARHOST_BENCH_RUNS` (measured rounds, default 300), `GEARHOST_BENCH_QUICK`
-//! (30 rounds). Results and method: docs/performance.md.
+//! (30 rounds), `GEARHOST_BENCH_PAUSE_MS` (a pause before every command, default 0: a command
+//! typed by a person follows a quiet moment, not another start, and some kernel paths, such as
+//! a cgroup v1 migration, are slower then). Results and method: docs/performance.md.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -158,6 +160,12 @@ fn main() {
             .unwrap_or(300)
     };
     let warmup = 20;
+    let pause = Duration::from_millis(
+        std::env::var("GEARHOST_BENCH_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    );
     let gear = gearhost_tests::gear_bin();
     let root = gearhost_tests::is_root();
 
@@ -175,7 +183,14 @@ fn main() {
     let mut call = Case::new(
         "gear cartridge call (hello, control status)",
         &gear,
-        &["cartridge", "call", hello_dir, "control", "--action", "status"],
+        &[
+            "cartridge",
+            "call",
+            hello_dir,
+            "control",
+            "--action",
+            "status",
+        ],
     );
     call.command.env("GEARHOST_CACHE_DIR", cache.path());
     let mut bash = Case::new("bash hook (control status)", "bash", &[]);
@@ -208,6 +223,9 @@ fn main() {
         for round in 0..warmup + runs {
             for i in 0..n {
                 let case = &mut pair[(round + i) % n];
+                if !pause.is_zero() {
+                    std::thread::sleep(pause);
+                }
                 let elapsed = case.run_once();
                 if round >= warmup {
                     case.samples.push(elapsed);
@@ -218,7 +236,8 @@ fn main() {
     let load_after = read_trimmed("/proc/loadavg");
 
     println!(
-        "cold paths, {runs} rounds after {warmup} warm-up; kernel {}, {} CPUs; load average before: {load_before}, after: {load_after}",
+        "cold paths, {runs} rounds after {warmup} warm-up, {} ms pause before each command; kernel {}, {} CPUs; load average before: {load_before}, after: {load_after}",
+        pause.as_millis(),
         read_trimmed("/proc/sys/kernel/osrelease"),
         std::thread::available_parallelism().map_or(0, usize::from),
     );
