@@ -61,7 +61,7 @@ pub mod sysenv;
 mod watchdog;
 
 #[cfg(feature = "engine")]
-pub use cache::{CacheError, CacheOutcome, ComponentCache};
+pub use cache::{CacheError, CacheOutcome, Cached, ComponentCache, Lookup};
 #[cfg(feature = "engine")]
 pub use call::{Denial, HookCall, HookError, HookOutcome, HookState, HostRequest, LogLine};
 #[cfg(feature = "engine")]

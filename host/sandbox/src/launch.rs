@@ -360,6 +360,24 @@ fn cstring(bytes: &[u8], what: &'static str) -> Result<CString, SandboxError> {
     })
 }
 
+/// A helper started before the spec is ready: killed and reaped if the start fails before the
+/// spec is handed over.
+struct Early(Option<Helper>);
+
+impl Early {
+    fn into_inner(mut self) -> Helper {
+        self.0.take().expect("an early helper is handed over once")
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        if let Some(helper) = self.0.take() {
+            helper.discard();
+        }
+    }
+}
+
 impl Sandbox {
     /// Starts `spec.argv` confined as described in the crate docs and returns once every layer
     /// is in place and the command was executed (or setup failed). Blocking: call it from a
@@ -367,6 +385,13 @@ impl Sandbox {
     pub fn spawn(spec: SandboxSpec) -> Result<Sandboxed, SandboxError> {
         spec.validate()?;
         let init = find_init(spec.init_path.as_deref())?;
+        // The helper first: a fresh one execs and builds the shared part of the root in its own
+        // process while this one labels the home, creates the cgroups and writes the spec, instead
+        // of after. It learns nothing of the gear until the spec arrives.
+        let helper = Early(Some(match warm::take(&init) {
+            Some(h) => h,
+            None => Helper::start(&init)?,
+        }));
 
         let canonical_home =
             std::fs::canonicalize(&spec.home).map_err(|source| SandboxError::Io {
@@ -406,7 +431,7 @@ impl Sandbox {
         };
         let started = Self::start_helper(
             &spec,
-            &init,
+            helper,
             (&canonical_home, &binds.0, &binds.1),
             contexts,
             &cgroup,
@@ -438,7 +463,7 @@ impl Sandbox {
     #[allow(clippy::type_complexity)]
     fn start_helper(
         spec: &SandboxSpec,
-        init: &Path,
+        helper: Early,
         (canonical_home, ro, rw): (&Path, &[ResolvedBind], &[ResolvedBind]),
         contexts: Option<selinux::GearContexts>,
         cgroup: &GearCgroup,
@@ -499,10 +524,7 @@ impl Sandbox {
             )));
         }
 
-        let helper = match warm::take(init) {
-            Some(h) => h,
-            None => Helper::start(init)?,
-        };
+        let helper = helper.into_inner();
         let Helper {
             pid,
             pidfd,

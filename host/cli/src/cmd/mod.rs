@@ -39,7 +39,8 @@ pub(crate) fn load_cartridge(
         max_concurrent_hooks: 4,
         ..RuntimeConfig::with_cache_dir(cache)
     };
-    let runtime = Runtime::new(config).map_err(|e| Failure::Environment(e.into()))?;
+    // one process, one call: no instance pool (see Runtime::for_few_calls)
+    let runtime = Runtime::for_few_calls(config).map_err(|e| Failure::Environment(e.into()))?;
     let cartridge = runtime.load_dir(dir).map_err(|e| match e {
         LoadError::Cache(_) | LoadError::Engine(_) => Failure::Environment(e.into()),
         _ => Failure::Invalid(e.into()),

@@ -63,6 +63,21 @@ fn own_id(field: &str) -> u32 {
         .map_or(u32::MAX, |ids| ids.effective)
 }
 
+/// A throwaway home: in memory (`/dev/shm`) when the machine has it and `TMPDIR` is not set,
+/// so that making and removing it costs no disk work (on a disk mounted with `discard` even
+/// an empty directory's removal waits on the device), else in the temporary directory. What
+/// the gear writes there is charged to its memory cgroup like the rest of its memory.
+fn temporary_home() -> std::io::Result<tempfile::TempDir> {
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("gear-sandbox-");
+    if std::env::var_os("TMPDIR").is_none()
+        && let Ok(dir) = builder.tempdir_in("/dev/shm")
+    {
+        return Ok(dir);
+    }
+    builder.tempdir()
+}
+
 /// Run the command.
 pub fn run(args: Args) -> CmdResult {
     let root = crate::is_root();
@@ -94,9 +109,7 @@ pub fn run(args: Args) -> CmdResult {
     let (_tmp, home) = match &args.home {
         Some(home) => (None, home.clone()),
         None => {
-            let tmp = tempfile::Builder::new()
-                .prefix("gear-sandbox-")
-                .tempdir()
+            let tmp = temporary_home()
                 .context("cannot create a temporary home")
                 .map_err(Failure::Environment)?;
             let path = tmp.path().to_path_buf();
