@@ -249,7 +249,7 @@ fn bad_input_gets_clear_errors_and_creates_nothing() {
         );
     }
 
-    // only root may use the socket
+    // a caller who cannot reach the socket (here: its directory is private) is told so
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(gearhost_tests::gear_bin())

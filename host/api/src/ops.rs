@@ -232,6 +232,42 @@ ops! {
         /// The gear.
         gear: GearRef,
     }
+    /// Who the node sees calling: uid, user name, whether an operator, and
+    /// the namespaces the caller may act in.
+    Whoami "whoami" => reply::CallerInfo {}
+    /// Create a team namespace (operators only), with its first members.
+    NamespaceCreate "namespace-create" => reply::NamespaceInfo {
+        /// The namespace.
+        name: String,
+        /// User names of its members.
+        members: Vec<String>,
+    }
+    /// Delete a team namespace without gears (operators only).
+    NamespaceDelete "namespace-delete" => reply::NamespaceDeleted {
+        /// The namespace.
+        name: String,
+    }
+    /// Add a user to a team namespace (operators only).
+    NamespaceAddMember "namespace-add-member" => reply::NamespaceInfo {
+        /// The namespace.
+        name: String,
+        /// The user's name.
+        user: String,
+    }
+    /// Remove a user from a team namespace (operators only).
+    NamespaceRemoveMember "namespace-remove-member" => reply::NamespaceInfo {
+        /// The namespace.
+        name: String,
+        /// The user's name.
+        user: String,
+    }
+    /// The namespaces the caller may act in (an operator: all of them).
+    NamespaceList "namespace-list" => Vec<reply::NamespaceInfo> {}
+    /// The last entries of the node's audit log (operators only).
+    Audit "audit" => reply::AuditLog {
+        /// How many of the last entries.
+        lines: usize,
+    }
     /// The node's metrics in the Prometheus text format.
     Metrics "metrics" => reply::MetricsText {}
     /// Run a command in the gear's sandbox with the caller's stdio, passed as

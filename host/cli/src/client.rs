@@ -24,14 +24,23 @@ pub struct Target {
 pub struct GearArg {
     /// The gear's name.
     pub name: String,
-    /// The gear's namespace.
-    #[arg(
-        long,
-        short = 'N',
-        env = "GEARHOST_NAMESPACE",
-        default_value = "default"
-    )]
-    pub namespace: String,
+    /// The gear's namespace (default: your user name; root's is `default`).
+    #[arg(long, short = 'N', env = "GEARHOST_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+/// The namespace a command acts in when none is given: the caller's own,
+/// named after its user (root's is `default`, where gears made before
+/// namespaces had owners live).
+pub fn default_namespace() -> String {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return "default".to_string();
+    }
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => format!("uid-{uid}"),
+    }
 }
 
 /// The arguments of a command that acts on one gear and prints what came of
@@ -54,8 +63,13 @@ impl GearArg {
     pub fn to_ref(&self) -> GearRef {
         GearRef {
             name: self.name.clone(),
-            namespace: self.namespace.clone(),
+            namespace: self.namespace(),
         }
+    }
+
+    /// The namespace given, or the caller's own.
+    pub fn namespace(&self) -> String {
+        self.namespace.clone().unwrap_or_else(default_namespace)
     }
 }
 
@@ -67,7 +81,7 @@ fn connect(target: &Target) -> Result<UnixStream, Failure> {
                 target.socket.display()
             ),
             std::io::ErrorKind::PermissionDenied => format!(
-                "permission denied on {}; run gear as root or as a member of the node's operator group",
+                "permission denied on {}; the node serves the members of its users group: ask an operator to add you",
                 target.socket.display()
             ),
             _ => format!("cannot reach the node at {}: {e}", target.socket.display()),

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alias;
+pub mod audit;
 pub mod conns;
 pub mod egress;
 pub mod env;
@@ -21,6 +22,7 @@ mod oplock;
 pub mod procs;
 pub mod server;
 pub mod state;
+pub mod tenancy;
 
 /// The node API's messages, shared with every client (`gearhost-api`).
 pub use gearhost_api as api;
@@ -54,7 +56,7 @@ fn raise_open_file_limit() {
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     raise_open_file_limit();
     let socket = config.socket.clone();
-    let group = config.operator_group.clone();
+    let group = config.users_group.clone();
     let node = Node::open(config)?;
     let listener = server::bind(&socket, group.as_deref())?;
     let frontend = std::net::TcpListener::bind(&node.config().frontend)

@@ -72,6 +72,11 @@ pub struct GearRecord {
     /// before aliases existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The user who created the gear; the per-user limits count it against
+    /// them. Absent in records written before gears had owners (and for
+    /// gears an operator created without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A link from this gear to another one: the node listens on `port` on this

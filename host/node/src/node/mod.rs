@@ -73,6 +73,10 @@ pub struct Node {
     pub(crate) frontend: Frontend,
     /// The bounds on connections gears open through the node.
     pub(crate) admission: Arc<crate::conns::Admission>,
+    /// Team namespaces and who belongs to them.
+    pub(crate) namespaces: crate::tenancy::Namespaces,
+    /// The audit trail of requests.
+    pub(crate) audit: crate::audit::AuditLog,
 }
 
 impl Node {
@@ -134,6 +138,9 @@ impl Node {
             gears.insert(record.id.clone(), Arc::new(Gear::new(&config, record)));
         }
         let admission = crate::conns::Admission::new(config.gear_max_connections);
+        let namespaces = crate::tenancy::Namespaces::open(&config)?;
+        let audit =
+            crate::audit::AuditLog::open(&config.state_dir, config.log_max_bytes, config.log_keep)?;
         let node = Arc::new(Node {
             config: Arc::new(config),
             runtime,
@@ -146,6 +153,8 @@ impl Node {
             links: Links::default(),
             frontend: Frontend::default(),
             admission,
+            namespaces,
+            audit,
         });
         node.rebuild_routes();
         Ok(node)
@@ -251,8 +260,11 @@ impl Node {
                 ErrorKind::Conflict,
                 format!(
                     "gear {} in namespace {} would be reachable as {label}.{}, which already leads \
-                     to gear {} in namespace {}; choose another gear name",
-                    gear.name, gear.namespace, self.config.domain, other.name, other.namespace
+                     to {}; choose another gear name",
+                    gear.name,
+                    gear.namespace,
+                    self.config.domain,
+                    crate::tenancy::other_gear(&gear.namespace, &other.name, &other.namespace)
                 ),
             )),
             None => Ok(()),
@@ -370,6 +382,15 @@ impl Node {
     }
 }
 
+/// The user a new gear belongs to, with the limits it counts against.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The user's name.
+    pub user: String,
+    /// Its limits (`[users]`).
+    pub limit: crate::config::Limit,
+}
+
 /// Which of a gear's logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogKind {
@@ -437,7 +458,7 @@ mod tests {
             ("../etc", "default"),
         ] {
             let e = node
-                .create(&gear(name, namespace), "python")
+                .create(&gear(name, namespace), "python", None)
                 .await
                 .expect_err(name);
             assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
@@ -453,7 +474,7 @@ mod tests {
     async fn a_missing_cartridge_or_gear_names_the_command_that_helps() {
         let (_dir, node) = node();
         let e = node
-            .create(&gear("web", "default"), "python")
+            .create(&gear("web", "default"), "python", None)
             .await
             .expect_err("no cartridge");
         assert_eq!(e.kind, ErrorKind::NotFound);
@@ -524,6 +545,7 @@ mod tests {
             next_deployment: 1,
             links: Vec::new(),
             aliases: Vec::new(),
+            owner: None,
         }
     }
 
