@@ -118,7 +118,7 @@ fn tenants_see_and_touch_only_their_own_gears() {
     let node = TestNode::start_shared(
         73000,
         &format!("operator-group = \"{OPERATORS}\""),
-        "[users]\nmax-gears = 2\n",
+        "memory = \"256MiB\"\n[users]\nmax-gears = 2\n[users.per-user.gh-alice]\nmax-gears = 5\nmax-memory = \"600MiB\"\n",
     );
     let hello = cartridge_dir("hello-cartridge");
     let hello_path = hello.path().to_str().expect("utf-8");
@@ -228,6 +228,10 @@ fn tenants_see_and_touch_only_their_own_gears() {
         ALICE,
         &["create", "front", "-N", "shop", "--cartridge", "hello"],
     );
+    // alice's gears, wherever they live, count against her memory limit:
+    // two of 256 MiB fit in 600 MiB, a third does not
+    let e = refused_as(&node, ALICE, &["create", "more", "--cartridge", "hello"]);
+    assert!(e.contains("users.max-memory") && e.contains("768"), "{e}");
     ok_as(&node, BOB, &["status", "front", "-N", "shop"]);
     ok_as(
         &node,
