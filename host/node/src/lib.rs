@@ -21,6 +21,7 @@ mod oplock;
 pub mod procs;
 pub mod server;
 pub mod state;
+pub mod unpack;
 
 /// The node API's messages, shared with every client (`gearhost-api`).
 pub use gearhost_api as api;
