@@ -202,19 +202,30 @@ impl TestNode {
 
     /// Start a node with `uid_count` uids from `uid_min` (for more than 200 gears).
     pub fn start_with_uids(uid_min: u32, uid_count: u32, extra_gears_config: &str) -> TestNode {
-        Self::start_full(uid_min, uid_count, extra_gears_config, &[])
+        Self::start_full(uid_min, uid_count, "", extra_gears_config, &[])
+    }
+
+    /// Start a node (uids from `uid_min`, 200 of them) with `top_level`
+    /// added to the configuration's top-level keys (`operator-group = ...`).
+    pub fn start_with_top_level(
+        uid_min: u32,
+        top_level: &str,
+        extra_gears_config: &str,
+    ) -> TestNode {
+        Self::start_full(uid_min, 200, top_level, extra_gears_config, &[])
     }
 
     /// Start a node (uids from `uid_min`, 200 of them) that runs under
     /// `wrapper`, a command that ends by executing its arguments (so the
     /// node's pid is the wrapper's): [`ON_SHARED_PROPAGATION`], `prlimit ...`.
     pub fn start_wrapped(uid_min: u32, extra_gears_config: &str, wrapper: &[&str]) -> TestNode {
-        Self::start_full(uid_min, 200, extra_gears_config, wrapper)
+        Self::start_full(uid_min, 200, "", extra_gears_config, wrapper)
     }
 
     fn start_full(
         uid_min: u32,
         uid_count: u32,
+        top_level: &str,
         extra_gears_config: &str,
         wrapper: &[&str],
     ) -> TestNode {
@@ -225,7 +236,7 @@ impl TestNode {
         let socket = dir.path().join("node.sock");
         let subtree = format!("gearhost-test-{uid_min}");
         let config = format!(
-            "schema = 1\nstate-dir = \"{state}\"\nsocket = \"{sock}\"\nfrontend = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n\
+            "schema = 1\nstate-dir = \"{state}\"\nsocket = \"{sock}\"\nfrontend = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n{top_level}\n\
              [gears]\nuid-min = {uid_min}\nuid-max = {uid_max}\ncgroup-subtree = \"{subtree}\"\n{extra_gears_config}\n",
             state = dir.path().join("state").display(),
             sock = socket.display(),
