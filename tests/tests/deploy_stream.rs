@@ -262,3 +262,151 @@ fn a_user_deploys_only_what_it_can_read_itself() {
     );
     assert!(get_ok(&node, "app-default", "/").contains("do-it-yourself gear"));
 }
+
+/// Send a deploy request for gear `app` straight to the node's socket, as a
+/// hostile client would, with `archive` written on the passed pipe (none
+/// passed when `None`); returns the answer frame.
+fn raw_deploy(node: &TestNode, archive: Option<Vec<u8>>) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsFd;
+    let stream = std::os::unix::net::UnixStream::connect(&node.socket).expect("connect");
+    let line = b"{\"api\":1,\"op\":\"deploy\",\"gear\":{\"name\":\"app\",\"namespace\":\"default\"},\"source\":\"hostile\"}\n";
+    let writer = match archive {
+        Some(bytes) => {
+            let (read, mut write) = std::io::pipe().expect("pipe");
+            gearhost_sys::fdpass::send_with_fds(&stream, line, &[read.as_fd()]).expect("send");
+            drop(read);
+            // the node may stop reading at the refused entry: a broken pipe is expected then
+            Some(std::thread::spawn(move || {
+                let _ = write.write_all(&bytes);
+            }))
+        }
+        None => {
+            gearhost_sys::fdpass::send_with_fds(&stream, line, &[]).expect("send");
+            None
+        }
+    };
+    let mut answer = None;
+    for frame in std::io::BufReader::new(&stream).lines() {
+        let frame = json(&frame.expect("a frame"));
+        if frame.get("event").is_none() {
+            answer = Some(frame);
+            break;
+        }
+    }
+    if let Some(w) = writer {
+        w.join().expect("writer");
+    }
+    answer.expect("an answer")
+}
+
+fn header(kind: tar::EntryType, name: &str, link: &str, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o644);
+    // straight into the fields: the tar crate's setters refuse `..`
+    let old = h.as_old_mut();
+    old.name[..name.len()].copy_from_slice(name.as_bytes());
+    old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+    h.set_cksum();
+    h
+}
+
+fn refused(answer: &serde_json::Value, entry: &str, rule: &str) {
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(entry) && message.contains(rule),
+        "expected a refusal of {entry} ({rule}), got {answer}"
+    );
+}
+
+#[test]
+fn the_node_refuses_a_hostile_archive_and_keeps_nothing_of_it() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let node = TestNode::start(72200, "max-deploy-size = \"1MiB\"");
+    let diy = cartridge_dir("diy-cartridge");
+    node.ok(&["cartridge", "install", path(&diy)]);
+    let created = json(&node.ok(&["create", "app", "--cartridge", "diy", "--json"]));
+    let gear_root = node
+        .state_dir()
+        .join("gears")
+        .join(created["id"].as_str().expect("id"));
+    let outside = tempfile::tempdir().expect("a directory outside");
+    let outside_path = outside.path().to_str().expect("utf-8");
+
+    // a link to a directory outside, then a file through it
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(
+        &header(tar::EntryType::Symlink, "a", outside_path, 0),
+        std::io::empty(),
+    )
+    .expect("link");
+    b.append(
+        &header(tar::EntryType::Regular, "a/planted", "", 5),
+        &b"owned"[..],
+    )
+    .expect("file");
+    let answer = raw_deploy(&node, Some(b.into_inner().expect("archive")));
+    refused(&answer, "a/planted", "through a symlink");
+    assert!(!outside.path().join("planted").exists());
+
+    // `..` out of the deployment
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(
+        &header(tar::EntryType::Regular, "../escaped", "", 5),
+        &b"owned"[..],
+    )
+    .expect("file");
+    let answer = raw_deploy(&node, Some(b.into_inner().expect("archive")));
+    refused(&answer, "../escaped", "`..`");
+    assert!(!gear_root.join("deployments/escaped").exists());
+
+    // a hard link to /etc/shadow and a device node
+    for (kind, name, link, rule) in [
+        (tar::EntryType::Link, "shadow", "/etc/shadow", "hard links"),
+        (tar::EntryType::Char, "mem", "", "device nodes"),
+    ] {
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&header(kind, name, link, 0), std::io::empty())
+            .expect("entry");
+        let answer = raw_deploy(&node, Some(b.into_inner().expect("archive")));
+        refused(&answer, name, rule);
+    }
+
+    // over the node's gears.max-deploy-size
+    let mut b = tar::Builder::new(Vec::new());
+    let big = vec![0u8; 1100 << 10];
+    b.append(
+        &header(tar::EntryType::Regular, "big", "", big.len() as u64),
+        &big[..],
+    )
+    .expect("file");
+    let answer = raw_deploy(&node, Some(b.into_inner().expect("archive")));
+    refused(&answer, "big", "gears.max-deploy-size");
+
+    // a stream that stops without the archive's end marker
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&header(tar::EntryType::Regular, "half", "", 2), &b"ok"[..])
+        .expect("file");
+    let mut bytes = b.into_inner().expect("archive");
+    bytes.truncate(1024);
+    let answer = raw_deploy(&node, Some(bytes));
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("end marker"), "{answer}");
+
+    // no descriptor at all
+    let answer = raw_deploy(&node, None);
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("exactly one descriptor"), "{answer}");
+
+    // none of it left a deployment, a record or a file behind
+    assert!(deployments(&node, "app").is_empty());
+    let left: Vec<_> = std::fs::read_dir(gear_root.join("deployments"))
+        .expect("deployments dir")
+        .collect();
+    assert!(left.is_empty(), "refused deploys left {left:?}");
+    assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0);
+}
