@@ -16,8 +16,9 @@
 //!   sends linked files as separate copies) are refused;
 //! - an entry may appear once (a second one for an existing file is refused);
 //! - the files' sizes add up to at most [`Limits::max_bytes`], the entries
-//!   to at most [`Limits::max_entries`], and the stream to at most those
-//!   plus the archive's own framing;
+//!   to at most [`Limits::max_entries`], and the stream to the files
+//!   accepted so far plus 2 KiB of framing per entry and 1 MiB (so no header,
+//!   long name or pax record makes the node hold more than that in memory);
 //! - the archive must end with its end marker: a stream that stops early
 //!   (the client failed half-way) is refused, not taken as complete.
 //!
@@ -25,11 +26,13 @@
 //! descriptor just made (`fchownat` without following, for symlinks). The
 //! caller removes the target directory when unpacking fails.
 
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -109,15 +112,15 @@ pub fn unpack(
     if let Some(uid) = owner {
         chown_fd(&root, uid).map_err(|e| io("cannot hand over", &e))?;
     }
-    // the framing around the files: two blocks per entry at most (its header
-    // and the padding of its data), plus room for long names
-    let framing = limits
-        .max_entries
-        .saturating_mul(1024)
-        .saturating_add(1 << 20);
+    // what the stream may hold so far: the files' data as each is accepted,
+    // and for the framing (headers, padding, long names, extension
+    // records) 2 KiB per entry plus 1 MiB, so that no header or extension
+    // record makes the node hold more than that in memory
+    let credit = Rc::new(Cell::new(framing(0)));
     let mut stream = Capped {
         inner: input,
-        left: limits.max_bytes.saturating_add(framing),
+        consumed: 0,
+        credit: credit.clone(),
     };
     let mut done = Unpacked::default();
     {
@@ -138,6 +141,7 @@ pub fn unpack(
                 continue;
             }
             done.entries += 1;
+            credit.set(done.bytes.saturating_add(framing(done.entries)));
             if done.entries > limits.max_entries {
                 return Err(refuse(
                     &raw,
@@ -159,7 +163,8 @@ pub fn unpack(
                 fchmod(&dir, Mode::from_bits_truncate(mode | 0o700))
                     .map_err(|e| refuse(&raw, format!("cannot set its mode: {e}")))?;
             } else if kind.is_file() || kind == tar::EntryType::Continuous {
-                let size = entry.header().size().unwrap_or(u64::MAX);
+                // the size the reader goes by (a pax record overrides the header's)
+                let size = entry.size();
                 if done.bytes.saturating_add(size) > limits.max_bytes {
                     return Err(refuse(
                         &raw,
@@ -187,6 +192,11 @@ pub fn unpack(
                 if let Some(uid) = owner {
                     chown_fd(&fd, uid).map_err(|e| refuse(&raw, format!("cannot chown: {e}")))?;
                 }
+                credit.set(
+                    done.bytes
+                        .saturating_add(size)
+                        .saturating_add(framing(done.entries)),
+                );
                 let mut file = std::fs::File::from(fd);
                 let written = std::io::copy(&mut (&mut entry).take(size), &mut file)
                     .map_err(|e| refuse(&raw, format!("cannot write it: {e}")))?;
@@ -367,24 +377,34 @@ fn chown_fd(fd: &impl AsFd, uid: u32) -> nix::Result<()> {
     nix::unistd::fchown(fd, Some(uid.into()), Some(uid.into()))
 }
 
-/// A stream that fails instead of giving more than `left` bytes.
+/// What the framing of an archive with `entries` entries so far may take.
+fn framing(entries: u64) -> u64 {
+    entries
+        .saturating_add(1)
+        .saturating_mul(2048)
+        .saturating_add(1 << 20)
+}
+
+/// A stream that fails instead of giving more than its credit: the files
+/// accepted so far and their framing.
 struct Capped<R> {
     inner: R,
-    left: u64,
+    consumed: u64,
+    credit: Rc<Cell<u64>>,
 }
 
 impl<R: Read> Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.left == 0 {
+        let left = self.credit.get().saturating_sub(self.consumed);
+        if left == 0 {
             return Err(std::io::Error::other(
-                "the archive is larger than the node's limit (gears.max-deploy-size and its framing)",
+                "the archive holds more than its files and their headers need \
+                 (an oversized header or extension record, or data past the end)",
             ));
         }
-        let want = buf
-            .len()
-            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
-        self.left -= n as u64;
+        self.consumed += n as u64;
         Ok(n)
     }
 }
@@ -611,6 +631,22 @@ mod tests {
             file(&mut b, &format!("f{i}"), b"");
         }
         refused(&finish(b), LIMITS, "f100", "more than 100 entries");
+    }
+
+    #[test]
+    fn an_oversized_long_name_is_not_read_into_memory() {
+        // a GNU long-name record of 8 MiB: more framing than any entry needs
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNULongName);
+        raw_name(&mut h, "././@LongLink");
+        h.set_size(8 << 20);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.resize(bytes.len() + (8 << 20) + 1024, b'a');
+        let (got, _tmp) = run(&bytes, LIMITS);
+        let e = got.expect_err("refused");
+        assert!(e.to_string().contains("oversized header"), "{e}");
     }
 
     #[test]
