@@ -181,7 +181,12 @@ fn open_file(path: &Path) -> Result<File, Failure> {
 pub fn write(sources: &Sources, out: impl Write) -> Result<(), Failure> {
     let mut b = tar::Builder::new(out);
     let broken = |e: std::io::Error| {
-        Failure::Failed(anyhow::anyhow!("cannot send the sources to the node: {e}"))
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            // a file that shrank while it was read: the sources' fault
+            Failure::Invalid(anyhow::anyhow!("{e}; deploy again once it is settled"))
+        } else {
+            Failure::Failed(anyhow::anyhow!("cannot send the sources to the node: {e}"))
+        }
     };
     for item in &sources.items {
         let path = sources.root.join(&item.rel);
