@@ -261,6 +261,7 @@ fn a_user_deploys_only_what_it_can_read_itself() {
         "root only\n"
     );
     assert!(get_ok(&node, "app-default", "/").contains("do-it-yourself gear"));
+    node.ok(&["destroy", "app"]);
 }
 
 /// Send a deploy request for gear `app` straight to the node's socket, as a
@@ -409,4 +410,5 @@ fn the_node_refuses_a_hostile_archive_and_keeps_nothing_of_it() {
         .collect();
     assert!(left.is_empty(), "refused deploys left {left:?}");
     assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0);
+    node.ok(&["destroy", "app"]);
 }
