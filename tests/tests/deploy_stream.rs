@@ -2,9 +2,11 @@
 //! with the caller's own rights and stream them to the node, which never
 //! opens the caller's paths. A real user the test creates (a member of the
 //! node's operator group, so the socket lets it in) cannot deploy a root
-//! file it may not read, a FIFO or a cartridge directory it cannot list; a
-//! symlink to /etc/shadow is deployed as a link that the gear resolves in
-//! its own root; an ordinary app is deployed and served.
+//! file it may not read, a FIFO, a device node or a cartridge directory it
+//! cannot list; a symlink to /etc/shadow is deployed as a link that the gear
+//! resolves in its own root; an ordinary app is deployed and served. A
+//! client that writes hostile archives straight to the socket gets each
+//! refused by name, and nothing of them is kept.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -201,6 +203,23 @@ fn a_user_deploys_only_what_it_can_read_itself() {
     assert!(!out.status.success(), "deployed a FIFO");
     let err = text(&out.stderr);
     assert!(err.contains("pipe") && err.contains("a FIFO"), "{err}");
+    assert!(deployments(&node, "app").is_empty());
+
+    // a device node (a copy of /dev/null's): refused by name
+    let device_tree = app_tree();
+    let status = Command::new("mknod")
+        .arg(device_tree.path().join("null"))
+        .args(["c", "1", "3"])
+        .status()
+        .expect("mknod");
+    assert!(status.success());
+    let out = as_user(&node, &["deploy", "app", path(&device_tree)]);
+    assert!(!out.status.success(), "deployed a device node");
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("null") && err.contains("a device node"),
+        "{err}"
+    );
     assert!(deployments(&node, "app").is_empty());
 
     // (b) + (d): the app with a symlink to /etc/shadow is deployed and served,
