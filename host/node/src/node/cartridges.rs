@@ -27,6 +27,7 @@ impl Node {
     ) -> ApiResult<reply::CartridgeSummary> {
         let store = self.config.cartridges_dir();
         std::fs::create_dir_all(&store).map_err(internal)?;
+        remove_stale_staging(&store);
         let staging = store.join(format!(
             ".incoming.{}.{}",
             std::process::id(),
@@ -148,6 +149,21 @@ impl Node {
                 format!("no cartridge named {name} is installed; install it with `gear cartridge install DIR`"),
             )
         })
+    }
+}
+
+/// Remove the staging directories an earlier node process left when it
+/// stopped in the middle of an install (this process's own are in use).
+fn remove_stale_staging(store: &Path) {
+    let own = format!(".incoming.{}.", std::process::id());
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".incoming.") && !name.starts_with(&own) {
+            let _ = crate::state::remove_tree(&entry.path());
+        }
     }
 }
 
