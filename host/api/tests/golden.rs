@@ -64,7 +64,7 @@ fn requests() -> Vec<Request> {
     vec![
         Ping {}.into(),
         CartridgeInstall {
-            dir: "/srv/cartridges/python".into(),
+            source: "/srv/cartridges/python".into(),
         }
         .into(),
         CartridgeList {}.into(),

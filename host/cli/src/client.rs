@@ -136,6 +136,40 @@ pub fn call_attached<O: Op>(
     decode::<O>(value)
 }
 
+/// Send operation `op` with the read end of a pipe passed alongside it, and
+/// run `produce` on a thread of its own to write on the pipe's other end
+/// while the node reads and answers (a deploy's sources, as a tar archive).
+/// When both fail, the producer's refusal of its input (an `Invalid`
+/// failure: a file the caller cannot read, a FIFO) is the one reported: the
+/// node only saw the stream stop.
+pub fn call_streaming<O: Op>(
+    target: &Target,
+    op: O,
+    produce: impl FnOnce(std::io::PipeWriter) -> Result<(), Failure> + Send + 'static,
+) -> Result<O::Reply, Failure> {
+    let stream = connect(target)?;
+    let (read, write) = std::io::pipe().map_err(|e| {
+        Failure::Environment(anyhow::anyhow!("cannot make a pipe for the sources: {e}"))
+    })?;
+    let producer = std::thread::spawn(move || produce(write));
+    let sent = send(&stream, &op.into(), &[read.as_fd()]);
+    // the node holds its own copy now; with ours gone, the producer's writes
+    // fail as soon as the node stops reading
+    drop(read);
+    let answer = sent.and_then(|()| read_replies(stream, &mut show_event));
+    let produced = producer.join().unwrap_or_else(|_| {
+        Err(Failure::Failed(anyhow::anyhow!(
+            "the thread writing the sources failed"
+        )))
+    });
+    match (answer, produced) {
+        (_, Err(refused @ Failure::Invalid(_))) => Err(refused),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e),
+        (Ok(value), Ok(())) => decode::<O>(value),
+    }
+}
+
 /// Progress on stderr, indented; log lines on stdout.
 fn show_event(event: &Event) {
     match event {

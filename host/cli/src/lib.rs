@@ -43,6 +43,7 @@ macro_rules! println {
     };
 }
 
+pub mod archive;
 pub mod client;
 pub mod cmd;
 mod output;

@@ -98,6 +98,9 @@ pub struct NodeConfig {
     /// Connections one gear may hold open through the node at once (its
     /// door to the frontend and its links), `gears.max-connections`.
     pub gear_max_connections: usize,
+    /// Largest deployment (or cartridge) archive the node unpacks: the sum
+    /// of its files' sizes, `gears.max-deploy-size`.
+    pub max_deploy_size: u64,
 }
 
 /// Limits on what one user's gears may take together.
@@ -238,6 +241,8 @@ struct RawGears {
     warm_helpers: usize,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    #[serde(default = "default_max_deploy_size")]
+    max_deploy_size: String,
 }
 
 fn default_uid_min() -> u32 {
@@ -265,8 +270,13 @@ impl Default for RawGears {
             idle_timeout: default_idle_timeout(),
             warm_helpers: default_warm_helpers(),
             max_connections: default_max_connections(),
+            max_deploy_size: default_max_deploy_size(),
         }
     }
+}
+
+fn default_max_deploy_size() -> String {
+    "1GiB".into()
 }
 
 fn default_max_connections() -> usize {
@@ -677,6 +687,7 @@ impl NodeConfig {
             start_timeout: duration("gears.start-timeout", &g.start_timeout)?,
             warm_helpers: g.warm_helpers,
             gear_max_connections: g.max_connections,
+            max_deploy_size: size("gears.max-deploy-size", &g.max_deploy_size)?,
             hook_timeout: duration("hooks.max-timeout", &raw.hooks.max_timeout)?,
             build_timeout: duration("hooks.max-build-timeout", &raw.hooks.max_build_timeout)?,
             hook_memory: size("hooks.max-memory", &raw.hooks.max_memory)?,
@@ -783,6 +794,19 @@ mod tests {
     }
 
     const BASE: &str = "schema = 1\nstate-dir = \"/a\"\nsocket = \"/s\"\n";
+
+    #[test]
+    fn the_deploy_size_limit_has_a_default_and_is_checked() {
+        let gears = "[gears]\nuid-min = 2000\nuid-max = 3000\n";
+        let c = NodeConfig::parse(&format!("{BASE}{gears}"), "x").expect("defaults");
+        assert_eq!(c.max_deploy_size, 1 << 30);
+        let c = NodeConfig::parse(&format!("{BASE}{gears}max-deploy-size = \"64MiB\"\n"), "x")
+            .expect("set");
+        assert_eq!(c.max_deploy_size, 64 << 20);
+        let e = NodeConfig::parse(&format!("{BASE}{gears}max-deploy-size = \"lots\"\n"), "x")
+            .expect_err("not a size");
+        assert!(e.to_string().contains("gears.max-deploy-size"), "{e}");
+    }
 
     #[test]
     fn frontend_settings_have_defaults_and_are_checked() {

@@ -23,6 +23,7 @@ pub mod procs;
 pub mod server;
 pub mod state;
 pub mod tenancy;
+pub mod unpack;
 
 /// The node API's messages, shared with every client (`gearhost-api`).
 pub use gearhost_api as api;

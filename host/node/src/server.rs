@@ -243,7 +243,10 @@ async fn dispatch(
             metrics: node.metrics_addr(),
         })),
         Request::CartridgeInstall(op) => {
-            answer::<ops::CartridgeInstall>(node.cartridge_install(&op.dir))
+            answer::<ops::CartridgeInstall>(match archive(fds, "cartridge install") {
+                Ok(fd) => node.cartridge_install(&op.source, fd).await,
+                Err(e) => Err(e),
+            })
         }
         Request::CartridgeList(_) => answer::<ops::CartridgeList>(Ok(node.cartridge_list())),
         Request::CartridgeRemove(op) => {
@@ -320,7 +323,10 @@ async fn dispatch(
         ),
         Request::Show(op) => answer::<ops::Show>(node.show(&op.gear)),
         Request::Destroy(op) => answer::<ops::Destroy>(node.destroy(&op.gear, p).await),
-        Request::Deploy(op) => answer::<ops::Deploy>(node.deploy(&op.gear, &op.source, p).await),
+        Request::Deploy(op) => answer::<ops::Deploy>(match archive(fds, "deploy") {
+            Ok(fd) => node.deploy(&op.gear, &op.source, fd, p).await,
+            Err(e) => Err(e),
+        }),
         Request::Build(op) => answer::<ops::Build>(node.build(&op.gear).await),
         Request::Start(op) => answer::<ops::Start>(node.start(&op.gear, p).await),
         Request::Stop(op) => answer::<ops::Stop>(node.stop(&op.gear).await),
@@ -375,6 +381,22 @@ fn visible_namespaces(node: &Node, caller: &Caller) -> Vec<String> {
     all.extend(node.namespaces.team_names());
     all.insert(caller.user.clone());
     all.into_iter().collect()
+}
+
+/// `deploy` and `cartridge install`: the one descriptor passed with the
+/// request is the read end of the pipe the client writes its tar archive on.
+fn archive(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, ApiError> {
+    let mut fds = fds;
+    match (fds.pop(), fds.is_empty()) {
+        (Some(fd), true) => Ok(fd),
+        _ => Err(ApiError::new(
+            ErrorKind::Invalid,
+            format!(
+                "{what} needs exactly one descriptor passed with the request: the pipe the \
+                 client writes the tar archive of the sources on (use a `gear` of this node's version)"
+            ),
+        )),
+    }
 }
 
 /// `exec`: the caller's stdio came as descriptors with the request.

@@ -490,9 +490,21 @@ mod tests {
             .await
             .expect_err("no gear");
         assert_eq!(e.kind, ErrorKind::NotFound);
+        // an archive that is not a cartridge (one file, no manifest)
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "README", &b"hello"[..])
+            .expect("entry");
+        let bytes = b.into_inner().expect("archive");
+        let (r, mut w) = std::io::pipe().expect("pipe");
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut w, &bytes));
         let e = node
-            .cartridge_install(Path::new("/nonexistent/cartridge"))
-            .expect_err("no directory");
+            .cartridge_install("not-a-cartridge", r.into())
+            .await
+            .expect_err("no manifest");
+        writer.join().expect("writer").expect("written");
         assert_eq!(e.kind, ErrorKind::Invalid);
         assert!(
             std::fs::read_dir(node.config().cartridges_dir())
