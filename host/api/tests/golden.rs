@@ -75,6 +75,7 @@ fn requests() -> Vec<Request> {
         Create {
             gear: web(),
             cartridge: "python".into(),
+            disk: Some(2 << 30),
         }
         .into(),
         List {}.into(),
@@ -298,6 +299,10 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
             }],
             aliases: vec!["www.example.com".into()],
             linked_from: Vec::new(),
+            disk: Some(DiskUsage {
+                used: 73_400_320,
+                limit: 2 << 30,
+            }),
         },
     );
     answer::<Destroy>(

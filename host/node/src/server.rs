@@ -249,7 +249,9 @@ async fn dispatch(
         Request::CartridgeRemove(op) => {
             answer::<ops::CartridgeRemove>(node.cartridge_remove(&op.name))
         }
-        Request::Create(op) => answer::<ops::Create>(node.create(&op.gear, &op.cartridge).await),
+        Request::Create(op) => {
+            answer::<ops::Create>(node.create(&op.gear, &op.cartridge, op.disk).await)
+        }
         Request::List(_) => answer::<ops::List>(Ok(node.list())),
         Request::Show(op) => answer::<ops::Show>(node.show(&op.gear)),
         Request::Destroy(op) => answer::<ops::Destroy>(node.destroy(&op.gear, p).await),

@@ -73,6 +73,9 @@ pub struct Node {
     pub(crate) frontend: Frontend,
     /// The bounds on connections gears open through the node.
     pub(crate) admission: Arc<crate::conns::Admission>,
+    /// Per-gear disk quotas: what the file system enforces, the default and
+    /// the ceiling.
+    pub(crate) quotas: crate::quota::Quotas,
 }
 
 impl Node {
@@ -91,6 +94,8 @@ impl Node {
         }
         set_mode(&config.state_dir, 0o711)?;
         set_mode(&config.gears_dir(), 0o711)?;
+        // refuses to start with gears.disk set where it cannot be enforced
+        let quotas = crate::quota::Quotas::open(&config)?;
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: config.cache_dir(),
             max_timeout: config.hook_timeout,
@@ -146,6 +151,7 @@ impl Node {
             links: Links::default(),
             frontend: Frontend::default(),
             admission,
+            quotas,
         });
         node.rebuild_routes();
         Ok(node)
@@ -437,7 +443,7 @@ mod tests {
             ("../etc", "default"),
         ] {
             let e = node
-                .create(&gear(name, namespace), "python")
+                .create(&gear(name, namespace), "python", None)
                 .await
                 .expect_err(name);
             assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
@@ -453,7 +459,7 @@ mod tests {
     async fn a_missing_cartridge_or_gear_names_the_command_that_helps() {
         let (_dir, node) = node();
         let e = node
-            .create(&gear("web", "default"), "python")
+            .create(&gear("web", "default"), "python", None)
             .await
             .expect_err("no cartridge");
         assert_eq!(e.kind, ErrorKind::NotFound);
@@ -524,6 +530,7 @@ mod tests {
             next_deployment: 1,
             links: Vec::new(),
             aliases: Vec::new(),
+            disk: None,
         }
     }
 
