@@ -101,6 +101,13 @@ impl LogFile {
         gearhost_sys::lock::lock(&self.inner).write(bytes);
     }
 
+    /// Close the file (the next write opens it again): a gear being
+    /// destroyed holds no open file in its directories, so nothing keeps
+    /// what btrfs counts for its quota alive.
+    pub fn close(&self) {
+        gearhost_sys::lock::lock(&self.inner).file = None;
+    }
+
     /// The log's path.
     pub fn path(&self) -> PathBuf {
         gearhost_sys::lock::lock(&self.inner).path.clone()

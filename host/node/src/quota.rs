@@ -132,8 +132,10 @@ impl Quotas {
     /// Removes a gear's subvolumes and qgroup (best effort: the directory
     /// walk that follows removes what is left).
     pub fn remove_gear(&self, root: &Path, uid: u32) {
-        if let Ok(btrfs) = self.btrfs() {
-            btrfs.remove_gear(root, uid);
+        if let Ok(btrfs) = self.btrfs()
+            && let Err(e) = btrfs.remove_gear(root, uid)
+        {
+            tracing::warn!(dir = %root.display(), error = %e, "the gear's quota was not removed in full");
         }
     }
 

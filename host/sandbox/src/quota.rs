@@ -111,6 +111,8 @@ fn fs_name(magic: i64) -> String {
 pub fn detect(dir: &Path) -> QuotaSupport {
     let at = existing(dir);
     let magic = match nix::sys::statfs::statfs(at) {
+        // the type's width differs between C libraries and architectures
+        #[allow(clippy::unnecessary_cast)]
         Ok(st) => st.filesystem_type().0 as i64,
         Err(e) => {
             return QuotaSupport::Unsupported {
@@ -210,8 +212,9 @@ pub fn qgroup_of(uid: u32) -> String {
     format!("1/{uid}")
 }
 
-/// How long [`Btrfs::remove_gear`] waits for btrfs to drop deleted
-/// subvolumes before it leaves the qgroup for the next gear with the uid.
+/// How long [`Btrfs::remove_gear`] tries to destroy the gear's qgroup while
+/// btrfs drops its deleted subvolumes, before it leaves the qgroup for the
+/// next gear with the uid.
 const DROP_WAIT: Duration = Duration::from_secs(10);
 
 impl Btrfs {
@@ -284,17 +287,17 @@ impl Btrfs {
             Ok(())
         })();
         if made.is_err() {
-            self.remove_gear(root, uid);
+            let _ = self.remove_gear(root, uid);
         }
         made
     }
 
     /// Removes the subvolumes of a gear's directory `root` (whatever is in
-    /// them) and, once btrfs has dropped them, its qgroup. Best effort: what
-    /// cannot be removed is logged by the caller's next steps (the directory
-    /// walk removes an empty subvolume too), and a qgroup left behind is
-    /// reused by the next gear with the uid.
-    pub fn remove_gear(&self, root: &Path, uid: u32) {
+    /// them) and, once btrfs has dropped them, its qgroup. What cannot be
+    /// removed is left (the directory walk that follows removes an empty
+    /// subvolume too, and a qgroup left behind is reused by the next gear
+    /// with the uid) and the last failure returned.
+    pub fn remove_gear(&self, root: &Path, uid: u32) -> Result<(), QuotaError> {
         let subvolumes: Vec<PathBuf> = GEAR_SUBVOLUMES
             .iter()
             .map(|s| root.join(s))
@@ -304,43 +307,48 @@ impl Btrfs {
             let mut args: Vec<&std::ffi::OsStr> = vec!["subvolume".as_ref(), "delete".as_ref()];
             args.push("--commit-after".as_ref());
             args.extend(subvolumes.iter().map(|p| p.as_os_str()));
-            let _ = self.run("delete the gear's subvolumes", &args);
+            self.run("delete the gear's subvolumes", &args)?;
         }
-        // the qgroup goes once btrfs has dropped what it counted
+        // the qgroup goes once btrfs has dropped what it counted: each commit
+        // lets the cleaner drop deleted subvolumes, and a later one removes
+        // their qgroups (and so their relation to the gear's); until then the
+        // gear's qgroup is busy. (`btrfs subvolume sync` would wait for the
+        // cleaner's own next round, up to the commit interval.)
         let parent = root.parent().unwrap_or(root);
-        let _ = self.wait_dropped(parent, DROP_WAIT);
-        let group = qgroup_of(uid);
-        let _ = self.run(
-            "destroy the gear's qgroup",
-            &[
-                "qgroup".as_ref(),
-                "destroy".as_ref(),
-                group.as_ref(),
-                parent.as_os_str(),
-            ],
-        );
-    }
-
-    /// `btrfs subvolume sync`, at most `limit` long.
-    fn wait_dropped(&self, on: &Path, limit: Duration) -> std::io::Result<()> {
-        let mut child = Command::new(&self.program)
-            .args(["subvolume", "sync"])
-            .arg(on)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
         let start = Instant::now();
+        let group = qgroup_of(uid);
         loop {
-            if child.try_wait()?.is_some() {
-                return Ok(());
+            let _ = self.run(
+                "commit the file system",
+                &["filesystem".as_ref(), "sync".as_ref(), parent.as_os_str()],
+            );
+            let destroyed = self.run(
+                "destroy the gear's qgroup",
+                &[
+                    "qgroup".as_ref(),
+                    "destroy".as_ref(),
+                    group.as_ref(),
+                    parent.as_os_str(),
+                ],
+            );
+            match destroyed {
+                Ok(_) => return Ok(()),
+                // gone already (a create that failed before making it)
+                Err(e) if e.detail.contains("No such file") => return Ok(()),
+                Err(_) if start.elapsed() < DROP_WAIT => {
+                    std::thread::sleep(Duration::from_millis(200))
+                }
+                Err(e) => {
+                    return Err(QuotaError {
+                        detail: format!(
+                            "{} (btrfs did not let it go within {} s of the subvolumes' deletion)",
+                            e.detail,
+                            start.elapsed().as_secs()
+                        ),
+                        ..e
+                    });
+                }
             }
-            if start.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
-            }
-            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

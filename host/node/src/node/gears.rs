@@ -257,6 +257,10 @@ impl Node {
         // its own links go with it, and the frontend's door
         self.links.close_from(&r.id);
         g.front.close_door();
+        // and the node's open log files in its directories
+        g.app_log.close();
+        g.hook_log.close();
+        g.front.access.close();
         // leftovers from any exec that was cut short
         let paths = g.paths.clone();
         let subtree = self.config.cgroup_subtree.clone();
