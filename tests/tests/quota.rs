@@ -146,7 +146,7 @@ fn a_full_gear_hurts_only_itself() {
     let fs = BtrfsImage::make();
     let state = fs.mount().join("state");
     // declared after the file system: dropped (stopped) before it is unmounted
-    let node = TestNode::start_in(&state, 71000, "disk = \"96MiB\"\nmax-disk = \"128MiB\"\n");
+    let mut node = TestNode::start_in(&state, 71000, "disk = \"96MiB\"\nmax-disk = \"128MiB\"\n");
     let diy = cartridge_dir("diy-cartridge");
     node.ok(&["cartridge", "install", path_str(diy.path())]);
 
@@ -172,6 +172,7 @@ fn a_full_gear_hurts_only_itself() {
     // the node's default, and a gear's own quota
     let g0 = json(&node.ok(&["create", "g0", "--cartridge", "diy", "--json"]));
     assert_eq!(disk_of(&node, "g0").1, 96 * MIB);
+    let started = Instant::now();
     let g1 = json(&node.ok(&[
         "create",
         "g1",
@@ -181,6 +182,7 @@ fn a_full_gear_hurts_only_itself() {
         "64MiB",
         "--json",
     ]));
+    eprintln!("create with a quota: {:?}", started.elapsed());
     node.ok(&["create", "g2", "--cartridge", "diy", "--disk", "64MiB"]);
     let (used, limit) = disk_of(&node, "g1");
     assert_eq!(limit, 64 * MIB);
@@ -322,7 +324,9 @@ fn a_full_gear_hurts_only_itself() {
         fs.qgroups()
     );
     let id = g1["id"].as_str().expect("id");
+    let started = Instant::now();
     node.ok(&["destroy", "g1"]);
+    eprintln!("destroy with a quota: {:?}", started.elapsed());
     assert!(!state.join("gears").join(id).exists());
     let deadline = Instant::now() + Duration::from_secs(15);
     while fs.qgroups().contains(&format!("1/{uid} ")) {
@@ -356,6 +360,13 @@ fn a_full_gear_hurts_only_itself() {
         row.contains("enforced") && row.contains("btrfs qgroups"),
         "{row}"
     );
+
+    // a node that comes back finds its gears' quotas where they were
+    node.kill9_and_restart();
+    let (_, limit) = disk_of(&node, "g2");
+    assert_eq!(limit, 64 * MIB);
+    node.ok(&["create", "g3", "--cartridge", "diy"]);
+    assert_eq!(disk_of(&node, "g3").1, 96 * MIB);
     drop(node);
 }
 
@@ -426,7 +437,9 @@ fn a_node_that_cannot_enforce_its_default_quota_refuses_to_start() {
     );
     let diy = cartridge_dir("diy-cartridge");
     node.ok(&["cartridge", "install", path_str(diy.path())]);
+    let started = Instant::now();
     node.ok(&["create", "plain", "--cartridge", "diy"]);
+    eprintln!("create without a quota: {:?}", started.elapsed());
     let shown = json(&node.ok(&["show", "plain", "--json"]));
     assert!(shown.get("disk").is_none(), "{shown}");
     assert!(node.ok(&["show", "plain"]).contains("no quota"));
