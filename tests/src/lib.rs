@@ -204,25 +204,34 @@ impl TestNode {
 
     /// Start a node with `uid_count` uids from `uid_min` (for more than 200 gears).
     pub fn start_with_uids(uid_min: u32, uid_count: u32, extra_gears_config: &str) -> TestNode {
-        Self::start_full(uid_min, uid_count, extra_gears_config, &[], None)
+        Self::start_full(uid_min, uid_count, "", extra_gears_config, &[], None)
     }
 
     /// Start a node (uids from `uid_min`, 200 of them) whose state directory
     /// is `state` (e.g. on a file system the test made).
     pub fn start_in(state: &Path, uid_min: u32, extra_gears_config: &str) -> TestNode {
-        Self::start_full(uid_min, 200, extra_gears_config, &[], Some(state))
+        Self::start_full(uid_min, 200, "", extra_gears_config, &[], Some(state))
     }
 
     /// Start a node (uids from `uid_min`, 200 of them) that runs under
     /// `wrapper`, a command that ends by executing its arguments (so the
     /// node's pid is the wrapper's): [`ON_SHARED_PROPAGATION`], `prlimit ...`.
     pub fn start_wrapped(uid_min: u32, extra_gears_config: &str, wrapper: &[&str]) -> TestNode {
-        Self::start_full(uid_min, 200, extra_gears_config, wrapper, None)
+        Self::start_full(uid_min, 200, "", extra_gears_config, wrapper, None)
+    }
+
+    /// Start a node that other local users reach too (its directory is
+    /// open to them, as `/run/gearhost` is), with `top_config` added to the
+    /// top level of its configuration (`operator-group = ...`, `[users]`
+    /// tables go after `[gears]`: put them in `extra_gears_config`).
+    pub fn start_shared(uid_min: u32, top_config: &str, extra_gears_config: &str) -> TestNode {
+        Self::start_full(uid_min, 200, top_config, extra_gears_config, &[], None)
     }
 
     fn start_full(
         uid_min: u32,
         uid_count: u32,
+        top_config: &str,
         extra_gears_config: &str,
         wrapper: &[&str],
         state: Option<&Path>,
@@ -232,10 +241,15 @@ impl TestNode {
             .tempdir()
             .expect("node dir");
         let state = state.map_or_else(|| dir.path().join("state"), Path::to_path_buf);
+        if !top_config.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("open the node's directory to other users");
+        }
         let socket = dir.path().join("node.sock");
         let subtree = format!("gearhost-test-{uid_min}");
         let config = format!(
-            "schema = 1\nstate-dir = \"{state}\"\nsocket = \"{sock}\"\nfrontend = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n\
+            "schema = 1\nstate-dir = \"{state}\"\nsocket = \"{sock}\"\nfrontend = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n{top_config}\n\
              [gears]\nuid-min = {uid_min}\nuid-max = {uid_max}\ncgroup-subtree = \"{subtree}\"\n{extra_gears_config}\n",
             state = state.display(),
             sock = socket.display(),

@@ -6,8 +6,6 @@
 //! operation refuses members it does not know, so a misspelt field is an
 //! error and not silently ignored.
 
-use std::path::PathBuf;
-
 use serde::{Deserialize, Serialize};
 
 use crate::reply;
@@ -69,9 +67,18 @@ ops! {
     /// Is the node there? Answers its version, API version and addresses.
     Ping "ping" => reply::NodeInfo {}
     /// Install (or upgrade) the cartridge in a directory.
+    ///
+    /// The cartridge's files are not named by path: the request carries one
+    /// descriptor (SCM_RIGHTS), the read end of a pipe on which the client
+    /// writes a tar archive of the cartridge directory (`cartridge.toml`
+    /// and the hooks component), read with the client's own rights. The
+    /// node unpacks it into a staging directory of its store under the same
+    /// rules as a deployment, then validates it. The cartridge's name comes
+    /// from its manifest.
     CartridgeInstall "cartridge-install" => reply::CartridgeSummary {
-        /// The cartridge directory, readable by the node.
-        dir: PathBuf,
+        /// Where the cartridge came from (the client's directory name), a
+        /// label for the node's log; never opened by the node.
+        source: String,
     }
     /// Installed cartridges.
     CartridgeList "cartridge-list" => Vec<reply::CartridgeSummary> {}
@@ -104,11 +111,20 @@ ops! {
         gear: GearRef,
     }
     /// Deploy a source directory: new deployment, build, activate, restart.
+    ///
+    /// The sources are not named by path: the request carries one descriptor
+    /// (SCM_RIGHTS), the read end of a pipe on which the client writes a tar
+    /// archive of the directory, read with the client's own rights. The node
+    /// unpacks it into the new deployment (never outside it; no devices,
+    /// FIFOs, sockets or hard links; within `gears.max-deploy-size`), and
+    /// the end of the archive is the end of the sources.
     Deploy "deploy" => reply::Deployed {
         /// The gear.
         gear: GearRef,
-        /// The source directory, readable by the node.
-        source: PathBuf,
+        /// Where the sources came from (the client's directory), a label
+        /// kept in the deployment record and shown by `gear deployments`;
+        /// never opened by the node.
+        source: String,
     }
     /// Run the build hook on the active deployment.
     Build "build" => reply::Built {
@@ -235,6 +251,42 @@ ops! {
     Unidle "unidle" => reply::GearView {
         /// The gear.
         gear: GearRef,
+    }
+    /// Who the node sees calling: uid, user name, whether an operator, and
+    /// the namespaces the caller may act in.
+    Whoami "whoami" => reply::CallerInfo {}
+    /// Create a team namespace (operators only), with its first members.
+    NamespaceCreate "namespace-create" => reply::NamespaceInfo {
+        /// The namespace.
+        name: String,
+        /// User names of its members.
+        members: Vec<String>,
+    }
+    /// Delete a team namespace without gears (operators only).
+    NamespaceDelete "namespace-delete" => reply::NamespaceDeleted {
+        /// The namespace.
+        name: String,
+    }
+    /// Add a user to a team namespace (operators only).
+    NamespaceAddMember "namespace-add-member" => reply::NamespaceInfo {
+        /// The namespace.
+        name: String,
+        /// The user's name.
+        user: String,
+    }
+    /// Remove a user from a team namespace (operators only).
+    NamespaceRemoveMember "namespace-remove-member" => reply::NamespaceInfo {
+        /// The namespace.
+        name: String,
+        /// The user's name.
+        user: String,
+    }
+    /// The namespaces the caller may act in (an operator: all of them).
+    NamespaceList "namespace-list" => Vec<reply::NamespaceInfo> {}
+    /// The last entries of the node's audit log (operators only).
+    Audit "audit" => reply::AuditLog {
+        /// How many of the last entries.
+        lines: usize,
     }
     /// The node's metrics in the Prometheus text format.
     Metrics "metrics" => reply::MetricsText {}

@@ -473,3 +473,99 @@ pub enum ExecEnd {
     /// A signal ended it.
     Signal(i32),
 }
+
+/// The answer to `whoami`: the caller as the node sees it (from the
+/// socket's peer credentials, never from what the client says).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallerInfo {
+    /// The caller's uid.
+    pub uid: u32,
+    /// Its user name.
+    pub user: String,
+    /// Whether it is an operator (root, or a member of the operator group).
+    pub operator: bool,
+    /// The namespaces it may act in (an operator may act in every one).
+    pub namespaces: Vec<String>,
+}
+
+/// What kind of namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NamespaceKind {
+    /// A user's own namespace: its name is the user's name, and the user is
+    /// its only member.
+    User,
+    /// A shared namespace an operator made, with the members it lists.
+    Team,
+}
+
+impl std::fmt::Display for NamespaceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NamespaceKind::User => "user",
+            NamespaceKind::Team => "team",
+        })
+    }
+}
+
+/// A namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceInfo {
+    /// Its name.
+    pub name: String,
+    /// User or team.
+    pub kind: NamespaceKind,
+    /// User names of its members.
+    pub members: Vec<String>,
+    /// How many gears it holds.
+    pub gears: usize,
+}
+
+/// The answer to `namespace-delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceDeleted {
+    /// The namespace deleted.
+    pub deleted: String,
+}
+
+/// How a request the audit log records ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AuditOutcome {
+    /// Done.
+    Ok,
+    /// Refused before anything was done (not allowed, over a limit, invalid).
+    Refused,
+    /// Tried, and failed.
+    Failed,
+}
+
+/// One entry of the node's audit log: a request that changes something, or
+/// any request the node refused for who sent it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// When the request ended (RFC 3339, UTC).
+    pub time: String,
+    /// The caller's uid.
+    pub uid: u32,
+    /// Its user name (empty when it has none).
+    pub user: String,
+    /// The namespace the request named, if any.
+    pub namespace: Option<String>,
+    /// The gear the request named, if any.
+    pub gear: Option<String>,
+    /// The operation (`create`, `deploy`, `namespace-add-member`, ...).
+    pub verb: String,
+    /// How it ended.
+    pub outcome: AuditOutcome,
+    /// The error's message, when it did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The answer to `audit`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditLog {
+    /// The entries, oldest first.
+    pub entries: Vec<AuditEntry>,
+}

@@ -64,7 +64,7 @@ fn requests() -> Vec<Request> {
     vec![
         Ping {}.into(),
         CartridgeInstall {
-            dir: "/srv/cartridges/python".into(),
+            source: "/srv/cartridges/python".into(),
         }
         .into(),
         CartridgeList {}.into(),
@@ -145,6 +145,28 @@ fn requests() -> Vec<Request> {
         AliasList { gear: web() }.into(),
         Idle { gear: web() }.into(),
         Unidle { gear: web() }.into(),
+        Whoami {}.into(),
+        NamespaceCreate {
+            name: "team".into(),
+            members: vec!["ada".into(), "grace".into()],
+        }
+        .into(),
+        NamespaceDelete {
+            name: "team".into(),
+        }
+        .into(),
+        NamespaceAddMember {
+            name: "team".into(),
+            user: "linus".into(),
+        }
+        .into(),
+        NamespaceRemoveMember {
+            name: "team".into(),
+            user: "linus".into(),
+        }
+        .into(),
+        NamespaceList {}.into(),
+        Audit { lines: 50 }.into(),
         Metrics {}.into(),
         Exec {
             gear: web(),
@@ -420,6 +442,57 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
     answer::<Exec>("exec-exit", &ExecEnd::Exit(3));
     answer::<Exec>("exec-signal", &ExecEnd::Signal(15));
     answer::<gearhost_api::ops::Logs>("logs-end", &());
+    answer::<Whoami>(
+        "caller",
+        &CallerInfo {
+            uid: 1001,
+            user: "ada".into(),
+            operator: false,
+            namespaces: vec!["ada".into(), "team".into()],
+        },
+    );
+    answer::<NamespaceCreate>(
+        "namespace",
+        &NamespaceInfo {
+            name: "team".into(),
+            kind: NamespaceKind::Team,
+            members: vec!["ada".into(), "grace".into()],
+            gears: 2,
+        },
+    );
+    answer::<NamespaceDelete>(
+        "namespace-deleted",
+        &NamespaceDeleted {
+            deleted: "team".into(),
+        },
+    );
+    answer::<Audit>(
+        "audit",
+        &AuditLog {
+            entries: vec![
+                AuditEntry {
+                    time: "2026-12-04T10:00:00.000Z".into(),
+                    uid: 1001,
+                    user: "ada".into(),
+                    namespace: Some("team".into()),
+                    gear: Some("web".into()),
+                    verb: "deploy".into(),
+                    outcome: AuditOutcome::Ok,
+                    message: None,
+                },
+                AuditEntry {
+                    time: "2026-12-04T10:00:01.000Z".into(),
+                    uid: 1002,
+                    user: "bob".into(),
+                    namespace: Some("team".into()),
+                    gear: Some("web".into()),
+                    verb: "destroy".into(),
+                    outcome: AuditOutcome::Refused,
+                    message: Some("bob may not act in namespace team".into()),
+                },
+            ],
+        },
+    );
 }
 
 #[test]

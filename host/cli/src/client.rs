@@ -24,14 +24,23 @@ pub struct Target {
 pub struct GearArg {
     /// The gear's name.
     pub name: String,
-    /// The gear's namespace.
-    #[arg(
-        long,
-        short = 'N',
-        env = "GEARHOST_NAMESPACE",
-        default_value = "default"
-    )]
-    pub namespace: String,
+    /// The gear's namespace (default: your user name; root's is `default`).
+    #[arg(long, short = 'N', env = "GEARHOST_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+/// The namespace a command acts in when none is given: the caller's own,
+/// named after its user (root's is `default`, where gears made before
+/// namespaces had owners live).
+pub fn default_namespace() -> String {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return "default".to_string();
+    }
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => format!("uid-{uid}"),
+    }
 }
 
 /// The arguments of a command that acts on one gear and prints what came of
@@ -54,8 +63,13 @@ impl GearArg {
     pub fn to_ref(&self) -> GearRef {
         GearRef {
             name: self.name.clone(),
-            namespace: self.namespace.clone(),
+            namespace: self.namespace(),
         }
+    }
+
+    /// The namespace given, or the caller's own.
+    pub fn namespace(&self) -> String {
+        self.namespace.clone().unwrap_or_else(default_namespace)
     }
 }
 
@@ -67,7 +81,7 @@ fn connect(target: &Target) -> Result<UnixStream, Failure> {
                 target.socket.display()
             ),
             std::io::ErrorKind::PermissionDenied => format!(
-                "permission denied on {}; run gear as root or as a member of the node's operator group",
+                "permission denied on {}; the node serves the members of its users group: ask an operator to add you",
                 target.socket.display()
             ),
             _ => format!("cannot reach the node at {}: {e}", target.socket.display()),
@@ -120,6 +134,40 @@ pub fn call_attached<O: Op>(
     send(&stream, &op.into(), &fds)?;
     let value = read_replies(stream, &mut show_event)?;
     decode::<O>(value)
+}
+
+/// Send operation `op` with the read end of a pipe passed alongside it, and
+/// run `produce` on a thread of its own to write on the pipe's other end
+/// while the node reads and answers (a deploy's sources, as a tar archive).
+/// When both fail, the producer's refusal of its input (an `Invalid`
+/// failure: a file the caller cannot read, a FIFO) is the one reported: the
+/// node only saw the stream stop.
+pub fn call_streaming<O: Op>(
+    target: &Target,
+    op: O,
+    produce: impl FnOnce(std::io::PipeWriter) -> Result<(), Failure> + Send + 'static,
+) -> Result<O::Reply, Failure> {
+    let stream = connect(target)?;
+    let (read, write) = std::io::pipe().map_err(|e| {
+        Failure::Environment(anyhow::anyhow!("cannot make a pipe for the sources: {e}"))
+    })?;
+    let producer = std::thread::spawn(move || produce(write));
+    let sent = send(&stream, &op.into(), &[read.as_fd()]);
+    // the node holds its own copy now; with ours gone, the producer's writes
+    // fail as soon as the node stops reading
+    drop(read);
+    let answer = sent.and_then(|()| read_replies(stream, &mut show_event));
+    let produced = producer.join().unwrap_or_else(|_| {
+        Err(Failure::Failed(anyhow::anyhow!(
+            "the thread writing the sources failed"
+        )))
+    });
+    match (answer, produced) {
+        (_, Err(refused @ Failure::Invalid(_))) => Err(refused),
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e),
+        (Ok(value), Ok(())) => decode::<O>(value),
+    }
 }
 
 /// Progress on stderr, indented; log lines on stdout.

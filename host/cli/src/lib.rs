@@ -43,6 +43,7 @@ macro_rules! println {
     };
 }
 
+pub mod archive;
 pub mod client;
 pub mod cmd;
 mod output;
@@ -139,6 +140,13 @@ pub enum Command {
     Unidle(cmd::idle::Args),
     /// Stop a gear and remove it with everything it had.
     Destroy(cmd::destroy::Args),
+    /// Who the node sees you as, and the namespaces you may act in.
+    Whoami(cmd::tenancy::WhoamiArgs),
+    /// Team namespaces: list them; operators create them and manage members.
+    #[command(subcommand)]
+    Namespace(cmd::tenancy::NamespaceCommand),
+    /// The node's audit log: who changed what, and what was refused (operators).
+    Audit(cmd::tenancy::AuditArgs),
     /// Write, check, try and install cartridges.
     #[command(subcommand)]
     Cartridge(CartridgeCommand),
@@ -285,6 +293,9 @@ pub fn main() -> ExitCode {
         Command::Link(args) => cmd::link::link(args),
         Command::Unlink(args) => cmd::link::unlink(args),
         Command::Destroy(args) => cmd::destroy::run(args),
+        Command::Whoami(args) => cmd::tenancy::whoami(args),
+        Command::Namespace(command) => cmd::tenancy::namespace(command),
+        Command::Audit(args) => cmd::tenancy::audit(args),
         Command::Alias(command) => cmd::alias::run(command),
         Command::Idle(args) => cmd::idle::idle(args),
         Command::Unidle(args) => cmd::idle::unidle(args),

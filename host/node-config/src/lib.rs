@@ -30,8 +30,14 @@ pub struct NodeConfig {
     pub state_dir: PathBuf,
     /// The node API's unix socket.
     pub socket: PathBuf,
-    /// Group (besides root) allowed to use the socket.
+    /// Group whose members are operators, as root is: they act on every
+    /// namespace and manage cartridges, teams and limits.
     pub operator_group: Option<String>,
+    /// Group whose members (with root and the operators) may use the node's
+    /// socket; none: every local user may (the socket is 0666).
+    pub users_group: Option<String>,
+    /// Limits on what each user's gears may take (`[users]`).
+    pub user_limits: UserLimits,
     /// Domain of gear host names (`<gear>-<namespace>.<domain>`).
     pub domain: String,
     /// Frontend listen address.
@@ -105,6 +111,41 @@ pub struct NodeConfig {
     /// Run with `gears.disk` set although the state directory's file system
     /// cannot enforce quotas, `gears.allow-no-quota`.
     pub allow_no_quota: bool,
+    /// Largest deployment (or cartridge) archive the node unpacks: the sum
+    /// of its files' sizes, `gears.max-deploy-size`.
+    pub max_deploy_size: u64,
+}
+
+/// Limits on what one user's gears may take together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Limit {
+    /// Most gears the user may own (none: no limit).
+    pub max_gears: Option<u32>,
+    /// Most memory the user's gears may be given together, in bytes (each
+    /// gear counts with its memory limit; none: no limit).
+    pub max_memory: Option<u64>,
+}
+
+/// Per-user limits: a default, and the users with limits of their own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UserLimits {
+    /// What every user gets unless named below.
+    pub default: Limit,
+    /// Users with limits of their own (a field left out takes the default's).
+    pub per_user: std::collections::BTreeMap<String, Limit>,
+}
+
+impl UserLimits {
+    /// The limits of `user`.
+    pub fn of(&self, user: &str) -> Limit {
+        match self.per_user.get(user) {
+            Some(own) => Limit {
+                max_gears: own.max_gears.or(self.default.max_gears),
+                max_memory: own.max_memory.or(self.default.max_memory),
+            },
+            None => self.default,
+        }
+    }
 }
 
 /// A configuration that cannot be used.
@@ -129,6 +170,9 @@ struct RawConfig {
     #[serde(default = "default_socket")]
     socket: PathBuf,
     operator_group: Option<String>,
+    users_group: Option<String>,
+    #[serde(default)]
+    users: RawUsers,
     #[serde(default = "default_domain")]
     domain: String,
     #[serde(default = "default_frontend")]
@@ -144,6 +188,22 @@ struct RawConfig {
     build: RawBuild,
     #[serde(default)]
     logs: RawLogs,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLimit {
+    max_gears: Option<u32>,
+    max_memory: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawUsers {
+    max_gears: Option<u32>,
+    max_memory: Option<String>,
+    #[serde(default)]
+    per_user: std::collections::BTreeMap<String, RawLimit>,
 }
 
 fn default_schema() -> u32 {
@@ -200,6 +260,8 @@ struct RawGears {
     max_disk: Option<String>,
     #[serde(default)]
     allow_no_quota: bool,
+    #[serde(default = "default_max_deploy_size")]
+    max_deploy_size: String,
 }
 
 fn default_uid_min() -> u32 {
@@ -230,8 +292,13 @@ impl Default for RawGears {
             disk: None,
             max_disk: None,
             allow_no_quota: false,
+            max_deploy_size: default_max_deploy_size(),
         }
     }
+}
+
+fn default_max_deploy_size() -> String {
+    "1GiB".into()
 }
 
 fn default_max_connections() -> usize {
@@ -607,10 +674,40 @@ impl NodeConfig {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
             n => n,
         };
+        let limit = |field: &str, max_gears: Option<u32>, max_memory: &Option<String>| {
+            Ok::<_, ConfigError>(Limit {
+                max_gears,
+                max_memory: match max_memory {
+                    Some(m) => Some(size(field, m)?),
+                    None => None,
+                },
+            })
+        };
+        let mut per_user = std::collections::BTreeMap::new();
+        for (user, l) in &raw.users.per_user {
+            per_user.insert(
+                user.clone(),
+                limit(
+                    &format!("users.per-user.{user}.max-memory"),
+                    l.max_gears,
+                    &l.max_memory,
+                )?,
+            );
+        }
+        let user_limits = UserLimits {
+            default: limit(
+                "users.max-memory",
+                raw.users.max_gears,
+                &raw.users.max_memory,
+            )?,
+            per_user,
+        };
         Ok(NodeConfig {
             state_dir: raw.state_dir,
             socket: raw.socket,
             operator_group: raw.operator_group,
+            users_group: raw.users_group,
+            user_limits,
             domain: raw.domain,
             frontend: raw.frontend,
             metrics: raw.metrics,
@@ -636,6 +733,7 @@ impl NodeConfig {
             gear_disk,
             gear_max_disk,
             allow_no_quota: g.allow_no_quota,
+            max_deploy_size: size("gears.max-deploy-size", &g.max_deploy_size)?,
             hook_timeout: duration("hooks.max-timeout", &raw.hooks.max_timeout)?,
             build_timeout: duration("hooks.max-build-timeout", &raw.hooks.max_build_timeout)?,
             hook_memory: size("hooks.max-memory", &raw.hooks.max_memory)?,
@@ -671,6 +769,37 @@ impl NodeConfig {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn user_limits_default_and_per_user() {
+        let c = NodeConfig::parse(
+            "users-group = \"gear-users\"\n[users]\nmax-gears = 3\nmax-memory = \"2GiB\"\n\
+             [users.per-user.ada]\nmax-gears = 10\n",
+            "u.toml",
+        )
+        .expect("parse");
+        assert_eq!(c.users_group.as_deref(), Some("gear-users"));
+        assert_eq!(
+            c.user_limits.of("bob"),
+            Limit {
+                max_gears: Some(3),
+                max_memory: Some(2 << 30)
+            }
+        );
+        assert_eq!(
+            c.user_limits.of("ada"),
+            Limit {
+                max_gears: Some(10),
+                max_memory: Some(2 << 30)
+            },
+            "a field left out takes the default's"
+        );
+        let none = NodeConfig::parse("", "e.toml").expect("parse");
+        assert_eq!(none.user_limits.of("ada"), Limit::default());
+        let e =
+            NodeConfig::parse("[users]\nmax-memory = \"lots\"\n", "b.toml").expect_err("bad size");
+        assert!(e.to_string().contains("users.max-memory"), "{e}");
+    }
+
     #[test]
     fn every_field_has_the_documented_default() {
         let empty = NodeConfig::parse("", "empty.toml").expect("an empty file is a configuration");
@@ -718,6 +847,19 @@ mod tests {
     }
 
     const BASE: &str = "schema = 1\nstate-dir = \"/a\"\nsocket = \"/s\"\n";
+
+    #[test]
+    fn the_deploy_size_limit_has_a_default_and_is_checked() {
+        let gears = "[gears]\nuid-min = 2000\nuid-max = 3000\n";
+        let c = NodeConfig::parse(&format!("{BASE}{gears}"), "x").expect("defaults");
+        assert_eq!(c.max_deploy_size, 1 << 30);
+        let c = NodeConfig::parse(&format!("{BASE}{gears}max-deploy-size = \"64MiB\"\n"), "x")
+            .expect("set");
+        assert_eq!(c.max_deploy_size, 64 << 20);
+        let e = NodeConfig::parse(&format!("{BASE}{gears}max-deploy-size = \"lots\"\n"), "x")
+            .expect_err("not a size");
+        assert!(e.to_string().contains("gears.max-deploy-size"), "{e}");
+    }
 
     #[test]
     fn frontend_settings_have_defaults_and_are_checked() {

@@ -101,8 +101,8 @@ impl Node {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
                 format!(
-                    "{name} already leads to gear {} in namespace {}; remove it there first",
-                    other.name, other.namespace
+                    "{name} already leads to {}; remove it there first",
+                    crate::tenancy::other_gear(&r.namespace, &other.name, &other.namespace)
                 ),
             ));
         }

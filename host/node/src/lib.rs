@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod alias;
+pub mod audit;
 pub mod conns;
 pub mod egress;
 pub mod env;
@@ -23,6 +24,8 @@ pub mod procs;
 pub mod quota;
 pub mod server;
 pub mod state;
+pub mod tenancy;
+pub mod unpack;
 
 /// The node API's messages, shared with every client (`gearhost-api`).
 pub use gearhost_api as api;
@@ -56,7 +59,7 @@ fn raise_open_file_limit() {
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     raise_open_file_limit();
     let socket = config.socket.clone();
-    let group = config.operator_group.clone();
+    let group = config.users_group.clone();
     let node = Node::open(config)?;
     let listener = server::bind(&socket, group.as_deref())?;
     let frontend = std::net::TcpListener::bind(&node.config().frontend)

@@ -1,5 +1,8 @@
-//! The node API server: a unix socket only root (and the operator group) may
-//! use; one request per connection, answered with event lines and one result.
+//! The node API server: a unix socket every local user may use (or the
+//! members of `users-group`); one request per connection, answered with event
+//! lines and one result. Who calls is the socket's peer credentials; what
+//! they may do is decided by [`crate::tenancy`] before anything is done, and
+//! what they did goes to the audit log.
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -11,10 +14,13 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::api::{ApiError, ErrorKind, Event, MAX_REQUEST, Op, Reply, Request, ops, reply};
 use crate::logs;
-use crate::node::{LogKind, Node};
+use crate::node::{LogKind, Node, Owner};
+use crate::tenancy::{self, Caller};
 
 /// Bind the node's socket: its directory is created, a stale socket left by
-/// a dead node is replaced, a live node's is not.
+/// a dead node is replaced, a live node's is not. Without `group` the socket
+/// is open to every local user (0666; the node decides what each may do),
+/// with it to root and that group's members (0660).
 pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -39,7 +45,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
             nix::unistd::Group::from_name(name)
                 .ok()
                 .flatten()
-                .ok_or_else(|| anyhow::anyhow!("operator group {name:?} does not exist; create it or remove operator-group from the configuration"))?
+                .ok_or_else(|| anyhow::anyhow!("users group {name:?} does not exist; create it or remove users-group from the configuration"))?
                 .gid
                 .as_raw(),
         ),
@@ -47,7 +53,7 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     };
     std::os::unix::fs::chown(path, Some(0), gid)
         .map_err(|e| anyhow::anyhow!("cannot chown {}: {e}", path.display()))?;
-    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    let mode = if gid.is_some() { 0o660 } else { 0o666 };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| anyhow::anyhow!("cannot set the mode of {}: {e}", path.display()))?;
     Ok(listener)
@@ -57,7 +63,6 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
 /// of descriptors, out of memory for the socket) is never fatal: the loop
 /// backs off and tries again, so what gears do cannot end the node.
 pub async fn serve(node: Arc<Node>, listener: UnixListener) -> anyhow::Result<()> {
-    let group = node.config().operator_group.clone();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -68,29 +73,11 @@ pub async fn serve(node: Arc<Node>, listener: UnixListener) -> anyhow::Result<()
             }
         };
         let node = node.clone();
-        let group = group.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(node, stream, group.as_deref()).await {
+            if let Err(e) = handle(node, stream).await {
                 tracing::debug!(error = %e, "api connection ended with an error");
             }
         });
-    }
-}
-
-fn permitted(uid: u32, gid: u32, group: Option<&str>) -> bool {
-    if uid == 0 {
-        return true;
-    }
-    let Some(group) = group else { return false };
-    let Ok(Some(g)) = nix::unistd::Group::from_name(group) else {
-        return false;
-    };
-    if g.gid.as_raw() == gid {
-        return true;
-    }
-    match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(Some(user)) => g.mem.contains(&user.name),
-        _ => false,
     }
 }
 
@@ -127,29 +114,35 @@ async fn read_request(stream: UnixStream) -> std::io::Result<(UnixStream, Vec<u8
     Ok((UnixStream::from_std(std_stream)?, line, fds))
 }
 
-async fn handle(node: Arc<Node>, stream: UnixStream, group: Option<&str>) -> std::io::Result<()> {
+async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let (mut stream, line, fds) = read_request(stream).await?;
-    if !permitted(cred.uid(), cred.gid(), group) {
-        let hint = match group {
-            Some(g) => format!("run gear as root or as a member of the {g} group"),
-            None => "run gear as root (sudo), or have the operator set operator-group in the node's configuration".into(),
-        };
-        return send(
-            &mut stream,
-            &Reply::Error(ApiError::new(
-                ErrorKind::Denied,
-                format!("uid {} may not use this node; {hint}", cred.uid()),
-            )),
-        )
-        .await;
-    }
+    let caller = match tenancy::identify(cred.uid(), cred.gid(), node.config()) {
+        Ok(caller) => caller,
+        Err(e) => return send(&mut stream, &Reply::Error(e)).await,
+    };
     let request: Request = match crate::api::decode_request(&line) {
         Ok(r) => r,
         Err(e) => return send(&mut stream, &Reply::Error(e)).await,
     };
     // the request itself may carry secrets (env values): log only at debug
     tracing::debug!(uid = cred.uid(), ?request, "request");
+    let verb = request.name();
+    let target = tenancy::gear_of(&request).cloned();
+    let audit = |result: Result<(), &ApiError>| {
+        node.audit.record(
+            &caller,
+            verb,
+            target.as_ref().map(|g| g.namespace.as_str()),
+            target.as_ref().map(|g| g.name.as_str()),
+            result,
+        );
+    };
+    if let Err(e) = tenancy::authorize(&caller, &node.namespaces, &request) {
+        audit(Err(&e));
+        return send(&mut stream, &Reply::Error(e)).await;
+    }
+    let changes = tenancy::changes_something(&request);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     if let Request::Logs(logs) = &request {
         let which = match (logs.hooks, logs.access) {
@@ -167,7 +160,7 @@ async fn handle(node: Arc<Node>, stream: UnixStream, group: Option<&str>) -> std
         )
         .await;
     }
-    let work = dispatch(node, request, fds, tx);
+    let work = dispatch(node.clone(), &caller, request, fds, tx);
     tokio::pin!(work);
     let progress = |text| Reply::Event(Event::Progress(text));
     let reply = loop {
@@ -181,6 +174,12 @@ async fn handle(node: Arc<Node>, stream: UnixStream, group: Option<&str>) -> std
     };
     while let Ok(event) = rx.try_recv() {
         let _ = send(&mut stream, &progress(event)).await;
+    }
+    match &reply {
+        Reply::Error(e) if changes || e.kind == ErrorKind::Denied => audit(Err(e)),
+        Reply::Error(_) => {}
+        _ if changes => audit(Ok(())),
+        _ => {}
     }
     send(&mut stream, &reply).await
 }
@@ -228,6 +227,7 @@ fn answer<O: Op>(result: Result<O::Reply, ApiError>) -> Reply {
 
 async fn dispatch(
     node: Arc<Node>,
+    caller: &Caller,
     request: Request,
     fds: Vec<OwnedFd>,
     progress: tokio::sync::mpsc::UnboundedSender<String>,
@@ -243,19 +243,93 @@ async fn dispatch(
             metrics: node.metrics_addr(),
         })),
         Request::CartridgeInstall(op) => {
-            answer::<ops::CartridgeInstall>(node.cartridge_install(&op.dir))
+            answer::<ops::CartridgeInstall>(match archive(fds, "cartridge install") {
+                Ok(fd) => node.cartridge_install(&op.source, fd).await,
+                Err(e) => Err(e),
+            })
         }
         Request::CartridgeList(_) => answer::<ops::CartridgeList>(Ok(node.cartridge_list())),
         Request::CartridgeRemove(op) => {
             answer::<ops::CartridgeRemove>(node.cartridge_remove(&op.name))
         }
         Request::Create(op) => {
-            answer::<ops::Create>(node.create(&op.gear, &op.cartridge, op.disk).await)
+            // an operator's gear counts against nobody's limits
+            let owner = (!caller.operator).then(|| Owner {
+                user: caller.user.clone(),
+                limit: node.config().user_limits.of(&caller.user),
+            });
+            answer::<ops::Create>(
+                node.create(&op.gear, &op.cartridge, op.disk, owner.as_ref())
+                    .await,
+            )
         }
-        Request::List(_) => answer::<ops::List>(Ok(node.list())),
+        Request::List(_) => answer::<ops::List>(Ok(node
+            .list()
+            .into_iter()
+            .filter(|g| node.namespaces.may_act(caller, &g.gear.namespace))
+            .collect())),
+        Request::Whoami(_) => answer::<ops::Whoami>(Ok(reply::CallerInfo {
+            uid: caller.uid,
+            user: caller.user.clone(),
+            operator: caller.operator,
+            namespaces: visible_namespaces(&node, caller),
+        })),
+        Request::NamespaceList(_) => {
+            let counts = namespace_counts(&node);
+            answer::<ops::NamespaceList>(Ok(visible_namespaces(&node, caller)
+                .iter()
+                .map(|n| node.namespaces.info(n, counts.get(n).copied().unwrap_or(0)))
+                .collect()))
+        }
+        Request::NamespaceCreate(op) => answer::<ops::NamespaceCreate>(
+            node.namespaces
+                .create(caller, &op.name, &op.members)
+                .map(|()| node.namespaces.info(&op.name, 0)),
+        ),
+        Request::NamespaceDelete(op) => {
+            let gears = namespace_counts(&node).get(&op.name).copied().unwrap_or(0);
+            answer::<ops::NamespaceDelete>(
+                node.namespaces
+                    .delete(caller, &op.name, gears)
+                    .map(|()| reply::NamespaceDeleted { deleted: op.name }),
+            )
+        }
+        Request::NamespaceAddMember(op) => {
+            let counts = namespace_counts(&node);
+            answer::<ops::NamespaceAddMember>(
+                node.namespaces
+                    .change_member(caller, &op.name, &op.user, true)
+                    .map(|()| {
+                        node.namespaces
+                            .info(&op.name, counts.get(&op.name).copied().unwrap_or(0))
+                    }),
+            )
+        }
+        Request::NamespaceRemoveMember(op) => {
+            let counts = namespace_counts(&node);
+            answer::<ops::NamespaceRemoveMember>(
+                node.namespaces
+                    .change_member(caller, &op.name, &op.user, false)
+                    .map(|()| {
+                        node.namespaces
+                            .info(&op.name, counts.get(&op.name).copied().unwrap_or(0))
+                    }),
+            )
+        }
+        Request::Audit(op) => answer::<ops::Audit>(
+            node.audit
+                .last(op.lines)
+                .map(|entries| reply::AuditLog { entries })
+                .map_err(|e| {
+                    ApiError::new(ErrorKind::Failed, format!("cannot read the audit log: {e}"))
+                }),
+        ),
         Request::Show(op) => answer::<ops::Show>(node.show(&op.gear)),
         Request::Destroy(op) => answer::<ops::Destroy>(node.destroy(&op.gear, p).await),
-        Request::Deploy(op) => answer::<ops::Deploy>(node.deploy(&op.gear, &op.source, p).await),
+        Request::Deploy(op) => answer::<ops::Deploy>(match archive(fds, "deploy") {
+            Ok(fd) => node.deploy(&op.gear, &op.source, fd, p).await,
+            Err(e) => Err(e),
+        }),
         Request::Build(op) => answer::<ops::Build>(node.build(&op.gear).await),
         Request::Start(op) => answer::<ops::Start>(node.start(&op.gear, p).await),
         Request::Stop(op) => answer::<ops::Stop>(node.stop(&op.gear).await),
@@ -288,6 +362,43 @@ async fn dispatch(
             "logs are streamed separately",
         )),
         Request::Exec(op) => answer::<ops::Exec>(exec(&node, op, fds).await),
+    }
+}
+
+/// How many gears each namespace holds.
+fn namespace_counts(node: &Node) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for g in node.gears_snapshot() {
+        *counts.entry(g.record().namespace).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// The namespaces `caller` may act in: a user's own and its teams; for an
+/// operator every namespace that holds a gear or is a team, and its own.
+fn visible_namespaces(node: &Node, caller: &Caller) -> Vec<String> {
+    if !caller.operator {
+        return node.namespaces.of_user(&caller.user);
+    }
+    let mut all: std::collections::BTreeSet<String> = namespace_counts(node).into_keys().collect();
+    all.extend(node.namespaces.team_names());
+    all.insert(caller.user.clone());
+    all.into_iter().collect()
+}
+
+/// `deploy` and `cartridge install`: the one descriptor passed with the
+/// request is the read end of the pipe the client writes its tar archive on.
+fn archive(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, ApiError> {
+    let mut fds = fds;
+    match (fds.pop(), fds.is_empty()) {
+        (Some(fd), true) => Ok(fd),
+        _ => Err(ApiError::new(
+            ErrorKind::Invalid,
+            format!(
+                "{what} needs exactly one descriptor passed with the request: the pipe the \
+                 client writes the tar archive of the sources on (use a `gear` of this node's version)"
+            ),
+        )),
     }
 }
 

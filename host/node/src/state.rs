@@ -81,6 +81,11 @@ pub struct GearRecord {
     /// gears without a quota (and in records written before quotas existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<u64>,
+    /// The user who created the gear; the per-user limits count it against
+    /// them. Absent in records written before gears had owners (and for
+    /// gears an operator created without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A link from this gear to another one: the node listens on `port` on this

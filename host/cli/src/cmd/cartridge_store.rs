@@ -5,14 +5,19 @@ use std::path::PathBuf;
 use gearhost_api::ops;
 
 use crate::CmdResult;
-use crate::client::{Target, call};
+use crate::archive;
+use crate::client::{Target, call, call_streaming};
 use crate::output::print_json;
 
 /// Arguments of `gear cartridge install`.
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
-    /// The cartridge directory (cartridge.toml + hooks component).
+    /// The cartridge directory (cartridge.toml + hooks component), read with
+    /// your own rights and sent to the node as an archive.
     pub dir: PathBuf,
+    /// The most the directory's files may add up to.
+    #[arg(long, value_name = "SIZE", default_value = crate::archive::DEFAULT_MAX_SIZE, value_parser = crate::archive::parse_max_size)]
+    pub max_size: u64,
     /// How to reach the node.
     #[command(flatten)]
     pub target: Target,
@@ -47,7 +52,14 @@ pub fn install(args: InstallArgs) -> CmdResult {
     let dir = std::fs::canonicalize(&args.dir).map_err(|e| {
         crate::Failure::Invalid(anyhow::anyhow!("cannot find {}: {e}", args.dir.display()))
     })?;
-    let installed = call(&args.target, ops::CartridgeInstall { dir })?;
+    let sources = archive::walk(&dir, args.max_size)?;
+    let installed = call_streaming(
+        &args.target,
+        ops::CartridgeInstall {
+            source: archive::label(&dir),
+        },
+        move |pipe| archive::write(&sources, pipe),
+    )?;
     if args.json {
         print_json(&installed)?;
     } else {

@@ -49,7 +49,7 @@ pub fn run(args: Args) -> CmdResult {
     } else {
         println!(
             "created gear {} in namespace {} (uid {}, {}); deploy to it with `gear deploy {} DIR`",
-            args.gear.name, args.gear.namespace, gear.uid, gear.mcs_level, args.gear.name
+            args.gear.name, gear.namespace, gear.uid, gear.mcs_level, args.gear.name
         );
     }
     Ok(())

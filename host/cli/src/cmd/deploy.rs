@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use gearhost_api::ops;
 
-use crate::client::{GearArg, Target, call};
+use crate::archive;
+use crate::client::{GearArg, Target, call_streaming};
 use crate::output::print_json;
 use crate::{CmdResult, Failure};
 
@@ -14,8 +15,15 @@ pub struct Args {
     /// The gear.
     #[command(flatten)]
     pub gear: GearArg,
-    /// The directory of sources to deploy.
+    /// The directory of sources to deploy. It is read with your own rights
+    /// and sent to the node as an archive: directories, regular files and
+    /// symlinks (sent as links, never followed); FIFOs, sockets, device
+    /// nodes and files you cannot read are refused.
     pub source: PathBuf,
+    /// The most the sources' files may add up to (the node has its own
+    /// limit, `gears.max-deploy-size`).
+    #[arg(long, value_name = "SIZE", default_value = archive::DEFAULT_MAX_SIZE, value_parser = archive::parse_max_size)]
+    pub max_size: u64,
     /// How to reach the node.
     #[command(flatten)]
     pub target: Target,
@@ -32,13 +40,21 @@ pub fn run(args: Args) -> CmdResult {
             args.source.display()
         ))
     })?;
-    eprintln!("deploying {} to {}", source.display(), args.gear.name);
-    let deployed = call(
+    let sources = archive::walk(&source, args.max_size)?;
+    eprintln!(
+        "deploying {} to {} ({} entries, {} bytes)",
+        source.display(),
+        args.gear.name,
+        sources.entries(),
+        sources.bytes
+    );
+    let deployed = call_streaming(
         &args.target,
         ops::Deploy {
             gear: args.gear.to_ref(),
-            source,
+            source: archive::label(&source),
         },
+        move |pipe| archive::write(&sources, pipe),
     )?;
     if args.json {
         print_json(&deployed)?;

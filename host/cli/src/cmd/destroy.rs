@@ -26,7 +26,8 @@ pub fn run(args: Args) -> CmdResult {
     )?;
     println!(
         "destroyed gear {} in namespace {}",
-        args.gear.name, args.gear.namespace
+        args.gear.name,
+        args.gear.namespace()
     );
     Ok(())
 }

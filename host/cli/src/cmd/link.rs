@@ -15,14 +15,9 @@ pub struct Args {
     pub gear: String,
     /// The gear it reaches, e.g. the database.
     pub to: String,
-    /// The namespace of both gears.
-    #[arg(
-        long,
-        short = 'N',
-        env = "GEARHOST_NAMESPACE",
-        default_value = "default"
-    )]
-    pub namespace: String,
+    /// The namespace of both gears (default: your user name; root's is `default`).
+    #[arg(long, short = 'N', env = "GEARHOST_NAMESPACE")]
+    pub namespace: Option<String>,
     /// How to reach the node.
     #[command(flatten)]
     pub target: Target,
@@ -33,9 +28,13 @@ pub struct Args {
 
 impl Args {
     fn refs(&self) -> (GearRef, GearRef) {
+        let namespace = self
+            .namespace
+            .clone()
+            .unwrap_or_else(crate::client::default_namespace);
         let r = |name: &str| GearRef {
             name: name.to_string(),
-            namespace: self.namespace.clone(),
+            namespace: namespace.clone(),
         };
         (r(&self.gear), r(&self.to))
     }

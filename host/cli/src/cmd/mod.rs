@@ -21,6 +21,7 @@ pub mod node_check;
 pub mod node_metrics;
 pub mod node_run;
 pub mod sandbox_run;
+pub mod tenancy;
 
 use std::path::Path;
 

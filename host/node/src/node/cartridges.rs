@@ -1,17 +1,64 @@
 //! The node's cartridge store: install (validate, precompile, copy in
 //! atomically), list, remove, and look-up by name.
 
+use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::atomic::AtomicU64;
 
 use gearhost_runtime::Cartridge;
 
 use super::*;
 use crate::api::reply;
 use crate::api::{ApiError, ErrorKind};
+use crate::unpack;
+
+/// Tells apart the staging directories of installs running at once.
+static INCOMING: AtomicU64 = AtomicU64::new(0);
 
 impl Node {
-    /// Install the cartridge in `dir`: validate, precompile, copy into the store.
-    pub fn cartridge_install(&self, dir: &Path) -> ApiResult<reply::CartridgeSummary> {
+    /// Install the cartridge the client streams as a tar archive on
+    /// `archive` (`source` only labels it): unpacked into a staging
+    /// directory of the store under the rules of [`crate::unpack`] (owned by
+    /// the node), validated and precompiled, then swapped in atomically.
+    pub async fn cartridge_install(
+        &self,
+        source: &str,
+        archive: OwnedFd,
+    ) -> ApiResult<reply::CartridgeSummary> {
+        let store = self.config.cartridges_dir();
+        std::fs::create_dir_all(&store).map_err(internal)?;
+        remove_stale_staging(&store);
+        let staging = store.join(format!(
+            ".incoming.{}.{}",
+            std::process::id(),
+            INCOMING.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let limits = unpack::Limits {
+            max_bytes: self.config.max_deploy_size,
+            max_entries: unpack::MAX_ENTRIES,
+        };
+        let at = staging.clone();
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let _ = crate::state::remove_tree(&at);
+            let input = unpack::PatientReader::new(archive, unpack::IDLE_TIMEOUT);
+            unpack::unpack(input, &at, limits, None)
+        })
+        .await
+        .map_err(internal)?;
+        if let Err(e) = unpacked {
+            let _ = crate::state::remove_tree(&staging);
+            return Err(invalid(format!(
+                "the cartridge from {source} was refused, nothing was installed: {e}"
+            )));
+        }
+        let result = self.install_unpacked(&staging);
+        let _ = crate::state::remove_tree(&staging);
+        result
+    }
+
+    /// Validate the cartridge unpacked in `dir` and move its manifest and
+    /// hooks component into the store.
+    fn install_unpacked(&self, dir: &Path) -> ApiResult<reply::CartridgeSummary> {
         let loaded = self
             .runtime
             .load_dir(dir)
@@ -102,6 +149,21 @@ impl Node {
                 format!("no cartridge named {name} is installed; install it with `gear cartridge install DIR`"),
             )
         })
+    }
+}
+
+/// Remove the staging directories an earlier node process left when it
+/// stopped in the middle of an install (this process's own are in use).
+fn remove_stale_staging(store: &Path) {
+    let own = format!(".incoming.{}.", std::process::id());
+    let Ok(entries) = std::fs::read_dir(store) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".incoming.") && !name.starts_with(&own) {
+            let _ = crate::state::remove_tree(&entry.path());
+        }
     }
 }
 

@@ -1,8 +1,8 @@
-//! Deployments: copy a source in, build it with the cartridge, activate it
-//! and restart onto it (rolling back to the previous one when the new one
+//! Deployments: unpack the sources a client streams, build them with the cartridge,
+//! activate them and restart onto them (rolling back to the previous one when the new one
 //! does not start), prune old ones, list them and roll back on request.
 
-use std::path::Path;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 use gearhost_runtime::{Cartridge, HookCall};
@@ -10,54 +10,64 @@ use gearhost_runtime::{Cartridge, HookCall};
 use super::*;
 use crate::api::reply;
 use crate::api::{ApiError, ErrorKind, GearRef};
-use crate::node::gears::chown_tree;
 use crate::state::{self, Deployment, DeploymentState, Desired, GearState};
+use crate::unpack;
 
 impl Node {
-    /// Deploy `source`: a new deployment, built, activated, and the gear restarted.
+    /// Deploy the sources the client streams as a tar archive on `archive`
+    /// (`source` only labels them): a new deployment, unpacked under the
+    /// rules of [`crate::unpack`] and owned by the gear's user, built,
+    /// activated, and the gear restarted. A refused archive leaves no
+    /// deployment behind.
     pub async fn deploy(
         &self,
         gear: &GearRef,
-        source: &Path,
+        source: &str,
+        archive: OwnedFd,
         progress: &Progress,
     ) -> ApiResult<reply::Deployed> {
-        let meta = std::fs::metadata(source).map_err(|e| {
-            invalid(format!(
-                "cannot read the source directory {}: {e}; give a directory the node can read",
-                source.display()
-            ))
-        })?;
-        if !meta.is_dir() {
-            return Err(invalid(format!(
-                "{} is not a directory; deploy a directory of sources",
-                source.display()
-            )));
-        }
-        std::fs::read_dir(source)
-            .map_err(|e| invalid(format!("cannot list {}: {e}", source.display())))?;
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let cart = self.cartridge(&g.record().cartridge)?;
         let id = g.record().next_deployment;
         let dest = g.paths.deployment(id);
-        let _ = progress.send(format!("copying {} into deployment {id}", source.display()));
+        let _ = progress.send(format!("unpacking {source} into deployment {id}"));
         let uid = g.record().uid;
-        let (src, dst) = (source.to_path_buf(), dest.clone());
-        let copied = tokio::task::spawn_blocking(move || {
-            copy_tree(&src, &dst).and_then(|()| chown_tree(&dst, uid))
+        let limits = unpack::Limits {
+            max_bytes: self.config.max_deploy_size,
+            max_entries: unpack::MAX_ENTRIES,
+        };
+        let dst = dest.clone();
+        let unpacked = tokio::task::spawn_blocking(move || {
+            // a directory left by a node that stopped half-way through
+            state::remove_tree(&dst).map_err(|e| {
+                unpack::UnpackError::Archive(format!("cannot clear {}: {e}", dst.display()))
+            })?;
+            let input = unpack::PatientReader::new(archive, unpack::IDLE_TIMEOUT);
+            unpack::unpack(input, &dst, limits, Some(uid))
         })
         .await
         .map_err(internal)?;
-        if let Err(e) = copied {
-            let _ = state::remove_tree(&dest);
-            return Err(invalid(format!("cannot copy {}: {e}", source.display())));
+        match unpacked {
+            Ok(done) => {
+                let _ = progress.send(format!(
+                    "unpacked {} entries, {} bytes",
+                    done.entries, done.bytes
+                ));
+            }
+            Err(e) => {
+                let _ = state::remove_tree(&dest);
+                return Err(invalid(format!(
+                    "the sources were refused, nothing was deployed: {e}"
+                )));
+            }
         }
         g.update(&self.config, |r| {
             r.next_deployment = id + 1;
             r.deployments.push(Deployment {
                 id,
                 created: state::now(),
-                source: source.display().to_string(),
+                source: source.to_string(),
                 state: DeploymentState::Pending,
                 error: None,
             });
@@ -259,79 +269,5 @@ impl Node {
         let start = r.desired == Desired::Running;
         self.activate(&g, &cart, target, start, progress).await?;
         Ok(reply::RolledBack { active: target })
-    }
-}
-
-/// Copy a source tree without following symlinks (they are copied as links).
-pub(super) fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
-    copy_tree_below(src, dst, 0)
-}
-
-/// How deep a deployed source may nest directories (the copy recurses).
-pub(super) const MAX_SOURCE_DEPTH: usize = 128;
-
-pub(super) fn copy_tree_below(src: &Path, dst: &Path, depth: usize) -> std::io::Result<()> {
-    if depth > MAX_SOURCE_DEPTH {
-        return Err(std::io::Error::other(format!(
-            "{} is nested more than {MAX_SOURCE_DEPTH} directories deep; deploy a shallower tree",
-            src.display()
-        )));
-    }
-    std::fs::create_dir_all(dst)?;
-    for entry in std::fs::read_dir(src)? {
-        let entry = entry?;
-        let ty = entry.file_type()?;
-        let to = dst.join(entry.file_name());
-        if ty.is_dir() {
-            copy_tree_below(&entry.path(), &to, depth + 1)?;
-        } else if ty.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
-        } else if ty.is_file() {
-            std::fs::copy(entry.path(), &to)?;
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_source_is_copied_with_its_links_as_links_and_never_followed() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let src = dir.path().join("src");
-        std::fs::create_dir_all(src.join("static/css")).expect("dirs");
-        std::fs::write(src.join("static/css/site.css"), "body{}").expect("file");
-        std::fs::write(src.join("app.py"), "print(1)").expect("file");
-        // a link a user may deploy on purpose, and one that would read the host's files
-        std::os::unix::fs::symlink("app.py", src.join("main.py")).expect("link");
-        std::os::unix::fs::symlink("/etc", src.join("host-etc")).expect("link");
-        let dst = dir.path().join("dst");
-        copy_tree(&src, &dst).expect("copied");
-        assert_eq!(
-            std::fs::read_to_string(dst.join("static/css/site.css")).expect("copied file"),
-            "body{}"
-        );
-        for (link, target) in [("main.py", "app.py"), ("host-etc", "/etc")] {
-            let meta = std::fs::symlink_metadata(dst.join(link)).expect("link copied");
-            assert!(meta.file_type().is_symlink(), "{link} stays a link");
-            assert_eq!(
-                std::fs::read_link(dst.join(link)).expect("target"),
-                Path::new(target)
-            );
-        }
-    }
-
-    #[test]
-    fn a_source_nested_too_deep_is_refused_with_advice() {
-        let dir = tempfile::tempdir().expect("temporary directory");
-        let mut deep = dir.path().join("src");
-        for _ in 0..=MAX_SOURCE_DEPTH + 1 {
-            deep.push("d");
-        }
-        std::fs::create_dir_all(&deep).expect("deep tree");
-        let e = copy_tree(&dir.path().join("src"), &dir.path().join("dst")).expect_err("too deep");
-        assert!(e.to_string().contains("deploy a shallower tree"), "{e}");
     }
 }

@@ -17,12 +17,14 @@ use crate::state::{self, Desired, GearPaths, GearRecord, GearState, RECORD_VERSI
 
 impl Node {
     /// Create a gear, with a disk quota of `disk` bytes (none: the node's
-    /// default, `gears.disk`).
+    /// default, `gears.disk`), owned by `owner` (the creating user, whose
+    /// limits it counts against) when given.
     pub async fn create(
         self: &Arc<Self>,
         gear: &GearRef,
         cartridge: &str,
         disk: Option<u64>,
+        owner: Option<&Owner>,
     ) -> ApiResult<reply::GearSummary> {
         check_gear_ref(gear)?;
         let cart = self.cartridge(cartridge)?;
@@ -38,6 +40,9 @@ impl Node {
             ));
         }
         self.check_public_name_free(gear)?;
+        if let Some(owner) = owner {
+            self.check_user_limits(owner)?;
+        }
         let used: Vec<u32> = lock(&self.gears)
             .values()
             .map(|g| lock(&g.record).uid)
@@ -73,6 +78,7 @@ impl Node {
             links: Vec::new(),
             aliases: Vec::new(),
             disk,
+            owner: owner.map(|o| o.user.clone()),
         };
         let quotas = &self.quotas;
         let made = (|| -> std::io::Result<()> {
@@ -122,6 +128,43 @@ impl Node {
         self.rebuild_routes();
         crate::frontend::open_door(self, &g).await;
         Ok(summary)
+    }
+
+    /// Refuses a create that would take `owner` over its limits (checked
+    /// under the node's create lock, so two creates cannot both pass).
+    fn check_user_limits(&self, owner: &Owner) -> ApiResult<()> {
+        let owned = self
+            .gears_snapshot()
+            .iter()
+            .filter(|g| g.record().owner.as_deref() == Some(owner.user.as_str()))
+            .count();
+        let after = owned as u64 + 1;
+        if let Some(max) = owner.limit.max_gears
+            && after > u64::from(max)
+        {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{} owns {owned} gear(s), the most this node allows {} ({max}); destroy one, or ask an operator to raise users.max-gears",
+                    owner.user, owner.user
+                ),
+            ));
+        }
+        if let Some(max) = owner.limit.max_memory
+            && after * self.config.gear_memory > max
+        {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "another gear would give {}'s gears {} of memory together (each gets {}), more than the {} this node allows them; destroy one, or ask an operator to raise users.max-memory",
+                    owner.user,
+                    gearhost_runtime::manifest::format_size(after * self.config.gear_memory),
+                    gearhost_runtime::manifest::format_size(self.config.gear_memory),
+                    gearhost_runtime::manifest::format_size(max)
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// All gears.

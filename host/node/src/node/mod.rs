@@ -76,6 +76,10 @@ pub struct Node {
     /// Per-gear disk quotas: what the file system enforces, the default and
     /// the ceiling.
     pub(crate) quotas: crate::quota::Quotas,
+    /// Team namespaces and who belongs to them.
+    pub(crate) namespaces: crate::tenancy::Namespaces,
+    /// The audit trail of requests.
+    pub(crate) audit: crate::audit::AuditLog,
 }
 
 impl Node {
@@ -139,6 +143,9 @@ impl Node {
             gears.insert(record.id.clone(), Arc::new(Gear::new(&config, record)));
         }
         let admission = crate::conns::Admission::new(config.gear_max_connections);
+        let namespaces = crate::tenancy::Namespaces::open(&config)?;
+        let audit =
+            crate::audit::AuditLog::open(&config.state_dir, config.log_max_bytes, config.log_keep)?;
         let node = Arc::new(Node {
             config: Arc::new(config),
             runtime,
@@ -152,6 +159,8 @@ impl Node {
             frontend: Frontend::default(),
             admission,
             quotas,
+            namespaces,
+            audit,
         });
         node.rebuild_routes();
         Ok(node)
@@ -257,8 +266,11 @@ impl Node {
                 ErrorKind::Conflict,
                 format!(
                     "gear {} in namespace {} would be reachable as {label}.{}, which already leads \
-                     to gear {} in namespace {}; choose another gear name",
-                    gear.name, gear.namespace, self.config.domain, other.name, other.namespace
+                     to {}; choose another gear name",
+                    gear.name,
+                    gear.namespace,
+                    self.config.domain,
+                    crate::tenancy::other_gear(&gear.namespace, &other.name, &other.namespace)
                 ),
             )),
             None => Ok(()),
@@ -376,6 +388,15 @@ impl Node {
     }
 }
 
+/// The user a new gear belongs to, with the limits it counts against.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The user's name.
+    pub user: String,
+    /// Its limits (`[users]`).
+    pub limit: crate::config::Limit,
+}
+
 /// Which of a gear's logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogKind {
@@ -443,7 +464,7 @@ mod tests {
             ("../etc", "default"),
         ] {
             let e = node
-                .create(&gear(name, namespace), "python", None)
+                .create(&gear(name, namespace), "python", None, None)
                 .await
                 .expect_err(name);
             assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
@@ -459,7 +480,7 @@ mod tests {
     async fn a_missing_cartridge_or_gear_names_the_command_that_helps() {
         let (_dir, node) = node();
         let e = node
-            .create(&gear("web", "default"), "python", None)
+            .create(&gear("web", "default"), "python", None, None)
             .await
             .expect_err("no cartridge");
         assert_eq!(e.kind, ErrorKind::NotFound);
@@ -475,9 +496,21 @@ mod tests {
             .await
             .expect_err("no gear");
         assert_eq!(e.kind, ErrorKind::NotFound);
+        // an archive that is not a cartridge (one file, no manifest)
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        b.append_data(&mut h, "README", &b"hello"[..])
+            .expect("entry");
+        let bytes = b.into_inner().expect("archive");
+        let (r, mut w) = std::io::pipe().expect("pipe");
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut w, &bytes));
         let e = node
-            .cartridge_install(Path::new("/nonexistent/cartridge"))
-            .expect_err("no directory");
+            .cartridge_install("not-a-cartridge", r.into())
+            .await
+            .expect_err("no manifest");
+        writer.join().expect("writer").expect("written");
         assert_eq!(e.kind, ErrorKind::Invalid);
         assert!(
             std::fs::read_dir(node.config().cartridges_dir())
@@ -531,6 +564,7 @@ mod tests {
             links: Vec::new(),
             aliases: Vec::new(),
             disk: None,
+            owner: None,
         }
     }
 

@@ -1,0 +1,677 @@
+//! Unpacking a tar stream a client sent (a deployment's sources, a
+//! cartridge) into a fresh directory, so that nothing is ever created or
+//! followed outside it.
+//!
+//! The rules, each named in the refusal that breaks it:
+//! - every entry's path is relative and plain: no `/` at the start, no `..`,
+//!   at most [`MAX_DEPTH`] components;
+//! - every operation is relative to a descriptor of the target directory,
+//!   walked one component at a time with `O_NOFOLLOW`, so a symlink the
+//!   archive made earlier (or one a racing process put there) is never
+//!   gone through: an entry below one is refused;
+//! - only directories, regular files and symlinks are unpacked. Symlinks are
+//!   kept as they are, whatever they point at: they are resolved later by
+//!   whoever reads the deployment, and a gear sees its own root. Device
+//!   nodes, FIFOs, sockets and hard links (even within the tree: the client
+//!   sends linked files as separate copies) are refused;
+//! - an entry may appear once (a second one for an existing file is refused);
+//! - the files' sizes add up to at most [`Limits::max_bytes`], the entries
+//!   to at most [`Limits::max_entries`], and the stream to the files
+//!   accepted so far plus 2 KiB of framing per entry and 1 MiB (so no header,
+//!   long name or pax record makes the node hold more than that in memory);
+//! - the archive must end with its end marker: a stream that stops early
+//!   (the client failed half-way) is refused, not taken as complete.
+//!
+//! Files are created by the node and handed to `owner` with `fchown` on the
+//! descriptor just made (`fchownat` without following, for symlinks). The
+//! caller removes the target directory when unpacking fails.
+
+use std::cell::Cell;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::sys::stat::{Mode, SFlag, fchmod, fstatat, mkdirat};
+
+/// How deep an archive may nest directories.
+pub const MAX_DEPTH: usize = 128;
+
+/// Entries one archive may hold by default.
+pub const MAX_ENTRIES: u64 = 100_000;
+
+/// How long the node waits for the next bytes of an archive before giving up
+/// on the client.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The limits on one archive.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The sum of the regular files' sizes.
+    pub max_bytes: u64,
+    /// Entries of any kind.
+    pub max_entries: u64,
+}
+
+/// What was unpacked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Unpacked {
+    /// Entries created.
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+}
+
+/// Why an archive was refused: the entry and the rule it broke.
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    /// An entry broke a rule.
+    #[error("{entry}: {rule}")]
+    Entry {
+        /// The entry's path as the archive gives it.
+        entry: String,
+        /// The rule, said so that the sender knows what to change.
+        rule: String,
+    },
+    /// The archive as a whole is unusable.
+    #[error("{0}")]
+    Archive(String),
+}
+
+fn refuse(entry: &Path, rule: impl Into<String>) -> UnpackError {
+    UnpackError::Entry {
+        entry: entry.display().to_string(),
+        rule: rule.into(),
+    }
+}
+
+/// Unpack the tar stream `input` into `target`, which must not exist yet
+/// (it is created, mode 0755, owned by `owner` when given).
+pub fn unpack(
+    input: impl Read,
+    target: &Path,
+    limits: Limits,
+    owner: Option<u32>,
+) -> Result<Unpacked, UnpackError> {
+    let io = |what: &str, e: &dyn std::fmt::Display| {
+        UnpackError::Archive(format!("{what} {}: {e}", target.display()))
+    };
+    std::fs::create_dir(target).map_err(|e| io("cannot create", &e))?;
+    let root = nix::fcntl::open(
+        target,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("cannot open", &e))?;
+    fchmod(&root, Mode::from_bits_truncate(0o755)).map_err(|e| io("cannot set the mode of", &e))?;
+    if let Some(uid) = owner {
+        chown_fd(&root, uid).map_err(|e| io("cannot hand over", &e))?;
+    }
+    // what the stream may hold so far: the files' data as each is accepted,
+    // and for the framing (headers, padding, long names, extension
+    // records) 2 KiB per entry plus 1 MiB, so that no header or extension
+    // record makes the node hold more than that in memory
+    let credit = Rc::new(Cell::new(framing(0)));
+    let mut stream = Capped {
+        inner: input,
+        consumed: 0,
+        credit: credit.clone(),
+    };
+    let mut done = Unpacked::default();
+    {
+        let mut archive = tar::Archive::new(&mut stream);
+        let entries = archive
+            .entries()
+            .map_err(|e| UnpackError::Archive(format!("not a tar archive: {e}")))?;
+        for entry in entries {
+            let mut entry = entry.map_err(|e| {
+                UnpackError::Archive(format!("the archive is damaged or cut short: {e}"))
+            })?;
+            let raw = entry
+                .path()
+                .map_err(|e| UnpackError::Archive(format!("an entry's name is unusable: {e}")))?
+                .into_owned();
+            let kind = entry.header().entry_type();
+            if kind.is_pax_global_extensions() {
+                continue;
+            }
+            done.entries += 1;
+            credit.set(done.bytes.saturating_add(framing(done.entries)));
+            if done.entries > limits.max_entries {
+                return Err(refuse(
+                    &raw,
+                    format!(
+                        "the archive holds more than {} entries; deploy fewer files",
+                        limits.max_entries
+                    ),
+                ));
+            }
+            let parts = plain_path(&raw)?;
+            let Some((name, dirs)) = parts.split_last() else {
+                // `.` or `./`: the target itself
+                continue;
+            };
+            let parent = walk(&root, dirs, &raw, owner)?;
+            let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+            if kind.is_dir() {
+                let dir = make_dir(&parent, name, &raw, owner)?;
+                fchmod(&dir, Mode::from_bits_truncate(mode | 0o700))
+                    .map_err(|e| refuse(&raw, format!("cannot set its mode: {e}")))?;
+            } else if kind.is_file() || kind == tar::EntryType::Continuous {
+                // the size the reader goes by (a pax record overrides the header's)
+                let size = entry.size();
+                if done.bytes.saturating_add(size) > limits.max_bytes {
+                    return Err(refuse(
+                        &raw,
+                        format!(
+                            "the files add up to more than the node's limit of {} bytes \
+                             (gears.max-deploy-size); deploy less, or ask the operator",
+                            limits.max_bytes
+                        ),
+                    ));
+                }
+                let fd = openat(
+                    &parent,
+                    name.as_os_str(),
+                    OFlag::O_WRONLY
+                        | OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
+                    Mode::from_bits_truncate(0o600),
+                )
+                .map_err(|e| match e {
+                    Errno::EEXIST => refuse(&raw, "the archive names it twice"),
+                    e => refuse(&raw, format!("cannot create it: {e}")),
+                })?;
+                if let Some(uid) = owner {
+                    chown_fd(&fd, uid).map_err(|e| refuse(&raw, format!("cannot chown: {e}")))?;
+                }
+                credit.set(
+                    done.bytes
+                        .saturating_add(size)
+                        .saturating_add(framing(done.entries)),
+                );
+                let mut file = std::fs::File::from(fd);
+                let written = std::io::copy(&mut (&mut entry).take(size), &mut file)
+                    .map_err(|e| refuse(&raw, format!("cannot write it: {e}")))?;
+                if written != size {
+                    return Err(refuse(&raw, "the archive ends inside this file"));
+                }
+                file.flush()
+                    .map_err(|e| refuse(&raw, format!("cannot write it: {e}")))?;
+                fchmod(&file, Mode::from_bits_truncate(mode))
+                    .map_err(|e| refuse(&raw, format!("cannot set its mode: {e}")))?;
+                done.bytes += size;
+            } else if kind.is_symlink() {
+                let to = entry
+                    .link_name()
+                    .map_err(|e| refuse(&raw, format!("its link target is unusable: {e}")))?
+                    .ok_or_else(|| refuse(&raw, "a symlink without a target"))?
+                    .into_owned();
+                nix::unistd::symlinkat(to.as_os_str(), &parent, name.as_os_str()).map_err(|e| {
+                    match e {
+                        Errno::EEXIST => refuse(&raw, "the archive names it twice"),
+                        e => refuse(&raw, format!("cannot create the symlink: {e}")),
+                    }
+                })?;
+                if let Some(uid) = owner {
+                    nix::unistd::fchownat(
+                        &parent,
+                        name.as_os_str(),
+                        Some(uid.into()),
+                        Some(uid.into()),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| refuse(&raw, format!("cannot chown the symlink: {e}")))?;
+                }
+            } else if kind.is_hard_link() {
+                return Err(refuse(
+                    &raw,
+                    "hard links are not unpacked; send the file itself (a current `gear` does)",
+                ));
+            } else if kind.is_character_special() || kind.is_block_special() {
+                return Err(refuse(
+                    &raw,
+                    "device nodes are not unpacked; leave them out of the sources",
+                ));
+            } else if kind.is_fifo() {
+                return Err(refuse(
+                    &raw,
+                    "FIFOs are not unpacked; leave them out of the sources",
+                ));
+            } else {
+                return Err(refuse(
+                    &raw,
+                    format!(
+                        "entries of tar type {:?} are not unpacked; only directories, files and symlinks are",
+                        kind.as_byte() as char
+                    ),
+                ));
+            }
+        }
+    }
+    // the entries stop at the first zero block, or at the end of the stream:
+    // only the first is a complete archive (another zero block follows it)
+    let mut rest = [0u8; 512];
+    let mut got = 0;
+    while got < rest.len() {
+        match stream.read(&mut rest[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => {
+                return Err(UnpackError::Archive(format!(
+                    "cannot read the archive: {e}"
+                )));
+            }
+        }
+    }
+    if got < rest.len() || rest.iter().any(|b| *b != 0) {
+        return Err(UnpackError::Archive(
+            "the archive ends without its end marker: the sender stopped half-way (see its error) \
+             and nothing was deployed"
+                .into(),
+        ));
+    }
+    Ok(done)
+}
+
+/// The components of an entry's path, each a plain name.
+fn plain_path(raw: &Path) -> Result<Vec<PathBuf>, UnpackError> {
+    let mut parts = Vec::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(name) => parts.push(PathBuf::from(name)),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(refuse(
+                    raw,
+                    "a path may not contain `..`; archive the directory from inside it",
+                ));
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(refuse(
+                    raw,
+                    "a path must be relative to the archive, not absolute",
+                ));
+            }
+        }
+    }
+    if parts.len() > MAX_DEPTH {
+        return Err(refuse(
+            raw,
+            format!("nested more than {MAX_DEPTH} directories deep; deploy a shallower tree"),
+        ));
+    }
+    if parts.iter().any(|p| p.as_os_str().as_bytes().contains(&0)) {
+        return Err(refuse(raw, "a name may not contain a NUL byte"));
+    }
+    Ok(parts)
+}
+
+/// Open the directory `dirs` below `root` one component at a time, never
+/// through a symlink, creating the missing ones.
+fn walk(
+    root: &OwnedFd,
+    dirs: &[PathBuf],
+    raw: &Path,
+    owner: Option<u32>,
+) -> Result<OwnedFd, UnpackError> {
+    let mut at = root
+        .try_clone()
+        .map_err(|e| refuse(raw, format!("cannot open the target: {e}")))?;
+    for d in dirs {
+        at = make_dir(&at, d, raw, owner)?;
+    }
+    Ok(at)
+}
+
+/// Open directory `name` in `parent` without following a symlink, creating
+/// it (mode 0755, handed to `owner`) if it is missing.
+fn make_dir(
+    parent: &OwnedFd,
+    name: &Path,
+    raw: &Path,
+    owner: Option<u32>,
+) -> Result<OwnedFd, UnpackError> {
+    let name: &OsStr = name.as_os_str();
+    let created = match mkdirat(parent, name, Mode::from_bits_truncate(0o755)) {
+        Ok(()) => true,
+        Err(Errno::EEXIST) => false,
+        Err(e) => return Err(refuse(raw, format!("cannot create a directory: {e}"))),
+    };
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = openat(parent, name, flags, Mode::empty()).map_err(|e| match e {
+        Errno::ELOOP | Errno::ENOTDIR => {
+            let through = match fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                Ok(st)
+                    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK =>
+                {
+                    "a symlink"
+                }
+                _ => "a file",
+            };
+            refuse(
+                raw,
+                format!(
+                    "its path goes through {through} ({}) the archive made earlier; \
+                     nothing is unpacked through a link or over a file",
+                    name.to_string_lossy()
+                ),
+            )
+        }
+        e => refuse(raw, format!("cannot open a directory: {e}")),
+    })?;
+    if created && let Some(uid) = owner {
+        chown_fd(&fd, uid).map_err(|e| refuse(raw, format!("cannot chown: {e}")))?;
+    }
+    Ok(fd)
+}
+
+fn chown_fd(fd: &impl AsFd, uid: u32) -> nix::Result<()> {
+    nix::unistd::fchown(fd, Some(uid.into()), Some(uid.into()))
+}
+
+/// What the framing of an archive with `entries` entries so far may take.
+fn framing(entries: u64) -> u64 {
+    entries
+        .saturating_add(1)
+        .saturating_mul(2048)
+        .saturating_add(1 << 20)
+}
+
+/// A stream that fails instead of giving more than its credit: the files
+/// accepted so far and their framing.
+struct Capped<R> {
+    inner: R,
+    consumed: u64,
+    credit: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.credit.get().saturating_sub(self.consumed);
+        if left == 0 {
+            return Err(std::io::Error::other(
+                "the archive holds more than its files and their headers need \
+                 (an oversized header or extension record, or data past the end)",
+            ));
+        }
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        self.consumed += n as u64;
+        Ok(n)
+    }
+}
+
+/// The read end of a pipe, read with a limit on how long the sender may
+/// stay silent.
+#[derive(Debug)]
+pub struct PatientReader {
+    file: std::fs::File,
+    idle: Duration,
+}
+
+impl PatientReader {
+    /// Read `fd`, waiting at most `idle` for each next bytes.
+    pub fn new(fd: OwnedFd, idle: Duration) -> PatientReader {
+        PatientReader {
+            file: std::fs::File::from(fd),
+            idle,
+        }
+    }
+}
+
+impl Read for PatientReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let ms = u16::try_from(self.idle.as_millis()).unwrap_or(u16::MAX);
+        let deadline = std::time::Instant::now() + self.idle;
+        loop {
+            let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) if std::time::Instant::now() >= deadline => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the sender sent nothing for {}s", self.idle.as_secs()),
+                    ));
+                }
+                Ok(0) | Err(Errno::EINTR) => continue,
+                Ok(_) => return self.file.read(buf),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_bytes: 1 << 20,
+        max_entries: 100,
+    };
+
+    fn header(kind: tar::EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h
+    }
+
+    /// Write a name straight into the header (the tar crate's own setters
+    /// refuse `..` and absolute paths, which a hostile client would not use).
+    fn raw_name(h: &mut tar::Header, name: &str) {
+        let field = &mut h.as_old_mut().name;
+        field.fill(0);
+        field[..name.len()].copy_from_slice(name.as_bytes());
+    }
+
+    fn file(b: &mut tar::Builder<Vec<u8>>, name: &str, body: &[u8]) {
+        let mut h = header(tar::EntryType::Regular, body.len() as u64);
+        raw_name(&mut h, name);
+        h.set_cksum();
+        b.append(&h, body).expect("append");
+    }
+
+    fn special(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: &str) {
+        let mut h = header(kind, 0);
+        raw_name(&mut h, name);
+        let l = &mut h.as_old_mut().linkname;
+        l[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        b.append(&h, std::io::empty()).expect("append");
+    }
+
+    fn finish(b: tar::Builder<Vec<u8>>) -> Vec<u8> {
+        b.into_inner().expect("archive")
+    }
+
+    /// Unpack into `<tmp>/target`, and list what exists in `<tmp>` besides
+    /// the target afterwards (must stay empty: nothing outside).
+    fn run(bytes: &[u8], limits: Limits) -> (Result<Unpacked, UnpackError>, tempfile::TempDir) {
+        let tmp = tempfile::tempdir().expect("temporary directory");
+        let got = unpack(bytes, &tmp.path().join("target"), limits, None);
+        let outside: Vec<_> = std::fs::read_dir(tmp.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .filter(|n| n != "target")
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "created outside the target: {outside:?}"
+        );
+        (got, tmp)
+    }
+
+    fn refused(bytes: &[u8], limits: Limits, entry: &str, rule: &str) {
+        let (got, _tmp) = run(bytes, limits);
+        let e = got.expect_err("refused");
+        let text = e.to_string();
+        assert!(text.contains(entry), "names {entry}: {text}");
+        assert!(text.contains(rule), "says {rule}: {text}");
+    }
+
+    #[test]
+    fn a_plain_tree_is_unpacked_with_its_links_as_links() {
+        let mut b = tar::Builder::new(Vec::new());
+        special(&mut b, "static/", tar::EntryType::Directory, "");
+        file(&mut b, "static/site.css", b"body{}");
+        file(&mut b, "./app/main.py", b"print(1)");
+        special(&mut b, "host-etc", tar::EntryType::Symlink, "/etc");
+        special(&mut b, "main.py", tar::EntryType::Symlink, "app/main.py");
+        let (got, tmp) = run(&finish(b), LIMITS);
+        let done = got.expect("unpacked");
+        assert_eq!(done.entries, 5);
+        assert_eq!(done.bytes, 14);
+        let t = tmp.path().join("target");
+        assert_eq!(
+            std::fs::read(t.join("static/site.css")).expect("file"),
+            b"body{}"
+        );
+        assert_eq!(
+            std::fs::read(t.join("main.py")).expect("via link"),
+            b"print(1)"
+        );
+        let link = std::fs::read_link(t.join("host-etc")).expect("a link");
+        assert_eq!(link, Path::new("/etc"));
+    }
+
+    #[test]
+    fn a_path_with_dot_dot_is_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "../x", b"escaped");
+        refused(&finish(b), LIMITS, "../x", "`..`");
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "a/../../x", b"escaped");
+        refused(&finish(b), LIMITS, "a/../../x", "`..`");
+    }
+
+    #[test]
+    fn an_absolute_path_is_refused() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let victim = dir.path().join("victim");
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, victim.to_str().expect("utf-8"), b"escaped");
+        refused(&finish(b), LIMITS, "victim", "not absolute");
+        assert!(!victim.exists());
+    }
+
+    #[test]
+    fn nothing_is_unpacked_through_a_symlink_the_archive_made() {
+        let outside = tempfile::tempdir().expect("temporary directory");
+        let mut b = tar::Builder::new(Vec::new());
+        special(
+            &mut b,
+            "a",
+            tar::EntryType::Symlink,
+            outside.path().to_str().expect("utf-8"),
+        );
+        file(&mut b, "a/passwd", b"root::0:0::/:/bin/sh");
+        refused(&finish(b), LIMITS, "a/passwd", "through a symlink");
+        assert_eq!(std::fs::read_dir(outside.path()).expect("list").count(), 0);
+        // the same with a directory entry, and with /etc itself
+        let mut b = tar::Builder::new(Vec::new());
+        special(&mut b, "a", tar::EntryType::Symlink, "/etc");
+        special(&mut b, "a/sub/", tar::EntryType::Directory, "");
+        refused(&finish(b), LIMITS, "a/sub", "through a symlink");
+        let mut b = tar::Builder::new(Vec::new());
+        special(&mut b, "a", tar::EntryType::Symlink, "/etc");
+        file(&mut b, "a", b"over the link");
+        refused(&finish(b), LIMITS, "a", "names it twice");
+    }
+
+    #[test]
+    fn devices_fifos_and_hard_links_are_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        special(&mut b, "null", tar::EntryType::Char, "");
+        refused(&finish(b), LIMITS, "null", "device nodes are not unpacked");
+        let mut b = tar::Builder::new(Vec::new());
+        special(&mut b, "disk", tar::EntryType::Block, "");
+        refused(&finish(b), LIMITS, "disk", "device nodes are not unpacked");
+        let mut b = tar::Builder::new(Vec::new());
+        special(&mut b, "pipe", tar::EntryType::Fifo, "");
+        refused(&finish(b), LIMITS, "pipe", "FIFOs are not unpacked");
+        let mut b = tar::Builder::new(Vec::new());
+        special(&mut b, "shadow", tar::EntryType::Link, "/etc/shadow");
+        refused(&finish(b), LIMITS, "shadow", "hard links are not unpacked");
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "one", b"1");
+        special(&mut b, "two", tar::EntryType::Link, "one");
+        refused(&finish(b), LIMITS, "two", "hard links are not unpacked");
+    }
+
+    #[test]
+    fn the_size_and_entry_limits_hold() {
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "small", &[1; 1000]);
+        file(&mut b, "big", &[2; 1000]);
+        let small = Limits {
+            max_bytes: 1500,
+            max_entries: 100,
+        };
+        refused(&finish(b), small, "big", "gears.max-deploy-size");
+        // a header that claims far more than is sent is refused before any write
+        let mut h = header(tar::EntryType::Regular, 0);
+        raw_name(&mut h, "huge");
+        h.set_size(1 << 40);
+        h.set_cksum();
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.extend_from_slice(&[0; 4096]);
+        refused(&bytes, LIMITS, "huge", "gears.max-deploy-size");
+        let mut b = tar::Builder::new(Vec::new());
+        for i in 0..=LIMITS.max_entries {
+            file(&mut b, &format!("f{i}"), b"");
+        }
+        refused(&finish(b), LIMITS, "f100", "more than 100 entries");
+    }
+
+    #[test]
+    fn an_oversized_long_name_is_not_read_into_memory() {
+        // a GNU long-name record of 8 MiB: more framing than any entry needs
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::GNULongName);
+        raw_name(&mut h, "././@LongLink");
+        h.set_size(8 << 20);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.resize(bytes.len() + (8 << 20) + 1024, b'a');
+        let (got, _tmp) = run(&bytes, LIMITS);
+        let e = got.expect_err("refused");
+        assert!(e.to_string().contains("oversized header"), "{e}");
+    }
+
+    #[test]
+    fn an_archive_cut_short_is_refused() {
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "a", b"complete");
+        let mut bytes = finish(b);
+        bytes.truncate(1024); // the header and data, no end marker
+        let (got, _tmp) = run(&bytes, LIMITS);
+        let e = got.expect_err("refused");
+        assert!(e.to_string().contains("end marker"), "{e}");
+        // inside a file's data
+        let mut b = tar::Builder::new(Vec::new());
+        file(&mut b, "a", &[7; 4000]);
+        let mut bytes = finish(b);
+        bytes.truncate(2048);
+        let (got, _tmp) = run(&bytes, LIMITS);
+        assert!(got.is_err());
+    }
+
+    #[test]
+    fn a_silent_sender_is_given_up_on() {
+        let (r, _w) = std::io::pipe().expect("pipe");
+        let mut reader = PatientReader::new(OwnedFd::from(r), Duration::from_millis(100));
+        let e = reader.read(&mut [0; 16]).expect_err("timed out");
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    }
+}
