@@ -170,6 +170,8 @@ pub struct TestNode {
     pub metrics: std::net::SocketAddr,
     /// The node's cgroup subtree.
     pub subtree: String,
+    /// The node's state directory (`<dir>/state` unless started with [`TestNode::start_in`]).
+    state: PathBuf,
     child: std::process::Child,
     /// A command the node runs under (`prlimit ...`, a mount namespace of
     /// its own); empty for none.
@@ -202,14 +204,20 @@ impl TestNode {
 
     /// Start a node with `uid_count` uids from `uid_min` (for more than 200 gears).
     pub fn start_with_uids(uid_min: u32, uid_count: u32, extra_gears_config: &str) -> TestNode {
-        Self::start_full(uid_min, uid_count, "", extra_gears_config, &[])
+        Self::start_full(uid_min, uid_count, "", extra_gears_config, &[], None)
+    }
+
+    /// Start a node (uids from `uid_min`, 200 of them) whose state directory
+    /// is `state` (e.g. on a file system the test made).
+    pub fn start_in(state: &Path, uid_min: u32, extra_gears_config: &str) -> TestNode {
+        Self::start_full(uid_min, 200, "", extra_gears_config, &[], Some(state))
     }
 
     /// Start a node (uids from `uid_min`, 200 of them) that runs under
     /// `wrapper`, a command that ends by executing its arguments (so the
     /// node's pid is the wrapper's): [`ON_SHARED_PROPAGATION`], `prlimit ...`.
     pub fn start_wrapped(uid_min: u32, extra_gears_config: &str, wrapper: &[&str]) -> TestNode {
-        Self::start_full(uid_min, 200, "", extra_gears_config, wrapper)
+        Self::start_full(uid_min, 200, "", extra_gears_config, wrapper, None)
     }
 
     /// Start a node that other local users reach too (its directory is
@@ -217,7 +225,7 @@ impl TestNode {
     /// top level of its configuration (`operator-group = ...`, `[users]`
     /// tables go after `[gears]`: put them in `extra_gears_config`).
     pub fn start_shared(uid_min: u32, top_config: &str, extra_gears_config: &str) -> TestNode {
-        Self::start_full(uid_min, 200, top_config, extra_gears_config, &[])
+        Self::start_full(uid_min, 200, top_config, extra_gears_config, &[], None)
     }
 
     fn start_full(
@@ -226,11 +234,13 @@ impl TestNode {
         top_config: &str,
         extra_gears_config: &str,
         wrapper: &[&str],
+        state: Option<&Path>,
     ) -> TestNode {
         let dir = tempfile::Builder::new()
             .prefix("gearhost-node-")
             .tempdir()
             .expect("node dir");
+        let state = state.map_or_else(|| dir.path().join("state"), Path::to_path_buf);
         if !top_config.is_empty() {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
@@ -241,7 +251,7 @@ impl TestNode {
         let config = format!(
             "schema = 1\nstate-dir = \"{state}\"\nsocket = \"{sock}\"\nfrontend = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n{top_config}\n\
              [gears]\nuid-min = {uid_min}\nuid-max = {uid_max}\ncgroup-subtree = \"{subtree}\"\n{extra_gears_config}\n",
-            state = dir.path().join("state").display(),
+            state = state.display(),
             sock = socket.display(),
             uid_max = uid_min + uid_count - 1,
         );
@@ -255,6 +265,7 @@ impl TestNode {
             frontend: "127.0.0.1:0".parse().expect("addr"),
             metrics: "127.0.0.1:0".parse().expect("addr"),
             subtree,
+            state,
             child,
             wrapper,
         };
@@ -443,7 +454,7 @@ impl TestNode {
 
     /// The node's state directory.
     pub fn state_dir(&self) -> PathBuf {
-        self.dir.path().join("state")
+        self.state.clone()
     }
 }
 

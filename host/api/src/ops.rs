@@ -93,6 +93,10 @@ ops! {
         gear: GearRef,
         /// Its cartridge.
         cartridge: String,
+        /// Its disk quota in bytes (none: the node's default, `gears.disk`);
+        /// at most the node's `gears.max-disk`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        disk: Option<u64>,
     }
     /// All gears.
     List "list" => Vec<reply::GearView> {}

@@ -298,6 +298,19 @@ pub struct GearDetail {
     pub aliases: Vec<String>,
     /// The gears that reach it.
     pub linked_from: Vec<String>,
+    /// Its disk use against its quota (none: the gear has no quota).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskUsage>,
+}
+
+/// A gear's disk use against its quota, as the kernel counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskUsage {
+    /// Bytes the gear uses: its home, deployments and logs.
+    pub used: u64,
+    /// Its quota in bytes; writes past it fail with "Disk quota exceeded".
+    pub limit: u64,
 }
 
 /// The answer to `destroy`.

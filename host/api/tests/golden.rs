@@ -75,6 +75,7 @@ fn requests() -> Vec<Request> {
         Create {
             gear: web(),
             cartridge: "python".into(),
+            disk: Some(2 << 30),
         }
         .into(),
         List {}.into(),
@@ -320,6 +321,10 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
             }],
             aliases: vec!["www.example.com".into()],
             linked_from: Vec::new(),
+            disk: Some(DiskUsage {
+                used: 73_400_320,
+                limit: 2 << 30,
+            }),
         },
     );
     answer::<Destroy>(
@@ -532,4 +537,41 @@ fn no_golden_file_is_left_without_a_sample() {
             "{name} is not a golden file of any test"
         );
     }
+}
+
+#[test]
+fn fields_added_later_may_be_absent() {
+    // a client from before disk quotas: the node's default applies
+    let request = gearhost_api::decode_request(
+        br#"{"api":1,"op":"create","gear":{"name":"web","namespace":"team"},"cartridge":"python"}"#,
+    )
+    .expect("a create without disk");
+    assert_eq!(
+        request,
+        Request::Create(Create {
+            gear: web(),
+            cartridge: "python".into(),
+            disk: None,
+        })
+    );
+    // and a request without a quota is written as such clients wrote it
+    let line = gearhost_api::encode_request(&request);
+    assert!(!String::from_utf8_lossy(&line).contains("disk"));
+    // a node's answer for a gear without a quota has no disk member
+    let detail = GearDetail {
+        view: gear_view(),
+        deployments: Vec::new(),
+        env: Vec::new(),
+        home: "/var/lib/gearhost/gears/f3a9c2d1e0b4/home".into(),
+        links: Vec::new(),
+        aliases: Vec::new(),
+        linked_from: Vec::new(),
+        disk: None,
+    };
+    let text = serde_json::to_string(&detail).expect("encode");
+    assert!(!text.contains("disk"), "{text}");
+    assert_eq!(
+        serde_json::from_str::<GearDetail>(&text).expect("decode"),
+        detail
+    );
 }

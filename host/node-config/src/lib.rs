@@ -19,6 +19,10 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/gearhost/node.toml";
 /// Where `gear` looks for the node's socket by default.
 pub use gearhost_api::DEFAULT_SOCKET;
 
+/// The smallest per-gear disk quota (`gears.disk`, `gears.max-disk`, `gear
+/// create --disk`): a gear's empty subvolumes and directories take some of it.
+pub const MIN_GEAR_DISK: u64 = 16 << 20;
+
 /// The validated node configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NodeConfig {
@@ -98,6 +102,15 @@ pub struct NodeConfig {
     /// Connections one gear may hold open through the node at once (its
     /// door to the frontend and its links), `gears.max-connections`.
     pub gear_max_connections: usize,
+    /// Default per-gear disk quota in bytes, `gears.disk` (none: gears get no
+    /// quota unless they ask for one).
+    pub gear_disk: Option<u64>,
+    /// The largest disk quota a gear may ask for, `gears.max-disk` (none: no
+    /// ceiling when `gear_disk` is unset, else `gear_disk`).
+    pub gear_max_disk: Option<u64>,
+    /// Run with `gears.disk` set although the state directory's file system
+    /// cannot enforce quotas, `gears.allow-no-quota`.
+    pub allow_no_quota: bool,
     /// Largest deployment (or cartridge) archive the node unpacks: the sum
     /// of its files' sizes, `gears.max-deploy-size`.
     pub max_deploy_size: u64,
@@ -241,6 +254,12 @@ struct RawGears {
     warm_helpers: usize,
     #[serde(default = "default_max_connections")]
     max_connections: usize,
+    #[serde(default)]
+    disk: Option<String>,
+    #[serde(default)]
+    max_disk: Option<String>,
+    #[serde(default)]
+    allow_no_quota: bool,
     #[serde(default = "default_max_deploy_size")]
     max_deploy_size: String,
 }
@@ -270,6 +289,9 @@ impl Default for RawGears {
             idle_timeout: default_idle_timeout(),
             warm_helpers: default_warm_helpers(),
             max_connections: default_max_connections(),
+            disk: None,
+            max_disk: None,
+            allow_no_quota: false,
             max_deploy_size: default_max_deploy_size(),
         }
     }
@@ -627,6 +649,27 @@ impl NodeConfig {
                 connections: b.egress_connections,
             }
         };
+        let disk = |field: &str, v: &Option<String>| -> Result<Option<u64>, ConfigError> {
+            let Some(v) = v else { return Ok(None) };
+            let bytes = size(field, v)?;
+            if bytes < MIN_GEAR_DISK {
+                return Err(err(
+                    format!("`{field}` {v:?} is below the smallest gear quota, 16MiB"),
+                    "give at least \"16MiB\" (a gear's empty directories take some of it), e.g. \"2GiB\"",
+                ));
+            }
+            Ok(Some(bytes))
+        };
+        let gear_disk = disk("gears.disk", &g.disk)?;
+        let gear_max_disk = disk("gears.max-disk", &g.max_disk)?;
+        if let (Some(d), Some(max)) = (gear_disk, gear_max_disk)
+            && max < d
+        {
+            return Err(err(
+                format!("`gears.max-disk` ({max} bytes) is below `gears.disk` ({d} bytes)"),
+                "make gears.max-disk at least gears.disk: it is the most a gear may ask for with `gear create --disk`",
+            ));
+        }
         let frontend_workers = match raw.http.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
             n => n,
@@ -687,6 +730,9 @@ impl NodeConfig {
             start_timeout: duration("gears.start-timeout", &g.start_timeout)?,
             warm_helpers: g.warm_helpers,
             gear_max_connections: g.max_connections,
+            gear_disk,
+            gear_max_disk,
+            allow_no_quota: g.allow_no_quota,
             max_deploy_size: size("gears.max-deploy-size", &g.max_deploy_size)?,
             hook_timeout: duration("hooks.max-timeout", &raw.hooks.max_timeout)?,
             build_timeout: duration("hooks.max-build-timeout", &raw.hooks.max_build_timeout)?,
@@ -696,6 +742,13 @@ impl NodeConfig {
             log_max_bytes: size("logs.max-size", &raw.logs.max_size)?,
             log_keep: raw.logs.keep,
         })
+    }
+
+    /// The largest disk quota `gear create --disk` may ask for: `gears.max-disk`,
+    /// else `gears.disk`; none when neither is set (a quota asked for only
+    /// narrows a gear that would have none).
+    pub fn disk_ceiling(&self) -> Option<u64> {
+        self.gear_max_disk.or(self.gear_disk)
     }
 
     /// `<state>/gears`
@@ -855,6 +908,59 @@ mod tests {
         ] {
             let e = NodeConfig::parse(&format!("{BASE}{bad}"), "x").expect_err(bad);
             assert!(e.to_string().contains(named), "{e}");
+        }
+    }
+
+    #[test]
+    fn disk_quotas_are_optional_and_checked() {
+        let gears = "[gears]\nuid-min = 2000\nuid-max = 3000\n";
+        let c = NodeConfig::parse(&format!("{BASE}{gears}"), "x").expect("defaults");
+        assert_eq!(
+            (c.gear_disk, c.gear_max_disk, c.allow_no_quota),
+            (None, None, false)
+        );
+        assert_eq!(c.disk_ceiling(), None);
+        assert_eq!(
+            (
+                NodeConfig::embedded().gear_disk,
+                NodeConfig::embedded().allow_no_quota
+            ),
+            (None, false)
+        );
+        let c = NodeConfig::parse(&format!("{BASE}{gears}disk = \"2GiB\"\n"), "x").expect("disk");
+        assert_eq!((c.gear_disk, c.gear_max_disk), (Some(2 << 30), None));
+        assert_eq!(
+            c.disk_ceiling(),
+            Some(2 << 30),
+            "no ceiling given: the default is the most"
+        );
+        let c = NodeConfig::parse(
+            &format!("{BASE}{gears}disk = \"2GiB\"\nmax-disk = \"10GiB\"\nallow-no-quota = true\n"),
+            "x",
+        )
+        .expect("all three");
+        assert_eq!(
+            (c.gear_disk, c.gear_max_disk),
+            (Some(2 << 30), Some(10 << 30))
+        );
+        assert_eq!(c.disk_ceiling(), Some(10 << 30));
+        assert!(c.allow_no_quota);
+        let c = NodeConfig::parse(&format!("{BASE}{gears}max-disk = \"1GiB\"\n"), "x")
+            .expect("a ceiling alone");
+        assert_eq!((c.gear_disk, c.disk_ceiling()), (None, Some(1 << 30)));
+        for (bad, named) in [
+            ("disk = \"lots\"", "invalid size \"lots\" in `gears.disk`"),
+            ("disk = \"1MiB\"", "below the smallest gear quota"),
+            ("max-disk = \"4KiB\"", "`gears.max-disk`"),
+            ("disk = \"2GiB\"\nmax-disk = \"1GiB\"", "below `gears.disk`"),
+            ("disk = 5", "gears.disk"),
+            ("allow-no-quota = \"yes\"", "allow-no-quota"),
+        ] {
+            let e = NodeConfig::parse(&format!("{BASE}{gears}{bad}\n"), "x")
+                .expect_err(bad)
+                .to_string();
+            assert!(e.contains(named), "{bad}: {e}");
+            assert!(e.contains("help:"), "{e}");
         }
     }
 

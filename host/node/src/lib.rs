@@ -4,7 +4,8 @@
 //! captures their logs ([`logs`]), proxies links between gears ([`links`])
 //! and the network of builds ([`egress`]),
 //! routes HTTP to gears ([`frontend`], with [`alias`]es), idles and wakes
-//! them ([`idle`]) and keeps state on disk atomically ([`state`]).
+//! them ([`idle`]), keeps state on disk atomically ([`state`]) and gives gears
+//! their disk quotas ([`quota`]).
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod logs;
 pub mod node;
 mod oplock;
 pub mod procs;
+pub mod quota;
 pub mod server;
 pub mod state;
 pub mod tenancy;

@@ -45,6 +45,9 @@ struct Inner {
     size: u64,
     max_bytes: u64,
     keep: usize,
+    /// Writes that failed since the last one that did not (a gear whose
+    /// disk quota is full cannot have its log written either).
+    dropped: u64,
 }
 
 /// An RFC 3339 UTC timestamp with milliseconds.
@@ -80,6 +83,7 @@ impl LogFile {
                 size: 0,
                 max_bytes: max_bytes.max(4096),
                 keep,
+                dropped: 0,
             })),
         }
     }
@@ -89,18 +93,19 @@ impl LogFile {
     pub fn line(&self, source: &str, text: &str) {
         let text = text.trim_end_matches(['\n', '\r']);
         let line = format!("{} {source} {}\n", timestamp(), printable(text, MAX_LINE));
-        let mut inner = gearhost_sys::lock::lock(&self.inner);
-        if let Err(e) = inner.append(line.as_bytes()) {
-            tracing::warn!(path = %inner.path.display(), error = %e, "cannot write a gear log line");
-        }
+        gearhost_sys::lock::lock(&self.inner).write(line.as_bytes());
     }
 
     /// Append lines that are already formatted (each ending in a newline).
     pub fn write_lines(&self, bytes: &[u8]) {
-        let mut inner = gearhost_sys::lock::lock(&self.inner);
-        if let Err(e) = inner.append(bytes) {
-            tracing::warn!(path = %inner.path.display(), error = %e, "cannot write gear log lines");
-        }
+        gearhost_sys::lock::lock(&self.inner).write(bytes);
+    }
+
+    /// Close the file (the next write opens it again): a gear being
+    /// destroyed holds no open file in its directories, so nothing keeps
+    /// what btrfs counts for its quota alive.
+    pub fn close(&self) {
+        gearhost_sys::lock::lock(&self.inner).file = None;
     }
 
     /// The log's path.
@@ -110,6 +115,33 @@ impl LogFile {
 }
 
 impl Inner {
+    /// Appends `bytes`; a failure drops them and is counted, never fatal: the
+    /// node says so once when the log stops taking writes, and the log says
+    /// how much it lost once it takes them again.
+    fn write(&mut self, bytes: &[u8]) {
+        if self.dropped > 0 {
+            let note = format!(
+                "{} node [{} log write(s) dropped: the log could not be written, e.g. the gear's disk quota was full]\n",
+                timestamp(),
+                self.dropped
+            );
+            if self.append(note.as_bytes()).is_err() {
+                self.dropped += 1;
+                return;
+            }
+            tracing::info!(path = %self.path.display(), dropped = self.dropped, "a gear log takes writes again");
+            self.dropped = 0;
+        }
+        if let Err(e) = self.append(bytes) {
+            if self.dropped == 0 {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot write a gear log; its lines are dropped and counted until it can");
+            }
+            self.dropped += 1;
+            // reopen on the next write: the size kept may no longer be the file's
+            self.file = None;
+        }
+    }
+
     fn open(&mut self) -> std::io::Result<&mut File> {
         if self.file.is_none() {
             let file = OpenOptions::new()
@@ -351,6 +383,30 @@ mod tests {
             "{last:?}"
         );
         assert!(last[1].contains(" web "));
+    }
+
+    #[test]
+    fn a_log_that_cannot_be_written_drops_and_counts_its_lines() {
+        let dir = tempfile::tempdir().expect("dir");
+        // a directory that is not there yet stands in for a full disk
+        let logs = dir.path().join("logs");
+        let log = LogFile::new(logs.join("app.log"), 1 << 20, 1);
+        log.line("web", "lost one");
+        log.write_lines(b"lost two\n");
+        std::fs::create_dir(&logs).expect("logs");
+        log.line("web", "kept");
+        let text = std::fs::read_to_string(logs.join("app.log")).expect("log");
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with("node [2 log write(s) dropped: the log could not be written, e.g. the gear's disk quota was full]"),
+            "{text}"
+        );
+        assert!(lines[1].ends_with("web kept"), "{text}");
+        assert!(!text.contains("lost"), "{text}");
+        log.line("web", "again");
+        let text = std::fs::read_to_string(logs.join("app.log")).expect("log");
+        assert_eq!(text.lines().count(), 3, "the count is said once: {text}");
     }
 
     #[test]

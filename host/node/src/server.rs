@@ -258,7 +258,10 @@ async fn dispatch(
                 user: caller.user.clone(),
                 limit: node.config().user_limits.of(&caller.user),
             });
-            answer::<ops::Create>(node.create(&op.gear, &op.cartridge, owner.as_ref()).await)
+            answer::<ops::Create>(
+                node.create(&op.gear, &op.cartridge, op.disk, owner.as_ref())
+                    .await,
+            )
         }
         Request::List(_) => answer::<ops::List>(Ok(node
             .list()

@@ -10,6 +10,10 @@
 //! gears/<id>/home/              the gear's home, /gear inside its sandbox
 //! gears/<id>/deployments/<n>/   deployed sources; the active one is bound at /gear/app-root/repo
 //! gears/<id>/logs/              captured output of its processes and hooks (node-only)
+//! gears/<id>/netns              the gear's network namespace, bound to a file
+//!
+//! (for a gear with a disk quota, home/, deployments/ and logs/ are btrfs
+//! subvolumes in the gear's qgroup; gear.json and netns stay outside it)
 //! cartridges/<name>/            installed cartridges (manifest + component)
 //! cache/                        compiled components
 //! ```
@@ -72,6 +76,11 @@ pub struct GearRecord {
     /// before aliases existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The gear's disk quota in bytes: its `home`, `deployments` and `logs`
+    /// are btrfs subvolumes in qgroup `1/<uid>`, limited to this. Absent for
+    /// gears without a quota (and in records written before quotas existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<u64>,
     /// The user who created the gear; the per-user limits count it against
     /// them. Absent in records written before gears had owners (and for
     /// gears an operator created without one).
@@ -411,10 +420,22 @@ mod tests {
         let gear: GearRecord = serde_json::from_value(record).expect("old record");
         assert!(gear.links.is_empty());
         assert!(gear.aliases.is_empty());
+        assert_eq!(gear.disk, None, "records from before quotas have none");
         // and a record without links or aliases is written the way it was
         let text = serde_json::to_string(&gear).expect("encode");
         assert!(!text.contains("links"), "{text}");
         assert!(!text.contains("aliases"), "{text}");
+        assert!(!text.contains("disk"), "{text}");
+        let quota = GearRecord {
+            disk: Some(64 << 20),
+            ..gear
+        };
+        let text = serde_json::to_string(&quota).expect("encode");
+        assert!(text.contains("\"disk\":67108864"), "{text}");
+        assert_eq!(
+            serde_json::from_str::<GearRecord>(&text).expect("decode"),
+            quota
+        );
     }
 
     #[test]

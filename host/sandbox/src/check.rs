@@ -1,7 +1,8 @@
 //! What this machine can enforce, layer by layer (`gear node check`).
 //!
-//! The checks read kernel interfaces only (no process is forked), so they are safe to call
-//! from a multi-threaded node.
+//! The checks read kernel interfaces only, so they are safe to call from a multi-threaded
+//! node; the one exception is the `disk-quota` row, which runs `btrfs qgroup show` once when
+//! the state directory is on btrfs.
 
 use std::fmt;
 use std::path::Path;
@@ -568,14 +569,41 @@ fn parse_release(release: &str) -> (u32, u32) {
     (major, minor)
 }
 
-/// Checks every layer on this machine.
+/// The state directory of a node configured with the defaults.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gearhost";
+
+/// Whether per-gear disk quotas can be enforced on the file system of the gears under
+/// `state_dir` (see [`crate::quota`]). Optional: a node without `gears.disk` runs without them.
+fn disk_quota(state_dir: &Path) -> LayerCheck {
+    let gears = state_dir.join("gears");
+    let (status, detail) = match crate::quota::detect(&gears) {
+        crate::quota::QuotaSupport::Btrfs { .. } => (
+            LayerStatus::Enforced,
+            format!(
+                "btrfs qgroups on {}: a subvolume group per gear, limited in referenced bytes (inodes are not counted on their own)",
+                state_dir.display()
+            ),
+        ),
+        crate::quota::QuotaSupport::Unsupported { reason, .. } => (
+            LayerStatus::Missing,
+            format!(
+                "{}: {reason}; a node with gears.disk set refuses to start unless gears.allow-no-quota = true",
+                state_dir.display()
+            ),
+        ),
+    };
+    check("disk-quota", false, status, detail)
+}
+
+/// Checks every layer on this machine, for a node keeping its state in the default place.
 pub fn host_capabilities() -> HostReport {
-    host_capabilities_for(None)
+    host_capabilities_for(None, Path::new(DEFAULT_STATE_DIR))
 }
 
 /// [`host_capabilities`] as seen for a node started from `node_program` (SELinux: the
-/// program's label decides the domain the node runs in, when the caller is not the node).
-pub fn host_capabilities_for(node_program: Option<&Path>) -> HostReport {
+/// program's label decides the domain the node runs in, when the caller is not the node)
+/// whose state is in `state_dir` (disk quotas: its file system decides).
+pub fn host_capabilities_for(node_program: Option<&Path>, state_dir: &Path) -> HostReport {
     HostReport {
         kernel: kernel_release(),
         layers: vec![
@@ -589,6 +617,7 @@ pub fn host_capabilities_for(node_program: Option<&Path>) -> HostReport {
             rlimits(),
             rootless(),
             io_uring(),
+            disk_quota(state_dir),
         ],
     }
 }
@@ -619,7 +648,8 @@ mod tests {
                 "cgroups",
                 "rlimits",
                 "rootless",
-                "io_uring"
+                "io_uring",
+                "disk-quota"
             ]
         );
         let text = r.to_string();

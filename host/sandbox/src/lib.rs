@@ -41,6 +41,7 @@ pub mod launch;
 pub mod netns;
 #[doc(hidden)]
 pub mod protocol;
+pub mod quota;
 pub mod report;
 mod rootfs;
 pub mod seccomp;

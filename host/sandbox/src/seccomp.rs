@@ -28,6 +28,11 @@ const ALLOWED_PERSONAS: &[u64] = &[0x0, 0x8, 0x20000, 0x20008, 0xffff_ffff];
 const TIOCSTI: u64 = 0x5412;
 const TIOCLINUX: u64 = 0x541C;
 
+/// The btrfs ioctls that make a subvolume or a snapshot (`BTRFS_IOC_SNAP_CREATE`,
+/// `BTRFS_IOC_SUBVOL_CREATE` and their `_V2`s): any user may make one in a directory it can
+/// write, and a subvolume a gear made would sit outside the qgroup that holds its disk quota.
+const BTRFS_SUBVOLUME_IOCTLS: [u64; 4] = [0x5000_9401, 0x5000_940e, 0x5000_9417, 0x5000_9418];
+
 #[cfg(target_arch = "x86_64")]
 const ARCH: TargetArch = TargetArch::x86_64;
 #[cfg(target_arch = "aarch64")]
@@ -134,15 +139,15 @@ pub fn build() -> Result<GearFilter, seccompiler::Error> {
         .collect::<Vec<_>>();
     count += clone_rules.len();
     rules.insert(libc::SYS_clone, clone_rules);
-    // ioctl TIOCSTI / TIOCLINUX (terminal input injection).
-    rules.insert(
-        libc::SYS_ioctl,
-        vec![
-            cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, TIOCSTI),
-            cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, TIOCLINUX),
-        ],
-    );
-    count += 2;
+    // ioctl TIOCSTI / TIOCLINUX (terminal input injection), and the btrfs subvolume makers
+    // (a way out of the gear's disk quota).
+    let ioctls: Vec<SeccompRule> = [TIOCSTI, TIOCLINUX]
+        .into_iter()
+        .chain(BTRFS_SUBVOLUME_IOCTLS)
+        .map(|request| cond(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request))
+        .collect();
+    count += ioctls.len();
+    rules.insert(libc::SYS_ioctl, ioctls);
     // personality other than the allowed values: all "not equal" conditions in one rule.
     let persona_conditions = ALLOWED_PERSONAS
         .iter()

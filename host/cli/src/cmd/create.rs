@@ -1,4 +1,5 @@
-//! `gear create NAME --cartridge C`: a new gear with its own uid, MCS level and home.
+//! `gear create NAME --cartridge C [--disk SIZE]`: a new gear with its own uid, MCS level,
+//! home and, where the node enforces them, disk quota.
 
 use gearhost_api::ops;
 
@@ -15,12 +16,22 @@ pub struct Args {
     /// The cartridge that decides what the gear runs (see `gear cartridge list`).
     #[arg(long, short)]
     pub cartridge: String,
+    /// The gear's disk quota, e.g. 512MiB or 2GiB: its files, deployments and
+    /// logs together (default: the node's gears.disk; at most its gears.max-disk).
+    #[arg(long, value_name = "SIZE", value_parser = parse_disk)]
+    pub disk: Option<u64>,
     /// How to reach the node.
     #[command(flatten)]
     pub target: Target,
     /// Print the new gear as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// A size such as `512MiB` or `2GiB`, in bytes.
+fn parse_disk(text: &str) -> Result<u64, String> {
+    gearhost_runtime::manifest::parse_size(text)
+        .ok_or_else(|| format!("{text:?} is not a size; use e.g. 512MiB or 2GiB"))
 }
 
 /// Run the command.
@@ -30,6 +41,7 @@ pub fn run(args: Args) -> CmdResult {
         ops::Create {
             gear: args.gear.to_ref(),
             cartridge: args.cartridge.clone(),
+            disk: args.disk,
         },
     )?;
     if args.json {

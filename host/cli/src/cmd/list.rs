@@ -46,6 +46,21 @@ pub fn list(args: ListArgs) -> CmdResult {
     Ok(())
 }
 
+/// `bytes` for people: `12.3 MiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} bytes");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 /// `gear show`
 pub fn show(args: ShowArgs) -> CmdResult {
     let detail = call(
@@ -74,6 +89,17 @@ pub fn show(args: ShowArgs) -> CmdResult {
         ),
         ("url", g.url.clone()),
         ("home", detail.home.display().to_string()),
+        (
+            "disk",
+            detail.disk.map_or("no quota".into(), |d| {
+                format!(
+                    "{} of {} ({}%)",
+                    size(d.used),
+                    size(d.limit),
+                    d.used.saturating_mul(100) / d.limit.max(1)
+                )
+            }),
+        ),
         (
             "failure",
             detail.view.failure.clone().unwrap_or_else(|| "-".into()),

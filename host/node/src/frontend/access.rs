@@ -62,6 +62,11 @@ impl AccessLog {
     pub fn path(&self) -> std::path::PathBuf {
         self.file.path()
     }
+
+    /// Close the log file (see [`LogFile::close`]).
+    pub fn close(&self) {
+        self.file.close();
+    }
 }
 
 /// Write out every gear's buffered access log lines once a second.

@@ -1,5 +1,7 @@
-//! Gears as things that exist: create (uid, MCS level, directories, network
-//! namespace, record last), list, show, and destroy (nothing left behind),
+//! Gears as things that exist: create (uid, MCS level, directories — with a
+//! disk quota, `home`, `deployments` and `logs` as btrfs subvolumes in the
+//! gear's qgroup — network namespace, record last), list, show (with the disk
+//! use), and destroy (nothing left behind, subvolumes and qgroup included),
 //! with the views the API answers with.
 
 use std::collections::BTreeMap;
@@ -14,16 +16,19 @@ use crate::api::{ApiError, ErrorKind, GearRef};
 use crate::state::{self, Desired, GearPaths, GearRecord, GearState, RECORD_VERSION};
 
 impl Node {
-    /// Create a gear, owned by `owner` (the creating user, whose limits it
-    /// counts against) when given.
+    /// Create a gear, with a disk quota of `disk` bytes (none: the node's
+    /// default, `gears.disk`), owned by `owner` (the creating user, whose
+    /// limits it counts against) when given.
     pub async fn create(
         self: &Arc<Self>,
         gear: &GearRef,
         cartridge: &str,
+        disk: Option<u64>,
         owner: Option<&Owner>,
     ) -> ApiResult<reply::GearSummary> {
         check_gear_ref(gear)?;
         let cart = self.cartridge(cartridge)?;
+        let disk = self.quotas.for_new_gear(disk)?;
         let _guard = self.create.lock().await;
         if self.find(gear).is_ok() {
             return Err(ApiError::new(
@@ -72,11 +77,17 @@ impl Node {
             next_deployment: 1,
             links: Vec::new(),
             aliases: Vec::new(),
+            disk,
             owner: owner.map(|o| o.user.clone()),
         };
+        let quotas = &self.quotas;
         let made = (|| -> std::io::Result<()> {
             std::fs::create_dir_all(&paths.root)?;
             set_mode(&paths.root, 0o711).map_err(std::io::Error::other)?;
+            if let Some(limit) = disk {
+                // what the gear writes, and what the node writes for it, in its qgroup
+                quotas.make_gear(&paths.root, uid, limit)?;
+            }
             for sub in [
                 "app-root/repo",
                 "app-root/data",
@@ -93,17 +104,22 @@ impl Node {
             gearhost_sandbox::netns::create(&paths.netns())?;
             Ok(())
         })();
-        if let Err(e) = made {
+        let undo = || {
             let _ = gearhost_sandbox::netns::remove(&paths.netns());
+            if disk.is_some() {
+                quotas.remove_gear(&paths.root, uid);
+            }
             let _ = state::remove_tree(&paths.root);
+        };
+        if let Err(e) = made {
+            undo();
             return Err(internal(format!(
                 "cannot create the gear's directories: {e}"
             )));
         }
         // the record is written last: it is what makes the gear exist
         if let Err(e) = state::save_gear(&self.config.gears_dir(), &record) {
-            let _ = gearhost_sandbox::netns::remove(&paths.netns());
-            let _ = state::remove_tree(&paths.root);
+            undo();
             return Err(internal(e));
         }
         let summary = self.gear_summary(&record);
@@ -172,9 +188,26 @@ impl Node {
                 .into_iter()
                 .map(|l| l.name)
                 .collect(),
+            disk: self.disk_usage(&g.paths, &r),
             deployments: r.deployments,
             aliases: r.aliases,
         })
+    }
+
+    /// A gear's disk use against its quota, when it has one. A use that cannot
+    /// be read is logged and left out: `show` still answers.
+    fn disk_usage(&self, paths: &GearPaths, r: &GearRecord) -> Option<reply::DiskUsage> {
+        let limit = r.disk?;
+        match self.quotas.usage(&paths.root, r.uid) {
+            Ok(u) => Some(reply::DiskUsage {
+                used: u.used,
+                limit: u.limit.unwrap_or(limit),
+            }),
+            Err(e) => {
+                tracing::warn!(gear = %r.label(), error = %e, "cannot read the gear's disk use");
+                None
+            }
+        }
     }
 
     pub(super) fn gear_summary(&self, r: &GearRecord) -> reply::GearSummary {
@@ -267,13 +300,22 @@ impl Node {
         // its own links go with it, and the frontend's door
         self.links.close_from(&r.id);
         g.front.close_door();
+        // and the node's open log files in its directories
+        g.app_log.close();
+        g.hook_log.close();
+        g.front.access.close();
         // leftovers from any exec that was cut short
         let paths = g.paths.clone();
         let subtree = self.config.cgroup_subtree.clone();
         let id = r.id.clone();
+        let quota = r.disk.map(|_| (self.quotas.clone(), r.uid));
         tokio::task::spawn_blocking(move || {
             remove_gear_cgroups(&subtree, &id);
             gearhost_sandbox::netns::remove(&paths.netns())?;
+            // its subvolumes go whole (no walk over what the gear wrote), then its qgroup
+            if let Some((quotas, uid)) = quota {
+                quotas.remove_gear(&paths.root, uid);
+            }
             state::remove_tree(&paths.root)
         })
         .await

@@ -73,6 +73,9 @@ pub struct Node {
     pub(crate) frontend: Frontend,
     /// The bounds on connections gears open through the node.
     pub(crate) admission: Arc<crate::conns::Admission>,
+    /// Per-gear disk quotas: what the file system enforces, the default and
+    /// the ceiling.
+    pub(crate) quotas: crate::quota::Quotas,
     /// Team namespaces and who belongs to them.
     pub(crate) namespaces: crate::tenancy::Namespaces,
     /// The audit trail of requests.
@@ -95,6 +98,8 @@ impl Node {
         }
         set_mode(&config.state_dir, 0o711)?;
         set_mode(&config.gears_dir(), 0o711)?;
+        // refuses to start with gears.disk set where it cannot be enforced
+        let quotas = crate::quota::Quotas::open(&config)?;
         let runtime = Runtime::new(RuntimeConfig {
             cache_dir: config.cache_dir(),
             max_timeout: config.hook_timeout,
@@ -153,6 +158,7 @@ impl Node {
             links: Links::default(),
             frontend: Frontend::default(),
             admission,
+            quotas,
             namespaces,
             audit,
         });
@@ -458,7 +464,7 @@ mod tests {
             ("../etc", "default"),
         ] {
             let e = node
-                .create(&gear(name, namespace), "python", None)
+                .create(&gear(name, namespace), "python", None, None)
                 .await
                 .expect_err(name);
             assert_eq!(e.kind, ErrorKind::Invalid, "{e}");
@@ -474,7 +480,7 @@ mod tests {
     async fn a_missing_cartridge_or_gear_names_the_command_that_helps() {
         let (_dir, node) = node();
         let e = node
-            .create(&gear("web", "default"), "python", None)
+            .create(&gear("web", "default"), "python", None, None)
             .await
             .expect_err("no cartridge");
         assert_eq!(e.kind, ErrorKind::NotFound);
@@ -557,6 +563,7 @@ mod tests {
             next_deployment: 1,
             links: Vec::new(),
             aliases: Vec::new(),
+            disk: None,
             owner: None,
         }
     }
