@@ -375,6 +375,9 @@ pub struct EnvChanged {
 pub struct EnvRemoved {
     /// The keys removed.
     pub unset: Vec<String>,
+    /// The keys asked for that were not set (nothing to remove).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
 }
 
 /// A gear's variables by where they come from.

@@ -375,6 +375,7 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
         "env-unset",
         &gearhost_api::reply::EnvRemoved {
             unset: vec!["DEBUG".into()],
+            missing: vec!["DEBUGG".into()],
         },
     );
     let layers = EnvLayers {

@@ -8,7 +8,8 @@
 //! links inside the deployment, where the gear resolves them in its own
 //! root). FIFOs, sockets and device nodes are refused, and so is anything the
 //! caller cannot read, each named, before anything reaches the node. Files
-//! linked to each other (hard links) are sent as separate copies.
+//! linked to each other (hard links) are sent as separate copies. What the
+//! tree's `.gearignore` names, and `.git`, is left out ([`crate::ignore`]).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -86,7 +87,9 @@ pub fn walk(root: &Path, max_bytes: u64) -> Result<Sources, Failure> {
         items: Vec::new(),
         bytes: 0,
     };
-    walk_below(root, Path::new(""), 0, max_bytes, &mut sources)?;
+    let ignore = crate::ignore::Ignore::of(root)
+        .map_err(|e| unreadable(&root.join(crate::ignore::FILE), &e))?;
+    walk_below(root, Path::new(""), 0, max_bytes, &ignore, &mut sources)?;
     Ok(sources)
 }
 
@@ -95,6 +98,7 @@ fn walk_below(
     rel: &Path,
     depth: usize,
     max_bytes: u64,
+    ignore: &crate::ignore::Ignore,
     out: &mut Sources,
 ) -> Result<(), Failure> {
     if depth >= MAX_DEPTH {
@@ -114,6 +118,9 @@ fn walk_below(
         let rel = rel.join(&name);
         let meta = std::fs::symlink_metadata(&path).map_err(|e| unreadable(&path, &e))?;
         let ty = meta.file_type();
+        if ignore.skips(&rel, ty.is_dir()) {
+            continue;
+        }
         let kind = if ty.is_dir() {
             Kind::Dir
         } else if ty.is_symlink() {
@@ -161,7 +168,7 @@ fn walk_below(
             )));
         }
         if is_dir {
-            walk_below(&path, &rel, depth + 1, max_bytes, out)?;
+            walk_below(&path, &rel, depth + 1, max_bytes, ignore, out)?;
         }
     }
     Ok(())

@@ -46,6 +46,7 @@ macro_rules! println {
 pub mod archive;
 pub mod client;
 pub mod cmd;
+pub mod ignore;
 mod output;
 
 /// How a command failed, mapped to an exit code.

@@ -212,6 +212,11 @@ async fn stream_logs(
             send(stream, &Reply::Event(Event::Line(line))).await?;
         }
         if node.log_path(gear, which).is_err() {
+            let gone = format!(
+                "gear {} in namespace {} is gone (destroyed); no more lines will come",
+                gear.name, gear.namespace
+            );
+            send(stream, &Reply::Event(Event::Progress(gone))).await?;
             return send(stream, &end).await;
         }
     }

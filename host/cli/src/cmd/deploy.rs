@@ -18,7 +18,9 @@ pub struct Args {
     /// The directory of sources to deploy. It is read with your own rights
     /// and sent to the node as an archive: directories, regular files and
     /// symlinks (sent as links, never followed); FIFOs, sockets, device
-    /// nodes and files you cannot read are refused.
+    /// nodes and files you cannot read are refused. Default: the current
+    /// directory. What its `.gearignore` names, and `.git`, is left out.
+    #[arg(default_value = ".")]
     pub source: PathBuf,
     /// The most the sources' files may add up to (the node has its own
     /// limit, `gears.max-deploy-size`).

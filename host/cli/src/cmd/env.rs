@@ -58,11 +58,19 @@ pub fn run(args: Args) -> CmdResult {
                 })?;
                 pairs.push((k.to_string(), val.to_string()));
             }
+            let keys: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
             let changed = call(&args.target, ops::EnvSet { gear, vars: pairs })?;
+            println!("{}: set {}", args.gear.name, keys.join(", "));
             eprintln!("{}", changed.note);
         }
         EnvAction::Unset { keys } => {
-            call(&args.target, ops::EnvUnset { gear, keys })?;
+            let removed = call(&args.target, ops::EnvUnset { gear, keys })?;
+            if !removed.unset.is_empty() {
+                println!("{}: unset {}", args.gear.name, removed.unset.join(", "));
+            }
+            for k in &removed.missing {
+                eprintln!("{k} was not set on {}; nothing to unset", args.gear.name);
+            }
         }
         EnvAction::List { json } => {
             let env = call(&args.target, ops::EnvList { gear })?;

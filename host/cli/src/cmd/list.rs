@@ -9,6 +9,9 @@ use crate::output::print_json;
 /// Arguments of `gear list`.
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
+    /// Only the gears of this namespace.
+    #[arg(long, short = 'N')]
+    pub namespace: Option<String>,
     /// How to reach the node.
     #[command(flatten)]
     pub target: Target,
@@ -20,29 +23,44 @@ pub struct ListArgs {
 /// Arguments of `gear show`.
 pub type ShowArgs = crate::client::OneGear;
 
-/// `gear list`
+/// `gear list`: sorted by namespace and name, in aligned columns.
 pub fn list(args: ListArgs) -> CmdResult {
-    let gears = call(&args.target, ops::List {})?;
+    let mut gears = call(&args.target, ops::List {})?;
+    if let Some(ns) = &args.namespace {
+        gears.retain(|g| &g.gear.namespace == ns);
+    }
+    gears.sort_by(|a, b| (&a.gear.namespace, &a.gear.name).cmp(&(&b.gear.namespace, &b.gear.name)));
     if args.json {
         print_json(&gears)?;
         return Ok(());
     }
-    println!(
-        "{:<20} {:<14} {:<12} {:<10} {:<7} {:<6} URL",
-        "NAME", "NAMESPACE", "CARTRIDGE", "STATE", "UID", "DEPLOY"
+    let rows: Vec<Vec<String>> = gears
+        .iter()
+        .map(|v| {
+            let g = &v.gear;
+            vec![
+                g.name.clone(),
+                g.namespace.clone(),
+                g.cartridge.clone(),
+                g.state.to_string(),
+                g.uid.to_string(),
+                g.active_deployment.map_or("-".into(), |d| d.to_string()),
+                g.url.clone(),
+            ]
+        })
+        .collect();
+    crate::output::print_table(
+        &[
+            "NAME",
+            "NAMESPACE",
+            "CARTRIDGE",
+            "STATE",
+            "UID",
+            "DEPLOY",
+            "URL",
+        ],
+        &rows,
     );
-    for g in gears.iter().map(|v| &v.gear) {
-        println!(
-            "{:<20} {:<14} {:<12} {:<10} {:<7} {:<6} {}",
-            g.name,
-            g.namespace,
-            g.cartridge,
-            g.state,
-            g.uid,
-            g.active_deployment.map_or("-".into(), |d| d.to_string()),
-            g.url
-        );
-    }
     Ok(())
 }
 

@@ -47,15 +47,15 @@ pub fn run(args: Args) -> CmdResult {
         (true, false) => "hooks",
         (false, false) => "app",
     };
-    // the lines go to stdout, whatever kind of event brings them
-    call_with(&args.target, op, |event| {
-        let (Event::Line(line) | Event::Progress(line)) = event;
-        if args.json {
+    // log lines go to stdout; what the node says about the stream (its gear
+    // went away) to stderr
+    call_with(&args.target, op, |event| match event {
+        Event::Line(line) if args.json => {
             let entry = serde_json::json!({ "log": log, "line": line });
             println!("{entry}");
-        } else {
-            println!("{line}");
         }
+        Event::Line(line) => println!("{line}"),
+        Event::Progress(note) => eprintln!("{note}"),
     })?;
     Ok(())
 }

@@ -143,10 +143,16 @@ impl Node {
     }
 
     pub(crate) fn cartridge(&self, name: &str) -> ApiResult<Cartridge> {
-        lock(&self.cartridges).get(name).cloned().ok_or_else(|| {
+        let cartridges = lock(&self.cartridges);
+        cartridges.get(name).cloned().ok_or_else(|| {
+            let names: Vec<String> = cartridges.keys().cloned().collect();
+            let hint = match super::did_you_mean(name, &names) {
+                Some(near) => format!("did you mean {near}? (`gear cartridge list` shows them all)"),
+                None => "see `gear cartridge list`; an operator installs cartridges with `gear cartridge install DIR`".to_string(),
+            };
             ApiError::new(
                 ErrorKind::NotFound,
-                format!("no cartridge named {name} is installed; install it with `gear cartridge install DIR`"),
+                format!("no cartridge named {name} is installed; {hint}"),
             )
         })
     }

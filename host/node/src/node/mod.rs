@@ -369,23 +369,72 @@ impl Node {
     }
 
     pub(crate) fn find(&self, gear: &GearRef) -> ApiResult<Arc<Gear>> {
-        lock(&self.gears)
+        let found = lock(&self.gears)
             .values()
             .find(|g| {
                 let r = lock(&g.record);
                 r.name == gear.name && r.namespace == gear.namespace
             })
-            .cloned()
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::NotFound,
-                    format!(
-                        "no gear {} in namespace {}; see `gear list`",
-                        gear.name, gear.namespace
-                    ),
-                )
-            })
+            .cloned();
+        // the table's lock is released here: the hint below takes it again
+        found.ok_or_else(|| {
+            // only names of the same namespace, which the caller may act in
+            let names: Vec<String> = self
+                .gears_snapshot()
+                .iter()
+                .map(|g| g.record())
+                .filter(|r| r.namespace == gear.namespace)
+                .map(|r| r.name)
+                .collect();
+            let hint = match did_you_mean(&gear.name, &names) {
+                Some(near) => format!("did you mean {near}?"),
+                None => "see `gear list`".to_string(),
+            };
+            ApiError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "no gear {} in namespace {}; {hint}",
+                    gear.name, gear.namespace
+                ),
+            )
+        })
     }
+}
+
+/// The name in `candidates` closest to `name`, if it is close enough to be
+/// a slip (at most two edits, and fewer than half of the name's letters).
+pub(crate) fn did_you_mean<'a>(name: &str, candidates: &'a [String]) -> Option<&'a str> {
+    let a: Vec<char> = name.chars().collect();
+    // edits (insert, delete, replace, swap of neighbours) from `name` to `b`
+    let distance = |b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+        for (i, row) in d.iter_mut().enumerate() {
+            row[0] = i;
+        }
+        for (j, cell) in d[0].iter_mut().enumerate() {
+            *cell = j;
+        }
+        for i in 1..=a.len() {
+            for j in 1..=b.len() {
+                let replace = usize::from(a[i - 1] != b[j - 1]);
+                let mut best = (d[i - 1][j - 1] + replace)
+                    .min(d[i - 1][j] + 1)
+                    .min(d[i][j - 1] + 1);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    best = best.min(d[i - 2][j - 2] + 1);
+                }
+                d[i][j] = best;
+            }
+        }
+        d[a.len()][b.len()]
+    };
+    candidates
+        .iter()
+        .map(|c| (distance(c), c))
+        .filter(|(d, _)| *d > 0 && *d <= 2 && *d * 2 < a.len().max(2))
+        .min()
+        .map(|(_, c)| c.as_str())
 }
 
 /// The user a new gear belongs to, with the limits it counts against.
@@ -586,6 +635,20 @@ mod tests {
         let (stored, orphans) = state::load_gears(&node.config().gears_dir()).expect("load");
         assert!(orphans.is_empty());
         assert_eq!(stored, vec![next]);
+    }
+
+    #[test]
+    fn slips_are_suggested_and_strangers_are_not() {
+        let names = ["web".to_string(), "worker".into(), "db".into()];
+        assert_eq!(did_you_mean("wbe", &names), Some("web"));
+        assert_eq!(did_you_mean("workr", &names), Some("worker"));
+        assert_eq!(
+            did_you_mean("web", &names),
+            None,
+            "an exact name is no slip"
+        );
+        assert_eq!(did_you_mean("api", &names), None);
+        assert_eq!(did_you_mean("x", &names), None);
     }
 
     #[test]

@@ -61,12 +61,17 @@ impl Node {
     ) -> ApiResult<reply::EnvRemoved> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
-        g.update(&self.config, |r| {
-            for k in &keys {
-                r.user_env.remove(k);
-            }
-        })?;
-        Ok(reply::EnvRemoved { unset: keys })
+        let (unset, missing): (Vec<String>, Vec<String>) = keys
+            .into_iter()
+            .partition(|k| g.record().user_env.contains_key(k));
+        if !unset.is_empty() {
+            g.update(&self.config, |r| {
+                for k in &unset {
+                    r.user_env.remove(k);
+                }
+            })?;
+        }
+        Ok(reply::EnvRemoved { unset, missing })
     }
 
     /// The environment by layer.
