@@ -40,7 +40,7 @@ pub fn list(args: ListArgs) -> CmdResult {
             g.state,
             g.uid,
             g.active_deployment.map_or("-".into(), |d| d.to_string()),
-            g.url
+            g.url.as_deref().unwrap_or("-")
         );
     }
     Ok(())
@@ -87,7 +87,12 @@ pub fn show(args: ShowArgs) -> CmdResult {
             "deployment",
             g.active_deployment.map_or("-".into(), |d| d.to_string()),
         ),
-        ("url", g.url.clone()),
+        (
+            "url",
+            g.url
+                .clone()
+                .unwrap_or_else(|| "- (no HTTP endpoint; reach it with `gear link`)".into()),
+        ),
         ("home", detail.home.display().to_string()),
         (
             "disk",
