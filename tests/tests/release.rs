@@ -112,14 +112,22 @@ fn releases(cartridge: &str) -> [(tempfile::TempDir, &'static str); 2] {
             ]
         }
         "nodejs" => {
+            // a package.json without dependencies: the build runs npm, and
+            // rebuilding the deployment on rollback finds node_modules in it
             let release = |page: &str| {
-                tree(&[(
-                    "server.js",
-                    &format!(
-                        "require('node:http').createServer((q, s) => s.end('{page}\\n'))\
-                         .listen(Number(process.env.PORT), '127.0.0.1');\n"
+                tree(&[
+                    (
+                        "server.js",
+                        &format!(
+                            "require('node:http').createServer((q, s) => s.end('{page}\\n'))\
+                             .listen(Number(process.env.PORT), '127.0.0.1');\n"
+                        ),
                     ),
-                )])
+                    (
+                        "package.json",
+                        "{\"name\": \"app\", \"version\": \"1.0.0\", \"private\": true}\n",
+                    ),
+                ])
             };
             [
                 (release("nodejs one"), "nodejs one"),
@@ -157,6 +165,10 @@ fn a_rollback_serves_the_earlier_release_again_for_each_web_cartridge() {
         let out = node.ok(&["rollback", &gear, "1"]);
         assert!(out.contains('1'), "{out}");
         serves(&node, &gear, first, "after `gear rollback 1`");
+        if cartridge == "nodejs" {
+            let hooks = node.ok(&["logs", &gear, "--hooks"]);
+            assert!(hooks.contains("npm skipped"), "{hooks}");
+        }
         // and forward again, by number
         node.ok(&["rollback", &gear, "2"]);
         serves(&node, &gear, second, "after `gear rollback 2`");
