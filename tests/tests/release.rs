@@ -207,10 +207,13 @@ fn failed_deployments_take_no_rollback_slot() {
             ),
         ])
     };
-    let bad = tree(&[(
-        ".gear/build",
-        "#!/bin/sh\necho 'no such compiler' >&2\nexit 1\n",
-    )]);
+    let bad = tree(&[
+        (
+            ".gear/build",
+            "#!/bin/sh\necho 'no such compiler' >&2\nexit 1\n",
+        ),
+        (".gear/start", "#!/bin/sh\nexit 1\n"),
+    ]);
     let (one, two) = (good("one"), good("two"));
     node.ok(&["deploy", "app", path(one.path())]);
     node.ok(&["deploy", "app", path(two.path())]);

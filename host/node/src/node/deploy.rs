@@ -277,13 +277,19 @@ impl Node {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let r = g.record();
+        let cart = self.cartridge(&r.cartridge)?;
+        if !cart.manifest().deploy.accepts {
+            return Err(invalid(format!(
+                "gear {} runs {}, which takes no deployments: there is nothing to build",
+                r.name, r.cartridge
+            )));
+        }
         let active = r.active.ok_or_else(|| {
             invalid(format!(
                 "gear {} has nothing deployed; run `gear deploy {} DIR`",
                 r.name, r.name
             ))
         })?;
-        let cart = self.cartridge(&r.cartridge)?;
         self.hook_with_repo(&g, &cart, HookCall::Build, Some(active))
             .await?;
         Ok(reply::Built { built: active })
