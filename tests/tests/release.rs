@@ -162,9 +162,12 @@ fn a_rollback_serves_the_earlier_release_again_for_each_web_cartridge() {
         serves(&node, &gear, first, "after the first deploy");
         node.ok(&["deploy", &gear, path(two.path())]);
         serves(&node, &gear, second, "after the second deploy");
+        let started = Instant::now();
         let out = node.ok(&["rollback", &gear, "1"]);
+        let took = started.elapsed();
         assert!(out.contains('1'), "{out}");
         serves(&node, &gear, first, "after `gear rollback 1`");
+        println!("{cartridge}: `gear rollback` (rebuild, stop, start) took {took:.2?}");
         if cartridge == "nodejs" {
             let hooks = node.ok(&["logs", &gear, "--hooks"]);
             assert!(hooks.contains("npm skipped"), "{hooks}");
