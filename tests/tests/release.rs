@@ -303,3 +303,52 @@ fn a_database_gear_has_no_url_and_takes_no_deployment() {
         "same postgres pids"
     );
 }
+
+#[test]
+fn a_failed_build_leaves_the_serving_release_whole_for_its_next_start() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let node = TestNode::start(76600, "");
+    let _carts = install(&node, &["diy-cartridge"]);
+    node.ok(&["create", "app", "--cartridge", "diy"]);
+    // the build writes the page outside the deployment, the second one
+    // before it fails
+    let release = |page: &str, fail: bool| {
+        tree(&[
+            (
+                ".gear/build",
+                &format!(
+                    "#!/bin/sh\nset -eu\nmkdir -p /gear/app-root/runtime/www\n\
+                     printf '%s\\n' '{page}' > /gear/app-root/runtime/www/index.html\n{}",
+                    if fail {
+                        "echo 'tests failed' >&2\nexit 1\n"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            (
+                ".gear/start",
+                "#!/bin/sh\nexec python3 -m http.server --bind 127.0.0.1 \
+                 --directory /gear/app-root/runtime/www \"$PORT\"\n",
+            ),
+        ])
+    };
+    let (one, two) = (release("one", false), release("two", true));
+    node.ok(&["deploy", "app", path(one.path())]);
+    serves(&node, "app", "one", "after the first deploy");
+    let out = node.gear(&["deploy", "app", path(two.path())]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("deployment 1 keeps serving"),
+        "{err}"
+    );
+    node.ok(&["restart", "app"]);
+    serves(
+        &node,
+        "app",
+        "one",
+        "after a restart that followed a failed build",
+    );
+}

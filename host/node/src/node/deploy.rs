@@ -133,8 +133,27 @@ impl Node {
                 }
             })?;
             self.prune(&g);
-            let keep =
-                previous.map_or(String::new(), |p| format!("; deployment {p} keeps serving"));
+            // the failed build may have replaced what the serving deployment's
+            // build made outside its directory: build that one again, so its
+            // next start (a restart, a crash, the node's) runs its own release
+            let keep = match previous {
+                None => String::new(),
+                Some(p) => {
+                    let _ =
+                        progress.send(format!("rebuilding deployment {p}, which keeps serving"));
+                    match self
+                        .hook_with_repo(&g, &cart, HookCall::Build, Some(p))
+                        .await
+                    {
+                        Ok(_) => format!("; deployment {p} keeps serving"),
+                        Err(again) => format!(
+                            "; deployment {p} keeps serving, but building it again failed \
+                             too ({}): run `gear build {}` before it restarts",
+                            again.message, gear.name
+                        ),
+                    }
+                }
+            };
             return Err(failed(format!(
                 "build of deployment {id} failed: {}{keep}; see `gear logs {} --hooks`",
                 e.message, gear.name
