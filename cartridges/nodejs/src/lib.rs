@@ -2,7 +2,10 @@
 //!
 //! - `build` installs the deployment's dependencies when it has a
 //!   `package.json`: `npm ci` when a `package-lock.json` pins them, else
-//!   `npm install`, without dev dependencies (`NODE_ENV=production`);
+//!   `npm install`, without dev dependencies (`NODE_ENV=production`). The
+//!   dependencies live in the deployment's own `node_modules/`, with a stamp
+//!   of the manifests they were installed from: building the same
+//!   deployment again (as a rollback does) skips npm and needs no network;
 //! - `start` runs `npm start` when `package.json` has a `start` script, else
 //!   `node server.js`, with `PORT` set to the gear's `http` port;
 //! - `stop` sends `TERM` and waits, then `KILL`s after the grace period;
@@ -69,6 +72,21 @@ fn package_json(repo: &Path) -> Result<Option<serde_json::Value>> {
     })
 }
 
+/// Where the build records what `node_modules/` was installed from.
+const STAMP: &str = "node_modules/.gearhost-installed";
+
+/// What `node_modules/` is installed from: the deployment's package.json
+/// and its lock file, as one text.
+fn installed_stamp(repo: &Path) -> Option<String> {
+    let mut stamp = std::fs::read_to_string(repo.join("package.json")).ok()?;
+    for lock in ["package-lock.json", "npm-shrinkwrap.json"] {
+        if let Ok(text) = std::fs::read_to_string(repo.join(lock)) {
+            stamp.push_str(&format!("\n--- {lock}\n{text}"));
+        }
+    }
+    Some(stamp)
+}
+
 /// `scripts.start` of the deployment's package.json.
 fn start_script(repo: &Path) -> Result<Option<String>> {
     Ok(package_json(repo)?
@@ -124,6 +142,10 @@ impl Cartridge for NodeJs {
         let entry = Entry::detect(&repo)?;
         if package_json(&repo)?.is_none() {
             info!("build: no package.json; nothing to install");
+        } else if installed_stamp(&repo).is_some_and(|stamp| {
+            std::fs::read_to_string(repo.join(STAMP)).ok().as_deref() == Some(stamp.as_str())
+        }) {
+            info!("build: node_modules was installed from this package.json; npm skipped");
         } else {
             let locked = repo.join("package-lock.json").is_file()
                 || repo.join("npm-shrinkwrap.json").is_file();
@@ -148,6 +170,10 @@ impl Cartridge for NodeJs {
                 .trim()
                 .to_owned();
             info!("build: npm {}: {summary}", args[0]);
+            if let Some(stamp) = installed_stamp(&repo) {
+                fs::create_dir_all(repo.join("node_modules"))?;
+                fs::write(repo.join(STAMP), stamp)?;
+            }
         }
         info!("build: ready to run {}", entry.describe());
         Ok(())

@@ -189,8 +189,17 @@ pub struct GearSummary {
     pub desired: Desired,
     /// The deployment it runs.
     pub active_deployment: Option<u32>,
-    /// Where the frontend serves it.
-    pub url: String,
+    /// Where the frontend serves it; none for a gear whose cartridge has no
+    /// HTTP endpoint (a database is reached through `gear link`).
+    pub url: Option<String>,
+    /// Whether it takes deployments (`false` for a service such as a
+    /// database, which runs what its cartridge brings).
+    #[serde(default = "yes")]
+    pub takes_deployments: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Supervisor state of a process.
@@ -329,8 +338,8 @@ pub struct Deployed {
     pub deployment: u32,
     /// The gear's state afterwards.
     pub state: GearState,
-    /// Where the frontend serves it.
-    pub url: String,
+    /// Where the frontend serves it (none without an HTTP endpoint).
+    pub url: Option<String>,
 }
 
 /// The answer to `build`.

@@ -203,7 +203,8 @@ fn gear_summary() -> GearSummary {
         state: GearState::Running,
         desired: Desired::Running,
         active_deployment: Some(3),
-        url: "http://web-team.apps.test/".into(),
+        url: Some("http://web-team.apps.test/".into()),
+        takes_deployments: true,
     }
 }
 
@@ -339,7 +340,7 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
         &Deployed {
             deployment: 3,
             state: GearState::Running,
-            url: "http://web-team.apps.test/".into(),
+            url: Some("http://web-team.apps.test/".into()),
         },
     );
     answer::<Build>("built", &Built { built: 3 });

@@ -74,7 +74,7 @@ pub struct NodeConfig {
     pub gear_pids: u64,
     /// Default per-gear cpu quota, millicores.
     pub gear_cpu: u32,
-    /// Deployments kept per gear.
+    /// Good deployments kept per gear (failed ones are kept apart, see the node's `deploy::KEEP_FAILED`).
     pub keep_deployments: usize,
     /// Ceiling on start/stop/control hook budgets.
     pub hook_timeout: Duration,

@@ -61,7 +61,7 @@ pub struct GearRecord {
     pub cartridge_env: BTreeMap<String, String>,
     /// Variables set by the user.
     pub user_env: BTreeMap<String, String>,
-    /// Deployments, oldest first (at most `keep-deployments`).
+    /// Deployments, oldest first (at most `keep-deployments` good ones and a few failed ones).
     pub deployments: Vec<Deployment>,
     /// The active deployment.
     pub active: Option<u32>,

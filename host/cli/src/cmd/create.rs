@@ -47,9 +47,15 @@ pub fn run(args: Args) -> CmdResult {
     if args.json {
         print_json(&gear)?;
     } else {
+        let name = &args.gear.name;
+        let next = if gear.takes_deployments {
+            format!("deploy to it with `gear deploy {name} DIR`")
+        } else {
+            format!("start it with `gear start {name}`, then `gear link APP {name}`")
+        };
         println!(
-            "created gear {} in namespace {} (uid {}, {}); deploy to it with `gear deploy {} DIR`",
-            args.gear.name, gear.namespace, gear.uid, gear.mcs_level, args.gear.name
+            "created gear {name} in namespace {} (uid {}, {}); {next}",
+            gear.namespace, gear.uid, gear.mcs_level
         );
     }
     Ok(())

@@ -61,10 +61,16 @@ pub fn run(args: Args) -> CmdResult {
     if args.json {
         print_json(&deployed)?;
     } else {
-        println!(
-            "deployment {} of {} is active ({}); {}",
-            deployed.deployment, args.gear.name, deployed.state, deployed.url
-        );
+        match &deployed.url {
+            Some(url) => println!(
+                "deployment {} of {} is active ({}); {url}",
+                deployed.deployment, args.gear.name, deployed.state
+            ),
+            None => println!(
+                "deployment {} of {} is active ({})",
+                deployed.deployment, args.gear.name, deployed.state
+            ),
+        }
     }
     Ok(())
 }

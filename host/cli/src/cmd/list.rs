@@ -45,7 +45,7 @@ pub fn list(args: ListArgs) -> CmdResult {
                 g.state.to_string(),
                 g.uid.to_string(),
                 g.active_deployment.map_or("-".into(), |d| d.to_string()),
-                g.url.clone(),
+                g.url.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -105,7 +105,12 @@ pub fn show(args: ShowArgs) -> CmdResult {
             "deployment",
             g.active_deployment.map_or("-".into(), |d| d.to_string()),
         ),
-        ("url", g.url.clone()),
+        (
+            "url",
+            g.url
+                .clone()
+                .unwrap_or_else(|| "- (no HTTP endpoint; reach it with `gear link`)".into()),
+        ),
         ("home", detail.home.display().to_string()),
         (
             "disk",

@@ -13,6 +13,44 @@ use crate::api::{ApiError, ErrorKind, GearRef};
 use crate::state::{self, Deployment, DeploymentState, Desired, GearState};
 use crate::unpack;
 
+/// How many failed deployments a gear keeps for inspection (`gear
+/// deployments`, `gear logs --hooks`), apart from the `keep-deployments`
+/// good ones: failures never take a rollback slot.
+pub const KEEP_FAILED: usize = 3;
+
+/// Which deployments to drop so that at most `keep` good (built) ones and
+/// `keep_failed` failed ones remain, oldest first within each kind. The
+/// active deployment always stays (and counts as a good one), and so does
+/// one still being built.
+pub fn prune_choice(
+    deployments: &[Deployment],
+    active: Option<u32>,
+    keep: usize,
+    keep_failed: usize,
+) -> Vec<u32> {
+    let keep = keep.max(1);
+    let mut drop = Vec::new();
+    let failed: Vec<u32> = deployments
+        .iter()
+        .filter(|d| d.state == DeploymentState::Failed && Some(d.id) != active)
+        .map(|d| d.id)
+        .collect();
+    drop.extend(failed.iter().take(failed.len().saturating_sub(keep_failed)));
+    let good = deployments
+        .iter()
+        .filter(|d| d.state == DeploymentState::Ready || Some(d.id) == active)
+        .count();
+    drop.extend(
+        deployments
+            .iter()
+            .filter(|d| d.state == DeploymentState::Ready && Some(d.id) != active)
+            .take(good.saturating_sub(keep))
+            .map(|d| d.id),
+    );
+    drop.sort_unstable();
+    drop
+}
+
 impl Node {
     /// Deploy the sources the client streams as a tar archive on `archive`
     /// (`source` only labels them): a new deployment, unpacked under the
@@ -29,6 +67,15 @@ impl Node {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let cart = self.cartridge(&g.record().cartridge)?;
+        if !cart.manifest().deploy.accepts {
+            let r = g.record();
+            return Err(invalid(format!(
+                "gear {} runs {}, which takes no deployments: it serves what its cartridge \
+                 brings; start it with `gear start {}` and reach it from an app with \
+                 `gear link APP {}`",
+                r.name, r.cartridge, r.name, r.name
+            )));
+        }
         let id = g.record().next_deployment;
         let dest = g.paths.deployment(id);
         let _ = progress.send(format!("unpacking {source} into deployment {id}"));
@@ -85,8 +132,28 @@ impl Node {
                     d.error = Some(e.message.clone());
                 }
             })?;
-            let keep =
-                previous.map_or(String::new(), |p| format!("; deployment {p} keeps serving"));
+            self.prune(&g);
+            // the failed build may have replaced what the serving deployment's
+            // build made outside its directory: build that one again, so its
+            // next start (a restart, a crash, the node's) runs its own release
+            let keep = match previous {
+                None => String::new(),
+                Some(p) => {
+                    let _ =
+                        progress.send(format!("rebuilding deployment {p}, which keeps serving"));
+                    match self
+                        .hook_with_repo(&g, &cart, HookCall::Build, Some(p))
+                        .await
+                    {
+                        Ok(_) => format!("; deployment {p} keeps serving"),
+                        Err(again) => format!(
+                            "; deployment {p} keeps serving, but building it again failed \
+                             too ({}): run `gear build {}` before it restarts",
+                            again.message, gear.name
+                        ),
+                    }
+                }
+            };
             return Err(failed(format!(
                 "build of deployment {id} failed: {}{keep}; see `gear logs {} --hooks`",
                 e.message, gear.name
@@ -101,9 +168,18 @@ impl Node {
             .activate(&g, &cart, id, was_running || previous.is_none(), progress)
             .await
         {
-            return Err(self
-                .roll_back_failed_start(&g, id, previous.filter(|_| was_running), e, progress)
-                .await);
+            let e = self
+                .roll_back_failed_start(
+                    &g,
+                    &cart,
+                    id,
+                    previous.filter(|_| was_running),
+                    e,
+                    progress,
+                )
+                .await;
+            self.prune(&g);
+            return Err(e);
         }
         self.prune(&g);
         let r = g.record();
@@ -120,6 +196,7 @@ impl Node {
     pub(super) async fn roll_back_failed_start(
         &self,
         g: &Arc<Gear>,
+        cart: &Cartridge,
         id: u32,
         previous: Option<u32>,
         error: ApiError,
@@ -138,6 +215,18 @@ impl Node {
         let _ = progress.send(format!(
             "deployment {id} did not start; going back to deployment {previous}"
         ));
+        // the failed deployment's build replaced what the cartridge keeps
+        // outside the deployment (a rendered configuration, a virtualenv)
+        if let Err(e) = self
+            .hook_with_repo(g, cart, HookCall::Build, Some(previous))
+            .await
+        {
+            return failed(format!(
+                "deployment {id} did not start: {}; rebuilding deployment {previous} to go \
+                 back to it failed: {}; see `gear logs {name} --hooks`",
+                error.message, e.message
+            ));
+        }
         if let Err(e) = g.update(&self.config, |r| r.active = Some(previous)) {
             return failed(format!(
                 "deployment {id} did not start: {}; going back to deployment {previous} failed: {}",
@@ -178,20 +267,19 @@ impl Node {
         Ok(())
     }
 
+    /// Drop the deployments [`prune_choice`] picks, records first, then
+    /// their directories.
     pub(super) fn prune(&self, g: &Gear) {
-        let keep = self.config.keep_deployments;
         let r = g.record();
-        if r.deployments.len() <= keep {
+        let drop = prune_choice(
+            &r.deployments,
+            r.active,
+            self.config.keep_deployments,
+            KEEP_FAILED,
+        );
+        if drop.is_empty() {
             return;
         }
-        let excess = r.deployments.len() - keep;
-        let drop: Vec<u32> = r
-            .deployments
-            .iter()
-            .filter(|d| Some(d.id) != r.active)
-            .take(excess)
-            .map(|d| d.id)
-            .collect();
         if g.update(&self.config, |r| {
             r.deployments.retain(|d| !drop.contains(&d.id))
         })
@@ -208,13 +296,19 @@ impl Node {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let r = g.record();
+        let cart = self.cartridge(&r.cartridge)?;
+        if !cart.manifest().deploy.accepts {
+            return Err(invalid(format!(
+                "gear {} runs {}, which takes no deployments: there is nothing to build",
+                r.name, r.cartridge
+            )));
+        }
         let active = r.active.ok_or_else(|| {
             invalid(format!(
                 "gear {} has nothing deployed; run `gear deploy {} DIR`",
                 r.name, r.name
             ))
         })?;
-        let cart = self.cartridge(&r.cartridge)?;
         self.hook_with_repo(&g, &cart, HookCall::Build, Some(active))
             .await?;
         Ok(reply::Built { built: active })
@@ -267,7 +361,74 @@ impl Node {
         let target = target.id;
         let cart = self.cartridge(&r.cartridge)?;
         let start = r.desired == Desired::Running;
+        // what the target's build produced outside its directory (a rendered
+        // configuration, a virtualenv) was replaced by later builds: build it
+        // again, while the active deployment keeps serving, so a failure
+        // leaves everything as it was
+        let _ = progress.send(format!("rebuilding deployment {target}"));
+        self.hook_with_repo(&g, &cart, HookCall::Build, Some(target))
+            .await
+            .map_err(|e| {
+                failed(format!(
+                    "rebuilding deployment {target} failed, deployment {active} keeps serving: \
+                     {}; see `gear logs {} --hooks`",
+                    e.message, r.name
+                ))
+            })?;
         self.activate(&g, &cart, target, start, progress).await?;
         Ok(reply::RolledBack { active: target })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history(states: &[(u32, DeploymentState)]) -> Vec<Deployment> {
+        states
+            .iter()
+            .map(|&(id, state)| Deployment {
+                id,
+                created: u64::from(id),
+                source: format!("src{id}"),
+                state,
+                error: None,
+            })
+            .collect()
+    }
+
+    use DeploymentState::{Failed as F, Pending as P, Ready as R};
+
+    #[test]
+    fn failures_never_take_a_good_deployments_slot() {
+        // two good deployments, then four failed builds: both good ones stay,
+        // and only the newest failures are kept apart
+        let d = history(&[(1, R), (2, R), (3, F), (4, F), (5, F), (6, F)]);
+        assert_eq!(prune_choice(&d, Some(2), 2, 3), vec![3]);
+        assert_eq!(prune_choice(&d, Some(2), 5, 1), vec![3, 4, 5]);
+        assert_eq!(prune_choice(&d, Some(2), 5, 0), vec![3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn the_oldest_good_deployments_go_first_and_the_active_one_stays() {
+        let d = history(&[(1, R), (2, R), (3, F), (4, R), (5, R)]);
+        assert_eq!(prune_choice(&d, Some(5), 2, 3), vec![1, 2]);
+        // rolled back to the oldest: it stays and counts as one of the kept
+        assert_eq!(prune_choice(&d, Some(1), 2, 3), vec![2, 4]);
+        assert!(prune_choice(&d, Some(5), 4, 3).is_empty());
+    }
+
+    #[test]
+    fn an_active_deployment_that_failed_later_stays_and_counts_as_good() {
+        // 3 built, was activated, then marked failed when it did not start
+        // while nothing else could serve: it is still what the gear runs
+        let d = history(&[(1, F), (2, F), (3, F)]);
+        assert_eq!(prune_choice(&d, Some(3), 1, 1), vec![1]);
+    }
+
+    #[test]
+    fn a_deployment_being_built_is_never_dropped() {
+        let d = history(&[(1, R), (2, R), (3, P)]);
+        assert_eq!(prune_choice(&d, Some(2), 1, 0), vec![1]);
     }
 }

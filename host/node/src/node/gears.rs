@@ -222,6 +222,9 @@ impl Node {
             desired: r.desired,
             active_deployment: r.active,
             url: self.url(r),
+            takes_deployments: self
+                .cartridge(&r.cartridge)
+                .map_or(true, |c| c.manifest().deploy.accepts),
         }
     }
 

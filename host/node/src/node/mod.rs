@@ -308,7 +308,14 @@ impl Node {
         self.frontend.set_routes(routes);
     }
 
-    fn url(&self, r: &GearRecord) -> String {
+    /// Where the frontend serves a gear: none when its cartridge has no
+    /// HTTP endpoint (the frontend would answer 404 for it).
+    fn url(&self, r: &GearRecord) -> Option<String> {
+        self.http_port(&r.cartridge)?;
+        Some(self.public_url(r))
+    }
+
+    fn public_url(&self, r: &GearRecord) -> String {
         let port = self.frontend_addr().map_or(String::new(), |a| {
             if a.port() == 80 {
                 String::new()
@@ -587,9 +594,9 @@ mod tests {
         };
         assert_eq!(node.public_name(&record), "web-team.apps.test");
         node.set_frontend_addr("127.0.0.1:80".parse().expect("address"));
-        assert_eq!(node.url(&record), "http://web-team.apps.test/");
+        assert_eq!(node.public_url(&record), "http://web-team.apps.test/");
         node.set_frontend_addr("127.0.0.1:8000".parse().expect("address"));
-        assert_eq!(node.url(&record), "http://web-team.apps.test:8000/");
+        assert_eq!(node.public_url(&record), "http://web-team.apps.test:8000/");
     }
 
     fn test_record() -> GearRecord {

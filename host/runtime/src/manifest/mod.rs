@@ -74,6 +74,10 @@ pub struct Deploy {
     /// Whether a gear needs a deployment before it can start (`true` for
     /// apps; `false` for services such as databases, which start empty).
     pub required: bool,
+    /// Whether its gears take deployments at all (`true` by default;
+    /// `false` for a service that runs only what the cartridge brings, such
+    /// as a database: `gear deploy` to it is refused).
+    pub accepts: bool,
 }
 
 /// What a cartridge publishes to gears linked to its gears (`[publish]`).

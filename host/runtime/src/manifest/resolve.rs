@@ -111,9 +111,18 @@ pub(super) fn resolve(ctx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, Manif
         spawn: resolve_programs(ctx, "permissions.spawn", &raw.permissions.spawn)?,
         build_network: raw.permissions.build_network,
     };
-    let deploy = Deploy {
-        required: raw.deploy.required.unwrap_or(true),
-    };
+    let accepts = raw.deploy.accepts.as_ref().is_none_or(|a| *a.get_ref());
+    let required = raw.deploy.required.unwrap_or(accepts);
+    if required && !accepts {
+        let span = raw.deploy.accepts.as_ref().map(|a| a.span());
+        return ctx.err(
+            "deploy.accepts".to_string(),
+            span,
+            "a gear that takes no deployments cannot require one to start",
+            "set `required = false` beside `accepts = false` in [deploy]",
+        );
+    }
+    let deploy = Deploy { required, accepts };
     let publish = resolve_publish(ctx, &raw.publish, &endpoints)?;
 
     Ok(Manifest {
@@ -419,7 +428,16 @@ build-network = true
                     [publish]\nenv = [\"PGUSER\", \"DATABASE_URL\"]\n";
         let m = Manifest::parse(text, Path::new("c.toml")).expect("valid");
         assert!(!m.deploy.required);
+        assert!(m.deploy.accepts, "an optional deployment is still taken");
         assert_eq!(m.publish.env, ["PGUSER", "DATABASE_URL"]);
+        // a service that takes none: `accepts = false` implies not required
+        let service = "schema = 1\nname = \"db\"\nversion = \"1.0.0\"\nhooks = \"h.wasm\"\n\
+                       [deploy]\naccepts = false\n";
+        let m = Manifest::parse(service, Path::new("c.toml")).expect("valid");
+        assert!(!m.deploy.accepts && !m.deploy.required);
+        let contradiction = format!("{service}required = true\n");
+        let e = Manifest::parse(&contradiction, Path::new("c.toml")).expect_err("refused");
+        assert!(e.to_string().contains("cannot require"), "{e}");
         // by default a gear needs a deployment and publishes nothing
         let m = Manifest::parse(
             "schema = 1\nname = \"x\"\nversion = \"1.0.0\"\nhooks = \"h.wasm\"\n",
@@ -427,6 +445,7 @@ build-network = true
         )
         .expect("valid");
         assert!(m.deploy.required);
+        assert!(m.deploy.accepts);
         assert!(m.publish.env.is_empty());
         for (bad, problem) in [
             ("[\"GEAR_ID\"]", "set by the node"),
