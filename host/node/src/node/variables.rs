@@ -16,6 +16,7 @@ impl Node {
         Layers {
             system: env::system_layer(r, port, &self.config.domain),
             cartridge: r.cartridge_env.clone(),
+            process: r.process_env.clone(),
             linked: self.linked_env(r),
             user: r.user_env.clone(),
         }
