@@ -156,6 +156,22 @@ fn stop_and_restart_end_exec_commands() {
     let status = first.wait().expect("gear exec ends");
     assert!(!status.success(), "{status}");
 
+    // so does `gear idle`
+    let mut idled = exec_in_background(&node, "app", &["sh", "-c", "sleep 1000; :", "idle-marker"]);
+    assert!(wait_until(Duration::from_secs(10), || !marked(
+        uid,
+        "idle-marker"
+    )
+    .is_empty()));
+    node.ok(&["idle", "app"]);
+    assert!(
+        processes_of(uid).is_empty(),
+        "`gear idle` left {:?}",
+        processes_of(uid)
+    );
+    let _ = idled.wait();
+    node.ok(&["unidle", "app"]);
+
     // a stop leaves no process of the gear at all
     let mut second =
         exec_in_background(&node, "app", &["sh", "-c", "sleep 1000; :", "stop-marker"]);
@@ -356,4 +372,48 @@ fn the_users_variables_win_everywhere_and_port_is_refused() {
     // and the app still answers: its port is the cartridge's
     let (code, body) = node.http_get("hello-default", "/");
     assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn nodejs_runs_in_production_unless_the_user_says_otherwise() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let node = TestNode::start(75800, "start-timeout = \"20s\"");
+    let cartridge = cartridge_dir("nodejs-cartridge");
+    node.ok(&[
+        "cartridge",
+        "install",
+        cartridge.path().to_str().expect("utf-8"),
+    ]);
+    node.ok(&["create", "app", "--cartridge", "nodejs"]);
+    node.ok(&["deploy", "app", &example("node-hello")]);
+    let uid = uid_of(&node, "app");
+
+    let seen = exec_env(&node, "app");
+    assert_eq!(
+        seen.get("NODE_ENV").map(String::as_str),
+        Some("production"),
+        "{seen:?}"
+    );
+    assert_eq!(seen.get("PORT").map(String::as_str), Some("8080"));
+    let app = environ_of(uid, "server.js");
+    assert_eq!(app.get("NODE_ENV").map(String::as_str), Some("production"));
+
+    node.ok(&["env", "app", "set", "NODE_ENV=development"]);
+    node.ok(&["restart", "app"]);
+    let app = environ_of(uid, "server.js");
+    assert_eq!(
+        app.get("NODE_ENV").map(String::as_str),
+        Some("development"),
+        "{app:?}"
+    );
+    let seen = exec_env(&node, "app");
+    assert_eq!(
+        seen.get("NODE_ENV").map(String::as_str),
+        Some("development")
+    );
+    let listed = json(&node.ok(&["env", "app", "list", "--json"]));
+    assert_eq!(listed["effective"]["NODE_ENV"], "development", "{listed}");
+    assert_eq!(listed["layers"]["process"]["NODE_ENV"], "production");
 }

@@ -22,7 +22,7 @@ pub struct Gear {
     pub(crate) hook_log: LogFile,
     pub(super) execs: AtomicU32,
     /// The `gear exec` commands running, ended when the gear stops.
-    pub(super) exec_runs: super::lifecycle::ExecRuns,
+    pub(crate) exec_runs: super::lifecycle::ExecRuns,
     /// The record's state, readable without the record's lock (the frontend
     /// reads it on every request).
     pub(super) state: AtomicU8,

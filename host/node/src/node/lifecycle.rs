@@ -369,6 +369,11 @@ impl ExecRuns {
         }
     }
 
+    /// How many commands run.
+    pub(crate) fn running(&self) -> usize {
+        *self.running.borrow()
+    }
+
     /// End every command running for `why`, and wait until none is left
     /// (each has [`procs::EXEC_GRACE`] after `SIGTERM`, then is killed).
     pub(crate) async fn end_all(&self, why: &str) {
