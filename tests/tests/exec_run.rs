@@ -19,8 +19,9 @@ fn example(name: &str) -> String {
 
 /// A node with the python cartridge installed (its apps here need no
 /// package index: python-hello has no requirements).
-fn python_node(uid_min: u32) -> (TestNode, tempfile::TempDir) {
-    let node = TestNode::start(uid_min, "start-timeout = \"20s\"");
+fn python_node(uid_min: u32, extra: &str) -> (TestNode, tempfile::TempDir) {
+    // each test here has 100 uids of the range 75000-75999
+    let node = TestNode::start_with_uids(uid_min, 100, &format!("start-timeout = \"20s\"{extra}"));
     let cartridge = cartridge_dir("python-cartridge");
     node.ok(&[
         "cartridge",
@@ -93,7 +94,7 @@ fn an_exec_whose_client_goes_away_is_ended() {
     if !privileged("the node creates namespaces, cgroups and uids") {
         return;
     }
-    let (node, _cartridge) = python_node(75000);
+    let (node, _cartridge) = python_node(75000, "");
     node.ok(&["create", "loop", "--cartridge", "python"]);
     let uid = uid_of(&node, "loop");
     // interrupted (^C, `timeout -s INT`), terminated, and gone without a
@@ -130,7 +131,7 @@ fn stop_and_restart_end_exec_commands() {
     if !privileged("the node creates namespaces, cgroups and uids") {
         return;
     }
-    let (node, _cartridge) = python_node(75200);
+    let (node, _cartridge) = python_node(75100, "");
     node.ok(&["create", "app", "--cartridge", "python"]);
     node.ok(&["deploy", "app", &example("python-hello")]);
     let uid = uid_of(&node, "app");
@@ -248,7 +249,7 @@ fn exec_gets_the_apps_environment_and_env_list_shows_it() {
     if !privileged("the node creates namespaces, cgroups and uids") {
         return;
     }
-    let (node, _cartridge) = python_node(75400);
+    let (node, _cartridge) = python_node(75200, "");
     node.ok(&["create", "hello", "--cartridge", "python"]);
     node.ok(&["deploy", "hello", &example("python-hello")]);
     let uid = uid_of(&node, "hello");
@@ -329,7 +330,7 @@ fn the_users_variables_win_everywhere_and_port_is_refused() {
     if !privileged("the node creates namespaces, cgroups and uids") {
         return;
     }
-    let (node, _cartridge) = python_node(75600);
+    let (node, _cartridge) = python_node(75300, "");
     node.ok(&["create", "hello", "--cartridge", "python"]);
     node.ok(&["deploy", "hello", &example("python-hello")]);
     let uid = uid_of(&node, "hello");
@@ -379,7 +380,7 @@ fn nodejs_runs_in_production_unless_the_user_says_otherwise() {
     if !privileged("the node creates namespaces, cgroups and uids") {
         return;
     }
-    let node = TestNode::start(75800, "start-timeout = \"20s\"");
+    let node = TestNode::start_with_uids(75400, 100, "start-timeout = \"20s\"");
     let cartridge = cartridge_dir("nodejs-cartridge");
     node.ok(&[
         "cartridge",
@@ -416,4 +417,32 @@ fn nodejs_runs_in_production_unless_the_user_says_otherwise() {
     let listed = json(&node.ok(&["env", "app", "list", "--json"]));
     assert_eq!(listed["effective"]["NODE_ENV"], "development", "{listed}");
     assert_eq!(listed["layers"]["process"]["NODE_ENV"], "production");
+}
+
+#[test]
+fn the_apps_own_programs_run_by_name() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let egress = gearhost_tests::package_index_egress();
+    if egress.is_empty() {
+        eprintln!("skipped: no package index resolves, and python-wsgi needs gunicorn from one");
+        return;
+    }
+    let (node, _cartridge) = python_node(75500, &egress);
+    node.ok(&["create", "wsgi", "--cartridge", "python"]);
+    node.ok(&["deploy", "wsgi", &example("python-wsgi")]);
+    // what requirements.txt installed is on the app's PATH, as the user
+    // guide shows
+    let version = node.ok(&["exec", "wsgi", "--", "gunicorn", "--version"]);
+    assert!(version.contains("gunicorn"), "{version}");
+    let imported = node.ok(&[
+        "exec",
+        "wsgi",
+        "--",
+        "python",
+        "-c",
+        "import gunicorn, os; print(os.environ['PORT'])",
+    ]);
+    assert_eq!(imported.trim(), "8080");
 }
