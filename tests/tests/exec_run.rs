@@ -42,20 +42,13 @@ fn exec_in_background(node: &TestNode, gear: &str, argv: &[&str]) -> Child {
     Command::new(gear_bin())
         .args(["exec", gear, "--"])
         .args(argv)
-        .env("GEARHOST_SOCKET", node_socket(node))
+        .env("GEARHOST_SOCKET", &node.socket)
         .env_remove("GEARHOST_NAMESPACE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("run gear exec")
-}
-
-fn node_socket(node: &TestNode) -> PathBuf {
-    node.state_dir()
-        .parent()
-        .expect("the node's directory")
-        .join("node.sock")
 }
 
 /// The processes of `uid` whose command line contains `marker`.
@@ -121,6 +114,25 @@ fn an_exec_whose_client_goes_away_is_ended() {
             processes_of(uid)
         );
     }
+    // on a terminal (the command gets one of its own in the gear) the same
+    let command = format!(
+        "timeout --foreground -s TERM 2 {} exec loop -- sh -c 'while :; do echo tick; sleep 1; done' terminal-marker",
+        gear_bin().display()
+    );
+    let (code, text) =
+        gearhost_tests::on_terminal(&command, &[("GEARHOST_SOCKET", node.socket.as_os_str())]);
+    assert_eq!(code, Some(124), "timeout ended gear: {text}");
+    assert!(
+        text.contains("tick"),
+        "the command ran on the terminal: {text:?}"
+    );
+    let gone = wait_until(Duration::from_secs(5), || processes_of(uid).is_empty());
+    assert!(
+        gone,
+        "after SIGTERM to `gear exec` on a terminal, the gear still runs {:?}",
+        processes_of(uid)
+    );
+
     // a command that ends by itself still reports its status
     let out = node.gear(&["exec", "loop", "--", "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3));
