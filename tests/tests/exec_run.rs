@@ -133,9 +133,27 @@ fn an_exec_whose_client_goes_away_is_ended() {
         processes_of(uid)
     );
 
-    // a command that ends by itself still reports its status
+    // a command that ends by itself still reports its status, and what it
+    // started in the background goes with it, its output passed on
     let out = node.gear(&["exec", "loop", "--", "sh", "-c", "exit 3"]);
     assert_eq!(out.status.code(), Some(3));
+    let out = node.ok(&[
+        "exec",
+        "loop",
+        "--",
+        "sh",
+        "-c",
+        "(echo from-behind; sleep 1000) & echo started; sleep 0.2",
+    ]);
+    assert!(
+        out.contains("started") && out.contains("from-behind"),
+        "{out}"
+    );
+    assert!(
+        processes_of(uid).is_empty(),
+        "a finished exec left {:?}",
+        processes_of(uid)
+    );
 }
 
 #[test]

@@ -328,11 +328,12 @@ pub async fn exec_attached(
     let out = tokio::spawn(relay_out(child.take_stdout(), stdout.1));
     let err = tokio::spawn(relay_out(child.take_stderr(), stderr.1));
     let status = run_until(&mut child, end).await;
-    // the command is gone: what it left in its pipes still reaches the caller
+    // the command is gone, and so is anything it left behind; what they all
+    // wrote in the pipes still reaches the caller
     drop(feed);
+    finish(child.disarm()).await;
     let _ = out.await;
     let _ = err.await;
-    finish(child.disarm()).await;
     status.map(exit_of)
 }
 
