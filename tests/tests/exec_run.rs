@@ -476,3 +476,44 @@ fn the_apps_own_programs_run_by_name() {
     ]);
     assert_eq!(imported.trim(), "8080");
 }
+
+#[test]
+fn the_idler_leaves_a_gear_alone_while_an_exec_command_runs() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let (node, _cartridge) = python_node(75600, "\nidle-timeout = \"2s\"");
+    node.ok(&["create", "hello", "--cartridge", "python"]);
+    node.ok(&["deploy", "hello", &example("python-hello")]);
+    let uid = uid_of(&node, "hello");
+    let state = || json(&node.ok(&["show", "hello", "--json"]))["state"].clone();
+
+    let mut client = exec_in_background(
+        &node,
+        "hello",
+        &["sh", "-c", "sleep 1000; :", "idler-marker"],
+    );
+    assert!(wait_until(Duration::from_secs(10), || !marked(
+        uid,
+        "idler-marker"
+    )
+    .is_empty()));
+    // well past the idle timeout without a request: the command and the app run on
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(state(), "running");
+    assert!(
+        !marked(uid, "idler-marker").is_empty(),
+        "{:?}",
+        processes_of(uid)
+    );
+
+    // once the command is gone, the gear idles after the timeout
+    signal(&client, "INT");
+    let _ = client.wait();
+    assert!(
+        wait_until(Duration::from_secs(10), || state() == "idle"),
+        "the gear never idled: {}",
+        state()
+    );
+    assert!(processes_of(uid).is_empty(), "{:?}", processes_of(uid));
+}

@@ -311,9 +311,10 @@ impl Node {
                 why = run.ended() => why,
             }
         };
-        let status = procs::exec_attached(&sandbox, &leaf, argv, fds, resized, end)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let status = procs::exec_attached(&sandbox, &leaf, argv, fds, resized, end).await;
+        // a command counts as activity for the idler until it ends
+        g.front.touch();
+        let status = status.map_err(|e| failed(e.to_string()))?;
         Ok(match status {
             ExitStatus::Exited(c) => reply::ExecEnd::Exit(c),
             ExitStatus::Signaled(s) => reply::ExecEnd::Signal(s),
