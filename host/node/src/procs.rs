@@ -19,7 +19,8 @@ use crate::config::NodeConfig;
 pub const GEAR_HOME: &str = "/gear";
 /// Where the active deployment appears inside the sandbox.
 pub const GEAR_REPO: &str = "/gear/app-root/repo";
-/// PATH inside gears: system directories only, never gear-writable ones.
+/// PATH inside gears: system directories only, never gear-writable ones (but for the `bin`
+/// of a virtualenv inside the gear that the environment names: [`crate::env::activate`]).
 pub const GEAR_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Everything needed to start a process in one gear.

@@ -248,12 +248,22 @@ impl GearHost for NodeHost {
                 .await?;
             // the first process a call starts is the app's primary one: its
             // variables are the process layer `gear exec` and `env list` see
+            // (kept within a layer's bounds: the record is rewritten at every change)
             if !self.spawned.swap(true, Ordering::SeqCst)
                 && self.gear.record().process_env != process
             {
-                self.gear
-                    .update(&self.config, |r| r.process_env = process)
-                    .map_err(|e| HostError::Failed(e.message))?;
+                let vars = process.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                match env::check_room(&BTreeMap::new(), vars, "the process's variables") {
+                    Ok(()) => {
+                        self.gear
+                            .update(&self.config, |r| r.process_env = process)
+                            .map_err(|e| HostError::Failed(e.message))?;
+                    }
+                    Err(e) => self
+                        .gear
+                        .hook_log
+                        .line("spawn[node]", &format!("not kept for `gear exec`: {e}")),
+                }
             }
             Ok(pid)
         })
