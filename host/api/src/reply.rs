@@ -396,6 +396,11 @@ pub struct EnvLayers {
     pub system: BTreeMap<String, String>,
     /// Set by the cartridge's hooks.
     pub cartridge: BTreeMap<String, String>,
+    /// Given by the cartridge to the app's primary process (`PORT`,
+    /// `VIRTUAL_ENV`, `NODE_ENV`...); `gear exec` gets them too. Absent from
+    /// nodes that did not have the layer.
+    #[serde(default)]
+    pub process: BTreeMap<String, String>,
     /// Published by the gears this one is linked to.
     pub linked: BTreeMap<String, String>,
     /// Set by the user.

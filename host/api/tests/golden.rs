@@ -380,8 +380,12 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
         },
     );
     let layers = EnvLayers {
-        system: BTreeMap::from([("PORT".into(), "8080".into())]),
-        cartridge: BTreeMap::from([("VIRTUAL_ENV".into(), "/gear/venv".into())]),
+        system: BTreeMap::from([("GEAR_PORT".into(), "8080".into())]),
+        cartridge: BTreeMap::from([("PYTHON_WSGI_WORKERS".into(), "2".into())]),
+        process: BTreeMap::from([
+            ("PORT".into(), "8080".into()),
+            ("VIRTUAL_ENV".into(), "/gear/venv".into()),
+        ]),
         linked: BTreeMap::new(),
         user: BTreeMap::from([("DEBUG".into(), "1".into())]),
     };
@@ -392,6 +396,7 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
                 .system
                 .iter()
                 .chain(&layers.cartridge)
+                .chain(&layers.process)
                 .chain(&layers.user)
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),

@@ -1,10 +1,14 @@
 //! A gear's environment, layered like OpenShift's: system variables the node
 //! sets (`GEAR_*`, `PATH`, `HOME`), the cartridge's (set by its hooks), the
-//! linked gears' (what the cartridges of gears it is linked to publish, see
-//! [`crate::links`]) and the user's (`gear env set`). Precedence, lowest
-//! first: cartridge, linked, user, system: a link overrides what the app's
-//! cartridge guessed, the user can override a link, and nobody overrides the
-//! system layer. Which variables are the system's, and the defaults under all
+//! process's (what the cartridge gives the program it starts, such as `PORT`,
+//! `VIRTUAL_ENV` or `NODE_ENV`), the linked gears' (what the cartridges of
+//! gears it is linked to publish, see [`crate::links`]) and the user's
+//! (`gear env set`). Precedence, lowest first: cartridge, process, linked,
+//! user, system: a link overrides what the app's cartridge guessed, the user
+//! can override a link and the cartridge's choices, and nobody overrides the
+//! system layer. The app's processes, `gear exec` and `gear env list` all
+//! merge the same layers ([`Layers::effective`]); `gear exec` gets the
+//! process layer of the app's primary process. Which variables are the system's, and the defaults under all
 //! layers (`LANG`), is [`gearhost_runtime::sysenv`]'s to say: the runtime
 //! holds cartridges to the same list.
 
@@ -72,6 +76,9 @@ pub struct Layers {
     pub system: BTreeMap<String, String>,
     /// Set by the cartridge's hooks.
     pub cartridge: BTreeMap<String, String>,
+    /// Given by the cartridge to the program it starts (for `gear exec` and
+    /// `gear env list`: to the app's primary process at its last start).
+    pub process: BTreeMap<String, String>,
     /// Published by the gears this one is linked to.
     pub linked: BTreeMap<String, String>,
     /// Set by the user.
@@ -83,6 +90,7 @@ impl From<Layers> for crate::api::reply::EnvLayers {
         crate::api::reply::EnvLayers {
             system: l.system,
             cartridge: l.cartridge,
+            process: l.process,
             linked: l.linked,
             user: l.user,
         }
@@ -90,16 +98,52 @@ impl From<Layers> for crate::api::reply::EnvLayers {
 }
 
 impl Layers {
-    /// Merge: the node's defaults, cartridge over them, linked over
-    /// cartridge, user over those, system over all.
+    /// Merge: the node's defaults, cartridge over them, process over
+    /// cartridge, linked over those, user over those, system over all; then
+    /// [`activate`] a virtualenv the result names.
     pub fn effective(&self) -> BTreeMap<String, String> {
         let mut env = defaults();
         env.extend(self.cartridge.clone());
+        env.extend(self.process.clone());
         env.extend(self.linked.clone());
         env.extend(self.user.clone());
         env.extend(self.system.clone());
+        activate(&mut env);
         env
     }
+
+    /// These layers with `process` as the process layer (what one program is
+    /// started with).
+    pub fn for_process(&self, process: &[(String, String)]) -> Layers {
+        Layers {
+            process: process
+                .iter()
+                .filter(|(k, _)| !is_system_key(k))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// What a virtualenv's `activate` does, for an environment whose
+/// `VIRTUAL_ENV` names one inside the gear: its `bin` goes first on `PATH`,
+/// so `python`, `pip` and what the app installed are found by name. Only a
+/// directory under the gear's home is put there; the rest of `PATH` stays the
+/// system's.
+pub fn activate(env: &mut BTreeMap<String, String>) {
+    let Some(venv) = env.get("VIRTUAL_ENV") else {
+        return;
+    };
+    let venv = venv.trim_end_matches('/');
+    let inside = venv.starts_with(&format!("{GEAR_HOME}/"))
+        && !venv.contains(':')
+        && !venv.split('/').any(|c| c == "..");
+    if !inside {
+        return;
+    }
+    let path = format!("{venv}/bin:{GEAR_PATH}");
+    env.insert("PATH".into(), path);
 }
 
 /// The most variables one layer a user or a cartridge writes may hold.
@@ -132,7 +176,18 @@ pub fn check_room<'a>(
     Ok(())
 }
 
-/// Check a user-supplied variable: a valid name that is not a system one.
+/// Variables a user may not set although they are not the node's: the
+/// cartridge sets them for the app from what the node gives it, and another
+/// value would break the gear. Each with the reason.
+pub const CARTRIDGE_OWNED: &[(&str, &str)] = &[(
+    "PORT",
+    "it is the port the cartridge tells the app to listen on: the gear's endpoint \
+     (GEAR_PORT), the only port the frontend forwards to, so an app listening on another \
+     one would never be reached",
+)];
+
+/// Check a user-supplied variable: a valid name that is neither a system one
+/// nor one of [`CARTRIDGE_OWNED`].
 pub fn check_user_key(key: &str) -> Result<(), String> {
     gearhost_runtime::host::check_env_key(key).map_err(|e| e.to_string())?;
     if is_system_key(key) {
@@ -140,6 +195,9 @@ pub fn check_user_key(key: &str) -> Result<(), String> {
             "{key} is set by the node and cannot be overridden (nor can {}); choose another name",
             sysenv::describe_system_keys()
         ));
+    }
+    if let Some((_, why)) = CARTRIDGE_OWNED.iter().find(|(k, _)| *k == key) {
+        return Err(format!("{key} cannot be set: {why}; choose another name"));
     }
     Ok(())
 }
@@ -190,6 +248,7 @@ mod tests {
             let plain = Layers {
                 system: system.clone(),
                 cartridge: BTreeMap::new(),
+                process: BTreeMap::new(),
                 linked: BTreeMap::new(),
                 user: BTreeMap::new(),
             };
@@ -205,6 +264,7 @@ mod tests {
         let layers = Layers {
             system: system_layer(&record, Some(8080), "localhost"),
             cartridge: BTreeMap::new(),
+            process: BTreeMap::new(),
             linked: BTreeMap::new(),
             user: map(&[("LANG", "de_DE.UTF-8")]),
         };
@@ -228,16 +288,53 @@ mod tests {
         let layers = Layers {
             system: map(&[("GEAR_NAME", "app")]),
             cartridge: map(&[("DATABASE_URL", "sqlite://x"), ("A", "cartridge")]),
+            process: map(&[
+                ("NODE_ENV", "production"),
+                ("A", "process"),
+                ("B", "process"),
+            ]),
             linked: map(&[("DATABASE_URL", "postgresql://db"), ("PGUSER", "db")]),
-            user: map(&[("PGUSER", "me"), ("GEAR_NAME", "ignored")]),
+            user: map(&[
+                ("PGUSER", "me"),
+                ("GEAR_NAME", "ignored"),
+                ("NODE_ENV", "development"),
+            ]),
         };
         let env = layers.effective();
+        assert_eq!(env["NODE_ENV"], "development", "the user beats the process");
+        assert_eq!(env["A"], "process", "the process beats the cartridge");
+        assert_eq!(env["B"], "process");
         assert_eq!(
             env["DATABASE_URL"], "postgresql://db",
             "a link beats the cartridge"
         );
         assert_eq!(env["PGUSER"], "me", "the user beats a link");
         assert_eq!(env["GEAR_NAME"], "app", "nobody beats the system");
-        assert_eq!(env["A"], "cartridge");
+    }
+
+    #[test]
+    fn a_virtualenv_inside_the_gear_goes_first_on_the_path() {
+        let mut env = map(&[
+            ("VIRTUAL_ENV", "/gear/app-root/runtime/venv"),
+            ("PATH", GEAR_PATH),
+        ]);
+        activate(&mut env);
+        assert_eq!(
+            env["PATH"],
+            format!("/gear/app-root/runtime/venv/bin:{GEAR_PATH}")
+        );
+        for outside in ["/usr", "/gear/../usr", "/gear/a:/tmp", "relative"] {
+            let mut env = map(&[("VIRTUAL_ENV", outside), ("PATH", GEAR_PATH)]);
+            activate(&mut env);
+            assert_eq!(env["PATH"], GEAR_PATH, "{outside}");
+        }
+    }
+
+    #[test]
+    fn what_the_cartridge_owns_is_refused_with_the_reason() {
+        let err = check_user_key("PORT").expect_err("PORT is the cartridge's");
+        assert!(err.contains("frontend forwards to"), "{err}");
+        assert!(check_user_key("NODE_ENV").is_ok());
+        assert!(check_user_key("VIRTUAL_ENV").is_ok());
     }
 }

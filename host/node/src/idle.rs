@@ -242,6 +242,8 @@ impl Node {
             && g.record().desired == Desired::Running
             && g.front.active.load(Ordering::Relaxed) == 0
             && g.front.idle_for() >= timeout
+            // a command someone runs with `gear exec` is activity too
+            && g.exec_runs.running() == 0
             && self.not_idleable(g).is_none()
     }
 }

@@ -4,7 +4,6 @@
 //! output captured into the gear's log, restarts with backoff, a process
 //! that keeps crashing marked failed.
 
-use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +19,8 @@ use crate::config::NodeConfig;
 pub const GEAR_HOME: &str = "/gear";
 /// Where the active deployment appears inside the sandbox.
 pub const GEAR_REPO: &str = "/gear/app-root/repo";
-/// PATH inside gears: system directories only, never gear-writable ones.
+/// PATH inside gears: system directories only, never gear-writable ones (but for the `bin`
+/// of a virtualenv inside the gear that the environment names: [`crate::env::activate`]).
 pub const GEAR_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Everything needed to start a process in one gear.
@@ -38,31 +38,32 @@ pub struct GearSandbox {
     pub repo: Option<PathBuf>,
     /// The gear's network namespace (bound file).
     pub netns: PathBuf,
-    /// Effective environment.
-    pub env: Vec<(String, String)>,
+    /// The environment's layers; a program's own variables become the
+    /// process layer when it starts.
+    pub layers: crate::env::Layers,
     /// Node settings.
     pub config: Arc<NodeConfig>,
 }
 
 impl GearSandbox {
     /// A sandbox spec for `argv` in this gear, in the gear's network
-    /// namespace.
+    /// namespace. `process` is what the cartridge gives this program (the
+    /// process layer, under the linked and user variables); without it the
+    /// program gets the app's primary process's, as `gear exec` does.
     pub fn spec(
         &self,
         leaf: &str,
         argv: Vec<String>,
-        extra_env: &[(String, String)],
+        process: Option<&[(String, String)]>,
         cwd: Option<&str>,
     ) -> SandboxSpec {
         let mut spec = SandboxSpec::new(self.id.clone(), self.uid, self.uid, &self.home, argv);
         spec.hostname = self.name.clone();
         spec.home_target = PathBuf::from(GEAR_HOME);
-        let mut env: BTreeMap<String, String> = self.env.iter().cloned().collect();
-        for (k, v) in extra_env {
-            if !crate::env::is_system_key(k) {
-                env.insert(k.clone(), v.clone());
-            }
-        }
+        let env = match process {
+            Some(process) => self.layers.for_process(process).effective(),
+            None => self.layers.effective(),
+        };
         spec.env = env.into_iter().collect();
         spec.cwd = Some(PathBuf::from(cwd.unwrap_or(if self.repo.is_some() {
             GEAR_REPO
@@ -217,7 +218,7 @@ pub async fn exec(
     timeout: Duration,
 ) -> Result<gearhost_runtime::ExecOutput, HostError> {
     let argv = argv_of(&cmd);
-    let mut spec = gear.spec(leaf, argv, &cmd.env, cmd.cwd.as_deref());
+    let mut spec = gear.spec(leaf, argv, Some(&cmd.env), cmd.cwd.as_deref());
     if let Some(net) = build_net {
         net.apply(&mut spec);
     }
@@ -289,7 +290,15 @@ pub async fn exec(
     }
 }
 
-/// Run `argv` in the gear with the caller's stdio (for `gear exec`).
+/// How long a `gear exec` command has after `SIGTERM`, once it must end, before what is
+/// left of it is killed.
+pub const EXEC_GRACE: Duration = Duration::from_secs(2);
+
+/// Run `argv` in the gear with the caller's stdio (for `gear exec`), until it ends or `end`
+/// does (the caller went away, the gear is stopped: it says why); then the command gets
+/// `SIGTERM`, [`EXEC_GRACE`] to exit, and whatever is left of it is killed with its cgroup.
+/// Nothing of it runs once this returns, and nothing once this future is dropped either (it
+/// is then killed at once).
 ///
 /// A terminal is handed to the command as it is (interactive shells). Pipes and files are
 /// relayed through the node's own pipes instead: the command never holds the caller's
@@ -302,29 +311,68 @@ pub async fn exec_attached(
     argv: Vec<String>,
     fds: [std::fs::File; 3],
     resized: Option<std::fs::File>,
+    end: impl std::future::Future<Output = String>,
 ) -> Result<ExitStatus, HostError> {
     {
         use std::io::IsTerminal;
         if fds[0].is_terminal() && fds[1].is_terminal() {
-            return exec_on_terminal(gear, leaf, argv, fds, resized).await;
+            return exec_on_terminal(gear, leaf, argv, fds, resized, end).await;
         }
     }
-    let mut spec = gear.spec(leaf, argv, &[], None);
+    let mut spec = gear.spec(leaf, argv, None, None);
     let [stdin, stdout, stderr] = fds.map(attach);
     spec.stdio.stdin = stdin.0;
     spec.stdio.stdout = stdout.0;
     spec.stdio.stderr = stderr.0;
-    let mut child = spawn_blocking_sandbox(spec).await?;
-    let feed = tokio::spawn(relay_in(stdin.1, child.take_stdin()));
+    let mut child = TearDownOnDrop(Some(spawn_blocking_sandbox(spec).await?));
+    let feed = AbortOnDrop(tokio::spawn(relay_in(stdin.1, child.take_stdin())));
     let out = tokio::spawn(relay_out(child.take_stdout(), stdout.1));
     let err = tokio::spawn(relay_out(child.take_stderr(), stderr.1));
-    let status = wait_exit(&mut child).await;
-    // the command is gone: what it left in its pipes still reaches the caller
-    feed.abort();
+    let status = run_until(&mut child, end).await;
+    // the command is gone, and so is anything it left behind; what they all
+    // wrote in the pipes still reaches the caller
+    drop(feed);
+    finish(child.disarm()).await;
     let _ = out.await;
     let _ = err.await;
-    tear_down(child);
     status.map(exit_of)
+}
+
+/// Wait for the command; when `end` comes first, `SIGTERM` it and give it [`EXEC_GRACE`],
+/// then kill the whole of it.
+async fn run_until(
+    child: &mut Sandboxed,
+    end: impl std::future::Future<Output = String>,
+) -> Result<std::process::ExitStatus, HostError> {
+    tokio::select! {
+        status = wait_exit(child) => return status,
+        why = end => {
+            tracing::info!(pid = child.pid(), reason = %why, "ending a gear exec command");
+        }
+    }
+    let _ = child.kill(gearhost_sandbox::Signal::Term);
+    if let Ok(status) = tokio::time::timeout(EXEC_GRACE, wait_exit(child)).await {
+        return status;
+    }
+    let _ = child.kill(gearhost_sandbox::Signal::Kill);
+    wait_exit(child).await
+}
+
+/// Kill what is left of a command and remove its cgroup, waiting for it.
+async fn finish(child: Sandboxed) {
+    let torn = tokio::task::spawn_blocking(move || child.teardown()).await;
+    if let Ok(Err(e)) = torn {
+        tracing::warn!(error = %e, "gear process teardown left something behind");
+    }
+}
+
+/// A task aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// `exec` for a caller on a terminal: the command gets a terminal of its own in the gear (its
@@ -337,12 +385,13 @@ async fn exec_on_terminal(
     argv: Vec<String>,
     fds: [std::fs::File; 3],
     resized: Option<std::fs::File>,
+    end: impl std::future::Future<Output = String>,
 ) -> Result<ExitStatus, HostError> {
-    let mut spec = gear.spec(leaf, argv, &[], None);
+    let mut spec = gear.spec(leaf, argv, None, None);
     spec.stdio.terminal = true;
-    let mut child = spawn_blocking_sandbox(spec).await?;
+    let mut child = TearDownOnDrop(Some(spawn_blocking_sandbox(spec).await?));
     let Some(terminal) = child.take_terminal() else {
-        tear_down(child);
+        finish(child.disarm()).await;
         return Err(HostError::Failed(
             "the gear's terminal did not come back".into(),
         ));
@@ -354,10 +403,11 @@ async fn exec_on_terminal(
             gearhost_sys::relay_terminal(&caller_in, &caller_out, &terminal, resized.as_ref())
         })
         .map_err(|e| HostError::Failed(format!("cannot relay the terminal: {e}")))?;
-    let status = wait_exit(&mut child).await;
-    // the relay ends when the last process of the gear lets go of the terminal
+    let status = run_until(&mut child, end).await;
+    // whatever still holds the terminal goes with the cgroup; the relay ends when the last
+    // process of the gear lets go of it
+    finish(child.disarm()).await;
     let _ = tokio::task::spawn_blocking(move || relay.join()).await;
-    tear_down(child);
     status.map(exit_of)
 }
 

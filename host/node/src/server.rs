@@ -160,6 +160,17 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         )
         .await;
     }
+    if let Request::Exec(op) = request {
+        // the command ends when its caller goes away
+        let reply = answer::<ops::Exec>(exec(&node, op, fds, caller_gone(&stream)).await);
+        match &reply {
+            Reply::Error(e) if changes || e.kind == ErrorKind::Denied => audit(Err(e)),
+            Reply::Error(_) => {}
+            _ if changes => audit(Ok(())),
+            _ => {}
+        }
+        return send(&mut stream, &reply).await;
+    }
     let work = dispatch(node.clone(), &caller, request, fds, tx);
     tokio::pin!(work);
     let progress = |text| Reply::Event(Event::Progress(text));
@@ -366,7 +377,11 @@ async fn dispatch(
             ErrorKind::Invalid,
             "logs are streamed separately",
         )),
-        Request::Exec(op) => answer::<ops::Exec>(exec(&node, op, fds).await),
+        // answered by `handle`, which watches the caller meanwhile
+        Request::Exec(_) => Reply::Error(ApiError::new(
+            ErrorKind::Invalid,
+            "exec is answered separately",
+        )),
     }
 }
 
@@ -407,8 +422,32 @@ fn archive(fds: Vec<OwnedFd>, what: &str) -> Result<OwnedFd, ApiError> {
     }
 }
 
+/// Resolves once the caller has closed its end of the connection (it sends
+/// nothing after its request: end of stream or an error means it is gone;
+/// anything it does send is dropped).
+async fn caller_gone(stream: &UnixStream) {
+    let mut buf = [0u8; 256];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// `exec`: the caller's stdio came as descriptors with the request.
-async fn exec(node: &Node, op: ops::Exec, fds: Vec<OwnedFd>) -> Result<reply::ExecEnd, ApiError> {
+async fn exec(
+    node: &Node,
+    op: ops::Exec,
+    fds: Vec<OwnedFd>,
+    gone: impl std::future::Future<Output = ()>,
+) -> Result<reply::ExecEnd, ApiError> {
     let mut files: Vec<std::fs::File> = fds.into_iter().map(std::fs::File::from).collect();
     if !(3..=4).contains(&files.len()) {
         return Err(ApiError::new(
@@ -420,6 +459,6 @@ async fn exec(node: &Node, op: ops::Exec, fds: Vec<OwnedFd>) -> Result<reply::Ex
     let stderr = files.remove(2);
     let stdout = files.remove(1);
     let stdin = files.remove(0);
-    node.exec(&op.gear, op.argv, [stdin, stdout, stderr], resized)
+    node.exec(&op.gear, op.argv, [stdin, stdout, stderr], resized, gone)
         .await
 }

@@ -61,6 +61,11 @@ pub struct GearRecord {
     pub cartridge_env: BTreeMap<String, String>,
     /// Variables set by the user.
     pub user_env: BTreeMap<String, String>,
+    /// What the cartridge gave the app's primary process (the first its
+    /// start hook spawned) at the last start: `gear exec` gets it too. Absent
+    /// in records written before it was kept.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub process_env: BTreeMap<String, String>,
     /// Deployments, oldest first (at most `keep-deployments` good ones and a few failed ones).
     pub deployments: Vec<Deployment>,
     /// The active deployment.

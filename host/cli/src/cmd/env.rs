@@ -77,15 +77,33 @@ pub fn run(args: Args) -> CmdResult {
             if json {
                 print_json(&env)?;
             } else {
+                // what the gear's processes get, each with the layer it comes from, highest
+                // first; then what a higher layer overrides
                 let l = &env.layers;
-                for (layer, map) in [
+                let layers = [
                     ("system", &l.system),
-                    ("cartridge", &l.cartridge),
-                    ("linked", &l.linked),
                     ("user", &l.user),
-                ] {
-                    for (k, val) in map {
-                        println!("{k}={val}  ({layer})");
+                    ("linked", &l.linked),
+                    ("process", &l.process),
+                    ("cartridge", &l.cartridge),
+                ];
+                for (k, val) in &env.effective {
+                    let from = layers.iter().find(|(_, m)| m.contains_key(k));
+                    let layer = match from {
+                        Some((name, m)) if m.get(k) == Some(val) => (*name).to_string(),
+                        // PATH with an active virtualenv's bin first
+                        Some((name, _)) => format!("{name}, with the virtualenv"),
+                        None => "default".to_string(),
+                    };
+                    println!("{k}={val}  ({layer})");
+                }
+                for (i, (name, map)) in layers.iter().enumerate() {
+                    for (k, val) in map.iter() {
+                        if let Some((above, _)) =
+                            layers[..i].iter().find(|(_, m)| m.contains_key(k))
+                        {
+                            println!("# {k}={val}  ({name}, overridden by {above})");
+                        }
                     }
                 }
             }

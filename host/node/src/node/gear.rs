@@ -21,6 +21,8 @@ pub struct Gear {
     pub(super) app_log: LogFile,
     pub(crate) hook_log: LogFile,
     pub(super) execs: AtomicU32,
+    /// The `gear exec` commands running, ended when the gear stops.
+    pub(crate) exec_runs: super::lifecycle::ExecRuns,
     /// The record's state, readable without the record's lock (the frontend
     /// reads it on every request).
     pub(super) state: AtomicU8,
@@ -72,6 +74,7 @@ impl Gear {
             paths,
             supervisor: Supervisor::default(),
             execs: AtomicU32::new(0),
+            exec_runs: Default::default(),
             conns: Arc::default(),
         }
     }

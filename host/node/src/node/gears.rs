@@ -72,6 +72,7 @@ impl Node {
             failure: None,
             cartridge_env: BTreeMap::new(),
             user_env: BTreeMap::new(),
+            process_env: BTreeMap::new(),
             deployments: Vec::new(),
             active: None,
             next_deployment: 1,
@@ -299,7 +300,10 @@ impl Node {
                 timer.abort();
             }
         }
-        g.supervisor.stop_all(DESTROY_GRACE).await;
+        tokio::join!(
+            g.supervisor.stop_all(DESTROY_GRACE),
+            g.exec_runs.end_all("the gear is destroyed")
+        );
         // its own links go with it, and the frontend's door
         self.links.close_from(&r.id);
         g.front.close_door();

@@ -43,6 +43,7 @@ impl Node {
             config: self.config.clone(),
             linked: self.linked_env(&g.record()),
             egress: crate::egress::BuildEgress::paid_by((self.admission.clone(), g.conns.clone())),
+            spawned: std::sync::atomic::AtomicBool::new(false),
         });
         let kind = call.kind();
         g.hook_log.line(&format!("{kind}[node]"), "hook started");
@@ -92,6 +93,9 @@ struct NodeHost {
     linked: BTreeMap<String, String>,
     /// The build's network, opened by its first `exec` that may use it.
     egress: crate::egress::BuildEgress,
+    /// Whether the call has started a process: the first one is the app's
+    /// primary process, whose variables `gear exec` gets.
+    spawned: std::sync::atomic::AtomicBool,
 }
 
 impl GearHost for NodeHost {
@@ -150,13 +154,7 @@ impl GearHost for NodeHost {
         let mut env: BTreeMap<String, String> = r.cartridge_env.clone();
         env.extend(self.linked.clone());
         env.extend(r.user_env.clone());
-        env.extend(
-            self.sandbox
-                .env
-                .iter()
-                .filter(|(k, _)| env::is_system_key(k))
-                .cloned(),
-        );
+        env.extend(self.sandbox.layers.system.clone());
         env.into_iter().collect()
     }
 
@@ -231,7 +229,14 @@ impl GearHost for NodeHost {
     ) -> gearhost_runtime::host::BoxFuture<'_, Result<u32, HostError>> {
         let name = name.to_string();
         Box::pin(async move {
-            self.gear
+            let process: BTreeMap<String, String> = cmd
+                .env
+                .iter()
+                .filter(|(k, _)| !env::is_system_key(k))
+                .cloned()
+                .collect();
+            let pid = self
+                .gear
                 .supervisor
                 .spawn(
                     self.sandbox.clone(),
@@ -240,7 +245,27 @@ impl GearHost for NodeHost {
                     cmd,
                     restart,
                 )
-                .await
+                .await?;
+            // the first process a call starts is the app's primary one: its
+            // variables are the process layer `gear exec` and `env list` see
+            // (kept within a layer's bounds: the record is rewritten at every change)
+            if !self.spawned.swap(true, Ordering::SeqCst)
+                && self.gear.record().process_env != process
+            {
+                let vars = process.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+                match env::check_room(&BTreeMap::new(), vars, "the process's variables") {
+                    Ok(()) => {
+                        self.gear
+                            .update(&self.config, |r| r.process_env = process)
+                            .map_err(|e| HostError::Failed(e.message))?;
+                    }
+                    Err(e) => self
+                        .gear
+                        .hook_log
+                        .line("spawn[node]", &format!("not kept for `gear exec`: {e}")),
+                }
+            }
+            Ok(pid)
         })
     }
 

@@ -167,6 +167,8 @@ impl Node {
         // an operation stuck on what the gear did gives way (its hooks are cancelled)
         let _op = g.op.preempt("`gear stop` was asked for").await;
         let r = g.record();
+        // `gear exec` commands do not outlive a stop, even of a stopped gear
+        g.exec_runs.end_all("`gear stop` was asked for").await;
         if matches!(r.state, GearState::Stopped | GearState::New) && !g.supervisor.any_running() {
             if r.desired != Desired::Stopped {
                 g.update(&self.config, |r| r.desired = Desired::Stopped)?;
@@ -197,8 +199,16 @@ impl Node {
     ) -> ApiResult<()> {
         g.update(&self.config, |r| r.state = GearState::Stopping)?;
         let hook = self.hook(g, cart, HookCall::Stop).await;
-        // whatever the hook left running is stopped by the node
-        g.supervisor.stop_all(Duration::from_secs(10)).await;
+        // whatever the hook left running is stopped by the node, and so
+        // are the commands `gear exec` runs
+        let why = match state {
+            GearState::Idle => "the gear is idled",
+            _ => "the gear is stopped",
+        };
+        tokio::join!(
+            g.supervisor.stop_all(Duration::from_secs(10)),
+            g.exec_runs.end_all(why)
+        );
         g.front.clear_pool();
         g.update(&self.config, |r| r.state = state)?;
         hook.map(|_| ())
@@ -273,14 +283,17 @@ impl Node {
         })
     }
 
-    /// Run `argv` in the gear's sandbox attached to the caller's stdio; `resized` gets a byte
-    /// whenever the caller's terminal changes size.
+    /// Run `argv` in the gear's sandbox attached to the caller's stdio, with the environment
+    /// the app's processes get (its primary process's variables included); `resized` gets a
+    /// byte whenever the caller's terminal changes size. The command ends when `gone` does
+    /// (the caller went away) or the gear is stopped, idled or destroyed.
     pub async fn exec(
         &self,
         gear: &GearRef,
         argv: Vec<String>,
         fds: [std::fs::File; 3],
         resized: Option<std::fs::File>,
+        gone: impl std::future::Future<Output = ()>,
     ) -> ApiResult<reply::ExecEnd> {
         if argv.is_empty() {
             return Err(invalid("give the command to run after `--`"));
@@ -291,9 +304,17 @@ impl Node {
             &g.record().id,
             g.execs.fetch_add(1, Ordering::Relaxed),
         );
-        let status = procs::exec_attached(&sandbox, &leaf, argv, fds, resized)
-            .await
-            .map_err(|e| failed(e.to_string()))?;
+        let run = g.exec_runs.enter();
+        let end = async {
+            tokio::select! {
+                () = gone => "its caller went away".to_string(),
+                why = run.ended() => why,
+            }
+        };
+        let status = procs::exec_attached(&sandbox, &leaf, argv, fds, resized, end).await;
+        // a command counts as activity for the idler until it ends
+        g.front.touch();
+        let status = status.map_err(|e| failed(e.to_string()))?;
         Ok(match status {
             ExitStatus::Exited(c) => reply::ExecEnd::Exit(c),
             ExitStatus::Signaled(s) => reply::ExecEnd::Signal(s),
@@ -309,9 +330,83 @@ impl Node {
             home: g.paths.home(),
             netns: g.paths.netns(),
             repo: repo.map(|id| g.paths.deployment(id)),
-            env: self.layers(&r).effective().into_iter().collect(),
+            layers: self.layers(&r),
             config: self.config.clone(),
         }
+    }
+}
+
+/// The `gear exec` commands running in a gear, so that stopping it ends them.
+#[derive(Debug)]
+pub(crate) struct ExecRuns {
+    /// Bumped, with the reason, to end every command running.
+    ends: tokio::sync::watch::Sender<(u64, String)>,
+    /// How many run.
+    running: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for ExecRuns {
+    fn default() -> Self {
+        ExecRuns {
+            ends: tokio::sync::watch::channel((0, String::new())).0,
+            running: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+/// One command of [`ExecRuns`], counted until it is dropped.
+pub(crate) struct ExecRun<'a> {
+    runs: &'a ExecRuns,
+    ends: tokio::sync::watch::Receiver<(u64, String)>,
+}
+
+impl ExecRuns {
+    /// A command starts.
+    pub(crate) fn enter(&self) -> ExecRun<'_> {
+        self.running.send_modify(|n| *n += 1);
+        ExecRun {
+            runs: self,
+            ends: self.ends.subscribe(),
+        }
+    }
+
+    /// How many commands run.
+    pub(crate) fn running(&self) -> usize {
+        *self.running.borrow()
+    }
+
+    /// End every command running for `why`, and wait until none is left
+    /// (each has [`procs::EXEC_GRACE`] after `SIGTERM`, then is killed).
+    pub(crate) async fn end_all(&self, why: &str) {
+        if *self.running.borrow() == 0 {
+            return;
+        }
+        self.ends.send_modify(|(n, reason)| {
+            *n += 1;
+            *reason = why.to_string();
+        });
+        let mut running = self.running.subscribe();
+        let wait = running.wait_for(|n| *n == 0);
+        // a command started after this call is not waited for long
+        let _ = tokio::time::timeout(procs::EXEC_GRACE + Duration::from_secs(10), wait).await;
+    }
+}
+
+impl ExecRun<'_> {
+    /// Resolves, with the reason, once the gear's commands must end.
+    pub(crate) async fn ended(&self) -> String {
+        let mut ends = self.ends.clone();
+        match ends.changed().await {
+            Ok(()) => ends.borrow().1.clone(),
+            // the gear is gone
+            Err(_) => "the gear was destroyed".to_string(),
+        }
+    }
+}
+
+impl Drop for ExecRun<'_> {
+    fn drop(&mut self) {
+        self.runs.running.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 

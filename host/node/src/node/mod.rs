@@ -371,7 +371,10 @@ impl Node {
     pub async fn shutdown(&self) {
         let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
         for gear in gears {
-            gear.supervisor.stop_all(Duration::from_secs(5)).await;
+            tokio::join!(
+                gear.supervisor.stop_all(Duration::from_secs(5)),
+                gear.exec_runs.end_all("the node is shutting down")
+            );
         }
     }
 
@@ -614,6 +617,7 @@ mod tests {
             failure: None,
             cartridge_env: BTreeMap::new(),
             user_env: BTreeMap::new(),
+            process_env: BTreeMap::new(),
             deployments: Vec::new(),
             active: None,
             next_deployment: 1,

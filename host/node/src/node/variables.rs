@@ -16,8 +16,16 @@ impl Node {
         Layers {
             system: env::system_layer(r, port, &self.config.domain),
             cartridge: r.cartridge_env.clone(),
+            process: r.process_env.clone(),
             linked: self.linked_env(r),
-            user: r.user_env.clone(),
+            // a PORT set before the node refused it stays without effect,
+            // as it was when the cartridge's value beat the user's
+            user: r
+                .user_env
+                .iter()
+                .filter(|(k, _)| !env::CARTRIDGE_OWNED.iter().any(|(owned, _)| owned == k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 

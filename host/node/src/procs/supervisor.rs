@@ -282,7 +282,7 @@ async fn start_one(
 ) -> Result<Sandboxed, HostError> {
     let argv = argv_of(cmd);
     let leaf = cgroup::process_leaf(&gear.id, name, STARTS.fetch_add(1, Ordering::Relaxed));
-    let mut spec = gear.spec(&leaf, argv, &cmd.env, cmd.cwd.as_deref());
+    let mut spec = gear.spec(&leaf, argv, Some(&cmd.env), cmd.cwd.as_deref());
     spec.stdio.stdout = Stdio::Piped;
     spec.stdio.stderr = Stdio::Piped;
     let mut child = spawn_blocking_sandbox(spec).await?;
