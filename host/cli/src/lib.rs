@@ -223,21 +223,6 @@ pub(crate) fn is_root() -> bool {
     gearhost_sys::proc_status::is_root()
 }
 
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GEARHOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Parse the command line, run the command, and turn the outcome into an exit code.
 /// What `gear exec` exits with when `gear` itself fails, rather than the
 /// command it runs.
@@ -264,7 +249,7 @@ pub fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
-    init_tracing(cli.verbose);
+    gearhost_sys::program::init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Cartridge(CartridgeCommand::New(args)) => cmd::cartridge_new::run(args),
         Command::Cartridge(CartridgeCommand::Check(args)) => cmd::cartridge_check::run(args),
@@ -312,7 +297,7 @@ pub fn main() -> ExitCode {
         Err(failure) => {
             match &failure {
                 Failure::Failed(e) | Failure::Invalid(e) | Failure::Environment(e) => {
-                    eprintln!("error: {}", output::error_text(e));
+                    eprintln!("error: {}", gearhost_sys::program::error_text(e));
                 }
                 Failure::Reported(_) => {}
             }

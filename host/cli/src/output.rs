@@ -26,19 +26,6 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The error and its causes, one per line after the first, without
-/// repeating text that a cause already contains.
-pub fn error_text(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in e.chain() {
-        let text = cause.to_string();
-        if !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-    }
-    parts.join("\n  caused by: ")
-}
-
 /// For an answer that says the node changed nothing (`unchanged`), prints
 /// its note and returns true.
 pub fn print_if_unchanged(unchanged: bool, note: Option<&str>) -> bool {

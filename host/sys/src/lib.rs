@@ -8,7 +8,8 @@
 //! - [`interrupt`]: breaking a thread out of a blocking system call (hook time budgets);
 //!
 //! and three small helpers every crate used to write for itself: [`lock`] (poison-tolerant
-//! locking), [`proc_status`] (reading `/proc/<pid>/status`) and [`hex`].
+//! locking), [`proc_status`] (reading `/proc/<pid>/status`) and [`hex`]; with the `program`
+//! feature, what the `gear` and `gearhost-node` programs share (log output, error text).
 //!
 //! Unsafe code is allowed per module, only where a system call needs it, and every unsafe
 //! block says why it is sound (see "Where unsafe code lives" in docs/ARCHITECTURE.md).
@@ -20,6 +21,8 @@ pub mod hex;
 pub mod interrupt;
 pub mod lock;
 pub mod proc_status;
+#[cfg(feature = "program")]
+pub mod program;
 #[allow(unsafe_code)]
 pub mod sendbatch;
 #[allow(unsafe_code)]

@@ -28,24 +28,9 @@ struct Args {
     verbose: u8,
 }
 
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("GEARHOST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_tracing(args.verbose);
+    gearhost_sys::program::init_tracing(args.verbose);
     let config = match &args.config {
         Some(path) => NodeConfig::load(path),
         None if std::path::Path::new(DEFAULT_CONFIG_PATH).exists() => {
@@ -79,15 +64,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let mut text = e.to_string();
-            for cause in e.chain().skip(1) {
-                let cause = cause.to_string();
-                if !text.contains(&cause) {
-                    text.push_str("\n  caused by: ");
-                    text.push_str(&cause);
-                }
-            }
-            eprintln!("error: {text}");
+            eprintln!("error: {}", gearhost_sys::program::error_text(&e));
             ExitCode::from(4)
         }
     }
