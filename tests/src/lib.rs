@@ -11,6 +11,8 @@ use std::sync::{Mutex, OnceLock};
 
 use gearhost_sys::proc_status::Status;
 
+pub mod apps;
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -128,15 +128,7 @@ impl Node {
         // wait for the wake-up after the idling); a stuck one is cut after
         // the response timeout, at most 30 s (or until a `gear stop` or `gear
         // destroy` comes for the gear)
-        let grace = self.config().response_timeout.min(Duration::from_secs(30));
-        let deadline = tokio::time::Instant::now() + grace;
-        let cancel = gear.op.cancel();
-        while gear.front.forwarding.load(Ordering::SeqCst) != 0
-            && tokio::time::Instant::now() < deadline
-            && !cancel.is_cancelled()
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        self.drain_forwarding(gear).await;
         let result = self.stop_into(gear, &cart, GearState::Idle).await;
         gear.front.closing.store(false, Ordering::SeqCst);
         result

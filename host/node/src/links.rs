@@ -19,7 +19,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -31,6 +31,10 @@ use gearhost_sys::lock::lock;
 
 /// How long the proxy waits for the linked gear to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a connection waits for a linked gear the node is restarting
+/// (a database restarting in place is not refused, its clients wait).
+const MOST_HOLD: Duration = Duration::from_secs(30);
 
 /// Something went wrong with a link's proxy.
 #[derive(Debug, thiserror::Error)]
@@ -122,7 +126,9 @@ impl Payer {
 
 /// Listen on `127.0.0.1:port` inside `from_netns` and forward every
 /// connection to `127.0.0.1:port` inside `to_netns`, each counted against
-/// `payer`'s connections.
+/// `payer`'s connections. With `to`, the gear inside `to_netns`: while the
+/// node restarts it, connections wait for it instead of being refused, and
+/// they reach its app on the slot it serves from.
 async fn open_proxy(
     from_name: &str,
     from_netns: PathBuf,
@@ -130,6 +136,7 @@ async fn open_proxy(
     to_netns: PathBuf,
     port: u16,
     payer: Payer,
+    to: Option<Weak<Gear>>,
 ) -> Result<Proxy, LinkError> {
     let listen_err = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::AddrInUse {
@@ -156,7 +163,9 @@ async fn open_proxy(
     let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
     let (stop, stopped) = watch::channel(());
     let label = format!("{from_name}->{to_name}:{port}");
-    let task = tokio::spawn(accept_loop(listener, to_netns, port, stopped, label, payer));
+    let task = tokio::spawn(accept_loop(
+        listener, to_netns, port, stopped, label, payer, to,
+    ));
     Ok(Proxy { _stop: stop, task })
 }
 
@@ -167,6 +176,7 @@ async fn accept_loop(
     stopped: watch::Receiver<()>,
     label: String,
     payer: Payer,
+    to: Option<Weak<Gear>>,
 ) {
     loop {
         match listener.accept().await {
@@ -186,10 +196,11 @@ async fn accept_loop(
                 let to_netns = to_netns.clone();
                 let mut stopped = stopped.clone();
                 let label = label.clone();
+                let to = to.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
                     tokio::select! {
-                        r = forward(client, to_netns, port) => {
+                        r = forward(client, to_netns, port, to) => {
                             if let Err(e) = r {
                                 tracing::debug!(link = %label, error = %e, "linked connection ended");
                             }
@@ -212,12 +223,30 @@ async fn forward(
     mut client: tokio::net::TcpStream,
     to_netns: PathBuf,
     port: u16,
+    to: Option<Weak<Gear>>,
 ) -> std::io::Result<()> {
-    let upstream = tokio::task::spawn_blocking(move || {
-        gearhost_sandbox::netns::connect(&to_netns, ([127, 0, 0, 1], port).into(), CONNECT_TIMEOUT)
-    })
-    .await
-    .map_err(std::io::Error::other)??;
+    let began = std::time::Instant::now();
+    let upstream = loop {
+        let gear = to.as_ref().and_then(Weak::upgrade);
+        let port = gear.as_ref().map_or(port, |g| {
+            gearhost_runtime::manifest::slot_port(port, g.front.live.get())
+        });
+        let netns = to_netns.clone();
+        let connected = tokio::task::spawn_blocking(move || {
+            gearhost_sandbox::netns::connect(&netns, ([127, 0, 0, 1], port).into(), CONNECT_TIMEOUT)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        match connected {
+            Ok(stream) => break stream,
+            Err(e) => {
+                if !gear.is_some_and(|g| restarting(&g)) || began.elapsed() >= MOST_HOLD {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
     upstream.set_nonblocking(true)?;
     let mut upstream = tokio::net::TcpStream::from_std(upstream)?;
     // small request/response protocols (SQL) must not wait for Nagle
@@ -225,6 +254,15 @@ async fn forward(
     upstream.set_nodelay(true)?;
     tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
     Ok(())
+}
+
+/// Whether the node is bringing `gear` back: it is starting or stopping, or
+/// its requests are held (a restart, an idling, a wake-up).
+fn restarting(gear: &Gear) -> bool {
+    use crate::state::GearState;
+    matches!(gear.state(), GearState::Starting | GearState::Stopping)
+        || gear.front.closing.load(std::sync::atomic::Ordering::SeqCst)
+        || lock(&gear.front.waking).is_some()
 }
 
 /// A gear linked to another one, for views and messages.
@@ -337,6 +375,7 @@ impl Node {
                     target.paths.netns(),
                     link.port,
                     Payer::of(self, g),
+                    Some(Arc::downgrade(&target)),
                 )
                 .await
                 {
@@ -448,6 +487,7 @@ impl Node {
             db.paths.netns(),
             port,
             Payer::of(self, &app),
+            Some(Arc::downgrade(&db)),
         )
         .await
         .map_err(|e| match e {
@@ -570,11 +610,11 @@ mod tests {
         };
         assert!(connect().is_err());
 
-        let proxy = open_proxy("app", app.clone(), "db", db.clone(), port, payer())
+        let proxy = open_proxy("app", app.clone(), "db", db.clone(), port, payer(), None)
             .await
             .expect("proxy");
         // the port is now taken in the app's namespace
-        let again = open_proxy("app", app.clone(), "db", db.clone(), port, payer()).await;
+        let again = open_proxy("app", app.clone(), "db", db.clone(), port, payer(), None).await;
         assert!(
             matches!(again, Err(LinkError::PortTaken { .. })),
             "{again:?}"

@@ -456,4 +456,4 @@ async fn relay_out(from: Option<std::fs::File>, to: Option<std::fs::File>) {
 
 mod supervisor;
 
-pub use supervisor::Supervisor;
+pub use supervisor::{Aside, Supervisor};

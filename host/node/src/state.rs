@@ -91,6 +91,15 @@ pub struct GearRecord {
     /// gears an operator created without one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Which slot the app serves from: 0 on its declared ports, 1 on their
+    /// beside ports after a start beside the serving app took over (see
+    /// `frontend::LiveSlot`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub slot: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// A link from this gear to another one: the node listens on `port` on this

@@ -53,10 +53,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// idling to end and the wake-up after it): `Ok` once it runs.
     fn wake(&self, gear: &Arc<Self::Gear>) -> impl Future<Output = Result<(), String>> + Send;
 
-    /// A new connection to the target's port, or why there is none.
+    /// A new connection to `port` of the target's gear (the target's port,
+    /// or where it is while the app serves from its other slot), or why
+    /// there is none.
     fn connect(
         &self,
         target: &Target<Self::Gear>,
+        port: u16,
     ) -> impl Future<Output = Result<TcpStream, String>> + Send;
 }
 
@@ -95,9 +98,8 @@ impl Backend for Arc<Node> {
     }
 
     /// Connects to `127.0.0.1:<port>` inside the gear's network namespace.
-    async fn connect(&self, target: &Target<Gear>) -> Result<TcpStream, String> {
+    async fn connect(&self, target: &Target<Gear>, port: u16) -> Result<TcpStream, String> {
         let netns = target.gear.paths.netns();
-        let port = target.port;
         let timeout = self.config().connect_timeout;
         let stream = tokio::task::spawn_blocking(move || {
             let s =

@@ -3,8 +3,8 @@
 //! wake-up in progress; and the node's monotonic clock that activity is
 //! measured on.
 
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::access::AccessLog;
@@ -65,6 +65,77 @@ pub struct GearFront {
     /// their answer is through). Idling waits for them: with `closing` it
     /// makes the same handshake as `active`.
     pub(crate) forwarding: AtomicUsize,
+    /// Which slot of the app serves (see [`LiveSlot`]).
+    pub(crate) live: Arc<LiveSlot>,
+}
+
+/// Which of its two slots a gear's app serves from, and the frontend's
+/// connections to each. An app started beside the serving one listens on
+/// the other slot's ports (`gearhost_runtime::manifest::slot_port`); once
+/// it answers, the node switches the slot, and new requests go to it, while
+/// the connections still open to the old slot are waited for before the old
+/// app stops. A connection counts against its slot from before the slot is
+/// read until it is closed, so a switch never misses one (see [`LiveSlot::lease`]).
+#[derive(Debug, Default)]
+pub struct LiveSlot {
+    slot: AtomicU8,
+    connections: [AtomicUsize; 2],
+}
+
+impl LiveSlot {
+    /// The slot serving now.
+    pub fn get(&self) -> u8 {
+        self.slot.load(Ordering::SeqCst)
+    }
+
+    /// Serve from `slot` from now on (the node, at a switch or a start).
+    pub fn set(&self, slot: u8) {
+        self.slot.store(slot & 1, Ordering::SeqCst);
+    }
+
+    /// Count a new connection against the serving slot: the count is raised
+    /// before the slot is read again, so a switch that changed the slot in
+    /// between is either seen here (and the lease taken on the new slot) or
+    /// sees this connection in the old slot's count.
+    pub fn lease(self: &Arc<Self>) -> SlotLease {
+        loop {
+            let slot = self.get();
+            self.connections[usize::from(slot)].fetch_add(1, Ordering::SeqCst);
+            if self.get() == slot {
+                return SlotLease {
+                    live: self.clone(),
+                    slot,
+                };
+            }
+            self.connections[usize::from(slot)].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Connections open to `slot`'s app.
+    pub fn connections(&self, slot: u8) -> usize {
+        self.connections[usize::from(slot & 1)].load(Ordering::SeqCst)
+    }
+}
+
+/// A connection counted against a slot until it is dropped.
+#[derive(Debug)]
+pub struct SlotLease {
+    live: Arc<LiveSlot>,
+    /// The slot.
+    pub slot: u8,
+}
+
+impl SlotLease {
+    /// Whether the gear still serves from this connection's slot.
+    pub fn current(&self) -> bool {
+        self.live.get() == self.slot
+    }
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        self.live.connections[usize::from(self.slot)].fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl GearFront {
@@ -81,6 +152,7 @@ impl GearFront {
             door: Mutex::new(None),
             closing: AtomicBool::new(false),
             forwarding: AtomicUsize::new(0),
+            live: Arc::default(),
         }
     }
 
@@ -113,6 +185,13 @@ impl GearFront {
         }
     }
 
+    /// Close the pooled connections to a slot that no longer serves.
+    pub fn clear_pool_of(&self, slot: u8) {
+        for pool in &self.pools {
+            lock(pool).retain(|u| u.lease.as_ref().is_none_or(|l| l.slot != slot));
+        }
+    }
+
     /// This thread's pool.
     fn pool(&self) -> &Mutex<Vec<Upstream>> {
         &self.pools[WORKER.get() % self.pools.len()]
@@ -120,6 +199,10 @@ impl GearFront {
 
     /// Keep a connection that can carry another request, idle since `now`.
     pub(super) fn put(&self, mut upstream: Upstream, now: Instant) {
+        if upstream.lease.as_ref().is_some_and(|l| !l.current()) {
+            // its app no longer serves: closing it lets that app be stopped
+            return;
+        }
         upstream.since = now;
         upstream.buf.release();
         let mut pool = lock(self.pool());
@@ -132,7 +215,10 @@ impl GearFront {
     pub(super) fn take(&self, now: Instant) -> Option<Upstream> {
         loop {
             let upstream = lock(self.pool()).pop()?;
-            if now.saturating_duration_since(upstream.since) <= POOL_IDLE && upstream.usable() {
+            if now.saturating_duration_since(upstream.since) <= POOL_IDLE
+                && upstream.lease.as_ref().is_none_or(SlotLease::current)
+                && upstream.usable()
+            {
                 return Some(upstream);
             }
         }

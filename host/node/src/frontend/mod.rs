@@ -49,7 +49,8 @@ mod wire;
 mod workers;
 
 pub use access::{AccessLog, flush_access_logs};
-pub use gear::{GearFront, now_ms};
+pub(crate) use gear::WakeResult;
+pub use gear::{GearFront, LiveSlot, SlotLease, now_ms};
 pub use metrics::{Refusal, Stats, render_metrics, serve_metrics};
 pub use routes::Target;
 pub use workers::{open_door, start_workers};

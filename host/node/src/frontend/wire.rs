@@ -201,15 +201,18 @@ pub(crate) struct Upstream {
     pub sendfd: SendFd,
     pub buf: ReadBuf,
     pub since: Instant,
+    /// The gear slot the connection leads to, counted while it is open.
+    pub lease: Option<super::gear::SlotLease>,
 }
 
 impl Upstream {
-    pub(crate) fn new(stream: TcpStream) -> Upstream {
+    pub(crate) fn new(stream: TcpStream, lease: Option<super::gear::SlotLease>) -> Upstream {
         Upstream {
             stream,
             sendfd: SendFd::default(),
             buf: ReadBuf::default(),
             since: Instant::now(),
+            lease,
         }
     }
 

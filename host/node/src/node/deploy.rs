@@ -164,8 +164,16 @@ impl Node {
                 d.state = DeploymentState::Ready;
             }
         })?;
+        let held = Held::new(self, &g);
         if let Err(e) = self
-            .activate(&g, &cart, id, was_running || previous.is_none(), progress)
+            .activate(
+                &g,
+                &cart,
+                id,
+                was_running || previous.is_none(),
+                &held,
+                progress,
+            )
             .await
         {
             let e = self
@@ -247,15 +255,24 @@ impl Node {
         }
     }
 
+    /// Make deployment `id` the active one and, when `start`, serve it: a
+    /// running app is replaced without dropping a request (requests wait in
+    /// `held` when it restarts in place), a stopped gear is started.
     pub(super) async fn activate(
         &self,
         g: &Arc<Gear>,
         cart: &Cartridge,
         id: u32,
         start: bool,
+        held: &Held<'_>,
         progress: &Progress,
     ) -> ApiResult<()> {
-        if g.supervisor.any_running() || g.record().state == GearState::Running {
+        let running = g.record().state == GearState::Running;
+        if start && running {
+            return self.replace(g, cart, id, held, progress).await;
+        }
+        if g.supervisor.any_running() || running {
+            held.begin().await;
             let _ = progress.send("stopping the running deployment".into());
             self.stop_locked(g, cart).await?;
         }
@@ -332,6 +349,7 @@ impl Node {
     ) -> ApiResult<reply::RolledBack> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        let held = Held::new(self, &g);
         let r = g.record();
         let active = r
             .active
@@ -375,7 +393,8 @@ impl Node {
                     e.message, r.name
                 ))
             })?;
-        self.activate(&g, &cart, target, start, progress).await?;
+        self.activate(&g, &cart, target, start, &held, progress)
+            .await?;
         Ok(reply::RolledBack { active: target })
     }
 }

@@ -51,6 +51,13 @@ fn state_index(state: GearState) -> u8 {
 impl Gear {
     pub(super) fn new(config: &NodeConfig, record: GearRecord) -> Gear {
         let paths = GearPaths::new(&config.gears_dir(), &record.id);
+        let front = GearFront::new(
+            &paths.logs(),
+            config.log_max_bytes,
+            config.log_keep,
+            config.frontend_workers,
+        );
+        front.live.set(record.slot);
         Gear {
             app_log: LogFile::new(
                 paths.logs().join("app.log"),
@@ -62,12 +69,7 @@ impl Gear {
                 config.log_max_bytes,
                 config.log_keep,
             ),
-            front: GearFront::new(
-                &paths.logs(),
-                config.log_max_bytes,
-                config.log_keep,
-                config.frontend_workers,
-            ),
+            front,
             state: AtomicU8::new(state_index(record.state)),
             record: Mutex::new(record),
             op: crate::oplock::OpLock::default(),

@@ -80,6 +80,7 @@ impl Node {
             aliases: Vec::new(),
             disk,
             owner: owner.map(|o| o.user.clone()),
+            slot: 0,
         };
         let quotas = &self.quotas;
         let made = (|| -> std::io::Result<()> {

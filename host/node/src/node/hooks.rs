@@ -36,9 +36,24 @@ impl Node {
         call: HookCall,
         repo: Option<u32>,
     ) -> ApiResult<String> {
+        let slot = g.record().slot;
+        self.hook_in(g, cart, call, repo, slot).await
+    }
+
+    /// Run a hook for the app in `slot`: the endpoints it is told of, and
+    /// `GEAR_PORT`, are that slot's ports.
+    pub(super) async fn hook_in(
+        &self,
+        g: &Arc<Gear>,
+        cart: &Cartridge,
+        call: HookCall,
+        repo: Option<u32>,
+        slot: u8,
+    ) -> ApiResult<String> {
         let host = Arc::new(NodeHost {
             gear: g.clone(),
-            sandbox: self.sandbox(g, repo),
+            slot,
+            sandbox: self.sandbox_in(g, repo, slot),
             cartridge: cart.manifest().clone(),
             config: self.config.clone(),
             linked: self.linked_env(&g.record()),
@@ -86,6 +101,8 @@ impl Node {
 #[derive(Debug)]
 struct NodeHost {
     gear: Arc<Gear>,
+    /// The slot the call's app runs in (see `frontend::LiveSlot`).
+    slot: u8,
     sandbox: GearSandbox,
     cartridge: gearhost_runtime::Manifest,
     config: Arc<NodeConfig>,
@@ -111,7 +128,10 @@ impl GearHost for NodeHost {
                 .cartridge
                 .endpoints
                 .iter()
-                .map(EndpointInfo::from)
+                .map(|e| EndpointInfo {
+                    private_port: e.port_in(self.slot),
+                    ..EndpointInfo::from(e)
+                })
                 .collect(),
         }
     }

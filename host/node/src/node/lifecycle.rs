@@ -45,15 +45,18 @@ impl Node {
                 r.name, r.name
             )));
         }
+        // nothing of the gear runs: the app starts on its declared ports
         g.update(&self.config, |r| {
             r.desired = Desired::Running;
             r.state = GearState::Starting;
             r.failure = None;
+            r.slot = 0;
         })?;
+        g.front.live.set(0);
         g.supervisor.forget_ended();
         let _ = progress.send("running the start hook".into());
         let started = match self.hook(g, &cart, HookCall::Start).await {
-            Ok(_) => self.wait_ready(g, &cart, progress).await,
+            Ok(_) => self.wait_ready(g, &cart, 0, progress).await,
             Err(e) => Err(e),
         };
         match started {
@@ -74,16 +77,17 @@ impl Node {
         }
     }
 
-    /// After the start hook: wait until the app answers on its primary port
-    /// (the gear is not "running" before a request can be served), failing
-    /// early when its processes die.
+    /// After the start hook: wait until the app started in `slot` answers on
+    /// its primary port there (the gear is not "running" before a request
+    /// can be served), failing early when its processes die.
     pub(super) async fn wait_ready(
         &self,
         g: &Arc<Gear>,
         cart: &Cartridge,
+        slot: u8,
         progress: &Progress,
     ) -> ApiResult<()> {
-        let Some(port) = cart.manifest().primary_endpoint().map(|e| e.private_port) else {
+        let Some(port) = cart.manifest().primary_endpoint().map(|e| e.port_in(slot)) else {
             return Ok(());
         };
         let _ = progress.send(format!("waiting for the app to answer on port {port}"));
@@ -214,13 +218,27 @@ impl Node {
         hook.map(|_| ())
     }
 
-    /// Stop, then start.
+    /// Stop, then start: a running gear's app is replaced without dropping
+    /// a request (see [`super::replace`]).
     pub async fn restart(&self, gear: &GearRef, progress: &Progress) -> ApiResult<reply::GearView> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
-        let cart = self.cartridge(&g.record().cartridge)?;
-        self.stop_locked(&g, &cart).await?;
-        self.start_locked(&g, progress).await?;
+        let r = g.record();
+        let cart = self.cartridge(&r.cartridge)?;
+        let held = Held::new(self, &g);
+        match r.active {
+            Some(active) if r.state == GearState::Running => {
+                self.replace(&g, &cart, active, &held, progress).await?;
+            }
+            _ => {
+                if r.state == GearState::Running || g.supervisor.any_running() {
+                    held.begin().await;
+                }
+                self.stop_locked(&g, &cart).await?;
+                self.start_locked(&g, progress).await?;
+            }
+        }
+        drop(held);
         Ok(self.gear_view(&g))
     }
 
@@ -322,6 +340,11 @@ impl Node {
     }
 
     pub(super) fn sandbox(&self, g: &Gear, repo: Option<u32>) -> GearSandbox {
+        self.sandbox_in(g, repo, g.record().slot)
+    }
+
+    /// The sandbox of the app started in `slot`.
+    pub(super) fn sandbox_in(&self, g: &Gear, repo: Option<u32>, slot: u8) -> GearSandbox {
         let r = g.record();
         GearSandbox {
             id: r.id.clone(),
@@ -330,7 +353,7 @@ impl Node {
             home: g.paths.home(),
             netns: g.paths.netns(),
             repo: repo.map(|id| g.paths.deployment(id)),
-            layers: self.layers(&r),
+            layers: self.layers_in(&r, slot),
             config: self.config.clone(),
         }
     }

@@ -51,9 +51,11 @@ mod gear;
 mod gears;
 mod hooks;
 mod lifecycle;
+mod replace;
 mod variables;
 
 pub use gear::Gear;
+pub(crate) use replace::Held;
 
 /// The node.
 #[derive(Debug)]
@@ -625,6 +627,7 @@ mod tests {
             aliases: Vec::new(),
             disk: None,
             owner: None,
+            slot: 0,
         }
     }
 

@@ -9,10 +9,15 @@ use crate::state::GearRecord;
 
 impl Node {
     pub(super) fn layers(&self, r: &GearRecord) -> Layers {
+        self.layers_in(r, r.slot)
+    }
+
+    /// The layers of the app started in `slot` (its port is that slot's).
+    pub(super) fn layers_in(&self, r: &GearRecord, slot: u8) -> Layers {
         let port = self
             .cartridge(&r.cartridge)
             .ok()
-            .and_then(|c| c.manifest().primary_endpoint().map(|e| e.private_port));
+            .and_then(|c| c.manifest().primary_endpoint().map(|e| e.port_in(slot)));
         Layers {
             system: env::system_layer(r, port, &self.config.domain),
             cartridge: r.cartridge_env.clone(),

@@ -255,6 +255,32 @@ impl Supervisor {
         }
     }
 
+    /// Take every process out of the supervisor, running as they are (their
+    /// monitors keep restarting them): an app started beside them can take
+    /// their names. They go on until [`Supervisor::stop_aside`] or
+    /// [`Supervisor::put_back`].
+    pub fn set_aside(&self) -> Aside {
+        Aside(std::mem::take(&mut *lock(&self.procs)))
+    }
+
+    /// Put processes set aside back (the start beside them failed, and its
+    /// own processes were stopped).
+    pub fn put_back(&self, aside: Aside) {
+        let mut procs = lock(&self.procs);
+        for (name, proc) in aside.0 {
+            procs.entry(name).or_insert(proc);
+        }
+    }
+
+    /// Stop processes set aside: TERM, then KILL after `grace`.
+    pub async fn stop_aside(aside: Aside, grace: Duration) {
+        let set = Supervisor {
+            procs: Mutex::new(aside.0),
+            counter: AtomicU32::new(0),
+        };
+        set.stop_all(grace).await;
+    }
+
     /// Forget processes that have ended (so their names can be reused cleanly).
     pub fn forget_ended(&self) {
         lock(&self.procs).retain(|_, p| {
@@ -263,6 +289,17 @@ impl Supervisor {
                 ProcessState::Running | ProcessState::Starting | ProcessState::Backoff
             )
         });
+    }
+}
+
+/// Processes taken out of a supervisor by [`Supervisor::set_aside`].
+#[derive(Debug, Default)]
+pub struct Aside(BTreeMap<String, Arc<Proc>>);
+
+impl Aside {
+    /// Whether nothing was set aside.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 

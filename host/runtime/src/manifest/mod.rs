@@ -78,6 +78,13 @@ pub struct Deploy {
     /// `false` for a service that runs only what the cartridge brings, such
     /// as a database: `gear deploy` to it is refused).
     pub accepts: bool,
+    /// Whether a new deployment (or a restart) of a running gear may start
+    /// beside the serving one, on the endpoints' [`Endpoint::beside_port`]s,
+    /// and take over once it answers (`start-beside = true`, for stateless
+    /// web apps). Otherwise the app restarts in place while the frontend
+    /// holds its requests.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub start_beside: bool,
 }
 
 /// What a cartridge publishes to gears linked to its gears (`[publish]`).
@@ -102,6 +109,30 @@ pub struct Endpoint {
     pub private_port: u16,
     /// Protocols spoken on the port.
     pub protocols: Vec<String>,
+}
+
+/// How far from its declared port an endpoint listens while a new start of
+/// the app runs beside the serving one (see [`Deploy::start_beside`]).
+pub const BESIDE_OFFSET: u16 = 10_000;
+
+/// The port endpoint port `port` moves to in a start beside the serving
+/// app: [`BESIDE_OFFSET`] above it, or below it near the top of the range.
+pub fn beside_port(port: u16) -> u16 {
+    port.checked_add(BESIDE_OFFSET)
+        .unwrap_or_else(|| port - BESIDE_OFFSET)
+}
+
+impl Endpoint {
+    /// Where this endpoint listens in slot `slot`: the declared port in
+    /// slot 0, its [`beside_port`] in slot 1.
+    pub fn port_in(&self, slot: u8) -> u16 {
+        slot_port(self.private_port, slot)
+    }
+}
+
+/// Port `port` in slot `slot` (see [`Endpoint::port_in`]).
+pub fn slot_port(port: u16, slot: u8) -> u16 {
+    if slot == 0 { port } else { beside_port(port) }
 }
 
 /// Hook limits from the manifest (the node may lower them further).

@@ -40,6 +40,7 @@ pub(super) struct RawManifest {
 pub(super) struct RawDeploy {
     pub(super) required: Option<bool>,
     pub(super) accepts: Option<Spanned<bool>>,
+    pub(super) start_beside: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -210,7 +211,7 @@ fn explain_serde_error(field: &str, message: &str) -> (String, String) {
         "schema" => format!("use `schema = {SCHEMA_VERSION}`"),
         "build-network" => "use `true` or `false`".into(),
         "exec" | "spawn" => "use a list of program names or paths, e.g. [\"python3\"]".into(),
-        "required" | "accepts" => "use `true` or `false`".into(),
+        "required" | "accepts" | "start-beside" => "use `true` or `false`".into(),
         "env" => "use a list of variable names, e.g. [\"DATABASE_URL\"]".into(),
         "timeout" | "build-timeout" => "use a quoted duration such as \"30s\" or \"10m\"".into(),
         "memory" => "use a quoted size such as \"64MiB\" or \"1GiB\"".into(),

@@ -122,7 +122,47 @@ pub(super) fn resolve(ctx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, Manif
             "set `required = false` beside `accepts = false` in [deploy]",
         );
     }
-    let deploy = Deploy { required, accepts };
+    let start_beside = raw
+        .deploy
+        .start_beside
+        .as_ref()
+        .is_some_and(|b| *b.get_ref());
+    if start_beside {
+        let span = raw.deploy.start_beside.as_ref().map(|b| b.span());
+        if !accepts {
+            return ctx.err(
+                "deploy.start-beside".to_string(),
+                span,
+                "a gear that takes no deployments has nothing to start beside itself",
+                "remove `start-beside` or `accepts = false` from [deploy]",
+            );
+        }
+        if let Some(ep) = endpoints.iter().find(|e| {
+            endpoints
+                .iter()
+                .any(|o| o.private_port == super::beside_port(e.private_port))
+        }) {
+            return ctx.err(
+                "deploy.start-beside".to_string(),
+                span,
+                format!(
+                    "endpoint {:?} moves to port {} while a new start runs beside the serving \
+                     one, and another endpoint declares that port",
+                    ep.name,
+                    super::beside_port(ep.private_port)
+                ),
+                format!(
+                    "pick endpoint ports that are not {} apart, or remove `start-beside`",
+                    super::BESIDE_OFFSET
+                ),
+            );
+        }
+    }
+    let deploy = Deploy {
+        required,
+        accepts,
+        start_beside,
+    };
     let publish = resolve_publish(ctx, &raw.publish, &endpoints)?;
 
     Ok(Manifest {
@@ -418,6 +458,31 @@ build-network = true
         assert!(m.endpoints.is_empty());
         assert!(!m.permissions.build_network);
         assert!(!m.permissions.exec.allows("sh"));
+    }
+
+    #[test]
+    fn start_beside_needs_deployments_and_free_beside_ports() {
+        let base = "schema = 1\nname = \"x\"\nversion = \"1.0.0\"\nhooks = \"h.wasm\"\n";
+        let web = "[[endpoints]]\nname = \"http\"\nprivate-port = 8080\n";
+        let ok = format!("{base}{web}[deploy]\nstart-beside = true\n");
+        let m = Manifest::parse(&ok, Path::new("c.toml")).expect("valid");
+        assert!(m.deploy.start_beside);
+        assert_eq!(m.endpoints[0].port_in(0), 8080);
+        assert_eq!(m.endpoints[0].port_in(1), 18080);
+        assert_eq!(super::super::beside_port(60000), 50000);
+        let off = Manifest::parse(&format!("{base}{web}"), Path::new("c.toml")).expect("valid");
+        assert!(!off.deploy.start_beside, "off unless asked for");
+        let service = format!(
+            "{base}{web}[deploy]\naccepts = false\nrequired = false\nstart-beside = true\n"
+        );
+        let e = Manifest::parse(&service, Path::new("c.toml")).expect_err("no deployments");
+        assert!(e.to_string().contains("deploy.start-beside"), "{e}");
+        let clash = format!(
+            "{base}{web}[[endpoints]]\nname = \"admin\"\nprivate-port = 18080\n\
+             [deploy]\nstart-beside = true\n"
+        );
+        let e = Manifest::parse(&clash, Path::new("c.toml")).expect_err("ports clash");
+        assert!(e.to_string().contains("moves to port 18080"), "{e}");
     }
 
     #[test]

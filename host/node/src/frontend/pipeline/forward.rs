@@ -28,7 +28,8 @@ impl From<Refused> for Halt {
 }
 
 /// Phase 3, wake: an idle gear (or one being idled, or woken by another
-/// request) is woken, and the request waits for it; a gear that is not
+/// request, or restarting under a hold) is woken, and the request waits
+/// for it; a gear that is not
 /// running otherwise is refused. Out: the request counted as being passed
 /// to the gear, so that no idling stops the gear under it. `unread` is the
 /// body left to drain, should it be refused.
@@ -42,14 +43,9 @@ pub(super) async fn wake<'t, B: Backend>(
     let state = gear.state();
     let waking = || front.waking.lock().is_ok_and(|w| w.is_some());
     let closing = front.closing.load(Ordering::SeqCst);
-    let wake = match state {
-        GearState::Running => closing,
-        GearState::Idle => true,
-        // being idled, or woken by another request
-        GearState::Stopping => closing,
-        GearState::Starting => waking(),
-        _ => false,
-    };
+    // an idle gear is woken; one being idled, woken by another request or
+    // restarted by the node (whatever its state on the way) is waited for
+    let wake = state == GearState::Idle || closing || waking();
     if wake {
         if let Err(e) = backend.wake(gear).await {
             let now = gear.state();
@@ -229,14 +225,19 @@ fn no_answer(label: &str, e: HeadError, timeout: std::time::Duration) -> Refused
 
 /// Opens a new connection to the gear, counted.
 async fn connect<B: Backend>(backend: &B, target: &Target<B::Gear>) -> Result<Upstream, String> {
-    let stream = backend.connect(target).await?;
+    // counted against the serving slot before its port is chosen: a switch
+    // to an app started beside waits for this connection to close before
+    // it stops the app it leads to
+    let lease = target.gear.front().live.lease();
+    let port = gearhost_runtime::manifest::slot_port(target.port, lease.slot);
+    let stream = backend.connect(target, port).await?;
     target
         .gear
         .front()
         .stats
         .upstream_connections
         .fetch_add(1, Ordering::Relaxed);
-    Ok(Upstream::new(stream))
+    Ok(Upstream::new(stream, Some(lease)))
 }
 
 /// Passes the rest of the request body up while the answer's head is
