@@ -199,7 +199,12 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let open = g.front.live.connections(old);
-        Supervisor::stop_aside(aside, Duration::from_secs(10)).await;
+        // the commands `gear exec` runs end with the app they were started
+        // beside, as they do at a restart in place
+        tokio::join!(
+            Supervisor::stop_aside(aside, Duration::from_secs(10)),
+            g.exec_runs.end_all("the gear's app was replaced")
+        );
         g.hook_log.line(
             "start[node]",
             &format!(
