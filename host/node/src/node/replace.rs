@@ -192,10 +192,15 @@ impl Node {
         let _ = progress.send(format!(
             "deployment {id} serves; letting the previous app finish its requests"
         ));
-        // the connections the frontend still has open to the old app
+        // the connections the frontend still has open to the old app (a
+        // `gear stop` or `gear destroy` cuts the wait short)
         let grace = self.config().response_timeout.min(MOST_DRAIN);
         let deadline = Instant::now() + grace;
-        while g.front.live.connections(old) != 0 && Instant::now() < deadline {
+        let cancel = g.op.cancel();
+        while g.front.live.connections(old) != 0
+            && Instant::now() < deadline
+            && !cancel.is_cancelled()
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let open = g.front.live.connections(old);

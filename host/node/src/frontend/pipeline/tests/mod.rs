@@ -633,3 +633,92 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(c.response(false).await.text(), "/second");
     assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_request_meeting_a_restart_in_place_waits_through_every_state() {
+    let app = App::ok("restarted").await;
+    // the node holds the gear's requests and has stopped its app: the
+    // gear is `stopped` on the way to `starting`, with the hold's wait in
+    // place of a wake-up's
+    let wake: harness::WakeFn = Box::new(|gear| {
+        Box::pin(async move {
+            let rx = gear.front.waking.lock().expect("waking").clone();
+            let mut rx = rx.expect("the hold's wait");
+            let result = rx.wait_for(Option::is_some).await.expect("sent").clone();
+            result.unwrap_or(Ok(()))
+        })
+    });
+    let world = World::new(app.port, GearState::Stopped, wake, limits()).await;
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    *world.gear.front.waking.lock().expect("waking") = Some(rx);
+    world.gear.front.closing.store(true, Ordering::SeqCst);
+    let mut c = world.client().await;
+    c.send(&get("app-ns.gears.test", "/")).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        app.accepted.load(Ordering::SeqCst),
+        0,
+        "held, not passed on"
+    );
+    // the restart ends: running again, the hold released
+    *world.gear.state.lock().expect("state") = GearState::Running;
+    world.gear.front.closing.store(false, Ordering::SeqCst);
+    *world.gear.front.waking.lock().expect("waking") = None;
+    tx.send(Some(Ok(()))).expect("a request waits");
+    assert_eq!(c.response(false).await.text(), "restarted");
+    world.settle().await;
+    assert_eq!(world.gear.front.forwarding.load(Ordering::SeqCst), 0);
+}
+
+/// Two apps on a port and on its beside port, for a slot switch; `None`
+/// when the beside port is taken on this machine.
+async fn two_slots() -> Option<(App, App)> {
+    for _ in 0..20 {
+        let first = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = first.local_addr().expect("address").port();
+        let beside = gearhost_runtime::manifest::beside_port(port);
+        if let Ok(second) = TcpListener::bind(("127.0.0.1", beside)).await {
+            let old = App::serve(first, |_| Reply::Send(ok("old")));
+            let new = App::serve(second, |_| Reply::Send(ok("new")));
+            return Some((old, new));
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_slot_switch_sends_new_requests_to_the_app_beside_and_counts_the_old_connections() {
+    let (old, new) = two_slots().await.expect("a free pair of ports");
+    let world = World::running(&old).await;
+    let live = world.gear.front.live.clone();
+    let mut c = world.client().await;
+    c.send(&get("app-ns.gears.test", "/")).await;
+    assert_eq!(c.response(false).await.text(), "old");
+    world.settle().await;
+    // the connection to the old app is pooled, and counted against slot 0
+    assert_eq!(live.connections(0), 1);
+    live.set(1);
+    world.gear.front.clear_pool_of(0);
+    assert_eq!(
+        live.connections(0),
+        0,
+        "closing the pool frees the old slot"
+    );
+    c.send(&get("app-ns.gears.test", "/")).await;
+    assert_eq!(c.response(false).await.text(), "new");
+    world.settle().await;
+    assert_eq!(live.connections(1), 1);
+    assert_eq!(old.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(new.accepted.load(Ordering::SeqCst), 1);
+    // a connection of the old slot that comes back after the switch is not
+    // pooled: the old app can be stopped as soon as its requests are done
+    live.set(0);
+    c.send(&get("app-ns.gears.test", "/")).await;
+    assert_eq!(c.response(false).await.text(), "old");
+    world.settle().await;
+    assert_eq!(
+        live.connections(1),
+        0,
+        "the slot-1 connection was dropped, not reused"
+    );
+}
