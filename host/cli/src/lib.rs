@@ -90,6 +90,21 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// How to reach the node: `--socket`, before or after the subcommand.
+    #[command(flatten)]
+    pub target: client::Target,
+
+    /// The namespace to act in (default: your user name; root's is `default`),
+    /// before or after the subcommand.
+    #[arg(
+        long,
+        short = 'N',
+        global = true,
+        env = "GEARHOST_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub namespace: Option<String>,
+
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -228,14 +243,35 @@ pub(crate) fn is_root() -> bool {
 /// command it runs.
 pub const EXEC_OWN_FAILURE: u8 = 125;
 
-/// Whether the command line asks for `gear exec` (global options may come
-/// before the subcommand).
+/// Whether the command line asks for `gear exec`. Global options may come
+/// before the subcommand, and those that take a value (`--socket S`, `-N NS`)
+/// take the word after them unless written `--socket=S` or `-NNS`.
 fn is_exec(args: &[std::ffi::OsString]) -> bool {
-    args.iter()
-        .skip(1)
-        .map(|a| a.to_string_lossy())
-        .find(|a| !a.starts_with('-'))
-        .is_some_and(|a| a == "exec")
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let valued: Vec<&clap::Arg> = command
+        .get_arguments()
+        .filter(|a| !a.is_positional() && a.get_action().takes_values())
+        .collect();
+    let takes_next = |word: &str| {
+        valued.iter().any(|a| {
+            a.get_long().is_some_and(|l| word == format!("--{l}"))
+                || a.get_short().is_some_and(|s| word == format!("-{s}"))
+        })
+    };
+    let mut words = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(word) = words.next() {
+        if word == "--" {
+            return false;
+        }
+        if !word.starts_with('-') {
+            return word == "exec";
+        }
+        if takes_next(&word) {
+            words.next();
+        }
+    }
+    false
 }
 
 pub fn main() -> ExitCode {
