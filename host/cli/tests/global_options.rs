@@ -107,35 +107,36 @@ fn every_node_command_takes_socket_and_namespace_before_and_after_its_name() {
 
 #[test]
 fn the_parsed_arguments_carry_the_global_values() {
-    let cli = Cli::try_parse_from(["gear", "-N", "team", "--socket=/s", "show", "web"]).unwrap();
+    let cli =
+        Cli::try_parse_from(["gear", "-N", "team", "--socket=/s", "show", "web"]).expect("parses");
     let Command::Show(args) = cli.command else {
         panic!("not show")
     };
     assert_eq!(args.target.socket, PathBuf::from("/s"));
     assert_eq!(args.gear.to_ref().namespace, "team");
 
-    let cli = Cli::try_parse_from(["gear", "--namespace", "team", "list"]).unwrap();
+    let cli = Cli::try_parse_from(["gear", "--namespace", "team", "list"]).expect("parses");
     let Command::List(args) = cli.command else {
         panic!("not list")
     };
     assert_eq!(args.namespace.as_deref(), Some("team"));
 
-    let cli =
-        Cli::try_parse_from(["gear", "--socket", "/s", "-N", "ns", "link", "app", "db"]).unwrap();
+    let cli = Cli::try_parse_from(["gear", "--socket", "/s", "-N", "ns", "link", "app", "db"])
+        .expect("parses");
     let Command::Link(args) = cli.command else {
         panic!("not link")
     };
     assert_eq!(args.namespace.as_deref(), Some("ns"));
     assert_eq!(args.target.socket, PathBuf::from("/s"));
 
-    let cli = Cli::try_parse_from(["gear", "env", "web", "list", "-N", "team"]).unwrap();
+    let cli = Cli::try_parse_from(["gear", "env", "web", "list", "-N", "team"]).expect("parses");
     let Command::Env(args) = cli.command else {
         panic!("not env")
     };
     assert_eq!(args.gear.to_ref().namespace, "team");
 
     // after the name wins over before it, as the last of a repeated option would
-    let cli = Cli::try_parse_from(["gear", "-N", "a", "status", "web", "-N", "b"]).unwrap();
+    let cli = Cli::try_parse_from(["gear", "-N", "a", "status", "web", "-N", "b"]).expect("parses");
     let Command::Status(args) = cli.command else {
         panic!("not status")
     };
@@ -147,7 +148,7 @@ fn exec_keeps_its_command_after_the_double_dash() {
     let cli = Cli::try_parse_from([
         "gear", "--socket", "/s", "-N", "team", "exec", "web", "--", "ls", "-N", "--socket",
     ])
-    .unwrap();
+    .expect("parses");
     let Command::Exec(args) = cli.command else {
         panic!("not exec")
     };
