@@ -166,11 +166,12 @@ pub enum Command {
     /// Write, check, try and install cartridges.
     #[command(subcommand)]
     Cartridge(CartridgeCommand),
-    /// Print shell completions for bash, zsh, fish, ...
-    Completions {
-        /// The shell.
-        shell: clap_complete::Shell,
-    },
+    /// Print shell completions for bash, zsh, fish, ... (gear, cartridge and namespace
+    /// names included).
+    Completions(cmd::completions::Args),
+    /// The names a completion script offers, asked of the node (see `gear completions`).
+    #[command(hide = true)]
+    Complete(cmd::complete::Args),
     /// Inspect this node.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -321,11 +322,8 @@ pub fn main() -> ExitCode {
         Command::Alias(command) => cmd::alias::run(command),
         Command::Idle(args) => cmd::idle::idle(args),
         Command::Unidle(args) => cmd::idle::unidle(args),
-        Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "gear", &mut std::io::stdout());
-            Ok(())
-        }
+        Command::Completions(args) => cmd::completions::run(args),
+        Command::Complete(args) => cmd::complete::run(args),
         Command::Sandbox(SandboxCommand::Run(args)) => cmd::sandbox_run::run(args),
     };
     match result {

@@ -1,0 +1,197 @@
+//! End to end through the real `gear` and node: `--socket` and `-N` before or
+//! after the subcommand, and shell completion of the names the node knows
+//! (the generated bash script run in bash, and the hidden `gear complete`
+//! it calls). Gear uids 78000-78199.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use gearhost_tests::{TestNode, cartridge_dir, gear_bin, privileged};
+
+/// `gear` with no socket or namespace in its environment: only the command
+/// line says where the node is.
+fn bare(args: &[&str]) -> Output {
+    Command::new(gear_bin())
+        .args(args)
+        .env_remove("GEARHOST_SOCKET")
+        .env_remove("GEARHOST_NAMESPACE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gear")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn lines(out: &Output) -> Vec<String> {
+    text(&out.stdout).lines().map(str::to_owned).collect()
+}
+
+/// Runs bash's completion for the command line `words` with the cursor on
+/// the last word, using the script `gear completions bash` printed, as bash
+/// itself would call it; returns COMPREPLY.
+fn bash_completes(script: &Path, socket: &Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words
+        .iter()
+        .map(|w| format!("'{}'", w.replace('\'', r"'\''")))
+        .collect();
+    let cword = words.len() - 1;
+    let program = format!(
+        "source '{script}'\n\
+         COMP_WORDS=({words})\n\
+         COMP_CWORD={cword}\n\
+         COMP_LINE=\"${{COMP_WORDS[*]}}\"\n\
+         COMP_POINT=${{#COMP_LINE}}\n\
+         _gear_with_names gear \"${{COMP_WORDS[COMP_CWORD]}}\" \"${{COMP_WORDS[COMP_CWORD-1]}}\"\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        script = script.display(),
+        words = quoted.join(" "),
+    );
+    let bin_dir = gear_bin().parent().expect("gear's directory").to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["--norc", "--noprofile", "-c", &program])
+        .env("PATH", path)
+        .env("GEARHOST_SOCKET", socket)
+        .env_remove("GEARHOST_NAMESPACE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "bash failed for {words:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn global_options_anywhere_and_completion_of_names() {
+    if !privileged("the node creates gears") {
+        return;
+    }
+    let node = TestNode::start(78000, "");
+    let socket = node.socket.to_str().expect("utf-8 socket path");
+    let hello = cartridge_dir("hello-cartridge");
+    node.ok(&[
+        "cartridge",
+        "install",
+        hello.path().to_str().expect("utf-8"),
+    ]);
+
+    // --socket and -N before the subcommand, after it, and mixed
+    let out = bare(&["--socket", socket, "create", "web", "--cartridge", "hello"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = bare(&[
+        "-N", "other", "--socket", socket, "create", "zeta", "-c", "hello",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = bare(&["create", "api", "--cartridge", "hello", "--socket", socket]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let out = bare(&["--socket", socket, "-N", "other", "list"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listed = lines(&out);
+    assert_eq!(listed.len(), 2, "-N before list filters: {listed:?}");
+    assert!(listed[1].starts_with("zeta "), "{listed:?}");
+    let out = bare(&["list", "-N", "other", "--socket", socket]);
+    assert_eq!(lines(&out), listed, "-N after list filters the same");
+
+    let out = bare(&["-N", "other", "--socket", socket, "status", "zeta"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = bare(&["--socket", socket, "status", "zeta"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "zeta is not in the default namespace: {}",
+        text(&out.stderr)
+    );
+
+    // exec passes its command's status on, with options before it
+    let out = bare(&[
+        "--socket", socket, "-N", "other", "exec", "zeta", "--", "sh", "-c", "exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    let out = bare(&[
+        "--socket", socket, "exec", "web", "-N", "default", "--", "echo", "-N", "x",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "-N x\n");
+    // gear's own failure is still 125: no such gear
+    let out = bare(&[
+        "--socket", socket, "-N", "other", "exec", "web", "--", "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+
+    // the hidden subcommand the scripts call, directly
+    let out = node.gear(&["complete", "gears"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(lines(&out), ["api", "web"]);
+    assert_eq!(lines(&node.gear(&["complete", "gears", "w"])), ["web"]);
+    assert_eq!(
+        lines(&node.gear(&["-N", "other", "complete", "gears"])),
+        ["zeta"]
+    );
+    assert_eq!(lines(&node.gear(&["complete", "cartridges"])), ["hello"]);
+    let namespaces = lines(&node.gear(&["complete", "namespaces"]));
+    assert!(
+        namespaces.contains(&"default".to_string()) && namespaces.contains(&"other".to_string()),
+        "{namespaces:?}"
+    );
+    let out = node.gear(&["complete", "line", "2", "--", "gear", "start", ""]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(lines(&out), ["api", "web"]);
+    let out = node.gear(&["complete", "line", "1", "--", "gear", "sta"]);
+    assert_eq!(out.status.code(), Some(1), "a subcommand is no name");
+    assert!(out.stdout.is_empty());
+
+    // with no node, nothing at all, and success
+    let out = bare(&["--socket", "/nonexistent/node.sock", "complete", "gears"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+
+    // the real bash script, in bash
+    let scripts = tempfile::tempdir().expect("scripts dir");
+    let script = scripts.path().join("gear.bash");
+    let out = node.gear(&["completions", "bash"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::write(&script, &out.stdout).expect("write the script");
+
+    let complete = |words: &[&str]| bash_completes(&script, &node.socket, words);
+    assert_eq!(complete(&["gear", "start", ""]), ["api", "web"]);
+    assert_eq!(complete(&["gear", "logs", "-f", "w"]), ["web"]);
+    assert_eq!(complete(&["gear", "-N", "other", "status", ""]), ["zeta"]);
+    assert_eq!(complete(&["gear", "link", "web", "a"]), ["api"]);
+    assert_eq!(
+        complete(&["gear", "create", "new", "--cartridge", ""]),
+        ["hello"]
+    );
+    assert_eq!(complete(&["gear", "cartridge", "remove", "h"]), ["hello"]);
+    assert_eq!(complete(&["gear", "list", "-N", "ot"]), ["other"]);
+    // the line's own --socket is the one asked
+    let elsewhere = bash_completes(
+        &script,
+        Path::new("/nonexistent/node.sock"),
+        &["gear", "--socket", socket, "restart", ""],
+    );
+    assert_eq!(elsewhere, ["api", "web"]);
+    // subcommands and flags still come from the generated part
+    assert_eq!(complete(&["gear", "sta"]), ["start", "status"]);
+    assert!(complete(&["gear", "logs", "web", "--fo"]).contains(&"--follow".to_string()));
+    // no node: no names, no error text in the line
+    let none = bash_completes(
+        &script,
+        Path::new("/nonexistent/node.sock"),
+        &["gear", "start", ""],
+    );
+    assert!(none.is_empty(), "{none:?}");
+}
