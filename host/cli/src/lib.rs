@@ -166,8 +166,7 @@ pub enum Command {
     /// Write, check, try and install cartridges.
     #[command(subcommand)]
     Cartridge(CartridgeCommand),
-    /// Print shell completions for bash, zsh, fish, ... (gear, cartridge and namespace
-    /// names included).
+    /// Print shell completions for bash, zsh, fish, ... (names from the node included).
     Completions(cmd::completions::Args),
     /// The names a completion script offers, asked of the node (see `gear completions`).
     #[command(hide = true)]
