@@ -1,7 +1,8 @@
 //! End to end through the real `gear` and node: `--socket` and `-N` before or
-//! after the subcommand, and shell completion of the names the node knows
-//! (the generated bash script run in bash, and the hidden `gear complete`
-//! it calls). Gear uids 78000-78199.
+//! after the subcommand, and shell completion of the names the node knows:
+//! gears, cartridges, namespaces and control actions (the generated bash
+//! script run in bash, and the hidden `gear complete` it calls). Gear uids
+//! 78000-78199.
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
@@ -142,6 +143,12 @@ fn global_options_anywhere_and_completion_of_names() {
         ["zeta"]
     );
     assert_eq!(lines(&node.gear(&["complete", "cartridges"])), ["hello"]);
+    // the actions its manifest lists, sorted
+    assert_eq!(
+        lines(&node.gear(&["complete", "actions", "web"])),
+        ["greet", "status", "tidy"]
+    );
+    assert!(lines(&node.gear(&["complete", "actions", "nosuch"])).is_empty());
     let namespaces = lines(&node.gear(&["complete", "namespaces"]));
     assert!(
         namespaces.contains(&"default".to_string()) && namespaces.contains(&"other".to_string()),
@@ -177,6 +184,14 @@ fn global_options_anywhere_and_completion_of_names() {
     );
     assert_eq!(complete(&["gear", "cartridge", "remove", "h"]), ["hello"]);
     assert_eq!(complete(&["gear", "list", "-N", "ot"]), ["other"]);
+    assert_eq!(
+        complete(&["gear", "control", "web", ""]),
+        ["greet", "status", "tidy"]
+    );
+    assert_eq!(
+        complete(&["gear", "-N", "other", "control", "zeta", "g"]),
+        ["greet"]
+    );
     // the line's own --socket is the one asked
     let elsewhere = bash_completes(
         &script,

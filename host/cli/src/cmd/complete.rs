@@ -2,11 +2,13 @@
 //! running node. The scripts `gear completions SHELL` prints call it.
 //!
 //! `gear complete gears|cartridges|namespaces [PREFIX]` prints the names of
-//! that kind that start with PREFIX, one a line. `gear complete line INDEX --
+//! that kind that start with PREFIX, one a line; `gear complete actions GEAR
+//! [PREFIX]` the control actions of the gear's cartridge (as its manifest
+//! lists them). `gear complete line INDEX --
 //! WORDS...` looks at a whole command line as the shell split it (WORDS[0] is
 //! the program) and the word at INDEX being completed: when that word is a
 //! name (a gear after `gear start`, a cartridge after `--cartridge`, a
-//! namespace after `-N`, ...), it prints the names that fit and exits 0;
+//! namespace after `-N`, an action after `gear control GEAR`, ...), it prints the names that fit and exits 0;
 //! when it is not (a subcommand, a flag, a path), it prints nothing and exits
 //! 1, and the script falls back to the completions clap generates. Both print
 //! nothing and exit 0 when no node answers, or none in time: completing must
@@ -64,6 +66,14 @@ pub enum What {
         #[arg(default_value = "")]
         prefix: String,
     },
+    /// The control actions of a gear's cartridge.
+    Actions {
+        /// The gear.
+        gear: String,
+        /// Only names that start with this.
+        #[arg(default_value = "")]
+        prefix: String,
+    },
     /// The names that fit word INDEX of a command line, if it is a name.
     Line {
         /// Which word is being completed (0 is the program).
@@ -75,7 +85,7 @@ pub enum What {
 }
 
 /// A kind of name the node knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     /// Gears of a namespace.
     Gears,
@@ -83,6 +93,8 @@ pub enum Kind {
     Cartridges,
     /// Namespaces the caller may act in.
     Namespaces,
+    /// The control actions of this gear's cartridge.
+    Actions(String),
 }
 
 /// What `gear complete line` found out about the word being completed.
@@ -123,9 +135,11 @@ const ON_A_GEAR: &[&str] = &[
 ];
 
 /// The kind of name positional argument `position` (0-based) of the
-/// subcommand `path` ("alias add") takes, if any.
-fn positional_kind(path: &str, position: usize) -> Option<Kind> {
+/// subcommand `path` ("alias add") takes, if any; `before` holds the
+/// positional arguments given before it.
+fn positional_kind(path: &str, position: usize, before: &[String]) -> Option<Kind> {
     match (path, position) {
+        ("control", 1) => before.first().cloned().map(Kind::Actions),
         ("link" | "unlink", 0 | 1) => Some(Kind::Gears),
         ("cartridge remove", 0) => Some(Kind::Cartridges),
         ("namespace delete" | "namespace add-member" | "namespace remove-member", 0) => {
@@ -155,7 +169,7 @@ pub fn position(words: &[String], index: usize) -> Option<Position> {
     root.build();
     let mut command = &root;
     let mut path: Vec<String> = Vec::new();
-    let mut positionals = 0usize;
+    let mut positionals: Vec<String> = Vec::new();
     let mut socket = None;
     let mut namespace = None;
     let current = words.get(index).cloned().unwrap_or_default();
@@ -213,21 +227,21 @@ pub fn position(words: &[String], index: usize) -> Option<Position> {
             continue;
         }
         let takes = command.get_positionals().count();
-        if positionals >= takes
+        if positionals.len() >= takes
             && let Some(sub) = command.find_subcommand(word)
         {
             command = sub;
             path.push(sub.get_name().to_string());
-            positionals = 0;
+            positionals.clear();
             continue;
         }
-        positionals += 1;
+        positionals.push(word.clone());
     }
     let path = path.join(" ");
     let kind = match value_of {
         Some(id) => option_kind(&path, &id)?,
         None if current.starts_with('-') => return None,
-        None => positional_kind(&path, positionals)?,
+        None => positional_kind(&path, positionals.len(), &positionals)?,
     };
     Some(Position {
         kind,
@@ -276,6 +290,20 @@ fn ask(target: &Target, namespace: &str, kind: Kind) -> Result<Vec<String>, Fail
             .into_iter()
             .map(|n| n.name)
             .collect(),
+        Kind::Actions(gear) => {
+            let Some(cartridge) = call_with(target, ops::List {}, quiet)?
+                .into_iter()
+                .find(|v| v.gear.namespace == namespace && v.gear.name == gear)
+                .map(|v| v.gear.cartridge)
+            else {
+                return Ok(Vec::new());
+            };
+            call_with(target, ops::CartridgeList {}, quiet)?
+                .into_iter()
+                .find(|c| c.name == cartridge)
+                .map(|c| c.actions)
+                .unwrap_or_default()
+        }
     })
 }
 
@@ -285,6 +313,9 @@ pub fn run(args: Args) -> CmdResult {
         What::Gears { prefix } => (Kind::Gears, prefix, args.target, args.namespace),
         What::Cartridges { prefix } => (Kind::Cartridges, prefix, args.target, args.namespace),
         What::Namespaces { prefix } => (Kind::Namespaces, prefix, args.target, args.namespace),
+        What::Actions { gear, prefix } => {
+            (Kind::Actions(gear), prefix, args.target, args.namespace)
+        }
         What::Line { index, words } => {
             let Some(at) = position(&words, index) else {
                 return Err(Failure::Reported(1));
@@ -349,6 +380,14 @@ mod tests {
         assert_eq!(kind("gear list -N t"), Some(Kind::Namespaces));
         assert_eq!(kind("gear list --namespace "), Some(Kind::Namespaces));
         assert_eq!(kind("gear namespace delete "), Some(Kind::Namespaces));
+        assert_eq!(
+            kind("gear control web "),
+            Some(Kind::Actions("web".to_string()))
+        );
+        assert_eq!(
+            kind("gear -N team control --json web re"),
+            Some(Kind::Actions("web".to_string()))
+        );
     }
 
     #[test]
@@ -357,6 +396,7 @@ mod tests {
             "gear ",
             "gear sta",
             "gear start web ",
+            "gear control web status ",
             "gear start -",
             "gear create ",
             "gear env web ",

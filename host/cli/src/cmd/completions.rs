@@ -25,8 +25,9 @@ Install:
   fish  gear completions fish > ~/.config/fish/completions/gear.fish
 
 Besides subcommands and flags, the scripts complete gear names, cartridge names
-(`create --cartridge`, `cartridge remove`) and namespaces (`-N`) by asking the
-node (at --socket or GEARHOST_SOCKET); with no node running they offer none.";
+(`create --cartridge`, `cartridge remove`), namespaces (`-N`) and the actions of
+`gear control GEAR` by asking the node (at --socket or GEARHOST_SOCKET); with
+no node running they offer none.";
 
 /// Arguments of `gear completions`.
 #[derive(Debug, clap::Args)]
