@@ -201,6 +201,8 @@ fn global_options_anywhere_and_completion_of_names() {
     assert_eq!(elsewhere, ["api", "web"]);
     // subcommands and flags still come from the generated part
     assert_eq!(complete(&["gear", "sta"]), ["start", "status"]);
+    // and the hidden helper is not offered
+    assert_eq!(complete(&["gear", "comp"]), ["completions"]);
     assert!(complete(&["gear", "logs", "web", "--fo"]).contains(&"--follow".to_string()));
     // no node: no names, no error text in the line
     let none = bash_completes(

@@ -110,7 +110,9 @@ pub fn script(shell: Shell) -> Result<String, Failure> {
             let start = generated
                 .rfind("\nif [[ \"${BASH_VERSINFO[0]}\"")
                 .ok_or_else(|| unexpected("registration at its end"))?;
-            format!("{}\n{}", &generated[..start], BASH.trim_start())
+            // clap_complete offers hidden subcommands in bash: not the helper
+            let generated = generated[..start].replace(" completions complete ", " completions ");
+            format!("{generated}\n{}", BASH.trim_start())
         }
         Shell::Zsh => {
             let tail = generated
