@@ -274,10 +274,71 @@ fn is_exec(args: &[std::ffi::OsString]) -> bool {
     false
 }
 
+/// The subcommands that never talk to a running node.
+const WITHOUT_NODE: &[&str] = &[
+    "cartridge new",
+    "cartridge check",
+    "cartridge call",
+    "node check",
+    "node run",
+    "node config",
+    "sandbox run",
+    "completions",
+];
+
+/// A usage error when `--socket` or `-N` is on the command line of a
+/// subcommand that never talks to the node: being global, clap accepts them
+/// there, and silently ignoring them would mislead (`gear node run --socket
+/// S` does not make the node listen on S).
+fn node_options_for_no_node(matches: &clap::ArgMatches) -> Option<clap::Error> {
+    use clap::CommandFactory;
+    let mut path = Vec::new();
+    let mut leaf = matches;
+    while let Some((name, sub)) = leaf.subcommand() {
+        path.push(name);
+        leaf = sub;
+    }
+    let path = path.join(" ");
+    if !WITHOUT_NODE.contains(&path.as_str()) {
+        return None;
+    }
+    let given = |id: &str| {
+        leaf.try_contains_id(id).unwrap_or(false)
+            && leaf.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    };
+    let option = if given("socket") {
+        "--socket"
+    } else if given("namespace") {
+        "--namespace"
+    } else {
+        return None;
+    };
+    let advice = if path == "node run" {
+        "; the node's own socket is `socket` in its node.toml"
+    } else {
+        ""
+    };
+    Some(Cli::command().error(
+        clap::error::ErrorKind::ArgumentConflict,
+        format!(
+            "`gear {path}` does not talk to a running node, so {option} means nothing to it{advice}"
+        ),
+    ))
+}
+
 pub fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let exec = is_exec(&args);
-    let cli = match Cli::try_parse_from(&args) {
+    let parsed = {
+        use clap::{CommandFactory, FromArgMatches};
+        Cli::command().try_get_matches_from(&args).and_then(
+            |matches| match node_options_for_no_node(&matches) {
+                Some(refused) => Err(refused),
+                None => Cli::from_arg_matches(&matches),
+            },
+        )
+    };
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if exec && e.use_stderr() => {
             let _ = e.print();

@@ -241,3 +241,32 @@ fn exec_after_global_options_with_values_keeps_its_exit_status_contract() {
     let out = gear(&["--socket", "/nonexistent/node.sock", "show"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn commands_that_never_talk_to_the_node_refuse_its_options_rather_than_ignore_them() {
+    for argv in [
+        &["node", "run", "--socket", "/tmp/elsewhere.sock"][..],
+        &["--socket", "/tmp/elsewhere.sock", "node", "config"],
+        &["-N", "team", "cartridge", "check", "."],
+        &["completions", "bash", "--namespace", "team"],
+    ] {
+        let out = gear(argv);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "gear {argv:?}: {stderr}");
+        assert!(
+            stderr.contains("does not talk to a running node"),
+            "gear {argv:?}: {stderr}"
+        );
+    }
+    // from the environment they are no mistake
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gear"))
+        .args(["completions", "bash"])
+        .env("GEARHOST_SOCKET", "/tmp/elsewhere.sock")
+        .env("GEARHOST_NAMESPACE", "team")
+        .output()
+        .expect("run gear");
+    assert!(out.status.success(), "{out:?}");
+    // and a command for the sandbox keeps its own -N after `--`
+    let matches = Cli::try_parse_from(["gear", "sandbox", "run", "--", "echo", "-N", "x"]);
+    assert!(matches.is_ok(), "{matches:?}");
+}
