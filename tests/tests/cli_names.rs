@@ -49,15 +49,9 @@ fn bash_completes(script: &Path, socket: &Path, words: &[&str]) -> Vec<String> {
         script = script.display(),
         words = quoted.join(" "),
     );
-    let bin_dir = gear_bin().parent().expect("gear's directory").to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let out = Command::new("bash")
         .args(["--norc", "--noprofile", "-c", &program])
-        .env("PATH", path)
+        .env("PATH", path_with_gear())
         .env("GEARHOST_SOCKET", socket)
         .env_remove("GEARHOST_NAMESPACE")
         .stdin(Stdio::null())
@@ -68,6 +62,87 @@ fn bash_completes(script: &Path, socket: &Path, words: &[&str]) -> Vec<String> {
         "bash failed for {words:?}: {}",
         text(&out.stderr)
     );
+    text(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Whether `shell` is installed; says so when it is not.
+fn have(shell: &str) -> bool {
+    let found = Command::new(shell)
+        .arg("-c")
+        .arg("exit 0")
+        .stdin(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!("skipped: {shell} is not installed, its completion script is not run");
+    }
+    found
+}
+
+/// `PATH` with this build's `gear` first.
+fn path_with_gear() -> String {
+    let bin_dir = gear_bin().parent().expect("gear's directory").to_path_buf();
+    format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
+/// What fish offers for `line` (the cursor at its end) with the script
+/// `gear completions fish` printed: `complete -C`, as fish's TAB does.
+fn fish_completes(script: &Path, socket: &Path, line: &str) -> Vec<String> {
+    let out = Command::new("fish")
+        .args(["--no-config", "-c"])
+        .arg(format!(
+            "source '{}'; complete -C '{}'",
+            script.display(),
+            line
+        ))
+        .env("PATH", path_with_gear())
+        .env("GEARHOST_SOCKET", socket)
+        .env_remove("GEARHOST_NAMESPACE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run fish");
+    assert!(out.status.success(), "fish: {}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| l.split('\t').next().unwrap_or("").to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// What the zsh script's `_gear` adds for `words` (the cursor on the last),
+/// run in zsh with compsys's `compadd` and `compdef` stood in for; the
+/// generated part it falls back to answers `(generated)`.
+fn zsh_completes(script: &Path, socket: &Path, words: &[&str]) -> Vec<String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let program = format!(
+        "compdef() {{ : }}\n\
+         source '{}'\n\
+         compadd() {{ [[ $1 == -a ]] && print -l -- ${{(P)2}} }}\n\
+         _gear_flags() {{ print '(generated)' }}\n\
+         words=({})\n\
+         CURRENT={}\n\
+         _gear\n",
+        script.display(),
+        quoted.join(" "),
+        words.len()
+    );
+    let out = Command::new("zsh")
+        .args(["-f", "-c", &program])
+        .env("PATH", path_with_gear())
+        .env("GEARHOST_SOCKET", socket)
+        .env_remove("GEARHOST_NAMESPACE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run zsh");
+    assert!(out.status.success(), "zsh: {}", text(&out.stderr));
     text(&out.stdout)
         .lines()
         .filter(|l| !l.is_empty())
@@ -211,4 +286,33 @@ fn global_options_anywhere_and_completion_of_names() {
         &["gear", "start", ""],
     );
     assert!(none.is_empty(), "{none:?}");
+
+    // the fish and zsh scripts, where those shells are installed
+    let nowhere = Path::new("/nonexistent/node.sock");
+    if have("fish") {
+        let script = scripts.path().join("gear.fish");
+        let out = node.gear(&["completions", "fish"]);
+        std::fs::write(&script, &out.stdout).expect("write the script");
+        let complete = |line: &str| fish_completes(&script, &node.socket, line);
+        assert_eq!(complete("gear start "), ["api", "web"]);
+        assert_eq!(complete("gear -N other status "), ["zeta"]);
+        assert_eq!(complete("gear create x --cartridge "), ["hello"]);
+        assert_eq!(complete("gear control web g"), ["greet"]);
+        assert_eq!(complete("gear sta"), ["start", "status"]);
+        assert!(fish_completes(&script, nowhere, "gear start ").is_empty());
+    }
+    if have("zsh") {
+        let script = scripts.path().join("_gear");
+        let out = node.gear(&["completions", "zsh"]);
+        std::fs::write(&script, &out.stdout).expect("write the script");
+        let complete = |words: &[&str]| zsh_completes(&script, &node.socket, words);
+        assert_eq!(complete(&["gear", "start", ""]), ["api", "web"]);
+        assert_eq!(complete(&["gear", "-N", "other", "logs", "z"]), ["zeta"]);
+        assert_eq!(
+            complete(&["gear", "control", "web", ""]),
+            ["greet", "status", "tidy"]
+        );
+        assert_eq!(complete(&["gear", "sta"]), ["(generated)"]);
+        assert!(zsh_completes(&script, nowhere, &["gear", "start", ""]).is_empty());
+    }
 }

@@ -28,14 +28,14 @@ pub struct Target {
     pub socket: PathBuf,
 }
 
-/// A gear as named on the command line.
+/// A gear as named on the command line. Its `-N` is global like `Cli`'s
+/// (see [`Target`]), so that it is also taken after a subcommand of the
+/// command (`gear env web list -N team`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct GearArg {
     /// The gear's name.
     pub name: String,
     /// The gear's namespace (default: your user name; root's is `default`).
-    /// Also accepted before the subcommand (see [`Target`]), and after a
-    /// subcommand of the command (`gear env web list -N team`).
     #[arg(
         long,
         short = 'N',

@@ -6,8 +6,8 @@
 //! clap_complete's own dynamic completion is behind its `unstable-dynamic`
 //! feature, so the generated scripts are kept and wrapped: bash and zsh get
 //! a function of their own that tries `gear complete line` first and falls
-//! back to the generated one (renamed, for zsh); fish gets one more
-//! `complete` rule whose condition and candidates come from the same call.
+//! back to the generated one (renamed, for zsh); fish gets rules whose
+//! condition and candidates come from the same call.
 
 use clap::CommandFactory;
 use clap_complete::Shell;
@@ -80,7 +80,8 @@ _gear() {
 
 "#;
 
-/// The fish rule: its condition and its candidates are the same call.
+/// The fish rules: at a name, the condition and the candidates are the same
+/// call; for the options whose values are names, rules of their own.
 const FISH: &str = r#"
 # Names the node knows (gears, cartridges, namespaces) where one belongs.
 function __gear_line
@@ -91,6 +92,9 @@ function __gear_at_name
     __gear_line >/dev/null
 end
 complete -c gear -f -n __gear_at_name -a '(__gear_line)'
+# fish offers an option's value from the rules naming that option only
+complete -c gear -s N -l namespace -x -a '(__gear_line)'
+complete -c gear -n "__fish_gear_using_subcommand create" -s c -l cartridge -x -a '(__gear_line)'
 "#;
 
 /// The script for `shell`, wrapped where the shell allows.
