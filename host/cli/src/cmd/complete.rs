@@ -189,10 +189,11 @@ pub fn position(words: &[String], index: usize) -> Option<Position> {
                     None => (long.to_string(), None),
                 },
                 None => {
-                    // `-N` or `-Nteam`; a cluster of flags takes no value of ours
+                    // `-N`, `-Nteam` or `-N=team`; a cluster of flags takes no value of ours
                     let mut chars = option.chars();
                     let first = chars.next().unwrap_or('-');
                     let rest: String = chars.collect();
+                    let rest = rest.strip_prefix('=').map_or(rest.clone(), str::to_string);
                     (first.to_string(), (!rest.is_empty()).then_some(rest))
                 }
             };
@@ -417,6 +418,15 @@ mod tests {
         let p = at("gear --socket /s -N team show ").expect("a gear position");
         assert_eq!(p.socket, Some(PathBuf::from("/s")));
         assert_eq!(p.namespace.as_deref(), Some("team"));
+        for line in [
+            "gear -Nteam show ",
+            "gear -N=team show ",
+            "gear --namespace=team show ",
+            "gear show -N team ",
+        ] {
+            let p = at(line).expect("a gear position");
+            assert_eq!(p.namespace.as_deref(), Some("team"), "{line:?}");
+        }
         let words: Vec<String> = ["gear", "--socket", "=", "/x", "start", "a"]
             .map(str::to_string)
             .to_vec();
