@@ -334,7 +334,8 @@ pub fn main() -> ExitCode {
         Cli::command().try_get_matches_from(&args).and_then(
             |matches| match node_options_for_no_node(&matches) {
                 Some(refused) => Err(refused),
-                None => Cli::from_arg_matches(&matches),
+                // formatted as clap's own parse would
+                None => Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut Cli::command())),
             },
         )
     };
