@@ -155,6 +155,10 @@ pub struct CartridgeSummary {
     pub description: String,
     /// The endpoints its gears serve.
     pub endpoints: Vec<Endpoint>,
+    /// The actions of its `control` hook, as its manifest lists them (empty
+    /// when it lists none, and from nodes that predate the field).
+    #[serde(default)]
+    pub actions: Vec<String>,
     /// The version of the hook contract its component implements.
     pub contract: String,
     /// SHA-256 of its component.

@@ -245,6 +245,7 @@ fn cartridge() -> CartridgeSummary {
             private_port: 8080,
             protocols: vec!["http".into()],
         }],
+        actions: vec!["status".into(), "reload".into(), "tidy".into()],
         contract: "0.3.0".into(),
         sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
     }

@@ -12,6 +12,15 @@ use gearhost_api::{ErrorKind, Event, GearRef, Op, Reply, Request};
 use crate::Failure;
 
 /// How to reach the node.
+///
+/// `--socket` and `-N/--namespace` are global options of [`crate::Cli`], so
+/// they are accepted before the subcommand as well as after it. A command
+/// that flattens this struct (or [`GearArg`]) defines the same argument ids
+/// again: clap then does not copy the global definition into that command,
+/// and it fills the command's field from wherever the option was given (the
+/// command line beats the environment, which beats the default). The ids,
+/// names and environment variables must therefore stay the same here, in
+/// [`GearArg`], in `gear list` and `gear link`, and on `Cli`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
     /// The node's API socket.
@@ -19,13 +28,21 @@ pub struct Target {
     pub socket: PathBuf,
 }
 
-/// A gear as named on the command line.
+/// A gear as named on the command line. Its `-N` is global like `Cli`'s
+/// (see [`Target`]), so that it is also taken after a subcommand of the
+/// command (`gear env web list -N team`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct GearArg {
     /// The gear's name.
     pub name: String,
     /// The gear's namespace (default: your user name; root's is `default`).
-    #[arg(long, short = 'N', env = "GEARHOST_NAMESPACE")]
+    #[arg(
+        long,
+        short = 'N',
+        global = true,
+        env = "GEARHOST_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
     pub namespace: Option<String>,
 }
 

@@ -90,6 +90,21 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// How to reach the node: `--socket`, before or after the subcommand.
+    #[command(flatten)]
+    pub target: client::Target,
+
+    /// The namespace to act in (default: your user name; root's is `default`),
+    /// before or after the subcommand.
+    #[arg(
+        long,
+        short = 'N',
+        global = true,
+        env = "GEARHOST_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub namespace: Option<String>,
+
     /// The subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -151,11 +166,11 @@ pub enum Command {
     /// Write, check, try and install cartridges.
     #[command(subcommand)]
     Cartridge(CartridgeCommand),
-    /// Print shell completions for bash, zsh, fish, ...
-    Completions {
-        /// The shell.
-        shell: clap_complete::Shell,
-    },
+    /// Print shell completions for bash, zsh, fish, ... (names from the node included).
+    Completions(cmd::completions::Args),
+    /// The names a completion script offers, asked of the node (see `gear completions`).
+    #[command(hide = true)]
+    Complete(cmd::complete::Args),
     /// Inspect this node.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -228,20 +243,103 @@ pub(crate) fn is_root() -> bool {
 /// command it runs.
 pub const EXEC_OWN_FAILURE: u8 = 125;
 
-/// Whether the command line asks for `gear exec` (global options may come
-/// before the subcommand).
+/// Whether the command line asks for `gear exec`. Global options may come
+/// before the subcommand, and those that take a value (`--socket S`, `-N NS`)
+/// take the word after them unless written `--socket=S` or `-NNS`.
 fn is_exec(args: &[std::ffi::OsString]) -> bool {
-    args.iter()
-        .skip(1)
-        .map(|a| a.to_string_lossy())
-        .find(|a| !a.starts_with('-'))
-        .is_some_and(|a| a == "exec")
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let valued: Vec<&clap::Arg> = command
+        .get_arguments()
+        .filter(|a| !a.is_positional() && a.get_action().takes_values())
+        .collect();
+    let takes_next = |word: &str| {
+        valued.iter().any(|a| {
+            a.get_long().is_some_and(|l| word == format!("--{l}"))
+                || a.get_short().is_some_and(|s| word == format!("-{s}"))
+        })
+    };
+    let mut words = args.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(word) = words.next() {
+        if word == "--" {
+            return false;
+        }
+        if !word.starts_with('-') {
+            return word == "exec";
+        }
+        if takes_next(&word) {
+            words.next();
+        }
+    }
+    false
+}
+
+/// The subcommands that never talk to a running node.
+const WITHOUT_NODE: &[&str] = &[
+    "cartridge new",
+    "cartridge check",
+    "cartridge call",
+    "node check",
+    "node run",
+    "node config",
+    "sandbox run",
+    "completions",
+];
+
+/// A usage error when `--socket` or `-N` is on the command line of a
+/// subcommand that never talks to the node: being global, clap accepts them
+/// there, and silently ignoring them would mislead (`gear node run --socket
+/// S` does not make the node listen on S).
+fn node_options_for_no_node(matches: &clap::ArgMatches) -> Option<clap::Error> {
+    use clap::CommandFactory;
+    let mut path = Vec::new();
+    let mut leaf = matches;
+    while let Some((name, sub)) = leaf.subcommand() {
+        path.push(name);
+        leaf = sub;
+    }
+    let path = path.join(" ");
+    if !WITHOUT_NODE.contains(&path.as_str()) {
+        return None;
+    }
+    let given = |id: &str| {
+        leaf.try_contains_id(id).unwrap_or(false)
+            && leaf.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+    };
+    let option = if given("socket") {
+        "--socket"
+    } else if given("namespace") {
+        "--namespace"
+    } else {
+        return None;
+    };
+    let advice = if path == "node run" {
+        "; the node's own socket is `socket` in its node.toml"
+    } else {
+        ""
+    };
+    Some(Cli::command().error(
+        clap::error::ErrorKind::ArgumentConflict,
+        format!(
+            "`gear {path}` does not talk to a running node, so {option} means nothing to it{advice}"
+        ),
+    ))
 }
 
 pub fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let exec = is_exec(&args);
-    let cli = match Cli::try_parse_from(&args) {
+    let parsed = {
+        use clap::{CommandFactory, FromArgMatches};
+        Cli::command().try_get_matches_from(&args).and_then(
+            |matches| match node_options_for_no_node(&matches) {
+                Some(refused) => Err(refused),
+                // formatted as clap's own parse would
+                None => Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut Cli::command())),
+            },
+        )
+    };
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if exec && e.use_stderr() => {
             let _ = e.print();
@@ -285,11 +383,8 @@ pub fn main() -> ExitCode {
         Command::Alias(command) => cmd::alias::run(command),
         Command::Idle(args) => cmd::idle::idle(args),
         Command::Unidle(args) => cmd::idle::unidle(args),
-        Command::Completions { shell } => {
-            use clap::CommandFactory;
-            clap_complete::generate(shell, &mut Cli::command(), "gear", &mut std::io::stdout());
-            Ok(())
-        }
+        Command::Completions(args) => cmd::completions::run(args),
+        Command::Complete(args) => cmd::complete::run(args),
         Command::Sandbox(SandboxCommand::Run(args)) => cmd::sandbox_run::run(args),
     };
     match result {

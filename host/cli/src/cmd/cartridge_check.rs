@@ -64,6 +64,7 @@ pub fn run(args: Args) -> CmdResult {
         ("display name", m.display_name.clone()),
         ("description", m.description.clone()),
         ("categories", list(&m.categories)),
+        ("actions", list(&m.actions)),
         (
             "contract",
             format!(

@@ -16,7 +16,12 @@ pub struct Args {
     /// The gear it reaches, e.g. the database.
     pub to: String,
     /// The namespace of both gears (default: your user name; root's is `default`).
-    #[arg(long, short = 'N', env = "GEARHOST_NAMESPACE")]
+    #[arg(
+        long,
+        short = 'N',
+        env = "GEARHOST_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
     pub namespace: Option<String>,
     /// How to reach the node.
     #[command(flatten)]

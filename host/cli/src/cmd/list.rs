@@ -10,7 +10,12 @@ use crate::output::print_json;
 #[derive(Debug, clap::Args)]
 pub struct ListArgs {
     /// Only the gears of this namespace.
-    #[arg(long, short = 'N')]
+    #[arg(
+        long,
+        short = 'N',
+        env = "GEARHOST_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
     pub namespace: Option<String>,
     /// How to reach the node.
     #[command(flatten)]

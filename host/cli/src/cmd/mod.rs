@@ -5,6 +5,8 @@ pub mod cartridge_call;
 pub mod cartridge_check;
 pub mod cartridge_new;
 pub mod cartridge_store;
+pub mod complete;
+pub mod completions;
 pub mod control;
 pub mod create;
 pub mod deploy;

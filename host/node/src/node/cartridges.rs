@@ -189,6 +189,7 @@ pub(super) fn cartridge_summary(c: &Cartridge) -> reply::CartridgeSummary {
                 protocols: e.protocols.clone(),
             })
             .collect(),
+        actions: m.actions.clone(),
         contract: c.info().contract_version.clone(),
         sha256: c.info().content_hash.clone(),
     }

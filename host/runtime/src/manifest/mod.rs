@@ -53,6 +53,10 @@ pub struct Manifest {
     pub description: String,
     /// Free-form categories such as `web` or `database`.
     pub categories: Vec<String>,
+    /// The actions its `control` hook implements, as the manifest lists them
+    /// (the same as the SDK's `Cartridge::ACTIONS`), for people and shell
+    /// completion; empty when it lists none.
+    pub actions: Vec<String>,
     /// The hooks component, relative to the manifest's directory.
     pub hooks: PathBuf,
     /// Network endpoints the cartridge's app listens on inside its gear.

@@ -22,6 +22,8 @@ pub(super) struct RawManifest {
     pub(super) description: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) categories: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) actions: Vec<Spanned<String>>,
     pub(super) hooks: Spanned<String>,
     #[serde(default)]
     pub(super) endpoints: Vec<RawEndpoint>,

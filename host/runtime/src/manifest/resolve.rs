@@ -103,6 +103,35 @@ pub(super) fn resolve(ctx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, Manif
         categories.push(c.get_ref().clone());
     }
 
+    if raw.actions.len() > 64 {
+        return ctx.err(
+            "actions",
+            Some(raw.actions[64].span()),
+            "more than 64 actions",
+            "list the actions the control hook implements, no more",
+        );
+    }
+    let mut actions: Vec<String> = Vec::new();
+    for (i, a) in raw.actions.iter().enumerate() {
+        if let Err(problem) = check_name(a.get_ref(), 32) {
+            return ctx.err(
+                format!("actions[{i}]"),
+                Some(a.span()),
+                format!("invalid action {:?}: {problem}", a.get_ref()),
+                "use lower-case words with dashes, e.g. \"status\" or \"reload\"",
+            );
+        }
+        if actions.contains(a.get_ref()) {
+            return ctx.err(
+                format!("actions[{i}]"),
+                Some(a.span()),
+                format!("action {:?} is listed twice", a.get_ref()),
+                "list each action once",
+            );
+        }
+        actions.push(a.get_ref().clone());
+    }
+
     let hooks = check_hooks_path(ctx, &raw.hooks)?;
     let endpoints = resolve_endpoints(ctx, &raw.endpoints)?;
     let limits = resolve_limits(ctx, &raw.limits)?;
@@ -171,6 +200,7 @@ pub(super) fn resolve(ctx: &Ctx<'_>, raw: RawManifest) -> Result<Manifest, Manif
         display_name,
         description,
         categories,
+        actions,
         hooks,
         endpoints,
         limits,
@@ -408,6 +438,7 @@ version = "0.3.1"
 display-name = "Python 3"
 description = "Runs WSGI apps"
 categories = ["web", "python"]
+actions = ["status", "reload", "tidy"]
 hooks = "hooks.wasm"
 
 [[endpoints]]
@@ -433,6 +464,7 @@ build-network = true
         assert_eq!(m.version, semver::Version::new(0, 3, 1));
         assert_eq!(m.display_name, "Python 3");
         assert_eq!(m.categories, ["web", "python"]);
+        assert_eq!(m.actions, ["status", "reload", "tidy"]);
         assert_eq!(m.endpoints[0].private_port, 8080);
         assert_eq!(m.endpoints[0].protocols, ["http", "websocket"]);
         assert_eq!(m.limits.timeout, Duration::from_secs(20));
@@ -456,6 +488,7 @@ build-network = true
         assert_eq!(m.limits.build_timeout, DEFAULT_BUILD_TIMEOUT);
         assert_eq!(m.limits.memory, DEFAULT_MEMORY);
         assert!(m.endpoints.is_empty());
+        assert!(m.actions.is_empty());
         assert!(!m.permissions.build_network);
         assert!(!m.permissions.exec.allows("sh"));
     }
@@ -483,6 +516,20 @@ build-network = true
         );
         let e = Manifest::parse(&clash, Path::new("c.toml")).expect_err("ports clash");
         assert!(e.to_string().contains("moves to port 18080"), "{e}");
+    }
+
+    #[test]
+    fn actions_are_names_listed_once() {
+        let head = "schema = 1\nname = \"x\"\nversion = \"1.0.0\"\nhooks = \"h.wasm\"\n";
+        for (actions, says) in [
+            ("[\"status\", \"Reload\"]", "invalid action \"Reload\""),
+            ("[\"status\", \"status\"]", "listed twice"),
+        ] {
+            let text = format!("{head}actions = {actions}\n");
+            let e = Manifest::parse(&text, Path::new("c.toml")).expect_err("refused");
+            assert!(e.to_string().contains(says), "{e}");
+            assert_eq!(e.field, "actions[1]");
+        }
     }
 
     #[test]
