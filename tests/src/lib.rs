@@ -230,6 +230,24 @@ impl TestNode {
         Self::start_full(uid_min, 200, top_config, extra_gears_config, &[], None)
     }
 
+    /// [`TestNode::start_shared`] with the state directory at `state` (the
+    /// ssh endpoint needs one no one but root may change, unlike /tmp).
+    pub fn start_shared_in(
+        state: &Path,
+        uid_min: u32,
+        top_config: &str,
+        extra_gears_config: &str,
+    ) -> TestNode {
+        Self::start_full(
+            uid_min,
+            200,
+            top_config,
+            extra_gears_config,
+            &[],
+            Some(state),
+        )
+    }
+
     fn start_full(
         uid_min: u32,
         uid_count: u32,
@@ -387,6 +405,11 @@ impl TestNode {
             self.log()
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The node's API socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// The node's own log so far.

@@ -36,6 +36,11 @@ pub use ops::Request;
 /// operation or an answer changes in a way an older peer would misread.
 pub const API_VERSION: u32 = 1;
 
+/// The request field in which the node's ssh endpoint names the user it acts
+/// for (the key's owner). The node takes it only from the endpoint's own
+/// login account, and refuses it from anyone else.
+pub const AS_USER: &str = "as-user";
+
 /// Where a node listens unless its configuration says otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/gearhost/node.sock";
 
@@ -182,9 +187,18 @@ pub fn decode_answer<O: Op>(value: serde_json::Value) -> Result<O::Reply, ApiErr
 
 /// The request line for `request`: JSON with the API version, and a line feed.
 pub fn encode_request(request: &Request) -> Vec<u8> {
+    encode_request_as(request, None)
+}
+
+/// [`encode_request`], sent by the node's ssh endpoint for user `as_user`
+/// (see [`AS_USER`]).
+pub fn encode_request_as(request: &Request, as_user: Option<&str>) -> Vec<u8> {
     let mut value = serde_json::to_value(request).unwrap_or(serde_json::Value::Null);
     if let serde_json::Value::Object(map) = &mut value {
         map.insert("api".into(), API_VERSION.into());
+        if let Some(user) = as_user {
+            map.insert(AS_USER.into(), user.into());
+        }
     }
     let mut line = serde_json::to_vec(&value).unwrap_or_default();
     line.push(b'\n');
@@ -198,6 +212,12 @@ pub fn encode_request(request: &Request) -> Vec<u8> {
 /// version, or one that is not a [`Request`] in JSON, is an
 /// [`ErrorKind::Invalid`] error that says what to do.
 pub fn decode_request(read: &[u8]) -> Result<Request, ApiError> {
+    decode_request_as(read).map(|(request, _)| request)
+}
+
+/// [`decode_request`], with the user the sender says it acts for
+/// ([`AS_USER`]), if it says so.
+pub fn decode_request_as(read: &[u8]) -> Result<(Request, Option<String>), ApiError> {
     let line = match read.iter().position(|b| *b == b'\n') {
         Some(end) => &read[..end],
         None => read,
@@ -231,7 +251,14 @@ pub fn decode_request(read: &[u8]) -> Result<Request, ApiError> {
     if spoken != Some(u64::from(API_VERSION)) {
         return Err(version_mismatch(spoken));
     }
-    Request::deserialize(value).map_err(|e| malformed(&e))
+    let as_user = match fields.remove(AS_USER) {
+        None => None,
+        Some(serde_json::Value::String(user)) => Some(user),
+        Some(v) => return Err(malformed(&format!("`{AS_USER}` is {v}, not a user name"))),
+    };
+    Request::deserialize(value)
+        .map(|request| (request, as_user))
+        .map_err(|e| malformed(&e))
 }
 
 /// The error for a client that speaks another API version than this node.
@@ -264,6 +291,24 @@ mod tests {
             name: "web".into(),
             namespace: "default".into(),
         }
+    }
+
+    #[test]
+    fn the_user_the_ssh_endpoint_acts_for_travels_beside_the_operation() {
+        let request: Request = Ping {}.into();
+        let line = encode_request_as(&request, Some("ada"));
+        let text = String::from_utf8(line.clone()).expect("utf-8");
+        assert!(text.contains(r#""as-user":"ada""#), "{text}");
+        assert_eq!(
+            decode_request_as(&line),
+            Ok((request.clone(), Some("ada".to_string())))
+        );
+        assert_eq!(
+            decode_request_as(&encode_request(&request)),
+            Ok((request, None))
+        );
+        let e = decode_request_as(br#"{"api":1,"op":"ping","as-user":7}"#).expect_err("a number");
+        assert_eq!(e.kind, ErrorKind::Invalid);
     }
 
     #[test]

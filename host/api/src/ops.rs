@@ -290,6 +290,51 @@ ops! {
     }
     /// The node's metrics in the Prometheus text format.
     Metrics "metrics" => reply::MetricsText {}
+    /// Add an ssh public key (one `authorized_keys` line: type, base64,
+    /// comment) to a user's keys: the caller's own, or `user`'s (operators).
+    KeysAdd "keys-add" => reply::KeyInfo {
+        /// Whose key (none: the caller's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// The key line.
+        key: String,
+    }
+    /// A user's ssh keys (the caller's own; `user`'s or everyone's with
+    /// `all` for operators).
+    KeysList "keys-list" => Vec<reply::KeyInfo> {
+        /// Whose keys (none: the caller's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// Everyone's (operators).
+        #[serde(default)]
+        all: bool,
+    }
+    /// Remove an ssh key by its fingerprint (`SHA256:...`).
+    KeysRemove "keys-remove" => reply::KeyInfo {
+        /// Whose key (none: the caller's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        /// Its fingerprint.
+        fingerprint: String,
+    }
+    /// Which user owns an ssh key (type and base64, as sshd's
+    /// `AuthorizedKeysCommand` is given them): asked by the node's ssh
+    /// endpoint only.
+    KeysLookup "keys-lookup" => reply::KeyOwner {
+        /// The key's type (`ssh-ed25519`, ...).
+        kind: String,
+        /// The key, base64.
+        key: String,
+    }
+    /// The gear's git repository, for a push (`write`) or a clone through
+    /// the node's ssh endpoint: the path the endpoint runs git on, created
+    /// at the first use.
+    GitAccess "git-access" => reply::GitRepo {
+        /// The gear.
+        gear: GearRef,
+        /// Whether to push to it.
+        write: bool,
+    }
     /// Run a command in the gear's sandbox with the caller's stdio, passed as
     /// descriptors with the request: stdin, stdout, stderr, and on a terminal
     /// optionally a pipe that gets a byte whenever the caller's window

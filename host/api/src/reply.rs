@@ -590,3 +590,36 @@ pub struct AuditLog {
     /// The entries, oldest first.
     pub entries: Vec<AuditEntry>,
 }
+
+/// An ssh key of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyInfo {
+    /// The user it logs in as.
+    pub user: String,
+    /// `SHA256:` and the base64 of the key's SHA-256, as `ssh-keygen -l` shows it.
+    pub fingerprint: String,
+    /// Its type (`ssh-ed25519`, `ssh-rsa`, `ecdsa-sha2-nistp256`, ...).
+    pub kind: String,
+    /// Its size in bits.
+    pub bits: u32,
+    /// The comment of the key line (often `user@host`).
+    pub comment: String,
+    /// When it was added (RFC 3339, UTC).
+    pub added: String,
+}
+
+/// Who owns an ssh key, as the ssh endpoint asks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyOwner {
+    /// The user, if the key is known.
+    pub user: Option<String>,
+}
+
+/// A gear's git repository, as the ssh endpoint reaches it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GitRepo {
+    /// Its path on the node.
+    pub path: std::path::PathBuf,
+    /// The branch whose pushes deploy.
+    pub branch: String,
+}

@@ -168,6 +168,31 @@ fn requests() -> Vec<Request> {
         NamespaceList {}.into(),
         Audit { lines: 50 }.into(),
         Metrics {}.into(),
+        KeysAdd {
+            user: Some("ada".into()),
+            key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2cGDeJ0Ojq+X7Z3pJ2vfWcD8r9bZvZ8yQm0d1c4k7L ada@laptop".into(),
+        }
+        .into(),
+        KeysList {
+            user: None,
+            all: true,
+        }
+        .into(),
+        KeysRemove {
+            user: None,
+            fingerprint: "SHA256:2P1z0mFJ0bYvG0mB5CJZ0CW3C2yWZ8R6cQhF3n8tIxk".into(),
+        }
+        .into(),
+        KeysLookup {
+            kind: "ssh-ed25519".into(),
+            key: "AAAAC3NzaC1lZDI1NTE5AAAAIE2cGDeJ0Ojq+X7Z3pJ2vfWcD8r9bZvZ8yQm0d1c4k7L".into(),
+        }
+        .into(),
+        GitAccess {
+            gear: web(),
+            write: true,
+        }
+        .into(),
         Exec {
             gear: web(),
             argv: vec!["python".into(), "manage.py".into(), "migrate".into()],
@@ -445,6 +470,29 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
         "metrics",
         &MetricsText {
             text: "# TYPE gearhost_gears gauge\ngearhost_gears{state=\"running\"} 1\n".into(),
+        },
+    );
+    let key = KeyInfo {
+        user: "ada".into(),
+        fingerprint: "SHA256:2P1z0mFJ0bYvG0mB5CJZ0CW3C2yWZ8R6cQhF3n8tIxk".into(),
+        kind: "ssh-ed25519".into(),
+        bits: 256,
+        comment: "ada@laptop".into(),
+        added: "2026-12-04T10:00:00.000Z".into(),
+    };
+    answer::<KeysAdd>("key", &key);
+    answer::<KeysList>("keys", &vec![key]);
+    answer::<KeysLookup>(
+        "key-owner",
+        &KeyOwner {
+            user: Some("ada".into()),
+        },
+    );
+    answer::<GitAccess>(
+        "git-repo",
+        &GitRepo {
+            path: "/var/lib/gearhost/git/f3a9c2d1e0b4.git".into(),
+            branch: "main".into(),
         },
     );
     answer::<Exec>("exec-exit", &ExecEnd::Exit(3));

@@ -46,10 +46,39 @@ pub struct GearArg {
     pub namespace: Option<String>,
 }
 
+/// The user an ssh session acts for (see `gear ssh-session`), once set.
+static SSH_USER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The environment variable through which an ssh session tells the
+/// programs it starts (git and its hooks) whom they act for.
+pub const SSH_USER_ENV: &str = "GEARHOST_SSH_USER";
+
+/// Act for `user` from now on: the node's ssh endpoint's session does, and
+/// the node believes it only from the endpoint's account.
+pub fn act_for(user: &str) {
+    let _ = SSH_USER.set(user.to_string());
+}
+
+/// The user requests are sent for, when this is an ssh session or a
+/// program one started.
+pub fn acting_for() -> Option<String> {
+    SSH_USER
+        .get()
+        .cloned()
+        .or_else(|| std::env::var(SSH_USER_ENV).ok().filter(|u| !u.is_empty()))
+}
+
 /// The namespace a command acts in when none is given: the caller's own,
 /// named after its user (root's is `default`, where gears made before
 /// namespaces had owners live).
 pub fn default_namespace() -> String {
+    if let Some(user) = acting_for() {
+        return if user == "root" {
+            "default".to_string()
+        } else {
+            user
+        };
+    }
     let uid = nix::unistd::geteuid();
     if uid.is_root() {
         return "default".to_string();
@@ -204,7 +233,7 @@ fn send(
     request: &Request,
     fds: &[std::os::fd::BorrowedFd<'_>],
 ) -> Result<(), Failure> {
-    let line = gearhost_api::encode_request(request);
+    let line = gearhost_api::encode_request_as(request, acting_for().as_deref());
     gearhost_sys::fdpass::send_with_fds(stream, &line, fds).map_err(|e| {
         Failure::Environment(anyhow::anyhow!("cannot send the request to the node: {e}"))
     })?;

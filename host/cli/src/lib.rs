@@ -171,6 +171,18 @@ pub enum Command {
     /// The names a completion script offers, asked of the node (see `gear completions`).
     #[command(hide = true)]
     Complete(cmd::complete::Args),
+    /// Your ssh keys, for `git push` and `ssh` to the node's ssh endpoint.
+    #[command(subcommand)]
+    Keys(cmd::keys::Command),
+    /// sshd's AuthorizedKeysCommand: the key line for a user's key (the node's ssh endpoint).
+    #[command(hide = true)]
+    SshAuthorize(cmd::ssh::AuthorizeArgs),
+    /// sshd's forced command: what an ssh client asked for, as USER (the node's ssh endpoint).
+    #[command(hide = true)]
+    SshSession(cmd::ssh::SessionArgs),
+    /// A git hook of the gears' repositories (the node's ssh endpoint).
+    #[command(hide = true)]
+    SshHook(cmd::ssh::HookArgs),
     /// Inspect this node.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -327,7 +339,11 @@ fn node_options_for_no_node(matches: &clap::ArgMatches) -> Option<clap::Error> {
 }
 
 pub fn main() -> ExitCode {
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    ExitCode::from(run_args(std::env::args_os().collect()))
+}
+
+/// Run the command line `args` (the program's name first): its exit status.
+pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
     let exec = is_exec(&args);
     let parsed = {
         use clap::{CommandFactory, FromArgMatches};
@@ -343,9 +359,12 @@ pub fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) if exec && e.use_stderr() => {
             let _ = e.print();
-            return ExitCode::from(EXEC_OWN_FAILURE);
+            return EXEC_OWN_FAILURE;
         }
-        Err(e) => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(2);
+        }
     };
     gearhost_sys::program::init_tracing(cli.verbose);
     let result = match cli.command {
@@ -386,9 +405,17 @@ pub fn main() -> ExitCode {
         Command::Completions(args) => cmd::completions::run(args),
         Command::Complete(args) => cmd::complete::run(args),
         Command::Sandbox(SandboxCommand::Run(args)) => cmd::sandbox_run::run(args),
+        Command::Keys(command) => cmd::keys::run(command),
+        Command::SshAuthorize(args) => cmd::ssh::authorize(args),
+        Command::SshSession(args) => match cmd::ssh::session(args) {
+            Ok(0) => Ok(()),
+            Ok(code) => Err(Failure::Reported(code)),
+            Err(e) => Err(e),
+        },
+        Command::SshHook(args) => cmd::ssh::hook(args),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => 0,
         Err(failure) => {
             match &failure {
                 Failure::Failed(e) | Failure::Invalid(e) | Failure::Environment(e) => {
@@ -397,9 +424,9 @@ pub fn main() -> ExitCode {
                 Failure::Reported(_) => {}
             }
             match failure {
-                Failure::Reported(code) => ExitCode::from(code),
-                _ if exec => ExitCode::from(EXEC_OWN_FAILURE),
-                other => ExitCode::from(other.code()),
+                Failure::Reported(code) => code,
+                _ if exec => EXEC_OWN_FAILURE,
+                other => other.code(),
             }
         }
     }

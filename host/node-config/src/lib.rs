@@ -3,6 +3,7 @@
 //! the rest of the node reads.
 
 pub mod egress;
+pub mod ssh;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -114,6 +115,8 @@ pub struct NodeConfig {
     /// Largest deployment (or cartridge) archive the node unpacks: the sum
     /// of its files' sizes, `gears.max-deploy-size`.
     pub max_deploy_size: u64,
+    /// The ssh endpoint (`[ssh]`; none: off).
+    pub ssh: Option<ssh::SshConfig>,
 }
 
 /// Limits on what one user's gears may take together.
@@ -188,6 +191,8 @@ struct RawConfig {
     build: RawBuild,
     #[serde(default)]
     logs: RawLogs,
+    #[serde(default)]
+    ssh: ssh::RawSsh,
 }
 
 #[derive(Deserialize, Default)]
@@ -702,6 +707,10 @@ impl NodeConfig {
             )?,
             per_user,
         };
+        let ssh = raw
+            .ssh
+            .resolve()
+            .map_err(|(problem, help)| err(problem, help))?;
         Ok(NodeConfig {
             state_dir: raw.state_dir,
             socket: raw.socket,
@@ -741,6 +750,7 @@ impl NodeConfig {
             build_egress,
             log_max_bytes: size("logs.max-size", &raw.logs.max_size)?,
             log_keep: raw.logs.keep,
+            ssh,
         })
     }
 

@@ -99,6 +99,7 @@ mod tests {
             uid: 1001,
             user: "ada".into(),
             operator: false,
+            ssh: crate::tenancy::SshRole::Local,
         };
         log.record(&ada, "create", Some("ada"), Some("web"), Ok(()));
         let refused = ApiError::new(ErrorKind::Denied, "ada may not act in namespace bob\x1b[2J");

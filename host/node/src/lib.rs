@@ -16,6 +16,7 @@ pub mod egress;
 pub mod env;
 pub mod frontend;
 pub mod idle;
+pub mod keys;
 pub mod links;
 pub mod logs;
 pub mod node;
@@ -23,6 +24,7 @@ mod oplock;
 pub mod procs;
 pub mod quota;
 pub mod server;
+pub mod ssh;
 pub mod state;
 pub mod tenancy;
 pub mod unpack;
@@ -111,6 +113,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     };
     frontend::start_workers(&node, frontend)?;
     let idler = tokio::spawn(node.clone().idler());
+    let ssh = tokio::spawn(node.clone().run_ssh());
     let flusher = tokio::spawn(frontend::flush_access_logs(node.clone()));
     let metrics = {
         let node = node.clone();
@@ -130,6 +133,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     };
     resume.abort();
     idler.abort();
+    // sshd goes with its task (killed on drop); sessions end as their
+    // connections to the node close
+    ssh.abort();
     flusher.abort();
     for g in node.gears_snapshot() {
         g.front.access.flush();

@@ -117,12 +117,28 @@ async fn read_request(stream: UnixStream) -> std::io::Result<(UnixStream, Vec<u8
 async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
     let cred = stream.peer_cred()?;
     let (mut stream, line, fds) = read_request(stream).await?;
-    let caller = match tenancy::identify(cred.uid(), cred.gid(), node.config()) {
-        Ok(caller) => caller,
+    let (request, as_user) = match crate::api::decode_request_as(&line) {
+        Ok(r) => r,
         Err(e) => return send(&mut stream, &Reply::Error(e)).await,
     };
-    let request: Request = match crate::api::decode_request(&line) {
-        Ok(r) => r,
+    // a claim from the login account counts only from the node's own sshd
+    // (a session, git, its hook), never from another process of that uid
+    if as_user.is_some() && node.ssh.uid() == Some(cred.uid()) && !node.ssh.vouches_for(cred.pid())
+    {
+        let e = ApiError::new(
+            ErrorKind::Denied,
+            "a request acting for a user must come from a session of the node's ssh endpoint",
+        );
+        return send(&mut stream, &Reply::Error(e)).await;
+    }
+    let caller = match tenancy::identify_as(
+        cred.uid(),
+        cred.gid(),
+        as_user.as_deref(),
+        node.ssh.uid(),
+        node.config(),
+    ) {
+        Ok(caller) => caller,
         Err(e) => return send(&mut stream, &Reply::Error(e)).await,
     };
     // the request itself may carry secrets (env values): log only at debug
@@ -297,6 +313,16 @@ async fn dispatch(
                 .map(|n| node.namespaces.info(n, counts.get(n).copied().unwrap_or(0)))
                 .collect()))
         }
+        Request::NamespaceCreate(op) if !node.keys.list(Some(&op.name)).is_empty() => {
+            Reply::Error(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "{} is a user's name (it has ssh keys), and so that user's own namespace; \
+                     give the team another name",
+                    op.name
+                ),
+            ))
+        }
         Request::NamespaceCreate(op) => answer::<ops::NamespaceCreate>(
             node.namespaces
                 .create(caller, &op.name, &op.members)
@@ -373,6 +399,45 @@ async fn dispatch(
         Request::Metrics(_) => answer::<ops::Metrics>(Ok(reply::MetricsText {
             text: crate::frontend::render_metrics(&node),
         })),
+        Request::KeysAdd(op) => {
+            let user = op.user.unwrap_or_else(|| caller.user.clone());
+            let team = node.namespaces.team_names().contains(&user);
+            answer::<ops::KeysAdd>(
+                crate::tenancy::check_user_name(&user)
+                    .and_then(|()| {
+                        if team {
+                            Err(ApiError::new(
+                                ErrorKind::Conflict,
+                                format!(
+                                    "{user} is a team namespace, not a user: a key logs in as \
+                                     one user; give each member a key of their own"
+                                ),
+                            ))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .and_then(|()| node.keys.add(&user, &op.key, crate::logs::timestamp())),
+            )
+        }
+        Request::KeysList(op) => {
+            let user = if op.all {
+                None
+            } else {
+                Some(op.user.unwrap_or_else(|| caller.user.clone()))
+            };
+            answer::<ops::KeysList>(Ok(node.keys.list(user.as_deref())))
+        }
+        Request::KeysRemove(op) => {
+            let user = op.user.unwrap_or_else(|| caller.user.clone());
+            answer::<ops::KeysRemove>(node.keys.remove(&user, &op.fingerprint))
+        }
+        Request::KeysLookup(op) => answer::<ops::KeysLookup>(Ok(reply::KeyOwner {
+            user: node.keys.owner(&op.kind, &op.key),
+        })),
+        Request::GitAccess(op) => {
+            answer::<ops::GitAccess>(node.git_access(&op.gear, op.write).await)
+        }
         Request::Logs(_) => Reply::Error(ApiError::new(
             ErrorKind::Invalid,
             "logs are streamed separately",

@@ -29,6 +29,73 @@ pub struct Caller {
     pub user: String,
     /// Root, or a member of the operator group.
     pub operator: bool,
+    /// Whether it came through the node's ssh endpoint.
+    pub ssh: SshRole,
+}
+
+/// How a caller reached the node through its ssh endpoint.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SshRole {
+    /// It did not: a local caller.
+    #[default]
+    Local,
+    /// The endpoint itself (sshd asking whose key logs in): it may look up
+    /// keys and nothing else.
+    Endpoint,
+    /// A session of the user whose key logged in.
+    User,
+}
+
+/// Establishes who is calling: from the socket's peer credentials, or, for
+/// the node's ssh endpoint (its login account's uid, `ssh_uid`), the user
+/// its session acts for (`as_user`). Only that account may name another
+/// user; only the trusted `gear` program runs as it, as sshd's forced
+/// command, so the claim is as good as the key that logged in.
+pub fn identify_as(
+    uid: u32,
+    gid: u32,
+    as_user: Option<&str>,
+    ssh_uid: Option<u32>,
+    config: &NodeConfig,
+) -> Result<Caller, ApiError> {
+    if ssh_uid == Some(uid) {
+        let Some(user) = as_user else {
+            return Ok(Caller {
+                uid,
+                user: config
+                    .ssh
+                    .as_ref()
+                    .map_or_else(String::new, |s| s.user.clone()),
+                operator: false,
+                ssh: SshRole::Endpoint,
+            });
+        };
+        check_namespace_name(user)?;
+        // a key's owner who is a local operator is one through ssh too
+        let operator = match nix::unistd::User::from_name(user) {
+            Ok(Some(local)) => {
+                local.uid.is_root()
+                    || config
+                        .operator_group
+                        .as_deref()
+                        .is_some_and(|g| in_group(g, local.uid.as_raw(), local.gid.as_raw(), user))
+            }
+            _ => false,
+        };
+        return Ok(Caller {
+            uid,
+            user: user.to_string(),
+            operator,
+            ssh: SshRole::User,
+        });
+    }
+    if as_user.is_some() {
+        return Err(ApiError::new(
+            ErrorKind::Denied,
+            "only the node's ssh endpoint may act for another user; send the request as yourself",
+        ));
+    }
+    identify(uid, gid, config)
 }
 
 /// Whether the user `name` (uid `uid`, primary gid `gid`) is in `group`.
@@ -93,6 +160,7 @@ pub fn identify(uid: u32, gid: u32, config: &NodeConfig) -> Result<Caller, ApiEr
         uid,
         user,
         operator,
+        ssh: SshRole::Local,
     })
 }
 
@@ -306,6 +374,20 @@ fn check_namespace_name(name: &str) -> Result<(), ApiError> {
     })
 }
 
+/// A user name keys may be given to: a name a namespace could have (the
+/// user's own namespace is named after it).
+pub fn check_user_name(name: &str) -> Result<(), ApiError> {
+    gearhost_runtime::manifest::check_name(name, 32).map_err(|problem| {
+        ApiError::new(
+            ErrorKind::Invalid,
+            format!(
+                "invalid user name {name:?}: {problem}; a user's name is its namespace's, 1-32 \
+                 lower-case letters, digits and single dashes, starting with a letter"
+            ),
+        )
+    })
+}
+
 fn user_exists(name: &str) -> bool {
     matches!(nix::unistd::User::from_name(name), Ok(Some(_)))
 }
@@ -355,7 +437,25 @@ pub fn authorize(caller: &Caller, ns: &Namespaces, request: &Request) -> Result<
             Err(not_yours(caller, ns, &g.namespace))
         }
     };
+    if caller.ssh == SshRole::Endpoint {
+        return match request {
+            Request::KeysLookup(_) => Ok(()),
+            other => Err(denied(format!(
+                "the ssh endpoint's own account may only look up keys, not {}",
+                other.name()
+            ))),
+        };
+    }
+    let own_or_operator = |user: &Option<String>, what: &str| match user {
+        Some(u) if *u != caller.user => operators_only(caller, what),
+        _ => Ok(()),
+    };
     match request {
+        Request::KeysAdd(op) => own_or_operator(&op.user, "manage other users' keys"),
+        Request::KeysRemove(op) => own_or_operator(&op.user, "manage other users' keys"),
+        Request::KeysList(op) if op.all => operators_only(caller, "list every user's keys"),
+        Request::KeysList(op) => own_or_operator(&op.user, "list other users' keys"),
+        Request::KeysLookup(_) => operators_only(caller, "look up whose a key is"),
         Request::CartridgeInstall(_) | Request::CartridgeRemove(_) => {
             operators_only(caller, "install and remove cartridges")
         }
@@ -409,7 +509,12 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         Request::Idle(op) => &op.gear,
         Request::Unidle(op) => &op.gear,
         Request::Exec(op) => &op.gear,
-        Request::Ping(_)
+        Request::GitAccess(op) => &op.gear,
+        Request::KeysAdd(_)
+        | Request::KeysList(_)
+        | Request::KeysRemove(_)
+        | Request::KeysLookup(_)
+        | Request::Ping(_)
         | Request::CartridgeInstall(_)
         | Request::CartridgeList(_)
         | Request::CartridgeRemove(_)
@@ -442,6 +547,9 @@ pub fn changes_something(request: &Request) -> bool {
             | Request::Whoami(_)
             | Request::NamespaceList(_)
             | Request::Audit(_)
+            | Request::KeysList(_)
+            | Request::KeysLookup(_)
+            | Request::GitAccess(_)
     )
 }
 
@@ -463,6 +571,7 @@ mod tests {
             uid: 5000,
             user: name.into(),
             operator: false,
+            ssh: SshRole::Local,
         }
     }
 
@@ -471,6 +580,7 @@ mod tests {
             uid: 0,
             user: "root".into(),
             operator: true,
+            ssh: SshRole::Local,
         }
     }
 

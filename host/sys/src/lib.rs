@@ -8,12 +8,13 @@
 //! - [`interrupt`]: breaking a thread out of a blocking system call (hook time budgets);
 //!
 //! and three small helpers every crate used to write for itself: [`lock`] (poison-tolerant
-//! locking), [`proc_status`] (reading `/proc/<pid>/status`) and [`hex`]; with the `program`
+//! locking), [`proc_status`] (reading `/proc/<pid>/status`), [`hex`] and [`base64`]; with the `program`
 //! feature, what the `gear` and `gearhost-node` programs share (log output, error text).
 //!
 //! Unsafe code is allowed per module, only where a system call needs it, and every unsafe
 //! block says why it is sound (see "Where unsafe code lives" in docs/ARCHITECTURE.md).
 
+pub mod base64;
 #[allow(unsafe_code)]
 pub mod fdpass;
 pub mod hex;

@@ -15,6 +15,7 @@ pub mod destroy;
 pub mod env;
 pub mod exec;
 pub mod idle;
+pub mod keys;
 pub mod lifecycle;
 pub mod link;
 pub mod list;
@@ -23,6 +24,7 @@ pub mod node_check;
 pub mod node_metrics;
 pub mod node_run;
 pub mod sandbox_run;
+pub mod ssh;
 pub mod tenancy;
 
 use std::path::Path;

@@ -317,8 +317,11 @@ impl Node {
         let subtree = self.config.cgroup_subtree.clone();
         let id = r.id.clone();
         let quota = r.disk.map(|_| (self.quotas.clone(), r.uid));
+        let repo = crate::ssh::repo_path(&self.config, &r.id);
         tokio::task::spawn_blocking(move || {
             remove_gear_cgroups(&subtree, &id);
+            // its git repository, if it was ever pushed to
+            let _ = state::remove_tree(&repo);
             gearhost_sandbox::netns::remove(&paths.netns())?;
             // its subvolumes go whole (no walk over what the gear wrote), then its qgroup
             if let Some((quotas, uid)) = quota {

@@ -82,6 +82,10 @@ pub struct Node {
     pub(crate) namespaces: crate::tenancy::Namespaces,
     /// The audit trail of requests.
     pub(crate) audit: crate::audit::AuditLog,
+    /// Users' ssh keys.
+    pub(crate) keys: crate::keys::Keys,
+    /// The ssh endpoint, when `[ssh]` turns it on.
+    pub(crate) ssh: crate::ssh::SshEndpoint,
 }
 
 impl Node {
@@ -148,6 +152,7 @@ impl Node {
         let namespaces = crate::tenancy::Namespaces::open(&config)?;
         let audit =
             crate::audit::AuditLog::open(&config.state_dir, config.log_max_bytes, config.log_keep)?;
+        let keys = crate::keys::Keys::open(&config.state_dir)?;
         let node = Arc::new(Node {
             config: Arc::new(config),
             runtime,
@@ -163,6 +168,8 @@ impl Node {
             quotas,
             namespaces,
             audit,
+            keys,
+            ssh: crate::ssh::SshEndpoint::default(),
         });
         node.rebuild_routes();
         Ok(node)
