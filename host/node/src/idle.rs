@@ -72,8 +72,7 @@ impl Node {
             "wake[node]",
             "a request came for the idle gear: starting it",
         );
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let result = self.start_locked(gear, &tx).await;
+        let result = self.start_locked(gear, &Progress::discard()).await;
         let stats = &gear.front.stats;
         stats
             .wake_us

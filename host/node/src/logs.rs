@@ -48,6 +48,21 @@ struct Inner {
     /// Writes that failed since the last one that did not (a gear whose
     /// disk quota is full cannot have its log written either).
     dropped: u64,
+    /// Where each line also goes while an operation's caller watches the
+    /// log (its progress), see [`LogFile::watch`].
+    tee: Option<crate::node::Progress>,
+}
+
+/// A caller watching a log's lines; they stop going to it when this drops.
+#[derive(Debug)]
+pub struct LogWatch {
+    log: LogFile,
+}
+
+impl Drop for LogWatch {
+    fn drop(&mut self) {
+        gearhost_sys::lock::lock(&self.log.inner).tee = None;
+    }
 }
 
 /// An RFC 3339 UTC timestamp with milliseconds.
@@ -84,6 +99,7 @@ impl LogFile {
                 max_bytes: max_bytes.max(4096),
                 keep,
                 dropped: 0,
+                tee: None,
             })),
         }
     }
@@ -92,8 +108,22 @@ impl LogFile {
     /// [`MAX_LINE`] bytes and its control characters escaped.
     pub fn line(&self, source: &str, text: &str) {
         let text = text.trim_end_matches(['\n', '\r']);
-        let line = format!("{} {source} {}\n", timestamp(), printable(text, MAX_LINE));
-        gearhost_sys::lock::lock(&self.inner).write(line.as_bytes());
+        let text = printable(text, MAX_LINE);
+        let line = format!("{} {source} {text}\n", timestamp());
+        let mut inner = gearhost_sys::lock::lock(&self.inner);
+        inner.write(line.as_bytes());
+        if let Some(tee) = &inner.tee {
+            // bounded: a full queue drops the line (it is in the file)
+            let _ = tee.send(format!("{source} {text}"));
+        }
+    }
+
+    /// Send every line written from now on to `progress` as well, until the
+    /// returned guard drops (one watcher at a time: the operation holding
+    /// the gear's lock).
+    pub fn watch(&self, progress: &crate::node::Progress) -> LogWatch {
+        gearhost_sys::lock::lock(&self.inner).tee = Some(progress.clone());
+        LogWatch { log: self.clone() }
     }
 
     /// Append lines that are already formatted (each ending in a newline).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use gearhost_runtime::{Cartridge, HookCall};
 
 use super::*;
-use crate::api::reply;
+use crate::api::reply::{self, NodeEventKind};
 use crate::api::{ApiError, ErrorKind, GearRef};
 use crate::state::{self, Deployment, DeploymentState, Desired, GearState};
 use crate::unpack;
@@ -51,6 +51,36 @@ pub fn prune_choice(
     drop
 }
 
+/// A deploy that `gear deploy --cancel` may cancel, until it is finished
+/// (or dropped).
+struct Deploying<'a> {
+    gear: &'a Gear,
+    cancel: gearhost_runtime::Cancel,
+}
+
+impl<'a> Deploying<'a> {
+    fn start(gear: &'a Gear, id: u32) -> Deploying<'a> {
+        let cancel = gearhost_runtime::Cancel::new();
+        *lock(&gear.deploying) = Some((id, cancel.clone()));
+        Deploying { gear, cancel }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// From now on nothing is cancelled any more.
+    fn finish(&self) {
+        *lock(&self.gear.deploying) = None;
+    }
+}
+
+impl Drop for Deploying<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl Node {
     /// Deploy the sources the client streams as a tar archive on `archive`
     /// (`source` only labels them): a new deployment, unpacked under the
@@ -65,7 +95,23 @@ impl Node {
         progress: &Progress,
     ) -> ApiResult<reply::Deployed> {
         let g = self.find(gear)?;
-        let _op = g.op.lock().await;
+        let _op = match g.op.try_lock() {
+            Ok(held) => held,
+            Err(_) => {
+                // the caller hears why nothing happens yet
+                let what = match lock(&g.deploying).as_ref() {
+                    Some((id, _)) => format!(
+                        "the deploy of deployment {id} in progress (cancel it with \
+                         `gear deploy {} --cancel`)",
+                        gear.name
+                    ),
+                    None => "the operation in progress on the gear".to_string(),
+                };
+                let _ = progress.send(format!("waiting for {what} to finish"));
+                g.op.lock().await
+            }
+        };
+        let _watch = g.hook_log.watch(progress);
         let cart = self.cartridge(&g.record().cartridge)?;
         if !cart.manifest().deploy.accepts {
             let r = g.record();
@@ -119,17 +165,38 @@ impl Node {
                 error: None,
             });
         })?;
-        let _ = progress.send(format!("building deployment {id}"));
         let previous = g.record().active;
+        self.event(
+            &g,
+            NodeEventKind::DeployStarted,
+            &format!("deploying {source}"),
+            Some(id),
+        );
+        // from here until the new deployment serves (or the old one is back),
+        // `gear deploy --cancel` ends the deploy's hooks
+        let cancel = Deploying::start(&g, id);
+        let _ = progress.send(format!("building deployment {id}"));
         let was_running = g.record().desired == Desired::Running;
         let build = self
             .hook_with_repo(&g, &cart, HookCall::Build, Some(id))
             .await;
+        let build = match build {
+            Ok(_) if cancel.is_cancelled() => Err(failed("cancelled")),
+            other => other,
+        };
         if let Err(e) = build {
+            // what restores the serving deployment is not cancelled
+            cancel.finish();
+            let cancelled = cancel.is_cancelled();
+            let error = if cancelled {
+                "cancelled".to_string()
+            } else {
+                e.message.clone()
+            };
             g.update(&self.config, |r| {
                 if let Some(d) = r.deployments.iter_mut().find(|d| d.id == id) {
                     d.state = DeploymentState::Failed;
-                    d.error = Some(e.message.clone());
+                    d.error = Some(error.clone());
                 }
             })?;
             self.prune(&g);
@@ -154,10 +221,22 @@ impl Node {
                     }
                 }
             };
-            return Err(failed(format!(
-                "build of deployment {id} failed: {}{keep}; see `gear logs {} --hooks`",
-                e.message, gear.name
-            )));
+            let (kind, message) = if cancelled {
+                (
+                    NodeEventKind::DeployCancelled,
+                    format!("the deploy of deployment {id} was cancelled during its build{keep}"),
+                )
+            } else {
+                (
+                    NodeEventKind::DeployFailed,
+                    format!(
+                        "build of deployment {id} failed: {}{keep}; see `gear logs {} --hooks`",
+                        e.message, gear.name
+                    ),
+                )
+            };
+            self.event(&g, kind, &message, Some(id));
+            return Err(failed(message));
         }
         g.update(&self.config, |r| {
             if let Some(d) = r.deployments.iter_mut().find(|d| d.id == id) {
@@ -168,6 +247,15 @@ impl Node {
             .activate(&g, &cart, id, was_running || previous.is_none(), progress)
             .await
         {
+            cancel.finish();
+            let (kind, e) = if cancel.is_cancelled() {
+                (
+                    NodeEventKind::DeployCancelled,
+                    failed(format!("cancelled while it started ({})", e.message)),
+                )
+            } else {
+                (NodeEventKind::DeployFailed, e)
+            };
             let e = self
                 .roll_back_failed_start(
                     &g,
@@ -178,11 +266,19 @@ impl Node {
                     progress,
                 )
                 .await;
+            self.event(&g, kind, &e.message, Some(id));
             self.prune(&g);
             return Err(e);
         }
+        cancel.finish();
         self.prune(&g);
         let r = g.record();
+        self.event(
+            &g,
+            NodeEventKind::DeployDone,
+            &format!("deployment {id} is active ({})", r.state),
+            Some(id),
+        );
         Ok(reply::Deployed {
             deployment: id,
             state: r.state,
@@ -292,9 +388,10 @@ impl Node {
     }
 
     /// Run the build hook on the active deployment.
-    pub async fn build(&self, gear: &GearRef) -> ApiResult<reply::Built> {
+    pub async fn build(&self, gear: &GearRef, progress: &Progress) -> ApiResult<reply::Built> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        let _watch = g.hook_log.watch(progress);
         let r = g.record();
         let cart = self.cartridge(&r.cartridge)?;
         if !cart.manifest().deploy.accepts {
@@ -312,6 +409,26 @@ impl Node {
         self.hook_with_repo(&g, &cart, HookCall::Build, Some(active))
             .await?;
         Ok(reply::Built { built: active })
+    }
+
+    /// Cancel the deploy in progress on the gear: its hooks end, and the
+    /// deploy restores the deployment that served before.
+    pub fn deploy_cancel(&self, gear: &GearRef) -> ApiResult<reply::DeployCancelled> {
+        let g = self.find(gear)?;
+        match lock(&g.deploying).as_ref() {
+            Some((id, cancel)) => {
+                cancel.cancel(format!("the deploy of deployment {id} was cancelled"));
+                Ok(reply::DeployCancelled { deployment: *id })
+            }
+            None => Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "no deploy is in progress on gear {}; nothing was cancelled (see `gear \
+                     deployments {}`)",
+                    gear.name, gear.name
+                ),
+            )),
+        }
     }
 
     /// Deployment history.
@@ -332,6 +449,7 @@ impl Node {
     ) -> ApiResult<reply::RolledBack> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        let _watch = g.hook_log.watch(progress);
         let r = g.record();
         let active = r
             .active
@@ -376,6 +494,12 @@ impl Node {
                 ))
             })?;
         self.activate(&g, &cart, target, start, progress).await?;
+        self.event(
+            &g,
+            NodeEventKind::RolledBack,
+            &format!("rolled back from deployment {active} to deployment {target}"),
+            Some(target),
+        );
         Ok(reply::RolledBack { active: target })
     }
 }

@@ -40,8 +40,54 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorKind::Failed, e.to_string())
 }
 
-/// Sends progress lines back to the caller.
-pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
+/// How many progress lines wait for a slow caller before more are dropped.
+pub const PROGRESS_QUEUE: usize = 4096;
+
+/// Sends progress lines back to the caller, bounded: a caller that does not
+/// read (or a hook that prints without end) makes the node drop lines, never
+/// hold more than [`PROGRESS_QUEUE`] of them. How many were dropped is counted.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    tx: tokio::sync::mpsc::Sender<String>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Progress {
+    /// A sink and the receiving end the caller's connection drains.
+    pub fn channel() -> (Progress, tokio::sync::mpsc::Receiver<String>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(PROGRESS_QUEUE);
+        (
+            Progress {
+                tx,
+                dropped: Arc::default(),
+            },
+            rx,
+        )
+    }
+
+    /// A sink nobody reads (operations the node starts itself).
+    pub fn discard() -> Progress {
+        Progress::channel().0
+    }
+
+    /// Queue a line; a full queue (or a caller gone) drops it.
+    pub fn send(&self, line: String) -> Result<(), ()> {
+        match self.tx.try_send(line) {
+            Ok(()) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Err(())
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(()),
+        }
+    }
+
+    /// Lines dropped so far, and the count reset.
+    pub fn take_dropped(&self) -> u64 {
+        self.dropped.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 pub(crate) use gearhost_sys::lock::lock;
 
@@ -80,6 +126,8 @@ pub struct Node {
     pub(crate) namespaces: crate::tenancy::Namespaces,
     /// The audit trail of requests.
     pub(crate) audit: crate::audit::AuditLog,
+    /// What happened to gears: deploys, starts, crashes, wakes, failures.
+    pub(crate) events: Arc<crate::events::EventLog>,
 }
 
 impl Node {
@@ -146,6 +194,11 @@ impl Node {
         let namespaces = crate::tenancy::Namespaces::open(&config)?;
         let audit =
             crate::audit::AuditLog::open(&config.state_dir, config.log_max_bytes, config.log_keep)?;
+        let events = Arc::new(crate::events::EventLog::open(
+            &config.state_dir,
+            config.log_max_bytes,
+            config.log_keep,
+        )?);
         let node = Arc::new(Node {
             config: Arc::new(config),
             runtime,
@@ -161,6 +214,7 @@ impl Node {
             quotas,
             namespaces,
             audit,
+            events,
         });
         node.rebuild_routes();
         Ok(node)
@@ -352,8 +406,7 @@ impl Node {
                 if record.state == GearState::Idle {
                     // an idle gear stays asleep until a request wakes it
                 } else if record.desired == Desired::Running && startable {
-                    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-                    if let Err(e) = node.start_locked(&gear, &tx).await {
+                    if let Err(e) = node.start_locked(&gear, &Progress::discard()).await {
                         tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
                     }
                 } else if matches!(record.state, GearState::Running | GearState::Starting | GearState::Building | GearState::Stopping) {
