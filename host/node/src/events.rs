@@ -126,6 +126,32 @@ impl EventLog {
     }
 }
 
+/// The event log as one gear's processes see it: what the supervisor
+/// records of their crashes and restarts.
+#[derive(Debug, Clone)]
+pub struct GearEvents {
+    log: std::sync::Arc<EventLog>,
+    namespace: String,
+    gear: String,
+}
+
+impl GearEvents {
+    /// Events of gear `gear` in `namespace`.
+    pub fn new(log: std::sync::Arc<EventLog>, namespace: &str, gear: &str) -> GearEvents {
+        GearEvents {
+            log,
+            namespace: namespace.to_owned(),
+            gear: gear.to_owned(),
+        }
+    }
+
+    /// Record `kind`, saying why.
+    pub fn record(&self, kind: NodeEventKind, reason: &str) {
+        self.log
+            .record(&self.namespace, &self.gear, kind, reason, None);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

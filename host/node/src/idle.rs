@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::api::{ApiError, ErrorKind, GearRef, reply};
+use crate::api::reply::NodeEventKind;
 use crate::node::{ApiResult, Gear, Node, Progress, invalid};
 use crate::state::{Desired, GearState};
 use gearhost_sys::lock::lock;
@@ -80,16 +81,16 @@ impl Node {
         match result {
             Ok(()) => {
                 stats.wakeups.fetch_add(1, Ordering::Relaxed);
-                gear.hook_log.line(
-                    "wake[node]",
-                    &format!("awake after {} ms", started.elapsed().as_millis()),
-                );
+                let took = format!("awake after {} ms", started.elapsed().as_millis());
+                gear.hook_log.line("wake[node]", &took);
+                self.event(gear, NodeEventKind::Woke, &took, None);
                 Ok(())
             }
             Err(e) => {
                 stats.wake_failures.fetch_add(1, Ordering::Relaxed);
                 gear.hook_log
                     .line("wake[node]", &format!("did not wake: {}", e.message));
+                self.event(gear, NodeEventKind::WakeFailed, &e.message, None);
                 Err(e.message)
             }
         }
@@ -138,6 +139,9 @@ impl Node {
         }
         let result = self.stop_into(gear, &cart, GearState::Idle).await;
         gear.front.closing.store(false, Ordering::SeqCst);
+        if result.is_ok() {
+            self.event(gear, NodeEventKind::Idled, why, None);
+        }
         result
     }
 
@@ -174,6 +178,7 @@ impl Node {
     pub async fn unidle(&self, gear: &GearRef, progress: &Progress) -> ApiResult<reply::GearView> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        let _watch = g.hook_log.watch(progress);
         match g.state() {
             GearState::Running => {
                 return Ok(self.unchanged(

@@ -60,6 +60,10 @@ impl Node {
             linked: self.linked_env(&g.record()),
             egress: crate::egress::BuildEgress::paid_by((self.admission.clone(), g.conns.clone())),
             spawned: std::sync::atomic::AtomicBool::new(false),
+            events: {
+                let r = g.record();
+                crate::events::GearEvents::new(self.events.clone(), &r.namespace, &r.name)
+            },
         });
         let kind = call.kind();
         g.hook_log.line(&format!("{kind}[node]"), "hook started");
@@ -146,6 +150,9 @@ struct NodeHost {
     /// Whether the call has started a process: the first one is the app's
     /// primary process, whose variables `gear exec` gets.
     spawned: std::sync::atomic::AtomicBool,
+    /// Where the supervisor records crashes and restarts of the processes
+    /// the call starts.
+    events: crate::events::GearEvents,
 }
 
 impl GearHost for NodeHost {
@@ -310,6 +317,7 @@ impl GearHost for NodeHost {
                     &name,
                     cmd,
                     restart,
+                    self.events.clone(),
                 )
                 .await?;
             // the first process a call starts is the app's primary one: its
