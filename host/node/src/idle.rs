@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::api::{ApiError, ErrorKind, GearRef, reply};
 use crate::api::reply::NodeEventKind;
+use crate::api::{ApiError, ErrorKind, GearRef, reply};
 use crate::node::{ApiResult, Gear, Node, Progress, invalid};
 use crate::state::{Desired, GearState};
 use gearhost_sys::lock::lock;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use gearhost_api::ops;
 
 use crate::archive;
-use crate::client::{GearArg, Target, call_streaming};
+use crate::client::{GearArg, Target, call, call_streaming};
 use crate::output::print_json;
 use crate::{CmdResult, Failure};
 
@@ -32,10 +32,18 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Cancel the deploy in progress on the gear (started from anywhere):
+    /// its hooks are stopped, its deployment is marked failed, and the
+    /// deployment serving before it keeps serving.
+    #[arg(long)]
+    pub cancel: bool,
 }
 
 /// Run the command.
 pub fn run(args: Args) -> CmdResult {
+    if args.cancel {
+        return cancel(&args);
+    }
     let source = std::fs::canonicalize(&args.source).map_err(|e| {
         Failure::Invalid(anyhow::anyhow!(
             "cannot read {}: {e}; give an existing directory",
@@ -50,6 +58,9 @@ pub fn run(args: Args) -> CmdResult {
         sources.entries(),
         sources.bytes
     );
+    // from here on Ctrl-C says what becomes of the deploy, and cancels it
+    // when pressed again
+    interrupts::watch(args.target.clone(), args.gear.to_ref())?;
     let deployed = call_streaming(
         &args.target,
         ops::Deploy {
@@ -73,4 +84,78 @@ pub fn run(args: Args) -> CmdResult {
         }
     }
     Ok(())
+}
+
+/// `gear deploy NAME --cancel`.
+fn cancel(args: &Args) -> CmdResult {
+    let cancelled = call(
+        &args.target,
+        ops::DeployCancel {
+            gear: args.gear.to_ref(),
+        },
+    )?;
+    if args.json {
+        print_json(&cancelled)?;
+    } else {
+        println!(
+            "the deploy of deployment {} of {} is being cancelled; the deployment before it \
+             keeps serving (see `gear deployments {}`)",
+            cancelled.deployment, args.gear.name, args.gear.name
+        );
+    }
+    Ok(())
+}
+
+/// Ctrl-C during a deploy: the deploy runs on the node, whatever becomes of
+/// this command, so the first one says so, the second cancels the deploy
+/// (the command then shows the node restoring the deployment before it),
+/// and a third leaves without waiting.
+mod interrupts {
+    use gearhost_api::{GearRef, ops};
+    use nix::sys::signal::{SigSet, Signal};
+
+    use crate::Failure;
+    use crate::client::{Target, call};
+
+    /// Take SIGINT from every thread of the command (those started from now
+    /// on inherit the mask) and handle it on a thread of its own.
+    pub fn watch(target: Target, gear: GearRef) -> Result<(), Failure> {
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.thread_block()
+            .map_err(|e| Failure::Environment(anyhow::anyhow!("cannot take Ctrl-C over: {e}")))?;
+        std::thread::spawn(move || {
+            let mut presses = 0;
+            while set.wait().is_ok() {
+                presses += 1;
+                match presses {
+                    1 => eprintln!(
+                        "\ninterrupted: the deploy goes on on the node (leaving this command does \
+                         not stop it). Press Ctrl-C again to cancel it, or run `gear deploy {} \
+                         --cancel`; the deployment serving now keeps serving.",
+                        gear.name
+                    ),
+                    2 => {
+                        eprintln!("cancelling the deploy of {}", gear.name);
+                        match call(&target, ops::DeployCancel { gear: gear.clone() }) {
+                            Ok(c) => eprintln!(
+                                "the deploy of deployment {} is cancelled; the node restores the \
+                                 deployment before it (Ctrl-C again leaves without waiting)",
+                                c.deployment
+                            ),
+                            Err(
+                                Failure::Failed(e) | Failure::Invalid(e) | Failure::Environment(e),
+                            ) => eprintln!("could not cancel the deploy: {e:#}"),
+                            Err(Failure::Reported(_)) => {}
+                        }
+                    }
+                    _ => {
+                        eprintln!("no longer waiting; the node finishes on its own");
+                        std::process::exit(130);
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
 }

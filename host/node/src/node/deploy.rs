@@ -124,6 +124,9 @@ impl Node {
         }
         let id = g.record().next_deployment;
         let dest = g.paths.deployment(id);
+        // from here until the new deployment serves (or the old one is back),
+        // `gear deploy --cancel` ends the deploy's hooks
+        let cancel = Deploying::start(&g, id);
         let _ = progress.send(format!("unpacking {source} into deployment {id}"));
         let uid = g.record().uid;
         let limits = unpack::Limits {
@@ -141,6 +144,14 @@ impl Node {
         })
         .await
         .map_err(internal)?;
+        if unpacked.is_ok() && cancel.is_cancelled() {
+            let _ = state::remove_tree(&dest);
+            let message = format!(
+                "the deploy of deployment {id} was cancelled before its build; nothing was deployed"
+            );
+            self.event(&g, NodeEventKind::DeployCancelled, &message, Some(id));
+            return Err(failed(message));
+        }
         match unpacked {
             Ok(done) => {
                 let _ = progress.send(format!(
@@ -172,9 +183,6 @@ impl Node {
             &format!("deploying {source}"),
             Some(id),
         );
-        // from here until the new deployment serves (or the old one is back),
-        // `gear deploy --cancel` ends the deploy's hooks
-        let cancel = Deploying::start(&g, id);
         let _ = progress.send(format!("building deployment {id}"));
         let was_running = g.record().desired == Desired::Running;
         let build = self
