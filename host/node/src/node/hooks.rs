@@ -112,8 +112,12 @@ impl Node {
                     &format!("hook succeeded in {timing}"),
                 );
                 match kind {
-                    HookKind::Start => self.event(g, NodeEventKind::Started, "started", repo),
-                    HookKind::Stop => self.event(g, NodeEventKind::Stopped, "stopped", repo),
+                    HookKind::Start => {
+                        self.event(g, NodeEventKind::Started, "the start hook succeeded", repo)
+                    }
+                    HookKind::Stop => {
+                        self.event(g, NodeEventKind::Stopped, "the stop hook succeeded", repo)
+                    }
                     _ => {}
                 }
                 Ok(out)

@@ -348,9 +348,13 @@ async fn monitor(
             &format!("pid {pid} ended ({exit})"),
         );
         if failed && !stopping {
+            let how = match exit {
+                ExitStatus::Exited(code) => format!("exited with status {code}"),
+                ExitStatus::Signaled(signal) => format!("was killed by signal {signal}"),
+            };
             events.record(
                 NodeEventKind::Crashed,
-                &format!("process {name} (pid {pid}) {exit}"),
+                &format!("process {name} (pid {pid}) {how}"),
             );
         }
         let again = !stopping
