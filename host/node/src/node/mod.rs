@@ -70,16 +70,17 @@ impl Progress {
         Progress::channel().0
     }
 
-    /// Queue a line; a full queue (or a caller gone) drops it.
-    pub fn send(&self, line: String) -> Result<(), ()> {
+    /// Queue a line, saying whether it was: a full queue (or a caller gone)
+    /// drops it.
+    pub fn send(&self, line: String) -> bool {
         match self.tx.try_send(line) {
-            Ok(()) => Ok(()),
+            Ok(()) => true,
             Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
                 self.dropped
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                Err(())
+                false
             }
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => Err(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
