@@ -446,3 +446,40 @@ fn a_user_sees_only_the_events_of_its_own_gears() {
     assert!(all.contains("gh-ev-ada/adasecret deploy-done"), "{all}");
     assert!(all.contains("gh-ev-bea/beaapp deploy-done"), "{all}");
 }
+
+#[test]
+fn endless_build_output_is_dropped_not_buffered() {
+    if !privileged("the node creates gears") {
+        return;
+    }
+    let (node, _id) = node_with_app(79600);
+    // a build that prints 12 MiB of short lines
+    let src = app("v1", false);
+    std::fs::write(
+        src.path().join(".gear/build"),
+        "#!/bin/sh\nyes 'a line of build output' | head -c 12582912\necho build-done\n",
+    )
+    .expect("build script");
+    // a client that reads nothing until the deploy is over: its pipe fills,
+    // and the node must drop what it cannot send rather than keep it
+    let deploy = spawn_gear(&node, &["deploy", "app", path_str(src.path())]);
+    wait_for_page(&node, "app-default", "v1\n");
+    let out = deploy.wait_with_output().expect("deploy");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("lines of output were not sent here"),
+        "no drop was reported: {} bytes\n{}",
+        said.len(),
+        &said[said.len().saturating_sub(2000)..]
+    );
+    // the program's output is kept up to its cap, and the cut is said
+    let hooks = node.ok(&["logs", "app", "--hooks", "-n", "20"]);
+    assert!(hooks.contains("the rest is dropped"), "{hooks}");
+    let kept = node.ok(&["logs", "app", "--hooks", "-n", "1000000"]);
+    let lines = kept.matches("a line of build output").count();
+    assert!(
+        lines < (4 << 20) / 24 + 10,
+        "{lines} lines kept, more than the 4 MiB cap"
+    );
+}

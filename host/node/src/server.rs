@@ -174,23 +174,25 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         }
         return send(&mut stream, &reply).await;
     }
-    let dropped = tx.clone();
-    let work = dispatch(node.clone(), &caller, request, fds, tx);
-    tokio::pin!(work);
+    let dropped = tx.dropped();
     let progress = |text| Reply::Event(Event::Progress(text));
-    let reply = loop {
-        tokio::select! {
-            reply = &mut work => break reply,
-            Some(event) = rx.recv() => {
-                // the caller going away does not cancel an operation half-way
-                let _ = send(&mut stream, &progress(event)).await;
+    // progress goes out on a task of its own: a caller that reads slowly, or
+    // not at all, holds up its own connection, never the operation (which
+    // drops what does not fit in the queue); the caller going away does not
+    // cancel an operation half-way either
+    let writer = tokio::spawn(async move {
+        let mut open = true;
+        while let Some(event) = rx.recv().await {
+            if open {
+                open = send(&mut stream, &progress(event)).await.is_ok();
             }
         }
-    };
-    while let Ok(event) = rx.try_recv() {
-        let _ = send(&mut stream, &progress(event)).await;
-    }
-    let lost = dropped.take_dropped();
+        stream
+    });
+    // the operation's end drops the last sender, which ends the writer
+    let reply = dispatch(node.clone(), &caller, request, fds, tx).await;
+    let mut stream = writer.await.map_err(std::io::Error::other)?;
+    let lost = dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
     if lost > 0 {
         let note = format!(
             "{lost} lines of output were not sent here, as they came faster than they were read; \

@@ -279,6 +279,15 @@ impl Node {
             return Err(e);
         }
         cancel.finish();
+        if cancel.is_cancelled() {
+            // the cancel came while the new deployment's app was coming up,
+            // outside any hook: it serves now, and stays
+            let _ = progress.send(format!(
+                "the cancel came after deployment {id} had started; it stays active \
+                 (`gear rollback {}` goes back)",
+                gear.name
+            ));
+        }
         self.prune(&g);
         let r = g.record();
         self.event(

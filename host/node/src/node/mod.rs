@@ -84,9 +84,9 @@ impl Progress {
         }
     }
 
-    /// Lines dropped so far, and the count reset.
-    pub fn take_dropped(&self) -> u64 {
-        self.dropped.swap(0, std::sync::atomic::Ordering::Relaxed)
+    /// The count of lines dropped, which outlives the senders.
+    pub fn dropped(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.dropped.clone()
     }
 }
 
