@@ -212,6 +212,18 @@ fn build_output_reaches_deploy_and_the_hook_log_while_the_build_runs() {
     let _ = follow.wait();
     let all = node.ok(&["logs", "app", "--hooks", "-n", "1000"]);
     assert_eq!(all.matches("build-second-line").count(), 2, "{all}");
+    // `gear build` and `gear restart` show their hooks' output too
+    let out = node.gear(&["build", "app"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("build[build:stdout] build-first-line"),
+        "{said}"
+    );
+    let out = node.gear(&["restart", "app"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("start[node] hook started"), "{said}");
 }
 
 #[test]
@@ -299,6 +311,21 @@ fn a_cancelled_deploy_leaves_the_previous_deployment_serving() {
         .filter(|e| e["kind"] == "deploy-cancelled")
         .count();
     assert_eq!(cancels, 2, "{events}");
+
+    // a rollback rebuilds deployment 1 before it serves, in view, and is an event
+    let out = node.gear(&["rollback", "app", "1"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("build[build:stdout] build-second-line"),
+        "{said}"
+    );
+    wait_for_page(&node, "app-default", "v1\n");
+    let events = node.ok(&["node", "events", "--gear", "default/app", "-n", "1"]);
+    assert!(
+        events.contains("default/app rolled-back (deployment 1)"),
+        "{events}"
+    );
 }
 
 #[test]
@@ -329,6 +356,13 @@ fn a_crash_is_an_event_that_followers_see() {
     );
     events.wait_for("\"restarted\"", Duration::from_secs(30));
     wait_for_page(&node, "app-default", "v1\n");
+
+    // idling and waking are events too, seen by the same follower
+    node.ok(&["idle", "app"]);
+    events.wait_for("\"idled\"", Duration::from_secs(30));
+    wait_for_page(&node, "app-default", "v1\n");
+    let woke = json(&events.wait_for("\"woke\"", Duration::from_secs(30)));
+    assert_eq!(woke["gear"], "app");
     let _ = follow.kill();
     let _ = follow.wait();
 
