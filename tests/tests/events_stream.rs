@@ -326,6 +326,43 @@ fn a_cancelled_deploy_leaves_the_previous_deployment_serving() {
         events.contains("default/app rolled-back (deployment 1)"),
         "{events}"
     );
+
+    // Ctrl-C twice on a deploy still waiting behind another leaves it, and
+    // the node drops it: the one in progress is not the one cancelled
+    let held = app("v5", true);
+    let mut first = spawn_gear(&node, &["deploy", "app", path_str(held.path())]);
+    let mut first_err = Lines::of(first.stderr.take().expect("stderr"));
+    first_err.wait_for("build-first-line", Duration::from_secs(60));
+    let v6 = app("v6", false);
+    let mut queued = spawn_gear(&node, &["deploy", "app", path_str(v6.path())]);
+    let mut queued_err = Lines::of(queued.stderr.take().expect("stderr"));
+    queued_err.wait_for("waiting for", Duration::from_secs(30));
+    signal(queued.id(), "INT");
+    queued_err.wait_for("interrupted", Duration::from_secs(10));
+    signal(queued.id(), "INT");
+    let status = queued.wait().expect("deploy");
+    let said = queued_err.rest().join("\n");
+    assert_eq!(status.code(), Some(130), "{said}");
+    assert!(said.contains("had not started"), "{said}");
+    std::fs::write(data_dir(&node, &id).join("go"), "").expect("go");
+    let status = first.wait().expect("deploy");
+    assert!(status.success(), "{:#?}", first_err.rest());
+    wait_for_page(&node, "app-default", "v5\n");
+    let deployed = |node: &TestNode| {
+        json(&node.ok(&["deployments", "app", "--json"]))["deployments"]
+            .as_array()
+            .expect("deployments")
+            .iter()
+            .map(|d| d["source"].as_str().unwrap_or_default().to_string())
+            .collect::<Vec<_>>()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let sources = deployed(&node);
+    assert!(
+        !sources.iter().any(|s| s.contains(path_str(v6.path()))),
+        "the abandoned deploy ran: {sources:?}"
+    );
+    wait_for_page(&node, "app-default", "v5\n");
 }
 
 #[test]

@@ -310,6 +310,10 @@ ops! {
     DeployCancel "deploy-cancel" => reply::DeployCancelled {
         /// The gear.
         gear: GearRef,
+        /// Cancel only if this deployment is the one being deployed (what
+        /// the deploy's own client sends: it never cancels another's).
+        #[serde(default)]
+        deployment: Option<u32>,
     }
     /// Run a command in the gear's sandbox with the caller's stdio, passed as
     /// descriptors with the request: stdin, stdout, stderr, and on a terminal

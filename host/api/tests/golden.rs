@@ -174,7 +174,11 @@ fn requests() -> Vec<Request> {
             gear: Some(web()),
         }
         .into(),
-        DeployCancel { gear: web() }.into(),
+        DeployCancel {
+            gear: web(),
+            deployment: Some(4),
+        }
+        .into(),
         Exec {
             gear: web(),
             argv: vec!["python".into(), "manage.py".into(), "migrate".into()],

@@ -175,23 +175,44 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         return send(&mut stream, &reply).await;
     }
     let dropped = tx.dropped();
+    let gone = tx.gone_flag();
     let progress = |text| Reply::Event(Event::Progress(text));
     // progress goes out on a task of its own: a caller that reads slowly, or
     // not at all, holds up its own connection, never the operation (which
-    // drops what does not fit in the queue); the caller going away does not
-    // cancel an operation half-way either
+    // drops what does not fit in the queue). The task also notes when the
+    // caller goes away, which ends an operation only while it waits to start
+    // (a deploy queued behind another), never one half-way
+    let (read, mut write) = stream.into_split();
     let writer = tokio::spawn(async move {
-        let mut open = true;
-        while let Some(event) = rx.recv().await {
-            if open {
-                open = send(&mut stream, &progress(event)).await.is_ok();
+        {
+            let watch = async {
+                peer_closed(&read).await;
+                gone.cancel("the caller went away");
+                std::future::pending::<()>().await
+            };
+            tokio::pin!(watch);
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    next = rx.recv() => match next {
+                        Some(event) if open => {
+                            open = write.write_all(&progress(event).encode()).await.is_ok();
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    () = &mut watch => {}
+                }
             }
         }
-        stream
+        read.reunite(write)
     });
     // the operation's end drops the last sender, which ends the writer
     let reply = dispatch(node.clone(), &caller, request, fds, tx).await;
-    let mut stream = writer.await.map_err(std::io::Error::other)?;
+    let mut stream = writer
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?;
     let lost = dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
     if lost > 0 {
         let note = format!(
@@ -296,7 +317,7 @@ async fn stream_events(
     }
 }
 
-/// Resolves once the caller has closed its end of the connection.
+/// [`caller_gone`] on the read half of a connection split in two.
 async fn caller_gone_half(read: tokio::net::unix::ReadHalf<'_>) {
     let mut buf = [0u8; 256];
     loop {
@@ -457,7 +478,9 @@ async fn dispatch(
             ErrorKind::Invalid,
             "logs and events are streamed separately",
         )),
-        Request::DeployCancel(op) => answer::<ops::DeployCancel>(node.deploy_cancel(&op.gear)),
+        Request::DeployCancel(op) => {
+            answer::<ops::DeployCancel>(node.deploy_cancel(&op.gear, op.deployment))
+        }
         // answered by `handle`, which watches the caller meanwhile
         Request::Exec(_) => Reply::Error(ApiError::new(
             ErrorKind::Invalid,
@@ -513,6 +536,23 @@ async fn caller_gone(stream: &UnixStream) {
             return;
         }
         match stream.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// [`caller_gone`] on the owned read half of a connection.
+async fn peer_closed(read: &tokio::net::unix::OwnedReadHalf) {
+    let mut buf = [0u8; 256];
+    loop {
+        if read.readable().await.is_err() {
+            return;
+        }
+        match read.try_read(&mut buf) {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

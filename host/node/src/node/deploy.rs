@@ -108,7 +108,16 @@ impl Node {
                     None => "the operation in progress on the gear".to_string(),
                 };
                 let _ = progress.send(format!("waiting for {what} to finish"));
-                g.op.lock().await
+                tokio::select! {
+                    held = g.op.lock() => held,
+                    // a deploy whose caller left before it started never starts
+                    () = progress.gone() => {
+                        return Err(failed(
+                            "the caller went away while the deploy waited to start; nothing \
+                             was deployed",
+                        ));
+                    }
+                }
             }
         };
         let _watch = g.hook_log.watch(progress);
@@ -428,16 +437,34 @@ impl Node {
         Ok(reply::Built { built: active })
     }
 
-    /// Cancel the deploy in progress on the gear: its hooks end, and the
-    /// deploy restores the deployment that served before.
-    pub fn deploy_cancel(&self, gear: &GearRef) -> ApiResult<reply::DeployCancelled> {
+    /// Cancel the deploy in progress on the gear (only if it is deployment
+    /// `only`, when given): its hooks end, and the deploy restores the
+    /// deployment that served before.
+    pub fn deploy_cancel(
+        &self,
+        gear: &GearRef,
+        only: Option<u32>,
+    ) -> ApiResult<reply::DeployCancelled> {
         let g = self.find(gear)?;
-        match lock(&g.deploying).as_ref() {
-            Some((id, cancel)) => {
+        let deploying = lock(&g.deploying);
+        match (deploying.as_ref(), only) {
+            (Some((id, cancel)), None) => {
                 cancel.cancel(format!("the deploy of deployment {id} was cancelled"));
                 Ok(reply::DeployCancelled { deployment: *id })
             }
-            None => Err(ApiError::new(
+            (Some((id, cancel)), Some(only)) if *id == only => {
+                cancel.cancel(format!("the deploy of deployment {id} was cancelled"));
+                Ok(reply::DeployCancelled { deployment: *id })
+            }
+            (Some((id, _)), Some(only)) => Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "deployment {only} of gear {} is not being deployed (deployment {id} is); \
+                     nothing was cancelled",
+                    gear.name
+                ),
+            )),
+            (None, _) => Err(ApiError::new(
                 ErrorKind::Conflict,
                 format!(
                     "no deploy is in progress on gear {}; nothing was cancelled (see `gear \

@@ -50,6 +50,8 @@ pub const PROGRESS_QUEUE: usize = 4096;
 pub struct Progress {
     tx: tokio::sync::mpsc::Sender<String>,
     dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// Set when the caller has closed its connection.
+    gone: gearhost_runtime::Cancel,
 }
 
 impl Progress {
@@ -60,6 +62,7 @@ impl Progress {
             Progress {
                 tx,
                 dropped: Arc::default(),
+                gone: gearhost_runtime::Cancel::new(),
             },
             rx,
         )
@@ -82,6 +85,16 @@ impl Progress {
             }
             Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// The flag the caller's connection sets when the caller goes away.
+    pub fn gone_flag(&self) -> gearhost_runtime::Cancel {
+        self.gone.clone()
+    }
+
+    /// Resolves once the caller has gone away (never for [`Progress::discard`]).
+    pub async fn gone(&self) {
+        self.gone.cancelled().await;
     }
 
     /// The count of lines dropped, which outlives the senders.
