@@ -161,7 +161,7 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         .await;
     }
     if let Request::NodeEvents(op) = &request {
-        return stream_events(&node, &caller, &mut stream, op).await;
+        return stream_events(&node, &caller, stream, op).await;
     }
     if let Request::Exec(op) = request {
         // the command ends when its caller goes away
@@ -273,7 +273,7 @@ async fn stream_logs(
 async fn stream_events(
     node: &Node,
     caller: &Caller,
-    stream: &mut UnixStream,
+    mut stream: UnixStream,
     op: &ops::NodeEvents,
 ) -> std::io::Result<()> {
     // a user sees the events of the namespaces it may act in, never the
@@ -290,14 +290,14 @@ async fn stream_events(
         Reply::Event(Event::Line(serde_json::to_string(e).unwrap_or_default()))
     };
     for e in &last {
-        send(stream, &line(e)).await?;
+        send(&mut stream, &line(e)).await?;
     }
     let end = Reply::answer::<ops::NodeEvents>(&());
     if !op.follow {
-        return send(stream, &end).await;
+        return send(&mut stream, &end).await;
     }
-    let (read, mut write) = stream.split();
-    let gone = caller_gone_half(read);
+    let (read, mut write) = stream.into_split();
+    let gone = peer_closed(&read);
     tokio::pin!(gone);
     loop {
         tokio::select! {
@@ -313,23 +313,6 @@ async fn stream_events(
                     return write.write_all(&end.encode()).await;
                 }
             },
-        }
-    }
-}
-
-/// [`caller_gone`] on the read half of a connection split in two.
-async fn caller_gone_half(read: tokio::net::unix::ReadHalf<'_>) {
-    let mut buf = [0u8; 256];
-    loop {
-        if read.readable().await.is_err() {
-            return;
-        }
-        match read.try_read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return,
         }
     }
 }
