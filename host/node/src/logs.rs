@@ -390,6 +390,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_watcher_gets_each_line_while_it_watches_and_a_full_queue_drops() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = LogFile::new(dir.path().join("hooks.log"), 1 << 20, 2);
+        log.line("build[node]", "before");
+        let (progress, mut rx) = crate::node::Progress::channel();
+        let watch = log.watch(&progress);
+        log.line("build[make:stdout]", "compiling\u{1b}[31m");
+        assert_eq!(
+            rx.try_recv().expect("a line"),
+            "build[make:stdout] compiling\\u{1b}[31m",
+            "the watcher gets the line as the file has it"
+        );
+        for i in 0..crate::node::PROGRESS_QUEUE + 3 {
+            log.line("build[yes:stdout]", &format!("line {i}"));
+        }
+        drop(watch);
+        log.line("build[node]", "after");
+        let mut got = 0;
+        while rx.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, crate::node::PROGRESS_QUEUE);
+        let dropped = progress.dropped();
+        assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 3);
+        let (all, _) = tail(&dir.path().join("hooks.log"), 10_000).expect("tail");
+        assert_eq!(
+            all.len(),
+            crate::node::PROGRESS_QUEUE + 6,
+            "the file has them all"
+        );
+    }
+
+    #[test]
     fn logs_rotate_by_size_and_keep_n_files() {
         let dir = tempfile::tempdir().expect("dir");
         let log = LogFile::new(dir.path().join("app.log"), 4096, 2);
