@@ -359,7 +359,7 @@ fn diy_runs_the_scripts_the_app_ships() {
     node.ok(&["stop", "shell"]);
     assert_eq!(node.http_get("shell-default", "/").0, 503);
     let logs = node.ok(&["logs", "shell", "--hooks", "-n", "200"]);
-    assert!(logs.contains(".gear/stop: diy: stopping"), "{logs}");
+    assert!(logs.contains("stop[stop:stdout] diy: stopping"), "{logs}");
 
     // a deployment without .gear/start is refused with advice
     let bare = tempfile::tempdir().expect("src");

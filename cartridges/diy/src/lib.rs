@@ -67,9 +67,8 @@ fn run_script(name: &str, timeout: Duration) -> Result<bool> {
         .timeout(timeout)
         .output()
         .map_err(|e| script_failed(name, e))?;
-    for line in out.stdout_str().lines().chain(out.stderr_str().lines()) {
-        info!(".gear/{name}: {line}");
-    }
+    // what the script printed is in the gear's hook log already: the node
+    // writes it there line by line while the script runs
     if !out.status.success() {
         return Err(Error::new(
             "script-failed",

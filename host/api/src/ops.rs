@@ -335,6 +335,31 @@ ops! {
         /// Whether to push to it.
         write: bool,
     }
+    /// The node's event log (deploys, starts, stops, crashes, restarts,
+    /// idles, wakes, rollbacks, hook failures), each event a
+    /// [`Event::Line`](crate::Event::Line) holding a [`reply::NodeEvent`] in
+    /// JSON, oldest first; the answer marks the end. Operators see every
+    /// gear's events, a user those of the namespaces it may act in.
+    NodeEvents "node-events" => () {
+        /// How many of the last events to send first.
+        lines: usize,
+        /// Keep sending events as they happen.
+        follow: bool,
+        /// Only this gear's events.
+        #[serde(default)]
+        gear: Option<GearRef>,
+    }
+    /// Cancel the deploy in progress on the gear: its hooks are stopped, the
+    /// new deployment is marked failed ("cancelled") and the one before it
+    /// keeps serving. The deploy's own caller gets the failure.
+    DeployCancel "deploy-cancel" => reply::DeployCancelled {
+        /// The gear.
+        gear: GearRef,
+        /// Cancel only if this deployment is the one being deployed (what
+        /// the deploy's own client sends: it never cancels another's).
+        #[serde(default)]
+        deployment: Option<u32>,
+    }
     /// Run a command in the gear's sandbox with the caller's stdio, passed as
     /// descriptors with the request: stdin, stdout, stderr, and on a terminal
     /// optionally a pipe that gets a byte whenever the caller's window

@@ -623,3 +623,93 @@ pub struct GitRepo {
     /// The branch whose pushes deploy.
     pub branch: String,
 }
+
+/// What happened to a gear, in the node's event log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeEventKind {
+    /// A deploy began (its sources were unpacked).
+    DeployStarted,
+    /// A deploy ended with its deployment active.
+    DeployDone,
+    /// A deploy failed (build or start); the reason says which.
+    DeployFailed,
+    /// A deploy was cancelled (`gear deploy --cancel`, Ctrl-C twice).
+    DeployCancelled,
+    /// The gear's processes were started (its start hook succeeded).
+    Started,
+    /// The gear's processes were stopped.
+    Stopped,
+    /// An app process ended on its own with a failure, or by a signal.
+    Crashed,
+    /// The supervisor restarted a process that had ended.
+    Restarted,
+    /// The supervisor gave up restarting a process that kept crashing.
+    GaveUp,
+    /// The gear was put to sleep for lack of requests.
+    Idled,
+    /// A request woke the idle gear.
+    Woke,
+    /// Waking the idle gear failed.
+    WakeFailed,
+    /// An earlier deployment was activated.
+    RolledBack,
+    /// A cartridge hook failed.
+    HookFailed,
+}
+
+impl NodeEventKind {
+    /// The name on the wire and in logs (`deploy-started`, `crashed`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeEventKind::DeployStarted => "deploy-started",
+            NodeEventKind::DeployDone => "deploy-done",
+            NodeEventKind::DeployFailed => "deploy-failed",
+            NodeEventKind::DeployCancelled => "deploy-cancelled",
+            NodeEventKind::Started => "started",
+            NodeEventKind::Stopped => "stopped",
+            NodeEventKind::Crashed => "crashed",
+            NodeEventKind::Restarted => "restarted",
+            NodeEventKind::GaveUp => "gave-up",
+            NodeEventKind::Idled => "idled",
+            NodeEventKind::Woke => "woke",
+            NodeEventKind::WakeFailed => "wake-failed",
+            NodeEventKind::RolledBack => "rolled-back",
+            NodeEventKind::HookFailed => "hook-failed",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeEventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event of the node's event log (`node-events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// Its number: increasing over the node's life, so a follower can tell
+    /// what it has seen.
+    pub seq: u64,
+    /// When it happened (RFC 3339, UTC).
+    pub time: String,
+    /// The gear's namespace.
+    pub namespace: String,
+    /// The gear's name.
+    pub gear: String,
+    /// What happened.
+    pub kind: NodeEventKind,
+    /// Why, or what came of it, for people.
+    pub reason: String,
+    /// The deployment it concerns, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<u32>,
+}
+
+/// The answer to `deploy-cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployCancelled {
+    /// The deployment whose deploy was cancelled.
+    pub deployment: u32,
+}

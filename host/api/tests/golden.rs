@@ -193,6 +193,17 @@ fn requests() -> Vec<Request> {
             write: true,
         }
         .into(),
+        NodeEvents {
+            lines: 20,
+            follow: true,
+            gear: Some(web()),
+        }
+        .into(),
+        DeployCancel {
+            gear: web(),
+            deployment: Some(4),
+        }
+        .into(),
         Exec {
             gear: web(),
             argv: vec!["python".into(), "manage.py".into(), "migrate".into()],
@@ -498,6 +509,8 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
     answer::<Exec>("exec-exit", &ExecEnd::Exit(3));
     answer::<Exec>("exec-signal", &ExecEnd::Signal(15));
     answer::<gearhost_api::ops::Logs>("logs-end", &());
+    answer::<NodeEvents>("node-events-end", &());
+    answer::<DeployCancel>("deploy-cancelled", &DeployCancelled { deployment: 4 });
     answer::<Whoami>(
         "caller",
         &CallerInfo {
@@ -549,6 +562,40 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
             ],
         },
     );
+}
+
+#[test]
+fn node_events_are_encoded_as_their_golden_files() {
+    // each event travels as the text of an `Event::Line`
+    let events = [
+        NodeEvent {
+            seq: 7,
+            time: "2026-12-04T10:00:00.000Z".into(),
+            namespace: "team".into(),
+            gear: "web".into(),
+            kind: NodeEventKind::DeployCancelled,
+            reason: "cancelled by `gear deploy web --cancel`".into(),
+            deployment: Some(4),
+        },
+        NodeEvent {
+            seq: 8,
+            time: "2026-12-04T10:00:01.000Z".into(),
+            namespace: "team".into(),
+            gear: "web".into(),
+            kind: NodeEventKind::Crashed,
+            reason: "process app exited with status 3".into(),
+            deployment: None,
+        },
+    ];
+    for (event, name) in events
+        .iter()
+        .zip(["frame-node-event-deploy", "frame-node-event-crash"])
+    {
+        let text = serde_json::to_string(event).expect("encode") + "\n";
+        check(&format!("{name}.json"), &text);
+        let back: NodeEvent = serde_json::from_str(&text).expect("decode");
+        assert_eq!(&back, event);
+    }
 }
 
 #[test]

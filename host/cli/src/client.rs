@@ -193,6 +193,16 @@ pub fn call_streaming<O: Op>(
     op: O,
     produce: impl FnOnce(std::io::PipeWriter) -> Result<(), Failure> + Send + 'static,
 ) -> Result<O::Reply, Failure> {
+    call_streaming_with(target, op, produce, show_event)
+}
+
+/// [`call_streaming`], with each event handed to `on_event` as it arrives.
+pub fn call_streaming_with<O: Op>(
+    target: &Target,
+    op: O,
+    produce: impl FnOnce(std::io::PipeWriter) -> Result<(), Failure> + Send + 'static,
+    mut on_event: impl FnMut(&Event),
+) -> Result<O::Reply, Failure> {
     let stream = connect(target)?;
     let (read, write) = std::io::pipe().map_err(|e| {
         Failure::Environment(anyhow::anyhow!("cannot make a pipe for the sources: {e}"))
@@ -202,7 +212,7 @@ pub fn call_streaming<O: Op>(
     // the node holds its own copy now; with ours gone, the producer's writes
     // fail as soon as the node stops reading
     drop(read);
-    let answer = sent.and_then(|()| read_replies(stream, &mut show_event));
+    let answer = sent.and_then(|()| read_replies(stream, &mut on_event));
     let produced = producer.join().unwrap_or_else(|_| {
         Err(Failure::Failed(anyhow::anyhow!(
             "the thread writing the sources failed"
@@ -217,7 +227,7 @@ pub fn call_streaming<O: Op>(
 }
 
 /// Progress on stderr, indented; log lines on stdout.
-fn show_event(event: &Event) {
+pub fn show_event(event: &Event) {
     match event {
         Event::Progress(text) => eprintln!("  {text}"),
         Event::Line(text) => println!("{text}"),

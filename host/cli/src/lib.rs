@@ -202,6 +202,8 @@ pub enum NodeCommand {
     Config,
     /// Print the node's metrics (Prometheus text format).
     Metrics(cmd::node_metrics::Args),
+    /// What happened to gears: deploys, starts, stops, crashes, restarts, idles, wakes, failures.
+    Events(cmd::node_events::Args),
 }
 
 /// `gear sandbox ...`
@@ -375,6 +377,7 @@ pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
         Command::Node(NodeCommand::Run(args)) => cmd::node_run::run(args, cli.verbose),
         Command::Node(NodeCommand::Config) => cmd::node_run::print_default(),
         Command::Node(NodeCommand::Metrics(args)) => cmd::node_metrics::run(args),
+        Command::Node(NodeCommand::Events(args)) => cmd::node_events::run(args),
         Command::Cartridge(CartridgeCommand::Install(args)) => cmd::cartridge_store::install(args),
         Command::Cartridge(CartridgeCommand::List(args)) => cmd::cartridge_store::list(args),
         Command::Cartridge(CartridgeCommand::Remove(args)) => cmd::cartridge_store::remove(args),

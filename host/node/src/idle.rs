@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::api::reply::NodeEventKind;
 use crate::api::{ApiError, ErrorKind, GearRef, reply};
 use crate::node::{ApiResult, Gear, Node, Progress, invalid};
 use crate::state::{Desired, GearState};
@@ -72,8 +73,7 @@ impl Node {
             "wake[node]",
             "a request came for the idle gear: starting it",
         );
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        let result = self.start_locked(gear, &tx).await;
+        let result = self.start_locked(gear, &Progress::discard()).await;
         let stats = &gear.front.stats;
         stats
             .wake_us
@@ -81,16 +81,16 @@ impl Node {
         match result {
             Ok(()) => {
                 stats.wakeups.fetch_add(1, Ordering::Relaxed);
-                gear.hook_log.line(
-                    "wake[node]",
-                    &format!("awake after {} ms", started.elapsed().as_millis()),
-                );
+                let took = format!("awake after {} ms", started.elapsed().as_millis());
+                gear.hook_log.line("wake[node]", &took);
+                self.event(gear, NodeEventKind::Woke, &took, None);
                 Ok(())
             }
             Err(e) => {
                 stats.wake_failures.fetch_add(1, Ordering::Relaxed);
                 gear.hook_log
                     .line("wake[node]", &format!("did not wake: {}", e.message));
+                self.event(gear, NodeEventKind::WakeFailed, &e.message, None);
                 Err(e.message)
             }
         }
@@ -131,6 +131,9 @@ impl Node {
         self.drain_forwarding(gear).await;
         let result = self.stop_into(gear, &cart, GearState::Idle).await;
         gear.front.closing.store(false, Ordering::SeqCst);
+        if result.is_ok() {
+            self.event(gear, NodeEventKind::Idled, why, None);
+        }
         result
     }
 
@@ -167,6 +170,7 @@ impl Node {
     pub async fn unidle(&self, gear: &GearRef, progress: &Progress) -> ApiResult<reply::GearView> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        let _watch = g.hook_log.watch(progress);
         match g.state() {
             GearState::Running => {
                 return Ok(self.unchanged(

@@ -14,6 +14,7 @@ pub mod audit;
 pub mod conns;
 pub mod egress;
 pub mod env;
+pub mod events;
 pub mod frontend;
 pub mod idle;
 pub mod keys;

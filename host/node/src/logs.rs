@@ -48,6 +48,21 @@ struct Inner {
     /// Writes that failed since the last one that did not (a gear whose
     /// disk quota is full cannot have its log written either).
     dropped: u64,
+    /// Where each line also goes while an operation's caller watches the
+    /// log (its progress), see [`LogFile::watch`].
+    tee: Option<crate::node::Progress>,
+}
+
+/// A caller watching a log's lines; they stop going to it when this drops.
+#[derive(Debug)]
+pub struct LogWatch {
+    log: LogFile,
+}
+
+impl Drop for LogWatch {
+    fn drop(&mut self) {
+        gearhost_sys::lock::lock(&self.log.inner).tee = None;
+    }
 }
 
 /// An RFC 3339 UTC timestamp with milliseconds.
@@ -84,6 +99,7 @@ impl LogFile {
                 max_bytes: max_bytes.max(4096),
                 keep,
                 dropped: 0,
+                tee: None,
             })),
         }
     }
@@ -92,8 +108,22 @@ impl LogFile {
     /// [`MAX_LINE`] bytes and its control characters escaped.
     pub fn line(&self, source: &str, text: &str) {
         let text = text.trim_end_matches(['\n', '\r']);
-        let line = format!("{} {source} {}\n", timestamp(), printable(text, MAX_LINE));
-        gearhost_sys::lock::lock(&self.inner).write(line.as_bytes());
+        let text = printable(text, MAX_LINE);
+        let line = format!("{} {source} {text}\n", timestamp());
+        let mut inner = gearhost_sys::lock::lock(&self.inner);
+        inner.write(line.as_bytes());
+        if let Some(tee) = &inner.tee {
+            // bounded: a full queue drops the line (it is in the file)
+            let _ = tee.send(format!("{source} {text}"));
+        }
+    }
+
+    /// Send every line written from now on to `progress` as well, until the
+    /// returned guard drops (one watcher at a time: the operation holding
+    /// the gear's lock).
+    pub fn watch(&self, progress: &crate::node::Progress) -> LogWatch {
+        gearhost_sys::lock::lock(&self.inner).tee = Some(progress.clone());
+        LogWatch { log: self.clone() }
     }
 
     /// Append lines that are already formatted (each ending in a newline).
@@ -358,6 +388,39 @@ pub fn read_from(path: &Path, offset: u64) -> std::io::Result<(Vec<String>, u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watcher_gets_each_line_while_it_watches_and_a_full_queue_drops() {
+        let dir = tempfile::tempdir().expect("dir");
+        let log = LogFile::new(dir.path().join("hooks.log"), 1 << 20, 2);
+        log.line("build[node]", "before");
+        let (progress, mut rx) = crate::node::Progress::channel();
+        let watch = log.watch(&progress);
+        log.line("build[make:stdout]", "compiling\u{1b}[31m");
+        assert_eq!(
+            rx.try_recv().expect("a line"),
+            "build[make:stdout] compiling\\u{1b}[31m",
+            "the watcher gets the line as the file has it"
+        );
+        for i in 0..crate::node::PROGRESS_QUEUE + 3 {
+            log.line("build[yes:stdout]", &format!("line {i}"));
+        }
+        drop(watch);
+        log.line("build[node]", "after");
+        let mut got = 0;
+        while rx.try_recv().is_ok() {
+            got += 1;
+        }
+        assert_eq!(got, crate::node::PROGRESS_QUEUE);
+        let dropped = progress.dropped();
+        assert_eq!(dropped.load(std::sync::atomic::Ordering::Relaxed), 3);
+        let (all, _) = tail(&dir.path().join("hooks.log"), 10_000).expect("tail");
+        assert_eq!(
+            all.len(),
+            crate::node::PROGRESS_QUEUE + 6,
+            "the file has them all"
+        );
+    }
 
     #[test]
     fn logs_rotate_by_size_and_keep_n_files() {

@@ -207,7 +207,8 @@ fn pipe_reader(file: std::fs::File) -> Option<tokio::net::unix::pipe::Receiver> 
 const EXEC_OUTPUT_CAP: u64 = 4 << 20;
 
 /// Run `cmd` to completion in the gear, capturing its output (at most
-/// [`EXEC_OUTPUT_CAP`] each), killing it after `timeout`. With `build_net`
+/// [`EXEC_OUTPUT_CAP`] each) and passing each line of it to `on_line` (with
+/// `"stdout"` or `"stderr"`) as it comes, killing it after `timeout`. With `build_net`
 /// it runs in the build's network (its own namespace, the egress proxy in
 /// its environment) instead of the gear's.
 pub async fn exec(
@@ -216,6 +217,7 @@ pub async fn exec(
     cmd: CommandSpec,
     build_net: Option<&crate::egress::BuildNet>,
     timeout: Duration,
+    on_line: &(dyn Fn(&str, &str) + Sync),
 ) -> Result<gearhost_runtime::ExecOutput, HostError> {
     let argv = argv_of(&cmd);
     let mut spec = gear.spec(leaf, argv, Some(&cmd.env), cmd.cwd.as_deref());
@@ -245,16 +247,49 @@ pub async fn exec(
                 let _ = w.write_all(&bytes).await;
             }
         };
-        let read_all = |r: Option<tokio::net::unix::pipe::Receiver>| async move {
+        let read_all = |r: Option<tokio::net::unix::pipe::Receiver>, stream: &'static str| async move {
             let mut out = Vec::new();
             if let Some(mut r) = r {
-                let _ = (&mut r).take(EXEC_OUTPUT_CAP).read_to_end(&mut out).await;
-                // the rest is drained, not kept
-                let _ = tokio::io::copy(&mut r, &mut tokio::io::sink()).await;
+                let cap = EXEC_OUTPUT_CAP as usize;
+                let mut buf = vec![0u8; 16 * 1024];
+                // where the part of `out` not yet passed on as lines begins
+                let mut from = 0;
+                let mut noted = false;
+                loop {
+                    let n = match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    // past the cap the rest is drained, neither kept nor passed on
+                    let take = n.min(cap.saturating_sub(out.len()));
+                    out.extend_from_slice(&buf[..take]);
+                    while let Some(pos) = out[from..].iter().position(|b| *b == b'\n') {
+                        on_line(stream, &String::from_utf8_lossy(&out[from..from + pos]));
+                        from += pos + 1;
+                    }
+                    if out.len() - from >= crate::logs::MAX_LINE {
+                        on_line(stream, &String::from_utf8_lossy(&out[from..]));
+                        from = out.len();
+                    }
+                    if take < n && !noted {
+                        noted = true;
+                        on_line(
+                            stream,
+                            &format!(
+                                "(more than {} MiB of output: the rest is dropped)",
+                                EXEC_OUTPUT_CAP >> 20
+                            ),
+                        );
+                    }
+                }
+                if from < out.len() {
+                    on_line(stream, &String::from_utf8_lossy(&out[from..]));
+                }
             }
             out
         };
-        let ((), out, err) = tokio::join!(feed, read_all(stdout), read_all(stderr));
+        let ((), out, err) =
+            tokio::join!(feed, read_all(stdout, "stdout"), read_all(stderr, "stderr"));
         (out, err)
     };
     let result = tokio::time::timeout(timeout, async {

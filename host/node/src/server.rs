@@ -14,7 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::api::{ApiError, ErrorKind, Event, MAX_REQUEST, Op, Reply, Request, ops, reply};
 use crate::logs;
-use crate::node::{LogKind, Node, Owner};
+use crate::node::{LogKind, Node, Owner, Progress};
 use crate::tenancy::{self, Caller};
 
 /// Bind the node's socket: its directory is created, a stale socket left by
@@ -159,7 +159,7 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         return send(&mut stream, &Reply::Error(e)).await;
     }
     let changes = tenancy::changes_something(&request);
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (tx, mut rx) = Progress::channel();
     if let Request::Logs(logs) = &request {
         let which = match (logs.hooks, logs.access) {
             (_, true) => LogKind::Access,
@@ -176,6 +176,9 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         )
         .await;
     }
+    if let Request::NodeEvents(op) = &request {
+        return stream_events(&node, &caller, stream, op).await;
+    }
     if let Request::Exec(op) = request {
         // the command ends when its caller goes away
         let reply = answer::<ops::Exec>(exec(&node, op, fds, caller_gone(&stream)).await);
@@ -187,20 +190,52 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         }
         return send(&mut stream, &reply).await;
     }
-    let work = dispatch(node.clone(), &caller, request, fds, tx);
-    tokio::pin!(work);
+    let dropped = tx.dropped();
+    let gone = tx.gone_flag();
     let progress = |text| Reply::Event(Event::Progress(text));
-    let reply = loop {
-        tokio::select! {
-            reply = &mut work => break reply,
-            Some(event) = rx.recv() => {
-                // the caller going away does not cancel an operation half-way
-                let _ = send(&mut stream, &progress(event)).await;
+    // progress goes out on a task of its own: a caller that reads slowly, or
+    // not at all, holds up its own connection, never the operation (which
+    // drops what does not fit in the queue). The task also notes when the
+    // caller goes away, which ends an operation only while it waits to start
+    // (a deploy queued behind another), never one half-way
+    let (read, mut write) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        {
+            let watch = async {
+                peer_closed(&read).await;
+                gone.cancel("the caller went away");
+                std::future::pending::<()>().await
+            };
+            tokio::pin!(watch);
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    next = rx.recv() => match next {
+                        Some(event) if open => {
+                            open = write.write_all(&progress(event).encode()).await.is_ok();
+                        }
+                        Some(_) => {}
+                        None => break,
+                    },
+                    () = &mut watch => {}
+                }
             }
         }
-    };
-    while let Ok(event) = rx.try_recv() {
-        let _ = send(&mut stream, &progress(event)).await;
+        read.reunite(write)
+    });
+    // the operation's end drops the last sender, which ends the writer
+    let reply = dispatch(node.clone(), &caller, request, fds, tx).await;
+    let mut stream = writer
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?;
+    let lost = dropped.swap(0, std::sync::atomic::Ordering::Relaxed);
+    if lost > 0 {
+        let note = format!(
+            "{lost} lines of output were not sent here, as they came faster than they were read; \
+             the gear's hook log has them (`gear logs NAME --hooks`)"
+        );
+        let _ = send(&mut stream, &progress(note)).await;
     }
     match &reply {
         Reply::Error(e) if changes || e.kind == ErrorKind::Denied => audit(Err(e)),
@@ -249,6 +284,55 @@ async fn stream_logs(
     }
 }
 
+/// `node-events`: the last events the caller may see, then (with `follow`)
+/// each new one as it happens, until the caller goes away.
+async fn stream_events(
+    node: &Node,
+    caller: &Caller,
+    mut stream: UnixStream,
+    op: &ops::NodeEvents,
+) -> std::io::Result<()> {
+    // a user sees the events of the namespaces it may act in, never the
+    // names of another tenant's gears
+    let keep = |e: &crate::api::reply::NodeEvent| {
+        node.namespaces.may_act(caller, &e.namespace)
+            && op
+                .gear
+                .as_ref()
+                .is_none_or(|g| g.name == e.gear && g.namespace == e.namespace)
+    };
+    let (last, mut rx) = node.events.last_and_follow(op.lines, keep);
+    let line = |e: &crate::api::reply::NodeEvent| {
+        Reply::Event(Event::Line(serde_json::to_string(e).unwrap_or_default()))
+    };
+    for e in &last {
+        send(&mut stream, &line(e)).await?;
+    }
+    let end = Reply::answer::<ops::NodeEvents>(&());
+    if !op.follow {
+        return send(&mut stream, &end).await;
+    }
+    let (read, mut write) = stream.into_split();
+    let gone = peer_closed(&read);
+    tokio::pin!(gone);
+    loop {
+        tokio::select! {
+            () = &mut gone => return Ok(()),
+            next = rx.recv() => match next {
+                Ok(e) if keep(&e) => write.write_all(&line(&e).encode()).await?,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let note = format!("{n} events came faster than they were sent here and were skipped");
+                    write.write_all(&Reply::Event(Event::Progress(note)).encode()).await?;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                    return write.write_all(&end.encode()).await;
+                }
+            },
+        }
+    }
+}
+
 /// The answer line of operation `O`: its typed answer, or the error.
 fn answer<O: Op>(result: Result<O::Reply, ApiError>) -> Reply {
     match result {
@@ -262,7 +346,7 @@ async fn dispatch(
     caller: &Caller,
     request: Request,
     fds: Vec<OwnedFd>,
-    progress: tokio::sync::mpsc::UnboundedSender<String>,
+    progress: Progress,
 ) -> Reply {
     let p = &progress;
     match request {
@@ -372,7 +456,7 @@ async fn dispatch(
             Ok(fd) => node.deploy(&op.gear, &op.source, fd, p).await,
             Err(e) => Err(e),
         }),
-        Request::Build(op) => answer::<ops::Build>(node.build(&op.gear).await),
+        Request::Build(op) => answer::<ops::Build>(node.build(&op.gear, p).await),
         Request::Start(op) => answer::<ops::Start>(node.start(&op.gear, p).await),
         Request::Stop(op) => answer::<ops::Stop>(node.stop(&op.gear).await),
         Request::Restart(op) => answer::<ops::Restart>(node.restart(&op.gear, p).await),
@@ -438,10 +522,13 @@ async fn dispatch(
         Request::GitAccess(op) => {
             answer::<ops::GitAccess>(node.git_access(&op.gear, op.write).await)
         }
-        Request::Logs(_) => Reply::Error(ApiError::new(
+        Request::Logs(_) | Request::NodeEvents(_) => Reply::Error(ApiError::new(
             ErrorKind::Invalid,
-            "logs are streamed separately",
+            "logs and events are streamed separately",
         )),
+        Request::DeployCancel(op) => {
+            answer::<ops::DeployCancel>(node.deploy_cancel(&op.gear, op.deployment))
+        }
         // answered by `handle`, which watches the caller meanwhile
         Request::Exec(_) => Reply::Error(ApiError::new(
             ErrorKind::Invalid,
@@ -497,6 +584,23 @@ async fn caller_gone(stream: &UnixStream) {
             return;
         }
         match stream.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// [`caller_gone`] on the owned read half of a connection.
+async fn peer_closed(read: &tokio::net::unix::OwnedReadHalf) {
+    let mut buf = [0u8; 256];
+    loop {
+        if read.readable().await.is_err() {
+            return;
+        }
+        match read.try_read(&mut buf) {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -470,6 +470,8 @@ pub fn authorize(caller: &Caller, ns: &Namespaces, request: &Request) -> Result<
         | Request::List(_)
         | Request::CartridgeList(_)
         | Request::NamespaceList(_) => Ok(()),
+        // without a gear, what a user is sent is filtered to its namespaces
+        Request::NodeEvents(op) => op.gear.as_ref().map_or(Ok(()), gear_in),
         Request::Link(op) => gear_in(&op.gear).and_then(|()| gear_in(&op.to)),
         Request::Unlink(op) => gear_in(&op.gear).and_then(|()| gear_in(&op.to)),
         other => match gear_of(other) {
@@ -510,6 +512,8 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         Request::Unidle(op) => &op.gear,
         Request::Exec(op) => &op.gear,
         Request::GitAccess(op) => &op.gear,
+        Request::DeployCancel(op) => &op.gear,
+        Request::NodeEvents(op) => return op.gear.as_ref(),
         Request::KeysAdd(_)
         | Request::KeysList(_)
         | Request::KeysRemove(_)
@@ -550,6 +554,7 @@ pub fn changes_something(request: &Request) -> bool {
             | Request::KeysList(_)
             | Request::KeysLookup(_)
             | Request::GitAccess(_)
+            | Request::NodeEvents(_)
     )
 }
 

@@ -1,11 +1,12 @@
 //! What the `gear` and `gearhost-node` programs share about being a program:
 //! their log output on stderr, and how they print an error with its causes.
 
-/// Log to stderr at the level `-v` flags ask for (none: warnings, `-v`
-/// info, `-vv` debug, more: trace), unless `GEARHOST_LOG` gives a filter.
+/// Log to stderr at the level `-v` flags ask for (none: warnings, and the
+/// node's event log, one line per event; `-v` info, `-vv` debug, more:
+/// trace), unless `GEARHOST_LOG` gives a filter.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,gearhost_node::events=info",
         1 => "info",
         2 => "debug",
         _ => "trace",

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use gearhost_api::ops;
+use gearhost_api::{Event, ops};
 
 use crate::archive;
-use crate::client::{GearArg, Target, call_streaming};
+use crate::client::{GearArg, Target, call, call_streaming, call_streaming_with, show_event};
 use crate::output::print_json;
 use crate::{CmdResult, Failure};
 
@@ -33,6 +33,11 @@ pub struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Cancel the deploy in progress on the gear (started from anywhere):
+    /// its hooks are stopped, its deployment is marked failed, and the
+    /// deployment serving before it keeps serving.
+    #[arg(long)]
+    pub cancel: bool,
 }
 
 /// `gear deploy NAME -`: the sources are a tar archive on standard input
@@ -80,6 +85,9 @@ fn report(args: &Args, deployed: &gearhost_api::reply::Deployed) -> CmdResult {
 
 /// Run the command.
 pub fn run(args: Args) -> CmdResult {
+    if args.cancel {
+        return cancel(&args);
+    }
     if args.source.as_os_str() == "-" {
         return from_stdin(&args);
     }
@@ -97,13 +105,143 @@ pub fn run(args: Args) -> CmdResult {
         sources.entries(),
         sources.bytes
     );
-    let deployed = call_streaming(
+    // from here on Ctrl-C says what becomes of the deploy, and cancels it
+    // when pressed again
+    let ours = interrupts::watch(args.target.clone(), args.gear.to_ref())?;
+    let deployed = call_streaming_with(
         &args.target,
         ops::Deploy {
             gear: args.gear.to_ref(),
             source: archive::label(&source),
         },
         move |pipe| archive::write(&sources, pipe),
+        |event| {
+            // the node names the new deployment as it unpacks it: from then
+            // on, a cancel from here cancels that one and no other
+            if let Event::Progress(text) = event
+                && let Some(id) = unpacking_into(text)
+            {
+                *gearhost_sys::lock::lock(&ours) = Some(id);
+            }
+            show_event(event);
+        },
     )?;
     report(&args, &deployed)
+}
+
+/// The deployment the node's "unpacking SOURCE into deployment N" names.
+fn unpacking_into(text: &str) -> Option<u32> {
+    if !text.starts_with("unpacking ") {
+        return None;
+    }
+    text.rsplit_once(" into deployment ")?.1.parse().ok()
+}
+
+/// `gear deploy NAME --cancel`.
+fn cancel(args: &Args) -> CmdResult {
+    let cancelled = call(
+        &args.target,
+        ops::DeployCancel {
+            gear: args.gear.to_ref(),
+            deployment: None,
+        },
+    )?;
+    if args.json {
+        print_json(&cancelled)?;
+    } else {
+        println!(
+            "the deploy of deployment {} of {} is being cancelled; the deployment before it \
+             keeps serving (see `gear deployments {}`)",
+            cancelled.deployment, args.gear.name, args.gear.name
+        );
+    }
+    Ok(())
+}
+
+/// Ctrl-C during a deploy: the deploy runs on the node, whatever becomes of
+/// this command, so the first one says so, the second cancels the deploy
+/// (the command then shows the node restoring the deployment before it), or
+/// leaves when the deploy has not started yet (it waits behind another, and
+/// the node drops a waiting deploy whose caller left), and a third leaves
+/// without waiting.
+mod interrupts {
+    use std::sync::{Arc, Mutex};
+
+    use gearhost_api::{GearRef, ops};
+    use nix::sys::signal::{SigSet, Signal};
+
+    use crate::Failure;
+    use crate::client::{Target, call};
+
+    /// Take SIGINT from every thread of the command (those started from now
+    /// on inherit the mask) and handle it on a thread of its own. The
+    /// returned slot is where the caller puts the deployment once the node
+    /// has named it.
+    pub fn watch(target: Target, gear: GearRef) -> Result<Arc<Mutex<Option<u32>>>, Failure> {
+        let ours = Arc::new(Mutex::new(None));
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGINT);
+        set.thread_block()
+            .map_err(|e| Failure::Environment(anyhow::anyhow!("cannot take Ctrl-C over: {e}")))?;
+        let slot = ours.clone();
+        std::thread::spawn(move || {
+            let mut presses = 0;
+            while set.wait().is_ok() {
+                presses += 1;
+                let deployment = *gearhost_sys::lock::lock(&slot);
+                match (presses, deployment) {
+                    (1, _) => eprintln!(
+                        "\ninterrupted: the deploy goes on on the node (leaving this command does \
+                         not stop it). Press Ctrl-C again to cancel it, or run `gear deploy {} \
+                         --cancel`; the deployment serving now keeps serving.",
+                        gear.name
+                    ),
+                    (2, None) => {
+                        eprintln!(
+                            "the deploy had not started (it was waiting for the one in \
+                             progress); leaving, and the node drops it: nothing is deployed"
+                        );
+                        std::process::exit(130);
+                    }
+                    (2, Some(id)) => {
+                        eprintln!("cancelling the deploy of deployment {id} of {}", gear.name);
+                        let op = ops::DeployCancel {
+                            gear: gear.clone(),
+                            deployment: Some(id),
+                        };
+                        match call(&target, op) {
+                            Ok(_) => eprintln!(
+                                "the deploy of deployment {id} is cancelled; the node restores \
+                                 the deployment before it (Ctrl-C again leaves without waiting)"
+                            ),
+                            Err(
+                                Failure::Failed(e) | Failure::Invalid(e) | Failure::Environment(e),
+                            ) => eprintln!("could not cancel the deploy: {e:#}"),
+                            Err(Failure::Reported(_)) => {}
+                        }
+                    }
+                    _ => {
+                        eprintln!("no longer waiting; the node finishes on its own");
+                        std::process::exit(130);
+                    }
+                }
+            }
+        });
+        Ok(ours)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unpacking_into;
+
+    #[test]
+    fn the_deployment_is_read_from_the_unpacking_line() {
+        assert_eq!(
+            unpacking_into("unpacking /home/ada/my app into deployment 12"),
+            Some(12)
+        );
+        assert_eq!(unpacking_into("unpacked 6 entries, 334 bytes"), None);
+        assert_eq!(unpacking_into("building deployment 12"), None);
+    }
 }

@@ -21,6 +21,7 @@ pub mod link;
 pub mod list;
 pub mod logs;
 pub mod node_check;
+pub mod node_events;
 pub mod node_metrics;
 pub mod node_run;
 pub mod sandbox_run;

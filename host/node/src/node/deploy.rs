@@ -8,7 +8,7 @@ use std::sync::Arc;
 use gearhost_runtime::{Cartridge, HookCall};
 
 use super::*;
-use crate::api::reply;
+use crate::api::reply::{self, NodeEventKind};
 use crate::api::{ApiError, ErrorKind, GearRef};
 use crate::state::{self, Deployment, DeploymentState, Desired, GearState};
 use crate::unpack;
@@ -51,6 +51,36 @@ pub fn prune_choice(
     drop
 }
 
+/// A deploy that `gear deploy --cancel` may cancel, until it is finished
+/// (or dropped).
+struct Deploying<'a> {
+    gear: &'a Gear,
+    cancel: gearhost_runtime::Cancel,
+}
+
+impl<'a> Deploying<'a> {
+    fn start(gear: &'a Gear, id: u32) -> Deploying<'a> {
+        let cancel = gearhost_runtime::Cancel::new();
+        *lock(&gear.deploying) = Some((id, cancel.clone()));
+        Deploying { gear, cancel }
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// From now on nothing is cancelled any more.
+    fn finish(&self) {
+        *lock(&self.gear.deploying) = None;
+    }
+}
+
+impl Drop for Deploying<'_> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
 impl Node {
     /// Deploy the sources the client streams as a tar archive on `archive`
     /// (`source` only labels them): a new deployment, unpacked under the
@@ -65,7 +95,32 @@ impl Node {
         progress: &Progress,
     ) -> ApiResult<reply::Deployed> {
         let g = self.find(gear)?;
-        let _op = g.op.lock().await;
+        let _op = match g.op.try_lock() {
+            Ok(held) => held,
+            Err(_) => {
+                // the caller hears why nothing happens yet
+                let what = match lock(&g.deploying).as_ref() {
+                    Some((id, _)) => format!(
+                        "the deploy of deployment {id} in progress (cancel it with \
+                         `gear deploy {} --cancel`)",
+                        gear.name
+                    ),
+                    None => "the operation in progress on the gear".to_string(),
+                };
+                let _ = progress.send(format!("waiting for {what} to finish"));
+                tokio::select! {
+                    held = g.op.lock() => held,
+                    // a deploy whose caller left before it started never starts
+                    () = progress.gone() => {
+                        return Err(failed(
+                            "the caller went away while the deploy waited to start; nothing \
+                             was deployed",
+                        ));
+                    }
+                }
+            }
+        };
+        let _watch = g.hook_log.watch(progress);
         let cart = self.cartridge(&g.record().cartridge)?;
         if !cart.manifest().deploy.accepts {
             let r = g.record();
@@ -78,6 +133,9 @@ impl Node {
         }
         let id = g.record().next_deployment;
         let dest = g.paths.deployment(id);
+        // from here until the new deployment serves (or the old one is back),
+        // `gear deploy --cancel` ends the deploy's hooks
+        let cancel = Deploying::start(&g, id);
         let _ = progress.send(format!("unpacking {source} into deployment {id}"));
         let uid = g.record().uid;
         let limits = unpack::Limits {
@@ -95,6 +153,14 @@ impl Node {
         })
         .await
         .map_err(internal)?;
+        if unpacked.is_ok() && cancel.is_cancelled() {
+            let _ = state::remove_tree(&dest);
+            let message = format!(
+                "the deploy of deployment {id} was cancelled before its build; nothing was deployed"
+            );
+            self.event(&g, NodeEventKind::DeployCancelled, &message, Some(id));
+            return Err(failed(message));
+        }
         match unpacked {
             Ok(done) => {
                 let _ = progress.send(format!(
@@ -119,17 +185,35 @@ impl Node {
                 error: None,
             });
         })?;
-        let _ = progress.send(format!("building deployment {id}"));
         let previous = g.record().active;
+        self.event(
+            &g,
+            NodeEventKind::DeployStarted,
+            &format!("deploying {source}"),
+            Some(id),
+        );
+        let _ = progress.send(format!("building deployment {id}"));
         let was_running = g.record().desired == Desired::Running;
         let build = self
             .hook_with_repo(&g, &cart, HookCall::Build, Some(id))
             .await;
+        let build = match build {
+            Ok(_) if cancel.is_cancelled() => Err(failed("cancelled")),
+            other => other,
+        };
         if let Err(e) = build {
+            // what restores the serving deployment is not cancelled
+            cancel.finish();
+            let cancelled = cancel.is_cancelled();
+            let error = if cancelled {
+                "cancelled".to_string()
+            } else {
+                e.message.clone()
+            };
             g.update(&self.config, |r| {
                 if let Some(d) = r.deployments.iter_mut().find(|d| d.id == id) {
                     d.state = DeploymentState::Failed;
-                    d.error = Some(e.message.clone());
+                    d.error = Some(error.clone());
                 }
             })?;
             self.prune(&g);
@@ -154,10 +238,22 @@ impl Node {
                     }
                 }
             };
-            return Err(failed(format!(
-                "build of deployment {id} failed: {}{keep}; see `gear logs {} --hooks`",
-                e.message, gear.name
-            )));
+            let (kind, message) = if cancelled {
+                (
+                    NodeEventKind::DeployCancelled,
+                    format!("the deploy of deployment {id} was cancelled during its build{keep}"),
+                )
+            } else {
+                (
+                    NodeEventKind::DeployFailed,
+                    format!(
+                        "build of deployment {id} failed: {}{keep}; see `gear logs {} --hooks`",
+                        e.message, gear.name
+                    ),
+                )
+            };
+            self.event(&g, kind, &message, Some(id));
+            return Err(failed(message));
         }
         g.update(&self.config, |r| {
             if let Some(d) = r.deployments.iter_mut().find(|d| d.id == id) {
@@ -176,6 +272,15 @@ impl Node {
             )
             .await
         {
+            cancel.finish();
+            let (kind, e) = if cancel.is_cancelled() {
+                (
+                    NodeEventKind::DeployCancelled,
+                    failed(format!("cancelled while it started ({})", e.message)),
+                )
+            } else {
+                (NodeEventKind::DeployFailed, e)
+            };
             let e = self
                 .roll_back_failed_start(
                     &g,
@@ -186,11 +291,28 @@ impl Node {
                     progress,
                 )
                 .await;
+            self.event(&g, kind, &e.message, Some(id));
             self.prune(&g);
             return Err(e);
         }
+        cancel.finish();
+        if cancel.is_cancelled() {
+            // the cancel came while the new deployment's app was coming up,
+            // outside any hook: it serves now, and stays
+            let _ = progress.send(format!(
+                "the cancel came after deployment {id} had started; it stays active \
+                 (`gear rollback {}` goes back)",
+                gear.name
+            ));
+        }
         self.prune(&g);
         let r = g.record();
+        self.event(
+            &g,
+            NodeEventKind::DeployDone,
+            &format!("deployment {id} is active ({})", r.state),
+            Some(id),
+        );
         Ok(reply::Deployed {
             deployment: id,
             state: r.state,
@@ -309,9 +431,10 @@ impl Node {
     }
 
     /// Run the build hook on the active deployment.
-    pub async fn build(&self, gear: &GearRef) -> ApiResult<reply::Built> {
+    pub async fn build(&self, gear: &GearRef, progress: &Progress) -> ApiResult<reply::Built> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        let _watch = g.hook_log.watch(progress);
         let r = g.record();
         let cart = self.cartridge(&r.cartridge)?;
         if !cart.manifest().deploy.accepts {
@@ -329,6 +452,44 @@ impl Node {
         self.hook_with_repo(&g, &cart, HookCall::Build, Some(active))
             .await?;
         Ok(reply::Built { built: active })
+    }
+
+    /// Cancel the deploy in progress on the gear (only if it is deployment
+    /// `only`, when given): its hooks end, and the deploy restores the
+    /// deployment that served before.
+    pub fn deploy_cancel(
+        &self,
+        gear: &GearRef,
+        only: Option<u32>,
+    ) -> ApiResult<reply::DeployCancelled> {
+        let g = self.find(gear)?;
+        let deploying = lock(&g.deploying);
+        match (deploying.as_ref(), only) {
+            (Some((id, cancel)), None) => {
+                cancel.cancel(format!("the deploy of deployment {id} was cancelled"));
+                Ok(reply::DeployCancelled { deployment: *id })
+            }
+            (Some((id, cancel)), Some(only)) if *id == only => {
+                cancel.cancel(format!("the deploy of deployment {id} was cancelled"));
+                Ok(reply::DeployCancelled { deployment: *id })
+            }
+            (Some((id, _)), Some(only)) => Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "deployment {only} of gear {} is not being deployed (deployment {id} is); \
+                     nothing was cancelled",
+                    gear.name
+                ),
+            )),
+            (None, _) => Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "no deploy is in progress on gear {}; nothing was cancelled (see `gear \
+                     deployments {}`)",
+                    gear.name, gear.name
+                ),
+            )),
+        }
     }
 
     /// Deployment history.
@@ -350,6 +511,7 @@ impl Node {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let held = Held::new(self, &g);
+        let _watch = g.hook_log.watch(progress);
         let r = g.record();
         let active = r
             .active
@@ -395,6 +557,12 @@ impl Node {
             })?;
         self.activate(&g, &cart, target, start, &held, progress)
             .await?;
+        self.event(
+            &g,
+            NodeEventKind::RolledBack,
+            &format!("rolled back from deployment {active} to deployment {target}"),
+            Some(target),
+        );
         Ok(reply::RolledBack { active: target })
     }
 }

@@ -31,6 +31,9 @@ pub struct Gear {
     pub(crate) front: GearFront,
     /// Connections the gear holds through the node (doors, links).
     pub(crate) conns: Arc<crate::conns::GearConnections>,
+    /// The deploy in progress, if one is: its deployment and the flag that
+    /// cancels it (`gear deploy --cancel`).
+    pub(crate) deploying: Mutex<Option<(u32, gearhost_runtime::Cancel)>>,
 }
 
 const STATES: [GearState; 8] = [
@@ -78,6 +81,7 @@ impl Gear {
             execs: AtomicU32::new(0),
             exec_runs: Default::default(),
             conns: Arc::default(),
+            deploying: Mutex::new(None),
         }
     }
 

@@ -14,11 +14,27 @@ use gearhost_runtime::{
 };
 
 use super::*;
+use crate::api::reply::NodeEventKind;
 use crate::config::NodeConfig;
 use crate::env::{self};
 use crate::procs::{self, GEAR_HOME, GearSandbox};
 
 impl Node {
+    /// Record an event of gear `g` in the node's event log.
+    pub(crate) fn event(
+        &self,
+        g: &Gear,
+        kind: NodeEventKind,
+        reason: &str,
+        deployment: Option<u32>,
+    ) {
+        let r = lock(&g.record);
+        let (namespace, name) = (r.namespace.clone(), r.name.clone());
+        drop(r);
+        self.events
+            .record(&namespace, &name, kind, reason, deployment);
+    }
+
     pub(super) async fn hook(
         &self,
         g: &Arc<Gear>,
@@ -59,13 +75,40 @@ impl Node {
             linked: self.linked_env(&g.record()),
             egress: crate::egress::BuildEgress::paid_by((self.admission.clone(), g.conns.clone())),
             spawned: std::sync::atomic::AtomicBool::new(false),
+            events: {
+                let r = g.record();
+                crate::events::GearEvents::new(self.events.clone(), &r.namespace, &r.name)
+            },
         });
         let kind = call.kind();
         g.hook_log.line(&format!("{kind}[node]"), "hook started");
         // the operation holding the gear's lock: a `gear stop` or `gear destroy`
-        // that preempts it cancels the hook
-        let cancel = g.op.cancel();
+        // that preempts it cancels the hook, and so does cancelling the
+        // deploy in progress
+        let op = g.op.cancel();
+        let deploying = lock(&g.deploying).as_ref().map(|(_, c)| c.clone());
+        // a flag of this call's own, set by either: cancelling the deploy
+        // ends its hooks, not the operation (which goes on to restore the
+        // deployment serving before)
+        let (cancel, relay) = match deploying {
+            None => (op, None),
+            Some(deploy) => {
+                let cancel = gearhost_runtime::Cancel::new();
+                let both = cancel.clone();
+                let relay = tokio::spawn(async move {
+                    let why = tokio::select! {
+                        () = op.cancelled() => op.reason(),
+                        () = deploy.cancelled() => deploy.reason(),
+                    };
+                    both.cancel(why.unwrap_or_default());
+                });
+                (cancel, Some(relay))
+            }
+        };
         let outcome = cart.call_cancellable(host.clone(), call, &cancel).await;
+        if let Some(relay) = relay {
+            relay.abort();
+        }
         // a build's network ends with its hook
         host.egress.close().await;
         // how long, and how much of it the hook machinery and the hook's own
@@ -83,12 +126,27 @@ impl Node {
                     &format!("{kind}[node]"),
                     &format!("hook succeeded in {timing}"),
                 );
+                match kind {
+                    HookKind::Start => {
+                        self.event(g, NodeEventKind::Started, "the start hook succeeded", repo)
+                    }
+                    HookKind::Stop => {
+                        self.event(g, NodeEventKind::Stopped, "the stop hook succeeded", repo)
+                    }
+                    _ => {}
+                }
                 Ok(out)
             }
             Err(e) => {
                 g.hook_log.line(
                     &format!("{kind}[node]"),
                     &format!("hook failed after {timing}: {e}"),
+                );
+                self.event(
+                    g,
+                    NodeEventKind::HookFailed,
+                    &format!("{kind} hook: {e}"),
+                    repo,
                 );
                 Err(failed(e.to_string()))
             }
@@ -113,6 +171,9 @@ struct NodeHost {
     /// Whether the call has started a process: the first one is the app's
     /// primary process, whose variables `gear exec` gets.
     spawned: std::sync::atomic::AtomicBool,
+    /// Where the supervisor records crashes and restarts of the processes
+    /// the call starts.
+    events: crate::events::GearEvents,
 }
 
 impl GearHost for NodeHost {
@@ -236,7 +297,23 @@ impl GearHost for NodeHost {
             } else {
                 None
             };
-            procs::exec(&self.sandbox, &leaf, cmd, net.as_deref(), timeout).await
+            // what the program prints reaches the hook log (and a caller
+            // watching it) line by line, as it prints it
+            let program: String = cmd
+                .program
+                .rsplit('/')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+                .take(32)
+                .collect();
+            let log = &self.gear.hook_log;
+            let hook = ctx.hook;
+            let on_line = move |stream: &str, line: &str| {
+                log.line(&format!("{hook}[{program}:{stream}]"), line);
+            };
+            procs::exec(&self.sandbox, &leaf, cmd, net.as_deref(), timeout, &on_line).await
         })
     }
 
@@ -264,6 +341,7 @@ impl GearHost for NodeHost {
                     &name,
                     cmd,
                     restart,
+                    self.events.clone(),
                 )
                 .await?;
             // the first process a call starts is the app's primary one: its

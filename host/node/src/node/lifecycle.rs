@@ -19,6 +19,7 @@ impl Node {
     pub async fn start(&self, gear: &GearRef, progress: &Progress) -> ApiResult<reply::GearView> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        let _watch = g.hook_log.watch(progress);
         let r = g.record();
         if r.state == GearState::Running
             && g.supervisor.any_running()
@@ -223,6 +224,7 @@ impl Node {
     pub async fn restart(&self, gear: &GearRef, progress: &Progress) -> ApiResult<reply::GearView> {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        let _watch = g.hook_log.watch(progress);
         let r = g.record();
         let cart = self.cartridge(&r.cartridge)?;
         let held = Held::new(self, &g);

@@ -40,8 +40,68 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> ApiError {
     ApiError::new(ErrorKind::Failed, e.to_string())
 }
 
-/// Sends progress lines back to the caller.
-pub type Progress = tokio::sync::mpsc::UnboundedSender<String>;
+/// How many progress lines wait for a slow caller before more are dropped.
+pub const PROGRESS_QUEUE: usize = 4096;
+
+/// Sends progress lines back to the caller, bounded: a caller that does not
+/// read (or a hook that prints without end) makes the node drop lines, never
+/// hold more than [`PROGRESS_QUEUE`] of them. How many were dropped is counted.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    tx: tokio::sync::mpsc::Sender<String>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+    /// Set when the caller has closed its connection.
+    gone: gearhost_runtime::Cancel,
+}
+
+impl Progress {
+    /// A sink and the receiving end the caller's connection drains.
+    pub fn channel() -> (Progress, tokio::sync::mpsc::Receiver<String>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(PROGRESS_QUEUE);
+        (
+            Progress {
+                tx,
+                dropped: Arc::default(),
+                gone: gearhost_runtime::Cancel::new(),
+            },
+            rx,
+        )
+    }
+
+    /// A sink nobody reads (operations the node starts itself).
+    pub fn discard() -> Progress {
+        Progress::channel().0
+    }
+
+    /// Queue a line, saying whether it was: a full queue (or a caller gone)
+    /// drops it.
+    pub fn send(&self, line: String) -> bool {
+        match self.tx.try_send(line) {
+            Ok(()) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                self.dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                false
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// The flag the caller's connection sets when the caller goes away.
+    pub fn gone_flag(&self) -> gearhost_runtime::Cancel {
+        self.gone.clone()
+    }
+
+    /// Resolves once the caller has gone away (never for [`Progress::discard`]).
+    pub async fn gone(&self) {
+        self.gone.cancelled().await;
+    }
+
+    /// The count of lines dropped, which outlives the senders.
+    pub fn dropped(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.dropped.clone()
+    }
+}
 
 pub(crate) use gearhost_sys::lock::lock;
 
@@ -86,6 +146,8 @@ pub struct Node {
     pub(crate) keys: crate::keys::Keys,
     /// The ssh endpoint, when `[ssh]` turns it on.
     pub(crate) ssh: crate::ssh::SshEndpoint,
+    /// What happened to gears: deploys, starts, crashes, wakes, failures.
+    pub(crate) events: Arc<crate::events::EventLog>,
 }
 
 impl Node {
@@ -153,6 +215,11 @@ impl Node {
         let audit =
             crate::audit::AuditLog::open(&config.state_dir, config.log_max_bytes, config.log_keep)?;
         let keys = crate::keys::Keys::open(&config.state_dir)?;
+        let events = Arc::new(crate::events::EventLog::open(
+            &config.state_dir,
+            config.log_max_bytes,
+            config.log_keep,
+        )?);
         let node = Arc::new(Node {
             config: Arc::new(config),
             runtime,
@@ -170,6 +237,7 @@ impl Node {
             audit,
             keys,
             ssh: crate::ssh::SshEndpoint::default(),
+            events,
         });
         node.rebuild_routes();
         Ok(node)
@@ -361,8 +429,7 @@ impl Node {
                 if record.state == GearState::Idle {
                     // an idle gear stays asleep until a request wakes it
                 } else if record.desired == Desired::Running && startable {
-                    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-                    if let Err(e) = node.start_locked(&gear, &tx).await {
+                    if let Err(e) = node.start_locked(&gear, &Progress::discard()).await {
                         tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
                     }
                 } else if matches!(record.state, GearState::Running | GearState::Starting | GearState::Building | GearState::Stopping) {

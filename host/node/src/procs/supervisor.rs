@@ -55,6 +55,7 @@ impl Supervisor {
         name: &str,
         cmd: CommandSpec,
         restart: RestartPolicy,
+        events: crate::events::GearEvents,
     ) -> Result<u32, HostError> {
         {
             let procs = lock(&self.procs);
@@ -127,6 +128,7 @@ impl Supervisor {
             cmd,
             restart,
             log,
+            events,
             crash_limit,
             crash_window,
         ));
@@ -348,9 +350,11 @@ async fn monitor(
     cmd: CommandSpec,
     restart: RestartPolicy,
     log: LogFile,
+    events: crate::events::GearEvents,
     crash_limit: u32,
     crash_window: Duration,
 ) {
+    use crate::api::reply::NodeEventKind;
     let name = proc.name.clone();
     loop {
         // wait for the exit, forwarding signals meanwhile
@@ -380,6 +384,16 @@ async fn monitor(
             &format!("{name}[node]"),
             &format!("pid {pid} ended ({exit})"),
         );
+        if failed && !stopping {
+            let how = match exit {
+                ExitStatus::Exited(code) => format!("exited with status {code}"),
+                ExitStatus::Signaled(signal) => format!("was killed by signal {signal}"),
+            };
+            events.record(
+                NodeEventKind::Crashed,
+                &format!("process {name} (pid {pid}) {how}"),
+            );
+        }
         let again = !stopping
             && match restart {
                 RestartPolicy::Never => false,
@@ -420,13 +434,12 @@ async fn monitor(
         proc.ended.send_modify(|n| *n += 1);
         let Some(delay) = backoff else {
             if lock(&proc.status).state == ProcessState::Failed {
-                log.line(
-                    &format!("{name}[node]"),
-                    &format!(
-                        "crashed {crash_limit} times within {}; giving up",
-                        humantime::format_duration(crash_window)
-                    ),
+                let why = format!(
+                    "crashed {crash_limit} times within {}; giving up",
+                    humantime::format_duration(crash_window)
                 );
+                log.line(&format!("{name}[node]"), &why);
+                events.record(NodeEventKind::GaveUp, &format!("process {name} {why}"));
             }
             return;
         };
@@ -449,11 +462,24 @@ async fn monitor(
                 s.restarts += 1;
                 s.state = ProcessState::Running;
                 s.pid = Some(next.pid());
+                let restarts = s.restarts;
                 drop(s);
+                events.record(
+                    NodeEventKind::Restarted,
+                    &format!(
+                        "process {name} restarted as pid {} after {} (restart {restarts})",
+                        next.pid(),
+                        humantime::format_duration(delay)
+                    ),
+                );
                 child = next;
             }
             Err(e) => {
                 log.line(&format!("{name}[node]"), &format!("restart failed: {e}"));
+                events.record(
+                    NodeEventKind::GaveUp,
+                    &format!("process {name} could not be restarted: {e}"),
+                );
                 lock(&proc.status).state = ProcessState::Failed;
                 proc.ended.send_modify(|n| *n += 1);
                 return;
