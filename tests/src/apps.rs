@@ -28,7 +28,9 @@ pub fn releases(cartridge: &str) -> [(tempfile::TempDir, &'static str); 2] {
             (tree(&[("public/index.html", "static one\n")]), "static one"),
             (tree(&[("index.html", "static two\n")]), "static two"),
         ],
-        // the build writes the page outside the deployment directory
+        // the build writes the page outside the deployment directory, and
+        // atomically: a rollback's build runs while the release it replaces
+        // still serves that file
         "diy" => {
             let release = |page: &str| {
                 tree(&[
@@ -36,7 +38,8 @@ pub fn releases(cartridge: &str) -> [(tempfile::TempDir, &'static str); 2] {
                         ".gear/build",
                         &format!(
                             "#!/bin/sh\nset -eu\nmkdir -p /gear/app-root/runtime/www\n\
-                             printf '%s\\n' '{page}' > /gear/app-root/runtime/www/index.html\n"
+                             printf '%s\\n' '{page}' > /gear/app-root/runtime/www/index.html.new\n\
+                             mv /gear/app-root/runtime/www/index.html.new /gear/app-root/runtime/www/index.html\n"
                         ),
                     ),
                     (

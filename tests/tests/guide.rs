@@ -23,6 +23,9 @@ enum Run {
         input: &'static str,
         shows: &'static str,
     },
+    /// Exits with `code`, its standard error saying `says` (what the guide
+    /// shows happening when there is nothing to act on).
+    Refused { code: i32, says: &'static str },
     /// Keeps running (`-f`) after printing `shows` (empty: anything or
     /// nothing); the test then ends it.
     Follows { shows: &'static str },
@@ -89,6 +92,14 @@ const STEPS: &[Step] = &[
     ),
     step("gear show web", Run::Ok(&["web-default"])),
     step("gear show web --json", Run::Ok(&["\"name\": \"web\""])),
+    // no deploy is in progress: it says so and changes nothing
+    step(
+        "gear deploy web --cancel",
+        Run::Refused {
+            code: 1,
+            says: "no deploy is in progress on gear web",
+        },
+    ),
     // The frontend: aliases, access log
     ok("gear alias add web www.example.com"),
     step("gear alias list web", Run::Ok(&["www.example.com"])),
@@ -157,6 +168,11 @@ const STEPS: &[Step] = &[
     step("gear logs web -f -n 20", Run::Follows { shows: "" }),
     ok("gear logs web --hooks"),
     step("gear logs web --access", Run::Ok(&["GET / "])),
+    // The node's events
+    step("gear node events", Run::Ok(&["deploy-done"])),
+    step("gear node events -n 200 --gear web", Run::Ok(&["web"])),
+    step("gear node events -f", Run::Follows { shows: "started" }),
+    step("gear node events --json", Run::Ok(&["\"kind\""])),
     // Inside the gear
     step(
         "gear exec web -- sh -c 'id; ls /gear/app-root'",
@@ -284,6 +300,7 @@ impl Guide {
             Run::Ok(shows) => self.run_ok(command, "", shows),
             Run::Input { input, shows } => self.run_ok(command, input, &[shows]),
             Run::Follows { shows } => self.follow(command, shows),
+            Run::Refused { code, says } => self.refused(command, code, says),
             Run::Terminal {
                 answer,
                 code,
@@ -314,6 +331,20 @@ impl Guide {
         for expected in shows {
             assert!(stdout.contains(expected), "no {expected:?} in {context}");
         }
+    }
+
+    fn refused(&self, command: &str, code: i32, says: &str) {
+        let out = self
+            .shell(command)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run sh");
+        let context = self.context(command, &out.stdout, &out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{context}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(says),
+            "no {says:?} in {context}"
+        );
     }
 
     fn follow(&self, command: &str, shows: &str) {

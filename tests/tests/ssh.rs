@@ -415,6 +415,9 @@ fn push_to_deploy_and_ssh_into_gears_as_their_owners_only() {
     let out = ada.ssh(&[], "logs app -n 5");
     assert!(out.status.success(), "{}", text(&out));
 
+    // the gear CLI from a laptop: --remote, with the laptop's key
+    remote_cli(&node, &ada, port);
+
     // two pushes at once: the second waits for the first, both deploy
     let second = tempfile::tempdir().expect("second tree");
     let out = ada.git(
@@ -464,5 +467,113 @@ fn push_to_deploy_and_ssh_into_gears_as_their_owners_only() {
     assert!(
         body.contains("pushed first") || body.contains("pushed second"),
         "{body}"
+    );
+}
+
+/// `gear --remote ...` as ada, from a "laptop" whose home holds a remotes
+/// file: create, deploy of a local directory, logs, exec with a terminal.
+fn remote_cli(node: &TestNode, ada: &Client, port: u16) {
+    let laptop = tempfile::tempdir().expect("laptop home");
+    let config = laptop.path().join(".config/gearhost");
+    std::fs::create_dir_all(&config).expect("config dir");
+    std::fs::write(
+        config.join("remotes.toml"),
+        format!(
+            "default = \"test\"\n[remotes.test]\nurl = \"ssh://{ACCOUNT}@127.0.0.1:{port}\"\nidentity = \"{}\"\n",
+            ada.key.display()
+        ),
+    )
+    .expect("remotes.toml");
+    let ssh = "ssh -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR \
+               -o BatchMode=yes"
+        .to_string();
+    let gear = |args: &[&str]| {
+        Command::new(gearhost_tests::gear_bin())
+            .args(args)
+            .env("HOME", laptop.path())
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("XDG_RUNTIME_DIR")
+            .env_remove("GEARHOST_REMOTE")
+            .env("GEARHOST_SOCKET", "/nonexistent/not-this-node.sock")
+            .env("GEARHOST_SSH_COMMAND", &ssh)
+            .stdin(Stdio::null())
+            .output()
+            .expect("gear")
+    };
+    // the remotes file's default is used; an explicit URL works too
+    let out = gear(&["create", "site", "--cartridge", "diy"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let url = format!("ssh://{ACCOUNT}@127.0.0.1:{port}");
+    let out = gear(&["--remote", &url, "whoami"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("ssh-ada "),
+        "{}",
+        text(&out)
+    );
+    // a local directory, sent as an archive over ssh
+    let site = tempfile::tempdir().expect("site");
+    for (path, contents) in app("from a laptop") {
+        let p = site.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&p, contents).expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        if path.starts_with(".gear/") {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+    }
+    let out = gear(&["deploy", "site", site.path().to_str().expect("utf-8")]);
+    assert!(
+        out.status.success(),
+        "{}\nnode log:\n{}",
+        text(&out),
+        node.log()
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("deployment 1 of site is active"),
+        "{}",
+        text(&out)
+    );
+    serves(node, "site-ssh-ada", "from a laptop");
+    let out = gear(&["logs", "site", "--hooks", "-n", "50"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("start[node]"),
+        "{}",
+        text(&out)
+    );
+    // exec: the status comes back, and on a terminal the command has one
+    let out = gear(&["exec", "site", "--", "sh", "-c", "exit 5"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let script = format!(
+        "HOME={} GEARHOST_SSH_COMMAND='{ssh}' {} exec site -- sh -c 'test -t 0 && echo on-a-terminal'",
+        laptop.path().display(),
+        gearhost_tests::gear_bin().display()
+    );
+    let (code, shown) = gearhost_tests::on_terminal(&script, &[]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("on-a-terminal"), "{shown}");
+    // what the node's disk holds is not reachable this way
+    let out = gear(&["cartridge", "install", "/srv"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    // local and remote list, timed (the shared connection is warm by now)
+    let mut remote = Vec::new();
+    for _ in 0..5 {
+        let began = Instant::now();
+        let out = gear(&["list"]);
+        remote.push(began.elapsed());
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let mut local = Vec::new();
+    for _ in 0..5 {
+        let began = Instant::now();
+        node.ok(&["list"]);
+        local.push(began.elapsed());
+    }
+    remote.sort();
+    local.sort();
+    println!(
+        "gear list: local median {:.1?}, --remote median {:.1?} (shared ssh connection)",
+        local[2], remote[2]
     );
 }

@@ -48,6 +48,7 @@ pub mod client;
 pub mod cmd;
 pub mod ignore;
 mod output;
+pub mod remote;
 
 /// How a command failed, mapped to an exit code.
 #[derive(Debug)]
@@ -104,6 +105,13 @@ pub struct Cli {
         value_name = "NAMESPACE"
     )]
     pub namespace: Option<String>,
+
+    /// Run the command on a remote node through its ssh endpoint:
+    /// `ssh://gear@HOST[:PORT]`, or a remote's name from
+    /// ~/.config/gearhost/remotes.toml (whose `default` applies when this is
+    /// not given).
+    #[arg(long, global = true, env = "GEARHOST_REMOTE", value_name = "REMOTE")]
+    pub remote: Option<String>,
 
     /// The subcommand.
     #[command(subcommand)]
@@ -340,6 +348,112 @@ fn node_options_for_no_node(matches: &clap::ArgMatches) -> Option<clap::Error> {
     ))
 }
 
+/// Run the command on a remote node when one is asked for (`--remote`,
+/// `GEARHOST_REMOTE`, or the remotes file's default): its exit status, or
+/// `None` to run it here.
+fn remotely(cli: &Cli, args: &[std::ffi::OsString]) -> Option<u8> {
+    use remote::Input;
+    let local = matches!(
+        &cli.command,
+        Command::Cartridge(
+            CartridgeCommand::New(_) | CartridgeCommand::Check(_) | CartridgeCommand::Call(_),
+        ) | Command::Node(NodeCommand::Check(_) | NodeCommand::Run(_) | NodeCommand::Config)
+            | Command::Sandbox(_)
+            | Command::Completions(_)
+            | Command::SshAuthorize(_)
+            | Command::SshSession(_)
+            | Command::SshHook(_)
+    );
+    if local {
+        // an explicit --remote on such a command is a mistake worth saying
+        if cli.remote.is_some()
+            && args
+                .iter()
+                .any(|a| a.to_string_lossy().starts_with("--remote"))
+        {
+            eprintln!("error: this command runs here, not on a remote node; drop --remote");
+            return Some(2);
+        }
+        return None;
+    }
+    let failed = |f: Failure| {
+        if let Failure::Failed(e) | Failure::Invalid(e) | Failure::Environment(e) = &f {
+            eprintln!("error: {}", gearhost_sys::program::error_text(e));
+        }
+        match f {
+            Failure::Reported(code) => code,
+            other => other.code(),
+        }
+    };
+    let remote = match remote::resolve(cli.remote.as_deref()) {
+        Ok(Some(r)) => r,
+        Ok(None) => return None,
+        Err(f) => return Some(failed(f)),
+    };
+    let words: Vec<String> = remote::without_remote(args).into_iter().skip(1).collect();
+    use std::io::IsTerminal;
+    let tty = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    let (words, input, terminal) = match &cli.command {
+        Command::Cartridge(CartridgeCommand::Install(_)) => {
+            return Some(failed(Failure::Invalid(anyhow::anyhow!(
+                "cartridges are installed on the node itself (`gear cartridge install DIR` there)"
+            ))));
+        }
+        Command::Deploy(d) if !d.cancel && d.source.as_os_str() != "-" => {
+            let sources = match std::fs::canonicalize(&d.source)
+                .map_err(|e| {
+                    Failure::Invalid(anyhow::anyhow!(
+                        "cannot read {}: {e}; give an existing directory",
+                        d.source.display()
+                    ))
+                })
+                .and_then(|dir| archive::walk(&dir, d.max_size).map(|s| (dir, s)))
+            {
+                Ok(s) => s,
+                Err(f) => return Some(failed(f)),
+            };
+            eprintln!(
+                "deploying {} to {} ({} entries, {} bytes)",
+                sources.0.display(),
+                d.gear.name,
+                sources.1.entries(),
+                sources.1.bytes
+            );
+            let mut w = vec!["deploy".to_string(), d.gear.name.clone()];
+            if let Some(ns) = &d.gear.namespace {
+                w.extend(["-N".to_string(), ns.clone()]);
+            }
+            if d.json {
+                w.push("--json".into());
+            }
+            w.push("-".into());
+            (w, Input::Sources(sources.1), false)
+        }
+        Command::Keys(cmd::keys::Command::Add { file, user, .. }) if file.as_os_str() != "-" => {
+            let key = match std::fs::read(file) {
+                Ok(k) => k,
+                Err(e) => {
+                    return Some(failed(Failure::Invalid(anyhow::anyhow!(
+                        "cannot read {}: {e}",
+                        file.display()
+                    ))));
+                }
+            };
+            let mut w = vec!["keys".to_string(), "add".into(), "-".into()];
+            if let Some(u) = user {
+                w.extend(["--user".to_string(), u.clone()]);
+            }
+            (w, Input::Bytes(key), false)
+        }
+        Command::Exec(_) | Command::Destroy(_) => (words, Input::Inherit, tty),
+        _ => (words, Input::Inherit, false),
+    };
+    Some(match remote::run(&remote, &words, input, terminal) {
+        Ok(code) => code,
+        Err(f) => failed(f),
+    })
+}
+
 pub fn main() -> ExitCode {
     ExitCode::from(run_args(std::env::args_os().collect()))
 }
@@ -369,6 +483,9 @@ pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
         }
     };
     gearhost_sys::program::init_tracing(cli.verbose);
+    if let Some(code) = remotely(&cli, &args) {
+        return code;
+    }
     let result = match cli.command {
         Command::Cartridge(CartridgeCommand::New(args)) => cmd::cartridge_new::run(args),
         Command::Cartridge(CartridgeCommand::Check(args)) => cmd::cartridge_check::run(args),

@@ -95,6 +95,12 @@ fn refused(words: &[String]) -> Option<String> {
     {
         return Some("--socket is the node's own through ssh".into());
     }
+    if words
+        .iter()
+        .any(|w| w == "--remote" || w.starts_with("--remote="))
+    {
+        return Some("--remote is where a command starts, not where it arrives".into());
+    }
     match (verb, sub) {
         ("node", "metrics") => None,
         ("node" | "sandbox", _) | ("ssh-authorize" | "ssh-session" | "ssh-hook", _) => Some(format!(
@@ -353,6 +359,7 @@ mod tests {
             ("ssh-session root", false),
             ("--socket /tmp/other.sock list", false),
             ("list --socket=/tmp/x", false),
+            ("--remote ssh://x@elsewhere list", false),
         ] {
             assert_eq!(refused(&words(line)).is_none(), allowed, "{line}");
         }
