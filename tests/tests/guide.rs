@@ -80,6 +80,10 @@ const fn ok(command: &'static str) -> Step {
 
 /// Every command of the guide's code blocks, in the guide's order.
 const STEPS: &[Step] = &[
+    // From your laptop: the key (the rest of that section runs over ssh,
+    // which tests/tests/ssh.rs covers)
+    step("gear keys add ~/.ssh/id_ed25519.pub", Run::Ok(&["SHA256:"])).before(make_a_key),
+    step("gear keys list", Run::Ok(&["SHA256:"])),
     // Create and deploy
     step("gear cartridge list", Run::Ok(&["static", "postgresql"])),
     step(
@@ -442,6 +446,18 @@ fn create_team_gear(guide: &Guide) {
     guide
         .node
         .ok(&["-N", "team", "create", "blog", "--cartridge", "static"]);
+}
+
+/// The key the guide's `gear keys add` adds, made as `ssh-keygen` would.
+fn make_a_key(guide: &Guide) {
+    let dir = guide.cwd.path().join(".ssh");
+    std::fs::create_dir_all(&dir).expect("make ~/.ssh");
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "guide@laptop", "-f"])
+        .arg(dir.join("id_ed25519"))
+        .output()
+        .expect("ssh-keygen");
+    assert!(out.status.success(), "{out:?}");
 }
 
 /// The directories the guide's install lines write to (it says to make them).

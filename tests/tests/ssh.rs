@@ -188,11 +188,14 @@ fn push_to_deploy_and_ssh_into_gears_as_their_owners_only() {
         &format!("[ssh]\nlisten = \"127.0.0.1:{port}\"\nuser = \"{ACCOUNT}\"\n"),
         "",
     );
-    let _diy = {
-        let dir = cartridge_dir("diy-cartridge");
-        node.ok(&["cartridge", "install", dir.path().to_str().expect("utf-8")]);
-        dir
-    };
+    let _carts: Vec<_> = ["diy-cartridge", "python-cartridge"]
+        .iter()
+        .map(|p| {
+            let dir = cartridge_dir(p);
+            node.ok(&["cartridge", "install", dir.path().to_str().expect("utf-8")]);
+            dir
+        })
+        .collect();
     let keys = tempfile::tempdir().expect("keys");
     let (ada_key, ada_pub) = key(keys.path(), "ada");
     let (bob_key, bob_pub) = key(keys.path(), "bob");
@@ -418,6 +421,9 @@ fn push_to_deploy_and_ssh_into_gears_as_their_owners_only() {
     // the gear CLI from a laptop: --remote, with the laptop's key
     remote_cli(&node, &ada, port);
 
+    // a Python app whose virtualenv exists: push to answering, timed
+    python_push(&node, &ada);
+
     // two pushes at once: the second waits for the first, both deploy
     let second = tempfile::tempdir().expect("second tree");
     let out = ada.git(
@@ -575,5 +581,43 @@ fn remote_cli(node: &TestNode, ada: &Client, port: u16) {
     println!(
         "gear list: local median {:.1?}, --remote median {:.1?} (shared ssh connection)",
         local[2], remote[2]
+    );
+}
+
+/// A Python app (`app.py`) pushed twice: the first push makes its
+/// virtualenv, the second is timed from `git push` to the new page.
+fn python_push(node: &TestNode, ada: &Client) {
+    let out = ada.ssh(&[], "create py --cartridge python");
+    assert!(out.status.success(), "{}", text(&out));
+    let work = tempfile::tempdir().expect("work tree");
+    let out = ada.git(work.path(), &["init", "-q", "-b", "main"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let app = |page: &str| {
+        format!(
+            "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\
+             class H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        \
+             body = b'{page}\\n'\n        self.send_response(200)\n        \
+             self.send_header('Content-Length', str(len(body)))\n        \
+             self.end_headers()\n        self.wfile.write(body)\n\
+             HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n"
+        )
+    };
+    commit(ada, work.path(), &[("app.py", &app("python one"))], "one");
+    let out = ada.git(work.path(), &["push", "-q", &ada.url("ssh-ada/py"), "main"]);
+    assert!(
+        out.status.success(),
+        "{}\nnode log:\n{}",
+        text(&out),
+        node.log()
+    );
+    serves(node, "py-ssh-ada", "python one");
+    commit(ada, work.path(), &[("app.py", &app("python two"))], "two");
+    let began = Instant::now();
+    let out = ada.git(work.path(), &["push", "-q", &ada.url("ssh-ada/py"), "main"]);
+    assert!(out.status.success(), "{}", text(&out));
+    serves(node, "py-ssh-ada", "python two");
+    println!(
+        "git push of a Python app (virtualenv made by the first push) to answering: {:.2?}",
+        began.elapsed()
     );
 }
