@@ -559,6 +559,15 @@ fn remote_cli(node: &TestNode, ada: &Client, port: u16) {
     let (code, shown) = gearhost_tests::on_terminal(&script, &[]);
     assert_eq!(code, Some(0), "{shown}");
     assert!(shown.contains("on-a-terminal"), "{shown}");
+    // and a change of this terminal's size reaches the command in the gear
+    let mut resized = Command::new(gearhost_tests::gear_bin());
+    resized
+        .args(["exec", "site", "--"])
+        .env("HOME", laptop.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("GEARHOST_SSH_COMMAND", &ssh);
+    gearhost_tests::assert_terminal_follows_a_resize(resized);
     // what the node's disk holds is not reachable this way
     let out = gear(&["cartridge", "install", "/srv"]);
     assert!(!out.status.success(), "{}", text(&out));

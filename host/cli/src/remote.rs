@@ -135,9 +135,16 @@ pub fn parse_url(url: &str) -> Result<Remote, String> {
 
 /// The remote to use: `--remote` (a URL or a name from the remotes file),
 /// else `GEARHOST_REMOTE` (clap reads it into `--remote`), else the file's
-/// default; none for a local command.
+/// default; none for a local command (also when the file cannot be read
+/// and no remote was named).
 pub fn resolve(given: Option<&str>) -> Result<Option<Remote>, Failure> {
-    let file = load_file()?;
+    let file = match (given, load_file()) {
+        (_, Ok(file)) => file,
+        // a command that names no remote runs here whatever that file is
+        // (another user's HOME, through sudo or runuser, is not readable)
+        (None, Err(_)) => return Ok(None),
+        (Some(_), Err(e)) => return Err(e),
+    };
     let name = match given {
         Some(g) if g.starts_with("ssh://") => {
             return parse_url(g)

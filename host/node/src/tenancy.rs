@@ -675,4 +675,62 @@ mod tests {
         again.delete(&root(), "team-b", 0).expect("empty team");
         assert_eq!(again.of_user("daemon"), vec!["daemon"]);
     }
+
+    #[test]
+    fn keys_are_the_owners_and_the_ssh_account_only_looks_them_up() {
+        let (_dir, ns) = namespaces();
+        let ada = user("ada");
+        let add = |who: Option<&str>| -> Request {
+            ops::KeysAdd {
+                user: who.map(str::to_string),
+                key: "ssh-ed25519 AAAA".into(),
+            }
+            .into()
+        };
+        authorize(&ada, &ns, &add(None)).expect("her own");
+        authorize(&ada, &ns, &add(Some("ada"))).expect("her own, named");
+        let e = authorize(&ada, &ns, &add(Some("bob"))).expect_err("bob's");
+        assert_eq!(e.kind, ErrorKind::Denied);
+        authorize(&root(), &ns, &add(Some("bob"))).expect("an operator");
+        let all: Request = ops::KeysList {
+            user: None,
+            all: true,
+        }
+        .into();
+        assert!(authorize(&ada, &ns, &all).is_err());
+        let lookup: Request = ops::KeysLookup {
+            kind: "ssh-ed25519".into(),
+            key: "AAAA".into(),
+        }
+        .into();
+        assert!(authorize(&ada, &ns, &lookup).is_err(), "not for users");
+        let endpoint = Caller {
+            uid: 999,
+            user: "gear".into(),
+            operator: false,
+            ssh: SshRole::Endpoint,
+        };
+        authorize(&endpoint, &ns, &lookup).expect("the endpoint looks keys up");
+        let e = authorize(&endpoint, &ns, &start("web", "gear")).expect_err("nothing else");
+        assert!(e.message.contains("may only look up keys"), "{e}");
+    }
+
+    #[test]
+    fn only_the_ssh_account_may_name_the_user_it_acts_for() {
+        let mut config = NodeConfig::embedded();
+        config.uid_min = 70000;
+        config.uid_max = 70100;
+        // root naming a user is refused, like anyone who is not the endpoint
+        let e = identify_as(0, 0, Some("ada"), Some(999), &config).expect_err("root");
+        assert_eq!(e.kind, ErrorKind::Denied);
+        let e = identify_as(0, 0, Some("ada"), None, &config).expect_err("no endpoint");
+        assert_eq!(e.kind, ErrorKind::Denied);
+        let ada = identify_as(999, 999, Some("ada"), Some(999), &config).expect("the endpoint");
+        assert_eq!((ada.user.as_str(), ada.ssh), ("ada", SshRole::User));
+        assert!(!ada.operator, "ada is no local operator");
+        let bare = identify_as(999, 999, None, Some(999), &config).expect("the endpoint");
+        assert_eq!(bare.ssh, SshRole::Endpoint);
+        let e = identify_as(999, 999, Some("Not A Name"), Some(999), &config).expect_err("name");
+        assert_eq!(e.kind, ErrorKind::Invalid);
+    }
 }

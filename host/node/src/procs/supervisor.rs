@@ -310,8 +310,22 @@ impl Aside {
 const MAX_SUPERVISED: usize = 64;
 
 /// Start numbers, so every start of a process gets a cgroup of its own: the
-/// previous one may still be being removed when its successor starts.
+/// previous one may still be being removed when its successor starts. They
+/// count from the node's start time in milliseconds, so that a node started
+/// after one that was killed never picks a leaf the dying processes of the
+/// old one still hold.
 static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The next start number (see [`STARTS`]).
+fn next_start() -> u64 {
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    });
+    base + STARTS.fetch_add(1, Ordering::Relaxed)
+}
 
 async fn start_one(
     gear: &GearSandbox,
@@ -320,7 +334,7 @@ async fn start_one(
     name: &str,
 ) -> Result<Sandboxed, HostError> {
     let argv = argv_of(cmd);
-    let leaf = cgroup::process_leaf(&gear.id, name, STARTS.fetch_add(1, Ordering::Relaxed));
+    let leaf = cgroup::process_leaf(&gear.id, name, next_start());
     let mut spec = gear.spec(&leaf, argv, Some(&cmd.env), cmd.cwd.as_deref());
     spec.stdio.stdout = Stdio::Piped;
     spec.stdio.stderr = Stdio::Piped;
