@@ -226,6 +226,15 @@ async fn forward(
     to: Option<Weak<Gear>>,
 ) -> std::io::Result<()> {
     let began = std::time::Instant::now();
+    // a gear the node is about to restart is not connected to: the
+    // connection would end with the old server a moment later
+    while let Some(gear) = to.as_ref().and_then(Weak::upgrade) {
+        if !restarting(&gear) || began.elapsed() >= MOST_HOLD {
+            break;
+        }
+        drop(gear);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let upstream = loop {
         let gear = to.as_ref().and_then(Weak::upgrade);
         let port = gear.as_ref().map_or(port, |g| {
