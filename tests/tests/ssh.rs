@@ -186,7 +186,7 @@ fn push_to_deploy_and_ssh_into_gears_as_their_owners_only() {
         &state.0,
         80800,
         &format!("[ssh]\nlisten = \"127.0.0.1:{port}\"\nuser = \"{ACCOUNT}\"\n"),
-        "",
+        "max-deploy-size = \"2MiB\"\n",
     );
     let _carts: Vec<_> = ["diy-cartridge", "python-cartridge"]
         .iter()
@@ -349,6 +349,29 @@ fn push_to_deploy_and_ssh_into_gears_as_their_owners_only() {
         "{}",
         text(&remote)
     );
+
+    // a push larger than a deploy may be is refused by git itself: the
+    // node's disk holds no more of it than that
+    let big = tempfile::tempdir().expect("big tree");
+    let out = ada.git(big.path(), &["init", "-q", "-b", "main"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let mut noise = vec![0u8; 3 << 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut noise))
+        .expect("random bytes");
+    std::fs::write(big.path().join("noise.bin"), &noise).expect("write");
+    commit(&ada, big.path(), &[], "big");
+    let out = ada.git(
+        big.path(),
+        &["push", "-q", "-f", &ada.url("ssh-ada/app"), "main"],
+    );
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("maximum allowed size"),
+        "{}",
+        text(&out)
+    );
+    serves(&node, "app-ssh-ada", "first release");
 
     // bob can neither push to nor exec into nor clone ada's gear
     let theirs = tempfile::tempdir().expect("bob's tree");

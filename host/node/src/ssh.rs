@@ -450,10 +450,19 @@ impl Node {
         let hooks = dir(self.config()).join("hooks");
         let branch = ssh.branch.clone();
         let made = path.clone();
-        tokio::task::spawn_blocking(move || make_repo(&made, &hooks, &branch, uid))
-            .await
-            .map_err(|e| ApiError::new(ErrorKind::Failed, e.to_string()))?
-            .map_err(|e| ApiError::new(ErrorKind::Failed, e.to_string()))?;
+        // a push's pack may be at most what a deploy may unpack (git counts
+        // it compressed; the deploy checks the files again)
+        let max_input = self.config().max_deploy_size;
+        tokio::task::spawn_blocking(move || {
+            make_repo(&made, &hooks, &branch, uid)?;
+            if write {
+                seal_config(&made, max_input)?;
+            }
+            Ok::<(), anyhow::Error>(())
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Failed, e.to_string()))?
+        .map_err(|e| ApiError::new(ErrorKind::Failed, e.to_string()))?;
         Ok(crate::api::reply::GitRepo {
             path,
             branch: ssh.branch,
@@ -486,6 +495,27 @@ fn make_repo(path: &Path, hooks: &Path, branch: &str, uid: u32) -> anyhow::Resul
         .map_or(uid, |u| u.gid.as_raw());
     chown_tree(&staged, uid, gid)?;
     std::fs::rename(&staged, path)?;
+    Ok(())
+}
+
+/// The repository's configuration as the node wants it before a push, owned
+/// by root (git reads it as the login account, which cannot change it): its
+/// hooks, and the largest pack a push may send.
+fn seal_config(repo: &Path, max_input: u64) -> anyhow::Result<()> {
+    let r = repo.to_string_lossy();
+    run_tool(
+        "git",
+        &[
+            "--git-dir",
+            &r,
+            "config",
+            "receive.maxInputSize",
+            &max_input.to_string(),
+        ],
+    )?;
+    let config = repo.join("config");
+    std::os::unix::fs::chown(&config, Some(0), Some(0))?;
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644))?;
     Ok(())
 }
 
