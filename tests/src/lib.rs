@@ -527,10 +527,35 @@ impl Drop for TestNode {
         }
         if let Ok(mounts) = gearhost_sandbox::cgroup::detect() {
             for root in gearhost_sandbox::cgroup::roots(&mounts) {
-                let _ = std::fs::remove_dir(root.join(&self.subtree));
+                remove_cgroup_tree(&root.join(&self.subtree));
             }
         }
     }
+}
+
+/// Kill whatever is left in the cgroup `dir` and below (a gear a test left
+/// running, one a node kept running when it stopped), then remove the
+/// groups, deepest first, so that test subtrees do not pile up on the machine.
+fn remove_cgroup_tree(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    for _ in 0..50 {
+        let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if pids.trim().is_empty() {
+            break;
+        }
+        for pid in pids.lines() {
+            let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = std::fs::remove_dir(dir);
 }
 
 /// Parse `text` as JSON, or fail the test showing it.
