@@ -343,6 +343,8 @@ fn sshd_config(ssh: &SshConfig, dir: &Path, gear: &Path, socket: &Path) -> Strin
          MaxAuthTries 6\n\
          LoginGraceTime 30\n\
          MaxStartups 20:30:100\n\
+         PerSourceMaxStartups 10\n\
+         MaxSessions 10\n\
          ClientAliveInterval 60\n\
          SetEnv GEARHOST_SOCKET={sock}\n\
          LogLevel INFO\n",
@@ -557,6 +559,7 @@ mod tests {
             "AllowTcpForwarding no",
             "PermitUserRC no",
             "PermitUserEnvironment no",
+            "PerSourceMaxStartups 10",
             "SetEnv GEARHOST_SOCKET=/run/gearhost/node.sock",
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
