@@ -236,6 +236,21 @@ ops! {
         /// The host name.
         hostname: String,
     }
+    /// Attach a TLS certificate to one of the gear's aliases: the chain
+    /// (PEM, leaf first) and its private key (PEM), read by the client with
+    /// its own rights. The node checks that they belong together, cover the
+    /// name and are valid now, keeps them readable by root only, and serves
+    /// them from the next handshake on.
+    AliasCert "alias-cert" => reply::AliasCertificate {
+        /// The gear.
+        gear: GearRef,
+        /// The alias.
+        hostname: String,
+        /// The certificate chain, PEM.
+        certificate: String,
+        /// Its private key, PEM.
+        key: String,
+    }
     /// The gear's host names.
     AliasList "alias-list" => reply::HostNames {
         /// The gear.

@@ -591,6 +591,17 @@ pub struct AuditLog {
     pub entries: Vec<AuditEntry>,
 }
 
+/// A certificate attached to an alias.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasCertificate {
+    /// The alias.
+    pub hostname: String,
+    /// When the certificate expires (RFC 3339, UTC).
+    pub not_after: String,
+    /// Its issuer.
+    pub issuer: String,
+}
+
 /// An ssh key of a user.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyInfo {

@@ -168,6 +168,13 @@ fn requests() -> Vec<Request> {
         NamespaceList {}.into(),
         Audit { lines: 50 }.into(),
         Metrics {}.into(),
+        AliasCert {
+            gear: web(),
+            hostname: "www.example.org".into(),
+            certificate: "-----BEGIN CERTIFICATE-----\nMIIB...\n-----END CERTIFICATE-----\n".into(),
+            key: "-----BEGIN PRIVATE KEY-----\nMIGH...\n-----END PRIVATE KEY-----\n".into(),
+        }
+        .into(),
         KeysAdd {
             user: Some("ada".into()),
             key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2cGDeJ0Ojq+X7Z3pJ2vfWcD8r9bZvZ8yQm0d1c4k7L ada@laptop".into(),
@@ -492,6 +499,14 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
         added: "2026-12-04T10:00:00.000Z".into(),
     };
     answer::<KeysAdd>("key", &key);
+    answer::<AliasCert>(
+        "alias-certificate",
+        &AliasCertificate {
+            hostname: "www.example.org".into(),
+            not_after: "2027-03-04T10:00:00Z".into(),
+            issuer: "CN=Example CA".into(),
+        },
+    );
     answer::<KeysList>("keys", &vec![key]);
     answer::<KeysLookup>(
         "key-owner",

@@ -256,6 +256,19 @@ pub fn write_request_head(
     forwarded_for: &str,
     out: &mut Vec<u8>,
 ) {
+    write_request_head_as(data, head, checked, forwarded_for, false, out);
+}
+
+/// [`write_request_head`] for a request that came over TLS when `secure`
+/// (`X-Forwarded-Proto: https`).
+pub fn write_request_head_as(
+    data: &[u8],
+    head: &RequestHead,
+    checked: &Checked,
+    forwarded_for: &str,
+    secure: bool,
+    out: &mut Vec<u8>,
+) {
     let authority = &data[checked.authority.clone()];
     out.clear();
     out.extend_from_slice(&data[head.method.clone()]);
@@ -289,7 +302,11 @@ pub fn write_request_head(
     out.extend_from_slice(forwarded_for.as_bytes());
     out.extend_from_slice(b"\r\nx-forwarded-host: ");
     out.extend_from_slice(authority);
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+    out.extend_from_slice(if secure {
+        b"\r\nx-forwarded-proto: https\r\n".as_slice()
+    } else {
+        b"\r\nx-forwarded-proto: http\r\n".as_slice()
+    });
     match checked.framing {
         Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         Framing::Length(n) if checked.facts.content_length.is_some() => {

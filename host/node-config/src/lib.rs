@@ -3,6 +3,7 @@
 //! the rest of the node reads.
 
 pub mod egress;
+pub mod https;
 pub mod ssh;
 
 use std::path::{Path, PathBuf};
@@ -117,6 +118,8 @@ pub struct NodeConfig {
     pub max_deploy_size: u64,
     /// The ssh endpoint (`[ssh]`; none: off).
     pub ssh: Option<ssh::SshConfig>,
+    /// The frontend's HTTPS listener (`[https]`; none: off).
+    pub https: Option<https::HttpsConfig>,
 }
 
 /// Limits on what one user's gears may take together.
@@ -193,6 +196,8 @@ struct RawConfig {
     logs: RawLogs,
     #[serde(default)]
     ssh: ssh::RawSsh,
+    #[serde(default)]
+    https: https::RawHttps,
 }
 
 #[derive(Deserialize, Default)]
@@ -711,6 +716,10 @@ impl NodeConfig {
             .ssh
             .resolve()
             .map_err(|(problem, help)| err(problem, help))?;
+        let https = raw
+            .https
+            .resolve()
+            .map_err(|(problem, help)| err(problem, help))?;
         Ok(NodeConfig {
             state_dir: raw.state_dir,
             socket: raw.socket,
@@ -751,6 +760,7 @@ impl NodeConfig {
             log_max_bytes: size("logs.max-size", &raw.logs.max_size)?,
             log_keep: raw.logs.keep,
             ssh,
+            https,
         })
     }
 

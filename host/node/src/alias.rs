@@ -147,6 +147,7 @@ impl Node {
             ));
         }
         let next = g.update(self.config(), |r| r.aliases.retain(|a| *a != name))?;
+        self.certs.remove_alias(&name);
         self.rebuild_routes();
         g.hook_log
             .line("alias[node]", &format!("removed alias {name}"));
@@ -155,6 +156,50 @@ impl Node {
             hostname: name,
             aliases: next.aliases,
             unchanged: false,
+        })
+    }
+
+    /// `gear alias cert GEAR HOST`: attach a certificate to an alias.
+    pub async fn alias_cert(
+        &self,
+        gear: &GearRef,
+        hostname: &str,
+        certificate: &str,
+        key: &str,
+    ) -> ApiResult<reply::AliasCertificate> {
+        let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        let r = g.record();
+        if !r.aliases.contains(&name) {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "gear {} has no alias {name}; add it with `gear alias add {} {name} --cert FILE --key FILE`",
+                    r.name, r.name
+                ),
+            ));
+        }
+        let certs = self.certs.clone();
+        let (host, chain, pem) = (name.clone(), certificate.to_string(), key.to_string());
+        let pair = tokio::task::spawn_blocking(move || {
+            certs.set_alias(&host, chain.as_bytes(), pem.as_bytes())
+        })
+        .await
+        .map_err(|e| ApiError::new(ErrorKind::Failed, e.to_string()))?
+        .map_err(|e| invalid(format!("the certificate for {name} was not attached: {e}")))?;
+        let not_after = humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(pair.not_after.max(0) as u64),
+        )
+        .to_string();
+        g.hook_log.line(
+            "alias[node]",
+            &format!("a certificate for {name} (until {not_after}) is served"),
+        );
+        Ok(reply::AliasCertificate {
+            hostname: name,
+            not_after,
+            issuer: pair.issuer,
         })
     }
 

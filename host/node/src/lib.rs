@@ -11,6 +11,7 @@
 
 pub mod alias;
 pub mod audit;
+pub mod certs;
 pub mod conns;
 pub mod egress;
 pub mod env;
@@ -69,6 +70,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen on the frontend address {}: {e}; set `frontend` in the node configuration", node.config().frontend))?;
     let frontend_addr = frontend.local_addr()?;
     node.set_frontend_addr(frontend_addr);
+    let https = match &node.config().https {
+        Some(h) => Some(std::net::TcpListener::bind(&h.listen).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on the https address {}: {e}; set `https.listen` in the node configuration",
+                h.listen
+            )
+        })?),
+        None => None,
+    };
     node.set_main_runtime(tokio::runtime::Handle::current());
     let metrics = match &node.config().metrics {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
@@ -113,6 +123,18 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         tokio::spawn(async move { node.resume().await })
     };
     frontend::start_workers(&node, frontend)?;
+    if let Some(listener) = https {
+        let tls = certs::server_config(node.certs.clone())?;
+        frontend::start_https(&node, listener, tls)?;
+        let certs = node.certs.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(certs::RELOAD_EVERY).await;
+                let c = certs.clone();
+                let _ = tokio::task::spawn_blocking(move || c.reload_operator()).await;
+            }
+        });
+    }
     let idler = tokio::spawn(node.clone().idler());
     let ssh = tokio::spawn(node.clone().run_ssh());
     let flusher = tokio::spawn(frontend::flush_access_logs(node.clone()));

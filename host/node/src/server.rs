@@ -519,6 +519,10 @@ async fn dispatch(
         Request::KeysLookup(op) => answer::<ops::KeysLookup>(Ok(reply::KeyOwner {
             user: node.keys.owner(&op.kind, &op.key),
         })),
+        Request::AliasCert(op) => answer::<ops::AliasCert>(
+            node.alias_cert(&op.gear, &op.hostname, &op.certificate, &op.key)
+                .await,
+        ),
         Request::GitAccess(op) => {
             answer::<ops::GitAccess>(node.git_access(&op.gear, op.write).await)
         }

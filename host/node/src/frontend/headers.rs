@@ -187,9 +187,10 @@ pub(super) fn write_request_head(
     head: &gearhost_http::head::RequestHead,
     checked: &Checked,
     forwarded_for: &str,
+    secure: bool,
     out: &mut Vec<u8>,
 ) {
-    gearhost_http::request::write_request_head(data, head, checked, forwarded_for, out);
+    gearhost_http::request::write_request_head_as(data, head, checked, forwarded_for, secure, out);
 }
 
 #[cfg(test)]
@@ -205,7 +206,7 @@ mod tests {
         assert_eq!(parse_request(text.as_bytes(), &mut head), Ok(true));
         let checked = check_request(text.as_bytes(), &head).expect("a valid request");
         let mut out = Vec::new();
-        write_request_head(text.as_bytes(), &head, &checked, peer, &mut out);
+        write_request_head(text.as_bytes(), &head, &checked, peer, false, &mut out);
         String::from_utf8(out).expect("test value")
     }
 

@@ -45,6 +45,7 @@ mod metrics;
 mod pages;
 mod pipeline;
 mod routes;
+pub(crate) mod tls;
 mod wire;
 mod workers;
 
@@ -53,7 +54,7 @@ pub(crate) use gear::WakeResult;
 pub use gear::{GearFront, LiveSlot, SlotLease, now_ms};
 pub use metrics::{Refusal, Stats, render_metrics, serve_metrics};
 pub use routes::Target;
-pub use workers::{open_door, start_workers};
+pub use workers::{open_door, start_https, start_workers};
 
 use crate::node::Gear;
 
@@ -73,6 +74,8 @@ pub struct Frontend<G = Gear> {
     /// The workers' queues of new connections, and which worker is next.
     workers: Mutex<Vec<workers::WorkerQueue>>,
     next_worker: AtomicUsize,
+    /// The TLS side of the `[https]` listener, once it listens.
+    pub(crate) tls: std::sync::OnceLock<Arc<rustls::ServerConfig>>,
 }
 
 impl<G> Default for Frontend<G> {
@@ -85,6 +88,7 @@ impl<G> Default for Frontend<G> {
             batches: Mutex::new(Vec::new()),
             workers: Mutex::new(Vec::new()),
             next_worker: AtomicUsize::new(0),
+            tls: std::sync::OnceLock::new(),
         }
     }
 }

@@ -381,6 +381,19 @@ pub(crate) fn start_batching() -> std::io::Result<Arc<SendBatch>> {
 pub(crate) struct SendFd(Option<Arc<OwnedFd>>);
 
 /// Writes all of `data` to `stream`, through this thread's send batch when it
+/// [`send_all`] to a client: TLS encrypts in the node, so its sends cannot go
+/// through the batch and are written directly.
+pub(crate) async fn send_to_client(
+    stream: &mut super::tls::ClientStream,
+    fd: &mut SendFd,
+    data: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    if let Some(tcp) = stream.tcp() {
+        return send_all(tcp, fd, data).await;
+    }
+    stream.write_all(data).await
+}
+
 /// has one. `data` is handed to the batch and comes back with the result.
 pub(crate) async fn send_all(
     stream: &mut TcpStream,

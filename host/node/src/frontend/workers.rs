@@ -16,7 +16,21 @@ use gearhost_sys::lock::lock;
 
 /// A connection accepted for a frontend worker, with its peer's address and,
 /// for one a gear opened at its door, its place in the gear's connections.
-pub(super) type Accepted = (std::net::TcpStream, SocketAddr, Option<crate::conns::Slot>);
+pub(super) type Accepted = (
+    std::net::TcpStream,
+    SocketAddr,
+    Option<crate::conns::Slot>,
+    Tls,
+);
+
+/// Whether an accepted connection speaks TLS (it came to the `[https]` listener).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Tls {
+    /// Plain HTTP.
+    No,
+    /// TLS: the worker makes the handshake first.
+    Yes,
+}
 /// A worker's queue of new connections.
 pub(super) type WorkerQueue = tokio::sync::mpsc::UnboundedSender<Accepted>;
 
@@ -58,26 +72,47 @@ pub fn start_workers(node: &Arc<Node>, listener: std::net::TcpListener) -> std::
             .name(format!("gear-frontend-{i}"))
             .spawn(move || worker(&node, i, rx))?;
     }
-    std::thread::Builder::new()
-        .name("gear-frontend-accept".into())
-        .spawn({
-            let node = node.clone();
-            move || loop {
-                match listener.accept() {
-                    Ok((stream, peer)) => {
-                        if node.frontend.dispatch((stream, peer, None)).is_err() {
-                            tracing::error!("every frontend worker is gone");
-                            return;
-                        }
-                    }
-                    Err(e) => {
-                        // out of descriptors and the like: back off instead of spinning
-                        tracing::warn!(error = %e, "frontend cannot accept a connection");
-                        std::thread::sleep(Duration::from_millis(100));
+    accept_thread(node, listener, Tls::No, "gear-frontend-accept")
+}
+
+/// Serve HTTPS on `listener` too, with the TLS configuration `tls`: its connections go
+/// to the same workers, which make the handshake before serving them.
+pub fn start_https(
+    node: &Arc<Node>,
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+) -> std::io::Result<()> {
+    let _ = node.frontend.tls.set(tls);
+    listener.set_nonblocking(false)?;
+    accept_thread(node, listener, Tls::Yes, "gear-frontend-tls")
+}
+
+/// A thread that accepts connections on `listener` and hands them to the
+/// workers in turn.
+fn accept_thread(
+    node: &Arc<Node>,
+    listener: std::net::TcpListener,
+    tls: Tls,
+    name: &str,
+) -> std::io::Result<()> {
+    std::thread::Builder::new().name(name.into()).spawn({
+        let node = node.clone();
+        move || loop {
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if node.frontend.dispatch((stream, peer, None, tls)).is_err() {
+                        tracing::error!("every frontend worker is gone");
+                        return;
                     }
                 }
+                Err(e) => {
+                    // out of descriptors and the like: back off instead of spinning
+                    tracing::warn!(error = %e, "frontend cannot accept a connection");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
-        })?;
+        }
+    })?;
     Ok(())
 }
 
@@ -108,11 +143,14 @@ fn worker(node: &Arc<Node>, i: usize, mut rx: tokio::sync::mpsc::UnboundedReceiv
                 ),
             }
         }
-        while let Some((stream, peer, slot)) = rx.recv().await {
+        while let Some((stream, peer, slot, tls)) = rx.recv().await {
             let stream = stream
                 .set_nonblocking(true)
                 .and_then(|()| TcpStream::from_std(stream));
             match stream {
+                Ok(stream) if tls == Tls::Yes => {
+                    tokio::spawn(serve_tls(node.clone(), stream, peer));
+                }
                 Ok(stream) => {
                     tokio::spawn(serve_connection(node.clone(), stream, peer, slot));
                 }
@@ -190,13 +228,13 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, gear: Arc<Gear>) {
             }
         };
         let back = match stream.into_std() {
-            Ok(stream) => node.frontend.dispatch((stream, peer, Some(slot))),
+            Ok(stream) => node.frontend.dispatch((stream, peer, Some(slot), Tls::No)),
             Err(e) => {
                 tracing::warn!(error = %e, "frontend cannot take a connection at a gear's door");
                 continue;
             }
         };
-        if let Err((stream, peer, slot)) = back {
+        if let Err((stream, peer, slot, _)) = back {
             match TcpStream::from_std(stream) {
                 Ok(stream) => {
                     tokio::spawn(serve_connection(node.clone(), stream, peer, slot));
@@ -209,6 +247,30 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, gear: Arc<Gear>) {
     }
 }
 
+/// Make the TLS handshake (within the header timeout: a client that says
+/// nothing holds nothing for long), then serve the connection.
+async fn serve_tls(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
+    let Some(acceptor) = node
+        .frontend
+        .tls
+        .get()
+        .cloned()
+        .map(tokio_rustls::TlsAcceptor::from)
+    else {
+        return;
+    };
+    let _ = stream.set_nodelay(true);
+    let timeout = node.config().header_timeout;
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let stream = super::tls::ClientStream::Tls(Box::new(tls));
+            pipeline::serve(&node, stream, peer).await;
+        }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+    }
+}
+
 /// Serve one client connection to its end, counted (and, for a gear's,
 /// holding its place among the gear's connections until then).
 async fn serve_connection(
@@ -217,6 +279,6 @@ async fn serve_connection(
     peer: SocketAddr,
     slot: Option<crate::conns::Slot>,
 ) {
-    pipeline::serve(&node, stream, peer).await;
+    pipeline::serve(&node, super::tls::ClientStream::Tcp(stream), peer).await;
     drop(slot);
 }

@@ -146,6 +146,8 @@ pub struct Node {
     pub(crate) keys: crate::keys::Keys,
     /// The ssh endpoint, when `[ssh]` turns it on.
     pub(crate) ssh: crate::ssh::SshEndpoint,
+    /// The frontend's TLS certificates (the operator's and aliases').
+    pub(crate) certs: Arc<crate::certs::Certs>,
     /// What happened to gears: deploys, starts, crashes, wakes, failures.
     pub(crate) events: Arc<crate::events::EventLog>,
 }
@@ -215,6 +217,11 @@ impl Node {
         let audit =
             crate::audit::AuditLog::open(&config.state_dir, config.log_max_bytes, config.log_keep)?;
         let keys = crate::keys::Keys::open(&config.state_dir)?;
+        let certs = Arc::new(crate::certs::Certs::open(
+            &config.state_dir,
+            &config.domain,
+            config.https.as_ref().and_then(|h| h.certificate.as_ref()),
+        )?);
         let events = Arc::new(crate::events::EventLog::open(
             &config.state_dir,
             config.log_max_bytes,
@@ -237,6 +244,7 @@ impl Node {
             audit,
             keys,
             ssh: crate::ssh::SshEndpoint::default(),
+            certs,
             events,
         });
         node.rebuild_routes();

@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::tls::ClientStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use gearhost_http::fields::facts;
 use gearhost_http::request::{BadRequest, Checked, check_request};
@@ -50,7 +50,7 @@ mod tests;
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// Serve one client connection to its end, counted.
-pub(super) async fn serve<B: Backend>(backend: &B, stream: TcpStream, peer: SocketAddr) {
+pub(super) async fn serve<B: Backend>(backend: &B, stream: ClientStream, peer: SocketAddr) {
     let front = backend.frontend();
     front.connections.fetch_add(1, Ordering::Relaxed);
     front.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -60,7 +60,7 @@ pub(super) async fn serve<B: Backend>(backend: &B, stream: TcpStream, peer: Sock
 
 /// A client connection's state that lives from one request to the next.
 struct Client {
-    stream: TcpStream,
+    stream: ClientStream,
     sendfd: wire::SendFd,
     buf: ReadBuf,
     head: RequestHead,
@@ -100,8 +100,10 @@ async fn poll_once<F: std::future::Future + Unpin>(fut: F) -> Option<F::Output> 
 
 /// Serves the requests of one client connection until it closes, fails,
 /// sends no whole head within the header timeout, or a request ends it.
-async fn connection<B: Backend>(backend: &B, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+async fn connection<B: Backend>(backend: &B, mut stream: ClientStream, peer: SocketAddr) {
+    if let Some(tcp) = stream.tcp() {
+        let _ = tcp.set_nodelay(true);
+    }
     let mut c = Client {
         stream,
         sendfd: wire::SendFd::default(),
@@ -169,7 +171,7 @@ async fn connection<B: Backend>(backend: &B, stream: TcpStream, peer: SocketAddr
 
 /// After a refused body: reads (and drops) what the client still sends, so
 /// that it reads the answer instead of a reset.
-async fn drain(stream: &mut TcpStream, left: u64) {
+async fn drain(stream: &mut ClientStream, left: u64) {
     let _ = stream.shutdown().await;
     let _ = tokio::time::timeout(DRAIN_TIME, async {
         let mut left = left.min(super::pages::DRAIN_BYTES);
@@ -295,6 +297,7 @@ fn admit<G: BackendGear>(
         &c.head,
         &framed.checked,
         &c.forwarded_for,
+        c.stream.secure(),
         &mut c.to_gear,
     );
     c.buf.consume(c.head.len);

@@ -77,7 +77,7 @@ pub(super) async fn relay<G: BackendGear>(
         Ok(n) => ex.finish.bytes = n,
         Err(_) => return Next::Close,
     }
-    if wire::send_all(&mut c.stream, &mut c.sendfd, &mut c.to_client)
+    if wire::send_to_client(&mut c.stream, &mut c.sendfd, &mut c.to_client)
         .await
         .is_err()
     {

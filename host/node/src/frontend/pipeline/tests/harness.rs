@@ -160,6 +160,7 @@ impl World {
         tokio::spawn(async move {
             while let Ok((stream, peer)) = listener.accept().await {
                 let node = serving.clone();
+                let stream = crate::frontend::tls::ClientStream::Tcp(stream);
                 tokio::spawn(async move { serve(&*node, stream, peer).await });
             }
         });
