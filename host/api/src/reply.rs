@@ -656,6 +656,12 @@ pub enum NodeEventKind {
     RolledBack,
     /// A cartridge hook failed.
     HookFailed,
+    /// A node that started found the gear's processes still running from an earlier node
+    /// and took them back (same pids).
+    Adopted,
+    /// A node that started found the gear's processes not as the earlier node recorded
+    /// them, stopped what was left and started the gear again; the reason says what differed.
+    NotAdopted,
 }
 
 impl NodeEventKind {
@@ -676,6 +682,8 @@ impl NodeEventKind {
             NodeEventKind::WakeFailed => "wake-failed",
             NodeEventKind::RolledBack => "rolled-back",
             NodeEventKind::HookFailed => "hook-failed",
+            NodeEventKind::Adopted => "adopted",
+            NodeEventKind::NotAdopted => "not-adopted",
         }
     }
 }

@@ -56,9 +56,10 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Run the node until SIGTERM or SIGINT: open the state, restart the gears
-/// that should run, serve the API. On the way out every gear's processes are
-/// stopped; what should run starts again with the next node.
+/// Run the node until SIGTERM or SIGINT: open the state, take back the gear
+/// processes an earlier node left running and start the other gears that
+/// should run, serve the API. On the way out the gears' processes keep
+/// running (only `gear exec` commands end); the next node takes them back.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     raise_open_file_limit();
     let socket = config.socket.clone();
@@ -141,8 +142,9 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     for g in node.gears_snapshot() {
         g.front.access.flush();
     }
-    eprintln!("gear node: stopping gear processes");
-    node.shutdown().await;
+    // the gears' processes run on, detached from the node; the next node takes them back
+    eprintln!("gear node: stopping; gear processes keep running for the next node");
+    node.leave().await;
     let _ = std::fs::remove_file(&socket);
     result
 }

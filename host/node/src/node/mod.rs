@@ -105,6 +105,7 @@ impl Progress {
 
 pub(crate) use gearhost_sys::lock::lock;
 
+mod adopt;
 mod cartridges;
 mod deploy;
 mod gear;
@@ -406,6 +407,7 @@ impl Node {
     /// Start the gears that should run (after a node restart everything a
     /// user left running runs again; what they stopped stays stopped).
     pub async fn resume(self: &Arc<Self>) {
+        use crate::api::reply::NodeEventKind;
         let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
         let mut tasks = Vec::new();
         for gear in gears {
@@ -414,6 +416,10 @@ impl Node {
                 let _op = gear.op.lock().await;
                 // whatever was in flight when the node died is over now
                 let record = gear.record();
+                let deploying = record
+                    .deployments
+                    .iter()
+                    .any(|d| d.state == DeploymentState::Pending);
                 let _ = gear.update(&node.config, |r| {
                     for d in &mut r.deployments {
                         if d.state == DeploymentState::Pending {
@@ -426,19 +432,65 @@ impl Node {
                     || node
                         .cartridge(&record.cartridge)
                         .is_ok_and(|c| !c.manifest().deploy.required);
-                if record.state == GearState::Idle {
-                    // an idle gear stays asleep until a request wakes it
-                } else if record.desired == Desired::Running && startable {
-                    if let Err(e) = node.start_locked(&gear, &Progress::discard()).await {
-                        tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
+                let run = record.state != GearState::Idle
+                    && record.desired == Desired::Running
+                    && startable;
+                // processes an earlier node left running are taken back when the gear was
+                // running with nothing in flight; anything else is stopped
+                let refuse = if !run {
+                    Some("the gear is not to run".to_string())
+                } else if record.state != GearState::Running {
+                    Some(format!(
+                        "the earlier node stopped while the gear was {}",
+                        record.state.as_str()
+                    ))
+                } else if deploying {
+                    Some("the earlier node stopped during a deploy".to_string())
+                } else {
+                    None
+                };
+                let adoption = node.adopt_gear(&gear, refuse).await;
+                if !run {
+                    if matches!(record.state, GearState::Running | GearState::Starting | GearState::Building | GearState::Stopping) {
+                        let _ = gear.update(&node.config, |r| r.state = GearState::Stopped);
                     }
-                } else if matches!(record.state, GearState::Running | GearState::Starting | GearState::Building | GearState::Stopping) {
-                    let _ = gear.update(&node.config, |r| r.state = GearState::Stopped);
+                    return;
+                }
+                match adoption {
+                    adopt::Adoption::Adopted(taken) => {
+                        let list: Vec<String> = taken
+                            .iter()
+                            .map(|(name, pid)| format!("{name} (pid {pid})"))
+                            .collect();
+                        let why = format!("kept running; took back {}", list.join(", "));
+                        tracing::info!(gear = %record.name, "{why}");
+                        node.event(&gear, NodeEventKind::Adopted, &why, None);
+                        return;
+                    }
+                    adopt::Adoption::Discarded(why) => {
+                        let why = format!("{why}; starting the gear again");
+                        tracing::warn!(gear = %record.name, "processes of an earlier node not taken back: {why}");
+                        node.event(&gear, NodeEventKind::NotAdopted, &why, None);
+                    }
+                    adopt::Adoption::Nothing => {}
+                }
+                if let Err(e) = node.start_locked(&gear, &Progress::discard()).await {
+                    tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
                 }
             }));
         }
         for t in tasks {
             let _ = t.await;
+        }
+    }
+
+    /// On the way out of the node (SIGTERM, SIGINT): end the `gear exec` commands, which
+    /// live with their callers, and leave the gears' processes running for the next node
+    /// to take back.
+    pub async fn leave(&self) {
+        let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
+        for gear in gears {
+            gear.exec_runs.end_all("the node is shutting down").await;
         }
     }
 
