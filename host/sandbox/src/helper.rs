@@ -24,8 +24,9 @@
 //! 9. block the forwarded signals, fork; in the child (`run_gear`): credentials, rlimits,
 //!    cwd, SELinux exec label, Landlock, close-on-exec for every descriptor above 2, seccomp
 //!    (last, so the setup calls above are not filtered), report, exec;
-//! 10. in pid 1 (`supervise`): drop privileges the same way and loop on a signalfd and the
-//!     node's pidfd.
+//! 10. in pid 1 (`supervise`): drop privileges the same way, hold the kept output pipes at
+//!     their fixed descriptors (a detached gear's), and loop on a signalfd and the node's
+//!     pidfd (not watched when detached).
 
 use std::convert::Infallible;
 use std::fs::File;

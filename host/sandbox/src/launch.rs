@@ -10,9 +10,11 @@
 //! clone, which is safe in a multi-threaded node. `CLONE_PIDFD` hands back a pidfd with no
 //! pid-reuse race, for waiting, signalling and async readiness.
 //!
-//! The gear dies with the node through that pidfd's mirror image: the node passes a pidfd of
-//! *itself* to the helper, which polls it. Unlike `PR_SET_PDEATHSIG` this follows the node
-//! process, not the thread that happened to start the gear (tokio retires idle threads).
+//! A gear that is not `detached` dies with the node through that pidfd's mirror image: the node
+//! passes a pidfd of *itself* to the helper, which polls it. Unlike `PR_SET_PDEATHSIG` this
+//! follows the node process, not the thread that happened to start the gear (tokio retires idle
+//! threads). A `detached` gear (the node's supervised processes) outlives the node; with
+//! `keep_output` its init keeps its output pipes for the next node (see [`crate::adopt`]).
 
 use std::ffi::CString;
 use std::fs::File;

@@ -416,10 +416,6 @@ impl Node {
                 let _op = gear.op.lock().await;
                 // whatever was in flight when the node died is over now
                 let record = gear.record();
-                let deploying = record
-                    .deployments
-                    .iter()
-                    .any(|d| d.state == DeploymentState::Pending);
                 let _ = gear.update(&node.config, |r| {
                     for d in &mut r.deployments {
                         if d.state == DeploymentState::Pending {
@@ -436,7 +432,8 @@ impl Node {
                     && record.desired == Desired::Running
                     && startable;
                 // processes an earlier node left running are taken back when the gear was
-                // running with nothing in flight; anything else is stopped
+                // running (a build in flight never touched them; an app replaced halfway
+                // does not match its records); anything else is stopped
                 let refuse = if !run {
                     Some("the gear is not to run".to_string())
                 } else if record.state != GearState::Running {
@@ -444,8 +441,6 @@ impl Node {
                         "the earlier node stopped while the gear was {}",
                         record.state.as_str()
                     ))
-                } else if deploying {
-                    Some("the earlier node stopped during a deploy".to_string())
                 } else {
                     None
                 };

@@ -28,6 +28,9 @@ pub struct ProcRecord {
     pub start_time: u64,
     /// Its cgroup leaf inside the gear's group.
     pub leaf: String,
+    /// The deployment it runs (bound at the gear's repo path), if any.
+    #[serde(default)]
+    pub repo: Option<PathBuf>,
     /// The command, as the cartridge gave it.
     pub cmd: CommandSpec,
     /// Its restart policy.

@@ -115,6 +115,18 @@ impl Child {
 /// [`Adopted::adopt`]) and takes it back with its output pipes; the error says what does
 /// not match.
 pub fn take_back(gear: &GearSandbox, record: &ProcRecord) -> Result<Adopted, String> {
+    if record.repo != gear.repo {
+        let shown = |repo: &Option<std::path::PathBuf>| {
+            repo.as_ref()
+                .map_or("no deployment".to_string(), |p| p.display().to_string())
+        };
+        return Err(format!(
+            "process {} runs {}, the gear's active deployment is {} (the node stopped while the app was replaced)",
+            record.name,
+            shown(&record.repo),
+            shown(&gear.repo)
+        ));
+    }
     let placement = cgroup::leaf_placement(&gear.config.cgroup_subtree, &gear.id, &record.leaf);
     Adopted::adopt(record.pid, record.start_time, &placement)
         .map_err(|e| format!("process {}: {e}", record.name))
@@ -266,6 +278,7 @@ impl Supervisor {
             pid,
             start_time,
             leaf,
+            repo: gear.repo.clone(),
             cmd,
             restart,
             restarts: 0,
