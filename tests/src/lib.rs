@@ -332,6 +332,11 @@ impl TestNode {
             .arg(format!("-{signal}"))
             .arg(self.child.id().to_string())
             .status();
+        self.wait_stopped(&format!("SIG{signal}"));
+    }
+
+    /// Wait (at most 20 s) until the node process has exited, after `what` stopped it.
+    pub fn wait_stopped(&mut self, what: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -339,7 +344,7 @@ impl TestNode {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the node did not stop on SIG{signal}:\n{}",
+                "the node did not stop on {what}:\n{}",
                 self.log()
             );
             std::thread::sleep(std::time::Duration::from_millis(20));

@@ -2,7 +2,9 @@
 //! SIGKILL and a SIGTERM of the node; the next node takes it back (`adopted` in the event log),
 //! the lines the app wrote while no node ran reach `gear logs`, and supervision restarts the
 //! app when it dies after the adoption. A gear whose recorded process is gone when the node
-//! starts is started again (`not-adopted`). Gear uids 81000-81999.
+//! starts is started again (`not-adopted`). `gear node stop` leaves the gears running and
+//! `gear node stop --gears` stops them (only operators may: see the node's
+//! `tenancy` tests). Gear uids 81000-81999.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -268,5 +270,35 @@ fn a_gear_whose_process_died_while_no_node_ran_is_started_again() {
         "one init, the server and the ticker: {:?}",
         lasting(uid)
     );
+    node.ok(&["destroy", "app"]);
+}
+
+#[test]
+fn gear_node_stop_keeps_the_gears_and_with_gears_stops_them() {
+    if !privileged("the node creates gears") {
+        return;
+    }
+    let (mut node, uid) = node_with_app(81400);
+    let pid = running_pid(&node);
+
+    let said = node.ok(&["node", "stop"]);
+    assert!(said.contains("keep running"), "{said}");
+    node.wait_stopped("gear node stop");
+    assert_eq!(lasting(uid).len(), 3, "{:?}", lasting(uid));
+    node.start_again();
+    assert_eq!(running_pid(&node), pid);
+    wait_for_page(&node);
+
+    let said = node.ok(&["node", "stop", "--gears"]);
+    assert!(said.contains("with it"), "{said}");
+    node.wait_stopped("gear node stop --gears");
+    assert!(lasting(uid).is_empty(), "{:?}", lasting(uid));
+    // the gear should still run: the next node starts it
+    node.start_again();
+    let next = running_pid(&node);
+    assert_ne!(next, pid);
+    wait_for_page(&node);
+    let all = events(&node);
+    assert!(!all.contains("not-adopted"), "{all}");
     node.ok(&["destroy", "app"]);
 }

@@ -485,6 +485,15 @@ pub struct MetricsText {
     pub text: String,
 }
 
+/// The answer to `node-stop`: the node is stopping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStopping {
+    /// Whether the gears' processes are stopped too (else they keep running).
+    pub gears: bool,
+    /// The node's pid, to wait for its end.
+    pub pid: u32,
+}
+
 /// How the command of an `exec` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -149,6 +149,8 @@ pub struct Node {
     pub(crate) ssh: crate::ssh::SshEndpoint,
     /// What happened to gears: deploys, starts, crashes, wakes, failures.
     pub(crate) events: Arc<crate::events::EventLog>,
+    /// Set by `gear node stop`: `Some(true)` stops the gears' processes too.
+    stop: tokio::sync::watch::Sender<Option<bool>>,
 }
 
 impl Node {
@@ -239,6 +241,7 @@ impl Node {
             keys,
             ssh: crate::ssh::SshEndpoint::default(),
             events,
+            stop: tokio::sync::watch::channel(None).0,
         });
         node.rebuild_routes();
         Ok(node)
@@ -257,6 +260,24 @@ impl Node {
     /// Where the frontend listens, once it does.
     pub fn frontend_addr(&self) -> Option<std::net::SocketAddr> {
         *lock(&self.frontend_addr)
+    }
+
+    /// Ask the node to stop (`gear node stop`); with `gears`, the gears' processes stop too.
+    pub fn request_stop(&self, gears: bool) {
+        self.stop.send_replace(Some(gears));
+    }
+
+    /// Waits until [`Node::request_stop`] is called; returns whether the gears stop too.
+    pub async fn stop_requested(&self) -> bool {
+        let mut rx = self.stop.subscribe();
+        loop {
+            if let Some(gears) = *rx.borrow_and_update() {
+                return gears;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Record the runtime that operations on gears run on.
