@@ -175,6 +175,10 @@ fn a_gear_keeps_its_pid_and_its_output_through_node_restarts() {
         assert_eq!(lasting(uid), before, "after {how} of the node");
         node.start_again();
         assert_eq!(running_pid(&node), pid, "the same process after {how}");
+        // how long the adoption took, for the record
+        if let Some(line) = node.log().lines().rfind(|l| l.contains("gears resumed")) {
+            eprintln!("after {how}: {line}");
+        }
         wait_for_page(&node);
         // about 15 ticks were written while the node was down: they all reach the log
         top = tick_after(&node, top + 15);

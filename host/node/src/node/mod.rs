@@ -425,14 +425,18 @@ impl Node {
         format!("http://{}{port}/", self.public_name(r))
     }
 
-    /// Start the gears that should run (after a node restart everything a
-    /// user left running runs again; what they stopped stays stopped).
+    /// Take back the gears an earlier node left running, and start the other
+    /// gears that should run (after a node restart everything a user left
+    /// running runs again; what they stopped stays stopped).
     pub async fn resume(self: &Arc<Self>) {
         use crate::api::reply::NodeEventKind;
+        let began = std::time::Instant::now();
+        let adopted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
         let mut tasks = Vec::new();
         for gear in gears {
             let node = self.clone();
+            let adopted = adopted.clone();
             tasks.push(tokio::spawn(async move {
                 let _op = gear.op.lock().await;
                 // whatever was in flight when the node died is over now
@@ -481,6 +485,7 @@ impl Node {
                         let why = format!("kept running; took back {}", list.join(", "));
                         tracing::info!(gear = %record.name, "{why}");
                         node.event(&gear, NodeEventKind::Adopted, &why, None);
+                        adopted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         return;
                     }
                     adopt::Adoption::Discarded(why) => {
@@ -495,9 +500,16 @@ impl Node {
                 }
             }));
         }
+        let total = tasks.len();
         for t in tasks {
             let _ = t.await;
         }
+        tracing::info!(
+            gears = total,
+            adopted = adopted.load(std::sync::atomic::Ordering::Relaxed),
+            ms = began.elapsed().as_millis() as u64,
+            "gears resumed"
+        );
     }
 
     /// On the way out of the node (SIGTERM, SIGINT): end the `gear exec` commands, which
