@@ -295,8 +295,9 @@ fn gear_node_stop_keeps_the_gears_and_with_gears_stops_them() {
 
     let said = node.ok(&["node", "stop", "--gears"]);
     assert!(said.contains("with it"), "{said}");
-    node.wait_stopped("gear node stop --gears");
+    // the command returns once the node and the gears' processes are gone
     assert!(lasting(uid).is_empty(), "{:?}", lasting(uid));
+    node.wait_stopped("gear node stop --gears");
     // the gear should still run: the next node starts it
     node.start_again();
     let next = running_pid(&node);

@@ -1,7 +1,8 @@
 //! `gear node stop [--gears]`: stop the node. The gears' processes keep
 //! running for the next node to take back; `--gears` stops them too (what
 //! should run starts again with the next node). Returns once the node is
-//! gone (its socket refuses connections).
+//! gone (its socket refuses connections, and its process, when this command
+//! sees it, has ended).
 
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,20 @@ pub struct Args {
 pub fn run(args: Args) -> CmdResult {
     let stopping = call(&args.target, ops::NodeStop { gears: args.gears })?;
     let started = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&args.target.socket).is_ok() {
+    // the socket goes first; the process ends after (stopping the gears, with --gears)
+    let node_there = |pid: u32| {
+        // `pid (comm) state ...`; an ended node waiting to be reaped counts as gone
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            stat.split_once(" (")
+                .and_then(|(_, rest)| rest.rsplit_once(')'))
+                .is_some_and(|(comm, rest)| {
+                    comm == "gearhost-node" && !rest.trim_start().starts_with('Z')
+                })
+        })
+    };
+    while std::os::unix::net::UnixStream::connect(&args.target.socket).is_ok()
+        || node_there(stopping.pid)
+    {
         if started.elapsed() > WAIT {
             return Err(Failure::Failed(anyhow!(
                 "the node (pid {}) is still there after {} s; see its log",
