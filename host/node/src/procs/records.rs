@@ -140,3 +140,66 @@ pub fn load(path: &Path) -> Result<Vec<ProcRecord>, String> {
     }
     Ok(file.processes)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(name: &str, leaf: &str, pid: u32) -> ProcRecord {
+        ProcRecord {
+            name: name.into(),
+            pid,
+            start_time: 1234,
+            leaf: leaf.into(),
+            repo: Some(PathBuf::from("/state/gears/g1/deployments/2")),
+            cmd: CommandSpec {
+                program: "/gear/app-root/repo/.gear/start".into(),
+                args: vec!["--port".into(), "8080".into()],
+                env: vec![("PORT".into(), "8080".into())],
+                cwd: None,
+                stdin: None,
+                timeout: None,
+            },
+            restart: RestartPolicy::OnFailure,
+            restarts: 0,
+        }
+    }
+
+    #[test]
+    fn records_follow_starts_restarts_and_ends_and_go_when_none_is_left() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("procs.json");
+        let records = ProcRecords::at(path.clone());
+        assert_eq!(load(&path).expect("no file"), vec![]);
+
+        records.put(record("web", "g1-web-100", 10));
+        records.put(record("worker", "g1-worker-101", 11));
+        let mut restarted = record("web", "g1-web-102", 12);
+        restarted.restarts = 1;
+        records.replace("g1-web-100", restarted.clone());
+        let loaded = load(&path).expect("load");
+        assert_eq!(loaded.len(), 2);
+        assert!(loaded.contains(&restarted));
+        assert!(loaded.iter().all(|r| r.leaf != "g1-web-100"));
+
+        records.remove("g1-worker-101");
+        assert_eq!(load(&path).expect("load"), vec![restarted]);
+        records.clear();
+        assert!(!path.exists(), "no file once nothing runs");
+        // removing what is not there writes nothing
+        records.remove("g1-web-102");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_file_of_another_version_or_shape_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("procs.json");
+        std::fs::write(&path, br#"{"version":2,"processes":[]}"#).expect("write");
+        let e = load(&path).expect_err("version 2");
+        assert!(e.contains("version 2"), "{e}");
+        std::fs::write(&path, b"{not json").expect("write");
+        let e = load(&path).expect_err("garbage");
+        assert!(e.contains("procs.json"), "{e}");
+    }
+}
