@@ -463,7 +463,7 @@ impl Node {
                     Some("the gear is not to run".to_string())
                 } else if record.state != GearState::Running {
                     Some(format!(
-                        "the earlier node stopped while the gear was {}",
+                        "the gear was {} when the earlier node stopped",
                         record.state.as_str()
                     ))
                 } else {
