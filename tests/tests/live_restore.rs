@@ -292,6 +292,12 @@ fn gear_node_stop_keeps_the_gears_and_with_gears_stops_them() {
     node.start_again();
     assert_eq!(running_pid(&node), pid);
     wait_for_page(&node);
+    // an adopted app is replaced like any other
+    node.ok(&["restart", "app"]);
+    let restarted = running_pid(&node);
+    assert_ne!(restarted, pid);
+    wait_for_page(&node);
+    assert_eq!(lasting(uid).len(), 3, "{:?}", lasting(uid));
 
     let said = node.ok(&["node", "stop", "--gears"]);
     assert!(said.contains("with it"), "{said}");
@@ -301,7 +307,7 @@ fn gear_node_stop_keeps_the_gears_and_with_gears_stops_them() {
     // the gear should still run: the next node starts it
     node.start_again();
     let next = running_pid(&node);
-    assert_ne!(next, pid);
+    assert_ne!(next, restarted);
     wait_for_page(&node);
     let all = events(&node);
     assert!(!all.contains("not-adopted"), "{all}");
