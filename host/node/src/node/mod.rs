@@ -485,6 +485,8 @@ impl Node {
                         let why = format!("kept running; took back {}", list.join(", "));
                         tracing::info!(gear = %record.name, "{why}");
                         node.event(&gear, NodeEventKind::Adopted, &why, None);
+                        // as a fresh start: the idler counts from here
+                        gear.front.touch();
                         adopted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         return;
                     }
