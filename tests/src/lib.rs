@@ -325,6 +325,45 @@ impl TestNode {
         self.wait_up();
     }
 
+    /// Stop the node with `signal` (`"TERM"`, `"INT"`, `"KILL"`) and wait until it has
+    /// exited; the gears' processes run on. [`TestNode::start_again`] starts a new one.
+    pub fn stop_node(&mut self, signal: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
+        self.wait_stopped(&format!("SIG{signal}"));
+    }
+
+    /// Wait (at most 20 s) until the node process has exited, after `what` stopped it.
+    pub fn wait_stopped(&mut self, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node did not stop on {what}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Start a new node on the same state and configuration (after [`TestNode::stop_node`]).
+    pub fn start_again(&mut self) {
+        self.child = Self::spawn_node(self.dir.path(), &self.wrapper);
+        self.wait_up();
+    }
+
+    /// Stop the node with SIGTERM (a graceful stop), then start a new one on the same
+    /// state and configuration.
+    pub fn term_and_restart(&mut self) {
+        self.stop_node("TERM");
+        self.start_again();
+    }
+
     fn wait_up(&mut self) {
         let node = self;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -502,7 +541,8 @@ fn dechunk(mut body: &str) -> String {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        // a graceful stop first, so the node stops its gears' processes
+        // a graceful stop first (the gears' processes outlive it: they go with their
+        // cgroups below)
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -516,6 +556,24 @@ impl Drop for TestNode {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // what the gears still run, with their cgroups
+        if let Ok(mounts) = gearhost_sandbox::cgroup::detect() {
+            let mut gears = std::collections::BTreeSet::new();
+            for root in gearhost_sandbox::cgroup::roots(&mounts) {
+                for entry in std::fs::read_dir(root.join(&self.subtree))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                        gears.insert(entry.file_name().to_string_lossy().into_owned());
+                    }
+                }
+            }
+            for gear in gears {
+                let _ = gearhost_sandbox::cgroup::remove_gear(&self.subtree, &gear);
+            }
+        }
         // network namespaces stay bound until unmounted
         if let Ok(gears) = std::fs::read_dir(self.state_dir().join("gears")) {
             for g in gears.flatten() {

@@ -357,7 +357,7 @@ fn concurrent_creates_on_different_gears_all_succeed() {
 }
 
 #[test]
-fn after_a_sigkill_of_the_node_running_gears_come_back_and_stopped_ones_stay_stopped() {
+fn after_a_sigkill_of_the_node_running_gears_are_kept_and_stopped_ones_stay_stopped() {
     if !privileged("the node runs as root") {
         return;
     }
@@ -379,9 +379,11 @@ fn after_a_sigkill_of_the_node_running_gears_come_back_and_stopped_ones_stay_sto
         .as_u64()
         .expect("uid") as u32;
 
+    let up_pid = json(&node.ok(&["status", "up", "--json"]))["processes"][0]["pid"].as_u64();
+    assert!(up_pid.is_some());
     node.kill9_and_restart();
 
-    // the gear that should run runs again (its old processes died with the node)
+    // the gear that should run kept running, and the new node took it back
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let status = json(&node.ok(&["status", "up", "--json"]));
@@ -396,6 +398,11 @@ fn after_a_sigkill_of_the_node_running_gears_come_back_and_stopped_ones_stay_sto
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(node.http_get("up-default", "/").0, 200);
+    assert_eq!(
+        json(&node.ok(&["status", "up", "--json"]))["processes"][0]["pid"].as_u64(),
+        up_pid,
+        "the same process serves"
+    );
     assert_eq!(
         processes_of(up_uid).len(),
         2,

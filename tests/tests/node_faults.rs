@@ -25,6 +25,13 @@ fn ops_app(version: &str) -> tempfile::TempDir {
     dir
 }
 
+/// The pid of the gear `app`'s process, as `gear status` shows it.
+fn app_pid(node: &TestNode) -> u64 {
+    json(&node.ok(&["status", "app", "--json"]))["processes"][0]["pid"]
+        .as_u64()
+        .expect("a running process")
+}
+
 fn path_str(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -105,6 +112,7 @@ fn a_node_killed_during_a_deploy_or_a_start_comes_back_consistent() {
 
     // SIGKILL while deployment 2 builds
     node.ok(&["env", "app", "set", "BUILD_SLEEP=30"]);
+    let serving = app_pid(&node);
     let v2 = ops_app("v2");
     let deploy = spawn_gear(&node, &["deploy", "app", path_str(v2.path())]);
     wait_for_marker(&node, &id, "B+", 2);
@@ -124,8 +132,12 @@ fn a_node_killed_during_a_deploy_or_a_start_comes_back_consistent() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    // deployment 1 serves again; deployment 2 is recorded as interrupted
+    // deployment 1 serves on: its app kept running and the new node took it back;
+    // deployment 2 is recorded as interrupted
     wait_for_page(&node, "app-default", "v1\n");
+    assert_eq!(app_pid(&node), serving, "the serving app was not kept");
+    let events = node.ok(&["node", "events", "--gear", "app"]);
+    assert!(events.contains("default/app adopted"), "{events}");
     let deployments = json(&node.ok(&["deployments", "app", "--json"]));
     assert_eq!(deployments["active"], 1, "{deployments}");
     let second = &deployments["deployments"][1];
@@ -148,10 +160,22 @@ fn a_node_killed_during_a_deploy_or_a_start_comes_back_consistent() {
     wait_for_marker(&node, &id, "S+", starts + 1);
     node.kill9_and_restart();
     let _ = restart.wait_with_output();
-    // the gear should run, so the new node starts it again
+    // the gear should run; what the interrupted start left does not match its records
+    // (two runs of the app, or a gear still starting), so the new node starts it again
     wait_for_page(&node, "app-default", "v1\n");
     let status = json(&node.ok(&["status", "app", "--json"]));
     assert_eq!(status["state"], "running", "{status}");
+    let events = node.ok(&["node", "events", "--gear", "app"]);
+    assert!(events.contains("default/app not-adopted"), "{events}");
+    assert_eq!(
+        processes_of(uid)
+            .iter()
+            .filter(|p| p.starts_with("gearhost-init"))
+            .count(),
+        1,
+        "one run of the app, no strays: {:?}",
+        processes_of(uid)
+    );
 
     // and it takes new work as usual
     node.ok(&["env", "app", "set", "START_SLEEP=0"]);

@@ -305,6 +305,15 @@ ops! {
     }
     /// The node's metrics in the Prometheus text format.
     Metrics "metrics" => reply::MetricsText {}
+    /// Stop the node (operators only). The gears' processes keep running
+    /// for the next node to take back, unless `gears` asks to stop them
+    /// too (their desired states are kept: the next node starts what should
+    /// run). The node exits once the answer is sent.
+    NodeStop "node-stop" => reply::NodeStopping {
+        /// Stop every gear's processes as well.
+        #[serde(default)]
+        gears: bool,
+    }
     /// Add an ssh public key (one `authorized_keys` line: type, base64,
     /// comment) to a user's keys: the caller's own, or `user`'s (operators).
     KeysAdd "keys-add" => reply::KeyInfo {

@@ -485,6 +485,15 @@ pub struct MetricsText {
     pub text: String,
 }
 
+/// The answer to `node-stop`: the node is stopping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStopping {
+    /// Whether the gears' processes are stopped too (else they keep running).
+    pub gears: bool,
+    /// The node's pid, to wait for its end.
+    pub pid: u32,
+}
+
 /// How the command of an `exec` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -667,6 +676,12 @@ pub enum NodeEventKind {
     RolledBack,
     /// A cartridge hook failed.
     HookFailed,
+    /// A node that started found the gear's processes still running from an earlier node
+    /// and took them back (same pids).
+    Adopted,
+    /// A node that started found the gear's processes not as the earlier node recorded
+    /// them, stopped what was left and started the gear again; the reason says what differed.
+    NotAdopted,
 }
 
 impl NodeEventKind {
@@ -687,6 +702,8 @@ impl NodeEventKind {
             NodeEventKind::WakeFailed => "wake-failed",
             NodeEventKind::RolledBack => "rolled-back",
             NodeEventKind::HookFailed => "hook-failed",
+            NodeEventKind::Adopted => "adopted",
+            NodeEventKind::NotAdopted => "not-adopted",
         }
     }
 }

@@ -175,6 +175,7 @@ fn requests() -> Vec<Request> {
             key: "-----BEGIN PRIVATE KEY-----\nMIGH...\n-----END PRIVATE KEY-----\n".into(),
         }
         .into(),
+        NodeStop { gears: true }.into(),
         KeysAdd {
             user: Some("ada".into()),
             key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2cGDeJ0Ojq+X7Z3pJ2vfWcD8r9bZvZ8yQm0d1c4k7L ada@laptop".into(),
@@ -488,6 +489,13 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
         "metrics",
         &MetricsText {
             text: "# TYPE gearhost_gears gauge\ngearhost_gears{state=\"running\"} 1\n".into(),
+        },
+    );
+    answer::<NodeStop>(
+        "node-stopping",
+        &NodeStopping {
+            gears: true,
+            pid: 4242,
         },
     );
     let key = KeyInfo {

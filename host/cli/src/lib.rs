@@ -206,6 +206,8 @@ pub enum NodeCommand {
     Check(cmd::node_check::Args),
     /// Run the node in the foreground.
     Run(cmd::node_run::Args),
+    /// Stop the node; the gears keep running for the next node (`--gears` stops them too).
+    Stop(cmd::node_stop::Args),
     /// Print the embedded default node configuration.
     Config,
     /// Print the node's metrics (Prometheus text format).
@@ -494,6 +496,7 @@ pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
         Command::Node(NodeCommand::Run(args)) => cmd::node_run::run(args, cli.verbose),
         Command::Node(NodeCommand::Config) => cmd::node_run::print_default(),
         Command::Node(NodeCommand::Metrics(args)) => cmd::node_metrics::run(args),
+        Command::Node(NodeCommand::Stop(args)) => cmd::node_stop::run(args),
         Command::Node(NodeCommand::Events(args)) => cmd::node_events::run(args),
         Command::Cartridge(CartridgeCommand::Install(args)) => cmd::cartridge_store::install(args),
         Command::Cartridge(CartridgeCommand::List(args)) => cmd::cartridge_store::list(args),

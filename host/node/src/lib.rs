@@ -57,9 +57,11 @@ fn raise_open_file_limit() {
     }
 }
 
-/// Run the node until SIGTERM or SIGINT: open the state, restart the gears
-/// that should run, serve the API. On the way out every gear's processes are
-/// stopped; what should run starts again with the next node.
+/// Run the node until SIGTERM or SIGINT: open the state, take back the gear
+/// processes an earlier node left running and start the other gears that
+/// should run, serve the API, until SIGTERM, SIGINT or `gear node stop`. On
+/// the way out the gears' processes keep running (only `gear exec` commands
+/// end); the next node takes them back. `gear node stop --gears` stops them.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     raise_open_file_limit();
     let socket = config.socket.clone();
@@ -148,11 +150,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut stop_gears = false;
     let result = tokio::select! {
         r = server::serve(node.clone(), listener) => r,
         r = metrics => r,
         _ = term.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
+        gears = node.stop_requested() => {
+            stop_gears = gears;
+            Ok(())
+        }
     };
     resume.abort();
     idler.abort();
@@ -163,8 +170,15 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     for g in node.gears_snapshot() {
         g.front.access.flush();
     }
-    eprintln!("gear node: stopping gear processes");
-    node.shutdown().await;
+    if stop_gears {
+        // `gear node stop --gears`: desired states are kept, the next node starts them
+        eprintln!("gear node: stopping gear processes");
+        node.shutdown().await;
+    } else {
+        // the gears' processes run on, detached from the node; the next node takes them back
+        eprintln!("gear node: stopping; gear processes keep running for the next node");
+        node.leave().await;
+    }
     let _ = std::fs::remove_file(&socket);
     result
 }

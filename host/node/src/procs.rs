@@ -489,6 +489,7 @@ async fn relay_out(from: Option<std::fs::File>, to: Option<std::fs::File>) {
     let _ = to.flush().await;
 }
 
+pub mod records;
 mod supervisor;
 
-pub use supervisor::{Aside, Supervisor};
+pub use supervisor::{Aside, Supervisor, node_start_base, take_back};

@@ -480,6 +480,18 @@ async fn dispatch(
         Request::AliasList(op) => answer::<ops::AliasList>(node.alias_list(&op.gear)),
         Request::Idle(op) => answer::<ops::Idle>(node.idle(&op.gear).await),
         Request::Unidle(op) => answer::<ops::Unidle>(node.unidle(&op.gear, p).await),
+        Request::NodeStop(op) => {
+            // the node stops once this answer is on its way
+            let stopping = node.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                stopping.request_stop(op.gears);
+            });
+            answer::<ops::NodeStop>(Ok(reply::NodeStopping {
+                gears: op.gears,
+                pid: std::process::id(),
+            }))
+        }
         Request::Metrics(_) => answer::<ops::Metrics>(Ok(reply::MetricsText {
             text: crate::frontend::render_metrics(&node),
         })),

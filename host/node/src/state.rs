@@ -11,6 +11,7 @@
 //! gears/<id>/deployments/<n>/   deployed sources; the active one is bound at /gear/app-root/repo
 //! gears/<id>/logs/              captured output of its processes and hooks (node-only)
 //! gears/<id>/netns              the gear's network namespace, bound to a file
+//! gears/<id>/procs.json         its running supervised processes, for the next node to take back
 //!
 //! (for a gear with a disk quota, home/, deployments/ and logs/ are btrfs
 //! subvolumes in the gear's qgroup; gear.json and netns stay outside it)
@@ -169,6 +170,10 @@ impl GearPaths {
     /// The gear's network namespace, bound to a file.
     pub fn netns(&self) -> PathBuf {
         self.root.join("netns")
+    }
+    /// The records of its running supervised processes (see `procs::records`).
+    pub fn procs(&self) -> PathBuf {
+        self.root.join("procs.json")
     }
 }
 

@@ -461,6 +461,7 @@ pub fn authorize(caller: &Caller, ns: &Namespaces, request: &Request) -> Result<
         }
         Request::Metrics(_) => operators_only(caller, "read the node's metrics"),
         Request::Audit(_) => operators_only(caller, "read the audit log"),
+        Request::NodeStop(_) => operators_only(caller, "stop the node"),
         Request::NamespaceCreate(_)
         | Request::NamespaceDelete(_)
         | Request::NamespaceAddMember(_)
@@ -531,7 +532,8 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         | Request::NamespaceRemoveMember(_)
         | Request::NamespaceList(_)
         | Request::Audit(_)
-        | Request::Metrics(_) => return None,
+        | Request::Metrics(_)
+        | Request::NodeStop(_) => return None,
     })
 }
 
@@ -636,6 +638,7 @@ mod tests {
             Request::from(ops::CartridgeRemove { name: "x".into() }),
             ops::Metrics {}.into(),
             ops::Audit { lines: 5 }.into(),
+            ops::NodeStop { gears: false }.into(),
             ops::NamespaceCreate {
                 name: "t".into(),
                 members: vec![],

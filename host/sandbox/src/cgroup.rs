@@ -268,6 +268,15 @@ impl GearCgroup {
         }
     }
 
+    /// The cgroup of `placement` as it already is (made by an earlier [`GearCgroup::create`],
+    /// possibly by an earlier node), for reading and teardown.
+    pub fn existing(mounts: &CgroupMounts, placement: &CgroupPlacement) -> Self {
+        GearCgroup {
+            layout: mounts.layout,
+            dirs: gear_paths(mounts, placement),
+        }
+    }
+
     /// Creates the gear's cgroup on every hierarchy and writes its limits. A leftover empty
     /// cgroup of the same name is replaced; a busy one is an error.
     pub fn create(

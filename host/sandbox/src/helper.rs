@@ -24,8 +24,9 @@
 //! 9. block the forwarded signals, fork; in the child (`run_gear`): credentials, rlimits,
 //!    cwd, SELinux exec label, Landlock, close-on-exec for every descriptor above 2, seccomp
 //!    (last, so the setup calls above are not filtered), report, exec;
-//! 10. in pid 1 (`supervise`): drop privileges the same way and loop on a signalfd and the
-//!     node's pidfd.
+//! 10. in pid 1 (`supervise`): drop privileges the same way, hold the kept output pipes at
+//!     their fixed descriptors (a detached gear's), and loop on a signalfd and the node's
+//!     pidfd (not watched when detached).
 
 use std::convert::Infallible;
 use std::fs::File;
@@ -121,6 +122,7 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
         }
     };
     let node = hs.watch_parent.then_some(node);
+    let kept: Vec<(OwnedFd, i32)> = fds.kept.into_iter().zip(hs.kept.iter().copied()).collect();
     install_stdio(fds.stdio)?;
     join_cgroup(&hs.cgroup_procs)?;
     let joined = match fds.netns {
@@ -197,7 +199,7 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
         }
         ForkResult::Parent { child } => {
             drop(terminal);
-            supervise(child, &hs, node, mask, &filter)
+            supervise(child, &hs, node, kept, mask, &filter)
         }
     }
 }
@@ -262,8 +264,14 @@ fn receive_spec(
     })?;
     let ro: Vec<bool> = hs.ro_binds.iter().map(|(_, dir)| *dir).collect();
     let rw: Vec<bool> = hs.rw_binds.iter().map(|(_, dir)| *dir).collect();
-    let fds = SpecFds::from_vec(descriptors, hs.spec.netns.is_some(), &ro, &rw)
-        .map_err(|detail| failed(detail, None))?;
+    let fds = SpecFds::from_vec(
+        descriptors,
+        hs.spec.netns.is_some(),
+        &ro,
+        &rw,
+        hs.kept.len(),
+    )
+    .map_err(|detail| failed(detail, None))?;
     Ok((hs, fds, sock))
 }
 
@@ -328,6 +336,7 @@ fn adopt_sources(fds: SpecFds<OwnedFd>) -> Result<SpecFds<OwnedFd>, SetupFailure
         netns: fds.netns,
         ro: adopt_all(fds.ro)?,
         rw: adopt_all(fds.rw)?,
+        kept: fds.kept,
     })
 }
 
@@ -612,11 +621,14 @@ fn run_gear(
 }
 
 /// Pid 1 after the fork: drop privileges, then forward signals and reap until the command
-/// exits, or until the node dies (unless detached).
+/// exits, or until the node dies (unless detached). `kept` are reading ends of the command's
+/// output pipes to hold, never read, at the given descriptor numbers, so the pipes keep a
+/// reader while no node runs (a later node takes copies with `pidfd_getfd`).
 fn supervise(
     child: Pid,
     hs: &HelperSpec,
     parent: Option<OwnedFd>,
+    kept: Vec<(OwnedFd, i32)>,
     mask: SigSet,
     filter: &seccomp::GearFilter,
 ) -> ! {
@@ -630,6 +642,22 @@ fn supervise(
     // SAFETY: fd 4 is the report pipe (owned by the `File` in `main`, which never runs its
     // destructor because this function never returns); closing it here ends our copy.
     unsafe { libc::close(REPORT_FD) };
+    for (fd, at) in kept {
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        if raw == at {
+            // already in place: keep it open for the life of this process
+            std::mem::forget(fd);
+            continue;
+        }
+        // SAFETY: dup2 onto a number this process does not use otherwise (see
+        // `protocol::KEPT_STDOUT_FD`); `fd` stays open for the call and is closed after it.
+        if unsafe { libc::dup2(raw, at) } < 0 {
+            // without the copy the pipe has no reader while no node runs, and the node
+            // cannot take the gear back: do not start it at all
+            let _ = kill(child, Signal::SIGKILL);
+            std::process::exit(125);
+        }
+    }
 
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC);
     // Pid 1 keeps no privilege it does not need: it only waits, polls and sends signals.

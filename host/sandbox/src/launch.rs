@@ -10,9 +10,11 @@
 //! clone, which is safe in a multi-threaded node. `CLONE_PIDFD` hands back a pidfd with no
 //! pid-reuse race, for waiting, signalling and async readiness.
 //!
-//! The gear dies with the node through that pidfd's mirror image: the node passes a pidfd of
-//! *itself* to the helper, which polls it. Unlike `PR_SET_PDEATHSIG` this follows the node
-//! process, not the thread that happened to start the gear (tokio retires idle threads).
+//! A gear that is not `detached` dies with the node through that pidfd's mirror image: the node
+//! passes a pidfd of *itself* to the helper, which polls it. Unlike `PR_SET_PDEATHSIG` this
+//! follows the node process, not the thread that happened to start the gear (tokio retires idle
+//! threads). A `detached` gear (the node's supervised processes) outlives the node; with
+//! `keep_output` its init keeps its output pipes for the next node (see [`crate::adopt`]).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -26,7 +28,10 @@ use std::time::Duration;
 
 use crate::cgroup::{self, GearCgroup, TeardownReport};
 use crate::error::SandboxError;
-use crate::protocol::{HelperMessage, HelperSpec, MAX_SPEC_FDS, SpecFds};
+use crate::protocol::{
+    HelperMessage, HelperSpec, KEPT_PIPE_BYTES, KEPT_STDERR_FD, KEPT_STDOUT_FD, MAX_SPEC_FDS,
+    SpecFds,
+};
 use crate::report::LayerReport;
 use crate::selinux;
 use crate::spec::{Bind, SandboxSpec, Stdio};
@@ -91,7 +96,7 @@ pub enum Signal {
 }
 
 impl Signal {
-    fn raw(self) -> libc::c_int {
+    pub(crate) fn raw(self) -> libc::c_int {
         match self {
             Signal::Term => libc::SIGTERM,
             Signal::Int => libc::SIGINT,
@@ -159,15 +164,27 @@ fn give_pipe(fd: BorrowedFd<'_>, spec: &SandboxSpec) -> Result<(), SandboxError>
     })
 }
 
-/// The child ends and parent ends of the three standard streams.
+/// The child ends and parent ends of the three standard streams, and the reading ends the
+/// init keeps (`keep_output`) with the descriptor number each gets there.
 struct StdioPlan {
     child: Vec<OwnedFd>,
     parent: [Option<File>; 3],
+    kept: Vec<(OwnedFd, i32)>,
+}
+
+/// Enlarges an output pipe the init keeps to [`KEPT_PIPE_BYTES`] (at most
+/// `/proc/sys/fs/pipe-max-size` for a caller without `CAP_SYS_RESOURCE`: then it keeps the
+/// default size, which only shortens how long the command writes on while no node runs).
+fn enlarge_pipe(fd: BorrowedFd<'_>) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_SETPIPE_SZ takes an int and changes only the pipe's capacity.
+    let _ = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, KEPT_PIPE_BYTES) };
 }
 
 fn plan_stdio(spec: &SandboxSpec) -> Result<StdioPlan, SandboxError> {
     let mut child = Vec::new();
     let mut parent: [Option<File>; 3] = [None, None, None];
+    let mut kept = Vec::new();
     for (i, stdio) in [&spec.stdio.stdin, &spec.stdio.stdout, &spec.stdio.stderr]
         .into_iter()
         .enumerate()
@@ -187,6 +204,15 @@ fn plan_stdio(spec: &SandboxSpec) -> Result<StdioPlan, SandboxError> {
                     parent[0] = Some(File::from(write));
                     high_dup(read.as_fd())?
                 } else {
+                    if spec.keep_output {
+                        enlarge_pipe(read.as_fd());
+                        let at = if i == 1 {
+                            KEPT_STDOUT_FD
+                        } else {
+                            KEPT_STDERR_FD
+                        };
+                        kept.push((high_dup(read.as_fd())?, at));
+                    }
                     parent[i] = Some(File::from(read));
                     high_dup(write.as_fd())?
                 }
@@ -198,7 +224,11 @@ fn plan_stdio(spec: &SandboxSpec) -> Result<StdioPlan, SandboxError> {
         };
         child.push(fd);
     }
-    Ok(StdioPlan { child, parent })
+    Ok(StdioPlan {
+        child,
+        parent,
+        kept,
+    })
 }
 
 /// Receives the controlling side of the command's terminal, which the helper sends on the spec
@@ -484,7 +514,9 @@ impl Sandbox {
                     })
             })
             .transpose()?;
+        let stdio = plan_stdio(spec)?;
         let helper_spec = HelperSpec {
+            kept: stdio.kept.iter().map(|(_, at)| *at).collect(),
             spec: spec.clone(),
             cgroup_procs: cgroup.procs_files(),
             exec_label: contexts.as_ref().map(|c| c.process.clone()),
@@ -506,7 +538,6 @@ impl Sandbox {
         };
         let spec_json = serde_json::to_vec(&helper_spec)
             .map_err(|e| SandboxError::Protocol(format!("encode the spec: {e}")))?;
-        let stdio = plan_stdio(spec)?;
         let [stdin, stdout, stderr] = <[OwnedFd; 3]>::try_from(stdio.child)
             .map_err(|_| SandboxError::Protocol("three standard streams expected".into()))?;
         let fds = SpecFds {
@@ -515,6 +546,7 @@ impl Sandbox {
             netns,
             ro: sources.ro,
             rw: sources.rw,
+            kept: stdio.kept.into_iter().map(|(fd, _)| fd).collect(),
         }
         .into_vec();
         if fds.len() > MAX_SPEC_FDS {

@@ -29,6 +29,7 @@
 //! gear.teardown()?;
 //! # Ok::<(), gearhost_sandbox::SandboxError>(())
 //! ```
+pub mod adopt;
 pub mod cgroup;
 pub mod check;
 mod confine;
@@ -70,6 +71,7 @@ pub mod testing {
     }
 }
 
+pub use adopt::Adopted;
 pub use cgroup::{CgroupError, CgroupLayout, CgroupReport, TeardownReport};
 pub use error::SandboxError;
 pub use launch::{INIT_NAME, Sandbox, Sandboxed, Signal, find_init};

@@ -23,6 +23,16 @@ pub const REPORT_FD: i32 = 4;
 /// Descriptor of a pidfd for the node process (closed by the helper when detached).
 pub const PARENT_FD: i32 = 5;
 
+/// Where the gear's init keeps its copy of the reading end of the command's stdout pipe
+/// (a spec with `keep_output`). High, so that nothing the init opens while setting up is
+/// already there.
+pub const KEPT_STDOUT_FD: i32 = 200;
+/// Where the gear's init keeps its copy of the reading end of the command's stderr pipe.
+pub const KEPT_STDERR_FD: i32 = 201;
+/// The size the node gives a kept output pipe (`F_SETPIPE_SZ`): what a command may write
+/// while no node reads before it has to wait.
+pub const KEPT_PIPE_BYTES: i32 = 1 << 20;
+
 /// Most descriptors one spec message may carry (the kernel's own limit is 253).
 pub const MAX_SPEC_FDS: usize = 128;
 
@@ -31,7 +41,8 @@ pub const MAX_SPEC_BYTES: usize = 4 << 20;
 
 /// The order of the descriptors attached to the spec message: the three standard streams,
 /// the gear's home, the gear's network namespace when the spec names one, then one descriptor
-/// per read-only bind and per read-write bind, in the spec's order.
+/// per read-only bind and per read-write bind, in the spec's order, then the output pipes the
+/// init keeps (see [`HelperSpec::kept`]).
 #[derive(Debug)]
 pub struct SpecFds<T> {
     /// Standard input, output and error for the gear command.
@@ -44,6 +55,8 @@ pub struct SpecFds<T> {
     pub ro: Vec<(T, bool)>,
     /// Read-write bind sources (`O_PATH`), with whether each is a directory.
     pub rw: Vec<(T, bool)>,
+    /// Reading ends of output pipes for the init to keep open (never read).
+    pub kept: Vec<T>,
 }
 
 impl<T> SpecFds<T> {
@@ -54,6 +67,7 @@ impl<T> SpecFds<T> {
         all.extend(self.netns);
         all.extend(self.ro.into_iter().map(|(fd, _)| fd));
         all.extend(self.rw.into_iter().map(|(fd, _)| fd));
+        all.extend(self.kept);
         all
     }
 
@@ -63,8 +77,9 @@ impl<T> SpecFds<T> {
         has_netns: bool,
         ro_dirs: &[bool],
         rw_dirs: &[bool],
+        kept: usize,
     ) -> Result<Self, String> {
-        let expected = 4 + usize::from(has_netns) + ro_dirs.len() + rw_dirs.len();
+        let expected = 4 + usize::from(has_netns) + ro_dirs.len() + rw_dirs.len() + kept;
         if fds.len() != expected {
             return Err(format!(
                 "expected {expected} descriptors with the spec, got {}",
@@ -78,12 +93,14 @@ impl<T> SpecFds<T> {
         let netns = has_netns.then(&mut next);
         let ro = ro_dirs.iter().map(|d| (next(), *d)).collect();
         let rw = rw_dirs.iter().map(|d| (next(), *d)).collect();
+        let kept = (0..kept).map(|_| next()).collect();
         Ok(SpecFds {
             stdio,
             home,
             netns,
             ro,
             rw,
+            kept,
         })
     }
 }
@@ -121,6 +138,10 @@ pub struct HelperSpec {
     /// on fd [`SPEC_FD`] (one byte with the descriptor) before the command runs.
     #[serde(default)]
     pub terminal: bool,
+    /// The descriptor number at which the init keeps each kept output pipe, in the order of
+    /// [`SpecFds::kept`] ([`KEPT_STDOUT_FD`], [`KEPT_STDERR_FD`]).
+    #[serde(default)]
+    pub kept: Vec<i32>,
 }
 
 impl HelperSpec {

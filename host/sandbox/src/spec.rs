@@ -69,6 +69,14 @@ pub struct SandboxSpec {
     /// that process dies.
     #[serde(default)]
     pub detached: bool,
+    /// When true (and stdout or stderr is [`Stdio::Piped`]), the gear's init keeps a copy of
+    /// the reading end of each such pipe, never read, at [`crate::protocol::KEPT_STDOUT_FD`]
+    /// and [`crate::protocol::KEPT_STDERR_FD`], and the pipes are enlarged to
+    /// [`crate::protocol::KEPT_PIPE_BYTES`]: while nobody reads them (the node is down) the
+    /// command writes on until they are full and then waits, never getting `SIGPIPE`, and a
+    /// later node takes the reading ends back (see [`crate::Adopted`]). Meant with `detached`.
+    #[serde(default)]
+    pub keep_output: bool,
     /// Explicit path of the `gearhost-init` helper; see [`crate::find_init`] for the default.
     #[serde(default)]
     pub init_path: Option<PathBuf>,
@@ -349,6 +357,7 @@ impl SandboxSpec {
             netns: None,
             stdio: StdioSpec::default(),
             detached: false,
+            keep_output: false,
             init_path: None,
         }
     }

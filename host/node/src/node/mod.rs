@@ -105,6 +105,7 @@ impl Progress {
 
 pub(crate) use gearhost_sys::lock::lock;
 
+mod adopt;
 mod cartridges;
 mod deploy;
 mod gear;
@@ -150,6 +151,8 @@ pub struct Node {
     pub(crate) certs: Arc<crate::certs::Certs>,
     /// What happened to gears: deploys, starts, crashes, wakes, failures.
     pub(crate) events: Arc<crate::events::EventLog>,
+    /// Set by `gear node stop`: `Some(true)` stops the gears' processes too.
+    stop: tokio::sync::watch::Sender<Option<bool>>,
 }
 
 impl Node {
@@ -246,6 +249,7 @@ impl Node {
             ssh: crate::ssh::SshEndpoint::default(),
             certs,
             events,
+            stop: tokio::sync::watch::channel(None).0,
         });
         node.rebuild_routes();
         Ok(node)
@@ -264,6 +268,24 @@ impl Node {
     /// Where the frontend listens, once it does.
     pub fn frontend_addr(&self) -> Option<std::net::SocketAddr> {
         *lock(&self.frontend_addr)
+    }
+
+    /// Ask the node to stop (`gear node stop`); with `gears`, the gears' processes stop too.
+    pub fn request_stop(&self, gears: bool) {
+        self.stop.send_replace(Some(gears));
+    }
+
+    /// Waits until [`Node::request_stop`] is called; returns whether the gears stop too.
+    pub async fn stop_requested(&self) -> bool {
+        let mut rx = self.stop.subscribe();
+        loop {
+            if let Some(gears) = *rx.borrow_and_update() {
+                return gears;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     /// Record the runtime that operations on gears run on.
@@ -411,13 +433,18 @@ impl Node {
         format!("http://{}{port}/", self.public_name(r))
     }
 
-    /// Start the gears that should run (after a node restart everything a
-    /// user left running runs again; what they stopped stays stopped).
+    /// Take back the gears an earlier node left running, and start the other
+    /// gears that should run (after a node restart everything a user left
+    /// running runs again; what they stopped stays stopped).
     pub async fn resume(self: &Arc<Self>) {
+        use crate::api::reply::NodeEventKind;
+        let began = std::time::Instant::now();
+        let adopted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
         let mut tasks = Vec::new();
         for gear in gears {
             let node = self.clone();
+            let adopted = adopted.clone();
             tasks.push(tokio::spawn(async move {
                 let _op = gear.op.lock().await;
                 // whatever was in flight when the node died is over now
@@ -434,19 +461,74 @@ impl Node {
                     || node
                         .cartridge(&record.cartridge)
                         .is_ok_and(|c| !c.manifest().deploy.required);
-                if record.state == GearState::Idle {
-                    // an idle gear stays asleep until a request wakes it
-                } else if record.desired == Desired::Running && startable {
-                    if let Err(e) = node.start_locked(&gear, &Progress::discard()).await {
-                        tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
+                let run = record.state != GearState::Idle
+                    && record.desired == Desired::Running
+                    && startable;
+                // processes an earlier node left running are taken back when the gear was
+                // running (a build in flight never touched them; an app replaced halfway
+                // does not match its records); anything else is stopped
+                let refuse = if !run {
+                    Some("the gear is not to run".to_string())
+                } else if record.state != GearState::Running {
+                    Some(format!(
+                        "the gear was {} when the earlier node stopped",
+                        record.state.as_str()
+                    ))
+                } else {
+                    None
+                };
+                let adoption = node.adopt_gear(&gear, refuse).await;
+                if !run {
+                    if matches!(record.state, GearState::Running | GearState::Starting | GearState::Building | GearState::Stopping) {
+                        let _ = gear.update(&node.config, |r| r.state = GearState::Stopped);
                     }
-                } else if matches!(record.state, GearState::Running | GearState::Starting | GearState::Building | GearState::Stopping) {
-                    let _ = gear.update(&node.config, |r| r.state = GearState::Stopped);
+                    return;
+                }
+                match adoption {
+                    adopt::Adoption::Adopted(taken) => {
+                        let list: Vec<String> = taken
+                            .iter()
+                            .map(|(name, pid)| format!("{name} (pid {pid})"))
+                            .collect();
+                        let why = format!("kept running; took back {}", list.join(", "));
+                        tracing::info!(gear = %record.name, "{why}");
+                        node.event(&gear, NodeEventKind::Adopted, &why, None);
+                        // as a fresh start: the idler counts from here
+                        gear.front.touch();
+                        adopted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                    adopt::Adoption::Discarded(why) => {
+                        let why = format!("{why}; starting the gear again");
+                        tracing::warn!(gear = %record.name, "processes of an earlier node not taken back: {why}");
+                        node.event(&gear, NodeEventKind::NotAdopted, &why, None);
+                    }
+                    adopt::Adoption::Nothing => {}
+                }
+                if let Err(e) = node.start_locked(&gear, &Progress::discard()).await {
+                    tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
                 }
             }));
         }
+        let total = tasks.len();
         for t in tasks {
             let _ = t.await;
+        }
+        tracing::info!(
+            gears = total,
+            adopted = adopted.load(std::sync::atomic::Ordering::Relaxed),
+            ms = began.elapsed().as_millis() as u64,
+            "gears resumed"
+        );
+    }
+
+    /// On the way out of the node (SIGTERM, SIGINT): end the `gear exec` commands, which
+    /// live with their callers, and leave the gears' processes running for the next node
+    /// to take back.
+    pub async fn leave(&self) {
+        let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
+        for gear in gears {
+            gear.exec_runs.end_all("the node is shutting down").await;
         }
     }
 

@@ -14,8 +14,10 @@ use gearhost_runtime::{
 use gearhost_sys::lock::lock;
 use tokio::sync::watch;
 
+use super::records::{ProcRecord, ProcRecords};
 use super::*;
 use crate::logs::LogFile;
+use gearhost_sandbox::Adopted;
 
 #[derive(Debug)]
 struct ProcStatus {
@@ -43,9 +45,162 @@ struct Proc {
 pub struct Supervisor {
     procs: Mutex<BTreeMap<String, Arc<Proc>>>,
     counter: AtomicU32,
+    /// What a later node needs to take the processes back.
+    records: Arc<ProcRecords>,
+}
+
+/// A supervised process: started by this node (its child), or taken back from an earlier
+/// node (not a child: its end is seen, its status is not).
+enum Child {
+    Spawned(Box<Sandboxed>),
+    Adopted(Adopted),
+}
+
+impl Child {
+    fn pid(&self) -> u32 {
+        match self {
+            Child::Spawned(c) => c.pid(),
+            Child::Adopted(c) => c.pid(),
+        }
+    }
+
+    fn kill(&mut self, signal: gearhost_sandbox::Signal) {
+        let _ = match self {
+            Child::Spawned(c) => c.kill(signal),
+            Child::Adopted(c) => c.kill(signal),
+        };
+    }
+
+    /// Waits for the end: the exit status of a spawned process, `None` for an adopted one.
+    async fn exit(&mut self) -> Result<Option<std::process::ExitStatus>, HostError> {
+        let adopted = match self {
+            Child::Spawned(c) => return wait_exit(c).await.map(Some),
+            Child::Adopted(c) => c,
+        };
+        let fd = adopted
+            .pidfd()
+            .try_clone_to_owned()
+            .map_err(|e| HostError::Failed(format!("cannot watch the process: {e}")))?;
+        // as in `wait_exit`: the AsyncFd owns its own duplicate of the pidfd
+        #[allow(deprecated)]
+        let watcher = tokio::io::unix::AsyncFd::with_interest(fd, tokio::io::Interest::READABLE)
+            .map_err(|e| HostError::Failed(format!("cannot watch the process: {e}")))?;
+        loop {
+            if adopted.has_ended() {
+                return Ok(None);
+            }
+            let mut guard = watcher
+                .readable()
+                .await
+                .map_err(|e| HostError::Failed(format!("cannot watch the process: {e}")))?;
+            guard.clear_ready();
+        }
+    }
+
+    fn tear_down(self) {
+        match self {
+            Child::Spawned(c) => tear_down(*c),
+            Child::Adopted(c) => {
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = c.teardown() {
+                        tracing::warn!(error = %e, "gear process teardown left something behind");
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Checks that the process `record` names still runs as recorded in `gear` (see
+/// [`Adopted::adopt`]) and takes it back with its output pipes; the error says what does
+/// not match.
+pub fn take_back(gear: &GearSandbox, record: &ProcRecord) -> Result<Adopted, String> {
+    if record.repo != gear.repo {
+        let shown = |repo: &Option<std::path::PathBuf>| {
+            repo.as_ref()
+                .map_or("no deployment".to_string(), |p| p.display().to_string())
+        };
+        return Err(format!(
+            "process {} runs {}, the gear's active deployment is {} (the node stopped while the app was replaced)",
+            record.name,
+            shown(&record.repo),
+            shown(&gear.repo)
+        ));
+    }
+    let placement = cgroup::leaf_placement(&gear.config.cgroup_subtree, &gear.id, &record.leaf);
+    Adopted::adopt(record.pid, record.start_time, &placement)
+        .map_err(|e| format!("process {}: {e}", record.name))
 }
 
 impl Supervisor {
+    /// A supervisor that records its processes in `path` (see [`ProcRecords`]).
+    pub fn recording(path: std::path::PathBuf) -> Self {
+        Supervisor {
+            records: Arc::new(ProcRecords::at(path)),
+            ..Default::default()
+        }
+    }
+
+    /// Forgets the records of processes (they were taken down with the gear's cgroups).
+    pub fn clear_records(&self) {
+        self.records.clear();
+    }
+
+    /// Goes on supervising the process `record` names, which an earlier node started and
+    /// `adopted` holds again (see [`take_back`]): its output goes to the gear's log again
+    /// (what it wrote meanwhile first, from the pipe), and its end counts as a crash for the
+    /// restart policy, since its status is not known. Returns its pid.
+    pub fn adopt(
+        &self,
+        gear: GearSandbox,
+        log: LogFile,
+        record: ProcRecord,
+        mut adopted: Adopted,
+        events: crate::events::GearEvents,
+    ) -> u32 {
+        let name = record.name.clone();
+        copy_output(&log, &name, [adopted.take_stdout(), adopted.take_stderr()]);
+        let pid = adopted.pid();
+        log.line(
+            &format!("{name}[node]"),
+            &format!("pid {pid} taken back from an earlier node"),
+        );
+        let (signals, signal_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ended, _) = watch::channel(0);
+        let proc = Arc::new(Proc {
+            name: name.clone(),
+            status: Mutex::new(ProcStatus {
+                state: ProcessState::Running,
+                pid: Some(pid),
+                restarts: record.restarts,
+                last_exit: None,
+                crashes: VecDeque::new(),
+            }),
+            stop: AtomicBool::new(false),
+            signals,
+            ended,
+        });
+        lock(&self.procs).insert(name, proc.clone());
+        self.records.put(record.clone());
+        let crash_limit = gear.config.crash_limit;
+        let crash_window = gear.config.crash_window;
+        tokio::spawn(monitor(
+            proc,
+            Child::Adopted(adopted),
+            signal_rx,
+            Watched {
+                gear,
+                record,
+                records: self.records.clone(),
+            },
+            log,
+            events,
+            crash_limit,
+            crash_window,
+        ));
+        pid
+    }
+
     /// Start `cmd` as supervised process `name`. Returns its pid once the
     /// sandbox reports every layer in place.
     pub async fn spawn(
@@ -104,7 +259,7 @@ impl Supervisor {
         });
         lock(&self.procs).insert(name.to_string(), proc.clone());
         let first = start_one(&gear, &cmd, &log, name).await;
-        let child = match first {
+        let (child, leaf, start_time) = match first {
             Ok(child) => child,
             Err(e) => {
                 let mut s = lock(&proc.status);
@@ -118,15 +273,28 @@ impl Supervisor {
             s.state = ProcessState::Running;
             s.pid = Some(pid);
         }
+        let record = ProcRecord {
+            name: name.to_string(),
+            pid,
+            start_time,
+            leaf,
+            repo: gear.repo.clone(),
+            cmd,
+            restart,
+            restarts: 0,
+        };
+        self.records.put(record.clone());
         let crash_limit = gear.config.crash_limit;
         let crash_window = gear.config.crash_window;
         tokio::spawn(monitor(
             proc,
-            child,
+            Child::Spawned(Box::new(child)),
             signal_rx,
-            gear,
-            cmd,
-            restart,
+            Watched {
+                gear,
+                record,
+                records: self.records.clone(),
+            },
             log,
             events,
             crash_limit,
@@ -279,6 +447,8 @@ impl Supervisor {
         let set = Supervisor {
             procs: Mutex::new(aside.0),
             counter: AtomicU32::new(0),
+            // their monitors remove their records as they end
+            records: Arc::default(),
         };
         set.stop_all(grace).await;
     }
@@ -316,30 +486,25 @@ const MAX_SUPERVISED: usize = 64;
 /// old one still hold.
 static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// The next start number (see [`STARTS`]).
-fn next_start() -> u64 {
+/// The first start number of this node (see [`STARTS`]): every process leaf of an earlier
+/// node has a smaller one.
+pub fn node_start_base() -> u64 {
     static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let base = *BASE.get_or_init(|| {
+    *BASE.get_or_init(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
-    });
-    base + STARTS.fetch_add(1, Ordering::Relaxed)
+    })
 }
 
-async fn start_one(
-    gear: &GearSandbox,
-    cmd: &CommandSpec,
-    log: &LogFile,
-    name: &str,
-) -> Result<Sandboxed, HostError> {
-    let argv = argv_of(cmd);
-    let leaf = cgroup::process_leaf(&gear.id, name, next_start());
-    let mut spec = gear.spec(&leaf, argv, Some(&cmd.env), cmd.cwd.as_deref());
-    spec.stdio.stdout = Stdio::Piped;
-    spec.stdio.stderr = Stdio::Piped;
-    let mut child = spawn_blocking_sandbox(spec).await?;
-    for (stream, file) in [("out", child.take_stdout()), ("err", child.take_stderr())] {
+/// The next start number (see [`STARTS`]).
+fn next_start() -> u64 {
+    node_start_base() + STARTS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Copies a process's stdout and stderr (reading ends) into the gear's log.
+fn copy_output(log: &LogFile, name: &str, files: [Option<std::fs::File>; 2]) {
+    for (stream, file) in ["out", "err"].into_iter().zip(files) {
         if let Some(reader) = file.and_then(pipe_reader) {
             let log = log.clone();
             let source = format!("{name}[{stream}]");
@@ -348,21 +513,49 @@ async fn start_one(
             }));
         }
     }
+}
+
+/// Starts one run of a supervised process: detached from the node's life, its init keeping
+/// the output pipes open (see `SandboxSpec::keep_output`). Returns it with its cgroup leaf
+/// and its init's start time (0 when it could not be read: a later node then does not take
+/// it back but starts the gear again).
+async fn start_one(
+    gear: &GearSandbox,
+    cmd: &CommandSpec,
+    log: &LogFile,
+    name: &str,
+) -> Result<(Sandboxed, String, u64), HostError> {
+    let argv = argv_of(cmd);
+    let leaf = cgroup::process_leaf(&gear.id, name, next_start());
+    let mut spec = gear.spec(&leaf, argv, Some(&cmd.env), cmd.cwd.as_deref());
+    spec.stdio.stdout = Stdio::Piped;
+    spec.stdio.stderr = Stdio::Piped;
+    spec.detached = true;
+    spec.keep_output = true;
+    let mut child = spawn_blocking_sandbox(spec).await?;
+    let start_time = gearhost_sandbox::adopt::start_time(child.pid()).unwrap_or(0);
+    copy_output(log, name, [child.take_stdout(), child.take_stderr()]);
     log.line(
         &format!("{name}[node]"),
         &format!("started as pid {}", child.pid()),
     );
-    Ok(child)
+    Ok((child, leaf, start_time))
+}
+
+/// What a monitor keeps of its process beyond the running child: the gear to start it in
+/// again, and its record (command, policy, current run) in the gear's records.
+struct Watched {
+    gear: GearSandbox,
+    record: ProcRecord,
+    records: Arc<ProcRecords>,
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn monitor(
     proc: Arc<Proc>,
-    mut child: Sandboxed,
+    mut child: Child,
     mut signals: tokio::sync::mpsc::UnboundedReceiver<gearhost_sandbox::Signal>,
-    gear: GearSandbox,
-    cmd: CommandSpec,
-    restart: RestartPolicy,
+    watched: Watched,
     log: LogFile,
     events: crate::events::GearEvents,
     crash_limit: u32,
@@ -370,18 +563,32 @@ async fn monitor(
 ) {
     use crate::api::reply::NodeEventKind;
     let name = proc.name.clone();
+    let Watched {
+        gear,
+        mut record,
+        records,
+    } = watched;
+    let (cmd, restart) = (record.cmd.clone(), record.restart);
     loop {
         // wait for the exit, forwarding signals meanwhile
         let status = loop {
             tokio::select! {
-                status = wait_exit(&mut child) => break status,
+                status = child.exit() => break status,
                 Some(sig) = signals.recv() => {
-                    let _ = child.kill(sig);
+                    child.kill(sig);
                 }
             }
         };
         let exit = match status {
-            Ok(s) => exit_of(s),
+            Ok(Some(s)) => exit_of(s),
+            Ok(None) => {
+                log.line(
+                    &format!("{name}[node]"),
+                    "the process was taken back from an earlier node, so its exit status is \
+                     unknown here: its end counts as a failure",
+                );
+                ExitStatus::Exited(-1)
+            }
             Err(e) => {
                 log.line(
                     &format!("{name}[node]"),
@@ -391,7 +598,7 @@ async fn monitor(
             }
         };
         let pid = child.pid();
-        tear_down(child);
+        child.tear_down();
         let stopping = proc.stop.load(Ordering::SeqCst);
         let failed = !matches!(exit, ExitStatus::Exited(0));
         log.line(
@@ -445,6 +652,11 @@ async fn monitor(
                 }
             }
         };
+        if backoff.is_none() {
+            // ended for good; a process waiting for its restart keeps its record (whose pid
+            // is gone), so a node that dies meanwhile leaves the next one a mismatch to restart
+            records.remove(&record.leaf);
+        }
         proc.ended.send_modify(|n| *n += 1);
         let Some(delay) = backoff else {
             if lock(&proc.status).state == ProcessState::Failed {
@@ -466,18 +678,24 @@ async fn monitor(
             Some(_) = signals.recv() => {}
         }
         if proc.stop.load(Ordering::SeqCst) {
+            records.remove(&record.leaf);
             lock(&proc.status).state = ProcessState::Stopped;
             proc.ended.send_modify(|n| *n += 1);
             return;
         }
         match start_one(&gear, &cmd, &log, &name).await {
-            Ok(next) => {
+            Ok((next, leaf, start_time)) => {
                 let mut s = lock(&proc.status);
                 s.restarts += 1;
                 s.state = ProcessState::Running;
                 s.pid = Some(next.pid());
                 let restarts = s.restarts;
                 drop(s);
+                let old = std::mem::replace(&mut record.leaf, leaf);
+                record.pid = next.pid();
+                record.start_time = start_time;
+                record.restarts = restarts;
+                records.replace(&old, record.clone());
                 events.record(
                     NodeEventKind::Restarted,
                     &format!(
@@ -486,9 +704,10 @@ async fn monitor(
                         humantime::format_duration(delay)
                     ),
                 );
-                child = next;
+                child = Child::Spawned(Box::new(next));
             }
             Err(e) => {
+                records.remove(&record.leaf);
                 log.line(&format!("{name}[node]"), &format!("restart failed: {e}"));
                 events.record(
                     NodeEventKind::GaveUp,

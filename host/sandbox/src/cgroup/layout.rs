@@ -69,6 +69,23 @@ pub fn legacy_leaves(
         .collect()
 }
 
+/// The cgroups inside gear `gear`'s group (the leaves of its process starts), by name,
+/// across every hierarchy.
+pub fn group_members(
+    mounts: &CgroupMounts,
+    subtree: &str,
+    gear: &str,
+) -> std::collections::BTreeSet<String> {
+    let group = group_path(subtree, gear);
+    roots(mounts)
+        .iter()
+        .filter_map(|root| std::fs::read_dir(root.join(&group)).ok())
+        .flat_map(|entries| entries.flatten())
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 /// One line of `/proc/<pid>/cgroup`: `hierarchy-id:controllers:path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcCgroup {
