@@ -108,6 +108,15 @@ const STEPS: &[Step] = &[
     ok("gear alias add web www.example.com"),
     step("gear alias list web", Run::Ok(&["www.example.com"])),
     ok("gear alias remove web www.example.com"),
+    step(
+        "gear alias add web www.example.com --cert www.pem --key www.key",
+        Run::Ok(&["served over HTTPS"]),
+    )
+    .before(make_certificates),
+    step(
+        "gear alias cert web www.example.com --cert renewed.pem --key renewed.key",
+        Run::Ok(&["valid until"]),
+    ),
     ok("gear logs web --access").before(request_web),
     step(
         "gear logs web --access -f",
@@ -446,6 +455,37 @@ fn create_team_gear(guide: &Guide) {
     guide
         .node
         .ok(&["-N", "team", "create", "blog", "--cartridge", "static"]);
+}
+
+/// The certificates the guide attaches to www.example.com (self-signed: the
+/// node checks key, name and validity, not who signed).
+fn make_certificates(guide: &Guide) {
+    for stem in ["www", "renewed"] {
+        let out = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "30",
+                "-subj",
+                "/CN=www.example.com",
+                "-addext",
+                "subjectAltName=DNS:www.example.com",
+                "-keyout",
+            ])
+            .arg(format!("{stem}.key"))
+            .arg("-out")
+            .arg(format!("{stem}.pem"))
+            .current_dir(guide.cwd.path())
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{out:?}");
+    }
 }
 
 /// The key the guide's `gear keys add` adds, made as `ssh-keygen` would.

@@ -128,10 +128,16 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     if let Some(listener) = https {
         let tls = certs::server_config(node.certs.clone())?;
         frontend::start_https(&node, listener, tls)?;
+        // the operator's certificate files are read again when they change:
+        // looked at every RELOAD_EVERY, and at once on SIGHUP (`systemctl reload`)
         let certs = node.certs.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(certs::RELOAD_EVERY).await;
+                tokio::select! {
+                    () = tokio::time::sleep(certs::RELOAD_EVERY) => {}
+                    _ = hup.recv() => {}
+                }
                 let c = certs.clone();
                 let _ = tokio::task::spawn_blocking(move || c.reload_operator()).await;
             }

@@ -1,0 +1,319 @@
+//! End to end: the frontend's HTTPS listener with real certificates (made
+//! by openssl, signed by a CA of the test's own) and the real curl: the
+//! operator's certificate serves every gear's name, an alias is served with
+//! the certificate its owner attached, certificates that do not fit are
+//! refused with the reason, the app learns the scheme from
+//! X-Forwarded-Proto, and a renewed operator certificate is served without a
+//! restart.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use gearhost_tests::apps::tree;
+use gearhost_tests::{TestNode, cartridge_dir, privileged};
+
+/// Run openssl with `args` in `dir`.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
+/// A key and a certificate for `names`, signed by the CA in `dir`
+/// (`ca.pem`, `ca.key`): `<stem>.pem`, `<stem>.key`.
+fn issue(dir: &Path, stem: &str, names: &[&str]) {
+    let key = format!("{stem}.key");
+    let csr = format!("{stem}.csr");
+    let pem = format!("{stem}.pem");
+    let ext = format!("{stem}.ext");
+    let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
+    std::fs::write(
+        dir.join(&ext),
+        format!("subjectAltName={}\n", san.join(",")),
+    )
+    .expect("ext");
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &key,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &format!("/CN={}", names[0]),
+            "-out",
+            &csr,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "30",
+            "-extfile",
+            &ext,
+            "-out",
+            &pem,
+        ],
+    );
+}
+
+/// `curl` of `https://HOST:PORT/PATH` trusting only the test's CA, HOST
+/// resolved to loopback: (exit code, body).
+fn curl(dir: &Path, host: &str, port: u16, path: &str) -> (i32, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(dir.join("ca.pem"))
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(format!("https://{host}:{port}{path}"))
+        .output()
+        .expect("curl");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The serial number of the certificate served for `host`.
+fn served_serial(dir: &Path, host: &str, port: u16) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername {host} -CAfile ca.pem \
+             </dev/null 2>/dev/null | openssl x509 -noout -serial"
+        ))
+        .current_dir(dir)
+        .output()
+        .expect("s_client");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+#[test]
+fn gears_are_served_over_https_with_the_certificate_for_their_name() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let pki = tempfile::tempdir().expect("pki");
+    let dir = pki.path();
+    openssl(
+        dir,
+        &[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "ca.key",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-subj",
+            "/CN=Gearhost test CA",
+            "-days",
+            "30",
+            "-out",
+            "ca.pem",
+        ],
+    );
+    issue(dir, "wildcard", &["*.gears.test"]);
+    issue(dir, "alias", &["www.example.org"]);
+    issue(dir, "other", &["other.example.org"]);
+    let port = free_port();
+    let node = TestNode::start_shared(
+        86000,
+        &format!(
+            "domain = \"gears.test\"\n[https]\nlisten = \"127.0.0.1:{port}\"\ncertificate = \"{}\"\nkey = \"{}\"\n",
+            dir.join("wildcard.pem").display(),
+            dir.join("wildcard.key").display()
+        ),
+        "",
+    );
+    let _carts: Vec<_> = ["static-cartridge", "python-cartridge"]
+        .iter()
+        .map(|p| {
+            let d = cartridge_dir(p);
+            node.ok(&["cartridge", "install", path(d.path())]);
+            d
+        })
+        .collect();
+
+    // a gear's own name, with the operator's certificate
+    node.ok(&["create", "web", "--cartridge", "static"]);
+    let site = tree(&[("index.html", "over tls\n")]);
+    node.ok(&["deploy", "web", path(site.path())]);
+    let (code, body) = curl(dir, "web-default.gears.test", port, "/");
+    assert_eq!(code, 0, "{body}\n{}", node.log());
+    assert_eq!(body.trim(), "over tls");
+
+    // the app is told the scheme
+    node.ok(&["create", "echo", "--cartridge", "python"]);
+    let app = tree(&[(
+        "app.py",
+        "import os\nfrom http.server import BaseHTTPRequestHandler, HTTPServer\n\
+         class H(BaseHTTPRequestHandler):\n    def do_GET(self):\n        \
+         body = (self.headers.get('X-Forwarded-Proto', '') + '\\n').encode()\n        \
+         self.send_response(200)\n        \
+         self.send_header('Content-Length', str(len(body)))\n        \
+         self.end_headers()\n        self.wfile.write(body)\n\
+         HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\n",
+    )]);
+    node.ok(&["deploy", "echo", path(app.path())]);
+    let (code, body) = curl(dir, "echo-default.gears.test", port, "/");
+    assert_eq!((code, body.trim()), (0, "https"), "{body}");
+    let plain = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--resolve"])
+        .arg(format!(
+            "echo-default.gears.test:{}:127.0.0.1",
+            node.frontend.port()
+        ))
+        .arg(format!(
+            "http://echo-default.gears.test:{}/",
+            node.frontend.port()
+        ))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&plain.stdout).trim(),
+        "http",
+        "plain HTTP says http: {plain:?}"
+    );
+
+    // an alias with a certificate of its own
+    let out = node.ok(&[
+        "alias",
+        "add",
+        "web",
+        "www.example.org",
+        "--cert",
+        path(&dir.join("alias.pem")),
+        "--key",
+        path(&dir.join("alias.key")),
+    ]);
+    assert!(out.contains("now also answers to www.example.org"), "{out}");
+    let (code, body) = curl(dir, "www.example.org", port, "/");
+    assert_eq!((code, body.trim()), (0, "over tls"), "{body}");
+
+    // certificates that do not fit are refused with the reason
+    let refuse = |cert: &str, key: &str, says: &str| {
+        let out = node.gear(&[
+            "alias",
+            "cert",
+            "web",
+            "www.example.org",
+            "--cert",
+            path(&dir.join(cert)),
+            "--key",
+            path(&dir.join(key)),
+        ]);
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    };
+    refuse("other.pem", "other.key", "does not cover www.example.org");
+    refuse("alias.pem", "other.key", "not the certificate's");
+    refuse("alias.key", "alias.key", "no certificate");
+    // and the attached one is still served
+    let (code, _) = curl(dir, "www.example.org", port, "/");
+    assert_eq!(code, 0);
+    // a new alias whose certificate is refused is not kept
+    let out = node.gear(&[
+        "alias",
+        "add",
+        "web",
+        "shop.example.org",
+        "--cert",
+        path(&dir.join("alias.pem")),
+        "--key",
+        path(&dir.join("alias.key")),
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    let aliases = node.ok(&["alias", "list", "web"]);
+    assert!(!aliases.contains("shop.example.org"), "{aliases}");
+
+    // a name with no certificate gets no handshake
+    let (code, body) = curl(dir, "other.example.org", port, "/");
+    assert_ne!(code, 0, "{body}");
+    // the key is the node's alone
+    use std::os::unix::fs::PermissionsExt;
+    let kept = node.state_dir().join("tls/www.example.org.pem");
+    let mode = std::fs::metadata(&kept).expect("kept").permissions().mode();
+    assert_eq!(mode & 0o077, 0, "{mode:o}");
+
+    // removing the alias stops serving its certificate
+    node.ok(&["alias", "remove", "web", "www.example.org"]);
+    assert!(!kept.exists());
+    let (code, _) = curl(dir, "www.example.org", port, "/");
+    assert_ne!(code, 0);
+
+    // a renewed operator certificate is served without a restart (SIGHUP
+    // reads it at once; otherwise within half a minute)
+    let before = served_serial(dir, "web-default.gears.test", port);
+    issue(dir, "wildcard", &["*.gears.test"]);
+    let _ = Command::new("kill")
+        .args(["-HUP", &node.pid().to_string()])
+        .status();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let after = served_serial(dir, "web-default.gears.test", port);
+        if !after.is_empty() && after != before {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {before} after the renewal\n{}",
+            node.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (code, body) = curl(dir, "web-default.gears.test", port, "/");
+    assert_eq!((code, body.trim()), (0, "over tls"));
+    let _: PathBuf = kept;
+}
