@@ -117,6 +117,15 @@ const STEPS: &[Step] = &[
         "gear alias cert web www.example.com --cert renewed.pem --key renewed.key",
         Run::Ok(&["valid until"]),
     ),
+    step(
+        "gear https web --redirect on --hsts 1y",
+        Run::Ok(&["redirect to HTTPS on"]),
+    ),
+    step("gear https web", Run::Ok(&["max-age=31557600"])),
+    step(
+        "gear https web --redirect off --hsts off",
+        Run::Ok(&["redirect to HTTPS off, HSTS off"]),
+    ),
     ok("gear logs web --access").before(request_web),
     step(
         "gear logs web --access -f",
@@ -617,8 +626,14 @@ fn the_guide_s_commands_work_as_shown() {
         return;
     }
     // npm and pip fetch the examples' packages through the build's egress proxy
-    let node = TestNode::start(
+    // it serves HTTPS too (aliases with their own certificates only)
+    let https = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let node = TestNode::start_shared(
         78200,
+        &format!("[https]\nlisten = \"127.0.0.1:{https}\"\n"),
         &format!(
             "start-timeout = \"60s\"{}",
             gearhost_tests::package_index_egress()

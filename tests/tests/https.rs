@@ -287,6 +287,94 @@ fn gears_are_served_over_https_with_the_certificate_for_their_name() {
     let mode = std::fs::metadata(&kept).expect("kept").permissions().mode();
     assert_eq!(mode & 0o077, 0, "{mode:o}");
 
+    // the gear asks for HTTPS: plain HTTP is redirected (without waking an
+    // idle gear, and for ACME's challenges not at all), TLS answers carry HSTS
+    let out = node.ok(&["https", "web", "--redirect", "on", "--hsts", "1y"]);
+    assert!(
+        out.contains("redirect to HTTPS on") && out.contains("max-age=31557600"),
+        "{out}"
+    );
+    node.ok(&["idle", "web"]);
+    let fport = node.frontend.port();
+    let plain = |host: &str, path: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "--max-time",
+                "20",
+                "--resolve",
+            ])
+            .arg(format!("{host}:{fport}:127.0.0.1"))
+            .arg(format!("http://{host}:{fport}{path}"))
+            .output()
+            .expect("curl");
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).to_ascii_lowercase(),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let head = plain("web-default.gears.test", "/a/b?c=d");
+    assert!(head.starts_with("http/1.1 308"), "{head}\n{}", node.log());
+    assert!(
+        head.contains(&format!(
+            "location: https://web-default.gears.test:{port}/a/b?c=d"
+        )),
+        "{head}"
+    );
+    assert!(
+        !head.contains("strict-transport-security"),
+        "no HSTS over plain HTTP: {head}"
+    );
+    let status = node.ok(&["status", "web"]);
+    assert!(
+        status.contains("idle"),
+        "a redirect does not wake the gear: {status}"
+    );
+    let head = plain("www.example.org", "/");
+    assert!(
+        head.contains("location: https://www.example.org:"),
+        "{head}"
+    );
+    let head = plain(
+        "web-default.gears.test",
+        "/.well-known/acme-challenge/token",
+    );
+    assert!(
+        !head.starts_with("http/1.1 308"),
+        "ACME's path stays plain: {head}"
+    );
+    let tls_head = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--max-time",
+            "20",
+            "--cacert",
+        ])
+        .arg(dir.join("ca.pem"))
+        .arg("--resolve")
+        .arg(format!("web-default.gears.test:{port}:127.0.0.1"))
+        .arg(format!("https://web-default.gears.test:{port}/"))
+        .output()
+        .expect("curl");
+    let tls_head = String::from_utf8_lossy(&tls_head.stdout).to_ascii_lowercase();
+    assert!(
+        tls_head.contains("strict-transport-security: max-age=31557600"),
+        "{tls_head}"
+    );
+    let out = node.ok(&["https", "web", "--redirect", "off", "--hsts", "off"]);
+    assert!(out.contains("redirect to HTTPS off, HSTS off"), "{out}");
+    let head = plain("web-default.gears.test", "/");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+
     // removing the alias stops serving its certificate
     node.ok(&["alias", "remove", "web", "www.example.org"]);
     assert!(!kept.exists());

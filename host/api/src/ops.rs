@@ -251,6 +251,20 @@ ops! {
         /// Its private key, PEM.
         key: String,
     }
+    /// Change what the gear asks of HTTPS (a field left out stays as it
+    /// is; none: just show it): redirect plain HTTP to HTTPS for its names
+    /// that have a certificate, and send HSTS over TLS (`hsts-max-age` 0
+    /// turns it off).
+    HttpsSet "https-set" => reply::GearHttpsOptions {
+        /// The gear.
+        gear: GearRef,
+        /// Redirect plain HTTP to HTTPS.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        redirect: Option<bool>,
+        /// HSTS max-age in seconds (0: off).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hsts_max_age: Option<u64>,
+    }
     /// The gear's host names.
     AliasList "alias-list" => reply::HostNames {
         /// The gear.

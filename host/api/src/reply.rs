@@ -600,6 +600,19 @@ pub struct AuditLog {
     pub entries: Vec<AuditEntry>,
 }
 
+/// What a gear asks of HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GearHttpsOptions {
+    /// Plain HTTP is redirected to HTTPS (for names with a certificate).
+    pub redirect: bool,
+    /// HSTS max-age in seconds, when it is sent.
+    pub hsts_max_age: Option<u64>,
+    /// With redirect on: the gear's names that have no certificate, whose
+    /// plain-HTTP requests are therefore not redirected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub without_certificate: Vec<String>,
+}
+
 /// A certificate attached to an alias.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AliasCertificate {

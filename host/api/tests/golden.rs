@@ -168,6 +168,12 @@ fn requests() -> Vec<Request> {
         NamespaceList {}.into(),
         Audit { lines: 50 }.into(),
         Metrics {}.into(),
+        HttpsSet {
+            gear: web(),
+            redirect: Some(true),
+            hsts_max_age: Some(31_536_000),
+        }
+        .into(),
         AliasCert {
             gear: web(),
             hostname: "www.example.org".into(),
@@ -507,6 +513,14 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
         added: "2026-12-04T10:00:00.000Z".into(),
     };
     answer::<KeysAdd>("key", &key);
+    answer::<HttpsSet>(
+        "https-options",
+        &GearHttpsOptions {
+            redirect: true,
+            hsts_max_age: Some(31_536_000),
+            without_certificate: vec!["shop.example.org".into()],
+        },
+    );
     answer::<AliasCert>(
         "alias-certificate",
         &AliasCertificate {

@@ -158,6 +158,8 @@ pub enum Command {
     /// Extra host names the frontend routes to a gear.
     #[command(subcommand)]
     Alias(cmd::alias::Command),
+    /// What a gear asks of HTTPS: redirect plain HTTP, HSTS.
+    Https(cmd::https::Args),
     /// Stop a running gear now and mark it idle; its next request starts it again.
     Idle(cmd::idle::Args),
     /// Start an idle gear now, without waiting for a request.
@@ -523,6 +525,7 @@ pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
         Command::Namespace(command) => cmd::tenancy::namespace(command),
         Command::Audit(args) => cmd::tenancy::audit(args),
         Command::Alias(command) => cmd::alias::run(command),
+        Command::Https(args) => cmd::https::run(args),
         Command::Idle(args) => cmd::idle::idle(args),
         Command::Unidle(args) => cmd::idle::unidle(args),
         Command::Completions(args) => cmd::completions::run(args),

@@ -62,6 +62,9 @@ pub fn check_hostname(name: &str, domain: &str) -> Result<String, String> {
     Ok(name)
 }
 
+/// The longest HSTS max-age accepted (two years, in seconds).
+const MOST_HSTS: u64 = 2 * 365 * 24 * 3600;
+
 impl Node {
     /// `gear alias add GEAR HOSTNAME`.
     pub async fn alias_add(
@@ -196,10 +199,67 @@ impl Node {
             "alias[node]",
             &format!("a certificate for {name} (until {not_after}) is served"),
         );
+        // a gear that asks for HTTPS gets it on this name now
+        self.rebuild_routes();
         Ok(reply::AliasCertificate {
             hostname: name,
             not_after,
             issuer: pair.issuer,
+        })
+    }
+
+    /// `gear https GEAR`: change (or show) what the gear asks of HTTPS.
+    pub async fn https_set(
+        &self,
+        gear: &GearRef,
+        redirect: Option<bool>,
+        hsts_max_age: Option<u64>,
+    ) -> ApiResult<reply::GearHttpsOptions> {
+        if redirect == Some(true) && self.config().https.is_none() {
+            return Err(invalid(
+                "this node serves no HTTPS (its operator sets `[https] listen`), so there is \
+                 nothing to redirect to",
+            ));
+        }
+        if hsts_max_age.is_some_and(|age| age > MOST_HSTS) {
+            return Err(invalid(format!(
+                "an HSTS max-age over {MOST_HSTS} seconds (two years) is not accepted; \
+                 31536000 (a year) is usual"
+            )));
+        }
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        let next = g.update(self.config(), |r| {
+            if let Some(on) = redirect {
+                r.https.redirect = on;
+            }
+            match hsts_max_age {
+                Some(0) => r.https.hsts_max_age = None,
+                Some(age) => r.https.hsts_max_age = Some(age),
+                None => {}
+            }
+        })?;
+        self.rebuild_routes();
+        // the names a redirect applies to: those with a certificate
+        let own = self.public_name(&next);
+        let mut uncovered = Vec::new();
+        if !self.certs.has_operator() {
+            uncovered.push(own);
+        }
+        uncovered.extend(
+            next.aliases
+                .iter()
+                .filter(|a| self.certs.alias(a).is_none())
+                .cloned(),
+        );
+        Ok(reply::GearHttpsOptions {
+            redirect: next.https.redirect,
+            hsts_max_age: next.https.hsts_max_age,
+            without_certificate: if next.https.redirect {
+                uncovered
+            } else {
+                Vec::new()
+            },
         })
     }
 

@@ -258,6 +258,14 @@ impl Certs {
         let _ = std::fs::remove_file(self.dir.join(format!("{host}.pem")));
     }
 
+    /// Whether the operator's certificate (for `*.<domain>`) is served.
+    pub fn has_operator(&self) -> bool {
+        self.operator
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
     /// Alias `host`'s pair, if it has one.
     pub fn alias(&self, host: &str) -> Option<Pair> {
         self.aliases

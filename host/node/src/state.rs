@@ -97,6 +97,29 @@ pub struct GearRecord {
     /// `frontend::LiveSlot`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub slot: u8,
+    /// What the gear asks of HTTPS (`gear https`).
+    #[serde(default, skip_serializing_if = "GearHttps::is_default")]
+    pub https: GearHttps,
+}
+
+/// A gear's HTTPS options.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct GearHttps {
+    /// Plain-HTTP requests for its names that have a certificate are
+    /// redirected to HTTPS.
+    #[serde(default)]
+    pub redirect: bool,
+    /// Answers over TLS carry `Strict-Transport-Security` with this max-age
+    /// (seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts_max_age: Option<u64>,
+}
+
+impl GearHttps {
+    fn is_default(&self) -> bool {
+        *self == GearHttps::default()
+    }
 }
 
 fn is_zero(n: &u8) -> bool {

@@ -14,6 +14,7 @@ pub mod deployments;
 pub mod destroy;
 pub mod env;
 pub mod exec;
+pub mod https;
 pub mod idle;
 pub mod keys;
 pub mod lifecycle;

@@ -123,6 +123,9 @@ pub(super) struct AnswerShape {
     pub head_request: bool,
     /// The client's HTTP/1.x minor version.
     pub client_minor: u8,
+    /// `Strict-Transport-Security` max-age to add (over TLS, for a gear
+    /// that asks for it, unless the gear sent one).
+    pub hsts: Option<u64>,
 }
 
 /// The gear's answer head (in `data`, parsed into `head`, its fields' facts
@@ -146,10 +149,15 @@ pub(super) fn write_response_head(
         out.extend_from_slice(&data[head.reason.clone()]);
     }
     out.extend_from_slice(b"\r\n");
+    let mut hsts = shape.hsts;
     for (n, v) in &head.headers {
         let name = &data[n.clone()];
         if !response_field_passes(name, data, &rf.connection, status == 101) {
             continue;
+        }
+        if name.eq_ignore_ascii_case(b"strict-transport-security") {
+            // the gear's own policy stands
+            hsts = None;
         }
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
@@ -169,6 +177,9 @@ pub(super) fn write_response_head(
             }
         }
         _ => {}
+    }
+    if let Some(age) = hsts {
+        let _ = write!(out, "strict-transport-security: max-age={age}\r\n");
     }
     if status != 101 {
         if !shape.keep {
@@ -245,6 +256,7 @@ mod tests {
             keep: true,
             head_request: false,
             client_minor: 1,
+            hsts: None,
         };
         write_response_head(text, &head, &rf, shape, &mut out);
         assert_eq!(

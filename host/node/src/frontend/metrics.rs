@@ -42,10 +42,12 @@ pub enum Refusal {
     Timeout,
     /// The request body is larger than the node allows (413).
     TooLarge,
+    /// A plain-HTTP request for a gear that asks for HTTPS (308).
+    Redirected,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 7] = [
+    const ALL: [Refusal; 8] = [
         Refusal::UnknownHost,
         Refusal::BadRequest,
         Refusal::NotRunning,
@@ -53,6 +55,7 @@ impl Refusal {
         Refusal::BadGateway,
         Refusal::Timeout,
         Refusal::TooLarge,
+        Refusal::Redirected,
     ];
 
     fn name(self) -> &'static str {
@@ -64,6 +67,7 @@ impl Refusal {
             Refusal::BadGateway => "bad_gateway",
             Refusal::Timeout => "timeout",
             Refusal::TooLarge => "too_large",
+            Refusal::Redirected => "redirected",
         }
     }
 }
@@ -74,7 +78,7 @@ pub struct Stats {
     /// Responses by status class: 1xx .. 5xx.
     status: [AtomicU64; 5],
     /// Answers the frontend gave itself, by [`Refusal`].
-    refused: [AtomicU64; 7],
+    refused: [AtomicU64; Refusal::ALL.len()],
     /// Latency histogram (time to the response head), cumulative per bucket
     /// when rendered; stored per bucket, the last one is `+Inf`.
     latency: [AtomicU64; 13],

@@ -53,7 +53,7 @@ pub use access::{AccessLog, flush_access_logs};
 pub(crate) use gear::WakeResult;
 pub use gear::{GearFront, LiveSlot, SlotLease, now_ms};
 pub use metrics::{Refusal, Stats, render_metrics, serve_metrics};
-pub use routes::Target;
+pub use routes::{Target, TargetHttps};
 pub use workers::{open_door, start_https, start_workers};
 
 use crate::node::Gear;

@@ -25,6 +25,11 @@ pub(super) struct Refused {
     /// Body bytes the client announced and nobody read: read and dropped
     /// (up to this many) before the connection closes.
     pub pending: Option<u64>,
+    /// Where a redirect sends the client.
+    pub location: Option<String>,
+    /// `Strict-Transport-Security` max-age, on an answer over TLS for a gear
+    /// that asks for it.
+    pub hsts: Option<u64>,
 }
 
 impl Refused {
@@ -35,6 +40,8 @@ impl Refused {
             title,
             html,
             pending: None,
+            location: None,
+            hsts: None,
         }
     }
 
@@ -276,7 +283,38 @@ impl Refused {
 
     /// The whole response: the page, for a `HEAD` request without its body.
     pub fn page(&self, head_only: bool, close: bool) -> Vec<u8> {
-        page(self.status, self.title, &self.html, head_only, close)
+        let mut extra = String::new();
+        if let Some(location) = &self.location {
+            extra.push_str(&format!("location: {location}\r\n"));
+        }
+        if let Some(age) = self.hsts {
+            extra.push_str(&format!("strict-transport-security: max-age={age}\r\n"));
+        }
+        page_with(
+            self.status,
+            self.title,
+            &self.html,
+            &extra,
+            head_only,
+            close,
+        )
+    }
+
+    /// A plain-HTTP request for a gear that asks for HTTPS: 308 to the same
+    /// URL over HTTPS (308 keeps the method and body, unlike 301).
+    pub fn redirect(location: String) -> Refused {
+        let html = format!(
+            "This gear is served over HTTPS: <a href=\"{0}\">{0}</a>.",
+            escape(&location)
+        );
+        let mut r = Refused::new(
+            Refusal::Redirected,
+            StatusCode::PERMANENT_REDIRECT,
+            "Moved to HTTPS",
+            html,
+        );
+        r.location = Some(location);
+        r
     }
 }
 
@@ -296,6 +334,18 @@ pub(super) fn page(
     head_only: bool,
     close: bool,
 ) -> Vec<u8> {
+    page_with(status, title, html, "", head_only, close)
+}
+
+/// [`page`] with `extra` header lines (each ending in CRLF).
+fn page_with(
+    status: StatusCode,
+    title: &str,
+    html: &str,
+    extra: &str,
+    head_only: bool,
+    close: bool,
+) -> Vec<u8> {
     let body = format!(
         "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{} {title}</title></head>\n\
          <body><h1>{title}</h1><p>{html}</p><hr><p>gearhost</p></body></html>\n",
@@ -310,6 +360,7 @@ pub(super) fn page(
     if status == StatusCode::SERVICE_UNAVAILABLE {
         out.push_str("retry-after: 5\r\n");
     }
+    out.push_str(extra);
     if close {
         out.push_str("connection: close\r\n");
     }

@@ -19,6 +19,18 @@ pub struct Target<G = Gear> {
     pub label: String,
     /// The private port of its first HTTP endpoint.
     pub port: u16,
+    /// What HTTPS asks of requests for this name.
+    pub https: TargetHttps,
+}
+
+/// A gear's HTTPS options, as they apply to one of its names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TargetHttps {
+    /// Plain-HTTP requests are redirected to HTTPS on this port (only for a
+    /// name the frontend has a certificate for).
+    pub redirect_port: Option<u16>,
+    /// Answers over TLS carry `Strict-Transport-Security` with this max-age.
+    pub hsts: Option<u64>,
 }
 
 /// Host names (lower-case, without a port) and the gears they lead to.
@@ -67,6 +79,7 @@ mod tests {
     fn authorities_are_routed_by_host_name_whatever_their_case_and_port() {
         let table = RouteTable::<&'static str>::default();
         let app = Arc::new(Target {
+            https: TargetHttps::default(),
             gear: Arc::new("app"),
             label: "app-ns".into(),
             port: 8080,

@@ -81,6 +81,7 @@ impl Node {
             disk,
             owner: owner.map(|o| o.user.clone()),
             slot: 0,
+            https: state::GearHttps::default(),
         };
         let quotas = &self.quotas;
         let made = (|| -> std::io::Result<()> {

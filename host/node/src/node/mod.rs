@@ -403,16 +403,38 @@ impl Node {
             let Some(port) = self.http_port(&r.cartridge) else {
                 continue;
             };
-            let target = Arc::new(Target {
-                gear: g.clone(),
-                label: r.label(),
-                port,
-            });
-            for name in std::iter::once(self.public_name(&r)).chain(r.aliases.iter().cloned()) {
-                routes.entry(name).or_insert_with(|| target.clone());
+            let own = self.public_name(&r);
+            for name in std::iter::once(own.clone()).chain(r.aliases.iter().cloned()) {
+                // a name is redirected to HTTPS only when it has a certificate
+                let certified = if name == own {
+                    self.certs.has_operator()
+                } else {
+                    self.certs.alias(&name).is_some()
+                };
+                let https = crate::frontend::TargetHttps {
+                    redirect_port: self.https_port().filter(|_| r.https.redirect && certified),
+                    hsts: r.https.hsts_max_age,
+                };
+                routes.entry(name).or_insert_with(|| {
+                    Arc::new(Target {
+                        gear: g.clone(),
+                        label: r.label(),
+                        port,
+                        https,
+                    })
+                });
             }
         }
         self.frontend.set_routes(routes);
+    }
+
+    /// The port the frontend's HTTPS listener takes, when it has one.
+    pub(crate) fn https_port(&self) -> Option<u16> {
+        let listen = &self.config.https.as_ref()?.listen;
+        listen
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.port())
     }
 
     /// Where the frontend serves a gear: none when its cartridge has no
@@ -792,6 +814,7 @@ mod tests {
             disk: None,
             owner: None,
             slot: 0,
+            https: state::GearHttps::default(),
         }
     }
 

@@ -211,7 +211,21 @@ async fn request<B: Backend>(backend: &B, c: &mut Client) -> Next {
             return answer(c, &refused, method.head, framed.keep).await;
         }
     };
+    let secure = c.stream.secure();
+    // a plain-HTTP request for a gear that asks for HTTPS goes there, but
+    // for ACME's HTTP-01 challenges, which must stay plain
+    let redirect = match target.https.redirect_port {
+        Some(port) if !secure => https_location(c, &framed.checked, port),
+        _ => None,
+    };
     let mut ex = admit(c, framed, &target, start);
+    if secure {
+        ex.hsts = target.https.hsts;
+    }
+    if let Some(location) = redirect {
+        let refused = Refused::redirect(location).pending(ex.framed.unread);
+        return ex.refuse(c, refused).await;
+    }
     if method.connect {
         let refused = Refused::not_a_proxy().pending(ex.framed.unread);
         return ex.refuse(c, refused).await;
@@ -226,6 +240,32 @@ async fn request<B: Backend>(backend: &B, c: &mut Client) -> Next {
         Err(forward::Halt::Close) => return Next::Close,
     };
     relay::relay(c, &target, ex, answered).await
+}
+
+/// Where a plain-HTTP request goes over HTTPS on `port`: the same host and
+/// target; none for an ACME HTTP-01 challenge (`/.well-known/acme-challenge/`).
+fn https_location(c: &Client, checked: &Checked, port: u16) -> Option<String> {
+    let host = gearhost_http::request::host_name(&c.buf.data[checked.authority.clone()])?;
+    let target = String::from_utf8_lossy(&c.buf.data[c.head.target.clone()]);
+    // an absolute URL in the request line: keep its path and query
+    let path = match target.find("://") {
+        Some(at) => {
+            let rest = &target[at + 3..];
+            rest.find('/')
+                .map_or("/", |slash| &rest[slash..])
+                .to_string()
+        }
+        None => target.into_owned(),
+    };
+    if path.starts_with("/.well-known/acme-challenge/") {
+        return None;
+    }
+    let port = if port == 443 {
+        String::new()
+    } else {
+        format!(":{port}")
+    };
+    Some(format!("https://{host}{port}{path}"))
 }
 
 /// A request that passed the frame phase.
@@ -270,6 +310,8 @@ struct Exchange<G: BackendGear> {
     framed: Framed,
     start: Instant,
     finish: Finish<G>,
+    /// `Strict-Transport-Security` max-age for the answer (over TLS).
+    hsts: Option<u64>,
 }
 
 /// Between route and wake: the request counts as the gear's (in flight,
@@ -304,6 +346,7 @@ fn admit<G: BackendGear>(
     Exchange {
         framed,
         start,
+        hsts: None,
         finish: Finish {
             gear: target.gear.clone(),
             line,
@@ -324,6 +367,10 @@ impl<G: BackendGear> Exchange<G> {
         stats.refused(refused.why);
         stats.response(refused.status, self.start.elapsed());
         self.finish.status = refused.status.as_u16();
+        let refused = Refused {
+            hsts: self.hsts,
+            ..refused
+        };
         answer(c, &refused, self.framed.method.head, self.framed.keep).await
     }
 }

@@ -57,6 +57,7 @@ pub(super) async fn relay<G: BackendGear>(
         keep,
         head_request: ex.framed.method.head,
         client_minor,
+        hsts: ex.hsts,
     };
     headers::write_response_head(
         &upstream.buf.data,

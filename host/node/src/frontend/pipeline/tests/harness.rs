@@ -139,6 +139,7 @@ impl World {
             state: Mutex::new(state),
         });
         let target = Arc::new(Target {
+            https: crate::frontend::TargetHttps::default(),
             gear: gear.clone(),
             label: "app-ns".to_string(),
             port: app_port,
