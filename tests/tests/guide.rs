@@ -117,6 +117,19 @@ const STEPS: &[Step] = &[
         "gear alias cert web www.example.com --cert renewed.pem --key renewed.key",
         Run::Ok(&["valid until"]),
     ),
+    // this node has no ACME server (tests/tests/acme.rs runs one): the
+    // command says so, and the alias is not kept
+    step(
+        "gear alias add web shop.example.com --acme",
+        Run::Refused {
+            code: 3,
+            says: "this node has no ACME server",
+        },
+    ),
+    step(
+        "gear alias list web",
+        Run::Ok(&["www.example.com  https until"]),
+    ),
     step(
         "gear https web --redirect on --hsts 1y",
         Run::Ok(&["redirect to HTTPS on"]),

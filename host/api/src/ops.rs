@@ -251,6 +251,14 @@ ops! {
         /// Its private key, PEM.
         key: String,
     }
+    /// Get the alias's certificate from the node's ACME server (ordered now,
+    /// renewed before it expires, its state in `alias-list`).
+    AliasAcme "alias-acme" => reply::AliasCertificate {
+        /// The gear.
+        gear: GearRef,
+        /// The alias.
+        hostname: String,
+    }
     /// Change what the gear asks of HTTPS (a field left out stays as it
     /// is; none: just show it): redirect plain HTTP to HTTPS for its names
     /// that have a certificate, and send HSTS over TLS (`hsts-max-age` 0

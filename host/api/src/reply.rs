@@ -476,6 +476,29 @@ pub struct HostNames {
     pub name: String,
     /// Its extra host names.
     pub aliases: Vec<String>,
+    /// The certificates the aliases are served with over HTTPS (those with
+    /// one, or with one on its way from ACME).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<AliasTls>,
+}
+
+/// An alias's certificate, as the frontend has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AliasTls {
+    /// The alias.
+    pub hostname: String,
+    /// When its certificate expires (RFC 3339), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// Its certificate comes from the node's ACME server.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub acme: bool,
+    /// Why the last ACME order failed, until one succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When the ACME server is asked again after a failure (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_try: Option<String>,
 }
 
 /// The answer to `metrics`.

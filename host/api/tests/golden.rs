@@ -168,6 +168,11 @@ fn requests() -> Vec<Request> {
         NamespaceList {}.into(),
         Audit { lines: 50 }.into(),
         Metrics {}.into(),
+        AliasAcme {
+            gear: web(),
+            hostname: "www.example.org".into(),
+        }
+        .into(),
         HttpsSet {
             gear: web(),
             redirect: Some(true),
@@ -488,7 +493,23 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
         &gearhost_api::reply::HostNames {
             gear: "web".into(),
             name: "web-team.apps.test".into(),
-            aliases: vec!["www.example.com".into()],
+            aliases: vec!["www.example.com".into(), "shop.example.com".into()],
+            tls: vec![
+                gearhost_api::reply::AliasTls {
+                    hostname: "www.example.com".into(),
+                    not_after: Some("2027-03-04T10:00:00Z".into()),
+                    acme: false,
+                    error: None,
+                    next_try: None,
+                },
+                gearhost_api::reply::AliasTls {
+                    hostname: "shop.example.com".into(),
+                    not_after: None,
+                    acme: true,
+                    error: Some("validation of shop.example.com failed".into()),
+                    next_try: Some("2026-12-04T10:05:00Z".into()),
+                },
+            ],
         },
     );
     answer::<Metrics>(

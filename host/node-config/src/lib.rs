@@ -2,6 +2,7 @@
 //! an embedded default that works on a fresh machine, and the validated form
 //! the rest of the node reads.
 
+pub mod acme;
 pub mod egress;
 pub mod https;
 pub mod ssh;
@@ -120,6 +121,8 @@ pub struct NodeConfig {
     pub ssh: Option<ssh::SshConfig>,
     /// The frontend's HTTPS listener (`[https]`; none: off).
     pub https: Option<https::HttpsConfig>,
+    /// The ACME server aliases' certificates come from (`[acme]`; none: off).
+    pub acme: Option<acme::AcmeConfig>,
 }
 
 /// Limits on what one user's gears may take together.
@@ -198,6 +201,8 @@ struct RawConfig {
     ssh: ssh::RawSsh,
     #[serde(default)]
     https: https::RawHttps,
+    #[serde(default)]
+    acme: acme::RawAcme,
 }
 
 #[derive(Deserialize, Default)]
@@ -712,14 +717,11 @@ impl NodeConfig {
             )?,
             per_user,
         };
-        let ssh = raw
-            .ssh
-            .resolve()
-            .map_err(|(problem, help)| err(problem, help))?;
-        let https = raw
-            .https
-            .resolve()
-            .map_err(|(problem, help)| err(problem, help))?;
+        // the sections in modules of their own say what is wrong and what to do
+        let section = |(problem, help): (String, &str)| err(problem, help);
+        let ssh = raw.ssh.resolve().map_err(section)?;
+        let https = raw.https.resolve().map_err(section)?;
+        let acme = raw.acme.resolve().map_err(section)?;
         Ok(NodeConfig {
             state_dir: raw.state_dir,
             socket: raw.socket,
@@ -761,6 +763,7 @@ impl NodeConfig {
             log_keep: raw.logs.keep,
             ssh,
             https,
+            acme,
         })
     }
 

@@ -151,6 +151,9 @@ impl Node {
         }
         let next = g.update(self.config(), |r| r.aliases.retain(|a| *a != name))?;
         self.certs.remove_alias(&name);
+        if let Some(acme) = &self.acme {
+            acme.forget(&name);
+        }
         self.rebuild_routes();
         g.hook_log
             .line("alias[node]", &format!("removed alias {name}"));
@@ -205,6 +208,44 @@ impl Node {
             hostname: name,
             not_after,
             issuer: pair.issuer,
+        })
+    }
+
+    /// `gear alias cert GEAR HOST --acme`: the alias's certificate comes from
+    /// the node's ACME server, ordered now and renewed before it expires.
+    pub async fn alias_acme(
+        &self,
+        gear: &GearRef,
+        hostname: &str,
+    ) -> ApiResult<reply::AliasCertificate> {
+        let Some(acme) = &self.acme else {
+            return Err(invalid(
+                "this node has no ACME server (its operator sets `[acme] directory`); attach \
+                 a certificate with --cert FILE --key FILE instead",
+            ));
+        };
+        let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
+        let g = self.find(gear)?;
+        let _op = g.op.lock().await;
+        let r = g.record();
+        if !r.aliases.contains(&name) {
+            return Err(ApiError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "gear {} has no alias {name}; add it with `gear alias add {} {name} --acme`",
+                    r.name, r.name
+                ),
+            ));
+        }
+        acme.add(&name);
+        g.hook_log.line(
+            "alias[node]",
+            &format!("a certificate for {name} is ordered from the ACME server"),
+        );
+        Ok(reply::AliasCertificate {
+            hostname: name,
+            not_after: String::new(),
+            issuer: "ACME (ordered; `gear alias list` shows when it is served)".into(),
         })
     }
 
@@ -266,10 +307,39 @@ impl Node {
     /// `gear alias list GEAR`: its own name and its aliases.
     pub fn alias_list(&self, gear: &GearRef) -> ApiResult<reply::HostNames> {
         let r = self.find(gear)?.record();
+        let at = |secs: i64| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64),
+            )
+            .to_string()
+        };
+        let tls = r
+            .aliases
+            .iter()
+            .filter_map(|host| {
+                let pair = self.certs.alias(host);
+                let acme = self.acme.as_ref().and_then(|a| a.status(host));
+                if pair.is_none() && acme.is_none() {
+                    return None;
+                }
+                let failed = acme.as_ref().and_then(|m| m.error.clone());
+                Some(reply::AliasTls {
+                    hostname: host.clone(),
+                    not_after: pair.map(|p| at(p.not_after)),
+                    acme: acme.is_some(),
+                    next_try: acme
+                        .as_ref()
+                        .filter(|_| failed.is_some())
+                        .map(|m| at(m.next_try as i64)),
+                    error: failed,
+                })
+            })
+            .collect();
         Ok(reply::HostNames {
             name: self.public_name(&r),
             gear: r.name,
             aliases: r.aliases,
+            tls,
         })
     }
 }

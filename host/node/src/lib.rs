@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 pub mod alias;
 pub mod audit;
 pub mod certs;
@@ -145,6 +146,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     }
     let idler = tokio::spawn(node.clone().idler());
     let ssh = tokio::spawn(node.clone().run_ssh());
+    let acme = tokio::spawn(node.clone().run_acme());
     let flusher = tokio::spawn(frontend::flush_access_logs(node.clone()));
     let metrics = {
         let node = node.clone();
@@ -172,6 +174,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     // sshd goes with its task (killed on drop); sessions end as their
     // connections to the node close
     ssh.abort();
+    acme.abort();
     flusher.abort();
     for g in node.gears_snapshot() {
         g.front.access.flush();

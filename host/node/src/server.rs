@@ -531,6 +531,9 @@ async fn dispatch(
         Request::KeysLookup(op) => answer::<ops::KeysLookup>(Ok(reply::KeyOwner {
             user: node.keys.owner(&op.kind, &op.key),
         })),
+        Request::AliasAcme(op) => {
+            answer::<ops::AliasAcme>(node.alias_acme(&op.gear, &op.hostname).await)
+        }
         Request::HttpsSet(op) => {
             answer::<ops::HttpsSet>(node.https_set(&op.gear, op.redirect, op.hsts_max_age).await)
         }

@@ -515,6 +515,7 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         Request::GitAccess(op) => &op.gear,
         Request::AliasCert(op) => &op.gear,
         Request::HttpsSet(op) => &op.gear,
+        Request::AliasAcme(op) => &op.gear,
         Request::DeployCancel(op) => &op.gear,
         Request::NodeEvents(op) => return op.gear.as_ref(),
         Request::KeysAdd(_)

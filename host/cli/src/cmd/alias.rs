@@ -49,6 +49,10 @@ pub struct CertFiles {
     /// Its private key (PEM).
     #[arg(long, value_name = "FILE", requires = "cert")]
     pub key: Option<PathBuf>,
+    /// Get the certificate from the node's ACME server instead (ordered now,
+    /// renewed before it expires).
+    #[arg(long, conflicts_with_all = ["cert", "key"])]
+    pub acme: bool,
 }
 
 /// Arguments of `gear alias add`.
@@ -99,9 +103,27 @@ fn read_pem(path: &PathBuf, what: &str) -> Result<String, Failure> {
 
 /// Attaches the certificate in `files` to the alias, and says until when.
 fn attach(args: &ChangeArgs, files: &CertFiles) -> CmdResult {
+    if files.acme {
+        let ordered = call(
+            &args.target,
+            ops::AliasAcme {
+                gear: args.gear.to_ref(),
+                hostname: args.hostname.clone(),
+            },
+        )?;
+        if args.json {
+            return Ok(print_json(&ordered)?);
+        }
+        println!(
+            "a certificate for {} is ordered from the node's ACME server; `gear alias list {}` \
+             shows when it is served",
+            ordered.hostname, args.gear.name
+        );
+        return Ok(());
+    }
     let (Some(cert), Some(key)) = (&files.cert, &files.key) else {
         return Err(Failure::Invalid(anyhow::anyhow!(
-            "give the certificate and its key: --cert FILE --key FILE"
+            "give the certificate and its key (--cert FILE --key FILE), or --acme"
         )));
     };
     let attached = call(
@@ -147,7 +169,7 @@ pub fn run(command: Command) -> CmdResult {
         Command::Add(AddArgs {
             change: args,
             files,
-        }) if files.cert.is_none() => change(
+        }) if files.cert.is_none() && !files.acme => change(
             &args,
             ops::AliasAdd {
                 gear: args.gear.to_ref(),
@@ -213,7 +235,25 @@ pub fn run(command: Command) -> CmdResult {
             }
             println!("{}", names.name);
             for alias in &names.aliases {
-                println!("{alias}");
+                match names.tls.iter().find(|t| t.hostname == *alias) {
+                    None => println!("{alias}"),
+                    Some(t) => {
+                        let source = if t.acme { " (ACME)" } else { "" };
+                        let state = match (&t.not_after, &t.error) {
+                            (Some(until), None) => format!("https until {until}{source}"),
+                            (Some(until), Some(e)) => format!(
+                                "https until {until}{source}; renewal failed: {e}; next try {}",
+                                t.next_try.as_deref().unwrap_or("soon")
+                            ),
+                            (None, Some(e)) => format!(
+                                "no certificate yet: {e}; next try {}",
+                                t.next_try.as_deref().unwrap_or("soon")
+                            ),
+                            (None, None) => "certificate being ordered (ACME)".to_string(),
+                        };
+                        println!("{alias}  {state}");
+                    }
+                }
             }
         }
     }

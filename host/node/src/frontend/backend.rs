@@ -53,6 +53,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// idling to end and the wake-up after it): `Ok` once it runs.
     fn wake(&self, gear: &Arc<Self::Gear>) -> impl Future<Output = Result<(), String>> + Send;
 
+    /// The key authorization for ACME HTTP-01 token `token`, while the node
+    /// is answering that challenge.
+    fn acme_challenge(&self, _token: &str) -> Option<String> {
+        None
+    }
+
     /// A new connection to `port` of the target's gear (the target's port,
     /// or where it is while the app serves from its other slot), or why
     /// there is none.
@@ -95,6 +101,10 @@ impl Backend for Arc<Node> {
 
     fn wake(&self, gear: &Arc<Gear>) -> impl Future<Output = Result<(), String>> + Send {
         Node::wake(self, gear)
+    }
+
+    fn acme_challenge(&self, token: &str) -> Option<String> {
+        self.acme.as_ref()?.challenge(token)
     }
 
     /// Connects to `127.0.0.1:<port>` inside the gear's network namespace.

@@ -149,6 +149,8 @@ pub struct Node {
     pub(crate) ssh: crate::ssh::SshEndpoint,
     /// The frontend's TLS certificates (the operator's and aliases').
     pub(crate) certs: Arc<crate::certs::Certs>,
+    /// The ACME client, when `[acme]` names a server.
+    pub(crate) acme: Option<Arc<crate::acme::Acme>>,
     /// What happened to gears: deploys, starts, crashes, wakes, failures.
     pub(crate) events: Arc<crate::events::EventLog>,
     /// Set by `gear node stop`: `Some(true)` stops the gears' processes too.
@@ -220,6 +222,13 @@ impl Node {
         let audit =
             crate::audit::AuditLog::open(&config.state_dir, config.log_max_bytes, config.log_keep)?;
         let keys = crate::keys::Keys::open(&config.state_dir)?;
+        let acme = match &config.acme {
+            Some(a) => Some(Arc::new(crate::acme::Acme::open(
+                a.clone(),
+                &config.state_dir,
+            )?)),
+            None => None,
+        };
         let certs = Arc::new(crate::certs::Certs::open(
             &config.state_dir,
             &config.domain,
@@ -248,6 +257,7 @@ impl Node {
             keys,
             ssh: crate::ssh::SshEndpoint::default(),
             certs,
+            acme,
             events,
             stop: tokio::sync::watch::channel(None).0,
         });

@@ -199,6 +199,15 @@ async fn request<B: Backend>(backend: &B, c: &mut Client) -> Next {
             return answer(c, &refused, method.head, false).await;
         }
     };
+    // an ACME server validating a name the node orders a certificate for
+    if let Some(answer) = acme_answer(backend, c) {
+        c.buf.consume(c.head.len);
+        let keep = framed.keep && framed.unread.is_none();
+        if c.stream.write_all(&answer).await.is_err() || !keep {
+            return Next::Close;
+        }
+        return Next::KeepAlive;
+    }
     let authority = &c.buf.data[framed.checked.authority.clone()];
     let target = match backend.frontend().routes.route(authority) {
         Ok(target) => target,
@@ -240,6 +249,26 @@ async fn request<B: Backend>(backend: &B, c: &mut Client) -> Next {
         Err(forward::Halt::Close) => return Next::Close,
     };
     relay::relay(c, &target, ex, answered).await
+}
+
+/// The answer to an ACME HTTP-01 validation request
+/// (`GET /.well-known/acme-challenge/<token>`) for a token the node is
+/// answering: the key authorization as plain text.
+fn acme_answer<B: Backend>(backend: &B, c: &Client) -> Option<Vec<u8>> {
+    let target = &c.buf.data[c.head.target.clone()];
+    let token = target.strip_prefix(b"/.well-known/acme-challenge/")?;
+    if &c.buf.data[c.head.method.clone()] != b"GET" || token.is_empty() {
+        return None;
+    }
+    let key = backend.acme_challenge(std::str::from_utf8(token).ok()?)?;
+    Some(
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncache-control: no-store\r\n\
+             content-length: {}\r\n\r\n{key}",
+            key.len()
+        )
+        .into_bytes(),
+    )
 }
 
 /// Where a plain-HTTP request goes over HTTPS on `port`: the same host and
