@@ -333,3 +333,81 @@ pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, rus
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A self-signed pair for `names`, valid from `from` to `until` (years).
+    fn pair(names: &[&str], from: i32, until: i32) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("params");
+        params.not_before = rcgen::date_time_ymd(from, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn a_pair_is_checked_for_key_name_and_dates() {
+        let (cert, key) = pair(&["www.example.org"], 2020, 2099);
+        let p = parse_pair(cert.as_bytes(), key.as_bytes()).expect("good");
+        covers(&p, "www.example.org").expect("covered");
+        let e = covers(&p, "shop.example.org").expect_err("not covered");
+        assert!(e.contains("does not cover shop.example.org"), "{e}");
+        let (_, other_key) = pair(&["www.example.org"], 2020, 2099);
+        let e = parse_pair(cert.as_bytes(), other_key.as_bytes()).expect_err("mismatch");
+        assert!(e.contains("not the certificate's"), "{e}");
+        let (old, old_key) = pair(&["www.example.org"], 2001, 2002);
+        let e = parse_pair(old.as_bytes(), old_key.as_bytes()).expect_err("expired");
+        assert!(e.contains("expired"), "{e}");
+        let (early, early_key) = pair(&["www.example.org"], 2090, 2099);
+        let e = parse_pair(early.as_bytes(), early_key.as_bytes()).expect_err("not yet");
+        assert!(e.contains("not valid before"), "{e}");
+        let e = parse_pair(b"junk", key.as_bytes()).expect_err("no certificate");
+        assert!(e.contains("no certificate"), "{e}");
+    }
+
+    #[test]
+    fn sni_picks_the_alias_then_the_operator_for_one_label_under_the_domain() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (wild, wild_key) = pair(&["*.gears.test"], 2020, 2099);
+        std::fs::write(dir.path().join("w.pem"), &wild).expect("write");
+        std::fs::write(dir.path().join("w.key"), &wild_key).expect("write");
+        let files = (dir.path().join("w.pem"), dir.path().join("w.key"));
+        let certs = Certs::open(dir.path(), "gears.test", Some(&files)).expect("open");
+        let (alias, alias_key) = pair(&["www.example.org"], 2020, 2099);
+        certs
+            .set_alias("www.example.org", alias.as_bytes(), alias_key.as_bytes())
+            .expect("attached");
+        let operator = certs.pick("web-ns.gears.test").expect("operator's");
+        let own = certs.pick("WWW.Example.org.").expect("alias's");
+        assert!(!Arc::ptr_eq(&operator, &own));
+        assert!(
+            certs.pick("a.b.gears.test").is_none(),
+            "two labels: not the wildcard's"
+        );
+        assert!(certs.pick("gears.test").is_none());
+        assert!(certs.pick("other.example.org").is_none());
+        // kept for the next start, readable by root only
+        let again = Certs::open(dir.path(), "gears.test", Some(&files)).expect("open");
+        assert!(again.pick("www.example.org").is_some());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("tls/www.example.org.pem"))
+            .expect("kept")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0);
+        again.remove_alias("www.example.org");
+        assert!(again.pick("www.example.org").is_none());
+        // an operator certificate that does not cover the gears' names is refused
+        let (narrow, narrow_key) = pair(&["www.gears.test"], 2020, 2099);
+        std::fs::write(dir.path().join("n.pem"), &narrow).expect("write");
+        std::fs::write(dir.path().join("n.key"), &narrow_key).expect("write");
+        let files = (dir.path().join("n.pem"), dir.path().join("n.key"));
+        let e = Certs::open(dir.path(), "gears.test", Some(&files)).expect_err("narrow");
+        assert!(e.to_string().contains("does not cover *.gears.test"), "{e}");
+    }
+}
