@@ -117,6 +117,33 @@ fn served_serial(dir: &Path, host: &str, port: u16) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// A websocket over TLS, in Python's ssl module: handshake through the
+/// frontend, one masked text frame out, its echo back; prints the echo.
+const WS_OVER_TLS: &str = r#"
+import socket, ssl, sys, os, base64
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+ctx = ssl.create_default_context(cafile=ca)
+s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=20), server_hostname=host)
+key = base64.b64encode(os.urandom(16)).decode()
+crlf = "\r\n"
+lines = ["GET /ws HTTP/1.1", "Host: " + host, "Upgrade: websocket", "Connection: Upgrade",
+         "Sec-WebSocket-Key: " + key, "Sec-WebSocket-Version: 13", "", ""]
+s.sendall(crlf.join(lines).encode())
+head = b""
+while (crlf + crlf).encode() not in head:
+    head += s.recv(1)
+assert head.startswith(b"HTTP/1.1 101"), head
+msg = b"hello over tls"
+mask = os.urandom(4)
+s.sendall(bytes([0x81, 0x80 | len(msg)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(msg)))
+h = s.recv(2)
+n = h[1] & 0x7f
+data = b""
+while len(data) < n:
+    data += s.recv(n - len(data))
+print(data.decode())
+"#;
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -192,6 +219,31 @@ fn gears_are_served_over_https_with_the_certificate_for_their_name() {
     let (code, body) = curl(dir, "web-default.gears.test", port, "/");
     assert_eq!(code, 0, "{body}\n{}", node.log());
     assert_eq!(body.trim(), "over tls");
+
+    // a websocket over TLS: the upgrade passes through, frames echo
+    let _nodejs = {
+        let d = cartridge_dir("nodejs-cartridge");
+        node.ok(&["cartridge", "install", path(d.path())]);
+        d
+    };
+    node.ok(&["create", "ws", "--cartridge", "nodejs"]);
+    let app = gearhost_tests::workspace_root().join("tests/apps/frontend-app");
+    node.ok(&["deploy", "ws", path(&app)]);
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            WS_OVER_TLS,
+            "ws-default.gears.test",
+            &port.to_string(),
+        ])
+        .arg(dir.join("ca.pem"))
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "hello over tls",
+        "{out:?}"
+    );
 
     // the app is told the scheme
     node.ok(&["create", "echo", "--cartridge", "python"]);
