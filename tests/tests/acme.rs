@@ -1,8 +1,10 @@
 //! End to end: an alias gets its certificate from a real ACME server
 //! (Debian's `pebble`, with `pebble-challtestsrv` answering its DNS queries
 //! with the loopback), validated over HTTP-01 answered by the node's own
-//! frontend, and is then served over HTTPS; a failed order is shown with
-//! its reason and tried again later.
+//! frontend, and is then served over HTTPS; it is renewed; a renewal whose
+//! challenge fails is reported while the certificate it would have replaced
+//! stays served; a refused order is shown with its reason and tried again
+//! later.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -36,6 +38,8 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> Running {
             .current_dir(dir)
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
+            // every order is validated anew (no reuse of a valid authorization)
+            .env("PEBBLE_AUTHZREUSE", "0")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
             .spawn()
@@ -126,7 +130,8 @@ fn an_alias_gets_its_certificate_from_an_acme_server() {
         86600,
         &format!(
             "[https]\nlisten = \"127.0.0.1:{https}\"\n\
-             [acme]\ndirectory = \"https://127.0.0.1:{acme_port}/dir\"\nca = \"{}\"\n",
+             [acme]\ndirectory = \"https://127.0.0.1:{acme_port}/dir\"\nca = \"{}\"\n\
+             renew-before = \"2000days\"\n",
             dir.join("ca.pem").display()
         ),
         "",
@@ -146,7 +151,7 @@ fn an_alias_gets_its_certificate_from_an_acme_server() {
         ),
     )
     .expect("pebble config");
-    let _dns = run(
+    let mut dns_server = run(
         dir,
         "pebble-challtestsrv",
         &[
@@ -226,6 +231,50 @@ fn an_alias_gets_its_certificate_from_an_acme_server() {
         "issued by acme",
         "{out:?}"
     );
+
+    // renewed: pebble's certificates live five years, less than the two
+    // thousand days this node renews before, so asking again renews it
+    let serial = |dir: &Path| {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect 127.0.0.1:{https} -servername www.example.org \
+                 </dev/null 2>/dev/null | openssl x509 -noout -serial"
+            ))
+            .current_dir(dir)
+            .output()
+            .expect("s_client");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let first = serial(dir);
+    assert!(first.starts_with("serial="), "{first}");
+    node.ok(&["alias", "cert", "web", "www.example.org", "--acme"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while serial(dir) == first {
+        assert!(Instant::now() < deadline, "not renewed\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let renewed = serial(dir);
+    // a renewal whose challenge fails (the ACME server's DNS is gone) is
+    // reported, and the certificate it would have replaced stays served
+    let _ = dns_server.0.kill();
+    let _ = dns_server.0.wait();
+    node.ok(&["alias", "cert", "web", "www.example.org", "--acme"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let listed = node.ok(&["alias", "list", "web"]);
+        if listed.contains("renewal failed") {
+            assert!(listed.contains("next try"), "{listed}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failure is not shown: {listed}\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert_eq!(serial(dir), renewed, "the served certificate stays");
 
     // a name the ACME server refuses: the reason is shown, with when the
     // node tries again

@@ -30,6 +30,10 @@ const FIRST_RETRY: Duration = Duration::from_secs(60);
 const LAST_RETRY: Duration = Duration::from_secs(6 * 3600);
 /// How often the task looks for names that are due, when nothing wakes it.
 const LOOK_EVERY: Duration = Duration::from_secs(600);
+/// The least time between two orders for one name that succeeded (a
+/// certificate whose whole life is shorter than `renew-before` would
+/// otherwise be ordered again and again); asking again (`--acme`) skips it.
+const LEAST_BETWEEN: Duration = Duration::from_secs(3600);
 
 /// Where a managed name stands.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -309,8 +313,17 @@ impl crate::node::Node {
                 match outcome {
                     Ok(pair) => {
                         tracing::info!(host, "an ACME certificate is served");
+                        let renew = acme.config.renew_before.as_secs() as i64;
+                        if pair.not_after - renew <= now() as i64 {
+                            tracing::warn!(
+                                host,
+                                "the new certificate lives less than acme.renew-before: it is \
+                                 renewed again in an hour; lower renew-before"
+                            );
+                        }
                         *m = Managed {
                             not_after: Some(pair.not_after),
+                            next_try: now() + LEAST_BETWEEN.as_secs(),
                             ..Managed::default()
                         };
                     }
