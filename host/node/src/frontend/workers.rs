@@ -97,7 +97,24 @@ fn accept_thread(
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name(name.into()).spawn({
         let node = node.clone();
-        move || loop {
+        move || {
+            let _accepting = super::drain::acceptor();
+            loop {
+            // look now and then whether the frontend drains for a restart: the
+            // connections not accepted then wait in the backlog for the next image
+            if super::drain::draining() {
+                return;
+            }
+            let ready = {
+                use std::os::fd::AsFd;
+                let mut fds = [nix::poll::PollFd::new(listener.as_fd(), nix::poll::PollFlags::POLLIN)];
+                let wait = nix::poll::PollTimeout::try_from(super::drain::ACCEPT_POLL.as_millis() as u32)
+                    .unwrap_or(nix::poll::PollTimeout::NONE);
+                nix::poll::poll(&mut fds, wait).map_or(true, |n| n > 0)
+            };
+            if !ready || super::drain::draining() {
+                continue;
+            }
             match listener.accept() {
                 Ok((stream, peer)) => {
                     if node.frontend.dispatch((stream, peer, None, tls)).is_err() {
@@ -110,6 +127,7 @@ fn accept_thread(
                     tracing::warn!(error = %e, "frontend cannot accept a connection");
                     std::thread::sleep(Duration::from_millis(100));
                 }
+            }
             }
         }
     })?;
