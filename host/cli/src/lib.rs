@@ -307,7 +307,6 @@ const WITHOUT_NODE: &[&str] = &[
     "cartridge new",
     "cartridge check",
     "cartridge call",
-    "node check",
     "node run",
     "node config",
     "sandbox run",

@@ -80,7 +80,10 @@ pub async fn run_with(
     let group = config.users_group.clone();
     let node = Node::open(config)?;
     let mut handover = restart::Handover::default();
-    let api_given = inherited.take("api");
+    // by name (`FileDescriptorName=`), else by kind and address
+    let api_given = inherited
+        .take("api")
+        .or_else(|| inherited.take_where(|fd| listens_at(fd, None)));
     // a socket the service manager holds is not this node's to remove
     let keep_socket_file = api_given.is_some();
     let listener = match api_given {
@@ -92,7 +95,11 @@ pub async fn run_with(
         None => server::bind(&socket, group.as_deref())?,
     };
     handover.keep("api", &listener)?;
-    let frontend = match inherited.take("frontend") {
+    let frontend_given = inherited.take("frontend").or_else(|| {
+        let want = node.config().frontend.parse().ok();
+        want.and_then(|a| inherited.take_where(|fd| listens_at(fd, Some(a))))
+    });
+    let frontend = match frontend_given {
         Some(fd) => std::net::TcpListener::from(fd),
         None => std::net::TcpListener::bind(&node.config().frontend)
             .map_err(|e| anyhow::anyhow!("cannot listen on the frontend address {}: {e}; set `frontend` in the node configuration", node.config().frontend))?,
@@ -100,7 +107,11 @@ pub async fn run_with(
     handover.keep("frontend", &frontend)?;
     let frontend_addr = frontend.local_addr()?;
     node.set_frontend_addr(frontend_addr);
-    let https = match (&node.config().https, inherited.take("https")) {
+    let https_given = inherited.take("https").or_else(|| {
+        let want = node.config().https.as_ref()?.listen.parse().ok()?;
+        inherited.take_where(|fd| listens_at(fd, Some(want)))
+    });
+    let https = match (&node.config().https, https_given) {
         (Some(_), Some(fd)) => Some(std::net::TcpListener::from(fd)),
         (Some(h), None) => Some(std::net::TcpListener::bind(&h.listen).map_err(|e| {
             anyhow::anyhow!(
@@ -114,7 +125,11 @@ pub async fn run_with(
         handover.keep("https", l)?;
     }
     node.set_main_runtime(tokio::runtime::Handle::current());
-    let metrics = match (&node.config().metrics, inherited.take("metrics")) {
+    let metrics_given = inherited.take("metrics").or_else(|| {
+        let want = node.config().metrics.as_ref()?.parse().ok()?;
+        inherited.take_where(|fd| listens_at(fd, Some(want)))
+    });
+    let metrics = match (&node.config().metrics, metrics_given) {
         (Some(_), Some(fd)) => Some(std::net::TcpListener::from(fd)),
         (Some(addr), None) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
             anyhow::anyhow!("cannot listen on the metrics address {addr}: {e}; set `metrics` in the node configuration, or remove it")
@@ -137,7 +152,9 @@ pub async fn run_with(
         Source::Activation => {
             tracing::info!("listening on sockets the service manager passed")
         }
-        Source::Handover => tracing::info!("listening on the sockets of the node before the restart"),
+        Source::Handover => {
+            tracing::info!("listening on the sockets of the node before the restart")
+        }
     }
     let unused = inherited.left();
     if !unused.is_empty() {
@@ -217,9 +234,16 @@ pub async fn run_with(
         // no new connection is accepted from here: they wait in the backlogs
         let drained = frontend::drain::drain(RESTART_DRAIN).await;
         if drained.in_flight > 0 || drained.fresh > 0 {
-            tracing::warn!(in_flight = drained.in_flight, waiting = drained.fresh, "restarting with requests not finished");
+            tracing::warn!(
+                in_flight = drained.in_flight,
+                waiting = drained.fresh,
+                "restarting with requests not finished"
+            );
         }
-        tracing::info!(took_ms = drained.took.as_millis() as u64, "frontend drained for the restart");
+        tracing::info!(
+            took_ms = drained.took.as_millis() as u64,
+            "frontend drained for the restart"
+        );
     }
     resume.abort();
     idler.abort();
@@ -248,6 +272,27 @@ pub async fn run_with(
         let _ = std::fs::remove_file(&socket);
     }
     result
+}
+
+/// Whether `fd` is a listening unix socket (`at` none) or a TCP socket bound to `at`.
+fn listens_at(fd: &std::os::fd::OwnedFd, at: Option<std::net::SocketAddr>) -> bool {
+    use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname};
+    use std::os::fd::AsRawFd;
+    let Ok(addr) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else {
+        return false;
+    };
+    match at {
+        None => addr.family() == Some(nix::sys::socket::AddressFamily::Unix),
+        Some(want) => {
+            addr.family() != Some(nix::sys::socket::AddressFamily::Unix)
+                && fd
+                    .try_clone()
+                    .ok()
+                    .map(std::net::TcpListener::from)
+                    .and_then(|l| l.local_addr().ok())
+                    == Some(want)
+        }
+    }
 }
 
 /// How long `gear node restart` waits for the requests in flight.

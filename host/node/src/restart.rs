@@ -61,14 +61,19 @@ impl Handover {
             Ok(b) => b,
             Err(e) => return anyhow::anyhow!("{e}"),
         };
-        let borrowed: Vec<(&str, std::os::fd::BorrowedFd<'_>)> =
-            self.sockets.iter().map(|(n, fd)| (*n, fd.as_fd())).collect();
+        let borrowed: Vec<(&str, std::os::fd::BorrowedFd<'_>)> = self
+            .sockets
+            .iter()
+            .map(|(n, fd)| (*n, fd.as_fd()))
+            .collect();
         let env = match gearhost_sys::listenfds::handover_env(&borrowed) {
             Ok(env) => env,
             Err(e) => return anyhow::anyhow!("cannot hand the listening sockets over: {e}"),
         };
         let mut args = std::env::args_os();
-        let argv0 = args.next().unwrap_or_else(|| binary.clone().into_os_string());
+        let argv0 = args
+            .next()
+            .unwrap_or_else(|| binary.clone().into_os_string());
         use std::os::unix::process::CommandExt;
         let e = std::process::Command::new(&binary)
             .arg0(argv0)

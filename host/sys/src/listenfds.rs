@@ -110,12 +110,15 @@ impl Inherited {
             if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
                 return Err(format!("socket {name:?}: descriptor {fd} is not a socket"));
             }
-            if fds.contains_key(&name) {
-                return Err(format!("two sockets are named {name:?}"));
-            }
+            let name = if fds.contains_key(&name) {
+                // a socket unit gives all its sockets one name: keep them apart
+                format!("{name}#{fd}")
+            } else {
+                name
+            };
             // SAFETY: the descriptor was handed to this process for it to own (the protocol
-            // above), it is open (checked), and it is taken once (names are unique and so
-            // are the numbers a service manager or the earlier node passes).
+            // above), it is open (checked), and it is taken once (the numbers a service
+            // manager or the earlier node passes are distinct).
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             set_cloexec(owned.as_raw_fd(), true).map_err(|e| format!("socket {name:?}: {e}"))?;
             fds.insert(name, owned);
@@ -131,6 +134,17 @@ impl Inherited {
     /// Takes the socket named `name`, if one was given.
     pub fn take(&mut self, name: &str) -> Option<OwnedFd> {
         self.fds.remove(name)
+    }
+
+    /// Takes the first socket not taken yet for which `matches` holds (a service manager's
+    /// socket unit names all its sockets alike: they are told apart by address then).
+    pub fn take_where(&mut self, matches: impl Fn(&OwnedFd) -> bool) -> Option<OwnedFd> {
+        let name = self
+            .fds
+            .iter()
+            .find(|(_, fd)| matches(fd))
+            .map(|(n, _)| n.clone())?;
+        self.fds.remove(&name)
     }
 
     /// The names of the sockets not taken yet.
@@ -175,14 +189,16 @@ mod tests {
 
     #[test]
     fn cloexec_is_cleared_and_set() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let env = handover_env(&[("frontend", std::os::fd::AsFd::as_fd(&l))]).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let env = handover_env(&[("frontend", std::os::fd::AsFd::as_fd(&l))]).expect("hand over");
         let fd = l.as_raw_fd();
         assert_eq!(env[1], (HANDOVER_VAR.to_string(), format!("frontend:{fd}")));
-        let flags = nix::fcntl::fcntl(std::os::fd::AsFd::as_fd(&l), nix::fcntl::F_GETFD).unwrap();
+        let flags =
+            nix::fcntl::fcntl(std::os::fd::AsFd::as_fd(&l), nix::fcntl::F_GETFD).expect("flags");
         assert_eq!(flags & libc::FD_CLOEXEC, 0);
-        set_cloexec(fd, true).unwrap();
-        let flags = nix::fcntl::fcntl(std::os::fd::AsFd::as_fd(&l), nix::fcntl::F_GETFD).unwrap();
+        set_cloexec(fd, true).expect("set");
+        let flags =
+            nix::fcntl::fcntl(std::os::fd::AsFd::as_fd(&l), nix::fcntl::F_GETFD).expect("flags");
         assert_eq!(flags & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
         assert!(handover_env(&[("a:b", std::os::fd::AsFd::as_fd(&l))]).is_err());
     }

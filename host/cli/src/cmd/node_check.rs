@@ -46,8 +46,8 @@ pub fn run(args: Args) -> CmdResult {
     let resume = last_resume(&args.target, &config.state_dir);
     if args.json {
         // the report's fields, and what the last resume did
-        let mut value = serde_json::to_value(&report)
-            .map_err(|e| Failure::Failed(anyhow::anyhow!("{e}")))?;
+        let mut value =
+            serde_json::to_value(&report).map_err(|e| Failure::Failed(anyhow::anyhow!("{e}")))?;
         if let (Some(map), Ok(outcome)) = (value.as_object_mut(), &resume) {
             map.insert(
                 "resume".into(),
@@ -117,7 +117,10 @@ pub fn print_resume(o: &gearhost_api::reply::ResumeOutcome) {
     for s in &o.started {
         match &s.error {
             None => println!("  started again: {}: {}", s.gear, s.why),
-            Some(e) => println!("  started again: {}: {} (the start failed: {e})", s.gear, s.why),
+            Some(e) => println!(
+                "  started again: {}: {} (the start failed: {e})",
+                s.gear, s.why
+            ),
         }
     }
 }

@@ -14,6 +14,8 @@ static DRAINING: AtomicBool = AtomicBool::new(false);
 static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// Connections accepted that have not brought their first head yet.
 static FRESH: AtomicUsize = AtomicUsize::new(0);
+/// Connections handed to a worker that it has not taken from its queue yet.
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
 /// Acceptor threads still accepting.
 static ACCEPTING: AtomicUsize = AtomicUsize::new(0);
 
@@ -49,6 +51,29 @@ pub(super) fn fresh() -> Counted {
     Counted::on(&FRESH)
 }
 
+/// A connection put in a worker's queue.
+pub(super) fn queued() {
+    QUEUED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A connection taken from a worker's queue (or not queued after all).
+pub(super) fn unqueued() {
+    QUEUED.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Runs `fut`, holding `held` until its first poll is over: a connection counts as fresh
+/// from the worker's queue until the pipeline counts it itself.
+pub(super) async fn holding<F: std::future::Future>(held: Counted, fut: F) -> F::Output {
+    let mut held = Some(held);
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| {
+        let polled = fut.as_mut().poll(cx);
+        held.take();
+        polled
+    })
+    .await
+}
+
 /// An acceptor thread, until dropped.
 pub(super) fn acceptor() -> Counted {
     Counted::on(&ACCEPTING)
@@ -78,7 +103,7 @@ pub async fn drain(limit: Duration) -> Drained {
     loop {
         let accepting = ACCEPTING.load(Ordering::SeqCst);
         let in_flight = IN_FLIGHT.load(Ordering::SeqCst);
-        let fresh = FRESH.load(Ordering::SeqCst);
+        let fresh = FRESH.load(Ordering::SeqCst) + QUEUED.load(Ordering::SeqCst);
         let fresh_over = began.elapsed() >= FRESH_LIMIT;
         let done = accepting == 0 && in_flight == 0 && (fresh == 0 || fresh_over);
         if done || began.elapsed() >= limit {

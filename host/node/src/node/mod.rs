@@ -462,7 +462,9 @@ impl Node {
         {
             let mut o = lock(&self.resume_outcome);
             *o = crate::api::reply::ResumeOutcome {
-                started_ms: crate::frontend::now_ms(),
+                started_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
                 pid: std::process::id(),
                 gears: gears.len(),
                 ..Default::default()
