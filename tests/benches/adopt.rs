@@ -30,6 +30,13 @@ fn wait_resumed(node: &TestNode, asked: u64) -> (u64, usize) {
         let r = &check["resume"];
         if r["done"] == true && r["started_ms"].as_u64().is_some_and(|t| t >= asked) {
             let adopted = r["adopted"].as_array().map_or(0, Vec::len);
+            if let Some(started) = r["started"].as_array().filter(|s| !s.is_empty()) {
+                eprintln!(
+                    "{} gears started again, the first: {}",
+                    started.len(),
+                    started[0]
+                );
+            }
             return (r["took_ms"].as_u64().unwrap_or(0), adopted);
         }
         assert!(

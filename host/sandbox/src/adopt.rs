@@ -142,7 +142,7 @@ impl Adopted {
         if exited(pidfd.as_fd(), Duration::ZERO) {
             return Err(format!("pid {pid} ended while it was being checked"));
         }
-        let mounts = cgroup::detect().map_err(|e| e.to_string())?;
+        let mounts = cgroup::detect_kept().map_err(|e| e.to_string())?;
         Ok(Adopted {
             pid,
             pidfd,

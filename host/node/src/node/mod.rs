@@ -478,14 +478,20 @@ impl Node {
                 let _op = gear.op.lock().await;
                 // whatever was in flight when the node died is over now
                 let record = gear.record();
-                let _ = gear.update(&node.config, |r| {
+                // written only when there is something to change: a thousand gears'
+                // records synced for nothing would slow the resume down by seconds
+                let pending = record
+                    .deployments
+                    .iter()
+                    .any(|d| d.state == DeploymentState::Pending);
+                let _ = pending.then(|| gear.update(&node.config, |r| {
                     for d in &mut r.deployments {
                         if d.state == DeploymentState::Pending {
                             d.state = DeploymentState::Failed;
                             d.error = Some("the node stopped during the build".into());
                         }
                     }
-                });
+                }));
                 let startable = record.active.is_some()
                     || node
                         .cartridge(&record.cartridge)
