@@ -13,12 +13,14 @@
 //! manager holding the listening sockets (`dist/gearhost-node.socket`), the frontend's
 //! socket is closed while no node runs after SIGTERM or SIGKILL, so requests made then are
 //! refused: the test counts them, and asserts that every failure falls in those windows.
-//! Gear uids 82000-82199.
+//! Gear uids 82000-82299. A second test starts a node on sockets systemd-socket-activate
+//! passes (`LISTEN_FDS`), as the socket unit does.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -511,4 +513,74 @@ fn the_apps_keep_running_and_no_request_fails_through_five_node_restarts() {
     }
     node.ok(&["destroy", "py"]);
     node.ok(&["destroy", "ws"]);
+}
+
+/// A free port on 127.0.0.1 (bound, read, and released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+#[test]
+fn a_node_serves_on_the_sockets_systemd_passes_and_hands_them_on() {
+    if !privileged("the node runs as root") {
+        return;
+    }
+    if Command::new("systemd-socket-activate")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("GEARHOST_REQUIRE_PRIVILEGED").is_none(),
+            "systemd-socket-activate is needed (systemd's tools)"
+        );
+        eprintln!("skipped: no systemd-socket-activate");
+        return;
+    }
+    let (front, metrics) = (free_port(), free_port());
+    let front_addr: SocketAddr = ([127, 0, 0, 1], front).into();
+    // systemd-socket-activate listens, and executes the node (through `gear node run`) at
+    // the first connection, with the sockets as descriptors 3 and 4
+    let knock = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(front_addr).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let l1 = format!("127.0.0.1:{front}");
+    let l2 = format!("127.0.0.1:{metrics}");
+    let mut node = TestNode::start_wrapped(
+        82200,
+        "",
+        &[
+            "systemd-socket-activate",
+            "-l",
+            &l1,
+            "-l",
+            &l2,
+            "--fdname=frontend:metrics",
+        ],
+    );
+    knock.join().expect("knock");
+    // the node took the passed sockets instead of binding the configured 127.0.0.1:0
+    assert_eq!(node.frontend.port(), front, "{}", node.log());
+    assert_eq!(node.metrics.port(), metrics);
+    let (code, _) = node.http_get("nothing-default", "/");
+    assert_eq!(code, 404, "the frontend answers on the passed socket");
+    // `gear node restart` hands them on to the new image
+    let said = node.ok(&["node", "restart"]);
+    assert!(said.contains("restarting"), "{said}");
+    assert_eq!(
+        node.frontend.port(),
+        front,
+        "the same socket after the restart"
+    );
+    // the same port answers: the socket systemd passed, handed on
+    let (code, _) = node.http_get("nothing-default", "/");
+    assert_eq!(code, 404);
+    assert!(!node.metrics().is_empty(), "metrics on the passed socket");
+    node.stop_node("TERM");
 }
