@@ -13,7 +13,7 @@
 //! manager holding the listening sockets (`dist/gearhost-node.socket`), the frontend's
 //! socket is closed while no node runs after SIGTERM or SIGKILL, so requests made then are
 //! refused: the test counts them, and asserts that every failure falls in those windows.
-//! Gear uids 82000-82299. A second test starts a node on sockets systemd-socket-activate
+//! Gear uids 82000-82399. A second test starts a node on sockets systemd-socket-activate
 //! passes (`LISTEN_FDS`), as the socket unit does.
 
 use std::io::{BufRead, BufReader, Read, Write};
