@@ -336,6 +336,16 @@ ops! {
         #[serde(default)]
         gears: bool,
     }
+    /// Restart the node in place (operators only): it stops accepting, lets the
+    /// requests in flight finish, and executes its binary again (the file on
+    /// disk now, so a replaced binary is an upgrade) in the same process,
+    /// handing the new image its listening sockets: connections that arrive
+    /// meanwhile wait in the listen backlogs. The gears' processes keep
+    /// running and are taken back. The answer comes before the restart.
+    NodeRestart "node-restart" => reply::NodeRestarting {}
+    /// What the node's last resume did with the gears of the node before it
+    /// (operators only): which were taken back, which were started again and why.
+    NodeResume "node-resume" => reply::ResumeOutcome {}
     /// Add an ssh public key (one `authorized_keys` line: type, base64,
     /// comment) to a user's keys: the caller's own, or `user`'s (operators).
     KeysAdd "keys-add" => reply::KeyInfo {

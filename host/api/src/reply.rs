@@ -517,6 +517,48 @@ pub struct NodeStopping {
     pub pid: u32,
 }
 
+/// The answer to `node-restart`: the node is restarting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRestarting {
+    /// The node's pid (the same after the restart).
+    pub pid: u32,
+    /// The binary the node executes again.
+    pub binary: String,
+}
+
+/// What a node's resume did with the gears an earlier node left (`node-resume`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeOutcome {
+    /// Whether the resume has finished (else the lists are what it did so far).
+    pub done: bool,
+    /// When the node started its resume (unix milliseconds).
+    pub started_ms: u64,
+    /// How long the resume took, in milliseconds (once done).
+    #[serde(default)]
+    pub took_ms: u64,
+    /// The node's pid.
+    pub pid: u32,
+    /// How many gears the node looked at.
+    pub gears: usize,
+    /// Gears whose processes kept running and were taken back.
+    pub adopted: Vec<String>,
+    /// Gears started again, each with why they were not taken back.
+    pub started: Vec<ResumeStart>,
+    /// Gears not to run (stopped, idle, never deployed).
+    pub not_running: usize,
+}
+
+/// A gear a resume started again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumeStart {
+    /// `<namespace>/<name>`.
+    pub gear: String,
+    /// Why it was not taken back.
+    pub why: String,
+    /// Whether it started (else the error).
+    pub error: Option<String>,
+}
+
 /// How the command of an `exec` ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -187,6 +187,8 @@ fn requests() -> Vec<Request> {
         }
         .into(),
         NodeStop { gears: true }.into(),
+        NodeRestart {}.into(),
+        NodeResume {}.into(),
         KeysAdd {
             user: Some("ada".into()),
             key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2cGDeJ0Ojq+X7Z3pJ2vfWcD8r9bZvZ8yQm0d1c4k7L ada@laptop".into(),
@@ -523,6 +525,30 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
         &NodeStopping {
             gears: true,
             pid: 4242,
+        },
+    );
+    answer::<NodeRestart>(
+        "node-restarting",
+        &NodeRestarting {
+            pid: 4242,
+            binary: "/usr/bin/gearhost-node".into(),
+        },
+    );
+    answer::<NodeResume>(
+        "resume-outcome",
+        &ResumeOutcome {
+            done: true,
+            started_ms: 1_700_000_000_000,
+            took_ms: 180,
+            pid: 4242,
+            gears: 3,
+            adopted: vec!["team-a/web".into()],
+            started: vec![ResumeStart {
+                gear: "team-a/api".into(),
+                why: "pid 812 is gone (it has ended)".into(),
+                error: None,
+            }],
+            not_running: 1,
         },
     );
     let key = KeyInfo {

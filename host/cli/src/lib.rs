@@ -204,12 +204,16 @@ pub enum Command {
 /// `gear node ...`
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// Report which confinement layers this machine enforces (exit 4 if a required one is missing).
+    /// Report which confinement layers this machine enforces (exit 4 if a required one is missing)
+    /// and whether the last node took back the gears of the one before.
     Check(cmd::node_check::Args),
     /// Run the node in the foreground.
     Run(cmd::node_run::Args),
     /// Stop the node; the gears keep running for the next node (`--gears` stops them too).
     Stop(cmd::node_stop::Args),
+    /// Restart the node in place (re-executing its binary, so a replaced binary is an
+    /// upgrade), keeping its listening sockets and the gears' processes.
+    Restart(cmd::node_restart::Args),
     /// Print the embedded default node configuration.
     Config,
     /// Print the node's metrics (Prometheus text format).
@@ -305,7 +309,6 @@ const WITHOUT_NODE: &[&str] = &[
     "cartridge new",
     "cartridge check",
     "cartridge call",
-    "node check",
     "node run",
     "node config",
     "sandbox run",
@@ -499,6 +502,7 @@ pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
         Command::Node(NodeCommand::Config) => cmd::node_run::print_default(),
         Command::Node(NodeCommand::Metrics(args)) => cmd::node_metrics::run(args),
         Command::Node(NodeCommand::Stop(args)) => cmd::node_stop::run(args),
+        Command::Node(NodeCommand::Restart(args)) => cmd::node_restart::run(args),
         Command::Node(NodeCommand::Events(args)) => cmd::node_events::run(args),
         Command::Cartridge(CartridgeCommand::Install(args)) => cmd::cartridge_store::install(args),
         Command::Cartridge(CartridgeCommand::List(args)) => cmd::cartridge_store::list(args),

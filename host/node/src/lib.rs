@@ -26,6 +26,7 @@ pub mod node;
 mod oplock;
 pub mod procs;
 pub mod quota;
+pub mod restart;
 pub mod server;
 pub mod ssh;
 pub mod state;
@@ -64,33 +65,101 @@ fn raise_open_file_limit() {
 /// the way out the gears' processes keep running (only `gear exec` commands
 /// end); the next node takes them back. `gear node stop --gears` stops them.
 pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
+    run_with(config, gearhost_sys::listenfds::Inherited::none()).await
+}
+
+/// [`run`] with listening sockets given by socket activation or by the node this process
+/// replaced (`gear node restart`): named `frontend`, `https`, `metrics` and `api`, each
+/// used instead of binding its address; `gear node restart` hands them on again.
+pub async fn run_with(
+    config: NodeConfig,
+    mut inherited: gearhost_sys::listenfds::Inherited,
+) -> anyhow::Result<()> {
+    use gearhost_sys::listenfds::Source;
     raise_open_file_limit();
     let socket = config.socket.clone();
     let group = config.users_group.clone();
     let node = Node::open(config)?;
-    let listener = server::bind(&socket, group.as_deref())?;
-    let frontend = std::net::TcpListener::bind(&node.config().frontend)
-        .map_err(|e| anyhow::anyhow!("cannot listen on the frontend address {}: {e}; set `frontend` in the node configuration", node.config().frontend))?;
+    let mut handover = restart::Handover::default();
+    // by name (`FileDescriptorName=`), else by kind and address
+    let api_given = inherited
+        .take("api")
+        .or_else(|| inherited.take_where(|fd| listens_at(fd, None)));
+    // a socket the service manager holds is not this node's to remove
+    let keep_socket_file = api_given.is_some();
+    let listener = match api_given {
+        Some(fd) => {
+            let l = std::os::unix::net::UnixListener::from(fd);
+            l.set_nonblocking(true)?;
+            tokio::net::UnixListener::from_std(l)?
+        }
+        None => server::bind(&socket, group.as_deref())?,
+    };
+    handover.keep("api", &listener)?;
+    let frontend_given = inherited.take("frontend").or_else(|| {
+        let want = node.config().frontend.parse().ok();
+        want.and_then(|a| inherited.take_where(|fd| listens_at(fd, Some(a))))
+    });
+    let frontend = match frontend_given {
+        Some(fd) => std::net::TcpListener::from(fd),
+        None => std::net::TcpListener::bind(&node.config().frontend)
+            .map_err(|e| anyhow::anyhow!("cannot listen on the frontend address {}: {e}; set `frontend` in the node configuration", node.config().frontend))?,
+    };
+    handover.keep("frontend", &frontend)?;
     let frontend_addr = frontend.local_addr()?;
     node.set_frontend_addr(frontend_addr);
-    let https = match &node.config().https {
-        Some(h) => Some(std::net::TcpListener::bind(&h.listen).map_err(|e| {
+    let https_given = inherited.take("https").or_else(|| {
+        let want = node.config().https.as_ref()?.listen.parse().ok()?;
+        inherited.take_where(|fd| listens_at(fd, Some(want)))
+    });
+    let https = match (&node.config().https, https_given) {
+        (Some(_), Some(fd)) => Some(std::net::TcpListener::from(fd)),
+        (Some(h), None) => Some(std::net::TcpListener::bind(&h.listen).map_err(|e| {
             anyhow::anyhow!(
                 "cannot listen on the https address {}: {e}; set `https.listen` in the node configuration",
                 h.listen
             )
         })?),
-        None => None,
+        (None, _) => None,
     };
+    if let Some(l) = &https {
+        handover.keep("https", l)?;
+    }
     node.set_main_runtime(tokio::runtime::Handle::current());
-    let metrics = match &node.config().metrics {
-        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+    let metrics_given = inherited.take("metrics").or_else(|| {
+        let want = node.config().metrics.as_ref()?.parse().ok()?;
+        inherited.take_where(|fd| listens_at(fd, Some(want)))
+    });
+    let metrics = match (&node.config().metrics, metrics_given) {
+        (Some(_), Some(fd)) => Some(std::net::TcpListener::from(fd)),
+        (Some(addr), None) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
             anyhow::anyhow!("cannot listen on the metrics address {addr}: {e}; set `metrics` in the node configuration, or remove it")
         })?),
+        (None, _) => None,
+    };
+    let metrics = match metrics {
+        Some(l) => {
+            handover.keep("metrics", &l)?;
+            l.set_nonblocking(true)?;
+            Some(tokio::net::TcpListener::from_std(l)?)
+        }
         None => None,
     };
     if let Some(m) = &metrics {
         node.set_metrics_addr(m.local_addr()?);
+    }
+    match inherited.source() {
+        Source::None => {}
+        Source::Activation => {
+            tracing::info!("listening on sockets the service manager passed")
+        }
+        Source::Handover => {
+            tracing::info!("listening on the sockets of the node before the restart")
+        }
+    }
+    let unused = inherited.left();
+    if !unused.is_empty() {
+        tracing::warn!(names = ?unused, "sockets were passed that this node's configuration does not use (expected: frontend, https, metrics, api)");
     }
     if node.config().warm_helpers > 0 {
         match gearhost_sandbox::find_init(None) {
@@ -158,17 +227,32 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut stop_gears = false;
+    let mut stop = node::Stop::Leave;
     let result = tokio::select! {
         r = server::serve(node.clone(), listener) => r,
         r = metrics => r,
         _ = term.recv() => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
-        gears = node.stop_requested() => {
-            stop_gears = gears;
+        how = node.stop_requested() => {
+            stop = how;
             Ok(())
         }
     };
+    if stop == node::Stop::Restart {
+        // no new connection is accepted from here: they wait in the backlogs
+        let drained = frontend::drain::drain(RESTART_DRAIN).await;
+        if drained.in_flight > 0 || drained.fresh > 0 {
+            tracing::warn!(
+                in_flight = drained.in_flight,
+                waiting = drained.fresh,
+                "restarting with requests not finished"
+            );
+        }
+        tracing::info!(
+            took_ms = drained.took.as_millis() as u64,
+            "frontend drained for the restart"
+        );
+    }
     resume.abort();
     idler.abort();
     // sshd goes with its task (killed on drop); sessions end as their
@@ -179,7 +263,7 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
     for g in node.gears_snapshot() {
         g.front.access.flush();
     }
-    if stop_gears {
+    if stop == node::Stop::Gears {
         // `gear node stop --gears`: desired states are kept, the next node starts them
         eprintln!("gear node: stopping gear processes");
         node.shutdown().await;
@@ -188,9 +272,40 @@ pub async fn run(config: NodeConfig) -> anyhow::Result<()> {
         eprintln!("gear node: stopping; gear processes keep running for the next node");
         node.leave().await;
     }
-    let _ = std::fs::remove_file(&socket);
+    if stop == node::Stop::Restart {
+        eprintln!("gear node: restarting; gear processes keep running");
+        // only returns if the binary cannot be executed
+        return Err(handover.exec());
+    }
+    if !keep_socket_file {
+        let _ = std::fs::remove_file(&socket);
+    }
     result
 }
+
+/// Whether `fd` is a listening unix socket (`at` none) or a TCP socket bound to `at`.
+fn listens_at(fd: &std::os::fd::OwnedFd, at: Option<std::net::SocketAddr>) -> bool {
+    use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname};
+    use std::os::fd::AsRawFd;
+    let Ok(addr) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else {
+        return false;
+    };
+    match at {
+        None => addr.family() == Some(nix::sys::socket::AddressFamily::Unix),
+        Some(want) => {
+            addr.family() != Some(nix::sys::socket::AddressFamily::Unix)
+                && fd
+                    .try_clone()
+                    .ok()
+                    .map(std::net::TcpListener::from)
+                    .and_then(|l| l.local_addr().ok())
+                    == Some(want)
+        }
+    }
+}
+
+/// How long `gear node restart` waits for the requests in flight.
+pub const RESTART_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long the node waits, once it has stopped, for work still running on
 /// its runtime's blocking threads (a hook's thread stuck in the kernel

@@ -485,13 +485,32 @@ async fn dispatch(
             let stopping = node.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                stopping.request_stop(op.gears);
+                stopping.request_stop(if op.gears {
+                    crate::node::Stop::Gears
+                } else {
+                    crate::node::Stop::Leave
+                });
             });
             answer::<ops::NodeStop>(Ok(reply::NodeStopping {
                 gears: op.gears,
                 pid: std::process::id(),
             }))
         }
+        Request::NodeRestart(_) => answer::<ops::NodeRestart>(match crate::restart::binary() {
+            Ok(binary) => {
+                let restarting = node.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    restarting.request_stop(crate::node::Stop::Restart);
+                });
+                Ok(reply::NodeRestarting {
+                    pid: std::process::id(),
+                    binary: binary.display().to_string(),
+                })
+            }
+            Err(e) => Err(e),
+        }),
+        Request::NodeResume(_) => answer::<ops::NodeResume>(Ok(node.resume_outcome())),
         Request::Metrics(_) => answer::<ops::Metrics>(Ok(reply::MetricsText {
             text: crate::frontend::render_metrics(&node),
         })),

@@ -462,6 +462,8 @@ pub fn authorize(caller: &Caller, ns: &Namespaces, request: &Request) -> Result<
         Request::Metrics(_) => operators_only(caller, "read the node's metrics"),
         Request::Audit(_) => operators_only(caller, "read the audit log"),
         Request::NodeStop(_) => operators_only(caller, "stop the node"),
+        Request::NodeRestart(_) => operators_only(caller, "restart the node"),
+        Request::NodeResume(_) => operators_only(caller, "read what the node's resume did"),
         Request::NamespaceCreate(_)
         | Request::NamespaceDelete(_)
         | Request::NamespaceAddMember(_)
@@ -535,7 +537,9 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         | Request::NamespaceList(_)
         | Request::Audit(_)
         | Request::Metrics(_)
-        | Request::NodeStop(_) => return None,
+        | Request::NodeStop(_)
+        | Request::NodeRestart(_)
+        | Request::NodeResume(_) => return None,
     })
 }
 
@@ -641,6 +645,8 @@ mod tests {
             ops::Metrics {}.into(),
             ops::Audit { lines: 5 }.into(),
             ops::NodeStop { gears: false }.into(),
+            ops::NodeRestart {}.into(),
+            ops::NodeResume {}.into(),
             ops::NamespaceCreate {
                 name: "t".into(),
                 members: vec![],

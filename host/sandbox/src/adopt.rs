@@ -12,8 +12,10 @@
 //! which confines the init, only limits what the init may trace, not who traces it. Under
 //! SELinux the node's domain needs `process ptrace` over the gear's domain.
 //!
-//! The adopted init is not the node's child: its exit is seen on the pidfd, but its status
-//! is not (its new parent reaps it).
+//! The adopted init is usually not the node's child: its exit is seen on the pidfd, but its
+//! status is not (its new parent reaps it). After `gear node restart` (the node re-executes
+//! itself, its pid unchanged) the inits it cloned are still its children: an ended one is
+//! reaped through its pidfd.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -140,7 +142,7 @@ impl Adopted {
         if exited(pidfd.as_fd(), Duration::ZERO) {
             return Err(format!("pid {pid} ended while it was being checked"));
         }
-        let mounts = cgroup::detect().map_err(|e| e.to_string())?;
+        let mounts = cgroup::detect_kept().map_err(|e| e.to_string())?;
         Ok(Adopted {
             pid,
             pidfd,
@@ -175,8 +177,22 @@ impl Adopted {
     pub fn has_ended(&mut self) -> bool {
         if !self.ended {
             self.ended = exited(self.pidfd.as_fd(), Duration::ZERO);
+            if self.ended {
+                self.reap();
+            }
         }
         self.ended
+    }
+
+    /// Reaps the ended init if it is this process's child: a node that re-executed itself
+    /// (`gear node restart`) keeps its pid, so the inits it cloned before are still its
+    /// children, and nothing else would collect them. Another parent's child is left to it.
+    fn reap(&self) {
+        use nix::sys::wait::{Id, WaitPidFlag, waitid};
+        let _ = waitid(
+            Id::PIDFd(self.pidfd.as_fd()),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG,
+        );
     }
 
     /// Sends `signal` to the init (through the pidfd, so never to a reused pid).
@@ -201,6 +217,7 @@ impl Adopted {
             while !exited(self.pidfd.as_fd(), Duration::from_millis(100))
                 && Instant::now() < deadline
             {}
+            self.reap();
         }
         Ok(self.cgroup.teardown(Duration::from_secs(10))?)
     }

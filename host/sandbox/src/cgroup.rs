@@ -189,6 +189,19 @@ pub fn detect() -> Result<CgroupMounts, CgroupError> {
     parse_mountinfo(&text)
 }
 
+/// [`detect`], read the first time and kept for the life of the process: for a node
+/// taking back a thousand gears at its start, where reading `/proc/self/mountinfo` (a
+/// line per gear's network namespace) for each gear twice made the adoption quadratic.
+/// The cgroup mounts of a running node do not change.
+pub fn detect_kept() -> Result<CgroupMounts, CgroupError> {
+    static MOUNTS: std::sync::OnceLock<CgroupMounts> = std::sync::OnceLock::new();
+    if let Some(m) = MOUNTS.get() {
+        return Ok(m.clone());
+    }
+    let m = detect()?;
+    Ok(MOUNTS.get_or_init(|| m).clone())
+}
+
 /// What the cgroup layer set up for one gear.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupReport {

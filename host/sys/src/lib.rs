@@ -6,6 +6,7 @@
 //! - [`terminal`]: the caller's terminal in raw mode and the relay to a gear's pseudo-terminal;
 //! - [`sendbatch`]: the frontend's socket sends, passed to the kernel in batches (io_uring);
 //! - [`interrupt`]: breaking a thread out of a blocking system call (hook time budgets);
+//! - [`listenfds`]: listening sockets given by socket activation or by the node replaced;
 //!
 //! and three small helpers every crate used to write for itself: [`lock`] (poison-tolerant
 //! locking), [`proc_status`] (reading `/proc/<pid>/status`), [`hex`] and [`base64`]; with the `program`
@@ -20,6 +21,8 @@ pub mod fdpass;
 pub mod hex;
 #[allow(unsafe_code)]
 pub mod interrupt;
+#[allow(unsafe_code)]
+pub mod listenfds;
 pub mod lock;
 pub mod proc_status;
 #[cfg(feature = "program")]

@@ -24,6 +24,7 @@ pub mod logs;
 pub mod node_check;
 pub mod node_events;
 pub mod node_metrics;
+pub mod node_restart;
 pub mod node_run;
 pub mod node_stop;
 pub mod sandbox_run;

@@ -2,6 +2,11 @@
 //! layer, in the spirit of OpenShift's `oo-accept-node`. Exits 4 when a
 //! required layer is missing. The `disk-quota` row looks at the file system of
 //! the node's state directory, read from the node configuration.
+//!
+//! It also says whether the gears of the node before were taken back by the
+//! last node that started (how many, and which were started again and why):
+//! through the API when a node runs, else from the record the node left in its
+//! state directory.
 
 use gearhost_sandbox::check::host_capabilities_for;
 
@@ -19,6 +24,9 @@ pub struct Args {
     /// default (state in /var/lib/gearhost).
     #[arg(long, env = "GEARHOST_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    /// How to reach the node.
+    #[command(flatten)]
+    pub target: crate::client::Target,
 }
 
 /// Run the command.
@@ -35,10 +43,25 @@ pub fn run(args: Args) -> CmdResult {
     }
     .map_err(|e| Failure::Invalid(anyhow::anyhow!("{e}")))?;
     let report = host_capabilities_for(node.as_deref(), &config.state_dir);
+    let resume = last_resume(&args.target, &config.state_dir);
     if args.json {
-        print_json(&report)?;
+        // the report's fields, and what the last resume did
+        let mut value =
+            serde_json::to_value(&report).map_err(|e| Failure::Failed(anyhow::anyhow!("{e}")))?;
+        if let (Some(map), Ok(outcome)) = (value.as_object_mut(), &resume) {
+            map.insert(
+                "resume".into(),
+                serde_json::to_value(outcome)
+                    .map_err(|e| Failure::Failed(anyhow::anyhow!("{e}")))?,
+            );
+        }
+        print_json(&value)?;
     } else {
         println!("{report}");
+        match &resume {
+            Ok(outcome) => print_resume(outcome),
+            Err(why) => println!("resume: {why}"),
+        }
     }
     let missing = report.missing_required();
     if missing.is_empty() {
@@ -54,5 +77,57 @@ pub fn run(args: Args) -> CmdResult {
             names.join(", ")
         );
         Err(Failure::Reported(4))
+    }
+}
+
+/// What the last node's resume did: from the running node, else from its record.
+fn last_resume(
+    target: &crate::client::Target,
+    state_dir: &std::path::Path,
+) -> Result<gearhost_api::reply::ResumeOutcome, String> {
+    if std::os::unix::net::UnixStream::connect(&target.socket).is_ok() {
+        return crate::client::call(target, gearhost_api::ops::NodeResume {})
+            .map_err(|e| format!("cannot ask the node: {}", failure_text(&e)));
+    }
+    let path = state_dir.join("last-resume.json");
+    let text = std::fs::read(&path).map_err(|e| {
+        format!(
+            "no node runs, and no record of a resume in {} ({e})",
+            path.display()
+        )
+    })?;
+    serde_json::from_slice(&text).map_err(|e| format!("{} is not readable: {e}", path.display()))
+}
+
+/// Prints what a resume did, one line and a line for each gear started again.
+pub fn print_resume(o: &gearhost_api::reply::ResumeOutcome) {
+    let state = if o.done {
+        format!("took {} ms", o.took_ms)
+    } else {
+        "still running".to_string()
+    };
+    println!(
+        "resume (node pid {}, {state}): {} of {} gears taken back running, {} started again, {} not to run",
+        o.pid,
+        o.adopted.len(),
+        o.gears,
+        o.started.len(),
+        o.not_running
+    );
+    for s in &o.started {
+        match &s.error {
+            None => println!("  started again: {}: {}", s.gear, s.why),
+            Some(e) => println!(
+                "  started again: {}: {} (the start failed: {e})",
+                s.gear, s.why
+            ),
+        }
+    }
+}
+
+fn failure_text(f: &Failure) -> String {
+    match f {
+        Failure::Failed(e) | Failure::Invalid(e) | Failure::Environment(e) => e.to_string(),
+        Failure::Reported(code) => format!("exit {code}"),
     }
 }

@@ -1,6 +1,7 @@
 //! `gearhost-node`: the node as a process of its own. `gear node run` starts
 //! it (the `gear` command does not link the node), and a service manager
-//! may start it directly (see dist/gearhost-node.service).
+//! may start it directly (see dist/gearhost-node.service), with its listening
+//! sockets too (dist/gearhost-node.socket).
 //!
 //! Exit codes follow `gear`'s: 0 stopped cleanly, 2 bad command line, 3 the
 //! configuration is invalid, 4 the environment is missing something (root,
@@ -29,6 +30,14 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // before any thread starts: this takes the variables out of the environment
+    let inherited = match gearhost_sys::listenfds::Inherited::from_env() {
+        Ok(inherited) => inherited,
+        Err(e) => {
+            eprintln!("error: the listening sockets passed to the node: {e}");
+            return ExitCode::from(4);
+        }
+    };
     let args = Args::parse();
     gearhost_sys::program::init_tracing(args.verbose);
     let config = match &args.config {
@@ -58,7 +67,7 @@ fn main() -> ExitCode {
             return ExitCode::from(4);
         }
     };
-    let result = rt.block_on(gearhost_node::run(config));
+    let result = rt.block_on(gearhost_node::run_with(config, inherited));
     // a hook's thread stuck where no signal reaches must not keep the node from exiting
     rt.shutdown_timeout(gearhost_node::SHUTDOWN_GRACE);
     match result {

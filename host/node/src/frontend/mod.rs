@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex};
 
 mod access;
 mod backend;
+pub mod drain;
 mod gear;
 mod headers;
 mod metrics;

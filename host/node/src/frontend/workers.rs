@@ -41,6 +41,8 @@ impl<G> Frontend<G> {
     fn dispatch(&self, connection: Accepted) -> Result<(), Accepted> {
         let mut workers = lock(&self.workers);
         let mut connection = connection;
+        // counted until a worker takes it (see `drain`)
+        super::drain::queued();
         while !workers.is_empty() {
             let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % workers.len();
             match workers[i].send(connection) {
@@ -51,6 +53,7 @@ impl<G> Frontend<G> {
                 }
             }
         }
+        super::drain::unqueued();
         Err(connection)
     }
 }
@@ -97,18 +100,41 @@ fn accept_thread(
 ) -> std::io::Result<()> {
     std::thread::Builder::new().name(name.into()).spawn({
         let node = node.clone();
-        move || loop {
-            match listener.accept() {
-                Ok((stream, peer)) => {
-                    if node.frontend.dispatch((stream, peer, None, tls)).is_err() {
-                        tracing::error!("every frontend worker is gone");
-                        return;
-                    }
+        move || {
+            let _accepting = super::drain::acceptor();
+            loop {
+                // look now and then whether the frontend drains for a restart: the
+                // connections not accepted then wait in the backlog for the next image
+                if super::drain::draining() {
+                    return;
                 }
-                Err(e) => {
-                    // out of descriptors and the like: back off instead of spinning
-                    tracing::warn!(error = %e, "frontend cannot accept a connection");
-                    std::thread::sleep(Duration::from_millis(100));
+                let ready = {
+                    use std::os::fd::AsFd;
+                    let mut fds = [nix::poll::PollFd::new(
+                        listener.as_fd(),
+                        nix::poll::PollFlags::POLLIN,
+                    )];
+                    let wait = nix::poll::PollTimeout::try_from(
+                        super::drain::ACCEPT_POLL.as_millis() as u32,
+                    )
+                    .unwrap_or(nix::poll::PollTimeout::NONE);
+                    nix::poll::poll(&mut fds, wait).map_or(true, |n| n > 0)
+                };
+                if !ready || super::drain::draining() {
+                    continue;
+                }
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        if node.frontend.dispatch((stream, peer, None, tls)).is_err() {
+                            tracing::error!("every frontend worker is gone");
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // out of descriptors and the like: back off instead of spinning
+                        tracing::warn!(error = %e, "frontend cannot accept a connection");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
                 }
             }
         }
@@ -144,15 +170,23 @@ fn worker(node: &Arc<Node>, i: usize, mut rx: tokio::sync::mpsc::UnboundedReceiv
             }
         }
         while let Some((stream, peer, slot, tls)) = rx.recv().await {
+            let held = super::drain::fresh();
+            super::drain::unqueued();
             let stream = stream
                 .set_nonblocking(true)
                 .and_then(|()| TcpStream::from_std(stream));
             match stream {
                 Ok(stream) if tls == Tls::Yes => {
-                    tokio::spawn(serve_tls(node.clone(), stream, peer));
+                    tokio::spawn(super::drain::holding(
+                        held,
+                        serve_tls(node.clone(), stream, peer),
+                    ));
                 }
                 Ok(stream) => {
-                    tokio::spawn(serve_connection(node.clone(), stream, peer, slot));
+                    tokio::spawn(super::drain::holding(
+                        held,
+                        serve_connection(node.clone(), stream, peer, slot),
+                    ));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "a frontend worker cannot take a connection")

@@ -108,7 +108,7 @@ impl Node {
         let id = g.record().id;
         let base = procs::node_start_base();
         let cleared = tokio::task::spawn_blocking(move || {
-            let mounts = gearhost_sandbox::cgroup::detect().map_err(|e| e.to_string())?;
+            let mounts = gearhost_sandbox::cgroup::detect_kept().map_err(|e| e.to_string())?;
             let prefix = format!("{id}-");
             let mut cleared = Vec::new();
             for leaf in gearhost_sandbox::cgroup::group_members(&mounts, &subtree, &id) {

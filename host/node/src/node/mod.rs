@@ -153,8 +153,25 @@ pub struct Node {
     pub(crate) acme: Option<Arc<crate::acme::Acme>>,
     /// What happened to gears: deploys, starts, crashes, wakes, failures.
     pub(crate) events: Arc<crate::events::EventLog>,
-    /// Set by `gear node stop`: `Some(true)` stops the gears' processes too.
-    stop: tokio::sync::watch::Sender<Option<bool>>,
+    /// What the last resume did (`gear node check`), also kept in `last-resume.json`.
+    resume_outcome: Mutex<crate::api::reply::ResumeOutcome>,
+    /// Set by `gear node stop` and `gear node restart`.
+    stop: tokio::sync::watch::Sender<Option<Stop>>,
+}
+
+/// The file in the state directory where the node records what its last resume did.
+pub const LAST_RESUME: &str = "last-resume.json";
+
+/// How the node was asked to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Stop; the gears' processes keep running for the next node.
+    Leave,
+    /// Stop, and stop every gear's processes too.
+    Gears,
+    /// Stop accepting, finish the requests in flight, and execute the node's binary again
+    /// in this process, handing it the listening sockets (`gear node restart`).
+    Restart,
 }
 
 impl Node {
@@ -259,6 +276,7 @@ impl Node {
             certs,
             acme,
             events,
+            resume_outcome: Mutex::new(Default::default()),
             stop: tokio::sync::watch::channel(None).0,
         });
         node.rebuild_routes();
@@ -280,17 +298,17 @@ impl Node {
         *lock(&self.frontend_addr)
     }
 
-    /// Ask the node to stop (`gear node stop`); with `gears`, the gears' processes stop too.
-    pub fn request_stop(&self, gears: bool) {
-        self.stop.send_replace(Some(gears));
+    /// Ask the node to stop (`gear node stop`, `gear node restart`).
+    pub fn request_stop(&self, how: Stop) {
+        self.stop.send_replace(Some(how));
     }
 
-    /// Waits until [`Node::request_stop`] is called; returns whether the gears stop too.
-    pub async fn stop_requested(&self) -> bool {
+    /// Waits until [`Node::request_stop`] is called; returns how the node ends.
+    pub async fn stop_requested(&self) -> Stop {
         let mut rx = self.stop.subscribe();
         loop {
-            if let Some(gears) = *rx.borrow_and_update() {
-                return gears;
+            if let Some(how) = *rx.borrow_and_update() {
+                return how;
             }
             if rx.changed().await.is_err() {
                 return std::future::pending().await;
@@ -473,6 +491,17 @@ impl Node {
         let began = std::time::Instant::now();
         let adopted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
+        {
+            let mut o = lock(&self.resume_outcome);
+            *o = crate::api::reply::ResumeOutcome {
+                started_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                pid: std::process::id(),
+                gears: gears.len(),
+                ..Default::default()
+            };
+        }
         let mut tasks = Vec::new();
         for gear in gears {
             let node = self.clone();
@@ -481,14 +510,20 @@ impl Node {
                 let _op = gear.op.lock().await;
                 // whatever was in flight when the node died is over now
                 let record = gear.record();
-                let _ = gear.update(&node.config, |r| {
+                // written only when there is something to change: a thousand gears'
+                // records synced for nothing would slow the resume down by seconds
+                let pending = record
+                    .deployments
+                    .iter()
+                    .any(|d| d.state == DeploymentState::Pending);
+                let _ = pending.then(|| gear.update(&node.config, |r| {
                     for d in &mut r.deployments {
                         if d.state == DeploymentState::Pending {
                             d.state = DeploymentState::Failed;
                             d.error = Some("the node stopped during the build".into());
                         }
                     }
-                });
+                }));
                 let startable = record.active.is_some()
                     || node
                         .cartridge(&record.cartridge)
@@ -514,9 +549,10 @@ impl Node {
                     if matches!(record.state, GearState::Running | GearState::Starting | GearState::Building | GearState::Stopping) {
                         let _ = gear.update(&node.config, |r| r.state = GearState::Stopped);
                     }
+                    lock(&node.resume_outcome).not_running += 1;
                     return;
                 }
-                match adoption {
+                let why = match adoption {
                     adopt::Adoption::Adopted(taken) => {
                         let list: Vec<String> = taken
                             .iter()
@@ -528,18 +564,32 @@ impl Node {
                         // as a fresh start: the idler counts from here
                         gear.front.touch();
                         adopted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        lock(&node.resume_outcome)
+                            .adopted
+                            .push(format!("{}/{}", record.namespace, record.name));
                         return;
                     }
                     adopt::Adoption::Discarded(why) => {
-                        let why = format!("{why}; starting the gear again");
-                        tracing::warn!(gear = %record.name, "processes of an earlier node not taken back: {why}");
-                        node.event(&gear, NodeEventKind::NotAdopted, &why, None);
+                        let shown = format!("{why}; starting the gear again");
+                        tracing::warn!(gear = %record.name, "processes of an earlier node not taken back: {shown}");
+                        node.event(&gear, NodeEventKind::NotAdopted, &shown, None);
+                        why
                     }
-                    adopt::Adoption::Nothing => {}
-                }
-                if let Err(e) = node.start_locked(&gear, &Progress::discard()).await {
+                    adopt::Adoption::Nothing => {
+                        "no processes of an earlier node were recorded".to_string()
+                    }
+                };
+                let started = node.start_locked(&gear, &Progress::discard()).await;
+                if let Err(e) = &started {
                     tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
                 }
+                lock(&node.resume_outcome)
+                    .started
+                    .push(crate::api::reply::ResumeStart {
+                        gear: format!("{}/{}", record.namespace, record.name),
+                        why,
+                        error: started.err().map(|e| e.to_string()),
+                    });
             }));
         }
         let total = tasks.len();
@@ -552,6 +602,26 @@ impl Node {
             ms = began.elapsed().as_millis() as u64,
             "gears resumed"
         );
+        let outcome = {
+            let mut o = lock(&self.resume_outcome);
+            o.done = true;
+            o.took_ms = began.elapsed().as_millis() as u64;
+            o.adopted.sort();
+            o.started.sort_by(|a, b| a.gear.cmp(&b.gear));
+            o.clone()
+        };
+        let path = self.config.state_dir.join(LAST_RESUME);
+        let written = serde_json::to_vec_pretty(&outcome)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| crate::state::write_atomic(&path, &bytes).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            tracing::warn!(path = %path.display(), error = %e, "cannot record what the resume did");
+        }
+    }
+
+    /// What the last resume did with the gears of the node before (so far, while it runs).
+    pub fn resume_outcome(&self) -> crate::api::reply::ResumeOutcome {
+        lock(&self.resume_outcome).clone()
     }
 
     /// On the way out of the node (SIGTERM, SIGINT): end the `gear exec` commands, which

@@ -73,6 +73,13 @@ impl ProcRecords {
         self.save(&map);
     }
 
+    /// Holds `record` as read from the file (a process taken back): the file already says
+    /// so, and every record of the gear is taken back or none, so it is not written again
+    /// (a thousand gears taken back would otherwise sync a thousand files for nothing).
+    pub fn put_loaded(&self, record: ProcRecord) {
+        lock(&self.map).insert(record.leaf.clone(), record);
+    }
+
     /// Replaces the record of leaf `old` with `record` in one write.
     pub fn replace(&self, old: &str, record: ProcRecord) {
         let mut map = lock(&self.map);

@@ -181,7 +181,7 @@ impl Supervisor {
             ended,
         });
         lock(&self.procs).insert(name, proc.clone());
-        self.records.put(record.clone());
+        self.records.put_loaded(record.clone());
         let crash_limit = gear.config.crash_limit;
         let crash_window = gear.config.crash_window;
         tokio::spawn(monitor(

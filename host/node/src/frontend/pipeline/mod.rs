@@ -72,6 +72,8 @@ struct Client {
     /// Request body bytes on their way to the gear.
     body_out: Vec<u8>,
     response: ResponseHead,
+    /// Counted as a request in flight (see `drain`).
+    in_flight: Option<super::drain::Counted>,
 }
 
 /// What happens to a client connection after a request.
@@ -114,7 +116,10 @@ async fn connection<B: Backend>(backend: &B, mut stream: ClientStream, peer: Soc
         to_client: Vec::with_capacity(1024),
         body_out: Vec::new(),
         response: ResponseHead::default(),
+        in_flight: None,
     };
+    // counted by a drain until its first head is in
+    let mut fresh = Some(super::drain::fresh());
     let header_timeout = backend.limits().header_timeout;
     // one timer per connection, moved for each request
     let timer = tokio::time::sleep(header_timeout);
@@ -147,6 +152,7 @@ async fn connection<B: Backend>(backend: &B, mut stream: ClientStream, peer: Soc
                 }
             }
         };
+        drop(fresh.take());
         let unreadable = match read {
             Ok(()) => None,
             Err(HeadError::Closed | HeadError::Io(_) | HeadError::Timeout) => return,
@@ -158,7 +164,12 @@ async fn connection<B: Backend>(backend: &B, mut stream: ClientStream, peer: Soc
             let _ = c.stream.write_all(&refused.page(false, true)).await;
             return;
         }
-        match request(backend, &mut c).await {
+        c.in_flight = Some(super::drain::request());
+        let next = request(backend, &mut c).await;
+        c.in_flight = None;
+        match next {
+            // a draining node takes no further request on the connection
+            Next::KeepAlive if super::drain::draining() => return,
             Next::KeepAlive => {}
             Next::Close => return,
             Next::Drain(left) => {

@@ -131,6 +131,8 @@ async fn upgrade<G: BackendGear>(
     let to_gear = std::mem::take(&mut c.buf.data);
     drop(ex);
     front.active.fetch_add(1, Ordering::Relaxed);
+    // a spliced connection lasts as long as its peers want: a drain does not wait for it
+    c.in_flight = None;
     if c.stream.write_all(&c.to_client).await.is_ok()
         && upstream.stream.write_all(&to_gear).await.is_ok()
     {
