@@ -447,6 +447,25 @@ fn push_to_deploy_and_ssh_into_gears_as_their_owners_only() {
     // a Python app whose virtualenv exists: push to answering, timed
     python_push(&node, &ada);
 
+    // the endpoint comes back with the node: after `gear node restart` the
+    // next sshd takes the port, and sessions act for their users again
+    node.ok(&["node", "restart"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = ada.ssh(&[], "whoami");
+        if out.status.success() {
+            assert!(String::from_utf8_lossy(&out.stdout).starts_with("ssh-ada "));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ssh after the restart: {}\n{}",
+            text(&out),
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // two pushes at once: the second waits for the first, both deploy
     let second = tempfile::tempdir().expect("second tree");
     let out = ada.git(

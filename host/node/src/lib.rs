@@ -255,9 +255,10 @@ pub async fn run_with(
     }
     resume.abort();
     idler.abort();
-    // sshd goes with its task (killed on drop); sessions end as their
-    // connections to the node close
+    // sshd is ended now: it would outlive the node (or its re-executed
+    // image) and hold the port; sessions end as their connections close
     ssh.abort();
+    node.ssh.stop();
     acme.abort();
     flusher.abort();
     for g in node.gears_snapshot() {

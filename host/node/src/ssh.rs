@@ -51,6 +51,16 @@ impl SshEndpoint {
         self.uid.get().copied()
     }
 
+    /// End the sshd the node runs (the node stops or re-executes itself:
+    /// sshd would outlive it, holding the port the next one needs). Sessions
+    /// already open go on until their connections close.
+    pub fn stop(&self) {
+        let pid = self.sshd.swap(0, std::sync::atomic::Ordering::SeqCst);
+        if pid != 0 {
+            end_process(pid);
+        }
+    }
+
     /// Whether process `pid` descends from the node's sshd: a session, or a
     /// program a session started (git, its hook). A claim to act for a user
     /// is taken from nowhere else, even from the login account's uid.
@@ -77,6 +87,45 @@ impl SshEndpoint {
             }
         }
         false
+    }
+}
+
+/// SIGTERM to `pid`, then SIGKILL if it is still there after two seconds.
+fn end_process(pid: u32) {
+    use nix::sys::signal::{Signal, kill};
+    let target = nix::unistd::Pid::from_raw(pid as i32);
+    if kill(target, Signal::SIGTERM).is_err() {
+        return;
+    }
+    for _ in 0..40 {
+        if kill(target, None).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = kill(target, Signal::SIGKILL);
+}
+
+/// An sshd a node before this one left running (it was killed, or stopped
+/// without ending it) holds the endpoint's port: end it, if its pid file
+/// names an sshd.
+fn end_leftover_sshd(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string(dir.join("sshd.pid")) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return;
+    };
+    let is_sshd = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .and_then(|exe| {
+            exe.file_name()
+                .map(|n| n.to_string_lossy().starts_with("sshd"))
+        })
+        .unwrap_or(false);
+    if is_sshd {
+        tracing::info!(pid, "ending the sshd an earlier node left running");
+        end_process(pid);
     }
 }
 
@@ -292,6 +341,7 @@ fn prepare(ssh: &SshConfig, config: &NodeConfig) -> anyhow::Result<(Prepared, u3
     }
     // sshd's privilege separation directory, on machines that never ran it
     root_dir(Path::new("/run/sshd"), 0o755)?;
+    end_leftover_sshd(&dir);
     let config_file = dir.join("sshd_config");
     std::fs::write(&config_file, sshd_config(ssh, &dir, &gear, &config.socket))?;
     let _ = gid;
