@@ -506,6 +506,10 @@ impl Node {
         // it compressed; the deploy checks the files again)
         let max_input = self.config().max_deploy_size;
         tokio::task::spawn_blocking(move || {
+            // two pushes at once would both rewrite the configuration (git
+            // refuses the second's lock): one setup at a time
+            static SETUP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+            let _one = gearhost_sys::lock::lock(&SETUP);
             make_repo(&made, &hooks, &branch, uid)?;
             if write {
                 seal_config(&made, max_input)?;
