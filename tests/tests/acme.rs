@@ -11,14 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use gearhost_tests::apps::tree;
-use gearhost_tests::{TestNode, cartridge_dir, privileged};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
+use gearhost_tests::{TestNode, cartridge_dir, free_port, privileged};
 
 /// A child process killed when this goes.
 struct Running(Child);

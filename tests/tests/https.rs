@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gearhost_tests::apps::tree;
-use gearhost_tests::{TestNode, cartridge_dir, privileged};
+use gearhost_tests::{TestNode, cartridge_dir, free_port, privileged};
 
 /// Run openssl with `args` in `dir`.
 fn openssl(dir: &Path, args: &[&str]) {
@@ -143,13 +143,6 @@ while len(data) < n:
     data += s.recv(n - len(data))
 print(data.decode())
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("utf-8")

@@ -25,7 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gearhost_tests::{TestNode, cartridge_dir, gear_bin, json, privileged, workspace_root};
+use gearhost_tests::{
+    TestNode, cartridge_dir, free_port, gear_bin, json, privileged, workspace_root,
+};
 
 /// The Python app: `python3 -m http.server`, with `tick N` on stdout every 100 ms.
 const PY_START: &str = r#"#!/bin/sh
@@ -513,14 +515,6 @@ fn the_apps_keep_running_and_no_request_fails_through_five_node_restarts() {
     }
     node.ok(&["destroy", "py"]);
     node.ok(&["destroy", "ws"]);
-}
-
-/// A free port on 127.0.0.1 (bound, read, and released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use gearhost_tests::{TestNode, cartridge_dir, privileged};
+use gearhost_tests::{TestNode, cartridge_dir, free_port, privileged};
 
 /// The login account of this test's endpoint (its own, so that tests and
 /// machines do not share one).
@@ -35,14 +35,6 @@ impl Drop for StateDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// A client key pair in `dir`: the private key's path and the public line.

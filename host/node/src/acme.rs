@@ -174,7 +174,8 @@ impl Acme {
                     .await
                     .map_err(|e| format!("the ACME server refused a new account: {e}"))?;
                 let text = serde_json::to_vec(&credentials).map_err(|e| e.to_string())?;
-                write_private(&path, &text).map_err(|e| format!("cannot keep the account: {e}"))?;
+                crate::certs::write_private(&path, &text)
+                    .map_err(|e| format!("cannot keep the account: {e}"))?;
                 account
             }
         };
@@ -259,22 +260,6 @@ impl Acme {
             .map_err(|e| format!("the certificate did not come: {e}"))?;
         Ok((chain, key))
     }
-}
-
-/// Writes `bytes` readable by root only, whole or not at all.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let staged = path.with_extension("new");
-    let _ = std::fs::remove_file(&staged);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&staged)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&staged, path)
 }
 
 impl crate::node::Node {

@@ -305,7 +305,7 @@ impl ResolvesServerCert for Certs {
 }
 
 /// Writes `bytes` to `path` readable by its owner (root) only, whole or not at all.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let staged = path.with_extension("new");
