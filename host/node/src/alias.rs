@@ -65,6 +65,23 @@ pub fn check_hostname(name: &str, domain: &str) -> Result<String, String> {
 /// The longest HSTS max-age accepted (two years, in seconds).
 const MOST_HSTS: u64 = 2 * 365 * 24 * 3600;
 
+/// `hostname` as aliases are stored (trimmed, no trailing dot, lower case),
+/// when gear `r` has it; else NotFound, `advice` saying what to run.
+fn own_alias(
+    r: &crate::state::GearRecord,
+    hostname: &str,
+    advice: impl FnOnce(&str) -> String,
+) -> ApiResult<String> {
+    let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
+    if r.aliases.contains(&name) {
+        return Ok(name);
+    }
+    Err(ApiError::new(
+        ErrorKind::NotFound,
+        format!("gear {} has no alias {name}; {}", r.name, advice(&name)),
+    ))
+}
+
 impl Node {
     /// `gear alias add GEAR HOSTNAME`.
     pub async fn alias_add(
@@ -136,19 +153,12 @@ impl Node {
         gear: &GearRef,
         hostname: &str,
     ) -> ApiResult<reply::AliasChanged> {
-        let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let r = g.record();
-        if !r.aliases.contains(&name) {
-            return Err(ApiError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "gear {} has no alias {name}; see `gear alias list {}`",
-                    r.name, r.name
-                ),
-            ));
-        }
+        let name = own_alias(&r, hostname, |_| {
+            format!("see `gear alias list {}`", r.name)
+        })?;
         let next = g.update(self.config(), |r| r.aliases.retain(|a| *a != name))?;
         self.certs.remove_alias(&name);
         if let Some(acme) = &self.acme {
@@ -173,19 +183,15 @@ impl Node {
         certificate: &str,
         key: &str,
     ) -> ApiResult<reply::AliasCertificate> {
-        let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let r = g.record();
-        if !r.aliases.contains(&name) {
-            return Err(ApiError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "gear {} has no alias {name}; add it with `gear alias add {} {name} --cert FILE --key FILE`",
-                    r.name, r.name
-                ),
-            ));
-        }
+        let name = own_alias(&r, hostname, |name| {
+            format!(
+                "add it with `gear alias add {} {name} --cert FILE --key FILE`",
+                r.name
+            )
+        })?;
         let certs = self.certs.clone();
         let (host, chain, pem) = (name.clone(), certificate.to_string(), key.to_string());
         let pair = tokio::task::spawn_blocking(move || {
@@ -224,19 +230,12 @@ impl Node {
                  a certificate with --cert FILE --key FILE instead",
             ));
         };
-        let name = hostname.trim().trim_end_matches('.').to_ascii_lowercase();
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let r = g.record();
-        if !r.aliases.contains(&name) {
-            return Err(ApiError::new(
-                ErrorKind::NotFound,
-                format!(
-                    "gear {} has no alias {name}; add it with `gear alias add {} {name} --acme`",
-                    r.name, r.name
-                ),
-            ));
-        }
+        let name = own_alias(&r, hostname, |name| {
+            format!("add it with `gear alias add {} {name} --acme`", r.name)
+        })?;
         acme.add(&name);
         g.hook_log.line(
             "alias[node]",
