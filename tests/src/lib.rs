@@ -616,6 +616,17 @@ fn remove_cgroup_tree(dir: &Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// Run `openssl` with `args` in `dir`, or fail the test with its output
+/// (the TLS tests make their certificates with it).
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {out:?}");
+}
+
 /// A loopback port free at the moment of asking (for a listener a test
 /// configures before it starts).
 pub fn free_port() -> u16 {

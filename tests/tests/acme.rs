@@ -56,14 +56,7 @@ fn an_alias_gets_its_certificate_from_an_acme_server() {
     let work = tempfile::tempdir().expect("dir");
     let dir = work.path();
     // pebble's own HTTPS certificate, from a CA the node is told to trust
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl");
-        assert!(out.status.success(), "openssl {args:?}: {out:?}");
-    };
+    let openssl = |args: &[&str]| gearhost_tests::openssl(dir, args);
     openssl(&[
         "req",
         "-x509",

@@ -483,8 +483,10 @@ fn create_team_gear(guide: &Guide) {
 /// node checks key, name and validity, not who signed).
 fn make_certificates(guide: &Guide) {
     for stem in ["www", "renewed"] {
-        let out = Command::new("openssl")
-            .args([
+        let (key, pem) = (format!("{stem}.key"), format!("{stem}.pem"));
+        gearhost_tests::openssl(
+            guide.cwd.path(),
+            &[
                 "req",
                 "-x509",
                 "-newkey",
@@ -499,14 +501,11 @@ fn make_certificates(guide: &Guide) {
                 "-addext",
                 "subjectAltName=DNS:www.example.com",
                 "-keyout",
-            ])
-            .arg(format!("{stem}.key"))
-            .arg("-out")
-            .arg(format!("{stem}.pem"))
-            .current_dir(guide.cwd.path())
-            .output()
-            .expect("openssl");
-        assert!(out.status.success(), "{out:?}");
+                &key,
+                "-out",
+                &pem,
+            ],
+        );
     }
 }
 

@@ -10,17 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gearhost_tests::apps::tree;
-use gearhost_tests::{TestNode, cartridge_dir, free_port, privileged};
-
-/// Run openssl with `args` in `dir`.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}: {out:?}");
-}
+use gearhost_tests::{TestNode, cartridge_dir, free_port, openssl, privileged};
 
 /// A key and a certificate for `names`, signed by the CA in `dir`
 /// (`ca.pem`, `ca.key`): `<stem>.pem`, `<stem>.key`.
