@@ -2,19 +2,14 @@
 //! Python websocket app) while the node is restarted five times: `gear node restart`, a
 //! replaced binary then `gear node restart`, SIGTERM, SIGKILL and `gear node restart`
 //! again. The apps keep their pids through all of it; no request fails during a graceful
-//! restart (the listening sockets are handed over, so connections wait in the backlog),
-//! and the longest request latency of each is printed (docs/performance.md); the lines the
-//! app wrote while no node ran reach `gear logs -f`; an app that crashes after the last
-//! adoption is restarted by supervision.
-//!
-//! A websocket is a client connection the node's frontend splices to the app: it belongs
-//! to the node process and closes with it, on every kind of restart; the test counts the
-//! closes and checks that a new websocket is served after each restart. Without a service
-//! manager holding the listening sockets (`dist/gearhost-node.socket`), the frontend's
-//! socket is closed while no node runs after SIGTERM or SIGKILL, so requests made then are
-//! refused: the test counts them, and asserts that every failure falls in those windows.
-//! Gear uids 82000-82399. A second test starts a node on sockets systemd-socket-activate
-//! passes (`LISTEN_FDS`), as the socket unit does.
+//! restart or a SIGTERM (the listening sockets are handed over or held by the node's
+//! keeper, so connections wait in the backlog), and after the SIGKILL only requests whose
+//! connection was open at that moment may fail; the longest request latency of each is
+//! printed (docs/performance.md); one websocket stays open through all five (the keeper
+//! splices it) and keeps receiving frames; the lines the app wrote while no node ran reach
+//! `gear logs -f`; an app that crashes after the last adoption is restarted by
+//! supervision. Gear uids 82000-82399. A second test starts a node on sockets
+//! systemd-socket-activate passes (`LISTEN_FDS`), as the socket unit does.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -367,6 +362,8 @@ fn the_apps_keep_running_and_no_request_fails_through_five_node_restarts() {
     ];
     // (how, from, to): the window of each restart
     let mut windows = Vec::new();
+    // when the node was killed: requests begun before may fail with its connections
+    let mut killed = None;
     for how in phases {
         let began = Instant::now();
         match how {
@@ -395,10 +392,15 @@ fn the_apps_keep_running_and_no_request_fails_through_five_node_restarts() {
             }
             How::Term | How::Kill => {
                 let before = top_tick(&node);
+                let frontend = node.frontend;
                 node.stop_node(if how == How::Term { "TERM" } else { "KILL" });
+                if how == How::Kill {
+                    killed = Some(Instant::now());
+                }
                 std::thread::sleep(Duration::from_millis(1500));
                 node.start_again();
-                *addr.lock().expect("addr") = node.frontend;
+                // the keeper held the frontend's socket: the same address
+                assert_eq!(node.frontend, frontend, "the frontend keeps its address");
                 let check = node.ok(&["node", "check"]);
                 assert!(check.contains("2 of 2 gears taken back"), "{check}");
                 node_pid = node_pid_now(&node);
@@ -442,13 +444,16 @@ fn the_apps_keep_running_and_no_request_fails_through_five_node_restarts() {
             failed.len(),
             longest.as_secs_f64() * 1000.0
         );
-        if matches!(how, How::Restart | How::ReplaceAndRestart) {
-            assert!(
-                failed.is_empty(),
-                "requests failed during a graceful restart ({how:?}): {:?}",
-                failed.iter().take(5).collect::<Vec<_>>()
-            );
-        }
+        // after SIGKILL, only connections the dead node had accepted may fail
+        let late: Vec<&&&Sample> = failed
+            .iter()
+            .filter(|s| *how != How::Kill || killed.is_none_or(|k| s.at >= k))
+            .collect();
+        assert!(
+            late.is_empty(),
+            "requests failed during {how:?}: {:?}",
+            late.iter().take(5).collect::<Vec<_>>()
+        );
     }
     let outside: Vec<&Sample> = samples
         .iter()
@@ -467,22 +472,21 @@ fn the_apps_keep_running_and_no_request_fails_through_five_node_restarts() {
         assert!(samples.iter().any(|s| s.gear == gear && s.error.is_none()));
     }
 
-    // websockets close with the node process and are served again after each restart
+    // one websocket, open through every restart, receiving all along (a frame every 100 ms)
     let runs = runs.lock().expect("runs").clone();
-    let closes = runs.iter().filter(|r| r.closed.is_some()).count();
     eprintln!(
-        "websockets: {} opened, {closes} closed by restarts, frames per websocket {:?}",
+        "websockets: {} opened, frames per websocket {:?}",
         runs.len(),
         runs.iter().map(|r| r.frames).collect::<Vec<_>>()
     );
-    for (how, _, to) in &windows {
-        assert!(
-            runs.iter()
-                .any(|r| r.opened > *to - Duration::from_millis(1000)
-                    || r.closed.is_none_or(|c| c > *to)),
-            "no websocket served after {how:?}"
-        );
-    }
+    assert_eq!(runs.len(), 1, "the websocket was opened again: {runs:?}");
+    assert!(runs[0].closed.is_none(), "the websocket closed: {runs:?}");
+    let open_for = windows.last().expect("phases").2 - runs[0].opened;
+    assert!(
+        runs[0].frames as f64 >= open_for.as_secs_f64() * 10.0 * 0.8,
+        "the websocket stalled: {} frames in {open_for:?}",
+        runs[0].frames
+    );
 
     // a crash after the adoption: supervision starts the app again
     let status = std::process::Command::new("kill")

@@ -19,8 +19,10 @@ pub mod env;
 pub mod events;
 pub mod frontend;
 pub mod idle;
+pub mod keeper;
 pub mod keys;
 pub mod links;
+pub mod listeners;
 pub mod logs;
 pub mod node;
 mod oplock;
@@ -78,68 +80,29 @@ pub async fn run_with(
     use gearhost_sys::listenfds::Source;
     raise_open_file_limit();
     let socket = config.socket.clone();
-    let group = config.users_group.clone();
-    let node = Node::open(config)?;
-    let mut handover = restart::Handover::default();
-    // by name (`FileDescriptorName=`), else by kind and address
-    let api_given = inherited
-        .take("api")
-        .or_else(|| inherited.take_where(|fd| listens_at(fd, None)));
-    // a socket the service manager holds is not this node's to remove
-    let keep_socket_file = api_given.is_some();
-    let listener = match api_given {
-        Some(fd) => {
-            let l = std::os::unix::net::UnixListener::from(fd);
-            l.set_nonblocking(true)?;
-            tokio::net::UnixListener::from_std(l)?
+    // one node per state directory: the keeper and the listeners it holds are that node's
+    let _lock = lock_state_dir(&config.state_dir)?;
+    let keeper = match keeper::start(&config.state_dir, &config.cgroup_subtree) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::warn!(error = %e, "no keeper: websockets, linked connections and listening sockets end with this node process");
+            None
         }
-        None => server::bind(&socket, group.as_deref())?,
     };
-    handover.keep("api", &listener)?;
-    let frontend_given = inherited.take("frontend").or_else(|| {
-        let want = node.config().frontend.parse().ok();
-        want.and_then(|a| inherited.take_where(|fd| listens_at(fd, Some(a))))
-    });
-    let frontend = match frontend_given {
-        Some(fd) => std::net::TcpListener::from(fd),
-        None => std::net::TcpListener::bind(&node.config().frontend)
-            .map_err(|e| anyhow::anyhow!("cannot listen on the frontend address {}: {e}; set `frontend` in the node configuration", node.config().frontend))?,
-    };
-    handover.keep("frontend", &frontend)?;
+    let listeners::Listeners {
+        api: listener,
+        keep_socket_file,
+        frontend,
+        https,
+        metrics,
+        handover,
+    } = listeners::open(&config, &mut inherited, keeper.as_deref())?;
+    let node = Node::open(config)?;
     let frontend_addr = frontend.local_addr()?;
     node.set_frontend_addr(frontend_addr);
-    let https_given = inherited.take("https").or_else(|| {
-        let want = node.config().https.as_ref()?.listen.parse().ok()?;
-        inherited.take_where(|fd| listens_at(fd, Some(want)))
-    });
-    let https = match (&node.config().https, https_given) {
-        (Some(_), Some(fd)) => Some(std::net::TcpListener::from(fd)),
-        (Some(h), None) => Some(std::net::TcpListener::bind(&h.listen).map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on the https address {}: {e}; set `https.listen` in the node configuration",
-                h.listen
-            )
-        })?),
-        (None, _) => None,
-    };
-    if let Some(l) = &https {
-        handover.keep("https", l)?;
-    }
     node.set_main_runtime(tokio::runtime::Handle::current());
-    let metrics_given = inherited.take("metrics").or_else(|| {
-        let want = node.config().metrics.as_ref()?.parse().ok()?;
-        inherited.take_where(|fd| listens_at(fd, Some(want)))
-    });
-    let metrics = match (&node.config().metrics, metrics_given) {
-        (Some(_), Some(fd)) => Some(std::net::TcpListener::from(fd)),
-        (Some(addr), None) => Some(std::net::TcpListener::bind(addr).map_err(|e| {
-            anyhow::anyhow!("cannot listen on the metrics address {addr}: {e}; set `metrics` in the node configuration, or remove it")
-        })?),
-        (None, _) => None,
-    };
     let metrics = match metrics {
         Some(l) => {
-            handover.keep("metrics", &l)?;
             l.set_nonblocking(true)?;
             Some(tokio::net::TcpListener::from_std(l)?)
         }
@@ -189,6 +152,13 @@ pub async fn run_with(
     );
     // links first, so gears that start find the gears they are linked to
     node.restore_links().await;
+    if let Some(k) = &keeper {
+        node.count_kept(k);
+        let unused = k.forget_untaken();
+        if !unused.is_empty() {
+            tracing::info!(names = ?unused, "the keeper held sockets this node's configuration no longer uses; closed");
+        }
+    }
     node.open_doors().await;
     let resume = {
         let node = node.clone();
@@ -228,6 +198,9 @@ pub async fn run_with(
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut stop = node::Stop::Leave;
+    // a signal is a service manager's restart as often as a stop: the keeper
+    // keeps the listening sockets; `gear node stop` gives them up
+    let mut asked = false;
     let result = tokio::select! {
         r = server::serve(node.clone(), listener) => r,
         r = metrics => r,
@@ -235,11 +208,14 @@ pub async fn run_with(
         _ = tokio::signal::ctrl_c() => Ok(()),
         how = node.stop_requested() => {
             stop = how;
+            asked = true;
             Ok(())
         }
     };
-    if stop == node::Stop::Restart {
-        // no new connection is accepted from here: they wait in the backlogs
+    // whatever stops the node (but SIGKILL), requests in flight finish; no new
+    // connection is accepted from here: they wait in the backlogs, which the
+    // keeper (or a socket unit, or the re-executed image) keeps open
+    {
         let drained = frontend::drain::drain(RESTART_DRAIN).await;
         if drained.in_flight > 0 || drained.fresh > 0 {
             tracing::warn!(
@@ -250,7 +226,7 @@ pub async fn run_with(
         }
         tracing::info!(
             took_ms = drained.took.as_millis() as u64,
-            "frontend drained for the restart"
+            "frontend drained"
         );
     }
     resume.abort();
@@ -268,6 +244,10 @@ pub async fn run_with(
         // `gear node stop --gears`: desired states are kept, the next node starts them
         eprintln!("gear node: stopping gear processes");
         node.shutdown().await;
+        // nothing is left for a keeper to keep
+        if let Some(k) = &keeper {
+            k.quit();
+        }
     } else {
         // the gears' processes run on, detached from the node; the next node takes them back
         eprintln!("gear node: stopping; gear processes keep running for the next node");
@@ -278,31 +258,38 @@ pub async fn run_with(
         // only returns if the binary cannot be executed
         return Err(handover.exec());
     }
-    if !keep_socket_file {
+    // `gear node stop`: connections are refused until a node runs again
+    if asked && let Some(k) = &keeper {
+        for name in listeners::NAMES {
+            k.forget(name);
+        }
+    }
+    // a socket the keeper holds stays where clients find it
+    if !keep_socket_file && (asked || keeper.is_none()) {
         let _ = std::fs::remove_file(&socket);
     }
     result
 }
 
-/// Whether `fd` is a listening unix socket (`at` none) or a TCP socket bound to `at`.
-fn listens_at(fd: &std::os::fd::OwnedFd, at: Option<std::net::SocketAddr>) -> bool {
-    use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname};
-    use std::os::fd::AsRawFd;
-    let Ok(addr) = getsockname::<SockaddrStorage>(fd.as_raw_fd()) else {
-        return false;
-    };
-    match at {
-        None => addr.family() == Some(nix::sys::socket::AddressFamily::Unix),
-        Some(want) => {
-            addr.family() != Some(nix::sys::socket::AddressFamily::Unix)
-                && fd
-                    .try_clone()
-                    .ok()
-                    .map(std::net::TcpListener::from)
-                    .and_then(|l| l.local_addr().ok())
-                    == Some(want)
-        }
-    }
+/// Locks the state directory for this node process (released when it ends
+/// or executes its binary again): a second node on the same state directory
+/// is refused before it touches the keeper or the listeners.
+fn lock_state_dir(dir: &std::path::Path) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the state directory {}: {e}", dir.display()))?;
+    let path = dir.join("node.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow::anyhow!(
+            "another node is already running on the state directory {} ({e}); stop it, or give this one its own state directory",
+            dir.display()
+        )
+    })
 }
 
 /// How long `gear node restart` waits for the requests in flight.

@@ -69,6 +69,17 @@ struct Proxy {
     /// Dropped with the proxy, which ends every connection task.
     _stop: watch::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    /// How the keeper knows the link, when the node has one.
+    kept: Option<Kept>,
+}
+
+/// A link as the keeper knows it: its listener (a copy of which the keeper
+/// holds, so connections wait while no node runs) and its connections' tag.
+#[derive(Debug)]
+struct Kept {
+    listener: String,
+    tag: String,
+    socket: std::os::fd::OwnedFd,
 }
 
 impl Drop for Proxy {
@@ -84,14 +95,21 @@ pub struct Links {
 }
 
 impl Links {
+    /// Records an open proxy; the keeper keeps a copy of its listener.
     fn insert(&self, from: &str, to: &str, proxy: Proxy) {
+        if let (Some(kept), Some(keeper)) = (&proxy.kept, crate::keeper::get()) {
+            use std::os::fd::AsFd;
+            keeper.store(&kept.listener, kept.socket.as_fd());
+        }
         lock(&self.proxies).insert((from.to_string(), to.to_string()), proxy);
     }
 
     /// Close the proxy of the link from `from` to `to`, if open.
     fn close(&self, from: &str, to: &str) {
         let proxy = lock(&self.proxies).remove(&(from.to_string(), to.to_string()));
-        drop(proxy);
+        if let Some(p) = proxy {
+            p.unkeep();
+        }
     }
 
     /// Close every proxy of links made by gear `from` (it is being destroyed).
@@ -101,7 +119,20 @@ impl Links {
             let keys: Vec<_> = proxies.keys().filter(|(f, _)| f == from).cloned().collect();
             keys.iter().filter_map(|k| proxies.remove(k)).collect()
         };
-        drop(closed);
+        for p in closed {
+            p.unkeep();
+        }
+    }
+}
+
+impl Proxy {
+    /// The link is removed: the keeper closes its listener and cuts its
+    /// connections (the node's own end with the proxy).
+    fn unkeep(self) {
+        if let (Some(kept), Some(keeper)) = (&self.kept, crate::keeper::get()) {
+            keeper.forget(&kept.listener);
+            keeper.cut(&kept.tag);
+        }
     }
 }
 
@@ -128,7 +159,10 @@ impl Payer {
 /// connection to `127.0.0.1:port` inside `to_netns`, each counted against
 /// `payer`'s connections. With `to`, the gear inside `to_netns`: while the
 /// node restarts it, connections wait for it instead of being refused, and
-/// they reach its app on the slot it serves from.
+/// they reach its app on the slot it serves from. With `ids` (the two
+/// gears' ids) and a keeper, the listener is the one the keeper kept for the
+/// link if it has one, and connections are handed to the keeper once made.
+#[allow(clippy::too_many_arguments)]
 async fn open_proxy(
     from_name: &str,
     from_netns: PathBuf,
@@ -137,6 +171,7 @@ async fn open_proxy(
     port: u16,
     payer: Payer,
     to: Option<Weak<Gear>>,
+    ids: Option<(&str, &str)>,
 ) -> Result<Proxy, LinkError> {
     let listen_err = |source: std::io::Error| {
         if source.kind() == std::io::ErrorKind::AddrInUse {
@@ -152,23 +187,59 @@ async fn open_proxy(
             }
         }
     };
-    let listener = tokio::task::spawn_blocking(move || {
-        let l = gearhost_sandbox::netns::listen(&from_netns, ([127, 0, 0, 1], port).into())?;
-        l.set_nonblocking(true)?;
-        Ok::<_, std::io::Error>(l)
-    })
-    .await
-    .map_err(|e| listen_err(std::io::Error::other(e)))?
-    .map_err(listen_err)?;
+    let keeper = ids.and(crate::keeper::get());
+    let name = ids.map(|(from, to)| crate::keeper::link_listener(from, to, port));
+    let tag = ids.map(|(from, to)| crate::keeper::link_tag(from, to));
+    // the listener the keeper held for the link while no node ran
+    let kept = keeper.zip(name.as_deref()).and_then(|(k, name)| {
+        k.take(name, |fd| {
+            crate::listeners::listens_at(fd, Some(([127, 0, 0, 1], port).into()))
+        })
+    });
+    let listener = match kept {
+        Some(fd) => {
+            let l = std::net::TcpListener::from(fd);
+            l.set_nonblocking(true).map_err(listen_err)?;
+            l
+        }
+        None => tokio::task::spawn_blocking(move || {
+            let l = gearhost_sandbox::netns::listen(&from_netns, ([127, 0, 0, 1], port).into())?;
+            l.set_nonblocking(true)?;
+            Ok::<_, std::io::Error>(l)
+        })
+        .await
+        .map_err(|e| listen_err(std::io::Error::other(e)))?
+        .map_err(listen_err)?,
+    };
+    let kept = match (name, &tag) {
+        (Some(listener_name), Some(tag)) if keeper.is_some() => Some(Kept {
+            listener: listener_name,
+            tag: tag.clone(),
+            socket: std::os::fd::OwnedFd::from(listener.try_clone().map_err(listen_err)?),
+        }),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::from_std(listener).map_err(listen_err)?;
     let (stop, stopped) = watch::channel(());
     let label = format!("{from_name}->{to_name}:{port}");
     let task = tokio::spawn(accept_loop(
-        listener, to_netns, port, stopped, label, payer, to,
+        listener,
+        to_netns,
+        port,
+        stopped,
+        label,
+        payer,
+        to,
+        tag.filter(|_| keeper.is_some()),
     ));
-    Ok(Proxy { _stop: stop, task })
+    Ok(Proxy {
+        _stop: stop,
+        task,
+        kept,
+    })
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     to_netns: PathBuf,
@@ -177,6 +248,7 @@ async fn accept_loop(
     label: String,
     payer: Payer,
     to: Option<Weak<Gear>>,
+    tag: Option<String>,
 ) {
     loop {
         match listener.accept().await {
@@ -197,10 +269,10 @@ async fn accept_loop(
                 let mut stopped = stopped.clone();
                 let label = label.clone();
                 let to = to.clone();
+                let tag = tag.clone();
                 tokio::spawn(async move {
-                    let _slot = slot;
                     tokio::select! {
-                        r = forward(client, to_netns, port, to) => {
+                        r = forward(client, to_netns, port, to, slot, tag) => {
                             if let Err(e) = r {
                                 tracing::debug!(link = %label, error = %e, "linked connection ended");
                             }
@@ -219,11 +291,16 @@ async fn accept_loop(
     }
 }
 
+/// Connects `client` to the linked gear and splices them: in the keeper when
+/// there is a `tag` for it there (`slot` is then freed when the keeper
+/// reports the end), else here.
 async fn forward(
     mut client: tokio::net::TcpStream,
     to_netns: PathBuf,
     port: u16,
     to: Option<Weak<Gear>>,
+    slot: crate::conns::Slot,
+    tag: Option<String>,
 ) -> std::io::Result<()> {
     let began = std::time::Instant::now();
     // a gear the node is about to restart is not connected to: the
@@ -261,7 +338,18 @@ async fn forward(
     // small request/response protocols (SQL) must not wait for Nagle
     client.set_nodelay(true)?;
     upstream.set_nodelay(true)?;
+    let mut slot = Some(slot);
+    if let (Some(tag), Some(keeper)) = (tag, crate::keeper::get()) {
+        use std::os::fd::AsFd;
+        let held = slot.take();
+        let ended: crate::keeper::OnClose = Box::new(move || drop(held));
+        match keeper.splice(tag, client.as_fd(), upstream.as_fd(), &[], &[], ended) {
+            Ok(()) => return Ok(()),
+            Err(ended) => ended(),
+        }
+    }
     tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+    drop(slot);
     Ok(())
 }
 
@@ -385,6 +473,7 @@ impl Node {
                     link.port,
                     Payer::of(self, g),
                     Some(Arc::downgrade(&target)),
+                    Some((&r.id, &t.id)),
                 )
                 .await
                 {
@@ -497,6 +586,7 @@ impl Node {
             port,
             Payer::of(self, &app),
             Some(Arc::downgrade(&db)),
+            Some((&a.id, &d.id)),
         )
         .await
         .map_err(|e| match e {
@@ -619,11 +709,30 @@ mod tests {
         };
         assert!(connect().is_err());
 
-        let proxy = open_proxy("app", app.clone(), "db", db.clone(), port, payer(), None)
-            .await
-            .expect("proxy");
+        let proxy = open_proxy(
+            "app",
+            app.clone(),
+            "db",
+            db.clone(),
+            port,
+            payer(),
+            None,
+            None,
+        )
+        .await
+        .expect("proxy");
         // the port is now taken in the app's namespace
-        let again = open_proxy("app", app.clone(), "db", db.clone(), port, payer(), None).await;
+        let again = open_proxy(
+            "app",
+            app.clone(),
+            "db",
+            db.clone(),
+            port,
+            payer(),
+            None,
+            None,
+        )
+        .await;
         assert!(
             matches!(again, Err(LinkError::PortTaken { .. })),
             "{again:?}"

@@ -9,6 +9,14 @@ use std::os::unix::net::UnixStream;
 /// Most descriptors one message carries.
 pub const MAX_FDS: usize = 8;
 
+/// Takes ownership of a descriptor received with `SCM_RIGHTS` (by a caller
+/// that parsed the control message itself, such as nix's `recvmsg`).
+pub fn adopt_received(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed `fd` in this process when it delivered the
+    // message, and nothing else owns it yet: the caller hands it over once.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
 /// Send `data` with `fds` attached, in one message.
 pub fn send_with_fds(sock: &UnixStream, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
     send_with_fds_max(sock, data, fds, MAX_FDS)

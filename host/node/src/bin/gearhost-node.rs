@@ -30,6 +30,19 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // `gearhost-node --keeper SOCKET`: the keeper the node starts, on the
+    // listening socket it passes as standard input
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.len() == 3 && argv[1] == gearhost_node::keeper::KEEPER_ARG {
+        use std::os::fd::AsFd;
+        return match std::io::stdin().as_fd().try_clone_to_owned() {
+            Ok(listener) => gearhost_node::keeper::daemon::run(listener, PathBuf::from(&argv[2])),
+            Err(e) => {
+                eprintln!("gearhost keeper: no listening socket on standard input: {e}");
+                ExitCode::from(4)
+            }
+        };
+    }
     // before any thread starts: this takes the variables out of the environment
     let inherited = match gearhost_sys::listenfds::Inherited::from_env() {
         Ok(inherited) => inherited,

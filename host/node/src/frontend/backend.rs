@@ -33,6 +33,11 @@ pub(crate) trait BackendGear: Send + Sync + 'static {
     fn front(&self) -> &GearFront;
     /// Its lifecycle state now.
     fn state(&self) -> GearState;
+    /// The tag its upgraded connections carry in the keeper (which splices
+    /// them through node restarts), or `None` to splice them in the node.
+    fn keeper_tag(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The node as the pipeline sees it.
@@ -76,6 +81,11 @@ impl BackendGear for Gear {
 
     fn state(&self) -> GearState {
         Gear::state(self)
+    }
+
+    fn keeper_tag(&self) -> Option<String> {
+        let id = self.paths.root.file_name()?.to_str()?;
+        Some(crate::keeper::websocket_tag(id))
     }
 }
 

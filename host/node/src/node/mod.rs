@@ -111,6 +111,7 @@ mod deploy;
 mod gear;
 mod gears;
 mod hooks;
+mod kept;
 mod lifecycle;
 mod replace;
 mod variables;

@@ -116,8 +116,10 @@ pub(super) async fn relay<G: BackendGear>(
 }
 
 /// Both sides switch protocols: what each already sent the other goes
-/// first, then bytes are spliced until either closes. The request is over
-/// (and logged); the connection counts as the gear's activity until then.
+/// first, then bytes are spliced until either closes, by the node's keeper
+/// when it has one and the client speaks plain HTTP (so the connection
+/// survives node restarts), else here. The request is over (and logged); the
+/// connection counts as the gear's activity until then.
 async fn upgrade<G: BackendGear>(
     c: &mut Client,
     target: &Target<G>,
@@ -131,8 +133,37 @@ async fn upgrade<G: BackendGear>(
     let to_gear = std::mem::take(&mut c.buf.data);
     drop(ex);
     front.active.fetch_add(1, Ordering::Relaxed);
-    // a spliced connection lasts as long as its peers want: a drain does not wait for it
     c.in_flight = None;
+    // plain connections go to the keeper, so they outlive this node process
+    if let (Some(tag), Some(keeper)) = (target.gear.keeper_tag(), crate::keeper::get())
+        && let Some(client) = c.stream.tcp()
+    {
+        use std::os::fd::AsFd;
+        let gear = target.gear.clone();
+        let lease = upstream.lease.take();
+        let ended: crate::keeper::OnClose = Box::new(move || {
+            drop(lease);
+            let front = gear.front();
+            front.active.fetch_sub(1, Ordering::Relaxed);
+            front.touch();
+        });
+        match keeper.splice(
+            tag,
+            client.as_fd(),
+            upstream.stream.as_fd(),
+            &c.to_client,
+            &to_gear,
+            ended,
+        ) {
+            // the node's copies close; the keeper's stay open
+            Ok(()) => return Next::Close,
+            Err(ended) => {
+                ended();
+                front.active.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    // a spliced connection lasts as long as its peers want: a drain does not wait for it
     if c.stream.write_all(&c.to_client).await.is_ok()
         && upstream.stream.write_all(&to_gear).await.is_ok()
     {
