@@ -4,7 +4,9 @@
 //! app when it dies after the adoption. A gear whose recorded process is gone when the node
 //! starts is started again (`not-adopted`). `gear node stop` leaves the gears running and
 //! `gear node stop --gears` stops them (only operators may: see the node's
-//! `tenancy` tests). Gear uids 81000-81999.
+//! `tenancy` tests). A connection from one gear to another through a link stays open, and
+//! answers in order, through a SIGKILL, a SIGTERM and `gear node restart` (the node's keeper
+//! splices it). Gear uids 81000-81999.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -312,4 +314,146 @@ fn gear_node_stop_keeps_the_gears_and_with_gears_stops_them() {
     let all = events(&node);
     assert!(!all.contains("not-adopted"), "{all}");
     node.ok(&["destroy", "app"]);
+}
+
+/// The linked service: answers each line it reads with the same line.
+const ECHO_START: &str = r#"#!/bin/sh
+set -eu
+exec python3 -u -c '
+import os, socketserver
+class Echo(socketserver.StreamRequestHandler):
+    def handle(self):
+        for line in self.rfile:
+            self.wfile.write(line)
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(("127.0.0.1", int(os.environ["PORT"])), Echo).serve_forever()
+'
+"#;
+
+/// The linking app: one connection to the service on its linked port, a line every 50 ms,
+/// each answer checked; it says when it connects and when the connection breaks. A web
+/// server beside it answers the deploy's check.
+const CLIENT_START: &str = r#"#!/bin/sh
+set -eu
+mkdir -p /tmp/www
+python3 -m http.server --bind 127.0.0.1 --directory /tmp/www "$PORT" >/dev/null 2>&1 &
+exec python3 -u -c '
+import socket, time
+while True:
+    try:
+        s = socket.create_connection(("127.0.0.1", 9090), timeout=2)
+    except OSError as e:
+        print("refused", e)
+        time.sleep(0.2)
+        continue
+    print("connected")
+    f = s.makefile("rwb")
+    n = 0
+    try:
+        while True:
+            n += 1
+            f.write(b"ping %d\n" % n)
+            f.flush()
+            got = f.readline()
+            if got != b"ping %d\n" % n:
+                raise OSError("answer %r" % got)
+            print("pong", n)
+            time.sleep(0.05)
+    except OSError as e:
+        print("broken", e)
+        s.close()
+'
+"#;
+
+fn script_app(start: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("source");
+    std::fs::create_dir_all(dir.path().join(".gear")).expect("mkdir .gear");
+    let path = dir.path().join(".gear/start");
+    std::fs::write(&path, start).expect("write start");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+/// The `pong N` lines in the client's log, and how often it connected and broke.
+fn client_log(node: &TestNode) -> (Vec<u64>, usize, Vec<String>) {
+    let log = node.ok(&["logs", "cli", "-n", "100000"]);
+    let pongs = log
+        .lines()
+        .filter_map(|l| l.split("pong ").nth(1))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let connected = log.lines().filter(|l| l.ends_with("connected")).count();
+    let broken = log
+        .lines()
+        .filter(|l| l.contains("broken") || l.contains("refused"))
+        .map(str::to_string)
+        .collect();
+    (pongs, connected, broken)
+}
+
+/// Waits until the client has 20 more answers than `after`.
+fn pongs_past(node: &TestNode, after: u64, what: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (pongs, _, broken) = client_log(node);
+        let top = pongs.iter().copied().max().unwrap_or(0);
+        if top >= after + 20 {
+            return top;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the client is stuck at {top} ({broken:?})\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_connection_through_a_link_stays_open_through_node_restarts() {
+    if !privileged("the node creates gears") {
+        return;
+    }
+    let mut node = TestNode::start(81600, "");
+    let diy = cartridge_dir("diy-cartridge");
+    node.ok(&["cartridge", "install", path_str(diy.path())]);
+    // the service: diy's hooks under another name, on port 9090
+    let svc_cartridge = cartridge_dir("diy-cartridge");
+    let manifest = svc_cartridge.path().join("cartridge.toml");
+    let text = std::fs::read_to_string(&manifest).expect("manifest");
+    let text = text
+        .replace("name = \"diy\"", "name = \"echo\"")
+        .replace("private-port = 8080", "private-port = 9090");
+    std::fs::write(&manifest, text).expect("manifest");
+    node.ok(&["cartridge", "install", path_str(svc_cartridge.path())]);
+    node.ok(&["create", "svc", "--cartridge", "echo"]);
+    let echo = script_app(ECHO_START);
+    node.ok(&["deploy", "svc", path_str(echo.path())]);
+    node.ok(&["create", "cli", "--cartridge", "diy"]);
+    // the link's port, 9090, on the client's own loopback
+    node.ok(&["link", "cli", "svc"]);
+    let client = script_app(CLIENT_START);
+    node.ok(&["deploy", "cli", path_str(client.path())]);
+    let mut top = pongs_past(&node, 0, "before any restart");
+
+    node.kill9_and_restart();
+    top = pongs_past(&node, top, "after SIGKILL");
+    node.stop_node("TERM");
+    std::thread::sleep(Duration::from_millis(500));
+    node.start_again();
+    top = pongs_past(&node, top, "after SIGTERM");
+    let said = node.ok(&["node", "restart"]);
+    assert!(said.contains("taken back"), "{said}");
+    pongs_past(&node, top, "after gear node restart");
+
+    // one connection all along, every answer in order
+    let (pongs, connected, broken) = client_log(&node);
+    assert_eq!(connected, 1, "the client connected again: {broken:?}");
+    assert!(broken.is_empty(), "{broken:?}");
+    assert!(
+        pongs.windows(2).all(|w| w[1] == w[0] + 1),
+        "answers missing or out of order"
+    );
+    let metrics = node.ok(&["node", "check"]);
+    assert!(metrics.contains("taken back"), "{metrics}");
 }

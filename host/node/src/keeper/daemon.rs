@@ -118,7 +118,14 @@ async fn serve(listener: OwnedFd, path: PathBuf, (dev, ino): (u64, u64)) -> io::
     loop {
         tokio::select! {
             accepted = accept(&listener) => {
-                let conn = Arc::new(watch(accepted?)?);
+                let accepted = accepted?;
+                // only root (the node) may talk to the keeper, whatever the file's mode
+                let peer = nix::sys::socket::getsockopt(&accepted, nix::sys::socket::sockopt::PeerCredentials);
+                if !peer.is_ok_and(|p| p.uid() == 0) {
+                    eprintln!("gearhost keeper: refused a connection from a process not running as root");
+                    continue;
+                }
+                let conn = Arc::new(watch(accepted)?);
                 // a new node replaces the one before (which is gone or re-executed)
                 *lock(&state.node) = Some(conn.clone());
                 if let Err(e) = greet(&state, &conn) {
