@@ -292,6 +292,8 @@ impl Keeper {
 
     /// Has the keeper keep a copy of `fd` (a listening socket) as `name`.
     pub fn store(&self, name: &str, fd: BorrowedFd<'_>) {
+        // the copy the keeper sent at the greeting is replaced, not left to forget
+        lock(&self.stored).remove(name);
         let msg = Msg::Store {
             name: name.to_string(),
         };
