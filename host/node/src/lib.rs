@@ -260,9 +260,7 @@ pub async fn run_with(
     }
     // `gear node stop`: connections are refused until a node runs again
     if asked && let Some(k) = &keeper {
-        for name in listeners::NAMES {
-            k.forget(name);
-        }
+        k.release();
     }
     // a socket the keeper holds stays where clients find it
     if !keep_socket_file && (asked || keeper.is_none()) {

@@ -32,9 +32,6 @@ pub struct Listeners {
     pub handover: Handover,
 }
 
-/// The names the listeners are stored under, in the keeper and in a handover.
-pub const NAMES: [&str; 4] = ["api", "frontend", "https", "metrics"];
-
 /// Finds or binds every listener the configuration asks for.
 pub fn open(
     config: &gearhost_node_config::NodeConfig,

@@ -269,6 +269,7 @@ fn handle(state: &Arc<State>, r: proto::Received) {
         Msg::Forget { name } => {
             lock(&state.stored).remove(&name);
         }
+        Msg::Release => lock(&state.stored).clear(),
         Msg::Splice { pair, to_client } if fds.len() == 2 && to_client <= payload.len() => {
             let gear = fds.remove(1);
             let client = fds.remove(0);

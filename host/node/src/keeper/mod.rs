@@ -349,6 +349,11 @@ impl Keeper {
         }
     }
 
+    /// Has the keeper close every listening socket it holds.
+    pub fn release(&self) {
+        let _ = self.send(&Msg::Release, &[], &[]);
+    }
+
     /// Ends every pair tagged `tag` (or `tag:...`).
     pub fn cut(&self, tag: &str) {
         let _ = self.send(

@@ -76,6 +76,9 @@ pub enum Msg {
         /// How many payload bytes go to the client first.
         to_client: usize,
     },
+    /// Node → keeper: close every stored descriptor (the node stops on
+    /// purpose: clients are refused until one runs again).
+    Release,
     /// Node → keeper: end every pair whose tag is `tag` or starts with `tag:`.
     Cut {
         /// The tag.
