@@ -86,8 +86,25 @@ fn last_resume(
     state_dir: &std::path::Path,
 ) -> Result<gearhost_api::reply::ResumeOutcome, String> {
     if std::os::unix::net::UnixStream::connect(&target.socket).is_ok() {
-        return crate::client::call(target, gearhost_api::ops::NodeResume {})
-            .map_err(|e| format!("cannot ask the node: {}", failure_text(&e)));
+        // the node's keeper holds the socket while no node runs: a connection is
+        // then accepted by the next node only, so the answer is waited for a while
+        let (tx, rx) = std::sync::mpsc::channel();
+        let asked = target.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(crate::client::call(
+                &asked,
+                gearhost_api::ops::NodeResume {},
+            ));
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(3)) {
+            Ok(answer) => {
+                return answer.map_err(|e| format!("cannot ask the node: {}", failure_text(&e)));
+            }
+            Err(_) => eprintln!(
+                "note: no node answered on {} within 3 s (it may be restarting); the last record follows",
+                target.socket.display()
+            ),
+        }
     }
     let path = state_dir.join("last-resume.json");
     let text = std::fs::read(&path).map_err(|e| {
