@@ -262,6 +262,10 @@ impl Acme {
     }
 }
 
+/// The longest one order may take, every request to the ACME server and the
+/// wait for its validation included.
+const ORDER_TIME: std::time::Duration = std::time::Duration::from_secs(300);
+
 impl crate::node::Node {
     /// The ACME task: orders certificates for the managed names that are
     /// due, until the node stops.
@@ -286,7 +290,16 @@ impl crate::node::Node {
                     .collect()
             };
             for host in due {
-                let outcome = acme.order(&host).await.and_then(|(chain, key)| {
+                // a server that stalls a request fails the order, which backs off like any failure
+                let ordered = tokio::time::timeout(ORDER_TIME, acme.order(&host))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "the ACME server did not complete the order within {} s; it is tried again later",
+                            ORDER_TIME.as_secs()
+                        ))
+                    });
+                let outcome = ordered.and_then(|(chain, key)| {
                     self.certs
                         .set_alias(&host, chain.as_bytes(), key.as_bytes())
                         .map_err(|e| format!("the certificate that came is not usable: {e}"))
