@@ -80,6 +80,19 @@ ops! {
         /// label for the node's log; never opened by the node.
         source: String,
     }
+    /// Install a cartridge from an OCI registry: the node pulls the artifact,
+    /// verifies every digest and size, and installs it as a directory install
+    /// does, recording where it came from.
+    CartridgePull "cartridge-pull" => reply::CartridgeSummary {
+        /// `registry/namespace/name:version` or `registry/namespace/name@sha256:...`.
+        reference: String,
+        /// Plain HTTP instead of HTTPS (a registry on loopback only).
+        #[serde(default)]
+        insecure: bool,
+        /// The credentials the client found for the registry (none: anonymous).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credentials: Option<RegistryCredentials>,
+    }
     /// Installed cartridges.
     CartridgeList "cartridge-list" => Vec<reply::CartridgeSummary> {}
     /// Remove an installed cartridge no gear uses.
@@ -425,5 +438,23 @@ ops! {
         gear: GearRef,
         /// Command and arguments.
         argv: Vec<String>,
+    }
+}
+
+/// A user name and password (or token) for an OCI registry.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryCredentials {
+    /// The user.
+    pub username: String,
+    /// The password or token.
+    pub password: String,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
     }
 }

@@ -163,6 +163,20 @@ pub struct CartridgeSummary {
     pub contract: String,
     /// SHA-256 of its component.
     pub sha256: String,
+    /// Where it was installed from when that was an OCI registry (none for
+    /// a directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<CartridgeOrigin>,
+}
+
+/// The registry artifact a cartridge was installed from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartridgeOrigin {
+    /// The reference as given (`registry/namespace/name:version` or `@sha256:...`).
+    pub reference: String,
+    /// The digest of the artifact's image manifest: installing
+    /// `registry/namespace/name@<digest>` installs exactly this again.
+    pub digest: String,
 }
 
 /// The answer to `cartridge-remove`.

@@ -67,6 +67,15 @@ fn requests() -> Vec<Request> {
             source: "/srv/cartridges/python".into(),
         }
         .into(),
+        CartridgePull {
+            reference: "registry.example:5000/carts/python:1.4.0".into(),
+            insecure: false,
+            credentials: Some(RegistryCredentials {
+                username: "ops".into(),
+                password: "s3cret".into(),
+            }),
+        }
+        .into(),
         CartridgeList {}.into(),
         CartridgeRemove {
             name: "python".into(),
@@ -305,6 +314,11 @@ fn cartridge() -> CartridgeSummary {
         actions: vec!["status".into(), "reload".into(), "tidy".into()],
         contract: "0.3.0".into(),
         sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+        origin: Some(CartridgeOrigin {
+            reference: "registry.example:5000/carts/python:1.4.0".into(),
+            digest: "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+                .into(),
+        }),
     }
 }
 

@@ -239,8 +239,11 @@ pub enum CartridgeCommand {
     /// Run one hook of a cartridge standalone, against a scratch gear directory (as root,
     /// its programs run for real in a throwaway gear sandbox).
     Call(cmd::cartridge_call::Args),
-    /// Install a cartridge on the node (validated and compiled once).
+    /// Install a cartridge on the node (validated and compiled once), from a
+    /// directory or an OCI registry (`oci://REF`, `REF@sha256:...`).
     Install(cmd::cartridge_store::InstallArgs),
+    /// Publish a cartridge to an OCI registry (the CNCF Wasm artifact layout).
+    Push(cmd::cartridge_push::Args),
     /// Cartridges installed on the node.
     List(cmd::cartridge_store::ListArgs),
     /// Remove a cartridge no gear uses.
@@ -505,6 +508,7 @@ pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
         Command::Node(NodeCommand::Restart(args)) => cmd::node_restart::run(args),
         Command::Node(NodeCommand::Events(args)) => cmd::node_events::run(args),
         Command::Cartridge(CartridgeCommand::Install(args)) => cmd::cartridge_store::install(args),
+        Command::Cartridge(CartridgeCommand::Push(args)) => cmd::cartridge_push::run(args),
         Command::Cartridge(CartridgeCommand::List(args)) => cmd::cartridge_store::list(args),
         Command::Cartridge(CartridgeCommand::Remove(args)) => cmd::cartridge_store::remove(args),
         Command::Create(args) => cmd::create::run(args),

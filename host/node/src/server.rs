@@ -364,6 +364,10 @@ async fn dispatch(
                 Err(e) => Err(e),
             })
         }
+        Request::CartridgePull(op) => answer::<ops::CartridgePull>(
+            node.cartridge_pull(&op.reference, op.insecure, op.credentials)
+                .await,
+        ),
         Request::CartridgeList(_) => answer::<ops::CartridgeList>(Ok(node.cartridge_list())),
         Request::CartridgeRemove(op) => {
             answer::<ops::CartridgeRemove>(node.cartridge_remove(&op.name))

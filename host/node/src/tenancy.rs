@@ -456,7 +456,7 @@ pub fn authorize(caller: &Caller, ns: &Namespaces, request: &Request) -> Result<
         Request::KeysList(op) if op.all => operators_only(caller, "list every user's keys"),
         Request::KeysList(op) => own_or_operator(&op.user, "list other users' keys"),
         Request::KeysLookup(_) => operators_only(caller, "look up whose a key is"),
-        Request::CartridgeInstall(_) | Request::CartridgeRemove(_) => {
+        Request::CartridgeInstall(_) | Request::CartridgePull(_) | Request::CartridgeRemove(_) => {
             operators_only(caller, "install and remove cartridges")
         }
         Request::Metrics(_) => operators_only(caller, "read the node's metrics"),
@@ -526,6 +526,7 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         | Request::KeysLookup(_)
         | Request::Ping(_)
         | Request::CartridgeInstall(_)
+        | Request::CartridgePull(_)
         | Request::CartridgeList(_)
         | Request::CartridgeRemove(_)
         | Request::List(_)

@@ -48,7 +48,10 @@ struct Entry {
 /// The credentials for `registry` from `file`, or from Docker's usual
 /// places when `file` is `None`; `Ok(None)` when there are none (an
 /// anonymous pull or push).
-pub fn credentials_for(registry: &str, file: Option<&Path>) -> Result<Option<Credentials>, OciError> {
+pub fn credentials_for(
+    registry: &str,
+    file: Option<&Path>,
+) -> Result<Option<Credentials>, OciError> {
     let path = match file {
         Some(f) => f.to_path_buf(),
         None => match default_file() {
@@ -59,7 +62,10 @@ pub fn credentials_for(registry: &str, file: Option<&Path>) -> Result<Option<Cre
     let text = std::fs::read(&path)
         .map_err(|e| OciError::Credentials(format!("cannot read {}: {e}", path.display())))?;
     let config: DockerConfig = serde_json::from_slice(&text).map_err(|e| {
-        OciError::Credentials(format!("{} is not a Docker config file: {e}", path.display()))
+        OciError::Credentials(format!(
+            "{} is not a Docker config file: {e}",
+            path.display()
+        ))
     })?;
     let wanted = [
         registry.to_string(),
@@ -132,12 +138,26 @@ mod tests {
                 "other:5000":{"username":"u","password":"p"}}}"#,
         )
         .expect("write");
-        let c = credentials_for("127.0.0.1:5000", Some(&file)).expect("reads").expect("found");
-        assert_eq!((c.username.as_str(), c.password.as_str()), ("ops", "s3cret"));
-        let c = credentials_for("other:5000", Some(&file)).expect("reads").expect("found");
+        let c = credentials_for("127.0.0.1:5000", Some(&file))
+            .expect("reads")
+            .expect("found");
+        assert_eq!(
+            (c.username.as_str(), c.password.as_str()),
+            ("ops", "s3cret")
+        );
+        let c = credentials_for("other:5000", Some(&file))
+            .expect("reads")
+            .expect("found");
         assert_eq!(c.username, "u");
-        assert!(credentials_for("third:5000", Some(&file)).expect("reads").is_none());
-        assert!(!format!("{c:?}").contains('p'), "the password is not printed");
+        assert!(
+            credentials_for("third:5000", Some(&file))
+                .expect("reads")
+                .is_none()
+        );
+        assert!(
+            !format!("{c:?}").contains('p'),
+            "the password is not printed"
+        );
         std::fs::write(&file, r#"{"credsStore":"desktop"}"#).expect("write");
         let e = credentials_for("third:5000", Some(&file)).expect_err("a helper");
         assert!(e.to_string().contains("--auth-file"), "{e}");

@@ -38,7 +38,9 @@ impl tokio::io::AsyncWrite for Sink {
     ) -> Poll<io::Result<usize>> {
         if self.bytes.len() as u64 + buf.len() as u64 > self.most {
             self.overflowed = true;
-            return Poll::Ready(Err(io::Error::other("more bytes than the descriptor's size")));
+            return Poll::Ready(Err(io::Error::other(
+                "more bytes than the descriptor's size",
+            )));
         }
         self.bytes.extend_from_slice(buf);
         Poll::Ready(Ok(buf.len()))

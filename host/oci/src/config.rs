@@ -71,7 +71,10 @@ mod tests {
             "layerDigests":["sha256:aa"],"component":{"exports":["gearhost:cartridge/hooks@0.1.0"],
             "imports":["wasi:io/streams@0.2.0"],"target":null}}"#;
         let c: WasmConfig = serde_json::from_str(text).expect("parses");
-        assert_eq!(c.exported_version("gearhost:cartridge/hooks"), Some("0.1.0"));
+        assert_eq!(
+            c.exported_version("gearhost:cartridge/hooks"),
+            Some("0.1.0")
+        );
         assert_eq!(c.exported_version("gearhost:cartridge/host"), None);
         let back = serde_json::to_value(&c).expect("writes");
         assert_eq!(back["layerDigests"][0], "sha256:aa");

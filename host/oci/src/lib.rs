@@ -54,7 +54,9 @@ pub const MOST_COMPONENT: u64 = 256 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum OciError {
     /// The reference does not parse.
-    #[error("{reference:?} is not an OCI reference ({why}); write registry/namespace/name:version, e.g. registry.example:5000/carts/python:0.1.0")]
+    #[error(
+        "{reference:?} is not an OCI reference ({why}); write registry/namespace/name:version, e.g. registry.example:5000/carts/python:0.1.0"
+    )]
     Reference {
         /// What was given.
         reference: String,
@@ -62,7 +64,9 @@ pub enum OciError {
         why: String,
     },
     /// Plain HTTP was asked for a registry that is not on this machine.
-    #[error("--insecure (plain HTTP) is only for a registry on loopback; {registry} is not, use HTTPS")]
+    #[error(
+        "--insecure (plain HTTP) is only for a registry on loopback; {registry} is not, use HTTPS"
+    )]
     Insecure {
         /// The registry.
         registry: String,
@@ -188,7 +192,10 @@ fn loopback(registry: &str) -> bool {
 
 /// `sha256:<hex>` of `bytes`.
 pub fn digest_of(bytes: &[u8]) -> String {
-    format!("sha256:{}", gearhost_sys::hex::encode(&Sha256::digest(bytes)))
+    format!(
+        "sha256:{}",
+        gearhost_sys::hex::encode(&Sha256::digest(bytes))
+    )
 }
 
 /// A cartridge to publish: its manifest file and component, with the
@@ -304,7 +311,9 @@ pub async fn pull(
         )));
     }
     let image: OciImageManifest = serde_json::from_slice(&body).map_err(|e| {
-        OciError::Refused(format!("the image manifest is not an OCI image manifest: {e}"))
+        OciError::Refused(format!(
+            "the image manifest is not an OCI image manifest: {e}"
+        ))
     })?;
     if image.config.media_type != CONFIG_MEDIA_TYPE {
         return Err(OciError::Refused(format!(
@@ -329,7 +338,16 @@ pub async fn pull(
     };
     let wasm = blob(&client, target, wasm_layer, MOST_COMPONENT, "component").await?;
     let manifest = match image.layers.iter().find(|l| l.media_type == MANIFEST_LAYER) {
-        Some(layer) => Some(blob(&client, target, layer, MOST_CARTRIDGE_TOML, "cartridge.toml").await?),
+        Some(layer) => Some(
+            blob(
+                &client,
+                target,
+                layer,
+                MOST_CARTRIDGE_TOML,
+                "cartridge.toml",
+            )
+            .await?,
+        ),
         None => None,
     };
     Ok(Pulled {
@@ -350,7 +368,10 @@ async fn blob(
     what: &str,
 ) -> Result<Vec<u8>, OciError> {
     let size = u64::try_from(descriptor.size).map_err(|_| {
-        OciError::Refused(format!("the {what} layer claims a negative size ({})", descriptor.size))
+        OciError::Refused(format!(
+            "the {what} layer claims a negative size ({})",
+            descriptor.size
+        ))
     })?;
     if size > most {
         return Err(OciError::Refused(format!(
@@ -358,7 +379,9 @@ async fn blob(
         )));
     }
     let mut sink = bounded::Sink::new(size);
-    let pulled = client.pull_blob(target.reference(), descriptor, &mut sink).await;
+    let pulled = client
+        .pull_blob(target.reference(), descriptor, &mut sink)
+        .await;
     if sink.overflowed() {
         return Err(OciError::Refused(format!(
             "the registry sent more than the {size} bytes the manifest gives the {what} layer ({}); it was refused",
@@ -453,7 +476,12 @@ mod tests {
         assert_eq!(r.tag(), Some("0.1.0"));
         let d = format!("localhost:5000/carts/diy@sha256:{}", "a".repeat(64));
         assert!(parse_reference(&d).expect("digest").digest().is_some());
-        for bad in ["diy:0.1.0", "carts/diy:0.1.0", "oci://", "localhost:5000/Carts/DIY:1"] {
+        for bad in [
+            "diy:0.1.0",
+            "carts/diy:0.1.0",
+            "oci://",
+            "localhost:5000/Carts/DIY:1",
+        ] {
             assert!(parse_reference(bad).is_err(), "{bad}");
         }
     }
@@ -463,7 +491,10 @@ mod tests {
         assert!(Target::new("127.0.0.1:5000/c/d:1.0.0", true, None).is_ok());
         assert!(Target::new("localhost:5000/c/d:1.0.0", true, None).is_ok());
         let e = Target::new("registry.example:5000/c/d:1.0.0", true, None).expect_err("refused");
-        assert!(e.to_string().contains("only for a registry on loopback"), "{e}");
+        assert!(
+            e.to_string().contains("only for a registry on loopback"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -475,6 +506,9 @@ mod tests {
         assert_eq!(custom_section(&with, MANIFEST_SECTION), Some(&long[..]));
         assert_eq!(custom_section(&with, "other"), None);
         // a truncated section is not read past the end
-        assert_eq!(custom_section(&with[..with.len() - 1], MANIFEST_SECTION), None);
+        assert_eq!(
+            custom_section(&with[..with.len() - 1], MANIFEST_SECTION),
+            None
+        );
     }
 }

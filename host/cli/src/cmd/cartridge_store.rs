@@ -1,4 +1,7 @@
-//! `gear cartridge install|list|remove`: the node's cartridge store.
+//! `gear cartridge install|list|remove`: the node's cartridge store. A
+//! cartridge comes from a directory (sent to the node as an archive) or from
+//! an OCI registry (`oci://REF` or `REF@sha256:...`: the node pulls and
+//! verifies it, with the credentials found here).
 
 use std::path::PathBuf;
 
@@ -13,8 +16,17 @@ use crate::output::print_json;
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
     /// The cartridge directory (cartridge.toml + hooks component), read with
-    /// your own rights and sent to the node as an archive.
+    /// your own rights and sent to the node as an archive; or a registry
+    /// artifact, `oci://registry/namespace/name:version` or
+    /// `registry/namespace/name@sha256:...`, which the node pulls.
     pub dir: PathBuf,
+    /// Reach the registry over plain HTTP (a registry on loopback only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// A Docker config file with the registry's credentials (`auths`); default:
+    /// $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
     /// The most the directory's files may add up to.
     #[arg(long, value_name = "SIZE", default_value = crate::archive::DEFAULT_MAX_SIZE, value_parser = crate::archive::parse_max_size)]
     pub max_size: u64,
@@ -47,8 +59,21 @@ pub struct RemoveArgs {
     pub target: Target,
 }
 
+/// Whether `source` names a registry artifact rather than a directory.
+fn registry_source(source: &std::path::Path) -> Option<&str> {
+    let text = source.to_str()?;
+    if text.starts_with("oci://") || (text.contains("@sha256:") && !source.exists()) {
+        Some(text)
+    } else {
+        None
+    }
+}
+
 /// `gear cartridge install`
 pub fn install(args: InstallArgs) -> CmdResult {
+    if let Some(reference) = registry_source(&args.dir) {
+        return install_from_registry(&args, reference);
+    }
     let dir = std::fs::canonicalize(&args.dir).map_err(|e| {
         crate::Failure::Invalid(anyhow::anyhow!("cannot find {}: {e}", args.dir.display()))
     })?;
@@ -68,6 +93,36 @@ pub fn install(args: InstallArgs) -> CmdResult {
     Ok(())
 }
 
+/// The node pulls `reference` with the credentials found here for its registry.
+fn install_from_registry(args: &InstallArgs, reference: &str) -> CmdResult {
+    let parsed = gearhost_oci::parse_reference(reference)
+        .map_err(|e| crate::Failure::Invalid(anyhow::anyhow!("{e}")))?;
+    let credentials = gearhost_oci::credentials_for(parsed.registry(), args.auth_file.as_deref())
+        .map_err(|e| crate::Failure::Environment(anyhow::anyhow!("{e}")))?
+        .map(|c| ops::RegistryCredentials {
+            username: c.username,
+            password: c.password,
+        });
+    let installed = call(
+        &args.target,
+        ops::CartridgePull {
+            reference: reference.to_string(),
+            insecure: args.insecure,
+            credentials,
+        },
+    )?;
+    if args.json {
+        print_json(&installed)?;
+    } else {
+        let digest = installed.origin.as_ref().map_or("", |o| o.digest.as_str());
+        println!(
+            "installed {} {} from {} ({digest})",
+            installed.name, installed.version, reference
+        );
+    }
+    Ok(())
+}
+
 /// `gear cartridge list`
 pub fn list(args: ListArgs) -> CmdResult {
     let cartridges = call(&args.target, ops::CartridgeList {})?;
@@ -76,14 +131,21 @@ pub fn list(args: ListArgs) -> CmdResult {
         return Ok(());
     }
     println!(
-        "{:<16} {:<10} {:<10} DESCRIPTION",
-        "NAME", "VERSION", "CONTRACT"
+        "{:<16} {:<10} {:<10} {:<40} DESCRIPTION",
+        "NAME", "VERSION", "CONTRACT", "FROM"
     );
     for c in &cartridges {
+        let from = c
+            .origin
+            .as_ref()
+            .map_or("(a directory)", |o| o.reference.as_str());
         println!(
-            "{:<16} {:<10} {:<10} {}",
-            c.name, c.version, c.contract, c.description
+            "{:<16} {:<10} {:<10} {:<40} {}",
+            c.name, c.version, c.contract, from, c.description
         );
+        if let Some(o) = &c.origin {
+            println!("{:<16} digest {}", "", o.digest);
+        }
     }
     Ok(())
 }

@@ -4,6 +4,7 @@ pub mod alias;
 pub mod cartridge_call;
 pub mod cartridge_check;
 pub mod cartridge_new;
+pub mod cartridge_push;
 pub mod cartridge_store;
 pub mod complete;
 pub mod completions;

@@ -51,14 +51,19 @@ impl Node {
                 "the cartridge from {source} was refused, nothing was installed: {e}"
             )));
         }
-        let result = self.install_unpacked(&staging);
+        let result = self.install_unpacked(&staging, None);
         let _ = crate::state::remove_tree(&staging);
         result
     }
 
     /// Validate the cartridge unpacked in `dir` and move its manifest and
-    /// hooks component into the store.
-    fn install_unpacked(&self, dir: &Path) -> ApiResult<reply::CartridgeSummary> {
+    /// hooks component into the store, with the registry artifact it came
+    /// from if any.
+    pub(super) fn install_unpacked(
+        &self,
+        dir: &Path,
+        origin: Option<&reply::CartridgeOrigin>,
+    ) -> ApiResult<reply::CartridgeSummary> {
         let loaded = self
             .runtime
             .load_dir(dir)
@@ -81,6 +86,10 @@ impl Node {
                 std::fs::create_dir_all(staging.join(parent))?;
             }
             std::fs::copy(loaded.manifest().hooks_path(dir), staging.join(hooks))?;
+            if let Some(origin) = origin {
+                let json = serde_json::to_vec(origin).map_err(std::io::Error::other)?;
+                std::fs::write(staging.join(super::cartridge_pull::ORIGIN_FILE), json)?;
+            }
             let old = self.config.cartridges_dir().join(format!(".{name}.old"));
             let _ = std::fs::remove_dir_all(&old);
             if dest.exists() {
@@ -98,7 +107,10 @@ impl Node {
             .runtime
             .load_dir(&dest)
             .map_err(|e| invalid(e.to_string()))?;
-        let summary = cartridge_summary(&installed);
+        let summary = reply::CartridgeSummary {
+            origin: origin.cloned(),
+            ..cartridge_summary(&installed)
+        };
         lock(&self.cartridges).insert(name, installed);
         self.rebuild_routes();
         Ok(summary)
@@ -106,9 +118,13 @@ impl Node {
 
     /// Installed cartridges.
     pub fn cartridge_list(&self) -> Vec<reply::CartridgeSummary> {
+        let store = self.config.cartridges_dir();
         lock(&self.cartridges)
             .values()
-            .map(cartridge_summary)
+            .map(|c| reply::CartridgeSummary {
+                origin: super::cartridge_pull::origin_of(&store.join(&c.manifest().name)),
+                ..cartridge_summary(c)
+            })
             .collect()
     }
 
@@ -192,5 +208,6 @@ pub(super) fn cartridge_summary(c: &Cartridge) -> reply::CartridgeSummary {
         actions: m.actions.clone(),
         contract: c.info().contract_version.clone(),
         sha256: c.info().content_hash.clone(),
+        origin: None,
     }
 }

@@ -106,6 +106,7 @@ impl Progress {
 pub(crate) use gearhost_sys::lock::lock;
 
 mod adopt;
+mod cartridge_pull;
 mod cartridges;
 mod deploy;
 mod gear;
