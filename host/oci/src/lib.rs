@@ -294,7 +294,15 @@ pub async fn pull(
     let (body, _) = client
         .pull_manifest_raw(target.reference(), &auth, &[IMAGE_MANIFEST])
         .await
-        .map_err(|e| target.registry_error(e))?;
+        .map_err(|e| match e {
+            // what came is not what was asked for: refused, not a registry failure
+            oci_client::errors::OciDistributionError::DigestError(
+                oci_client::errors::DigestError::VerificationError { expected, actual },
+            ) => OciError::Refused(format!(
+                "the registry's manifest has digest {actual}, not the {expected} asked for"
+            )),
+            other => target.registry_error(other),
+        })?;
     if body.len() > MOST_MANIFEST {
         return Err(OciError::Refused(format!(
             "the image manifest is {} bytes, more than the {} a cartridge's may have",
