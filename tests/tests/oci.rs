@@ -16,9 +16,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gearhost_tests::{
-    TestNode, cartridge_dir, free_port, gear_bin, json, privileged, workspace_root,
-};
+use gearhost_tests::{TestNode, cartridge_dir, free_port, json, privileged, workspace_root};
 
 /// A `docker-registry` on loopback, storing in a directory of its own.
 struct Registry {
