@@ -10,7 +10,9 @@
 //! plus a config whose exports are not the contract pushed to the real
 //! registry: each is refused with a clear message, and nothing is left
 //! installed or staged. A `wkg`-style artifact (one component layer, the
-//! manifest in a custom section) installs. Gear uids 87500-87799.
+//! manifest in a custom section) installs. A registry that wants a user is
+//! pushed to and pulled from with the credentials of a named file and of
+//! `$DOCKER_CONFIG/config.json`, and refused without. Gear uids 87500-87799.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -28,6 +30,11 @@ struct Registry {
 
 impl Registry {
     fn start() -> Registry {
+        Registry::start_with("")
+    }
+
+    /// A registry whose configuration has `extra` (e.g. an `auth:` section).
+    fn start_with(extra: &str) -> Registry {
         let root = tempfile::tempdir().expect("registry dir");
         let port = free_port();
         let addr = format!("127.0.0.1:{port}");
@@ -35,7 +42,7 @@ impl Registry {
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{extra}",
                 root.path().join("data").display()
             ),
         )
@@ -66,8 +73,9 @@ impl Drop for Registry {
 /// Waits until `/v2/` answers at `addr`.
 fn wait_for(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
+    // any HTTP answer (401 from a registry that wants credentials) means it is up
     while !Command::new("curl")
-        .args(["-sf", "-o", "/dev/null", &format!("http://{addr}/v2/")])
+        .args(["-s", "-o", "/dev/null", &format!("http://{addr}/v2/")])
         .status()
         .is_ok_and(|s| s.success())
     {
@@ -582,5 +590,103 @@ fn bad_artifacts_are_refused_and_leave_nothing_behind() {
     fake.serve("wkg", &wkg);
     let said = node.ok(&["cartridge", "install", &at("diy:wkg"), "--insecure"]);
     assert!(said.contains("installed diy"), "{said}");
+    installed_only(&node, &["diy"]);
+}
+
+#[test]
+fn credentials_come_from_the_docker_config_or_a_named_file() {
+    if !privileged("the node creates gears") {
+        return;
+    }
+    // a registry that wants a user: bcrypt as htpasswd writes it
+    let dir = tempfile::tempdir().expect("dir");
+    let hashed = Command::new("python3")
+        .args([
+            "-W",
+            "ignore",
+            "-c",
+            "import crypt; print(crypt.crypt('s3cret', crypt.mksalt(crypt.METHOD_BLOWFISH)))",
+        ])
+        .output()
+        .expect("python3");
+    let htpasswd = dir.path().join("htpasswd");
+    std::fs::write(
+        &htpasswd,
+        format!("ops:{}", String::from_utf8_lossy(&hashed.stdout)),
+    )
+    .expect("htpasswd");
+    let registry = Registry::start_with(&format!(
+        "auth:\n  htpasswd:\n    realm: gearhost-test\n    path: {}\n",
+        htpasswd.display()
+    ));
+    // the Docker config `docker login` would write: auths.<registry>.auth = base64(user:password)
+    let docker = dir.path().join("docker");
+    std::fs::create_dir_all(&docker).expect("mkdir");
+    let config = docker.join("config.json");
+    std::fs::write(
+        &config,
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"b3BzOnMzY3JldA=="}}}}}}"#,
+            registry.addr
+        ),
+    )
+    .expect("config");
+    let node = TestNode::start(87750, "");
+    let diy = cartridge_dir("diy-cartridge");
+    let reference = format!("{}/carts/diy:{}", registry.addr, version_of(diy.path()));
+    let e = refused(
+        &node,
+        &[
+            "cartridge",
+            "push",
+            path_str(diy.path()),
+            &reference,
+            "--insecure",
+        ],
+    );
+    assert!(
+        e.contains("401") || e.contains("authentication required"),
+        "{e}"
+    );
+    node.ok(&[
+        "cartridge",
+        "push",
+        path_str(diy.path()),
+        &reference,
+        "--insecure",
+        "--auth-file",
+        path_str(&config),
+    ]);
+    let e = refused(
+        &node,
+        &[
+            "cartridge",
+            "install",
+            &format!("oci://{reference}"),
+            "--insecure",
+        ],
+    );
+    assert!(
+        e.contains("Not authorized") && e.contains("nothing was installed"),
+        "{e}"
+    );
+    installed_only(&node, &[]);
+    // the usual place: $DOCKER_CONFIG/config.json
+    let out = Command::new(gearhost_tests::gear_bin())
+        .args(["--socket", path_str(node.socket())])
+        .args([
+            "cartridge",
+            "install",
+            &format!("oci://{reference}"),
+            "--insecure",
+        ])
+        .env("DOCKER_CONFIG", &docker)
+        .output()
+        .expect("gear");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     installed_only(&node, &["diy"]);
 }

@@ -38,10 +38,18 @@ pub struct Component {
 }
 
 impl WasmConfig {
-    /// The config of a component with `layer_digests`, made now.
+    /// The config of a component with `layer_digests`, made now, or at
+    /// `SOURCE_DATE_EPOCH` when set (so the same cartridge pushed twice has
+    /// the same digest, as reproducible builds expect).
     pub fn new(component: Component, layer_digests: Vec<String>) -> WasmConfig {
+        let made = std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map_or_else(std::time::SystemTime::now, |secs| {
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)
+            });
         WasmConfig {
-            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            created: humantime::format_rfc3339_seconds(made).to_string(),
             author: None,
             architecture: "wasm".into(),
             os: "wasip2".into(),
