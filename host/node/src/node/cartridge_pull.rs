@@ -14,6 +14,10 @@ use crate::api::{ApiError, ErrorKind};
 /// artifact it came from.
 pub(super) const ORIGIN_FILE: &str = "origin.json";
 
+/// The longest a pull may take, every request included: a registry that
+/// stalls fails the install instead of holding it.
+const PULL_TIME: std::time::Duration = std::time::Duration::from_secs(600);
+
 impl Node {
     /// Pulls, verifies and installs the cartridge at `reference`.
     pub async fn cartridge_pull(
@@ -34,8 +38,14 @@ impl Node {
                 format!("{reference} was refused, nothing was installed: {e}"),
             )
         };
-        let pulled = gearhost_oci::pull(&target, check_contract)
+        let pulled = tokio::time::timeout(PULL_TIME, gearhost_oci::pull(&target, check_contract))
             .await
+            .unwrap_or_else(|_| {
+                Err(gearhost_oci::OciError::Registry {
+                    registry: target.registry().to_string(),
+                    message: format!("no whole answer within {} s", PULL_TIME.as_secs()),
+                })
+            })
             .map_err(|e| match e {
                 gearhost_oci::OciError::Registry { .. } => ApiError::new(
                     ErrorKind::Failed,
