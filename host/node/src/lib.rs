@@ -221,13 +221,20 @@ pub async fn run_with(
             tracing::warn!(
                 in_flight = drained.in_flight,
                 waiting = drained.fresh,
-                "restarting with requests not finished"
+                "stopping with requests not finished"
             );
         }
         tracing::info!(
             took_ms = drained.took.as_millis() as u64,
             "frontend drained"
         );
+    }
+    if stop == node::Stop::Restart {
+        // a deploy or start in flight finishes before the image is replaced
+        let busy = restart::finish_operations(&node, restart::OPERATIONS_WAIT).await;
+        if !busy.is_empty() {
+            tracing::warn!(gears = ?busy, "restarting with gear operations still running: the new image finishes or rolls them back");
+        }
     }
     resume.abort();
     idler.abort();

@@ -83,3 +83,24 @@ impl Handover {
         anyhow::anyhow!("cannot execute {}: {e}", binary.display())
     }
 }
+
+/// How long `gear node restart` waits for gear operations in flight (a deploy, a start).
+pub const OPERATIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits, at most `most` in all, until no gear operation is in flight (the
+/// API no longer accepts, so none starts): each gear's operation lock is
+/// taken and let go. Returns the gears whose operation was still running.
+pub async fn finish_operations(node: &crate::node::Node, most: std::time::Duration) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + most;
+    let mut busy = Vec::new();
+    for gear in node.gears_snapshot() {
+        if gear.op.try_lock().is_ok() {
+            continue;
+        }
+        tracing::info!(gear = %gear.record().label(), "waiting for its operation before the restart");
+        if tokio::time::timeout_at(deadline, gear.op.lock()).await.is_err() {
+            busy.push(gear.record().label());
+        }
+    }
+    busy
+}
