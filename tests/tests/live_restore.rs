@@ -457,3 +457,44 @@ fn a_connection_through_a_link_stays_open_through_node_restarts() {
     let metrics = node.ok(&["node", "check"]);
     assert!(metrics.contains("taken back"), "{metrics}");
 }
+
+#[test]
+fn gear_node_restart_waits_for_a_deploy_in_flight() {
+    if !privileged("the node creates gears") {
+        return;
+    }
+    let (node, _) = node_with_app(81800);
+    // a deploy whose build takes two seconds
+    let slow = app();
+    let build = slow.path().join(".gear/build");
+    std::fs::write(&build, "#!/bin/sh\nsleep 2\necho built\n").expect("build");
+    std::fs::set_permissions(&build, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut deploy = Command::new(gearhost_tests::gear_bin());
+    deploy.args(["--socket", path_str(node.socket())]).args([
+        "deploy",
+        "app",
+        path_str(slow.path()),
+    ]);
+    let deploying = std::thread::spawn(move || deploy.output());
+    std::thread::sleep(Duration::from_millis(700));
+    let began = Instant::now();
+    let said = node.ok(&["node", "restart"]);
+    assert!(said.contains("taken back"), "{said}");
+    let out = deploying
+        .join()
+        .expect("deploy thread")
+        .expect("gear deploy");
+    assert!(
+        out.status.success(),
+        "the deploy in flight failed across the restart: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        began.elapsed() >= Duration::from_millis(1000),
+        "the restart did not wait for the build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = json(&node.ok(&["show", "app", "--json"]));
+    assert_eq!(shown["active_deployment"], 2, "{shown}");
+    wait_for_page(&node);
+}

@@ -89,7 +89,8 @@ pub const OPERATIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Waits, at most `most` in all, until no gear operation is in flight (the
 /// API no longer accepts, so none starts): each gear's operation lock is
-/// taken and let go. Returns the gears whose operation was still running.
+/// taken and let go, then the answers of the requests being served are
+/// waited for. Returns the gears whose operation was still running.
 pub async fn finish_operations(node: &crate::node::Node, most: std::time::Duration) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + most;
     let mut busy = Vec::new();
@@ -98,9 +99,16 @@ pub async fn finish_operations(node: &crate::node::Node, most: std::time::Durati
             continue;
         }
         tracing::info!(gear = %gear.record().label(), "waiting for its operation before the restart");
-        if tokio::time::timeout_at(deadline, gear.op.lock()).await.is_err() {
+        if tokio::time::timeout_at(deadline, gear.op.lock())
+            .await
+            .is_err()
+        {
             busy.push(gear.record().label());
         }
+    }
+    // and their answers written, so the callers learn how they ended
+    if !crate::server::answered(deadline).await {
+        tracing::warn!("restarting with API answers not yet written");
     }
     busy
 }

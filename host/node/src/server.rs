@@ -223,6 +223,8 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         }
         read.reunite(write)
     });
+    // counted until its answer is written: a restart waits for it
+    let _answering = Answering::new();
     // the operation's end drops the last sender, which ends the writer
     let reply = dispatch(node.clone(), &caller, request, fds, tx).await;
     let mut stream = writer
@@ -244,6 +246,38 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         _ => {}
     }
     send(&mut stream, &reply).await
+}
+
+/// Requests being served (not the followers: logs, events, exec), until
+/// their answer is written.
+static ANSWERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One request counted in [`ANSWERING`] while it lives.
+struct Answering;
+
+impl Answering {
+    fn new() -> Answering {
+        ANSWERING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Answering
+    }
+}
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        ANSWERING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Waits until every request being served has written its answer, or until
+/// `deadline`; whether none is left.
+pub async fn answered(deadline: tokio::time::Instant) -> bool {
+    while ANSWERING.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    true
 }
 
 async fn stream_logs(
