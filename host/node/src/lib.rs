@@ -21,6 +21,7 @@ pub mod frontend;
 pub mod idle;
 pub mod keeper;
 pub mod keys;
+pub mod layer;
 pub mod links;
 pub mod listeners;
 pub mod logs;

@@ -83,7 +83,7 @@ pub enum UnpackError {
     Archive(String),
 }
 
-fn refuse(entry: &Path, rule: impl Into<String>) -> UnpackError {
+pub(crate) fn refuse(entry: &Path, rule: impl Into<String>) -> UnpackError {
     UnpackError::Entry {
         entry: entry.display().to_string(),
         rule: rule.into(),
@@ -256,8 +256,14 @@ pub fn unpack(
             }
         }
     }
-    // the entries stop at the first zero block, or at the end of the stream:
-    // only the first is a complete archive (another zero block follows it)
+    expect_end(&mut stream, "nothing was deployed")?;
+    Ok(done)
+}
+
+/// Reads what follows the last entry: the entries stop at the first zero
+/// block, or at the end of the stream, and only the first is a complete
+/// archive (another zero block follows it).
+pub(crate) fn expect_end(stream: &mut impl Read, outcome: &str) -> Result<(), UnpackError> {
     let mut rest = [0u8; 512];
     let mut got = 0;
     while got < rest.len() {
@@ -272,17 +278,16 @@ pub fn unpack(
         }
     }
     if got < rest.len() || rest.iter().any(|b| *b != 0) {
-        return Err(UnpackError::Archive(
+        return Err(UnpackError::Archive(format!(
             "the archive ends without its end marker: the sender stopped half-way (see its error) \
-             and nothing was deployed"
-                .into(),
-        ));
+             and {outcome}"
+        )));
     }
-    Ok(done)
+    Ok(())
 }
 
 /// The components of an entry's path, each a plain name.
-fn plain_path(raw: &Path) -> Result<Vec<PathBuf>, UnpackError> {
+pub(crate) fn plain_path(raw: &Path) -> Result<Vec<PathBuf>, UnpackError> {
     let mut parts = Vec::new();
     for c in raw.components() {
         match c {
@@ -316,7 +321,7 @@ fn plain_path(raw: &Path) -> Result<Vec<PathBuf>, UnpackError> {
 
 /// Open the directory `dirs` below `root` one component at a time, never
 /// through a symlink, creating the missing ones.
-fn walk(
+pub(crate) fn walk(
     root: &OwnedFd,
     dirs: &[PathBuf],
     raw: &Path,
@@ -333,7 +338,7 @@ fn walk(
 
 /// Open directory `name` in `parent` without following a symlink, creating
 /// it (mode 0755, handed to `owner`) if it is missing.
-fn make_dir(
+pub(crate) fn make_dir(
     parent: &OwnedFd,
     name: &Path,
     raw: &Path,
@@ -378,7 +383,7 @@ fn chown_fd(fd: &impl AsFd, uid: u32) -> nix::Result<()> {
 }
 
 /// What the framing of an archive with `entries` entries so far may take.
-fn framing(entries: u64) -> u64 {
+pub(crate) fn framing(entries: u64) -> u64 {
     entries
         .saturating_add(1)
         .saturating_mul(2048)
@@ -387,10 +392,10 @@ fn framing(entries: u64) -> u64 {
 
 /// A stream that fails instead of giving more than its credit: the files
 /// accepted so far and their framing.
-struct Capped<R> {
-    inner: R,
-    consumed: u64,
-    credit: Rc<Cell<u64>>,
+pub(crate) struct Capped<R> {
+    pub(crate) inner: R,
+    pub(crate) consumed: u64,
+    pub(crate) credit: Rc<Cell<u64>>,
 }
 
 impl<R: Read> Read for Capped<R> {
