@@ -19,6 +19,7 @@ pub mod env;
 pub mod events;
 pub mod frontend;
 pub mod idle;
+pub mod images;
 pub mod keeper;
 pub mod keys;
 pub mod layer;

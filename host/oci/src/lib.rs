@@ -18,6 +18,7 @@
 mod auth;
 mod bounded;
 mod config;
+mod image;
 
 use std::str::FromStr;
 
@@ -29,6 +30,7 @@ use sha2::{Digest, Sha256};
 
 pub use auth::{Credentials, credentials_for};
 pub use config::{Component, WasmConfig};
+pub use image::{Compression, Image, ImageConfig, Layer, fetch_layer, resolve_image};
 
 /// The config's media type (CNCF Wasm OCI artifact).
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.wasm.config.v0+json";
@@ -290,34 +292,7 @@ pub async fn pull(
     accept: impl FnOnce(&WasmConfig) -> Result<(), String>,
 ) -> Result<Pulled, OciError> {
     let client = target.client();
-    let auth = target.auth();
-    let (body, _) = client
-        .pull_manifest_raw(target.reference(), &auth, &[IMAGE_MANIFEST])
-        .await
-        .map_err(|e| match e {
-            // what came is not what was asked for: refused, not a registry failure
-            oci_client::errors::OciDistributionError::DigestError(
-                oci_client::errors::DigestError::VerificationError { expected, actual },
-            ) => OciError::Refused(format!(
-                "the registry's manifest has digest {actual}, not the {expected} asked for"
-            )),
-            other => target.registry_error(other),
-        })?;
-    if body.len() > MOST_MANIFEST {
-        return Err(OciError::Refused(format!(
-            "the image manifest is {} bytes, more than the {} a cartridge's may have",
-            body.len(),
-            MOST_MANIFEST
-        )));
-    }
-    let digest = digest_of(&body);
-    if let Some(want) = target.reference().digest()
-        && want != digest
-    {
-        return Err(OciError::Refused(format!(
-            "the registry's manifest has digest {digest}, not the {want} asked for"
-        )));
-    }
+    let (body, digest) = manifest(&client, target, target.reference(), &[IMAGE_MANIFEST]).await?;
     let image: OciImageManifest = serde_json::from_slice(&body).map_err(|e| {
         OciError::Refused(format!(
             "the image manifest is not an OCI image manifest: {e}"
@@ -366,6 +341,45 @@ pub async fn pull(
     })
 }
 
+/// The manifest at `reference` (of `target`'s registry), of one of the
+/// `accepted` media types: at most [`MOST_MANIFEST`] bytes, with the digest
+/// the reference names if it names one. Returns it and its digest.
+async fn manifest(
+    client: &Client,
+    target: &Target,
+    reference: &Reference,
+    accepted: &[&str],
+) -> Result<(bytes::Bytes, String), OciError> {
+    let (body, _) = client
+        .pull_manifest_raw(reference, &target.auth(), accepted)
+        .await
+        .map_err(|e| match e {
+            // what came is not what was asked for: refused, not a registry failure
+            oci_client::errors::OciDistributionError::DigestError(
+                oci_client::errors::DigestError::VerificationError { expected, actual },
+            ) => OciError::Refused(format!(
+                "the registry's manifest has digest {actual}, not the {expected} asked for"
+            )),
+            other => target.registry_error(other),
+        })?;
+    if body.len() > MOST_MANIFEST {
+        return Err(OciError::Refused(format!(
+            "the manifest is {} bytes, more than the {} accepted",
+            body.len(),
+            MOST_MANIFEST
+        )));
+    }
+    let digest = digest_of(&body);
+    if let Some(want) = reference.digest()
+        && want != digest
+    {
+        return Err(OciError::Refused(format!(
+            "the registry's manifest has digest {digest}, not the {want} asked for"
+        )));
+    }
+    Ok((body, digest))
+}
+
 /// One blob, at most `most` bytes and exactly its descriptor's size, with
 /// its digest verified.
 async fn blob(
@@ -375,6 +389,12 @@ async fn blob(
     most: u64,
     what: &str,
 ) -> Result<Vec<u8>, OciError> {
+    let size = checked_size(descriptor, most, what)?;
+    fetch(client, target, descriptor, bounded::Sink::new(size), what).await
+}
+
+/// The size a descriptor gives, if it is at most `most`.
+fn checked_size(descriptor: &OciDescriptor, most: u64, what: &str) -> Result<u64, OciError> {
     let size = u64::try_from(descriptor.size).map_err(|_| {
         OciError::Refused(format!(
             "the {what} layer claims a negative size ({})",
@@ -386,7 +406,19 @@ async fn blob(
             "the {what} layer is {size} bytes, more than the {most} accepted"
         )));
     }
-    let mut sink = bounded::Sink::new(size);
+    Ok(size)
+}
+
+/// Pulls the blob of `descriptor` into `sink` (bounded by the descriptor's
+/// size), verifying its digest and that it is exactly that size.
+async fn fetch<W: tokio::io::AsyncWrite + Unpin>(
+    client: &Client,
+    target: &Target,
+    descriptor: &OciDescriptor,
+    mut sink: bounded::Bounded<W>,
+    what: &str,
+) -> Result<W, OciError> {
+    let size = u64::try_from(descriptor.size).unwrap_or(0);
     let pulled = client
         .pull_blob(target.reference(), descriptor, &mut sink)
         .await;
@@ -402,15 +434,14 @@ async fn blob(
             descriptor.digest
         ))
     })?;
-    let bytes = sink.into_inner();
-    if bytes.len() as u64 != size {
+    if sink.written() != size {
         return Err(OciError::Refused(format!(
             "the registry sent {} bytes for the {what} layer ({}), whose size the manifest gives as {size}",
-            bytes.len(),
+            sink.written(),
             descriptor.digest
         )));
     }
-    Ok(bytes)
+    Ok(sink.into_inner())
 }
 
 /// Finds the custom section `name` of a component (top level only) and

@@ -1,0 +1,326 @@
+//! The node's image store against a real registry (Debian's
+//! `docker-registry` on loopback): an image made here as an OCI layout (an
+//! index with a `linux/amd64` and a `linux/arm64` image, a gzip layer and a
+//! plain tar layer with whiteouts) is pushed with `skopeo`, then pulled by
+//! `gearhost_node::images::ImageStore`: the amd64 image is chosen, its config
+//! read, its layers verified and unpacked as overlay lower directories
+//! (whiteouts, an opaque directory, a hard link, setuid dropped), shared on
+//! a second pull, and collected when no image keeps them. A layer that would
+//! write outside its directory is refused and leaves nothing behind.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use gearhost_node::images::ImageStore;
+use gearhost_node::layer::LayerLimits;
+use gearhost_tests::{free_port, privileged};
+
+struct Registry {
+    child: Child,
+    _root: tempfile::TempDir,
+    addr: String,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let root = tempfile::tempdir().expect("registry dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let config = root.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                root.path().join("data").display()
+            ),
+        )
+        .expect("config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry (scripts/setup installs it)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", &format!("http://{addr}/v2/")])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(Instant::now() < deadline, "no registry at {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            _root: root,
+            addr,
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn digest(bytes: &[u8]) -> String {
+    gearhost_oci::digest_of(bytes)
+}
+
+/// A tar stream of `entries` (name, type, mode, link target, body), names
+/// written as they are.
+fn tar_of(entries: &[(&str, tar::EntryType, u32, &str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, mode, link, body) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(body.len() as u64);
+        h.set_mode(*mode);
+        let field = &mut h.as_old_mut().name;
+        field[..name.len()].copy_from_slice(name.as_bytes());
+        let l = &mut h.as_old_mut().linkname;
+        l[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        b.append(&h, *body).expect("append");
+    }
+    b.into_inner().expect("tar")
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new("gzip")
+        .args(["-n", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("gzip");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("gzip");
+    writer.join().expect("writer").expect("write");
+    out.stdout
+}
+
+/// An OCI image layout in `dir` tagged `tag`: an index of a linux/amd64
+/// image with `layers` (media type, bytes) and a linux/arm64 one.
+fn layout(dir: &Path, tag: &str, layers: &[(&str, Vec<u8>)]) {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("blobs");
+    let put = |bytes: &[u8]| -> serde_json::Value {
+        let d = digest(bytes);
+        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), bytes).expect("blob");
+        serde_json::json!({"digest": d, "size": bytes.len()})
+    };
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Entrypoint": ["/bin/hello"],
+            "Cmd": ["--port", "8080"],
+            "Env": ["PATH=/usr/bin:/bin", "GREETING=hi"],
+            "WorkingDir": "/srv",
+            "ExposedPorts": {"8080/tcp": {}},
+            "User": "1000"
+        },
+        "rootfs": {"type": "layers", "diff_ids": []}
+    }))
+    .expect("config");
+    let mut config_desc = put(&config);
+    config_desc["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
+    let layer_descs: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|(media, bytes)| {
+            let mut d = put(bytes);
+            d["mediaType"] = (*media).into();
+            d
+        })
+        .collect();
+    let manifest = |arch: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": config_desc,
+            "layers": layer_descs,
+            "annotations": {"arch": arch}
+        }))
+        .expect("manifest")
+    };
+    let entry = |arch: &str| {
+        let mut d = put(&manifest(arch));
+        d["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
+        d["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
+        d
+    };
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [entry("arm64"), entry("amd64")]
+    }))
+    .expect("index");
+    let mut top = put(&index);
+    top["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
+    top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [top]}))
+            .expect("json"),
+    )
+    .expect("index.json");
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
+        .expect("oci-layout");
+}
+
+fn push(dir: &Path, tag: &str, to: &str) {
+    let out = Command::new("skopeo")
+        .args([
+            "copy",
+            "--all",
+            // the blobs as made here: a plain tar layer stays one
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{tag}", dir.display()),
+            &format!("docker://{to}"),
+        ])
+        .output()
+        .expect("skopeo (scripts/setup installs it)");
+    assert!(
+        out.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const LIMITS: LayerLimits = LayerLimits {
+    max_bytes: 64 << 20,
+    max_entries: 10_000,
+};
+
+#[test]
+fn an_image_is_pulled_verified_unpacked_shared_and_collected() {
+    if !privileged("whiteouts are device nodes and opaque directories trusted xattrs") {
+        return;
+    }
+    use tar::EntryType::{Directory, Link, Regular};
+    let registry = Registry::start();
+    let base = gzip(&tar_of(&[
+        ("bin/", Directory, 0o755, "", b""),
+        ("bin/hello", Regular, 0o4755, "", b"#!/bin/sh\necho hello\n"),
+        ("bin/hi", Link, 0o755, "bin/hello", b""),
+        ("etc/motd", Regular, 0o644, "", b"welcome\n"),
+        ("var/cache/old", Regular, 0o644, "", b"stale\n"),
+    ]));
+    let top = tar_of(&[
+        ("etc/.wh.motd", Regular, 0o644, "", b""),
+        ("var/cache/.wh..wh..opq", Regular, 0o644, "", b""),
+        ("var/cache/new", Regular, 0o644, "", b"fresh\n"),
+    ]);
+    let src = tempfile::tempdir().expect("layout");
+    layout(
+        src.path(),
+        "1.0",
+        &[
+            ("application/vnd.oci.image.layer.v1.tar+gzip", base.clone()),
+            ("application/vnd.oci.image.layer.v1.tar", top.clone()),
+        ],
+    );
+    let reference = format!("{}/apps/hello:1.0", registry.addr);
+    push(src.path(), "1.0", &reference);
+
+    let state = tempfile::tempdir().expect("state");
+    let store = ImageStore::new(state.path(), LIMITS);
+    let target = gearhost_oci::Target::new(&reference, true, None).expect("target");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (image, pulled) = rt.block_on(store.pull(&target)).expect("pulled");
+    assert_eq!((pulled.fetched, pulled.shared), (2, 0), "{pulled:?}");
+    assert!(image.index.is_some(), "chosen from the index");
+    assert_eq!(image.config.entrypoint, ["/bin/hello"]);
+    assert_eq!(image.config.cmd, ["--port", "8080"]);
+    assert_eq!(image.config.working_dir.as_deref(), Some("/srv"));
+    assert_eq!(image.config.exposed_ports, ["8080/tcp"]);
+    assert_eq!(image.config.user.as_deref(), Some("1000"));
+    assert!(image.config.env.contains(&"GREETING=hi".to_string()));
+    assert_eq!(image.layers, [digest(&base), digest(&top)]);
+
+    // overlay lower directories, top first
+    let lower = store.lower_dirs(&image).expect("lower dirs");
+    assert_eq!(lower.len(), 2);
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let (upper_layer, base_layer) = (&lower[0], &lower[1]);
+    let hello = std::fs::metadata(base_layer.join("bin/hello")).expect("hello");
+    assert_eq!(hello.permissions().mode() & 0o7777, 0o755, "setuid dropped");
+    assert_eq!(
+        std::fs::metadata(base_layer.join("bin/hi"))
+            .expect("hi")
+            .ino(),
+        hello.ino()
+    );
+    let motd = std::fs::symlink_metadata(upper_layer.join("etc/motd")).expect("whiteout");
+    assert!(motd.file_type().is_char_device() && motd.rdev() == 0);
+    let mut flag = [0u8; 1];
+    let n = rustix::fs::getxattr(
+        upper_layer.join("var/cache"),
+        "trusted.overlay.opaque",
+        &mut flag,
+    )
+    .expect("opaque");
+    assert_eq!(&flag[..n], b"y");
+
+    // a second pull shares the layers; collecting with nothing kept removes all
+    let (again, pulled) = rt.block_on(store.pull(&target)).expect("pulled again");
+    assert_eq!(again, image);
+    assert_eq!((pulled.fetched, pulled.shared), (0, 2));
+    assert_eq!(store.images(), [image.clone()]);
+    assert_eq!(store.collect(std::slice::from_ref(&image.digest)), (0, 0));
+    assert_eq!(store.collect(&[]), (1, 2));
+    assert!(store.images().is_empty());
+
+    // a layer that would write outside its directory: refused, nothing left
+    let evil = tempfile::tempdir().expect("layout");
+    layout(
+        evil.path(),
+        "evil",
+        &[(
+            "application/vnd.oci.image.layer.v1.tar",
+            tar_of(&[("../../escape", Regular, 0o644, "", b"x")]),
+        )],
+    );
+    let evil_ref = format!("{}/apps/evil:evil", registry.addr);
+    push(evil.path(), "evil", &evil_ref);
+    let evil_target = gearhost_oci::Target::new(&evil_ref, true, None).expect("target");
+    let e = rt.block_on(store.pull(&evil_target)).expect_err("refused");
+    assert!(e.contains("`..`"), "{e}");
+    let left: Vec<String> = std::fs::read_dir(state.path().join("images"))
+        .expect("store")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(
+        std::fs::read_dir(state.path().join("images/layers"))
+            .expect("layers")
+            .count(),
+        0
+    );
+    assert!(!state.path().join("escape").exists() && !Path::new("/tmp/escape").exists());
+    // a layer of a media type that is not a file system
+    let odd = tempfile::tempdir().expect("layout");
+    layout(
+        odd.path(),
+        "odd",
+        &[("application/vnd.oci.image.layer.v1.tar+zstd", vec![1, 2, 3])],
+    );
+    let odd_ref = format!("{}/apps/odd:odd", registry.addr);
+    push(odd.path(), "odd", &odd_ref);
+    let e = rt
+        .block_on(store.pull(&gearhost_oci::Target::new(&odd_ref, true, None).expect("target")))
+        .expect_err("refused");
+    assert!(e.contains("zstd"), "{e}");
+}
