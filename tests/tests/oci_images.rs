@@ -276,7 +276,7 @@ fn an_image_is_pulled_verified_unpacked_shared_and_collected() {
     let (again, pulled) = rt.block_on(store.pull(&target)).expect("pulled again");
     assert_eq!(again, image);
     assert_eq!((pulled.fetched, pulled.shared), (0, 2));
-    assert_eq!(store.images(), [image.clone()]);
+    assert_eq!(store.images(), std::slice::from_ref(&image));
     assert_eq!(store.collect(std::slice::from_ref(&image.digest)), (0, 0));
     assert_eq!(store.collect(&[]), (1, 2));
     assert!(store.images().is_empty());
