@@ -88,7 +88,7 @@ pub enum Msg {
     Quit,
 }
 
-/// Sends `msg` with `payload` and `fds` as one packet.
+/// Sends `msg` with `payload` and `fds` as one packet, without waiting.
 pub fn send(sock: BorrowedFd<'_>, msg: &Msg, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let mut packet = serde_json::to_vec(msg).map_err(io::Error::other)?;
     packet.push(b'\n');
@@ -103,7 +103,10 @@ pub fn send(sock: BorrowedFd<'_>, msg: &Msg, payload: &[u8], fds: &[RawFd]) -> i
     let rights = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
     loop {
-        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+        // never blocks: a keeper that does not read makes the send fail (the
+        // node then splices the pair itself), it does not stall the frontend
+        let flags = MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT;
+        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, flags, None) {
             Ok(_) => return Ok(()),
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
