@@ -6,7 +6,9 @@
 //! read, its layers verified and unpacked as overlay lower directories
 //! (whiteouts, an opaque directory, a hard link, setuid dropped), shared on
 //! a second pull, and collected when no image keeps them. A layer that would
-//! write outside its directory is refused and leaves nothing behind.
+//! write outside its directory is refused and leaves nothing behind. The
+//! same through the real `gear` and node: `gear image pull|list|prune`.
+//! Gear uids 87800-87899.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -323,4 +325,67 @@ fn an_image_is_pulled_verified_unpacked_shared_and_collected() {
         .block_on(store.pull(&gearhost_oci::Target::new(&odd_ref, true, None).expect("target")))
         .expect_err("refused");
     assert!(e.contains("zstd"), "{e}");
+}
+
+#[test]
+fn operators_pull_list_and_prune_images_through_gear() {
+    if !privileged("the node runs as root") {
+        return;
+    }
+    use tar::EntryType::Regular;
+    let registry = Registry::start();
+    let src = tempfile::tempdir().expect("layout");
+    let layer = gzip(&tar_of(&[(
+        "bin/hello",
+        Regular,
+        0o755,
+        "",
+        b"#!/bin/sh\necho hello\n",
+    )]));
+    layout(
+        src.path(),
+        "2.0",
+        &[("application/vnd.oci.image.layer.v1.tar+gzip", layer)],
+    );
+    let reference = format!("{}/apps/hello:2.0", registry.addr);
+    push(src.path(), "2.0", &reference);
+    let node = gearhost_tests::TestNode::start(87800, "");
+    let said = node.ok(&["image", "pull", &reference, "--insecure"]);
+    assert!(
+        said.contains("1 layers, 1 fetched, 0 already here"),
+        "{said}"
+    );
+    let again =
+        gearhost_tests::json(&node.ok(&["image", "pull", &reference, "--insecure", "--json"]));
+    assert_eq!(
+        (again["fetched"].as_u64(), again["shared"].as_u64()),
+        (Some(0), Some(1)),
+        "{again}"
+    );
+    let list = gearhost_tests::json(&node.ok(&["image", "list", "--json"]));
+    assert_eq!(list[0]["reference"], reference.as_str(), "{list}");
+    assert_eq!(
+        list[0]["command"],
+        serde_json::json!(["/bin/hello", "--port", "8080"])
+    );
+    assert_eq!(list[0]["ports"], serde_json::json!(["8080/tcp"]));
+    let text = node.ok(&["image", "list"]);
+    assert!(
+        text.contains(&reference) && text.contains("digest sha256:"),
+        "{text}"
+    );
+    let pruned = node.ok(&["image", "prune"]);
+    assert!(pruned.contains("removed 1 images and 1 layers"), "{pruned}");
+    assert_eq!(
+        gearhost_tests::json(&node.ok(&["image", "list", "--json"])),
+        serde_json::json!([])
+    );
+    // a registry that is not there: a clear error, nothing kept
+    let out = node.gear(&["image", "pull", "127.0.0.1:1/apps/none:1", "--insecure"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("cannot pull") && e.contains("nothing of it was kept"),
+        "{e}"
+    );
 }

@@ -95,6 +95,22 @@ ops! {
     }
     /// Installed cartridges.
     CartridgeList "cartridge-list" => Vec<reply::CartridgeSummary> {}
+    /// Pull a container image into the node's image store (`linux/amd64`),
+    /// every blob verified, its layers unpacked and shared.
+    ImagePull "image-pull" => reply::ImageSummary {
+        /// `registry/repository:tag` or `registry/repository@sha256:...`.
+        reference: String,
+        /// Plain HTTP instead of HTTPS (a registry on loopback only).
+        #[serde(default)]
+        insecure: bool,
+        /// The credentials the client found for the registry (none: anonymous).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credentials: Option<RegistryCredentials>,
+    }
+    /// The images in the node's image store.
+    ImageList "image-list" => Vec<reply::ImageSummary> {}
+    /// Remove the images no gear uses, and the layers no image left uses.
+    ImagePrune "image-prune" => reply::ImagesPruned {}
     /// Remove an installed cartridge no gear uses.
     CartridgeRemove "cartridge-remove" => reply::CartridgeRemoved {
         /// Cartridge name.

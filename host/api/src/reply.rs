@@ -179,6 +179,36 @@ pub struct CartridgeOrigin {
     pub digest: String,
 }
 
+/// A container image in the node's store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSummary {
+    /// The reference it was pulled as.
+    pub reference: String,
+    /// The digest of its `linux/amd64` image manifest.
+    pub digest: String,
+    /// How many layers it has.
+    pub layers: usize,
+    /// What it runs: its entrypoint and command, joined.
+    pub command: Vec<String>,
+    /// The ports it exposes (`8080/tcp`).
+    pub ports: Vec<String>,
+    /// Layers fetched by this pull (0 in a list).
+    #[serde(default)]
+    pub fetched: usize,
+    /// Layers the store already had (0 in a list).
+    #[serde(default)]
+    pub shared: usize,
+}
+
+/// The answer to `image-prune`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImagesPruned {
+    /// Images removed.
+    pub images: usize,
+    /// Layers removed.
+    pub layers: usize,
+}
+
 /// The answer to `cartridge-remove`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartridgeRemoved {

@@ -77,6 +77,14 @@ fn requests() -> Vec<Request> {
         }
         .into(),
         CartridgeList {}.into(),
+        ImagePull {
+            reference: "registry.example/apps/hello:1.0".into(),
+            insecure: false,
+            credentials: None,
+        }
+        .into(),
+        ImageList {}.into(),
+        ImagePrune {}.into(),
         CartridgeRemove {
             name: "python".into(),
         }
@@ -357,6 +365,26 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
         },
     );
     answer::<CartridgeInstall>("cartridge", &cartridge());
+    answer::<ImagePull>(
+        "image",
+        &ImageSummary {
+            reference: "registry.example/apps/hello:1.0".into(),
+            digest: "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+                .into(),
+            layers: 2,
+            command: vec!["/bin/hello".into(), "--port".into(), "8080".into()],
+            ports: vec!["8080/tcp".into()],
+            fetched: 1,
+            shared: 1,
+        },
+    );
+    answer::<ImagePrune>(
+        "images-pruned",
+        &ImagesPruned {
+            images: 1,
+            layers: 3,
+        },
+    );
     answer::<CartridgeRemove>(
         "cartridge-remove",
         &CartridgeRemoved {

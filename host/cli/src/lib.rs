@@ -176,6 +176,9 @@ pub enum Command {
     /// Write, check, try and install cartridges.
     #[command(subcommand)]
     Cartridge(CartridgeCommand),
+    /// Container images in the node's store (operators).
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Print shell completions for bash, zsh, fish, ... (names from the node included).
     Completions(cmd::completions::Args),
     /// The names a completion script offers, asked of the node (see `gear completions`).
@@ -199,6 +202,17 @@ pub enum Command {
     /// Run commands in throwaway gear sandboxes.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
+}
+
+/// `gear image ...`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image into the node's store (linux/amd64; layers shared by digest).
+    Pull(cmd::image::PullArgs),
+    /// Images in the node's store.
+    List(cmd::image::StoreArgs),
+    /// Remove the images no gear uses and the layers left unused.
+    Prune(cmd::image::StoreArgs),
 }
 
 /// `gear node ...`
@@ -366,7 +380,10 @@ fn remotely(cli: &Cli, args: &[std::ffi::OsString]) -> Option<u8> {
     let local = matches!(
         &cli.command,
         Command::Cartridge(
-            CartridgeCommand::New(_) | CartridgeCommand::Check(_) | CartridgeCommand::Call(_),
+            CartridgeCommand::New(_)
+                | CartridgeCommand::Check(_)
+                | CartridgeCommand::Call(_)
+                | CartridgeCommand::Push(_),
         ) | Command::Node(NodeCommand::Check(_) | NodeCommand::Run(_) | NodeCommand::Config)
             | Command::Sandbox(_)
             | Command::Completions(_)
@@ -539,6 +556,9 @@ pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
         Command::Completions(args) => cmd::completions::run(args),
         Command::Complete(args) => cmd::complete::run(args),
         Command::Sandbox(SandboxCommand::Run(args)) => cmd::sandbox_run::run(args),
+        Command::Image(ImageCommand::Pull(args)) => cmd::image::pull(args),
+        Command::Image(ImageCommand::List(args)) => cmd::image::list(args),
+        Command::Image(ImageCommand::Prune(args)) => cmd::image::prune(args),
         Command::Keys(command) => cmd::keys::run(command),
         Command::SshAuthorize(args) => cmd::ssh::authorize(args),
         Command::SshSession(args) => match cmd::ssh::session(args) {

@@ -22,6 +22,12 @@ use crate::layer::{LayerLimits, unpack_layer};
 /// The largest layer blob fetched.
 pub const MOST_LAYER_BLOB: u64 = 4 << 30;
 
+/// What one unpacked layer may hold.
+pub const LAYER_LIMITS: LayerLimits = LayerLimits {
+    max_bytes: 16 << 30,
+    max_entries: 2_000_000,
+};
+
 /// An image in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredImage {

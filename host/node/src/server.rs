@@ -403,6 +403,12 @@ async fn dispatch(
                 .await,
         ),
         Request::CartridgeList(_) => answer::<ops::CartridgeList>(Ok(node.cartridge_list())),
+        Request::ImagePull(op) => answer::<ops::ImagePull>(
+            node.image_pull(&op.reference, op.insecure, op.credentials)
+                .await,
+        ),
+        Request::ImageList(_) => answer::<ops::ImageList>(Ok(node.image_list())),
+        Request::ImagePrune(_) => answer::<ops::ImagePrune>(Ok(node.image_prune())),
         Request::CartridgeRemove(op) => {
             answer::<ops::CartridgeRemove>(node.cartridge_remove(&op.name))
         }

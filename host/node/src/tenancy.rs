@@ -459,6 +459,9 @@ pub fn authorize(caller: &Caller, ns: &Namespaces, request: &Request) -> Result<
         Request::CartridgeInstall(_) | Request::CartridgePull(_) | Request::CartridgeRemove(_) => {
             operators_only(caller, "install and remove cartridges")
         }
+        Request::ImagePull(_) | Request::ImageList(_) | Request::ImagePrune(_) => {
+            operators_only(caller, "manage the node's images")
+        }
         Request::Metrics(_) => operators_only(caller, "read the node's metrics"),
         Request::Audit(_) => operators_only(caller, "read the audit log"),
         Request::NodeStop(_) => operators_only(caller, "stop the node"),
@@ -527,6 +530,9 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         | Request::Ping(_)
         | Request::CartridgeInstall(_)
         | Request::CartridgePull(_)
+        | Request::ImagePull(_)
+        | Request::ImageList(_)
+        | Request::ImagePrune(_)
         | Request::CartridgeList(_)
         | Request::CartridgeRemove(_)
         | Request::List(_)
@@ -557,6 +563,7 @@ pub fn changes_something(request: &Request) -> bool {
             | Request::Logs(_)
             | Request::AliasList(_)
             | Request::CartridgeList(_)
+            | Request::ImageList(_)
             | Request::Metrics(_)
             | Request::Whoami(_)
             | Request::NamespaceList(_)

@@ -17,6 +17,7 @@ pub mod env;
 pub mod exec;
 pub mod https;
 pub mod idle;
+pub mod image;
 pub mod keys;
 pub mod lifecycle;
 pub mod link;

@@ -112,6 +112,7 @@ mod deploy;
 mod gear;
 mod gears;
 mod hooks;
+mod image_ops;
 mod kept;
 mod lifecycle;
 mod replace;
@@ -155,6 +156,8 @@ pub struct Node {
     pub(crate) acme: Option<Arc<crate::acme::Acme>>,
     /// What happened to gears: deploys, starts, crashes, wakes, failures.
     pub(crate) events: Arc<crate::events::EventLog>,
+    /// Container images pulled for gears.
+    pub(crate) images: crate::images::ImageStore,
     /// What the last resume did (`gear node check`), also kept in `last-resume.json`.
     resume_outcome: Mutex<crate::api::reply::ResumeOutcome>,
     /// Set by `gear node stop` and `gear node restart`.
@@ -258,7 +261,10 @@ impl Node {
             config.log_max_bytes,
             config.log_keep,
         )?);
+        let images = crate::images::ImageStore::new(&config.state_dir, crate::images::LAYER_LIMITS);
+        images.remove_stale();
         let node = Arc::new(Node {
+            images,
             config: Arc::new(config),
             runtime,
             cartridges: Mutex::new(cartridges),

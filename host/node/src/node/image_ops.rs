@@ -1,0 +1,70 @@
+//! `gear image pull|list|prune`: the node's image store as operators see it.
+
+use super::*;
+use crate::api::reply;
+use crate::api::{ApiError, ErrorKind};
+use crate::images::StoredImage;
+
+/// The longest a pull may take, every layer included.
+const PULL_TIME: std::time::Duration = std::time::Duration::from_secs(1800);
+
+fn summary(image: &StoredImage, fetched: usize, shared: usize) -> reply::ImageSummary {
+    reply::ImageSummary {
+        reference: image.reference.clone(),
+        digest: image.digest.clone(),
+        layers: image.layers.len(),
+        command: image
+            .config
+            .entrypoint
+            .iter()
+            .chain(&image.config.cmd)
+            .cloned()
+            .collect(),
+        ports: image.config.exposed_ports.clone(),
+        fetched,
+        shared,
+    }
+}
+
+impl Node {
+    /// Pulls the image at `reference` into the store.
+    pub async fn image_pull(
+        &self,
+        reference: &str,
+        insecure: bool,
+        credentials: Option<crate::api::ops::RegistryCredentials>,
+    ) -> ApiResult<reply::ImageSummary> {
+        let credentials = credentials.map(|c| gearhost_oci::Credentials {
+            username: c.username,
+            password: c.password,
+        });
+        let target = gearhost_oci::Target::new(reference, insecure, credentials)
+            .map_err(|e| invalid(e.to_string()))?;
+        let pulled = tokio::time::timeout(PULL_TIME, self.images.pull(&target))
+            .await
+            .unwrap_or_else(|_| Err(format!("no whole image within {} s", PULL_TIME.as_secs())));
+        match pulled {
+            Ok((image, done)) => Ok(summary(&image, done.fetched, done.shared)),
+            Err(e) => Err(ApiError::new(
+                ErrorKind::Invalid,
+                format!("cannot pull {reference}, nothing of it was kept: {e}"),
+            )),
+        }
+    }
+
+    /// The images in the store.
+    pub fn image_list(&self) -> Vec<reply::ImageSummary> {
+        self.images
+            .images()
+            .iter()
+            .map(|i| summary(i, 0, 0))
+            .collect()
+    }
+
+    /// Removes the images no gear uses (none does yet: gears run cartridges)
+    /// and the layers no image left lists.
+    pub fn image_prune(&self) -> reply::ImagesPruned {
+        let (images, layers) = self.images.collect(&[]);
+        reply::ImagesPruned { images, layers }
+    }
+}
