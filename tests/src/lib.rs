@@ -12,6 +12,7 @@ use std::sync::{Mutex, OnceLock};
 use gearhost_sys::proc_status::Status;
 
 pub mod apps;
+pub mod registry;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

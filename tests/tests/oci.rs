@@ -15,74 +15,12 @@
 //! `$DOCKER_CONFIG/config.json`, and refused without. Gear uids 87500-87799.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
 
 use gearhost_tests::{TestNode, cartridge_dir, free_port, json, privileged, workspace_root};
 
 /// A `docker-registry` on loopback, storing in a directory of its own.
-struct Registry {
-    child: Child,
-    /// Where it stores, removed with it.
-    _root: tempfile::TempDir,
-    addr: String,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        Registry::start_with("")
-    }
-
-    /// A registry whose configuration has `extra` (e.g. an `auth:` section).
-    fn start_with(extra: &str) -> Registry {
-        let root = tempfile::tempdir().expect("registry dir");
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = root.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{extra}",
-                root.path().join("data").display()
-            ),
-        )
-        .expect("config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (scripts/setup installs it)");
-        wait_for(&addr);
-        Registry {
-            child,
-            _root: root,
-            addr,
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Waits until `/v2/` answers at `addr`.
-fn wait_for(addr: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // any HTTP answer (401 from a registry that wants credentials) means it is up
-    while !Command::new("curl")
-        .args(["-s", "-o", "/dev/null", &format!("http://{addr}/v2/")])
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        assert!(Instant::now() < deadline, "no registry answers at {addr}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+use gearhost_tests::registry::Registry;
 
 /// A registry of the test's own (python3): it serves `manifests/<ref>` and
 /// `blobs/<digest>` from its directory, for any repository, as they are.
@@ -141,7 +79,7 @@ impl FakeRegistry {
             .arg(port.to_string())
             .spawn()
             .expect("python3");
-        wait_for(&addr);
+        gearhost_tests::registry::wait_for_registry(&addr);
         FakeRegistry { child, dir, addr }
     }
 

@@ -11,62 +11,13 @@
 //! Gear uids 87800-87899.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use gearhost_node::images::ImageStore;
 use gearhost_node::layer::LayerLimits;
-use gearhost_tests::{free_port, privileged};
+use gearhost_tests::privileged;
 
-struct Registry {
-    child: Child,
-    _root: tempfile::TempDir,
-    addr: String,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let root = tempfile::tempdir().expect("registry dir");
-        let addr = format!("127.0.0.1:{}", free_port());
-        let config = root.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
-                root.path().join("data").display()
-            ),
-        )
-        .expect("config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker-registry (scripts/setup installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", &format!("http://{addr}/v2/")])
-            .status()
-            .is_ok_and(|s| s.success())
-        {
-            assert!(Instant::now() < deadline, "no registry at {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Registry {
-            child,
-            _root: root,
-            addr,
-        }
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use gearhost_tests::registry::Registry;
 
 fn digest(bytes: &[u8]) -> String {
     gearhost_oci::digest_of(bytes)

@@ -19,17 +19,20 @@
 //!   read-only to gears (their writes go to their own upper layer).
 
 use std::cell::Cell;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::rc::Rc;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat};
+use nix::fcntl::{AtFlags, OFlag};
 use nix::sys::stat::{Mode, SFlag, fchmod, mknodat};
 
-use crate::unpack::{Capped, UnpackError, expect_end, framing, make_dir, plain_path, refuse, walk};
+use crate::unpack::{
+    Capped, UnpackError, expect_end, framing, make_dir, make_symlink, plain_path, refuse, walk,
+    write_file,
+};
 
 /// The prefix of a whiteout's name.
 const WHITEOUT: &str = ".wh.";
@@ -157,48 +160,15 @@ pub fn unpack_layer(
                         ),
                     ));
                 }
-                let fd = openat(
-                    &parent,
-                    name.as_os_str(),
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|e| match e {
-                    Errno::EEXIST => refuse(&raw, "the layer names it twice"),
-                    e => refuse(&raw, format!("cannot create it: {e}")),
-                })?;
                 credit.set(
                     done.bytes
                         .saturating_add(size)
                         .saturating_add(framing(done.entries)),
                 );
-                let mut file = std::fs::File::from(fd);
-                let written = std::io::copy(&mut (&mut entry).take(size), &mut file)
-                    .map_err(|e| refuse(&raw, format!("cannot write it: {e}")))?;
-                if written != size {
-                    return Err(refuse(&raw, "the layer ends inside this file"));
-                }
-                file.flush()
-                    .map_err(|e| refuse(&raw, format!("cannot write it: {e}")))?;
-                fchmod(&file, Mode::from_bits_truncate(mode))
-                    .map_err(|e| refuse(&raw, format!("cannot set its mode: {e}")))?;
+                write_file(&parent, name, &mut entry, size, mode, None, &raw, "layer")?;
                 done.bytes += size;
             } else if kind.is_symlink() {
-                let to = entry
-                    .link_name()
-                    .map_err(|e| refuse(&raw, format!("its link target is unusable: {e}")))?
-                    .ok_or_else(|| refuse(&raw, "a symlink without a target"))?
-                    .into_owned();
-                nix::unistd::symlinkat(to.as_os_str(), &parent, name.as_os_str()).map_err(|e| {
-                    match e {
-                        Errno::EEXIST => refuse(&raw, "the layer names it twice"),
-                        e => refuse(&raw, format!("cannot create the symlink: {e}")),
-                    }
-                })?;
+                make_symlink(&parent, name, &entry, &raw, "layer")?;
             } else if kind.is_hard_link() {
                 let to = entry
                     .link_name()

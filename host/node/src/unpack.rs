@@ -175,51 +175,17 @@ pub fn unpack(
                         ),
                     ));
                 }
-                let fd = openat(
-                    &parent,
-                    name.as_os_str(),
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                    Mode::from_bits_truncate(0o600),
-                )
-                .map_err(|e| match e {
-                    Errno::EEXIST => refuse(&raw, "the archive names it twice"),
-                    e => refuse(&raw, format!("cannot create it: {e}")),
-                })?;
-                if let Some(uid) = owner {
-                    chown_fd(&fd, uid).map_err(|e| refuse(&raw, format!("cannot chown: {e}")))?;
-                }
                 credit.set(
                     done.bytes
                         .saturating_add(size)
                         .saturating_add(framing(done.entries)),
                 );
-                let mut file = std::fs::File::from(fd);
-                let written = std::io::copy(&mut (&mut entry).take(size), &mut file)
-                    .map_err(|e| refuse(&raw, format!("cannot write it: {e}")))?;
-                if written != size {
-                    return Err(refuse(&raw, "the archive ends inside this file"));
-                }
-                file.flush()
-                    .map_err(|e| refuse(&raw, format!("cannot write it: {e}")))?;
-                fchmod(&file, Mode::from_bits_truncate(mode))
-                    .map_err(|e| refuse(&raw, format!("cannot set its mode: {e}")))?;
+                write_file(
+                    &parent, name, &mut entry, size, mode, owner, &raw, "archive",
+                )?;
                 done.bytes += size;
             } else if kind.is_symlink() {
-                let to = entry
-                    .link_name()
-                    .map_err(|e| refuse(&raw, format!("its link target is unusable: {e}")))?
-                    .ok_or_else(|| refuse(&raw, "a symlink without a target"))?
-                    .into_owned();
-                nix::unistd::symlinkat(to.as_os_str(), &parent, name.as_os_str()).map_err(|e| {
-                    match e {
-                        Errno::EEXIST => refuse(&raw, "the archive names it twice"),
-                        e => refuse(&raw, format!("cannot create the symlink: {e}")),
-                    }
-                })?;
+                make_symlink(&parent, name, &entry, &raw, "archive")?;
                 if let Some(uid) = owner {
                     nix::unistd::fchownat(
                         &parent,
@@ -258,6 +224,66 @@ pub fn unpack(
     }
     expect_end(&mut stream, "nothing was deployed")?;
     Ok(done)
+}
+
+/// Creates file `name` in `parent` (never through a symlink, never over an
+/// entry), hands it to `owner`, and copies `size` bytes of `entry` into it
+/// with `mode`. `what` names the stream in refusals.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_file(
+    parent: &OwnedFd,
+    name: &Path,
+    entry: &mut impl Read,
+    size: u64,
+    mode: u32,
+    owner: Option<u32>,
+    raw: &Path,
+    what: &str,
+) -> Result<(), UnpackError> {
+    let fd = openat(
+        parent,
+        name.as_os_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    )
+    .map_err(|e| match e {
+        Errno::EEXIST => refuse(raw, format!("the {what} names it twice")),
+        e => refuse(raw, format!("cannot create it: {e}")),
+    })?;
+    if let Some(uid) = owner {
+        chown_fd(&fd, uid).map_err(|e| refuse(raw, format!("cannot chown: {e}")))?;
+    }
+    let mut file = std::fs::File::from(fd);
+    let written = std::io::copy(&mut entry.take(size), &mut file)
+        .map_err(|e| refuse(raw, format!("cannot write it: {e}")))?;
+    if written != size {
+        return Err(refuse(raw, format!("the {what} ends inside this file")));
+    }
+    file.flush()
+        .map_err(|e| refuse(raw, format!("cannot write it: {e}")))?;
+    fchmod(&file, Mode::from_bits_truncate(mode))
+        .map_err(|e| refuse(raw, format!("cannot set its mode: {e}")))
+}
+
+/// Creates the symlink `entry` describes as `name` in `parent`, pointing
+/// wherever it points (resolved later by whoever reads the tree, in its own
+/// root).
+pub(crate) fn make_symlink<R: Read>(
+    parent: &OwnedFd,
+    name: &Path,
+    entry: &tar::Entry<'_, R>,
+    raw: &Path,
+    what: &str,
+) -> Result<(), UnpackError> {
+    let to = entry
+        .link_name()
+        .map_err(|e| refuse(raw, format!("its link target is unusable: {e}")))?
+        .ok_or_else(|| refuse(raw, "a symlink without a target"))?
+        .into_owned();
+    nix::unistd::symlinkat(to.as_os_str(), parent, name.as_os_str()).map_err(|e| match e {
+        Errno::EEXIST => refuse(raw, format!("the {what} names it twice")),
+        e => refuse(raw, format!("cannot create the symlink: {e}")),
+    })
 }
 
 /// Reads what follows the last entry: the entries stop at the first zero

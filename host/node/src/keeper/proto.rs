@@ -183,15 +183,19 @@ mod tests {
     use nix::sys::socket::{AddressFamily, SockFlag, SockType, socketpair};
     use std::os::fd::AsFd;
 
-    #[test]
-    fn a_message_its_payload_and_descriptors_arrive_together() {
-        let (a, b) = socketpair(
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
             SockFlag::SOCK_CLOEXEC,
         )
-        .expect("socketpair");
+        .expect("socketpair")
+    }
+
+    #[test]
+    fn a_message_its_payload_and_descriptors_arrive_together() {
+        let (a, b) = pair();
         let file = std::fs::File::open("/dev/null").expect("open");
         let msg = Msg::Splice {
             pair: PairInfo {
@@ -221,13 +225,7 @@ mod tests {
 
     #[test]
     fn oversized_and_malformed_messages_are_refused() {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .expect("socketpair");
+        let (a, b) = pair();
         let big = vec![0u8; MOST_PACKET];
         assert!(send(a.as_fd(), &Msg::Ready, &big, &[]).is_err());
         nix::sys::socket::send(a.as_raw_fd(), b"not json\n", MsgFlags::empty()).expect("send");

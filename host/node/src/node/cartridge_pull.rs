@@ -26,12 +26,7 @@ impl Node {
         insecure: bool,
         credentials: Option<crate::api::ops::RegistryCredentials>,
     ) -> ApiResult<reply::CartridgeSummary> {
-        let credentials = credentials.map(|c| gearhost_oci::Credentials {
-            username: c.username,
-            password: c.password,
-        });
-        let target = gearhost_oci::Target::new(reference, insecure, credentials)
-            .map_err(|e| invalid(e.to_string()))?;
+        let target = registry_target(reference, insecure, credentials)?;
         let refused = |e: String| {
             ApiError::new(
                 ErrorKind::Invalid,
@@ -97,6 +92,19 @@ impl Node {
             }
         })
     }
+}
+
+/// Where a pull goes: `reference` with the client's credentials.
+pub(super) fn registry_target(
+    reference: &str,
+    insecure: bool,
+    credentials: Option<crate::api::ops::RegistryCredentials>,
+) -> ApiResult<gearhost_oci::Target> {
+    let credentials = credentials.map(|c| gearhost_oci::Credentials {
+        username: c.username,
+        password: c.password,
+    });
+    gearhost_oci::Target::new(reference, insecure, credentials).map_err(|e| invalid(e.to_string()))
 }
 
 fn next_pull() -> u64 {

@@ -34,12 +34,7 @@ impl Node {
         insecure: bool,
         credentials: Option<crate::api::ops::RegistryCredentials>,
     ) -> ApiResult<reply::ImageSummary> {
-        let credentials = credentials.map(|c| gearhost_oci::Credentials {
-            username: c.username,
-            password: c.password,
-        });
-        let target = gearhost_oci::Target::new(reference, insecure, credentials)
-            .map_err(|e| invalid(e.to_string()))?;
+        let target = super::cartridge_pull::registry_target(reference, insecure, credentials)?;
         let pulled = tokio::time::timeout(PULL_TIME, self.images.pull(&target))
             .await
             .unwrap_or_else(|_| Err(format!("no whole image within {} s", PULL_TIME.as_secs())));
