@@ -18,20 +18,18 @@
 //! - **owners** are not taken from the archive: everything is root's, and
 //!   read-only to gears (their writes go to their own upper layer).
 
-use std::cell::Cell;
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::rc::Rc;
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag};
+use nix::fcntl::AtFlags;
 use nix::sys::stat::{Mode, SFlag, fchmod, mknodat};
 
 use crate::unpack::{
-    Capped, UnpackError, expect_end, framing, make_dir, make_symlink, plain_path, refuse, walk,
-    write_file,
+    UnpackError, capped, expect_end, framing, make_dir, make_symlink, open_target, plain_path,
+    refuse, walk, write_file,
 };
 
 /// The prefix of a whiteout's name.
@@ -69,23 +67,8 @@ pub fn unpack_layer(
     target: &Path,
     limits: LayerLimits,
 ) -> Result<UnpackedLayer, UnpackError> {
-    let io = |what: &str, e: &dyn std::fmt::Display| {
-        UnpackError::Archive(format!("{what} {}: {e}", target.display()))
-    };
-    std::fs::create_dir(target).map_err(|e| io("cannot create", &e))?;
-    let root = nix::fcntl::open(
-        target,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io("cannot open", &e))?;
-    fchmod(&root, Mode::from_bits_truncate(0o755)).map_err(|e| io("cannot set the mode of", &e))?;
-    let credit = Rc::new(Cell::new(framing(0)));
-    let mut stream = Capped {
-        inner: input,
-        consumed: 0,
-        credit: credit.clone(),
-    };
+    let root = open_target(target, None)?;
+    let (mut stream, credit) = capped(input);
     let mut done = UnpackedLayer::default();
     {
         let mut archive = tar::Archive::new(&mut stream);

@@ -98,30 +98,8 @@ pub fn unpack(
     limits: Limits,
     owner: Option<u32>,
 ) -> Result<Unpacked, UnpackError> {
-    let io = |what: &str, e: &dyn std::fmt::Display| {
-        UnpackError::Archive(format!("{what} {}: {e}", target.display()))
-    };
-    std::fs::create_dir(target).map_err(|e| io("cannot create", &e))?;
-    let root = nix::fcntl::open(
-        target,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io("cannot open", &e))?;
-    fchmod(&root, Mode::from_bits_truncate(0o755)).map_err(|e| io("cannot set the mode of", &e))?;
-    if let Some(uid) = owner {
-        chown_fd(&root, uid).map_err(|e| io("cannot hand over", &e))?;
-    }
-    // what the stream may hold so far: the files' data as each is accepted,
-    // and for the framing (headers, padding, long names, extension
-    // records) 2 KiB per entry plus 1 MiB, so that no header or extension
-    // record makes the node hold more than that in memory
-    let credit = Rc::new(Cell::new(framing(0)));
-    let mut stream = Capped {
-        inner: input,
-        consumed: 0,
-        credit: credit.clone(),
-    };
+    let root = open_target(target, owner)?;
+    let (mut stream, credit) = capped(input);
     let mut done = Unpacked::default();
     {
         let mut archive = tar::Archive::new(&mut stream);
@@ -224,6 +202,41 @@ pub fn unpack(
     }
     expect_end(&mut stream, "nothing was deployed")?;
     Ok(done)
+}
+
+/// Creates `target` (which must not exist), mode 0755, handed to `owner`
+/// when given, and opens it without following a symlink.
+pub(crate) fn open_target(target: &Path, owner: Option<u32>) -> Result<OwnedFd, UnpackError> {
+    let io = |what: &str, e: &dyn std::fmt::Display| {
+        UnpackError::Archive(format!("{what} {}: {e}", target.display()))
+    };
+    std::fs::create_dir(target).map_err(|e| io("cannot create", &e))?;
+    let root = nix::fcntl::open(
+        target,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io("cannot open", &e))?;
+    fchmod(&root, Mode::from_bits_truncate(0o755)).map_err(|e| io("cannot set the mode of", &e))?;
+    if let Some(uid) = owner {
+        chown_fd(&root, uid).map_err(|e| io("cannot hand over", &e))?;
+    }
+    Ok(root)
+}
+
+/// `input`, read only as far as its credit allows, and the credit: what the
+/// stream may hold so far is the files' data as each is accepted, and for
+/// the framing (headers, padding, long names, extension records) 2 KiB per
+/// entry plus 1 MiB, so that no header or extension record makes the node
+/// hold more than that in memory.
+pub(crate) fn capped<R>(input: R) -> (Capped<R>, Rc<Cell<u64>>) {
+    let credit = Rc::new(Cell::new(framing(0)));
+    let stream = Capped {
+        inner: input,
+        consumed: 0,
+        credit: credit.clone(),
+    };
+    (stream, credit)
 }
 
 /// Creates file `name` in `parent` (never through a symlink, never over an
@@ -419,9 +432,9 @@ pub(crate) fn framing(entries: u64) -> u64 {
 /// A stream that fails instead of giving more than its credit: the files
 /// accepted so far and their framing.
 pub(crate) struct Capped<R> {
-    pub(crate) inner: R,
-    pub(crate) consumed: u64,
-    pub(crate) credit: Rc<Cell<u64>>,
+    inner: R,
+    consumed: u64,
+    credit: Rc<Cell<u64>>,
 }
 
 impl<R: Read> Read for Capped<R> {
