@@ -84,6 +84,9 @@ pub async fn run_with(
     let socket = config.socket.clone();
     // one node per state directory: the keeper and the listeners it holds are that node's
     let _lock = lock_state_dir(&config.state_dir)?;
+    // the state first: a node that cannot run leaves no socket and starts no keeper
+    let node = Node::open(config)?;
+    let config = node.config();
     let keeper = match keeper::start(&config.state_dir, &config.cgroup_subtree) {
         Ok(k) => Some(k),
         Err(e) => {
@@ -91,6 +94,12 @@ pub async fn run_with(
             None
         }
     };
+    let opened = listeners::open(config, &mut inherited, keeper.as_deref());
+    if opened.is_err()
+        && let Some(k) = &keeper
+    {
+        k.release();
+    }
     let listeners::Listeners {
         api: listener,
         keep_socket_file,
@@ -98,8 +107,9 @@ pub async fn run_with(
         https,
         metrics,
         handover,
-    } = listeners::open(&config, &mut inherited, keeper.as_deref())?;
-    let node = Node::open(config)?;
+    } = opened?;
+    // a node that fails before it serves leaves the keeper holding nothing
+    let starting = Starting(keeper.clone());
     let frontend_addr = frontend.local_addr()?;
     node.set_frontend_addr(frontend_addr);
     node.set_main_runtime(tokio::runtime::Handle::current());
@@ -203,6 +213,7 @@ pub async fn run_with(
     // a signal is a service manager's restart as often as a stop: the keeper
     // keeps the listening sockets; `gear node stop` gives them up
     let mut asked = false;
+    starting.served();
     let result = tokio::select! {
         r = server::serve(node.clone(), listener) => r,
         r = metrics => r,
@@ -276,6 +287,24 @@ pub async fn run_with(
         let _ = std::fs::remove_file(&socket);
     }
     result
+}
+
+/// Until the node serves: if it fails first, the keeper closes the sockets
+/// it was given, so clients are refused rather than left waiting.
+struct Starting(Option<std::sync::Arc<keeper::Keeper>>);
+
+impl Starting {
+    fn served(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(k) = &self.0 {
+            k.release();
+        }
+    }
 }
 
 /// Locks the state directory for this node process (released when it ends
