@@ -330,7 +330,9 @@ pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, rus
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(certs);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first, for the clients that speak it; HTTP/1.1 for the others
+    // and for websockets
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
