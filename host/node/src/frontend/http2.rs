@@ -389,17 +389,25 @@ async fn bridge(
     }
     let download = download(&mut from_pipeline, buf, &mut state, &mut send);
     tokio::pin!(download);
-    loop {
+    let ended = loop {
         tokio::select! {
-            ended = &mut download => return ended,
+            ended = &mut download => break ended,
             () = &mut upload, if uploading => uploading = false,
         }
+    };
+    if ended == Ended::Answered && uploading {
+        // answered before the body was through (a refusal): the rest goes to
+        // the pipeline, which drops it for a while as it does for HTTP/1.1,
+        // so that the client ends its stream instead of meeting a reset
+        let _ = tokio::time::timeout(super::pipeline::DRAIN_TIME, upload).await;
     }
+    ended
 }
 
-/// The request's head and body into the pipe, chunked when `chunked`; the
-/// pipe's end is closed after the body. A body the client stops sending
-/// (reset) leaves the pipe open: the answer or the reset ends the exchange.
+/// The request's head and body into the pipe, chunked when `chunked`. The
+/// pipe stays open after the body (the pipeline sees its end when the
+/// exchange is over); a body the client stops sending (a reset) ends here,
+/// and the reset ends the exchange.
 async fn upload(
     mut to: tokio::io::WriteHalf<DuplexStream>,
     head: Vec<u8>,
@@ -413,7 +421,6 @@ async fn upload(
     while let Some(data) = body.data().await {
         let Ok(data) = data else {
             // the client reset its stream: what the pipeline has is all it gets
-            std::future::pending::<()>().await;
             return;
         };
         let n = data.len();

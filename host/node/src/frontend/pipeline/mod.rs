@@ -47,7 +47,7 @@ mod relay;
 mod tests;
 
 /// Longest time spent reading a refused body to its end.
-const DRAIN_TIME: Duration = Duration::from_secs(10);
+pub(super) const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// Serve one client connection to its end, counted.
 pub(super) async fn serve<B: Backend>(backend: &B, stream: ClientStream, peer: SocketAddr) {
