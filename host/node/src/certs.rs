@@ -320,6 +320,9 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&staged, path)
 }
 
+/// TLS sessions the frontend remembers for resumption by session id.
+const SESSION_CACHE: usize = 16 * 1024;
+
 /// The TLS configuration of the frontend's `[https]` listener.
 pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     // ring offers no post-quantum key exchange (rustls marks its provider
@@ -333,6 +336,10 @@ pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, rus
     // HTTP/2 first, for the clients that speak it; HTTP/1.1 for the others
     // and for websockets
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // resumed sessions skip the certificate's signature: tickets (TLS 1.2
+    // and 1.3, keys rotated by rustls) and a cache for clients without
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(Arc::new(config))
 }
 
