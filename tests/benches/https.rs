@@ -132,7 +132,11 @@ fn h2load(setup: &Setup, mode: Mode, secs: u32) -> Option<Run> {
         }
         None => Command::new("h2load"),
     };
-    cmd.args(["-D", &secs.to_string(), "--warm-up-time", "1"]);
+    // h2load's timed mode does not end when the server closes connections
+    // (it waits for them forever): the handshake row counts requests instead
+    if !matches!(mode, Mode::Handshakes) {
+        cmd.args(["-D", &secs.to_string(), "--warm-up-time", "1"]);
+    }
     let port = match mode {
         Mode::Plain => setup.plain_port?,
         _ => setup.tls_port,
@@ -144,7 +148,8 @@ fn h2load(setup: &Setup, mode: Mode, secs: u32) -> Option<Run> {
     };
     match mode {
         Mode::Handshakes => {
-            cmd.args(["--h1", "-c", "50", "-H", "Connection: close"]);
+            let n = (secs * 2000).to_string();
+            cmd.args(["--h1", "-c", "50", "-n", &n, "-H", "Connection: close"]);
         }
         Mode::Http1 { conns } => {
             cmd.args(["--h1", "-c", &conns.to_string()]);
@@ -261,7 +266,8 @@ fn start_nginx(
            client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
            ssl_certificate {p}/wildcard.pem; ssl_certificate_key {p}/wildcard.key;\n\
-           ssl_session_cache shared:SSL:10m;\n\
+           ssl_protocols TLSv1.2 TLSv1.3; ssl_session_cache shared:SSL:10m;\n\
+           keepalive_requests 10000000; keepalive_timeout 300s;\n\
            upstream app {{ server 127.0.0.1:8080; keepalive 64; }}\n\
            server {{\n\
              listen 127.0.0.1:{tls} ssl http2;\n\
@@ -312,7 +318,7 @@ fn start_haproxy(dir: &Path, pki: &Path, netns: &Path, tls: u16, workers: usize)
     let crt = dir.join("combined.pem");
     std::fs::write(&crt, combined).expect("combined.pem");
     let conf = format!(
-        "global\n  nbthread {workers}\n  maxconn 20000\n\
+        "global\n  nbthread {workers}\n  maxconn 4096\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\
          frontend fe\n  bind 127.0.0.1:{tls} ssl crt {crt} alpn h2,http/1.1\n\
          \x20 option forwardfor\n  http-request set-header X-Forwarded-Proto https\n\
@@ -334,6 +340,20 @@ fn start_haproxy(dir: &Path, pki: &Path, netns: &Path, tls: u16, workers: usize)
         .expect("start haproxy");
     wait_up("haproxy", Some(netns), tls, &mut child, &log);
     child
+}
+
+/// A proxy's process, stopped (SIGTERM, then waited for) when dropped, a
+/// failed run included.
+struct Stopped(Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let _ = self.0.wait();
+    }
 }
 
 fn median(mut runs: Vec<Run>) -> Run {
@@ -385,17 +405,23 @@ fn main() {
 
     let nginx_dir = tempfile::tempdir().expect("nginx dir");
     let (nginx_tls, nginx_plain) = (free_port(), free_port());
-    let mut nginx = start_nginx(
+    let nginx = Stopped(start_nginx(
         nginx_dir.path(),
         pki.path(),
         &netns,
         nginx_tls,
         nginx_plain,
         workers,
-    );
+    ));
     let haproxy_dir = tempfile::tempdir().expect("haproxy dir");
     let haproxy_tls = free_port();
-    let mut haproxy = start_haproxy(haproxy_dir.path(), pki.path(), &netns, haproxy_tls, workers);
+    let haproxy = Stopped(start_haproxy(
+        haproxy_dir.path(),
+        pki.path(),
+        &netns,
+        haproxy_tls,
+        workers,
+    ));
 
     let setups = [
         Setup {
@@ -469,13 +495,7 @@ fn main() {
             }
         }
     }
-    for child in [&mut nginx, &mut haproxy] {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let _ = child.wait();
-    }
+    drop((nginx, haproxy));
 
     println!(
         "{workers} worker thread(s) each for the frontend, nginx and HAProxy; {rounds} round(s) of {secs} s; median round\n"
