@@ -454,10 +454,21 @@ async fn download(
     state: &mut BodyState,
     send: &mut SendStream<Bytes>,
 ) -> Ended {
+    let ended = relay_body(from, &mut buf, state, send).await;
+    wire::give_buffer(std::mem::take(&mut buf.data));
+    ended
+}
+
+async fn relay_body(
+    from: &mut (impl AsyncRead + Unpin),
+    buf: &mut ReadBuf,
+    state: &mut BodyState,
+    send: &mut SendStream<Bytes>,
+) -> Ended {
     let mut out = Vec::new();
     loop {
         if !buf.data.is_empty() {
-            if state.take(&mut buf, &mut out, true).is_err() {
+            if state.take(buf, &mut out, true).is_err() {
                 send.send_reset(Reason::INTERNAL_ERROR);
                 return Ended::Broken;
             }
