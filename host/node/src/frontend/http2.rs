@@ -210,8 +210,11 @@ async fn stream<B: Backend>(
     let mut served = false;
     let ended = loop {
         tokio::select! {
-            () = &mut pipeline, if !served => served = true,
+            // the bridge first: the head is in the pipe when the pipeline
+            // first looks, so it needs no header timer
+            biased;
             ended = &mut bridge => break ended,
+            () = &mut pipeline, if !served => served = true,
         }
     };
     match ended {
@@ -353,11 +356,12 @@ async fn bridge(
         let read =
             wire::read_response_head(&mut from_pipeline, &mut buf, &mut answer, MAX_ANSWER_HEAD);
         let read = tokio::select! {
-            r = read => r,
+            biased;
             () = &mut upload, if uploading => {
                 uploading = false;
                 continue;
             }
+            r = read => r,
             () = reset_of(respond) => return Ended::Reset,
         };
         if read.is_err() {
@@ -397,6 +401,7 @@ async fn bridge(
     tokio::pin!(download);
     let ended = loop {
         tokio::select! {
+            biased;
             ended = &mut download => break ended,
             () = &mut upload, if uploading => uploading = false,
         }
@@ -490,6 +495,7 @@ async fn relay_body(
             }
         }
         let filled = tokio::select! {
+            biased;
             r = buf.fill(from) => r,
             () = reset_of_stream(send) => return Ended::Reset,
         };
