@@ -4,8 +4,9 @@
 //! and of no declared length) arrive intact, the body limit answers 413,
 //! an idle gear is woken by a stream, many streams share one connection,
 //! the access log says `HTTP/2.0`, the app is told the scheme and the
-//! client's address, HSTS comes over h2 too, and a websocket still works
-//! over TLS on HTTP/1.1.
+//! client's address, HSTS comes over h2 too, a websocket still works over
+//! TLS on HTTP/1.1, and the operator sees the certificate's expiry in
+//! `gear node check` and `/metrics`.
 
 use std::path::Path;
 use std::process::Command;
@@ -273,4 +274,29 @@ fn http2_is_negotiated_and_serves_like_http11() {
     };
     assert_eq!(ws("http/1.1").trim(), "http/1.1\nhello over tls");
     assert_eq!(ws("h2,http/1.1").trim(), "h2", "h2 is preferred");
+
+    // the operator sees the listener and the certificates' expiry
+    let config = node.dir.path().join("node.toml");
+    let check = node.gear(&["node", "check", "--config", path(&config)]);
+    let report = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        report.contains(&format!(
+            "https: listening on 127.0.0.1:{port}, 1 certificate(s) served; the first to expire: *.gears.test at "
+        )),
+        "{report}"
+    );
+    let metrics = node.metrics();
+    let expiry = metrics
+        .get("gearhost_certificate_expiry_seconds{host=\"*.gears.test\"}")
+        .copied()
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    // the test CA's certificates last 30 days
+    assert!(
+        expiry > now + 29.0 * 86_400.0 && expiry < now + 31.0 * 86_400.0,
+        "{expiry} {metrics:?}"
+    );
 }
