@@ -251,3 +251,40 @@ async fn a_rapid_reset_flood_drops_its_work_and_closes_the_connection() {
     let (parts, _) = fetch(&client(&app2_world).await, get("/"), None).await;
     assert_eq!(parts.status, 200);
 }
+
+#[tokio::test]
+async fn a_head_over_the_limit_gets_431_and_a_slow_gear_504_over_http2() {
+    let app = App::start(|r| {
+        if r.head.starts_with("GET /slow ") {
+            Reply::Hang
+        } else {
+            Reply::Send(ok("fine"))
+        }
+    })
+    .await;
+    let limits = Limits {
+        response_timeout: Duration::from_millis(500),
+        ..limits()
+    };
+    let world = World::new(app.port, GearState::Running, no_wake(), limits).await;
+    let send = client(&world).await;
+    // the pipeline's head limit holds for the head a stream becomes
+    let big = Request::get("https://app-ns.gears.test/")
+        .header("x-big", "a".repeat(70 * 1024))
+        .body(())
+        .expect("request");
+    let (parts, _) = fetch(&send, big, None).await;
+    assert_eq!(parts.status, 431);
+    // the response timeout too
+    let start = Instant::now();
+    let (parts, _) = fetch(&send, get("/slow"), None).await;
+    assert_eq!(parts.status, 504);
+    assert!(start.elapsed() >= Duration::from_millis(500));
+    // and the connection goes on
+    let (parts, body) = fetch(&send, get("/"), None).await;
+    assert_eq!(
+        (parts.status, body.as_slice()),
+        (http::StatusCode::OK, &b"fine"[..])
+    );
+    assert!(app.seen().iter().all(|m| m.field("x-big").is_none()));
+}
