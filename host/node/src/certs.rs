@@ -266,6 +266,29 @@ impl Certs {
             .is_some()
     }
 
+    /// When each served certificate expires (seconds since the epoch), by
+    /// the name it is served for: `*.<domain>` for the operator's, then
+    /// each alias's, sorted by name.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        let mut all: Vec<(String, i64)> = self
+            .aliases
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(host, pair)| (host.clone(), pair.not_after))
+            .collect();
+        all.sort();
+        if let Some((pair, _)) = self
+            .operator
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            all.insert(0, (format!("*.{}", self.domain), pair.not_after));
+        }
+        all
+    }
+
     /// Alias `host`'s pair, if it has one.
     pub fn alias(&self, host: &str) -> Option<Pair> {
         self.aliases
@@ -320,6 +343,9 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&staged, path)
 }
 
+/// TLS sessions the frontend remembers for resumption by session id.
+const SESSION_CACHE: usize = 16 * 1024;
+
 /// The TLS configuration of the frontend's `[https]` listener.
 pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
     // ring offers no post-quantum key exchange (rustls marks its provider
@@ -330,7 +356,13 @@ pub fn server_config(certs: Arc<Certs>) -> Result<Arc<rustls::ServerConfig>, rus
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_cert_resolver(certs);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // HTTP/2 first, for the clients that speak it; HTTP/1.1 for the others
+    // and for websockets
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // resumed sessions skip the certificate's signature: tickets (TLS 1.2
+    // and 1.3, keys rotated by rustls) and a cache for clients without
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(SESSION_CACHE);
     Ok(Arc::new(config))
 }
 
@@ -382,6 +414,15 @@ mod tests {
         certs
             .set_alias("www.example.org", alias.as_bytes(), alias_key.as_bytes())
             .expect("attached");
+        // each served name's expiry, the operator's first
+        let expiries = certs.expiries();
+        let names: Vec<&str> = expiries.iter().map(|(h, _)| h.as_str()).collect();
+        assert_eq!(names, ["*.gears.test", "www.example.org"]);
+        assert_eq!(
+            expiries[1].1,
+            certs.alias("www.example.org").expect("alias").not_after
+        );
+        assert!(expiries.iter().all(|(_, t)| *t > now_secs()));
         let operator = certs.pick("web-ns.gears.test").expect("operator's");
         let own = certs.pick("WWW.Example.org.").expect("alias's");
         assert!(!Arc::ptr_eq(&operator, &own));

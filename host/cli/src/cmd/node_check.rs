@@ -3,6 +3,10 @@
 //! required layer is missing. The `disk-quota` row looks at the file system of
 //! the node's state directory, read from the node configuration.
 //!
+//! The `https` row says whether the frontend has an HTTPS listener, which
+//! certificates it serves (the operator's and the aliases' kept in the state
+//! directory) and which expires first.
+//!
 //! It also says whether the gears of the node before were taken back by the
 //! last node that started (how many, and which were started again and why):
 //! through the API when a node runs, else from the record the node left in its
@@ -44,6 +48,7 @@ pub fn run(args: Args) -> CmdResult {
     .map_err(|e| Failure::Invalid(anyhow::anyhow!("{e}")))?;
     let report = host_capabilities_for(node.as_deref(), &config.state_dir);
     let resume = last_resume(&args.target, &config.state_dir);
+    let https = https_row(&config);
     if args.json {
         // the report's fields, and what the last resume did
         let mut value =
@@ -55,9 +60,17 @@ pub fn run(args: Args) -> CmdResult {
                     .map_err(|e| Failure::Failed(anyhow::anyhow!("{e}")))?,
             );
         }
+        if let Some(map) = value.as_object_mut() {
+            map.insert(
+                "https".into(),
+                serde_json::to_value(&https)
+                    .map_err(|e| Failure::Failed(anyhow::anyhow!("{e}")))?,
+            );
+        }
         print_json(&value)?;
     } else {
         println!("{report}");
+        println!("{}", https.line());
         match &resume {
             Ok(outcome) => print_resume(outcome),
             Err(why) => println!("resume: {why}"),
@@ -146,5 +159,113 @@ fn failure_text(f: &Failure) -> String {
     match f {
         Failure::Failed(e) | Failure::Invalid(e) | Failure::Environment(e) => e.to_string(),
         Failure::Reported(code) => format!("exit {code}"),
+    }
+}
+
+/// A certificate the frontend serves, and when it expires.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Served {
+    /// The name it is served for (`*.<domain>` for the operator's).
+    host: String,
+    /// Its leaf's expiry, seconds since the epoch.
+    not_after: i64,
+}
+
+/// The `https` row of `gear node check`.
+#[derive(Debug, serde::Serialize)]
+struct HttpsRow {
+    /// The `[https]` listener's address, when one is configured.
+    listen: Option<String>,
+    /// The certificates served, the operator's first.
+    certificates: Vec<Served>,
+    /// Certificates that could not be read, with the reason.
+    unreadable: Vec<String>,
+}
+
+/// The leaf certificate's expiry in the PEM file `path`.
+fn expiry(path: &std::path::Path) -> Result<i64, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let leaf = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .ok_or_else(|| format!("{}: no PEM certificate", path.display()))?
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+fn https_row(config: &gearhost_node_config::NodeConfig) -> HttpsRow {
+    let mut row = HttpsRow {
+        listen: config.https.as_ref().map(|h| h.listen.clone()),
+        certificates: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    if row.listen.is_none() {
+        return row;
+    }
+    if let Some((certificate, _)) = config.https.as_ref().and_then(|h| h.certificate.as_ref()) {
+        match expiry(certificate) {
+            Ok(not_after) => row.certificates.push(Served {
+                host: format!("*.{}", config.domain),
+                not_after,
+            }),
+            Err(e) => row.unreadable.push(e),
+        }
+    }
+    // the aliases' certificates, kept by the node as <state>/tls/<host>.pem
+    let mut aliases: Vec<std::path::PathBuf> = std::fs::read_dir(config.state_dir.join("tls"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+        .collect();
+    aliases.sort();
+    for path in aliases {
+        let host = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match expiry(&path) {
+            Ok(not_after) => row.certificates.push(Served { host, not_after }),
+            Err(e) => row.unreadable.push(e),
+        }
+    }
+    row
+}
+
+impl HttpsRow {
+    /// The row as one line of the report.
+    fn line(&self) -> String {
+        let Some(listen) = &self.listen else {
+            return "https: off (no `[https] listen` in the node configuration)".into();
+        };
+        let mut line = format!(
+            "https: listening on {listen}, {} certificate(s) served",
+            self.certificates.len()
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        if let Some(first) = self.certificates.iter().min_by_key(|c| c.not_after) {
+            let at = std::time::UNIX_EPOCH
+                + std::time::Duration::from_secs(first.not_after.max(0) as u64);
+            let left = (first.not_after - now) / 86_400;
+            let when = humantime::format_rfc3339_seconds(at);
+            if first.not_after <= now {
+                line.push_str(&format!("; {} EXPIRED at {when}: renew it", first.host));
+            } else {
+                line.push_str(&format!(
+                    "; the first to expire: {} at {when} (in {left} days)",
+                    first.host
+                ));
+            }
+        }
+        for e in &self.unreadable {
+            line.push_str(&format!("; cannot read {e}"));
+        }
+        line
     }
 }

@@ -90,13 +90,16 @@ pub(super) fn request_part(
     data: &[u8],
     head: &RequestHead,
     user_agent: Option<std::ops::Range<usize>>,
+    http2: bool,
 ) -> usize {
     line.push_str(client);
     line.push_str(" \"");
     push_escaped(line, &data[head.method.clone()]);
     line.push(' ');
     push_escaped(line, &data[head.target.clone()]);
-    line.push_str(if head.minor == 0 {
+    line.push_str(if http2 {
+        " HTTP/2.0\""
+    } else if head.minor == 0 {
         " HTTP/1.0\""
     } else {
         " HTTP/1.1\""
@@ -236,7 +239,7 @@ mod tests {
         );
         let ua = gearhost_http::fields::facts(text, &head.headers).user_agent;
         let mut part = String::new();
-        let split = request_part(&mut part, "192.0.2.7", text, &head, ua);
+        let split = request_part(&mut part, "192.0.2.7", text, &head, ua, false);
         record(&log, &part, split, 201, 12, Duration::from_micros(3_456));
         // nothing reaches the file until a flush
         assert!(

@@ -12,8 +12,12 @@ use super::metrics::Stats;
 use super::wire::Upstream;
 use gearhost_sys::lock::lock;
 
-/// Most idle connections kept open to one gear.
-const POOL_MAX: usize = 256;
+/// Most idle connections kept open to one gear (per worker). HTTP/2 clients
+/// keep many requests in flight at once, and their answers come back in
+/// bursts: a pool smaller than the requests in flight closes connections
+/// that the next burst opens again (each a thread entering the gear's
+/// network namespace).
+const POOL_MAX: usize = 1024;
 /// An idle pooled connection older than this is closed instead of reused
 /// (apps close idle keep-alive connections after a while themselves).
 const POOL_IDLE: Duration = Duration::from_secs(30);

@@ -148,6 +148,21 @@ pub fn render_metrics(node: &Node) -> String {
     }
     let mut out = String::with_capacity(4096);
     render_frontend(&mut out, &all, &node.frontend);
+    let expiries = node.certs.expiries();
+    if !expiries.is_empty() {
+        counter(
+            &mut out,
+            "gearhost_certificate_expiry_seconds",
+            "When the certificate served for a host name expires (seconds since the epoch; host=\"*.<domain>\": the operator's).",
+            "gauge",
+        );
+        for (host, not_after) in expiries {
+            let _ = writeln!(
+                out,
+                "gearhost_certificate_expiry_seconds{{host=\"{host}\"}} {not_after}"
+            );
+        }
+    }
     counter(&mut out, "gearhost_gears", "Gears by state.", "gauge");
     let mut states: std::collections::BTreeMap<String, usize> = Default::default();
     for g in &gears {

@@ -29,6 +29,9 @@
 //! - `headers`: header policy (limits, hop-by-hop fields, forwarding
 //!   fields, keep-alive, answer framing);
 //! - `wire`: the HTTP/1.1 I/O (heads, bodies, batched sends);
+//! - `tls`, `http2`: client connections over TLS, and HTTP/2 (negotiated
+//!   by ALPN), whose streams each go through the pipeline as an HTTP/1.1
+//!   exchange in memory;
 //! - `gear`: the frontend's state of one gear (pools, activity, wake-up);
 //! - `metrics`, `access`, `pages`: counters and `/metrics`, access logs,
 //!   the frontend's own answers.
@@ -42,6 +45,7 @@ mod backend;
 pub mod drain;
 mod gear;
 mod headers;
+mod http2;
 mod metrics;
 mod pages;
 mod pipeline;

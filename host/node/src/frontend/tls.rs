@@ -2,7 +2,9 @@
 //! ([`ClientStream`]), and the pipeline serves both alike. TLS connections
 //! come from the `[https]` listener; their handshake happens on the worker
 //! that serves them, under the header timeout, with the certificate chosen
-//! by SNI ([`crate::certs::Certs`]).
+//! by SNI ([`crate::certs::Certs`]). A client that negotiates `h2` by ALPN
+//! is served by `super::http2`, which hands each of its streams to the
+//! pipeline as a [`ClientStream::Http2`].
 
 use std::io;
 use std::pin::Pin;
@@ -19,13 +21,22 @@ pub(crate) enum ClientStream {
     Tcp(TcpStream),
     /// HTTP over TLS.
     Tls(Box<TlsStream<TcpStream>>),
+    /// One HTTP/2 stream of a TLS connection, as an HTTP/1.1 exchange in
+    /// memory (see `super::http2`).
+    Http2(tokio::io::DuplexStream),
 }
 
 impl ClientStream {
     /// Whether the client speaks TLS (its requests get `X-Forwarded-Proto:
     /// https`).
     pub(crate) fn secure(&self) -> bool {
-        matches!(self, ClientStream::Tls(_))
+        matches!(self, ClientStream::Tls(_) | ClientStream::Http2(_))
+    }
+
+    /// Whether the request came as an HTTP/2 stream (its access log line
+    /// says `HTTP/2.0`).
+    pub(crate) fn http2(&self) -> bool {
+        matches!(self, ClientStream::Http2(_))
     }
 
     /// Waits until there may be something to read. For TLS the plaintext may
@@ -33,7 +44,7 @@ impl ClientStream {
     pub(crate) async fn readable(&self) -> io::Result<()> {
         match self {
             ClientStream::Tcp(s) => s.readable().await,
-            ClientStream::Tls(_) => Ok(()),
+            ClientStream::Tls(_) | ClientStream::Http2(_) => Ok(()),
         }
     }
 
@@ -42,7 +53,7 @@ impl ClientStream {
     pub(crate) fn tcp(&mut self) -> Option<&mut TcpStream> {
         match self {
             ClientStream::Tcp(s) => Some(s),
-            ClientStream::Tls(_) => None,
+            ClientStream::Tls(_) | ClientStream::Http2(_) => None,
         }
     }
 
@@ -57,6 +68,10 @@ impl ClientStream {
                 let (r, w) = tokio::io::split(&mut **s);
                 (ClientRead::Tls(r), ClientWrite::Tls(w))
             }
+            ClientStream::Http2(s) => {
+                let (r, w) = tokio::io::split(s);
+                (ClientRead::Http2(r), ClientWrite::Http2(w))
+            }
         }
     }
 }
@@ -70,6 +85,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            ClientStream::Http2(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -83,6 +99,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, data),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, data),
+            ClientStream::Http2(s) => Pin::new(s).poll_write(cx, data),
         }
     }
 
@@ -90,6 +107,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            ClientStream::Http2(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -97,6 +115,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            ClientStream::Http2(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -105,12 +124,14 @@ impl AsyncWrite for ClientStream {
 pub(crate) enum ClientRead<'a> {
     Tcp(tokio::net::tcp::ReadHalf<'a>),
     Tls(tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>),
+    Http2(tokio::io::ReadHalf<&'a mut tokio::io::DuplexStream>),
 }
 
 /// The writing half of a [`ClientStream`].
 pub(crate) enum ClientWrite<'a> {
     Tcp(tokio::net::tcp::WriteHalf<'a>),
     Tls(tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>),
+    Http2(tokio::io::WriteHalf<&'a mut tokio::io::DuplexStream>),
 }
 
 impl AsyncRead for ClientRead<'_> {
@@ -122,6 +143,7 @@ impl AsyncRead for ClientRead<'_> {
         match self.get_mut() {
             ClientRead::Tcp(r) => Pin::new(r).poll_read(cx, buf),
             ClientRead::Tls(r) => Pin::new(r).poll_read(cx, buf),
+            ClientRead::Http2(r) => Pin::new(r).poll_read(cx, buf),
         }
     }
 }
@@ -135,6 +157,7 @@ impl AsyncWrite for ClientWrite<'_> {
         match self.get_mut() {
             ClientWrite::Tcp(w) => Pin::new(w).poll_write(cx, data),
             ClientWrite::Tls(w) => Pin::new(w).poll_write(cx, data),
+            ClientWrite::Http2(w) => Pin::new(w).poll_write(cx, data),
         }
     }
 
@@ -142,6 +165,7 @@ impl AsyncWrite for ClientWrite<'_> {
         match self.get_mut() {
             ClientWrite::Tcp(w) => Pin::new(w).poll_flush(cx),
             ClientWrite::Tls(w) => Pin::new(w).poll_flush(cx),
+            ClientWrite::Http2(w) => Pin::new(w).poll_flush(cx),
         }
     }
 
@@ -149,6 +173,7 @@ impl AsyncWrite for ClientWrite<'_> {
         match self.get_mut() {
             ClientWrite::Tcp(w) => Pin::new(w).poll_shutdown(cx),
             ClientWrite::Tls(w) => Pin::new(w).poll_shutdown(cx),
+            ClientWrite::Http2(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
 }

@@ -282,7 +282,8 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener, gear: Arc<Gear>) {
 }
 
 /// Make the TLS handshake (within the header timeout: a client that says
-/// nothing holds nothing for long), then serve the connection.
+/// nothing holds nothing for long), then serve the connection: as HTTP/2
+/// when the client chose `h2` by ALPN, else as HTTP/1.1.
 async fn serve_tls(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     let Some(acceptor) = node
         .frontend
@@ -296,6 +297,9 @@ async fn serve_tls(node: Arc<Node>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let timeout = node.config().header_timeout;
     match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+            super::http2::serve(Arc::new(node), tls, peer).await;
+        }
         Ok(Ok(tls)) => {
             let stream = super::tls::ClientStream::Tls(Box::new(tls));
             pipeline::serve(&node, stream, peer).await;

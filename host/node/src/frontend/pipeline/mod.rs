@@ -47,7 +47,7 @@ mod relay;
 mod tests;
 
 /// Longest time spent reading a refused body to its end.
-const DRAIN_TIME: Duration = Duration::from_secs(10);
+pub(super) const DRAIN_TIME: Duration = Duration::from_secs(10);
 
 /// Serve one client connection to its end, counted.
 pub(super) async fn serve<B: Backend>(backend: &B, stream: ClientStream, peer: SocketAddr) {
@@ -56,6 +56,12 @@ pub(super) async fn serve<B: Backend>(backend: &B, stream: ClientStream, peer: S
     front.connections_total.fetch_add(1, Ordering::Relaxed);
     connection(backend, stream, peer).await;
     front.connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// Serve one HTTP/2 stream, handed over as an HTTP/1.1 exchange in memory
+/// (its connection is counted once, by `super::http2`).
+pub(super) async fn serve_stream<B: Backend>(backend: &B, stream: ClientStream, peer: SocketAddr) {
+    connection(backend, stream, peer).await;
 }
 
 /// A client connection's state that lives from one request to the next.
@@ -373,6 +379,7 @@ fn admit<G: BackendGear>(
         &c.buf.data,
         &c.head,
         framed.checked.facts.user_agent.clone(),
+        c.stream.http2(),
     );
     headers::write_request_head(
         &c.buf.data,

@@ -15,6 +15,7 @@ use crate::frontend::metrics::{Refusal, render_frontend};
 use crate::state::GearState;
 
 mod harness;
+mod http2;
 use harness::{
     App, Conn, Reply, World, closed_port, get, limits, no_wake, ok, wake_times_out, wakes_after,
     within,
