@@ -40,6 +40,37 @@ struct Proc {
     ended: watch::Sender<u64>,
 }
 
+impl Proc {
+    /// A supervised process `name` in `state`, and the receiving end of its
+    /// signal channel (for its monitor).
+    fn new(
+        name: &str,
+        state: ProcessState,
+        pid: Option<u32>,
+        restarts: u32,
+    ) -> (
+        Arc<Proc>,
+        tokio::sync::mpsc::UnboundedReceiver<gearhost_sandbox::Signal>,
+    ) {
+        let (signals, signal_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (ended, _) = watch::channel(0);
+        let proc = Arc::new(Proc {
+            name: name.to_string(),
+            status: Mutex::new(ProcStatus {
+                state,
+                pid,
+                restarts,
+                last_exit: None,
+                crashes: VecDeque::new(),
+            }),
+            stop: AtomicBool::new(false),
+            signals,
+            ended,
+        });
+        (proc, signal_rx)
+    }
+}
+
 /// The supervised processes of one gear.
 #[derive(Debug, Default)]
 pub struct Supervisor {
@@ -165,28 +196,39 @@ impl Supervisor {
             &format!("{name}[node]"),
             &format!("pid {pid} taken back from an earlier node"),
         );
-        let (signals, signal_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (ended, _) = watch::channel(0);
-        let proc = Arc::new(Proc {
-            name: name.clone(),
-            status: Mutex::new(ProcStatus {
-                state: ProcessState::Running,
-                pid: Some(pid),
-                restarts: record.restarts,
-                last_exit: None,
-                crashes: VecDeque::new(),
-            }),
-            stop: AtomicBool::new(false),
-            signals,
-            ended,
-        });
+        let (proc, signal_rx) = Proc::new(&name, ProcessState::Running, Some(pid), record.restarts);
         lock(&self.procs).insert(name, proc.clone());
         self.records.put_loaded(record.clone());
+        self.watch(
+            proc,
+            Child::Adopted(adopted),
+            signal_rx,
+            gear,
+            record,
+            log,
+            events,
+        );
+        pid
+    }
+
+    /// Supervises `child` as `proc` from now on: a monitor task restarts it by
+    /// its policy, within the gear's crash limits, and keeps its record.
+    #[allow(clippy::too_many_arguments)]
+    fn watch(
+        &self,
+        proc: Arc<Proc>,
+        child: Child,
+        signal_rx: tokio::sync::mpsc::UnboundedReceiver<gearhost_sandbox::Signal>,
+        gear: GearSandbox,
+        record: ProcRecord,
+        log: LogFile,
+        events: crate::events::GearEvents,
+    ) {
         let crash_limit = gear.config.crash_limit;
         let crash_window = gear.config.crash_window;
         tokio::spawn(monitor(
             proc,
-            Child::Adopted(adopted),
+            child,
             signal_rx,
             Watched {
                 gear,
@@ -198,7 +240,6 @@ impl Supervisor {
             crash_limit,
             crash_window,
         ));
-        pid
     }
 
     /// Start `cmd` as supervised process `name`. Returns its pid once the
@@ -242,21 +283,7 @@ impl Supervisor {
                 }
             }
         }
-        let (signals, signal_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (ended, _) = watch::channel(0);
-        let proc = Arc::new(Proc {
-            name: name.to_string(),
-            status: Mutex::new(ProcStatus {
-                state: ProcessState::Starting,
-                pid: None,
-                restarts: 0,
-                last_exit: None,
-                crashes: VecDeque::new(),
-            }),
-            stop: AtomicBool::new(false),
-            signals,
-            ended,
-        });
+        let (proc, signal_rx) = Proc::new(name, ProcessState::Starting, None, 0);
         lock(&self.procs).insert(name.to_string(), proc.clone());
         let first = start_one(&gear, &cmd, &log, name).await;
         let (child, leaf, start_time) = match first {
@@ -284,22 +311,15 @@ impl Supervisor {
             restarts: 0,
         };
         self.records.put(record.clone());
-        let crash_limit = gear.config.crash_limit;
-        let crash_window = gear.config.crash_window;
-        tokio::spawn(monitor(
+        self.watch(
             proc,
             Child::Spawned(Box::new(child)),
             signal_rx,
-            Watched {
-                gear,
-                record,
-                records: self.records.clone(),
-            },
+            gear,
+            record,
             log,
             events,
-            crash_limit,
-            crash_window,
-        ));
+        );
         self.counter.fetch_add(1, Ordering::Relaxed);
         Ok(pid)
     }
