@@ -8,8 +8,10 @@
 //! printed (docs/performance.md); one websocket stays open through all five (the keeper
 //! splices it) and keeps receiving frames; the lines the app wrote while no node ran reach
 //! `gear logs -f`; an app that crashes after the last adoption is restarted by
-//! supervision. Gear uids 82000-82399. A second test starts a node on sockets
-//! systemd-socket-activate passes (`LISTEN_FDS`), as the socket unit does.
+//! supervision. Gear uids 82000-82499. A second test starts a node on sockets
+//! systemd-socket-activate passes (`LISTEN_FDS`), as the socket unit does; a
+//! third checks that a websocket the keeper splices keeps its gear from
+//! idling after the node that counted it was killed, until it closes.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -581,4 +583,74 @@ fn a_node_serves_on_the_sockets_systemd_passes_and_hands_them_on() {
     assert_eq!(code, 404);
     assert!(!node.metrics().is_empty(), "metrics on the passed socket");
     node.stop_node("TERM");
+}
+
+/// Opens a websocket to the ws app through `addr`; returns the stream once the 101 is read.
+fn open_websocket(addr: SocketAddr) -> BufReader<TcpStream> {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: ws-default.localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .expect("upgrade");
+    let mut r = BufReader::new(s);
+    let mut status = String::new();
+    r.read_line(&mut status).expect("status");
+    assert!(status.starts_with("HTTP/1.1 101"), "{status}");
+    loop {
+        let mut h = String::new();
+        r.read_line(&mut h).expect("head");
+        if h.trim().is_empty() {
+            return r;
+        }
+    }
+}
+
+/// Reads one frame's payload.
+fn frame(r: &mut BufReader<TcpStream>) -> Vec<u8> {
+    let mut head = [0u8; 2];
+    r.read_exact(&mut head).expect("frame head");
+    let mut payload = vec![0u8; usize::from(head[1] & 0x7f)];
+    r.read_exact(&mut payload).expect("frame payload");
+    payload
+}
+
+#[test]
+fn a_kept_websocket_keeps_its_gear_awake_across_a_node_kill_until_it_closes() {
+    if !privileged("the node creates gears") {
+        return;
+    }
+    let mut node = TestNode::start(82400, "idle-timeout = \"2s\"");
+    let diy = cartridge_dir("diy-cartridge");
+    node.ok(&["cartridge", "install", path_str(diy.path())]);
+    let ws_server =
+        std::fs::read(workspace_root().join("tests/apps/restart-ws/server.py")).expect("ws app");
+    let ws = app(WS_START, &[("server.py", ws_server)]);
+    node.ok(&["create", "ws", "--cartridge", "diy"]);
+    node.ok(&["deploy", "ws", path_str(ws.path())]);
+    let mut socket = open_websocket(node.frontend);
+    frame(&mut socket);
+    // the node that counted it dies; the next one counts the keeper's pair again
+    node.kill9_and_restart();
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        frame(&mut socket);
+    }
+    let state = json(&node.ok(&["show", "ws", "--json"]))["state"].clone();
+    assert_eq!(state, "running", "idled with a websocket open");
+    // closed: the keeper reports it, and the gear idles after its timeout
+    drop(socket);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while json(&node.ok(&["show", "ws", "--json"]))["state"] != "idle" {
+        assert!(
+            Instant::now() < deadline,
+            "not idled after its websocket closed\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
