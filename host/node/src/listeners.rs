@@ -177,3 +177,34 @@ fn unix_listener_at(fd: &OwnedFd, path: &Path) -> bool {
     };
     addr.as_unix_addr().and_then(|u| u.path()) == Some(path) && path.exists()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_listener_serves_its_address_or_any_port_of_its_host() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let bound = l.local_addr().expect("addr");
+        let fd = OwnedFd::from(l);
+        assert!(serves(&fd, bound));
+        assert!(serves(&fd, "127.0.0.1:0".parse().expect("any port")));
+        assert!(!serves(&fd, "127.0.0.2:0".parse().expect("other host")));
+        let other = SocketAddr::new(bound.ip(), bound.port().wrapping_add(1).max(1));
+        assert!(!serves(&fd, other));
+        assert!(!listens_at(&fd, None), "not a unix socket");
+    }
+
+    #[test]
+    fn a_kept_api_socket_must_be_at_the_configured_path_and_still_there() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("node.sock");
+        let l = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        let fd = OwnedFd::from(l);
+        assert!(listens_at(&fd, None));
+        assert!(unix_listener_at(&fd, &path));
+        assert!(!unix_listener_at(&fd, &dir.path().join("other.sock")));
+        std::fs::remove_file(&path).expect("rm");
+        assert!(!unix_listener_at(&fd, &path), "its file is gone");
+    }
+}

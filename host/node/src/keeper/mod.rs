@@ -412,3 +412,50 @@ impl Keeper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A keeper of another protocol version at `path`: it greets, then waits.
+    fn foreign_keeper(path: &Path, version: u32) -> std::thread::JoinHandle<()> {
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        nix::sys::socket::bind(listener.as_raw_fd(), &UnixAddr::new(path).expect("addr"))
+            .expect("bind");
+        nix::sys::socket::listen(
+            &listener,
+            nix::sys::socket::Backlog::new(1).expect("backlog"),
+        )
+        .expect("listen");
+        std::thread::spawn(move || {
+            let conn = nix::sys::socket::accept(&listener).expect("accept");
+            let hello = Msg::Hello {
+                version,
+                pid: 4242,
+                pairs: vec![],
+            };
+            proto::send(conn.as_fd(), &hello, &[], &[]).expect("hello");
+            // the node hangs up after reading the greeting
+            let _ = proto::recv(conn.as_fd());
+        })
+    }
+
+    #[test]
+    fn a_keeper_of_another_version_is_refused_with_what_to_do() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = socket_path(dir.path());
+        let keeper = foreign_keeper(&path, proto::VERSION + 1);
+        let e = start(dir.path(), "unused").expect_err("refused");
+        let text = e.to_string();
+        assert!(text.contains("speaks version"), "{text}");
+        assert!(text.contains("kill 4242"), "{text}");
+        keeper.join().expect("keeper");
+        assert!(get().is_none(), "no keeper is used");
+    }
+}
