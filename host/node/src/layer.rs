@@ -28,8 +28,8 @@ use nix::fcntl::AtFlags;
 use nix::sys::stat::{Mode, SFlag, fchmod, mknodat};
 
 use crate::unpack::{
-    UnpackError, capped, expect_end, framing, make_dir, make_symlink, open_target, plain_path,
-    refuse, walk, write_file,
+    Place, Rules, UnpackError, each_entry, make_dir, make_symlink, open_target, plain_path, refuse,
+    walk, write_file,
 };
 
 /// The prefix of a whiteout's name.
@@ -68,115 +68,89 @@ pub fn unpack_layer(
     limits: LayerLimits,
 ) -> Result<UnpackedLayer, UnpackError> {
     let root = open_target(target, None)?;
-    let (mut stream, credit) = capped(input);
+    let rules = Rules {
+        what: "layer",
+        max_entries: limits.max_entries,
+        max_bytes: limits.max_bytes,
+        too_many: format!("the layer holds more than {} entries", limits.max_entries),
+        too_much: format!(
+            "the layer's files add up to more than {} bytes",
+            limits.max_bytes
+        ),
+        end: "the layer was not kept",
+    };
     let mut done = UnpackedLayer::default();
-    {
-        let mut archive = tar::Archive::new(&mut stream);
-        let entries = archive
-            .entries()
-            .map_err(|e| UnpackError::Archive(format!("not a tar archive: {e}")))?;
-        for entry in entries {
-            let mut entry = entry.map_err(|e| {
-                UnpackError::Archive(format!("the layer is damaged or cut short: {e}"))
-            })?;
-            let raw = entry
-                .path()
-                .map_err(|e| UnpackError::Archive(format!("an entry's name is unusable: {e}")))?
-                .into_owned();
-            let kind = entry.header().entry_type();
-            if kind.is_pax_global_extensions() {
-                continue;
-            }
-            done.entries += 1;
-            credit.set(done.bytes.saturating_add(framing(done.entries)));
-            if done.entries > limits.max_entries {
+    let (entries, bytes) = each_entry(input, &root, None, &rules, |entry, at, budget| {
+        let Place {
+            raw,
+            name,
+            parent,
+            kind,
+        } = at;
+        let name_bytes = name.as_os_str().as_bytes();
+        // an image's permission and sticky bits, never setuid or setgid
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o1777;
+        if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT.as_bytes()) {
+            if name_bytes == OPAQUE.as_bytes() {
+                rustix::fs::fsetxattr(
+                    &parent,
+                    "trusted.overlay.opaque",
+                    b"y",
+                    rustix::fs::XattrFlags::empty(),
+                )
+                .map_err(|e| refuse(raw, format!("cannot mark the directory opaque: {e}")))?;
+                done.opaque += 1;
+            } else if hidden.starts_with(WHITEOUT.as_bytes()) || hidden.is_empty() {
                 return Err(refuse(
-                    &raw,
-                    format!("the layer holds more than {} entries", limits.max_entries),
+                    raw,
+                    "an unknown whiteout kind; only .wh.NAME and .wh..wh..opq are",
                 ));
-            }
-            let parts = plain_path(&raw)?;
-            let Some((name, dirs)) = parts.split_last() else {
-                continue;
-            };
-            let parent = walk(&root, dirs, &raw, None)?;
-            let name_bytes = name.as_os_str().as_bytes();
-            // an image's permission and sticky bits, never setuid or setgid
-            let mode = entry.header().mode().unwrap_or(0o644) & 0o1777;
-            if let Some(hidden) = name_bytes.strip_prefix(WHITEOUT.as_bytes()) {
-                if name_bytes == OPAQUE.as_bytes() {
-                    rustix::fs::fsetxattr(
-                        &parent,
-                        "trusted.overlay.opaque",
-                        b"y",
-                        rustix::fs::XattrFlags::empty(),
-                    )
-                    .map_err(|e| refuse(&raw, format!("cannot mark the directory opaque: {e}")))?;
-                    done.opaque += 1;
-                } else if hidden.starts_with(WHITEOUT.as_bytes()) || hidden.is_empty() {
-                    return Err(refuse(
-                        &raw,
-                        "an unknown whiteout kind; only .wh.NAME and .wh..wh..opq are",
-                    ));
-                } else {
-                    let hidden = std::ffi::OsStr::from_bytes(hidden);
-                    mknodat(&parent, hidden, SFlag::S_IFCHR, Mode::empty(), 0).map_err(
-                        |e| match e {
-                            Errno::EEXIST => refuse(&raw, "the layer names what it removes"),
-                            e => refuse(&raw, format!("cannot make the whiteout: {e}")),
-                        },
-                    )?;
-                    done.whiteouts += 1;
-                }
-            } else if kind.is_dir() {
-                let dir = make_dir(&parent, name, &raw, None)?;
-                fchmod(&dir, Mode::from_bits_truncate(mode))
-                    .map_err(|e| refuse(&raw, format!("cannot set its mode: {e}")))?;
-            } else if kind.is_file() || kind == tar::EntryType::Continuous {
-                let size = entry.size();
-                if done.bytes.saturating_add(size) > limits.max_bytes {
-                    return Err(refuse(
-                        &raw,
-                        format!(
-                            "the layer's files add up to more than {} bytes",
-                            limits.max_bytes
-                        ),
-                    ));
-                }
-                credit.set(
-                    done.bytes
-                        .saturating_add(size)
-                        .saturating_add(framing(done.entries)),
-                );
-                write_file(&parent, name, &mut entry, size, mode, None, &raw, "layer")?;
-                done.bytes += size;
-            } else if kind.is_symlink() {
-                make_symlink(&parent, name, &entry, &raw, "layer")?;
-            } else if kind.is_hard_link() {
-                let to = entry
-                    .link_name()
-                    .map_err(|e| refuse(&raw, format!("its link target is unusable: {e}")))?
-                    .ok_or_else(|| refuse(&raw, "a hard link without a target"))?
-                    .into_owned();
-                hard_link(&root, &parent, name.as_os_str(), &to, &raw)?;
-            } else if kind.is_character_special()
-                || kind.is_block_special()
-                || kind.is_fifo()
-                || kind.as_byte() == b's'
-            {
-                done.skipped += 1;
             } else {
-                return Err(refuse(
-                    &raw,
-                    format!(
-                        "entries of tar type {:?} are not unpacked",
-                        kind.as_byte() as char
-                    ),
-                ));
+                let hidden = std::ffi::OsStr::from_bytes(hidden);
+                mknodat(&parent, hidden, SFlag::S_IFCHR, Mode::empty(), 0).map_err(
+                    |e| match e {
+                        Errno::EEXIST => refuse(raw, "the layer names what it removes"),
+                        e => refuse(raw, format!("cannot make the whiteout: {e}")),
+                    },
+                )?;
+                done.whiteouts += 1;
             }
+        } else if kind.is_dir() {
+            let dir = make_dir(&parent, name, raw, None)?;
+            fchmod(&dir, Mode::from_bits_truncate(mode))
+                .map_err(|e| refuse(raw, format!("cannot set its mode: {e}")))?;
+        } else if kind.is_file() || kind == tar::EntryType::Continuous {
+            let size = entry.size();
+            budget.file(size, raw)?;
+            write_file(&parent, name, entry, size, mode, None, raw, "layer")?;
+        } else if kind.is_symlink() {
+            make_symlink(&parent, name, entry, raw, "layer")?;
+        } else if kind.is_hard_link() {
+            let to = entry
+                .link_name()
+                .map_err(|e| refuse(raw, format!("its link target is unusable: {e}")))?
+                .ok_or_else(|| refuse(raw, "a hard link without a target"))?
+                .into_owned();
+            hard_link(&root, &parent, name.as_os_str(), &to, raw)?;
+        } else if kind.is_character_special()
+            || kind.is_block_special()
+            || kind.is_fifo()
+            || kind.as_byte() == b's'
+        {
+            done.skipped += 1;
+        } else {
+            return Err(refuse(
+                raw,
+                format!(
+                    "entries of tar type {:?} are not unpacked",
+                    kind.as_byte() as char
+                ),
+            ));
         }
-    }
-    expect_end(&mut stream, "the layer was not kept")?;
+        Ok(())
+    })?;
+    done.entries = entries;
+    done.bytes = bytes;
     Ok(done)
 }
 

@@ -99,8 +99,153 @@ pub fn unpack(
     owner: Option<u32>,
 ) -> Result<Unpacked, UnpackError> {
     let root = open_target(target, owner)?;
+    let rules = Rules {
+        what: "archive",
+        max_entries: limits.max_entries,
+        max_bytes: limits.max_bytes,
+        too_many: format!(
+            "the archive holds more than {} entries; deploy fewer files",
+            limits.max_entries
+        ),
+        too_much: format!(
+            "the files add up to more than the node's limit of {} bytes \
+             (gears.max-deploy-size); deploy less, or ask the operator",
+            limits.max_bytes
+        ),
+        end: "nothing was deployed",
+    };
+    let (entries, bytes) = each_entry(input, &root, owner, &rules, |entry, at, budget| {
+        let Place {
+            raw,
+            name,
+            parent,
+            kind,
+        } = at;
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        if kind.is_dir() {
+            let dir = make_dir(&parent, name, raw, owner)?;
+            fchmod(&dir, Mode::from_bits_truncate(mode | 0o700))
+                .map_err(|e| refuse(raw, format!("cannot set its mode: {e}")))
+        } else if kind.is_file() || kind == tar::EntryType::Continuous {
+            // the size the reader goes by (a pax record overrides the header's)
+            let size = entry.size();
+            budget.file(size, raw)?;
+            write_file(&parent, name, entry, size, mode, owner, raw, "archive")
+        } else if kind.is_symlink() {
+            make_symlink(&parent, name, entry, raw, "archive")?;
+            match owner {
+                Some(uid) => nix::unistd::fchownat(
+                    &parent,
+                    name.as_os_str(),
+                    Some(uid.into()),
+                    Some(uid.into()),
+                    AtFlags::AT_SYMLINK_NOFOLLOW,
+                )
+                .map_err(|e| refuse(raw, format!("cannot chown the symlink: {e}"))),
+                None => Ok(()),
+            }
+        } else if kind.is_hard_link() {
+            Err(refuse(
+                raw,
+                "hard links are not unpacked; send the file itself (a current `gear` does)",
+            ))
+        } else if kind.is_character_special() || kind.is_block_special() {
+            Err(refuse(
+                raw,
+                "device nodes are not unpacked; leave them out of the sources",
+            ))
+        } else if kind.is_fifo() {
+            Err(refuse(
+                raw,
+                "FIFOs are not unpacked; leave them out of the sources",
+            ))
+        } else {
+            Err(refuse(
+                raw,
+                format!(
+                    "entries of tar type {:?} are not unpacked; only directories, files and symlinks are",
+                    kind.as_byte() as char
+                ),
+            ))
+        }
+    })?;
+    Ok(Unpacked { entries, bytes })
+}
+
+/// What an unpacker allows of one stream, and how it names what it refuses.
+pub(crate) struct Rules {
+    /// What the stream is, in messages (`archive`, `layer`).
+    pub what: &'static str,
+    /// Entries of any kind.
+    pub max_entries: u64,
+    /// The sum of the regular files' sizes.
+    pub max_bytes: u64,
+    /// The refusal of one entry too many.
+    pub too_many: String,
+    /// The refusal of a file past `max_bytes`.
+    pub too_much: String,
+    /// What became of the stream when it ends without its end marker.
+    pub end: &'static str,
+}
+
+/// One entry, its path checked and its parent directory opened.
+pub(crate) struct Place<'a> {
+    /// The path as the stream gives it, for messages.
+    pub raw: &'a Path,
+    /// Its last component, to be made in `parent`.
+    pub name: &'a Path,
+    /// The directory it goes in, walked without following a symlink.
+    pub parent: OwnedFd,
+    /// Its tar type.
+    pub kind: tar::EntryType,
+}
+
+/// A stream's budget: the files' sizes against the limit, and the credit
+/// the stream is read with.
+pub(crate) struct Budget<'r> {
+    rules: &'r Rules,
+    credit: Rc<Cell<u64>>,
+    entries: u64,
+    bytes: u64,
+}
+
+impl Budget<'_> {
+    /// Accepts `size` bytes of file content (the stream may then carry them),
+    /// or refuses the entry `raw` past the limit.
+    pub(crate) fn file(&mut self, size: u64, raw: &Path) -> Result<(), UnpackError> {
+        if self.bytes.saturating_add(size) > self.rules.max_bytes {
+            return Err(refuse(raw, self.rules.too_much.clone()));
+        }
+        self.bytes += size;
+        self.credit
+            .set(self.bytes.saturating_add(framing(self.entries)));
+        Ok(())
+    }
+}
+
+/// Reads the tar stream `input` entry by entry under `rules` (plain paths,
+/// bounded entries, bytes and framing, the end marker required), opens each
+/// entry's parent below `root` without following a symlink (creating missing
+/// directories for `owner`), and hands it to `visit`. Returns the entries and
+/// the file bytes accepted.
+pub(crate) fn each_entry<R: Read>(
+    input: R,
+    root: &OwnedFd,
+    owner: Option<u32>,
+    rules: &Rules,
+    mut visit: impl FnMut(
+        &mut tar::Entry<'_, &mut Capped<R>>,
+        Place<'_>,
+        &mut Budget<'_>,
+    ) -> Result<(), UnpackError>,
+) -> Result<(u64, u64), UnpackError> {
     let (mut stream, credit) = capped(input);
-    let mut done = Unpacked::default();
+    let mut budget = Budget {
+        rules,
+        credit,
+        entries: 0,
+        bytes: 0,
+    };
     {
         let mut archive = tar::Archive::new(&mut stream);
         let entries = archive
@@ -108,7 +253,7 @@ pub fn unpack(
             .map_err(|e| UnpackError::Archive(format!("not a tar archive: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| {
-                UnpackError::Archive(format!("the archive is damaged or cut short: {e}"))
+                UnpackError::Archive(format!("the {} is damaged or cut short: {e}", rules.what))
             })?;
             let raw = entry
                 .path()
@@ -118,90 +263,30 @@ pub fn unpack(
             if kind.is_pax_global_extensions() {
                 continue;
             }
-            done.entries += 1;
-            credit.set(done.bytes.saturating_add(framing(done.entries)));
-            if done.entries > limits.max_entries {
-                return Err(refuse(
-                    &raw,
-                    format!(
-                        "the archive holds more than {} entries; deploy fewer files",
-                        limits.max_entries
-                    ),
-                ));
+            budget.entries += 1;
+            budget
+                .credit
+                .set(budget.bytes.saturating_add(framing(budget.entries)));
+            if budget.entries > rules.max_entries {
+                return Err(refuse(&raw, rules.too_many.clone()));
             }
             let parts = plain_path(&raw)?;
             let Some((name, dirs)) = parts.split_last() else {
                 // `.` or `./`: the target itself
                 continue;
             };
-            let parent = walk(&root, dirs, &raw, owner)?;
-            let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
-            if kind.is_dir() {
-                let dir = make_dir(&parent, name, &raw, owner)?;
-                fchmod(&dir, Mode::from_bits_truncate(mode | 0o700))
-                    .map_err(|e| refuse(&raw, format!("cannot set its mode: {e}")))?;
-            } else if kind.is_file() || kind == tar::EntryType::Continuous {
-                // the size the reader goes by (a pax record overrides the header's)
-                let size = entry.size();
-                if done.bytes.saturating_add(size) > limits.max_bytes {
-                    return Err(refuse(
-                        &raw,
-                        format!(
-                            "the files add up to more than the node's limit of {} bytes \
-                             (gears.max-deploy-size); deploy less, or ask the operator",
-                            limits.max_bytes
-                        ),
-                    ));
-                }
-                credit.set(
-                    done.bytes
-                        .saturating_add(size)
-                        .saturating_add(framing(done.entries)),
-                );
-                write_file(
-                    &parent, name, &mut entry, size, mode, owner, &raw, "archive",
-                )?;
-                done.bytes += size;
-            } else if kind.is_symlink() {
-                make_symlink(&parent, name, &entry, &raw, "archive")?;
-                if let Some(uid) = owner {
-                    nix::unistd::fchownat(
-                        &parent,
-                        name.as_os_str(),
-                        Some(uid.into()),
-                        Some(uid.into()),
-                        AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| refuse(&raw, format!("cannot chown the symlink: {e}")))?;
-                }
-            } else if kind.is_hard_link() {
-                return Err(refuse(
-                    &raw,
-                    "hard links are not unpacked; send the file itself (a current `gear` does)",
-                ));
-            } else if kind.is_character_special() || kind.is_block_special() {
-                return Err(refuse(
-                    &raw,
-                    "device nodes are not unpacked; leave them out of the sources",
-                ));
-            } else if kind.is_fifo() {
-                return Err(refuse(
-                    &raw,
-                    "FIFOs are not unpacked; leave them out of the sources",
-                ));
-            } else {
-                return Err(refuse(
-                    &raw,
-                    format!(
-                        "entries of tar type {:?} are not unpacked; only directories, files and symlinks are",
-                        kind.as_byte() as char
-                    ),
-                ));
-            }
+            let parent = walk(root, dirs, &raw, owner)?;
+            let place = Place {
+                raw: &raw,
+                name,
+                parent,
+                kind,
+            };
+            visit(&mut entry, place, &mut budget)?;
         }
     }
-    expect_end(&mut stream, "nothing was deployed")?;
-    Ok(done)
+    expect_end(&mut stream, rules.end)?;
+    Ok((budget.entries, budget.bytes))
 }
 
 /// Creates `target` (which must not exist), mode 0755, handed to `owner`
@@ -229,7 +314,7 @@ pub(crate) fn open_target(target: &Path, owner: Option<u32>) -> Result<OwnedFd, 
 /// the framing (headers, padding, long names, extension records) 2 KiB per
 /// entry plus 1 MiB, so that no header or extension record makes the node
 /// hold more than that in memory.
-pub(crate) fn capped<R>(input: R) -> (Capped<R>, Rc<Cell<u64>>) {
+fn capped<R>(input: R) -> (Capped<R>, Rc<Cell<u64>>) {
     let credit = Rc::new(Cell::new(framing(0)));
     let stream = Capped {
         inner: input,
@@ -302,7 +387,7 @@ pub(crate) fn make_symlink<R: Read>(
 /// Reads what follows the last entry: the entries stop at the first zero
 /// block, or at the end of the stream, and only the first is a complete
 /// archive (another zero block follows it).
-pub(crate) fn expect_end(stream: &mut impl Read, outcome: &str) -> Result<(), UnpackError> {
+fn expect_end(stream: &mut impl Read, outcome: &str) -> Result<(), UnpackError> {
     let mut rest = [0u8; 512];
     let mut got = 0;
     while got < rest.len() {
@@ -422,7 +507,7 @@ fn chown_fd(fd: &impl AsFd, uid: u32) -> nix::Result<()> {
 }
 
 /// What the framing of an archive with `entries` entries so far may take.
-pub(crate) fn framing(entries: u64) -> u64 {
+fn framing(entries: u64) -> u64 {
     entries
         .saturating_add(1)
         .saturating_mul(2048)
