@@ -13,7 +13,7 @@ use gearhost_sys::proc_status::Status;
 
 pub mod apps;
 mod pki;
-pub use pki::{openssl, test_pki};
+pub use pki::{openssl, test_ca, test_cert, test_pki};
 pub mod registry;
 
 /// The workspace root.

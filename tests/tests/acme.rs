@@ -56,61 +56,8 @@ fn an_alias_gets_its_certificate_from_an_acme_server() {
     let work = tempfile::tempdir().expect("dir");
     let dir = work.path();
     // pebble's own HTTPS certificate, from a CA the node is told to trust
-    let openssl = |args: &[&str]| gearhost_tests::openssl(dir, args);
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-days",
-        "30",
-        "-subj",
-        "/CN=ACME test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-new",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-        "-subj",
-        "/CN=pebble",
-        "-keyout",
-        "pebble.key",
-        "-out",
-        "pebble.csr",
-    ]);
-    std::fs::write(
-        dir.join("pebble.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .expect("ext");
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "pebble.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "30",
-        "-extfile",
-        "pebble.ext",
-        "-out",
-        "pebble.pem",
-    ]);
+    gearhost_tests::test_ca(dir, "ACME test CA");
+    gearhost_tests::test_cert(dir, "pebble", &["127.0.0.1", "localhost"]);
     let (acme_port, management, dns, https) = (free_port(), free_port(), free_port(), free_port());
     let node = TestNode::start_shared(
         86600,

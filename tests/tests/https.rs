@@ -10,67 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gearhost_tests::apps::tree;
-use gearhost_tests::{TestNode, cartridge_dir, free_port, openssl, privileged};
-
-/// A key and a certificate for `names`, signed by the CA in `dir`
-/// (`ca.pem`, `ca.key`): `<stem>.pem`, `<stem>.key`.
-fn issue(dir: &Path, stem: &str, names: &[&str]) {
-    let key = format!("{stem}.key");
-    let csr = format!("{stem}.csr");
-    let pem = format!("{stem}.pem");
-    let ext = format!("{stem}.ext");
-    let san: Vec<String> = names.iter().map(|n| format!("DNS:{n}")).collect();
-    std::fs::write(
-        dir.join(&ext),
-        format!("subjectAltName={}\n", san.join(",")),
-    )
-    .expect("ext");
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            &key,
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            &format!("/CN={}", names[0]),
-            "-out",
-            &csr,
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "30",
-            "-extfile",
-            &ext,
-            "-out",
-            &pem,
-        ],
-    );
-}
+use gearhost_tests::{TestNode, cartridge_dir, free_port, privileged, test_ca, test_cert};
 
 /// `curl` of `https://HOST:PORT/PATH` trusting only the test's CA, HOST
 /// resolved to loopback: (exit code, body).
@@ -145,37 +85,10 @@ fn gears_are_served_over_https_with_the_certificate_for_their_name() {
     }
     let pki = tempfile::tempdir().expect("pki");
     let dir = pki.path();
-    openssl(
-        dir,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            "ca.key",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/CN=Gearhost test CA",
-            "-days",
-            "30",
-            "-out",
-            "ca.pem",
-        ],
-    );
-    issue(dir, "wildcard", &["*.gears.test"]);
-    issue(dir, "alias", &["www.example.org"]);
-    issue(dir, "other", &["other.example.org"]);
+    test_ca(dir, "Gearhost test CA");
+    test_cert(dir, "wildcard", &["*.gears.test"]);
+    test_cert(dir, "alias", &["www.example.org"]);
+    test_cert(dir, "other", &["other.example.org"]);
     let port = free_port();
     let node = TestNode::start_shared(
         86000,
@@ -419,7 +332,7 @@ fn gears_are_served_over_https_with_the_certificate_for_their_name() {
     // a renewed operator certificate is served without a restart (SIGHUP
     // reads it at once; otherwise within half a minute)
     let before = served_serial(dir, "web-default.gears.test", port);
-    issue(dir, "wildcard", &["*.gears.test"]);
+    test_cert(dir, "wildcard", &["*.gears.test"]);
     let _ = Command::new("kill")
         .args(["-HUP", &node.pid().to_string()])
         .status();
