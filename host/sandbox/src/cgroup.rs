@@ -60,6 +60,27 @@ pub enum CgroupError {
         /// What to do about it.
         hint: &'static str,
     },
+    /// The cgroup has no freezer: no v1 freezer hierarchy, or a v2 kernel older than 5.2.
+    #[error(
+        "the cgroup freezer is not available (no v1 freezer hierarchy, or a kernel before 5.2 on v2)"
+    )]
+    NoFreezer,
+    /// The freezer did not freeze every task in time; the cgroup was thawed again.
+    #[error(
+        "not every process in {path} froze within {waited:?} (one is stuck in the kernel); the cgroup was thawed again"
+    )]
+    FreezeTimeout {
+        /// The freezer file.
+        path: PathBuf,
+        /// How long it was given.
+        waited: Duration,
+    },
+    /// The gear's group holds no process to freeze.
+    #[error("{path} holds no process to freeze")]
+    NothingToFreeze {
+        /// The group's directory.
+        path: PathBuf,
+    },
     /// Processes were still in the gear's cgroup after the teardown deadline.
     #[error(
         "{count} process(es) still in {path} after teardown; kill them (cat {path}/cgroup.procs) and remove the directory"
@@ -616,10 +637,12 @@ impl GearCgroup {
     }
 }
 
+mod freezer;
 mod groups;
 mod layout;
 #[cfg(test)]
 mod tests;
 
+pub use freezer::*;
 pub use groups::*;
 pub use layout::*;

@@ -149,6 +149,9 @@ pub fn remove_group(subtree: &str, name: &str) -> Result<TeardownReport, CgroupE
         layout: mounts.layout,
         dirs: gear_paths(&mounts, &group_placement),
     };
+    // a frozen gear's processes are thawed first: on v1 a frozen task does not die of SIGKILL
+    // until it is, and a member cannot be thawed while its group is frozen
+    group.thaw()?;
     // the members, by name, across all hierarchies
     let mut members = std::collections::BTreeSet::new();
     for dir in group.dirs.values() {

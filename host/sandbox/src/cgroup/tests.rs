@@ -222,3 +222,117 @@ fn this_process_has_cgroups() {
     assert!(!groups.is_empty());
     assert!(groups.iter().all(|g| g.path.starts_with('/')));
 }
+
+#[test]
+fn available_memory_is_read_from_meminfo() {
+    let text = "MemTotal:       16318412 kB\nMemFree:         1190436 kB\nMemAvailable:    9336392 kB\nBuffers:          512 kB\n";
+    assert_eq!(parse_mem_available(text), Some(9_336_392 * 1024));
+    assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+}
+
+/// A real process in a real cgroup is frozen (it stops counting), keeps its pid and memory,
+/// runs again once thawed, and a frozen cgroup is torn down (on v1 its tasks must be thawed
+/// for SIGKILL to land).
+#[test]
+fn a_frozen_group_stops_running_and_thaws_where_it_was() {
+    if !crate::testing::privileged("the cgroup freezer") {
+        return;
+    }
+    let mounts = detect().expect("cgroups");
+    let subtree = format!("gearhost-freeze-test-{}", std::process::id());
+    let limits = Limits::default();
+    ensure_group(&mounts, &subtree, "g", &limits).expect("group");
+    let leaf = leaf_placement(&subtree, "g", "g-web-1");
+    let (cg, _) = GearCgroup::create(&mounts, &leaf, &limits).expect("leaf");
+    // a shell that counts in a file as fast as it can, placed in the leaf
+    let dir = std::env::temp_dir().join(&subtree);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let counter = dir.join("n");
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "i=0; while true; do i=$((i+1)); echo $i > {}; done",
+            counter.display()
+        ))
+        .spawn()
+        .expect("spawn");
+    for f in cg.procs_files() {
+        std::fs::write(&f, child.id().to_string()).expect("join");
+    }
+    // the shell rewrites the file: a read may find it just emptied
+    let read = || {
+        for _ in 0..1000 {
+            if let Some(n) = std::fs::read_to_string(&counter)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+            {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        0
+    };
+    assert!(read() > 0, "the shell counts");
+    freeze_gear(&subtree, "g", Duration::from_secs(5)).expect("freeze");
+    assert!(gear_frozen(&subtree, "g"));
+    let group = gear_group(&mounts, &subtree, "g");
+    assert_eq!(group.freezer_state(), Some(FreezerState::Frozen));
+    let at = read();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(read(), at, "a frozen process does not run");
+    assert!(gear_memory(&subtree, "g").is_some_and(|m| m > 0));
+    assert_eq!(cg.pids(), vec![child.id() as i32], "the same process, kept");
+    thaw_gear(&subtree, "g").expect("thaw");
+    assert!(!gear_frozen(&subtree, "g"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(read() > at, "a thawed process runs on");
+    // frozen again, then torn down while frozen
+    freeze_gear(&subtree, "g", Duration::from_secs(5)).expect("freeze again");
+    let done = remove_group(&subtree, "g").expect("teardown of a frozen group");
+    assert!(done.killed >= 1);
+    let _ = child.wait();
+    remove_subtree(&subtree).expect("subtree");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The v2 freezer on this machine's cgroup2 mount, whichever layout the gears use: a v2
+/// cgroup freezes (`cgroup.events` says `frozen 1`) and thaws.
+#[test]
+fn the_v2_freezer_freezes_and_thaws() {
+    if !crate::testing::privileged("the cgroup v2 freezer") {
+        return;
+    }
+    let mounts = detect().expect("cgroups");
+    let Some(root) = mounts.v2.clone() else {
+        eprintln!("no cgroup2 mount: nothing to test");
+        return;
+    };
+    let dir = root.join(format!("gearhost-freeze-v2-{}", std::process::id()));
+    std::fs::create_dir(&dir).expect("cgroup");
+    if !dir.join("cgroup.freeze").exists() {
+        let _ = std::fs::remove_dir(&dir);
+        eprintln!("this kernel has no v2 freezer: nothing to test");
+        return;
+    }
+    let cg = GearCgroup {
+        layout: CgroupLayout::V2,
+        dirs: [("unified".to_string(), dir.clone())].into(),
+    };
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn");
+    std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).expect("join");
+    assert_eq!(cg.freezer_state(), Some(FreezerState::Thawed));
+    cg.freeze(Duration::from_secs(5)).expect("freeze");
+    assert_eq!(cg.freezer_state(), Some(FreezerState::Frozen));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
+    assert!(status.contains("State:"), "/proc of a frozen task reads");
+    cg.thaw().expect("thaw");
+    assert_eq!(cg.freezer_state(), Some(FreezerState::Thawed));
+    // v2: SIGKILL reaches a frozen task
+    cg.freeze(Duration::from_secs(5)).expect("freeze");
+    child.kill().expect("kill");
+    let _ = child.wait();
+    cg.teardown(Duration::from_secs(5)).expect("teardown");
+}
