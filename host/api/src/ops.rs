@@ -307,13 +307,18 @@ ops! {
         /// The gear.
         gear: GearRef,
     }
-    /// Stop a running gear and mark it idle: its next request through the
-    /// frontend starts it again.
+    /// Put a running gear to sleep: freeze it (`frozen`: its next request
+    /// through the frontend thaws it), or with `stop` stop it and mark it
+    /// idle (its next request starts it again). With `stop`, a frozen gear
+    /// is stopped too.
     Idle "idle" => reply::GearView {
         /// The gear.
         gear: GearRef,
+        /// Stop it rather than freeze it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        stop: bool,
     }
-    /// Start an idle gear now.
+    /// Start an idle gear now, or thaw a frozen one.
     Unidle "unidle" => reply::GearView {
         /// The gear.
         gear: GearRef,

@@ -46,6 +46,12 @@ pub enum GearState {
     /// while it should be running, and the next request to it through the
     /// frontend starts it again. Kept across node restarts.
     Idle,
+    /// Put to sleep by the idler (or `gear idle`) for a short while: its
+    /// processes are frozen by the cgroup freezer with their memory kept,
+    /// and the next request to it thaws them. After the longer idle timeout
+    /// (or under memory pressure on the node) it is stopped and becomes
+    /// `idle`. Kept across node restarts.
+    Frozen,
 }
 
 impl GearState {
@@ -60,6 +66,7 @@ impl GearState {
             GearState::Stopped => "stopped",
             GearState::Failed => "failed",
             GearState::Idle => "idle",
+            GearState::Frozen => "frozen",
         }
     }
 }
@@ -275,6 +282,11 @@ pub struct GearDetail {
     /// Its disk use against its quota (none: the gear has no quota).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskUsage>,
+    /// The memory its processes hold now, in bytes, as its cgroup counts it
+    /// (page cache included); a frozen gear keeps holding it. None when
+    /// nothing of it runs or it cannot be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
 }
 
 /// A gear's disk use against its quota, as the kernel counts it.
@@ -721,6 +733,12 @@ pub enum NodeEventKind {
     /// A node that started found the gear's processes not as the earlier node recorded
     /// them, stopped what was left and started the gear again; the reason says what differed.
     NotAdopted,
+    /// The gear's processes were frozen (cgroup freezer) for lack of requests, or by
+    /// `gear idle`; they keep their memory.
+    Froze,
+    /// The frozen gear's processes were thawed: a request came, or something had to reach
+    /// them (`gear exec`, a hook, a stop).
+    Thawed,
 }
 
 impl NodeEventKind {
@@ -743,6 +761,8 @@ impl NodeEventKind {
             NodeEventKind::HookFailed => "hook-failed",
             NodeEventKind::Adopted => "adopted",
             NodeEventKind::NotAdopted => "not-adopted",
+            NodeEventKind::Froze => "froze",
+            NodeEventKind::Thawed => "thawed",
         }
     }
 }

@@ -223,6 +223,7 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
                 used: 73_400_320,
                 limit: 2 << 30,
             }),
+            memory: Some(41_943_040),
         },
     );
     answer::<Destroy>(
@@ -567,6 +568,20 @@ fn no_golden_file_is_left_without_a_sample() {
 
 #[test]
 fn fields_added_later_may_be_absent() {
+    // a client from before frozen gears: `gear idle` without `stop` freezes
+    let idle = gearhost_api::decode_request(
+        br#"{"api":1,"gear":{"name":"web","namespace":"team"},"op":"idle"}"#,
+    )
+    .expect("an idle without stop");
+    assert_eq!(
+        idle,
+        Request::Idle(Idle {
+            gear: web(),
+            stop: false
+        })
+    );
+    let line = String::from_utf8(gearhost_api::encode_request(&idle)).expect("utf-8");
+    assert!(!line.contains("stop"), "{line}");
     // a client from before disk quotas: the node's default applies
     let request = gearhost_api::decode_request(
         br#"{"api":1,"op":"create","gear":{"name":"web","namespace":"team"},"cartridge":"python"}"#,
@@ -593,6 +608,7 @@ fn fields_added_later_may_be_absent() {
         aliases: Vec::new(),
         linked_from: Vec::new(),
         disk: None,
+        memory: None,
     };
     let text = serde_json::to_string(&detail).expect("encode");
     assert!(!text.contains("disk"), "{text}");

@@ -160,9 +160,10 @@ pub enum Command {
     Alias(cmd::alias::Command),
     /// What a gear asks of HTTPS: redirect plain HTTP, HSTS.
     Https(cmd::https::Args),
-    /// Stop a running gear now and mark it idle; its next request starts it again.
-    Idle(cmd::idle::Args),
-    /// Start an idle gear now, without waiting for a request.
+    /// Freeze a running gear now (its next request thaws it), or with --stop
+    /// stop it and mark it idle (its next request starts it again).
+    Idle(cmd::idle::IdleArgs),
+    /// Start an idle gear, or thaw a frozen one, now, without waiting for a request.
     Unidle(cmd::idle::Args),
     /// Stop a gear and remove it with everything it had.
     Destroy(cmd::destroy::Args),

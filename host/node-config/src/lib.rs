@@ -51,6 +51,15 @@ pub struct NodeConfig {
     /// A gear with no request through the frontend for this long is idled
     /// (none: gears are never idled automatically).
     pub idle_timeout: Option<Duration>,
+    /// A running gear with no request for this long is frozen with the cgroup
+    /// freezer (its memory kept, a request thaws it), before `idle_timeout`
+    /// stops it (none, or not shorter than `idle_timeout`: gears are never
+    /// frozen automatically; `gear idle` still freezes).
+    pub freeze_after: Option<Duration>,
+    /// When the memory available on the machine (`MemAvailable`) falls below
+    /// this many bytes, frozen gears are stopped (marked idle), the largest
+    /// first, until it is above again (none: never).
+    pub frozen_memory_floor: Option<u64>,
     /// Largest request body the frontend forwards, in bytes.
     pub max_body: u64,
     /// How long a client has to send a complete request head, including the
@@ -265,6 +274,10 @@ struct RawGears {
     start_timeout: String,
     #[serde(default = "default_idle_timeout")]
     idle_timeout: String,
+    #[serde(default = "default_freeze_after")]
+    freeze_after: String,
+    #[serde(default = "default_frozen_memory_floor")]
+    frozen_memory_floor: String,
     #[serde(default = "default_warm_helpers")]
     warm_helpers: usize,
     #[serde(default = "default_max_connections")]
@@ -302,6 +315,8 @@ impl Default for RawGears {
             crash_window: default_crash_window(),
             start_timeout: default_start_timeout(),
             idle_timeout: default_idle_timeout(),
+            freeze_after: default_freeze_after(),
+            frozen_memory_floor: default_frozen_memory_floor(),
             warm_helpers: default_warm_helpers(),
             max_connections: default_max_connections(),
             disk: None,
@@ -326,6 +341,14 @@ fn default_warm_helpers() -> usize {
 
 fn default_idle_timeout() -> String {
     "24h".into()
+}
+
+fn default_freeze_after() -> String {
+    "10m".into()
+}
+
+fn default_frozen_memory_floor() -> String {
+    "256MiB".into()
 }
 
 #[derive(Deserialize)]
@@ -604,6 +627,24 @@ impl NodeConfig {
                 Some(d)
             }
         };
+        let freeze_after = match g.freeze_after.as_str() {
+            "off" | "never" => None,
+            v => {
+                let d = duration("gears.freeze-after", v)?;
+                if d < Duration::from_millis(100) {
+                    return Err(err(
+                        format!("`gears.freeze-after` {v:?} is shorter than 100ms"),
+                        "give at least \"100ms\" (minutes are usual), or \"off\" to never freeze gears on their own",
+                    ));
+                }
+                // frozen only on the way to idle: not when they would be stopped first
+                idle_timeout.is_none_or(|stop| d < stop).then_some(d)
+            }
+        };
+        let frozen_memory_floor = match g.frozen_memory_floor.as_str() {
+            "off" | "never" => None,
+            v => Some(size("gears.frozen-memory-floor", v)?),
+        };
         let max_body = size("http.max-body", &raw.http.max_body)?;
         if max_body == 0 {
             return Err(err(
@@ -732,6 +773,8 @@ impl NodeConfig {
             frontend: raw.frontend,
             metrics: raw.metrics,
             idle_timeout,
+            freeze_after,
+            frozen_memory_floor,
             max_body,
             header_timeout: positive("http.header-timeout", &raw.http.header_timeout)?,
             response_timeout: positive("http.response-timeout", &raw.http.response_timeout)?,

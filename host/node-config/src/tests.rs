@@ -142,6 +142,50 @@ fn frontend_settings_have_defaults_and_are_checked() {
 }
 
 #[test]
+fn freezing_settings_have_defaults_and_are_checked() {
+    let gears = "[gears]\nuid-min = 2000\nuid-max = 3000\n";
+    let c = NodeConfig::parse(&format!("{BASE}{gears}"), "x").expect("defaults");
+    assert_eq!(c.freeze_after, Some(Duration::from_secs(600)));
+    assert_eq!(c.frozen_memory_floor, Some(256 << 20));
+    let c = NodeConfig::parse(
+        &format!(
+            "{BASE}{gears}idle-timeout = \"10s\"\nfreeze-after = \"1s\"\nfrozen-memory-floor = \"1024GiB\"\n"
+        ),
+        "x",
+    )
+    .expect("set");
+    assert_eq!(c.freeze_after, Some(Duration::from_secs(1)));
+    assert_eq!(c.frozen_memory_floor, Some(1 << 40));
+    // a freeze that would come after the stop never comes
+    let c = NodeConfig::parse(
+        &format!("{BASE}{gears}idle-timeout = \"2s\"\nfreeze-after = \"5s\"\n"),
+        "x",
+    )
+    .expect("set");
+    assert_eq!(c.freeze_after, None);
+    // freezing without idling
+    let c = NodeConfig::parse(
+        &format!(
+            "{BASE}{gears}idle-timeout = \"off\"\nfreeze-after = \"1m\"\nfrozen-memory-floor = \"off\"\n"
+        ),
+        "x",
+    )
+    .expect("set");
+    assert_eq!(
+        (c.idle_timeout, c.freeze_after, c.frozen_memory_floor),
+        (None, Some(Duration::from_secs(60)), None)
+    );
+    for (bad, named) in [
+        ("freeze-after = \"10ms\"\n", "freeze-after"),
+        ("freeze-after = \"soon\"\n", "freeze-after"),
+        ("frozen-memory-floor = \"lots\"\n", "frozen-memory-floor"),
+    ] {
+        let e = NodeConfig::parse(&format!("{BASE}{gears}{bad}"), "x").expect_err(bad);
+        assert!(e.to_string().contains(named), "{e}");
+    }
+}
+
+#[test]
 fn disk_quotas_are_optional_and_checked() {
     let gears = "[gears]\nuid-min = 2000\nuid-max = 3000\n";
     let c = NodeConfig::parse(&format!("{BASE}{gears}"), "x").expect("defaults");

@@ -512,6 +512,9 @@ impl Node {
         // either may have been destroyed while we waited for its lock
         let app = self.find(gear)?;
         let db = self.find(to)?;
+        // the gear linked to is reached through the link from now on: a
+        // frozen one is thawed (and is not put to sleep again while linked)
+        self.awake(&db, "it is linked to").await?;
         let (a, d) = (app.record(), db.record());
         let db_cart = self.cartridge(&d.cartridge)?;
         let db_manifest = db_cart.manifest();

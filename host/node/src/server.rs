@@ -522,7 +522,7 @@ async fn dispatch(
             answer::<ops::AliasRemove>(node.alias_remove(&op.gear, &op.hostname).await)
         }
         Request::AliasList(op) => answer::<ops::AliasList>(node.alias_list(&op.gear)),
-        Request::Idle(op) => answer::<ops::Idle>(node.idle(&op.gear).await),
+        Request::Idle(op) => answer::<ops::Idle>(node.idle(&op.gear, op.stop).await),
         Request::Unidle(op) => answer::<ops::Unidle>(node.unidle(&op.gear, p).await),
         Request::NodeStop(op) => {
             // the node stops once this answer is on its way

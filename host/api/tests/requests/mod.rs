@@ -118,7 +118,11 @@ pub(crate) fn requests() -> Vec<Request> {
         }
         .into(),
         AliasList { gear: web() }.into(),
-        Idle { gear: web() }.into(),
+        Idle {
+            gear: web(),
+            stop: true,
+        }
+        .into(),
         Unidle { gear: web() }.into(),
         Whoami {}.into(),
         NamespaceCreate {

@@ -129,6 +129,16 @@ pub fn show(args: ShowArgs) -> CmdResult {
             }),
         ),
         (
+            "memory",
+            detail.memory.map_or("-".into(), |m| {
+                if g.state == gearhost_api::reply::GearState::Frozen {
+                    format!("{} (held while frozen)", size(m))
+                } else {
+                    size(m)
+                }
+            }),
+        ),
+        (
             "failure",
             detail.view.failure.clone().unwrap_or_else(|| "-".into()),
         ),

@@ -90,6 +90,10 @@ pub struct Stats {
     pub(crate) wake_failures: AtomicU64,
     /// Time spent waking, microseconds.
     pub(crate) wake_us: AtomicU64,
+    /// Thaws of the frozen gear (by a request or by whatever had to reach it).
+    pub(crate) thaws: AtomicU64,
+    /// Time spent thawing, microseconds.
+    pub(crate) thaw_us: AtomicU64,
     /// Connections opened to the gear.
     pub(super) upstream_connections: AtomicU64,
     /// Upgraded connections (websockets) passed through.
@@ -175,6 +179,25 @@ pub fn render_metrics(node: &Node) -> String {
     for (state, n) in states {
         let _ = writeln!(out, "gearhost_gears{{state=\"{state}\"}} {n}");
     }
+    let (frozen_bytes, _) = node.frozen_memory();
+    counter(
+        &mut out,
+        "gearhost_frozen_memory_bytes",
+        "Memory the frozen gears hold (their cgroups' memory use), in bytes.",
+        "gauge",
+    );
+    let _ = writeln!(out, "gearhost_frozen_memory_bytes {frozen_bytes}");
+    counter(
+        &mut out,
+        "gearhost_frozen_stopped_for_memory_total",
+        "Frozen gears stopped because the machine's available memory fell below gears.frozen-memory-floor.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "gearhost_frozen_stopped_for_memory_total {}",
+        node.frozen_stopped_for_memory.load(Ordering::Relaxed)
+    );
     if let Ok(init) = gearhost_sandbox::find_init(None) {
         let (waiting, failed) = gearhost_sandbox::warm_status(&init);
         counter(
@@ -277,6 +300,16 @@ pub(super) fn render_frontend<G>(out: &mut String, all: &[(String, &Stats)], fro
             "gearhost_frontend_wake_seconds_total",
             "Time spent waking idle gears.",
             |s: &Stats| s.wake_us.load(Ordering::Relaxed) as f64 / 1e6,
+        ),
+        (
+            "gearhost_frontend_thaws_total",
+            "Frozen gears thawed (by a request, or by whatever had to reach their processes).",
+            |s: &Stats| s.thaws.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "gearhost_frontend_thaw_seconds_total",
+            "Time spent thawing frozen gears.",
+            |s: &Stats| s.thaw_us.load(Ordering::Relaxed) as f64 / 1e6,
         ),
         (
             "gearhost_frontend_upstream_connections_total",

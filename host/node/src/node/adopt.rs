@@ -37,6 +37,16 @@ impl Node {
             (Ok(_), Some(why)) => Err(why),
             (Ok(list), None) => self.take_back(g, list).await.map(Some),
         };
+        if !matches!(verdict, Ok(Some(_))) {
+            // what is not taken back is killed: on cgroup v1 a frozen
+            // process dies only once thawed
+            let subtree = self.config.cgroup_subtree.clone();
+            let id = g.record().id;
+            let _ = tokio::task::spawn_blocking(move || {
+                gearhost_sandbox::cgroup::thaw_gear(&subtree, &id)
+            })
+            .await;
+        }
         match verdict {
             Ok(None) => {
                 self.clear_leaves(g, BTreeSet::new()).await;

@@ -389,6 +389,8 @@ impl Node {
         held: &Held<'_>,
         progress: &Progress,
     ) -> ApiResult<()> {
+        // a frozen app is replaced as a running one
+        self.awake(g, "a deployment is activated").await?;
         let running = g.record().state == GearState::Running;
         if start && running {
             return self.replace(g, cart, id, held, progress).await;

@@ -1,7 +1,7 @@
 //! One gear, live: its record (saved on every change), its state readable
 //! without a lock, its logs, supervisor, frontend side and operation lock.
 
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::*;
@@ -26,6 +26,9 @@ pub struct Gear {
     /// The record's state, readable without the record's lock (the frontend
     /// reads it on every request).
     pub(super) state: AtomicU8,
+    /// Whether the gear's cgroup was frozen by the node and not thawed since
+    /// (its state is `frozen`, or was until an operation began thawing it).
+    pub(crate) frozen: AtomicBool,
     /// The frontend's side of the gear: connection pool, counters, access
     /// log, activity, wake-up.
     pub(crate) front: GearFront,
@@ -36,7 +39,7 @@ pub struct Gear {
     pub(crate) deploying: Mutex<Option<(u32, gearhost_runtime::Cancel)>>,
 }
 
-const STATES: [GearState; 8] = [
+const STATES: [GearState; 9] = [
     GearState::New,
     GearState::Building,
     GearState::Starting,
@@ -45,6 +48,7 @@ const STATES: [GearState; 8] = [
     GearState::Stopped,
     GearState::Failed,
     GearState::Idle,
+    GearState::Frozen,
 ];
 
 fn state_index(state: GearState) -> u8 {
@@ -74,6 +78,7 @@ impl Gear {
             ),
             front,
             state: AtomicU8::new(state_index(record.state)),
+            frozen: AtomicBool::new(false),
             record: Mutex::new(record),
             op: crate::oplock::OpLock::default(),
             supervisor: Supervisor::recording(paths.procs()),

@@ -192,9 +192,19 @@ impl Node {
                 .map(|l| l.name)
                 .collect(),
             disk: self.disk_usage(&g.paths, &r),
+            memory: self.memory_held(&g),
             deployments: r.deployments,
             aliases: r.aliases,
         })
+    }
+
+    /// The memory the gear's processes hold, as its cgroup counts it, while
+    /// any run (or are frozen).
+    fn memory_held(&self, g: &Gear) -> Option<u64> {
+        if !g.supervisor.any_running() && g.state() != GearState::Frozen {
+            return None;
+        }
+        gearhost_sandbox::cgroup::gear_memory(&self.config.cgroup_subtree, &g.record().id)
     }
 
     /// A gear's disk use against its quota, when it has one. A use that cannot
@@ -282,6 +292,10 @@ impl Node {
                     r.name
                 ),
             ));
+        }
+        // its stop hook and the signals must reach its processes
+        if let Err(e) = self.awake(&g, "the gear is destroyed").await {
+            tracing::warn!(gear = %r.name, error = %e, "could not thaw a frozen gear being destroyed");
         }
         let deploy_required = self
             .cartridge(&r.cartridge)

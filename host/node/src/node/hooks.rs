@@ -66,6 +66,9 @@ impl Node {
         repo: Option<u32>,
         slot: u8,
     ) -> ApiResult<String> {
+        // a hook may signal, wait on or talk to the gear's processes
+        self.awake(g, &format!("its {} hook runs", call.kind()))
+            .await?;
         let host = Arc::new(NodeHost {
             gear: g.clone(),
             slot,

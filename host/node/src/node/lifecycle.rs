@@ -20,6 +20,8 @@ impl Node {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let _watch = g.hook_log.watch(progress);
+        // a frozen gear is running once thawed
+        self.awake(&g, "asked by `gear start`").await?;
         let r = g.record();
         if r.state == GearState::Running
             && g.supervisor.any_running()
@@ -38,6 +40,8 @@ impl Node {
     }
 
     pub(crate) async fn start_locked(&self, g: &Arc<Gear>, progress: &Progress) -> ApiResult<()> {
+        // no new processes beside frozen ones
+        self.awake(g, "the gear is started").await?;
         let r = g.record();
         let cart = self.cartridge(&r.cartridge)?;
         if r.active.is_none() && cart.manifest().deploy.required {
@@ -202,6 +206,9 @@ impl Node {
         cart: &Cartridge,
         state: GearState,
     ) -> ApiResult<()> {
+        // the stop hook and the signals must reach the processes: a frozen
+        // gear is thawed first (on cgroup v1 even SIGKILL waits for the thaw)
+        self.awake(g, "the gear is stopped").await?;
         g.update(&self.config, |r| r.state = GearState::Stopping)?;
         let hook = self.hook(g, cart, HookCall::Stop).await;
         // whatever the hook left running is stopped by the node, and so
@@ -225,6 +232,8 @@ impl Node {
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
         let _watch = g.hook_log.watch(progress);
+        // a frozen gear is thawed and then restarted as a running one
+        self.awake(&g, "asked by `gear restart`").await?;
         let r = g.record();
         let cart = self.cartridge(&r.cartridge)?;
         let held = Held::new(self, &g);
@@ -319,12 +328,22 @@ impl Node {
             return Err(invalid("give the command to run after `--`"));
         }
         let g = self.find(gear)?;
+        // counted first: the idler freezes no gear a command runs in
+        let run = g.exec_runs.enter();
+        // a frozen gear (or one being frozen or stopped right now) is waited
+        // for and thawed: the command would be frozen with it
+        if g.frozen.load(Ordering::SeqCst)
+            || g.front.closing.load(Ordering::SeqCst)
+            || g.state() == GearState::Frozen
+        {
+            let _op = g.op.lock().await;
+            self.awake(&g, "asked by `gear exec`").await?;
+        }
         let sandbox = self.sandbox(&g, g.record().active);
         let leaf = gearhost_sandbox::cgroup::exec_leaf(
             &g.record().id,
             g.execs.fetch_add(1, Ordering::Relaxed),
         );
-        let run = g.exec_runs.enter();
         let end = async {
             tokio::select! {
                 () = gone => "its caller went away".to_string(),

@@ -160,6 +160,8 @@ pub struct Node {
     pub(crate) images: crate::images::ImageStore,
     /// What the last resume did (`gear node check`), also kept in `last-resume.json`.
     resume_outcome: Mutex<crate::api::reply::ResumeOutcome>,
+    /// Frozen gears stopped because the machine ran short of memory.
+    pub(crate) frozen_stopped_for_memory: std::sync::atomic::AtomicU64,
     /// Set by `gear node stop` and `gear node restart`.
     stop: tokio::sync::watch::Sender<Option<Stop>>,
 }
@@ -285,6 +287,7 @@ impl Node {
             acme,
             events,
             resume_outcome: Mutex::new(Default::default()),
+            frozen_stopped_for_memory: Default::default(),
             stop: tokio::sync::watch::channel(None).0,
         });
         node.rebuild_routes();
@@ -544,7 +547,7 @@ impl Node {
                 // does not match its records); anything else is stopped
                 let refuse = if !run {
                     Some("the gear is not to run".to_string())
-                } else if record.state != GearState::Running {
+                } else if !matches!(record.state, GearState::Running | GearState::Frozen) {
                     Some(format!(
                         "the gear was {} when the earlier node stopped",
                         record.state.as_str()
@@ -566,7 +569,12 @@ impl Node {
                             .iter()
                             .map(|(name, pid)| format!("{name} (pid {pid})"))
                             .collect();
-                        let why = format!("kept running; took back {}", list.join(", "));
+                        let frozen = node.settle_freezer(&gear).await;
+                        let why = format!(
+                            "kept {}; took back {}",
+                            if frozen { "frozen" } else { "running" },
+                            list.join(", ")
+                        );
                         tracing::info!(gear = %record.name, "{why}");
                         node.event(&gear, NodeEventKind::Adopted, &why, None);
                         // as a fresh start: the idler counts from here
@@ -587,6 +595,14 @@ impl Node {
                         "no processes of an earlier node were recorded".to_string()
                     }
                 };
+                // a frozen gear whose processes are gone sleeps on as an idle
+                // one: its next request starts it
+                if record.state == GearState::Frozen {
+                    let _ = gear.update(&node.config, |r| r.state = GearState::Idle);
+                    tracing::info!(gear = %record.name, "was frozen, its processes were not taken back ({why}): idle now");
+                    lock(&node.resume_outcome).not_running += 1;
+                    return;
+                }
                 let started = node.start_locked(&gear, &Progress::discard()).await;
                 if let Err(e) = &started {
                     tracing::warn!(gear = %record.name, error = %e, "could not restart gear after node restart");
@@ -624,6 +640,42 @@ impl Node {
             .and_then(|bytes| crate::state::write_atomic(&path, &bytes).map_err(|e| e.to_string()));
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "cannot record what the resume did");
+        }
+    }
+
+    /// After taking back a gear's processes: keep a frozen gear frozen (its
+    /// processes were left frozen), and make the record and the cgroup agree
+    /// should the earlier node have stopped halfway through a freeze or a thaw
+    /// (a running gear is thawed, a frozen one found thawed runs). Whether it
+    /// is frozen now.
+    async fn settle_freezer(&self, gear: &Arc<Gear>) -> bool {
+        let subtree = self.config.cgroup_subtree.clone();
+        let id = gear.record().id;
+        let in_cgroup = {
+            let (subtree, id) = (subtree.clone(), id.clone());
+            tokio::task::spawn_blocking(move || {
+                gearhost_sandbox::cgroup::gear_frozen(&subtree, &id)
+            })
+            .await
+            .unwrap_or(false)
+        };
+        match (gear.state() == GearState::Frozen, in_cgroup) {
+            (true, true) => {
+                gear.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+                true
+            }
+            (true, false) => {
+                let _ = gear.update(&self.config, |r| r.state = GearState::Running);
+                false
+            }
+            (false, true) => {
+                gear.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+                if let Err(e) = self.awake(gear, "the node started").await {
+                    tracing::warn!(gear = %gear.record().name, error = %e, "cannot thaw a running gear left frozen");
+                }
+                false
+            }
+            (false, false) => false,
         }
     }
 

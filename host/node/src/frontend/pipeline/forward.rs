@@ -27,7 +27,7 @@ impl From<Refused> for Halt {
     }
 }
 
-/// Phase 3, wake: an idle gear (or one being idled, or woken by another
+/// Phase 3, wake: an idle or frozen gear (or one being idled, or woken by another
 /// request, or restarting under a hold) is woken, and the request waits
 /// for it; a gear that is not
 /// running otherwise is refused. Out: the request counted as being passed
@@ -43,9 +43,9 @@ pub(super) async fn wake<'t, B: Backend>(
     let state = gear.state();
     let waking = || front.waking.lock().is_ok_and(|w| w.is_some());
     let closing = front.closing.load(Ordering::SeqCst);
-    // an idle gear is woken; one being idled, woken by another request or
+    // an idle gear is started, a frozen one thawed; one being idled, woken by another request or
     // restarted by the node (whatever its state on the way) is waited for
-    let wake = state == GearState::Idle || closing || waking();
+    let wake = matches!(state, GearState::Idle | GearState::Frozen) || closing || waking();
     if wake {
         if let Err(e) = backend.wake(gear).await {
             let now = gear.state();
