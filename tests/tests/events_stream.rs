@@ -396,6 +396,10 @@ fn a_crash_is_an_event_that_followers_see() {
 
     // idling and waking are events too, seen by the same follower
     node.ok(&["idle", "app"]);
+    events.wait_for("\"froze\"", Duration::from_secs(30));
+    wait_for_page(&node, "app-default", "v1\n");
+    events.wait_for("\"thawed\"", Duration::from_secs(30));
+    node.ok(&["idle", "--stop", "app"]);
     events.wait_for("\"idled\"", Duration::from_secs(30));
     wait_for_page(&node, "app-default", "v1\n");
     let woke = json(&events.wait_for("\"woke\"", Duration::from_secs(30)));

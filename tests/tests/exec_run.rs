@@ -187,17 +187,17 @@ fn stop_and_restart_end_exec_commands() {
     let status = first.wait().expect("gear exec ends");
     assert!(!status.success(), "{status}");
 
-    // so does `gear idle`
+    // so does `gear idle --stop`
     let mut idled = exec_in_background(&node, "app", &["sh", "-c", "sleep 1000; :", "idle-marker"]);
     assert!(wait_until(Duration::from_secs(10), || !marked(
         uid,
         "idle-marker"
     )
     .is_empty()));
-    node.ok(&["idle", "app"]);
+    node.ok(&["idle", "--stop", "app"]);
     assert!(
         processes_of(uid).is_empty(),
-        "`gear idle` left {:?}",
+        "`gear idle --stop` left {:?}",
         processes_of(uid)
     );
     let _ = idled.wait();

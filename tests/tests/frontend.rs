@@ -702,7 +702,7 @@ fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
         .expect("uid");
 
     // idled by hand: its processes are gone, a request wakes it and is served
-    node.ok(&["idle", "web"]);
+    node.ok(&["idle", "--stop", "web"]);
     assert_eq!(state(&node, "web"), "idle");
     assert!(
         json(&node.ok(&["status", "web", "--json"]))["processes"]
@@ -717,7 +717,7 @@ fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
     let slow = std::thread::scope(|s| {
         let slow = s.spawn(|| get(&node, "web-default", "/slow?ms=1500"));
         std::thread::sleep(Duration::from_millis(400));
-        node.ok(&["idle", "web"]);
+        node.ok(&["idle", "--stop", "web"]);
         slow.join().expect("slow request")
     });
     assert_eq!(slow, (200, "slow\n".to_string()));
@@ -775,7 +775,7 @@ fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
     let mut node = std::sync::Arc::try_unwrap(node).expect("one owner");
 
     // idle across a node restart: it stays idle, and a request still wakes it
-    node.ok(&["idle", "web"]);
+    node.ok(&["idle", "--stop", "web"]);
     node.kill9_and_restart();
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(state(&node, "web"), "idle");
@@ -795,7 +795,7 @@ fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
     assert_eq!(state(&node, "web"), "running");
 
     // unidle starts it without a request; idling what cannot be woken is refused
-    node.ok(&["idle", "web"]);
+    node.ok(&["idle", "--stop", "web"]);
     node.ok(&["unidle", "web"]);
     assert_eq!(state(&node, "web"), "running");
     node.ok(&["stop", "web"]);
@@ -828,7 +828,7 @@ fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
     let node = std::sync::Arc::new(node);
     let idler = {
         let node = node.clone();
-        std::thread::spawn(move || node.ok(&["idle", "flaky"]))
+        std::thread::spawn(move || node.ok(&["idle", "--stop", "flaky"]))
     };
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(state(&node, "flaky"), "stopping");
@@ -840,7 +840,7 @@ fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
     assert_eq!(state(&node, "flaky"), "running");
     let hooks = node.ok(&["logs", "flaky", "--hooks", "-n", "200"]);
     assert!(
-        hooks.contains("idling the gear: asked by `gear idle`"),
+        hooks.contains("idling the gear: asked by `gear idle --stop`"),
         "{hooks}"
     );
     assert!(
@@ -850,7 +850,7 @@ fn an_idle_gear_is_woken_once_by_its_requests_even_after_a_node_restart() {
     let node = std::sync::Arc::try_unwrap(node).expect("one owner");
 
     // a gear that fails to wake answers 503 and says why
-    node.ok(&["idle", "flaky"]);
+    node.ok(&["idle", "--stop", "flaky"]);
     let out = node.gear(&[
         "exec",
         "flaky",

@@ -229,6 +229,11 @@ fn lifecycle_verbs_on_a_gear_already_there_change_nothing() {
 
     node.ok(&["idle", "web"]);
     let out = node.ok(&["idle", "web"]);
+    assert!(out.contains("already frozen"), "{out}");
+    node.ok(&["unidle", "web"]);
+    assert_eq!(app_pid(&node, "web"), pid, "a thaw keeps the app");
+    node.ok(&["idle", "--stop", "web"]);
+    let out = node.ok(&["idle", "--stop", "web"]);
     assert!(out.contains("already idle"), "{out}");
     node.ok(&["unidle", "web"]);
 

@@ -265,8 +265,11 @@ impl Node {
             }
             (GearState::Running, false) => {
                 g.front.closing.store(true, Ordering::SeqCst);
-                // requests on their way finish first, as for a stop
+                // requests on their way finish first, as for a stop; the
+                // commands `gear exec` runs end, as they would (frozen, their
+                // callers would wait on them for nothing)
                 self.drain_forwarding(&g).await;
+                g.exec_runs.end_all("the gear is frozen").await;
                 let frozen = self.freeze_locked(&g, "asked by `gear idle`").await;
                 g.front.closing.store(false, Ordering::SeqCst);
                 if let Err(e) = frozen {
