@@ -15,9 +15,10 @@
 //! Each is measured for throughput (2 threads, 50 connections) and for
 //! latency at low load (1 connection), in three interleaved rounds; the
 //! median round is reported. Then the node's memory per idle kept-alive client
-//! connection (2,000 of them). Then the wake-from-idle time: the gear is idled
-//! (`gear idle`) and one request wakes it; the time from sending the request
-//! to the first byte of the answer, over 20 wakes.
+//! connection (2,000 of them). Then the wake times, from frozen and from
+//! stopped: the gear is frozen (`gear idle`) or stopped (`gear idle --stop`)
+//! and one request wakes it (a thaw, or a start); the time from sending the
+//! request to the first byte of the answer, over 20 wakes of each, interleaved.
 //!
 //! Run as root on a quiet machine: `cargo build --release -p gearhost-cli -p
 //! gearhost-sandbox && cargo bench -p gearhost-tests --bench frontend`.
@@ -26,7 +27,9 @@
 //! `http.batch-sends = false` (one send call per connection, like nginx);
 //! `GEARHOST_BENCH_QUICK=1` runs 2-second rounds;
 //! `GEARHOST_BENCH_HOLD=<seconds>` keeps everything up that long before measuring
-//! (for profiling by hand; the addresses are printed).
+//! (for profiling by hand; the addresses are printed);
+//! `GEARHOST_BENCH_WAKES_ONLY=1` measures only the wake times (no wrk, no
+//! nginx); `GEARHOST_BENCH_UID_MIN=<uid>` moves the node's 200 gear uids.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -302,6 +305,52 @@ fn time_to_first_byte(node: &TestNode, host: &str) -> Duration {
     elapsed
 }
 
+/// The wake figures: `wakes` wakes from frozen and as many from stopped,
+/// interleaved, each the time to the first byte of the request that woke the
+/// gear. Printed as two lines of text.
+fn wake_figures(node: &TestNode, host: &str, wakes: usize) -> String {
+    let mut frozen = Vec::new();
+    let mut stopped = Vec::new();
+    for _ in 0..wakes {
+        node.ok(&["idle", "bench"]);
+        frozen.push(time_to_first_byte(node, host));
+        node.ok(&["idle", "--stop", "bench"]);
+        stopped.push(time_to_first_byte(node, host));
+    }
+    let m = node.metrics();
+    let count = |key: &str| m.get(key).copied().unwrap_or(0.0);
+    let line = |what: &str, mut times: Vec<Duration>, counted: String| {
+        times.sort();
+        let pick = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+        format!(
+            "wake from {what} to first byte over {} wakes: median {:.1} ms, p95 {:.1} ms, min {:.1} ms ({counted})",
+            times.len(),
+            pick(0.5).as_secs_f64() * 1000.0,
+            pick(0.95).as_secs_f64() * 1000.0,
+            times[0].as_secs_f64() * 1000.0
+        )
+    };
+    format!(
+        "{} (target: median <= 30 ms)\n{}",
+        line(
+            "frozen",
+            frozen,
+            format!(
+                "{} thaws counted",
+                count("gearhost_frontend_thaws_total{gear=\"bench-default\"}")
+            )
+        ),
+        line(
+            "stopped",
+            stopped,
+            format!(
+                "{} wake-ups counted",
+                count("gearhost_frontend_wakeups_total{gear=\"bench-default\"}")
+            )
+        )
+    )
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
@@ -320,10 +369,16 @@ fn main() {
     // node's default, half the cores (the apps need the rest)
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2));
     let batch_sends = std::env::var_os("GEARHOST_BENCH_UNBATCHED").is_none();
+    let uid_min = std::env::var("GEARHOST_BENCH_UID_MIN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60600);
+    // nothing sleeps on its own: every wake measured is asked for
     let node = TestNode::start(
-        60600,
+        uid_min,
         &format!(
-            "idle-timeout = \"off\"\n[http]\nworkers = {workers}\nbatch-sends = {batch_sends}"
+            "idle-timeout = \"off\"\nfreeze-after = \"off\"\nfrozen-memory-floor = \"off\"\n\
+             [http]\nworkers = {workers}\nbatch-sends = {batch_sends}"
         ),
     );
     let nodejs = cartridge_dir("nodejs-cartridge");
@@ -341,6 +396,13 @@ fn main() {
     let netns = node.state_dir().join("gears").join(id).join("netns");
     let host = "bench-default.localhost";
     let app_port = 8080;
+    if std::env::var_os("GEARHOST_BENCH_WAKES_ONLY").is_some() {
+        // one request first, as the full run has had many
+        time_to_first_byte(&node, host);
+        println!("{}", wake_figures(&node, host, wakes));
+        node.ok(&["destroy", "bench"]);
+        return;
+    }
 
     let nginx_dir = tempfile::tempdir().expect("nginx dir");
     let nginx_port = free_port();
@@ -425,19 +487,8 @@ fn main() {
     let per_connection = rss_after.saturating_sub(rss_before) as f64 / idle_count as f64;
     drop(idle);
 
-    // wake from idle
-    let mut ttfb = Vec::new();
-    for _ in 0..wakes {
-        node.ok(&["idle", "bench"]);
-        ttfb.push(time_to_first_byte(&node, host));
-    }
-    ttfb.sort();
-    let pick = |q: f64| ttfb[((ttfb.len() - 1) as f64 * q).round() as usize];
-    let wakeups = node
-        .metrics()
-        .get("gearhost_frontend_wakeups_total{gear=\"bench-default\"}")
-        .copied()
-        .unwrap_or(0.0);
+    // wake from frozen and from stopped
+    let woken = wake_figures(&node, host, wakes);
 
     println!("{workers} worker thread(s) each for the frontend and nginx");
     println!(
@@ -494,11 +545,6 @@ fn main() {
     println!(
         "node memory per idle client connection: {per_connection:.1} KiB ({idle_count} connections, node RSS {rss_before} -> {rss_after} KiB)"
     );
-    println!(
-        "wake from idle to first byte over {wakes} wakes: median {:.1} ms, p95 {:.1} ms, min {:.1} ms ({wakeups} wake-ups counted)",
-        pick(0.5).as_secs_f64() * 1000.0,
-        pick(0.95).as_secs_f64() * 1000.0,
-        ttfb[0].as_secs_f64() * 1000.0
-    );
+    println!("{woken}");
     node.ok(&["destroy", "bench"]);
 }

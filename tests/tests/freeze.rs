@@ -103,6 +103,7 @@ fn gear_idle_freezes_and_whatever_reaches_the_gear_thaws_the_same_processes() {
         .as_u64()
         .unwrap_or(0);
     assert!(memory > 1 << 20, "a frozen node app holds {memory} bytes");
+    eprintln!("figures: a frozen node.js gear holds {} KiB", memory / 1024);
     let shown = node.ok(&["show", "web"]);
     assert!(shown.contains("held while frozen"), "{shown}");
     let m = node.metrics();
