@@ -145,8 +145,10 @@ const STEPS: &[Step] = &[
         Run::Follows { shows: "GET / " },
     ),
     // Idling
-    ok("gear idle web"),
-    ok("gear unidle web"),
+    step("gear idle web", Run::Ok(&["frozen"])),
+    step("gear idle --stop web", Run::Ok(&["idle"])),
+    step("gear unidle web", Run::Ok(&["running"])),
+    step("gear show web", Run::Ok(&["memory"])),
     // Listing and names: global options anywhere
     step("gear list -N team", Run::Ok(&["blog"])).before(create_team_gear),
     step("gear -N team list", Run::Ok(&["blog"])),

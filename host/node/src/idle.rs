@@ -188,7 +188,7 @@ impl Node {
     }
 
     /// Thaw the gear's cgroup (whatever its state says) and forget that it was frozen.
-    async fn thaw_cgroup(&self, gear: &Gear) -> ApiResult<()> {
+    pub(crate) async fn thaw_cgroup(&self, gear: &Gear) -> ApiResult<()> {
         let subtree = self.config().cgroup_subtree.clone();
         let id = gear.record().id;
         tokio::task::spawn_blocking(move || gearhost_sandbox::cgroup::thaw_gear(&subtree, &id))

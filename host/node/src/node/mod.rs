@@ -699,6 +699,14 @@ impl Node {
     pub async fn shutdown(&self) {
         let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
         for gear in gears {
+            // signals reach frozen processes only once thawed (SIGKILL too, on
+            // cgroup v1); the record stays `frozen`, and the next node, finding
+            // none of its processes, makes the gear idle
+            if gear.frozen.load(std::sync::atomic::Ordering::SeqCst)
+                && let Err(e) = self.thaw_cgroup(&gear).await
+            {
+                tracing::warn!(gear = %gear.record().name, error = %e, "cannot thaw a frozen gear to stop it");
+            }
             tokio::join!(
                 gear.supervisor.stop_all(Duration::from_secs(5)),
                 gear.exec_runs.end_all("the node is shutting down")
