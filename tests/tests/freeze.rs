@@ -143,6 +143,12 @@ fn gear_idle_freezes_and_whatever_reaches_the_gear_thaws_the_same_processes() {
     let hooks = node.ok(&["logs", "web", "--hooks", "-n", "100"]);
     assert!(hooks.contains("asked by `gear idle`; frozen in"), "{hooks}");
     assert!(hooks.contains("a request came; thawed in"), "{hooks}");
+    for line in hooks
+        .lines()
+        .filter(|l| l.contains("frozen in") || l.contains("thawed in"))
+    {
+        eprintln!("figures: {line}");
+    }
 
     // `gear exec` into a frozen gear thaws it and runs
     node.ok(&["idle", "web"]);
