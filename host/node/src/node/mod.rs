@@ -557,7 +557,7 @@ impl Node {
                 };
                 let adoption = node.adopt_gear(&gear, refuse).await;
                 if !run {
-                    if matches!(record.state, GearState::Running | GearState::Starting | GearState::Building | GearState::Stopping) {
+                    if matches!(record.state, GearState::Running | GearState::Frozen | GearState::Starting | GearState::Building | GearState::Stopping) {
                         let _ = gear.update(&node.config, |r| r.state = GearState::Stopped);
                     }
                     lock(&node.resume_outcome).not_running += 1;
