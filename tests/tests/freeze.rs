@@ -2,7 +2,8 @@
 //! real cgroup freezer. `gear idle` freezes a gear and a request thaws it
 //! (the same processes before and after: nothing booted); `gear exec`, a
 //! stop, `gear idle --stop` and `gear destroy` reach a frozen gear; a node
-//! killed and started again keeps a frozen gear frozen and can wake it; the
+//! killed and started again keeps a frozen gear frozen and can wake it, and
+//! one that stops its gears stops a frozen one too; the
 //! idler freezes a gear first and stops it later; a node short of memory
 //! stops its frozen gears.
 
@@ -213,6 +214,23 @@ fn gear_idle_freezes_and_whatever_reaches_the_gear_thaws_the_same_processes() {
     assert_eq!(state(&node, "web"), "running");
     assert!(!frozen_in_kernel(&node, "web"));
     assert_eq!(node.http_get("web-default", "/").1, "hello from web\n");
+
+    // a node that stops its gears stops a frozen one too (thawed to be
+    // stopped); the next node finds none of its processes: it is idle, and a
+    // request starts it
+    node.ok(&["idle", "web"]);
+    node.ok(&["node", "stop", "--gears"]);
+    node.wait_stopped("gear node stop --gears");
+    assert!(
+        processes_of(uid).is_empty(),
+        "{:?}\n{}",
+        processes_of(uid),
+        node.log()
+    );
+    node.start_again();
+    assert_eq!(state(&node, "web"), "idle");
+    assert_eq!(node.http_get("web-default", "/").1, "hello from web\n");
+    assert_eq!(state(&node, "web"), "running");
 
     // and one is destroyed with nothing left
     node.ok(&["idle", "web"]);
