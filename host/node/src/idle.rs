@@ -388,11 +388,11 @@ impl Node {
         }
     }
 
-    /// What the idler is to do with the gear now, if anything.
+    /// What the idler is to do with the gear now, if anything. The cheap
+    /// looks come first: most gears are left alone on most rounds.
     fn due(&self, g: &Gear) -> Option<Sleep> {
         let state = g.state();
         if !matches!(state, GearState::Running | GearState::Frozen)
-            || g.record().desired != Desired::Running
             || g.front.active.load(Ordering::Relaxed) != 0
             // a command someone runs with `gear exec` is activity too
             || g.exec_runs.running() != 0
@@ -408,7 +408,7 @@ impl Node {
         } else {
             return None;
         };
-        self.not_idleable(g).is_none().then_some(step)
+        (g.record().desired == Desired::Running && self.not_idleable(g).is_none()).then_some(step)
     }
 
     /// Under memory pressure (available memory below the floor), stop frozen
