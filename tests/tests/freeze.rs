@@ -1,7 +1,7 @@
 //! End to end: two-tier idling with real apps in real gears, frozen by the
 //! real cgroup freezer. `gear idle` freezes a gear and a request thaws it
 //! (the same processes before and after: nothing booted); `gear exec`, a
-//! stop, `gear idle --stop` and `gear destroy` reach a frozen gear; a node
+//! hook, a stop, `gear idle --stop` and `gear destroy` reach a frozen gear; a node
 //! killed and started again keeps a frozen gear frozen and can wake it, and
 //! one that stops its gears stops a frozen one too; the
 //! idler freezes a gear first and stops it later; a node short of memory
@@ -186,6 +186,21 @@ fn gear_idle_freezes_and_whatever_reaches_the_gear_thaws_the_same_processes() {
     );
     assert_eq!(state(&node, "web"), "running");
     assert_eq!(app_pid(&node, "web"), pid, "thawed after the restart");
+
+    // a hook that signals and waits on the app (the nodejs cartridge's
+    // `reload`: SIGTERM, wait, start again) runs on a frozen gear thawed first
+    node.ok(&["idle", "web"]);
+    let out = node.ok(&["control", "web", "reload"]);
+    assert!(out.contains("restarted the app"), "{out}");
+    assert_eq!(state(&node, "web"), "running");
+    assert!(!frozen_in_kernel(&node, "web"));
+    assert_ne!(app_pid(&node, "web"), pid, "reloaded");
+    // the reloaded app listens a moment later (the hook does not wait for it)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while node.http_get("web-default", "/").1 != "hello from web\n" {
+        assert!(Instant::now() < deadline, "the reloaded app never answered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // `gear idle --stop` stops a frozen gear: the next request starts it
     node.ok(&["idle", "web"]);
