@@ -617,3 +617,29 @@ fn fields_added_later_may_be_absent() {
         detail
     );
 }
+
+#[test]
+fn every_gear_state_is_written_as_its_name() {
+    for state in [
+        GearState::New,
+        GearState::Building,
+        GearState::Starting,
+        GearState::Running,
+        GearState::Stopping,
+        GearState::Stopped,
+        GearState::Failed,
+        GearState::Idle,
+        GearState::Frozen,
+    ] {
+        let text = serde_json::to_string(&state).expect("encode");
+        assert_eq!(text, format!("\"{}\"", state.as_str()));
+        assert_eq!(
+            serde_json::from_str::<GearState>(&text).expect("decode"),
+            state
+        );
+    }
+    for kind in [NodeEventKind::Froze, NodeEventKind::Thawed] {
+        let text = serde_json::to_string(&kind).expect("encode");
+        assert_eq!(text, format!("\"{}\"", kind.as_str()));
+    }
+}
