@@ -415,11 +415,21 @@ fn cgroups() -> LayerCheck {
                     format!("v2 without {}", missing.join(", ")),
                 );
             }
+            // cgroup.freeze (Linux 5.2) is in every cgroup but the root
+            let (major, minor) = parse_release(&kernel_release());
+            if (major, minor) < (5, 2) {
+                return check(
+                    "cgroups",
+                    true,
+                    LayerStatus::Partial,
+                    "v2: memory (no swap), pids, cpu; no freezer before Linux 5.2 (idle gears are stopped, never frozen)",
+                );
+            }
             check(
                 "cgroups",
                 true,
                 LayerStatus::Enforced,
-                "v2: memory (no swap), pids, cpu; cgroup.kill teardown",
+                "v2: memory (no swap), pids, cpu; cgroup.kill teardown; freezer (idle gears are frozen first)",
             )
         }
         layout => {
@@ -445,14 +455,18 @@ fn cgroups() -> LayerCheck {
                 notes.push("no swap accounting (swappiness 0 instead)");
             }
             if !freezer {
-                notes.push("no freezer (teardown kills in a loop)");
+                notes.push(
+                    "no freezer (teardown kills in a loop; idle gears are stopped, never frozen)",
+                );
             }
             if notes.is_empty() {
                 check(
                     "cgroups",
                     true,
                     LayerStatus::Enforced,
-                    format!("{layout}: memory+swap, pids, cpu, freezer"),
+                    format!(
+                        "{layout}: memory+swap, pids, cpu, freezer (idle gears are frozen first)"
+                    ),
                 )
             } else {
                 check(
