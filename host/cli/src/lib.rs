@@ -160,10 +160,9 @@ pub enum Command {
     Alias(cmd::alias::Command),
     /// What a gear asks of HTTPS: redirect plain HTTP, HSTS.
     Https(cmd::https::Args),
-    /// Freeze a running gear now (its next request thaws it), or with --stop
-    /// stop it and mark it idle (its next request starts it again).
+    /// Freeze a gear now (a request thaws it), or stop it with --stop.
     Idle(cmd::idle::IdleArgs),
-    /// Start an idle gear, or thaw a frozen one, now, without waiting for a request.
+    /// Thaw a frozen gear or start an idle one now, without a request.
     Unidle(cmd::idle::Args),
     /// Stop a gear and remove it with everything it had.
     Destroy(cmd::destroy::Args),
