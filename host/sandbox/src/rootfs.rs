@@ -125,10 +125,13 @@ pub(crate) struct SystemSources {
 
 /// The gear's own sources, opened by the node (which sees the host as it is now), cloned there
 /// into detached mount trees and passed to the helper as descriptors: the home, then
-/// read-only and read-write binds as (tree, target, is a directory).
+/// read-only and read-write binds as (tree, target, is a directory), and for an image gear its
+/// root.
 #[derive(Debug)]
 pub(crate) struct GearSources {
     pub(crate) home: OwnedFd,
+    /// The image root to use instead of the host's system (a detached clone).
+    pub(crate) root: Option<OwnedFd>,
     pub(crate) ro: Vec<(OwnedFd, PathBuf, bool)>,
     pub(crate) rw: Vec<(OwnedFd, PathBuf, bool)>,
 }
@@ -235,7 +238,12 @@ struct Builder {
     root: PathBuf,
     root_fd: Option<OwnedFd>,
     report: FilesystemReport,
+    /// In an image's root: where the gear's own files are made before they are bound.
+    scratch: Option<PathBuf>,
 }
+
+/// The largest `/etc/passwd` or `/etc/group` of an image that is kept.
+const IMAGE_ETC_MAX: u64 = 1 << 20;
 
 impl Builder {
     fn root_fd(&self) -> Result<BorrowedFd<'_>, SetupFailure> {
@@ -400,9 +408,66 @@ impl Builder {
         })
     }
 
-    fn write_file(&self, inner: &str, contents: &str) -> Result<(), SetupFailure> {
-        let path = self.root.join(inner.trim_start_matches('/'));
-        std::fs::write(&path, contents).map_err(|e| failure("etc", format!("write {inner}"), &e))
+    /// Writes a file of the gear's root. In an image's root the file is made in the scratch
+    /// directory and bound read-only over the image's own (which is never written).
+    fn write_file(&mut self, inner: &str, contents: &str) -> Result<(), SetupFailure> {
+        let Some(scratch) = self.scratch.clone() else {
+            let path = self.root.join(inner.trim_start_matches('/'));
+            return std::fs::write(&path, contents)
+                .map_err(|e| failure("etc", format!("write {inner}"), &e));
+        };
+        let made = scratch.join(inner.trim_start_matches('/').replace('/', "_"));
+        std::fs::write(&made, contents)
+            .map_err(|e| failure("etc", format!("write {}", made.display()), &e))?;
+        let file = open_following(&made)
+            .map_err(|e| failure("etc", format!("open {}", made.display()), &e))?;
+        self.bind(file.as_fd(), Path::new(inner), false, RO)
+            .map_err(|f| SetupFailure {
+                detail: format!(
+                    "{} (the image's {inner} must be a plain file or absent)",
+                    f.detail
+                ),
+                ..f
+            })
+    }
+
+    /// The image's `/etc/<name>` (passwd or group) without the entries that would name the
+    /// gear's user or id: the gear's own entry is added after it. An absent, unreadable or
+    /// oversized file (it is the image's, so the gear's) counts as empty.
+    fn image_etc(&self, name: &str, user: &str, id: u32) -> Result<String, SetupFailure> {
+        let c = cpath(&Path::new("etc").join(name))?;
+        let how = sys::RESOLVE_BENEATH | sys::RESOLVE_NO_SYMLINKS | sys::RESOLVE_NO_MAGICLINKS;
+        // not blocking on a FIFO the image put there
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let Ok(fd) = sys::openat2_flags(self.root_fd()?, &c, flags, how) else {
+            return Ok(String::new());
+        };
+        let mut text = String::new();
+        let file = std::fs::File::from(fd);
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Ok(String::new());
+        }
+        use std::io::Read;
+        if file
+            .take(IMAGE_ETC_MAX + 1)
+            .read_to_string(&mut text)
+            .is_err()
+            || text.len() as u64 > IMAGE_ETC_MAX
+        {
+            return Ok(String::new());
+        }
+        let id = id.to_string();
+        let mut kept = String::with_capacity(text.len());
+        for line in text.lines() {
+            let mut fields = line.split(':');
+            let (entry, _, entry_id) = (fields.next(), fields.next(), fields.next());
+            if entry == Some(user) || entry_id == Some(id.as_str()) {
+                continue;
+            }
+            kept.push_str(line);
+            kept.push('\n');
+        }
+        Ok(kept)
     }
 
     fn symlink(&self, target: &Path, inner: &str) -> Result<(), SetupFailure> {
@@ -452,6 +517,7 @@ pub(crate) fn prepare(sources: SystemSources) -> Result<Prepared, SetupFailure> 
             masked: Vec::new(),
             sys_present: false,
         },
+        scratch: None,
     };
     mount(
         Some("tmpfs"),
@@ -517,6 +583,13 @@ pub(crate) fn finish_and_pivot(
 ) -> Result<FilesystemReport, SetupFailure> {
     let spec = &hs.spec;
     let mut b = prepared.b;
+    let image = match &sources.root {
+        Some(tree) => Some(enter_image_root(&mut b, tree.as_fd())?),
+        None => None,
+    };
+    if let Some(image) = image {
+        b = image;
+    }
     let user = &spec.gear_id;
     let home = spec.home_target.display();
     let (uid, gid) = hs.ids();
@@ -527,16 +600,26 @@ pub(crate) fn finish_and_pivot(
         "root:x:0:0:root:/root:/usr/sbin/nologin\n".to_string()
     };
     let root_group = if hs.rootless { "" } else { "root:x:0:\n" };
-    b.write_file(
-        "/etc/passwd",
-        &format!(
-            "{root}nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n{user}:x:{uid}:{gid}:gear {user}:{home}:/bin/sh\n"
-        ),
-    )?;
-    b.write_file(
-        "/etc/group",
-        &format!("{root_group}nogroup:x:65534:\n{user}:x:{gid}:\n"),
-    )?;
+    let own_user = format!("{user}:x:{uid}:{gid}:gear {user}:{home}:/bin/sh\n");
+    let own_group = format!("{user}:x:{gid}:\n");
+    if b.scratch.is_some() {
+        // an image keeps its own users and groups; the gear's uid gets its entry beside them
+        let passwd = b.image_etc("passwd", user, uid)?;
+        b.write_file("/etc/passwd", &format!("{passwd}{own_user}"))?;
+        let group = b.image_etc("group", user, gid)?;
+        b.write_file("/etc/group", &format!("{group}{own_group}"))?;
+    } else {
+        b.write_file(
+            "/etc/passwd",
+            &format!(
+                "{root}nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n{own_user}"
+            ),
+        )?;
+        b.write_file(
+            "/etc/group",
+            &format!("{root_group}nogroup:x:65534:\n{own_group}"),
+        )?;
+    }
     b.write_file("/etc/hostname", &format!("{}\n", spec.hostname))?;
     b.write_file(
         "/etc/hosts",
@@ -579,8 +662,69 @@ pub(crate) fn finish_and_pivot(
         false,
     )?;
 
-    pivot(&b)?;
+    // the host-built root is read-only; an image's root is the gear's writable layer
+    pivot(&b, b.scratch.is_none())?;
     Ok(b.report)
+}
+
+/// Where an image's root is attached in the staging tmpfs before the pivot.
+const IMAGE_ROOT: &str = "/.image-root";
+/// Where the gear's own `/etc` files for an image root are written, in the staging tmpfs.
+const IMAGE_ETC: &str = "/.image-etc";
+
+/// Attaches the image root `tree` inside the staging tmpfs, moves the prepared `/dev` and
+/// `/proc` (with their masks) into it and returns a builder rooted there. The host's system
+/// binds stay behind in the staging root, which goes away with the pivot.
+fn enter_image_root(b: &mut Builder, tree: BorrowedFd<'_>) -> Result<Builder, SetupFailure> {
+    let target = b.ensure(Path::new(IMAGE_ROOT), true)?;
+    sys::move_mount_to(tree, target.as_fd())
+        .map_err(|e| failure("image_root", "attach the image's root".into(), &e))?;
+    drop(target);
+    b.set_attrs(
+        Path::new(IMAGE_ROOT),
+        sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        false,
+    )?;
+    let root_fd = b.reopen(Path::new(IMAGE_ROOT))?;
+    // the gear's /etc files, made here and bound read-only over the image's
+    let scratch = b.root.join(IMAGE_ETC.trim_start_matches('/'));
+    std::fs::create_dir(&scratch)
+        .map_err(|e| failure("image_root", format!("create {}", scratch.display()), &e))?;
+    // the host's resolver settings, as every gear gets them
+    let resolv = std::fs::read(b.root.join("etc/resolv.conf")).unwrap_or_default();
+    let mut image = Builder {
+        root: b.root.join(IMAGE_ROOT.trim_start_matches('/')),
+        root_fd: Some(root_fd),
+        report: FilesystemReport {
+            root: "image overlay + pivot_root".into(),
+            read_only: b
+                .report
+                .read_only
+                .iter()
+                .filter(|p| p.starts_with("/proc") || p.starts_with("/dev"))
+                .cloned()
+                .collect(),
+            read_write: vec![PathBuf::from("/")],
+            masked: std::mem::take(&mut b.report.masked),
+            sys_present: false,
+        },
+        scratch: Some(scratch),
+    };
+    for inner in ["/dev", "/proc"] {
+        let from = b.reopen(Path::new(inner))?;
+        let to = image.ensure(Path::new(inner), true)?;
+        sys::move_mount_to(from.as_fd(), to.as_fd()).map_err(|e| {
+            failure(
+                "image_root",
+                format!("move {inner} into the image's root"),
+                &e,
+            )
+        })?;
+    }
+    if !resolv.is_empty() {
+        image.write_file("/etc/resolv.conf", &String::from_utf8_lossy(&resolv))?;
+    }
+    Ok(image)
 }
 
 /// The `context=` mount option that labels a whole tmpfs (and everything created in it) with
@@ -703,7 +847,7 @@ fn build_proc(b: &mut Builder, sources: &SystemSources) -> Result<(), SetupFailu
     Ok(())
 }
 
-fn pivot(b: &Builder) -> Result<(), SetupFailure> {
+fn pivot(b: &Builder, read_only: bool) -> Result<(), SetupFailure> {
     let root = b.root_fd()?;
     nix::unistd::fchdir(root)
         .map_err(|e| failure("pivot_root", format!("enter {STAGING}"), &e.into()))?;
@@ -713,9 +857,12 @@ fn pivot(b: &Builder) -> Result<(), SetupFailure> {
     umount2(".", MntFlags::MNT_DETACH)
         .map_err(|e| failure("pivot_root", "detach the old root".into(), &e.into()))?;
     nix::unistd::chdir("/").map_err(|e| failure("pivot_root", "enter /".into(), &e.into()))?;
-    let slash = std::fs::File::open("/").map_err(|e| failure("pivot_root", "open /".into(), &e))?;
-    sys::mount_setattr(slash.as_fd(), RO, false)
-        .map_err(|e| failure("pivot_root", "make / read-only".into(), &e))?;
+    if read_only {
+        let slash =
+            std::fs::File::open("/").map_err(|e| failure("pivot_root", "open /".into(), &e))?;
+        sys::mount_setattr(slash.as_fd(), RO, false)
+            .map_err(|e| failure("pivot_root", "make / read-only".into(), &e))?;
+    }
     Ok(())
 }
 
