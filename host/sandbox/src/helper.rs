@@ -531,7 +531,13 @@ fn writable_paths(hs: &HelperSpec) -> (Vec<PathBuf>, Vec<PathBuf>) {
     if hs.spec.root.is_some() {
         // an image's root is the gear's writable layer: every directory at its top but the
         // kernel's (a symlink there is not followed: what it names is listed itself)
-        for entry in std::fs::read_dir("/").into_iter().flatten().flatten() {
+        // (at most a few hundred: each is a rule and a descriptor while the ruleset is made)
+        for entry in std::fs::read_dir("/")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .take(512)
+        {
             let name = entry.file_name();
             let kernel = ["proc", "dev", "sys"].iter().any(|k| name == *k);
             if !kernel && entry.file_type().is_ok_and(|t| t.is_dir()) {

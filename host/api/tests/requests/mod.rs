@@ -59,6 +59,17 @@ pub(crate) fn requests() -> Vec<Request> {
         Deploy {
             gear: web(),
             source: "/home/ada/web".into(),
+        DeployImage {
+            gear: web(),
+            reference: "registry.example/apps/site:2.0".into(),
+            insecure: false,
+            credentials: Some(RegistryCredentials {
+                username: "ada".into(),
+                password: "s3cret".into(),
+            }),
+            port: Some(8000),
+        }
+        .into(),
         }
         .into(),
         Build { gear: web() }.into(),
