@@ -59,6 +59,8 @@ pub(crate) fn requests() -> Vec<Request> {
         Deploy {
             gear: web(),
             source: "/home/ada/web".into(),
+        }
+        .into(),
         DeployImage {
             gear: web(),
             reference: "registry.example/apps/site:2.0".into(),
@@ -68,8 +70,6 @@ pub(crate) fn requests() -> Vec<Request> {
                 password: "s3cret".into(),
             }),
             port: Some(8000),
-        }
-        .into(),
         }
         .into(),
         Build { gear: web() }.into(),
