@@ -2,8 +2,8 @@
 //! loopback (Debian's `docker-registry`), with images made here: busybox's
 //! `httpd` in a gzip layer, and a plain tar layer on top with a whiteout.
 //!
-//! - `gear create web --image REF` answers through the frontend with the top
-//!   layer's page, the whited-out file gone, its CGI run as the gear's uid
+//! - `gear create web --image REF` (an httpd on port 80, as images have it)
+//!   answers through the frontend with the top layer's page, the whited-out file gone, its CGI run as the gear's uid
 //!   (the image asks for root) with the image's environment;
 //! - `gear exec` runs in the image's root, with a passwd entry for the uid;
 //! - a second gear of the image shares its layers on disk;
@@ -74,11 +74,11 @@ fn top_layer(v: &str) -> Vec<u8> {
 
 fn config() -> serde_json::Value {
     serde_json::json!({
-        "Entrypoint": ["/bin/httpd", "-f", "-p", "8000"],
+        "Entrypoint": ["/bin/httpd", "-f", "-p", "80"],
         "Cmd": ["-h", "/www"],
         "Env": ["PATH=/bin", "GREETING=hello"],
         "WorkingDir": "/www",
-        "ExposedPorts": {"8000/tcp": {}},
+        "ExposedPorts": {"80/tcp": {}},
         "User": "root"
     })
 }
@@ -181,7 +181,7 @@ fn images_run_as_gears_deploy_roll_back_idle_and_go() {
     );
     let status = node.ok(&["control", "web", "status"]);
     assert!(
-        status.contains(&v1) && status.contains("/bin/httpd -f -p 8000 -h /www"),
+        status.contains(&v1) && status.contains("/bin/httpd -f -p 80 -h /www"),
         "{status}"
     );
 
@@ -213,7 +213,7 @@ fn images_run_as_gears_deploy_roll_back_idle_and_go() {
             .is_some_and(|i| i.starts_with("sha256:"))),
         "{list}"
     );
-    assert_eq!(deployments[1]["port"], 8000, "{list}");
+    assert_eq!(deployments[1]["port"], 80, "{list}");
     node.ok(&["rollback", "web"]);
     assert_eq!(
         node.http_get("web-default", "/"),
