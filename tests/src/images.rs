@@ -6,6 +6,8 @@
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use tar::EntryType::{Directory, Regular, Symlink};
+
 /// The OCI digest of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -138,3 +140,65 @@ pub fn push(dir: &Path, tag: &str, to: &str) {
 pub const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// The media type of a plain tar layer.
 pub const TAR_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// The base layer of a small web site image: busybox and the applets it uses, a root-group
+/// writable `/srv` and a `/tmp`, the image's users, and a page that the
+/// next layer replaces and one it whites out.
+pub fn busybox_site_layer() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox (busybox-static)");
+    let applets: Vec<String> = ["sh", "httpd", "id", "cat", "echo", "ls", "grep"]
+        .iter()
+        .map(|a| format!("bin/{a}"))
+        .collect();
+    let mut entries: Vec<(&str, tar::EntryType, u32, &str, &[u8])> = vec![
+        ("bin/", Directory, 0o755, "", b""),
+        ("bin/busybox", Regular, 0o755, "", &busybox),
+        ("etc/", Directory, 0o755, "", b""),
+        (
+            "etc/passwd",
+            Regular,
+            0o644,
+            "",
+            b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/www:/bin/sh\n",
+        ),
+        ("srv/", Directory, 0o775, "", b""),
+        ("tmp/", Directory, 0o1777, "", b""),
+        ("www/", Directory, 0o755, "", b""),
+        ("www/index.html", Regular, 0o644, "", b"from the base layer\n"),
+        ("www/secret.html", Regular, 0o644, "", b"whited out above\n"),
+        ("www/cgi-bin/", Directory, 0o755, "", b""),
+        (
+            "www/cgi-bin/who",
+            Regular,
+            0o755,
+            "",
+            b"#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"uid=$(id -u) greeting=$GREETING path=$PATH\"\necho made > /srv/made && echo srv-writable\n",
+        ),
+    ];
+    for name in &applets {
+        entries.push((name, Symlink, 0o777, "busybox", b""));
+    }
+    gzip(&tar_of(&entries))
+}
+
+/// The top layer of the site's version `v`: its page, and the base layer's
+/// `secret.html` whited out.
+pub fn site_page_layer(v: &str) -> Vec<u8> {
+    let page = format!("version {v}\n");
+    tar_of(&[
+        ("www/.wh.secret.html", Regular, 0o644, "", b""),
+        ("www/index.html", Regular, 0o644, "", page.as_bytes()),
+    ])
+}
+
+/// What the site image runs: busybox's httpd on `port`, as root would.
+pub fn site_config(port: u16) -> serde_json::Value {
+    serde_json::json!({
+        "Entrypoint": ["/bin/httpd", "-f", "-p", port.to_string()],
+        "Cmd": ["-h", "/www"],
+        "Env": ["PATH=/bin", "GREETING=hello"],
+        "WorkingDir": "/www",
+        "ExposedPorts": {format!("{port}/tcp"): {}},
+        "User": "root"
+    })
+}

@@ -18,70 +18,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use gearhost_tests::images::{GZIP_LAYER, TAR_LAYER, gzip, layout, push, tar_of};
+use gearhost_tests::images::{
+    GZIP_LAYER, TAR_LAYER, busybox_site_layer, layout, push, site_config, site_page_layer, tar_of,
+};
 use gearhost_tests::registry::Registry;
 use gearhost_tests::{TestNode, cartridge_dir, json, privileged};
-use tar::EntryType::{Directory, Regular, Symlink};
-
-/// A layer of busybox and the applets the image uses, a root-group
-/// writable `/srv` and a `/tmp`, the image's users, and a page that the
-/// next layer replaces and one it whites out.
-fn base_layer() -> Vec<u8> {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox (busybox-static)");
-    let applets: Vec<String> = ["sh", "httpd", "id", "cat", "echo", "ls", "grep"]
-        .iter()
-        .map(|a| format!("bin/{a}"))
-        .collect();
-    let mut entries: Vec<(&str, tar::EntryType, u32, &str, &[u8])> = vec![
-        ("bin/", Directory, 0o755, "", b""),
-        ("bin/busybox", Regular, 0o755, "", &busybox),
-        ("etc/", Directory, 0o755, "", b""),
-        (
-            "etc/passwd",
-            Regular,
-            0o644,
-            "",
-            b"root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/www:/bin/sh\n",
-        ),
-        ("srv/", Directory, 0o775, "", b""),
-        ("tmp/", Directory, 0o1777, "", b""),
-        ("www/", Directory, 0o755, "", b""),
-        ("www/index.html", Regular, 0o644, "", b"from the base layer\n"),
-        ("www/secret.html", Regular, 0o644, "", b"whited out above\n"),
-        ("www/cgi-bin/", Directory, 0o755, "", b""),
-        (
-            "www/cgi-bin/who",
-            Regular,
-            0o755,
-            "",
-            b"#!/bin/sh\necho 'Content-Type: text/plain'\necho\necho \"uid=$(id -u) greeting=$GREETING path=$PATH\"\necho made > /srv/made && echo srv-writable\n",
-        ),
-    ];
-    for name in &applets {
-        entries.push((name, Symlink, 0o777, "busybox", b""));
-    }
-    gzip(&tar_of(&entries))
-}
-
-/// The top layer of version `v`: its page, and `secret.html` whited out.
-fn top_layer(v: &str) -> Vec<u8> {
-    let page = format!("version {v}\n");
-    tar_of(&[
-        ("www/.wh.secret.html", Regular, 0o644, "", b""),
-        ("www/index.html", Regular, 0o644, "", page.as_bytes()),
-    ])
-}
-
-fn config() -> serde_json::Value {
-    serde_json::json!({
-        "Entrypoint": ["/bin/httpd", "-f", "-p", "80"],
-        "Cmd": ["-h", "/www"],
-        "Env": ["PATH=/bin", "GREETING=hello"],
-        "WorkingDir": "/www",
-        "ExposedPorts": {"80/tcp": {}},
-        "User": "root"
-    })
-}
+use tar::EntryType::Regular;
 
 /// Makes and pushes image `repo:tag` with `layers`; returns its reference.
 fn image(
@@ -125,20 +67,26 @@ fn images_run_as_gears_deploy_roll_back_idle_and_go() {
         return;
     }
     let registry = Registry::start();
-    let base = base_layer();
+    let base = busybox_site_layer();
     let v1 = image(
         &registry,
         "apps/site",
         "1.0",
-        config(),
-        &[(GZIP_LAYER, base.clone()), (TAR_LAYER, top_layer("1"))],
+        site_config(80),
+        &[
+            (GZIP_LAYER, base.clone()),
+            (TAR_LAYER, site_page_layer("1")),
+        ],
     );
     let v2 = image(
         &registry,
         "apps/site",
         "2.0",
-        config(),
-        &[(GZIP_LAYER, base.clone()), (TAR_LAYER, top_layer("2"))],
+        site_config(80),
+        &[
+            (GZIP_LAYER, base.clone()),
+            (TAR_LAYER, site_page_layer("2")),
+        ],
     );
     let node = TestNode::start(87900, "");
     let cartridge = cartridge_dir("image-cartridge");
@@ -260,7 +208,7 @@ fn images_run_as_gears_deploy_roll_back_idle_and_go() {
         &registry,
         "apps/evil",
         "1",
-        config(),
+        site_config(80),
         &[(
             TAR_LAYER,
             tar_of(&[("../../../escape", Regular, 0o644, "", b"x")]),
