@@ -146,10 +146,13 @@ pub const TAR_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 /// next layer replaces and one it whites out.
 pub fn busybox_site_layer() -> Vec<u8> {
     let busybox = std::fs::read("/bin/busybox").expect("busybox (busybox-static)");
-    let applets: Vec<String> = ["sh", "httpd", "id", "cat", "echo", "ls", "grep"]
-        .iter()
-        .map(|a| format!("bin/{a}"))
-        .collect();
+    let applets: Vec<String> = [
+        "sh", "httpd", "id", "cat", "echo", "ls", "grep", "tr", "head", "tail", "touch", "mkdir",
+        "rm", "sleep", "wc", "chmod",
+    ]
+    .iter()
+    .map(|a| format!("bin/{a}"))
+    .collect();
     let mut entries: Vec<(&str, tar::EntryType, u32, &str, &[u8])> = vec![
         ("bin/", Directory, 0o755, "", b""),
         ("bin/busybox", Regular, 0o755, "", &busybox),
