@@ -59,25 +59,25 @@ pub fn mount_overlay(root: &OverlayRoot, target: &Path) -> io::Result<()> {
             "an overlay needs at least one lower layer",
         ));
     }
+    match mount_appended(root, target) {
+        Ok(()) => Ok(()),
+        // Before Linux 6.8 layers cannot be appended one by one. Overlayfs before 6.5 does
+        // not even see the parameters until the mount is made (they pass as one option
+        // string), so the refusal comes at the end: either way the classic string follows.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => mount_classic(root, target),
+        Err(e) => Err(with_path(e, target)),
+    }
+}
+
+/// The new mount API, one `lowerdir+` per layer (errors as the kernel gives them).
+fn mount_appended(root: &OverlayRoot, target: &Path) -> io::Result<()> {
     let fs = sys::fsopen(c"overlay")?;
     let set = |key: &std::ffi::CStr, value: &CString| sys::fsconfig_string(fs.as_fd(), key, value);
-    let mut appended = true;
     for layer in &root.lower {
-        match set(c"lowerdir+", &cstring(layer)?) {
-            Ok(()) => {}
-            // before Linux 6.8 layers cannot be appended one by one
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) && layer == &root.lower[0] => {
-                appended = false;
-                break;
-            }
-            Err(e) => return Err(with_path(e, layer)),
-        }
+        set(c"lowerdir+", &cstring(layer)?)?;
     }
-    if !appended {
-        return mount_classic(root, target);
-    }
-    set(c"upperdir", &cstring(&root.upper)?).map_err(|e| with_path(e, &root.upper))?;
-    set(c"workdir", &cstring(&root.work)?).map_err(|e| with_path(e, &root.work))?;
+    set(c"upperdir", &cstring(&root.upper)?)?;
+    set(c"workdir", &cstring(&root.work)?)?;
     // no index: the upper layer is only ever used by this one mount at a time
     set(c"index", &CString::from(c"off"))?;
     if let Some(context) = &root.context {
@@ -87,8 +87,8 @@ pub fn mount_overlay(root: &OverlayRoot, target: &Path) -> io::Result<()> {
     }
     let mounted =
         sys::fs_create_and_mount(fs.as_fd(), sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV)?;
-    let dir = std::fs::File::open(target).map_err(|e| with_path(e, target))?;
-    sys::move_mount_to(mounted.as_fd(), dir.as_fd()).map_err(|e| with_path(e, target))
+    let dir = std::fs::File::open(target)?;
+    sys::move_mount_to(mounted.as_fd(), dir.as_fd())
 }
 
 /// The same with `mount(2)`'s option string, for kernels before 6.8.
@@ -292,5 +292,17 @@ mod tests {
         unmount(&target).expect("unmount");
         assert!(!is_overlay_mount(&target));
         unmount(&target).expect("a second unmount is no error");
+        // the option string older kernels take gives the same overlay
+        mount_classic(&root, &target).expect("mount with the option string");
+        assert!(is_overlay_mount(&target));
+        assert_eq!(
+            std::fs::read_to_string(target.join("new")).expect("kept"),
+            "mine"
+        );
+        assert_eq!(
+            std::fs::read_to_string(target.join("base")).expect("base"),
+            "base"
+        );
+        unmount(&target).expect("unmount");
     }
 }
