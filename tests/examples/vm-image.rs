@@ -37,18 +37,20 @@ fn with_libraries(programs: &[&str]) -> Vec<PathBuf> {
     files
 }
 
-/// A layer of `files`: programs in `bin/` (on the image's `PATH`), libraries at their paths
-/// (symlinks followed: the image gets the files).
+/// A layer of `files`: `programs` in `bin/` (on the image's `PATH`) and at their own paths
+/// (the checks name `/usr/bin/stat`: a busybox shell prefers its own applets), libraries at
+/// their paths (symlinks followed: the image gets the files).
 fn tools_layer(programs: &[&str], files: &[PathBuf]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     b.follow_symlinks(true);
     for file in files {
-        let inner = match file.file_name() {
-            Some(name) if programs.iter().any(|p| Path::new(p) == file) => {
-                Path::new("bin").join(name)
-            }
-            _ => file.strip_prefix("/").expect("absolute").to_path_buf(),
-        };
+        if let Some(name) = file.file_name()
+            && programs.iter().any(|p| Path::new(p) == file)
+        {
+            b.append_path_with_name(file, Path::new("bin").join(name))
+                .expect("tar");
+        }
+        let inner = file.strip_prefix("/").expect("absolute");
         b.append_path_with_name(file, inner).expect("tar");
     }
     gzip(&b.into_inner().expect("tar"))
