@@ -14,6 +14,8 @@ use gearhost_sys::proc_status::Status;
 pub mod apps;
 mod pki;
 pub use pki::{openssl, test_ca, test_cert, test_pki};
+/// Container images made by the tests: layers, an OCI layout, a push.
+pub mod images;
 pub mod registry;
 
 /// The workspace root.
@@ -591,6 +593,12 @@ impl Drop for TestNode {
                 remove_cgroup_tree(&root.join(&self.subtree));
             }
         }
+        // image gears' roots stay mounted for the next node; this one is the last
+        let roots = self.state_dir().join("roots");
+        for root in std::fs::read_dir(&roots).into_iter().flatten().flatten() {
+            let _ = gearhost_sandbox::overlay::unmount(&root.path());
+        }
+        let _ = gearhost_sandbox::overlay::unmount(&roots);
     }
 }
 

@@ -23,13 +23,25 @@ impl Registry {
     /// A registry whose configuration has `extra` (e.g. an `auth:` section).
     pub fn start_with(extra: &str) -> Registry {
         let root = tempfile::tempdir().expect("registry dir");
+        let data = root.path().join("data");
+        Registry::start_storing(root, &data, extra)
+    }
+
+    /// A registry that stores in `data`, which outlives it (its content can be served again
+    /// by another registry).
+    pub fn start_in(data: &std::path::Path) -> Registry {
+        let root = tempfile::tempdir().expect("registry dir");
+        Registry::start_storing(root, data, "")
+    }
+
+    fn start_storing(root: tempfile::TempDir, data: &std::path::Path, extra: &str) -> Registry {
         let addr = format!("127.0.0.1:{}", crate::free_port());
         let config = root.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{extra}",
-                root.path().join("data").display()
+                data.display()
             ),
         )
         .expect("config");

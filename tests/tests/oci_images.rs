@@ -11,140 +11,24 @@
 //! Gear uids 87800-87899.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use gearhost_node::images::ImageStore;
 use gearhost_node::layer::LayerLimits;
 use gearhost_tests::privileged;
 
+use gearhost_tests::images::{GZIP_LAYER, TAR_LAYER, digest, gzip, layout, push, tar_of};
 use gearhost_tests::registry::Registry;
 
-fn digest(bytes: &[u8]) -> String {
-    gearhost_oci::digest_of(bytes)
-}
-
-/// A tar stream of `entries` (name, type, mode, link target, body), names
-/// written as they are.
-fn tar_of(entries: &[(&str, tar::EntryType, u32, &str, &[u8])]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, kind, mode, link, body) in entries {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(*kind);
-        h.set_size(body.len() as u64);
-        h.set_mode(*mode);
-        let field = &mut h.as_old_mut().name;
-        field[..name.len()].copy_from_slice(name.as_bytes());
-        let l = &mut h.as_old_mut().linkname;
-        l[..link.len()].copy_from_slice(link.as_bytes());
-        h.set_cksum();
-        b.append(&h, *body).expect("append");
-    }
-    b.into_inner().expect("tar")
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    use std::io::Write;
-    let mut child = Command::new("gzip")
-        .args(["-n", "-c"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("gzip");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = bytes.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().expect("gzip");
-    writer.join().expect("writer").expect("write");
-    out.stdout
-}
-
-/// An OCI image layout in `dir` tagged `tag`: an index of a linux/amd64
-/// image with `layers` (media type, bytes) and a linux/arm64 one.
-fn layout(dir: &Path, tag: &str, layers: &[(&str, Vec<u8>)]) {
-    let blobs = dir.join("blobs/sha256");
-    std::fs::create_dir_all(&blobs).expect("blobs");
-    let put = |bytes: &[u8]| -> serde_json::Value {
-        let d = digest(bytes);
-        std::fs::write(blobs.join(d.trim_start_matches("sha256:")), bytes).expect("blob");
-        serde_json::json!({"digest": d, "size": bytes.len()})
-    };
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Entrypoint": ["/bin/hello"],
-            "Cmd": ["--port", "8080"],
-            "Env": ["PATH=/usr/bin:/bin", "GREETING=hi"],
-            "WorkingDir": "/srv",
-            "ExposedPorts": {"8080/tcp": {}},
-            "User": "1000"
-        },
-        "rootfs": {"type": "layers", "diff_ids": []}
-    }))
-    .expect("config");
-    let mut config_desc = put(&config);
-    config_desc["mediaType"] = "application/vnd.oci.image.config.v1+json".into();
-    let layer_descs: Vec<serde_json::Value> = layers
-        .iter()
-        .map(|(media, bytes)| {
-            let mut d = put(bytes);
-            d["mediaType"] = (*media).into();
-            d
-        })
-        .collect();
-    let manifest = |arch: &str| {
-        serde_json::to_vec(&serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": config_desc,
-            "layers": layer_descs,
-            "annotations": {"arch": arch}
-        }))
-        .expect("manifest")
-    };
-    let entry = |arch: &str| {
-        let mut d = put(&manifest(arch));
-        d["mediaType"] = "application/vnd.oci.image.manifest.v1+json".into();
-        d["platform"] = serde_json::json!({"architecture": arch, "os": "linux"});
-        d
-    };
-    let index = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [entry("arm64"), entry("amd64")]
-    }))
-    .expect("index");
-    let mut top = put(&index);
-    top["mediaType"] = "application/vnd.oci.image.index.v1+json".into();
-    top["annotations"] = serde_json::json!({"org.opencontainers.image.ref.name": tag});
-    std::fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "manifests": [top]}))
-            .expect("json"),
-    )
-    .expect("index.json");
-    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)
-        .expect("oci-layout");
-}
-
-fn push(dir: &Path, tag: &str, to: &str) {
-    let out = Command::new("skopeo")
-        .args([
-            "copy",
-            "--all",
-            // the blobs as made here: a plain tar layer stays one
-            "--preserve-digests",
-            "--dest-tls-verify=false",
-            &format!("oci:{}:{tag}", dir.display()),
-            &format!("docker://{to}"),
-        ])
-        .output()
-        .expect("skopeo (scripts/setup installs it)");
-    assert!(
-        out.status.success(),
-        "skopeo: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// What the images of these tests say to run.
+fn config() -> serde_json::Value {
+    serde_json::json!({
+        "Entrypoint": ["/bin/hello"],
+        "Cmd": ["--port", "8080"],
+        "Env": ["PATH=/usr/bin:/bin", "GREETING=hi"],
+        "WorkingDir": "/srv",
+        "ExposedPorts": {"8080/tcp": {}},
+        "User": "1000"
+    })
 }
 
 const LIMITS: LayerLimits = LayerLimits {
@@ -175,10 +59,8 @@ fn an_image_is_pulled_verified_unpacked_shared_and_collected() {
     layout(
         src.path(),
         "1.0",
-        &[
-            ("application/vnd.oci.image.layer.v1.tar+gzip", base.clone()),
-            ("application/vnd.oci.image.layer.v1.tar", top.clone()),
-        ],
+        config(),
+        &[(GZIP_LAYER, base.clone()), (TAR_LAYER, top.clone())],
     );
     let reference = format!("{}/apps/hello:1.0", registry.addr);
     push(src.path(), "1.0", &reference);
@@ -239,8 +121,9 @@ fn an_image_is_pulled_verified_unpacked_shared_and_collected() {
     layout(
         evil.path(),
         "evil",
+        config(),
         &[(
-            "application/vnd.oci.image.layer.v1.tar",
+            TAR_LAYER,
             tar_of(&[("../../escape", Regular, 0o644, "", b"x")]),
         )],
     );
@@ -268,6 +151,7 @@ fn an_image_is_pulled_verified_unpacked_shared_and_collected() {
     layout(
         odd.path(),
         "odd",
+        config(),
         &[("application/vnd.oci.image.layer.v1.tar+zstd", vec![1, 2, 3])],
     );
     let odd_ref = format!("{}/apps/odd:odd", registry.addr);
@@ -293,11 +177,7 @@ fn operators_pull_list_and_prune_images_through_gear() {
         "",
         b"#!/bin/sh\necho hello\n",
     )]));
-    layout(
-        src.path(),
-        "2.0",
-        &[("application/vnd.oci.image.layer.v1.tar+gzip", layer)],
-    );
+    layout(src.path(), "2.0", config(), &[(GZIP_LAYER, layer)]);
     let reference = format!("{}/apps/hello:2.0", registry.addr);
     push(src.path(), "2.0", &reference);
     let node = gearhost_tests::TestNode::start(87800, "");

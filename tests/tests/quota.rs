@@ -463,3 +463,77 @@ fn a_node_that_cannot_enforce_its_default_quota_refuses_to_start() {
         .unwrap_or_else(|| panic!("no disk-quota row: {text}"));
     assert!(row.contains("MISSING") && row.contains("btrfs"), "{row}");
 }
+
+/// An image gear's root: what its app writes outside `/gear` lands in the
+/// deployment's upper layer, inside the gear's quota, while the image's
+/// layers (in the node's store) count against no gear.
+#[test]
+fn an_image_gears_root_writes_count_in_its_quota() {
+    if !privileged("loop devices, mounts, and the node's gears") || !btrfs_tools() {
+        return;
+    }
+    use gearhost_tests::images::{
+        GZIP_LAYER, TAR_LAYER, busybox_site_layer, layout, push, site_config, site_page_layer,
+    };
+    let registry = gearhost_tests::registry::Registry::start();
+    let src = tempfile::tempdir().expect("layout");
+    layout(
+        src.path(),
+        "1",
+        site_config(80),
+        &[
+            (GZIP_LAYER, busybox_site_layer()),
+            (TAR_LAYER, site_page_layer("1")),
+        ],
+    );
+    let reference = format!("{}/apps/site:1", registry.addr);
+    push(src.path(), "1", &reference);
+    let fs = BtrfsImage::make();
+    let state = fs.mount().join("state");
+    let node = TestNode::start_in(&state, 71400, "max-disk = \"128MiB\"\n");
+    let image = cartridge_dir("image-cartridge");
+    node.ok(&["cartridge", "install", path_str(image.path())]);
+    node.ok(&[
+        "create",
+        "web",
+        "--image",
+        &reference,
+        "--insecure",
+        "--disk",
+        "32MiB",
+    ]);
+    assert_eq!(
+        node.http_get("web-default", "/"),
+        (200, "version 1\n".into())
+    );
+    let (used, limit) = disk_of(&node, "web");
+    assert_eq!(limit, 32 * MIB);
+    assert!(
+        used < 2 * MIB,
+        "the image's layers are not the gear's: {used}"
+    );
+    // the root group may write /srv; 48 MiB there do not fit
+    let out = node.gear(&[
+        "exec",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "head -c 50331648 /dev/zero > /srv/big",
+    ]);
+    // (busybox says only "I/O error" for the EDQUOT)
+    assert!(!out.status.success(), "48 MiB fitted in a 32 MiB quota");
+    let (used, _) = disk_of(&node, "web");
+    assert!(
+        used > 24 * MIB && used <= 33 * MIB,
+        "the upper layer counts, up to the limit: {used}"
+    );
+    // the node and the gear's app keep working
+    assert_eq!(
+        node.http_get("web-default", "/"),
+        (200, "version 1\n".into())
+    );
+    node.ok(&["exec", "web", "--", "rm", "/srv/big"]);
+    node.ok(&["destroy", "web"]);
+    drop(node);
+}

@@ -155,6 +155,25 @@ ops! {
         /// never opened by the node.
         source: String,
     }
+    /// Deploy a container image to a gear of the `image` cartridge: the image
+    /// is pulled (`linux/amd64`, every blob verified, layers shared), made a
+    /// new deployment, activated, and the gear restarted onto it.
+    DeployImage "deploy-image" => reply::Deployed {
+        /// The gear.
+        gear: GearRef,
+        /// `registry/repository:tag` or `registry/repository@sha256:...`.
+        reference: String,
+        /// Plain HTTP instead of HTTPS (a registry on loopback only).
+        #[serde(default)]
+        insecure: bool,
+        /// The credentials the client found for the registry (none: anonymous).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credentials: Option<RegistryCredentials>,
+        /// The port the image's app serves HTTP on (default: its first
+        /// exposed TCP port, else the cartridge's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+    }
     /// Run the build hook on the active deployment.
     Build "build" => reply::Built {
         /// The gear.

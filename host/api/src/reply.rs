@@ -121,6 +121,14 @@ pub struct Deployment {
     pub state: DeploymentState,
     /// The build's error, when it failed.
     pub error: Option<String>,
+    /// For an image gear: the digest of the image manifest it runs (its source is the
+    /// reference it was pulled as).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The port its app serves HTTP on, when the deployment says (an image's first exposed
+    /// port, or the one given with `--port`); otherwise the cartridge's `http` endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 /// The answer to `ping`.

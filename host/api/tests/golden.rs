@@ -102,6 +102,8 @@ fn deployment() -> Deployment {
         source: "/home/ada/web".into(),
         state: DeploymentState::Ready,
         error: None,
+        image: None,
+        port: None,
     }
 }
 
@@ -260,6 +262,13 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
                     ..deployment()
                 },
                 deployment(),
+                Deployment {
+                    id: 4,
+                    source: "registry.example/web:2".into(),
+                    image: Some(format!("sha256:{}", "ab".repeat(32))),
+                    port: Some(8080),
+                    ..deployment()
+                },
             ],
         },
     );

@@ -426,7 +426,9 @@ fn remotely(cli: &Cli, args: &[std::ffi::OsString]) -> Option<u8> {
                 "cartridges are installed on the node itself (`gear cartridge install DIR` there)"
             ))));
         }
-        Command::Deploy(d) if !d.cancel && d.source.as_os_str() != "-" => {
+        Command::Deploy(d)
+            if !d.cancel && d.source.as_os_str() != "-" && d.image_reference().is_none() =>
+        {
             let sources = match std::fs::canonicalize(&d.source)
                 .map_err(|e| {
                     Failure::Invalid(anyhow::anyhow!(

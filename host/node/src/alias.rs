@@ -95,7 +95,7 @@ impl Node {
         // names are unique on the node: one change of names at a time
         let _names = self.create.lock().await;
         let r = g.record();
-        if self.http_port(&r.cartridge).is_none() {
+        if self.http_port(&r).is_none() {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
                 format!(

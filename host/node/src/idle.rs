@@ -118,7 +118,7 @@ impl Node {
     /// Why the idler must leave this gear alone, if it must.
     fn not_idleable(&self, gear: &Gear) -> Option<String> {
         let r = gear.record();
-        if self.http_port(&r.cartridge).is_none() {
+        if self.http_port(&r).is_none() {
             return Some(format!(
                 "gear {} has no HTTP endpoint, so no request could wake it; stop it with `gear stop` instead",
                 r.name

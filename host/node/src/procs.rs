@@ -36,6 +36,12 @@ pub struct GearSandbox {
     pub home: PathBuf,
     /// The active deployment on the host, bound at [`GEAR_REPO`].
     pub repo: Option<PathBuf>,
+    /// For a deployment of an image: its root, mounted by the node (see
+    /// `SandboxSpec::root`).
+    pub root: Option<PathBuf>,
+    /// The port the deployment's app serves HTTP on, when the deployment
+    /// says (an image's), instead of the cartridge's `http` endpoint.
+    pub http_port: Option<u16>,
     /// The gear's network namespace (bound file).
     pub netns: PathBuf,
     /// The environment's layers; a program's own variables become the
@@ -83,6 +89,7 @@ impl GearSandbox {
             });
         }
         spec.netns = Some(self.netns.clone());
+        spec.root = self.root.clone();
         spec
     }
 }
@@ -110,6 +117,15 @@ fn exit_of(status: std::process::ExitStatus) -> ExitStatus {
 
 async fn spawn_blocking_sandbox(spec: SandboxSpec) -> Result<Sandboxed, HostError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
+    if let Some(root) = &spec.root
+        && !gearhost_sandbox::overlay::is_overlay_mount(root)
+    {
+        return Err(HostError::Failed(format!(
+            "the gear's root ({}) is not mounted: the image of its deployment could not be \
+             mounted (the node's log says why); deploy the image again",
+            root.display()
+        )));
+    }
     tokio::task::spawn_blocking(move || {
         let spawned = (|| {
             // the gear's group carries the gear's limits, shared by all its processes

@@ -408,7 +408,7 @@ async fn dispatch(
                 .await,
         ),
         Request::ImageList(_) => answer::<ops::ImageList>(Ok(node.image_list())),
-        Request::ImagePrune(_) => answer::<ops::ImagePrune>(Ok(node.image_prune())),
+        Request::ImagePrune(_) => answer::<ops::ImagePrune>(Ok(node.image_prune().await)),
         Request::CartridgeRemove(op) => {
             answer::<ops::CartridgeRemove>(node.cartridge_remove(&op.name))
         }
@@ -500,6 +500,19 @@ async fn dispatch(
             Ok(fd) => node.deploy(&op.gear, &op.source, fd, p).await,
             Err(e) => Err(e),
         }),
+        Request::DeployImage(op) => answer::<ops::DeployImage>(
+            node.deploy_image(
+                &op.gear,
+                crate::node::ImageSource {
+                    reference: op.reference,
+                    insecure: op.insecure,
+                    credentials: op.credentials,
+                    port: op.port,
+                },
+                p,
+            )
+            .await,
+        ),
         Request::Build(op) => answer::<ops::Build>(node.build(&op.gear, p).await),
         Request::Start(op) => answer::<ops::Start>(node.start(&op.gear, p).await),
         Request::Stop(op) => answer::<ops::Stop>(node.stop(&op.gear).await),

@@ -497,6 +497,7 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         Request::Show(op) => &op.gear,
         Request::Destroy(op) => &op.gear,
         Request::Deploy(op) => &op.gear,
+        Request::DeployImage(op) => &op.gear,
         Request::Build(op) => &op.gear,
         Request::Start(op) => &op.gear,
         Request::Stop(op) => &op.gear,

@@ -131,7 +131,7 @@ struct RunConfig {
 /// Resolves the image at `target` for `linux/amd64`: its manifest (through
 /// an index if the reference names one), its config, its layers.
 pub async fn resolve_image(target: &Target) -> Result<Image, OciError> {
-    let client = target.client();
+    let client = target.client()?;
     let accepted = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST];
     let (body, digest) = manifest(&client, target, target.reference(), &accepted).await?;
     let parsed: Manifest = serde_json::from_slice(&body)
@@ -258,7 +258,7 @@ pub async fn fetch_layer(
     most: u64,
 ) -> Result<tokio::fs::File, OciError> {
     let size = checked_size(&layer.descriptor, most, "file system")?;
-    let client = target.client();
+    let client = target.client()?;
     fetch(
         &client,
         target,

@@ -128,7 +128,7 @@ impl Target {
         self.reference.registry()
     }
 
-    fn client(&self) -> Client {
+    fn client(&self) -> Result<Client, OciError> {
         // reqwest's rustls takes the process's provider: ring, like the rest of
         // Gearhost (see the frontend's TLS for why ring and its deprecation)
         #[allow(deprecated)]
@@ -138,9 +138,18 @@ impl Target {
         } else {
             ClientProtocol::Https
         };
-        Client::new(ClientConfig {
+        // `Client::new` would fall back to a client that panics when the machine has no CA
+        // certificates; the node must say so instead
+        Client::try_from(ClientConfig {
             protocol,
             ..ClientConfig::default()
+        })
+        .map_err(|e| OciError::Registry {
+            registry: self.registry().to_string(),
+            message: format!(
+                "cannot make an HTTPS client ({e}); install the system's CA certificates \
+                 (Debian: ca-certificates)"
+            ),
         })
     }
 
@@ -214,7 +223,7 @@ pub struct Publication {
 
 /// Pushes `publication` to `target` and returns the manifest's digest.
 pub async fn push(target: &Target, publication: &Publication) -> Result<String, OciError> {
-    let client = target.client();
+    let client = target.client()?;
     client
         .auth(target.reference(), &target.auth(), RegistryOperation::Push)
         .await
@@ -291,7 +300,7 @@ pub async fn pull(
     target: &Target,
     accept: impl FnOnce(&WasmConfig) -> Result<(), String>,
 ) -> Result<Pulled, OciError> {
-    let client = target.client();
+    let client = target.client()?;
     let (body, digest) = manifest(&client, target, target.reference(), &[IMAGE_MANIFEST]).await?;
     let image: OciImageManifest = serde_json::from_slice(&body).map_err(|e| {
         OciError::Refused(format!(

@@ -37,11 +37,18 @@ fn nix_failure(step: &str, detail: impl Into<String>, err: nix::Error) -> SetupF
 
 /// Drops to `uid`/`gid` with no supplementary groups and every capability set empty
 /// (bounding and ambient included), then sets `no_new_privs`. Needs `/proc` mounted.
-pub(crate) fn drop_credentials(uid: u32, gid: u32, rootless: bool) -> Result<u32, SetupFailure> {
+pub(crate) fn drop_credentials(
+    uid: u32,
+    gid: u32,
+    groups: &[u32],
+    rootless: bool,
+) -> Result<u32, SetupFailure> {
     // In a rootless gear's user namespace setgroups is refused for good (the price of mapping
     // ids without privilege); the caller's groups stay what they are outside.
     if !rootless {
-        setgroups(&[]).map_err(|e| nix_failure("credentials", "clear supplementary groups", e))?;
+        let groups: Vec<Gid> = groups.iter().map(|g| Gid::from_raw(*g)).collect();
+        setgroups(&groups)
+            .map_err(|e| nix_failure("credentials", "set the supplementary groups", e))?;
     }
     let g = Gid::from_raw(gid);
     setresgid(g, g, g).map_err(|e| nix_failure("credentials", format!("setresgid({gid})"), e))?;

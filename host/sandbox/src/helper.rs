@@ -34,7 +34,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, unshare};
@@ -166,6 +166,7 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
     };
     let gear = rootfs::GearSources {
         home: fds.home,
+        root: fds.root,
         ro: with_targets(fds.ro, &hs.ro_binds),
         rw: with_targets(fds.rw, &hs.rw_binds),
     };
@@ -267,6 +268,7 @@ fn receive_spec(
     let fds = SpecFds::from_vec(
         descriptors,
         hs.spec.netns.is_some(),
+        hs.spec.root.is_some(),
         &ro,
         &rw,
         hs.kept.len(),
@@ -334,6 +336,7 @@ fn adopt_sources(fds: SpecFds<OwnedFd>) -> Result<SpecFds<OwnedFd>, SetupFailure
         stdio: fds.stdio,
         home: adopt(fds.home)?,
         netns: fds.netns,
+        root: fds.root.map(adopt).transpose()?,
         ro: adopt_all(fds.ro)?,
         rw: adopt_all(fds.rw)?,
         kept: fds.kept,
@@ -525,6 +528,26 @@ fn writable_paths(hs: &HelperSpec) -> (Vec<PathBuf>, Vec<PathBuf>) {
         PathBuf::from("/dev/pts"),
     ];
     dirs.extend(hs.rw_binds.iter().map(|(target, _)| target.clone()));
+    if hs.spec.root.is_some() {
+        // an image's root is the gear's writable layer: every directory at its top but the
+        // kernel's (a symlink there is not followed: what it names is listed itself)
+        // (at most a few hundred: each is a rule and a descriptor while the ruleset is made)
+        for entry in std::fs::read_dir("/")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .take(512)
+        {
+            let name = entry.file_name();
+            let kernel = ["proc", "dev", "sys"].iter().any(|k| name == *k);
+            if !kernel && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                let path = Path::new("/").join(&name);
+                if !dirs.contains(&path) {
+                    dirs.push(path);
+                }
+            }
+        }
+    }
     let files = ["/dev/null", "/dev/zero", "/dev/full", "/dev/tty"]
         .iter()
         .map(PathBuf::from)
@@ -553,7 +576,12 @@ fn run_gear(
         }
     }
     let (uid, gid) = hs.ids();
-    let dropped = confine::drop_credentials(uid, gid, hs.rootless)?;
+    // In an image's root the gear's uid is one the image never heard of: like OpenShift, it
+    // belongs to the root group, so whatever the image made group-writable for root (the
+    // convention for images that run as any user) it may write. Only the image's files and
+    // the kernel's own are in its view; the host's files never are.
+    let groups: &[u32] = if spec.root.is_some() { &[0] } else { &[] };
+    let dropped = confine::drop_credentials(uid, gid, groups, hs.rootless)?;
     let rlimits = confine::apply_rlimits(&spec.limits.rlimits)?;
     let cwd = spec.effective_cwd();
     nix::unistd::chdir(cwd)
@@ -664,7 +692,7 @@ fn supervise(
     // It runs under the gear's label too (before Landlock takes /proc away from it), so no
     // process of the gear stays in the node's domain.
     let (uid, gid) = hs.ids();
-    let locked = confine::drop_credentials(uid, gid, hs.rootless)
+    let locked = confine::drop_credentials(uid, gid, &[], hs.rootless)
         .and_then(|_| match &hs.exec_label {
             Some(label) => {
                 crate::selinux::set_current_label(label).map_err(|detail| SetupFailure {

@@ -266,12 +266,14 @@ enum BindSource {
 /// the gear's home cannot redirect a bind, then cloned with `open_tree`.
 struct OpenedSources {
     home: OwnedFd,
+    root: Option<OwnedFd>,
     ro: Vec<(OwnedFd, bool)>,
     rw: Vec<(OwnedFd, bool)>,
 }
 
 fn open_sources(
     canonical_home: &Path,
+    root: Option<&Path>,
     ro: &[ResolvedBind],
     rw: &[ResolvedBind],
     rootless: bool,
@@ -287,6 +289,18 @@ fn open_sources(
         source,
         hint: "create it, and make sure no symlink is on its path",
     })?;
+    // the root is the node's own mount (an image's overlay), never reached through a symlink
+    let root = root
+        .map(|path| {
+            let c = cstring(path.as_os_str().as_bytes(), "encode the root path")?;
+            sys::openat2_path(None, &c, plain).map_err(|source| SandboxError::Io {
+                action: "open the gear's root",
+                path: path.to_path_buf(),
+                source,
+                hint: "mount the gear's root first (the node does it when the gear starts)",
+            })
+        })
+        .transpose()?;
     let open = |bind: &ResolvedBind| -> Result<(OwnedFd, bool), SandboxError> {
         let (opened, shown) = match &bind.source {
             BindSource::InHome(rel) => (
@@ -326,7 +340,21 @@ fn open_sources(
     // a mount of the node's namespace cannot be bound: hand it detached clones instead. A
     // rootless node may not clone its mounts; its helper finds the files itself.
     if rootless {
-        return Ok(OpenedSources { home, ro, rw });
+        if root.is_some() {
+            return Err(SandboxError::Spawn {
+                what: "give the gear its own root",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "a rootless node cannot mount an image's root; run the node as root",
+                ),
+            });
+        }
+        return Ok(OpenedSources {
+            home,
+            root: None,
+            ro,
+            rw,
+        });
     }
     let clone = |fd: &OwnedFd| {
         sys::open_tree_clone(fd.as_fd()).map_err(|source| SandboxError::Spawn {
@@ -341,6 +369,7 @@ fn open_sources(
     };
     Ok(OpenedSources {
         home: clone(&home)?,
+        root: root.as_ref().map(clone).transpose()?,
         ro: clone_all(ro)?,
         rw: clone_all(rw)?,
     })
@@ -499,7 +528,7 @@ impl Sandbox {
         cgroup: &GearCgroup,
         rootless: bool,
     ) -> Result<(u32, OwnedFd, LayerReport, [Option<File>; 3], Option<File>), SandboxError> {
-        let sources = open_sources(canonical_home, ro, rw, rootless)?;
+        let sources = open_sources(canonical_home, spec.root.as_deref(), ro, rw, rootless)?;
         let netns = spec
             .netns
             .as_ref()
@@ -544,6 +573,7 @@ impl Sandbox {
             stdio: [stdin, stdout, stderr],
             home: sources.home,
             netns,
+            root: sources.root,
             ro: sources.ro,
             rw: sources.rw,
             kept: stdio.kept.into_iter().map(|(fd, _)| fd).collect(),

@@ -40,6 +40,7 @@ pub mod helper;
 #[allow(unsafe_code)] // borrows the node's standard descriptors
 pub mod launch;
 pub mod netns;
+pub mod overlay;
 #[doc(hidden)]
 pub mod protocol;
 pub mod quota;

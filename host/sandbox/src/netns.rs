@@ -34,6 +34,7 @@ pub fn create(path: &Path) -> io::Result<()> {
             unshare(CloneFlags::CLONE_NEWNET)
                 .map_err(|e| nix_err("create a network namespace for", &target, e))?;
             crate::sys::loopback_up()?;
+            allow_low_ports();
             mount(
                 Some(Path::new("/proc/thread-self/ns/net")),
                 &target,
@@ -49,6 +50,14 @@ pub fn create(path: &Path) -> io::Result<()> {
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// In the calling thread's network namespace, lets any user bind any port: the namespace is
+/// the gear's alone, reached only through the node, so a port below 1024 is no privilege
+/// there, and an image made to listen on port 80 runs as the gear's uid unchanged. Where the
+/// kernel lacks the setting, ports below 1024 stay root's.
+fn allow_low_ports() {
+    let _ = std::fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0");
 }
 
 /// Create a new network namespace with only `lo` (up) and return a descriptor

@@ -40,7 +40,8 @@ pub const MAX_SPEC_FDS: usize = 128;
 pub const MAX_SPEC_BYTES: usize = 4 << 20;
 
 /// The order of the descriptors attached to the spec message: the three standard streams,
-/// the gear's home, the gear's network namespace when the spec names one, then one descriptor
+/// the gear's home, the gear's network namespace when the spec names one, the root tree when the
+/// spec gives one, then one descriptor
 /// per read-only bind and per read-write bind, in the spec's order, then the output pipes the
 /// init keeps (see [`HelperSpec::kept`]).
 #[derive(Debug)]
@@ -51,6 +52,8 @@ pub struct SpecFds<T> {
     pub home: T,
     /// The gear's network namespace, when it joins one.
     pub netns: Option<T>,
+    /// The gear's root, a detached clone of [`crate::SandboxSpec::root`], when it has one.
+    pub root: Option<T>,
     /// Read-only bind sources (`O_PATH`), with whether each is a directory.
     pub ro: Vec<(T, bool)>,
     /// Read-write bind sources (`O_PATH`), with whether each is a directory.
@@ -65,6 +68,7 @@ impl<T> SpecFds<T> {
         let [a, b, c] = self.stdio;
         let mut all = vec![a, b, c, self.home];
         all.extend(self.netns);
+        all.extend(self.root);
         all.extend(self.ro.into_iter().map(|(fd, _)| fd));
         all.extend(self.rw.into_iter().map(|(fd, _)| fd));
         all.extend(self.kept);
@@ -75,11 +79,17 @@ impl<T> SpecFds<T> {
     pub fn from_vec(
         fds: Vec<T>,
         has_netns: bool,
+        has_root: bool,
         ro_dirs: &[bool],
         rw_dirs: &[bool],
         kept: usize,
     ) -> Result<Self, String> {
-        let expected = 4 + usize::from(has_netns) + ro_dirs.len() + rw_dirs.len() + kept;
+        let expected = 4
+            + usize::from(has_netns)
+            + usize::from(has_root)
+            + ro_dirs.len()
+            + rw_dirs.len()
+            + kept;
         if fds.len() != expected {
             return Err(format!(
                 "expected {expected} descriptors with the spec, got {}",
@@ -91,6 +101,7 @@ impl<T> SpecFds<T> {
         let stdio = [next(), next(), next()];
         let home = next();
         let netns = has_netns.then(&mut next);
+        let root = has_root.then(&mut next);
         let ro = ro_dirs.iter().map(|d| (next(), *d)).collect();
         let rw = rw_dirs.iter().map(|d| (next(), *d)).collect();
         let kept = (0..kept).map(|_| next()).collect();
@@ -98,6 +109,7 @@ impl<T> SpecFds<T> {
             stdio,
             home,
             netns,
+            root,
             ro,
             rw,
             kept,

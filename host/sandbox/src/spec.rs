@@ -31,6 +31,13 @@ pub struct SandboxSpec {
     pub home: PathBuf,
     /// Where the home appears inside the gear, e.g. `/gear`.
     pub home_target: PathBuf,
+    /// A directory tree mounted on the host that becomes the gear's `/` (an image's overlay,
+    /// mounted by the node with [`crate::overlay::mount_overlay`]); every process gets a clone
+    /// of that one mount, writable but `nosuid` and `nodev`. `/proc`, `/dev`, `/tmp`, the
+    /// identity files of `/etc`, the home and the binds are added on top as for any gear.
+    /// Without it the root is built from the host's system directories, read-only.
+    #[serde(default)]
+    pub root: Option<PathBuf>,
     /// Extra read-only binds (host path to path inside the gear).
     #[serde(default)]
     pub ro_binds: Vec<Bind>,
@@ -346,6 +353,7 @@ impl SandboxSpec {
             gid,
             home: home.into(),
             home_target: PathBuf::from("/gear"),
+            root: None,
             ro_binds: Vec::new(),
             rw_binds: Vec::new(),
             argv,
@@ -407,6 +415,17 @@ impl SandboxSpec {
             ));
         }
         check_target("home_target", &self.home_target)?;
+        if let Some(root) = &self.root
+            && (!root.is_absolute() || root.components().any(|c| c == Component::ParentDir))
+        {
+            return Err(invalid(
+                "root",
+                format!(
+                    "{} must be an absolute host path without `..`",
+                    root.display()
+                ),
+            ));
+        }
         let mut targets = vec![self.home_target.clone()];
         for (field, binds) in [("ro_binds", &self.ro_binds), ("rw_binds", &self.rw_binds)] {
             for bind in binds {

@@ -166,6 +166,56 @@ pub(crate) fn move_mount_to(tree: BorrowedFd<'_>, target: BorrowedFd<'_>) -> io:
     check(ret).map(drop)
 }
 
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+/// Opens a new file system context of type `fs` (`fsopen`).
+pub(crate) fn fsopen(fs: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `fs` is a valid NUL-terminated string living for the call.
+    let ret = unsafe { libc::syscall(libc::SYS_fsopen, fs.as_ptr(), FSOPEN_CLOEXEC) };
+    // SAFETY: fsopen returned a fresh descriptor that only we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(check(ret)? as RawFd) })
+}
+
+/// Sets the string parameter `key` of the file system context `fs` to `value`.
+pub(crate) fn fsconfig_string(fs: BorrowedFd<'_>, key: &CStr, value: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are valid NUL-terminated strings living for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            key.as_ptr(),
+            value.as_ptr(),
+            0,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Creates the superblock of the configured context `fs` and returns it as a detached mount
+/// with the mount attributes `attrs` (`fsconfig(FSCONFIG_CMD_CREATE)`, then `fsmount`).
+pub(crate) fn fs_create_and_mount(fs: BorrowedFd<'_>, attrs: u64) -> io::Result<OwnedFd> {
+    // SAFETY: no pointer is passed; the descriptor is borrowed for the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    check(ret)?;
+    // SAFETY: plain integers and a borrowed descriptor.
+    let ret = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
+    // SAFETY: fsmount returned a fresh descriptor that only we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(check(ret)? as RawFd) })
+}
+
 /// Creates directory `name` in `dir` (an existing entry is not an error).
 pub(crate) fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
     match nix::sys::stat::mkdirat(dir, name, nix::sys::stat::Mode::from_bits_truncate(mode)) {

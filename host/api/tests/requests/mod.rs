@@ -61,6 +61,17 @@ pub(crate) fn requests() -> Vec<Request> {
             source: "/home/ada/web".into(),
         }
         .into(),
+        DeployImage {
+            gear: web(),
+            reference: "registry.example/apps/site:2.0".into(),
+            insecure: false,
+            credentials: Some(RegistryCredentials {
+                username: "ada".into(),
+                password: "s3cret".into(),
+            }),
+            port: Some(8000),
+        }
+        .into(),
         Build { gear: web() }.into(),
         Start { gear: web() }.into(),
         Stop { gear: web() }.into(),

@@ -21,8 +21,16 @@ pub struct Args {
     /// nodes and files you cannot read are refused. Default: the current
     /// directory. What its `.gearignore` names, and `.git`, is left out.
     /// `-` reads a tar archive of the sources from standard input instead.
+    ///
+    /// For a gear that runs an image, an image reference instead
+    /// (`registry/repository:tag`, `...@sha256:...`): the gear is rolled to
+    /// that image as a new deployment (`gear rollback` goes back).
     #[arg(default_value = ".")]
     pub source: PathBuf,
+    /// The image to deploy, when the source argument could be read as a
+    /// directory.
+    #[command(flatten)]
+    pub image: super::image::ImageArgs,
     /// The most the sources' files may add up to (the node has its own
     /// limit, `gears.max-deploy-size`).
     #[arg(long, value_name = "SIZE", default_value = archive::DEFAULT_MAX_SIZE, value_parser = archive::parse_max_size)]
@@ -38,6 +46,28 @@ pub struct Args {
     /// deployment serving before it keeps serving.
     #[arg(long)]
     pub cancel: bool,
+}
+
+impl Args {
+    /// The image to deploy: `--image REF`, or a source argument that names no directory here
+    /// and reads as an image reference (a registry host or a tag or digest in it).
+    pub fn image_reference(&self) -> Option<String> {
+        if let Some(reference) = &self.image.image {
+            return Some(reference.clone());
+        }
+        let text = self.source.to_str()?;
+        let looks_like_image = text.strip_prefix("oci://").is_some()
+            || text.contains('@')
+            || text
+                .split('/')
+                .next_back()
+                .is_some_and(|last| last.contains(':'));
+        (looks_like_image
+            && !self.source.exists()
+            && !text.starts_with('.')
+            && !text.starts_with('/'))
+        .then(|| text.to_string())
+    }
 }
 
 /// `gear deploy NAME -`: the sources are a tar archive on standard input
@@ -91,6 +121,13 @@ pub fn run(args: Args) -> CmdResult {
     if args.source.as_os_str() == "-" {
         return from_stdin(&args);
     }
+    if let Some(reference) = args.image_reference() {
+        let op = args.image.deploy_op(args.gear.to_ref(), &reference)?;
+        eprintln!("deploying {reference} to {}", args.gear.name);
+        let deployed = call(&args.target, op)?;
+        return report(&args, &deployed);
+    }
+    args.image.check()?;
     let source = std::fs::canonicalize(&args.source).map_err(|e| {
         Failure::Invalid(anyhow::anyhow!(
             "cannot read {}: {e}; give an existing directory",

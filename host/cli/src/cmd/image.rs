@@ -32,6 +32,59 @@ pub struct PullArgs {
     pub json: bool,
 }
 
+/// How `gear create --image` and `gear deploy --image` reach an image.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImageArgs {
+    /// Run a container image: `registry/repository:tag` or
+    /// `registry/repository@sha256:...`. The gear runs the `image` cartridge;
+    /// the image's layers become its root, and its Entrypoint and Cmd its app,
+    /// run as the gear's own uid.
+    #[arg(long, value_name = "REF")]
+    pub image: Option<String>,
+    /// The port the image's app serves HTTP on (default: its first exposed
+    /// TCP port, else 8080).
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Reach the registry over plain HTTP (a registry on loopback only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// A Docker config file with the registry's credentials (`auths`);
+    /// default: $DOCKER_CONFIG/config.json, else ~/.docker/config.json.
+    #[arg(long, value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
+}
+
+impl ImageArgs {
+    /// `--port`, `--insecure` and `--auth-file` go with an image only.
+    pub fn check(&self) -> Result<(), crate::Failure> {
+        if self.image.is_none()
+            && (self.port.is_some() || self.insecure || self.auth_file.is_some())
+        {
+            return Err(crate::Failure::Invalid(anyhow::anyhow!(
+                "--port, --insecure and --auth-file go with an image; add --image REF"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The request that deploys `reference` (this image, unless given) to `gear`.
+    pub fn deploy_op(
+        &self,
+        gear: gearhost_api::GearRef,
+        reference: &str,
+    ) -> Result<ops::DeployImage, crate::Failure> {
+        let credentials =
+            super::cartridge_store::registry_credentials(reference, self.auth_file.as_deref())?;
+        Ok(ops::DeployImage {
+            gear,
+            reference: reference.to_string(),
+            insecure: self.insecure,
+            credentials,
+            port: self.port,
+        })
+    }
+}
+
 /// Arguments of `gear image list` and `gear image prune`.
 #[derive(Debug, clap::Args)]
 pub struct StoreArgs {

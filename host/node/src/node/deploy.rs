@@ -51,6 +51,14 @@ pub fn prune_choice(
     drop
 }
 
+/// What a deployment is made of.
+pub enum Content {
+    /// A tar archive of sources, streamed by the client.
+    Archive(OwnedFd),
+    /// A container image, for a gear of the `image` cartridge.
+    Image(super::image_gears::ImageSource),
+}
+
 /// A deploy that `gear deploy --cancel` may cancel, until it is finished
 /// (or dropped).
 struct Deploying<'a> {
@@ -94,6 +102,18 @@ impl Node {
         archive: OwnedFd,
         progress: &Progress,
     ) -> ApiResult<reply::Deployed> {
+        self.deploy_content(gear, source, Content::Archive(archive), progress)
+            .await
+    }
+
+    /// Deploy `content`: sources or an image (see [`Node::deploy`]).
+    pub(super) async fn deploy_content(
+        &self,
+        gear: &GearRef,
+        source: &str,
+        content: Content,
+        progress: &Progress,
+    ) -> ApiResult<reply::Deployed> {
         let g = self.find(gear)?;
         let _op = match g.op.try_lock() {
             Ok(held) => held,
@@ -131,11 +151,58 @@ impl Node {
                 r.name, r.cartridge, r.name, r.name
             )));
         }
+        let runs_images = cart.manifest().name == super::image_gears::IMAGE_CARTRIDGE;
+        match (&content, runs_images) {
+            (Content::Archive(_), true) => {
+                return Err(invalid(format!(
+                    "gear {} runs container images: deploy one with `gear deploy {} \
+                     REGISTRY/REPOSITORY:TAG`",
+                    gear.name, gear.name
+                )));
+            }
+            (Content::Image(_), false) => {
+                return Err(invalid(format!(
+                    "gear {} runs the {} cartridge, which deploys sources, not images; \
+                     create a gear for the image with `gear create NAME --image REF`",
+                    gear.name,
+                    g.record().cartridge
+                )));
+            }
+            _ => {}
+        }
         let id = g.record().next_deployment;
         let dest = g.paths.deployment(id);
         // from here until the new deployment serves (or the old one is back),
         // `gear deploy --cancel` ends the deploy's hooks
         let cancel = Deploying::start(&g, id);
+        let archive = match content {
+            Content::Archive(archive) => archive,
+            Content::Image(image) => {
+                let made = self.image_deployment(&g, id, &image, progress).await;
+                if made.is_ok() && cancel.is_cancelled() {
+                    let _ = state::remove_tree(&dest);
+                    let message = format!(
+                        "the deploy of deployment {id} was cancelled before its build; nothing \
+                         was deployed"
+                    );
+                    self.event(&g, NodeEventKind::DeployCancelled, &message, Some(id));
+                    return Err(failed(message));
+                }
+                let (digest, port) = made?;
+                return self
+                    .build_and_activate(
+                        &g,
+                        &cart,
+                        gear,
+                        id,
+                        source,
+                        (Some(digest), port),
+                        cancel,
+                        progress,
+                    )
+                    .await;
+            }
+        };
         let _ = progress.send(format!("unpacking {source} into deployment {id}"));
         let uid = g.record().uid;
         let limits = unpack::Limits {
@@ -175,6 +242,25 @@ impl Node {
                 )));
             }
         }
+        self.build_and_activate(&g, &cart, gear, id, source, (None, None), cancel, progress)
+            .await
+    }
+
+    /// Records deployment `id` (made in its directory), builds it, activates it and restarts
+    /// the gear onto it, or rolls back.
+    #[allow(clippy::too_many_arguments)]
+    async fn build_and_activate(
+        &self,
+        g: &Arc<Gear>,
+        cart: &Cartridge,
+        gear: &GearRef,
+        id: u32,
+        source: &str,
+        (image, port): (Option<String>, Option<u16>),
+        cancel: Deploying<'_>,
+        progress: &Progress,
+    ) -> ApiResult<reply::Deployed> {
+        let (g, cart) = (g.clone(), cart.clone());
         g.update(&self.config, |r| {
             r.next_deployment = id + 1;
             r.deployments.push(Deployment {
@@ -183,6 +269,8 @@ impl Node {
                 source: source.to_string(),
                 state: DeploymentState::Pending,
                 error: None,
+                image: image.clone(),
+                port,
             });
         })?;
         let previous = g.record().active;
@@ -389,6 +477,24 @@ impl Node {
         held: &Held<'_>,
         progress: &Progress,
     ) -> ApiResult<()> {
+        // a deployment may name another port (an image's): the routes follow it
+        let port = self.http_port(&g.record());
+        let done = self.activate_onto(g, cart, id, start, held, progress).await;
+        if self.http_port(&g.record()) != port {
+            self.rebuild_routes();
+        }
+        done
+    }
+
+    async fn activate_onto(
+        &self,
+        g: &Arc<Gear>,
+        cart: &Cartridge,
+        id: u32,
+        start: bool,
+        held: &Held<'_>,
+        progress: &Progress,
+    ) -> ApiResult<()> {
         // a frozen app is replaced as a running one
         self.awake(g, "a deployment is activated").await?;
         let running = g.record().state == GearState::Running;
@@ -426,8 +532,15 @@ impl Node {
         })
         .is_ok()
         {
+            let images = r.deployments.iter().any(|d| d.image.is_some());
             for id in drop {
+                if images {
+                    self.remove_image_root(g, id);
+                }
                 let _ = state::remove_tree(&g.paths.deployment(id));
+            }
+            if images {
+                self.collect_images_soon();
             }
         }
     }
@@ -582,6 +695,8 @@ mod tests {
                 source: format!("src{id}"),
                 state,
                 error: None,
+                image: None,
+                port: None,
             })
             .collect()
     }

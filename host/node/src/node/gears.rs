@@ -327,6 +327,8 @@ impl Node {
         g.app_log.close();
         g.hook_log.close();
         g.front.access.close();
+        // an image gear's roots
+        self.remove_image_roots(&g);
         // leftovers from any exec that was cut short
         let paths = g.paths.clone();
         let subtree = self.config.cgroup_subtree.clone();
@@ -349,6 +351,9 @@ impl Node {
         .map_err(|e| internal(format!("cannot remove the gear's files: {e}")))?;
         lock(&self.gears).remove(&r.id);
         self.rebuild_routes();
+        if r.deployments.iter().any(|d| d.image.is_some()) {
+            self.collect_images_soon();
+        }
         Ok(reply::Destroyed {
             destroyed: r.label(),
             uid_released: r.uid,

@@ -193,7 +193,11 @@ impl GearHost for NodeHost {
                 .endpoints
                 .iter()
                 .map(|e| EndpointInfo {
-                    private_port: e.port_in(self.slot),
+                    // a deployment that names its port (an image's) serves HTTP there
+                    private_port: match self.sandbox.http_port {
+                        Some(port) if Some(e) == self.cartridge.http_endpoint() => port,
+                        _ => e.port_in(self.slot),
+                    },
                     ..EndpointInfo::from(e)
                 })
                 .collect(),

@@ -6,7 +6,7 @@ use crate::api::{ApiError, ErrorKind};
 use crate::images::StoredImage;
 
 /// The longest a pull may take, every layer included.
-const PULL_TIME: std::time::Duration = std::time::Duration::from_secs(1800);
+pub(super) const PULL_TIME: std::time::Duration = std::time::Duration::from_secs(1800);
 
 fn summary(image: &StoredImage, fetched: usize, shared: usize) -> reply::ImageSummary {
     reply::ImageSummary {
@@ -56,10 +56,15 @@ impl Node {
             .collect()
     }
 
-    /// Removes the images no gear uses (none does yet: gears run cartridges)
-    /// and the layers no image left lists.
-    pub fn image_prune(&self) -> reply::ImagesPruned {
-        let (images, layers) = self.images.collect(&[]);
+    /// Removes the images no gear's deployment runs, and the layers no image left lists.
+    pub async fn image_prune(&self) -> reply::ImagesPruned {
+        // a pull for a gear finishes recording its image first
+        let _gc = self.images_gc.write().await;
+        let keep = self.images_in_use();
+        let images = self.images.clone();
+        let (images, layers) = tokio::task::spawn_blocking(move || images.collect(&keep))
+            .await
+            .unwrap_or_default();
         reply::ImagesPruned { images, layers }
     }
 }

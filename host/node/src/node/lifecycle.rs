@@ -11,7 +11,7 @@ use gearhost_runtime::{Cartridge, ExitStatus, HookCall};
 use super::*;
 use crate::api::GearRef;
 use crate::api::reply;
-use crate::procs::{self, GearSandbox};
+use crate::procs::{self, GEAR_PATH, GearSandbox};
 use crate::state::{Desired, GearState};
 
 impl Node {
@@ -92,7 +92,9 @@ impl Node {
         slot: u8,
         progress: &Progress,
     ) -> ApiResult<()> {
-        let Some(port) = cart.manifest().primary_endpoint().map(|e| e.port_in(slot)) else {
+        // a deployment that names its port (an image's) is waited for there
+        let declared = cart.manifest().primary_endpoint().map(|e| e.port_in(slot));
+        let Some(port) = named_port(&g.record()).or(declared) else {
             return Ok(());
         };
         let _ = progress.send(format!("waiting for the app to answer on port {port}"));
@@ -367,6 +369,29 @@ impl Node {
     /// The sandbox of the app started in `slot`.
     pub(super) fn sandbox_in(&self, g: &Gear, repo: Option<u32>, slot: u8) -> GearSandbox {
         let r = g.record();
+        let mut layers = self.layers_in(&r, slot);
+        let image = repo.and_then(|id| Some((id, self.image_deployment_of(g, id)?)));
+        let (root, http_port) = match &image {
+            Some((id, image)) => {
+                // what the image's programs are found by
+                let path = super::image_gears::image_path(&image.env).unwrap_or(GEAR_PATH);
+                layers.system.insert("PATH".into(), path.into());
+                if let Some(port) = image.port {
+                    layers.system.insert("GEAR_PORT".into(), port.to_string());
+                }
+                let root = match self.image_root(g, *id) {
+                    Ok(root) => root,
+                    Err(e) => {
+                        tracing::warn!(gear = %r.label(), deployment = id, error = %e, "no root for the gear");
+                        g.hook_log.line("node", &e);
+                        // the start fails, saying it is not mounted
+                        Some(self.root_mount_point(g, *id))
+                    }
+                };
+                (root, image.port)
+            }
+            None => (None, None),
+        };
         GearSandbox {
             id: r.id.clone(),
             name: r.name.clone(),
@@ -374,7 +399,9 @@ impl Node {
             home: g.paths.home(),
             netns: g.paths.netns(),
             repo: repo.map(|id| g.paths.deployment(id)),
-            layers: self.layers_in(&r, slot),
+            root,
+            http_port,
+            layers,
             config: self.config.clone(),
         }
     }

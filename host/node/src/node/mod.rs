@@ -112,6 +112,7 @@ mod deploy;
 mod gear;
 mod gears;
 mod hooks;
+mod image_gears;
 mod image_ops;
 mod kept;
 mod lifecycle;
@@ -119,6 +120,7 @@ mod replace;
 mod variables;
 
 pub use gear::Gear;
+pub use image_gears::ImageSource;
 pub(crate) use replace::Held;
 
 /// The node.
@@ -158,12 +160,25 @@ pub struct Node {
     pub(crate) events: Arc<crate::events::EventLog>,
     /// Container images pulled for gears.
     pub(crate) images: crate::images::ImageStore,
+    /// Held for reading by what pulls an image for a gear until the gear's record names it,
+    /// and for writing by what removes images no gear names.
+    pub(crate) images_gc: Arc<tokio::sync::RwLock<()>>,
+    /// Set once `<state>/roots`, where image gears' roots are mounted, is a private mount.
+    roots_private: std::sync::OnceLock<()>,
     /// What the last resume did (`gear node check`), also kept in `last-resume.json`.
     resume_outcome: Mutex<crate::api::reply::ResumeOutcome>,
     /// Frozen gears stopped because the machine ran short of memory.
     pub(crate) frozen_stopped_for_memory: std::sync::atomic::AtomicU64,
     /// Set by `gear node stop` and `gear node restart`.
     stop: tokio::sync::watch::Sender<Option<Stop>>,
+}
+
+/// The port the active deployment of `r` names for its app (an image's), if any.
+pub(crate) fn named_port(r: &GearRecord) -> Option<u16> {
+    r.deployments
+        .iter()
+        .find(|d| Some(d.id) == r.active)
+        .and_then(|d| d.port)
 }
 
 /// The file in the state directory where the node records what its last resume did.
@@ -288,6 +303,8 @@ impl Node {
             events,
             resume_outcome: Mutex::new(Default::default()),
             frozen_stopped_for_memory: Default::default(),
+            images_gc: Arc::new(tokio::sync::RwLock::new(())),
+            roots_private: std::sync::OnceLock::new(),
             stop: tokio::sync::watch::channel(None).0,
         });
         node.rebuild_routes();
@@ -367,20 +384,13 @@ impl Node {
         lock(&self.gears).values().cloned().collect()
     }
 
-    /// The port the frontend sends a gear's requests to: the first endpoint
-    /// of its cartridge that speaks HTTP (a database's port never gets HTTP).
-    pub(crate) fn http_port(&self, cartridge: &str) -> Option<u16> {
-        self.cartridge(cartridge)
-            .ok()?
-            .manifest()
-            .endpoints
-            .iter()
-            .find(|e| {
-                e.protocols
-                    .iter()
-                    .any(|p| matches!(p.as_str(), "http" | "websocket"))
-            })
-            .map(|e| e.private_port)
+    /// The port the frontend sends a gear's requests to: the one its active
+    /// deployment names (an image's), else the first endpoint of its
+    /// cartridge that speaks HTTP (a database's port never gets HTTP).
+    pub(crate) fn http_port(&self, r: &GearRecord) -> Option<u16> {
+        let cart = self.cartridge(&r.cartridge).ok()?;
+        let declared = cart.manifest().http_endpoint()?.private_port;
+        Some(named_port(r).unwrap_or(declared))
     }
 
     /// The host name a gear answers to: `<gear>-<namespace>.<domain>`.
@@ -439,7 +449,7 @@ impl Node {
             .collect();
         gears.sort_by(|(_, a), (_, b)| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
         for (g, r) in gears {
-            let Some(port) = self.http_port(&r.cartridge) else {
+            let Some(port) = self.http_port(&r) else {
                 continue;
             };
             let own = self.public_name(&r);
@@ -479,7 +489,7 @@ impl Node {
     /// Where the frontend serves a gear: none when its cartridge has no
     /// HTTP endpoint (the frontend would answer 404 for it).
     fn url(&self, r: &GearRecord) -> Option<String> {
-        self.http_port(&r.cartridge)?;
+        self.http_port(r)?;
         Some(self.public_url(r))
     }
 

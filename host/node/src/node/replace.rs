@@ -127,8 +127,7 @@ impl Node {
     ) -> ApiResult<()> {
         let r = g.record();
         let serving = r.state == GearState::Running && g.supervisor.any_running();
-        if serving && cart.manifest().deploy.start_beside && self.http_port(&r.cartridge).is_some()
-        {
+        if serving && cart.manifest().deploy.start_beside && self.http_port(&r).is_some() {
             match self.start_beside(g, cart, id, progress).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {

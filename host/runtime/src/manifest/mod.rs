@@ -246,6 +246,16 @@ impl Manifest {
         self.endpoints.first()
     }
 
+    /// The endpoint the frontend sends HTTP to: the first that speaks HTTP or websockets (a
+    /// database's port never gets HTTP).
+    pub fn http_endpoint(&self) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| {
+            e.protocols
+                .iter()
+                .any(|p| matches!(p.as_str(), "http" | "websocket"))
+        })
+    }
+
     fn check_hooks_file(&self, dir: &Path, path: &Path, text: &str) -> Result<(), ManifestError> {
         let ctx = Ctx { path, text };
         let span = find_key_span(text, "hooks");

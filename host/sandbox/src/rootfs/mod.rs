@@ -19,6 +19,8 @@ use crate::protocol::{HelperSpec, SetupFailure};
 use crate::report::FilesystemReport;
 use crate::sys;
 
+mod image;
+
 /// Where the new root is assembled (hidden by a tmpfs in the helper's private mount namespace;
 /// every source is opened before it is mounted).
 const STAGING: &str = "/tmp";
@@ -125,10 +127,13 @@ pub(crate) struct SystemSources {
 
 /// The gear's own sources, opened by the node (which sees the host as it is now), cloned there
 /// into detached mount trees and passed to the helper as descriptors: the home, then
-/// read-only and read-write binds as (tree, target, is a directory).
+/// read-only and read-write binds as (tree, target, is a directory), and for an image gear its
+/// root.
 #[derive(Debug)]
 pub(crate) struct GearSources {
     pub(crate) home: OwnedFd,
+    /// The image root to use instead of the host's system (a detached clone).
+    pub(crate) root: Option<OwnedFd>,
     pub(crate) ro: Vec<(OwnedFd, PathBuf, bool)>,
     pub(crate) rw: Vec<(OwnedFd, PathBuf, bool)>,
 }
@@ -235,6 +240,8 @@ struct Builder {
     root: PathBuf,
     root_fd: Option<OwnedFd>,
     report: FilesystemReport,
+    /// In an image's root: where the gear's own files are made before they are bound.
+    scratch: Option<PathBuf>,
 }
 
 impl Builder {
@@ -400,9 +407,27 @@ impl Builder {
         })
     }
 
-    fn write_file(&self, inner: &str, contents: &str) -> Result<(), SetupFailure> {
-        let path = self.root.join(inner.trim_start_matches('/'));
-        std::fs::write(&path, contents).map_err(|e| failure("etc", format!("write {inner}"), &e))
+    /// Writes a file of the gear's root. In an image's root the file is made in the scratch
+    /// directory and bound read-only over the image's own (which is never written).
+    fn write_file(&mut self, inner: &str, contents: &str) -> Result<(), SetupFailure> {
+        let Some(scratch) = self.scratch.clone() else {
+            let path = self.root.join(inner.trim_start_matches('/'));
+            return std::fs::write(&path, contents)
+                .map_err(|e| failure("etc", format!("write {inner}"), &e));
+        };
+        let made = scratch.join(inner.trim_start_matches('/').replace('/', "_"));
+        std::fs::write(&made, contents)
+            .map_err(|e| failure("etc", format!("write {}", made.display()), &e))?;
+        let file = open_following(&made)
+            .map_err(|e| failure("etc", format!("open {}", made.display()), &e))?;
+        self.bind(file.as_fd(), Path::new(inner), false, RO)
+            .map_err(|f| SetupFailure {
+                detail: format!(
+                    "{} (the image's {inner} must be a plain file or absent)",
+                    f.detail
+                ),
+                ..f
+            })
     }
 
     fn symlink(&self, target: &Path, inner: &str) -> Result<(), SetupFailure> {
@@ -452,6 +477,7 @@ pub(crate) fn prepare(sources: SystemSources) -> Result<Prepared, SetupFailure> 
             masked: Vec::new(),
             sys_present: false,
         },
+        scratch: None,
     };
     mount(
         Some("tmpfs"),
@@ -517,6 +543,13 @@ pub(crate) fn finish_and_pivot(
 ) -> Result<FilesystemReport, SetupFailure> {
     let spec = &hs.spec;
     let mut b = prepared.b;
+    let image = match &sources.root {
+        Some(tree) => Some(image::enter_image_root(&mut b, tree.as_fd())?),
+        None => None,
+    };
+    if let Some(image) = image {
+        b = image;
+    }
     let user = &spec.gear_id;
     let home = spec.home_target.display();
     let (uid, gid) = hs.ids();
@@ -527,16 +560,26 @@ pub(crate) fn finish_and_pivot(
         "root:x:0:0:root:/root:/usr/sbin/nologin\n".to_string()
     };
     let root_group = if hs.rootless { "" } else { "root:x:0:\n" };
-    b.write_file(
-        "/etc/passwd",
-        &format!(
-            "{root}nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n{user}:x:{uid}:{gid}:gear {user}:{home}:/bin/sh\n"
-        ),
-    )?;
-    b.write_file(
-        "/etc/group",
-        &format!("{root_group}nogroup:x:65534:\n{user}:x:{gid}:\n"),
-    )?;
+    let own_user = format!("{user}:x:{uid}:{gid}:gear {user}:{home}:/bin/sh\n");
+    let own_group = format!("{user}:x:{gid}:\n");
+    if b.scratch.is_some() {
+        // an image keeps its own users and groups; the gear's uid gets its entry beside them
+        let passwd = b.image_etc("passwd", user, uid)?;
+        b.write_file("/etc/passwd", &format!("{passwd}{own_user}"))?;
+        let group = b.image_etc("group", user, gid)?;
+        b.write_file("/etc/group", &format!("{group}{own_group}"))?;
+    } else {
+        b.write_file(
+            "/etc/passwd",
+            &format!(
+                "{root}nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n{own_user}"
+            ),
+        )?;
+        b.write_file(
+            "/etc/group",
+            &format!("{root_group}nogroup:x:65534:\n{own_group}"),
+        )?;
+    }
     b.write_file("/etc/hostname", &format!("{}\n", spec.hostname))?;
     b.write_file(
         "/etc/hosts",
@@ -579,7 +622,8 @@ pub(crate) fn finish_and_pivot(
         false,
     )?;
 
-    pivot(&b)?;
+    // the host-built root is read-only; an image's root is the gear's writable layer
+    pivot(&b, b.scratch.is_none())?;
     Ok(b.report)
 }
 
@@ -703,7 +747,7 @@ fn build_proc(b: &mut Builder, sources: &SystemSources) -> Result<(), SetupFailu
     Ok(())
 }
 
-fn pivot(b: &Builder) -> Result<(), SetupFailure> {
+fn pivot(b: &Builder, read_only: bool) -> Result<(), SetupFailure> {
     let root = b.root_fd()?;
     nix::unistd::fchdir(root)
         .map_err(|e| failure("pivot_root", format!("enter {STAGING}"), &e.into()))?;
@@ -713,9 +757,12 @@ fn pivot(b: &Builder) -> Result<(), SetupFailure> {
     umount2(".", MntFlags::MNT_DETACH)
         .map_err(|e| failure("pivot_root", "detach the old root".into(), &e.into()))?;
     nix::unistd::chdir("/").map_err(|e| failure("pivot_root", "enter /".into(), &e.into()))?;
-    let slash = std::fs::File::open("/").map_err(|e| failure("pivot_root", "open /".into(), &e))?;
-    sys::mount_setattr(slash.as_fd(), RO, false)
-        .map_err(|e| failure("pivot_root", "make / read-only".into(), &e))?;
+    if read_only {
+        let slash =
+            std::fs::File::open("/").map_err(|e| failure("pivot_root", "open /".into(), &e))?;
+        sys::mount_setattr(slash.as_fd(), RO, false)
+            .map_err(|e| failure("pivot_root", "make / read-only".into(), &e))?;
+    }
     Ok(())
 }
 
