@@ -252,7 +252,7 @@ fn http2_is_negotiated_and_serves_like_http11() {
     );
 
     // an idle gear is woken by a stream
-    node.ok(&["idle", "app"]);
+    node.ok(&["idle", "--stop", "app"]);
     assert!(node.ok(&["status", "app"]).contains("idle"));
     let (code, out, err) = ep.curl("/", &["-w", "\n%{http_version}"]);
     assert_eq!((code, out.as_str()), (0, "hello from app\n\n2"), "{err}");

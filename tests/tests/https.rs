@@ -242,7 +242,7 @@ fn gears_are_served_over_https_with_the_certificate_for_their_name() {
         out.contains("redirect to HTTPS on") && out.contains("max-age=31557600"),
         "{out}"
     );
-    node.ok(&["idle", "web"]);
+    node.ok(&["idle", "--stop", "web"]);
     let fport = node.frontend.port();
     let plain = |host: &str, path: &str| {
         let out = Command::new("curl")
