@@ -117,6 +117,7 @@ mod image_ops;
 mod kept;
 mod lifecycle;
 mod replace;
+mod table;
 mod variables;
 
 pub use gear::Gear;
@@ -129,7 +130,7 @@ pub struct Node {
     config: Arc<NodeConfig>,
     runtime: Runtime,
     cartridges: Mutex<BTreeMap<String, Cartridge>>,
-    pub(crate) gears: Mutex<BTreeMap<String, Arc<Gear>>>,
+    pub(crate) gears: Mutex<table::GearTable>,
     /// Held while gears are created and host names change: names stay unique.
     pub(crate) create: tokio::sync::Mutex<()>,
     frontend_addr: Mutex<Option<std::net::SocketAddr>>,
@@ -241,7 +242,7 @@ impl Node {
             let _ = gearhost_sandbox::netns::remove(&orphan.join("netns"));
             let _ = state::remove_tree(&orphan);
         }
-        let mut gears = BTreeMap::new();
+        let mut gears = table::GearTable::default();
         for record in records {
             // after a reboot the namespace binding is gone: make a new one
             let netns = GearPaths::new(&config.gears_dir(), &record.id).netns();
@@ -726,11 +727,7 @@ impl Node {
 
     pub(crate) fn find(&self, gear: &GearRef) -> ApiResult<Arc<Gear>> {
         let found = lock(&self.gears)
-            .values()
-            .find(|g| {
-                let r = lock(&g.record);
-                r.name == gear.name && r.namespace == gear.namespace
-            })
+            .by_name(&gear.namespace, &gear.name)
             .cloned();
         // the table's lock is released here: the hint below takes it again
         found.ok_or_else(|| {
