@@ -11,7 +11,6 @@
 //! cargo bench -p gearhost-tests --bench adopt`. Gear uids 84000-85999. Results:
 //! docs/performance.md.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use gearhost_tests::{TestNode, cartridge_dir, json};
@@ -68,11 +67,7 @@ fn main() {
     let mut node = TestNode::start_with_uids(84000, 2000, "");
     let diy = cartridge_dir("diy-cartridge");
     node.ok(&["cartridge", "install", diy.path().to_str().expect("utf-8")]);
-    let src = tempfile::tempdir().expect("source");
-    std::fs::create_dir_all(src.path().join(".gear")).expect("mkdir");
-    let start = src.path().join(".gear/start");
-    std::fs::write(&start, START).expect("start");
-    std::fs::set_permissions(&start, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let src = gearhost_tests::apps::tree(&[(".gear/start", START)]);
     let src_path = src.path().to_str().expect("utf-8").to_string();
 
     let t = Instant::now();

@@ -12,7 +12,6 @@
 //! cargo bench -p gearhost-tests --bench density`. Creating 10,000 gears takes a few minutes on
 //! two cores. Gear uids 300000-310199. Results: docs/performance.md.
 
-use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use gearhost_tests::{TestNode, cartridge_dir, json, rss_kib};
@@ -101,11 +100,7 @@ fn main() {
     let node = TestNode::start_with_uids(300_000, (n + 200) as u32, "");
     let diy = cartridge_dir("diy-cartridge");
     node.ok(&["cartridge", "install", diy.path().to_str().expect("utf-8")]);
-    let src = tempfile::tempdir().expect("source");
-    std::fs::create_dir_all(src.path().join(".gear")).expect("mkdir");
-    let start = src.path().join(".gear/start");
-    std::fs::write(&start, START).expect("start");
-    std::fs::set_permissions(&start, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let src = gearhost_tests::apps::tree(&[(".gear/start", START)]);
     let src_path = src.path().to_str().expect("utf-8").to_string();
 
     // gears are made in rounds up to each checkpoint, four at a time; the create time of a
