@@ -12,6 +12,7 @@ use std::sync::{Mutex, OnceLock};
 use gearhost_sys::proc_status::Status;
 
 pub mod apps;
+pub mod etcd;
 mod pki;
 pub use pki::{openssl, test_ca, test_cert, test_pki};
 /// Container images made by the tests: layers, an OCI layout, a push.
@@ -253,6 +254,13 @@ impl TestNode {
         )
     }
 
+    /// Start one of several nodes that share the uid range from `uid_min`
+    /// (`uid_count` uids; a cluster's district), named `member` (its cgroup
+    /// subtree is its own), with `top_config` (a `[cluster]` table) added.
+    pub fn start_member(uid_min: u32, uid_count: u32, member: &str, top_config: &str) -> TestNode {
+        Self::start_full_as(uid_min, uid_count, top_config, "", &[], None, Some(member))
+    }
+
     fn start_full(
         uid_min: u32,
         uid_count: u32,
@@ -260,6 +268,26 @@ impl TestNode {
         extra_gears_config: &str,
         wrapper: &[&str],
         state: Option<&Path>,
+    ) -> TestNode {
+        Self::start_full_as(
+            uid_min,
+            uid_count,
+            top_config,
+            extra_gears_config,
+            wrapper,
+            state,
+            None,
+        )
+    }
+
+    fn start_full_as(
+        uid_min: u32,
+        uid_count: u32,
+        top_config: &str,
+        extra_gears_config: &str,
+        wrapper: &[&str],
+        state: Option<&Path>,
+        member: Option<&str>,
     ) -> TestNode {
         let dir = tempfile::Builder::new()
             .prefix("gearhost-node-")
@@ -272,7 +300,10 @@ impl TestNode {
                 .expect("open the node's directory to other users");
         }
         let socket = dir.path().join("node.sock");
-        let subtree = format!("gearhost-test-{uid_min}");
+        let subtree = match member {
+            Some(m) => format!("gearhost-test-{uid_min}-{m}"),
+            None => format!("gearhost-test-{uid_min}"),
+        };
         let config = format!(
             "schema = 1\nstate-dir = \"{state}\"\nsocket = \"{sock}\"\nfrontend = \"127.0.0.1:0\"\nmetrics = \"127.0.0.1:0\"\n{top_config}\n\
              [gears]\nuid-min = {uid_min}\nuid-max = {uid_max}\ncgroup-subtree = \"{subtree}\"\n{extra_gears_config}\n",

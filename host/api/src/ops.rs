@@ -399,6 +399,9 @@ ops! {
     /// What the node's last resume did with the gears of the node before it
     /// (operators only): which were taken back, which were started again and why.
     NodeResume "node-resume" => reply::ResumeOutcome {}
+    /// The nodes of the cluster this node belongs to, up or down, with
+    /// their load; a standalone node lists itself alone.
+    NodeList "node-list" => Vec<reply::ClusterNode> {}
     /// Add an ssh public key (one `authorized_keys` line: type, base64,
     /// comment) to a user's keys: the caller's own, or `user`'s (operators).
     KeysAdd "keys-add" => reply::KeyInfo {

@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+mod cluster;
 mod store;
+pub use cluster::*;
 pub use store::*;
 
 use serde::{Deserialize, Serialize};

@@ -383,6 +383,34 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
             binary: "/usr/bin/gearhost-node".into(),
         },
     );
+    answer::<NodeList>(
+        "node-list",
+        &vec![
+            ClusterNode {
+                name: "node-a".into(),
+                state: "up".into(),
+                this: true,
+                listen: Some("10.0.0.1:7701".into()),
+                frontend: Some("10.0.0.1:80".into()),
+                version: "0.1.0".into(),
+                load: Some(NodeLoad {
+                    gears: 12,
+                    running: 5,
+                    memory_total: 25_769_803_776,
+                    memory_available: 20_000_000_000,
+                }),
+            },
+            ClusterNode {
+                name: "node-b".into(),
+                state: "down".into(),
+                this: false,
+                listen: Some("10.0.0.2:7701".into()),
+                frontend: Some("10.0.0.2:80".into()),
+                version: "0.1.0".into(),
+                load: None,
+            },
+        ],
+    );
     answer::<NodeResume>(
         "resume-outcome",
         &ResumeOutcome {

@@ -234,6 +234,8 @@ pub enum NodeCommand {
     Metrics(cmd::node_metrics::Args),
     /// What happened to gears: deploys, starts, stops, crashes, restarts, idles, wakes, failures.
     Events(cmd::node_events::Args),
+    /// The nodes of the cluster (up or down, with their load); a standalone node lists itself.
+    List(cmd::node_list::Args),
 }
 
 /// `gear sandbox ...`
@@ -526,6 +528,7 @@ pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
         Command::Node(NodeCommand::Stop(args)) => cmd::node_stop::run(args),
         Command::Node(NodeCommand::Restart(args)) => cmd::node_restart::run(args),
         Command::Node(NodeCommand::Events(args)) => cmd::node_events::run(args),
+        Command::Node(NodeCommand::List(args)) => cmd::node_list::run(args),
         Command::Cartridge(CartridgeCommand::Install(args)) => cmd::cartridge_store::install(args),
         Command::Cartridge(CartridgeCommand::Push(args)) => cmd::cartridge_push::run(args),
         Command::Cartridge(CartridgeCommand::List(args)) => cmd::cartridge_store::list(args),

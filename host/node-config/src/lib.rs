@@ -3,6 +3,7 @@
 //! the rest of the node reads.
 
 pub mod acme;
+pub mod cluster;
 pub mod egress;
 pub mod https;
 pub mod ssh;
@@ -132,6 +133,8 @@ pub struct NodeConfig {
     pub https: Option<https::HttpsConfig>,
     /// The ACME server aliases' certificates come from (`[acme]`; none: off).
     pub acme: Option<acme::AcmeConfig>,
+    /// Membership of a cluster of nodes (`[cluster]`; none: a standalone node).
+    pub cluster: Option<cluster::ClusterConfig>,
 }
 
 /// Limits on what one user's gears may take together.
@@ -212,6 +215,8 @@ struct RawConfig {
     https: https::RawHttps,
     #[serde(default)]
     acme: acme::RawAcme,
+    #[serde(default)]
+    cluster: cluster::RawCluster,
 }
 
 #[derive(Deserialize, Default)]
@@ -763,6 +768,7 @@ impl NodeConfig {
         let ssh = raw.ssh.resolve().map_err(section)?;
         let https = raw.https.resolve().map_err(section)?;
         let acme = raw.acme.resolve().map_err(section)?;
+        let cluster = raw.cluster.resolve().map_err(section)?;
         Ok(NodeConfig {
             state_dir: raw.state_dir,
             socket: raw.socket,
@@ -807,6 +813,7 @@ impl NodeConfig {
             ssh,
             https,
             acme,
+            cluster,
         })
     }
 

@@ -13,6 +13,7 @@ pub mod acme;
 pub mod alias;
 pub mod audit;
 pub mod certs;
+pub mod cluster;
 pub mod conns;
 pub mod egress;
 pub mod env;
@@ -28,6 +29,7 @@ pub mod listeners;
 pub mod logs;
 pub mod node;
 mod oplock;
+pub mod peer;
 pub mod procs;
 pub mod quota;
 pub mod restart;
@@ -113,6 +115,19 @@ pub async fn run_with(
     let frontend_addr = frontend.local_addr()?;
     node.set_frontend_addr(frontend_addr);
     node.set_main_runtime(tokio::runtime::Handle::current());
+    // a cluster member knows which of its gears are still its own only once it has joined
+    node.join_cluster().await?;
+    if let (Some(cluster), Some(secret)) = (&node.config().cluster, node.cluster_secret()) {
+        let peers = tokio::net::TcpListener::bind(cluster.listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen for the other nodes on {} (cluster.listen): {e}",
+                    cluster.listen
+                )
+            })?;
+        tokio::spawn(peer::serve(node.clone(), peers, secret));
+    }
     let metrics = match metrics {
         Some(l) => {
             l.set_nonblocking(true)?;
@@ -264,6 +279,10 @@ pub async fn run_with(
         // `gear node stop --gears`: desired states are kept, the next node starts them
         eprintln!("gear node: stopping gear processes");
         node.shutdown().await;
+        // nothing of this node runs any more: the cluster need not wait for its lease
+        if let Some(cluster) = node.cluster() {
+            cluster.leave().await;
+        }
         // nothing is left for a keeper to keep
         if let Some(k) = &keeper {
             k.quit();

@@ -141,8 +141,39 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         Ok(caller) => caller,
         Err(e) => return send(&mut stream, &Reply::Error(e)).await,
     };
+    // a gear another node of the cluster holds is served by that node
+    if let Some(owner) = crate::peer::owner_of(&node, &request).await {
+        return crate::peer::forward(&node, owner, &caller, &request, &line, fds, stream).await;
+    }
+    serve_request(node, caller, request, fds, stream).await
+}
+
+/// Serves a request another node forwarded, for the caller it vouches for
+/// (never forwarded again: the gear is this node's, or it is nowhere).
+pub(crate) async fn serve_line(
+    node: Arc<Node>,
+    caller: Caller,
+    line: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    mut stream: UnixStream,
+) -> std::io::Result<()> {
+    match crate::api::decode_request_as(&line) {
+        Ok((request, _)) => serve_request(node, caller, request, fds, stream).await,
+        Err(e) => send(&mut stream, &Reply::Error(e)).await,
+    }
+}
+
+/// Authorizes, does and audits the request of an identified caller, and
+/// answers it on `stream`.
+async fn serve_request(
+    node: Arc<Node>,
+    caller: Caller,
+    request: Request,
+    fds: Vec<OwnedFd>,
+    mut stream: UnixStream,
+) -> std::io::Result<()> {
     // the request itself may carry secrets (env values): log only at debug
-    tracing::debug!(uid = cred.uid(), ?request, "request");
+    tracing::debug!(uid = caller.uid, ?request, "request");
     let verb = request.name();
     let target = tenancy::gear_of(&request).cloned();
     let audit = |result: Result<(), &ApiError>| {
@@ -568,6 +599,7 @@ async fn dispatch(
             Err(e) => Err(e),
         }),
         Request::NodeResume(_) => answer::<ops::NodeResume>(Ok(node.resume_outcome())),
+        Request::NodeList(_) => answer::<ops::NodeList>(node.node_list().await),
         Request::Metrics(_) => answer::<ops::Metrics>(Ok(reply::MetricsText {
             text: crate::frontend::render_metrics(&node),
         })),

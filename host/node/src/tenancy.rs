@@ -467,6 +467,7 @@ pub fn authorize(caller: &Caller, ns: &Namespaces, request: &Request) -> Result<
         Request::NodeStop(_) => operators_only(caller, "stop the node"),
         Request::NodeRestart(_) => operators_only(caller, "restart the node"),
         Request::NodeResume(_) => operators_only(caller, "read what the node's resume did"),
+        Request::NodeList(_) => operators_only(caller, "list the cluster's nodes"),
         Request::NamespaceCreate(_)
         | Request::NamespaceDelete(_)
         | Request::NamespaceAddMember(_)
@@ -547,7 +548,8 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         | Request::Metrics(_)
         | Request::NodeStop(_)
         | Request::NodeRestart(_)
-        | Request::NodeResume(_) => return None,
+        | Request::NodeResume(_)
+        | Request::NodeList(_) => return None,
     })
 }
 
@@ -573,6 +575,7 @@ pub fn changes_something(request: &Request) -> bool {
             | Request::KeysLookup(_)
             | Request::GitAccess(_)
             | Request::NodeEvents(_)
+            | Request::NodeList(_)
     )
 }
 
@@ -656,6 +659,7 @@ mod tests {
             ops::NodeStop { gears: false }.into(),
             ops::NodeRestart {}.into(),
             ops::NodeResume {}.into(),
+            ops::NodeList {}.into(),
             ops::NamespaceCreate {
                 name: "t".into(),
                 members: vec![],

@@ -179,6 +179,7 @@ pub(crate) fn requests() -> Vec<Request> {
         NodeStop { gears: true }.into(),
         NodeRestart {}.into(),
         NodeResume {}.into(),
+        NodeList {}.into(),
         KeysAdd {
             user: Some("ada".into()),
             key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE2cGDeJ0Ojq+X7Z3pJ2vfWcD8r9bZvZ8yQm0d1c4k7L ada@laptop".into(),

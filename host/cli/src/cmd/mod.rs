@@ -25,6 +25,7 @@ pub mod list;
 pub mod logs;
 pub mod node_check;
 pub mod node_events;
+pub mod node_list;
 pub mod node_metrics;
 pub mod node_restart;
 pub mod node_run;

@@ -102,7 +102,7 @@ fn refused(words: &[String]) -> Option<String> {
         return Some("--remote is where a command starts, not where it arrives".into());
     }
     match (verb, sub) {
-        ("node", "metrics") => None,
+        ("node", "metrics" | "list") => None,
         ("node" | "sandbox", _) | ("ssh-authorize" | "ssh-session" | "ssh-hook", _) => Some(format!(
             "`gear {verb}` runs on the node itself, not through ssh"
         )),

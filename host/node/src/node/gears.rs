@@ -43,20 +43,30 @@ impl Node {
         if let Some(owner) = owner {
             self.check_user_limits(owner)?;
         }
-        let used: Vec<u32> = lock(&self.gears)
-            .values()
-            .map(|g| lock(&g.record).uid)
-            .collect();
-        let uid = (self.config.uid_min..=self.config.uid_max)
-            .find(|u| !used.contains(u))
-            .ok_or_else(|| {
-                ApiError::new(
-                    ErrorKind::Conflict,
-                    "the node's uid range is full; destroy unused gears, or widen the range (gears.uid-min, gears.uid-max in the node configuration)",
-                )
-            })?;
-        let mcs = gearhost_sandbox::selinux::mcs_level_for_uid(uid).map_err(internal)?;
         let id = new_id();
+        // in a cluster the uid (and with it the MCS level), the name and the
+        // public label are claimed cluster-wide, in one etcd transaction
+        let uid = match self.cluster() {
+            Some(cluster) => {
+                self.claim_new_gear(cluster, &id, gear, &cart.manifest().name)
+                    .await?
+            }
+            None => {
+                let used: Vec<u32> = lock(&self.gears)
+                    .values()
+                    .map(|g| lock(&g.record).uid)
+                    .collect();
+                (self.config.uid_min..=self.config.uid_max)
+                    .find(|u| !used.contains(u))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ErrorKind::Conflict,
+                            "the node's uid range is full; destroy unused gears, or widen the range (gears.uid-min, gears.uid-max in the node configuration)",
+                        )
+                    })?
+            }
+        };
+        let mcs = gearhost_sandbox::selinux::mcs_level_for_uid(uid).map_err(internal)?;
         let paths = GearPaths::new(&self.config.gears_dir(), &id);
         let record = GearRecord {
             version: RECORD_VERSION,
@@ -116,6 +126,7 @@ impl Node {
         };
         if let Err(e) = made {
             undo();
+            self.release_gear(&record).await;
             return Err(internal(format!(
                 "cannot create the gear's directories: {e}"
             )));
@@ -123,6 +134,7 @@ impl Node {
         // the record is written last: it is what makes the gear exist
         if let Err(e) = state::save_gear(&self.config.gears_dir(), &record) {
             undo();
+            self.release_gear(&record).await;
             return Err(internal(e));
         }
         let summary = self.gear_summary(&record);
@@ -351,6 +363,7 @@ impl Node {
         .map_err(|e| internal(format!("cannot remove the gear's files: {e}")))?;
         lock(&self.gears).remove(&r.id);
         self.rebuild_routes();
+        self.release_gear(&r).await;
         if r.deployments.iter().any(|d| d.image.is_some()) {
             self.collect_images_soon();
         }

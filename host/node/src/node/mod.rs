@@ -172,6 +172,13 @@ pub struct Node {
     pub(crate) frozen_stopped_for_memory: std::sync::atomic::AtomicU64,
     /// Set by `gear node stop` and `gear node restart`.
     stop: tokio::sync::watch::Sender<Option<Stop>>,
+    /// The cluster, once the node joined one (`[cluster]`).
+    pub(crate) cluster: std::sync::OnceLock<Arc<gearhost_cluster::Cluster>>,
+    /// The secret node-to-node traffic is authenticated with.
+    pub(crate) cluster_secret: std::sync::OnceLock<Arc<[u8]>>,
+    /// Gears the cluster placed on another node while this one was away, by
+    /// id, with that node's name: their copies here are not started.
+    pub(crate) elsewhere: Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// The port the active deployment of `r` names for its app (an image's), if any.
@@ -307,6 +314,9 @@ impl Node {
             images_gc: Arc::new(tokio::sync::RwLock::new(())),
             roots_private: std::sync::OnceLock::new(),
             stop: tokio::sync::watch::channel(None).0,
+            cluster: std::sync::OnceLock::new(),
+            cluster_secret: std::sync::OnceLock::new(),
+            elsewhere: Mutex::default(),
         });
         node.rebuild_routes();
         Ok(node)
@@ -550,13 +560,17 @@ impl Node {
                     || node
                         .cartridge(&record.cartridge)
                         .is_ok_and(|c| !c.manifest().deploy.required);
+                let elsewhere = node.placed_elsewhere(&record.id);
                 let run = record.state != GearState::Idle
                     && record.desired == Desired::Running
-                    && startable;
+                    && startable
+                    && elsewhere.is_none();
                 // processes an earlier node left running are taken back when the gear was
                 // running (a build in flight never touched them; an app replaced halfway
                 // does not match its records); anything else is stopped
-                let refuse = if !run {
+                let refuse = if let Some(owner) = elsewhere {
+                    Some(format!("the cluster placed the gear on node {owner}"))
+                } else if !run {
                     Some("the gear is not to run".to_string())
                 } else if !matches!(record.state, GearState::Running | GearState::Frozen) {
                     Some(format!(

@@ -1,0 +1,291 @@
+//! The district: gear uids (and with them MCS levels, which are derived from
+//! the uid), gear names and public host labels are claimed cluster-wide in
+//! one etcd transaction per gear, so no two gears anywhere ever share one.
+//! A gear keeps its claims for its whole life, on whichever node it runs.
+
+use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
+use serde::{Deserialize, Serialize};
+
+use crate::{Cluster, ClusterError};
+
+/// A gear as the cluster records it: who it is and which node holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The gear's id.
+    pub id: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its public host label, `<gear>-<namespace>`.
+    pub label: String,
+    /// Its uid (its MCS level follows from it).
+    pub uid: u32,
+    /// The node that holds it.
+    pub node: String,
+    /// Its cartridge.
+    pub cartridge: String,
+}
+
+/// How many times a claim is tried again after losing a uid to a
+/// concurrent claim before giving up.
+const CLAIM_TRIES: usize = 64;
+
+impl Cluster {
+    /// Claims the lowest free uid in `min..=max`, the gear's name and its
+    /// public label for `gear` (whose `uid` is ignored), and records its
+    /// placement, in one transaction. Returns the uid. A name or label held
+    /// by another gear is a conflict that names the holder; a uid taken by
+    /// a concurrent claim is retried with the next free one.
+    pub async fn claim_new(
+        &self,
+        gear: &Placement,
+        min: u32,
+        max: u32,
+    ) -> Result<u32, ClusterError> {
+        let mut skip = std::collections::BTreeSet::new();
+        for _ in 0..CLAIM_TRIES {
+            let uid = self.lowest_free_uid(min, max, &skip).await?;
+            let placed = Placement {
+                uid,
+                ..gear.clone()
+            };
+            match self.claim(&placed).await? {
+                Claimed::Done => return Ok(uid),
+                Claimed::UidTaken => {
+                    skip.insert(uid);
+                }
+            }
+        }
+        Err(ClusterError::Busy)
+    }
+
+    /// Claims what `gear` already has (a gear the node held before it
+    /// joined, or restored from a snapshot with its uid): succeeds when the
+    /// claims are free or already this gear's.
+    pub async fn claim_existing(&self, gear: &Placement) -> Result<(), ClusterError> {
+        match self.claim(gear).await? {
+            Claimed::Done => Ok(()),
+            Claimed::UidTaken => Err(ClusterError::Conflict(format!(
+                "uid {} of gear {} (namespace {}) belongs to another gear in the cluster; the two nodes were given overlapping uid ranges before they joined: move one gear away (snapshot and restore it under a new name) or destroy it",
+                gear.uid, gear.name, gear.namespace
+            ))),
+        }
+    }
+
+    async fn claim(&self, gear: &Placement) -> Result<Claimed, ClusterError> {
+        let k = &self.keys;
+        let (uid, name, label) = (
+            k.uid(gear.uid),
+            k.name(&gear.namespace, &gear.name),
+            k.label(&gear.label),
+        );
+        let id = gear.id.as_bytes().to_vec();
+        let record = serde_json::to_vec(gear).unwrap_or_default();
+        // read the three claims at one revision
+        let read = Txn::new().and_then([
+            TxnOp::get(uid.as_str(), None),
+            TxnOp::get(name.as_str(), None),
+            TxnOp::get(label.as_str(), None),
+        ]);
+        let read = self.txn("read the gear's claims", read).await?;
+        let mut compares = Vec::new();
+        for (key, response) in [&uid, &name, &label].into_iter().zip(read.op_responses()) {
+            let TxnOpResponse::Get(found) = response else {
+                return Err(ClusterError::Timeout("an answer to a read of the claims"));
+            };
+            let kv = found.kvs().first();
+            if let Some(kv) = kv
+                && kv.value() != id.as_slice()
+            {
+                if key == &uid {
+                    return Ok(Claimed::UidTaken);
+                }
+                let holder = String::from_utf8_lossy(kv.value()).into_owned();
+                return Err(self.taken(key == &name, gear, &holder).await);
+            }
+            // free or ours when read: taken only if it has not changed since
+            let revision = kv.map_or(0, |kv| kv.mod_revision());
+            compares.push(Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            ));
+        }
+        let txn = Txn::new().when(compares).and_then([
+            TxnOp::put(uid.as_str(), id.clone(), None),
+            TxnOp::put(name.as_str(), id.clone(), None),
+            TxnOp::put(label.as_str(), id, None),
+            TxnOp::put(k.gear(&gear.id), record, None),
+        ]);
+        let done = self.txn("claim the gear's uid and names", txn).await?;
+        if done.succeeded() {
+            Ok(Claimed::Done)
+        } else {
+            // a claim changed between the read and the write: the caller
+            // reads again (a concurrent claim of the same uid is by far the
+            // likeliest; a name taken meanwhile shows at the next read)
+            Ok(Claimed::UidTaken)
+        }
+    }
+
+    /// The conflict for a name (or label) held by gear `holder`.
+    async fn taken(&self, is_name: bool, gear: &Placement, holder: &str) -> ClusterError {
+        let place = match self.placement(holder).await {
+            Ok(Some(p)) => format!(
+                "gear {} (namespace {}) on node {}",
+                p.name, p.namespace, p.node
+            ),
+            _ => format!("gear {holder}"),
+        };
+        if is_name {
+            ClusterError::Conflict(format!(
+                "gear {} already exists in namespace {} ({place}); choose another name",
+                gear.name, gear.namespace
+            ))
+        } else {
+            ClusterError::Conflict(format!(
+                "the public name {} already leads to {place}; choose another gear name",
+                gear.label
+            ))
+        }
+    }
+
+    /// Releases `gear`'s claims and placement (after it was destroyed):
+    /// only claims that are still this gear's are removed.
+    pub async fn release(&self, gear: &Placement) -> Result<(), ClusterError> {
+        let k = &self.keys;
+        let id = gear.id.as_bytes().to_vec();
+        // one transaction: each claim goes if it is still this gear's (a
+        // nested transaction each), and the placement with them
+        let txn = Txn::new().and_then(
+            [
+                k.uid(gear.uid),
+                k.name(&gear.namespace, &gear.name),
+                k.label(&gear.label),
+            ]
+            .into_iter()
+            .map(|key| {
+                TxnOp::txn(
+                    Txn::new()
+                        .when([Compare::value(key.as_str(), CompareOp::Equal, id.clone())])
+                        .and_then([TxnOp::delete(key.as_str(), None)]),
+                )
+            })
+            .chain([TxnOp::delete(k.gear(&gear.id), None)])
+            .collect::<Vec<_>>(),
+        );
+        self.txn("release the gear's claims", txn).await?;
+        Ok(())
+    }
+
+    /// The placement of gear `id`, if the cluster has one.
+    pub async fn placement(&self, id: &str) -> Result<Option<Placement>, ClusterError> {
+        let found = self
+            .get("read a gear's placement", self.keys.gear(id), None)
+            .await?;
+        Ok(found
+            .kvs()
+            .first()
+            .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+    }
+
+    /// The placement of gear `name` in `namespace`, wherever it lives.
+    pub async fn placement_by_name(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Placement>, ClusterError> {
+        let found = self
+            .get("read a gear's name", self.keys.name(namespace, name), None)
+            .await?;
+        let Some(id) = found.kvs().first().and_then(|kv| kv.value_str().ok()) else {
+            return Ok(None);
+        };
+        self.placement(id).await
+    }
+
+    /// Every gear's placement.
+    pub async fn placements(&self) -> Result<Vec<Placement>, ClusterError> {
+        let found = self
+            .get(
+                "list the gears' placements",
+                self.keys.gears(),
+                Some(GetOptions::new().with_prefix()),
+            )
+            .await?;
+        Ok(found
+            .kvs()
+            .iter()
+            .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+            .collect())
+    }
+
+    /// The lowest uid in `min..=max` that no gear claims and that is not in
+    /// `skip` (uids just lost to concurrent claims).
+    async fn lowest_free_uid(
+        &self,
+        min: u32,
+        max: u32,
+        skip: &std::collections::BTreeSet<u32>,
+    ) -> Result<u32, ClusterError> {
+        let found = self
+            .get(
+                "list the claimed uids",
+                self.keys.uid(min),
+                Some(
+                    GetOptions::new()
+                        .with_range(self.keys.uid(max.saturating_add(1)))
+                        .with_keys_only(),
+                ),
+            )
+            .await?;
+        let mut used: Vec<u32> = found
+            .kvs()
+            .iter()
+            .filter_map(|kv| kv.key_str().ok().and_then(|key| self.keys.uid_of(key)))
+            .collect();
+        used.extend(skip.iter().copied());
+        used.sort_unstable();
+        used.dedup();
+        first_gap(&used, min, max).ok_or(ClusterError::Full { min, max })
+    }
+}
+
+/// The lowest number in `min..=max` missing from `used` (sorted, unique).
+fn first_gap(used: &[u32], min: u32, max: u32) -> Option<u32> {
+    let mut want = min;
+    for &u in used.iter().filter(|&&u| u >= min) {
+        if u > want {
+            break;
+        }
+        if u == want {
+            want = want.checked_add(1)?;
+        }
+    }
+    (want <= max).then_some(want)
+}
+
+/// The outcome of one claim transaction.
+enum Claimed {
+    Done,
+    UidTaken,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_gap;
+
+    #[test]
+    fn the_first_gap_is_the_lowest_free_uid() {
+        assert_eq!(first_gap(&[], 10, 20), Some(10));
+        assert_eq!(first_gap(&[10, 11, 13], 10, 20), Some(12));
+        assert_eq!(first_gap(&[5, 10, 11], 10, 20), Some(12));
+        assert_eq!(first_gap(&[11, 12], 10, 20), Some(10));
+        assert_eq!(first_gap(&[10, 11], 10, 11), None);
+        assert_eq!(
+            first_gap(&[u32::MAX - 1, u32::MAX], u32::MAX - 1, u32::MAX),
+            None
+        );
+    }
+}

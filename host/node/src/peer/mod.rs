@@ -1,0 +1,292 @@
+//! Node-to-node requests: any node of a cluster answers for any gear. A
+//! request that names a gear another node holds is forwarded to that node
+//! over an authenticated connection ([`wire`]) and its answer — progress
+//! lines, log lines, the result — relayed back as it comes; a deploy's
+//! archive travels with it. The node that holds the gear decides and does
+//! everything (authorization, the work, the audit record) exactly as for a
+//! local caller: the forwarding node only vouches for who the caller is, and
+//! only a node holding the cluster's secret can vouch.
+
+pub mod wire;
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+use crate::api::{ApiError, ErrorKind, Reply, Request};
+use crate::node::Node;
+use crate::tenancy::{Caller, SshRole};
+use wire::Kind;
+
+/// How long a peer has to complete its handshake.
+const HANDSHAKE: Duration = Duration::from_secs(5);
+/// How long connecting to a peer may take.
+const CONNECT: Duration = Duration::from_secs(3);
+
+/// A forwarded request: who calls (as the forwarding node established it)
+/// and the request line as the caller sent it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    uid: u32,
+    user: String,
+    operator: bool,
+    /// The request line.
+    line: String,
+    /// A deploy archive follows as data frames.
+    archive: bool,
+}
+
+/// Where a gear's node is reached.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    /// The node's name.
+    pub name: String,
+    /// Its `cluster.listen` address.
+    pub listen: String,
+    /// Whether it holds a live lease.
+    pub up: bool,
+}
+
+/// The node holding the gear `request` names, when that is another node of
+/// the cluster (creates are made here; a gear this node holds is served here).
+pub async fn owner_of(node: &Node, request: &Request) -> Option<Owner> {
+    let cluster = node.cluster()?;
+    if matches!(request, Request::Create(_)) {
+        return None;
+    }
+    let gear = crate::tenancy::gear_of(request)?;
+    if node.find(gear).is_ok() {
+        return None;
+    }
+    let placed = cluster
+        .placement_by_name(&gear.namespace, &gear.name)
+        .await
+        .ok()??;
+    if placed.node == cluster.node() {
+        return None;
+    }
+    let member = cluster.member(&placed.node).await.ok()??;
+    Some(Owner {
+        up: member.is_up(),
+        name: placed.node,
+        listen: member.advert.listen,
+    })
+}
+
+async fn reply_error(stream: &mut UnixStream, e: ApiError) -> std::io::Result<()> {
+    stream.write_all(&Reply::Error(e).encode()).await
+}
+
+/// Forwards the request `line` of `caller` (with its descriptors) to
+/// `owner`, relaying the answer to the caller's `stream`.
+pub async fn forward(
+    node: &Node,
+    owner: Owner,
+    caller: &Caller,
+    request: &Request,
+    line: &[u8],
+    fds: Vec<OwnedFd>,
+    mut stream: UnixStream,
+) -> std::io::Result<()> {
+    let unreachable = |why: String| {
+        ApiError::new(
+            ErrorKind::Failed,
+            format!(
+                "the gear lives on node {} ({}), which {why}; try again when it is back, or ask an operator (gear node list)",
+                owner.name, owner.listen
+            ),
+        )
+    };
+    if !owner.up {
+        let e = unreachable("is down (its lease expired)".into());
+        return reply_error(&mut stream, e).await;
+    }
+    let archive = matches!(request, Request::Deploy(_)) && fds.len() == 1;
+    if !fds.is_empty() && !archive {
+        let e = ApiError::new(
+            ErrorKind::Invalid,
+            format!(
+                "this command passes the node open files (a terminal, standard input), which cannot travel between nodes; run it against node {}, which holds the gear",
+                owner.name
+            ),
+        );
+        return reply_error(&mut stream, e).await;
+    }
+    let (Some(cluster), Some(secret)) = (node.cluster(), node.cluster_secret()) else {
+        return reply_error(
+            &mut stream,
+            unreachable("this node is not in a cluster".into()),
+        )
+        .await;
+    };
+    let connected = tokio::time::timeout(CONNECT, TcpStream::connect(&owner.listen)).await;
+    let mut tcp = match connected {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) => {
+            return reply_error(
+                &mut stream,
+                unreachable(format!("refused the connection: {e}")),
+            )
+            .await;
+        }
+        Err(_) => {
+            return reply_error(&mut stream, unreachable("did not answer in time".into())).await;
+        }
+    };
+    let _ = tcp.set_nodelay(true);
+    let session =
+        match tokio::time::timeout(HANDSHAKE, wire::connect(&mut tcp, &secret, cluster.node()))
+            .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return reply_error(&mut stream, unreachable(format!("refused this node: {e}")))
+                    .await;
+            }
+            Err(_) => {
+                return reply_error(
+                    &mut stream,
+                    unreachable("did not finish the handshake in time".into()),
+                )
+                .await;
+            }
+        };
+    let wire::Session {
+        mut out, mut inn, ..
+    } = session;
+    let envelope = Envelope {
+        uid: caller.uid,
+        user: caller.user.clone(),
+        operator: caller.operator,
+        line: String::from_utf8_lossy(line.split(|b| *b == b'\n').next().unwrap_or(line))
+            .into_owned(),
+        archive,
+    };
+    let (mut tcp_r, mut tcp_w) = tcp.into_split();
+    out.send(
+        &mut tcp_w,
+        Kind::Envelope,
+        &serde_json::to_vec(&envelope).unwrap_or_default(),
+    )
+    .await?;
+    let (mut client_r, mut client_w) = stream.into_split();
+    // the archive goes first; then the connection stays open until the
+    // caller goes away (which the other node sees as its caller going away)
+    let sender = tokio::spawn(async move {
+        if let Some(fd) = fds.into_iter().next() {
+            let mut pipe = tokio::fs::File::from_std(std::fs::File::from(fd));
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                let n = pipe.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                out.send(&mut tcp_w, Kind::Data, &buf[..n]).await?;
+            }
+            out.send(&mut tcp_w, Kind::End, &[]).await?;
+        }
+        let mut sink = [0u8; 256];
+        while client_r.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        drop(tcp_w);
+        Ok::<_, std::io::Error>(())
+    });
+    while let Ok((Kind::Data, bytes)) = inn.receive(&mut tcp_r).await {
+        if client_w.write_all(&bytes).await.is_err() {
+            break;
+        }
+    }
+    sender.abort();
+    Ok(())
+}
+
+/// Serves other nodes' forwarded requests on `listener` for as long as the
+/// node runs.
+pub async fn serve(node: Arc<Node>, listener: TcpListener, secret: Arc<[u8]>) {
+    loop {
+        let (tcp, from) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "the cluster listener cannot accept a connection now; trying again");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let node = node.clone();
+        let secret = secret.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_peer(node, tcp, &secret).await {
+                tracing::warn!(%from, error = %e, "a node-to-node connection failed");
+            }
+        });
+    }
+}
+
+async fn serve_peer(node: Arc<Node>, mut tcp: TcpStream, secret: &[u8]) -> std::io::Result<()> {
+    let _ = tcp.set_nodelay(true);
+    let session = tokio::time::timeout(HANDSHAKE, wire::accept(&mut tcp, secret))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake in time"))??;
+    let wire::Session {
+        mut out,
+        mut inn,
+        peer,
+    } = session;
+    let (kind, payload) = inn.receive(&mut tcp).await?;
+    if kind != Kind::Envelope {
+        return Err(std::io::Error::other("a peer sent data before its request"));
+    }
+    let envelope: Envelope = serde_json::from_slice(&payload).map_err(std::io::Error::other)?;
+    let caller = Caller {
+        uid: envelope.uid,
+        user: envelope.user,
+        operator: envelope.operator,
+        ssh: SshRole::Local,
+    };
+    tracing::debug!(%peer, user = %caller.user, "a request forwarded by another node");
+    let (mine, theirs) = UnixStream::pair()?;
+    let mut fds = Vec::new();
+    let archive = if envelope.archive {
+        let (read, write) = std::io::pipe()?;
+        fds.push(OwnedFd::from(read));
+        Some(tokio::fs::File::from_std(std::fs::File::from(
+            OwnedFd::from(write),
+        )))
+    } else {
+        None
+    };
+    let (tcp_r, mut tcp_w) = tcp.into_split();
+    let (mut theirs_r, theirs_w) = theirs.into_split();
+    // what the other node sends: the archive, then nothing until its caller goes away
+    let receiver = tokio::spawn(async move {
+        let mut tcp_r = tcp_r;
+        if let Some(mut pipe) = archive {
+            while let (Kind::Data, bytes) = inn.receive(&mut tcp_r).await? {
+                pipe.write_all(&bytes).await?;
+            }
+            pipe.flush().await?;
+            drop(pipe);
+        }
+        let mut sink = [0u8; 256];
+        while tcp_r.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        drop(theirs_w);
+        Ok::<_, std::io::Error>(())
+    });
+    let line = envelope.line.into_bytes();
+    let served = tokio::spawn(crate::server::serve_line(node, caller, line, fds, mine));
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = theirs_r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        out.send(&mut tcp_w, Kind::Data, &buf[..n]).await?;
+    }
+    out.send(&mut tcp_w, Kind::End, &[]).await?;
+    receiver.abort();
+    let _ = served.await;
+    Ok(())
+}

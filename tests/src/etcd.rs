@@ -1,0 +1,175 @@
+//! A real etcd cluster on loopback for the cluster tests: Debian's
+//! `etcd-server`, several members with their own data directories and
+//! ports, started by the test and killed with it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::free_port;
+
+/// One etcd member.
+#[derive(Debug)]
+struct Member {
+    name: String,
+    client: u16,
+    child: Option<Child>,
+}
+
+/// A running etcd cluster; its members are killed on drop.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+/// The etcd server program, or a failure that says how to install it.
+fn etcd_program() -> PathBuf {
+    for path in ["/usr/bin/etcd", "/usr/local/bin/etcd"] {
+        if std::path::Path::new(path).is_file() {
+            return PathBuf::from(path);
+        }
+    }
+    panic!("etcd is not installed: apt-get install -y etcd-server (scripts/setup does)");
+}
+
+impl EtcdCluster {
+    /// Starts `count` members on loopback and waits until every one is healthy.
+    pub fn start(count: usize) -> EtcdCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("gearhost-etcd-")
+            .tempdir()
+            .expect("etcd directory");
+        let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let token = format!("gearhost-test-{}", std::process::id());
+        let mut members = Vec::new();
+        for (i, (client, peer)) in ports.iter().enumerate() {
+            let name = format!("m{i}");
+            let log = std::fs::File::create(dir.path().join(format!("{name}.log"))).expect("log");
+            let child = Command::new(etcd_program())
+                .args(["--name", &name])
+                .arg("--data-dir")
+                .arg(dir.path().join(&name))
+                .args([
+                    "--listen-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                    "--advertise-client-urls",
+                    &format!("http://127.0.0.1:{client}"),
+                    "--listen-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-advertise-peer-urls",
+                    &format!("http://127.0.0.1:{peer}"),
+                    "--initial-cluster",
+                    &initial.join(","),
+                    "--initial-cluster-state",
+                    "new",
+                    "--initial-cluster-token",
+                    &token,
+                    // short elections: a killed member's place is taken quickly
+                    "--heartbeat-interval",
+                    "100",
+                    "--election-timeout",
+                    "1000",
+                ])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("start etcd");
+            members.push(Member {
+                name,
+                client: *client,
+                child: Some(child),
+            });
+        }
+        let cluster = EtcdCluster { dir, members };
+        for i in 0..count {
+            cluster.wait_healthy(i);
+        }
+        cluster
+    }
+
+    /// The client URLs of every member, as `cluster.etcd` lists them.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .collect()
+    }
+
+    /// `etcd = [...]` for a node's `[cluster]` table.
+    pub fn endpoints_toml(&self) -> String {
+        let quoted: Vec<String> = self
+            .endpoints()
+            .iter()
+            .map(|e| format!("\"{e}\""))
+            .collect();
+        format!("[{}]", quoted.join(", "))
+    }
+
+    /// Kills member `i` (SIGKILL: as if its machine died).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// What member `i` logged.
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("{}.log", self.members[i].name)),
+        )
+        .unwrap_or_default()
+    }
+
+    fn wait_healthy(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = self.members[i].client;
+        loop {
+            if health(port) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd member {} did not become healthy within 30 s:\n{}",
+                self.members[i].name,
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Whether the member whose client port is `port` answers `/health` with
+/// `"health":"true"`.
+fn health(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text.contains("\"health\":\"true\"")
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
