@@ -163,7 +163,14 @@ mod tests {
             "this test needs a cgroup2 mount (the v2 root, or /sys/fs/cgroup/unified of a hybrid layout)",
         );
         let group = make_group(&root, "child");
-        let relative = format!("/{}", group.0.strip_prefix(&root).unwrap().display());
+        let relative = format!(
+            "/{}",
+            group
+                .0
+                .strip_prefix(&root)
+                .expect("made below the root")
+                .display()
+        );
         let dir = File::open(&group.0).expect("open the test cgroup");
         let (report_read, report_write) =
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
