@@ -18,8 +18,10 @@
 //! never anywhere the gear could reach. The races with the node's side: a leaf already gone
 //! when the helper follows (the command ended and the node removed the leaf) is left alone; a
 //! helper killed by the node (through pid 1's pidfd, which ends the whole pid namespace before
-//! the node's wait returns) never follows afterwards; and a node that removes the leaf by its
-//! processes alone (`GearCgroup::teardown`) kills again whatever joins before the removal.
+//! the node's wait returns) never follows afterwards; and when a node empties the leaf by its
+//! processes alone (`GearCgroup::teardown`), a helper that joins while it looks is killed in
+//! the next round, and one that joins after the last look finds its command killed, reaps it
+//! and exits, which lets the removal's retries (`EBUSY`) through.
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
