@@ -2,7 +2,8 @@
 //! `keep_output` in the spec): its init outlives the node that cloned it and keeps a copy of
 //! the reading end of each output pipe. A later node checks that the pid still is that init
 //! (start time, cgroup leaf, executable), holds it by a pidfd, and takes copies of the pipes
-//! with `pidfd_getfd`.
+//! with `pidfd_getfd`. On cgroup v2 an init joins its leaf only after its command started
+//! there (see `helper::join`): a node that restarts in that moment waits for it, briefly.
 //!
 //! `pidfd_getfd` needs ptrace access (`PTRACE_MODE_ATTACH_REALCREDS`) to the init, which runs
 //! as the gear's user and is not dumpable: the uid check fails, and both that and the
@@ -68,6 +69,49 @@ fn exited(pidfd: BorrowedFd<'_>, wait: Duration) -> bool {
     }
 }
 
+/// How long adoption waits for a v2 init to follow its command into the leaf.
+const FOLLOW_WAIT: Duration = Duration::from_secs(1);
+
+/// Checks that init `pid` is in the leaf of `placement`. On v2 an init is cloned outside it and
+/// follows its command in right after the start (see `helper::join`): a node that restarted in
+/// that moment waits for it, up to [`FOLLOW_WAIT`], before it refuses.
+fn in_leaf(
+    pid: u32,
+    pidfd: BorrowedFd<'_>,
+    placement: &CgroupPlacement,
+    layout: cgroup::CgroupLayout,
+) -> Result<(), String> {
+    let want = format!("/{}/{}", placement.subtree, placement.leaf);
+    let deadline = Instant::now() + FOLLOW_WAIT;
+    loop {
+        let groups = cgroup::cgroups_of(pid).map_err(|e| e.to_string())?;
+        if groups.iter().any(|g| g.path.ends_with(&want)) {
+            return Ok(());
+        }
+        let waiting = layout == cgroup::CgroupLayout::V2 && Instant::now() < deadline;
+        if waiting && exited(pidfd, Duration::from_millis(5)) {
+            return Err(format!("pid {pid} ended while it was being checked"));
+        }
+        if !waiting {
+            let late = if layout == cgroup::CgroupLayout::V2 {
+                format!(
+                    "; an init follows its command into the leaf right after it starts, and this one did not within {FOLLOW_WAIT:?}"
+                )
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "pid {pid} is not in its recorded cgroup {want} (it is in {}){late}",
+                groups
+                    .iter()
+                    .map(|g| g.path.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+}
+
 impl Adopted {
     /// Takes back the gear init `pid`, which started at `start_time` (see [`start_time`]) in
     /// the cgroup of `placement`, with the output pipes it keeps. The error says which check
@@ -112,18 +156,8 @@ impl Adopted {
         if exe_name.split(' ').next() != Some(INIT_NAME) {
             return Err(format!("pid {pid} runs {}, not {INIT_NAME}", exe.display()));
         }
-        let want = format!("/{}/{}", placement.subtree, placement.leaf);
-        let groups = cgroup::cgroups_of(pid).map_err(|e| e.to_string())?;
-        if !groups.iter().any(|g| g.path.ends_with(&want)) {
-            return Err(format!(
-                "pid {pid} is not in its recorded cgroup {want} (it is in {})",
-                groups
-                    .iter()
-                    .map(|g| g.path.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
+        let mounts = cgroup::detect_kept().map_err(|e| e.to_string())?;
+        in_leaf(pid, pidfd.as_fd(), placement, mounts.layout)?;
         let take = |at: i32, what: &str| -> Result<File, String> {
             let fd = sys::pidfd_getfd(pidfd.as_fd(), at).map_err(|e| {
                 format!("cannot take the {what} pipe (descriptor {at}) from pid {pid}: {e}")
@@ -142,7 +176,6 @@ impl Adopted {
         if exited(pidfd.as_fd(), Duration::ZERO) {
             return Err(format!("pid {pid} ended while it was being checked"));
         }
-        let mounts = cgroup::detect_kept().map_err(|e| e.to_string())?;
         Ok(Adopted {
             pid,
             pidfd,

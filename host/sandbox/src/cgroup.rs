@@ -504,6 +504,16 @@ impl GearCgroup {
         self.dirs.values().map(|d| d.join("cgroup.procs")).collect()
     }
 
+    /// The gear's leaf directory on a cgroup v2 layout, where a process can be started
+    /// directly (`clone3` with `CLONE_INTO_CGROUP`); `None` on v1 and hybrid layouts and for
+    /// a gear placed in no cgroup.
+    pub fn v2_leaf(&self) -> Option<&Path> {
+        if self.layout != CgroupLayout::V2 {
+            return None;
+        }
+        self.dirs.get("unified").map(PathBuf::as_path)
+    }
+
     /// Host pids currently in the gear's cgroup.
     pub fn pids(&self) -> Vec<i32> {
         let mut pids = Vec::new();

@@ -17,16 +17,18 @@
 //! With the spec:
 //!
 //! 5. `install_stdio`, then `join_cgroup`: write its own pid into the gear's cgroup on every
-//!    hierarchy;
-//! 6. `join_netns` or `unshare_late`: cgroup and (isolated mode) network namespaces;
+//!    hierarchy (v1; on v2 the command is cloned into its leaf at step 9 instead, see [`join`]);
+//! 6. `join_netns` or `unshare_late`: cgroup (v1; on v2 the command makes its own) and
+//!    (isolated mode) network namespaces;
 //! 7. `set_hostname`, `bring_loopback_up`;
 //! 8. `rootfs::finish_and_pivot`: identity files, home and binds, `/tmp`, `/dev/shm`, pivot;
-//! 9. block the forwarded signals, fork; in the child (`run_gear`): credentials, rlimits,
-//!    cwd, SELinux exec label, Landlock, close-on-exec for every descriptor above 2, seccomp
-//!    (last, so the setup calls above are not filtered), report, exec;
-//! 10. in pid 1 (`supervise`): drop privileges the same way, hold the kept output pipes at
-//!     their fixed descriptors (a detached gear's), and loop on a signalfd and the node's
-//!     pidfd (not watched when detached).
+//! 9. block the forwarded signals, fork (on v2 straight into the gear's leaf); in the child
+//!    (`run_gear`): its cgroup namespace (v2), credentials, rlimits, cwd, SELinux exec label,
+//!    Landlock, close-on-exec for every descriptor above 2, seccomp (last, so the setup calls
+//!    above are not filtered), report, exec;
+//! 10. in pid 1 (`supervise`): on v2 follow the command into its leaf, drop privileges the same
+//!     way, hold the kept output pipes at their fixed descriptors (a detached gear's), and loop
+//!     on a signalfd and the node's pidfd (not watched when detached).
 
 use std::convert::Infallible;
 use std::fs::File;
@@ -41,7 +43,7 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, kill, sigprocmask};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork};
+use nix::unistd::{ForkResult, Pid};
 
 use crate::protocol::{
     HelperMessage, HelperSpec, MAX_SPEC_BYTES, MAX_SPEC_FDS, PARENT_FD, REPORT_FD, SPEC_FD,
@@ -52,6 +54,8 @@ use crate::selinux::SelinuxReport;
 use crate::spec::NetworkMode;
 use crate::{confine, rootfs, seccomp, sys};
 use gearhost_sys::fdpass;
+
+mod join;
 
 /// Signals pid 1 passes on to the gear command.
 pub(crate) const FORWARDED: &[Signal] = &[
@@ -124,7 +128,11 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
     let node = hs.watch_parent.then_some(node);
     let kept: Vec<(OwnedFd, i32)> = fds.kept.into_iter().zip(hs.kept.iter().copied()).collect();
     install_stdio(fds.stdio)?;
-    join_cgroup(&hs.cgroup_procs)?;
+    // v2: the leaf comes as a descriptor and the command is cloned into it (see `join`)
+    let mut leaf = join::Leaf::new(fds.cgroup, &hs.cgroup_procs);
+    if leaf.is_none() {
+        join::join_cgroup(&hs.cgroup_procs)?;
+    }
     let joined = match fds.netns {
         Some(ns) => join_netns(ns, hs.spec.netns.as_deref())?,
         None => false,
@@ -134,7 +142,7 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
     } else {
         hs.spec.network
     };
-    let mut unshared = unshare_late(network)?;
+    let mut unshared = unshare_late(network, leaf.is_none())?;
     if hs.rootless {
         unshared.push("user".into());
     }
@@ -188,9 +196,11 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
 
     // SAFETY: this process is single-threaded (the helper never starts threads), so the child
     // may do anything after fork.
-    match unsafe { fork() }.map_err(|e| fail("fork", "fork the gear command", e))? {
+    match unsafe { join::fork_command(leaf.as_mut()) }? {
         ForkResult::Child => {
-            let failure = match run_gear(&hs, namespaces, filesystem, &filter, report, terminal) {
+            let confined = join::own_namespace(leaf)
+                .and_then(|()| run_gear(&hs, namespaces, filesystem, &filter, report, terminal));
+            let failure = match confined {
                 Ok(never) => match never {},
                 Err(f) => f,
             };
@@ -200,7 +210,7 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
         }
         ForkResult::Parent { child } => {
             drop(terminal);
-            supervise(child, &hs, node, kept, mask, &filter)
+            supervise(child, &hs, node, kept, (mask, &filter), leaf)
         }
     }
 }
@@ -269,6 +279,7 @@ fn receive_spec(
         descriptors,
         hs.spec.netns.is_some(),
         hs.spec.root.is_some(),
+        hs.cgroup_fd,
         &ro,
         &rw,
         hs.kept.len(),
@@ -337,6 +348,7 @@ fn adopt_sources(fds: SpecFds<OwnedFd>) -> Result<SpecFds<OwnedFd>, SetupFailure
         home: adopt(fds.home)?,
         netns: fds.netns,
         root: fds.root.map(adopt).transpose()?,
+        cgroup: fds.cgroup,
         ro: adopt_all(fds.ro)?,
         rw: adopt_all(fds.rw)?,
         kept: fds.kept,
@@ -432,50 +444,6 @@ fn install_stdio(stdio: [OwnedFd; 3]) -> Result<(), SetupFailure> {
     Ok(())
 }
 
-/// Moves this process into the gear's cgroup on every hierarchy.
-///
-/// On a v1 hierarchy a helper that has one thread writes itself into `tasks` instead of
-/// `cgroup.procs`: with one thread, moving the calling thread moves the whole process, and a
-/// move of the caller alone is the one the kernel makes without the global threadgroup lock,
-/// whose write side waits for an RCU grace period when no migration happened just before
-/// (10-28 ms per start measured on a quiet machine, most of a cold start). The result is the
-/// same membership; everything the gear forks later inherits it. With more than one thread, or
-/// when the count cannot be read, every hierarchy gets `cgroup.procs` as before, and so does
-/// a v2 hierarchy, which has no `tasks` file.
-fn join_cgroup(procs: &[PathBuf]) -> Result<(), SetupFailure> {
-    let failure = |file: &std::path::Path, e: std::io::Error| SetupFailure {
-        step: "join_cgroup".into(),
-        detail: format!("write to {}: {e}", file.display()),
-        errno: e.raw_os_error(),
-    };
-    let alone = single_threaded();
-    for file in procs {
-        if alone {
-            let tasks = file.with_file_name("tasks");
-            match write_existing(&tasks, b"0") {
-                Ok(()) => continue,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(failure(&tasks, e)),
-            }
-        }
-        write_existing(file, b"0").map_err(|e| failure(file, e))?;
-    }
-    Ok(())
-}
-
-/// Writes `data` to an existing file (cgroup files are never created).
-fn write_existing(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)?
-        .write_all(data)
-}
-
-/// Whether this process has exactly one thread (`/proc/self/task` lists one entry).
-fn single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.take(2).count() == 1)
-}
-
 /// Gives the helper its own mount, uts and ipc namespaces; the pid namespace was created by
 /// the node's clone. Nothing here depends on the gear.
 fn unshare_early() -> Result<(), SetupFailure> {
@@ -484,9 +452,14 @@ fn unshare_early() -> Result<(), SetupFailure> {
 }
 
 /// Gives the gear its cgroup namespace (after joining the gear's cgroup, so that is its root)
-/// and, in isolated mode, its own network namespace. Returns every namespace the gear has.
-fn unshare_late(network: NetworkMode) -> Result<Vec<String>, SetupFailure> {
-    let mut flags = CloneFlags::CLONE_NEWCGROUP;
+/// when `cgroup_ns` (v1; on v2 the helper is not in the leaf yet, and the command makes its
+/// own once it starts there, see [`join`]) and, in isolated mode, its own network namespace.
+/// Returns every namespace the gear has.
+fn unshare_late(network: NetworkMode, cgroup_ns: bool) -> Result<Vec<String>, SetupFailure> {
+    let mut flags = CloneFlags::empty();
+    if cgroup_ns {
+        flags |= CloneFlags::CLONE_NEWCGROUP;
+    }
     let mut names = vec!["pid", "mnt", "uts", "ipc", "cgroup"];
     if network == NetworkMode::Isolated {
         flags |= CloneFlags::CLONE_NEWNET;
@@ -648,28 +621,45 @@ fn run_gear(
     unsafe { libc::_exit(127) }
 }
 
-/// Pid 1 after the fork: drop privileges, then forward signals and reap until the command
-/// exits, or until the node dies (unless detached). `kept` are reading ends of the command's
-/// output pipes to hold, never read, at the given descriptor numbers, so the pipes keep a
-/// reader while no node runs (a later node takes copies with `pidfd_getfd`).
+/// Pid 1 after the fork: follow the command into its v2 `leaf`, drop privileges, then forward
+/// signals and reap until the command exits, or until the node dies (unless detached). `kept`
+/// are reading ends of the command's output pipes to hold, never read, at the given descriptor
+/// numbers, so the pipes keep a reader while no node runs (a later node takes copies with
+/// `pidfd_getfd`).
 fn supervise(
     child: Pid,
     hs: &HelperSpec,
     parent: Option<OwnedFd>,
     kept: Vec<(OwnedFd, i32)>,
-    mask: SigSet,
-    filter: &seccomp::GearFilter,
+    (mask, filter): (SigSet, &seccomp::GearFilter),
+    leaf: Option<join::Leaf>,
 ) -> ! {
-    // Stop holding the gear's stdio and the report pipe open.
+    // SAFETY: fd 4 is the report pipe (owned by the `File` in `main`, which never runs its
+    // destructor because this function never returns); closing it here ends our copy, so the
+    // node's read ends when the command executes.
+    unsafe { libc::close(REPORT_FD) };
+    // Off the start's path now (the node has the command's report once it executes): the move
+    // into the leaf may wait for the kernel's grace period without delaying the start.
+    if let Some(leaf) = leaf
+        && let Err(f) = join::follow(leaf)
+    {
+        // the gear's stderr is still this process's: the reason goes to the gear's log
+        let _ = writeln!(
+            std::io::stderr(),
+            "gearhost-init: {} failed: {}; the gear was stopped",
+            f.step,
+            f.detail
+        );
+        let _ = kill(child, Signal::SIGKILL);
+        std::process::exit(125);
+    }
+    // Stop holding the gear's stdio open.
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
         for target in 0..3 {
             // SAFETY: dup2 onto the standard descriptors; `null` stays open for the call.
             unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), target) };
         }
     }
-    // SAFETY: fd 4 is the report pipe (owned by the `File` in `main`, which never runs its
-    // destructor because this function never returns); closing it here ends our copy.
-    unsafe { libc::close(REPORT_FD) };
     for (fd, at) in kept {
         let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
         if raw == at {

@@ -543,11 +543,30 @@ impl Sandbox {
                     })
             })
             .transpose()?;
+        // on v2 the command is cloned straight into its leaf (see `HelperSpec::cgroup_fd`)
+        let cgroup_dir = cgroup
+            .v2_leaf()
+            .map(|dir| {
+                use std::os::unix::fs::OpenOptionsExt;
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_DIRECTORY)
+                    .open(dir)
+                    .map(OwnedFd::from)
+                    .map_err(|source| SandboxError::Io {
+                        action: "open the gear's cgroup",
+                        path: dir.to_path_buf(),
+                        source,
+                        hint: "check that the cgroup2 file system is mounted and the node runs as root",
+                    })
+            })
+            .transpose()?;
         let stdio = plan_stdio(spec)?;
         let helper_spec = HelperSpec {
             kept: stdio.kept.iter().map(|(_, at)| *at).collect(),
             spec: spec.clone(),
             cgroup_procs: cgroup.procs_files(),
+            cgroup_fd: cgroup_dir.is_some(),
             exec_label: contexts.as_ref().map(|c| c.process.clone()),
             file_label: contexts.map(|c| c.file),
             home: canonical_home.to_path_buf(),
@@ -574,6 +593,7 @@ impl Sandbox {
             home: sources.home,
             netns,
             root: sources.root,
+            cgroup: cgroup_dir,
             ro: sources.ro,
             rw: sources.rw,
             kept: stdio.kept.into_iter().map(|(fd, _)| fd).collect(),

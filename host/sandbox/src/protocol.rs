@@ -41,9 +41,9 @@ pub const MAX_SPEC_BYTES: usize = 4 << 20;
 
 /// The order of the descriptors attached to the spec message: the three standard streams,
 /// the gear's home, the gear's network namespace when the spec names one, the root tree when the
-/// spec gives one, then one descriptor
-/// per read-only bind and per read-write bind, in the spec's order, then the output pipes the
-/// init keeps (see [`HelperSpec::kept`]).
+/// spec gives one, the gear's cgroup2 leaf when there is one ([`HelperSpec::cgroup_fd`]), then
+/// one descriptor per read-only bind and per read-write bind, in the spec's order, then the
+/// output pipes the init keeps (see [`HelperSpec::kept`]).
 #[derive(Debug)]
 pub struct SpecFds<T> {
     /// Standard input, output and error for the gear command.
@@ -54,6 +54,9 @@ pub struct SpecFds<T> {
     pub netns: Option<T>,
     /// The gear's root, a detached clone of [`crate::SandboxSpec::root`], when it has one.
     pub root: Option<T>,
+    /// The directory of the gear's leaf on a cgroup v2 layout (`O_RDONLY | O_DIRECTORY`): the
+    /// command is cloned into it (see [`HelperSpec::cgroup_fd`]).
+    pub cgroup: Option<T>,
     /// Read-only bind sources (`O_PATH`), with whether each is a directory.
     pub ro: Vec<(T, bool)>,
     /// Read-write bind sources (`O_PATH`), with whether each is a directory.
@@ -69,6 +72,7 @@ impl<T> SpecFds<T> {
         let mut all = vec![a, b, c, self.home];
         all.extend(self.netns);
         all.extend(self.root);
+        all.extend(self.cgroup);
         all.extend(self.ro.into_iter().map(|(fd, _)| fd));
         all.extend(self.rw.into_iter().map(|(fd, _)| fd));
         all.extend(self.kept);
@@ -80,6 +84,7 @@ impl<T> SpecFds<T> {
         fds: Vec<T>,
         has_netns: bool,
         has_root: bool,
+        has_cgroup: bool,
         ro_dirs: &[bool],
         rw_dirs: &[bool],
         kept: usize,
@@ -87,6 +92,7 @@ impl<T> SpecFds<T> {
         let expected = 4
             + usize::from(has_netns)
             + usize::from(has_root)
+            + usize::from(has_cgroup)
             + ro_dirs.len()
             + rw_dirs.len()
             + kept;
@@ -102,6 +108,7 @@ impl<T> SpecFds<T> {
         let home = next();
         let netns = has_netns.then(&mut next);
         let root = has_root.then(&mut next);
+        let cgroup = has_cgroup.then(&mut next);
         let ro = ro_dirs.iter().map(|d| (next(), *d)).collect();
         let rw = rw_dirs.iter().map(|d| (next(), *d)).collect();
         let kept = (0..kept).map(|_| next()).collect();
@@ -110,6 +117,7 @@ impl<T> SpecFds<T> {
             home,
             netns,
             root,
+            cgroup,
             ro,
             rw,
             kept,
@@ -125,6 +133,13 @@ pub struct HelperSpec {
     pub spec: SandboxSpec,
     /// `cgroup.procs` files to write the helper's pid into.
     pub cgroup_procs: Vec<PathBuf>,
+    /// On a cgroup v2 layout, the leaf of `cgroup_procs` comes as a descriptor too
+    /// ([`SpecFds::cgroup`]), and the helper does not join before the fork: it clones the
+    /// command into the leaf (`CLONE_INTO_CGROUP`), so no migration is on the start's path, and
+    /// follows it there itself once the command runs. A kernel without `CLONE_INTO_CGROUP`
+    /// gets the join before the fork.
+    #[serde(default)]
+    pub cgroup_fd: bool,
     /// The SELinux label to execute the command under, when SELinux is enabled.
     pub exec_label: Option<String>,
     /// The SELinux context of the gear's files, given to its private `/tmp` and `/dev/shm`

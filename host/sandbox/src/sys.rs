@@ -1,8 +1,9 @@
 //! The sandbox's one module of raw system calls: thin wrappers over what `nix` does not cover
 //! (openat2, open_tree, move_mount, mount_setattr, close_range, pidfd_open,
 //! pidfd_send_signal, `waitid` on a pidfd with real-time signals, capset, the capability
-//! `prctl`s, clone with a pidfd, Landlock's version query, interface flags, extended attributes
-//! through a descriptor, getdents64, a duplicate above a given number).
+//! `prctl`s, clone with a pidfd, clone3 into a cgroup (`clone3.rs`), Landlock's version query,
+//! interface flags, extended attributes through a descriptor, getdents64, a duplicate above a
+//! given number).
 //!
 //! The rest of the crate makes its system calls through `nix` (or `std`), and calls these
 //! wrappers for the others; it does not call `libc` functions itself (the exceptions are the
@@ -10,12 +11,16 @@
 //! docs/ARCHITECTURE.md). A few wrappers here (`mkdirat`, `create_file_at`) use `nix` too and
 //! only add the treatment of an existing entry.
 //!
-//! Each wrapper is safe to call: it takes owned Rust values, hands the kernel pointers that live
+//! Each wrapper but `fork_into_cgroup` (which has the contract of `fork`) is safe to call: it
+//! takes owned Rust values, hands the kernel pointers that live
 //! for the whole call, and turns `-1` into an [`std::io::Error`].
 
 use std::ffi::CStr;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+mod clone3;
+pub(crate) use clone3::{Forked, fork_into_cgroup, into_cgroup_unsupported};
 
 /// `RESOLVE_NO_SYMLINKS` from `<linux/openat2.h>`: refuse every symbolic link on the way.
 pub(crate) const RESOLVE_NO_SYMLINKS: u64 = 0x04;
