@@ -121,18 +121,15 @@ fn three_nodes_share_one_district_through_etcd() {
         }
     }
 
-    // fifty creates at once, spread over the nodes: fifty different uids
+    // fifty creates at once, each asked of one node for another (`--node`):
+    // forwarded creates, fifty different uids, each gear where it was asked
     std::thread::scope(|s| {
-        for (i, node) in nodes.iter().enumerate() {
-            for k in 0..50 {
-                if k % 3 != i {
-                    continue;
-                }
-                s.spawn(move || {
-                    let name = format!("g{k}");
-                    node.ok(&["create", &name, "--cartridge", "hello"]);
-                });
-            }
+        for k in 0..50usize {
+            let (entry, home) = (&nodes[(k + 1) % 3], names[k % 3]);
+            s.spawn(move || {
+                let name = format!("g{k}");
+                entry.ok(&["create", &name, "--cartridge", "hello", "--node", home]);
+            });
         }
     });
     let all: Vec<u64> = nodes.iter().flat_map(uids).collect();
@@ -145,21 +142,33 @@ fn three_nodes_share_one_district_through_etcd() {
             .all(|u| (u64::from(UID_MIN)..u64::from(UID_MIN + UIDS)).contains(u)),
         "{distinct:?}"
     );
+    let held: Vec<usize> = nodes.iter().map(|n| uids(n).len()).collect();
+    assert_eq!(held, [17, 17, 16], "gears not where --node put them");
+    // without --node the policy places: six creates through node-c even the nodes out
+    for k in 0..6 {
+        nodes[2].ok(&["create", &format!("p{k}"), "--cartridge", "hello"]);
+    }
+    let held: Vec<usize> = nodes.iter().map(|n| uids(n).len()).collect();
+    let (least, most) = (held.iter().min(), held.iter().max());
+    assert!(
+        held.iter().sum::<usize>() == 56 && most.zip(least).is_some_and(|(m, l)| m - l <= 1),
+        "placement did not even the nodes out: {held:?}"
+    );
     // the load the nodes publish counts their gears (published at their next beat)
     let deadline = Instant::now() + Duration::from_secs(TTL_SECS * 2);
     loop {
         let counted: u64 = node_list(&nodes[0]).iter().filter_map(|n| n.3).sum();
-        if counted == 50 {
+        if counted == 56 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "published loads count {counted} gears, not 50"
+            "published loads count {counted} gears, not 56"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // any node answers for any gear: g1 lives on node-b (created there),
+    // any node answers for any gear: g1 lives on node-b (placed there),
     // and is deployed through node-a, configured through node-c, started
     // through node-c and seen running through node-a
     let src = tempfile::tempdir().expect("sources");

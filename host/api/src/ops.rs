@@ -126,6 +126,10 @@ ops! {
         /// at most the node's `gears.max-disk`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         disk: Option<u64>,
+        /// The cluster node to place it on (none: the node the placement
+        /// policy chooses; a standalone node: itself).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     }
     /// All gears.
     List "list" => Vec<reply::GearView> {}

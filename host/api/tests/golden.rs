@@ -630,6 +630,7 @@ fn fields_added_later_may_be_absent() {
             gear: web(),
             cartridge: "python".into(),
             disk: None,
+            node: None,
         })
     );
     // and a request without a quota is written as such clients wrote it

@@ -14,6 +14,7 @@ pub mod keys;
 
 mod district;
 mod members;
+pub mod placement;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

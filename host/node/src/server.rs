@@ -141,9 +141,13 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         Ok(caller) => caller,
         Err(e) => return send(&mut stream, &Reply::Error(e)).await,
     };
-    // a gear another node of the cluster holds is served by that node
-    if let Some(owner) = crate::peer::owner_of(&node, &request).await {
-        return crate::peer::forward(&node, owner, &caller, &request, &line, fds, stream).await;
+    // a gear another node of the cluster holds (or is placed on) is served by that node
+    match crate::peer::route(&node, &request).await {
+        Ok(Some(owner)) => {
+            return crate::peer::forward(&node, owner, &caller, &request, &line, fds, stream).await;
+        }
+        Ok(None) => {}
+        Err(e) => return send(&mut stream, &Reply::Error(e)).await,
     }
     serve_request(node, caller, request, fds, stream).await
 }

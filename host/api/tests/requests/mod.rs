@@ -51,6 +51,7 @@ pub(crate) fn requests() -> Vec<Request> {
             gear: web(),
             cartridge: "python".into(),
             disk: Some(2 << 30),
+            node: None,
         }
         .into(),
         List {}.into(),

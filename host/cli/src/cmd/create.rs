@@ -30,6 +30,10 @@ pub struct Args {
     /// logs together (default: the node's gears.disk; at most its gears.max-disk).
     #[arg(long, value_name = "SIZE", value_parser = parse_disk)]
     pub disk: Option<u64>,
+    /// In a cluster, the node to place the gear on (default: the node with
+    /// the fewest gears for its free memory; see `gear node list`).
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
     /// How to reach the node.
     #[command(flatten)]
     pub target: Target,
@@ -63,6 +67,7 @@ pub fn run(args: Args) -> CmdResult {
             gear: args.gear.to_ref(),
             cartridge,
             disk: args.disk,
+            node: args.node.clone(),
         },
     )?;
     let name = &args.gear.name;

@@ -51,13 +51,57 @@ pub struct Owner {
     pub up: bool,
 }
 
-/// The node holding the gear `request` names, when that is another node of
-/// the cluster (creates are made here; a gear this node holds is served here).
-pub async fn owner_of(node: &Node, request: &Request) -> Option<Owner> {
-    let cluster = node.cluster()?;
-    if matches!(request, Request::Create(_)) {
-        return None;
+/// The other node of the cluster that serves `request`: for a create, the
+/// node it asks for (`--node`) or the one the placement policy picks; for a
+/// request that names a gear, the node holding it. `None`: this node serves
+/// it (it is not in a cluster, holds the gear, or the gear is nowhere).
+pub async fn route(node: &Node, request: &Request) -> Result<Option<Owner>, ApiError> {
+    let invalid = |m: String| ApiError::new(ErrorKind::Invalid, m);
+    let Some(cluster) = node.cluster() else {
+        if let Request::Create(op) = request
+            && op.node.is_some()
+        {
+            return Err(invalid(
+                "this node is not in a cluster, so there is no other node to place the gear on; leave out --node".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    if let Request::Create(op) = request {
+        let chosen = match &op.node {
+            Some(name) => name.clone(),
+            None => cluster
+                .choose_node()
+                .await
+                .map_err(crate::cluster::api_error)?,
+        };
+        if chosen == cluster.node() {
+            return Ok(None);
+        }
+        let member = cluster
+            .member(&chosen)
+            .await
+            .map_err(crate::cluster::api_error)?
+            .ok_or_else(|| {
+                invalid(format!(
+                    "the cluster has no node {chosen}; see `gear node list`"
+                ))
+            })?;
+        return Ok(Some(Owner {
+            up: member.is_up(),
+            name: chosen,
+            listen: member.advert.listen,
+        }));
     }
+    Ok(owner_of(node, cluster, request).await)
+}
+
+/// The node holding the gear `request` names, when that is another node.
+async fn owner_of(
+    node: &Node,
+    cluster: &gearhost_cluster::Cluster,
+    request: &Request,
+) -> Option<Owner> {
     let gear = crate::tenancy::gear_of(request)?;
     if node.find(gear).is_ok() {
         return None;
