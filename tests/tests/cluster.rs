@@ -18,7 +18,7 @@ use gearhost_tests::{TestNode, cartridge_dir, json, privileged};
 const UID_MIN: u32 = 88_400;
 const UIDS: u32 = 200;
 /// Lease time to live in these tests: a killed node counts as down after it.
-const TTL_SECS: u64 = 3;
+const TTL_SECS: u64 = 6;
 
 /// The `[cluster]` table of node `name`.
 fn cluster_config(etcd: &EtcdCluster, name: &str, secret: &std::path::Path) -> String {
@@ -79,12 +79,13 @@ fn wait_state(node: &TestNode, name: &str, state: &str, within: Duration) -> Dur
     }
 }
 
-/// Every gear uid `node` holds.
-fn uids(node: &TestNode) -> Vec<u64> {
+/// The uids of the gears node `name` holds, as `gear list` through `node` shows them.
+fn uids_on(node: &TestNode, name: &str) -> Vec<u64> {
     json(&node.ok(&["list", "--json"]))
         .as_array()
         .expect("a list")
         .iter()
+        .filter(|g| g["node"] == name)
         .map(|g| g["uid"].as_u64().expect("uid"))
         .collect()
 }
@@ -132,7 +133,8 @@ fn three_nodes_share_one_district_through_etcd() {
             });
         }
     });
-    let all: Vec<u64> = nodes.iter().flat_map(uids).collect();
+    // `gear list` through any one node lists every node's gears, each with its node
+    let all: Vec<u64> = names.iter().flat_map(|n| uids_on(&nodes[1], n)).collect();
     assert_eq!(all.len(), 50, "{all:?}");
     let distinct: BTreeSet<u64> = all.iter().copied().collect();
     assert_eq!(distinct.len(), 50, "a uid was given twice: {all:?}");
@@ -142,13 +144,13 @@ fn three_nodes_share_one_district_through_etcd() {
             .all(|u| (u64::from(UID_MIN)..u64::from(UID_MIN + UIDS)).contains(u)),
         "{distinct:?}"
     );
-    let held: Vec<usize> = nodes.iter().map(|n| uids(n).len()).collect();
+    let held: Vec<usize> = names.iter().map(|n| uids_on(&nodes[0], n).len()).collect();
     assert_eq!(held, [17, 17, 16], "gears not where --node put them");
     // without --node the policy places: six creates through node-c even the nodes out
     for k in 0..6 {
         nodes[2].ok(&["create", &format!("p{k}"), "--cartridge", "hello"]);
     }
-    let held: Vec<usize> = nodes.iter().map(|n| uids(n).len()).collect();
+    let held: Vec<usize> = names.iter().map(|n| uids_on(&nodes[2], n).len()).collect();
     let (least, most) = (held.iter().min(), held.iter().max());
     assert!(
         held.iter().sum::<usize>() == 56 && most.zip(least).is_some_and(|(m, l)| m - l <= 1),
@@ -209,7 +211,7 @@ fn three_nodes_share_one_district_through_etcd() {
     assert!(err.contains("run it against node node-b"), "{err}");
 
     // a name is the cluster's: taken on node-a, refused on node-b with where it lives
-    let out = nodes[1].gear(&["create", "g0", "--cartridge", "hello"]);
+    let out = nodes[1].gear(&["create", "g0", "--cartridge", "hello", "--node", "node-b"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -220,10 +222,18 @@ fn three_nodes_share_one_district_through_etcd() {
     nodes[0].ok(&["destroy", "g0"]);
     nodes[1].ok(&["create", "g0", "--cartridge", "hello"]);
 
-    // one etcd member killed: creates and lists go on
+    // one etcd member killed: creates and lists go on, and no node is seen
+    // leaving (the heartbeats find the other members before a lease runs out)
     etcd.kill(0);
     nodes[2].ok(&["create", "after-etcd-loss", "--cartridge", "hello"]);
-    assert_eq!(node_list(&nodes[2]).len(), 3);
+    for _ in 0..(TTL_SECS * 2 * 5) {
+        let list = node_list(&nodes[2]);
+        assert!(
+            list.len() == 3 && list.iter().all(|n| n.1 == "up"),
+            "a node was seen leaving after one etcd member died: {list:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // a node killed shows as down once its lease runs out; back, it is up again
     let mut c = nodes.pop().expect("node-c");

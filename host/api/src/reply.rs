@@ -178,6 +178,9 @@ pub struct GearSummary {
     /// database, which runs what its cartridge brings).
     #[serde(default = "yes")]
     pub takes_deployments: bool,
+    /// The cluster node that holds it (none on a standalone node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn yes() -> bool {

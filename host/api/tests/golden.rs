@@ -76,6 +76,7 @@ fn gear_summary() -> GearSummary {
         active_deployment: Some(3),
         url: Some("http://web-team.apps.test/".into()),
         takes_deployments: true,
+        node: None,
     }
 }
 

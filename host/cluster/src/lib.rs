@@ -106,8 +106,9 @@ pub struct JoinOptions {
     pub prefix: String,
     /// How long the node's lease lives without a heartbeat.
     pub lease_ttl: Duration,
-    /// The lease an earlier run of this node held, to take back.
-    pub previous_lease: Option<i64>,
+    /// The file that keeps the node's lease id across restarts: read for
+    /// the lease to take back, written whenever the node takes a lease.
+    pub lease_file: Option<std::path::PathBuf>,
 }
 
 /// This node's handle on the cluster.
@@ -117,6 +118,7 @@ pub struct Cluster {
     node: String,
     ttl: Duration,
     health: Mutex<members::HealthState>,
+    lease_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -153,9 +155,15 @@ impl Cluster {
             node: advert.name.clone(),
             ttl: options.lease_ttl,
             health: members::HealthState::new(0),
+            lease_file: options.lease_file.clone(),
         };
+        let previous = options
+            .lease_file
+            .as_ref()
+            .and_then(|f| std::fs::read_to_string(f).ok())
+            .and_then(|t| t.trim().parse().ok());
         let lease = cluster
-            .take_lease(advert, options.previous_lease)
+            .take_lease(advert, previous)
             .await
             .map_err(|e| match e {
                 ClusterError::Etcd { source, .. } => ClusterError::Unreachable {
@@ -165,8 +173,22 @@ impl Cluster {
                 other => other,
             })?;
         cluster.health = members::HealthState::new(lease);
+        cluster.keep_lease_file(lease);
         cluster.put_advert(advert).await?;
         Ok(Arc::new(cluster))
+    }
+
+    /// Writes `lease` to the lease file (atomically), for the next run.
+    pub(crate) fn keep_lease_file(&self, lease: i64) {
+        let Some(file) = &self.lease_file else {
+            return;
+        };
+        let tmp = file.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, format!("{lease}\n")).and_then(|()| std::fs::rename(&tmp, file));
+        if let Err(e) = written {
+            tracing::warn!(file = %file.display(), error = %e, "cannot keep the node's lease id; a restart will join with a new lease");
+        }
     }
 
     /// Runs `op` against etcd, again while the failure is a passing one (a

@@ -277,6 +277,9 @@ impl Cluster {
             let mut keeper = None;
             loop {
                 let lease = cluster.health().lease;
+                // after a failed beat (a member went away, a leader is being
+                // elected) the next comes soon, not a third of the lease later
+                let mut wait = period;
                 match cluster.beat(lease, &mut keeper).await {
                     Ok(true) => lock(&cluster.health).confirmed = Instant::now(),
                     Ok(false) => {
@@ -287,6 +290,7 @@ impl Cluster {
                         keeper = None;
                         published = None;
                         if let Ok(lease) = cluster.take_lease(&advert, None).await {
+                            cluster.keep_lease_file(lease);
                             let mut s = lock(&cluster.health);
                             s.lease = lease;
                             s.confirmed = Instant::now();
@@ -295,6 +299,7 @@ impl Cluster {
                     }
                     Err(e) => {
                         keeper = None;
+                        wait = wait.min(Duration::from_millis(250));
                         tracing::warn!(node = %advert.name, "heartbeat: {e}");
                     }
                 }
@@ -302,7 +307,7 @@ impl Cluster {
                 if published != Some(now) && cluster.publish(&now).await.is_ok() {
                     published = Some(now);
                 }
-                tokio::time::sleep(period).await;
+                tokio::time::sleep(wait).await;
             }
         })
     }
@@ -325,13 +330,23 @@ impl Cluster {
         let Some((k, stream)) = keeper.as_mut() else {
             return Ok(false);
         };
-        k.keep_alive()
-            .await
-            .map_err(etcd_err("keep the node's lease alive"))?;
-        let reply = tokio::time::timeout(self.ttl / 3, stream.message())
+        // etcd says a lease it no longer has is not found: it expired
+        let expired = |e: &etcd_client::Error| match e {
+            etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::NotFound,
+            etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
+            _ => false,
+        };
+        match k.keep_alive().await {
+            Err(e) if expired(&e) => return Ok(false),
+            other => other.map_err(etcd_err("keep the node's lease alive"))?,
+        }
+        let reply = match tokio::time::timeout(self.ttl / 3, stream.message())
             .await
             .map_err(|_| ClusterError::Timeout("a keep-alive answer"))?
-            .map_err(etcd_err("keep the node's lease alive"))?;
+        {
+            Err(e) if expired(&e) => return Ok(false),
+            other => other.map_err(etcd_err("keep the node's lease alive"))?,
+        };
         Ok(reply.is_some_and(|r| r.ttl() > 0))
     }
 

@@ -106,10 +106,6 @@ impl Node {
             return Ok(());
         };
         let secret = read_secret(&config.secret_file)?;
-        let lease_file = self.config().state_dir.join(LEASE_FILE);
-        let previous = std::fs::read_to_string(&lease_file)
-            .ok()
-            .and_then(|t| t.trim().parse().ok());
         let advert = NodeAdvert {
             name: config.node_name.clone(),
             listen: config.listen.to_string(),
@@ -121,14 +117,12 @@ impl Node {
             endpoints: config.etcd.clone(),
             prefix: config.prefix.clone(),
             lease_ttl: config.lease_ttl,
-            previous_lease: previous,
+            lease_file: Some(self.config().state_dir.join(LEASE_FILE)),
         };
         let cluster = Cluster::join(&options, &advert)
             .await
             .map_err(|e| anyhow::anyhow!("cannot join the cluster: {e}"))?;
         let lease = cluster.health().lease;
-        std::fs::write(&lease_file, format!("{lease}\n"))
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", lease_file.display()))?;
         for g in self.gears_snapshot() {
             let r = g.record();
             match cluster.placement(&r.id).await {

@@ -149,6 +149,20 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
         Ok(None) => {}
         Err(e) => return send(&mut stream, &Reply::Error(e)).await,
     }
+    // in a cluster, `gear list` is every node's gears
+    if matches!(request, Request::List(_)) && node.cluster().is_some() {
+        let local = node
+            .list()
+            .into_iter()
+            .filter(|g| node.namespaces.may_act(&caller, &g.gear.namespace))
+            .collect();
+        let mut notes = Vec::new();
+        let all = crate::peer::list_cluster(&node, &caller, local, &mut notes).await;
+        for note in notes {
+            send(&mut stream, &Reply::Event(Event::Progress(note))).await?;
+        }
+        return send(&mut stream, &answer::<ops::List>(Ok(all))).await;
+    }
     serve_request(node, caller, request, fds, stream).await
 }
 

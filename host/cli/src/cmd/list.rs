@@ -39,33 +39,33 @@ pub fn list(args: ListArgs) -> CmdResult {
         print_json(&gears)?;
         return Ok(());
     }
+    // in a cluster each gear says which node holds it
+    let clustered = gears.iter().any(|v| v.gear.node.is_some());
     let rows: Vec<Vec<String>> = gears
         .iter()
         .map(|v| {
             let g = &v.gear;
-            vec![
+            let mut row = vec![
                 g.name.clone(),
                 g.namespace.clone(),
                 g.cartridge.clone(),
                 g.state.to_string(),
                 g.uid.to_string(),
                 g.active_deployment.map_or("-".into(), |d| d.to_string()),
-                g.url.clone().unwrap_or_else(|| "-".into()),
-            ]
+            ];
+            if clustered {
+                row.push(g.node.clone().unwrap_or_else(|| "-".into()));
+            }
+            row.push(g.url.clone().unwrap_or_else(|| "-".into()));
+            row
         })
         .collect();
-    crate::output::print_table(
-        &[
-            "NAME",
-            "NAMESPACE",
-            "CARTRIDGE",
-            "STATE",
-            "UID",
-            "DEPLOY",
-            "URL",
-        ],
-        &rows,
-    );
+    let mut header = vec!["NAME", "NAMESPACE", "CARTRIDGE", "STATE", "UID", "DEPLOY"];
+    if clustered {
+        header.push("NODE");
+    }
+    header.push("URL");
+    crate::output::print_table(&header, &rows);
     Ok(())
 }
 

@@ -250,6 +250,7 @@ impl Node {
             takes_deployments: self
                 .cartridge(&r.cartridge)
                 .map_or(true, |c| c.manifest().deploy.accepts),
+            node: self.cluster().map(|c| c.node().to_string()),
         }
     }
 

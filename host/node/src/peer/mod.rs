@@ -160,63 +160,14 @@ pub async fn forward(
         );
         return reply_error(&mut stream, e).await;
     }
-    let (Some(cluster), Some(secret)) = (node.cluster(), node.cluster_secret()) else {
-        return reply_error(
-            &mut stream,
-            unreachable("this node is not in a cluster".into()),
-        )
-        .await;
-    };
-    let connected = tokio::time::timeout(CONNECT, TcpStream::connect(&owner.listen)).await;
-    let mut tcp = match connected {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => {
-            return reply_error(
-                &mut stream,
-                unreachable(format!("refused the connection: {e}")),
-            )
-            .await;
-        }
-        Err(_) => {
-            return reply_error(&mut stream, unreachable("did not answer in time".into())).await;
-        }
-    };
-    let _ = tcp.set_nodelay(true);
-    let session =
-        match tokio::time::timeout(HANDSHAKE, wire::connect(&mut tcp, &secret, cluster.node()))
-            .await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return reply_error(&mut stream, unreachable(format!("refused this node: {e}")))
-                    .await;
-            }
-            Err(_) => {
-                return reply_error(
-                    &mut stream,
-                    unreachable("did not finish the handshake in time".into()),
-                )
-                .await;
+    let (mut tcp_r, mut tcp_w, mut inn, mut out) =
+        match connect(node, &owner, caller, line, archive).await {
+            Ok(c) => c,
+            Err(e) => {
+                let e = unreachable(format!("could not be reached: {e}"));
+                return reply_error(&mut stream, e).await;
             }
         };
-    let wire::Session {
-        mut out, mut inn, ..
-    } = session;
-    let envelope = Envelope {
-        uid: caller.uid,
-        user: caller.user.clone(),
-        operator: caller.operator,
-        line: String::from_utf8_lossy(line.split(|b| *b == b'\n').next().unwrap_or(line))
-            .into_owned(),
-        archive,
-    };
-    let (mut tcp_r, mut tcp_w) = tcp.into_split();
-    out.send(
-        &mut tcp_w,
-        Kind::Envelope,
-        &serde_json::to_vec(&envelope).unwrap_or_default(),
-    )
-    .await?;
     let (mut client_r, mut client_w) = stream.into_split();
     // the archive goes first; then the connection stays open until the
     // caller goes away (which the other node sees as its caller going away)
@@ -245,6 +196,131 @@ pub async fn forward(
     }
     sender.abort();
     Ok(())
+}
+
+/// A connection to another node: its two halves and the sealers of the two
+/// directions (what this node reads, what it writes).
+type Connected = (
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+    wire::Sealer,
+    wire::Sealer,
+);
+
+/// Opens an authenticated connection to `owner` and sends `caller`'s
+/// request `line` (with `archive`: a deploy archive follows as data).
+async fn connect(
+    node: &Node,
+    owner: &Owner,
+    caller: &Caller,
+    line: &[u8],
+    archive: bool,
+) -> std::io::Result<Connected> {
+    let (Some(cluster), Some(secret)) = (node.cluster(), node.cluster_secret()) else {
+        return Err(std::io::Error::other("this node is not in a cluster"));
+    };
+    let mut tcp = tokio::time::timeout(CONNECT, TcpStream::connect(&owner.listen))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))??;
+    let _ = tcp.set_nodelay(true);
+    let wire::Session { mut out, inn, .. } =
+        tokio::time::timeout(HANDSHAKE, wire::connect(&mut tcp, &secret, cluster.node()))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "no handshake in time")
+            })??;
+    let envelope = Envelope {
+        uid: caller.uid,
+        user: caller.user.clone(),
+        operator: caller.operator,
+        line: String::from_utf8_lossy(line.split(|b| *b == b'\n').next().unwrap_or(line))
+            .into_owned(),
+        archive,
+    };
+    let (tcp_r, mut tcp_w) = tcp.into_split();
+    out.send(
+        &mut tcp_w,
+        Kind::Envelope,
+        &serde_json::to_vec(&envelope).unwrap_or_default(),
+    )
+    .await?;
+    Ok((tcp_r, tcp_w, inn, out))
+}
+
+/// `gear list` in a cluster: the caller's gears on this node (`local`) and
+/// on every other live node, each marked with its node. A node that is down
+/// or does not answer is named in a progress line; its gears are left out.
+pub async fn list_cluster(
+    node: &Node,
+    caller: &Caller,
+    local: Vec<crate::api::reply::GearView>,
+    progress: &mut Vec<String>,
+) -> Vec<crate::api::reply::GearView> {
+    let Some(cluster) = node.cluster() else {
+        return local;
+    };
+    let members = match cluster.members().await {
+        Ok(m) => m,
+        Err(e) => {
+            progress.push(format!("only this node's gears: {e}"));
+            return local;
+        }
+    };
+    let line = crate::api::encode_request(&Request::List(crate::api::ops::List {}));
+    let asks = members
+        .into_iter()
+        .filter(|m| m.advert.name != cluster.node())
+        .map(|m| {
+            let owner = Owner {
+                up: m.is_up(),
+                name: m.advert.name,
+                listen: m.advert.listen,
+            };
+            let line = line.clone();
+            async move {
+                if !owner.up {
+                    return Err(format!(
+                        "node {} is down; its gears are not listed",
+                        owner.name
+                    ));
+                }
+                let asked = async {
+                    let (mut r, _w, mut inn, _out) =
+                        connect(node, &owner, caller, &line, false).await?;
+                    let mut text = Vec::new();
+                    while let (Kind::Data, bytes) = inn.receive(&mut r).await? {
+                        text.extend_from_slice(&bytes);
+                    }
+                    Ok::<_, std::io::Error>(text)
+                };
+                let text = tokio::time::timeout(Duration::from_secs(10), asked)
+                    .await
+                    .map_err(|_| format!("node {} did not answer in time", owner.name))?
+                    .map_err(|e| format!("node {} did not answer: {e}", owner.name))?;
+                let last = String::from_utf8_lossy(&text)
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .map(str::to_string)
+                    .unwrap_or_default();
+                match Reply::decode(&last) {
+                    Ok(Reply::Ok(value)) => {
+                        crate::api::decode_answer::<crate::api::ops::List>(value)
+                            .map_err(|e| format!("node {}: {}", owner.name, e.message))
+                    }
+                    Ok(Reply::Error(e)) => Err(format!("node {}: {}", owner.name, e.message)),
+                    _ => Err(format!("node {} sent no answer", owner.name)),
+                }
+            }
+        });
+    let mut all = local;
+    for answer in futures_util::future::join_all(asks).await {
+        match answer {
+            Ok(views) => all.extend(views),
+            Err(note) => progress.push(note),
+        }
+    }
+    all
 }
 
 /// Serves other nodes' forwarded requests on `listener` for as long as the
