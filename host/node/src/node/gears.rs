@@ -43,12 +43,9 @@ impl Node {
         if let Some(owner) = owner {
             self.check_user_limits(owner)?;
         }
-        let used: Vec<u32> = lock(&self.gears)
-            .values()
-            .map(|g| lock(&g.record).uid)
-            .collect();
-        let uid = (self.config.uid_min..=self.config.uid_max)
-            .find(|u| !used.contains(u))
+        // the lowest free uid (the create lock is held: nobody else takes it meanwhile)
+        let uid = lock(&self.gears)
+            .free_uid(self.config.uid_min, self.config.uid_max)
             .ok_or_else(|| {
                 ApiError::new(
                     ErrorKind::Conflict,
@@ -128,19 +125,14 @@ impl Node {
         let summary = self.gear_summary(&record);
         let g = Arc::new(Gear::new(&self.config, record));
         lock(&self.gears).insert(id, g.clone());
-        self.rebuild_routes();
-        crate::frontend::open_door(self, &g).await;
+        self.update_routes(&g);
         Ok(summary)
     }
 
     /// Refuses a create that would take `owner` over its limits (checked
     /// under the node's create lock, so two creates cannot both pass).
     fn check_user_limits(&self, owner: &Owner) -> ApiResult<()> {
-        let owned = self
-            .gears_snapshot()
-            .iter()
-            .filter(|g| g.record().owner.as_deref() == Some(owner.user.as_str()))
-            .count();
+        let owned = lock(&self.gears).owned_by(&owner.user);
         let after = owned as u64 + 1;
         if let Some(max) = owner.limit.max_gears
             && after > u64::from(max)
@@ -350,7 +342,7 @@ impl Node {
         .map_err(internal)?
         .map_err(|e| internal(format!("cannot remove the gear's files: {e}")))?;
         lock(&self.gears).remove(&r.id);
-        self.rebuild_routes();
+        self.update_routes(&g);
         if r.deployments.iter().any(|d| d.image.is_some()) {
             self.collect_images_soon();
         }
