@@ -314,7 +314,7 @@ impl Node {
         );
         // its own links go with it, and the frontend's door
         self.links.close_from(&r.id);
-        g.front.close_door();
+        g.front.close_door().await;
         // and the node's open log files in its directories
         g.app_log.close();
         g.hook_log.close();

@@ -128,6 +128,8 @@ pub(crate) use replace::Held;
 /// The node.
 #[derive(Debug)]
 pub struct Node {
+    /// The node itself, for what outlives a call on it (a gear's door).
+    me: std::sync::Weak<Node>,
     config: Arc<NodeConfig>,
     runtime: Runtime,
     cartridges: Mutex<BTreeMap<String, Cartridge>>,
@@ -285,7 +287,8 @@ impl Node {
         )?);
         let images = crate::images::ImageStore::new(&config.state_dir, crate::images::LAYER_LIMITS);
         images.remove_stale();
-        let node = Arc::new(Node {
+        let node = Arc::new_cyclic(|me| Node {
+            me: me.clone(),
             images,
             config: Arc::new(config),
             runtime,
@@ -377,11 +380,20 @@ impl Node {
         *lock(&self.metrics_addr)
     }
 
-    /// Open the frontend's door inside every gear (at node start, once the
-    /// frontend listens).
+    /// The node, shared (none while it is dropped).
+    pub(crate) fn arc(&self) -> Option<Arc<Node>> {
+        self.me.upgrade()
+    }
+
+    /// Open the frontend's door inside every gear whose processes an earlier
+    /// node may have left running (at node start, once the frontend listens,
+    /// before they are taken back): such a gear reaches other gears again as
+    /// soon as it can. The resume closes the doors of those it stops.
     pub async fn open_doors(self: &Arc<Self>) {
         for g in self.gears_snapshot() {
-            crate::frontend::open_door(self, &g).await;
+            if matches!(g.state(), GearState::Running | GearState::Frozen) {
+                crate::frontend::open_door(self, &g).await;
+            }
         }
     }
 
@@ -452,6 +464,10 @@ impl Node {
                     None
                 };
                 let adoption = node.adopt_gear(&gear, refuse).await;
+                if !matches!(adoption, adopt::Adoption::Adopted(_)) {
+                    // nothing of it runs now (until it is started below)
+                    gear.front.close_door().await;
+                }
                 if !run {
                     if matches!(record.state, GearState::Running | GearState::Frozen | GearState::Starting | GearState::Building | GearState::Stopping) {
                         let _ = gear.update(&node.config, |r| r.state = GearState::Stopped);
@@ -475,6 +491,7 @@ impl Node {
                         node.event(&gear, NodeEventKind::Adopted, &why, None);
                         // as a fresh start: the idler counts from here
                         gear.front.touch();
+                        crate::frontend::open_door(&node, &gear).await;
                         adopted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         lock(&node.resume_outcome)
                             .adopted
