@@ -170,7 +170,7 @@ impl Node {
         Some(self.public_url(r))
     }
 
-    fn public_url(&self, r: &GearRecord) -> String {
+    pub(super) fn public_url(&self, r: &GearRecord) -> String {
         let port = self.frontend_addr().map_or(String::new(), |a| {
             if a.port() == 80 {
                 String::new()
