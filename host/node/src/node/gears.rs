@@ -30,7 +30,11 @@ impl Node {
         let cart = self.cartridge(cartridge)?;
         let disk = self.quotas.for_new_gear(disk)?;
         let _guard = self.create.lock().await;
-        if self.find(gear).is_ok() {
+        // looked up by the index (`find` would look for a near name to suggest)
+        if lock(&self.gears)
+            .by_name(&gear.namespace, &gear.name)
+            .is_some()
+        {
             return Err(ApiError::new(
                 ErrorKind::Conflict,
                 format!(
