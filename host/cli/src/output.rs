@@ -26,6 +26,22 @@ pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// [`print_json`] for a large value: written as it is encoded, through one
+/// buffer, without the whole text in memory first (a reader gone away ends
+/// `gear` as [`write_stdout`] does).
+pub fn write_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let written = serde_json::to_writer_pretty(&mut out, value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(141),
+        Err(e) => Err(anyhow::anyhow!("failed printing to stdout: {e}")),
+        Ok(()) => Ok(()),
+    }
+}
+
 /// For an answer that says the node changed nothing (`unchanged`), prints
 /// its note and returns true.
 pub fn print_if_unchanged(unchanged: bool, note: Option<&str>) -> bool {

@@ -337,7 +337,11 @@ impl crate::node::Node {
                 }
                 acme.save(&managed);
                 drop(managed);
-                self.rebuild_routes();
+                // the gear the name leads to may redirect it to HTTPS now
+                match self.frontend.lookup(&host) {
+                    Some(target) => self.update_routes(&target.gear),
+                    None => self.rebuild_routes(),
+                }
             }
             // until the next name is due, a name is added, or a while passes
             let next = {

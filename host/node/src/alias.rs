@@ -136,7 +136,7 @@ impl Node {
             ));
         }
         let next = g.update(self.config(), |r| r.aliases.push(name.clone()))?;
-        self.rebuild_routes();
+        self.update_routes(&g);
         g.hook_log
             .line("alias[node]", &format!("added alias {name}"));
         Ok(reply::AliasChanged {
@@ -164,7 +164,7 @@ impl Node {
         if let Some(acme) = &self.acme {
             acme.forget(&name);
         }
-        self.rebuild_routes();
+        self.update_routes(&g);
         g.hook_log
             .line("alias[node]", &format!("removed alias {name}"));
         Ok(reply::AliasChanged {
@@ -209,7 +209,7 @@ impl Node {
             &format!("a certificate for {name} (until {not_after}) is served"),
         );
         // a gear that asks for HTTPS gets it on this name now
-        self.rebuild_routes();
+        self.update_routes(&g);
         Ok(reply::AliasCertificate {
             hostname: name,
             not_after,
@@ -279,7 +279,7 @@ impl Node {
                 None => {}
             }
         })?;
-        self.rebuild_routes();
+        self.update_routes(&g);
         // the names a redirect applies to: those with a certificate
         let own = self.public_name(&next);
         let mut uncovered = Vec::new();

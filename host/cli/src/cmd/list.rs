@@ -3,7 +3,7 @@
 use gearhost_api::ops;
 
 use crate::CmdResult;
-use crate::client::{Target, call};
+use crate::client::{Target, call, call_large};
 use crate::output::print_json;
 
 /// Arguments of `gear list`.
@@ -28,15 +28,17 @@ pub struct ListArgs {
 /// Arguments of `gear show`.
 pub type ShowArgs = crate::client::OneGear;
 
-/// `gear list`: sorted by namespace and name, in aligned columns.
+/// `gear list`: sorted by namespace and name, in aligned columns. Ten
+/// thousand gears are a few MiB of answer: it is decoded straight into views
+/// and written out through one buffer.
 pub fn list(args: ListArgs) -> CmdResult {
-    let mut gears = call(&args.target, ops::List {})?;
+    let mut gears = call_large(&args.target, ops::List {})?;
     if let Some(ns) = &args.namespace {
         gears.retain(|g| &g.gear.namespace == ns);
     }
     gears.sort_by(|a, b| (&a.gear.namespace, &a.gear.name).cmp(&(&b.gear.namespace, &b.gear.name)));
     if args.json {
-        print_json(&gears)?;
+        crate::output::write_json(&gears)?;
         return Ok(());
     }
     // in a cluster each gear says which node holds it

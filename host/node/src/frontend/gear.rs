@@ -56,8 +56,9 @@ pub struct GearFront {
     /// The wake-up in progress, if any: every request for the idle gear
     /// waits on the same one.
     pub(crate) waking: Mutex<Option<tokio::sync::watch::Receiver<WakeResult>>>,
-    /// The frontend's listener inside the gear's network namespace.
-    pub(super) door: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The frontend's listener inside the gear's network namespace (its task owns it),
+    /// while the gear runs.
+    pub(super) door: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Set while the gear is being idled. With `active` it makes a
     /// handshake (both sequentially consistent): the idler sets this, then
     /// looks at `active`; a request raises `active`, then looks at this. So
@@ -160,11 +161,20 @@ impl GearFront {
         }
     }
 
-    /// Close the frontend's listener inside the gear (it is being destroyed).
-    pub fn close_door(&self) {
-        if let Some(door) = lock(&self.door).take() {
+    /// Close the frontend's listener inside the gear (it stopped, or is being
+    /// destroyed): once this returns, the listener is closed and its port free
+    /// for the next door. Connections it accepted are served to their end.
+    pub async fn close_door(&self) {
+        let door = lock(&self.door).take();
+        if let Some(door) = door {
             door.abort();
+            let _ = door.await;
         }
+    }
+
+    /// Whether the frontend listens inside the gear now.
+    pub fn has_door(&self) -> bool {
+        lock(&self.door).as_ref().is_some_and(|d| !d.is_finished())
     }
 
     /// Note activity now (a request, a start).

@@ -179,6 +179,14 @@ pub fn render_metrics(node: &Node) -> String {
     for (state, n) in states {
         let _ = writeln!(out, "gearhost_gears{{state=\"{state}\"}} {n}");
     }
+    counter(
+        &mut out,
+        "gearhost_frontend_doors",
+        "Gears the frontend listens inside (their door: open while a gear runs or is frozen).",
+        "gauge",
+    );
+    let doors = gears.iter().filter(|g| g.front.has_door()).count();
+    let _ = writeln!(out, "gearhost_frontend_doors {doors}");
     let (frozen_bytes, _) = node.frozen_memory();
     counter(
         &mut out,

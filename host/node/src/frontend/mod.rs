@@ -104,6 +104,11 @@ impl<G> Frontend<G> {
         self.routes.set(routes);
     }
 
+    /// Replace the names of the gear labelled `label` (see [`routes::RouteTable::set_gear`]).
+    pub fn set_gear_routes(&self, label: &str, names: Vec<(String, Arc<Target<G>>)>) {
+        self.routes.set_gear(label, names);
+    }
+
     /// Which gear answers to `hostname` (lower-case, without port).
     pub fn lookup(&self, hostname: &str) -> Option<Arc<Target<G>>> {
         self.routes.lookup(hostname)

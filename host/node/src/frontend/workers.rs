@@ -202,10 +202,20 @@ fn worker(node: &Arc<Node>, i: usize, mut rx: tokio::sync::mpsc::UnboundedReceiv
 /// (and itself) by their public names and nothing else: the node API is a
 /// unix socket outside the gear's mount namespace, `/metrics` listens on the
 /// host only, and every request is routed by name like any other.
-pub async fn open_door(node: &Arc<Node>, gear: &Arc<Gear>) {
-    let Some(port) = node.frontend_addr().map(|a| a.port()) else {
+///
+/// A gear has a door while its processes may run: it is opened when the gear
+/// starts (or its processes are taken back by a new node), kept while it is
+/// frozen (thawed, it reaches other gears at once), and closed when it stops
+/// ([`super::GearFront::close_door`]), so that gears that do not run hold no
+/// descriptor or task in the node. Opening a door that is open does nothing.
+/// Called under the gear's operation lock, as closing it is.
+pub async fn open_door(node: &Node, gear: &Arc<Gear>) {
+    let (Some(port), Some(shared)) = (node.frontend_addr().map(|a| a.port()), node.arc()) else {
         return;
     };
+    if gear.front.has_door() {
+        return;
+    }
     let netns = gear.paths.netns();
     let listener = tokio::task::spawn_blocking(move || {
         let l = gearhost_sandbox::netns::listen(&netns, ([127, 0, 0, 1], port).into())?;
@@ -218,8 +228,8 @@ pub async fn open_door(node: &Arc<Node>, gear: &Arc<Gear>) {
     .and_then(TcpListener::from_std);
     match listener {
         Ok(listener) => {
-            let task = tokio::spawn(accept_loop(node.clone(), listener, gear.clone()));
-            if let Some(old) = lock(&gear.front.door).replace(task.abort_handle()) {
+            let task = node.spawn_main(accept_loop(shared, listener, gear.clone()));
+            if let Some(old) = lock(&gear.front.door).replace(task) {
                 old.abort();
             }
         }

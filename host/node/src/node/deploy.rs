@@ -481,7 +481,7 @@ impl Node {
         let port = self.http_port(&g.record());
         let done = self.activate_onto(g, cart, id, start, held, progress).await;
         if self.http_port(&g.record()) != port {
-            self.rebuild_routes();
+            self.update_routes(g);
         }
         done
     }

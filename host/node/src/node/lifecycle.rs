@@ -59,6 +59,8 @@ impl Node {
         })?;
         g.front.live.set(0);
         g.supervisor.forget_ended();
+        // from its first process on, the gear reaches other gears by their names
+        crate::frontend::open_door(self, g).await;
         let _ = progress.send("running the start hook".into());
         let started = match self.hook(g, &cart, HookCall::Start).await {
             Ok(_) => self.wait_ready(g, &cart, 0, progress).await,
@@ -73,6 +75,7 @@ impl Node {
             }
             Err(e) => {
                 g.supervisor.stop_all(Duration::from_secs(2)).await;
+                g.front.close_door().await;
                 g.update(&self.config, |r| {
                     r.state = GearState::Failed;
                     r.failure = Some(e.message.clone());
@@ -223,6 +226,8 @@ impl Node {
             g.supervisor.stop_all(Duration::from_secs(10)),
             g.exec_runs.end_all(why)
         );
+        // nothing of the gear runs: it holds no door in the node
+        g.front.close_door().await;
         g.front.clear_pool();
         g.update(&self.config, |r| r.state = state)?;
         hook.map(|_| ())

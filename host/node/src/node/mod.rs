@@ -117,6 +117,7 @@ mod image_ops;
 mod kept;
 mod lifecycle;
 mod replace;
+mod routing;
 mod table;
 mod variables;
 
@@ -127,12 +128,17 @@ pub(crate) use replace::Held;
 /// The node.
 #[derive(Debug)]
 pub struct Node {
+    /// The node itself, for what outlives a call on it (a gear's door).
+    me: std::sync::Weak<Node>,
     config: Arc<NodeConfig>,
     runtime: Runtime,
     cartridges: Mutex<BTreeMap<String, Cartridge>>,
     pub(crate) gears: Mutex<table::GearTable>,
     /// Held while gears are created and host names change: names stay unique.
     pub(crate) create: tokio::sync::Mutex<()>,
+    /// Held while the frontend's routes are computed and set: a change to one gear's
+    /// names and a rebuild of them all do not overtake each other.
+    routes_changing: Mutex<()>,
     frontend_addr: Mutex<Option<std::net::SocketAddr>>,
     metrics_addr: Mutex<Option<std::net::SocketAddr>>,
     /// The runtime operations run on (the frontend's workers have their own).
@@ -288,13 +294,15 @@ impl Node {
         )?);
         let images = crate::images::ImageStore::new(&config.state_dir, crate::images::LAYER_LIMITS);
         images.remove_stale();
-        let node = Arc::new(Node {
+        let node = Arc::new_cyclic(|me| Node {
+            me: me.clone(),
             images,
             config: Arc::new(config),
             runtime,
             cartridges: Mutex::new(cartridges),
             gears: Mutex::new(gears),
             create: tokio::sync::Mutex::new(()),
+            routes_changing: Mutex::new(()),
             frontend_addr: Mutex::new(None),
             metrics_addr: Mutex::new(None),
             main: std::sync::OnceLock::new(),
@@ -382,137 +390,26 @@ impl Node {
         *lock(&self.metrics_addr)
     }
 
-    /// Open the frontend's door inside every gear (at node start, once the
-    /// frontend listens).
+    /// The node, shared (none while it is dropped).
+    pub(crate) fn arc(&self) -> Option<Arc<Node>> {
+        self.me.upgrade()
+    }
+
+    /// Open the frontend's door inside every gear whose processes an earlier
+    /// node may have left running (at node start, once the frontend listens,
+    /// before they are taken back): such a gear reaches other gears again as
+    /// soon as it can. The resume closes the doors of those it stops.
     pub async fn open_doors(self: &Arc<Self>) {
         for g in self.gears_snapshot() {
-            crate::frontend::open_door(self, &g).await;
+            if matches!(g.state(), GearState::Running | GearState::Frozen) {
+                crate::frontend::open_door(self, &g).await;
+            }
         }
     }
 
     /// Every gear, live.
     pub(crate) fn gears_snapshot(&self) -> Vec<Arc<Gear>> {
         lock(&self.gears).values().cloned().collect()
-    }
-
-    /// The port the frontend sends a gear's requests to: the one its active
-    /// deployment names (an image's), else the first endpoint of its
-    /// cartridge that speaks HTTP (a database's port never gets HTTP).
-    pub(crate) fn http_port(&self, r: &GearRecord) -> Option<u16> {
-        let cart = self.cartridge(&r.cartridge).ok()?;
-        let declared = cart.manifest().http_endpoint()?.private_port;
-        Some(named_port(r).unwrap_or(declared))
-    }
-
-    /// The host name a gear answers to: `<gear>-<namespace>.<domain>`.
-    pub(crate) fn public_name(&self, r: &GearRecord) -> String {
-        format!("{}.{}", r.label(), self.config.domain)
-    }
-
-    /// A new gear's public name must be a valid host name and lead to it
-    /// alone: `a-b` in namespace `c` and `a` in namespace `b-c` would both be
-    /// `a-b-c.<domain>`, so the second create is refused, naming the first.
-    /// Aliases cannot take such names (see [`crate::alias`]). Called under
-    /// the node's lock for names.
-    fn check_public_name_free(&self, gear: &GearRef) -> ApiResult<()> {
-        let label = state::public_label(&gear.name, &gear.namespace);
-        if label.len() > 63 {
-            return Err(invalid(format!(
-                "gear {} in namespace {} would be reachable as {label}.{}, but a host name's label \
-                 holds at most 63 characters; use a shorter gear name",
-                gear.name, gear.namespace, self.config.domain
-            )));
-        }
-        let taken = self
-            .gears_snapshot()
-            .into_iter()
-            .map(|g| g.record())
-            .find(|o| o.label() == label);
-        match taken {
-            Some(other) => Err(ApiError::new(
-                ErrorKind::Conflict,
-                format!(
-                    "gear {} in namespace {} would be reachable as {label}.{}, which already leads \
-                     to {}; choose another gear name",
-                    gear.name,
-                    gear.namespace,
-                    self.config.domain,
-                    crate::tenancy::other_gear(&gear.namespace, &other.name, &other.namespace)
-                ),
-            )),
-            None => Ok(()),
-        }
-    }
-
-    /// Build the frontend's routing table again from the gears, their
-    /// aliases and the installed cartridges (after any change to those).
-    pub(crate) fn rebuild_routes(&self) {
-        let mut routes = std::collections::HashMap::new();
-        // oldest first: should two gears made before names were checked share
-        // a name, the older one keeps it, whatever the order of the map
-        let mut gears: Vec<(Arc<Gear>, GearRecord)> = self
-            .gears_snapshot()
-            .into_iter()
-            .map(|g| {
-                let r = g.record();
-                (g, r)
-            })
-            .collect();
-        gears.sort_by(|(_, a), (_, b)| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
-        for (g, r) in gears {
-            let Some(port) = self.http_port(&r) else {
-                continue;
-            };
-            let own = self.public_name(&r);
-            for name in std::iter::once(own.clone()).chain(r.aliases.iter().cloned()) {
-                // a name is redirected to HTTPS only when it has a certificate
-                let certified = if name == own {
-                    self.certs.has_operator()
-                } else {
-                    self.certs.alias(&name).is_some()
-                };
-                let https = crate::frontend::TargetHttps {
-                    redirect_port: self.https_port().filter(|_| r.https.redirect && certified),
-                    hsts: r.https.hsts_max_age,
-                };
-                routes.entry(name).or_insert_with(|| {
-                    Arc::new(Target {
-                        gear: g.clone(),
-                        label: r.label(),
-                        port,
-                        https,
-                    })
-                });
-            }
-        }
-        self.frontend.set_routes(routes);
-    }
-
-    /// The port the frontend's HTTPS listener takes, when it has one.
-    pub(crate) fn https_port(&self) -> Option<u16> {
-        let listen = &self.config.https.as_ref()?.listen;
-        listen
-            .parse::<std::net::SocketAddr>()
-            .ok()
-            .map(|a| a.port())
-    }
-
-    /// Where the frontend serves a gear: none when its cartridge has no
-    /// HTTP endpoint (the frontend would answer 404 for it).
-    fn url(&self, r: &GearRecord) -> Option<String> {
-        self.http_port(r)?;
-        Some(self.public_url(r))
-    }
-
-    fn public_url(&self, r: &GearRecord) -> String {
-        let port = self.frontend_addr().map_or(String::new(), |a| {
-            if a.port() == 80 {
-                String::new()
-            } else {
-                format!(":{}", a.port())
-            }
-        });
-        format!("http://{}{port}/", self.public_name(r))
     }
 
     /// Take back the gears an earlier node left running, and start the other
@@ -581,6 +478,10 @@ impl Node {
                     None
                 };
                 let adoption = node.adopt_gear(&gear, refuse).await;
+                if !matches!(adoption, adopt::Adoption::Adopted(_)) {
+                    // nothing of it runs now (until it is started below)
+                    gear.front.close_door().await;
+                }
                 if !run {
                     if matches!(record.state, GearState::Running | GearState::Frozen | GearState::Starting | GearState::Building | GearState::Stopping) {
                         let _ = gear.update(&node.config, |r| r.state = GearState::Stopped);
@@ -604,6 +505,7 @@ impl Node {
                         node.event(&gear, NodeEventKind::Adopted, &why, None);
                         // as a fresh start: the idler counts from here
                         gear.front.touch();
+                        crate::frontend::open_door(&node, &gear).await;
                         adopted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         lock(&node.resume_outcome)
                             .adopted
