@@ -524,6 +524,8 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         Request::HttpsSet(op) => &op.gear,
         Request::AliasAcme(op) => &op.gear,
         Request::DeployCancel(op) => &op.gear,
+        Request::Snapshot(op) => &op.gear,
+        Request::Restore(op) => &op.gear,
         Request::NodeEvents(op) => return op.gear.as_ref(),
         Request::KeysAdd(_)
         | Request::KeysList(_)

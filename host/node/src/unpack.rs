@@ -115,61 +115,72 @@ pub fn unpack(
         end: "nothing was deployed",
     };
     let (entries, bytes) = each_entry(input, &root, owner, &rules, |entry, at, budget| {
-        let Place {
-            raw,
-            name,
-            parent,
-            kind,
-        } = at;
-        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
-        if kind.is_dir() {
-            let dir = make_dir(&parent, name, raw, owner)?;
-            fchmod(&dir, Mode::from_bits_truncate(mode | 0o700))
-                .map_err(|e| refuse(raw, format!("cannot set its mode: {e}")))
-        } else if kind.is_file() || kind == tar::EntryType::Continuous {
-            // the size the reader goes by (a pax record overrides the header's)
-            let size = entry.size();
-            budget.file(size, raw)?;
-            write_file(&parent, name, entry, size, mode, owner, raw, "archive")
-        } else if kind.is_symlink() {
-            make_symlink(&parent, name, entry, raw, "archive")?;
-            match owner {
-                Some(uid) => nix::unistd::fchownat(
-                    &parent,
-                    name.as_os_str(),
-                    Some(uid.into()),
-                    Some(uid.into()),
-                    AtFlags::AT_SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| refuse(raw, format!("cannot chown the symlink: {e}"))),
-                None => Ok(()),
-            }
-        } else if kind.is_hard_link() {
-            Err(refuse(
-                raw,
-                "hard links are not unpacked; send the file itself (a current `gear` does)",
-            ))
-        } else if kind.is_character_special() || kind.is_block_special() {
-            Err(refuse(
-                raw,
-                "device nodes are not unpacked; leave them out of the sources",
-            ))
-        } else if kind.is_fifo() {
-            Err(refuse(
-                raw,
-                "FIFOs are not unpacked; leave them out of the sources",
-            ))
-        } else {
-            Err(refuse(
-                raw,
-                format!(
-                    "entries of tar type {:?} are not unpacked; only directories, files and symlinks are",
-                    kind.as_byte() as char
-                ),
-            ))
-        }
+        place_entry(entry, at, budget, owner)
     })?;
     Ok(Unpacked { entries, bytes })
+}
+
+/// Makes the directory, file or symlink `entry` describes at `at`, handed to
+/// `owner` when given; refuses every other kind of entry.
+pub(crate) fn place_entry<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    at: Place<'_>,
+    budget: &mut Budget<'_>,
+    owner: Option<u32>,
+) -> Result<(), UnpackError> {
+    let Place {
+        raw,
+        name,
+        parent,
+        kind,
+    } = at;
+    let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+    if kind.is_dir() {
+        let dir = make_dir(&parent, name, raw, owner)?;
+        fchmod(&dir, Mode::from_bits_truncate(mode | 0o700))
+            .map_err(|e| refuse(raw, format!("cannot set its mode: {e}")))
+    } else if kind.is_file() || kind == tar::EntryType::Continuous {
+        // the size the reader goes by (a pax record overrides the header's)
+        let size = entry.size();
+        budget.file(size, raw)?;
+        write_file(&parent, name, entry, size, mode, owner, raw, "archive")
+    } else if kind.is_symlink() {
+        make_symlink(&parent, name, entry, raw, "archive")?;
+        match owner {
+            Some(uid) => nix::unistd::fchownat(
+                &parent,
+                name.as_os_str(),
+                Some(uid.into()),
+                Some(uid.into()),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| refuse(raw, format!("cannot chown the symlink: {e}"))),
+            None => Ok(()),
+        }
+    } else if kind.is_hard_link() {
+        Err(refuse(
+            raw,
+            "hard links are not unpacked; send the file itself (a current `gear` does)",
+        ))
+    } else if kind.is_character_special() || kind.is_block_special() {
+        Err(refuse(
+            raw,
+            "device nodes are not unpacked; leave them out of the sources",
+        ))
+    } else if kind.is_fifo() {
+        Err(refuse(
+            raw,
+            "FIFOs are not unpacked; leave them out of the sources",
+        ))
+    } else {
+        Err(refuse(
+            raw,
+            format!(
+                "entries of tar type {:?} are not unpacked; only directories, files and symlinks are",
+                kind.as_byte() as char
+            ),
+        ))
+    }
 }
 
 /// What an unpacker allows of one stream, and how it names what it refuses.
@@ -233,6 +244,57 @@ pub(crate) fn each_entry<R: Read>(
     root: &OwnedFd,
     owner: Option<u32>,
     rules: &Rules,
+    visit: impl FnMut(
+        &mut tar::Entry<'_, &mut Capped<R>>,
+        Place<'_>,
+        &mut Budget<'_>,
+    ) -> Result<(), UnpackError>,
+) -> Result<(u64, u64), UnpackError> {
+    each_entry_routed(
+        input,
+        rules,
+        |_, raw, _, _| {
+            let root = root
+                .try_clone()
+                .map_err(|e| refuse(raw, format!("cannot open the target: {e}")))?;
+            Ok(Route::Under {
+                root,
+                skip: 0,
+                owner,
+            })
+        },
+        visit,
+    )
+}
+
+/// Where [`each_entry_routed`] puts an entry.
+pub(crate) enum Route {
+    /// The router dealt with it (or it is to be passed over).
+    Done,
+    /// Below `root`, without the path's first `skip` components, for `owner`.
+    Under {
+        /// The directory the rest of the path is walked from.
+        root: OwnedFd,
+        /// How many leading components of the path `root` stands for.
+        skip: usize,
+        /// Who the directories made on the way, and the entry, belong to.
+        owner: Option<u32>,
+    },
+}
+
+/// [`each_entry`], with each entry's place decided by `route`, which sees
+/// the entry, its path as the stream gives it and its plain components:
+/// one stream may fill several directories, or hold entries the caller
+/// reads itself.
+pub(crate) fn each_entry_routed<R: Read>(
+    input: R,
+    rules: &Rules,
+    mut route: impl FnMut(
+        &mut tar::Entry<'_, &mut Capped<R>>,
+        &Path,
+        &[PathBuf],
+        &mut Budget<'_>,
+    ) -> Result<Route, UnpackError>,
     mut visit: impl FnMut(
         &mut tar::Entry<'_, &mut Capped<R>>,
         Place<'_>,
@@ -271,11 +333,16 @@ pub(crate) fn each_entry<R: Read>(
                 return Err(refuse(&raw, rules.too_many.clone()));
             }
             let parts = plain_path(&raw)?;
+            let (root, skip, owner) = match route(&mut entry, &raw, &parts, &mut budget)? {
+                Route::Done => continue,
+                Route::Under { root, skip, owner } => (root, skip, owner),
+            };
+            let parts = parts.get(skip..).unwrap_or_default();
             let Some((name, dirs)) = parts.split_last() else {
                 // `.` or `./`: the target itself
                 continue;
             };
-            let parent = walk(root, dirs, &raw, owner)?;
+            let parent = walk(&root, dirs, &raw, owner)?;
             let place = Place {
                 raw: &raw,
                 name,

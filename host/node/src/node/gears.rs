@@ -26,6 +26,21 @@ impl Node {
         disk: Option<u64>,
         owner: Option<&Owner>,
     ) -> ApiResult<reply::GearSummary> {
+        self.create_with_uid(gear, cartridge, disk, owner, None)
+            .await
+    }
+
+    /// [`Node::create`], taking uid `prefer` when it is in the node's range
+    /// and free (a restore keeps the uid, and so the MCS level, of the gear
+    /// it brings back). In a cluster the uid is claimed cluster-wide instead.
+    pub(crate) async fn create_with_uid(
+        self: &Arc<Self>,
+        gear: &GearRef,
+        cartridge: &str,
+        disk: Option<u64>,
+        owner: Option<&Owner>,
+        prefer: Option<u32>,
+    ) -> ApiResult<reply::GearSummary> {
         check_gear_ref(gear)?;
         let cart = self.cartridge(cartridge)?;
         let disk = self.quotas.for_new_gear(disk)?;
@@ -56,8 +71,10 @@ impl Node {
                     .values()
                     .map(|g| lock(&g.record).uid)
                     .collect();
-                (self.config.uid_min..=self.config.uid_max)
-                    .find(|u| !used.contains(u))
+                let range = self.config.uid_min..=self.config.uid_max;
+                prefer
+                    .filter(|u| range.contains(u) && !used.contains(u))
+                    .or_else(|| range.clone().find(|u| !used.contains(u)))
                     .ok_or_else(|| {
                         ApiError::new(
                             ErrorKind::Conflict,

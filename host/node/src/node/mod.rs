@@ -117,6 +117,8 @@ mod image_ops;
 mod kept;
 mod lifecycle;
 mod replace;
+mod restore;
+mod snapshot;
 mod table;
 mod variables;
 
