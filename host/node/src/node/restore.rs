@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gearhost_runtime::{Cartridge, HookCall};
-use nix::fcntl::renameat;
+use nix::fcntl::{OFlag, renameat};
 use nix::sys::stat::{Mode, mkdirat};
 
 use super::gears::{check_gear_ref, new_id};
@@ -598,9 +598,11 @@ fn stage(root: &Path, uid: u32, meta: &Meta) -> std::io::Result<(Staged, Stage)>
     let id = new_id();
     let data = format!(".restore-{id}");
     mkdirat(&app_root, data.as_str(), Mode::from_bits_truncate(0o755))?;
-    let data_fd = open_dir_beneath(
-        Path::new(&format!("/proc/self/fd/{}", app_root.as_raw_fd())),
-        &[data.as_str()],
+    let data_fd = nix::fcntl::openat(
+        &app_root,
+        data.as_str(),
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
     )?;
     nix::unistd::fchown(&data_fd, Some(uid.into()), Some(uid.into()))?;
     Ok((
