@@ -73,8 +73,15 @@ fn effective_env(node: &TestNode, gear: &str) -> serde_json::Value {
 
 /// Snapshot `gear` into `dir`, checking what the command says; the file.
 fn snapshot(node: &TestNode, gear: &str, dir: &Path) -> PathBuf {
+    snapshot_saying(node, gear, dir).0
+}
+
+/// [`snapshot`], with what the command said on standard error.
+fn snapshot_saying(node: &TestNode, gear: &str, dir: &Path) -> (PathBuf, String) {
     let file = dir.join(format!("{gear}.tar.gz"));
-    let said = node.ok(&["snapshot", gear, file.to_str().expect("utf-8")]);
+    let out = node.gear(&["snapshot", gear, file.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), node.log());
+    let said = text(&out.stdout);
     assert!(said.starts_with(&format!("wrote {}", file.display())), "{said}");
     let size = std::fs::metadata(&file).expect("the archive").len();
     assert!(size > 0);
@@ -88,7 +95,7 @@ fn snapshot(node: &TestNode, gear: &str, dir: &Path) -> PathBuf {
     let listing = text(&listing.stdout);
     assert_eq!(listing.lines().next(), Some("snapshot.json"), "{listing}");
     assert!(listing.contains("home/app-root/data/"), "{listing}");
-    file
+    (file, text(&out.stderr))
 }
 
 /// A web gear of `cartridge`: two releases deployed, data and a variable
@@ -213,7 +220,8 @@ fn every_cartridge_comes_back_from_its_snapshot() {
     psql("insert into notes select g, 'row ' || g from generate_series(1, 500) g");
     let password = effective_env(&node, "db")["PGPASSWORD"].clone();
     let before = identity(&node, "db");
-    let file = snapshot(&node, "db", files.path());
+    let (file, said) = snapshot_saying(&node, "db", files.path());
+    assert!(said.contains("pre-snapshot: dumped every database"), "{said}");
     let listing = std::process::Command::new("tar")
         .arg("-tzf")
         .arg(&file)
@@ -230,8 +238,14 @@ fn every_cartridge_comes_back_from_its_snapshot() {
     // more rows after the snapshot are not in it
     psql("insert into notes values (501, 'after')");
     node.ok(&["destroy", "db", "--yes"]);
-    let said = node.ok(&["restore", "db", file.to_str().expect("utf-8")]);
-    assert!(said.contains("kept"), "{said}");
+    let out = node.gear(&["restore", "db", file.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("kept"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("post-restore: loaded the snapshot's dump"),
+        "the dump was loaded: {}",
+        text(&out.stderr)
+    );
     assert_eq!(identity(&node, "db"), before);
     node.ok(&["start", "db"]);
     assert_eq!(
@@ -413,4 +427,60 @@ fn hostile_archives_are_refused_and_change_nothing() {
     // and the good archive still restores
     node.ok(&["restore", "site", good.to_str().expect("utf-8")]);
     assert_eq!(page(&node, "site-default").trim(), page_one);
+}
+
+#[test]
+fn an_image_gear_comes_back_while_its_image_is_in_the_store() {
+    use gearhost_tests::images::{
+        GZIP_LAYER, TAR_LAYER, busybox_site_layer, layout, push, site_config, site_page_layer,
+    };
+    if !privileged("the node mounts overlays and runs gears") {
+        return;
+    }
+    let registry = gearhost_tests::registry::Registry::start();
+    let made = tempfile::tempdir().expect("layout");
+    layout(
+        made.path(),
+        "1.0",
+        site_config(80),
+        &[
+            (GZIP_LAYER, busybox_site_layer()),
+            (TAR_LAYER, site_page_layer("1")),
+        ],
+    );
+    let reference = format!("{}/apps/site:1.0", registry.addr);
+    push(made.path(), "1.0", &reference);
+    let node = TestNode::start_with_uids(88750, 50, "");
+    let _carts = install(&node, &["image-cartridge"]);
+    let files = tempfile::tempdir().expect("files");
+    node.ok(&["create", "web", "--image", &reference, "--insecure"]);
+    assert_eq!(page(&node, "web-default"), "version 1\n");
+    in_gear(&node, "web", "echo image-data > /gear/app-root/data/kept");
+    node.ok(&["env", "web", "set", "GREETING=from-the-image-gear"]);
+    let before = identity(&node, "web");
+    let file = snapshot(&node, "web", files.path());
+    node.ok(&["destroy", "web", "--yes"]);
+
+    // without its image in the store, the restore says what to do
+    node.ok(&["image", "prune"]);
+    let out = node.gear(&["restore", "web", file.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("which is not in this node's image store") && err.contains("gear image pull"),
+        "{err}"
+    );
+    assert!(!node.gear(&["show", "web"]).status.success());
+
+    // with it, the gear comes back under its uid, with its data and env
+    node.ok(&["image", "pull", &reference, "--insecure"]);
+    let said = node.ok(&["restore", "web", file.to_str().expect("utf-8")]);
+    assert!(said.contains("kept"), "{said}");
+    assert_eq!(identity(&node, "web"), before);
+    node.ok(&["start", "web"]);
+    assert_eq!(page(&node, "web-default"), "version 1\n");
+    assert_eq!(
+        in_gear(&node, "web", "cat /gear/app-root/data/kept; echo \"$GREETING\""),
+        "image-data\nfrom-the-image-gear\n"
+    );
 }

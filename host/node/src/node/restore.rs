@@ -410,7 +410,7 @@ impl Node {
             }
         };
         self.rebuild_routes();
-        let finished = self.finish_restore(g, &cart, next.active).await;
+        let finished = self.finish_restore(g, &cart, next.active, progress).await;
         if let Err(e) = finished {
             g.supervisor.stop_all(std::time::Duration::from_secs(10)).await;
             self.remove_image_roots(g);
@@ -476,6 +476,7 @@ impl Node {
         g: &Arc<Gear>,
         cart: &Cartridge,
         active: Option<u32>,
+        progress: &Progress,
     ) -> ApiResult<()> {
         let name = g.record().name;
         if let Some(active) = active.filter(|_| cart.manifest().deploy.accepts) {
@@ -489,7 +490,8 @@ impl Node {
                     ))
                 })?;
         }
-        self.cartridge_action(g, cart, "post-restore")
+        let said = self
+            .cartridge_action(g, cart, "post-restore")
             .await
             .map_err(|e| {
                 failed(format!(
@@ -498,6 +500,9 @@ impl Node {
                     e.message
                 ))
             })?;
+        if let Some(said) = said {
+            let _ = progress.send(format!("post-restore: {}", said.trim()));
+        }
         Ok(())
     }
 
