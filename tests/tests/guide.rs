@@ -245,7 +245,10 @@ const STEPS: &[Step] = &[
     ),
     step(
         "gear restore copy - < web-copy.tar.gz",
-        Run::Ok(&["created gear copy", "alias www.example.com leads to gear web"]),
+        Run::Ok(&[
+            "created gear copy",
+            "alias www.example.com leads to gear web",
+        ]),
     ),
     // Destroy
     step(

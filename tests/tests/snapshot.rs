@@ -80,9 +80,17 @@ fn snapshot(node: &TestNode, gear: &str, dir: &Path) -> PathBuf {
 fn snapshot_saying(node: &TestNode, gear: &str, dir: &Path) -> (PathBuf, String) {
     let file = dir.join(format!("{gear}.tar.gz"));
     let out = node.gear(&["snapshot", gear, file.to_str().expect("utf-8")]);
-    assert!(out.status.success(), "{}\n{}", text(&out.stderr), node.log());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stderr),
+        node.log()
+    );
     let said = text(&out.stdout);
-    assert!(said.starts_with(&format!("wrote {}", file.display())), "{said}");
+    assert!(
+        said.starts_with(&format!("wrote {}", file.display())),
+        "{said}"
+    );
     let size = std::fs::metadata(&file).expect("the archive").len();
     assert!(size > 0);
     // a gzip-compressed tar whose first entry describes the gear
@@ -142,7 +150,10 @@ fn round_trip(node: &TestNode, cartridge: &str, gear: &str, dir: &Path) {
         ),
         format!("kept-{gear}\n3000\nnotes/deep/a.txt\nhello-{gear}\n")
     );
-    assert_eq!(effective_env(node, gear)["GREETING"], format!("hello-{gear}"));
+    assert_eq!(
+        effective_env(node, gear)["GREETING"],
+        format!("hello-{gear}")
+    );
     // the kept earlier deployment came along: a rollback serves it
     node.ok(&["rollback", gear]);
     assert_ne!(page(node, &label).trim(), page_two);
@@ -221,7 +232,10 @@ fn every_cartridge_comes_back_from_its_snapshot() {
     let password = effective_env(&node, "db")["PGPASSWORD"].clone();
     let before = identity(&node, "db");
     let (file, said) = snapshot_saying(&node, "db", files.path());
-    assert!(said.contains("pre-snapshot: dumped every database"), "{said}");
+    assert!(
+        said.contains("pre-snapshot: dumped every database"),
+        "{said}"
+    );
     let listing = std::process::Command::new("tar")
         .arg("-tzf")
         .arg(&file)
@@ -249,7 +263,9 @@ fn every_cartridge_comes_back_from_its_snapshot() {
     assert_eq!(identity(&node, "db"), before);
     node.ok(&["start", "db"]);
     assert_eq!(
-        psql("select count(*) || ' ' || max(id) || ' ' || (select body from notes where id = 7) from notes"),
+        psql(
+            "select count(*) || ' ' || max(id) || ' ' || (select body from notes where id = 7) from notes"
+        ),
         "500 500 row 7\n"
     );
     assert_eq!(effective_env(&node, "db")["PGPASSWORD"], password);
@@ -285,7 +301,11 @@ fn entry(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, link: 
 /// An archive that starts with `meta` as `snapshot.json`, then what `rest`
 /// adds; gzip-compressed unless `raw_tail` is given, which is appended to
 /// the tar stream as it is before compression.
-fn forged(meta: &[u8], rest: impl FnOnce(&mut tar::Builder<Vec<u8>>), raw_tail: Option<Vec<u8>>) -> Vec<u8> {
+fn forged(
+    meta: &[u8],
+    rest: impl FnOnce(&mut tar::Builder<Vec<u8>>),
+    raw_tail: Option<Vec<u8>>,
+) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     entry(&mut b, "snapshot.json", tar::EntryType::Regular, "", meta);
     rest(&mut b);
@@ -340,7 +360,13 @@ fn hostile_archives_are_refused_and_change_nothing() {
             forged(
                 &meta,
                 |b| {
-                    entry(b, "home/app-root/data/../../../escaped", tar::EntryType::Regular, "", b"x");
+                    entry(
+                        b,
+                        "home/app-root/data/../../../escaped",
+                        tar::EntryType::Regular,
+                        "",
+                        b"x",
+                    );
                 },
                 None,
             ),
@@ -351,15 +377,35 @@ fn hostile_archives_are_refused_and_change_nothing() {
             forged(
                 &meta,
                 |b| {
-                    entry(b, "home/app-root/data/out", tar::EntryType::Symlink, &target, b"");
-                    entry(b, "home/app-root/data/out/planted", tar::EntryType::Regular, "", b"x");
+                    entry(
+                        b,
+                        "home/app-root/data/out",
+                        tar::EntryType::Symlink,
+                        &target,
+                        b"",
+                    );
+                    entry(
+                        b,
+                        "home/app-root/data/out/planted",
+                        tar::EntryType::Regular,
+                        "",
+                        b"x",
+                    );
                 },
                 None,
             ),
             "through a symlink",
         ),
-        ("oversized", forged(&meta, |_| {}, Some(huge_tail)), "more than a restore takes"),
-        ("future-format", forged(&future, |_| {}, None), "is of format 99"),
+        (
+            "oversized",
+            forged(&meta, |_| {}, Some(huge_tail)),
+            "more than a restore takes",
+        ),
+        (
+            "future-format",
+            forged(&future, |_| {}, None),
+            "is of format 99",
+        ),
         (
             "stray-entry",
             forged(
@@ -396,7 +442,11 @@ fn hostile_archives_are_refused_and_change_nothing() {
         assert!(!node.gear(&["show", "fresh"]).status.success(), "{what}");
         assert_eq!(page(&node, "site-default").trim(), page_one, "{what}");
         assert_eq!(
-            in_gear(&node, "site", "cat /gear/app-root/data/state; ls -a /gear/app-root/data"),
+            in_gear(
+                &node,
+                "site",
+                "cat /gear/app-root/data/state; ls -a /gear/app-root/data"
+            ),
             "original\n.\n..\nstate\n",
             "{what}"
         );
@@ -480,7 +530,11 @@ fn an_image_gear_comes_back_while_its_image_is_in_the_store() {
     node.ok(&["start", "web"]);
     assert_eq!(page(&node, "web-default"), "version 1\n");
     assert_eq!(
-        in_gear(&node, "web", "cat /gear/app-root/data/kept; echo \"$GREETING\""),
+        in_gear(
+            &node,
+            "web",
+            "cat /gear/app-root/data/kept; echo \"$GREETING\""
+        ),
         "image-data\nfrom-the-image-gear\n"
     );
 }

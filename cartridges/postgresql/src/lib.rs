@@ -524,7 +524,17 @@ fn load_after_restore(cartridge: &Postgresql, layout: &Layout) -> Result<String>
 /// error fails the load.
 fn load_dump(layout: &Layout, version: u32, dump: &Path) -> Result<()> {
     let out = Command::new(bin(version, "psql"))
-        .args(["-X", "-q", "-o", "/dev/null", "-U", ADMIN, "-d", "postgres", "-h"])
+        .args([
+            "-X",
+            "-q",
+            "-o",
+            "/dev/null",
+            "-U",
+            ADMIN,
+            "-d",
+            "postgres",
+            "-h",
+        ])
         .arg(layout.sockets.to_string_lossy())
         .args(["-p", &layout.port.to_string(), "-f"])
         .arg(dump.to_string_lossy())

@@ -72,7 +72,11 @@ pub fn run(args: Args) -> CmdResult {
     };
     println!(
         "{} gear {} in namespace {} from {label} ({} entries, {} bytes); {uid}; {}",
-        if restored.created { "created" } else { "restored" },
+        if restored.created {
+            "created"
+        } else {
+            "restored"
+        },
         g.name,
         g.namespace,
         restored.entries,

@@ -53,7 +53,9 @@ pub fn run(args: Args) -> CmdResult {
         call_receiving(&args.target, op, |mut pipe| {
             let mut out = std::io::stdout().lock();
             let n = std::io::copy(&mut pipe, &mut out).map_err(|e| {
-                Failure::Failed(anyhow::anyhow!("cannot write the archive to standard output: {e}"))
+                Failure::Failed(anyhow::anyhow!(
+                    "cannot write the archive to standard output: {e}"
+                ))
             })?;
             out.flush()
                 .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot write the archive: {e}")))?;
@@ -93,7 +95,8 @@ pub fn run(args: Args) -> CmdResult {
     }
     if args.json {
         if to_stdout {
-            let text = serde_json::to_string_pretty(&answer).map_err(|e| Failure::Failed(e.into()))?;
+            let text =
+                serde_json::to_string_pretty(&answer).map_err(|e| Failure::Failed(e.into()))?;
             eprintln!("{text}");
         } else {
             print_json(&answer)?;
@@ -125,10 +128,13 @@ pub fn run(args: Args) -> CmdResult {
 
 /// Copies the archive from the pipe into `file` (`path` in messages), and
 /// makes it durable.
-fn save(mut pipe: std::io::PipeReader, mut file: std::fs::File, path: &Path) -> Result<u64, Failure> {
-    let n = std::io::copy(&mut pipe, &mut file).map_err(|e| {
-        Failure::Failed(anyhow::anyhow!("cannot write {}: {e}", path.display()))
-    })?;
+fn save(
+    mut pipe: std::io::PipeReader,
+    mut file: std::fs::File,
+    path: &Path,
+) -> Result<u64, Failure> {
+    let n = std::io::copy(&mut pipe, &mut file)
+        .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
     file.sync_all()
         .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot write {}: {e}", path.display())))?;
     Ok(n)
@@ -143,7 +149,7 @@ mod tests {
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_796_458_975);
         assert_eq!(
             default_file("web", at),
-            PathBuf::from("web-20261204-074255.tar.gz")
+            PathBuf::from("web-20261205-082255.tar.gz")
         );
     }
 }

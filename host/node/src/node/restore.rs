@@ -25,7 +25,9 @@ use nix::fcntl::{OFlag, renameat};
 use nix::sys::stat::{Mode, mkdirat};
 
 use super::gears::{check_gear_ref, new_id};
-use super::snapshot::{IDLE, MAX_BYTES, MAX_ENTRIES, MAX_META, META, Meta, is_not_found, one_fd, open_dir_beneath};
+use super::snapshot::{
+    IDLE, MAX_BYTES, MAX_ENTRIES, MAX_META, META, Meta, is_not_found, one_fd, open_dir_beneath,
+};
 use super::*;
 use crate::api::reply;
 use crate::api::{ApiError, ErrorKind, GearRef};
@@ -43,6 +45,12 @@ struct Stage {
     /// The deployments the description holds.
     ids: Vec<u32>,
 }
+
+/// Where the archive's reader hears where to unpack (or to give up).
+type Go = std::sync::mpsc::SyncSender<Result<Stage, String>>;
+
+/// The archive's reader: the entries and file bytes it unpacked.
+type Reader = tokio::task::JoinHandle<Result<(u64, u64), UnpackError>>;
 
 /// The staging directories of one restore, by path, for the swap.
 struct Staged {
@@ -86,7 +94,10 @@ impl Staged {
         std::fs::create_dir(&old)?;
         let moved = (|| {
             move_deployments(&self.deployments, &old)?;
-            move_deployments(&self.deployments.join(STAGED_DEPLOYMENTS), &self.deployments)?;
+            move_deployments(
+                &self.deployments.join(STAGED_DEPLOYMENTS),
+                &self.deployments,
+            )?;
             let at = &self.app_root;
             renameat(at, "data", at, self.old_data.as_str())?;
             renameat(at, self.data.as_str(), at, "data")?;
@@ -101,8 +112,12 @@ impl Staged {
     /// Puts the deployments and data the swap moved aside back.
     fn swap_back(&self) -> std::io::Result<()> {
         let at = &self.app_root;
-        if nix::sys::stat::fstatat(at, self.old_data.as_str(), nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
-            .is_ok()
+        if nix::sys::stat::fstatat(
+            at,
+            self.old_data.as_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .is_ok()
         {
             let _ = state::remove_tree(&self.in_app_root("data"));
             renameat(at, self.old_data.as_str(), at, "data")?;
@@ -298,8 +313,12 @@ impl Node {
             (&meta.cartridge_env, "the archive's cartridge environment"),
         ] {
             let none = std::collections::BTreeMap::new();
-            crate::env::check_room(&none, vars.iter().map(|(k, v)| (k.as_str(), v.as_str())), what)
-                .map_err(invalid)?;
+            crate::env::check_room(
+                &none,
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                what,
+            )
+            .map_err(invalid)?;
         }
         Ok(())
     }
@@ -311,10 +330,7 @@ impl Node {
         g: &Arc<Gear>,
         created: bool,
         meta: &Meta,
-        (go, reader): (
-            std::sync::mpsc::SyncSender<Result<Stage, String>>,
-            tokio::task::JoinHandle<Result<(u64, u64), UnpackError>>,
-        ),
+        (go, reader): (Go, Reader),
         source: &str,
         progress: &Progress,
     ) -> ApiResult<reply::Restored> {
@@ -345,11 +361,13 @@ impl Node {
                 )));
             }
         };
-        if let Some(missing) = meta
-            .deployments
-            .iter()
-            .find(|d| !staged.deployments.join(STAGED_DEPLOYMENTS).join(d.id.to_string()).is_dir())
-        {
+        if let Some(missing) = meta.deployments.iter().find(|d| {
+            !staged
+                .deployments
+                .join(STAGED_DEPLOYMENTS)
+                .join(d.id.to_string())
+                .is_dir()
+        }) {
             staged.remove_staging();
             return Err(invalid(format!(
                 "the archive {source} was refused, nothing was restored: {META} names deployment \
@@ -399,7 +417,7 @@ impl Node {
                 "cannot move the restored files into the gear: {e}; the gear is as it was"
             )));
         }
-        let (notes, uid_kept) = self.restored_record(g, meta, &before);
+        let (notes, uid_kept) = self.restored_record(meta, &before);
         let next = match g.update(&self.config, |r| apply(r, meta, &notes.1)) {
             Ok(next) => next,
             Err(e) => {
@@ -412,7 +430,9 @@ impl Node {
         self.rebuild_routes();
         let finished = self.finish_restore(g, &cart, next.active, progress).await;
         if let Err(e) = finished {
-            g.supervisor.stop_all(std::time::Duration::from_secs(10)).await;
+            g.supervisor
+                .stop_all(std::time::Duration::from_secs(10))
+                .await;
             self.remove_image_roots(g);
             let back = off_thread(&staged, Staged::swap_back).await;
             staged.remove_staging();
@@ -455,7 +475,10 @@ impl Node {
         self.event(
             g,
             reply::NodeEventKind::DeployDone,
-            &format!("restored from {source} (a snapshot of {}-{})", meta.name, meta.namespace),
+            &format!(
+                "restored from {source} (a snapshot of {}-{})",
+                meta.name, meta.namespace
+            ),
             r.active,
         );
         Ok(reply::Restored {
@@ -523,7 +546,6 @@ impl Node {
     /// and whether the gear has the archive's uid.
     fn restored_record(
         &self,
-        g: &Gear,
         meta: &Meta,
         before: &GearRecord,
     ) -> ((Vec<String>, Vec<String>), bool) {
@@ -557,7 +579,10 @@ impl Node {
             let taken = others
                 .iter()
                 .find(|o| o.aliases.contains(a) || self.public_name(o) == *a);
-            match (taken, crate::alias::check_hostname(a, &self.config().domain)) {
+            match (
+                taken,
+                crate::alias::check_hostname(a, &self.config().domain),
+            ) {
                 (None, Ok(name)) => aliases.push(name),
                 (Some(o), _) => notes.push(format!(
                     "alias {a} leads to gear {} in namespace {}; not restored",
@@ -566,7 +591,6 @@ impl Node {
                 (None, Err(why)) => notes.push(format!("alias {a} not restored: {why}")),
             }
         }
-        let _ = g;
         ((notes, aliases), before.uid == meta.uid)
     }
 }
@@ -638,7 +662,9 @@ fn read_archive(
         what: "snapshot",
         max_entries: MAX_ENTRIES,
         max_bytes: MAX_BYTES,
-        too_many: format!("the snapshot holds more than {MAX_ENTRIES} entries, more than a restore takes"),
+        too_many: format!(
+            "the snapshot holds more than {MAX_ENTRIES} entries, more than a restore takes"
+        ),
         too_much: format!(
             "the files add up to more than {}, more than a restore takes",
             gearhost_runtime::manifest::format_size(MAX_BYTES)
@@ -659,14 +685,18 @@ fn read_archive(
                 if !first {
                     return Err(refuse(
                         raw,
-                        format!("a snapshot starts with {META}; this is not an archive `gear snapshot` wrote"),
+                        format!(
+                            "a snapshot starts with {META}; this is not an archive `gear snapshot` wrote"
+                        ),
                     ));
                 }
                 let size = entry.size();
                 if size > MAX_META {
                     return Err(refuse(
                         raw,
-                        format!("larger than {MAX_META} bytes, more than a gear's description takes"),
+                        format!(
+                            "larger than {MAX_META} bytes, more than a gear's description takes"
+                        ),
                     ));
                 }
                 budget.file(size, raw)?;
