@@ -5,7 +5,7 @@
 //! variable, uid and MCS level are back. A PostgreSQL gear keeps the rows
 //! written into its running server. Hostile archives (`..`, a symlink out,
 //! an oversized member, another format version) are refused, and leave the
-//! gear as it was.
+//! gear as it was. Gear uids 88600-88799.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -324,7 +324,7 @@ fn hostile_archives_are_refused_and_change_nothing() {
     if !privileged("the node creates namespaces, cgroups and uids") {
         return;
     }
-    let node = TestNode::start_with_uids(88700, 100, "");
+    let node = TestNode::start_with_uids(88700, 50, "");
     let _carts = install(&node, &["static-cartridge"]);
     let files = tempfile::tempdir().expect("files");
     let [(site, page_one), _] = apps::releases("static");
@@ -480,6 +480,71 @@ fn hostile_archives_are_refused_and_change_nothing() {
 }
 
 #[test]
+fn a_restore_that_fails_after_the_swap_puts_the_gear_back() {
+    if !privileged("the node creates namespaces, cgroups and uids") {
+        return;
+    }
+    let node = TestNode::start_with_uids(88775, 25, "");
+    let _carts = install(&node, &["diy-cartridge"]);
+    let files = tempfile::tempdir().expect("files");
+    // a build that fails while the data holds `refuse-build`
+    let app = |page: &str| {
+        apps::tree(&[
+            (
+                ".gear/build",
+                &format!(
+                    "#!/bin/sh\nset -eu\ntest ! -e /gear/app-root/data/refuse-build\n\
+                     mkdir -p /gear/app-root/runtime/www\n\
+                     printf '%s\\n' '{page}' > /gear/app-root/runtime/www/index.html\n"
+                ),
+            ),
+            (
+                ".gear/start",
+                "#!/bin/sh\nexec python3 -m http.server --bind 127.0.0.1 \
+                 --directory /gear/app-root/runtime/www \"$PORT\"\n",
+            ),
+        ])
+    };
+    let first = app("first");
+    node.ok(&["create", "app", "--cartridge", "diy"]);
+    node.ok(&["deploy", "app", first.path().to_str().expect("utf-8")]);
+    in_gear(&node, "app", "touch /gear/app-root/data/refuse-build");
+    let file = snapshot(&node, "app", files.path());
+    // the gear moves on: another deployment, other data, another variable
+    in_gear(
+        &node,
+        "app",
+        "rm /gear/app-root/data/refuse-build; echo now > /gear/app-root/data/current",
+    );
+    let second = app("second");
+    node.ok(&["deploy", "app", second.path().to_str().expect("utf-8")]);
+    node.ok(&["env", "app", "set", "STAGE=after"]);
+    assert_eq!(page(&node, "app-default"), "second\n");
+
+    let out = node.gear(&["restore", "app", file.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("building the restored deployment 1 failed, the gear is as it was"),
+        "{err}"
+    );
+    // as it was: running the second deployment, with its data and variable
+    let status = json(&node.ok(&["status", "app", "--json"]));
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(page(&node, "app-default"), "second\n");
+    assert_eq!(
+        in_gear(&node, "app", "ls -a /gear/app-root/data; echo \"$STAGE\""),
+        ".\n..\ncurrent\nafter\n"
+    );
+    let deployments = json(&node.ok(&["deployments", "app", "--json"]));
+    assert_eq!(deployments["active"], 2, "{deployments}");
+    assert!(
+        !in_gear(&node, "app", "ls -a /gear/app-root").contains(".restore"),
+        "nothing staged is left"
+    );
+}
+
+#[test]
 fn an_image_gear_comes_back_while_its_image_is_in_the_store() {
     use gearhost_tests::images::{
         GZIP_LAYER, TAR_LAYER, busybox_site_layer, layout, push, site_config, site_page_layer,
@@ -500,7 +565,7 @@ fn an_image_gear_comes_back_while_its_image_is_in_the_store() {
     );
     let reference = format!("{}/apps/site:1.0", registry.addr);
     push(made.path(), "1.0", &reference);
-    let node = TestNode::start_with_uids(88750, 50, "");
+    let node = TestNode::start_with_uids(88750, 25, "");
     let _carts = install(&node, &["image-cartridge"]);
     let files = tempfile::tempdir().expect("files");
     node.ok(&["create", "web", "--image", &reference, "--insecure"]);

@@ -623,6 +623,36 @@ mod tests {
     }
 
     #[test]
+    fn snapshots_and_restores_are_for_the_gears_namespace_and_restores_are_audited() {
+        let (_dir, ns) = namespaces();
+        let gear = |namespace: &str| GearRef {
+            name: "web".into(),
+            namespace: namespace.into(),
+        };
+        let daemon = user("daemon");
+        for namespace in ["daemon", "bin"] {
+            let snapshot = Request::from(ops::Snapshot {
+                gear: gear(namespace),
+            });
+            let restore = Request::from(ops::Restore {
+                gear: gear(namespace),
+                source: "web.tar.gz".into(),
+            });
+            for request in [&snapshot, &restore] {
+                assert_eq!(gear_of(request), Some(&gear(namespace)));
+                assert_eq!(
+                    authorize(&daemon, &ns, request).is_ok(),
+                    namespace == "daemon",
+                    "{} in {namespace}",
+                    request.name()
+                );
+                assert!(authorize(&root(), &ns, request).is_ok());
+                assert!(changes_something(request), "{}", request.name());
+            }
+        }
+    }
+
+    #[test]
     fn users_act_in_their_own_namespace_and_their_teams_only() {
         let (_dir, ns) = namespaces();
         // "root" and "daemon" exist on every machine, so they can be members
