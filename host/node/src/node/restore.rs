@@ -624,6 +624,7 @@ fn stage(root: &Path, uid: u32, meta: &Meta) -> std::io::Result<(Staged, Stage)>
     std::fs::create_dir(&staged)?;
     let deployments_fd = open_dir_beneath(root, &["deployments", STAGED_DEPLOYMENTS])?;
     let app_root = open_dir_beneath(root, &["home", "app-root"])?;
+    clear_leftovers(&app_root)?;
     let id = new_id();
     let data = format!(".restore-{id}");
     mkdirat(&app_root, data.as_str(), Mode::from_bits_truncate(0o755))?;
@@ -648,6 +649,26 @@ fn stage(root: &Path, uid: u32, meta: &Meta) -> std::io::Result<(Staged, Stage)>
             ids: meta.deployments.iter().map(|d| d.id).collect(),
         },
     ))
+}
+
+/// Clears what a restore the node did not finish left in the app root
+/// (opened as `app_root`): staged data is removed, and data moved aside is
+/// put back when the swap stopped before the staged data took its place.
+fn clear_leftovers(app_root: &OwnedFd) -> std::io::Result<()> {
+    let through = PathBuf::from(format!("/proc/self/fd/{}", app_root.as_raw_fd()));
+    let names: Vec<String> = std::fs::read_dir(&through)?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    let mut has_data = names.iter().any(|n| n == "data");
+    for name in &names {
+        if name.starts_with(".restored-old-") && !has_data {
+            renameat(app_root, name.as_str(), app_root, "data")?;
+            has_data = true;
+        } else if name.starts_with(".restored-old-") || name.starts_with(".restore-") {
+            state::remove_tree(&through.join(name))?;
+        }
+    }
+    Ok(())
 }
 
 /// Reads the archive on `input`: `snapshot.json` first, sent on `meta`;
