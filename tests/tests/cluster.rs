@@ -204,6 +204,20 @@ fn three_nodes_share_one_district_through_etcd() {
         "the owner and a forwarding node see one gear"
     );
     nodes[0].ok(&["stop", "g1"]);
+    // a snapshot comes back through a node that does not hold the gear, and
+    // a restore goes in through another
+    let saved = tempfile::tempdir().expect("dir");
+    let file = saved.path().join("g1.tar.gz");
+    let file = file.to_str().expect("utf-8");
+    nodes[0].ok(&["snapshot", "g1", file]);
+    let size = std::fs::metadata(file).expect("the snapshot file").len();
+    assert!(size > 100, "a snapshot of {size} bytes");
+    nodes[2].ok(&["env", "g1", "set", "GREETING=changed"]);
+    nodes[2].ok(&["restore", "g1", file]);
+    let shown = json(&nodes[2].ok(&["show", "g1", "--json"]));
+    assert_eq!(shown["uid"], status["uid"], "{shown}");
+    let env = nodes[0].ok(&["env", "g1", "list"]);
+    assert!(env.contains("GREETING=hi"), "the restore did not bring the env back: {env}");
     // a command that hands the node open files cannot travel: said clearly
     let out = nodes[0].gear(&["exec", "g1", "--", "true"]);
     assert!(!out.status.success());

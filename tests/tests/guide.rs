@@ -232,6 +232,24 @@ const STEPS: &[Step] = &[
         "gear exec api -- python -c 'import sys; print(sys.prefix)'",
         Run::Ok(&["/gear/"]),
     ),
+    // Snapshots
+    step(
+        "gear snapshot web web.tar.gz",
+        Run::Ok(&["wrote web.tar.gz", "snapshot of web"]),
+    ),
+    step("gear snapshot db", Run::Ok(&["wrote db-", ".tar.gz"])),
+    ok("gear snapshot web - > web-copy.tar.gz"),
+    step(
+        "gear restore web web.tar.gz",
+        Run::Ok(&["restored gear web", "kept", "running"]),
+    ),
+    step(
+        "gear restore copy - < web-copy.tar.gz",
+        Run::Ok(&[
+            "created gear copy",
+            "alias www.example.com leads to gear web",
+        ]),
+    ),
     // Destroy
     step(
         "gear destroy web",

@@ -11,7 +11,12 @@
 //! - `stop` shuts down fast (`SIGINT`: sessions are ended, then a clean
 //!   checkpoint), with `SIGKILL` after a grace period;
 //! - `control` offers `status`, `reload` (`SIGHUP`) and `tidy` (vacuum and
-//!   analyse every database).
+//!   analyse every database), and takes part in snapshots: `pre-snapshot`
+//!   dumps every database of a running server (`pg_dumpall`) into
+//!   `app-root/data/postgresql-snapshot.sql`, so the archive holds a
+//!   consistent copy even though the server's files change while they are
+//!   read; `post-snapshot` removes the dump; `post-restore` finds it in the
+//!   restored data, makes a fresh cluster, loads it, and removes it.
 //!
 //! The credentials live in the gear's environment (`PGUSER`, `PGPASSWORD`,
 //! `PGDATABASE`, `PGHOST`, `PGPORT`, `DATABASE_URL`), which the manifest
@@ -42,6 +47,10 @@ const PASSWORD_LEN: usize = 24;
 const READY_TIMEOUT: Duration = Duration::from_secs(40);
 /// How long `stop` waits for a fast shutdown before `SIGKILL`.
 const STOP_GRACE: Duration = Duration::from_secs(20);
+/// The dump `pre-snapshot` writes in the gear's data directory.
+const DUMP: &str = "postgresql-snapshot.sql";
+/// How long a dump, or loading one, may take (within the hook's budget).
+const DUMP_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Postgresql;
@@ -391,8 +400,189 @@ fn create_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::from(e).context(format!("creating {}", dir.display())))
 }
 
+/// Starts `postgres` on the cluster (supervised) and waits until it
+/// accepts connections.
+fn launch(layout: &Layout, version: u32) -> Result<()> {
+    create_dir(&layout.sockets)?;
+    let port = layout.port.to_string();
+    let since = unix_now();
+    let pid = Command::new(bin(version, "postgres"))
+        .arg("-D")
+        .arg(layout.data.to_string_lossy())
+        .args(["-h", "127.0.0.1", "-p", &port, "-k"])
+        .arg(layout.sockets.to_string_lossy())
+        .args([
+            "-c",
+            "unix_socket_permissions=0700",
+            "-c",
+            "logging_collector=off",
+        ])
+        .current_dir(layout.data.to_string_lossy().as_ref())
+        .spawn(SERVER, Restart::OnFailure)
+        .map_err(|e| Error::from(e).context("cannot start postgres"))?;
+    info!("start: postgres {version} started as pid {pid}");
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        // the lock file first (no connection attempts), then one real check
+        if postmaster_ready(layout, since) && is_ready(layout, version)?.0 {
+            return Ok(());
+        }
+        if !server_alive() {
+            return Err(Error::new(
+                "server-exited",
+                format!(
+                    "postgres ended while starting; see `gear logs {}` for why",
+                    layout.gear.name
+                ),
+            ));
+        }
+        if Instant::now() >= deadline {
+            let (_, said) = is_ready(layout, version)?;
+            return Err(Error::new(
+                "not-ready",
+                format!(
+                    "postgres did not accept connections within {} s ({said}); see `gear logs {}`",
+                    READY_TIMEOUT.as_secs(),
+                    layout.gear.name
+                ),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `pre-snapshot`: every database of a running server dumped into the
+/// data directory (written aside, then renamed: a dump there is whole).
+fn dump_for_snapshot(layout: &Layout) -> Result<String> {
+    let dump = layout.gear.data_dir().join(DUMP);
+    remove_file(&dump)?;
+    let Some(version) = layout.data_version()? else {
+        return Ok("no cluster yet: nothing to dump".into());
+    };
+    if !server_alive() {
+        return Ok(
+            "postgres is stopped: its data directory is at rest and is carried as it is".into(),
+        );
+    }
+    let partial = dump.with_extension("sql.partial");
+    remove_file(&partial)?;
+    let started = Instant::now();
+    Command::new(bin(version, "pg_dumpall"))
+        .args(["-U", ADMIN, "-h"])
+        .arg(layout.sockets.to_string_lossy())
+        .args(["-p", &layout.port.to_string(), "-f"])
+        .arg(partial.to_string_lossy())
+        .current_dir(layout.gear.home.to_string_lossy().as_ref())
+        .timeout(DUMP_TIMEOUT)
+        .run()
+        .map_err(|e| e.context("pg_dumpall failed"))?;
+    std::fs::rename(&partial, &dump)
+        .map_err(|e| Error::from(e).context(format!("moving the dump to {}", dump.display())))?;
+    let size = std::fs::metadata(&dump).map_or(0, |m| m.len());
+    Ok(format!(
+        "dumped every database ({size} bytes) into app-root/data/{DUMP} in {} ms",
+        started.elapsed().as_millis()
+    ))
+}
+
+/// `post-restore`: when the restored data holds a dump (the server ran when
+/// the snapshot was taken, so its copied files may be torn), a fresh cluster
+/// is made and the dump loaded into it; the server is stopped again after.
+fn load_after_restore(cartridge: &Postgresql, layout: &Layout) -> Result<String> {
+    let dump = layout.gear.data_dir().join(DUMP);
+    if !dump.exists() {
+        return Ok("no dump in the restored data: the data directory was at rest".into());
+    }
+    let started = Instant::now();
+    match std::fs::remove_dir_all(&layout.data) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::from(e).context(format!("removing {}", layout.data.display())));
+        }
+    }
+    let version = ensure_cluster(layout)?;
+    launch(layout, version)?;
+    let loaded = load_dump(layout, version, &dump).and_then(|()| {
+        let credentials = ensure_credentials(layout)?;
+        admin_sql(layout, version, &credentials_sql(&credentials))
+            .map(drop)
+            .map_err(|e| e.context("cannot set the role's password"))
+    });
+    let stopped = cartridge.stop();
+    loaded?;
+    stopped?;
+    remove_file(&dump)?;
+    Ok(format!(
+        "loaded the snapshot's dump into a fresh PostgreSQL {version} cluster in {} ms",
+        started.elapsed().as_millis()
+    ))
+}
+
+/// Runs the dump through `psql` as the superuser. The fresh cluster has
+/// its superuser already, so the dump's `CREATE ROLE` of it fails; any other
+/// error fails the load.
+fn load_dump(layout: &Layout, version: u32, dump: &Path) -> Result<()> {
+    let out = Command::new(bin(version, "psql"))
+        .args([
+            "-X",
+            "-q",
+            "-o",
+            "/dev/null",
+            "-U",
+            ADMIN,
+            "-d",
+            "postgres",
+            "-h",
+        ])
+        .arg(layout.sockets.to_string_lossy())
+        .args(["-p", &layout.port.to_string(), "-f"])
+        .arg(dump.to_string_lossy())
+        .current_dir(layout.gear.home.to_string_lossy().as_ref())
+        .timeout(DUMP_TIMEOUT)
+        .output()?;
+    let expected = format!("role \"{ADMIN}\" already exists");
+    let errors = unexpected_errors(&out.stderr_str(), &expected);
+    if !out.status.success() || !errors.is_empty() {
+        return Err(Error::new(
+            "load-failed",
+            format!(
+                "loading the snapshot's dump failed ({}): {}",
+                out.status,
+                errors.join("; ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The `ERROR:` lines of psql's output other than `expected`.
+fn unexpected_errors(stderr: &str, expected: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| l.contains("ERROR:") && !l.contains(expected))
+        .map(|l| l.trim().to_string())
+        .take(5)
+        .collect()
+}
+
+fn remove_file(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::from(e).context(format!("removing {}", path.display()))),
+    }
+}
+
 impl Cartridge for Postgresql {
-    const ACTIONS: &'static [&'static str] = &["status", "reload", "tidy"];
+    const ACTIONS: &'static [&'static str] = &[
+        "status",
+        "reload",
+        "tidy",
+        "pre-snapshot",
+        "post-snapshot",
+        "post-restore",
+    ];
 
     fn build(&self) -> Result<()> {
         let layout = Layout::new();
@@ -407,56 +597,12 @@ impl Cartridge for Postgresql {
         let layout = Layout::new();
         let version = ensure_cluster(&layout)?;
         let credentials = ensure_credentials(&layout)?;
-        create_dir(&layout.sockets)?;
-        let port = layout.port.to_string();
-        let since = unix_now();
-        let pid = Command::new(bin(version, "postgres"))
-            .arg("-D")
-            .arg(layout.data.to_string_lossy())
-            .args(["-h", "127.0.0.1", "-p", &port, "-k"])
-            .arg(layout.sockets.to_string_lossy())
-            .args([
-                "-c",
-                "unix_socket_permissions=0700",
-                "-c",
-                "logging_collector=off",
-            ])
-            .current_dir(layout.data.to_string_lossy().as_ref())
-            .spawn(SERVER, Restart::OnFailure)
-            .map_err(|e| Error::from(e).context("cannot start postgres"))?;
-        info!("start: postgres {version} started as pid {pid}");
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            // the lock file first (no connection attempts), then one real check
-            if postmaster_ready(&layout, since) && is_ready(&layout, version)?.0 {
-                break;
-            }
-            if !server_alive() {
-                return Err(Error::new(
-                    "server-exited",
-                    format!(
-                        "postgres ended while starting; see `gear logs {}` for why",
-                        layout.gear.name
-                    ),
-                ));
-            }
-            if Instant::now() >= deadline {
-                let (_, said) = is_ready(&layout, version)?;
-                return Err(Error::new(
-                    "not-ready",
-                    format!(
-                        "postgres did not accept connections within {} s ({said}); see `gear logs {}`",
-                        READY_TIMEOUT.as_secs(),
-                        layout.gear.name
-                    ),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        launch(&layout, version)?;
         admin_sql(&layout, version, &credentials_sql(&credentials))
             .map_err(|e| e.context("cannot create the role and database"))?;
         info!(
-            "start: PostgreSQL {version} accepts connections on 127.0.0.1:{port}, database {} for role {} ({} ms)",
+            "start: PostgreSQL {version} accepts connections on 127.0.0.1:{}, database {} for role {} ({} ms)",
+            layout.port,
             credentials.database,
             credentials.user,
             started.elapsed().as_millis()
@@ -550,6 +696,12 @@ impl Cartridge for Postgresql {
                     started.elapsed().as_millis()
                 ))
             }
+            "pre-snapshot" => dump_for_snapshot(&Layout::new()),
+            "post-snapshot" => {
+                remove_file(&gear().data_dir().join(DUMP))?;
+                Ok("removed the snapshot's dump".into())
+            }
+            "post-restore" => load_after_restore(self, &Layout::new()),
             other => Err(Error::unknown_action(other, Self::ACTIONS)),
         }
     }
@@ -595,6 +747,16 @@ mod tests {
         assert!(!lock_file_ready(&file(100, "starting"), 100));
         assert!(!lock_file_ready(&file(99, "ready"), 100), "a stale file");
         assert!(!lock_file_ready("2\n/x\n", 0), "a file being written");
+    }
+
+    #[test]
+    fn only_the_superusers_own_role_may_fail_when_a_dump_is_loaded() {
+        let said = "psql:/gear/app-root/data/postgresql-snapshot.sql:18: ERROR:  role \"gear_admin\" already exists\n";
+        assert!(unexpected_errors(said, "role \"gear_admin\" already exists").is_empty());
+        let worse = format!("{said}psql:x.sql:40: ERROR:  relation \"t\" already exists\n");
+        let errors = unexpected_errors(&worse, "role \"gear_admin\" already exists");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("relation"), "{errors:?}");
     }
 
     #[test]

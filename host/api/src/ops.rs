@@ -476,6 +476,36 @@ ops! {
         #[serde(default)]
         deployment: Option<u32>,
     }
+    /// Write an archive of the gear: its kept deployments, its data
+    /// (`app-root/data`) and its environment, with a `snapshot.json` that
+    /// describes it (see docs/ARCHITECTURE.md). The cartridge takes part
+    /// through its `pre-snapshot` and `post-snapshot` actions when it lists
+    /// them.
+    ///
+    /// The archive is not written to a path: the request carries one
+    /// descriptor (SCM_RIGHTS), the write end of a pipe the client reads the
+    /// gzip-compressed tar archive from; the end of the stream is the end
+    /// of the archive, and the answer says how long it was.
+    Snapshot "snapshot" => reply::Snapshotted {
+        /// The gear.
+        gear: GearRef,
+    }
+    /// Bring a gear back from an archive `snapshot` wrote: create it if it
+    /// does not exist, else replace its deployments, data and environment
+    /// (the cartridge takes part through `pre-restore` and `post-restore`).
+    /// A refused or failed restore leaves the gear as it was.
+    ///
+    /// The request carries one descriptor, the read end of a pipe on which
+    /// the client writes the archive; it is unpacked under the rules of a
+    /// deployment (no `..`, no absolute paths, nothing through a link,
+    /// sizes bounded).
+    Restore "restore" => reply::Restored {
+        /// The gear: the one in the archive, or another name to restore it as.
+        gear: GearRef,
+        /// Where the archive came from (the client's file), a label for
+        /// messages; never opened by the node.
+        source: String,
+    }
     /// Run a command in the gear's sandbox with the caller's stdio, passed as
     /// descriptors with the request: stdin, stdout, stderr, and on a terminal
     /// optionally a pipe that gets a byte whenever the caller's window

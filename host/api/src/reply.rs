@@ -10,8 +10,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 mod cluster;
+mod snapshot;
 mod store;
 pub use cluster::*;
+pub use snapshot::*;
 pub use store::*;
 
 use serde::{Deserialize, Serialize};

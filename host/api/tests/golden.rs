@@ -244,6 +244,29 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
             url: Some("http://web-team.apps.test/".into()),
         },
     );
+    answer::<Snapshot>(
+        "snapshotted",
+        &Snapshotted {
+            gear: "web-team".into(),
+            bytes: 48_213,
+            entries: 37,
+            deployments: vec![2, 3],
+            cartridge: Some("dumped 2 databases".into()),
+            skipped: vec!["home/app-root/data/app.sock: a socket".into()],
+        },
+    );
+    answer::<Restore>(
+        "restored",
+        &Restored {
+            gear: gear_summary(),
+            created: true,
+            uid_kept: false,
+            archived_uid: 5000,
+            entries: 37,
+            bytes: 120_448,
+            notes: vec!["alias www.example.com leads to another gear; not restored".into()],
+        },
+    );
     answer::<Build>("built", &Built { built: 3 });
     answer::<Control>(
         "control",

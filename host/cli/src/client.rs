@@ -267,6 +267,37 @@ pub fn call_streaming_with<O: Op>(
     }
 }
 
+/// Send operation `op` with the write end of a pipe passed alongside it, and
+/// run `consume` on a thread of its own on the pipe's read end while the node
+/// writes and answers (a snapshot's archive). The node's error, when it
+/// fails, is the one reported; else what the consumer failed at.
+pub fn call_receiving<O: Op, T: Send + 'static>(
+    target: &Target,
+    op: O,
+    consume: impl FnOnce(std::io::PipeReader) -> Result<T, Failure> + Send + 'static,
+) -> Result<(O::Reply, T), Failure> {
+    let stream = connect(target)?;
+    let (read, write) = std::io::pipe().map_err(|e| {
+        Failure::Environment(anyhow::anyhow!("cannot make a pipe for the archive: {e}"))
+    })?;
+    let consumer = std::thread::spawn(move || consume(read));
+    let sent = send(&stream, &op.into(), &[write.as_fd()]);
+    // the node holds its own copy now; with ours gone, the consumer sees the
+    // end of the stream when the node closes it
+    drop(write);
+    let answer = sent.and_then(|()| read_replies(stream, &mut show_event));
+    let consumed = consumer.join().unwrap_or_else(|_| {
+        Err(Failure::Failed(anyhow::anyhow!(
+            "the thread reading the archive failed"
+        )))
+    });
+    match (answer, consumed) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e),
+        (Ok(value), Ok(got)) => Ok((decode::<O>(value)?, got)),
+    }
+}
+
 /// Progress on stderr, indented; log lines on stdout.
 pub fn show_event(event: &Event) {
     match event {

@@ -141,6 +141,10 @@ pub enum Command {
     Status(cmd::lifecycle::Args),
     /// Run a control action of the gear's cartridge (status, tidy, reload, ...).
     Control(cmd::control::Args),
+    /// Write an archive of a gear: its deployments, data and environment.
+    Snapshot(cmd::snapshot::Args),
+    /// Bring a gear back from an archive `gear snapshot` wrote.
+    Restore(cmd::restore::Args),
     /// A gear's deployments.
     Deployments(cmd::deployments::ListArgs),
     /// Go back to an earlier deployment.
@@ -543,6 +547,8 @@ pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
         Command::Restart(args) => cmd::lifecycle::run(cmd::lifecycle::Op::Restart, args),
         Command::Status(args) => cmd::lifecycle::run(cmd::lifecycle::Op::Status, args),
         Command::Control(args) => cmd::control::run(args),
+        Command::Snapshot(args) => cmd::snapshot::run(args),
+        Command::Restore(args) => cmd::restore::run(args),
         Command::Deployments(args) => cmd::deployments::list(args),
         Command::Rollback(args) => cmd::deployments::rollback(args),
         Command::Env(args) => cmd::env::run(args),

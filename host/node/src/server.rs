@@ -552,6 +552,17 @@ async fn dispatch(
             Ok(fd) => node.deploy(&op.gear, &op.source, fd, p).await,
             Err(e) => Err(e),
         }),
+        Request::Snapshot(op) => answer::<ops::Snapshot>(node.snapshot(&op.gear, fds, p).await),
+        Request::Restore(op) => {
+            let owner = (!caller.operator).then(|| Owner {
+                user: caller.user.clone(),
+                limit: node.config().user_limits.of(&caller.user),
+            });
+            answer::<ops::Restore>(
+                node.restore(&op.gear, &op.source, fds, owner.as_ref(), p)
+                    .await,
+            )
+        }
         Request::DeployImage(op) => answer::<ops::DeployImage>(
             node.deploy_image(
                 &op.gear,

@@ -524,6 +524,8 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         Request::HttpsSet(op) => &op.gear,
         Request::AliasAcme(op) => &op.gear,
         Request::DeployCancel(op) => &op.gear,
+        Request::Snapshot(op) => &op.gear,
+        Request::Restore(op) => &op.gear,
         Request::NodeEvents(op) => return op.gear.as_ref(),
         Request::KeysAdd(_)
         | Request::KeysList(_)
@@ -618,6 +620,36 @@ mod tests {
             },
         }
         .into()
+    }
+
+    #[test]
+    fn snapshots_and_restores_are_for_the_gears_namespace_and_restores_are_audited() {
+        let (_dir, ns) = namespaces();
+        let gear = |namespace: &str| GearRef {
+            name: "web".into(),
+            namespace: namespace.into(),
+        };
+        let daemon = user("daemon");
+        for namespace in ["daemon", "bin"] {
+            let snapshot = Request::from(ops::Snapshot {
+                gear: gear(namespace),
+            });
+            let restore = Request::from(ops::Restore {
+                gear: gear(namespace),
+                source: "web.tar.gz".into(),
+            });
+            for request in [&snapshot, &restore] {
+                assert_eq!(gear_of(request), Some(&gear(namespace)));
+                assert_eq!(
+                    authorize(&daemon, &ns, request).is_ok(),
+                    namespace == "daemon",
+                    "{} in {namespace}",
+                    request.name()
+                );
+                assert!(authorize(&root(), &ns, request).is_ok());
+                assert!(changes_something(request), "{}", request.name());
+            }
+        }
     }
 
     #[test]

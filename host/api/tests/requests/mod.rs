@@ -62,6 +62,12 @@ pub(crate) fn requests() -> Vec<Request> {
             source: "/home/ada/web".into(),
         }
         .into(),
+        Snapshot { gear: web() }.into(),
+        Restore {
+            gear: web(),
+            source: "/home/ada/web-20260101-120000.tar.gz".into(),
+        }
+        .into(),
         DeployImage {
             gear: web(),
             reference: "registry.example/apps/site:2.0".into(),

@@ -123,6 +123,8 @@ const ON_A_GEAR: &[&str] = &[
     "control",
     "deployments",
     "rollback",
+    "snapshot",
+    "restore",
     "env",
     "logs",
     "exec",

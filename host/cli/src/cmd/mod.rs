@@ -30,7 +30,9 @@ pub mod node_metrics;
 pub mod node_restart;
 pub mod node_run;
 pub mod node_stop;
+pub mod restore;
 pub mod sandbox_run;
+pub mod snapshot;
 pub mod ssh;
 pub mod tenancy;
 

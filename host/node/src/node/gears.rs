@@ -26,6 +26,21 @@ impl Node {
         disk: Option<u64>,
         owner: Option<&Owner>,
     ) -> ApiResult<reply::GearSummary> {
+        self.create_with_uid(gear, cartridge, disk, owner, None)
+            .await
+    }
+
+    /// [`Node::create`], taking uid `prefer` when it is in the node's range
+    /// and free (a restore keeps the uid, and so the MCS level, of the gear
+    /// it brings back). In a cluster the uid is claimed cluster-wide instead.
+    pub(crate) async fn create_with_uid(
+        self: &Arc<Self>,
+        gear: &GearRef,
+        cartridge: &str,
+        disk: Option<u64>,
+        owner: Option<&Owner>,
+        prefer: Option<u32>,
+    ) -> ApiResult<reply::GearSummary> {
         check_gear_ref(gear)?;
         let cart = self.cartridge(cartridge)?;
         let disk = self.quotas.for_new_gear(disk)?;
@@ -55,15 +70,21 @@ impl Node {
                 self.claim_new_gear(cluster, &id, gear, &cart.manifest().name)
                     .await?
             }
-            // the lowest free uid (the create lock is held: nobody else takes it meanwhile)
-            None => lock(&self.gears)
-                .free_uid(self.config.uid_min, self.config.uid_max)
-                .ok_or_else(|| {
-                    ApiError::new(
-                        ErrorKind::Conflict,
-                        "the node's uid range is full; destroy unused gears, or widen the range (gears.uid-min, gears.uid-max in the node configuration)",
-                    )
-                })?,
+            // the uid asked for if it is free, else the lowest free uid (the create
+            // lock is held: nobody else takes it meanwhile)
+            None => {
+                let mut table = lock(&self.gears);
+                let range = self.config.uid_min..=self.config.uid_max;
+                prefer
+                    .filter(|u| range.contains(u) && !table.uid_taken(*u))
+                    .or_else(|| table.free_uid(self.config.uid_min, self.config.uid_max))
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            ErrorKind::Conflict,
+                            "the node's uid range is full; destroy unused gears, or widen the range (gears.uid-min, gears.uid-max in the node configuration)",
+                        )
+                    })?
+            }
         };
         let mcs = gearhost_sandbox::selinux::mcs_level_for_uid(uid).map_err(internal)?;
         let paths = GearPaths::new(&self.config.gears_dir(), &id);

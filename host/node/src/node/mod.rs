@@ -117,7 +117,9 @@ mod image_ops;
 mod kept;
 mod lifecycle;
 mod replace;
+mod restore;
 mod routing;
+mod snapshot;
 mod table;
 mod variables;
 

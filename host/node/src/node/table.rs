@@ -143,6 +143,11 @@ impl GearTable {
     pub fn free_uid(&mut self, min: u32, max: u32) -> Option<u32> {
         self.uids.lowest_free(min, max)
     }
+
+    /// Whether a gear holds `uid`.
+    pub fn uid_taken(&self, uid: u32) -> bool {
+        self.uids.used.contains_key(&uid)
+    }
 }
 
 impl std::ops::Deref for GearTable {

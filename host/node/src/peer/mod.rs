@@ -36,8 +36,12 @@ struct Envelope {
     operator: bool,
     /// The request line.
     line: String,
-    /// A deploy archive follows as data frames.
+    /// A deploy's (or a restore's) archive follows as data frames.
     archive: bool,
+    /// The request writes a file for the caller (a snapshot): it comes back
+    /// as output frames.
+    #[serde(default)]
+    output: bool,
 }
 
 /// Where a gear's node is reached.
@@ -149,8 +153,10 @@ pub async fn forward(
         let e = unreachable("is down (its lease expired)".into());
         return reply_error(&mut stream, e).await;
     }
-    let archive = matches!(request, Request::Deploy(_)) && fds.len() == 1;
-    if !fds.is_empty() && !archive {
+    // one descriptor travels as a stream: an archive in, a snapshot out
+    let archive = matches!(request, Request::Deploy(_) | Request::Restore(_)) && fds.len() == 1;
+    let output = matches!(request, Request::Snapshot(_)) && fds.len() == 1;
+    if !fds.is_empty() && !archive && !output {
         let e = ApiError::new(
             ErrorKind::Invalid,
             format!(
@@ -161,7 +167,7 @@ pub async fn forward(
         return reply_error(&mut stream, e).await;
     }
     let (mut tcp_r, mut tcp_w, mut inn, mut out) =
-        match connect(node, &owner, caller, line, archive).await {
+        match connect(node, &owner, caller, line, (archive, output)).await {
             Ok(c) => c,
             Err(e) => {
                 let e = unreachable(format!("could not be reached: {e}"));
@@ -169,6 +175,12 @@ pub async fn forward(
             }
         };
     let (mut client_r, mut client_w) = stream.into_split();
+    let (fds, mut written) = if output {
+        let file = fds.into_iter().next().map(std::fs::File::from);
+        (Vec::new(), file.map(tokio::fs::File::from_std))
+    } else {
+        (fds, None)
+    };
     // the archive goes first; then the connection stays open until the
     // caller goes away (which the other node sees as its caller going away)
     let sender = tokio::spawn(async move {
@@ -189,9 +201,28 @@ pub async fn forward(
         drop(tcp_w);
         Ok::<_, std::io::Error>(())
     });
-    while let Ok((Kind::Data, bytes)) = inn.receive(&mut tcp_r).await {
-        if client_w.write_all(&bytes).await.is_err() {
-            break;
+    loop {
+        match inn.receive(&mut tcp_r).await {
+            Ok((Kind::Data, bytes)) => {
+                if client_w.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+            // a file written for the caller: into its pipe (a caller that
+            // stopped reading it gets no more, the answer still comes)
+            Ok((Kind::Output, bytes)) => {
+                if let Some(file) = written.as_mut()
+                    && file.write_all(&bytes).await.is_err()
+                {
+                    written = None;
+                }
+            }
+            Ok((Kind::OutputEnd, _)) => {
+                if let Some(mut file) = written.take() {
+                    let _ = file.flush().await;
+                }
+            }
+            _ => break,
         }
     }
     sender.abort();
@@ -208,13 +239,14 @@ type Connected = (
 );
 
 /// Opens an authenticated connection to `owner` and sends `caller`'s
-/// request `line` (with `archive`: a deploy archive follows as data).
+/// request `line` (`streams`: an archive follows as data; a file comes back
+/// as output).
 async fn connect(
     node: &Node,
     owner: &Owner,
     caller: &Caller,
     line: &[u8],
-    archive: bool,
+    (archive, output): (bool, bool),
 ) -> std::io::Result<Connected> {
     let (Some(cluster), Some(secret)) = (node.cluster(), node.cluster_secret()) else {
         return Err(std::io::Error::other("this node is not in a cluster"));
@@ -236,6 +268,7 @@ async fn connect(
         line: String::from_utf8_lossy(line.split(|b| *b == b'\n').next().unwrap_or(line))
             .into_owned(),
         archive,
+        output,
     };
     let (tcp_r, mut tcp_w) = tcp.into_split();
     out.send(
@@ -286,7 +319,7 @@ pub async fn list_cluster(
                 }
                 let asked = async {
                     let (mut r, _w, mut inn, _out) =
-                        connect(node, &owner, caller, &line, false).await?;
+                        connect(node, &owner, caller, &line, (false, false)).await?;
                     let mut text = Vec::new();
                     while let (Kind::Data, bytes) = inn.receive(&mut r).await? {
                         text.extend_from_slice(&bytes);
@@ -378,6 +411,29 @@ async fn serve_peer(node: Arc<Node>, mut tcp: TcpStream, secret: &[u8]) -> std::
     } else {
         None
     };
+    // a file the request writes for the caller, read here and sent back
+    let mut written = if envelope.output {
+        let (read, write) = std::io::pipe()?;
+        fds.push(OwnedFd::from(write));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        tokio::task::spawn_blocking(move || {
+            let mut read = read;
+            let mut buf = vec![0u8; 256 << 10];
+            loop {
+                match std::io::Read::read(&mut read, &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Some(rx)
+    } else {
+        None
+    };
     let (tcp_r, mut tcp_w) = tcp.into_split();
     let (mut theirs_r, theirs_w) = theirs.into_split();
     // what the other node sends: the archive, then nothing until its caller goes away
@@ -398,12 +454,25 @@ async fn serve_peer(node: Arc<Node>, mut tcp: TcpStream, secret: &[u8]) -> std::
     let line = envelope.line.into_bytes();
     let served = tokio::spawn(crate::server::serve_line(node, caller, line, fds, mine));
     let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = theirs_r.read(&mut buf).await?;
-        if n == 0 {
-            break;
+    let mut answered = false;
+    while !answered || written.is_some() {
+        tokio::select! {
+            n = theirs_r.read(&mut buf), if !answered => {
+                match n? {
+                    0 => answered = true,
+                    n => out.send(&mut tcp_w, Kind::Data, &buf[..n]).await?,
+                }
+            }
+            chunk = async { written.as_mut()?.recv().await }, if written.is_some() => {
+                match chunk {
+                    Some(bytes) => out.send(&mut tcp_w, Kind::Output, &bytes).await?,
+                    None => {
+                        out.send(&mut tcp_w, Kind::OutputEnd, &[]).await?;
+                        written = None;
+                    }
+                }
+            }
         }
-        out.send(&mut tcp_w, Kind::Data, &buf[..n]).await?;
     }
     out.send(&mut tcp_w, Kind::End, &[]).await?;
     receiver.abort();

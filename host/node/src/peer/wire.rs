@@ -33,6 +33,10 @@ pub enum Kind {
     Data = 2,
     /// The end of the data in this direction.
     End = 3,
+    /// Bytes of a file the request writes for the caller (a snapshot).
+    Output = 4,
+    /// The end of that file.
+    OutputEnd = 5,
 }
 
 impl Kind {
@@ -41,6 +45,8 @@ impl Kind {
             1 => Some(Kind::Envelope),
             2 => Some(Kind::Data),
             3 => Some(Kind::End),
+            4 => Some(Kind::Output),
+            5 => Some(Kind::OutputEnd),
             _ => None,
         }
     }

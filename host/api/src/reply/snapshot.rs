@@ -1,0 +1,49 @@
+//! The answers to `snapshot` and `restore`.
+
+use serde::{Deserialize, Serialize};
+
+use super::GearSummary;
+
+/// The answer to `snapshot`, once the whole archive is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Snapshotted {
+    /// The gear (`name-namespace`).
+    pub gear: String,
+    /// Bytes of the compressed archive written on the pipe.
+    pub bytes: u64,
+    /// Entries in the archive (files, directories, symlinks).
+    pub entries: u64,
+    /// The deployments it holds, oldest first.
+    pub deployments: Vec<u32>,
+    /// What the cartridge's `pre-snapshot` action said, if it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cartridge: Option<String>,
+    /// What was left out and why (a FIFO or socket in the data, a file that
+    /// went away while it was read).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+}
+
+/// The answer to `restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Restored {
+    /// The gear as it is now.
+    pub gear: GearSummary,
+    /// Whether the restore created it (else it replaced what it held).
+    pub created: bool,
+    /// Whether it runs under the uid (and MCS level) the archive names; a
+    /// new gear gets another one when that uid is taken on this node.
+    pub uid_kept: bool,
+    /// The uid the archive names.
+    pub archived_uid: u32,
+    /// Entries unpacked from the archive.
+    pub entries: u64,
+    /// Bytes of file content unpacked.
+    pub bytes: u64,
+    /// What the restore could not carry over, and why (an alias another gear
+    /// holds, a cartridge of another version).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
