@@ -217,7 +217,10 @@ fn three_nodes_share_one_district_through_etcd() {
     let shown = json(&nodes[2].ok(&["show", "g1", "--json"]));
     assert_eq!(shown["uid"], status["uid"], "{shown}");
     let env = nodes[0].ok(&["env", "g1", "list"]);
-    assert!(env.contains("GREETING=hi"), "the restore did not bring the env back: {env}");
+    assert!(
+        env.contains("GREETING=hi"),
+        "the restore did not bring the env back: {env}"
+    );
     // a command that hands the node open files cannot travel: said clearly
     let out = nodes[0].gear(&["exec", "g1", "--", "true"]);
     assert!(!out.status.success());
