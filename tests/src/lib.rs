@@ -468,6 +468,19 @@ impl TestNode {
             .expect("run gear")
     }
 
+    /// Installs the cartridges built from `packages` (guest crates); the
+    /// directories they were installed from live as long as what is returned.
+    pub fn install_cartridges(&self, packages: &[&str]) -> Vec<tempfile::TempDir> {
+        packages
+            .iter()
+            .map(|p| {
+                let dir = cartridge_dir(p);
+                self.ok(&["cartridge", "install", dir.path().to_str().expect("utf-8")]);
+                dir
+            })
+            .collect()
+    }
+
     /// Run `gear` and insist that it succeeds; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.gear(args);

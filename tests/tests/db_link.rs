@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use gearhost_tests::{TestNode, cartridge_dir, json, privileged};
+use gearhost_tests::{TestNode, json, privileged};
 
 /// Asserts that `gear` has neither a path to the database's port on its loopback nor its
 /// credentials in the environment.
@@ -33,18 +33,6 @@ fn stdout(out: &std::process::Output) -> String {
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Install cartridges built from these packages.
-fn install(node: &TestNode, packages: &[&str]) -> Vec<tempfile::TempDir> {
-    packages
-        .iter()
-        .map(|p| {
-            let dir = cartridge_dir(p);
-            node.ok(&["cartridge", "install", dir.path().to_str().expect("utf-8")]);
-            dir
-        })
-        .collect()
 }
 
 /// `psql` run inside `gear` with the gear's environment; `-At` output.
@@ -97,7 +85,7 @@ fn a_linked_gear_reaches_its_database_and_no_other_gear_does() {
         return;
     }
     let mut node = TestNode::start(63400, "");
-    let _carts = install(&node, &["postgresql-cartridge", "hello-cartridge"]);
+    let _carts = node.install_cartridges(&["postgresql-cartridge", "hello-cartridge"]);
 
     // a database gear starts without a deployment
     node.ok(&["create", "db", "--cartridge", "postgresql"]);
@@ -316,10 +304,8 @@ fn bad_links_are_refused_with_clear_errors_and_leave_nothing_behind() {
         return;
     }
     let node = TestNode::start(63600, "");
-    let _carts = install(
-        &node,
-        &["postgresql-cartridge", "hello-cartridge", "guest-full"],
-    );
+    let _carts =
+        node.install_cartridges(&["postgresql-cartridge", "hello-cartridge", "guest-full"]);
     node.ok(&["create", "db", "--cartridge", "postgresql"]);
     node.ok(&["create", "app", "--cartridge", "hello"]);
     node.ok(&["create", "web", "--cartridge", "hello"]);
@@ -462,7 +448,7 @@ fn the_node_postgres_example_counts_visits_in_its_linked_database() {
     }
     // npm ci fetches the app's packages through the build's egress proxy
     let node = TestNode::start(63800, &gearhost_tests::package_index_egress());
-    let _carts = install(&node, &["postgresql-cartridge", "nodejs-cartridge"]);
+    let _carts = node.install_cartridges(&["postgresql-cartridge", "nodejs-cartridge"]);
     node.ok(&["create", "db", "--cartridge", "postgresql"]);
     node.ok(&["start", "db"]);
     node.ok(&["create", "counter", "--cartridge", "nodejs"]);

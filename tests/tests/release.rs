@@ -7,18 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use gearhost_tests::apps::{releases, tree};
-use gearhost_tests::{TestNode, cartridge_dir, json, privileged, workspace_root};
-
-fn install(node: &TestNode, packages: &[&str]) -> Vec<tempfile::TempDir> {
-    packages
-        .iter()
-        .map(|p| {
-            let dir = cartridge_dir(p);
-            node.ok(&["cartridge", "install", dir.path().to_str().expect("utf-8")]);
-            dir
-        })
-        .collect()
-}
+use gearhost_tests::{TestNode, json, privileged, workspace_root};
 
 fn path(dir: &Path) -> &str {
     dir.to_str().expect("utf-8")
@@ -50,15 +39,12 @@ fn a_rollback_serves_the_earlier_release_again_for_each_web_cartridge() {
     }
     let node = TestNode::start(76000, "");
     let cartridges = ["static", "diy", "python", "nodejs"];
-    let _carts = install(
-        &node,
-        &[
-            "static-cartridge",
-            "diy-cartridge",
-            "python-cartridge",
-            "nodejs-cartridge",
-        ],
-    );
+    let _carts = node.install_cartridges(&[
+        "static-cartridge",
+        "diy-cartridge",
+        "python-cartridge",
+        "nodejs-cartridge",
+    ]);
     for cartridge in cartridges {
         let gear = format!("{cartridge}-app");
         node.ok(&["create", &gear, "--cartridge", cartridge]);
@@ -104,7 +90,7 @@ fn failed_deployments_take_no_rollback_slot() {
         return;
     }
     let node = TestNode::start(76200, "keep-deployments = 2");
-    let _carts = install(&node, &["diy-cartridge"]);
+    let _carts = node.install_cartridges(&["diy-cartridge"]);
     node.ok(&["create", "app", "--cartridge", "diy"]);
     let good = |page: &str| {
         tree(&[
@@ -155,7 +141,7 @@ fn a_database_gear_has_no_url_and_takes_no_deployment() {
         return;
     }
     let node = TestNode::start(76400, "");
-    let _carts = install(&node, &["postgresql-cartridge", "static-cartridge"]);
+    let _carts = node.install_cartridges(&["postgresql-cartridge", "static-cartridge"]);
     let created = node.ok(&["create", "db", "--cartridge", "postgresql"]);
     assert!(
         created.contains("gear start db") && !created.contains("gear deploy"),
@@ -215,7 +201,7 @@ fn a_failed_build_leaves_the_serving_release_whole_for_its_next_start() {
         return;
     }
     let node = TestNode::start(76600, "");
-    let _carts = install(&node, &["diy-cartridge"]);
+    let _carts = node.install_cartridges(&["diy-cartridge"]);
     node.ok(&["create", "app", "--cartridge", "diy"]);
     // the build writes the page outside the deployment, the second one
     // before it fails

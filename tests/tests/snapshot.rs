@@ -10,18 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gearhost_tests::{TestNode, apps, cartridge_dir, images::gzip, json, privileged};
-
-fn install(node: &TestNode, packages: &[&str]) -> Vec<tempfile::TempDir> {
-    packages
-        .iter()
-        .map(|p| {
-            let dir = cartridge_dir(p);
-            node.ok(&["cartridge", "install", dir.path().to_str().expect("utf-8")]);
-            dir
-        })
-        .collect()
-}
+use gearhost_tests::{TestNode, apps, images::gzip, json, privileged};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -165,16 +154,13 @@ fn every_cartridge_comes_back_from_its_snapshot() {
         return;
     }
     let node = TestNode::start_with_uids(88600, 100, "");
-    let _carts = install(
-        &node,
-        &[
-            "python-cartridge",
-            "nodejs-cartridge",
-            "static-cartridge",
-            "diy-cartridge",
-            "postgresql-cartridge",
-        ],
-    );
+    let _carts = node.install_cartridges(&[
+        "python-cartridge",
+        "nodejs-cartridge",
+        "static-cartridge",
+        "diy-cartridge",
+        "postgresql-cartridge",
+    ]);
     let files = tempfile::tempdir().expect("files");
     let began = Instant::now();
     for (cartridge, gear) in [
@@ -325,7 +311,7 @@ fn hostile_archives_are_refused_and_change_nothing() {
         return;
     }
     let node = TestNode::start_with_uids(88700, 50, "");
-    let _carts = install(&node, &["static-cartridge"]);
+    let _carts = node.install_cartridges(&["static-cartridge"]);
     let files = tempfile::tempdir().expect("files");
     let [(site, page_one), _] = apps::releases("static");
     node.ok(&["create", "site", "--cartridge", "static"]);
@@ -487,7 +473,7 @@ fn a_restore_that_fails_after_the_swap_puts_the_gear_back() {
         return;
     }
     let node = TestNode::start_with_uids(88775, 25, "");
-    let _carts = install(&node, &["diy-cartridge"]);
+    let _carts = node.install_cartridges(&["diy-cartridge"]);
     let files = tempfile::tempdir().expect("files");
     // a build that fails while the data holds `refuse-build`
     let app = |page: &str| {
@@ -568,7 +554,7 @@ fn an_image_gear_comes_back_while_its_image_is_in_the_store() {
     let reference = format!("{}/apps/site:1.0", registry.addr);
     push(made.path(), "1.0", &reference);
     let node = TestNode::start_with_uids(88750, 25, "");
-    let _carts = install(&node, &["image-cartridge"]);
+    let _carts = node.install_cartridges(&["image-cartridge"]);
     let files = tempfile::tempdir().expect("files");
     node.ok(&["create", "web", "--image", &reference, "--insecure"]);
     assert_eq!(page(&node, "web-default"), "version 1\n");
