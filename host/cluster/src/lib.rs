@@ -97,6 +97,30 @@ fn transient(e: &etcd_client::Error) -> bool {
     }
 }
 
+/// The endpoints (`http://HOST:PORT`) that accept a connection now, in the
+/// order given.
+async fn answering(endpoints: &[String]) -> Vec<String> {
+    let probes = endpoints.iter().map(|e| async move {
+        let address = e
+            .strip_prefix("http://")
+            .or_else(|| e.strip_prefix("https://"))
+            .unwrap_or(e)
+            .to_string();
+        let up = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(address),
+        )
+        .await
+        .is_ok_and(|c| c.is_ok());
+        up.then(|| e.clone())
+    });
+    let mut up = Vec::new();
+    for probe in probes {
+        up.extend(probe.await);
+    }
+    up
+}
+
 /// How a node joins.
 #[derive(Debug, Clone)]
 pub struct JoinOptions {
@@ -143,7 +167,16 @@ impl Cluster {
             .with_connect_timeout(Duration::from_secs(3))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3));
-        let client = etcd_client::Client::connect(&options.endpoints, Some(connect))
+        // the client spreads requests over its endpoints and keeps trying one
+        // that refuses connections: a member that is down when the node starts
+        // is left out (the others hold the cluster's whole state)
+        let endpoints = answering(&options.endpoints).await;
+        let endpoints = if endpoints.is_empty() {
+            options.endpoints.clone()
+        } else {
+            endpoints
+        };
+        let client = etcd_client::Client::connect(&endpoints, Some(connect))
             .await
             .map_err(|source| ClusterError::Unreachable {
                 endpoints: options.endpoints.join(", "),

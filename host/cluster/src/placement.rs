@@ -86,7 +86,7 @@ mod tests {
         let c = [node("b", 8, 2), node("a", 8, 2)];
         assert_eq!(pick(&c).map(|c| c.name.as_str()), Some("a"));
         // twice the memory takes twice the gears before it loses
-        let c = [node("big", 16, 3), node("small", 8, 1)];
+        let c = [node("big", 16, 4), node("small", 8, 1)];
         assert_eq!(pick(&c).map(|c| c.name.as_str()), Some("small"));
         let c = [node("big", 16, 2), node("small", 8, 1)];
         assert_eq!(pick(&c).map(|c| c.name.as_str()), Some("big"));
