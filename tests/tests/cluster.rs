@@ -170,6 +170,20 @@ fn three_nodes_share_one_district_through_etcd() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // a member's metrics say how its lease stands
+    let metrics = nodes[0].metrics();
+    assert_eq!(
+        metrics.get("gearhost_cluster_fenced"),
+        Some(&0.0),
+        "{metrics:?}"
+    );
+    assert!(
+        metrics
+            .get("gearhost_cluster_lease_confirmed_seconds")
+            .is_some_and(|s| *s < TTL_SECS as f64),
+        "{metrics:?}"
+    );
+
     // any node answers for any gear: g1 lives on node-b (placed there),
     // and is deployed through node-a, configured through node-c, started
     // through node-c and seen running through node-a

@@ -206,6 +206,34 @@ pub fn render_metrics(node: &Node) -> String {
         "gearhost_frozen_stopped_for_memory_total {}",
         node.frozen_stopped_for_memory.load(Ordering::Relaxed)
     );
+    if let Some(cluster) = node.cluster() {
+        let health = cluster.health();
+        counter(
+            &mut out,
+            "gearhost_cluster_lease_confirmed_seconds",
+            "Seconds since etcd last confirmed this node's lease (a cluster member).",
+            "gauge",
+        );
+        let _ = writeln!(
+            out,
+            "gearhost_cluster_lease_confirmed_seconds {:.3}",
+            health.since_confirmed.as_secs_f64()
+        );
+        counter(
+            &mut out,
+            "gearhost_cluster_fenced",
+            "1 while this node has not heard from etcd for two thirds of its lease's time to live.",
+            "gauge",
+        );
+        let _ = writeln!(out, "gearhost_cluster_fenced {}", u8::from(health.fenced));
+        counter(
+            &mut out,
+            "gearhost_cluster_rejoins_total",
+            "Times this node's lease expired and it joined the cluster again.",
+            "counter",
+        );
+        let _ = writeln!(out, "gearhost_cluster_rejoins_total {}", health.rejoins);
+    }
     if let Ok(init) = gearhost_sandbox::find_init(None) {
         let (waiting, failed) = gearhost_sandbox::warm_status(&init);
         counter(
