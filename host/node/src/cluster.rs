@@ -77,22 +77,10 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-/// The machine's memory and what is available, in bytes (`/proc/meminfo`).
+/// The machine's memory and what is available, in bytes (0 when unknown).
 fn memory() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map_or(0, |kib| kib * 1024)
-    };
-    (field("MemTotal:"), field("MemAvailable:"))
+    let (total, available) = gearhost_sandbox::cgroup::memory_total_and_available();
+    (total.unwrap_or(0), available.unwrap_or(0))
 }
 
 impl Node {

@@ -198,9 +198,24 @@ pub fn memory_available() -> Option<u64> {
     parse_mem_available(&text)
 }
 
+/// The machine's memory and how much of it is available for new work, in bytes (`MemTotal`
+/// and `MemAvailable` in `/proc/meminfo`, read once).
+pub fn memory_total_and_available() -> (Option<u64>, Option<u64>) {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    (
+        meminfo_bytes(&text, "MemTotal:"),
+        parse_mem_available(&text),
+    )
+}
+
 pub(super) fn parse_mem_available(text: &str) -> Option<u64> {
+    meminfo_bytes(text, "MemAvailable:")
+}
+
+/// The field `name` (with its colon) of `/proc/meminfo`'s text, in bytes.
+fn meminfo_bytes(text: &str, name: &str) -> Option<u64> {
     text.lines().find_map(|l| {
-        let rest = l.strip_prefix("MemAvailable:")?;
+        let rest = l.strip_prefix(name)?;
         let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
         Some(kib * 1024)
     })
