@@ -166,6 +166,37 @@ fn health(port: u16) -> bool {
     text.contains("\"health\":\"true\"")
 }
 
+/// The `[cluster]` table of node `name` in `etcd`'s cluster: its own peer
+/// port, the shared `secret` file, a lease of `ttl_secs` seconds, and a key
+/// prefix of this test process's own.
+pub fn member_config(
+    etcd: &EtcdCluster,
+    name: &str,
+    secret: &std::path::Path,
+    ttl_secs: u64,
+) -> String {
+    format!(
+        "[cluster]\netcd = {}\nnode-name = \"{name}\"\nlisten = \"127.0.0.1:{}\"\nsecret-file = \"{}\"\nlease-ttl = \"{ttl_secs}s\"\nprefix = \"/gearhost-test-{}\"\n",
+        etcd.endpoints_toml(),
+        free_port(),
+        secret.display(),
+        std::process::id()
+    )
+}
+
+/// A cluster secret file in `dir`, readable by its owner alone.
+pub fn secret_file(dir: &std::path::Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("cluster.secret");
+    std::fs::write(
+        &path,
+        "c2VjcmV0LXNoYXJlZC1ieS1ldmVyeS1ub2RlLW9mLXRoZS1jbHVzdGVy\n",
+    )
+    .expect("secret");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for i in 0..self.members.len() {

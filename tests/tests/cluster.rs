@@ -12,7 +12,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use gearhost_tests::etcd::EtcdCluster;
+use gearhost_tests::etcd::{EtcdCluster, secret_file};
 use gearhost_tests::{TestNode, cartridge_dir, json, privileged};
 
 const UID_MIN: u32 = 88_400;
@@ -22,25 +22,7 @@ const TTL_SECS: u64 = 6;
 
 /// The `[cluster]` table of node `name`.
 fn cluster_config(etcd: &EtcdCluster, name: &str, secret: &std::path::Path) -> String {
-    format!(
-        "[cluster]\netcd = {}\nnode-name = \"{name}\"\nlisten = \"127.0.0.1:{}\"\nsecret-file = \"{}\"\nlease-ttl = \"{TTL_SECS}s\"\nprefix = \"/gearhost-test-{}\"\n",
-        etcd.endpoints_toml(),
-        gearhost_tests::free_port(),
-        secret.display(),
-        std::process::id()
-    )
-}
-
-fn secret_file(dir: &std::path::Path) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("cluster.secret");
-    std::fs::write(
-        &path,
-        "c2VjcmV0LXNoYXJlZC1ieS1ldmVyeS1ub2RlLW9mLXRoZS1jbHVzdGVy\n",
-    )
-    .expect("secret");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    path
+    gearhost_tests::etcd::member_config(etcd, name, secret, TTL_SECS)
 }
 
 /// `gear node list --json` through `node`, by name: (state, this, gears).

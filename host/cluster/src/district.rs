@@ -1,7 +1,8 @@
 //! The district: gear uids (and with them MCS levels, which are derived from
-//! the uid), gear names and public host labels are claimed cluster-wide in
-//! one etcd transaction per gear, so no two gears anywhere ever share one.
-//! A gear keeps its claims for its whole life, on whichever node it runs.
+//! the uid), gear names, public host labels and aliases are claimed
+//! cluster-wide in one etcd transaction per change, so no two gears anywhere
+//! ever share one. A gear keeps its claims for its whole life, on whichever
+//! node it runs.
 
 use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp, TxnOpResponse};
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,10 @@ pub struct Placement {
     pub node: String,
     /// Its cartridge.
     pub cartridge: String,
+    /// The host names it answers to besides its own (`gear alias`): every
+    /// node's frontend routes them to the node that holds it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// How many times a claim is tried again after losing a uid to a
@@ -75,49 +80,29 @@ impl Cluster {
 
     async fn claim(&self, gear: &Placement) -> Result<Claimed, ClusterError> {
         let k = &self.keys;
-        let (uid, name, label) = (
-            k.uid(gear.uid),
-            k.name(&gear.namespace, &gear.name),
-            k.label(&gear.label),
-        );
+        let uid = k.uid(gear.uid);
+        let name = k.name(&gear.namespace, &gear.name);
+        // the uid, the name, the label and every alias: all free or already this gear's
+        let claims: Vec<(Claim, String)> = [
+            (Claim::Uid, uid),
+            (Claim::Name, name),
+            (Claim::Label, k.label(&gear.label)),
+        ]
+        .into_iter()
+        .chain(gear.aliases.iter().map(|a| (Claim::Host, k.host(a))))
+        .collect();
         let id = gear.id.as_bytes().to_vec();
         let record = serde_json::to_vec(gear).unwrap_or_default();
-        // read the three claims at one revision
-        let read = Txn::new().and_then([
-            TxnOp::get(uid.as_str(), None),
-            TxnOp::get(name.as_str(), None),
-            TxnOp::get(label.as_str(), None),
-        ]);
-        let read = self.txn("read the gear's claims", read).await?;
-        let mut compares = Vec::new();
-        for (key, response) in [&uid, &name, &label].into_iter().zip(read.op_responses()) {
-            let TxnOpResponse::Get(found) = response else {
-                return Err(ClusterError::Timeout("an answer to a read of the claims"));
-            };
-            let kv = found.kvs().first();
-            if let Some(kv) = kv
-                && kv.value() != id.as_slice()
-            {
-                if key == &uid {
-                    return Ok(Claimed::UidTaken);
-                }
-                let holder = String::from_utf8_lossy(kv.value()).into_owned();
-                return Err(self.taken(key == &name, gear, &holder).await);
-            }
-            // free or ours when read: taken only if it has not changed since
-            let revision = kv.map_or(0, |kv| kv.mod_revision());
-            compares.push(Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                revision,
-            ));
-        }
-        let txn = Txn::new().when(compares).and_then([
-            TxnOp::put(uid.as_str(), id.clone(), None),
-            TxnOp::put(name.as_str(), id.clone(), None),
-            TxnOp::put(label.as_str(), id, None),
-            TxnOp::put(k.gear(&gear.id), record, None),
-        ]);
+        let Some(compares) = self.read_claims(gear, &claims).await? else {
+            return Ok(Claimed::UidTaken);
+        };
+        let txn = Txn::new().when(compares).and_then(
+            claims
+                .iter()
+                .map(|(_, key)| TxnOp::put(key.as_str(), id.clone(), None))
+                .chain([TxnOp::put(k.gear(&gear.id), record, None)])
+                .collect::<Vec<_>>(),
+        );
         let done = self.txn("claim the gear's uid and names", txn).await?;
         if done.succeeded() {
             Ok(Claimed::Done)
@@ -129,8 +114,90 @@ impl Cluster {
         }
     }
 
-    /// The conflict for a name (or label) held by gear `holder`.
-    async fn taken(&self, is_name: bool, gear: &Placement, holder: &str) -> ClusterError {
+    /// Reads `claims` at one revision: the comparisons that make a
+    /// transaction take them only if none changed since; `None` when the uid
+    /// belongs to another gear, an error naming the holder when a name does.
+    async fn read_claims(
+        &self,
+        gear: &Placement,
+        claims: &[(Claim, String)],
+    ) -> Result<Option<Vec<Compare>>, ClusterError> {
+        let id = gear.id.as_bytes();
+        let read = Txn::new().and_then(
+            claims
+                .iter()
+                .map(|(_, key)| TxnOp::get(key.as_str(), None))
+                .collect::<Vec<_>>(),
+        );
+        let read = self.txn("read the gear's claims", read).await?;
+        let mut compares = Vec::new();
+        for ((what, key), response) in claims.iter().zip(read.op_responses()) {
+            let TxnOpResponse::Get(found) = response else {
+                return Err(ClusterError::Timeout("an answer to a read of the claims"));
+            };
+            let kv = found.kvs().first();
+            if let Some(kv) = kv
+                && kv.value() != id
+            {
+                if *what == Claim::Uid {
+                    return Ok(None);
+                }
+                let holder = String::from_utf8_lossy(kv.value()).into_owned();
+                return Err(self.taken(*what, key, gear, &holder).await);
+            }
+            // free or ours when read: taken only if it has not changed since
+            let revision = kv.map_or(0, |kv| kv.mod_revision());
+            compares.push(Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                revision,
+            ));
+        }
+        Ok(Some(compares))
+    }
+
+    /// Gives gear `gear` (its placement as it is now, held by this node) the
+    /// alias `added` and records its aliases, or takes `removed` from it. An
+    /// alias another gear holds anywhere in the cluster is a conflict that
+    /// names the holder.
+    pub async fn set_aliases(
+        &self,
+        gear: &Placement,
+        added: Option<&str>,
+        removed: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        let k = &self.keys;
+        let id = gear.id.as_bytes().to_vec();
+        let record = serde_json::to_vec(gear).unwrap_or_default();
+        for _ in 0..CLAIM_TRIES {
+            let mut compares = Vec::new();
+            let mut ops = Vec::new();
+            if let Some(host) = added {
+                let claims = [(Claim::Host, k.host(host))];
+                let Some(read) = self.read_claims(gear, &claims).await? else {
+                    continue;
+                };
+                compares.extend(read);
+                ops.push(TxnOp::put(k.host(host), id.clone(), None));
+            }
+            if let Some(host) = removed {
+                ops.push(release_if_held(&k.host(host), &id));
+            }
+            ops.push(TxnOp::put(k.gear(&gear.id), record.clone(), None));
+            let txn = Txn::new().when(compares).and_then(ops);
+            if self
+                .txn("record the gear's aliases", txn)
+                .await?
+                .succeeded()
+            {
+                return Ok(());
+            }
+        }
+        Err(ClusterError::Busy)
+    }
+
+    /// The conflict for a name, label or alias (`key`) held by gear `holder`.
+    async fn taken(&self, what: Claim, key: &str, gear: &Placement, holder: &str) -> ClusterError {
         let place = match self.placement(holder).await {
             Ok(Some(p)) => format!(
                 "gear {} (namespace {}) on node {}",
@@ -138,17 +205,20 @@ impl Cluster {
             ),
             _ => format!("gear {holder}"),
         };
-        if is_name {
-            ClusterError::Conflict(format!(
+        ClusterError::Conflict(match what {
+            Claim::Name => format!(
                 "gear {} already exists in namespace {} ({place}); choose another name",
                 gear.name, gear.namespace
-            ))
-        } else {
-            ClusterError::Conflict(format!(
+            ),
+            Claim::Label => format!(
                 "the public name {} already leads to {place}; choose another gear name",
                 gear.label
-            ))
-        }
+            ),
+            Claim::Host | Claim::Uid => format!(
+                "{} already leads to {place}; remove it there first",
+                key.rsplit('/').next().unwrap_or(key)
+            ),
+        })
     }
 
     /// Releases `gear`'s claims and placement (after it was destroyed):
@@ -165,13 +235,8 @@ impl Cluster {
                 k.label(&gear.label),
             ]
             .into_iter()
-            .map(|key| {
-                TxnOp::txn(
-                    Txn::new()
-                        .when([Compare::value(key.as_str(), CompareOp::Equal, id.clone())])
-                        .and_then([TxnOp::delete(key.as_str(), None)]),
-                )
-            })
+            .chain(gear.aliases.iter().map(|a| k.host(a)))
+            .map(|key| release_if_held(&key, &id))
             .chain([TxnOp::delete(k.gear(&gear.id), None)])
             .collect::<Vec<_>>(),
         );
@@ -270,6 +335,24 @@ fn first_gap(used: &[u32], min: u32, max: u32) -> Option<u32> {
 enum Claimed {
     Done,
     UidTaken,
+}
+
+/// What a claim key claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Uid,
+    Name,
+    Label,
+    Host,
+}
+
+/// A nested transaction that deletes claim `key` if gear `id` still holds it.
+fn release_if_held(key: &str, id: &[u8]) -> TxnOp {
+    TxnOp::txn(
+        Txn::new()
+            .when([Compare::value(key, CompareOp::Equal, id.to_vec())])
+            .and_then([TxnOp::delete(key, None)]),
+    )
 }
 
 #[cfg(test)]

@@ -63,6 +63,11 @@ impl Keys {
         format!("{}/labels/{label}", self.prefix)
     }
 
+    /// The claim on host name `host`, a gear's alias (value: the gear's id).
+    pub fn host(&self, host: &str) -> String {
+        format!("{}/hosts/{host}", self.prefix)
+    }
+
     /// A gear's placement record.
     pub fn gear(&self, id: &str) -> String {
         format!("{}/gears/{id}", self.prefix)
@@ -71,6 +76,18 @@ impl Keys {
     /// Every gear's placement record.
     pub fn gears(&self) -> String {
         format!("{}/gears/", self.prefix)
+    }
+
+    /// The gear id a [`Keys::gear`] key names.
+    pub fn gear_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(self.gears().as_str())
+            .filter(|id| !id.is_empty())
+    }
+
+    /// The node name a [`Keys::node_info`] key names.
+    pub fn node_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        key.strip_prefix(self.node_infos().as_str())
+            .filter(|n| !n.is_empty())
     }
 }
 
@@ -88,5 +105,9 @@ mod tests {
         assert_eq!(k.uid_of("/other/district/uids/1"), None);
         assert!(k.node_alive("a").starts_with(&k.nodes_alive()));
         assert!(k.gear("x").starts_with(&k.gears()));
+        assert_eq!(k.gear_of(&k.gear("g1")), Some("g1"));
+        assert_eq!(k.gear_of(&k.gears()), None);
+        assert_eq!(k.node_of(&k.node_info("node-a")), Some("node-a"));
+        assert_eq!(k.node_of(&k.node_alive("node-a")), None);
     }
 }

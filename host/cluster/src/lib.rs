@@ -15,12 +15,14 @@ pub mod keys;
 mod district;
 mod members;
 pub mod placement;
+mod watch;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use district::Placement;
 pub use members::{Health, Load, Member, NodeAdvert};
+pub use watch::Change;
 
 /// Something the cluster could not do, and what to do about it.
 #[derive(Debug, thiserror::Error)]

@@ -52,7 +52,17 @@ pub struct Facts {
     pub user_agent: Option<Range<usize>>,
     /// `Connection` values, for the fields they name.
     pub connection: Vec<Range<usize>>,
+    /// The value of the [`RELAY`] field another node of the cluster sets on a
+    /// request it passes on (`None` when there are several).
+    pub relay: Option<Range<usize>>,
+    /// How many [`RELAY`] fields there are.
+    pub relays: usize,
 }
+
+/// The field a node's frontend adds to a request it passes to the frontend
+/// of the node that holds the gear: the client's address and scheme, signed
+/// with the cluster's secret. Never passed to a gear.
+pub const RELAY: &str = "gearhost-relay";
 
 /// Whether `list` (a comma-separated field value) names `token`.
 pub fn has_token(list: &[u8], token: &str) -> bool {
@@ -118,6 +128,10 @@ pub fn facts(data: &[u8], headers: &[(Range<usize>, Range<usize>)]) -> Facts {
             7 if is("upgrade") => f.upgrade = true,
             6 if is("expect") => f.expect_continue = value.eq_ignore_ascii_case(b"100-continue"),
             10 if is("user-agent") => f.user_agent = Some(v.clone()),
+            14 if is(RELAY) => {
+                f.relays += 1;
+                f.relay = (f.relays == 1).then(|| v.clone());
+            }
             _ => {}
         }
     }
@@ -172,7 +186,8 @@ pub fn request_field_stays(
     connection: &[Range<usize>],
     keep_upgrade: bool,
 ) -> bool {
-    const OWN: [&str; 8] = [
+    const OWN: [&str; 9] = [
+        RELAY,
         "connection",
         "host",
         "content-length",
@@ -309,6 +324,7 @@ mod tests {
             "expect",
             "Host",
             "content-length",
+            "Gearhost-Relay",
         ] {
             assert!(
                 request_field_stays(own.as_bytes(), data, &listed, false),
@@ -324,6 +340,7 @@ mod tests {
             "Content_Length",
             "transfer_encoding",
             "Proxy_Authorization",
+            "gearhost_relay",
         ] {
             assert!(
                 request_field_stays(spelt.as_bytes(), data, &listed, true),
@@ -338,6 +355,16 @@ mod tests {
         assert!(response_field_passes(b"upgrade", data, &listed, true));
         assert!(!response_field_passes(b"x-secret", data, &listed, false));
         assert!(response_field_passes(b"content-type", data, &listed, false));
+    }
+
+    #[test]
+    fn a_relay_field_is_found_once_and_refused_twice() {
+        let one = head("GET / HTTP/1.1\r\nHost: a\r\nGearhost-Relay: t=1\r\n\r\n");
+        assert_eq!((one.relays, one.relay.is_some()), (1, true));
+        let two =
+            head("GET / HTTP/1.1\r\nHost: a\r\ngearhost-relay: t=1\r\nGEARHOST-RELAY: t=2\r\n\r\n");
+        assert_eq!((two.relays, two.relay), (2, None));
+        assert_eq!(head("GET / HTTP/1.1\r\nHost: a\r\n\r\n").relays, 0);
     }
 
     #[test]

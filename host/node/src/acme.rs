@@ -339,7 +339,10 @@ impl crate::node::Node {
                 drop(managed);
                 // the gear the name leads to may redirect it to HTTPS now
                 match self.frontend.lookup(&host) {
-                    Some(target) => self.update_routes(&target.gear),
+                    Some(target) => match &*target.gear {
+                        crate::remote::Routed::Local(gear) => self.update_routes(gear),
+                        crate::remote::Routed::Remote(_) => {}
+                    },
                     None => self.rebuild_routes(),
                 }
             }

@@ -135,7 +135,28 @@ impl Node {
                 ),
             ));
         }
-        let next = g.update(self.config(), |r| r.aliases.push(name.clone()))?;
+        // the name is the cluster's: claimed there first, given back should the record fail
+        let cluster = self.cluster();
+        if let Some(cluster) = cluster {
+            let mut p = crate::cluster::placement(&r, cluster.node());
+            p.aliases.push(name.clone());
+            cluster
+                .set_aliases(&p, Some(&name), None)
+                .await
+                .map_err(crate::cluster::api_error)?;
+        }
+        let next = match g.update(self.config(), |r| r.aliases.push(name.clone())) {
+            Ok(next) => next,
+            Err(e) => {
+                if let Some(cluster) = cluster {
+                    let p = crate::cluster::placement(&r, cluster.node());
+                    if let Err(e) = cluster.set_aliases(&p, None, Some(&name)).await {
+                        tracing::warn!(alias = %name, error = %e, "could not give back an alias in the cluster");
+                    }
+                }
+                return Err(e);
+            }
+        };
         self.update_routes(&g);
         g.hook_log
             .line("alias[node]", &format!("added alias {name}"));
@@ -160,6 +181,12 @@ impl Node {
             format!("see `gear alias list {}`", r.name)
         })?;
         let next = g.update(self.config(), |r| r.aliases.retain(|a| *a != name))?;
+        if let Some(cluster) = self.cluster() {
+            let p = crate::cluster::placement(&next, cluster.node());
+            if let Err(e) = cluster.set_aliases(&p, None, Some(&name)).await {
+                tracing::warn!(alias = %name, error = %e, "could not give back an alias in the cluster; it stays taken there until the gear is destroyed");
+            }
+        }
         self.certs.remove_alias(&name);
         if let Some(acme) = &self.acme {
             acme.forget(&name);

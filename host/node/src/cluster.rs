@@ -26,6 +26,7 @@ pub(crate) fn placement(r: &GearRecord, node: &str) -> Placement {
         uid: r.uid,
         node: node.to_string(),
         cartridge: r.cartridge.clone(),
+        aliases: r.aliases.clone(),
     }
 }
 
@@ -111,10 +112,20 @@ impl Node {
             .await
             .map_err(|e| anyhow::anyhow!("cannot join the cluster: {e}"))?;
         let lease = cluster.health().lease;
+        // every placement in one read: a node that comes back with thousands
+        // of gears writes only those whose record differs from its own
+        let placed: std::collections::HashMap<String, Placement> = cluster
+            .placements()
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot read the gears' placements: {e}"))?
+            .into_iter()
+            .map(|p| (p.id.clone(), p))
+            .collect();
         for g in self.gears_snapshot() {
             let r = g.record();
-            match cluster.placement(&r.id).await {
-                Ok(Some(p)) if p.node != config.node_name => {
+            let own = placement(&r, &config.node_name);
+            match placed.get(&r.id) {
+                Some(p) if p.node != config.node_name => {
                     tracing::error!(
                         gear = %r.name,
                         namespace = %r.namespace,
@@ -124,11 +135,12 @@ impl Node {
                     lock(&self.elsewhere).insert(r.id.clone(), p.node.clone());
                     continue;
                 }
-                Ok(_) => {}
-                Err(e) => anyhow::bail!("cannot read gear {}'s placement: {e}", r.name),
+                // claimed as it is (the claims are written with the placement, in one transaction)
+                Some(p) if *p == own => continue,
+                _ => {}
             }
             cluster
-                .claim_existing(&placement(&r, &config.node_name))
+                .claim_existing(&own)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot claim gear {} in the cluster: {e}", r.name))?;
         }
@@ -157,7 +169,10 @@ impl Node {
         });
         tracing::info!(node = %config.node_name, lease, "joined the cluster");
         let _ = self.cluster.set(cluster);
+        self.set_relay_key(&secret);
         let _ = self.cluster_secret.set(secret.into());
+        // every node's frontend routes every gear of the cluster
+        self.follow_cluster();
         Ok(())
     }
 
@@ -194,6 +209,7 @@ impl Node {
             uid: 0,
             node: cluster.node().to_string(),
             cartridge: cartridge.to_string(),
+            aliases: Vec::new(),
         };
         cluster
             .claim_new(&claim, self.config().uid_min, self.config().uid_max)

@@ -32,6 +32,7 @@ mod oplock;
 pub mod peer;
 pub mod procs;
 pub mod quota;
+pub mod remote;
 pub mod restart;
 pub mod server;
 pub mod ssh;

@@ -21,11 +21,12 @@ use gearhost_sys::lock::lock;
 const ACCESS_FLUSH: usize = 64 * 1024;
 
 /// A gear's access log: one line per request, buffered in memory and
-/// written out when the buffer fills and once a second.
+/// written out when the buffer fills and once a second. A gear another node
+/// of the cluster holds has none here (that node keeps its log).
 #[derive(Debug)]
 pub struct AccessLog {
     buf: Mutex<Vec<u8>>,
-    file: LogFile,
+    file: Option<LogFile>,
 }
 
 impl AccessLog {
@@ -33,12 +34,23 @@ impl AccessLog {
     pub(super) fn new(path: std::path::PathBuf, max_bytes: u64, keep: usize) -> AccessLog {
         AccessLog {
             buf: Mutex::new(Vec::new()),
-            file: LogFile::new(path, max_bytes, keep),
+            file: Some(LogFile::new(path, max_bytes, keep)),
+        }
+    }
+
+    /// No access log: lines are dropped.
+    pub(super) fn none() -> AccessLog {
+        AccessLog {
+            buf: Mutex::new(Vec::new()),
+            file: None,
         }
     }
 
     /// Buffer one line (without its newline).
     pub(super) fn record(&self, line: &str) {
+        let Some(file) = &self.file else {
+            return;
+        };
         let full = {
             let mut buf = lock(&self.buf);
             buf.extend_from_slice(line.as_bytes());
@@ -46,26 +58,30 @@ impl AccessLog {
             (buf.len() >= ACCESS_FLUSH).then(|| std::mem::take(&mut *buf))
         };
         if let Some(bytes) = full {
-            self.file.write_lines(&bytes);
+            file.write_lines(&bytes);
         }
     }
 
     /// Write out what is buffered.
     pub fn flush(&self) {
         let bytes = std::mem::take(&mut *lock(&self.buf));
-        if !bytes.is_empty() {
-            self.file.write_lines(&bytes);
+        if let Some(file) = &self.file
+            && !bytes.is_empty()
+        {
+            file.write_lines(&bytes);
         }
     }
 
-    /// The log file's path.
+    /// The log file's path (empty for none).
     pub fn path(&self) -> std::path::PathBuf {
-        self.file.path()
+        self.file.as_ref().map(LogFile::path).unwrap_or_default()
     }
 
     /// Close the log file (see [`LogFile::close`]).
     pub fn close(&self) {
-        self.file.close();
+        if let Some(file) = &self.file {
+            file.close();
+        }
     }
 }
 

@@ -13,7 +13,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use super::{Frontend, GearFront, Target};
-use crate::node::{Gear, Node};
+use crate::node::Node;
+use crate::remote::Routed;
 use crate::state::GearState;
 
 /// The bounds the pipeline holds a request to.
@@ -38,6 +39,15 @@ pub(crate) trait BackendGear: Send + Sync + 'static {
     fn keeper_tag(&self) -> Option<String> {
         None
     }
+    /// The node of the cluster that holds the gear, when it is not this one:
+    /// requests go to that node's frontend, which routes them again.
+    fn owner(&self) -> Option<&str> {
+        None
+    }
+    /// For a gear another node holds: writes the field (a whole line) that
+    /// tells that node's frontend who the client is, `client` over HTTPS or
+    /// not (`secure`), asking for `authority`.
+    fn relay_field(&self, _client: &str, _secure: bool, _authority: &[u8], _out: &mut Vec<u8>) {}
 }
 
 /// The node as the pipeline sees it.
@@ -58,6 +68,15 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// idling to end and the wake-up after it): `Ok` once it runs.
     fn wake(&self, gear: &Arc<Self::Gear>) -> impl Future<Output = Result<(), String>> + Send;
 
+    /// The client's address and whether it came over HTTPS, from the relay
+    /// field (`value`) of a request another node of the cluster passed on for
+    /// `authority`; `None` when the field is not one a node of the cluster
+    /// signed for this request (it is then ignored, and the connection's own
+    /// peer is the client).
+    fn relayed(&self, _value: &[u8], _authority: &[u8]) -> Option<(String, bool)> {
+        None
+    }
+
     /// The key authorization for ACME HTTP-01 token `token`, while the node
     /// is answering that challenge.
     fn acme_challenge(&self, _token: &str) -> Option<String> {
@@ -74,25 +93,51 @@ pub(crate) trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<TcpStream, String>> + Send;
 }
 
-impl BackendGear for Gear {
+impl BackendGear for Routed {
     fn front(&self) -> &GearFront {
-        &self.front
+        match self {
+            Routed::Local(gear) => &gear.front,
+            Routed::Remote(node) => &node.front,
+        }
     }
 
+    /// A gear another node holds counts as running here: that node's
+    /// frontend wakes it, or says why it cannot.
     fn state(&self) -> GearState {
-        Gear::state(self)
+        match self {
+            Routed::Local(gear) => gear.state(),
+            Routed::Remote(_) => GearState::Running,
+        }
     }
 
     fn keeper_tag(&self) -> Option<String> {
-        let id = self.paths.root.file_name()?.to_str()?;
-        Some(crate::keeper::websocket_tag(id))
+        match self {
+            Routed::Local(gear) => {
+                let id = gear.paths.root.file_name()?.to_str()?;
+                Some(crate::keeper::websocket_tag(id))
+            }
+            Routed::Remote(_) => None,
+        }
+    }
+
+    fn owner(&self) -> Option<&str> {
+        match self {
+            Routed::Local(_) => None,
+            Routed::Remote(node) => Some(&node.name),
+        }
+    }
+
+    fn relay_field(&self, client: &str, secure: bool, authority: &[u8], out: &mut Vec<u8>) {
+        if let Routed::Remote(node) = self {
+            node.relay_field(client, secure, authority, out);
+        }
     }
 }
 
 impl Backend for Arc<Node> {
-    type Gear = Gear;
+    type Gear = Routed;
 
-    fn frontend(&self) -> &Frontend<Gear> {
+    fn frontend(&self) -> &Frontend<Routed> {
         &self.frontend
     }
 
@@ -109,18 +154,39 @@ impl Backend for Arc<Node> {
         &self.config().domain
     }
 
-    fn wake(&self, gear: &Arc<Gear>) -> impl Future<Output = Result<(), String>> + Send {
-        Node::wake(self, gear)
+    fn wake(&self, gear: &Arc<Routed>) -> impl Future<Output = Result<(), String>> + Send {
+        use futures_util::future::Either;
+        match &**gear {
+            Routed::Local(gear) => Either::Left(Node::wake(self, gear)),
+            // never asked: a gear held elsewhere counts as running here
+            Routed::Remote(_) => Either::Right(std::future::ready(Ok(()))),
+        }
+    }
+
+    fn relayed(&self, value: &[u8], authority: &[u8]) -> Option<(String, bool)> {
+        Node::relayed(self, value, authority)
     }
 
     fn acme_challenge(&self, token: &str) -> Option<String> {
         self.acme.as_ref()?.challenge(token)
     }
 
-    /// Connects to `127.0.0.1:<port>` inside the gear's network namespace.
-    async fn connect(&self, target: &Target<Gear>, port: u16) -> Result<TcpStream, String> {
-        let netns = target.gear.paths.netns();
+    /// Connects to `127.0.0.1:<port>` inside the gear's network namespace,
+    /// or to the frontend of the node that holds the gear.
+    async fn connect(&self, target: &Target<Routed>, port: u16) -> Result<TcpStream, String> {
         let timeout = self.config().connect_timeout;
+        let gear = match &*target.gear {
+            Routed::Local(gear) => gear,
+            Routed::Remote(node) => {
+                let stream = tokio::time::timeout(timeout, TcpStream::connect(node.addr))
+                    .await
+                    .map_err(|_| format!("node {} did not accept a connection in time", node.name))?
+                    .map_err(|e| format!("node {} ({}) refused: {e}", node.name, node.addr))?;
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+        };
+        let netns = gear.paths.netns();
         let stream = tokio::task::spawn_blocking(move || {
             let s =
                 gearhost_sandbox::netns::connect(&netns, ([127, 0, 0, 1], port).into(), timeout)?;

@@ -147,10 +147,25 @@ impl GearFront {
     /// The frontend state of a gear whose logs are in `logs`, for `workers`
     /// frontend workers.
     pub fn new(logs: &std::path::Path, max_bytes: u64, keep: usize, workers: usize) -> GearFront {
+        GearFront::with_log(
+            AccessLog::new(logs.join("access.log"), max_bytes, keep),
+            workers,
+        )
+    }
+
+    /// The frontend state of another node of the cluster, which requests for
+    /// the gears it holds are passed to: pools of connections to its
+    /// frontend and counters, no access log (the node that holds a gear keeps
+    /// its log).
+    pub fn for_node(workers: usize) -> GearFront {
+        GearFront::with_log(AccessLog::none(), workers)
+    }
+
+    fn with_log(access: AccessLog, workers: usize) -> GearFront {
         GearFront {
             pools: (0..=workers).map(|_| Mutex::new(Vec::new())).collect(),
             stats: Stats::default(),
-            access: AccessLog::new(logs.join("access.log"), max_bytes, keep),
+            access,
             active: AtomicUsize::new(0),
             last_active: AtomicU64::new(now_ms()),
             waking: Mutex::new(None),

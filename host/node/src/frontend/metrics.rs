@@ -152,6 +152,7 @@ pub fn render_metrics(node: &Node) -> String {
     }
     let mut out = String::with_capacity(4096);
     render_frontend(&mut out, &all, &node.frontend);
+    render_relayed(&mut out, &node.other_nodes());
     let expiries = node.certs.expiries();
     if !expiries.is_empty() {
         counter(
@@ -256,6 +257,35 @@ pub fn render_metrics(node: &Node) -> String {
         );
     }
     out
+}
+
+/// Requests passed to the frontends of the nodes that hold their gears, by
+/// node and status class (in a cluster; nothing before the first).
+fn render_relayed(out: &mut String, others: &[Arc<crate::remote::Routed>]) {
+    use std::fmt::Write;
+    if others.is_empty() {
+        return;
+    }
+    counter(
+        out,
+        "gearhost_cluster_relayed_requests_total",
+        "Requests passed to the frontend of the node that holds their gear, by node and status class.",
+        "counter",
+    );
+    for other in others {
+        let crate::remote::Routed::Remote(node) = &**other else {
+            continue;
+        };
+        for (i, n) in node.front.stats.status.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "gearhost_cluster_relayed_requests_total{{node=\"{}\",status=\"{}xx\"}} {}",
+                node.name,
+                i + 1,
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
 }
 
 /// The frontend's own metrics: `all` holds the node-wide counters (labelled

@@ -61,12 +61,12 @@ pub use metrics::{Refusal, Stats, render_metrics, serve_metrics};
 pub use routes::{Target, TargetHttps};
 pub use workers::{open_door, start_https, start_workers};
 
-use crate::node::Gear;
+use crate::remote::Routed;
 
 /// The node-wide frontend state: the routing table and counters for
 /// requests that reached no gear.
 #[derive(Debug)]
-pub struct Frontend<G = Gear> {
+pub struct Frontend<G = Routed> {
     routes: routes::RouteTable<G>,
     /// Requests no gear got.
     pub stats: Stats,

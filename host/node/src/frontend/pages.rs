@@ -186,6 +186,22 @@ impl Refused {
         )
     }
 
+    /// A request another node passed on for a gear this node does not hold
+    /// either: the two nodes' views of the cluster differ for a moment (the
+    /// gear is moving); the request is not passed on a second time.
+    pub fn moving(label: &str, owner: &str) -> Refused {
+        Refused::new(
+            Refusal::NotRunning,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Gear moving",
+            format!(
+                "Gear <code>{}</code> is moving between nodes (now held by {}); try again in a moment.",
+                escape(label),
+                escape(owner)
+            ),
+        )
+    }
+
     /// The gear's connection failed while the request was written.
     pub fn broke(label: &str, error: &str) -> Refused {
         Refused::new(

@@ -10,12 +10,12 @@ use std::sync::{Arc, RwLock};
 
 use gearhost_http::request::host_name;
 
-use crate::node::Gear;
+use crate::remote::Routed;
 
 /// Where a host name leads.
 #[derive(Debug)]
-pub struct Target<G = Gear> {
-    /// The gear.
+pub struct Target<G = Routed> {
+    /// The gear (or the node that holds it).
     pub gear: Arc<G>,
     /// `<gear>-<namespace>`, for pages and metrics.
     pub label: String,

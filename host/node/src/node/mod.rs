@@ -140,7 +140,7 @@ pub struct Node {
     pub(crate) create: tokio::sync::Mutex<()>,
     /// Held while the frontend's routes are computed and set: a change to one gear's
     /// names and a rebuild of them all do not overtake each other.
-    routes_changing: Mutex<()>,
+    pub(crate) routes_changing: Mutex<()>,
     frontend_addr: Mutex<Option<std::net::SocketAddr>>,
     metrics_addr: Mutex<Option<std::net::SocketAddr>>,
     /// The runtime operations run on (the frontend's workers have their own).
@@ -187,6 +187,10 @@ pub struct Node {
     /// Gears the cluster placed on another node while this one was away, by
     /// id, with that node's name: their copies here are not started.
     pub(crate) elsewhere: Mutex<std::collections::HashMap<String, String>>,
+    /// The gears other nodes hold and those nodes, as the frontend routes them.
+    pub(crate) remote: Mutex<crate::remote::RemoteView>,
+    /// The key the frontend signs and checks relay fields with (in a cluster).
+    pub(crate) relay_key: std::sync::OnceLock<Arc<crate::remote::RelayKey>>,
 }
 
 /// The port the active deployment of `r` names for its app (an image's), if any.
@@ -327,6 +331,8 @@ impl Node {
             cluster: std::sync::OnceLock::new(),
             cluster_secret: std::sync::OnceLock::new(),
             elsewhere: Mutex::default(),
+            remote: Mutex::default(),
+            relay_key: std::sync::OnceLock::new(),
         });
         node.rebuild_routes();
         Ok(node)

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::remote::Routed;
 
 impl Node {
     /// The port the frontend sends a gear's requests to: the one its active
@@ -85,9 +86,17 @@ impl Node {
             .collect();
         gears.sort_by(|(_, a), (_, b)| (&a.created, &a.id).cmp(&(&b.created, &b.id)));
         for (g, r) in gears {
+            // a copy the cluster placed elsewhere leaves its names to the gear there
+            if self.placed_elsewhere(&r.id).is_some() {
+                continue;
+            }
             for (name, target) in self.routes_of(&g, &r) {
                 routes.entry(name).or_insert(target);
             }
+        }
+        // then the gears other nodes of the cluster hold
+        for (name, target) in self.remote_routes() {
+            routes.entry(name).or_insert(target);
         }
         self.frontend.set_routes(routes);
     }
@@ -101,6 +110,9 @@ impl Node {
     pub(crate) fn update_routes(&self, g: &Arc<Gear>) {
         let _changing = lock(&self.routes_changing);
         let r = g.record();
+        if self.placed_elsewhere(&r.id).is_some() {
+            return;
+        }
         let label = r.label();
         let (present, shared) = {
             let gears = lock(&self.gears);
@@ -144,7 +156,7 @@ impl Node {
                     hsts: r.https.hsts_max_age,
                 };
                 let target = Arc::new(Target {
-                    gear: g.clone(),
+                    gear: Arc::new(Routed::Local(g.clone())),
                     label: r.label(),
                     port,
                     https,

@@ -26,6 +26,9 @@ use wire::Kind;
 const HANDSHAKE: Duration = Duration::from_secs(5);
 /// How long connecting to a peer may take.
 const CONNECT: Duration = Duration::from_secs(3);
+/// The largest `gear list` answer taken from another node (a list of ten
+/// thousand gears is a few MiB).
+const MAX_LIST_ANSWER: usize = 64 << 20;
 
 /// A forwarded request: who calls (as the forwarding node established it)
 /// and the request line as the caller sent it.
@@ -322,6 +325,12 @@ pub async fn list_cluster(
                         connect(node, &owner, caller, &line, (false, false)).await?;
                     let mut text = Vec::new();
                     while let (Kind::Data, bytes) = inn.receive(&mut r).await? {
+                        if text.len() + bytes.len() > MAX_LIST_ANSWER {
+                            return Err(std::io::Error::other(format!(
+                                "its list is larger than {} MiB",
+                                MAX_LIST_ANSWER >> 20
+                            )));
+                        }
                         text.extend_from_slice(&bytes);
                     }
                     Ok::<_, std::io::Error>(text)

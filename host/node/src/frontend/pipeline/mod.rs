@@ -237,14 +237,29 @@ async fn request<B: Backend>(backend: &B, c: &mut Client) -> Next {
             return answer(c, &refused, method.head, framed.keep).await;
         }
     };
-    let secure = c.stream.secure();
+    // a request another node of the cluster passed on: the client is the one
+    // it names, over the scheme it names, when the field is signed for it
+    let relayed = framed
+        .checked
+        .facts
+        .relay
+        .clone()
+        .and_then(|field| backend.relayed(&c.buf.data[field], authority));
+    let secure = relayed.as_ref().map_or(c.stream.secure(), |r| r.1);
     // a plain-HTTP request for a gear that asks for HTTPS goes there, but
     // for ACME's HTTP-01 challenges, which must stay plain
     let redirect = match target.https.redirect_port {
         Some(port) if !secure => https_location(c, &framed.checked, port),
         _ => None,
     };
-    let mut ex = admit(c, framed, &target, start);
+    let client = relayed.map(|r| r.0);
+    let mut ex = admit(c, framed, &target, start, client.as_deref(), secure);
+    // passed on once at most: two nodes that each think the other holds the
+    // gear (it is moving) must not pass a request back and forth
+    if let (Some(owner), Some(_)) = (target.gear.owner(), &client) {
+        let refused = Refused::moving(&target.label, owner).pending(ex.framed.unread);
+        return ex.refuse(c, refused).await;
+    }
     if secure {
         ex.hsts = target.https.hsts;
     }
@@ -363,19 +378,25 @@ struct Exchange<G: BackendGear> {
 /// Between route and wake: the request counts as the gear's (in flight,
 /// activity); its access log line and the head for the gear are written
 /// from the client's bytes, and then the head is done with.
+///
+/// `client` is the client's address when another node passed the request on
+/// (else the connection's peer), and `secure` whether it came over HTTPS.
 fn admit<G: BackendGear>(
     c: &mut Client,
     framed: Framed,
     target: &Target<G>,
     start: Instant,
+    client: Option<&str>,
+    secure: bool,
 ) -> Exchange<G> {
     let front = target.gear.front();
     front.active.fetch_add(1, Ordering::SeqCst);
     front.touch_at(start);
+    let client = client.unwrap_or(&c.forwarded_for);
     let mut line = String::with_capacity(160);
     let split = access::request_part(
         &mut line,
-        &c.forwarded_for,
+        client,
         &c.buf.data,
         &c.head,
         framed.checked.facts.user_agent.clone(),
@@ -385,10 +406,19 @@ fn admit<G: BackendGear>(
         &c.buf.data,
         &c.head,
         &framed.checked,
-        &c.forwarded_for,
-        c.stream.secure(),
+        client,
+        secure,
         &mut c.to_gear,
     );
+    if target.gear.owner().is_some() {
+        // the line goes before the blank line that ends the head
+        c.to_gear.truncate(c.to_gear.len() - 2);
+        let authority = &c.buf.data[framed.checked.authority.clone()];
+        target
+            .gear
+            .relay_field(client, secure, authority, &mut c.to_gear);
+        c.to_gear.extend_from_slice(b"\r\n");
+    }
     c.buf.consume(c.head.len);
     Exchange {
         framed,
