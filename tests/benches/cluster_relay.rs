@@ -15,8 +15,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use gearhost_tests::etcd::{EtcdCluster, member_config, secret_file};
-use gearhost_tests::{TestNode, cartridge_dir, workspace_root};
+use gearhost_tests::etcd::{EtcdCluster, start_nodes};
+use gearhost_tests::{cartridge_dir, workspace_root};
 
 /// One kept-alive client connection to a frontend, asking for `host`.
 struct Client {
@@ -88,12 +88,7 @@ fn main() {
         .and_then(|n| n.parse().ok())
         .unwrap_or(4000);
     let etcd = EtcdCluster::start(1);
-    let secrets = tempfile::tempdir().expect("dir");
-    let secret = secret_file(secrets.path());
-    let nodes: Vec<TestNode> = ["node-a", "node-b"]
-        .iter()
-        .map(|n| TestNode::start_member(330_500, 100, n, &member_config(&etcd, n, &secret, 10)))
-        .collect();
+    let (_secrets, nodes) = start_nodes(&etcd, &["node-a", "node-b"], (330_500, 100), 10);
     let nodejs = cartridge_dir("nodejs-cartridge");
     for node in &nodes {
         node.ok(&[

@@ -120,6 +120,37 @@ impl EtcdCluster {
         }
     }
 
+    /// The cluster's revision now, as the first live member answers (through
+    /// etcd's JSON gateway): every write transaction raises it by one, so the
+    /// difference over an operation is the writes it made.
+    pub fn revision(&self) -> i64 {
+        use std::io::{Read, Write};
+        let member = self
+            .members
+            .iter()
+            .find(|m| m.child.is_some())
+            .expect("a live member");
+        let body = r#"{"key":"Lw==","limit":1}"#;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", member.client)).expect("etcd");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        write!(
+            s,
+            "POST /v3/kv/range HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("ask etcd");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let json = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let v: serde_json::Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("etcd answered {text}: {e}"));
+        v["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_else(|| panic!("no revision in {v}"))
+    }
+
     /// What member `i` logged.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(
@@ -195,6 +226,31 @@ pub fn secret_file(dir: &std::path::Path) -> PathBuf {
     .expect("secret");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
     path
+}
+
+/// Nodes `names` joined into `etcd`'s cluster, sharing the district of
+/// `uids` uids from `uid_min`, with leases of `ttl_secs` seconds; the
+/// directory holds their shared secret.
+pub fn start_nodes(
+    etcd: &EtcdCluster,
+    names: &[&str],
+    (uid_min, uids): (u32, u32),
+    ttl_secs: u64,
+) -> (tempfile::TempDir, Vec<crate::TestNode>) {
+    let secrets = tempfile::tempdir().expect("dir");
+    let secret = secret_file(secrets.path());
+    let nodes = names
+        .iter()
+        .map(|n| {
+            crate::TestNode::start_member(
+                uid_min,
+                uids,
+                n,
+                &member_config(etcd, n, &secret, ttl_secs),
+            )
+        })
+        .collect();
+    (secrets, nodes)
 }
 
 impl Drop for EtcdCluster {

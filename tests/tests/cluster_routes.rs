@@ -12,7 +12,7 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use gearhost_tests::etcd::{EtcdCluster, member_config, secret_file};
+use gearhost_tests::etcd::{EtcdCluster, start_nodes};
 use gearhost_tests::{TestNode, cartridge_dir, json, privileged, workspace_root};
 
 const UID_MIN: u32 = 88_800;
@@ -68,20 +68,8 @@ fn every_frontend_routes_every_gear_of_the_cluster() {
         return;
     }
     let etcd = EtcdCluster::start(3);
-    let secrets = tempfile::tempdir().expect("dir");
-    let secret = secret_file(secrets.path());
     let names = ["node-a", "node-b", "node-c"];
-    let nodes: Vec<TestNode> = names
-        .iter()
-        .map(|n| {
-            TestNode::start_member(
-                UID_MIN,
-                UIDS,
-                n,
-                &member_config(&etcd, n, &secret, TTL_SECS),
-            )
-        })
-        .collect();
+    let (_secrets, nodes) = start_nodes(&etcd, &names, (UID_MIN, UIDS), TTL_SECS);
     let nodejs = cartridge_dir("nodejs-cartridge");
     for node in &nodes {
         node.ok(&[

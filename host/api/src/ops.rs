@@ -506,6 +506,40 @@ ops! {
         /// messages; never opened by the node.
         source: String,
     }
+    /// Move a gear to another node of the cluster (operators): its requests
+    /// are held, it is stopped, its archive (as `snapshot` writes it) goes
+    /// to the other node, which brings it back under the same id, uid, MCS
+    /// level, name and aliases, takes its placement in one transaction and
+    /// starts it if it ran; then this node's copy is removed and the held
+    /// requests go to the other node. A move that fails before the other
+    /// node takes the placement leaves the gear where it was, started again
+    /// if it ran.
+    Move "move" => reply::Moved {
+        /// The gear.
+        gear: GearRef,
+        /// The node to move it to.
+        node: String,
+    }
+    /// The other half of `move`, sent by the node that holds a gear to the
+    /// node it moves to, never by a client: bring gear `id` in from the
+    /// archive that follows (one descriptor, as for `restore`), take its
+    /// placement, then let it wake on requests (`wake`) or start it now
+    /// (`start`).
+    Receive "receive" => reply::Restored {
+        /// The gear.
+        gear: GearRef,
+        /// Its id in the cluster.
+        id: String,
+        /// The node it comes from.
+        from: String,
+        /// It wakes when a request comes (it ran or was idle).
+        wake: bool,
+        /// It starts now (it ran).
+        start: bool,
+        /// The user it belongs to, if a user (not an operator) made it.
+        #[serde(default)]
+        owner: Option<String>,
+    }
     /// Run a command in the gear's sandbox with the caller's stdio, passed as
     /// descriptors with the request: stdin, stdout, stderr, and on a terminal
     /// optionally a pipe that gets a byte whenever the caller's window

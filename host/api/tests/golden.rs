@@ -267,6 +267,17 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
             notes: vec!["alias www.example.com leads to another gear; not restored".into()],
         },
     );
+    answer::<Move>(
+        "moved",
+        &Moved {
+            gear: gear_summary(),
+            from: "node-a".into(),
+            to: "node-b".into(),
+            bytes: 48_213,
+            millis: 2_140,
+            notes: Vec::new(),
+        },
+    );
     answer::<Build>("built", &Built { built: 3 });
     answer::<Control>(
         "control",

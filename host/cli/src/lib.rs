@@ -145,6 +145,8 @@ pub enum Command {
     Snapshot(cmd::snapshot::Args),
     /// Bring a gear back from an archive `gear snapshot` wrote.
     Restore(cmd::restore::Args),
+    /// Move a gear to another node of the cluster (operators).
+    Move(cmd::moves::Args),
     /// A gear's deployments.
     Deployments(cmd::deployments::ListArgs),
     /// Go back to an earlier deployment.
@@ -549,6 +551,7 @@ pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
         Command::Control(args) => cmd::control::run(args),
         Command::Snapshot(args) => cmd::snapshot::run(args),
         Command::Restore(args) => cmd::restore::run(args),
+        Command::Move(args) => cmd::moves::run(args),
         Command::Deployments(args) => cmd::deployments::list(args),
         Command::Rollback(args) => cmd::deployments::rollback(args),
         Command::Env(args) => cmd::env::run(args),

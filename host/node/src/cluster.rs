@@ -217,8 +217,12 @@ impl Node {
             .map_err(api_error)
     }
 
-    /// Gives back a destroyed (or never finished) gear's claims.
+    /// Gives back a destroyed (or never finished) gear's claims, unless the
+    /// cluster holds the gear on another node (they are that node's).
     pub(crate) async fn release_gear(&self, r: &GearRecord) {
+        if self.placed_elsewhere(&r.id).is_some() {
+            return;
+        }
         if let Some(cluster) = self.cluster()
             && let Err(e) = cluster.release(&placement(r, cluster.node())).await
         {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use gearhost_cluster::{Change, NodeAdvert, Placement};
 use ring::hmac;
 
+use crate::frontend::backend::Relayed;
 use crate::frontend::{GearFront, Target, TargetHttps};
 use crate::node::{Gear, Node, lock};
 
@@ -50,17 +51,10 @@ pub struct OtherNode {
 }
 
 impl OtherNode {
-    /// Writes the relay field for a request of `client` (over HTTPS when
-    /// `secure`) for `authority`.
-    pub(crate) fn relay_field(
-        &self,
-        client: &str,
-        secure: bool,
-        authority: &[u8],
-        out: &mut Vec<u8>,
-    ) {
+    /// Writes the relay field for a request `from` a client, for `authority`.
+    pub(crate) fn relay_field(&self, from: &Relayed, authority: &[u8], out: &mut Vec<u8>) {
         self.key
-            .write_field(client, secure, authority, crate::state::now(), out);
+            .write_field(from, authority, crate::state::now(), out);
     }
 }
 
@@ -83,25 +77,36 @@ impl RelayKey {
         RelayKey(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
     }
 
-    fn message(time: u64, client: &str, secure: bool, authority: &[u8]) -> Vec<u8> {
-        let mut m = format!("{time}\n{client}\n{}\n", scheme(secure)).into_bytes();
+    fn message(time: u64, from: &Relayed, authority: &[u8]) -> Vec<u8> {
+        let mut m = format!(
+            "{time}\n{}\n{}\n{}\n",
+            from.client,
+            scheme(from.secure),
+            from.hops
+        )
+        .into_bytes();
         m.extend(authority.iter().map(u8::to_ascii_lowercase));
         m
     }
 
-    /// Writes `gearhost-relay: t=TIME;for=CLIENT;proto=SCHEME;mac=HEX\r\n`.
+    /// Writes `gearhost-relay: t=TIME;for=CLIENT;proto=SCHEME;hops=N;mac=HEX\r\n`.
     pub(crate) fn write_field(
         &self,
-        client: &str,
-        secure: bool,
+        from: &Relayed,
         authority: &[u8],
         time: u64,
         out: &mut Vec<u8>,
     ) {
-        let tag = hmac::sign(&self.0, &Self::message(time, client, secure, authority));
+        let tag = hmac::sign(&self.0, &Self::message(time, from, authority));
         out.extend_from_slice(gearhost_http::fields::RELAY.as_bytes());
         out.extend_from_slice(
-            format!(": t={time};for={client};proto={};mac=", scheme(secure)).as_bytes(),
+            format!(
+                ": t={time};for={};proto={};hops={};mac=",
+                from.client,
+                scheme(from.secure),
+                from.hops
+            )
+            .as_bytes(),
         );
         for b in tag.as_ref() {
             out.extend_from_slice(format!("{b:02x}").as_bytes());
@@ -109,22 +114,18 @@ impl RelayKey {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// The client and whether it came over HTTPS, when `value` is a field
-    /// this key signed for `authority` within [`RELAY_WINDOW`] of `now`.
-    pub(crate) fn verify(
-        &self,
-        value: &[u8],
-        authority: &[u8],
-        now: u64,
-    ) -> Option<(String, bool)> {
+    /// Who the request comes from, when `value` is a field this key signed
+    /// for `authority` within [`RELAY_WINDOW`] of `now`.
+    pub(crate) fn verify(&self, value: &[u8], authority: &[u8], now: u64) -> Option<Relayed> {
         let value = std::str::from_utf8(value).ok()?;
-        let (mut time, mut client, mut proto, mut mac) = (None, None, None, None);
+        let (mut time, mut client, mut proto, mut hops, mut mac) = (None, None, None, None, None);
         for part in value.split(';') {
             let (k, v) = part.trim().split_once('=')?;
             let slot = match k {
                 "t" => &mut time,
                 "for" => &mut client,
                 "proto" => &mut proto,
+                "hops" => &mut hops,
                 "mac" => &mut mac,
                 _ => return None,
             };
@@ -139,18 +140,18 @@ impl RelayKey {
             "http" => false,
             _ => return None,
         };
+        let hops: u8 = hops?.parse().ok()?;
         if now.abs_diff(time) > RELAY_WINDOW {
             return None;
         }
         let mac = unhex(mac?)?;
-        let client = client.to_string();
-        hmac::verify(
-            &self.0,
-            &Self::message(time, &client, secure, authority),
-            &mac,
-        )
-        .ok()?;
-        Some((client, secure))
+        let from = Relayed {
+            client: client.to_string(),
+            secure,
+            hops,
+        };
+        hmac::verify(&self.0, &Self::message(time, &from, authority), &mac).ok()?;
+        Some(from)
     }
 }
 
@@ -238,7 +239,11 @@ impl Node {
                 }
             }
             Change::Placed(p) if p.node == me => {
-                if let Some(old) = view.placements.remove(&p.id) {
+                // a gear arriving here (a move) puts its own names in once it is in
+                let arriving = lock(&self.gears).get(&p.id).is_some();
+                if let Some(old) = view.placements.remove(&p.id)
+                    && !arriving
+                {
                     self.clear_remote(&old.label);
                 }
             }
@@ -356,7 +361,7 @@ impl Node {
 
     /// The relay field's client and scheme, when the node is in a cluster and
     /// the field is signed for this request.
-    pub(crate) fn relayed(&self, value: &[u8], authority: &[u8]) -> Option<(String, bool)> {
+    pub(crate) fn relayed(&self, value: &[u8], authority: &[u8]) -> Option<Relayed> {
         self.relay_key
             .get()?
             .verify(value, authority, crate::state::now())
@@ -375,25 +380,21 @@ mod tests {
     #[test]
     fn a_relay_field_is_believed_only_as_signed() {
         let key = RelayKey::new(b"a cluster secret of at least thirty-two bytes");
+        let from = Relayed {
+            client: "192.0.2.7".into(),
+            secure: true,
+            hops: 1,
+        };
         let mut out = Vec::new();
-        key.write_field(
-            "192.0.2.7",
-            true,
-            b"App-NS.example.test:8080",
-            1_000,
-            &mut out,
-        );
+        key.write_field(&from, b"App-NS.example.test:8080", 1_000, &mut out);
         let line = String::from_utf8(out).expect("ascii");
         let value = line
             .strip_prefix("gearhost-relay: ")
             .and_then(|v| v.strip_suffix("\r\n"))
             .expect("one field line");
         let authority = b"app-ns.example.test:8080";
-        assert_eq!(
-            key.verify(value.as_bytes(), authority, 1_100),
-            Some(("192.0.2.7".into(), true))
-        );
-        // another authority, another client, another scheme, too old, another key
+        assert_eq!(key.verify(value.as_bytes(), authority, 1_100), Some(from));
+        // another authority, client, scheme or hop count, too old, another key
         assert_eq!(
             key.verify(value.as_bytes(), b"other.example.test", 1_100),
             None
@@ -401,6 +402,8 @@ mod tests {
         let forged = value.replace("192.0.2.7", "192.0.2.8");
         assert_eq!(key.verify(forged.as_bytes(), authority, 1_100), None);
         let forged = value.replace("proto=https", "proto=http");
+        assert_eq!(key.verify(forged.as_bytes(), authority, 1_100), None);
+        let forged = value.replace("hops=1", "hops=0");
         assert_eq!(key.verify(forged.as_bytes(), authority, 1_100), None);
         assert_eq!(
             key.verify(value.as_bytes(), authority, 1_000 + RELAY_WINDOW + 1),
@@ -412,7 +415,7 @@ mod tests {
         for bad in [
             format!("{value};t=1000"),
             format!("{value};x=1"),
-            "t=1000;for=192.0.2.7;proto=https".to_string(),
+            "t=1000;for=192.0.2.7;proto=https;hops=1".to_string(),
             "garbage".to_string(),
             String::new(),
         ] {

@@ -553,6 +553,10 @@ async fn dispatch(
             Err(e) => Err(e),
         }),
         Request::Snapshot(op) => answer::<ops::Snapshot>(node.snapshot(&op.gear, fds, p).await),
+        Request::Move(op) => {
+            answer::<ops::Move>(node.move_gear(&op.gear, &op.node, caller, p).await)
+        }
+        Request::Receive(op) => answer::<ops::Receive>(node.receive(op, fds, p).await),
         Request::Restore(op) => {
             let owner = (!caller.operator).then(|| Owner {
                 user: caller.user.clone(),

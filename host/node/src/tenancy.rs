@@ -44,6 +44,10 @@ pub enum SshRole {
     Endpoint,
     /// A session of the user whose key logged in.
     User,
+    /// Another node of the cluster, asking for its half of an operation
+    /// between nodes (the arrival of a moved gear), on behalf of the caller
+    /// it names.
+    Node,
 }
 
 /// Establishes who is calling: from the socket's peer credentials, or, for
@@ -468,6 +472,12 @@ pub fn authorize(caller: &Caller, ns: &Namespaces, request: &Request) -> Result<
         Request::NodeRestart(_) => operators_only(caller, "restart the node"),
         Request::NodeResume(_) => operators_only(caller, "read what the node's resume did"),
         Request::NodeList(_) => operators_only(caller, "list the cluster's nodes"),
+        Request::Move(_) => operators_only(caller, "move gears between nodes"),
+        Request::Receive(_) if caller.ssh == SshRole::Node => Ok(()),
+        Request::Receive(_) => Err(denied(
+            "receive is what a node of the cluster sends another while it moves a gear; use `gear move`"
+                .to_string(),
+        )),
         Request::NamespaceCreate(_)
         | Request::NamespaceDelete(_)
         | Request::NamespaceAddMember(_)
@@ -526,6 +536,8 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         Request::DeployCancel(op) => &op.gear,
         Request::Snapshot(op) => &op.gear,
         Request::Restore(op) => &op.gear,
+        Request::Move(op) => &op.gear,
+        Request::Receive(op) => &op.gear,
         Request::NodeEvents(op) => return op.gear.as_ref(),
         Request::KeysAdd(_)
         | Request::KeysList(_)

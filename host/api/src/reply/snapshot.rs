@@ -25,6 +25,26 @@ pub struct Snapshotted {
     pub skipped: Vec<String>,
 }
 
+/// The answer to `move`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Moved {
+    /// The gear as it is now, on its new node.
+    pub gear: GearSummary,
+    /// The node it left.
+    pub from: String,
+    /// The node it runs on now.
+    pub to: String,
+    /// Bytes of the archive that travelled (compressed).
+    pub bytes: u64,
+    /// Milliseconds from the move's start to the gear answering on its new
+    /// node (requests were held meanwhile).
+    pub millis: u64,
+    /// What the new node said of the arrival (see `restore`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
 /// The answer to `restore`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

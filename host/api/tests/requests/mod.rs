@@ -63,6 +63,20 @@ pub(crate) fn requests() -> Vec<Request> {
         }
         .into(),
         Snapshot { gear: web() }.into(),
+        Move {
+            gear: web(),
+            node: "node-b".into(),
+        }
+        .into(),
+        Receive {
+            gear: web(),
+            id: "6f1c0f2b9a7e4d21".into(),
+            from: "node-a".into(),
+            wake: true,
+            start: true,
+            owner: Some("ada".into()),
+        }
+        .into(),
         Restore {
             gear: web(),
             source: "/home/ada/web-20260101-120000.tar.gz".into(),

@@ -125,6 +125,7 @@ const ON_A_GEAR: &[&str] = &[
     "rollback",
     "snapshot",
     "restore",
+    "move",
     "env",
     "logs",
     "exec",

@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod link;
 pub mod list;
 pub mod logs;
+pub mod moves;
 pub mod node_check;
 pub mod node_events;
 pub mod node_list;

@@ -28,6 +28,24 @@ pub(crate) struct Limits {
     pub max_body: u64,
 }
 
+/// Who a request another node of the cluster passed on comes from, as the
+/// relay field says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Relayed {
+    /// The client's address.
+    pub client: String,
+    /// It came over HTTPS.
+    pub secure: bool,
+    /// How many nodes passed it on so far.
+    pub hops: u8,
+}
+
+/// How many times a request may be passed between nodes: once, and once
+/// more by a node that was passed a request for a gear that just moved on.
+/// Two nodes whose views of a move differ for a moment cannot pass a request
+/// back and forth for longer.
+pub(crate) const MAX_HOPS: u8 = 2;
+
 /// A gear as the pipeline sees it.
 pub(crate) trait BackendGear: Send + Sync + 'static {
     /// The frontend's state of the gear.
@@ -46,8 +64,9 @@ pub(crate) trait BackendGear: Send + Sync + 'static {
     }
     /// For a gear another node holds: writes the field (a whole line) that
     /// tells that node's frontend who the client is, `client` over HTTPS or
-    /// not (`secure`), asking for `authority`.
-    fn relay_field(&self, _client: &str, _secure: bool, _authority: &[u8], _out: &mut Vec<u8>) {}
+    /// not (`secure`), asking for `authority`, passed on `hops` times with
+    /// this one.
+    fn relay_field(&self, _from: &Relayed, _authority: &[u8], _out: &mut Vec<u8>) {}
 }
 
 /// The node as the pipeline sees it.
@@ -73,7 +92,7 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// `authority`; `None` when the field is not one a node of the cluster
     /// signed for this request (it is then ignored, and the connection's own
     /// peer is the client).
-    fn relayed(&self, _value: &[u8], _authority: &[u8]) -> Option<(String, bool)> {
+    fn relayed(&self, _value: &[u8], _authority: &[u8]) -> Option<Relayed> {
         None
     }
 
@@ -127,9 +146,9 @@ impl BackendGear for Routed {
         }
     }
 
-    fn relay_field(&self, client: &str, secure: bool, authority: &[u8], out: &mut Vec<u8>) {
+    fn relay_field(&self, from: &Relayed, authority: &[u8], out: &mut Vec<u8>) {
         if let Routed::Remote(node) = self {
-            node.relay_field(client, secure, authority, out);
+            node.relay_field(from, authority, out);
         }
     }
 }
@@ -163,7 +182,7 @@ impl Backend for Arc<Node> {
         }
     }
 
-    fn relayed(&self, value: &[u8], authority: &[u8]) -> Option<(String, bool)> {
+    fn relayed(&self, value: &[u8], authority: &[u8]) -> Option<Relayed> {
         Node::relayed(self, value, authority)
     }
 

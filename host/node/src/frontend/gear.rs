@@ -72,6 +72,35 @@ pub struct GearFront {
     pub(crate) forwarding: AtomicUsize,
     /// Which slot of the app serves (see [`LiveSlot`]).
     pub(crate) live: Arc<LiveSlot>,
+    /// Set while the gear moves to another node ([`MoveHold`]): new requests
+    /// wait before they count as the gear's, and are routed again after.
+    moving: AtomicBool,
+    /// The end of the move in progress, which waiting requests watch.
+    moved: Mutex<Option<tokio::sync::watch::Receiver<bool>>>,
+    /// Requests between their route and their admission. With `moving` it
+    /// makes the same handshake as `active` with `closing`: a move sets
+    /// `moving`, then waits for this to be zero; a request raises this, then
+    /// looks at `moving`. So a request either waits for the move or is
+    /// counted before the move goes on.
+    pub(crate) entering: AtomicUsize,
+}
+
+/// A gear's new requests held while it moves to another node: from
+/// [`GearFront::hold_for_move`] until this is dropped. The requests then
+/// look their host up again (the gear's names lead to its new node by then,
+/// or still here when the move failed).
+#[derive(Debug)]
+pub struct MoveHold<'a> {
+    front: &'a GearFront,
+    done: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for MoveHold<'_> {
+    fn drop(&mut self) {
+        *lock(&self.front.moved) = None;
+        self.front.moving.store(false, Ordering::SeqCst);
+        let _ = self.done.send(true);
+    }
 }
 
 /// Which of its two slots a gear's app serves from, and the frontend's
@@ -173,7 +202,27 @@ impl GearFront {
             closing: AtomicBool::new(false),
             forwarding: AtomicUsize::new(0),
             live: Arc::default(),
+            moving: AtomicBool::new(false),
+            moved: Mutex::new(None),
+            entering: AtomicUsize::new(0),
         }
+    }
+
+    /// Hold the gear's new requests while it moves (see [`MoveHold`]).
+    pub fn hold_for_move(&self) -> MoveHold<'_> {
+        let (done, wait) = tokio::sync::watch::channel(false);
+        *lock(&self.moved) = Some(wait);
+        self.moving.store(true, Ordering::SeqCst);
+        MoveHold { front: self, done }
+    }
+
+    /// The end of the move in progress to wait for, if the gear is moving.
+    /// Called with the request counted in `entering`.
+    pub(crate) fn moving(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        if !self.moving.load(Ordering::SeqCst) {
+            return None;
+        }
+        lock(&self.moved).clone()
     }
 
     /// Close the frontend's listener inside the gear (it stopped, or is being

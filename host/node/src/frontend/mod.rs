@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 mod access;
-mod backend;
+pub(crate) mod backend;
 pub mod drain;
 mod gear;
 mod headers;
@@ -56,7 +56,7 @@ mod workers;
 
 pub use access::{AccessLog, flush_access_logs};
 pub(crate) use gear::WakeResult;
-pub use gear::{GearFront, LiveSlot, SlotLease, now_ms};
+pub use gear::{GearFront, LiveSlot, MoveHold, SlotLease, now_ms};
 pub use metrics::{Refusal, Stats, render_metrics, serve_metrics};
 pub use routes::{Target, TargetHttps};
 pub use workers::{open_door, start_https, start_workers};

@@ -26,13 +26,16 @@ impl Node {
         disk: Option<u64>,
         owner: Option<&Owner>,
     ) -> ApiResult<reply::GearSummary> {
-        self.create_with_uid(gear, cartridge, disk, owner, None)
+        self.create_with_uid(gear, cartridge, disk, owner, None, None)
             .await
     }
 
     /// [`Node::create`], taking uid `prefer` when it is in the node's range
     /// and free (a restore keeps the uid, and so the MCS level, of the gear
-    /// it brings back). In a cluster the uid is claimed cluster-wide instead.
+    /// it brings back). In a cluster the uid is claimed cluster-wide instead,
+    /// but for a gear `arriving` from another node (a move): it keeps its id
+    /// and uid (`prefer`), claims nothing, and counts as placed on the node
+    /// it comes from until the move takes its placement.
     pub(crate) async fn create_with_uid(
         self: &Arc<Self>,
         gear: &GearRef,
@@ -40,6 +43,7 @@ impl Node {
         disk: Option<u64>,
         owner: Option<&Owner>,
         prefer: Option<u32>,
+        arriving: Option<&Arrival>,
     ) -> ApiResult<reply::GearSummary> {
         check_gear_ref(gear)?;
         let cart = self.cartridge(cartridge)?;
@@ -62,17 +66,31 @@ impl Node {
         if let Some(owner) = owner {
             self.check_user_limits(owner)?;
         }
-        let id = new_id();
+        let id = arriving.map_or_else(new_id, |a| a.id.clone());
         // in a cluster the uid (and with it the MCS level), the name and the
         // public label are claimed cluster-wide, in one etcd transaction
-        let uid = match self.cluster() {
-            Some(cluster) => {
+        let uid = match (self.cluster(), arriving, prefer) {
+            // a moved gear's claims are its own already; the move takes its placement last
+            (Some(_), Some(a), Some(uid)) => {
+                if lock(&self.gears).uid_taken(uid) {
+                    return Err(ApiError::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "uid {uid} of the gear arriving from node {} is held by a gear of this node",
+                            a.from
+                        ),
+                    ));
+                }
+                lock(&self.elsewhere).insert(id.clone(), a.from.clone());
+                uid
+            }
+            (Some(cluster), _, _) => {
                 self.claim_new_gear(cluster, &id, gear, &cart.manifest().name)
                     .await?
             }
             // the uid asked for if it is free, else the lowest free uid (the create
             // lock is held: nobody else takes it meanwhile)
-            None => {
+            (None, _, _) => {
                 let mut table = lock(&self.gears);
                 let range = self.config.uid_min..=self.config.uid_max;
                 prefer
@@ -144,9 +162,15 @@ impl Node {
             }
             let _ = state::remove_tree(&paths.root);
         };
+        let forget_arrival = || {
+            if arriving.is_some() {
+                lock(&self.elsewhere).remove(&record.id);
+            }
+        };
         if let Err(e) = made {
             undo();
             self.release_gear(&record).await;
+            forget_arrival();
             return Err(internal(format!(
                 "cannot create the gear's directories: {e}"
             )));
@@ -155,6 +179,7 @@ impl Node {
         if let Err(e) = state::save_gear(&self.config.gears_dir(), &record) {
             undo();
             self.release_gear(&record).await;
+            forget_arrival();
             return Err(internal(e));
         }
         let summary = self.gear_summary(&record);
@@ -299,7 +324,22 @@ impl Node {
         let g = self.find(gear)?;
         // an operation stuck on what the gear did gives way (its hooks are cancelled)
         let _op = g.op.preempt("`gear destroy` was asked for").await;
+        self.destroy_locked(&g, progress).await
+    }
+
+    /// [`Node::destroy`] of gear `g`, its lock held. A gear the cluster holds
+    /// on another node (this one's copy is stale, or it just moved there)
+    /// keeps its claims: they are that node's.
+    pub(crate) async fn destroy_locked(
+        &self,
+        g: &Arc<Gear>,
+        progress: &Progress,
+    ) -> ApiResult<reply::Destroyed> {
         let r = g.record();
+        let gear = &GearRef {
+            name: r.name.clone(),
+            namespace: r.namespace.clone(),
+        };
         // a gear others are linked to holds their data: refuse rather than
         // break them (links to it are made under its lock, so this holds)
         let users = self.linked_from(&r.id);
@@ -317,7 +357,7 @@ impl Node {
             ));
         }
         // its stop hook and the signals must reach its processes
-        if let Err(e) = self.awake(&g, "the gear is destroyed").await {
+        if let Err(e) = self.awake(g, "the gear is destroyed").await {
             tracing::warn!(gear = %r.name, error = %e, "could not thaw a frozen gear being destroyed");
         }
         let deploy_required = self
@@ -335,7 +375,7 @@ impl Node {
                         humantime::format_duration(DESTROY_STOP_HOOK)
                     ));
                 });
-                let _ = self.hook(&g, &cart, HookCall::Stop).await;
+                let _ = self.hook(g, &cart, HookCall::Stop).await;
                 timer.abort();
             }
         }
@@ -351,7 +391,7 @@ impl Node {
         g.hook_log.close();
         g.front.access.close();
         // an image gear's roots
-        self.remove_image_roots(&g);
+        self.remove_image_roots(g);
         // leftovers from any exec that was cut short
         let paths = g.paths.clone();
         let subtree = self.config.cgroup_subtree.clone();
@@ -373,8 +413,9 @@ impl Node {
         .map_err(internal)?
         .map_err(|e| internal(format!("cannot remove the gear's files: {e}")))?;
         lock(&self.gears).remove(&r.id);
-        self.update_routes(&g);
+        self.update_routes(g);
         self.release_gear(&r).await;
+        lock(&self.elsewhere).remove(&r.id);
         if r.deployments.iter().any(|d| d.image.is_some()) {
             self.collect_images_soon();
         }

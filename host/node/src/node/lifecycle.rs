@@ -43,6 +43,16 @@ impl Node {
         // no new processes beside frozen ones
         self.awake(g, "the gear is started").await?;
         let r = g.record();
+        // never two live copies: one the cluster placed on another node stays stopped
+        if let Some(owner) = self.placed_elsewhere(&r.id) {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "the cluster holds gear {} on node {owner}; this node's copy is not started (`gear destroy` removes it here)",
+                    r.name
+                ),
+            ));
+        }
         let cart = self.cartridge(&r.cartridge)?;
         if r.active.is_none() && cart.manifest().deploy.required {
             return Err(invalid(format!(

@@ -116,12 +116,15 @@ mod image_gears;
 mod image_ops;
 mod kept;
 mod lifecycle;
+mod moves;
 mod replace;
 mod restore;
 mod routing;
 mod snapshot;
 mod table;
 mod variables;
+
+pub(crate) use moves::Arrival;
 
 pub use gear::Gear;
 pub use image_gears::ImageSource;

@@ -167,6 +167,23 @@ impl Node {
         owner: Option<&Owner>,
         progress: &Progress,
     ) -> ApiResult<reply::Restored> {
+        self.restore_arriving(gear, source, fds, owner, progress, None)
+            .await
+            .map(|(restored, _)| restored)
+    }
+
+    /// [`Node::restore`], or for a gear `arriving` from another node (a
+    /// move): a new gear under its id and uid, which must not exist here.
+    /// Also returns the gear.
+    pub(crate) async fn restore_arriving(
+        self: &Arc<Self>,
+        gear: &GearRef,
+        source: &str,
+        fds: Vec<OwnedFd>,
+        owner: Option<&Owner>,
+        progress: &Progress,
+        arriving: Option<&Arrival>,
+    ) -> ApiResult<(reply::Restored, Arc<Gear>)> {
         let input = one_fd(
             fds,
             "restore",
@@ -209,6 +226,17 @@ impl Node {
             Err(e) if is_not_found(&e) => None,
             Err(e) => return Err(give_up(e)),
         };
+        if let (Some(a), Some(_)) = (arriving, &existing) {
+            let e = give_up(ApiError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "gear {} already exists on this node, so the one moving from node {} cannot arrive; destroy the copy here first",
+                    gear.name, a.from
+                ),
+            ));
+            let _ = reader.await;
+            return Err(e);
+        }
         if let Err(e) = self.check_restorable(existing.as_ref(), &meta) {
             let e = give_up(e);
             let _ = reader.await;
@@ -220,7 +248,14 @@ impl Node {
             None => {
                 let _ = progress.send(format!("creating gear {}", gear.name));
                 let made = self
-                    .create_with_uid(gear, &meta.cartridge, meta.disk, owner, Some(meta.uid))
+                    .create_with_uid(
+                        gear,
+                        &meta.cartridge,
+                        meta.disk,
+                        owner,
+                        Some(meta.uid),
+                        arriving,
+                    )
                     .await
                     .and_then(|_| self.find(gear));
                 match made {
@@ -241,7 +276,7 @@ impl Node {
         drop(watch);
         drop(op);
         match done {
-            Ok(restored) => Ok(restored),
+            Ok(restored) => Ok((restored, g)),
             Err(e) if created => {
                 // nothing of a gear that was never restored stays
                 if let Err(again) = self.destroy(gear, &Progress::discard()).await {
@@ -464,7 +499,8 @@ impl Node {
                 ));
             }
         }
-        if created {
+        // (one arriving from another node is started by its move)
+        if created && self.placed_elsewhere(&g.record().id).is_none() {
             let r = g.record();
             notes.push(format!(
                 "gear {} was created stopped; start it with `gear start {}`",

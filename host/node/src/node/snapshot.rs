@@ -241,6 +241,17 @@ impl Node {
         )?;
         let g = self.find(gear)?;
         let _op = g.op.lock().await;
+        self.snapshot_locked(&g, out, progress).await
+    }
+
+    /// [`Node::snapshot`] of gear `g` into `out`, its lock held.
+    pub(crate) async fn snapshot_locked(
+        &self,
+        g: &Arc<Gear>,
+        out: OwnedFd,
+        progress: &Progress,
+    ) -> ApiResult<reply::Snapshotted> {
+        let g = g.clone();
         let _watch = g.hook_log.watch(progress);
         // the cartridge's actions run in the gear: its processes must run
         self.awake(&g, "a snapshot is taken").await?;

@@ -45,6 +45,10 @@ struct Envelope {
     /// as output frames.
     #[serde(default)]
     output: bool,
+    /// The node asks for its half of an operation between nodes (a move),
+    /// for the caller it names.
+    #[serde(default)]
+    node: bool,
 }
 
 /// Where a gear's node is reached.
@@ -74,6 +78,10 @@ pub async fn route(node: &Node, request: &Request) -> Result<Option<Owner>, ApiE
         }
         return Ok(None);
     };
+    // the arriving half of a move is this node's to serve (the gear is not here yet)
+    if let Request::Receive(_) = request {
+        return Ok(None);
+    }
     if let Request::Create(op) = request {
         let chosen = match &op.node {
             Some(name) => name.clone(),
@@ -232,6 +240,90 @@ pub async fn forward(
     Ok(())
 }
 
+/// This node's own request to `owner` (its half of an operation between
+/// nodes, for `caller`), with the archive read from `archive` as its one
+/// stream; the other node's progress lines go to `progress`. Returns the
+/// answer and the archive's size in bytes.
+pub async fn ask_with_archive(
+    node: &Node,
+    owner: &Owner,
+    caller: &Caller,
+    request: &Request,
+    archive: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    progress: &crate::node::Progress,
+) -> Result<(serde_json::Value, u64), ApiError> {
+    let failed = |why: String| {
+        ApiError::new(
+            ErrorKind::Failed,
+            format!("node {} ({}) {why}", owner.name, owner.listen),
+        )
+    };
+    let line = crate::api::encode_request(request);
+    let (mut tcp_r, mut tcp_w, mut inn, mut out) =
+        connect_as(node, owner, caller, &line, (true, false, true))
+            .await
+            .map_err(|e| failed(format!("could not be reached: {e}")))?;
+    // the archive goes as it is read; the connection stays open after it
+    // until the answer is in (a closed connection is a caller gone away)
+    let sender = tokio::spawn(async move {
+        let mut archive = archive;
+        let mut buf = vec![0u8; 256 << 10];
+        let mut sent = 0u64;
+        loop {
+            let n = archive.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            sent += n as u64;
+            out.send(&mut tcp_w, Kind::Data, &buf[..n]).await?;
+        }
+        out.send(&mut tcp_w, Kind::End, &[]).await?;
+        Ok::<_, std::io::Error>((sent, tcp_w))
+    });
+    let mut text: Vec<u8> = Vec::new();
+    let mut answer = None;
+    while answer.is_none() {
+        let bytes = match inn.receive(&mut tcp_r).await {
+            Ok((Kind::Data, bytes)) => bytes,
+            Ok(_) => break,
+            Err(e) => {
+                sender.abort();
+                return Err(failed(format!("broke the connection: {e}")));
+            }
+        };
+        text.extend_from_slice(&bytes);
+        while let Some(end) = text.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = text.drain(..=end).collect();
+            match Reply::decode(&String::from_utf8_lossy(&line)) {
+                Ok(Reply::Event(crate::api::Event::Progress(said))) => {
+                    let _ = progress.send(format!("{}: {said}", owner.name));
+                }
+                Ok(Reply::Event(_)) => {}
+                Ok(Reply::Ok(value)) => answer = Some(Ok(value)),
+                Ok(Reply::Error(e)) => answer = Some(Err(e)),
+                Err(e) => answer = Some(Err(failed(format!("sent an unreadable answer: {e}")))),
+            }
+        }
+    }
+    let value = match answer {
+        Some(Ok(value)) => value,
+        Some(Err(e)) => {
+            sender.abort();
+            return Err(e);
+        }
+        None => {
+            sender.abort();
+            return Err(failed("closed the connection without an answer".into()));
+        }
+    };
+    // it answered once the whole archive was in
+    match sender.await {
+        Ok(Ok((sent, _))) => Ok((value, sent)),
+        Ok(Err(e)) => Err(failed(format!("did not take the whole archive: {e}"))),
+        Err(e) => Err(failed(format!("did not take the whole archive: {e}"))),
+    }
+}
+
 /// A connection to another node: its two halves and the sealers of the two
 /// directions (what this node reads, what it writes).
 type Connected = (
@@ -250,6 +342,18 @@ async fn connect(
     caller: &Caller,
     line: &[u8],
     (archive, output): (bool, bool),
+) -> std::io::Result<Connected> {
+    connect_as(node, owner, caller, line, (archive, output, false)).await
+}
+
+/// [`connect`], saying whether the node itself asks (`as_node`: its half of
+/// an operation between nodes).
+async fn connect_as(
+    node: &Node,
+    owner: &Owner,
+    caller: &Caller,
+    line: &[u8],
+    (archive, output, as_node): (bool, bool, bool),
 ) -> std::io::Result<Connected> {
     let (Some(cluster), Some(secret)) = (node.cluster(), node.cluster_secret()) else {
         return Err(std::io::Error::other("this node is not in a cluster"));
@@ -272,6 +376,7 @@ async fn connect(
             .into_owned(),
         archive,
         output,
+        node: as_node,
     };
     let (tcp_r, mut tcp_w) = tcp.into_split();
     out.send(
@@ -406,7 +511,11 @@ async fn serve_peer(node: Arc<Node>, mut tcp: TcpStream, secret: &[u8]) -> std::
         uid: envelope.uid,
         user: envelope.user,
         operator: envelope.operator,
-        ssh: SshRole::Local,
+        ssh: if envelope.node {
+            SshRole::Node
+        } else {
+            SshRole::Local
+        },
     };
     tracing::debug!(%peer, user = %caller.user, "a request forwarded by another node");
     let (mine, theirs) = UnixStream::pair()?;

@@ -4,10 +4,12 @@
 //! 1. **frame** ([`frame`]): the request head is read (within the header
 //!    timeout and [`MAX_HEAD`]) and checked: one request, framed one way,
 //!    naming one host. Out: a [`Framed`] request, or a 400.
-//! 2. **route** (`RouteTable::route`): the authority the gear will see as
-//!    its `Host` leads to a [`Target`], or a 404. The request is then
-//!    counted as the gear's ([`admit`]): its access log line and the head
-//!    for the gear are written from the client's bytes.
+//! 2. **route** ([`enter`]): the authority the gear will see as its `Host`
+//!    leads to a [`Target`] (a gear here, or the node that holds it), or a
+//!    404; a gear moving to another node is waited for and its name looked
+//!    up again. The request is then counted as the gear's ([`admit`]): its
+//!    access log line and the head for the gear are written from the
+//!    client's bytes.
 //! 3. **wake** ([`forward::wake`]): an idle gear is woken and the request
 //!    waits for it; one being idled is waited out. Out: the request counted
 //!    as being forwarded, or a 503.
@@ -35,7 +37,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use gearhost_http::fields::facts;
 use gearhost_http::request::{BadRequest, Checked, check_request};
 
-use super::backend::{Backend, BackendGear};
+use super::backend::{Backend, BackendGear, MAX_HOPS, Relayed};
 use super::headers::{self, MAX_HEAD, Method};
 use super::pages::Refused;
 use super::wire::{self, HeadError, ReadBuf, RequestHead, ResponseHead, Upstream};
@@ -226,10 +228,10 @@ async fn request<B: Backend>(backend: &B, c: &mut Client) -> Next {
         return Next::KeepAlive;
     }
     let authority = &c.buf.data[framed.checked.authority.clone()];
-    let target = match backend.frontend().routes.route(authority) {
-        Ok(target) => target,
-        Err(host) => {
-            let refused = Refused::unknown_host(&host, backend.domain()).pending(framed.unread);
+    let (target, entering) = match enter(backend, authority).await {
+        Ok(entered) => entered,
+        Err(refused) => {
+            let refused = refused.pending(framed.unread);
             let stats = &backend.frontend().stats;
             stats.refused(refused.why);
             stats.response(refused.status, start.elapsed());
@@ -245,18 +247,19 @@ async fn request<B: Backend>(backend: &B, c: &mut Client) -> Next {
         .relay
         .clone()
         .and_then(|field| backend.relayed(&c.buf.data[field], authority));
-    let secure = relayed.as_ref().map_or(c.stream.secure(), |r| r.1);
+    let secure = relayed.as_ref().map_or(c.stream.secure(), |r| r.secure);
     // a plain-HTTP request for a gear that asks for HTTPS goes there, but
     // for ACME's HTTP-01 challenges, which must stay plain
     let redirect = match target.https.redirect_port {
         Some(port) if !secure => https_location(c, &framed.checked, port),
         _ => None,
     };
-    let client = relayed.map(|r| r.0);
-    let mut ex = admit(c, framed, &target, start, client.as_deref(), secure);
-    // passed on once at most: two nodes that each think the other holds the
-    // gear (it is moving) must not pass a request back and forth
-    if let (Some(owner), Some(_)) = (target.gear.owner(), &client) {
+    let mut ex = admit(c, framed, &target, start, relayed.as_ref(), secure);
+    drop(entering);
+    // passed between nodes a bounded number of times (see `MAX_HOPS`)
+    if let Some(owner) = target.gear.owner()
+        && relayed.is_some_and(|r| r.hops >= MAX_HOPS)
+    {
         let refused = Refused::moving(&target.label, owner).pending(ex.framed.unread);
         return ex.refuse(c, refused).await;
     }
@@ -281,6 +284,50 @@ async fn request<B: Backend>(backend: &B, c: &mut Client) -> Next {
         Err(forward::Halt::Close) => return Next::Close,
     };
     relay::relay(c, &target, ex, answered).await
+}
+
+/// Longest time a request waits for its gear to move to another node.
+const MOVE_WAIT: Duration = Duration::from_secs(60);
+
+/// A request between its route and its admission, counted in its gear's
+/// `entering` (see `GearFront::hold_for_move`).
+struct Entering<G: BackendGear>(Arc<Target<G>>);
+
+impl<G: BackendGear> Drop for Entering<G> {
+    fn drop(&mut self) {
+        self.0.gear.front().entering.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Phase 2, route: the gear (or the node that holds it) `authority` leads
+/// to, counted as entering; a gear that is moving to another node is waited
+/// for, and the name looked up again once it has moved. Out: the target, or
+/// the refusal (unknown host, or a move that took too long).
+async fn enter<B: Backend>(
+    backend: &B,
+    authority: &[u8],
+) -> Result<(Arc<Target<B::Gear>>, Entering<B::Gear>), Refused> {
+    let routes = &backend.frontend().routes;
+    let mut target = routes
+        .route(authority)
+        .map_err(|host| Refused::unknown_host(&host, backend.domain()))?;
+    let deadline = tokio::time::Instant::now() + MOVE_WAIT;
+    loop {
+        let front = target.gear.front();
+        front.entering.fetch_add(1, Ordering::SeqCst);
+        let entering = Entering(target.clone());
+        let Some(mut moved) = front.moving() else {
+            return Ok((target, entering));
+        };
+        drop(entering);
+        let waited = tokio::time::timeout_at(deadline, moved.wait_for(|done| *done)).await;
+        if waited.is_err() {
+            return Err(Refused::moving(&target.label, "another node"));
+        }
+        target = routes
+            .route(authority)
+            .map_err(|host| Refused::unknown_host(&host, backend.domain()))?;
+    }
 }
 
 /// The answer to an ACME HTTP-01 validation request
@@ -379,20 +426,21 @@ struct Exchange<G: BackendGear> {
 /// activity); its access log line and the head for the gear are written
 /// from the client's bytes, and then the head is done with.
 ///
-/// `client` is the client's address when another node passed the request on
-/// (else the connection's peer), and `secure` whether it came over HTTPS.
+/// `relayed` says who the client is when another node passed the request on
+/// (else it is the connection's peer), and `secure` whether it came over
+/// HTTPS.
 fn admit<G: BackendGear>(
     c: &mut Client,
     framed: Framed,
     target: &Target<G>,
     start: Instant,
-    client: Option<&str>,
+    relayed: Option<&Relayed>,
     secure: bool,
 ) -> Exchange<G> {
     let front = target.gear.front();
     front.active.fetch_add(1, Ordering::SeqCst);
     front.touch_at(start);
-    let client = client.unwrap_or(&c.forwarded_for);
+    let client = relayed.map_or(c.forwarded_for.as_str(), |r| r.client.as_str());
     let mut line = String::with_capacity(160);
     let split = access::request_part(
         &mut line,
@@ -414,9 +462,12 @@ fn admit<G: BackendGear>(
         // the line goes before the blank line that ends the head
         c.to_gear.truncate(c.to_gear.len() - 2);
         let authority = &c.buf.data[framed.checked.authority.clone()];
-        target
-            .gear
-            .relay_field(client, secure, authority, &mut c.to_gear);
+        let from = Relayed {
+            client: client.to_string(),
+            secure,
+            hops: relayed.map_or(1, |r| r.hops.saturating_add(1)),
+        };
+        target.gear.relay_field(&from, authority, &mut c.to_gear);
         c.to_gear.extend_from_slice(b"\r\n");
     }
     c.buf.consume(c.head.len);
