@@ -151,6 +151,20 @@ impl EtcdCluster {
             .unwrap_or_else(|| panic!("no revision in {v}"))
     }
 
+    /// The value of `key` (under the test process's prefix, as
+    /// [`member_config`] sets it: `gears/<id>`, ...), read with `etcdctl`.
+    pub fn get(&self, key: &str) -> Option<String> {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .args(["get", "--print-value-only"])
+            .arg(format!("/gearhost-test-{}/{key}", std::process::id()))
+            .output()
+            .expect("run etcdctl (apt-get install etcd-client; scripts/setup does)");
+        let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !value.is_empty()).then_some(value)
+    }
+
     /// What member `i` logged.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(
@@ -206,9 +220,18 @@ pub fn member_config(
     secret: &std::path::Path,
     ttl_secs: u64,
 ) -> String {
+    member_config_via(&etcd.endpoints_toml(), name, secret, ttl_secs)
+}
+
+/// [`member_config`] with the etcd endpoints given (`["http://..."]`).
+pub fn member_config_via(
+    endpoints_toml: &str,
+    name: &str,
+    secret: &std::path::Path,
+    ttl_secs: u64,
+) -> String {
     format!(
-        "[cluster]\netcd = {}\nnode-name = \"{name}\"\nlisten = \"127.0.0.1:{}\"\nsecret-file = \"{}\"\nlease-ttl = \"{ttl_secs}s\"\nprefix = \"/gearhost-test-{}\"\n",
-        etcd.endpoints_toml(),
+        "[cluster]\netcd = {endpoints_toml}\nnode-name = \"{name}\"\nlisten = \"127.0.0.1:{}\"\nsecret-file = \"{}\"\nlease-ttl = \"{ttl_secs}s\"\nprefix = \"/gearhost-test-{}\"\n",
         free_port(),
         secret.display(),
         std::process::id()
@@ -258,5 +281,83 @@ impl Drop for EtcdCluster {
         for i in 0..self.members.len() {
             self.kill(i);
         }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A TCP relay to an etcd member that a test can cut, as a network would:
+/// a node given only its address loses etcd when it is cut (its connections
+/// are closed and new ones refused) and finds it again when it is mended.
+#[derive(Debug)]
+pub struct EtcdLink {
+    port: u16,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl EtcdLink {
+    /// A relay to member `i` of `etcd`.
+    pub fn to_member(etcd: &EtcdCluster, i: usize) -> EtcdLink {
+        use std::sync::atomic::Ordering;
+        let target = etcd.members[i].client;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+        let port = listener.local_addr().expect("address").port();
+        let link = EtcdLink {
+            port,
+            cut: Default::default(),
+            open: Default::default(),
+        };
+        let (cut, open) = (link.cut.clone(), link.open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for s in [&client, &server] {
+                    if let Ok(s) = s.try_clone() {
+                        lock(&open).push(s);
+                    }
+                }
+                for (mut from, mut to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ]
+                .into_iter()
+                .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+                {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        link
+    }
+
+    /// `etcd = [...]` for a node's `[cluster]` table, through the relay.
+    pub fn endpoints_toml(&self) -> String {
+        format!("[\"http://127.0.0.1:{}\"]", self.port)
+    }
+
+    /// Cuts the link: open connections are closed, new ones refused.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for s in lock(&self.open).drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Mends the link: new connections go through again.
+    pub fn mend(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }

@@ -371,6 +371,18 @@ impl TestNode {
         self.wait_stopped(&format!("SIG{signal}"));
     }
 
+    /// As if the node's machine died: the node killed (SIGKILL), and with it
+    /// everything it leaves running when it stops — its keeper, which holds
+    /// its listening sockets, and its gears' processes.
+    pub fn kill_machine(&mut self) {
+        self.stop_node("KILL");
+        if let Ok(mounts) = gearhost_sandbox::cgroup::detect() {
+            for root in gearhost_sandbox::cgroup::roots(&mounts) {
+                remove_cgroup_tree(&root.join(&self.subtree));
+            }
+        }
+    }
+
     /// Wait (at most 20 s) until the node process has exited, after `what` stopped it.
     pub fn wait_stopped(&mut self, what: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -681,6 +693,12 @@ pub fn free_port() -> u16 {
 }
 
 /// Parse `text` as JSON, or fail the test showing it.
+/// The last `lines` lines of `text`.
+pub fn tail_of(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 pub fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }

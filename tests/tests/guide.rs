@@ -469,8 +469,7 @@ impl Guide {
 }
 
 fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    gearhost_tests::tail_of(text, lines)
 }
 
 /// A request to web, for its access log.

@@ -540,6 +540,30 @@ ops! {
         #[serde(default)]
         owner: Option<String>,
     }
+    /// Sent by the node that holds a stateless gear to another node, never
+    /// by a client: keep the archive that follows (one descriptor, as for
+    /// `restore`) as the gear's replica, to bring the gear back from should
+    /// its node die.
+    Replicate "replicate" => reply::Replicated {
+        /// The gear.
+        gear: GearRef,
+        /// Its id in the cluster.
+        id: String,
+        /// The user it belongs to, if a user (not an operator) made it.
+        #[serde(default)]
+        owner: Option<String>,
+    }
+    /// Sent by the failover leader to the node that keeps a dead node's
+    /// gear's replica, never by a client: bring the gear back from it here,
+    /// take its placement and start it.
+    Recover "recover" => reply::Restored {
+        /// The gear.
+        gear: GearRef,
+        /// Its id in the cluster.
+        id: String,
+        /// The node that died with it.
+        from: String,
+    }
     /// Run a command in the gear's sandbox with the caller's stdio, passed as
     /// descriptors with the request: stdin, stdout, stderr, and on a terminal
     /// optionally a pipe that gets a byte whenever the caller's window

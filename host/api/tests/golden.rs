@@ -278,6 +278,13 @@ fn every_kind_of_answer_is_encoded_as_its_golden_file() {
             notes: Vec::new(),
         },
     );
+    answer::<Replicate>(
+        "replicated",
+        &Replicated {
+            gear: "web-team".into(),
+            bytes: 48_213,
+        },
+    );
     answer::<Build>("built", &Built { built: 3 });
     answer::<Control>(
         "control",

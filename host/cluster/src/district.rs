@@ -30,6 +30,26 @@ pub struct Placement {
     /// node's frontend routes them to the node that holds it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// The node that keeps a copy of its active deployment and environment,
+    /// to bring it back from should its node die (stateless gears).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// Why the gear is lost: its node died and it could not be brought back
+    /// elsewhere (it held data); restored from a snapshot, it lives again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
+}
+
+impl Placement {
+    /// The placement without what failover adds (its replica, its loss):
+    /// what the node that holds the gear knows of it.
+    pub fn held(&self) -> Placement {
+        Placement {
+            replica: None,
+            lost: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// How many times a claim is tried again after losing a uid to a
@@ -55,9 +75,10 @@ impl Cluster {
                 uid,
                 ..gear.clone()
             };
-            match self.claim(&placed).await? {
+            match self.claim(&placed, None).await? {
                 Claimed::Done => return Ok(uid),
-                Claimed::UidTaken => {
+                // a concurrent claim of the same uid is by far the likeliest change
+                Claimed::UidTaken | Claimed::Changed => {
                     skip.insert(uid);
                 }
             }
@@ -67,19 +88,33 @@ impl Cluster {
 
     /// Claims what `gear` already has (a gear the node held before it
     /// joined, or restored from a snapshot with its uid): succeeds when the
-    /// claims are free or already this gear's.
-    pub async fn claim_existing(&self, gear: &Placement) -> Result<(), ClusterError> {
-        match self.claim(gear).await? {
-            Claimed::Done => Ok(()),
-            Claimed::UidTaken => Err(ClusterError::Conflict(format!(
-                "uid {} of gear {} (namespace {}) belongs to another gear in the cluster; the two nodes were given overlapping uid ranges before they joined: move one gear away (snapshot and restore it under a new name) or destroy it",
-                gear.uid, gear.name, gear.namespace
-            ))),
+    /// claims are free or already this gear's, and, with `holder`, when the
+    /// gear's placement still names that node (a move or a failover takes a
+    /// gear over from the node it was on; the node itself, coming back, takes
+    /// back only what is still its own). Nothing changed between the read and
+    /// the write, or nothing is written.
+    pub async fn claim_existing(
+        &self,
+        gear: &Placement,
+        holder: Option<&str>,
+    ) -> Result<(), ClusterError> {
+        for _ in 0..CLAIM_TRIES {
+            match self.claim(gear, holder).await? {
+                Claimed::Done => return Ok(()),
+                // read again: what changed shows then
+                Claimed::Changed => continue,
+                Claimed::UidTaken => break,
+            }
         }
+        Err(ClusterError::Conflict(format!(
+            "uid {} of gear {} (namespace {}) belongs to another gear in the cluster; the two nodes were given overlapping uid ranges before they joined: move one gear away (snapshot and restore it under a new name) or destroy it",
+            gear.uid, gear.name, gear.namespace
+        )))
     }
 
-    async fn claim(&self, gear: &Placement) -> Result<Claimed, ClusterError> {
+    async fn claim(&self, gear: &Placement, holder: Option<&str>) -> Result<Claimed, ClusterError> {
         let k = &self.keys;
+        let record_key = k.gear(&gear.id);
         let uid = k.uid(gear.uid);
         let name = k.name(&gear.namespace, &gear.name);
         // the uid, the name, the label and every alias: all free or already this gear's
@@ -93,14 +128,44 @@ impl Cluster {
         .collect();
         let id = gear.id.as_bytes().to_vec();
         let record = serde_json::to_vec(gear).unwrap_or_default();
-        let Some(compares) = self.read_claims(gear, &claims).await? else {
+        let Some(mut compares) = self.read_claims(gear, &claims).await? else {
             return Ok(Claimed::UidTaken);
         };
+        // the placement as it is: unchanged until the write, and, with a
+        // holder, still that node's
+        let found = self
+            .get("read a gear's placement", record_key.clone(), None)
+            .await?;
+        let current = found.kvs().first();
+        if let Some(holder) = holder {
+            let placed =
+                current.and_then(|kv| serde_json::from_slice::<Placement>(kv.value()).ok());
+            match placed {
+                Some(p) if p.node == holder => {}
+                Some(p) => {
+                    return Err(ClusterError::Conflict(format!(
+                        "gear {} (namespace {}) is on node {} now, not on {holder}",
+                        gear.name, gear.namespace, p.node
+                    )));
+                }
+                None => {
+                    return Err(ClusterError::Conflict(format!(
+                        "gear {} (namespace {}) is no longer in the cluster",
+                        gear.name, gear.namespace
+                    )));
+                }
+            }
+        }
+        compares.push(Compare::mod_revision(
+            record_key.as_str(),
+            CompareOp::Equal,
+            current.map_or(0, |kv| kv.mod_revision()),
+        ));
         let txn = Txn::new().when(compares).and_then(
             claims
                 .iter()
                 .map(|(_, key)| TxnOp::put(key.as_str(), id.clone(), None))
-                .chain([TxnOp::put(k.gear(&gear.id), record, None)])
+                .chain([TxnOp::put(record_key.as_str(), record, None)])
                 .collect::<Vec<_>>(),
         );
         let done = self.txn("claim the gear's uid and names", txn).await?;
@@ -108,9 +173,8 @@ impl Cluster {
             Ok(Claimed::Done)
         } else {
             // a claim changed between the read and the write: the caller
-            // reads again (a concurrent claim of the same uid is by far the
-            // likeliest; a name taken meanwhile shows at the next read)
-            Ok(Claimed::UidTaken)
+            // reads again (a name taken meanwhile shows at the next read)
+            Ok(Claimed::Changed)
         }
     }
 
@@ -219,6 +283,42 @@ impl Cluster {
                 key.rsplit('/').next().unwrap_or(key)
             ),
         })
+    }
+
+    /// Rewrites gear `gear`'s placement record as it is given, if the record
+    /// still names node `holder` and has not changed since it was read (its
+    /// replica recorded, its loss): whether it was written.
+    pub async fn update_placement(
+        &self,
+        gear: &Placement,
+        holder: &str,
+    ) -> Result<bool, ClusterError> {
+        let key = self.keys.gear(&gear.id);
+        let found = self
+            .get("read a gear's placement", key.clone(), None)
+            .await?;
+        let Some(kv) = found.kvs().first() else {
+            return Ok(false);
+        };
+        match serde_json::from_slice::<Placement>(kv.value()) {
+            Ok(p) if p.node == holder => {}
+            _ => return Ok(false),
+        }
+        let txn = Txn::new()
+            .when([Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            )])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                serde_json::to_vec(gear).unwrap_or_default(),
+                None,
+            )]);
+        Ok(self
+            .txn("update a gear's placement", txn)
+            .await?
+            .succeeded())
     }
 
     /// Releases `gear`'s claims and placement (after it was destroyed):
@@ -334,7 +434,10 @@ fn first_gap(used: &[u32], min: u32, max: u32) -> Option<u32> {
 /// The outcome of one claim transaction.
 enum Claimed {
     Done,
+    /// The uid belongs to another gear.
     UidTaken,
+    /// A claim or the placement changed between the read and the write.
+    Changed,
 }
 
 /// What a claim key claims.

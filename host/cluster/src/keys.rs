@@ -68,6 +68,11 @@ impl Keys {
         format!("{}/hosts/{host}", self.prefix)
     }
 
+    /// The failover leader's key (value: its node name), under its lease.
+    pub fn leader(&self) -> String {
+        format!("{}/leader", self.prefix)
+    }
+
     /// A gear's placement record.
     pub fn gear(&self, id: &str) -> String {
         format!("{}/gears/{id}", self.prefix)

@@ -13,6 +13,7 @@
 pub mod keys;
 
 mod district;
+mod failover;
 mod members;
 pub mod placement;
 mod watch;

@@ -318,23 +318,22 @@ impl Cluster {
         lease: i64,
         keeper: &mut Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
     ) -> Result<bool, ClusterError> {
-        if keeper.as_ref().is_none_or(|(k, _)| k.id() != lease) {
-            *keeper = Some(
-                self.client
-                    .clone()
-                    .lease_keep_alive(lease)
-                    .await
-                    .map_err(etcd_err("keep the node's lease alive"))?,
-            );
-        }
-        let Some((k, stream)) = keeper.as_mut() else {
-            return Ok(false);
-        };
         // etcd says a lease it no longer has is not found: it expired
         let expired = |e: &etcd_client::Error| match e {
             etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::NotFound,
             etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
             _ => false,
+        };
+        if keeper.as_ref().is_none_or(|(k, _)| k.id() != lease) {
+            // (opening the stream sends a first keep-alive: a lease gone is said here)
+            match self.client.clone().lease_keep_alive(lease).await {
+                Ok(opened) => *keeper = Some(opened),
+                Err(e) if expired(&e) => return Ok(false),
+                Err(e) => return Err(etcd_err("keep the node's lease alive")(e)),
+            }
+        }
+        let Some((k, stream)) = keeper.as_mut() else {
+            return Ok(false);
         };
         match k.keep_alive().await {
             Err(e) if expired(&e) => return Ok(false),

@@ -37,6 +37,17 @@ impl Cluster {
     /// The node a new gear should be placed on (this node's name when no
     /// other node is up).
     pub async fn choose_node(&self) -> Result<String, ClusterError> {
+        Ok(self
+            .choose_node_except(&[])
+            .await?
+            .unwrap_or_else(|| self.node().to_string()))
+    }
+
+    /// The live node the policy picks among those not in `except`, if any.
+    pub async fn choose_node_except(
+        &self,
+        except: &[&str],
+    ) -> Result<Option<String>, ClusterError> {
         let members = self.members().await?;
         let placed = self
             .get(
@@ -53,6 +64,7 @@ impl Cluster {
         }
         let candidates: Vec<Candidate> = members
             .iter()
+            .filter(|m| !except.contains(&m.advert.name.as_str()))
             .filter_map(|m| {
                 let load = m.load?;
                 Some(Candidate {
@@ -62,7 +74,7 @@ impl Cluster {
                 })
             })
             .collect();
-        Ok(pick(&candidates).map_or_else(|| self.node().to_string(), |c| c.name.clone()))
+        Ok(pick(&candidates).map(|c| c.name.clone()))
     }
 }
 

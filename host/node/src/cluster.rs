@@ -27,6 +27,8 @@ pub(crate) fn placement(r: &GearRecord, node: &str) -> Placement {
         node: node.to_string(),
         cartridge: r.cartridge.clone(),
         aliases: r.aliases.clone(),
+        replica: None,
+        lost: None,
     }
 }
 
@@ -136,13 +138,19 @@ impl Node {
                     continue;
                 }
                 // claimed as it is (the claims are written with the placement, in one transaction)
-                Some(p) if *p == own => continue,
+                Some(p) if p.held() == own && p.lost.is_none() => continue,
                 _ => {}
             }
-            cluster
-                .claim_existing(&own)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot claim gear {} in the cluster: {e}", r.name))?;
+            let holder = placed.get(&r.id).map(|p| p.node.as_str());
+            if let Err(e) = cluster.claim_existing(&own, holder).await {
+                // placed elsewhere since the read (a failover): not this node's to run
+                match cluster.placement(&r.id).await {
+                    Ok(Some(p)) if p.node != config.node_name => {
+                        lock(&self.elsewhere).insert(r.id.clone(), p.node.clone());
+                    }
+                    _ => anyhow::bail!("cannot claim gear {} in the cluster: {e}", r.name),
+                }
+            }
         }
         let node = Arc::downgrade(self);
         cluster.spawn_heartbeat(advert, move || {
@@ -173,6 +181,8 @@ impl Node {
         let _ = self.cluster_secret.set(secret.into());
         // every node's frontend routes every gear of the cluster
         self.follow_cluster();
+        // one node leads failover; every node fences itself when cut off
+        self.spawn_failover();
         Ok(())
     }
 
@@ -210,6 +220,8 @@ impl Node {
             node: cluster.node().to_string(),
             cartridge: cartridge.to_string(),
             aliases: Vec::new(),
+            replica: None,
+            lost: None,
         };
         cluster
             .claim_new(&claim, self.config().uid_min, self.config().uid_max)

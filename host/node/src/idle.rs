@@ -44,6 +44,12 @@ impl Node {
     /// one (once, however many requests wait), and wait until it answers.
     /// The error says why it did not wake.
     pub async fn wake(self: &Arc<Self>, gear: &Arc<Gear>) -> Result<(), String> {
+        if self.fenced() {
+            return Err(
+                "this node is cut off from the cluster (etcd) and serves none of its gears until it is back"
+                    .into(),
+            );
+        }
         let mut rx = {
             let mut waking = lock(&gear.front.waking);
             match waking.as_ref() {

@@ -216,6 +216,8 @@ impl Node {
         let mut view = lock(&self.remote);
         match change {
             Change::All { placements, nodes } => {
+                let ids = placements.iter().map(|p| p.id.as_str()).collect();
+                self.forget_replicas(&ids, None);
                 view.adverts = nodes.into_iter().map(|n| (n.name.clone(), n)).collect();
                 view.nodes.clear();
                 let old = std::mem::take(&mut view.placements);
@@ -256,6 +258,7 @@ impl Node {
                 self.route_remote(&mut view, &p);
             }
             Change::Removed(id) => {
+                self.forget_replicas(&Default::default(), Some(&id));
                 if let Some(old) = view.placements.remove(&id) {
                     self.clear_remote(&old.label);
                 }

@@ -153,7 +153,9 @@ async fn handle(node: Arc<Node>, stream: UnixStream) -> std::io::Result<()> {
     }
     // in a cluster, `gear list` is every node's gears
     if matches!(request, Request::List(_)) && node.cluster().is_some() {
-        let local = list::visible(&node, &caller);
+        let mut local = list::visible(&node, &caller);
+        // a stale copy of a gear the cluster holds on another node is that node's to list
+        local.retain(|g| node.placed_elsewhere(&g.gear.id).is_none());
         let mut notes = Vec::new();
         let all = crate::peer::list_cluster(&node, &caller, local, &mut notes).await;
         for note in notes {
@@ -548,15 +550,26 @@ async fn dispatch(
         ),
         Request::Show(op) => answer::<ops::Show>(node.show(&op.gear)),
         Request::Destroy(op) => answer::<ops::Destroy>(node.destroy(&op.gear, p).await),
-        Request::Deploy(op) => answer::<ops::Deploy>(match archive(fds, "deploy") {
-            Ok(fd) => node.deploy(&op.gear, &op.source, fd, p).await,
-            Err(e) => Err(e),
-        }),
+        Request::Deploy(op) => {
+            let deployed = match archive(fds, "deploy") {
+                Ok(fd) => node.deploy(&op.gear, &op.source, fd, p).await,
+                Err(e) => Err(e),
+            };
+            // in a cluster, what a stateless gear runs is kept by another node too
+            if deployed.is_ok() {
+                node.replicate_soon(&op.gear);
+            }
+            answer::<ops::Deploy>(deployed)
+        }
         Request::Snapshot(op) => answer::<ops::Snapshot>(node.snapshot(&op.gear, fds, p).await),
         Request::Move(op) => {
             answer::<ops::Move>(node.move_gear(&op.gear, &op.node, caller, p).await)
         }
         Request::Receive(op) => answer::<ops::Receive>(node.receive(op, fds, p).await),
+        Request::Replicate(op) => {
+            answer::<ops::Replicate>(node.keep_replica(op, caller, fds).await)
+        }
+        Request::Recover(op) => answer::<ops::Recover>(node.recover(op, p).await),
         Request::Restore(op) => {
             let owner = (!caller.operator).then(|| Owner {
                 user: caller.user.clone(),
@@ -589,9 +602,27 @@ async fn dispatch(
             answer::<ops::Control>(node.control(&op.gear, &op.action, op.args).await)
         }
         Request::Deployments(op) => answer::<ops::Deployments>(node.deployments(&op.gear)),
-        Request::Rollback(op) => answer::<ops::Rollback>(node.rollback(&op.gear, op.id, p).await),
-        Request::EnvSet(op) => answer::<ops::EnvSet>(node.env_set(&op.gear, op.vars).await),
-        Request::EnvUnset(op) => answer::<ops::EnvUnset>(node.env_unset(&op.gear, op.keys).await),
+        Request::Rollback(op) => {
+            let done = node.rollback(&op.gear, op.id, p).await;
+            if done.is_ok() {
+                node.replicate_soon(&op.gear);
+            }
+            answer::<ops::Rollback>(done)
+        }
+        Request::EnvSet(op) => {
+            let done = node.env_set(&op.gear, op.vars).await;
+            if done.is_ok() {
+                node.replicate_soon(&op.gear);
+            }
+            answer::<ops::EnvSet>(done)
+        }
+        Request::EnvUnset(op) => {
+            let done = node.env_unset(&op.gear, op.keys).await;
+            if done.is_ok() {
+                node.replicate_soon(&op.gear);
+            }
+            answer::<ops::EnvUnset>(done)
+        }
         Request::EnvList(op) => answer::<ops::EnvList>(node.env_list(&op.gear)),
         Request::Link(op) => answer::<ops::Link>(node.link(&op.gear, &op.to).await),
         Request::Unlink(op) => answer::<ops::Unlink>(node.unlink(&op.gear, &op.to).await),

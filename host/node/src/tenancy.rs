@@ -473,9 +473,13 @@ pub fn authorize(caller: &Caller, ns: &Namespaces, request: &Request) -> Result<
         Request::NodeResume(_) => operators_only(caller, "read what the node's resume did"),
         Request::NodeList(_) => operators_only(caller, "list the cluster's nodes"),
         Request::Move(_) => operators_only(caller, "move gears between nodes"),
-        Request::Receive(_) if caller.ssh == SshRole::Node => Ok(()),
-        Request::Receive(_) => Err(denied(
-            "receive is what a node of the cluster sends another while it moves a gear; use `gear move`"
+        Request::Receive(_) | Request::Replicate(_) | Request::Recover(_)
+            if caller.ssh == SshRole::Node =>
+        {
+            Ok(())
+        }
+        Request::Receive(_) | Request::Replicate(_) | Request::Recover(_) => Err(denied(
+            "receive, replicate and recover are what nodes of a cluster send each other (moves, failover); use `gear move`"
                 .to_string(),
         )),
         Request::NamespaceCreate(_)
@@ -538,6 +542,8 @@ pub fn gear_of(request: &Request) -> Option<&GearRef> {
         Request::Restore(op) => &op.gear,
         Request::Move(op) => &op.gear,
         Request::Receive(op) => &op.gear,
+        Request::Replicate(op) => &op.gear,
+        Request::Recover(op) => &op.gear,
         Request::NodeEvents(op) => return op.gear.as_ref(),
         Request::KeysAdd(_)
         | Request::KeysList(_)

@@ -45,6 +45,16 @@ pub struct Moved {
     pub notes: Vec<String>,
 }
 
+/// The answer to `replicate`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Replicated {
+    /// The gear (`name-namespace`).
+    pub gear: String,
+    /// Bytes of the archive kept.
+    pub bytes: u64,
+}
+
 /// The answer to `restore`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]

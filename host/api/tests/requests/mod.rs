@@ -68,6 +68,18 @@ pub(crate) fn requests() -> Vec<Request> {
             node: "node-b".into(),
         }
         .into(),
+        Replicate {
+            gear: web(),
+            id: "6f1c0f2b9a7e4d21".into(),
+            owner: None,
+        }
+        .into(),
+        Recover {
+            gear: web(),
+            id: "6f1c0f2b9a7e4d21".into(),
+            from: "node-a".into(),
+        }
+        .into(),
         Receive {
             gear: web(),
             id: "6f1c0f2b9a7e4d21".into(),

@@ -43,6 +43,12 @@ impl Node {
         // no new processes beside frozen ones
         self.awake(g, "the gear is started").await?;
         let r = g.record();
+        if self.fenced() {
+            return Err(ApiError::new(
+                ErrorKind::Conflict,
+                "this node is cut off from the cluster (etcd): it starts no gear until it is back",
+            ));
+        }
         // never two live copies: one the cluster placed on another node stays stopped
         if let Some(owner) = self.placed_elsewhere(&r.id) {
             return Err(ApiError::new(

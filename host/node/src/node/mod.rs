@@ -109,6 +109,7 @@ mod adopt;
 mod cartridge_pull;
 mod cartridges;
 mod deploy;
+mod failover;
 mod gear;
 mod gears;
 mod hooks;
@@ -194,6 +195,8 @@ pub struct Node {
     pub(crate) remote: Mutex<crate::remote::RemoteView>,
     /// The key the frontend signs and checks relay fields with (in a cluster).
     pub(crate) relay_key: std::sync::OnceLock<Arc<crate::remote::RelayKey>>,
+    /// Set while the node is cut off from etcd: it serves none of its gears.
+    pub(crate) fenced: std::sync::atomic::AtomicBool,
 }
 
 /// The port the active deployment of `r` names for its app (an image's), if any.
@@ -336,6 +339,7 @@ impl Node {
             elsewhere: Mutex::default(),
             remote: Mutex::default(),
             relay_key: std::sync::OnceLock::new(),
+            fenced: std::sync::atomic::AtomicBool::new(false),
         });
         node.rebuild_routes();
         Ok(node)

@@ -33,6 +33,9 @@ use crate::tenancy::Caller;
 pub(crate) struct Arrival {
     pub id: String,
     pub from: String,
+    /// The uid it has in the cluster, when the archive may name another
+    /// (a lost gear restored from any snapshot); else the archive's.
+    pub uid: Option<u32>,
 }
 
 /// How long a move waits for the requests already on their way to the gear.
@@ -124,7 +127,14 @@ impl Node {
         });
         let (written, asked) = tokio::join!(
             self.snapshot_locked(&g, OwnedFd::from(write), progress),
-            crate::peer::ask_with_archive(self, &owner, caller, &request, archive, progress)
+            crate::peer::ask_as_node(
+                self,
+                &owner,
+                caller,
+                &request,
+                Some(Box::new(archive)),
+                progress
+            )
         );
         // the placement says whether the move took place, whatever the answer said
         let placed = cluster.placement(&r.id).await;
@@ -220,6 +230,7 @@ impl Node {
         let arrival = Arrival {
             id: op.id.clone(),
             from: op.from.clone(),
+            uid: None,
         };
         let owner = op.owner.as_ref().map(|user| Owner {
             user: user.clone(),
@@ -236,8 +247,38 @@ impl Node {
                 Some(&arrival),
             )
             .await?;
+        self.take_placement(
+            &cluster,
+            &g,
+            &op.from,
+            (op.wake, op.start),
+            progress,
+            &mut restored.notes,
+        )
+        .await?;
+        // a stateless gear's replica is kept by another node again
+        self.replicate_soon(&op.gear);
+        restored.gear = self.gear_summary(&g.record());
+        Ok(restored)
+    }
+
+    /// The commit of a gear `g` arriving from node `from` (a move, a
+    /// failover), restored here and counted as `from`'s so far: its
+    /// placement taken in one transaction that compares every claim and that
+    /// the placement still names `from`; then it is this node's, routed here,
+    /// and it wakes on its first request or starts now (`wake`, `start`).
+    /// Not taken, this copy goes and the gear stays `from`'s.
+    pub(crate) async fn take_placement(
+        &self,
+        cluster: &gearhost_cluster::Cluster,
+        g: &Arc<Gear>,
+        from: &str,
+        (wake, start): (bool, bool),
+        progress: &Progress,
+        notes: &mut Vec<String>,
+    ) -> ApiResult<()> {
         let _op = g.op.lock().await;
-        if op.wake {
+        if wake {
             // a request that comes once the placement is taken wakes it
             g.update(&self.config, |r| {
                 r.state = GearState::Idle;
@@ -245,12 +286,11 @@ impl Node {
             })?;
         }
         let r = g.record();
-        // the commit: every claim compared, the placement written with this node
         let placement = crate::cluster::placement(&r, cluster.node());
-        if let Err(e) = cluster.claim_existing(&placement).await {
+        if let Err(e) = cluster.claim_existing(&placement, Some(from)).await {
             // not taken: this copy goes (counted as the other node's, its claims stay)
-            if let Err(again) = self.destroy_locked(&g, &Progress::discard()).await {
-                tracing::warn!(gear = %r.label(), error = %again, "cannot remove a gear whose move failed");
+            if let Err(again) = self.destroy_locked(g, &Progress::discard()).await {
+                tracing::warn!(gear = %r.label(), error = %again, "cannot remove a gear that could not arrive");
             }
             return Err(ApiError::new(
                 ErrorKind::Failed,
@@ -262,17 +302,16 @@ impl Node {
             ));
         }
         lock(&self.elsewhere).remove(&r.id);
-        self.update_routes(&g);
-        if op.start {
+        self.update_routes(g);
+        if start {
             let _ = progress.send(format!("starting {}", r.name));
-            if let Err(e) = self.start_locked(&g, progress).await {
-                restored.notes.push(format!(
+            if let Err(e) = self.start_locked(g, progress).await {
+                notes.push(format!(
                     "the gear arrived but did not start: {}; it wakes on its next request",
                     e.message
                 ));
             }
         }
-        restored.gear = self.gear_summary(&g.record());
-        Ok(restored)
+        Ok(())
     }
 }

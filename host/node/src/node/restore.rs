@@ -167,6 +167,36 @@ impl Node {
         owner: Option<&Owner>,
         progress: &Progress,
     ) -> ApiResult<reply::Restored> {
+        // a gear lost with its node (it held data) comes back here, under its id and uid
+        if let Some(cluster) = self.cluster().cloned()
+            && self.find(gear).is_err()
+            && let Ok(Some(p)) = cluster.placement_by_name(&gear.namespace, &gear.name).await
+            && p.lost.is_some()
+        {
+            let arrival = Arrival {
+                id: p.id.clone(),
+                from: p.node.clone(),
+                uid: Some(p.uid),
+            };
+            let (mut restored, g) = self
+                .restore_arriving(gear, source, fds, owner, progress, Some(&arrival))
+                .await?;
+            self.take_placement(
+                &cluster,
+                &g,
+                &p.node,
+                (false, false),
+                progress,
+                &mut restored.notes,
+            )
+            .await?;
+            restored.notes.push(format!(
+                "gear {} was lost with node {}; it lives on this node now (start it with `gear start {}`)",
+                gear.name, p.node, gear.name
+            ));
+            restored.gear = self.gear_summary(&g.record());
+            return Ok(restored);
+        }
         self.restore_arriving(gear, source, fds, owner, progress, None)
             .await
             .map(|(restored, _)| restored)
@@ -253,7 +283,7 @@ impl Node {
                         &meta.cartridge,
                         meta.disk,
                         owner,
-                        Some(meta.uid),
+                        Some(arriving.and_then(|a| a.uid).unwrap_or(meta.uid)),
                         arriving,
                     )
                     .await

@@ -78,8 +78,11 @@ pub async fn route(node: &Node, request: &Request) -> Result<Option<Owner>, ApiE
         }
         return Ok(None);
     };
-    // the arriving half of a move is this node's to serve (the gear is not here yet)
-    if let Request::Receive(_) = request {
+    // the halves of moves and failover a node asks of this one are this node's to serve
+    if matches!(
+        request,
+        Request::Receive(_) | Request::Replicate(_) | Request::Recover(_)
+    ) {
         return Ok(None);
     }
     if let Request::Create(op) = request {
@@ -126,6 +129,10 @@ async fn owner_of(
         .await
         .ok()??;
     if placed.node == cluster.node() {
+        return None;
+    }
+    // a gear lost with its node is restored on whichever node is asked
+    if placed.lost.is_some() && matches!(request, Request::Restore(_)) {
         return None;
     }
     let member = cluster.member(&placed.node).await.ok()??;
@@ -240,16 +247,19 @@ pub async fn forward(
     Ok(())
 }
 
+/// An archive a node sends with its request.
+pub type Archive = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
 /// This node's own request to `owner` (its half of an operation between
-/// nodes, for `caller`), with the archive read from `archive` as its one
-/// stream; the other node's progress lines go to `progress`. Returns the
+/// nodes, for `caller`), with the archive read from `archive`, if any, as its
+/// one stream; the other node's progress lines go to `progress`. Returns the
 /// answer and the archive's size in bytes.
-pub async fn ask_with_archive(
+pub async fn ask_as_node(
     node: &Node,
     owner: &Owner,
     caller: &Caller,
     request: &Request,
-    archive: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    archive: Option<Archive>,
     progress: &crate::node::Progress,
 ) -> Result<(serde_json::Value, u64), ApiError> {
     let failed = |why: String| {
@@ -260,15 +270,17 @@ pub async fn ask_with_archive(
     };
     let line = crate::api::encode_request(request);
     let (mut tcp_r, mut tcp_w, mut inn, mut out) =
-        connect_as(node, owner, caller, &line, (true, false, true))
+        connect_as(node, owner, caller, &line, (archive.is_some(), false, true))
             .await
             .map_err(|e| failed(format!("could not be reached: {e}")))?;
     // the archive goes as it is read; the connection stays open after it
     // until the answer is in (a closed connection is a caller gone away)
     let sender = tokio::spawn(async move {
-        let mut archive = archive;
-        let mut buf = vec![0u8; 256 << 10];
         let mut sent = 0u64;
+        let Some(mut archive) = archive else {
+            return Ok((sent, tcp_w));
+        };
+        let mut buf = vec![0u8; 256 << 10];
         loop {
             let n = archive.read(&mut buf).await?;
             if n == 0 {
