@@ -43,17 +43,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn psql(node: &TestNode, sql: &str) -> String {
-    node.ok(&[
-        "exec",
-        "db",
-        "--",
-        "sh",
-        "-c",
-        &format!("exec psql -X -At -v ON_ERROR_STOP=1 -c \"{sql}\""),
-    ])
-}
-
 /// The etcd writes `op` makes, heartbeats of as long a quiet spell taken off.
 fn writes(etcd: &EtcdCluster, op: impl FnOnce()) -> i64 {
     let (before, at) = (etcd.revision(), Instant::now());
@@ -127,28 +116,25 @@ fn main() {
         "node-a",
     ]);
     nodes[0].ok(&["start", "db"]);
-    psql(
-        &nodes[0],
-        "create table filler (id int primary key, body text)",
-    );
+    nodes[0].psql("db", "create table filler (id int primary key, body text)");
     let rows = pg_mb * 1024 * 1024 / 1100;
     for chunk in 0..rows.div_ceil(20_000) {
         let (from, to) = (chunk * 20_000 + 1, ((chunk + 1) * 20_000).min(rows));
-        psql(
-            &nodes[0],
+        nodes[0].psql("db",
             &format!(
                 "insert into filler select g, repeat(md5(g::text), 32) from generate_series({from}, {to}) g"
             ),
         );
     }
-    let size: u64 = psql(&nodes[0], "select pg_database_size(current_database())")
+    let size: u64 = nodes[0]
+        .psql("db", "select pg_database_size(current_database())")
         .trim()
         .parse()
         .expect("a size");
     let there = timed_move(&nodes[0], "db", "node-b");
     let back = timed_move(&nodes[1], "db", "node-a");
     assert_eq!(
-        psql(&nodes[0], "select count(*) from filler").trim(),
+        nodes[0].psql("db", "select count(*) from filler").trim(),
         rows.to_string()
     );
     nodes[0].ok(&["destroy", "db"]);

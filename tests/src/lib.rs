@@ -371,6 +371,29 @@ impl TestNode {
         self.wait_stopped(&format!("SIG{signal}"));
     }
 
+    /// Runs `sql` with `psql` inside PostgreSQL gear `gear` (through this
+    /// node, which must hold the gear: `exec` does not travel): its output.
+    pub fn psql(&self, gear: &str, sql: &str) -> String {
+        self.ok(&[
+            "exec",
+            gear,
+            "--",
+            "sh",
+            "-c",
+            &format!("exec psql -X -At -v ON_ERROR_STOP=1 -c \"{sql}\""),
+        ])
+    }
+
+    /// The cluster node `gear list` through this node says holds `gear`.
+    pub fn node_of(&self, gear: &str) -> Option<String> {
+        let listed = json(&self.ok(&["list", "--json"]));
+        listed
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == gear)
+            .and_then(|l| l["node"].as_str().map(str::to_string))
+    }
+
     /// As if the node's machine died: the node killed (SIGKILL), and with it
     /// everything it leaves running when it stops — its keeper, which holds
     /// its listening sockets, and its gears' processes.

@@ -21,17 +21,6 @@ const UID_MIN: u32 = 89_000;
 const UIDS: u32 = 100;
 const TTL_SECS: u64 = 6;
 
-/// The node `via` lists `gear` on.
-fn node_of(via: &TestNode, gear: &str) -> Option<String> {
-    let listed = json(&via.ok(&["list", "--json"]));
-    listed
-        .as_array()
-        .expect("list")
-        .iter()
-        .find(|l| l["name"] == gear)
-        .and_then(|l| l["node"].as_str().map(str::to_string))
-}
-
 /// Waits until gear `id`'s placement names the node that keeps its replica,
 /// and that node has it: the node's name.
 fn wait_replica(etcd: &EtcdCluster, nodes: &[(&str, &TestNode)], id: &str) -> String {
@@ -88,17 +77,6 @@ fn recorded_state(node: &TestNode, id: &str) -> String {
     json(&text)["state"].as_str().unwrap_or("").to_string()
 }
 
-fn psql(node: &TestNode, sql: &str) -> String {
-    node.ok(&[
-        "exec",
-        "db",
-        "--",
-        "sh",
-        "-c",
-        &format!("exec psql -X -At -v ON_ERROR_STOP=1 -c \"{sql}\""),
-    ])
-}
-
 #[test]
 fn gears_of_a_dead_or_cut_off_node_come_back_elsewhere_once() {
     if !privileged("runs three nodes and an etcd cluster") {
@@ -144,11 +122,8 @@ fn gears_of_a_dead_or_cut_off_node_come_back_elsewhere_once() {
         "node-a",
     ]);
     nodes[0].ok(&["start", "db"]);
-    psql(&nodes[0], "create table notes (id int primary key)");
-    psql(
-        &nodes[0],
-        "insert into notes select generate_series(1, 300)",
-    );
+    nodes[0].psql("db", "create table notes (id int primary key)");
+    nodes[0].psql("db", "insert into notes select generate_series(1, 300)");
     let saved = tempfile::tempdir().expect("dir");
     let file = saved.path().join("db.tar.gz");
     let file = file.to_str().expect("utf-8");
@@ -168,7 +143,7 @@ fn gears_of_a_dead_or_cut_off_node_come_back_elsewhere_once() {
         died.elapsed()
     );
     assert!(took <= Duration::from_secs(30));
-    let holder = node_of(&nodes[1], "web").expect("web is listed");
+    let holder = nodes[1].node_of("web").expect("web is listed");
     assert_ne!(holder, "node-a");
     assert_eq!(nodes[2].http_get("web-default", "/").0, 200);
     // the database is lost with its node, until a snapshot brings it back
@@ -186,9 +161,12 @@ fn gears_of_a_dead_or_cut_off_node_come_back_elsewhere_once() {
         std::thread::sleep(Duration::from_millis(500));
     }
     nodes[1].ok(&["start", "db"]);
-    let db_node = node_of(&nodes[1], "db").expect("db is listed");
+    let db_node = nodes[1].node_of("db").expect("db is listed");
     let db_at = if db_node == "node-b" { 1 } else { 2 };
-    assert_eq!(psql(&nodes[db_at], "select count(*) from notes"), "300\n");
+    assert_eq!(
+        nodes[db_at].psql("db", "select count(*) from notes"),
+        "300\n"
+    );
 
     // node-c cut off from etcd: it stops its gear before its lease runs out,
     // and the gear answers from node-b
@@ -221,7 +199,7 @@ fn gears_of_a_dead_or_cut_off_node_come_back_elsewhere_once() {
     wait_answer(&nodes[2], "api-default", Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(1));
     assert_ne!(recorded_state(&nodes[2], &api), "running");
-    assert_eq!(node_of(&nodes[2], "api").as_deref(), Some("node-b"));
+    assert_eq!(nodes[2].node_of("api").as_deref(), Some("node-b"));
 
     for gear in ["web", "db", "api"] {
         nodes[1].ok(&["destroy", gear]);

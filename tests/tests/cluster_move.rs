@@ -26,15 +26,9 @@ fn whereabouts(via: &TestNode, gear: &str) -> (String, u64, String, String) {
     } else {
         &shown
     };
-    let listed = json(&via.ok(&["list", "--json"]));
-    let node = listed
-        .as_array()
-        .expect("list")
-        .iter()
-        .find(|l| l["name"] == gear)
-        .and_then(|l| l["node"].as_str())
-        .unwrap_or_else(|| panic!("{gear} has no node in {listed}"))
-        .to_string();
+    let node = via
+        .node_of(gear)
+        .unwrap_or_else(|| panic!("{gear} has no node in the cluster's list"));
     (
         node,
         g["uid"].as_u64().expect("uid"),
@@ -63,17 +57,6 @@ fn keep_asking(
         std::thread::sleep(Duration::from_millis(20));
     }
     (answered, failed, slowest)
-}
-
-fn psql(node: &TestNode, sql: &str) -> String {
-    node.ok(&[
-        "exec",
-        "db",
-        "--",
-        "sh",
-        "-c",
-        &format!("exec psql -X -At -v ON_ERROR_STOP=1 -c \"{sql}\""),
-    ])
 }
 
 #[test]
@@ -162,12 +145,9 @@ fn gears_move_between_nodes_and_keep_answering() {
         "node-a",
     ]);
     nodes[0].ok(&["start", "db"]);
-    psql(
-        &nodes[0],
-        "create table notes (id int primary key, body text)",
-    );
-    psql(
-        &nodes[0],
+    nodes[0].psql("db", "create table notes (id int primary key, body text)");
+    nodes[0].psql(
+        "db",
         "insert into notes select g, md5(g::text) from generate_series(1, 5000) g",
     );
     let password =
@@ -176,9 +156,9 @@ fn gears_move_between_nodes_and_keep_answering() {
     nodes[1].ok(&["move", "db", "node-c"]);
     eprintln!("db moved in {:?}", at.elapsed());
     assert_eq!(whereabouts(&nodes[0], "db").0, "node-c");
-    assert_eq!(psql(&nodes[2], "select count(*) from notes"), "5000\n");
+    assert_eq!(nodes[2].psql("db", "select count(*) from notes"), "5000\n");
     assert_eq!(
-        psql(&nodes[2], "select body from notes where id = 77"),
+        nodes[2].psql("db", "select body from notes where id = 77"),
         format!("{}\n", md5_of("77"))
     );
     assert_eq!(

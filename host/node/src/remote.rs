@@ -108,9 +108,7 @@ impl RelayKey {
             )
             .as_bytes(),
         );
-        for b in tag.as_ref() {
-            out.extend_from_slice(format!("{b:02x}").as_bytes());
-        }
+        out.extend_from_slice(gearhost_sys::hex::encode(tag.as_ref()).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
 
@@ -144,7 +142,7 @@ impl RelayKey {
         if now.abs_diff(time) > RELAY_WINDOW {
             return None;
         }
-        let mac = unhex(mac?)?;
+        let mac = gearhost_sys::hex::decode(mac?)?;
         let from = Relayed {
             client: client.to_string(),
             secure,
@@ -157,16 +155,6 @@ impl RelayKey {
 
 fn scheme(secure: bool) -> &'static str {
     if secure { "https" } else { "http" }
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// What the node knows of the gears other nodes hold and of those nodes.

@@ -288,30 +288,21 @@ impl Node {
             uid: None,
         };
         let source = format!("the replica kept for node {}", op.from);
-        let (mut restored, g) = self
-            .restore_arriving(
+        let restored = self
+            .arrive(
+                &cluster,
                 &op.gear,
-                &source,
-                vec![OwnedFd::from(file)],
+                (&source, vec![OwnedFd::from(file)]),
                 owner.as_ref(),
+                &arrival,
+                (true, true),
                 progress,
-                Some(&arrival),
             )
             .await?;
-        self.take_placement(
-            &cluster,
-            &g,
-            &op.from,
-            (true, true),
-            progress,
-            &mut restored.notes,
-        )
-        .await?;
         // it is this node's now: its replica goes to another node
         let _ = std::fs::remove_file(&archive);
         let _ = std::fs::remove_file(dir.join(format!("{}.json", op.id)));
         self.replicate_soon(&op.gear);
-        restored.gear = self.gear_summary(&g.record());
         Ok(restored)
     }
 

@@ -237,27 +237,48 @@ impl Node {
             limit: self.config().user_limits.of(user),
         });
         let source = format!("the move from node {}", op.from);
-        let (mut restored, g) = self
-            .restore_arriving(
+        let restored = self
+            .arrive(
+                &cluster,
                 &op.gear,
-                &source,
-                fds,
+                (&source, fds),
                 owner.as_ref(),
+                &arrival,
+                (op.wake, op.start),
                 progress,
-                Some(&arrival),
             )
             .await?;
+        // a stateless gear's replica is kept by another node again
+        self.replicate_soon(&op.gear);
+        Ok(restored)
+    }
+
+    /// A gear arriving from another node (a move, a failover, a lost gear
+    /// restored): restored here from the archive `fds` holds (`source` names
+    /// it), then its placement taken ([`Node::take_placement`]).
+    #[allow(clippy::too_many_arguments)] // the arrival's parts, each from its own caller
+    pub(crate) async fn arrive(
+        self: &Arc<Self>,
+        cluster: &gearhost_cluster::Cluster,
+        gear: &GearRef,
+        (source, fds): (&str, Vec<OwnedFd>),
+        owner: Option<&Owner>,
+        arrival: &Arrival,
+        (wake, start): (bool, bool),
+        progress: &Progress,
+    ) -> ApiResult<reply::Restored> {
+        let (mut restored, g) = self
+            .restore_arriving(gear, source, fds, owner, progress, Some(arrival))
+            .await?;
         self.take_placement(
-            &cluster,
+            cluster,
             &g,
-            &op.from,
-            (op.wake, op.start),
+            &arrival.from,
+            (wake, start),
             progress,
             &mut restored.notes,
         )
         .await?;
-        // a stateless gear's replica is kept by another node again
-        self.replicate_soon(&op.gear);
         restored.gear = self.gear_summary(&g.record());
         Ok(restored)
     }

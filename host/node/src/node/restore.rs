@@ -178,23 +178,21 @@ impl Node {
                 from: p.node.clone(),
                 uid: Some(p.uid),
             };
-            let (mut restored, g) = self
-                .restore_arriving(gear, source, fds, owner, progress, Some(&arrival))
+            let mut restored = self
+                .arrive(
+                    &cluster,
+                    gear,
+                    (source, fds),
+                    owner,
+                    &arrival,
+                    (false, false),
+                    progress,
+                )
                 .await?;
-            self.take_placement(
-                &cluster,
-                &g,
-                &p.node,
-                (false, false),
-                progress,
-                &mut restored.notes,
-            )
-            .await?;
             restored.notes.push(format!(
                 "gear {} was lost with node {}; it lives on this node now (start it with `gear start {}`)",
                 gear.name, p.node, gear.name
             ));
-            restored.gear = self.gear_summary(&g.record());
             return Ok(restored);
         }
         self.restore_arriving(gear, source, fds, owner, progress, None)
