@@ -7,9 +7,9 @@
 //!   back; each move timed from the command to its answer (the gear runs on
 //!   the other node then), with the bytes that travelled.
 //! - **etcd writes per operation**: the cluster's revision (raised by one by
-//!   every write transaction) before and after each kind of operation, the
-//!   nodes' own heartbeats counted over a quiet spell of the same length and
-//!   taken off.
+//!   every write transaction) before and after each kind of operation, and
+//!   the keys written meanwhile as etcd's history has them; the nodes' own
+//!   liveness beats are left out.
 //!
 //! Run as root: `cargo build --release -p gearhost-cli -p gearhost-node
 //! -p gearhost-sandbox && cargo bench -p gearhost-tests --bench cluster_move`.
@@ -43,15 +43,37 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The etcd writes `op` makes, heartbeats of as long a quiet spell taken off.
-fn writes(etcd: &EtcdCluster, op: impl FnOnce()) -> i64 {
-    let (before, at) = (etcd.revision(), Instant::now());
+/// What `op` wrote to etcd: (write transactions, keys written), the nodes'
+/// own liveness beats (each a transaction of one key) left out.
+fn writes(etcd: &EtcdCluster, op: impl FnOnce()) -> (i64, usize) {
+    let before = etcd.revision();
     op();
-    let (made, took) = (etcd.revision() - before, at.elapsed());
-    let quiet = etcd.revision();
-    std::thread::sleep(took);
-    let beats = etcd.revision() - quiet;
-    made - beats
+    // the history read first, the revision right after it: every write the
+    // revision counts is in the history
+    let changes = etcd.changes_since(before);
+    let after = etcd.revision();
+    let beats = changes
+        .iter()
+        .filter(|(_, key)| key.starts_with("nodes/alive/"))
+        .count();
+    let keys = changes.len() - beats;
+    (after - before - beats as i64, keys)
+}
+
+/// Waits until `gear`'s placement names the node that keeps its replica.
+fn wait_replicated(etcd: &EtcdCluster, via: &TestNode, gear: &str) {
+    let id = json(&via.ok(&["show", gear, "--json"]))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !etcd
+        .get(&format!("gears/{id}"))
+        .is_some_and(|p| json(&p)["replica"].is_string())
+    {
+        assert!(Instant::now() < deadline, "{gear} got no replica");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 fn main() {
@@ -78,6 +100,7 @@ fn main() {
     });
     let deploy = writes(&etcd, || {
         nodes[0].ok(&["deploy", "web", app]);
+        wait_replicated(&etcd, &nodes[0], "web");
     });
     let alias = writes(&etcd, || {
         nodes[0].ok(&["alias", "add", "web", "www.example.test"]);
@@ -98,7 +121,10 @@ fn main() {
             ("node-a", &nodes[1])
         };
         let mut took = (0.0, 0);
-        move_writes.push(writes(&etcd, || took = timed_move(via, "web", to)));
+        move_writes.push(writes(&etcd, || {
+            took = timed_move(via, "web", to);
+            wait_replicated(&etcd, via, "web");
+        }));
         small.push(took.0);
         small_bytes = took.1;
     }
@@ -154,9 +180,15 @@ fn main() {
         "  to node-b {:.3} s ({} bytes of archive), back {:.3} s ({} bytes)",
         there.0, there.1, back.0, back.1
     );
-    println!("etcd writes (write transactions, heartbeats taken off):");
-    println!(
-        "  create {create}, deploy {deploy}, alias add {alias}, stop + start {stop_start}, destroy {destroy}"
-    );
-    println!("  move (each): {move_writes:?}");
+    println!("etcd writes (write transactions, keys written; the nodes' liveness beats left out):");
+    for (what, (txns, keys)) in [
+        ("create", create),
+        ("deploy (with its replica recorded)", deploy),
+        ("alias add", alias),
+        ("stop + start", stop_start),
+        ("destroy", destroy),
+    ] {
+        println!("  {what}: {txns} transactions, {keys} keys");
+    }
+    println!("  move, each with its new replica recorded (transactions, keys): {move_writes:?}");
 }

@@ -165,6 +165,36 @@ impl EtcdCluster {
         (out.status.success() && !value.is_empty()).then_some(value)
     }
 
+    /// The keys (under the test process's prefix) written or deleted after
+    /// revision `after`, in order, as etcd's history has them (`etcdctl
+    /// watch --rev`): (`PUT` or `DELETE`, the key without the prefix).
+    pub fn changes_since(&self, after: i64) -> Vec<(String, String)> {
+        let prefix = format!("/gearhost-test-{}/", std::process::id());
+        // the history comes at once; the watch then waits, and is ended
+        let out = Command::new("timeout")
+            .args(["1.5", "etcdctl"])
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .args(["watch", "--prefix", &prefix, "--rev"])
+            .arg((after + 1).to_string())
+            .output()
+            .expect("run etcdctl (apt-get install etcd-client; scripts/setup does)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines();
+        let mut changes = Vec::new();
+        while let Some(kind) = lines.next() {
+            if kind != "PUT" && kind != "DELETE" {
+                continue;
+            }
+            let Some(key) = lines.next() else { break };
+            changes.push((
+                kind.to_string(),
+                key.strip_prefix(&prefix).unwrap_or(key).to_string(),
+            ));
+        }
+        changes
+    }
+
     /// What member `i` logged.
     pub fn log(&self, i: usize) -> String {
         std::fs::read_to_string(
