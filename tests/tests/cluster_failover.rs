@@ -146,8 +146,19 @@ fn gears_of_a_dead_or_cut_off_node_come_back_elsewhere_once() {
     let holder = nodes[1].node_of("web").expect("web is listed");
     assert_ne!(holder, "node-a");
     assert_eq!(nodes[2].http_get("web-default", "/").0, 200);
-    // the database is lost with its node, until a snapshot brings it back
+    // the database is lost with its node, and says so, until a snapshot brings it back
     let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = nodes[2].gear(&["status", "db"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        if err.contains("gear lost") {
+            assert!(err.contains("node node-a died with it"), "{err}");
+            assert!(err.contains("gear restore db FILE"), "{err}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "db is not reported lost: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     loop {
         let out = nodes[2].gear(&["restore", "db", file]);
         if out.status.success() {
@@ -191,8 +202,10 @@ fn gears_of_a_dead_or_cut_off_node_come_back_elsewhere_once() {
     );
     let took = wait_answer(&nodes[1], "api-default", Duration::from_secs(30));
     eprintln!("failover: api answered through node-b {took:?} after node-c was cut off");
-    // while cut off, node-c wakes nothing
-    assert_ne!(nodes[2].http_get("api-default", "/").0, 200);
+    // while cut off, node-c serves and wakes none of its gears, and says why
+    let (code, body) = nodes[2].http_get("api-default", "/");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("cut off from its cluster"), "{body}");
     assert_ne!(recorded_state(&nodes[2], &api), "running");
     // back: node-c passes requests to node-b and never starts its copy
     link.mend();

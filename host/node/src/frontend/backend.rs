@@ -96,6 +96,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Whether the node is fenced (cut off from its cluster): it serves none
+    /// of its own gears.
+    fn fenced(&self) -> bool {
+        false
+    }
+
     /// The key authorization for ACME HTTP-01 token `token`, while the node
     /// is answering that challenge.
     fn acme_challenge(&self, _token: &str) -> Option<String> {
@@ -184,6 +190,10 @@ impl Backend for Arc<Node> {
 
     fn relayed(&self, value: &[u8], authority: &[u8]) -> Option<Relayed> {
         Node::relayed(self, value, authority)
+    }
+
+    fn fenced(&self) -> bool {
+        Node::fenced(self)
     }
 
     fn acme_challenge(&self, token: &str) -> Option<String> {

@@ -117,6 +117,21 @@ impl Refused {
         )
     }
 
+    /// A gear of a node cut off from its cluster, which serves none until it
+    /// is back (another node may be running the gear by now).
+    pub fn fenced(label: &str) -> Refused {
+        Refused::new(
+            Refusal::NotRunning,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Node cut off",
+            format!(
+                "Gear <code>{}</code> is not served by this node while it is cut off from its cluster; \
+                 try again in a moment.",
+                escape(label)
+            ),
+        )
+    }
+
     /// An idle gear that did not start again for the request.
     pub fn wake_failed(label: &str, error: &str) -> Refused {
         Refused::new(

@@ -36,6 +36,9 @@ use crate::tenancy::{Caller, SshRole};
 /// How often a node looks at its own health (fencing).
 const FENCE_POLL: Duration = Duration::from_millis(200);
 
+/// How long a fenced node waits for a gear's freeze.
+const FREEZE_WITHIN: Duration = Duration::from_millis(500);
+
 /// What a replica's archive is of, kept beside it.
 #[derive(Debug, Serialize, Deserialize)]
 struct ReplicaMeta {
@@ -166,6 +169,7 @@ impl Node {
             name: target.clone(),
             listen: member.advert.listen,
             up: true,
+            lost: None,
         };
         let request = crate::api::Request::Replicate(ops::Replicate {
             gear: GearRef {
@@ -306,6 +310,60 @@ impl Node {
         Ok(restored)
     }
 
+    /// The placement of `gear` when the cluster marked it lost (its node died
+    /// with it) and this node does not hold it.
+    pub(crate) async fn lost_placement(
+        &self,
+        gear: &GearRef,
+    ) -> Option<gearhost_cluster::Placement> {
+        let cluster = self.cluster()?;
+        if self.find(gear).is_ok() {
+            return None;
+        }
+        let p = cluster
+            .placement_by_name(&gear.namespace, &gear.name)
+            .await
+            .ok()??;
+        p.lost.is_some().then_some(p)
+    }
+
+    /// `gear restore` of a gear lost with its node: it comes back here from
+    /// the archive, under its id and uid, and this node takes its placement.
+    pub(crate) async fn restore_lost(
+        self: &Arc<Self>,
+        lost: &gearhost_cluster::Placement,
+        gear: &GearRef,
+        archive: (&str, Vec<OwnedFd>),
+        owner: Option<&Owner>,
+        progress: &Progress,
+    ) -> ApiResult<reply::Restored> {
+        let cluster = self
+            .cluster()
+            .cloned()
+            .ok_or_else(|| invalid("this node is not in a cluster".to_string()))?;
+        let arrival = Arrival {
+            id: lost.id.clone(),
+            from: lost.node.clone(),
+            uid: Some(lost.uid),
+        };
+        let mut restored = self
+            .arrive(
+                &cluster,
+                gear,
+                archive,
+                owner,
+                &arrival,
+                (false, false),
+                progress,
+            )
+            .await?;
+        restored.notes.push(format!(
+            "gear {} was lost with node {}; it lives on this node now (start it with `gear start {}`)",
+            gear.name, lost.node, gear.name
+        ));
+        Ok(restored)
+    }
+
     /// Starts the failover leader's rounds and the fence watch (once the
     /// node has joined its cluster).
     pub(crate) fn spawn_failover(self: &Arc<Self>) {
@@ -349,12 +407,31 @@ impl Node {
                 since = ?health.since_confirmed,
                 "cut off from etcd for two thirds of the lease time: fenced; the node's gears are stopped and none is woken until etcd is back"
             );
-            let stops = self.gears_snapshot().into_iter().filter(|g| {
-                matches!(
-                    g.state(),
-                    GearState::Running | GearState::Frozen | GearState::Starting
-                )
+            // requests are refused from now on; the running gears are frozen at
+            // once (nothing of them runs), then stopped
+            let running: Vec<Arc<Gear>> = self
+                .gears_snapshot()
+                .into_iter()
+                .filter(|g| {
+                    matches!(
+                        g.state(),
+                        GearState::Running | GearState::Frozen | GearState::Starting
+                    )
+                })
+                .collect();
+            let freezes = running.iter().map(|g| {
+                let (subtree, id) = (self.config.cgroup_subtree.clone(), g.record().id);
+                let g = g.clone();
+                tokio::task::spawn_blocking(move || {
+                    match gearhost_sandbox::cgroup::freeze_gear(&subtree, &id, FREEZE_WITHIN) {
+                        // the stop below thaws it for its stop hook and signals
+                        Ok(()) => g.frozen.store(true, Ordering::SeqCst),
+                        Err(e) => tracing::warn!(gear = %id, error = %e, "a fenced node's gear could not be frozen"),
+                    }
+                })
             });
+            futures_util::future::join_all(freezes).await;
+            let stops = running.into_iter();
             let stops = stops.map(|g| async move {
                 let _op = g.op.preempt("the node is cut off from the cluster").await;
                 if let Ok(cart) = self.cartridge(&g.record().cartridge)
@@ -468,6 +545,7 @@ impl Node {
             name: replica.to_string(),
             listen: member.advert.listen,
             up: true,
+            lost: None,
         };
         let request = crate::api::Request::Recover(ops::Recover {
             gear: GearRef {

@@ -105,17 +105,30 @@ impl Node {
         );
         let wake = start || state == GearState::Idle;
         let cart = self.cartridge(&r.cartridge)?;
+        let (read, write) = std::io::pipe().map_err(internal)?;
         if start || g.supervisor.any_running() {
             let _ = progress.send(format!("stopping {} on {me}", r.name));
-            self.stop_locked(&g, &cart).await?;
+            if let Err(e) = self.stop_locked(&g, &cart).await {
+                // not moved: it runs here again
+                if start {
+                    let _ = self.start_locked(&g, progress).await;
+                }
+                return Err(ApiError::new(
+                    e.kind,
+                    format!(
+                        "gear {} was not moved: it could not be stopped for the move: {}",
+                        r.name, e.message
+                    ),
+                ));
+            }
         }
         let _ = progress.send(format!("sending {} to node {to}", r.name));
-        let (read, write) = std::io::pipe().map_err(internal)?;
         let archive = tokio::fs::File::from_std(std::fs::File::from(OwnedFd::from(read)));
         let owner = crate::peer::Owner {
             name: to.to_string(),
             listen: member.advert.listen.clone(),
             up: true,
+            lost: None,
         };
         let request = crate::api::Request::Receive(ops::Receive {
             gear: gear.clone(),

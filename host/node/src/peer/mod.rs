@@ -60,6 +60,8 @@ pub struct Owner {
     pub listen: String,
     /// Whether it holds a live lease.
     pub up: bool,
+    /// Why the gear is lost, when its node died with it (see failover).
+    pub lost: Option<String>,
 }
 
 /// The other node of the cluster that serves `request`: for a create, the
@@ -109,6 +111,7 @@ pub async fn route(node: &Node, request: &Request) -> Result<Option<Owner>, ApiE
             up: member.is_up(),
             name: chosen,
             listen: member.advert.listen,
+            lost: None,
         }));
     }
     Ok(owner_of(node, cluster, request).await)
@@ -140,6 +143,7 @@ async fn owner_of(
         up: member.is_up(),
         name: placed.node,
         listen: member.advert.listen,
+        lost: placed.lost,
     })
 }
 
@@ -167,6 +171,10 @@ pub async fn forward(
             ),
         )
     };
+    if let Some(why) = &owner.lost {
+        let e = ApiError::new(ErrorKind::Failed, format!("gear lost: {why}"));
+        return reply_error(&mut stream, e).await;
+    }
     if !owner.up {
         let e = unreachable("is down (its lease expired)".into());
         return reply_error(&mut stream, e).await;
@@ -428,6 +436,7 @@ pub async fn list_cluster(
                 up: m.is_up(),
                 name: m.advert.name,
                 listen: m.advert.listen,
+                lost: None,
             };
             let line = line.clone();
             async move {

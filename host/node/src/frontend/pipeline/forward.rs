@@ -39,6 +39,10 @@ pub(super) async fn wake<'t, B: Backend>(
     unread: Option<u64>,
 ) -> Result<Forwarding<'t>, Refused> {
     let gear = &target.gear;
+    // a node cut off from its cluster serves none of its own gears
+    if gear.owner().is_none() && backend.fenced() {
+        return Err(Refused::fenced(&target.label).pending(unread));
+    }
     let front = gear.front();
     let state = gear.state();
     let waking = || front.waking.lock().is_ok_and(|w| w.is_some());
