@@ -130,7 +130,7 @@ async fn spawn_blocking_sandbox(spec: SandboxSpec) -> Result<Sandboxed, HostErro
         let spawned = (|| {
             // the gear's group carries the gear's limits, shared by all its processes
             if let Some((subtree, gear)) = cgroup::group_of(&spec.cgroup) {
-                let mounts = cgroup::detect()?;
+                let mounts = cgroup::detect_kept()?;
                 cgroup::ensure_group(&mounts, subtree, gear, &spec.limits)?;
             }
             Sandbox::spawn(spec)

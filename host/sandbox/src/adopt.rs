@@ -259,6 +259,6 @@ impl Adopted {
 /// Kills whatever is in the cgroup of `placement` and removes it (a recorded process that is
 /// not taken back, or a start of an earlier node nobody recorded).
 pub fn discard(placement: &CgroupPlacement) -> Result<TeardownReport, SandboxError> {
-    let mounts = cgroup::detect()?;
+    let mounts = cgroup::detect_kept()?;
     Ok(GearCgroup::existing(&mounts, placement).teardown(Duration::from_secs(10))?)
 }

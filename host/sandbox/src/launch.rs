@@ -484,7 +484,9 @@ impl Sandbox {
         let (cgroup, cgroup_report) = if rootless {
             (GearCgroup::unplaced(), None)
         } else {
-            let mounts = cgroup::detect()?;
+            // (read once per process: the mount table holds a line per gear's network
+            // namespace, so reading it per start grew with the gear count)
+            let mounts = cgroup::detect_kept()?;
             let (cgroup, report) = GearCgroup::create(&mounts, &spec.cgroup, &spec.limits)?;
             (cgroup, Some(report))
         };

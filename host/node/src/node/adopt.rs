@@ -48,10 +48,14 @@ impl Node {
             .await;
         }
         match verdict {
-            Ok(None) => {
-                self.clear_leaves(g, BTreeSet::new()).await;
-                Adoption::Nothing
-            }
+            // processes an earlier node started and was killed before it recorded them
+            // are not taken back either: said as such, not passed over
+            Ok(None) => match self.clear_leaves(g, BTreeSet::new()).await {
+                0 => Adoption::Nothing,
+                killed => Adoption::Discarded(format!(
+                    "{killed} process(es) an earlier node started were never recorded (it stopped while the gear started)"
+                )),
+            },
             Ok(Some(taken)) => {
                 let keep = recorded.iter().map(|r| r.leaf.clone()).collect();
                 self.clear_leaves(g, keep).await;
@@ -113,7 +117,9 @@ impl Node {
 
     /// Kills and removes the gear's process leaves that an earlier node made (their start
     /// number is below this node's first), but for those in `keep`.
-    async fn clear_leaves(&self, g: &Gear, keep: BTreeSet<String>) {
+    /// Kills the processes of the gear's leaves an earlier node left that are not in `keep`;
+    /// how many it killed.
+    async fn clear_leaves(&self, g: &Gear, keep: BTreeSet<String>) -> usize {
         let subtree = self.config.cgroup_subtree.clone();
         let id = g.record().id;
         let base = procs::node_start_base();
@@ -143,11 +149,16 @@ impl Node {
                 for (leaf, killed) in cleared.iter().filter(|(_, k)| *k > 0) {
                     tracing::info!(gear = %g.record().name, leaf = %leaf, killed, "stopped processes an earlier node left unrecorded");
                 }
+                cleared.iter().map(|(_, k)| *k).sum()
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot look for cgroups an earlier node left")
+                tracing::warn!(error = %e, "cannot look for cgroups an earlier node left");
+                0
             }
-            Err(e) => tracing::warn!(error = %e, "cannot look for cgroups an earlier node left"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for cgroups an earlier node left");
+                0
+            }
         }
     }
 }
