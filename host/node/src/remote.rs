@@ -342,6 +342,16 @@ impl Node {
             .collect()
     }
 
+    /// Whether a gear another node holds is on a node not in `alive` and not
+    /// marked lost yet, as the followed placements say (this node's own
+    /// gears are on a live node).
+    pub(crate) fn any_stranded(&self, alive: &std::collections::HashSet<String>) -> bool {
+        lock(&self.remote)
+            .placements
+            .values()
+            .any(|p| !alive.contains(&p.node) && p.lost.is_none())
+    }
+
     /// The other nodes requests were passed to, for their counters.
     pub(crate) fn other_nodes(&self) -> Vec<Arc<Routed>> {
         let view = lock(&self.remote);

@@ -14,7 +14,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use crate::api::{ApiError, ErrorKind, Event, MAX_REQUEST, Op, Reply, Request, ops, reply};
 use crate::logs;
-use crate::node::{LogKind, Node, Owner, Progress};
+use crate::node::{LogKind, Node, Progress};
 use crate::tenancy::{self, Caller};
 
 mod list;
@@ -471,10 +471,7 @@ async fn dispatch(
         }
         Request::Create(op) => {
             // an operator's gear counts against nobody's limits
-            let owner = (!caller.operator).then(|| Owner {
-                user: caller.user.clone(),
-                limit: node.config().user_limits.of(&caller.user),
-            });
+            let owner = (!caller.operator).then(|| node.owner(&caller.user));
             answer::<ops::Create>(
                 node.create(&op.gear, &op.cartridge, op.disk, owner.as_ref())
                     .await,
@@ -566,15 +563,10 @@ async fn dispatch(
             answer::<ops::Move>(node.move_gear(&op.gear, &op.node, caller, p).await)
         }
         Request::Receive(op) => answer::<ops::Receive>(node.receive(op, fds, p).await),
-        Request::Replicate(op) => {
-            answer::<ops::Replicate>(node.keep_replica(op, caller, fds).await)
-        }
+        Request::Replicate(op) => answer::<ops::Replicate>(node.keep_replica(op, fds).await),
         Request::Recover(op) => answer::<ops::Recover>(node.recover(op, p).await),
         Request::Restore(op) => {
-            let owner = (!caller.operator).then(|| Owner {
-                user: caller.user.clone(),
-                limit: node.config().user_limits.of(&caller.user),
-            });
+            let owner = (!caller.operator).then(|| node.owner(&caller.user));
             answer::<ops::Restore>(
                 node.restore(&op.gear, &op.source, fds, owner.as_ref(), p)
                     .await,

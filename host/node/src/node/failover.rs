@@ -45,7 +45,6 @@ struct ReplicaMeta {
     name: String,
     namespace: String,
     owner: Option<String>,
-    from: String,
     kept: u64,
 }
 
@@ -165,12 +164,7 @@ impl Node {
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the replica's node is gone")?;
-        let owner = crate::peer::Owner {
-            name: target.clone(),
-            listen: member.advert.listen,
-            up: true,
-            lost: None,
-        };
+        let owner = crate::peer::Owner::of(member);
         let request = crate::api::Request::Replicate(ops::Replicate {
             gear: GearRef {
                 name: r.name.clone(),
@@ -217,7 +211,6 @@ impl Node {
     pub async fn keep_replica(
         &self,
         op: ops::Replicate,
-        caller: &Caller,
         fds: Vec<OwnedFd>,
     ) -> ApiResult<reply::Replicated> {
         check_id(&op.id)?;
@@ -227,7 +220,6 @@ impl Node {
             name: op.gear.name.clone(),
             namespace: op.gear.namespace.clone(),
             owner: op.owner.clone(),
-            from: caller.user.trim_start_matches("node ").to_string(),
             kept: crate::state::now(),
         };
         let id = op.id.clone();
@@ -282,10 +274,7 @@ impl Node {
                 format!("the replica of gear {} cannot be read: {e}", op.gear.name),
             )
         })?;
-        let owner = meta.owner.as_ref().map(|user| Owner {
-            user: user.clone(),
-            limit: self.config().user_limits.of(user),
-        });
+        let owner = meta.owner.as_deref().map(|user| self.owner(user));
         let arrival = Arrival {
             id: op.id.clone(),
             from: op.from.clone(),
@@ -491,6 +480,11 @@ impl Node {
         }
         tracing::debug!("leading failover: a round");
         let alive = cluster.alive().await?;
+        // every placement is read (authoritatively) only when the followed view
+        // shows a gear on a node that is gone: not every round, whatever the count
+        if !self.any_stranded(&alive) {
+            return Ok(());
+        }
         for p in cluster.placements().await? {
             if alive.contains(&p.node) || p.lost.is_some() {
                 continue;
@@ -541,12 +535,7 @@ impl Node {
             .await
             .map_err(crate::cluster::api_error)?
             .ok_or_else(|| invalid(format!("no node {replica}")))?;
-        let owner = crate::peer::Owner {
-            name: replica.to_string(),
-            listen: member.advert.listen,
-            up: true,
-            lost: None,
-        };
+        let owner = crate::peer::Owner::of(member);
         let request = crate::api::Request::Recover(ops::Recover {
             gear: GearRef {
                 name: p.name.clone(),

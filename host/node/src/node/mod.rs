@@ -730,6 +730,17 @@ pub struct Owner {
     pub limit: crate::config::Limit,
 }
 
+impl Node {
+    /// User `user` as the owner of a new gear, with the limits the node's
+    /// configuration gives it.
+    pub fn owner(&self, user: &str) -> Owner {
+        Owner {
+            user: user.to_string(),
+            limit: self.config().user_limits.of(user),
+        }
+    }
+}
+
 /// Which of a gear's logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogKind {

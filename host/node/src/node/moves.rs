@@ -124,12 +124,7 @@ impl Node {
         }
         let _ = progress.send(format!("sending {} to node {to}", r.name));
         let archive = tokio::fs::File::from_std(std::fs::File::from(OwnedFd::from(read)));
-        let owner = crate::peer::Owner {
-            name: to.to_string(),
-            listen: member.advert.listen.clone(),
-            up: true,
-            lost: None,
-        };
+        let owner = crate::peer::Owner::of(member);
         let request = crate::api::Request::Receive(ops::Receive {
             gear: gear.clone(),
             id: r.id.clone(),
@@ -245,10 +240,7 @@ impl Node {
             from: op.from.clone(),
             uid: None,
         };
-        let owner = op.owner.as_ref().map(|user| Owner {
-            user: user.clone(),
-            limit: self.config().user_limits.of(user),
-        });
+        let owner = op.owner.as_deref().map(|user| self.owner(user));
         let source = format!("the move from node {}", op.from);
         let restored = self
             .arrive(

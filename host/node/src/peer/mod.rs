@@ -64,6 +64,18 @@ pub struct Owner {
     pub lost: Option<String>,
 }
 
+impl Owner {
+    /// Cluster member `m` as where a request goes.
+    pub fn of(m: gearhost_cluster::Member) -> Owner {
+        Owner {
+            up: m.is_up(),
+            name: m.advert.name,
+            listen: m.advert.listen,
+            lost: None,
+        }
+    }
+}
+
 /// The other node of the cluster that serves `request`: for a create, the
 /// node it asks for (`--node`) or the one the placement policy picks; for a
 /// request that names a gear, the node holding it. `None`: this node serves
@@ -107,12 +119,7 @@ pub async fn route(node: &Node, request: &Request) -> Result<Option<Owner>, ApiE
                     "the cluster has no node {chosen}; see `gear node list`"
                 ))
             })?;
-        return Ok(Some(Owner {
-            up: member.is_up(),
-            name: chosen,
-            listen: member.advert.listen,
-            lost: None,
-        }));
+        return Ok(Some(Owner::of(member)));
     }
     Ok(owner_of(node, cluster, request).await)
 }
@@ -140,10 +147,8 @@ async fn owner_of(
     }
     let member = cluster.member(&placed.node).await.ok()??;
     Some(Owner {
-        up: member.is_up(),
-        name: placed.node,
-        listen: member.advert.listen,
         lost: placed.lost,
+        ..Owner::of(member)
     })
 }
 
@@ -432,12 +437,7 @@ pub async fn list_cluster(
         .into_iter()
         .filter(|m| m.advert.name != cluster.node())
         .map(|m| {
-            let owner = Owner {
-                up: m.is_up(),
-                name: m.advert.name,
-                listen: m.advert.listen,
-                lost: None,
-            };
+            let owner = Owner::of(m);
             let line = line.clone();
             async move {
                 if !owner.up {
