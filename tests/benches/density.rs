@@ -37,18 +37,59 @@ fn timed(f: impl FnOnce()) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
+/// The lifecycle of gear `g0` (deployed, a listening perl app), timed at a checkpoint.
+#[derive(Clone, Copy)]
+struct Life {
+    start_ms: f64,
+    freeze_ms: f64,
+    wake_frozen_ms: f64,
+    stop_ms: f64,
+    wake_stopped_ms: f64,
+}
+
+fn life(node: &TestNode) -> Life {
+    let rounds = 10;
+    let (mut start, mut freeze, mut wake_frozen, mut stop, mut wake_stopped) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..rounds {
+        node.ok(&["stop", "g0"]);
+        start.push(timed(|| drop(node.ok(&["start", "g0"]))));
+        assert_eq!(node.http_get("g0-default", "/").0, 200);
+        freeze.push(timed(|| drop(node.ok(&["idle", "g0"]))));
+        wake_frozen.push(timed(|| {
+            assert_eq!(node.http_get("g0-default", "/").0, 200);
+        }));
+        stop.push(timed(|| drop(node.ok(&["idle", "--stop", "g0"]))));
+        wake_stopped.push(timed(|| {
+            assert_eq!(node.http_get("g0-default", "/").0, 200);
+        }));
+    }
+    Life {
+        start_ms: median_ms(start),
+        freeze_ms: median_ms(freeze),
+        wake_frozen_ms: median_ms(wake_frozen),
+        stop_ms: median_ms(stop),
+        wake_stopped_ms: median_ms(wake_stopped),
+    }
+}
+
 /// One checkpoint's figures.
 struct Checkpoint {
     gears: usize,
     create_ms: f64,
+    alone_ms: f64,
     status_ms: f64,
     list_ms: f64,
+    /// One running gear's lifecycle at this count (medians): start, freeze, wake from frozen,
+    /// stop by idling, wake from stopped.
+    life: Life,
     rss_kib: u64,
     fds: usize,
     state_kib: u64,
 }
 
 fn checkpoint(node: &TestNode, gears: usize, create_ms: f64) -> Checkpoint {
+    let life = life(node);
     let status_ms = median_ms(
         (0..30)
             .map(|_| timed(|| drop(node.ok(&["status", "g0"]))))
@@ -71,18 +112,49 @@ fn checkpoint(node: &TestNode, gears: usize, create_ms: f64) -> Checkpoint {
         .next()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
+    // a create with nothing else going on: made and destroyed again, so the count stays (last:
+    // a destroyed gear's network namespace is torn down by the kernel in the background)
+    let alone_ms = if create_ms.is_nan() {
+        f64::NAN
+    } else {
+        eprintln!("{gears} gears: creating one at a time");
+        median_ms(
+            (0..20)
+                .map(|i| {
+                    let name = format!("alone{i}");
+                    let ms = timed(|| drop(node.ok(&["create", &name, "--cartridge", "diy"])));
+                    node.ok(&["destroy", &name, "--yes"]);
+                    ms
+                })
+                .collect(),
+        )
+    };
     let c = Checkpoint {
         gears,
         create_ms,
+        alone_ms,
         status_ms,
         list_ms,
+        life,
         rss_kib: rss_kib(pid),
         fds,
         state_kib,
     };
     eprintln!(
-        "{} gears: create {:.1} ms, status {:.1} ms, list {:.1} ms, node RSS {} KiB, {} fds, state {} KiB",
-        c.gears, c.create_ms, c.status_ms, c.list_ms, c.rss_kib, c.fds, c.state_kib
+        "{} gears: create {:.1} ms (alone {:.1} ms), status {:.1} ms, list {:.1} ms, start {:.1} ms, freeze {:.1} ms, wake from frozen {:.1} ms, stop {:.1} ms, wake from stopped {:.1} ms, node RSS {} KiB, {} fds, state {} KiB",
+        c.gears,
+        c.create_ms,
+        c.alone_ms,
+        c.status_ms,
+        c.list_ms,
+        c.life.start_ms,
+        c.life.freeze_ms,
+        c.life.wake_frozen_ms,
+        c.life.stop_ms,
+        c.life.wake_stopped_ms,
+        c.rss_kib,
+        c.fds,
+        c.state_kib
     );
     c
 }
@@ -111,7 +183,10 @@ fn main() {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut made = 0;
+    // g0 runs from the start: its start, idling and wakes are timed at every checkpoint
+    node.ok(&["create", "g0", "--cartridge", "diy"]);
+    node.ok(&["deploy", "g0", &src_path]);
+    let mut made = 1;
     let mut checkpoints = Vec::new();
     let total = Instant::now();
     for mark in marks {
@@ -199,22 +274,48 @@ fn main() {
         "every gear listed after the restart"
     );
 
-    println!("\n| gears | create | status | list (JSON) | node RSS | node fds | state dir |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "\n| gears | create (4 clients) | create (alone) | status | list (JSON) | node RSS | node fds | state dir |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for c in checkpoints.iter().chain(std::iter::once(&with_running)) {
-        let create = if c.create_ms.is_nan() {
-            format!("({running} running)")
+        let (create, alone) = if c.create_ms.is_nan() {
+            (format!("({running} running)"), String::new())
         } else {
-            format!("{:.1} ms", c.create_ms)
+            (
+                format!("{:.1} ms", c.create_ms),
+                format!("{:.1} ms", c.alone_ms),
+            )
         };
         println!(
-            "| {} | {create} | {:.1} ms | {:.1} ms | {:.1} MiB | {} | {:.1} MiB |",
+            "| {} | {create} | {alone} | {:.1} ms | {:.1} ms | {:.1} MiB | {} | {:.1} MiB |",
             c.gears,
             c.status_ms,
             c.list_ms,
             c.rss_kib as f64 / 1024.0,
             c.fds,
             c.state_kib as f64 / 1024.0
+        );
+    }
+    println!(
+        "\n| gears | `gear start` | `gear idle` (freeze) | wake from frozen | `gear idle --stop` | wake from stopped |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for c in checkpoints.iter().chain(std::iter::once(&with_running)) {
+        let l = c.life;
+        println!(
+            "| {}{} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
+            c.gears,
+            if c.create_ms.is_nan() {
+                format!(", {running} running")
+            } else {
+                String::new()
+            },
+            l.start_ms,
+            l.freeze_ms,
+            l.wake_frozen_ms,
+            l.stop_ms,
+            l.wake_stopped_ms
         );
     }
     println!(

@@ -393,7 +393,7 @@ fn main() {
     let shown: serde_json::Value =
         serde_json::from_str(&node.ok(&["show", "bench", "--json"])).expect("json");
     let id = shown["id"].as_str().expect("id");
-    let netns = node.state_dir().join("gears").join(id).join("netns");
+    let netns = node.state_dir().join("netns").join(id);
     let host = "bench-default.localhost";
     let app_port = 8080;
     if std::env::var_os("GEARHOST_BENCH_WAKES_ONLY").is_some() {

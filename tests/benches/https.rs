@@ -401,7 +401,7 @@ fn main() {
     let shown: serde_json::Value =
         serde_json::from_str(&node.ok(&["show", "bench", "--json"])).expect("json");
     let id = shown["id"].as_str().expect("id");
-    let netns = node.state_dir().join("gears").join(id).join("netns");
+    let netns = node.state_dir().join("netns").join(id);
 
     let nginx_dir = tempfile::tempdir().expect("nginx dir");
     let (nginx_tls, nginx_plain) = (free_port(), free_port());

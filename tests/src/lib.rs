@@ -658,15 +658,9 @@ impl Drop for TestNode {
                 let _ = gearhost_sandbox::cgroup::remove_gear(&self.subtree, &gear);
             }
         }
-        // network namespaces stay bound until unmounted
-        if let Ok(gears) = std::fs::read_dir(self.state_dir().join("gears")) {
-            for g in gears.flatten() {
-                let _ = Command::new("umount")
-                    .arg("-l")
-                    .arg(g.path().join("netns"))
-                    .status();
-            }
-        }
+        // network namespaces stay bound until unmounted: their pins go with the mount that
+        // holds them (one syscall, where a `umount` per gear read the mount table each time)
+        let _ = gearhost_sandbox::netns::remove_pins(&self.state_dir().join("netns"));
         if let Ok(mounts) = gearhost_sandbox::cgroup::detect() {
             for root in gearhost_sandbox::cgroup::roots(&mounts) {
                 remove_cgroup_tree(&root.join(&self.subtree));

@@ -243,7 +243,8 @@ fn gear_idle_freezes_and_whatever_reaches_the_gear_thaws_the_same_processes() {
         node.log()
     );
     node.start_again();
-    assert_eq!(state(&node, "web"), "idle");
+    // the node takes its gears back after it answers: the gear turns idle then
+    wait_for_state(&node, "web", "idle", 10);
     assert_eq!(node.http_get("web-default", "/").1, "hello from web\n");
     assert_eq!(state(&node, "web"), "running");
 

@@ -829,6 +829,12 @@ impl NodeConfig {
         self.state_dir.join("gears")
     }
 
+    /// `<state>/netns`: the pins of the gears' network namespaces, a private mount of its own
+    /// (`gearhost_sandbox::netns::prepare_pins`).
+    pub fn netns_dir(&self) -> PathBuf {
+        self.state_dir.join("netns")
+    }
+
     /// `<state>/cartridges`
     pub fn cartridges_dir(&self) -> PathBuf {
         self.state_dir.join("cartridges")

@@ -416,13 +416,16 @@ impl Node {
 
     /// The gears linked to gear `id`, by name.
     pub(crate) fn linked_from(&self, id: &str) -> Vec<LinkedGear> {
+        // from the table's index: asked before every idling, it must not look at every gear
         let mut from: Vec<LinkedGear> = lock(&self.gears)
-            .values()
-            .map(|g| g.record())
-            .filter(|r| r.links.iter().any(|l| l.gear == id))
-            .map(|r| LinkedGear {
-                id: r.id,
-                name: r.name,
+            .linked_to(id)
+            .into_iter()
+            .map(|g| {
+                let r = g.record();
+                LinkedGear {
+                    id: r.id,
+                    name: r.name,
+                }
             })
             .collect();
         from.sort_by(|a, b| a.name.cmp(&b.name));
@@ -604,6 +607,7 @@ impl Node {
                 created: state::now(),
             });
         })?;
+        lock(&self.gears).link(&a.id, &d.id);
         self.links.insert(&a.id, &d.id, proxy);
         app.hook_log.line(
             "link[node]",
@@ -645,6 +649,7 @@ impl Node {
             });
         };
         app.update(self.config(), |r| r.links.retain(|l| l.gear != link.gear))?;
+        lock(&self.gears).unlink(&a.id, &link.gear);
         self.links.close(&a.id, &link.gear);
         app.hook_log
             .line("link[node]", &format!("unlinked from {}", to.name));

@@ -165,6 +165,8 @@ impl GearRecord {
 pub struct GearPaths {
     /// `gears/<id>`
     pub root: PathBuf,
+    /// `netns/<id>`, beside `gears/`
+    netns: PathBuf,
 }
 
 impl GearPaths {
@@ -172,6 +174,7 @@ impl GearPaths {
     pub fn new(gears_dir: &Path, id: &str) -> GearPaths {
         GearPaths {
             root: gears_dir.join(id),
+            netns: gears_dir.with_file_name("netns").join(id),
         }
     }
     /// The record file.
@@ -190,8 +193,13 @@ impl GearPaths {
     pub fn logs(&self) -> PathBuf {
         self.root.join("logs")
     }
-    /// The gear's network namespace, bound to a file.
+    /// The gear's network namespace, bound to a file below the node's pins
+    /// (`NodeConfig::netns_dir`).
     pub fn netns(&self) -> PathBuf {
+        self.netns.clone()
+    }
+    /// Where nodes before the pins directory bound the gear's network namespace.
+    pub fn old_netns(&self) -> PathBuf {
         self.root.join("netns")
     }
     /// The records of its running supervised processes (see `procs::records`).

@@ -47,7 +47,7 @@ use nix::unistd::{ForkResult, Pid};
 
 use crate::protocol::{
     HelperMessage, HelperSpec, MAX_SPEC_BYTES, MAX_SPEC_FDS, PARENT_FD, REPORT_FD, SPEC_FD,
-    SetupFailure, SpecFds,
+    SetupFailure, SpecFds, TEMPLATE_FD,
 };
 use crate::report::{FilesystemReport, LayerReport, NamespaceReport, SeccompReport};
 use crate::selinux::SelinuxReport;
@@ -445,8 +445,18 @@ fn install_stdio(stdio: [OwnedFd; 3]) -> Result<(), SetupFailure> {
 }
 
 /// Gives the helper its own mount, uts and ipc namespaces; the pid namespace was created by
-/// the node's clone. Nothing here depends on the gear.
+/// the node's clone. Nothing here depends on the gear. The mount namespace is a copy of the
+/// one the node gave on [`TEMPLATE_FD`] (the node's own without its many gear mounts, see
+/// [`crate::warm::hide_from_helpers`]), or else of the node's.
 fn unshare_early() -> Result<(), SetupFailure> {
+    // SAFETY: F_GETFD only reads the descriptor's flags; a closed number gives EBADF.
+    if unsafe { libc::fcntl(TEMPLATE_FD, libc::F_GETFD) } >= 0 {
+        // SAFETY: fd 6 is the node's mount namespace template when open (see `protocol`);
+        // nothing else in this process owns it.
+        let template = unsafe { OwnedFd::from_raw_fd(TEMPLATE_FD) };
+        nix::sched::setns(template, CloneFlags::CLONE_NEWNS)
+            .map_err(|e| fail("unshare", "enter the node's mount namespace for helpers", e))?;
+    }
     let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
     unshare(flags).map_err(|e| fail("unshare", "create the gear's namespaces", e))
 }

@@ -21,6 +21,56 @@ fn nix_err(what: &str, path: &Path, e: nix::Error) -> io::Error {
     )
 }
 
+/// Makes `dir` the directory that holds the node's bound network namespaces ("pins"): a
+/// mount of its own (bound onto itself the first time), with private propagation.
+///
+/// Every pin is a mount. Kept among the node's other directories, ten thousand gears put ten
+/// thousand mounts beside everything else on the file system holding the state directory,
+/// and the kernel walks all of them whenever a mount below that file system is cloned (each
+/// bind source of a gear start, `open_tree`), besides copying them into every new mount
+/// namespace. Below a mount of their own they are walked only when that mount is, and a
+/// mount namespace made without them ([`crate::warm::hide_from_helpers`]) does not see them.
+/// Private, so that no pin propagates into the mount namespaces of other processes (on a
+/// systemd host `/` is shared).
+pub fn prepare_pins(dir: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    if !crate::sys::is_mount_root(&c)? {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| nix_err("bind onto itself", dir, e))?;
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| nix_err("make private", dir, e))
+}
+
+/// Unbinds every pin below `dir` (made by [`prepare_pins`]) at once, with the mount holding
+/// them: their namespaces end with the last process inside. For a node's state directory
+/// that is being thrown away.
+pub fn remove_pins(dir: &Path) -> io::Result<()> {
+    match umount2(dir, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(e) => Err(nix_err("unbind", dir, e)),
+    }
+}
+
+/// Moves the pin of a network namespace from `from` to `to` (a new file): bound there, then
+/// unbound and removed at `from`. For pins a node made before [`prepare_pins`] existed.
+pub fn move_pin(from: &Path, to: &Path) -> io::Result<()> {
+    File::options().write(true).create_new(true).open(to)?;
+    if let Err(e) = mount(Some(from), to, None::<&str>, MsFlags::MS_BIND, None::<&str>) {
+        let _ = std::fs::remove_file(to);
+        return Err(nix_err("bind the network namespace to", to, e));
+    }
+    remove(from)
+}
+
 /// Create a new network namespace with `lo` up and bind it to `path` (a file
 /// is created there; its directory must exist).
 pub fn create(path: &Path) -> io::Result<()> {

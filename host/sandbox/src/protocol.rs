@@ -7,7 +7,7 @@
 //! network namespace, standard streams — travels as a descriptor, never as a path. The helper
 //! writes newline-separated [`HelperMessage`]s to fd 4; the node reads until end of file, which
 //! comes when the gear command has been executed (the descriptor is close-on-exec) or the
-//! helper died. fd 5 is a pidfd of the node.
+//! helper died. fd 5 is a pidfd of the node; fd 6, when open, the mount namespace to start from.
 
 use std::path::PathBuf;
 
@@ -22,6 +22,9 @@ pub const SPEC_FD: i32 = 3;
 pub const REPORT_FD: i32 = 4;
 /// Descriptor of a pidfd for the node process (closed by the helper when detached).
 pub const PARENT_FD: i32 = 5;
+/// Descriptor of the mount namespace the helper makes its own from, when the node gave one
+/// ([`crate::warm::hide_from_helpers`]); not open otherwise, and the helper copies the node's.
+pub const TEMPLATE_FD: i32 = 6;
 
 /// Where the gear's init keeps its copy of the reading end of the command's stdout pipe
 /// (a spec with `keep_output`). High, so that nothing the init opens while setting up is

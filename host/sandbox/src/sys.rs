@@ -3,7 +3,7 @@
 //! pidfd_send_signal, `waitid` on a pidfd with real-time signals, capset, the capability
 //! `prctl`s, clone with a pidfd, clone3 into a cgroup (`clone3.rs`), Landlock's version query,
 //! interface flags, extended attributes through a descriptor, getdents64, a duplicate above a
-//! given number).
+//! given number, whether a path is the root of a mount).
 //!
 //! The rest of the crate makes its system calls through `nix` (or `std`), and calls these
 //! wrappers for the others; it does not call `libc` functions itself (the exceptions are the
@@ -152,6 +152,31 @@ pub(crate) fn open_tree_clone(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     let tree = unsafe { OwnedFd::from_raw_fd(check(ret)? as RawFd) };
     setattr(tree.as_fd(), 0, libc::MS_PRIVATE, true)?;
     Ok(tree)
+}
+
+/// Whether `path` is the root of a mount (`statx`'s `STATX_ATTR_MOUNT_ROOT`, Linux 5.8), the
+/// last component not followed if it is a symlink.
+pub(crate) fn is_mount_root(path: &CStr) -> io::Result<bool> {
+    // SAFETY: statx is plain data, for which all zeroes is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the path is NUL-terminated and `stx` is writable, both living for the call.
+    let ret = unsafe {
+        libc::statx(
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+            0,
+            &mut stx,
+        )
+    };
+    check(ret as libc::c_long)?;
+    if stx.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "the kernel does not say which paths are mount roots (Linux 5.8 or later needed)",
+        ));
+    }
+    Ok(stx.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0)
 }
 
 /// Attaches the detached tree `tree` on the mount point `target` (an `O_PATH` descriptor).

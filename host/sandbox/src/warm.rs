@@ -26,7 +26,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::error::SandboxError;
-use crate::protocol::{HelperMessage, PARENT_FD, REPORT_FD, SPEC_FD};
+use crate::protocol::{HelperMessage, PARENT_FD, REPORT_FD, SPEC_FD, TEMPLATE_FD};
 use crate::sys;
 
 /// How long a warm helper may take to prepare, in milliseconds.
@@ -101,7 +101,8 @@ impl Helper {
         let node = high_dup(own.as_fd())?;
         drop(own);
 
-        let fds: [(RawFd, RawFd); 6] = [
+        let template = template();
+        let mut fds: Vec<(RawFd, RawFd)> = vec![
             (null.as_raw_fd(), 0),
             (null.as_raw_fd(), 1),
             (null.as_raw_fd(), 2),
@@ -109,6 +110,14 @@ impl Helper {
             (report_write.as_raw_fd(), REPORT_FD),
             (node.as_raw_fd(), PARENT_FD),
         ];
+        // the template's own descriptor is numbered below 10; its duplicate is not
+        let template = template
+            .filter(|_| !rootless())
+            .map(|t| high_dup(t.as_fd()))
+            .transpose()?;
+        if let Some(t) = &template {
+            fds.push((t.as_raw_fd(), TEMPLATE_FD));
+        }
         let path = cstring(init.as_os_str().as_bytes(), "encode the helper path")?;
         let arg0 = cstring(crate::launch::INIT_NAME.as_bytes(), "encode argv")?;
         let argv = [arg0.as_ptr(), std::ptr::null()];
@@ -201,6 +210,88 @@ impl Helper {
             Err(e) => Err(format!("undecodable message: {e}")),
         }
     }
+}
+
+/// The mount namespace helpers make theirs from, once [`hide_from_helpers`] made one.
+static TEMPLATE: Mutex<Option<std::sync::Arc<OwnedFd>>> = Mutex::new(None);
+
+fn template() -> Option<std::sync::Arc<OwnedFd>> {
+    gearhost_sys::lock::lock(&TEMPLATE).clone()
+}
+
+/// From now on, helpers (warm or cold) make their mount namespace from a copy of this
+/// process's, taken now, in which every mount at or below `dirs` is detached, instead of from
+/// this process's own.
+///
+/// A helper's `unshare` copies every mount of the namespace it starts from, holding the
+/// kernel's mount lock for writing while it does, and gives them all back when it detaches the
+/// old root. A node keeps a mount per gear (its network namespace's pin, see
+/// [`crate::netns::prepare_pins`]): with ten thousand gears a copy took about 10 ms and
+/// stalled every other mount operation of the node meanwhile. A helper takes what it needs of
+/// the node as descriptors (see `protocol`) and builds the rest from system paths, so none of
+/// those mounts is missed. The copy is made a slave of the node's mounts, so mounts that
+/// propagate on the host (a systemd host shares `/`) still reach it; the pins, below a private
+/// mount, never do. Does nothing for a rootless process (a helper in a user namespace of its
+/// own may not enter it).
+pub fn hide_from_helpers(dirs: &[PathBuf]) -> io::Result<()> {
+    if rootless() {
+        return Ok(());
+    }
+    let dirs = dirs.to_vec();
+    let made = std::thread::Builder::new()
+        .name("gearhost-mounts".into())
+        .spawn(move || -> io::Result<OwnedFd> {
+            // a thread shares its file system view with the process unless it unshares it
+            nix::sched::unshare(
+                nix::sched::CloneFlags::CLONE_FS | nix::sched::CloneFlags::CLONE_NEWNS,
+            )
+            .map_err(|e| io::Error::other(format!("make a mount namespace for helpers: {e}")))?;
+            nix::mount::mount(
+                None::<&str>,
+                "/",
+                None::<&str>,
+                nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+                None::<&str>,
+            )
+            .map_err(|e| io::Error::other(format!("make the helpers' mounts slaves: {e}")))?;
+            let table = std::fs::read_to_string("/proc/thread-self/mountinfo")?;
+            for point in outermost_below(&table, &dirs) {
+                match nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH) {
+                    Ok(()) | Err(nix::Error::EINVAL | nix::Error::ENOENT) => {}
+                    Err(e) => {
+                        return Err(io::Error::other(format!(
+                            "detach {} from the helpers' mounts: {e}",
+                            point.display()
+                        )));
+                    }
+                }
+            }
+            Ok(File::open("/proc/thread-self/ns/mnt")?.into())
+        })?
+        .join()
+        .map_err(|_| io::Error::other("the thread making the helpers' mounts panicked"))??;
+    *gearhost_sys::lock::lock(&TEMPLATE) = Some(std::sync::Arc::new(made));
+    Ok(())
+}
+
+/// The mount points of `mountinfo` at or below one of `dirs`, without those below another
+/// one listed (detaching that one takes them along).
+fn outermost_below(mountinfo: &str, dirs: &[PathBuf]) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(crate::cgroup::unescape_mountinfo(p)))
+        .filter(|p| dirs.iter().any(|d| p.starts_with(d)))
+        .collect();
+    points.sort();
+    points.dedup();
+    let mut outermost: Vec<PathBuf> = Vec::new();
+    for p in points {
+        if !outermost.iter().any(|o| p.starts_with(o)) {
+            outermost.push(p);
+        }
+    }
+    outermost
 }
 
 /// Whether this process starts gears rootless: it is not root, so each gear gets a user

@@ -261,16 +261,48 @@ impl Node {
                 }
             }
         }
+        // (a node that is not root makes no network namespace, and keeps its state's
+        // bookkeeping only: unit tests)
+        if gearhost_sys::proc_status::is_root() {
+            gearhost_sandbox::netns::prepare_pins(&config.netns_dir()).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot prepare {} for the gears' network namespaces: {e}",
+                    config.netns_dir().display()
+                )
+            })?;
+        }
         let (records, orphans) = state::load_gears(&config.gears_dir())?;
         for orphan in orphans {
             tracing::warn!(dir = %orphan.display(), "removing a gear directory whose create never completed");
-            let _ = gearhost_sandbox::netns::remove(&orphan.join("netns"));
+            let paths = orphan
+                .file_name()
+                .map(|id| GearPaths::new(&config.gears_dir(), &id.to_string_lossy()));
+            if let Some(paths) = paths {
+                let _ = gearhost_sandbox::netns::remove(&paths.netns());
+                let _ = gearhost_sandbox::netns::remove(&paths.old_netns());
+            }
             let _ = state::remove_tree(&orphan);
         }
         let mut gears = table::GearTable::default();
         for record in records {
+            let paths = GearPaths::new(&config.gears_dir(), &record.id);
+            let netns = paths.netns();
+            // a pin from a node before the pins directory moves there, its namespace kept
+            // (the gear may be running)
+            let old = paths.old_netns();
+            if gearhost_sandbox::netns::exists(&old) && !gearhost_sandbox::netns::exists(&netns) {
+                let _ = std::fs::remove_file(&netns);
+                gearhost_sandbox::netns::move_pin(&old, &netns).map_err(|e| {
+                    anyhow::anyhow!(
+                        "cannot move the network namespace of gear {} to {}: {e}",
+                        record.name,
+                        netns.display()
+                    )
+                })?;
+            } else {
+                let _ = gearhost_sandbox::netns::remove(&old);
+            }
             // after a reboot the namespace binding is gone: make a new one
-            let netns = GearPaths::new(&config.gears_dir(), &record.id).netns();
             if !gearhost_sandbox::netns::exists(&netns) {
                 let _ = std::fs::remove_file(&netns);
                 gearhost_sandbox::netns::create(&netns).map_err(|e| {
@@ -281,6 +313,14 @@ impl Node {
                 })?;
             }
             gears.insert(record.id.clone(), Arc::new(Gear::new(&config, record)));
+        }
+        // gear starts copy the node's mounts without the state directory's (every pin)
+        let hidden = config
+            .state_dir
+            .canonicalize()
+            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", config.state_dir.display()))?;
+        if let Err(e) = gearhost_sandbox::warm::hide_from_helpers(&[hidden]) {
+            tracing::warn!(error = %e, "gear starts copy every mount of the node (one per gear), slower with many gears");
         }
         let admission = crate::conns::Admission::new(config.gear_max_connections);
         let namespaces = crate::tenancy::Namespaces::open(&config)?;

@@ -1,11 +1,13 @@
 //! The node's table of live gears: by id, and indexed so that what a request or a create
 //! asks of the table takes the same time however many gears the node has: a gear by
 //! (namespace, name), the gears answering to a public label, how many gears a user owns,
-//! and the lowest uid no gear holds. A gear's name, namespace, uid and owner never change;
-//! the table is changed only by [`GearTable::insert`] and [`GearTable::remove`], which keep
-//! every index in step (reads go through `Deref` to the map by id).
+//! the lowest uid no gear holds, and the gears linked to a gear. A gear's name, namespace,
+//! uid and owner never change; the table is changed only by [`GearTable::insert`] and
+//! [`GearTable::remove`], which keep every index in step, and its links only by
+//! [`GearTable::link`] and [`GearTable::unlink`], called with each change of a record's links
+//! (reads go through `Deref` to the map by id).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use super::{Gear, lock};
@@ -22,6 +24,8 @@ pub struct GearTable {
     /// Gears each user owns.
     owned: HashMap<String, usize>,
     uids: UidPool,
+    /// The ids of the gears linked to a gear, by its id.
+    linked_to: HashMap<String, BTreeSet<String>>,
 }
 
 /// The uids gears hold (with how many hold each: more than one only for records edited by
@@ -85,6 +89,12 @@ impl GearTable {
                 *self.owned.entry(owner.clone()).or_default() += 1;
             }
             self.uids.take(r.uid);
+            for l in &r.links {
+                self.linked_to
+                    .entry(l.gear.clone())
+                    .or_default()
+                    .insert(id.clone());
+            }
         }
         self.by_id.insert(id, gear);
     }
@@ -113,8 +123,37 @@ impl GearTable {
             }
         }
         self.uids.free(r.uid);
+        for l in &r.links {
+            self.unlink(id, &l.gear);
+        }
         drop(r);
         Some(gear)
+    }
+
+    /// Notes that gear `from` is now linked to gear `to` (its record says so).
+    pub fn link(&mut self, from: &str, to: &str) {
+        self.linked_to
+            .entry(to.to_string())
+            .or_default()
+            .insert(from.to_string());
+    }
+
+    /// Notes that gear `from` is no longer linked to gear `to`.
+    pub fn unlink(&mut self, from: &str, to: &str) {
+        if let Some(from_ids) = self.linked_to.get_mut(to) {
+            from_ids.remove(from);
+            if from_ids.is_empty() {
+                self.linked_to.remove(to);
+            }
+        }
+    }
+
+    /// The gears linked to gear `id`.
+    pub fn linked_to(&self, id: &str) -> Vec<&Arc<Gear>> {
+        self.linked_to
+            .get(id)
+            .map(|ids| ids.iter().filter_map(|i| self.by_id.get(i)).collect())
+            .unwrap_or_default()
     }
 
     /// The gear `name` of `namespace`.

@@ -6,13 +6,23 @@
 use super::*;
 use crate::api::ErrorKind;
 
-fn node() -> (tempfile::TempDir, Arc<Node>) {
+/// A node's state directory for a test; as root the node binds its pins directory onto
+/// itself there, which goes before the directory does.
+struct TestState(tempfile::TempDir);
+
+impl Drop for TestState {
+    fn drop(&mut self) {
+        let _ = gearhost_sandbox::netns::remove_pins(&self.0.path().join("state").join("netns"));
+    }
+}
+
+fn node() -> (TestState, Arc<Node>) {
     let dir = tempfile::tempdir().expect("temporary state directory");
     let mut config = NodeConfig::embedded();
     config.state_dir = dir.path().join("state");
     config.domain = "apps.test".into();
     let node = Node::open(config).expect("open the node's state");
-    (dir, node)
+    (TestState(dir), node)
 }
 
 fn gear(name: &str, namespace: &str) -> GearRef {

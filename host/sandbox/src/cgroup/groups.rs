@@ -26,7 +26,7 @@ pub(super) fn stat_value(text: &str, key: &str) -> Option<u64> {
 
 /// Tears down the cgroup of a gear by placement (kills what is left, removes the directories).
 pub fn teardown(placement: &CgroupPlacement) -> Result<TeardownReport, CgroupError> {
-    let mounts = detect()?;
+    let mounts = detect_kept()?;
     let cgroup = GearCgroup {
         layout: mounts.layout,
         dirs: gear_paths(&mounts, placement),
@@ -140,7 +140,7 @@ pub(super) fn enable_controllers(dir: &Path) -> Result<(), CgroupError> {
 /// cgroup in it (killing what is left there), then the group itself.
 pub fn remove_group(subtree: &str, name: &str) -> Result<TeardownReport, CgroupError> {
     lock_groups().remove(&format!("{subtree}/{name}"));
-    let mounts = detect()?;
+    let mounts = detect_kept()?;
     let group_placement = CgroupPlacement {
         subtree: subtree.to_string(),
         leaf: name.to_string(),
@@ -204,7 +204,7 @@ pub fn remove_gear(subtree: &str, gear: &str) -> Result<TeardownReport, CgroupEr
         }
         Err(e) => first_error = Some(e),
     }
-    let mounts = match detect() {
+    let mounts = match detect_kept() {
         Ok(mounts) => mounts,
         Err(e) => return Err(first_error.unwrap_or(e)),
     };
@@ -232,7 +232,7 @@ pub fn remove_gear(subtree: &str, gear: &str) -> Result<TeardownReport, CgroupEr
 
 /// Removes the node's (empty) subtree directories, e.g. after tests.
 pub fn remove_subtree(subtree: &str) -> Result<(), CgroupError> {
-    let mounts = detect()?;
+    let mounts = detect_kept()?;
     for root in roots(&mounts) {
         let dir = root.join(subtree);
         match std::fs::remove_dir(&dir) {
