@@ -21,7 +21,10 @@ pub mod registry;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // as cargo says when it runs the test or bench: a binary found fresh in a shared target
+    // directory may have been built from a checkout elsewhere, whose path `env!` would give
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()

@@ -5,7 +5,7 @@
 //! files with `GEARHOST_BLESS=1 cargo test -p gearhost-api --test golden`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use gearhost_api::ops::*;
 use gearhost_api::reply::*;
@@ -16,7 +16,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+    // as cargo says when it runs the test: a test binary built from a checkout elsewhere and
+    // found fresh in a shared target directory carries that checkout's path in `env!`
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/golden")
 }
 
 fn bless() -> bool {
