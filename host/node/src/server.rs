@@ -486,7 +486,7 @@ async fn dispatch(
             namespaces: visible_namespaces(&node, caller),
         })),
         Request::NamespaceList(_) => {
-            let counts = namespace_counts(&node);
+            let counts = node.namespace_counts();
             answer::<ops::NamespaceList>(Ok(visible_namespaces(&node, caller)
                 .iter()
                 .map(|n| node.namespaces.info(n, counts.get(n).copied().unwrap_or(0)))
@@ -508,7 +508,7 @@ async fn dispatch(
                 .map(|()| node.namespaces.info(&op.name, 0)),
         ),
         Request::NamespaceDelete(op) => {
-            let gears = namespace_counts(&node).get(&op.name).copied().unwrap_or(0);
+            let gears = node.namespace_counts().get(&op.name).copied().unwrap_or(0);
             answer::<ops::NamespaceDelete>(
                 node.namespaces
                     .delete(caller, &op.name, gears)
@@ -516,7 +516,7 @@ async fn dispatch(
             )
         }
         Request::NamespaceAddMember(op) => {
-            let counts = namespace_counts(&node);
+            let counts = node.namespace_counts();
             answer::<ops::NamespaceAddMember>(
                 node.namespaces
                     .change_member(caller, &op.name, &op.user, true)
@@ -527,7 +527,7 @@ async fn dispatch(
             )
         }
         Request::NamespaceRemoveMember(op) => {
-            let counts = namespace_counts(&node);
+            let counts = node.namespace_counts();
             answer::<ops::NamespaceRemoveMember>(
                 node.namespaces
                     .change_member(caller, &op.name, &op.user, false)
@@ -727,21 +727,13 @@ async fn dispatch(
 }
 
 /// How many gears each namespace holds.
-fn namespace_counts(node: &Node) -> std::collections::BTreeMap<String, usize> {
-    let mut counts = std::collections::BTreeMap::new();
-    for g in node.gears_snapshot() {
-        *counts.entry(g.record().namespace).or_insert(0) += 1;
-    }
-    counts
-}
-
 /// The namespaces `caller` may act in: a user's own and its teams; for an
 /// operator every namespace that holds a gear or is a team, and its own.
 fn visible_namespaces(node: &Node, caller: &Caller) -> Vec<String> {
     if !caller.operator {
         return node.namespaces.of_user(&caller.user);
     }
-    let mut all: std::collections::BTreeSet<String> = namespace_counts(node).into_keys().collect();
+    let mut all: std::collections::BTreeSet<String> = node.namespace_counts().into_keys().collect();
     all.extend(node.namespaces.team_names());
     all.insert(caller.user.clone());
     all.into_iter().collect()

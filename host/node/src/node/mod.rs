@@ -462,6 +462,11 @@ impl Node {
         }
     }
 
+    /// How many gears each namespace holds, from the table's count (no gear is looked at).
+    pub(crate) fn namespace_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        lock(&self.gears).namespace_counts()
+    }
+
     /// Every gear, live.
     pub(crate) fn gears_snapshot(&self) -> Vec<Arc<Gear>> {
         lock(&self.gears).values().cloned().collect()

@@ -1,7 +1,7 @@
 //! The node's table of live gears: by id, and indexed so that what a request or a create
 //! asks of the table takes the same time however many gears the node has: a gear by
-//! (namespace, name), the gears answering to a public label, how many gears a user owns,
-//! the lowest uid no gear holds, and the gears linked to a gear. A gear's name, namespace,
+//! (namespace, name), the gears answering to a public label, how many gears a user owns
+//! and how many a namespace holds, the lowest uid no gear holds, and the gears linked to a gear. A gear's name, namespace,
 //! uid and owner never change; the table is changed only by [`GearTable::insert`] and
 //! [`GearTable::remove`], which keep every index in step, and its links only by
 //! [`GearTable::link`] and [`GearTable::unlink`], called with each change of a record's links
@@ -23,6 +23,8 @@ pub struct GearTable {
     by_label: HashMap<String, Vec<String>>,
     /// Gears each user owns.
     owned: HashMap<String, usize>,
+    /// Gears in each namespace.
+    in_namespace: BTreeMap<String, usize>,
     uids: UidPool,
     /// The ids of the gears linked to a gear, by its id.
     linked_to: HashMap<String, BTreeSet<String>>,
@@ -85,6 +87,7 @@ impl GearTable {
                 .entry(state::public_label(&r.name, &r.namespace))
                 .or_default()
                 .push(id.clone());
+            *self.in_namespace.entry(r.namespace.clone()).or_default() += 1;
             if let Some(owner) = &r.owner {
                 *self.owned.entry(owner.clone()).or_default() += 1;
             }
@@ -112,6 +115,12 @@ impl GearTable {
             ids.retain(|i| i != id);
             if ids.is_empty() {
                 self.by_label.remove(&label);
+            }
+        }
+        if let Some(count) = self.in_namespace.get_mut(&r.namespace) {
+            *count -= 1;
+            if *count == 0 {
+                self.in_namespace.remove(&r.namespace);
             }
         }
         if let Some(owner) = &r.owner
@@ -176,6 +185,11 @@ impl GearTable {
     /// How many gears `user` owns.
     pub fn owned_by(&self, user: &str) -> usize {
         self.owned.get(user).copied().unwrap_or(0)
+    }
+
+    /// How many gears each namespace holds (namespaces without gears are not listed).
+    pub fn namespace_counts(&self) -> BTreeMap<String, usize> {
+        self.in_namespace.clone()
     }
 
     /// The lowest uid in `min..=max` no gear holds, if any.

@@ -205,3 +205,53 @@ fn ids_are_sixteen_random_hex_digits() {
     assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
     assert_ne!(a, b);
 }
+
+#[test]
+fn the_table_counts_namespaces_and_indexes_links_by_target() {
+    let (_dir, node) = node();
+    let make = |id: &str, name: &str, namespace: &str, links: &[&str]| {
+        let record = GearRecord {
+            id: id.into(),
+            name: name.into(),
+            namespace: namespace.into(),
+            links: links
+                .iter()
+                .map(|to| state::Link {
+                    gear: (*to).into(),
+                    port: 5432,
+                    created: 0,
+                })
+                .collect(),
+            ..test_record()
+        };
+        Arc::new(Gear::new(node.config(), record))
+    };
+    let mut table = table::GearTable::default();
+    table.insert("db".into(), make("db", "db", "team", &[]));
+    table.insert("app".into(), make("app", "app", "team", &["db"]));
+    table.insert("web".into(), make("web", "web", "default", &[]));
+    let linked = |t: &table::GearTable, id: &str| -> Vec<String> {
+        t.linked_to(id).iter().map(|g| g.record().id).collect()
+    };
+    assert_eq!(
+        linked(&table, "db"),
+        ["app"],
+        "a link in a loaded record counts"
+    );
+    assert!(linked(&table, "app").is_empty());
+    table.link("web", "db");
+    assert_eq!(linked(&table, "db"), ["app", "web"]);
+    table.unlink("web", "db");
+    assert_eq!(linked(&table, "db"), ["app"]);
+    let counts = table.namespace_counts();
+    assert_eq!(
+        (counts.get("team"), counts.get("default")),
+        (Some(&2), Some(&1))
+    );
+    // a gear that goes takes its links and its count along
+    table.remove("app");
+    assert!(linked(&table, "db").is_empty());
+    assert_eq!(table.namespace_counts().get("team"), Some(&1));
+    table.remove("web");
+    assert_eq!(table.namespace_counts().get("default"), None);
+}
