@@ -283,11 +283,12 @@ fn outermost_below(mountinfo: &str, dirs: &[PathBuf]) -> Vec<PathBuf> {
         .map(|p| PathBuf::from(crate::cgroup::unescape_mountinfo(p)))
         .filter(|p| dirs.iter().any(|d| p.starts_with(d)))
         .collect();
+    // sorted by component, a mount point's descendants follow it at once
     points.sort();
     points.dedup();
     let mut outermost: Vec<PathBuf> = Vec::new();
     for p in points {
-        if !outermost.iter().any(|o| p.starts_with(o)) {
+        if !outermost.last().is_some_and(|o| p.starts_with(o)) {
             outermost.push(p);
         }
     }
@@ -486,5 +487,36 @@ fn finish_filling(init: &Path, helper: Option<Helper>, error: Option<&str>) {
     CHANGED.notify_all();
     if let Some(h) = leftover {
         h.discard();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_outermost_mounts_below_the_hidden_directories_are_detached() {
+        let table = "\
+22 1 8:1 / / rw shared:1 - ext4 /dev/vda rw
+30 22 0:5 / /var/lib/gh rw - ext4 /dev/vdb rw
+31 30 0:6 / /var/lib/gh/netns rw - ext4 /dev/vdb rw
+32 31 0:4 net:[1] /var/lib/gh/netns/a rw - nsfs nsfs rw
+33 31 0:4 net:[2] /var/lib/gh/netns/b rw - nsfs nsfs rw
+34 22 0:7 / /var/lib/gh\\040b rw - tmpfs tmpfs rw
+35 22 0:8 / /srv/roots rw - tmpfs tmpfs rw
+36 35 0:9 / /srv/roots/x rw - overlay overlay rw
+37 22 0:10 / /srv/rootsy rw - tmpfs tmpfs rw
+38 22 0:11 / /proc rw - proc proc rw
+";
+        let hidden = [PathBuf::from("/var/lib/gh"), PathBuf::from("/srv/roots")];
+        assert_eq!(
+            outermost_below(table, &hidden),
+            [PathBuf::from("/srv/roots"), PathBuf::from("/var/lib/gh")],
+            "a sibling whose name only starts the same (/var/lib/gh b, /srv/rootsy) stays"
+        );
+        // a hidden directory that is a mount point itself goes whole, its pins with it
+        let hidden = [PathBuf::from("/var/lib/gh/netns/")];
+        assert_eq!(outermost_below(table, &hidden).len(), 1);
+        assert!(outermost_below(table, &[PathBuf::from("/nothing")]).is_empty());
     }
 }
