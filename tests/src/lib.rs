@@ -593,6 +593,24 @@ impl TestNode {
         (code, headers, body)
     }
 
+    /// Waits up to `secs` seconds until `gear` is in `state` (`gear status --json`), as after a
+    /// node restart, whose resume runs after the node answers.
+    pub fn wait_state(&self, gear: &str, state: &str, secs: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let status = json(&self.ok(&["status", gear, "--json"]));
+            if status["state"] == state {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gear {gear} is not {state} after {secs} s: {status}\n{}",
+                self.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// The node process's pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

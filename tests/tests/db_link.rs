@@ -62,23 +62,6 @@ fn psql_ok(node: &TestNode, gear: &str, sql: &str) -> String {
     stdout(&out).trim().to_string()
 }
 
-/// Wait until `gear` is running (after a node restart).
-fn wait_running(node: &TestNode, gear: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let status = json(&node.ok(&["status", gear, "--json"]));
-        if status["state"] == "running" {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{gear} never came back: {status}\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_linked_gear_reaches_its_database_and_no_other_gear_does() {
     if !privileged("the node creates namespaces, cgroups and uids") {
@@ -230,7 +213,7 @@ fn a_linked_gear_reaches_its_database_and_no_other_gear_does() {
 
     // a node killed with SIGKILL comes back with the link in place
     node.kill9_and_restart();
-    wait_running(&node, "db");
+    node.wait_state("db", "running", 60);
     assert_eq!(psql_ok(&node, "app", "select n from visits"), "7");
     assert_eq!(
         json(&node.ok(&["show", "app", "--json"]))["links"][0]["gear"],

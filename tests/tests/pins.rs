@@ -60,25 +60,6 @@ fn gear_id(node: &TestNode, gear: &str) -> String {
         .to_string()
 }
 
-fn wait_state(node: &TestNode, gear: &str, want: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let now = json(&node.ok(&["status", gear, "--json"]))["state"]
-            .as_str()
-            .unwrap_or("")
-            .to_string();
-        if now == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gear {gear} is {now}, not {want}:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn pins_live_in_a_private_mount_apart_and_old_ones_are_moved_there() {
     if !privileged("the node creates namespaces, cgroups and uids") {
@@ -153,7 +134,7 @@ fn pins_live_in_a_private_mount_apart_and_old_ones_are_moved_there() {
         .expect("pin moved back");
     }
     node.start_again();
-    wait_state(&node, "web", "running");
+    node.wait_state("web", "running", 30);
     for id in [&web, &quiet] {
         assert!(gearhost_sandbox::netns::exists(&pins.join(id)));
         assert!(!state.join("gears").join(id).join("netns").exists());
