@@ -33,21 +33,7 @@ fn nix_err(what: &str, path: &Path, e: nix::Error) -> io::Error {
 /// Private, so that no pin propagates into the mount namespaces of other processes (on a
 /// systemd host `/` is shared).
 pub fn prepare_pins(dir: &Path) -> io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
-    if !crate::sys::is_mount_root(&c)? {
-        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| nix_err("bind onto itself", dir, e))?;
-    }
-    mount(
-        None::<&str>,
-        dir,
-        None::<&str>,
-        MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .map_err(|e| nix_err("make private", dir, e))
+    crate::overlay::make_private_mount_point(dir)
 }
 
 /// Unbinds every pin below `dir` (made by [`prepare_pins`]) at once, with the mount holding

@@ -169,14 +169,14 @@ pub fn unmount(target: &Path) -> io::Result<()> {
 }
 
 /// Makes `dir` a mount point of its own with private propagation (a bind of itself), once:
-/// overlays mounted below it then stay out of the host's other mount namespaces even where `/`
-/// is shared, as on a systemd host.
+/// what is mounted below it then stays out of the host's other mount namespaces even where `/`
+/// is shared, as on a systemd host. Whether it is a mount point already is asked of the kernel
+/// for that one path (`statx`), not looked up in the mount table, which holds a line per gear.
 pub fn make_private_mount_point(dir: &Path) -> io::Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| with_path(e, dir))?;
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    let own = std::fs::metadata(dir)?.dev() != std::fs::metadata(parent)?.dev()
-        || mount_point_listed(dir);
-    if !own {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in the path"))?;
+    if !crate::sys::is_mount_root(&c).map_err(|e| with_path(e, dir))? {
         mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .map_err(|e| with_path(e.into(), dir))?;
     }
@@ -188,22 +188,6 @@ pub fn make_private_mount_point(dir: &Path) -> io::Result<()> {
         None::<&str>,
     )
     .map_err(|e| with_path(e.into(), dir))
-}
-
-/// Whether `/proc/self/mountinfo` lists `dir` as a mount point (a bind of a directory onto
-/// itself keeps the device number, so only the table tells).
-fn mount_point_listed(dir: &Path) -> bool {
-    let Ok(canonical) = dir.canonicalize() else {
-        return false;
-    };
-    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let wanted = canonical.to_string_lossy();
-    table
-        .lines()
-        .filter_map(|line| line.split(' ').nth(4))
-        .any(|point| crate::cgroup::unescape_mountinfo(point) == wanted)
 }
 
 #[cfg(test)]
