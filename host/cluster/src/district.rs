@@ -98,6 +98,22 @@ impl Cluster {
         gear: &Placement,
         holder: Option<&str>,
     ) -> Result<(), ClusterError> {
+        self.claim_with_tries(gear, holder.map(|node| (node, false)))
+            .await
+    }
+
+    /// [`Cluster::claim_existing`] of a gear from node `dead`, taken over because that node is
+    /// gone (a failover, a lost gear restored): only while `dead` has no live lease, compared
+    /// in the same transaction, so a node that came back in the meantime keeps its gear.
+    pub async fn claim_from_dead(&self, gear: &Placement, dead: &str) -> Result<(), ClusterError> {
+        self.claim_with_tries(gear, Some((dead, true))).await
+    }
+
+    async fn claim_with_tries(
+        &self,
+        gear: &Placement,
+        holder: Option<(&str, bool)>,
+    ) -> Result<(), ClusterError> {
         for _ in 0..CLAIM_TRIES {
             match self.claim(gear, holder).await? {
                 Claimed::Done => return Ok(()),
@@ -112,7 +128,13 @@ impl Cluster {
         )))
     }
 
-    async fn claim(&self, gear: &Placement, holder: Option<&str>) -> Result<Claimed, ClusterError> {
+    /// One try of a claim; `holder`: the node the placement must still name, and whether that
+    /// node must also be gone.
+    async fn claim(
+        &self,
+        gear: &Placement,
+        holder: Option<(&str, bool)>,
+    ) -> Result<Claimed, ClusterError> {
         let k = &self.keys;
         let record_key = k.gear(&gear.id);
         let uid = k.uid(gear.uid);
@@ -137,7 +159,17 @@ impl Cluster {
             .get("read a gear's placement", record_key.clone(), None)
             .await?;
         let current = found.kvs().first();
-        if let Some(holder) = holder {
+        if let Some((dead, true)) = holder {
+            let alive = self.keys.node_alive(dead);
+            if self.node_is_alive(dead).await? {
+                return Err(ClusterError::Conflict(format!(
+                    "node {dead} is back and keeps gear {} (namespace {})",
+                    gear.name, gear.namespace
+                )));
+            }
+            compares.push(Compare::version(alive.as_str(), CompareOp::Equal, 0));
+        }
+        if let Some((holder, _)) = holder {
             let placed =
                 current.and_then(|kv| serde_json::from_slice::<Placement>(kv.value()).ok());
             match placed {
@@ -293,6 +325,28 @@ impl Cluster {
         gear: &Placement,
         holder: &str,
     ) -> Result<bool, ClusterError> {
+        self.update_placement_when(gear, holder, None).await
+    }
+
+    /// [`Cluster::update_placement`] of a gear whose node `dead` is gone (its loss recorded):
+    /// written only while that node has no live lease, compared in the same transaction, so a
+    /// node that came back meanwhile never finds its running gear marked lost.
+    pub async fn update_placement_of_dead(
+        &self,
+        gear: &Placement,
+        dead: &str,
+    ) -> Result<bool, ClusterError> {
+        let alive = self.keys.node_alive(dead);
+        let gone = Compare::version(alive.as_str(), CompareOp::Equal, 0);
+        self.update_placement_when(gear, dead, Some(gone)).await
+    }
+
+    async fn update_placement_when(
+        &self,
+        gear: &Placement,
+        holder: &str,
+        also: Option<Compare>,
+    ) -> Result<bool, ClusterError> {
         let key = self.keys.gear(&gear.id);
         let found = self
             .get("read a gear's placement", key.clone(), None)
@@ -304,12 +358,9 @@ impl Cluster {
             Ok(p) if p.node == holder => {}
             _ => return Ok(false),
         }
+        let unchanged = Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision());
         let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.as_str(),
-                CompareOp::Equal,
-                kv.mod_revision(),
-            )])
+            .when(std::iter::once(unchanged).chain(also).collect::<Vec<_>>())
             .and_then([TxnOp::put(
                 key.as_str(),
                 serde_json::to_vec(gear).unwrap_or_default(),

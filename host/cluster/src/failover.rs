@@ -36,6 +36,18 @@ impl Cluster {
         }))
     }
 
+    /// Whether node `name` holds a live lease now.
+    pub async fn node_is_alive(&self, name: &str) -> Result<bool, ClusterError> {
+        let found = self
+            .get(
+                "read a node's liveness",
+                self.keys.node_alive(name),
+                Some(GetOptions::new().with_keys_only()),
+            )
+            .await?;
+        Ok(!found.kvs().is_empty())
+    }
+
     /// The nodes that hold a live lease now.
     pub async fn alive(&self) -> Result<HashSet<String>, ClusterError> {
         let prefix = self.keys.nodes_alive();

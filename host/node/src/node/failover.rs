@@ -278,6 +278,7 @@ impl Node {
         let arrival = Arrival {
             id: op.id.clone(),
             from: op.from.clone(),
+            from_dead: true,
             uid: None,
         };
         let source = format!("the replica kept for node {}", op.from);
@@ -333,6 +334,7 @@ impl Node {
         let arrival = Arrival {
             id: lost.id.clone(),
             from: lost.node.clone(),
+            from_dead: true,
             uid: Some(lost.uid),
         };
         let mut restored = self
@@ -514,7 +516,7 @@ impl Node {
                         lost: Some(why),
                         ..p.clone()
                     };
-                    if cluster.update_placement(&lost, &p.node).await? {
+                    if cluster.update_placement_of_dead(&lost, &p.node).await? {
                         tracing::error!(gear = %p.label, node = %p.node, "the gear is lost with its node");
                     }
                 }

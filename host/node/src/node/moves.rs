@@ -33,6 +33,9 @@ use crate::tenancy::Caller;
 pub(crate) struct Arrival {
     pub id: String,
     pub from: String,
+    /// Whether it comes from a node that is gone (a failover, a lost gear restored): it is
+    /// taken only while that node stays gone.
+    pub from_dead: bool,
     /// The uid it has in the cluster, when the archive may name another
     /// (a lost gear restored from any snapshot); else the archive's.
     pub uid: Option<u32>,
@@ -238,6 +241,7 @@ impl Node {
         let arrival = Arrival {
             id: op.id.clone(),
             from: op.from.clone(),
+            from_dead: false,
             uid: None,
         };
         let owner = op.owner.as_deref().map(|user| self.owner(user));
@@ -278,7 +282,7 @@ impl Node {
         self.take_placement(
             cluster,
             &g,
-            &arrival.from,
+            (&arrival.from, arrival.from_dead),
             (wake, start),
             progress,
             &mut restored.notes,
@@ -298,7 +302,7 @@ impl Node {
         &self,
         cluster: &gearhost_cluster::Cluster,
         g: &Arc<Gear>,
-        from: &str,
+        (from, from_dead): (&str, bool),
         (wake, start): (bool, bool),
         progress: &Progress,
         notes: &mut Vec<String>,
@@ -313,7 +317,12 @@ impl Node {
         }
         let r = g.record();
         let placement = crate::cluster::placement(&r, cluster.node());
-        if let Err(e) = cluster.claim_existing(&placement, Some(from)).await {
+        let claimed = if from_dead {
+            cluster.claim_from_dead(&placement, from).await
+        } else {
+            cluster.claim_existing(&placement, Some(from)).await
+        };
+        if let Err(e) = claimed {
             // not taken: this copy goes (counted as the other node's, its claims stay)
             if let Err(again) = self.destroy_locked(g, &Progress::discard()).await {
                 tracing::warn!(gear = %r.label(), error = %again, "cannot remove a gear that could not arrive");
