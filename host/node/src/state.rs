@@ -10,11 +10,12 @@
 //! gears/<id>/home/              the gear's home, /gear inside its sandbox
 //! gears/<id>/deployments/<n>/   deployed sources; the active one is bound at /gear/app-root/repo
 //! gears/<id>/logs/              captured output of its processes and hooks (node-only)
-//! gears/<id>/netns              the gear's network namespace, bound to a file
 //! gears/<id>/procs.json         its running supervised processes, for the next node to take back
+//! netns/<id>                    the gear's network namespace, bound to a file (netns/ is a
+//!                               private mount of its own, see `gearhost_sandbox::netns`)
 //!
 //! (for a gear with a disk quota, home/, deployments/ and logs/ are btrfs
-//! subvolumes in the gear's qgroup; gear.json and netns stay outside it)
+//! subvolumes in the gear's qgroup; gear.json stays outside it)
 //! cartridges/<name>/            installed cartridges (manifest + component)
 //! cache/                        compiled components
 //! ```
