@@ -8,50 +8,14 @@
 //! Gear uids 89100-89199.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use gearhost_sandbox::testing::{helpers_of, mountinfo_below};
 use gearhost_tests::{TestNode, apps, cartridge_dir, json, privileged};
 
 /// A diy app that serves its repository (with `hello.txt`) on its port.
 const START: &str = "#!/bin/sh\nset -u\ncd \"$(dirname \"$0\")/..\"\n\
                      exec python3 -m http.server --bind 127.0.0.1 \"$PORT\"\n";
-
-/// The lines of `pid`'s mount table whose mount point is `dir` or below it.
-fn mounts_at_or_below(pid: u32, dir: &Path) -> Vec<String> {
-    let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
-    let dir = dir.to_string_lossy().into_owned();
-    table
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .nth(4)
-                .is_some_and(|p| p == dir || p.starts_with(&format!("{dir}/")))
-        })
-        .map(str::to_string)
-        .collect()
-}
-
-/// The node's waiting helpers: its children running `gearhost-init`.
-fn helpers_of(node: u32) -> Vec<u32> {
-    let node = node.to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        if let Some((comm, rest)) = stat.split_once(") ")
-            && comm.ends_with("(gearhost-init")
-            && rest.split(' ').nth(1) == Some(node.as_str())
-        {
-            found.push(pid);
-        }
-    }
-    found
-}
 
 fn gear_id(node: &TestNode, gear: &str) -> String {
     json(&node.ok(&["status", gear, "--json"]))["id"]
@@ -86,7 +50,7 @@ fn pins_live_in_a_private_mount_apart_and_old_ones_are_moved_there() {
         assert!(!state.join("gears").join(id).join("netns").exists());
     }
     // the node's view: netns/ is a mount of its own, private (no `shared:` tag), with the pins
-    let seen = mounts_at_or_below(node.pid(), &pins);
+    let seen = mountinfo_below(node.pid(), &pins);
     let own = seen
         .iter()
         .find(|l| l.split(' ').nth(4) == Some(pins.to_str().expect("utf-8")))
@@ -114,7 +78,7 @@ fn pins_live_in_a_private_mount_apart_and_old_ones_are_moved_there() {
     };
     assert!(!helpers.is_empty(), "the node keeps a warm helper");
     for h in helpers {
-        let held = mounts_at_or_below(h, &state);
+        let held = mountinfo_below(h, &state);
         assert!(
             held.is_empty(),
             "helper {h} holds mounts of the state directory: {held:?}"

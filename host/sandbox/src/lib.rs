@@ -70,6 +70,43 @@ pub mod testing {
         eprintln!("skipped: needs root ({what})");
         false
     }
+
+    /// The lines of `pid`'s `/proc/<pid>/mountinfo` whose mount point is `dir` or below it.
+    pub fn mountinfo_below(pid: u32, dir: &std::path::Path) -> Vec<String> {
+        let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+        let dir = dir.to_string_lossy().into_owned();
+        table
+            .lines()
+            .filter(|l| {
+                l.split(' ')
+                    .nth(4)
+                    .is_some_and(|p| p == dir || p.starts_with(&format!("{dir}/")))
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// The children of `parent` running `gearhost-init` (waiting helpers, gears' inits).
+    pub fn helpers_of(parent: u32) -> Vec<u32> {
+        let parent = parent.to_string();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...
+            if let Some((comm, rest)) = stat.split_once(") ")
+                && comm.ends_with("(gearhost-init")
+                && rest.split(' ').nth(1) == Some(parent.as_str())
+            {
+                found.push(pid);
+            }
+        }
+        found
+    }
 }
 
 pub use adopt::Adopted;

@@ -6,7 +6,7 @@
 //! the test prints why and passes as skipped, unless `GEARHOST_REQUIRE_PRIVILEGED=1`.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use gearhost_sandbox::{Bind, Sandbox, SandboxSpec, Stdio};
@@ -17,38 +17,12 @@ fn privileged() -> bool {
     gearhost_sandbox::testing::privileged("the helpers' mount namespace template")
 }
 
-/// The mount points in `pid`'s mount namespace at or below `dir`.
-fn mounts_below(pid: u32, dir: &Path) -> Vec<String> {
-    let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).expect("mountinfo");
-    let dir = dir.to_string_lossy().into_owned();
-    table
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&dir))
-        .map(str::to_string)
-        .collect()
-}
-
-/// The waiting helper this process started: a child running `gearhost-init`.
+/// The waiting helper this process started.
 fn warm_helper() -> u32 {
-    let me = std::process::id().to_string();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...
-        let Some((comm, rest)) = stat.split_once(") ") else {
-            continue;
-        };
-        let ppid = rest.split(' ').nth(1).unwrap_or("");
-        if comm.ends_with("(gearhost-init") && ppid == me {
-            return pid;
-        }
-    }
-    panic!("no warm helper among this process's children");
+    let found = gearhost_sandbox::testing::helpers_of(std::process::id());
+    *found
+        .first()
+        .expect("a warm helper among this process's children")
 }
 
 #[test]
@@ -76,7 +50,7 @@ fn helpers_start_without_the_hidden_mounts_and_gears_still_run() {
     // without the template, a helper's copy holds every pin
     gearhost_sandbox::keep_warm(&init, 1);
     assert!(gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)));
-    let before = mounts_below(warm_helper(), &state_dir);
+    let before = gearhost_sandbox::testing::mountinfo_below(warm_helper(), &state_dir);
     assert!(
         before.len() > 20,
         "a helper copied from the node holds the pins: {before:?}"
@@ -86,7 +60,7 @@ fn helpers_start_without_the_hidden_mounts_and_gears_still_run() {
     gearhost_sandbox::warm::hide_from_helpers(std::slice::from_ref(&state_dir)).expect("template");
     gearhost_sandbox::keep_warm(&init, 1);
     assert!(gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)));
-    let after = mounts_below(warm_helper(), &state_dir);
+    let after = gearhost_sandbox::testing::mountinfo_below(warm_helper(), &state_dir);
     assert!(
         after.is_empty(),
         "a helper made from the template holds no mount below the state directory: {after:?}"
