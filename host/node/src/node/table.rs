@@ -1,11 +1,11 @@
 //! The node's table of live gears: by id, and indexed so that what a request or a create
 //! asks of the table takes the same time however many gears the node has: a gear by
 //! (namespace, name), the gears answering to a public label, how many gears a user owns
-//! and how many a namespace holds, the lowest uid no gear holds, and the gears linked to a gear. A gear's name, namespace,
-//! uid and owner never change; the table is changed only by [`GearTable::insert`] and
-//! [`GearTable::remove`], which keep every index in step, and its links only by
-//! [`GearTable::link`] and [`GearTable::unlink`], called with each change of a record's links
-//! (reads go through `Deref` to the map by id).
+//! and how many a namespace holds, the lowest uid no gear holds, and the gears linked to a
+//! gear. A gear's name, namespace, uid and owner never change; the table is changed only by
+//! [`GearTable::insert`] and [`GearTable::remove`], which keep every index in step, and its
+//! links only by [`GearTable::link`] and [`GearTable::unlink`], called with each change of a
+//! record's links (reads go through `Deref` to the map by id).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
