@@ -3,10 +3,12 @@
 //! 200: a diy app whose `.gear/start` is one small perl process listening on its port).
 //!
 //! At checkpoints of the gear count (100, 1,000, N) it measures what must not grow with the
-//! count: the time of a `gear create`, of `gear status` of one gear and of `gear list` (all
-//! gears, JSON), and what must grow only linearly: the node's resident memory, its open
-//! descriptors and the state directory's size. With the R running, a wake from frozen and from
-//! stopped through the frontend, and a `gear node restart` with every gear adopted.
+//! count: the time of a `gear create` (four clients at once, and alone), of `gear status` of
+//! one gear, of one running gear's life (`gear start`, `gear idle`, a wake from frozen, `gear
+//! idle --stop`, a wake from stopped), and of `gear list` (all gears, JSON; under 100 ms), and
+//! what must grow only linearly: the node's resident memory, its open descriptors and the
+//! state directory's size. With the R running, a wake from frozen and from stopped through the
+//! frontend, and a `gear node restart` with every gear adopted.
 //!
 //! Run as root: `cargo build --release -p gearhost-cli -p gearhost-node -p gearhost-sandbox &&
 //! cargo bench -p gearhost-tests --bench density`. Creating 10,000 gears takes a few minutes on
