@@ -47,6 +47,13 @@ fn pins_live_in_a_private_mount_apart_and_old_ones_are_moved_there() {
         );
         assert!(!state.join("gears").join(id).join("netns").exists());
     }
+    // only the node may list them (their names are the gears' ids)
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&pins)
+        .expect("netns/")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "netns/ is the node's alone");
     // the node's view: netns/ is a mount of its own, private (no `shared:` tag), with the pins
     let seen = mountinfo_below(node.pid(), &pins);
     let own = seen

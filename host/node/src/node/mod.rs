@@ -270,6 +270,8 @@ impl Node {
                     config.netns_dir().display()
                 )
             })?;
+            // its entries are the gears' ids, which `gears/` (0711) does not list to others
+            set_mode(&config.netns_dir(), 0o700)?;
         }
         let (records, orphans) = state::load_gears(&config.gears_dir())?;
         for orphan in orphans {
