@@ -602,11 +602,14 @@ impl TestNode {
             if status["state"] == state {
                 return;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "gear {gear} is not {state} after {secs} s: {status}\n{}",
-                self.log()
-            );
+            if std::time::Instant::now() >= deadline {
+                let hooks = self.gear(&["logs", gear, "--hooks", "-n", "50"]);
+                panic!(
+                    "gear {gear} is not {state} after {secs} s: {status}\nits hooks:\n{}\nnode log:\n{}",
+                    String::from_utf8_lossy(&hooks.stdout),
+                    self.log()
+                );
+            }
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
     }

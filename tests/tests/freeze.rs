@@ -47,22 +47,6 @@ fn frozen_in_kernel(node: &TestNode, gear: &str) -> bool {
     gearhost_sandbox::cgroup::gear_frozen(&node.subtree, &id)
 }
 
-fn wait_for_state(node: &TestNode, gear: &str, want: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let now = state(node, gear);
-        if now == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "gear {gear} is {now}, not {want}, after {secs} s:\n{}",
-            node.ok(&["logs", gear, "--hooks", "-n", "50"])
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn metric(node: &TestNode, key: &str) -> f64 {
     node.metrics().get(key).copied().unwrap_or(0.0)
 }
@@ -244,7 +228,7 @@ fn gear_idle_freezes_and_whatever_reaches_the_gear_thaws_the_same_processes() {
     );
     node.start_again();
     // the node takes its gears back after it answers: the gear turns idle then
-    wait_for_state(&node, "web", "idle", 10);
+    node.wait_state("web", "idle", 10);
     assert_eq!(node.http_get("web-default", "/").1, "hello from web\n");
     assert_eq!(state(&node, "web"), "running");
 
@@ -280,15 +264,15 @@ fn the_idler_freezes_a_gear_first_and_stops_it_later() {
     let pid = app_pid(&node, "web");
 
     // frozen after a second or so without a request
-    wait_for_state(&node, "web", "frozen", 10);
+    node.wait_state("web", "frozen", 10);
     assert!(frozen_in_kernel(&node, "web"));
     assert_eq!(app_pid(&node, "web"), pid);
     // a request thaws it (the same process) and counts as activity
     assert_eq!(node.http_get("web-default", "/").1, "hello from web\n");
     assert_eq!(app_pid(&node, "web"), pid);
     // frozen again, then stopped after 8 s without a request
-    wait_for_state(&node, "web", "frozen", 10);
-    wait_for_state(&node, "web", "idle", 20);
+    node.wait_state("web", "frozen", 10);
+    node.wait_state("web", "idle", 20);
     assert!(processes_of(uid).is_empty(), "{:?}", processes_of(uid));
     let hooks = node.ok(&["logs", "web", "--hooks", "-n", "200"]);
     assert!(hooks.contains("no request for 1s; frozen in"), "{hooks}");
@@ -318,7 +302,7 @@ fn a_node_short_of_memory_stops_its_frozen_gears() {
     let uid = uid_of(&node, "web");
     node.ok(&["idle", "web"]);
     // the idler's next look (every 5 s) stops the frozen gear
-    wait_for_state(&node, "web", "idle", 15);
+    node.wait_state("web", "idle", 15);
     assert!(processes_of(uid).is_empty(), "{:?}", processes_of(uid));
     let hooks = node.ok(&["logs", "web", "--hooks", "-n", "200"]);
     assert!(hooks.contains("frozen in"), "{hooks}");
