@@ -1,14 +1,16 @@
 //! End to end: where a node keeps its gears' network namespaces. Each is bound below
 //! `<state>/netns`, a private mount of its own, so the mounts of ten thousand gears stay out
-//! of the way of everything else; a node finding namespaces bound where nodes before this
+//! of the way of everything else; the node's gear helpers start from a mount namespace without
+//! any mount of the state directory; a node finding namespaces bound where nodes before this
 //! layout kept them (`gears/<id>/netns`) moves them, a running gear keeping its namespace and
 //! its app.
 //!
 //! Gear uids 89100-89199.
 
 use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, Instant};
 
-use gearhost_sandbox::testing::mountinfo_below;
+use gearhost_sandbox::testing::{helpers_of, mountinfo_below};
 use gearhost_tests::{TestNode, apps, cartridge_dir, json, privileged};
 
 /// A diy app that serves its repository (with `hello.txt`) on its port.
@@ -72,6 +74,23 @@ fn pins_live_in_a_private_mount_apart_and_old_ones_are_moved_there() {
         "netns/ does not propagate: {own}"
     );
     assert_eq!(seen.len(), 3, "netns/ and its two pins: {seen:?}");
+    // the node's waiting helpers hold no mount of the state directory
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let helpers = loop {
+        let h = helpers_of(node.pid());
+        if !h.is_empty() || Instant::now() > deadline {
+            break h;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!helpers.is_empty(), "the node keeps a warm helper");
+    for h in helpers {
+        let held = mountinfo_below(h, &state);
+        assert!(
+            held.is_empty(),
+            "helper {h} holds mounts of the state directory: {held:?}"
+        );
+    }
 
     // a node before this layout bound them in the gear's directory: put them back there with
     // the gears running, and start a node on that state

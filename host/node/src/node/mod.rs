@@ -316,10 +316,14 @@ impl Node {
             }
             gears.insert(record.id.clone(), Arc::new(Gear::new(&config, record)));
         }
-        // Helpers still copy the node's whole mount table (a pin per gear): the template
-        // without the state directory's mounts (`gearhost_sandbox::warm::hide_from_helpers`)
-        // is not enabled, since a Linux 6.1 guest hung (soft lockup in node threads) in two of
-        // five runs of the SELinux check with it; see docs/ARCHITECTURE.md.
+        // gear starts copy the node's mounts without the state directory's (every pin)
+        let hidden = config
+            .state_dir
+            .canonicalize()
+            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", config.state_dir.display()))?;
+        if let Err(e) = gearhost_sandbox::warm::hide_from_helpers(&[hidden]) {
+            tracing::warn!(error = %e, "gear starts copy every mount of the node (one per gear), slower with many gears");
+        }
         let admission = crate::conns::Admission::new(config.gear_max_connections);
         let namespaces = crate::tenancy::Namespaces::open(&config)?;
         let audit =
