@@ -39,7 +39,12 @@ fn uid_of(node: &TestNode, gear: &str) -> u32 {
 
 /// `gear exec GEAR -- ARGV` in the background, its stdio away from ours.
 fn exec_in_background(node: &TestNode, gear: &str, argv: &[&str]) -> Child {
-    Command::new(gear_bin())
+    // `gear exec` keeps a signal ignored when it was started so, as a background job's
+    // programs should: started from a shell's background job or `nohup` (as CI may be),
+    // it would never see the signals sent to it here
+    Command::new("env")
+        .arg("--default-signal=HUP,INT,QUIT,TERM")
+        .arg(gear_bin())
         .args(["exec", gear, "--"])
         .args(argv)
         .env("GEARHOST_SOCKET", &node.socket)
