@@ -301,9 +301,7 @@ pub const EXEC_OWN_FAILURE: u8 = 125;
 /// Whether the command line asks for `gear exec`. Global options may come
 /// before the subcommand, and those that take a value (`--socket S`, `-N NS`)
 /// take the word after them unless written `--socket=S` or `-NNS`.
-fn is_exec(args: &[std::ffi::OsString]) -> bool {
-    use clap::CommandFactory;
-    let command = Cli::command();
+fn is_exec(command: &clap::Command, args: &[std::ffi::OsString]) -> bool {
     let valued: Vec<&clap::Arg> = command
         .get_arguments()
         .filter(|a| !a.is_positional() && a.get_action().takes_values())
@@ -344,8 +342,10 @@ const WITHOUT_NODE: &[&str] = &[
 /// subcommand that never talks to the node: being global, clap accepts them
 /// there, and silently ignoring them would mislead (`gear node run --socket
 /// S` does not make the node listen on S).
-fn node_options_for_no_node(matches: &clap::ArgMatches) -> Option<clap::Error> {
-    use clap::CommandFactory;
+fn node_options_for_no_node(
+    command: &mut clap::Command,
+    matches: &clap::ArgMatches,
+) -> Option<clap::Error> {
     let mut path = Vec::new();
     let mut leaf = matches;
     while let Some((name, sub)) = leaf.subcommand() {
@@ -372,7 +372,7 @@ fn node_options_for_no_node(matches: &clap::ArgMatches) -> Option<clap::Error> {
     } else {
         ""
     };
-    Some(Cli::command().error(
+    Some(command.error(
         clap::error::ErrorKind::ArgumentConflict,
         format!(
             "`gear {path}` does not talk to a running node, so {option} means nothing to it{advice}"
@@ -497,17 +497,17 @@ pub fn main() -> ExitCode {
 
 /// Run the command line `args` (the program's name first): its exit status.
 pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
-    let exec = is_exec(&args);
-    let parsed = {
-        use clap::{CommandFactory, FromArgMatches};
-        Cli::command().try_get_matches_from(&args).and_then(
-            |matches| match node_options_for_no_node(&matches) {
-                Some(refused) => Err(refused),
-                // formatted as clap's own parse would
-                None => Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut Cli::command())),
-            },
-        )
-    };
+    use clap::{CommandFactory, FromArgMatches};
+    // built once: defining every subcommand's arguments is a good part of a short command's time
+    let mut command = Cli::command();
+    let exec = is_exec(&command, &args);
+    let parsed = command.try_get_matches_from_mut(&args).and_then(|matches| {
+        match node_options_for_no_node(&mut command, &matches) {
+            Some(refused) => Err(refused),
+            // formatted as clap's own parse would
+            None => Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command)),
+        }
+    });
     let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if exec && e.use_stderr() => {
