@@ -25,6 +25,9 @@
 //! copying it into fresh memory. That relies on the invariant above: an entry
 //! is never written in place, only renamed into place or removed, so a
 //! mapping stays what was verified for as long as it lives.
+//!
+//! Before any of this, a component file unchanged since it was last hashed is
+//! not even read: its hash comes from its stamp (`crate::stamps`).
 
 use std::fs::File;
 use std::hash::{Hash, Hasher};
@@ -136,9 +139,10 @@ impl ComponentCache {
 
     /// SHA-256 of the file at `path`, hex, streamed through a small buffer
     /// (the file is not held in memory), with its first 8 bytes (fewer if the
-    /// file is shorter) and its length.
-    pub fn hash_file(path: &Path) -> std::io::Result<(String, [u8; 8], u64)> {
+    /// file is shorter), its length, and its metadata as it was before it was read.
+    pub fn hash_file(path: &Path) -> std::io::Result<(String, [u8; 8], u64, std::fs::Metadata)> {
         let mut file = File::open(path)?;
+        let meta = file.metadata()?;
         let mut hasher = Sha256::new();
         let mut header = [0u8; 8];
         let mut len = 0u64;
@@ -152,7 +156,12 @@ impl ComponentCache {
             len += chunk.len() as u64;
             hasher.update(chunk);
         })?;
-        Ok((gearhost_sys::hex::encode(&hasher.finalize()), header, len))
+        Ok((
+            gearhost_sys::hex::encode(&hasher.finalize()),
+            header,
+            len,
+            meta,
+        ))
     }
 
     /// The cached component for the wasm whose SHA-256 is `content_hash`, if

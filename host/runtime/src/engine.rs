@@ -272,7 +272,9 @@ impl Runtime {
     /// validate, compile (or fetch from cache) and pre-link its component.
     ///
     /// The component is hashed as it is read, and only read whole when the
-    /// cache has no valid entry for it: a cache hit never holds the wasm.
+    /// cache has no valid entry for it: a cache hit never holds the wasm. A
+    /// component file unchanged since it was last hashed is not read at all
+    /// (`stamps`).
     pub fn load_dir(&self, dir: &Path) -> Result<Cartridge, LoadError> {
         let manifest = Manifest::load_dir(dir)?;
         let path = manifest.hooks_path(dir);
@@ -281,9 +283,18 @@ impl Runtime {
             source,
         };
         let started = Instant::now();
-        let (content_hash, header, len) = ComponentCache::hash_file(&path).map_err(read_error)?;
-        let header_len = usize::try_from(len).map_or(header.len(), |l| l.min(header.len()));
-        check_component_header(&header[..header_len], &path)?;
+        let cache_dir = self.inner.cache.dir();
+        let (content_hash, len) = match crate::stamps::known(cache_dir, &path) {
+            Some(known) => known,
+            None => {
+                let (hash, header, len, meta) =
+                    ComponentCache::hash_file(&path).map_err(read_error)?;
+                let header_len = usize::try_from(len).map_or(header.len(), |l| l.min(header.len()));
+                check_component_header(&header[..header_len], &path)?;
+                crate::stamps::remember(cache_dir, &meta, &hash);
+                (hash, len)
+            }
+        };
         match self
             .inner
             .cache
