@@ -615,6 +615,44 @@ fn components_compile_once_and_a_corrupt_cache_entry_is_rebuilt() {
 }
 
 #[test]
+fn a_component_file_changed_after_its_hash_was_stamped_is_read_again() {
+    let pkg = cartridge_dir("guest-full");
+    let cache = tempfile::tempdir().expect("cache");
+    let runtime = runtime(cache.path());
+    let first = runtime.load_dir(pkg.path()).expect("first load");
+    assert_eq!(first.info().cache, CacheOutcome::Compiled);
+    // a file is stamped once it has been left alone for a second
+    std::thread::sleep(Duration::from_millis(1100));
+    let second = runtime.load_dir(pkg.path()).expect("second load");
+    assert_eq!(second.info().cache, CacheOutcome::Hit);
+    let stamps: Vec<_> = std::fs::read_dir(cache.path().join("stamps"))
+        .expect("the stamps directory")
+        .collect();
+    assert_eq!(stamps.len(), 1, "one stamp: {stamps:?}");
+    let third = runtime.load_dir(pkg.path()).expect("third load");
+    assert_eq!(third.info().cache, CacheOutcome::Hit);
+    assert_eq!(third.info().content_hash, first.info().content_hash);
+
+    // the same file, rewritten in place with a custom section more (still a valid
+    // component) and its modification time put back: a new component, compiled
+    let wasm = pkg.path().join("hooks.wasm");
+    let mtime = std::fs::metadata(&wasm)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let mut bytes = std::fs::read(&wasm).expect("read the component");
+    bytes.extend_from_slice(&[0x00, 0x03, 0x01, b'x', b'y']);
+    std::fs::write(&wasm, &bytes).expect("rewrite the component");
+    std::fs::File::options()
+        .write(true)
+        .open(&wasm)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("put the modification time back");
+    let fourth = runtime.load_dir(pkg.path()).expect("load after the change");
+    assert_eq!(fourth.info().cache, CacheOutcome::Compiled);
+    assert_ne!(fourth.info().content_hash, first.info().content_hash);
+}
+
+#[test]
 fn many_hooks_run_concurrently_on_one_runtime() {
     let pkg = cartridge_dir("guest-full");
     let cache = tempfile::tempdir().expect("cache");
