@@ -56,6 +56,7 @@ pub mod host;
 pub mod manifest;
 #[cfg(feature = "engine")]
 mod readdir;
+#[cfg(feature = "engine")]
 mod stamps;
 pub mod sysenv;
 #[cfg(feature = "engine")]
