@@ -57,7 +57,7 @@ fn pins_live_in_a_private_mount_apart_and_old_ones_are_moved_there() {
         .mode();
     assert_eq!(mode & 0o777, 0o700, "netns/ is the node's alone");
     // the node's view: netns/ is a mount of its own, private (no `shared:` tag), with the pins
-    let seen = mountinfo_below(node.pid(), &pins);
+    let seen = mountinfo_below(node.pid(), &pins).expect("the node's mount table");
     let own = seen
         .iter()
         .find(|l| l.split(' ').nth(4) == Some(pins.to_str().expect("utf-8")))
@@ -85,7 +85,7 @@ fn pins_live_in_a_private_mount_apart_and_old_ones_are_moved_there() {
     };
     assert!(!helpers.is_empty(), "the node keeps a warm helper");
     for h in helpers {
-        let held = mountinfo_below(h, &state);
+        let held = mountinfo_below(h, &state).expect("the helper's mount table");
         assert!(
             held.is_empty(),
             "helper {h} holds mounts of the state directory: {held:?}"

@@ -71,11 +71,12 @@ pub mod testing {
         false
     }
 
-    /// The lines of `pid`'s `/proc/<pid>/mountinfo` whose mount point is `dir` or below it.
-    pub fn mountinfo_below(pid: u32, dir: &std::path::Path) -> Vec<String> {
-        let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap_or_default();
+    /// The lines of `pid`'s `/proc/<pid>/mountinfo` whose mount point is `dir` or below it;
+    /// an error when the table cannot be read (the process is gone), never an empty list.
+    pub fn mountinfo_below(pid: u32, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
         let dir = dir.to_string_lossy().into_owned();
-        table
+        Ok(table
             .lines()
             .filter(|l| {
                 l.split(' ')
@@ -83,7 +84,7 @@ pub mod testing {
                     .is_some_and(|p| p == dir || p.starts_with(&format!("{dir}/")))
             })
             .map(str::to_string)
-            .collect()
+            .collect())
     }
 
     /// The children of `parent` running `gearhost-init` (waiting helpers, gears' inits).

@@ -50,7 +50,8 @@ fn helpers_start_without_the_hidden_mounts_and_gears_still_run() {
     // without the template, a helper's copy holds every pin
     gearhost_sandbox::keep_warm(&init, 1);
     assert!(gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)));
-    let before = gearhost_sandbox::testing::mountinfo_below(warm_helper(), &state_dir);
+    let before = gearhost_sandbox::testing::mountinfo_below(warm_helper(), &state_dir)
+        .expect("the helper's mount table");
     assert!(
         before.len() > 20,
         "a helper copied from the node holds the pins: {before:?}"
@@ -60,7 +61,8 @@ fn helpers_start_without_the_hidden_mounts_and_gears_still_run() {
     gearhost_sandbox::warm::hide_from_helpers(std::slice::from_ref(&state_dir)).expect("template");
     gearhost_sandbox::keep_warm(&init, 1);
     assert!(gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)));
-    let after = gearhost_sandbox::testing::mountinfo_below(warm_helper(), &state_dir);
+    let after = gearhost_sandbox::testing::mountinfo_below(warm_helper(), &state_dir)
+        .expect("the helper's mount table");
     assert!(
         after.is_empty(),
         "a helper made from the template holds no mount below the state directory: {after:?}"
