@@ -237,6 +237,23 @@ pub fn call_streaming<O: Op>(
     call_streaming_with(target, op, produce, show_event)
 }
 
+/// A producer for [`call_streaming`] that copies `input` to the node as it is. A write refused
+/// because the node closed its end (it stopped reading: at the archive's end, which may come
+/// before the sender's last padding, or on an error) is no failure of the copy: the node's
+/// answer says whether what it read was enough. Any other error is the copy's own.
+pub fn pass_on(
+    mut input: impl std::io::Read,
+    mut pipe: std::io::PipeWriter,
+) -> Result<(), Failure> {
+    match std::io::copy(&mut input, &mut pipe) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::Failed(anyhow::anyhow!(
+            "cannot pass the archive on: {e}"
+        ))),
+    }
+}
+
 /// [`call_streaming`], with each event handed to `on_event` as it arrives.
 pub fn call_streaming_with<O: Op>(
     target: &Target,

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use gearhost_api::{Event, ops};
 
 use crate::archive;
-use crate::client::{GearArg, Target, call, call_streaming, call_streaming_with, show_event};
+use crate::client::{
+    GearArg, Target, call, call_streaming, call_streaming_with, pass_on, show_event,
+};
 use crate::output::print_json;
 use crate::{CmdResult, Failure};
 
@@ -81,15 +83,13 @@ fn from_stdin(args: &Args) -> CmdResult {
             gear: args.gear.to_ref(),
             source: "standard input".into(),
         },
-        move |mut pipe| {
+        move |pipe| {
             use std::io::Read;
             // a little over the files' limit: the archive's headers count too
-            let mut input = std::io::stdin()
+            let input = std::io::stdin()
                 .lock()
                 .take(max.saturating_mul(2).max(1 << 20));
-            std::io::copy(&mut input, &mut pipe)
-                .map(drop)
-                .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot pass the archive on: {e}")))
+            pass_on(input, pipe)
         },
     )?;
     report(args, &deployed)

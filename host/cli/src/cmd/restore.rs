@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use gearhost_api::ops;
 
-use crate::client::{GearArg, Target, call_streaming};
+use crate::client::{GearArg, Target, call_streaming, pass_on};
 use crate::output::print_json;
 use crate::{CmdResult, Failure};
 
@@ -50,12 +50,7 @@ pub fn run(args: Args) -> CmdResult {
             gear: args.gear.to_ref(),
             source: label.clone(),
         },
-        move |mut pipe| {
-            let mut input = input;
-            std::io::copy(&mut input, &mut pipe)
-                .map(drop)
-                .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot pass the archive on: {e}")))
-        },
+        move |pipe| pass_on(input, pipe),
     )?;
     if args.json {
         print_json(&restored)?;
