@@ -48,6 +48,7 @@ pub mod client;
 pub mod cmd;
 pub mod ignore;
 mod output;
+pub mod registry;
 pub mod remote;
 
 /// How a command failed, mapped to an exit code.

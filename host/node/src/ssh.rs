@@ -17,7 +17,8 @@
 //!   without a user may only look keys up.
 //! - **Programs sshd trusts live under `<state>/ssh`**, owned by root and
 //!   writable by nobody else, as sshd demands of every directory up to `/`:
-//!   a copy of `gear` (`bin/gear`), the host keys (made on first start), the
+//!   a copy of `gear` (`bin/gear`, with its `gearhost-registry` beside it),
+//!   the host keys (made on first start), the
 //!   generated `sshd_config`, and the hooks directory git runs for pushes.
 //! - **Each gear has a bare repository** at `<state>/git/<gear id>.git`,
 //!   outside the gear, made at its first use and owned by the login
@@ -254,8 +255,9 @@ fn gear_program(ssh: &SshConfig) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Put a copy of `gear` at `to` (a hard link when it can): sshd runs it
-/// for every login, so it must sit where only root can change it.
+/// Put a copy of `gear` (or its registry helper) at `to` (a hard link when it
+/// can): sshd runs it for every login, so it must sit where only root can
+/// change it.
 fn install_gear(from: &Path, to: &Path) -> anyhow::Result<()> {
     let staged = to.with_extension("new");
     let _ = std::fs::remove_file(&staged);
@@ -308,7 +310,20 @@ fn prepare(ssh: &SshConfig, config: &NodeConfig) -> anyhow::Result<(Prepared, u3
     let bin = dir.join("bin");
     root_dir(&bin, 0o755)?;
     let gear = bin.join("gear");
-    install_gear(&gear_program(ssh)?, &gear)?;
+    let program = gear_program(ssh)?;
+    install_gear(&program, &gear)?;
+    // `gear`'s registry helper goes with it (`gear` looks for it beside itself)
+    let registry = program.with_file_name("gearhost-registry");
+    let registry_copy = bin.join("gearhost-registry");
+    if registry.is_file() {
+        install_gear(&registry, &registry_copy)?;
+    } else {
+        tracing::warn!(
+            helper = %registry.display(),
+            "no gearhost-registry beside gear: registry commands through ssh will say it is missing"
+        );
+        let _ = std::fs::remove_file(&registry_copy);
+    }
     let hooks = dir.join("hooks");
     root_dir(&hooks, 0o755)?;
     let hook = hooks.join("pre-receive");

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::output::print_json;
-use crate::{CmdResult, Failure};
+use crate::{CmdResult, Failure, registry};
 
 /// Arguments of `gear cartridge push`.
 #[derive(Debug, clap::Args)]
@@ -38,71 +38,42 @@ struct Pushed<'a> {
     pinned: String,
 }
 
-/// Run the command.
+/// Run the command: the check here, the upload by the registry helper (see
+/// [`crate::registry`]).
 pub fn run(args: Args) -> CmdResult {
-    let invalid = |e: String| Failure::Invalid(anyhow::anyhow!(e));
-    let reference =
-        gearhost_oci::parse_reference(&args.reference).map_err(|e| invalid(e.to_string()))?;
     let (_runtime, cartridge) = super::load_cartridge(&args.dir, args.cache_dir.as_deref())?;
     let m = cartridge.manifest();
     let version = m.version.to_string();
-    match reference.tag() {
-        Some(tag) if tag == version => {}
-        Some(tag) => {
-            return Err(invalid(format!(
-                "the tag {tag} is not the cartridge's version {version} (cartridge.toml); push it as {}/{}:{version}",
-                reference.registry(),
-                reference.repository()
-            )));
-        }
-        None => {
-            return Err(invalid(format!(
-                "push names a tag, the cartridge's version: {}/{}:{version}",
-                reference.registry(),
-                reference.repository()
-            )));
-        }
-    }
-    let read = |path: PathBuf| {
-        std::fs::read(&path).map_err(|e| {
-            Failure::Environment(anyhow::anyhow!("cannot read {}: {e}", path.display()))
-        })
-    };
     let info = cartridge.info();
-    let publication = gearhost_oci::Publication {
-        manifest: read(args.dir.join(gearhost_runtime::manifest::MANIFEST_FILE))?,
-        wasm: read(m.hooks_path(&args.dir))?,
+    let contract = |what: &str| {
+        format!(
+            "{}/{what}@{}",
+            gearhost_runtime::CONTRACT_PACKAGE,
+            info.contract_version
+        )
+    };
+    let request = registry::Request::Push {
+        reference: args.reference.clone(),
+        version: version.clone(),
+        insecure: args.insecure,
+        auth_file: args.auth_file.clone(),
+        manifest: args.dir.join(gearhost_runtime::manifest::MANIFEST_FILE),
+        wasm: m.hooks_path(&args.dir),
         component: gearhost_oci::Component {
-            exports: vec![format!(
-                "{}/hooks@{}",
-                gearhost_runtime::CONTRACT_PACKAGE,
-                info.contract_version
-            )],
+            exports: vec![contract("hooks")],
             imports: info.imports.clone(),
-            target: Some(format!(
-                "{}/cartridge@{}",
-                gearhost_runtime::CONTRACT_PACKAGE,
-                info.contract_version
-            )),
+            target: Some(contract("cartridge")),
         },
     };
-    let credentials =
-        gearhost_oci::credentials_for(reference.registry(), args.auth_file.as_deref())
-            .map_err(|e| Failure::Environment(anyhow::anyhow!("{e}")))?;
-    let target = gearhost_oci::Target::new(&args.reference, args.insecure, credentials)
-        .map_err(|e| invalid(e.to_string()))?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Failure::Environment(anyhow::anyhow!("cannot start: {e}")))?;
-    let digest = runtime
-        .block_on(gearhost_oci::push(&target, &publication))
-        .map_err(|e| Failure::Failed(anyhow::anyhow!("cannot push {}: {e}", args.reference)))?;
-    let pinned = format!(
-        "{}/{}@{digest}",
-        reference.registry(),
-        reference.repository()
-    );
+    let (digest, pinned) = match registry::ask(&request)? {
+        registry::Reply::Pushed { digest, pinned } => (digest, pinned),
+        other => {
+            return Err(Failure::Failed(anyhow::anyhow!(
+                "{} answered out of turn: {other:?}",
+                registry::HELPER
+            )));
+        }
+    };
     if args.json {
         print_json(&Pushed {
             reference: &args.reference,

@@ -95,7 +95,7 @@ pub fn install(args: InstallArgs) -> CmdResult {
 
 /// The node pulls `reference` with the credentials found here for its registry.
 fn install_from_registry(args: &InstallArgs, reference: &str) -> CmdResult {
-    let credentials = registry_credentials(reference, args.auth_file.as_deref())?;
+    let credentials = crate::registry::credentials(reference, args.auth_file.as_deref())?;
     let installed = call(
         &args.target,
         ops::CartridgePull {
@@ -114,22 +114,6 @@ fn install_from_registry(args: &InstallArgs, reference: &str) -> CmdResult {
         );
     }
     Ok(())
-}
-
-/// The credentials for the registry `reference` names: from `auth_file`, else
-/// from the caller's Docker config (none: anonymous).
-pub(crate) fn registry_credentials(
-    reference: &str,
-    auth_file: Option<&std::path::Path>,
-) -> Result<Option<ops::RegistryCredentials>, crate::Failure> {
-    let parsed = gearhost_oci::parse_reference(reference)
-        .map_err(|e| crate::Failure::Invalid(anyhow::anyhow!("{e}")))?;
-    Ok(gearhost_oci::credentials_for(parsed.registry(), auth_file)
-        .map_err(|e| crate::Failure::Environment(anyhow::anyhow!("{e}")))?
-        .map(|c| ops::RegistryCredentials {
-            username: c.username,
-            password: c.password,
-        }))
 }
 
 /// `gear cartridge list`

@@ -73,8 +73,7 @@ impl ImageArgs {
         gear: gearhost_api::GearRef,
         reference: &str,
     ) -> Result<ops::DeployImage, crate::Failure> {
-        let credentials =
-            super::cartridge_store::registry_credentials(reference, self.auth_file.as_deref())?;
+        let credentials = crate::registry::credentials(reference, self.auth_file.as_deref())?;
         Ok(ops::DeployImage {
             gear,
             reference: reference.to_string(),
@@ -98,8 +97,7 @@ pub struct StoreArgs {
 
 /// `gear image pull`
 pub fn pull(args: PullArgs) -> CmdResult {
-    let credentials =
-        super::cartridge_store::registry_credentials(&args.reference, args.auth_file.as_deref())?;
+    let credentials = crate::registry::credentials(&args.reference, args.auth_file.as_deref())?;
     let image = call(
         &args.target,
         ops::ImagePull {

@@ -1,0 +1,79 @@
+//! What the `gear` binary links: every start of `gear` pays for the size of
+//! what it links (relocations, page faults), so the registry client (HTTP,
+//! TLS) lives in `gearhost-registry` beside it, and `gear` has no regular
+//! expression engine. Panic locations name each crate's source files, so a
+//! crate whose code is linked leaves its path in the binary's read-only data
+//! (`.rodata`; the debug line tables of a debug build name more, and are not
+//! loaded).
+
+use std::path::Path;
+
+/// Source paths that only a linked registry client or regex engine leaves.
+const KEPT_OUT: [&str; 5] = [
+    "/oci-client-",
+    "/reqwest-",
+    "/rustls-0.",
+    "/hyper-1.",
+    "/regex-syntax-",
+];
+
+/// The contents of the ELF64 section `wanted` of `file`.
+fn section<'a>(file: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
+    let u16_at = |at: usize| Some(u16::from_le_bytes(file.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(file.get(at..at + 4)?.try_into().ok()?));
+    let u64_at = |at: usize| {
+        let v = u64::from_le_bytes(file.get(at..at + 8)?.try_into().ok()?);
+        usize::try_from(v).ok()
+    };
+    // ELF64, little-endian (x86-64, aarch64)
+    if file.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let (shoff, entsize) = (u64_at(0x28)?, usize::from(u16_at(0x3a)?));
+    let (count, names_index) = (usize::from(u16_at(0x3c)?), usize::from(u16_at(0x3e)?));
+    let header = |i: usize| shoff + i * entsize;
+    let names_at = u64_at(header(names_index) + 24)?;
+    (0..count).find_map(|i| {
+        let name_at = names_at + usize::try_from(u32_at(header(i))?).ok()?;
+        let name = file.get(name_at..name_at + wanted.len() + 1)?;
+        if name[..wanted.len()] != *wanted.as_bytes() || name[wanted.len()] != 0 {
+            return None;
+        }
+        let (offset, size) = (u64_at(header(i) + 24)?, u64_at(header(i) + 32)?);
+        file.get(offset..offset + size)
+    })
+}
+
+fn crates_named_in(binary: &Path) -> Vec<&'static str> {
+    let file =
+        std::fs::read(binary).unwrap_or_else(|e| panic!("cannot read {}: {e}", binary.display()));
+    let bytes = section(&file, ".rodata")
+        .unwrap_or_else(|| panic!("{} has no .rodata section", binary.display()));
+    KEPT_OUT
+        .into_iter()
+        .filter(|needle| {
+            bytes
+                .windows(needle.len())
+                .any(|window| window == needle.as_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn gear_links_no_registry_client_and_its_helper_does() {
+    let gear = gearhost_tests::gear_bin();
+    assert_eq!(
+        crates_named_in(&gear),
+        Vec::<&str>::new(),
+        "{} links code that belongs in gearhost-registry",
+        gear.display()
+    );
+    // the same scan finds the client where it is meant to be
+    let helper = gear.with_file_name("gearhost-registry");
+    let found = crates_named_in(&helper);
+    assert!(
+        found.contains(&"/oci-client-") && found.contains(&"/rustls-0."),
+        "{} should link the registry client, found only {found:?}",
+        helper.display()
+    );
+}
