@@ -84,10 +84,17 @@ impl From<anyhow::Error> for Failure {
 /// Result of a subcommand.
 pub type CmdResult = Result<(), Failure>;
 
+/// The whole command line of `gear`.
+pub type Cli = GearCli<Command>;
+
 /// Gearhost: run apps in sandboxed gears, with cartridges written in WebAssembly.
+///
+/// Generic over its subcommands so that a command line whose subcommand is
+/// known from its first words can be parsed against that subcommand alone
+/// (see [`Focused`]); [`Cli`] has them all.
 #[derive(Debug, Parser)]
 #[command(name = "gear", version, about, long_about = None, propagate_version = true)]
-pub struct Cli {
+pub struct GearCli<C: Subcommand> {
     /// More logging on stderr (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -116,7 +123,38 @@ pub struct Cli {
 
     /// The subcommand.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: C,
+}
+
+/// The subcommands whose whole time is short enough for defining every other
+/// subcommand's arguments to count (a quarter of a millisecond of `gear
+/// cartridge call` and `gear sandbox run`): a command line that names one of
+/// them is parsed against it alone, and only a line that parses so is taken
+/// that way. Anything else, help and errors included, goes through the whole
+/// tree, so what is printed is the same.
+#[derive(Debug, Subcommand)]
+pub enum Focused {
+    /// See [`Command::Cartridge`].
+    #[command(subcommand)]
+    Cartridge(CartridgeCommand),
+    /// See [`Command::Sandbox`].
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+}
+
+impl From<GearCli<Focused>> for Cli {
+    fn from(cli: GearCli<Focused>) -> Cli {
+        GearCli {
+            verbose: cli.verbose,
+            target: cli.target,
+            namespace: cli.namespace,
+            remote: cli.remote,
+            command: match cli.command {
+                Focused::Cartridge(c) => Command::Cartridge(c),
+                Focused::Sandbox(c) => Command::Sandbox(c),
+            },
+        }
+    }
 }
 
 /// Top-level subcommands.
@@ -299,10 +337,11 @@ pub(crate) fn is_root() -> bool {
 /// command it runs.
 pub const EXEC_OWN_FAILURE: u8 = 125;
 
-/// Whether the command line asks for `gear exec`. Global options may come
-/// before the subcommand, and those that take a value (`--socket S`, `-N NS`)
-/// take the word after them unless written `--socket=S` or `-NNS`.
-fn is_exec(command: &clap::Command, args: &[std::ffi::OsString]) -> bool {
+/// The subcommand the command line names, if any: its first word that is
+/// not an option. Global options may come before the subcommand, and those
+/// that take a value (`--socket S`, `-N NS`) take the word after them unless
+/// written `--socket=S` or `-NNS`.
+fn subcommand_word(command: &clap::Command, args: &[std::ffi::OsString]) -> Option<String> {
     let valued: Vec<&clap::Arg> = command
         .get_arguments()
         .filter(|a| !a.is_positional() && a.get_action().takes_values())
@@ -316,16 +355,64 @@ fn is_exec(command: &clap::Command, args: &[std::ffi::OsString]) -> bool {
     let mut words = args.iter().skip(1).map(|a| a.to_string_lossy());
     while let Some(word) = words.next() {
         if word == "--" {
-            return false;
+            return None;
         }
         if !word.starts_with('-') {
-            return word == "exec";
+            return Some(word.into_owned());
         }
         if takes_next(&word) {
             words.next();
         }
     }
-    false
+    None
+}
+
+/// The command line parsed against the one subcommand it names, when that
+/// is one of [`Focused`] and the line is valid (see there).
+fn parse_focused(args: &[std::ffi::OsString]) -> Option<Cli> {
+    use clap::{CommandFactory, FromArgMatches};
+    // a line without one of their names on it is not worth defining them for
+    let named = |name: &str| {
+        args.iter()
+            .skip(1)
+            .any(|a| a.as_encoded_bytes() == name.as_bytes())
+    };
+    if !named("cartridge") && !named("sandbox") {
+        return None;
+    }
+    let mut command = GearCli::<Focused>::command();
+    let word = subcommand_word(&command, args)?;
+    command.find_subcommand(&word)?;
+    let matches = command.try_get_matches_from_mut(args).ok()?;
+    if node_options_for_no_node(&mut command, &matches).is_some() {
+        return None;
+    }
+    GearCli::<Focused>::from_arg_matches(&matches)
+        .ok()
+        .map(Cli::from)
+}
+
+/// Parse the command line: `Ok` with whether it is `gear exec`, or the
+/// error clap prints (with whether the line was `gear exec`).
+fn parse(args: &[std::ffi::OsString]) -> Result<(Cli, bool), (clap::Error, bool)> {
+    use clap::{CommandFactory, FromArgMatches};
+    if let Some(cli) = parse_focused(args) {
+        return Ok((cli, false));
+    }
+    // built once: defining every subcommand's arguments is a good part of a short command's time
+    let mut command = Cli::command();
+    let exec = subcommand_word(&command, args).as_deref() == Some("exec");
+    command
+        .try_get_matches_from_mut(args)
+        .and_then(
+            |matches| match node_options_for_no_node(&mut command, &matches) {
+                Some(refused) => Err(refused),
+                // formatted as clap's own parse would
+                None => Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command)),
+            },
+        )
+        .map(|cli| (cli, exec))
+        .map_err(|e| (e, exec))
 }
 
 /// The subcommands that never talk to a running node.
@@ -498,24 +585,13 @@ pub fn main() -> ExitCode {
 
 /// Run the command line `args` (the program's name first): its exit status.
 pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
-    use clap::{CommandFactory, FromArgMatches};
-    // built once: defining every subcommand's arguments is a good part of a short command's time
-    let mut command = Cli::command();
-    let exec = is_exec(&command, &args);
-    let parsed = command.try_get_matches_from_mut(&args).and_then(|matches| {
-        match node_options_for_no_node(&mut command, &matches) {
-            Some(refused) => Err(refused),
-            // formatted as clap's own parse would
-            None => Cli::from_arg_matches(&matches).map_err(|e| e.format(&mut command)),
-        }
-    });
-    let cli = match parsed {
-        Ok(cli) => cli,
-        Err(e) if exec && e.use_stderr() => {
+    let (cli, exec) = match parse(&args) {
+        Ok(parsed) => parsed,
+        Err((e, true)) if e.use_stderr() => {
             let _ = e.print();
             return EXEC_OWN_FAILURE;
         }
-        Err(e) => {
+        Err((e, _)) => {
             let _ = e.print();
             return u8::try_from(e.exit_code()).unwrap_or(2);
         }
@@ -598,5 +674,98 @@ pub fn run_args(args: Vec<std::ffi::OsString>) -> u8 {
                 other => other.code(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn line(words: &[&str]) -> Vec<std::ffi::OsString> {
+        std::iter::once("gear")
+            .chain(words.iter().copied())
+            .map(Into::into)
+            .collect()
+    }
+
+    #[test]
+    fn a_focused_parse_is_the_whole_trees_parse() {
+        let lines: &[&[&str]] = &[
+            &["cartridge", "call", "dir", "control", "--action", "status"],
+            &["-v", "cartridge", "check", "dir", "--json"],
+            &["cartridge", "-vv", "new", "site", "--dir", "/tmp/site"],
+            &["-N", "team", "cartridge", "list"],
+            &[
+                "--socket",
+                "/run/s",
+                "cartridge",
+                "install",
+                "oci://r.example/a/b:1",
+            ],
+            &[
+                "cartridge",
+                "push",
+                "dir",
+                "localhost:5000/a/b:1",
+                "--insecure",
+            ],
+            &[
+                "sandbox", "run", "--memory", "64MiB", "--", "/bin/sh", "-c", "exit 3",
+            ],
+            &["sandbox", "run", "--json", "--", "cartridge"],
+        ];
+        for words in lines {
+            let args = line(words);
+            let focused = parse_focused(&args)
+                .unwrap_or_else(|| panic!("gear {words:?} was not parsed focused"));
+            let whole = Cli::try_parse_from(&args)
+                .unwrap_or_else(|e| panic!("gear {words:?} does not parse: {e}"));
+            assert_eq!(
+                format!("{focused:?}"),
+                format!("{whole:?}"),
+                "gear {words:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn help_errors_and_other_commands_go_through_the_whole_tree() {
+        let lines: &[&[&str]] = &[
+            &["--version"],
+            &["--help"],
+            &["cartridge", "--help"],
+            &["cartridge", "call", "--help"],
+            &["cartridge", "calll", "dir", "control"],
+            &["cartridge", "call", "--socket", "/s", "dir", "control"],
+            &["sandbox", "run"],
+            &["list"],
+            &["exec", "cartridge"],
+            &["--socket", "cartridge", "list"],
+        ];
+        for words in lines {
+            assert!(
+                parse_focused(&line(words)).is_none(),
+                "gear {words:?} should not be parsed focused"
+            );
+        }
+        // and the whole tree still says what is wrong
+        let refused = parse(&line(&[
+            "cartridge",
+            "call",
+            "--socket",
+            "/s",
+            "dir",
+            "control",
+        ]));
+        let Err((error, false)) = refused else {
+            panic!("a node option on `cartridge call` should be refused");
+        };
+        assert!(
+            error
+                .to_string()
+                .contains("does not talk to a running node"),
+            "{error}"
+        );
     }
 }
