@@ -113,7 +113,7 @@ pub fn run(args: Args) -> CmdResult {
         )));
     }
 
-    let (_runtime, cartridge) = super::load_cartridge(&args.dir, args.cache_dir.as_deref())?;
+    let (runtime, cartridge) = super::load_cartridge(&args.dir, args.cache_dir.as_deref())?;
 
     let (_tmp, gear_dir) = match &args.gear_dir {
         Some(dir) => {
@@ -218,6 +218,11 @@ pub fn run(args: Args) -> CmdResult {
         })?;
     }
     let sandbox_failed = sandbox.as_ref().is_some_and(SandboxReport::failed);
+    // The process ends here: nothing is left to run, and freeing the engine,
+    // the component's mappings and the runtime's threads one by one would
+    // only delay the exit (0.1 ms of a 2.5 ms call); the OS reclaims them.
+    rt.shutdown_background();
+    std::mem::forget((runtime, cartridge));
     match outcome.result {
         Ok(_) if !sandbox_failed => Ok(()),
         _ => Err(Failure::Reported(1)),
