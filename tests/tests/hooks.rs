@@ -175,10 +175,38 @@ impl GearHost for DirectHost {
 
 #[test]
 fn the_full_guest_reaches_every_host_import() {
-    let pkg = cartridge_dir("guest-full");
     let cache = tempfile::tempdir().expect("cache");
+    full_guest_reaches_every_host_import(&runtime(cache.path()));
+}
+
+/// A runtime for few calls links each component against its own imports
+/// (see gearhost_runtime's `linking`): the same host, import by import.
+#[test]
+fn a_runtime_for_few_calls_links_each_component_to_what_it_imports() {
+    let cache = tempfile::tempdir().expect("cache");
+    let config = RuntimeConfig::with_cache_dir(cache.path().to_path_buf());
+    let runtime = Runtime::for_few_calls(config).expect("runtime");
+    full_guest_reaches_every_host_import(&runtime);
+    // the bounded directory listing stands in for WASI's there too
+    let pkg = cartridge_dir("guest-files");
     let gear = tempfile::tempdir().expect("gear");
-    let cartridge = runtime(cache.path()).load_dir(pkg.path()).expect("load");
+    let some = gear.path().join("some");
+    std::fs::create_dir(&some).expect("dir");
+    for i in 0..1_000 {
+        std::fs::File::create(some.join(format!("entry-{i:04}"))).expect("create");
+    }
+    let files = files_cartridge(&runtime, pkg.path(), Duration::from_secs(20));
+    let count = rt().block_on(files.call(
+        scratch("files", gear.path()),
+        control("count", &["/gear/some"]),
+    ));
+    assert_eq!(ok(&count), "1000 entries");
+}
+
+fn full_guest_reaches_every_host_import(runtime: &Runtime) {
+    let pkg = cartridge_dir("guest-full");
+    let gear = tempfile::tempdir().expect("gear");
+    let cartridge = runtime.load_dir(pkg.path()).expect("load");
     assert_eq!(cartridge.info().contract_version, "0.1.0");
     for hook in ["build", "start", "stop", "control"] {
         assert!(

@@ -129,7 +129,9 @@ pub struct Runtime {
 
 pub(crate) struct RuntimeInner {
     pub(crate) engine: Engine,
-    pub(crate) linker: Linker<HookState>,
+    /// All of the host's interfaces, for any component; `None` when each
+    /// component is linked against its own imports.
+    pub(crate) linker: Option<Linker<HookState>>,
     pub(crate) cache: ComponentCache,
     pub(crate) config: RuntimeConfig,
     pub(crate) watchdog: Arc<Watchdog>,
@@ -221,20 +223,16 @@ impl Runtime {
         }
         let engine = Engine::new(&wasm).map_err(|e| LoadError::Engine(e.to_string()))?;
 
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Engine(e.to_string()))?;
-        crate::bindings::Cartridge::add_to_linker::<_, wasmtime::component::HasSelf<HookState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(|e| LoadError::Engine(e.to_string()))?;
-        crate::readdir::add_to_linker(&mut linker).map_err(|e| {
-            LoadError::Engine(format!(
-                "cannot install the bounded directory listing: {}",
-                error_chain(&e)
-            ))
-        })?;
+        // one linker for every cartridge of a pooled runtime; each component
+        // of a few-call runtime gets its own, of what it imports (crate::linking)
+        let linker = if pooled {
+            let mut linker = Linker::new(&engine);
+            crate::linking::everything(&mut linker)
+                .map_err(|e| LoadError::Engine(error_chain(&e)))?;
+            Some(linker)
+        } else {
+            None
+        };
 
         let watchdog = Arc::new(Watchdog::new().map_err(|e| {
             LoadError::Engine(format!(
@@ -340,9 +338,18 @@ impl Runtime {
     ) -> Result<Cartridge, LoadError> {
         let engine = &self.inner.engine;
         let (contract_version, hooks, imports) = check_contract(engine, &cached.component, path)?;
-        let instance_pre = self
-            .inner
-            .linker
+        let own_linker;
+        let linker = match &self.inner.linker {
+            Some(shared) => shared,
+            None => {
+                let mut linker = Linker::new(engine);
+                crate::linking::for_imports(&mut linker, &imports)
+                    .map_err(|e| LoadError::Engine(error_chain(&e)))?;
+                own_linker = linker;
+                &own_linker
+            }
+        };
+        let instance_pre = linker
             .instantiate_pre(&cached.component)
             .map_err(|e| LoadError::Incompatible {
                 path: path.to_path_buf(),

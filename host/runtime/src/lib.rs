@@ -53,6 +53,8 @@ mod call;
 mod engine;
 pub mod fsid;
 pub mod host;
+#[cfg(feature = "engine")]
+mod linking;
 pub mod manifest;
 #[cfg(feature = "engine")]
 mod readdir;
