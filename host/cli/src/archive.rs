@@ -185,15 +185,43 @@ fn open_file(path: &Path) -> Result<File, Failure> {
 
 /// Write the archive of `sources` to `out`, ending with the end marker. An
 /// error leaves the archive without its end marker, which the node refuses.
+/// A write refused because the reader closed its end stops the archive
+/// without failing it: the node stops reading at the end marker, which can
+/// come before the last of it is written, or at an error of its own, and
+/// either way its answer is what decides (as for [`crate::client::pass_on`]).
 pub fn write(sources: &Sources, out: impl Write) -> Result<(), Failure> {
+    match write_entries(sources, out) {
+        Err(Stop::Closed) => Ok(()),
+        Err(Stop::Failed(failure)) => Err(failure),
+        Ok(()) => Ok(()),
+    }
+}
+
+/// Why an archive was not written to its end.
+enum Stop {
+    /// The reader closed its end.
+    Closed,
+    /// Anything else.
+    Failed(Failure),
+}
+
+impl From<Failure> for Stop {
+    fn from(failure: Failure) -> Stop {
+        Stop::Failed(failure)
+    }
+}
+
+fn write_entries(sources: &Sources, out: impl Write) -> Result<(), Stop> {
     let mut b = tar::Builder::new(out);
-    let broken = |e: std::io::Error| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            // a file that shrank while it was read: the sources' fault
-            Failure::Invalid(anyhow::anyhow!("{e}; deploy again once it is settled"))
-        } else {
-            Failure::Failed(anyhow::anyhow!("cannot send the sources to the node: {e}"))
-        }
+    let broken = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => Stop::Closed,
+        // a file that shrank while it was read: the sources' fault
+        std::io::ErrorKind::UnexpectedEof => Stop::Failed(Failure::Invalid(anyhow::anyhow!(
+            "{e}; deploy again once it is settled"
+        ))),
+        _ => Stop::Failed(Failure::Failed(anyhow::anyhow!(
+            "cannot send the sources to the node: {e}"
+        ))),
     };
     for item in &sources.items {
         let path = sources.root.join(&item.rel);
@@ -216,10 +244,10 @@ pub fn write(sources: &Sources, out: impl Write) -> Result<(), Failure> {
                 let file = open_file(&path)?;
                 let meta = file.metadata().map_err(|e| unreadable(&path, &e))?;
                 if !meta.is_file() {
-                    return Err(Failure::Invalid(anyhow::anyhow!(
+                    return Err(Stop::Failed(Failure::Invalid(anyhow::anyhow!(
                         "{} changed into something other than a file while it was sent",
                         path.display()
-                    )));
+                    ))));
                 }
                 h.set_entry_type(tar::EntryType::Regular);
                 h.set_size(meta.len());
@@ -343,5 +371,30 @@ mod tests {
         std::fs::write(src.join("big"), vec![0; 2000]).expect("file");
         let e = message(walk(&src, 1000).expect_err("too big"));
         assert!(e.contains("--max-size"), "{e}");
+    }
+
+    #[test]
+    fn a_reader_that_closes_its_end_leaves_the_verdict_to_the_node() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).expect("dir");
+        std::fs::write(src.join("big"), vec![7; 1 << 20]).expect("file");
+        let sources = walk(&src, 1 << 30).expect("walked");
+        // a reader gone before the first byte: every write fails with EPIPE
+        let (read, write_end) = std::io::pipe().expect("pipe");
+        drop(read);
+        write(&sources, write_end).expect("no failure of its own");
+        // any other write error is one
+        struct Refusing;
+        impl Write for Refusing {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("disk on fire"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let e = message(write(&sources, Refusing).expect_err("a failed write"));
+        assert!(e.contains("disk on fire"), "{e}");
     }
 }
