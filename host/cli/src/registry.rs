@@ -37,22 +37,27 @@ pub enum Request {
         auth_file: Option<PathBuf>,
     },
     /// Publish a checked cartridge.
-    Push {
-        /// Where: `registry/namespace/name:version`.
-        reference: String,
-        /// The cartridge's version, which the tag must be.
-        version: String,
-        /// Plain HTTP (a registry on loopback only).
-        insecure: bool,
-        /// A Docker config file named by the caller.
-        auth_file: Option<PathBuf>,
-        /// `cartridge.toml`.
-        manifest: PathBuf,
-        /// The hooks component.
-        wasm: PathBuf,
-        /// What the component imports and exports.
-        component: gearhost_oci::Component,
-    },
+    Push(Push),
+}
+
+/// What [`Request::Push`] publishes, and where.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    /// Where: `registry/namespace/name:version`.
+    pub reference: String,
+    /// The cartridge's version, which the tag must be.
+    pub version: String,
+    /// Plain HTTP (a registry on loopback only).
+    pub insecure: bool,
+    /// A Docker config file named by the caller.
+    pub auth_file: Option<PathBuf>,
+    /// `cartridge.toml`.
+    pub manifest: PathBuf,
+    /// The hooks component.
+    pub wasm: PathBuf,
+    /// What the component imports and exports.
+    pub component: gearhost_oci::Component,
 }
 
 /// The helper's answer.
@@ -224,24 +229,7 @@ fn answer(request: Request) -> Reply {
             Ok(credentials) => Reply::Credentials { credentials },
             Err(refused) => refused,
         },
-        Request::Push {
-            reference,
-            version,
-            insecure,
-            auth_file,
-            manifest,
-            wasm,
-            component,
-        } => push(&PushJob {
-            reference,
-            version,
-            insecure,
-            auth_file,
-            manifest,
-            wasm,
-            component,
-        })
-        .unwrap_or_else(|refused| refused),
+        Request::Push(job) => push(&job).unwrap_or_else(|refused| refused),
     }
 }
 
@@ -256,17 +244,7 @@ fn lookup(reference: &str, auth_file: Option<&Path>) -> Result<Option<RegistryCr
     }))
 }
 
-struct PushJob {
-    reference: String,
-    version: String,
-    insecure: bool,
-    auth_file: Option<PathBuf>,
-    manifest: PathBuf,
-    wasm: PathBuf,
-    component: gearhost_oci::Component,
-}
-
-fn push(job: &PushJob) -> Result<Reply, Reply> {
+fn push(job: &Push) -> Result<Reply, Reply> {
     let invalid = |e: String| Reply::refused(Kind::Invalid, e);
     let reference =
         gearhost_oci::parse_reference(&job.reference).map_err(|e| invalid(e.to_string()))?;
@@ -335,6 +313,19 @@ mod tests {
             text,
             r#"{"op":"credentials","reference":"oci://localhost:5000/a/b:1","auth_file":null}"#
         );
+        let push = Request::Push(Push {
+            reference: "localhost:5000/a/b:1".into(),
+            version: "1".into(),
+            insecure: true,
+            auth_file: Some(PathBuf::from("/auth.json")),
+            manifest: PathBuf::from("/c/cartridge.toml"),
+            wasm: PathBuf::from("/c/hooks.wasm"),
+            component: gearhost_oci::Component::default(),
+        });
+        let text = serde_json::to_string(&push).expect("push");
+        assert!(text.starts_with(r#"{"op":"push","reference":"#), "{text}");
+        let back: Request = serde_json::from_str(&text).expect("read back");
+        assert_eq!(format!("{back:?}"), format!("{push:?}"));
         let reply: Reply =
             serde_json::from_str(r#"{"reply":"refused","kind":"invalid","message":"no"}"#)
                 .expect("reply");
@@ -364,7 +355,7 @@ mod tests {
 
     #[test]
     fn a_tag_other_than_the_version_is_refused_before_any_file_is_read() {
-        let reply = answer(Request::Push {
+        let reply = answer(Request::Push(Push {
             reference: "localhost:5000/carts/hello:9.9.9".into(),
             version: "0.1.0".into(),
             insecure: true,
@@ -372,7 +363,7 @@ mod tests {
             manifest: PathBuf::from("/nonexistent/cartridge.toml"),
             wasm: PathBuf::from("/nonexistent/hooks.wasm"),
             component: gearhost_oci::Component::default(),
-        });
+        }));
         match reply {
             Reply::Refused {
                 kind: Kind::Invalid,

@@ -52,7 +52,7 @@ pub fn run(args: Args) -> CmdResult {
             info.contract_version
         )
     };
-    let request = registry::Request::Push {
+    let request = registry::Request::Push(registry::Push {
         reference: args.reference.clone(),
         version: version.clone(),
         insecure: args.insecure,
@@ -64,7 +64,7 @@ pub fn run(args: Args) -> CmdResult {
             imports: info.imports.clone(),
             target: Some(contract("cartridge")),
         },
-    };
+    });
     let (digest, pinned) = match registry::ask(&request)? {
         registry::Reply::Pushed { digest, pinned } => (digest, pinned),
         other => {
