@@ -555,8 +555,9 @@ pub fn range_is_s0(range: &str) -> bool {
 }
 
 /// Sets the label the calling thread's next execve runs under, as `setexeccon` does: by
-/// writing `/proc/thread-self/attr/exec`. Done directly so `gearhost-init` does not load
-/// libselinux (and its configuration) on every gear start.
+/// writing `/proc/thread-self/attr/exec`. Done directly so that `gearhost-init` makes no
+/// libselinux call (with its configuration and label-translation lookups) on a gear's start;
+/// only libselinux's constructor runs there, since it is linked statically (ARCHITECTURE.md).
 pub(crate) fn set_exec_label(context: &str) -> Result<(), String> {
     let path = "/proc/thread-self/attr/exec";
     std::fs::write(path, context.as_bytes())
