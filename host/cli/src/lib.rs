@@ -333,6 +333,27 @@ pub(crate) fn is_root() -> bool {
     gearhost_sys::proc_status::is_root()
 }
 
+/// Where the companion program `name` is: as the environment variable `env`
+/// names it, else beside this `gear` (or one directory up, as from a cargo
+/// target directory's `deps/`), else on `PATH`.
+pub(crate) fn find_program(name: &str, env: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Some(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().ok();
+    let dir = exe.as_deref().and_then(std::path::Path::parent);
+    let beside = dir.map(|d| d.join(name));
+    let above = dir.and_then(std::path::Path::parent).map(|d| d.join(name));
+    if let Some(found) = [beside, above].into_iter().flatten().find(|p| p.is_file()) {
+        return Some(found);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 /// Parse the command line, run the command, and turn the outcome into an exit code.
 /// What `gear exec` exits with when `gear` itself fails, rather than the
 /// command it runs.

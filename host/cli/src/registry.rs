@@ -9,8 +9,9 @@
 //! `deploy --image`) run the helper with one request as JSON on its standard
 //! input; it answers with one JSON reply on its standard output.
 //!
-//! [`serve`] is the helper's side; [`ask`] is `gear`'s. The helper is found
-//! beside `gear` (installed with it), else as `GEARHOST_REGISTRY` names it.
+//! [`serve`] is the helper's side; [`credentials`] and [`publish`] are
+//! `gear`'s. The helper is found as `GEARHOST_REGISTRY` names it, else beside
+//! `gear` (installed with it), else on `PATH`, as `gear` finds the node.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -121,9 +122,18 @@ pub fn credentials(
     }
 }
 
+/// Publish `job`: the manifest's digest and the `registry/repository@digest`
+/// that pins it.
+pub fn publish(job: Push) -> Result<(String, String), Failure> {
+    match ask(&Request::Push(job))? {
+        Reply::Pushed { digest, pinned } => Ok((digest, pinned)),
+        other => Err(unexpected(&other)),
+    }
+}
+
 /// Run the helper with `request` and read its reply; a refusal comes back as
 /// the [`Failure`] it names.
-pub fn ask(request: &Request) -> Result<Reply, Failure> {
+fn ask(request: &Request) -> Result<Reply, Failure> {
     let helper = find_helper()?;
     let mut child = Command::new(&helper)
         .stdin(Stdio::piped())
@@ -173,25 +183,14 @@ fn unexpected(reply: &Reply) -> Failure {
     Failure::Failed(anyhow!("{HELPER} answered out of turn: {reply:?}"))
 }
 
-/// `GEARHOST_REGISTRY`, else the helper beside this program.
+/// `GEARHOST_REGISTRY`, else the helper beside this program (or on `PATH`).
 fn find_helper() -> Result<PathBuf, Failure> {
-    if let Some(path) = std::env::var_os("GEARHOST_REGISTRY") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe().map_err(|e| {
+    crate::find_program(HELPER, "GEARHOST_REGISTRY").ok_or_else(|| {
         Failure::Environment(anyhow!(
-            "cannot tell where gear is ({e}); set GEARHOST_REGISTRY to {HELPER}"
+            "{HELPER} is not installed beside gear nor on PATH: the registry commands need it \
+             (install it with gear), or set GEARHOST_REGISTRY to it"
         ))
-    })?;
-    let beside = exe.with_file_name(HELPER);
-    if beside.is_file() {
-        Ok(beside)
-    } else {
-        Err(Failure::Environment(anyhow!(
-            "{} is missing: the registry commands need it beside gear (install it with gear), or set GEARHOST_REGISTRY to it",
-            beside.display()
-        )))
-    }
+    })
 }
 
 /// The helper's side: one request from standard input, one reply on standard

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use crate::output::print_json;
-use crate::{CmdResult, Failure, registry};
+use crate::{CmdResult, registry};
 
 /// Arguments of `gear cartridge push`.
 #[derive(Debug, clap::Args)]
@@ -52,7 +52,7 @@ pub fn run(args: Args) -> CmdResult {
             info.contract_version
         )
     };
-    let request = registry::Request::Push(registry::Push {
+    let (digest, pinned) = registry::publish(registry::Push {
         reference: args.reference.clone(),
         version: version.clone(),
         insecure: args.insecure,
@@ -64,16 +64,7 @@ pub fn run(args: Args) -> CmdResult {
             imports: info.imports.clone(),
             target: Some(contract("cartridge")),
         },
-    });
-    let (digest, pinned) = match registry::ask(&request)? {
-        registry::Reply::Pushed { digest, pinned } => (digest, pinned),
-        other => {
-            return Err(Failure::Failed(anyhow::anyhow!(
-                "{} answered out of turn: {other:?}",
-                registry::HELPER
-            )));
-        }
-    };
+    })?;
     if args.json {
         print_json(&Pushed {
             reference: &args.reference,

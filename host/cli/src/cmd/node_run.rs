@@ -5,7 +5,7 @@
 //! default configuration.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use gearhost_node_config::DEFAULT_CONFIG;
 
@@ -27,22 +27,7 @@ pub struct Args {
 /// (or one directory up, as in a cargo target directory's `deps/`), else
 /// on `PATH`.
 pub(crate) fn find_node() -> Result<PathBuf, Failure> {
-    if let Some(path) = std::env::var_os("GEARHOST_NODE_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    let exe = std::env::current_exe().ok();
-    let dir = exe.as_deref().and_then(Path::parent);
-    let beside = dir.map(|d| d.join(NODE_NAME));
-    let above = dir.and_then(Path::parent).map(|d| d.join(NODE_NAME));
-    if let Some(found) = [beside, above].into_iter().flatten().find(|p| p.is_file()) {
-        return Ok(found);
-    }
-    let on_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join(NODE_NAME))
-            .find(|p| p.is_file())
-    });
-    on_path.ok_or_else(|| {
+    crate::find_program(NODE_NAME, "GEARHOST_NODE_BIN").ok_or_else(|| {
         Failure::Environment(anyhow::anyhow!(
             "{NODE_NAME} is not installed beside gear nor on PATH; install it next to gear \
              (`cargo build --release -p gearhost-node` builds it) or set GEARHOST_NODE_BIN"
