@@ -1,13 +1,12 @@
 //! HTTP/2 at the frontend: a TLS client that negotiates `h2` by ALPN is
 //! served here, and each of its streams goes through the same request
 //! pipeline as an HTTP/1.1 request: the stream's request is written as an
-//! HTTP/1.1 head (and its body as it comes, chunked when no length was
-//! given) into one end of an in-memory pipe, the pipeline serves the other
-//! end as a client connection of its own ([`ClientStream::Http2`]), and the
-//! HTTP/1.1 answer it writes is read back and sent as the stream's
-//! response. Every phase (frame, route, wake, forward, relay), every limit
-//! and timeout, the access log, the counters and the drain are therefore
-//! the pipeline's; only the framing is HTTP/2's.
+//! HTTP/1.1 head, which the pipeline takes as if read from a client
+//! connection of its own ([`ClientStream::Http2`](super::tls::ClientStream::Http2));
+//! it reads the body from the stream and writes the answer to it (`stream`:
+//! no second task, no in-memory pipe). Every phase (frame, route, wake,
+//! forward, relay), every limit and timeout, the access log, the counters
+//! and the drain are therefore the pipeline's; only the framing is HTTP/2's.
 //!
 //! A hostile client is bounded: at most [`MAX_STREAMS`] streams at once,
 //! header lists of [`MAX_HEADER_LIST`] bytes, flow-control windows of
@@ -27,14 +26,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
+use h2::{Reason, RecvStream};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::backend::Backend;
-use super::headers::{self, MAX_ANSWER_HEAD, MAX_HEAD};
-use super::tls::ClientStream;
-use super::wire::{self, BodyState, Framing, ReadBuf, ResponseHead};
+use super::headers::MAX_HEAD;
+use super::wire::{self, ResponseHead};
+
+mod stream;
+pub(crate) use stream::{H2Answer, H2Body, H2Stream};
 
 /// Streams a client may have open at once on one connection.
 pub(super) const MAX_STREAMS: u32 = 100;
@@ -51,8 +52,6 @@ const SEND_BUFFER: usize = 256 * 1024;
 /// Streams a client may reset before it counts as a flood (when it resets
 /// most of what it opens).
 pub(super) const RESET_BUDGET: usize = 200;
-/// The in-memory pipe between a stream and the pipeline.
-const PIPE: usize = 64 * 1024;
 /// How often an idle connection looks whether the frontend drains.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
@@ -177,52 +176,26 @@ where
     drop(streams);
 }
 
-/// How a stream's exchange ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Ended {
-    /// The answer went out whole.
-    Answered,
-    /// The client reset the stream (or the connection went away).
-    Reset,
-    /// The pipeline's answer could not be read or passed on.
-    Broken,
-}
-
-/// Serves one stream: its request as an HTTP/1.1 exchange with the
-/// pipeline, the answer back as the stream's response. A reset by the
-/// client drops the pipeline's work for it.
+/// Serves one stream: its request as an HTTP/1.1 head for the pipeline,
+/// which reads the body from the stream and writes its answer to it. A
+/// reset by the client drops the pipeline's work for it.
 async fn stream<B: Backend>(
     backend: Arc<B>,
     request: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
+    respond: SendResponse<Bytes>,
     peer: SocketAddr,
     counts: Arc<Counts>,
 ) {
     let (parts, body) = request.into_parts();
-    let mut head = Vec::with_capacity(512);
+    let mut head = wire::take_buffer();
     let chunked = request_head(&parts, body.is_end_stream(), &mut head);
-    let head_request = parts.method == http::Method::HEAD;
-    let (ours, theirs) = tokio::io::duplex(PIPE);
-    let pipeline = super::pipeline::serve_stream(&*backend, ClientStream::Http2(theirs), peer);
-    let bridge = bridge(ours, head, body, chunked, head_request, &mut respond);
-    tokio::pin!(pipeline);
-    tokio::pin!(bridge);
-    let mut served = false;
-    let ended = loop {
-        tokio::select! {
-            // the bridge first: the head is in the pipe when the pipeline
-            // first looks, so it needs no header timer
-            biased;
-            ended = &mut bridge => break ended,
-            () = &mut pipeline, if !served => served = true,
-        }
-    };
-    match ended {
-        // the pipeline ends too once it sees its side of the pipe close
-        // (its access log line is written then)
-        Ended::Answered | Ended::Broken if !served => pipeline.await,
-        Ended::Answered | Ended::Broken => {}
-        Ended::Reset => {
+    let answer = H2Answer::new(respond, parts.method == http::Method::HEAD);
+    let client = H2Stream::new(body, chunked, answer.clone());
+    let served = super::pipeline::serve_stream(&*backend, client, head, peer);
+    tokio::select! {
+        biased;
+        () = served => answer.finish(),
+        () = answer.reset() => {
             counts.reset.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -322,217 +295,6 @@ fn response(data: &[u8], head: &ResponseHead) -> Option<Response<()>> {
     *response.status_mut() = StatusCode::from_u16(head.status).ok()?;
     *response.headers_mut() = fields;
     Some(response)
-}
-
-/// Waits for the client to reset the stream.
-async fn reset_of(respond: &mut SendResponse<Bytes>) {
-    let _ = std::future::poll_fn(|cx| respond.poll_reset(cx)).await;
-}
-
-/// Waits for the client to reset the stream, once its response is under way.
-async fn reset_of_stream(send: &mut SendStream<Bytes>) {
-    let _ = std::future::poll_fn(|cx| send.poll_reset(cx)).await;
-}
-
-/// Moves the request to the pipeline's side of the pipe (`head`, then the
-/// body as the client sends it) while its answer is read back and sent as
-/// the stream's response.
-async fn bridge(
-    pipe: DuplexStream,
-    head: Vec<u8>,
-    body: RecvStream,
-    chunked: bool,
-    head_request: bool,
-    respond: &mut SendResponse<Bytes>,
-) -> Ended {
-    let (mut from_pipeline, to_pipeline) = tokio::io::split(pipe);
-    let upload = upload(to_pipeline, head, body, chunked);
-    tokio::pin!(upload);
-    let mut uploading = true;
-    let mut buf = ReadBuf::default();
-    let mut answer = ResponseHead::default();
-    // the answer's head (after any interim answers), while the body goes up
-    loop {
-        let read =
-            wire::read_response_head(&mut from_pipeline, &mut buf, &mut answer, MAX_ANSWER_HEAD);
-        let read = tokio::select! {
-            biased;
-            () = &mut upload, if uploading => {
-                uploading = false;
-                continue;
-            }
-            r = read => r,
-            () = reset_of(respond) => return Ended::Reset,
-        };
-        if read.is_err() {
-            respond.send_reset(Reason::INTERNAL_ERROR);
-            return Ended::Broken;
-        }
-        if (100..200).contains(&answer.status) {
-            // interim answers pass on (the pipeline sends `100 Continue` itself)
-            if answer.status != 101
-                && let Some(interim) = response(&buf.data, &answer)
-                && respond.send_informational(interim).is_err()
-            {
-                return Ended::Reset;
-            }
-            buf.consume(answer.len);
-            continue;
-        }
-        break;
-    }
-    let rf = gearhost_http::fields::facts(&buf.data, &answer.headers);
-    let framing = headers::answer_framing(answer.status, head_request, &rf);
-    let Some(response) = response(&buf.data, &answer) else {
-        respond.send_reset(Reason::INTERNAL_ERROR);
-        return Ended::Broken;
-    };
-    buf.consume(answer.len);
-    let mut state = BodyState::new(framing);
-    let empty = framing == Framing::Empty;
-    let mut send = match respond.send_response(response, empty) {
-        Ok(send) => send,
-        Err(_) => return Ended::Reset,
-    };
-    if empty {
-        return Ended::Answered;
-    }
-    let download = download(&mut from_pipeline, buf, &mut state, &mut send);
-    tokio::pin!(download);
-    let ended = loop {
-        tokio::select! {
-            biased;
-            ended = &mut download => break ended,
-            () = &mut upload, if uploading => uploading = false,
-        }
-    };
-    if ended == Ended::Answered && uploading {
-        // answered before the body was through (a refusal): the rest goes to
-        // the pipeline, which drops it for a while as it does for HTTP/1.1,
-        // so that the client ends its stream instead of meeting a reset
-        let _ = tokio::time::timeout(super::pipeline::DRAIN_TIME, upload).await;
-    }
-    ended
-}
-
-/// The request's head and body into the pipe, chunked when `chunked`. The
-/// pipe stays open after the body (the pipeline sees its end when the
-/// exchange is over); a body the client stops sending (a reset) ends here,
-/// and the reset ends the exchange.
-async fn upload(
-    mut to: tokio::io::WriteHalf<DuplexStream>,
-    head: Vec<u8>,
-    mut body: RecvStream,
-    chunked: bool,
-) {
-    if to.write_all(&head).await.is_err() {
-        return;
-    }
-    let mut frame = Vec::new();
-    while let Some(data) = body.data().await {
-        let Ok(data) = data else {
-            // the client reset its stream: what the pipeline has is all it gets
-            return;
-        };
-        let n = data.len();
-        let written = if chunked {
-            frame.clear();
-            frame.extend_from_slice(format!("{n:x}\r\n").as_bytes());
-            frame.extend_from_slice(&data);
-            frame.extend_from_slice(b"\r\n");
-            to.write_all(&frame).await
-        } else {
-            to.write_all(&data).await
-        };
-        if written.is_err() {
-            // the pipeline stopped reading (an answer came first)
-            return;
-        }
-        // the window opens again only for what the pipeline took
-        let _ = body.flow_control().release_capacity(n);
-    }
-    if chunked && to.write_all(b"0\r\n\r\n").await.is_err() {
-        return;
-    }
-    let _ = to.flush().await;
-}
-
-/// The answer's body, as the pipeline writes it (chunks decoded), to the
-/// stream, within the client's flow-control window.
-async fn download(
-    from: &mut (impl AsyncRead + Unpin),
-    mut buf: ReadBuf,
-    state: &mut BodyState,
-    send: &mut SendStream<Bytes>,
-) -> Ended {
-    let ended = relay_body(from, &mut buf, state, send).await;
-    wire::give_buffer(std::mem::take(&mut buf.data));
-    ended
-}
-
-async fn relay_body(
-    from: &mut (impl AsyncRead + Unpin),
-    buf: &mut ReadBuf,
-    state: &mut BodyState,
-    send: &mut SendStream<Bytes>,
-) -> Ended {
-    let mut out = Vec::new();
-    loop {
-        if !buf.data.is_empty() {
-            if state.take(buf, &mut out, true).is_err() {
-                send.send_reset(Reason::INTERNAL_ERROR);
-                return Ended::Broken;
-            }
-            let done = state.done();
-            if !out.is_empty() || done {
-                let data = Bytes::from(std::mem::take(&mut out));
-                if let Err(ended) = send_data(send, data, done).await {
-                    return ended;
-                }
-            }
-            if done {
-                return Ended::Answered;
-            }
-        }
-        let filled = tokio::select! {
-            biased;
-            r = buf.fill(from) => r,
-            () = reset_of_stream(send) => return Ended::Reset,
-        };
-        match filled {
-            Ok(0) if matches!(state, BodyState::Close) => {
-                return match send.send_data(Bytes::new(), true) {
-                    Ok(()) => Ended::Answered,
-                    Err(_) => Ended::Reset,
-                };
-            }
-            Ok(0) | Err(_) => {
-                // cut short: the client must not take it for the whole answer
-                send.send_reset(Reason::INTERNAL_ERROR);
-                return Ended::Broken;
-            }
-            Ok(_) => {}
-        }
-    }
-}
-
-/// Sends `data` once the stream has room for some of it (the rest waits in
-/// the stream's send buffer, which is bounded).
-async fn send_data(send: &mut SendStream<Bytes>, data: Bytes, end: bool) -> Result<(), Ended> {
-    if !data.is_empty() {
-        send.reserve_capacity(data.len());
-        loop {
-            if send.capacity() > 0 {
-                break;
-            }
-            match std::future::poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(n)) if n > 0 => break,
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return Err(Ended::Reset),
-            }
-        }
-    }
-    send.send_data(data, end).map_err(|_| Ended::Reset)
 }
 
 #[cfg(test)]

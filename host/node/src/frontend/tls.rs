@@ -4,7 +4,8 @@
 //! that serves them, under the header timeout, with the certificate chosen
 //! by SNI ([`crate::certs::Certs`]). A client that negotiates `h2` by ALPN
 //! is served by `super::http2`, which hands each of its streams to the
-//! pipeline as a [`ClientStream::Http2`].
+//! pipeline as a [`ClientStream::Http2`]: reads take the stream's request
+//! body, writes its answer.
 
 use std::io;
 use std::pin::Pin;
@@ -14,6 +15,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
+use super::http2::{H2Answer, H2Body, H2Stream};
+
 /// A client's connection to the frontend.
 #[derive(Debug)]
 pub(crate) enum ClientStream {
@@ -21,9 +24,8 @@ pub(crate) enum ClientStream {
     Tcp(TcpStream),
     /// HTTP over TLS.
     Tls(Box<TlsStream<TcpStream>>),
-    /// One HTTP/2 stream of a TLS connection, as an HTTP/1.1 exchange in
-    /// memory (see `super::http2`).
-    Http2(tokio::io::DuplexStream),
+    /// One HTTP/2 stream of a TLS connection (see `super::http2`).
+    Http2(Box<H2Stream>),
 }
 
 impl ClientStream {
@@ -37,6 +39,14 @@ impl ClientStream {
     /// says `HTTP/2.0`).
     pub(crate) fn http2(&self) -> bool {
         matches!(self, ClientStream::Http2(_))
+    }
+
+    /// The whole answer body has been written: an HTTP/2 stream whose
+    /// answer had no stated length ends here (a connection needs nothing).
+    pub(crate) fn end_of_answer(&mut self) {
+        if let ClientStream::Http2(s) = self {
+            s.answer.end();
+        }
     }
 
     /// Waits until there may be something to read. For TLS the plaintext may
@@ -69,8 +79,8 @@ impl ClientStream {
                 (ClientRead::Tls(r), ClientWrite::Tls(w))
             }
             ClientStream::Http2(s) => {
-                let (r, w) = tokio::io::split(s);
-                (ClientRead::Http2(r), ClientWrite::Http2(w))
+                let H2Stream { body, answer } = &mut **s;
+                (ClientRead::Http2(body), ClientWrite::Http2(answer))
             }
         }
     }
@@ -85,7 +95,7 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-            ClientStream::Http2(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Http2(s) => Pin::new(&mut s.body).poll_read(cx, buf),
         }
     }
 }
@@ -99,7 +109,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_write(cx, data),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, data),
-            ClientStream::Http2(s) => Pin::new(s).poll_write(cx, data),
+            ClientStream::Http2(s) => Pin::new(&mut s.answer).poll_write(cx, data),
         }
     }
 
@@ -107,7 +117,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
-            ClientStream::Http2(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Http2(s) => Pin::new(&mut s.answer).poll_flush(cx),
         }
     }
 
@@ -115,7 +125,7 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
-            ClientStream::Http2(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Http2(s) => Pin::new(&mut s.answer).poll_shutdown(cx),
         }
     }
 }
@@ -124,14 +134,14 @@ impl AsyncWrite for ClientStream {
 pub(crate) enum ClientRead<'a> {
     Tcp(tokio::net::tcp::ReadHalf<'a>),
     Tls(tokio::io::ReadHalf<&'a mut TlsStream<TcpStream>>),
-    Http2(tokio::io::ReadHalf<&'a mut tokio::io::DuplexStream>),
+    Http2(&'a mut H2Body),
 }
 
 /// The writing half of a [`ClientStream`].
 pub(crate) enum ClientWrite<'a> {
     Tcp(tokio::net::tcp::WriteHalf<'a>),
     Tls(tokio::io::WriteHalf<&'a mut TlsStream<TcpStream>>),
-    Http2(tokio::io::WriteHalf<&'a mut tokio::io::DuplexStream>),
+    Http2(&'a mut H2Answer),
 }
 
 impl AsyncRead for ClientRead<'_> {
@@ -143,7 +153,7 @@ impl AsyncRead for ClientRead<'_> {
         match self.get_mut() {
             ClientRead::Tcp(r) => Pin::new(r).poll_read(cx, buf),
             ClientRead::Tls(r) => Pin::new(r).poll_read(cx, buf),
-            ClientRead::Http2(r) => Pin::new(r).poll_read(cx, buf),
+            ClientRead::Http2(r) => Pin::new(&mut **r).poll_read(cx, buf),
         }
     }
 }
@@ -157,7 +167,7 @@ impl AsyncWrite for ClientWrite<'_> {
         match self.get_mut() {
             ClientWrite::Tcp(w) => Pin::new(w).poll_write(cx, data),
             ClientWrite::Tls(w) => Pin::new(w).poll_write(cx, data),
-            ClientWrite::Http2(w) => Pin::new(w).poll_write(cx, data),
+            ClientWrite::Http2(w) => Pin::new(&mut **w).poll_write(cx, data),
         }
     }
 
@@ -165,7 +175,7 @@ impl AsyncWrite for ClientWrite<'_> {
         match self.get_mut() {
             ClientWrite::Tcp(w) => Pin::new(w).poll_flush(cx),
             ClientWrite::Tls(w) => Pin::new(w).poll_flush(cx),
-            ClientWrite::Http2(w) => Pin::new(w).poll_flush(cx),
+            ClientWrite::Http2(w) => Pin::new(&mut **w).poll_flush(cx),
         }
     }
 
@@ -173,7 +183,7 @@ impl AsyncWrite for ClientWrite<'_> {
         match self.get_mut() {
             ClientWrite::Tcp(w) => Pin::new(w).poll_shutdown(cx),
             ClientWrite::Tls(w) => Pin::new(w).poll_shutdown(cx),
-            ClientWrite::Http2(w) => Pin::new(w).poll_shutdown(cx),
+            ClientWrite::Http2(w) => Pin::new(&mut **w).poll_shutdown(cx),
         }
     }
 }

@@ -35,6 +35,7 @@ use super::tls::ClientStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use gearhost_http::fields::facts;
+use gearhost_http::head::ParseError;
 use gearhost_http::request::{BadRequest, Checked, check_request};
 
 use super::backend::{Backend, BackendGear, MAX_HOPS, Relayed};
@@ -60,10 +61,50 @@ pub(super) async fn serve<B: Backend>(backend: &B, stream: ClientStream, peer: S
     front.connections.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Serve one HTTP/2 stream, handed over as an HTTP/1.1 exchange in memory
-/// (its connection is counted once, by `super::http2`).
-pub(super) async fn serve_stream<B: Backend>(backend: &B, stream: ClientStream, peer: SocketAddr) {
-    connection(backend, stream, peer).await;
+/// Serve one HTTP/2 stream: `head` is its request written as an HTTP/1.1
+/// head (by `super::http2`), the stream gives the body and takes the
+/// answer. Its connection is counted once, by `super::http2`.
+pub(super) async fn serve_stream<B: Backend>(
+    backend: &B,
+    stream: super::http2::H2Stream,
+    head: Vec<u8>,
+    peer: SocketAddr,
+) {
+    let mut c = Client::new(ClientStream::Http2(Box::new(stream)), peer);
+    c.buf.data = head;
+    let parsed = if c.buf.data.len() >= MAX_HEAD {
+        Err(HeadError::TooLarge)
+    } else {
+        match gearhost_http::head::parse_request(&c.buf.data, &mut c.head) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(HeadError::Malformed("an incomplete head".into())),
+            Err(ParseError::TooManyHeaders) => Err(HeadError::TooLarge),
+            Err(e) => Err(HeadError::Malformed(e.to_string())),
+        }
+    };
+    if let Err(e) = parsed {
+        if let Some(refused) = unreadable(e) {
+            backend.frontend().stats.refused(refused.why);
+            let _ = c.stream.write_all(&refused.page(false, true)).await;
+        }
+        return;
+    }
+    c.in_flight = Some(super::drain::request());
+    let next = request(backend, &mut c).await;
+    c.in_flight = None;
+    if let Next::Drain(left) = next {
+        drain(&mut c.stream, left).await;
+    }
+}
+
+/// The refusal for a request head that could not be read, if it gets one
+/// (a client that went away or never finished its head gets none).
+fn unreadable(e: HeadError) -> Option<Refused> {
+    match e {
+        HeadError::Closed | HeadError::Io(_) | HeadError::Timeout => None,
+        HeadError::Malformed(e) => Some(Refused::malformed_head(&e)),
+        HeadError::TooLarge => Some(Refused::head_too_large(MAX_HEAD)),
+    }
 }
 
 /// A client connection's state that lives from one request to the next.
@@ -82,6 +123,23 @@ struct Client {
     response: ResponseHead,
     /// Counted as a request in flight (see `drain`).
     in_flight: Option<super::drain::Counted>,
+}
+
+impl Client {
+    fn new(stream: ClientStream, peer: SocketAddr) -> Client {
+        Client {
+            stream,
+            sendfd: wire::SendFd::default(),
+            buf: ReadBuf::default(),
+            head: RequestHead::default(),
+            forwarded_for: peer.ip().to_string(),
+            to_gear: Vec::with_capacity(1024),
+            to_client: Vec::with_capacity(1024),
+            body_out: Vec::new(),
+            response: ResponseHead::default(),
+            in_flight: None,
+        }
+    }
 }
 
 /// What happens to a client connection after a request.
@@ -114,18 +172,7 @@ async fn connection<B: Backend>(backend: &B, mut stream: ClientStream, peer: Soc
     if let Some(tcp) = stream.tcp() {
         let _ = tcp.set_nodelay(true);
     }
-    let mut c = Client {
-        stream,
-        sendfd: wire::SendFd::default(),
-        buf: ReadBuf::default(),
-        head: RequestHead::default(),
-        forwarded_for: peer.ip().to_string(),
-        to_gear: Vec::with_capacity(1024),
-        to_client: Vec::with_capacity(1024),
-        body_out: Vec::new(),
-        response: ResponseHead::default(),
-        in_flight: None,
-    };
+    let mut c = Client::new(stream, peer);
     // counted by a drain until its first head is in
     let mut fresh = Some(super::drain::fresh());
     let header_timeout = backend.limits().header_timeout;
@@ -161,15 +208,11 @@ async fn connection<B: Backend>(backend: &B, mut stream: ClientStream, peer: Soc
             }
         };
         drop(fresh.take());
-        let unreadable = match read {
-            Ok(()) => None,
-            Err(HeadError::Closed | HeadError::Io(_) | HeadError::Timeout) => return,
-            Err(HeadError::Malformed(e)) => Some(Refused::malformed_head(&e)),
-            Err(HeadError::TooLarge) => Some(Refused::head_too_large(MAX_HEAD)),
-        };
-        if let Some(refused) = unreadable {
-            backend.frontend().stats.refused(refused.why);
-            let _ = c.stream.write_all(&refused.page(false, true)).await;
+        if let Err(e) = read {
+            if let Some(refused) = unreadable(e) {
+                backend.frontend().stats.refused(refused.why);
+                let _ = c.stream.write_all(&refused.page(false, true)).await;
+            }
             return;
         }
         c.in_flight = Some(super::drain::request());

@@ -48,8 +48,9 @@ pub(super) async fn relay<G: BackendGear>(
     ex.finish.status = status;
     let framing = headers::answer_framing(status, ex.framed.method.head, &rf);
     let client_minor = ex.framed.client_minor;
-    // an HTTP/1.0 client gets a chunked answer unchunked, delimited by the close
-    let decode = framing == Framing::Chunked && client_minor == 0;
+    // an HTTP/1.0 client gets a chunked answer unchunked, delimited by the
+    // close; an HTTP/2 stream by its end (`ClientStream::end_of_answer`)
+    let decode = framing == Framing::Chunked && (client_minor == 0 || c.stream.http2());
     let keep = ex.framed.keep && body_through && framing != Framing::Close && !decode;
     let shape = AnswerShape {
         framing,
@@ -101,6 +102,7 @@ pub(super) async fn relay<G: BackendGear>(
         // cut short: the client cannot tell where this answer ends otherwise
         return Next::Close;
     }
+    c.stream.end_of_answer();
     // the gear's connection goes back to the pool when it can carry another request
     if body.done()
         && framing != Framing::Close

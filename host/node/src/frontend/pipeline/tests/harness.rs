@@ -383,6 +383,8 @@ pub(super) enum Reply {
     Send(Vec<u8>),
     /// Close the connection without answering.
     Close,
+    /// Answer with these bytes, then close the connection.
+    Last(Vec<u8>),
     /// Never answer.
     Hang,
     /// Answer with these bytes (a 101), then echo what comes.
@@ -423,6 +425,10 @@ impl App {
                         match reply {
                             Reply::Send(bytes) => conn.send(&bytes).await,
                             Reply::Close => return,
+                            Reply::Last(bytes) => {
+                                conn.send(&bytes).await;
+                                return;
+                            }
                             Reply::Hang => std::future::pending::<()>().await,
                             Reply::Upgrade(bytes) => {
                                 conn.send(&bytes).await;

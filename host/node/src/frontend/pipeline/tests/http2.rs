@@ -288,3 +288,66 @@ async fn a_head_over_the_limit_gets_431_and_a_slow_gear_504_over_http2() {
     );
     assert!(app.seen().iter().all(|m| m.field("x-big").is_none()));
 }
+
+/// Sends `request` and reads its answer until the stream ends: the status
+/// (none when the stream was reset before its head), the body's bytes, and
+/// whether it ended whole (not reset).
+async fn fetch_to_end(
+    send: &SendRequest<Bytes>,
+    request: Request<()>,
+) -> (Option<u16>, Vec<u8>, bool) {
+    let mut send = send.clone().ready().await.expect("ready");
+    let (response, _) = send.send_request(request, true).expect("a stream");
+    let Ok(response) = within("an HTTP/2 response", response).await else {
+        return (None, Vec::new(), false);
+    };
+    let status = Some(response.status().as_u16());
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = within("a body", body.data()).await {
+        match chunk {
+            Ok(chunk) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+            Err(_) => return (status, bytes, false),
+        }
+    }
+    (status, bytes, true)
+}
+
+#[tokio::test]
+async fn an_answer_cut_short_is_reset_and_one_ended_by_the_close_ends_whole() {
+    let app = App::start(|r| {
+        let path = r.head.split(' ').nth(1).unwrap_or("").to_string();
+        let mut answer = match path.as_str() {
+            "/length" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n".to_vec(),
+            "/chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n32\r\n".to_vec(),
+            _ => b"HTTP/1.1 200 OK\r\n\r\n".to_vec(),
+        };
+        answer.extend_from_slice(&[b'x'; 50]);
+        Reply::Last(answer)
+    })
+    .await;
+    let world = World::running(&app).await;
+    let send = client(&world).await;
+    // a stated length the gear does not keep to, and a chunked body
+    // without its last chunk: the stream is reset (before or after its
+    // head went out), never ended as if the answer were whole
+    for path in ["/length", "/chunked"] {
+        let (status, body, whole) = fetch_to_end(&send, get(path)).await;
+        assert!(
+            !whole,
+            "{path}: a cut answer ended as if whole ({status:?}, {} bytes)",
+            body.len()
+        );
+    }
+    // no length: the gear's close ends the answer, and the stream with it
+    let (status, body, whole) = fetch_to_end(&send, get("/close")).await;
+    assert_eq!(status, Some(200));
+    assert!(whole, "an answer ended by the close was reset");
+    assert_eq!(body, vec![b'x'; 50]);
+    // the connection goes on
+    let (status, _, whole) = fetch_to_end(&send, get("/close")).await;
+    assert!(status == Some(200) && whole);
+}
