@@ -30,8 +30,9 @@
 //!   fields, keep-alive, answer framing);
 //! - `wire`: the HTTP/1.1 I/O (heads, bodies, batched sends);
 //! - `tls`, `http2`: client connections over TLS, and HTTP/2 (negotiated
-//!   by ALPN), whose streams each go through the pipeline as an HTTP/1.1
-//!   exchange in memory;
+//!   by ALPN), whose streams each go through the pipeline as a client of
+//!   their own (the request as an HTTP/1.1 head, the answer sent as
+//!   HTTP/2);
 //! - `gear`: the frontend's state of one gear (pools, activity, wake-up);
 //! - `metrics`, `access`, `pages`: counters and `/metrics`, access logs,
 //!   the frontend's own answers.
