@@ -121,6 +121,7 @@ where
     };
     drop(fresh);
     let counts = Arc::new(Counts::default());
+    let client: Arc<str> = peer.ip().to_string().into();
     // the streams run in this task, beside the connection that carries
     // them: no task of their own to start, and no wake-up between tasks for
     // each frame
@@ -150,7 +151,7 @@ where
             accepted = conn.accept() => match accepted {
                 Some(Ok((request, respond))) => {
                     counts.opened.fetch_add(1, Ordering::Relaxed);
-                    streams.push(stream(backend.clone(), request, respond, peer, counts.clone()));
+                    streams.push(stream(backend.clone(), request, respond, client.clone(), counts.clone()));
                 }
                 Some(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "HTTP/2 connection failed");
@@ -183,15 +184,15 @@ async fn stream<B: Backend>(
     backend: Arc<B>,
     request: Request<RecvStream>,
     respond: SendResponse<Bytes>,
-    peer: SocketAddr,
+    client: Arc<str>,
     counts: Arc<Counts>,
 ) {
     let (parts, body) = request.into_parts();
     let mut head = wire::take_buffer();
     let chunked = request_head(&parts, body.is_end_stream(), &mut head);
     let answer = H2Answer::new(respond, parts.method == http::Method::HEAD);
-    let client = H2Stream::new(body, chunked, answer.clone());
-    let served = super::pipeline::serve_stream(&*backend, client, head, peer);
+    let stream = H2Stream::new(body, chunked, answer.clone());
+    let served = super::pipeline::serve_stream(&*backend, stream, head, client);
     tokio::select! {
         biased;
         () = served => answer.finish(),

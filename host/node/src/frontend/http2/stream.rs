@@ -46,7 +46,7 @@ impl H2Stream {
             body: H2Body {
                 recv: Some(body),
                 chunked,
-                pieces: std::collections::VecDeque::with_capacity(3),
+                pieces: std::collections::VecDeque::new(),
             },
             answer,
         }

@@ -63,14 +63,15 @@ pub(super) async fn serve<B: Backend>(backend: &B, stream: ClientStream, peer: S
 
 /// Serve one HTTP/2 stream: `head` is its request written as an HTTP/1.1
 /// head (by `super::http2`), the stream gives the body and takes the
-/// answer. Its connection is counted once, by `super::http2`.
+/// answer, `client` is the connection's peer address. Its connection is
+/// counted once, by `super::http2`.
 pub(super) async fn serve_stream<B: Backend>(
     backend: &B,
     stream: super::http2::H2Stream,
     head: Vec<u8>,
-    peer: SocketAddr,
+    client: Arc<str>,
 ) {
-    let mut c = Client::new(ClientStream::Http2(Box::new(stream)), peer);
+    let mut c = Client::new(ClientStream::Http2(Box::new(stream)), client);
     c.buf.data = head;
     let parsed = if c.buf.data.len() >= MAX_HEAD {
         Err(HeadError::TooLarge)
@@ -113,7 +114,8 @@ struct Client {
     sendfd: wire::SendFd,
     buf: ReadBuf,
     head: RequestHead,
-    forwarded_for: String,
+    /// The peer's address, as `X-Forwarded-For` gives it.
+    forwarded_for: Arc<str>,
     /// The head (and first body bytes) going to the gear.
     to_gear: Vec<u8>,
     /// The head (and first body bytes) going back to the client.
@@ -126,17 +128,26 @@ struct Client {
 }
 
 impl Client {
-    fn new(stream: ClientStream, peer: SocketAddr) -> Client {
+    fn new(stream: ClientStream, forwarded_for: Arc<str>) -> Client {
+        // room for a usual head's fields at once (an HTTP/2 stream is a
+        // client of its own, so this runs for every one of its requests)
+        const FIELDS: usize = 16;
         Client {
             stream,
             sendfd: wire::SendFd::default(),
             buf: ReadBuf::default(),
-            head: RequestHead::default(),
-            forwarded_for: peer.ip().to_string(),
+            head: RequestHead {
+                headers: Vec::with_capacity(FIELDS),
+                ..RequestHead::default()
+            },
+            forwarded_for,
             to_gear: Vec::with_capacity(1024),
             to_client: Vec::with_capacity(1024),
             body_out: Vec::new(),
-            response: ResponseHead::default(),
+            response: ResponseHead {
+                headers: Vec::with_capacity(FIELDS),
+                ..ResponseHead::default()
+            },
             in_flight: None,
         }
     }
@@ -172,7 +183,7 @@ async fn connection<B: Backend>(backend: &B, mut stream: ClientStream, peer: Soc
     if let Some(tcp) = stream.tcp() {
         let _ = tcp.set_nodelay(true);
     }
-    let mut c = Client::new(stream, peer);
+    let mut c = Client::new(stream, peer.ip().to_string().into());
     // counted by a drain until its first head is in
     let mut fresh = Some(super::drain::fresh());
     let header_timeout = backend.limits().header_timeout;
@@ -483,7 +494,7 @@ fn admit<G: BackendGear>(
     let front = target.gear.front();
     front.active.fetch_add(1, Ordering::SeqCst);
     front.touch_at(start);
-    let client = relayed.map_or(c.forwarded_for.as_str(), |r| r.client.as_str());
+    let client = relayed.map_or(&*c.forwarded_for, |r| r.client.as_str());
     let mut line = String::with_capacity(160);
     let split = access::request_part(
         &mut line,
