@@ -589,7 +589,11 @@ async fn dispatch(
         Request::Start(op) => answer::<ops::Start>(node.start(&op.gear, p).await),
         Request::Stop(op) => answer::<ops::Stop>(node.stop(&op.gear).await),
         Request::Restart(op) => answer::<ops::Restart>(node.restart(&op.gear, p).await),
-        Request::Status(op) => answer::<ops::Status>(node.status(&op.gear)),
+        Request::Status(op) => {
+            // right after a restart: what the resume takes back, not what it has not yet
+            node.resumed(&op.gear).await;
+            answer::<ops::Status>(node.status(&op.gear))
+        }
         Request::Control(op) => {
             answer::<ops::Control>(node.control(&op.gear, &op.action, op.args).await)
         }

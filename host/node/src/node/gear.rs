@@ -37,6 +37,44 @@ pub struct Gear {
     /// The deploy in progress, if one is: its deployment and the flag that
     /// cancels it (`gear deploy --cancel`).
     pub(crate) deploying: Mutex<Option<(u32, gearhost_runtime::Cancel)>>,
+    /// Closed from the gear's load until the node's resume has taken its
+    /// processes back (or started it again): what `status` says before
+    /// then would not be what runs.
+    pub(crate) resume_gate: ResumeGate,
+}
+
+/// Whether a gear the node found on disk has been resumed yet, and a way to
+/// wait for it.
+#[derive(Debug, Default)]
+pub(crate) struct ResumeGate {
+    pending: AtomicBool,
+    opened: tokio::sync::Notify,
+}
+
+impl ResumeGate {
+    /// The gear waits for the node's resume.
+    pub(crate) fn close(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+    }
+
+    /// The resume is done with the gear.
+    pub(crate) fn open(&self) {
+        self.pending.store(false, Ordering::SeqCst);
+        self.opened.notify_waiters();
+    }
+
+    /// Waits (at most `limit`) until the gear has been resumed; at once for
+    /// a gear that needs no resume.
+    pub(crate) async fn wait(&self, limit: std::time::Duration) {
+        let opened = self.opened.notified();
+        tokio::pin!(opened);
+        // registered before the flag is read, so an `open` in between wakes it
+        opened.as_mut().enable();
+        if !self.pending.load(Ordering::SeqCst) {
+            return;
+        }
+        let _ = tokio::time::timeout(limit, opened).await;
+    }
 }
 
 const STATES: [GearState; 9] = [
@@ -87,6 +125,7 @@ impl Gear {
             exec_runs: Default::default(),
             conns: Arc::default(),
             deploying: Mutex::new(None),
+            resume_gate: ResumeGate::default(),
         }
     }
 
@@ -112,5 +151,43 @@ impl Gear {
         self.state.store(state_index(next.state), Ordering::Relaxed);
         *record = next.clone();
         Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ResumeGate;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    #[tokio::test]
+    async fn a_resume_gate_holds_until_opened_or_the_limit() {
+        let gate = Arc::new(ResumeGate::default());
+        // a gear that needs no resume: no wait
+        let t = Instant::now();
+        gate.wait(Duration::from_secs(5)).await;
+        assert!(t.elapsed() < Duration::from_secs(1));
+        // closed: the wait ends when the resume opens it
+        gate.close();
+        let opener = {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                gate.open();
+            })
+        };
+        let t = Instant::now();
+        gate.wait(Duration::from_secs(5)).await;
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(150) && waited < Duration::from_secs(4),
+            "{waited:?}"
+        );
+        opener.await.expect("opener");
+        // a resume that never ends holds a reader no longer than the limit
+        gate.close();
+        let t = Instant::now();
+        gate.wait(Duration::from_millis(300)).await;
+        assert!(t.elapsed() >= Duration::from_millis(250));
     }
 }

@@ -29,6 +29,17 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 /// must not hold its destroy up.
 const DESTROY_STOP_HOOK: Duration = Duration::from_secs(2);
 const DESTROY_GRACE: Duration = Duration::from_secs(2);
+/// Longest time `gear status` waits for the node's resume to take a gear back.
+pub const RESUME_WAIT: Duration = Duration::from_secs(5);
+
+/// Opens a gear's resume gate when its resume ends, however it ends.
+struct Resumed<'a>(&'a Gear);
+
+impl Drop for Resumed<'_> {
+    fn drop(&mut self) {
+        self.0.resume_gate.open();
+    }
+}
 
 pub(crate) fn invalid(msg: impl Into<String>) -> ApiError {
     ApiError::new(ErrorKind::Invalid, msg)
@@ -314,7 +325,10 @@ impl Node {
                     )
                 })?;
             }
-            gears.insert(record.id.clone(), Arc::new(Gear::new(&config, record)));
+            let gear = Gear::new(&config, record);
+            // `status` waits for the resume to take the gear's processes back
+            gear.resume_gate.close();
+            gears.insert(gear.record().id, Arc::new(gear));
         }
         // gear starts copy the node's mounts without the state directory's (every pin)
         let hidden = config
@@ -499,6 +513,8 @@ impl Node {
             let adopted = adopted.clone();
             tasks.push(tokio::spawn(async move {
                 let _op = gear.op.lock().await;
+                // however the resume of the gear ends, `status` stops waiting for it
+                let _resumed = Resumed(&gear);
                 // whatever was in flight when the node died is over now
                 let record = gear.record();
                 // written only when there is something to change: a thousand gears'
@@ -669,6 +685,14 @@ impl Node {
     }
 
     /// What the last resume did with the gears of the node before (so far, while it runs).
+    /// Waits until the node's resume is done with `gear` (at most
+    /// [`RESUME_WAIT`]), so that what is read about it next is what runs.
+    pub async fn resumed(&self, gear: &GearRef) {
+        if let Ok(g) = self.find(gear) {
+            g.resume_gate.wait(RESUME_WAIT).await;
+        }
+    }
+
     pub fn resume_outcome(&self) -> crate::api::reply::ResumeOutcome {
         lock(&self.resume_outcome).clone()
     }
