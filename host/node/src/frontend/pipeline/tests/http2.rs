@@ -351,3 +351,73 @@ async fn an_answer_cut_short_is_reset_and_one_ended_by_the_close_ends_whole() {
     let (status, _, whole) = fetch_to_end(&send, get("/close")).await;
     assert!(status == Some(200) && whole);
 }
+
+#[tokio::test]
+async fn an_interim_answer_passes_as_an_informational_response() {
+    let app = App::start(|_| {
+        Reply::Send(
+            b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>; rel=preload\r\n\r\n\
+              HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                .to_vec(),
+        )
+    })
+    .await;
+    let world = World::running(&app).await;
+    let send = client(&world).await;
+    let mut send = send.ready().await.expect("ready");
+    let (mut response, _) = send.send_request(get("/"), true).expect("a stream");
+    let interim = within(
+        "an informational response",
+        std::future::poll_fn(|cx| response.poll_informational(cx)),
+    )
+    .await
+    .expect("one")
+    .expect("no error");
+    assert_eq!(interim.status(), 103);
+    assert_eq!(interim.headers()["link"], "</s.css>; rel=preload");
+    let (parts, mut body) = within("the response", response)
+        .await
+        .expect("a response")
+        .into_parts();
+    assert_eq!(parts.status, 200);
+    let data = within("its body", body.data())
+        .await
+        .expect("data")
+        .expect("no error");
+    assert_eq!(&data[..], b"ok");
+}
+
+#[tokio::test]
+async fn a_client_that_expects_100_continue_gets_it_before_sending_its_body() {
+    let app = App::start(|r| Reply::Send(ok(&r.body.len().to_string()))).await;
+    let world = World::running(&app).await;
+    let send = client(&world).await;
+    let mut send = send.ready().await.expect("ready");
+    let request = Request::post("https://app-ns.gears.test/up")
+        .header("expect", "100-continue")
+        .header("content-length", "5")
+        .body(())
+        .expect("request");
+    let (mut response, mut up) = send.send_request(request, false).expect("a stream");
+    // nothing of the body is sent before the node says to go on
+    let interim = within(
+        "100 Continue",
+        std::future::poll_fn(|cx| response.poll_informational(cx)),
+    )
+    .await
+    .expect("one")
+    .expect("no error");
+    assert_eq!(interim.status(), 100);
+    up.send_data(Bytes::from_static(b"hello"), true)
+        .expect("the body");
+    let (parts, mut body) = within("the response", response)
+        .await
+        .expect("a response")
+        .into_parts();
+    assert_eq!(parts.status, 200);
+    let data = within("its body", body.data())
+        .await
+        .expect("data")
+        .expect("no error");
+    assert_eq!(&data[..], b"5");
+}
