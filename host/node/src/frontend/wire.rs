@@ -131,8 +131,7 @@ async fn read_head(
             match parse(&buf.data) {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
-                Err(ParseError::TooManyHeaders) => return Err(HeadError::TooLarge),
-                Err(e) => return Err(HeadError::Malformed(e.to_string())),
+                Err(e) => return Err(head_error(e)),
             }
             if buf.data.len() >= max {
                 return Err(HeadError::TooLarge);
@@ -151,6 +150,32 @@ async fn read_head(
             Err(e) if buf.data.is_empty() && is_reset(&e) => return Err(HeadError::Closed),
             Err(e) => return Err(HeadError::Io(e)),
         }
+    }
+}
+
+/// Why a head that does not parse is refused.
+fn head_error(e: ParseError) -> HeadError {
+    match e {
+        ParseError::TooManyHeaders => HeadError::TooLarge,
+        e => HeadError::Malformed(e.to_string()),
+    }
+}
+
+/// Parses a whole request head that is already in `data` (an HTTP/2
+/// stream's, written by the frontend) into `head`, within the same limits
+/// as one read from a connection.
+pub(crate) fn parse_request_head(
+    data: &[u8],
+    head: &mut RequestHead,
+    max: usize,
+) -> Result<(), HeadError> {
+    if data.len() >= max {
+        return Err(HeadError::TooLarge);
+    }
+    match parse_request(data, head) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(HeadError::Malformed("an incomplete head".into())),
+        Err(e) => Err(head_error(e)),
     }
 }
 

@@ -174,10 +174,7 @@ impl H2Answer {
     }
 
     fn lock(&self) -> MutexGuard<'_, Answer> {
-        // nothing panics with the lock held; a poisoned one is still whole
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        gearhost_sys::lock::lock(&self.0)
     }
 
     /// Waits for the client to reset the stream (or for the connection to

@@ -35,7 +35,6 @@ use super::tls::ClientStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use gearhost_http::fields::facts;
-use gearhost_http::head::ParseError;
 use gearhost_http::request::{BadRequest, Checked, check_request};
 
 use super::backend::{Backend, BackendGear, MAX_HOPS, Relayed};
@@ -73,28 +72,30 @@ pub(super) async fn serve_stream<B: Backend>(
 ) {
     let mut c = Client::new(ClientStream::Http2(Box::new(stream)), client);
     c.buf.data = head;
-    let parsed = if c.buf.data.len() >= MAX_HEAD {
-        Err(HeadError::TooLarge)
-    } else {
-        match gearhost_http::head::parse_request(&c.buf.data, &mut c.head) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(HeadError::Malformed("an incomplete head".into())),
-            Err(ParseError::TooManyHeaders) => Err(HeadError::TooLarge),
-            Err(e) => Err(HeadError::Malformed(e.to_string())),
-        }
-    };
-    if let Err(e) = parsed {
-        if let Some(refused) = unreadable(e) {
-            backend.frontend().stats.refused(refused.why);
-            let _ = c.stream.write_all(&refused.page(false, true)).await;
-        }
+    if let Err(e) = wire::parse_request_head(&c.buf.data, &mut c.head, MAX_HEAD) {
+        refuse_unreadable(backend, &mut c, e).await;
         return;
     }
-    c.in_flight = Some(super::drain::request());
-    let next = request(backend, &mut c).await;
-    c.in_flight = None;
-    if let Next::Drain(left) = next {
+    if let Next::Drain(left) = counted_request(backend, &mut c).await {
         drain(&mut c.stream, left).await;
+    }
+}
+
+/// Serves the request whose head is in `c.head`, counted as in flight
+/// while it is served (see `drain`).
+async fn counted_request<B: Backend>(backend: &B, c: &mut Client) -> Next {
+    c.in_flight = Some(super::drain::request());
+    let next = request(backend, c).await;
+    c.in_flight = None;
+    next
+}
+
+/// Answers a request head that could not be read, when it gets an answer
+/// (a client that went away or never finished its head gets none).
+async fn refuse_unreadable<B: Backend>(backend: &B, c: &mut Client, e: HeadError) {
+    if let Some(refused) = unreadable(e) {
+        backend.frontend().stats.refused(refused.why);
+        let _ = c.stream.write_all(&refused.page(false, true)).await;
     }
 }
 
@@ -220,16 +221,10 @@ async fn connection<B: Backend>(backend: &B, mut stream: ClientStream, peer: Soc
         };
         drop(fresh.take());
         if let Err(e) = read {
-            if let Some(refused) = unreadable(e) {
-                backend.frontend().stats.refused(refused.why);
-                let _ = c.stream.write_all(&refused.page(false, true)).await;
-            }
+            refuse_unreadable(backend, &mut c, e).await;
             return;
         }
-        c.in_flight = Some(super::drain::request());
-        let next = request(backend, &mut c).await;
-        c.in_flight = None;
-        match next {
+        match counted_request(backend, &mut c).await {
             // a draining node takes no further request on the connection
             Next::KeepAlive if super::drain::draining() => return,
             Next::KeepAlive => {}

@@ -352,6 +352,30 @@ async fn an_answer_cut_short_is_reset_and_one_ended_by_the_close_ends_whole() {
     assert!(status == Some(200) && whole);
 }
 
+/// The next informational (1xx) response of a stream.
+async fn informational(response: &mut h2::client::ResponseFuture) -> http::Response<()> {
+    within(
+        "an informational response",
+        std::future::poll_fn(|cx| response.poll_informational(cx)),
+    )
+    .await
+    .expect("one")
+    .expect("no error")
+}
+
+/// The final response's status and its first DATA frame.
+async fn first_data(response: h2::client::ResponseFuture) -> (http::StatusCode, Bytes) {
+    let (parts, mut body) = within("the response", response)
+        .await
+        .expect("a response")
+        .into_parts();
+    let data = within("its body", body.data())
+        .await
+        .expect("data")
+        .expect("no error");
+    (parts.status, data)
+}
+
 #[tokio::test]
 async fn an_interim_answer_passes_as_an_informational_response() {
     let app = App::start(|_| {
@@ -366,24 +390,11 @@ async fn an_interim_answer_passes_as_an_informational_response() {
     let send = client(&world).await;
     let mut send = send.ready().await.expect("ready");
     let (mut response, _) = send.send_request(get("/"), true).expect("a stream");
-    let interim = within(
-        "an informational response",
-        std::future::poll_fn(|cx| response.poll_informational(cx)),
-    )
-    .await
-    .expect("one")
-    .expect("no error");
+    let interim = informational(&mut response).await;
     assert_eq!(interim.status(), 103);
     assert_eq!(interim.headers()["link"], "</s.css>; rel=preload");
-    let (parts, mut body) = within("the response", response)
-        .await
-        .expect("a response")
-        .into_parts();
-    assert_eq!(parts.status, 200);
-    let data = within("its body", body.data())
-        .await
-        .expect("data")
-        .expect("no error");
+    let (status, data) = first_data(response).await;
+    assert_eq!(status, 200);
     assert_eq!(&data[..], b"ok");
 }
 
@@ -400,24 +411,11 @@ async fn a_client_that_expects_100_continue_gets_it_before_sending_its_body() {
         .expect("request");
     let (mut response, mut up) = send.send_request(request, false).expect("a stream");
     // nothing of the body is sent before the node says to go on
-    let interim = within(
-        "100 Continue",
-        std::future::poll_fn(|cx| response.poll_informational(cx)),
-    )
-    .await
-    .expect("one")
-    .expect("no error");
+    let interim = informational(&mut response).await;
     assert_eq!(interim.status(), 100);
     up.send_data(Bytes::from_static(b"hello"), true)
         .expect("the body");
-    let (parts, mut body) = within("the response", response)
-        .await
-        .expect("a response")
-        .into_parts();
-    assert_eq!(parts.status, 200);
-    let data = within("its body", body.data())
-        .await
-        .expect("data")
-        .expect("no error");
+    let (status, data) = first_data(response).await;
+    assert_eq!(status, 200);
     assert_eq!(&data[..], b"5");
 }
