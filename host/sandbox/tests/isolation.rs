@@ -605,10 +605,13 @@ fn a_warm_helper_starts_the_gear_and_is_replaced() {
     if !privileged("a_warm_helper_starts_the_gear_and_is_replaced") {
         return;
     }
-    // A copy of the helper of its own, so no other test's start takes the waiting one.
-    let dir = tempfile::tempdir().expect("tempdir");
+    // A path of the helper's own, so no other test's start takes the waiting one: a hard
+    // link, not a copy, since a copy's write descriptor can live on for a moment in a child
+    // another test forks meanwhile, and executing the copy then fails (ETXTBSY).
+    let beside = Path::new(INIT).parent().expect("the helper's directory");
+    let dir = tempfile::tempdir_in(beside).expect("tempdir");
     let init = dir.path().join("gearhost-init");
-    std::fs::copy(INIT, &init).expect("copy gearhost-init");
+    std::fs::hard_link(INIT, &init).expect("link gearhost-init");
     let me = std::process::id();
     let run = |name: &str| {
         let mut gear = TestGear::new(
@@ -644,7 +647,11 @@ fn a_warm_helper_starts_the_gear_and_is_replaced() {
     };
 
     gearhost_sandbox::keep_warm(&init, 1);
-    assert!(gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)));
+    assert!(
+        gearhost_sandbox::wait_warm(&init, Duration::from_secs(10)),
+        "no warm helper: {:?}",
+        gearhost_sandbox::warm_status(&init)
+    );
     assert_eq!(gearhost_sandbox::warm_status(&init), (1, None));
     let waiting = helpers_of(me, &init);
     assert_eq!(waiting.len(), 1, "{waiting:?}");
