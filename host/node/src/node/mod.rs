@@ -684,7 +684,6 @@ impl Node {
         }
     }
 
-    /// What the last resume did with the gears of the node before (so far, while it runs).
     /// Waits until the node's resume is done with `gear` (at most
     /// [`RESUME_WAIT`]), so that what is read about it next is what runs.
     pub async fn resumed(&self, gear: &GearRef) {
@@ -693,6 +692,7 @@ impl Node {
         }
     }
 
+    /// What the last resume did with the gears of the node before (so far, while it runs).
     pub fn resume_outcome(&self) -> crate::api::reply::ResumeOutcome {
         lock(&self.resume_outcome).clone()
     }
