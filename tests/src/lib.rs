@@ -123,6 +123,25 @@ pub fn cartridge_dir(package: &str) -> tempfile::TempDir {
     dir
 }
 
+/// Copies an executable that a test then runs, with `cp` in a child process, so that no
+/// descriptor of the test process ever has the copy open for writing: a copy made with
+/// `std::fs::copy` stays open for writing for a moment in any child another test thread
+/// forks meanwhile, and executing it then fails with ETXTBSY ("Text file busy").
+pub fn copy_executable(from: &Path, to: &Path) {
+    let status = Command::new("cp")
+        .arg("--")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("run cp");
+    assert!(
+        status.success(),
+        "cp {} {} failed",
+        from.display(),
+        to.display()
+    );
+}
+
 /// The `gear` binary of this build: `$GEARHOST_GEAR_BIN`, else `gear` in the
 /// target directory this test binary was built into.
 pub fn gear_bin() -> PathBuf {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use gearhost_tests::{gear_bin, privileged};
+use gearhost_tests::{copy_executable, gear_bin, privileged};
 
 fn gear(args: &[&str]) -> Output {
     let mut child = Command::new(gear_bin())
@@ -168,7 +168,7 @@ fn binaries_for_everyone() -> tempfile::TempDir {
     let init = gear.with_file_name("gearhost-init");
     for bin in [&gear, &init] {
         let copy = dir.path().join(bin.file_name().expect("file name"));
-        std::fs::copy(bin, &copy).expect("copy binary");
+        copy_executable(bin, &copy);
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
             .expect("chmod binary");
     }

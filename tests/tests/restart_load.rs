@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use gearhost_tests::{
-    TestNode, cartridge_dir, free_port, gear_bin, json, privileged, workspace_root,
+    TestNode, cartridge_dir, copy_executable, free_port, gear_bin, json, privileged, workspace_root,
 };
 
 /// The Python app: `python3 -m http.server`, with `tick N` on stdout every 100 ms.
@@ -304,12 +304,11 @@ fn the_apps_keep_running_and_no_request_fails_through_five_node_restarts() {
     // the node runs from a copy of its binary, which the test replaces for an upgrade
     let bin_dir = tempfile::tempdir().expect("bin dir");
     let node_bin = bin_dir.path().join("gearhost-node");
-    std::fs::copy(gear_bin().with_file_name("gearhost-node"), &node_bin).expect("copy node");
-    std::fs::copy(
-        gear_bin().with_file_name("gearhost-init"),
-        bin_dir.path().join("gearhost-init"),
-    )
-    .expect("copy init");
+    copy_executable(&gear_bin().with_file_name("gearhost-node"), &node_bin);
+    copy_executable(
+        &gear_bin().with_file_name("gearhost-init"),
+        &bin_dir.path().join("gearhost-init"),
+    );
     let env = format!("GEARHOST_NODE_BIN={}", node_bin.display());
     let mut node = TestNode::start_wrapped(82000, "", &["env", &env]);
     let diy = cartridge_dir("diy-cartridge");
@@ -380,7 +379,7 @@ fn the_apps_keep_running_and_no_request_fails_through_five_node_restarts() {
             How::ReplaceAndRestart => {
                 // an upgrade: the new binary is renamed over the one the node runs
                 let next = bin_dir.path().join("gearhost-node.next");
-                std::fs::copy(&node_bin, &next).expect("copy");
+                copy_executable(&node_bin, &next);
                 std::fs::rename(&next, &node_bin).expect("replace");
                 let exe = format!("/proc/{node_pid}/exe");
                 let link = std::fs::read_link(&exe).expect("exe");

@@ -134,7 +134,14 @@ fn probe_sees_every_layer_from_inside() {
     let suid_dir = gear.state.path().join("suid");
     std::fs::create_dir_all(&suid_dir).expect("suid dir");
     let suid = suid_dir.join("id");
-    std::fs::copy("/usr/bin/id", &suid).expect("copy id");
+    // copied by `cp`, so no descriptor of this process (nor of a child another test forks
+    // meanwhile) has the copy open for writing when the gear executes it (ETXTBSY)
+    let copied = std::process::Command::new("cp")
+        .args(["--", "/usr/bin/id"])
+        .arg(&suid)
+        .status()
+        .expect("run cp");
+    assert!(copied.success(), "cp /usr/bin/id failed");
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).expect("chmod u+s");
     gear.spec.ro_binds.push(Bind {
         source: suid_dir.clone(),
