@@ -16,8 +16,6 @@
 //!   the frontend, and `connection: close` when the client connection ends
 //!   with it.
 
-use std::io::Write;
-
 use http::StatusCode;
 
 use gearhost_http::Framing;
@@ -128,8 +126,71 @@ pub(super) struct AnswerShape {
     pub hsts: Option<u64>,
 }
 
+/// The fields of the gear's answer head (in `data`, parsed into `head`, its
+/// fields' facts `rf`) that the client gets, in order, to `field(name,
+/// value)`: the gear's own that pass, then the framing the frontend states,
+/// then HSTS (unless the gear sent its own). Both the HTTP/1.1 head
+/// ([`write_response_head`]) and an HTTP/2 stream's response are made of
+/// these.
+pub(super) fn answer_fields(
+    data: &[u8],
+    head: &ResponseHead,
+    rf: &Facts,
+    shape: AnswerShape,
+    mut field: impl FnMut(&[u8], &[u8]),
+) {
+    let status = head.status;
+    let mut hsts = shape.hsts;
+    for (n, v) in &head.headers {
+        let name = &data[n.clone()];
+        if !response_field_passes(name, data, &rf.connection, status == 101) {
+            continue;
+        }
+        if name.eq_ignore_ascii_case(b"strict-transport-security") {
+            // the gear's own policy stands
+            hsts = None;
+        }
+        field(name, &data[v.clone()]);
+    }
+    let mut digits = Digits::default();
+    match shape.framing {
+        Framing::Chunked if !shape.decode => field(b"transfer-encoding", b"chunked"),
+        Framing::Length(n) => field(b"content-length", digits.of(n)),
+        Framing::Empty if shape.head_request || status == 304 => {
+            if let Some(n) = rf.content_length {
+                field(b"content-length", digits.of(n));
+            }
+        }
+        _ => {}
+    }
+    if let Some(age) = hsts {
+        field(
+            b"strict-transport-security",
+            format!("max-age={age}").as_bytes(),
+        );
+    }
+}
+
+/// A number written in decimal without an allocation.
+#[derive(Default)]
+struct Digits([u8; 20]);
+
+impl Digits {
+    fn of(&mut self, mut n: u64) -> &[u8] {
+        let mut at = self.0.len();
+        loop {
+            at -= 1;
+            self.0[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                return &self.0[at..];
+            }
+        }
+    }
+}
+
 /// The gear's answer head (in `data`, parsed into `head`, its fields' facts
-/// `rf`) as the client gets it, into `out`.
+/// `rf`) as an HTTP/1.1 client gets it, into `out`.
 pub(super) fn write_response_head(
     data: &[u8],
     head: &ResponseHead,
@@ -149,38 +210,12 @@ pub(super) fn write_response_head(
         out.extend_from_slice(&data[head.reason.clone()]);
     }
     out.extend_from_slice(b"\r\n");
-    let mut hsts = shape.hsts;
-    for (n, v) in &head.headers {
-        let name = &data[n.clone()];
-        if !response_field_passes(name, data, &rf.connection, status == 101) {
-            continue;
-        }
-        if name.eq_ignore_ascii_case(b"strict-transport-security") {
-            // the gear's own policy stands
-            hsts = None;
-        }
+    answer_fields(data, head, rf, shape, |name, value| {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(&data[v.clone()]);
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
-    }
-    match shape.framing {
-        Framing::Chunked if !shape.decode => {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        }
-        Framing::Length(n) => {
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
-        Framing::Empty if shape.head_request || status == 304 => {
-            if let Some(n) = rf.content_length {
-                let _ = write!(out, "content-length: {n}\r\n");
-            }
-        }
-        _ => {}
-    }
-    if let Some(age) = hsts {
-        let _ = write!(out, "strict-transport-security: max-age={age}\r\n");
-    }
+    });
     if status != 101 {
         if !shape.keep {
             out.extend_from_slice(b"connection: close\r\n");

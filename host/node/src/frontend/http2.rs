@@ -27,12 +27,12 @@ use bytes::Bytes;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
 use h2::{Reason, RecvStream};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, Request};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::backend::Backend;
 use super::headers::MAX_HEAD;
-use super::wire::{self, ResponseHead};
+use super::wire;
 
 mod stream;
 pub(crate) use stream::{H2Answer, H2Body, H2Stream};
@@ -269,35 +269,6 @@ fn request_head(parts: &http::request::Parts, ends: bool, out: &mut Vec<u8>) -> 
     chunked
 }
 
-/// Answer fields that do not pass from HTTP/1.1 to HTTP/2.
-fn answer_passes(name: &[u8]) -> bool {
-    !(name.eq_ignore_ascii_case(b"connection")
-        || name.eq_ignore_ascii_case(b"keep-alive")
-        || name.eq_ignore_ascii_case(b"proxy-connection")
-        || name.eq_ignore_ascii_case(b"transfer-encoding")
-        || name.eq_ignore_ascii_case(b"upgrade"))
-}
-
-/// The HTTP/2 response (without body) for the HTTP/1.1 answer head in
-/// `data`; `None` when a field cannot be carried (the pipeline writes none
-/// such).
-fn response(data: &[u8], head: &ResponseHead) -> Option<Response<()>> {
-    let mut fields = HeaderMap::with_capacity(head.headers.len());
-    for (name, value) in &head.headers {
-        let name = &data[name.clone()];
-        if !answer_passes(name) {
-            continue;
-        }
-        let name = HeaderName::from_bytes(name).ok()?;
-        let value = HeaderValue::from_bytes(&data[value.clone()]).ok()?;
-        fields.append(name, value);
-    }
-    let mut response = Response::new(());
-    *response.status_mut() = StatusCode::from_u16(head.status).ok()?;
-    *response.headers_mut() = fields;
-    Some(response)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,24 +329,6 @@ mod tests {
         assert!(head.contains("host: right.test\r\n"), "{head}");
         assert!(!head.contains("wrong.test"), "{head}");
         assert!(head.contains("te: trailers\r\n"), "{head}");
-    }
-
-    #[test]
-    fn an_answer_head_loses_its_connection_fields() {
-        let data = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive\r\n\
-                     Transfer-Encoding: chunked\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n";
-        let mut head = ResponseHead::default();
-        assert_eq!(
-            gearhost_http::head::parse_response(data, &mut head),
-            Ok(true)
-        );
-        let response = response(data, &head).expect("a response");
-        assert_eq!(response.status(), StatusCode::OK);
-        let h = response.headers();
-        assert_eq!(h.get("content-type").expect("type"), "text/plain");
-        assert!(h.get("connection").is_none());
-        assert!(h.get("transfer-encoding").is_none());
-        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! One HTTP/2 stream as a client of the request pipeline ([`H2Stream`]),
 //! with no second task and no in-memory pipe between them: the pipeline
 //! reads the stream's request body as the HTTP/1.1 body its head declares
-//! ([`H2Body`], chunked when the client gave no length), and what it writes
-//! as the answer goes out as the stream's response ([`H2Answer`]): a head
-//! written as HTTP/1.1 is parsed once whole and sent as HEADERS (interim
-//! answers as informational ones), the body that follows as DATA frames
-//! within the client's flow-control window.
+//! ([`H2Body`], chunked when the client gave no length), and its answer goes
+//! out as the stream's response ([`H2Answer`]): a gear's answer head is
+//! made into HEADERS at once, with the fields the header policy passes
+//! ([`H2Answer::respond`], `headers::answer_fields`, as for HTTP/1.1); a head
+//! the frontend writes itself as HTTP/1.1 (its pages, interim answers) is
+//! parsed once whole and sent the same way (1xx as informational responses);
+//! the body that follows goes as DATA frames within the client's
+//! flow-control window.
 //!
 //! The pipeline writes answer bodies to an HTTP/2 client without chunk
 //! framing (it decodes a chunked answer, as for an HTTP/1.0 client), so a
@@ -29,8 +32,10 @@ use h2::server::SendResponse;
 use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::response;
-use crate::frontend::headers::{self, MAX_ANSWER_HEAD};
+use gearhost_http::fields::Facts;
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+
+use crate::frontend::headers::{self, AnswerShape, MAX_ANSWER_HEAD};
 use crate::frontend::wire::{Framing, ResponseHead};
 
 /// An HTTP/2 stream, as the pipeline's client connection.
@@ -193,6 +198,27 @@ impl H2Answer {
         .await;
     }
 
+    /// Sends the gear's answer head (in `data`, parsed into `head`, its
+    /// fields' facts `rf`) as the stream's response, shaped as `shape` says
+    /// (unchunked: the pipeline decodes a chunked body for HTTP/2); the body
+    /// is written after it.
+    pub(in crate::frontend) fn respond(
+        &self,
+        data: &[u8],
+        head: &ResponseHead,
+        rf: &Facts,
+        shape: AnswerShape,
+    ) -> io::Result<()> {
+        let Some(message) = message(data, head, rf, shape) else {
+            return Err(broken("an answer field HTTP/2 cannot carry"));
+        };
+        send_final(
+            &mut self.lock(),
+            message,
+            body_left(shape.framing, shape.decode)?,
+        )
+    }
+
     /// The pipeline passed the whole answer body: a body of no stated
     /// length ends here.
     pub(crate) fn end(&self) {
@@ -216,7 +242,65 @@ impl H2Answer {
     }
 }
 
-/// Takes `data` as (more of) an answer head: once `written` and it hold a
+/// The stream's response for an answer head (in `data`, parsed into `head`,
+/// its fields' facts `rf`): the fields the header policy passes
+/// ([`headers::answer_fields`], the same as for HTTP/1.1); `None` when one
+/// cannot be carried in HTTP/2.
+fn message(
+    data: &[u8],
+    head: &ResponseHead,
+    rf: &Facts,
+    shape: AnswerShape,
+) -> Option<Response<()>> {
+    let mut fields = HeaderMap::with_capacity(head.headers.len() + 2);
+    let mut carried = true;
+    headers::answer_fields(data, head, rf, shape, |name, value| {
+        match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+            (Ok(name), Ok(value)) => {
+                fields.append(name, value);
+            }
+            _ => carried = false,
+        }
+    });
+    let mut response = Response::new(());
+    *response.status_mut() = StatusCode::from_u16(head.status).ok()?;
+    *response.headers_mut() = fields;
+    carried.then_some(response)
+}
+
+/// What is left of a body of `framing` once its head is out: `Some(n)`
+/// bytes of a stated length, `None` when the pipeline ends it (a chunked
+/// body only when the pipeline `decoded` it: chunk framing never goes into
+/// DATA frames).
+fn body_left(framing: Framing, decoded: bool) -> io::Result<Option<u64>> {
+    match framing {
+        Framing::Empty => Ok(Some(0)),
+        Framing::Length(n) => Ok(Some(n)),
+        Framing::Chunked if decoded => Ok(None),
+        Framing::Chunked => Err(broken("a chunked answer body for HTTP/2")),
+        Framing::Close => Ok(None),
+    }
+}
+
+/// Sends `message` as the stream's response, its body `left` to come.
+fn send_final(answer: &mut Answer, message: Response<()>, left: Option<u64>) -> io::Result<()> {
+    let Answer::Head { respond, .. } = answer else {
+        return Err(broken("the answer's head went out already"));
+    };
+    let end = left == Some(0);
+    let send = respond
+        .send_response(message, end)
+        .map_err(|_| broken("the client reset the stream"))?;
+    *answer = if end {
+        Answer::Over
+    } else {
+        Answer::Body { send, left }
+    };
+    Ok(())
+}
+
+/// Takes `data` as (more of) an answer head written as HTTP/1.1 (the
+/// frontend's own pages, interim answers): once `written` and it hold a
 /// whole head, that head is sent as the stream's response (or as an
 /// informational one, after which another head follows). Returns how many
 /// bytes of `data` were taken: all of them while the head is not whole,
@@ -241,7 +325,17 @@ fn take_head(answer: &mut Answer, data: &[u8]) -> io::Result<usize> {
     // the head ended in `data` (it was not whole before it)
     let taken = head.len - before;
     written.truncate(head.len);
-    let Some(message) = response(written, &head) else {
+    let rf = gearhost_http::fields::facts(written, &head.headers);
+    let framing = headers::answer_framing(head.status, *head_request, &rf);
+    let shape = AnswerShape {
+        framing,
+        decode: true,
+        keep: true,
+        head_request: *head_request,
+        client_minor: 1,
+        hsts: None,
+    };
+    let Some(message) = message(written, &head, &rf, shape) else {
         return Err(broken("an answer field HTTP/2 cannot carry"));
     };
     if (100..200).contains(&head.status) {
@@ -253,23 +347,8 @@ fn take_head(answer: &mut Answer, data: &[u8]) -> io::Result<usize> {
         written.clear();
         return Ok(taken);
     }
-    let rf = gearhost_http::fields::facts(written, &head.headers);
-    let left = match headers::answer_framing(head.status, *head_request, &rf) {
-        Framing::Empty => Some(0),
-        Framing::Length(n) => Some(n),
-        // written unchunked (see the module's description)
-        Framing::Chunked => return Err(broken("a chunked answer body for HTTP/2")),
-        Framing::Close => None,
-    };
-    let end = left == Some(0);
-    let send = respond
-        .send_response(message, end)
-        .map_err(|_| broken("the client reset the stream"))?;
-    *answer = if end {
-        Answer::Over
-    } else {
-        Answer::Body { send, left }
-    };
+    // what the pipeline writes itself is never chunked (see the module's description)
+    send_final(answer, message, body_left(framing, false)?)?;
     Ok(taken)
 }
 
@@ -334,5 +413,47 @@ impl AsyncWrite for H2Answer {
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_head_loses_its_connection_fields_and_states_its_length() {
+        let data =
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive, X-Hop\r\n\
+                     X-Hop: 1\r\nKeep-Alive: 5\r\nContent-Length: 7\r\nSet-Cookie: a=1\r\n\
+                     Set-Cookie: b=2\r\n\r\n";
+        let mut head = ResponseHead::default();
+        assert_eq!(
+            gearhost_http::head::parse_response(data, &mut head),
+            Ok(true)
+        );
+        let rf = gearhost_http::fields::facts(data, &head.headers);
+        let framing = headers::answer_framing(head.status, false, &rf);
+        assert_eq!(framing, Framing::Length(7));
+        let shape = AnswerShape {
+            framing,
+            decode: true,
+            keep: true,
+            head_request: false,
+            client_minor: 1,
+            hsts: Some(60),
+        };
+        let response = message(data, &head, &rf, shape).expect("a response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let h = response.headers();
+        assert_eq!(h["content-type"], "text/plain");
+        assert_eq!(h["content-length"], "7");
+        assert_eq!(h["strict-transport-security"], "max-age=60");
+        for gone in ["connection", "keep-alive", "x-hop", "transfer-encoding"] {
+            assert!(h.get(gone).is_none(), "{gone} passed");
+        }
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(body_left(framing, false).expect("a length"), Some(7));
+        assert_eq!(body_left(Framing::Chunked, true).expect("decoded"), None);
+        assert!(body_left(Framing::Chunked, false).is_err());
     }
 }

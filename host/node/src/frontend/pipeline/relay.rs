@@ -11,6 +11,7 @@ use gearhost_http::fields::facts;
 use super::super::backend::BackendGear;
 use super::super::headers::{self, AnswerShape};
 use super::super::pages::{DRAIN_BYTES, Refused};
+use super::super::tls::ClientStream;
 use super::super::wire::{self, BodyState, Upstream};
 use super::forward::Answered;
 use super::{Client, Exchange, Next, Target};
@@ -60,13 +61,25 @@ pub(super) async fn relay<G: BackendGear>(
         client_minor,
         hsts: ex.hsts,
     };
-    headers::write_response_head(
-        &upstream.buf.data,
-        &c.response,
-        &rf,
-        shape,
-        &mut c.to_client,
-    );
+    if let ClientStream::Http2(stream) = &c.stream {
+        // an HTTP/2 stream's response is made from the gear's head at once
+        c.to_client.clear();
+        if stream
+            .answer
+            .respond(&upstream.buf.data, &c.response, &rf, shape)
+            .is_err()
+        {
+            return Next::Close;
+        }
+    } else {
+        headers::write_response_head(
+            &upstream.buf.data,
+            &c.response,
+            &rf,
+            shape,
+            &mut c.to_client,
+        );
+    }
     upstream.buf.consume(c.response.len);
 
     if status == 101 {
