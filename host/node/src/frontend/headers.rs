@@ -152,40 +152,27 @@ pub(super) fn answer_fields(
         }
         field(name, &data[v.clone()]);
     }
-    let mut digits = Digits::default();
+    let mut digits = itoa::Buffer::new();
     match shape.framing {
         Framing::Chunked if !shape.decode => field(b"transfer-encoding", b"chunked"),
-        Framing::Length(n) => field(b"content-length", digits.of(n)),
+        Framing::Length(n) => field(b"content-length", digits.format(n).as_bytes()),
         Framing::Empty if shape.head_request || status == 304 => {
             if let Some(n) = rf.content_length {
-                field(b"content-length", digits.of(n));
+                field(b"content-length", digits.format(n).as_bytes());
             }
         }
         _ => {}
     }
     if let Some(age) = hsts {
+        const PREFIX: &[u8] = b"max-age=";
+        let age = digits.format(age).as_bytes();
+        let mut value = [0u8; PREFIX.len() + 20];
+        value[..PREFIX.len()].copy_from_slice(PREFIX);
+        value[PREFIX.len()..PREFIX.len() + age.len()].copy_from_slice(age);
         field(
             b"strict-transport-security",
-            format!("max-age={age}").as_bytes(),
+            &value[..PREFIX.len() + age.len()],
         );
-    }
-}
-
-/// A number written in decimal without an allocation.
-#[derive(Default)]
-struct Digits([u8; 20]);
-
-impl Digits {
-    fn of(&mut self, mut n: u64) -> &[u8] {
-        let mut at = self.0.len();
-        loop {
-            at -= 1;
-            self.0[at] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                return &self.0[at..];
-            }
-        }
     }
 }
 
