@@ -61,9 +61,9 @@ pub(super) async fn serve<B: Backend>(backend: &B, stream: ClientStream, peer: S
 }
 
 /// Serve one HTTP/2 stream: `head` is its request written as an HTTP/1.1
-/// head (by `super::http2`), the stream gives the body and takes the
-/// answer, `client` is the connection's peer address. Its connection is
-/// counted once, by `super::http2`.
+/// head (by `super::http2`, into a buffer of the worker's spares), the
+/// stream gives the body and takes the answer, `client` is the connection's
+/// peer address. Its connection is counted once, by `super::http2`.
 pub(super) async fn serve_stream<B: Backend>(
     backend: &B,
     stream: super::http2::H2Stream,
@@ -74,11 +74,13 @@ pub(super) async fn serve_stream<B: Backend>(
     c.buf.data = head;
     if let Err(e) = wire::parse_request_head(&c.buf.data, &mut c.head, MAX_HEAD) {
         refuse_unreadable(backend, &mut c, e).await;
-        return;
-    }
-    if let Next::Drain(left) = counted_request(backend, &mut c).await {
+    } else if let Next::Drain(left) = counted_request(backend, &mut c).await {
         drain(&mut c.stream, left).await;
     }
+    // the head's buffer (from the worker's spares) goes back for the next
+    // stream, as a connection's does between its requests
+    c.buf.release();
+    wire::give_buffer(std::mem::take(&mut c.body_out));
 }
 
 /// Serves the request whose head is in `c.head`, counted as in flight
