@@ -79,6 +79,8 @@ struct DirectHost {
     dir: PathBuf,
     env: Mutex<Vec<(String, String)>>,
     execs: Mutex<Vec<(RequestContext, CommandSpec)>>,
+    /// The thread each `env_set` request came in on (the thread polling the hook).
+    env_set_threads: Mutex<Vec<std::thread::ThreadId>>,
 }
 
 impl GearHost for DirectHost {
@@ -101,6 +103,7 @@ impl GearHost for DirectHost {
         gearhost_sys::lock::lock(&self.env).clone()
     }
     fn env_set(&self, key: &str, value: &str) -> Result<(), HostError> {
+        gearhost_sys::lock::lock(&self.env_set_threads).push(std::thread::current().id());
         let mut env = gearhost_sys::lock::lock(&self.env);
         env.retain(|(k, _)| k != key);
         env.push((key.into(), value.into()));
@@ -829,6 +832,75 @@ fn a_hook_blocked_opening_a_fifo_ends_at_its_budget_and_others_keep_running() {
             .iter()
             .all(|(_, at)| at.duration_since(started) < budget),
         "the other hooks waited for the stuck ones"
+    );
+}
+
+#[test]
+fn a_runtime_for_few_calls_runs_the_hook_in_the_caller_and_its_budget_still_holds() {
+    let files_pkg = cartridge_dir("guest-files");
+    let full_pkg = cartridge_dir("guest-full");
+    let cache = tempfile::tempdir().expect("cache");
+    let gear = tempfile::tempdir().expect("gear");
+    mkfifo(&gear.path().join("fifo"));
+    let runtime = Runtime::for_few_calls(RuntimeConfig::with_cache_dir(cache.path().into()))
+        .expect("runtime");
+    let budget = Duration::from_millis(300);
+    let files = files_cartridge(&runtime, files_pkg.path(), budget);
+    let full = runtime.load_dir(full_pkg.path()).expect("load full");
+    let host = Arc::new(DirectHost {
+        dir: gear.path().to_path_buf(),
+        ..DirectHost::default()
+    });
+    let dir = gear.path().to_path_buf();
+    let caller_host = host.clone();
+    let (asked, stuck, cancelled, caller) = within(
+        Duration::from_secs(20),
+        "hooks of a runtime for few calls",
+        move || {
+            rt().block_on(async {
+                let asked = full
+                    .call(caller_host, control("env-set", &["WHERE", "here"]))
+                    .await;
+                // blocked in the kernel on the caller's thread: the watchdog's signal ends it
+                let stuck = files
+                    .call(scratch("files", &dir), control("read", &["/gear/fifo"]))
+                    .await;
+                // a cancel from another thread ends it too
+                let cancel = gearhost_runtime::Cancel::new();
+                let canceller = cancel.clone();
+                let cancelling = std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(100));
+                    canceller.cancel("the test stopped it");
+                });
+                let cancelled = files
+                    .call_cancellable(
+                        scratch("files", &dir),
+                        control("read", &["/gear/fifo"]),
+                        &cancel,
+                    )
+                    .await;
+                cancelling.join().expect("canceller");
+                (asked, stuck, cancelled, std::thread::current().id())
+            })
+        },
+    );
+    ok(&asked);
+    assert_eq!(
+        *gearhost_sys::lock::lock(&host.env_set_threads),
+        [caller],
+        "the hook's request came from another thread than the caller's"
+    );
+    expect_deadline(&stuck, budget);
+    match &cancelled.result {
+        Err(HookError::Cancelled { reason, .. }) => {
+            assert!(reason.contains("the test stopped it"), "{reason}");
+        }
+        other => panic!("expected the cancel to end the hook, got {other:?}"),
+    }
+    assert!(
+        cancelled.elapsed < budget,
+        "the cancelled hook ended after {:?}",
+        cancelled.elapsed
     );
 }
 

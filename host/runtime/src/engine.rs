@@ -135,6 +135,9 @@ pub(crate) struct RuntimeInner {
     pub(crate) cache: ComponentCache,
     pub(crate) config: RuntimeConfig,
     pub(crate) watchdog: Arc<Watchdog>,
+    /// Whether a hook is polled by the task that calls it instead of on a thread of its own
+    /// (a runtime for few calls).
+    pub(crate) calls_in_caller: bool,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -191,6 +194,17 @@ impl Runtime {
     /// instance it serves (about 0.2 ms of a 3.5 ms process). A hook's memory
     /// cap and its counts of instances, tables and memories are enforced by
     /// the call's store limiter either way.
+    ///
+    /// A hook of such a runtime is also polled by the task that calls it, not
+    /// handed to a thread of its own: for one call in a process of its own the
+    /// thread, its hand-overs and the address-space changes every extra
+    /// thread makes costlier took a twentieth of the whole command. Budgets
+    /// hold as before (the epoch check in wasm code; the watchdog's signal
+    /// breaks the calling thread out of a file operation that waits past
+    /// them); what is given up is only the node's guarantee that other tasks
+    /// of the caller's thread run meanwhile: a hook stuck where no signal
+    /// reaches holds the caller with it, and a cancel must come from another
+    /// thread.
     pub fn for_few_calls(config: RuntimeConfig) -> Result<Runtime, LoadError> {
         Runtime::build(config, false)
     }
@@ -252,6 +266,7 @@ impl Runtime {
                 cache,
                 config,
                 watchdog,
+                calls_in_caller: !pooled,
             }),
         })
     }

@@ -104,6 +104,18 @@ impl Job {
         (result, instantiated, Some(store_ready))
     }
 
+    /// Prepare the store and run the hook in it, polled by the caller's own task (a runtime
+    /// for few calls: see [`crate::Runtime::for_few_calls`]).
+    async fn run_in_caller(self) -> Ran {
+        let store = match self.cartridge.prepare(&self) {
+            Ok(store) => store,
+            Err(e) => return (Err(e), None, None),
+        };
+        let store_ready = self.started.elapsed();
+        let (result, instantiated) = self.run(store).await;
+        (result, instantiated, Some(store_ready))
+    }
+
     /// Instantiate and call the hook, polled as the gear's file owner and watched: bounded by
     /// the epoch deadline, an outer timer, and `cancel`.
     async fn run(
@@ -198,8 +210,9 @@ impl Cartridge {
         // A hook's file operations are small and local; running them on the
         // calling thread costs far less than a round trip through the blocking
         // pool (measured: 64 µs -> see docs/performance.md for a trivial hook).
-        // The calling thread is the hook's own (see `call_cancellable`), and
-        // the watchdog breaks it out of a file operation that waits too long.
+        // The calling thread is the hook's own (see `call_cancellable`; in a
+        // runtime for few calls, the caller's), and the watchdog breaks it
+        // out of a file operation that waits too long.
         wasi.allow_blocking_current_thread(true);
         wasi.stdout(stdout.clone())
             .stderr(stderr.clone())
@@ -293,7 +306,8 @@ impl Cartridge {
     /// Never panics and never lets the guest take the process down: every
     /// way a call can end is reported in the returned [`HookOutcome`].
     /// The hook runs on a thread of the runtime's blocking pool (it may block
-    /// there in its file operations; see [`Cartridge::call_cancellable`]).
+    /// there in its file operations; see [`Cartridge::call_cancellable`]), or,
+    /// in a runtime for few calls, on the caller's own.
     pub async fn call(&self, host: Arc<dyn GearHost>, call: HookCall) -> HookOutcome {
         self.call_cancellable(host, call, &Cancel::new()).await
     }
@@ -307,8 +321,10 @@ impl Cartridge {
     /// runtime's blocking pool, entered into that runtime (so tasks the host
     /// spawns for it run on that runtime), never on one of the runtime's
     /// workers: a hook blocked in the kernel holds only its own thread, and
-    /// the runtime's watchdog breaks it out when the call is due. Must be
-    /// called from within a tokio runtime with time enabled.
+    /// the runtime's watchdog breaks it out when the call is due. A runtime
+    /// for few calls ([`crate::Runtime::for_few_calls`]) polls it in the
+    /// calling task instead. Must be called from within a tokio runtime with
+    /// time enabled.
     pub async fn call_cancellable(
         &self,
         host: Arc<dyn GearHost>,
@@ -377,7 +393,11 @@ impl Cartridge {
                 limits: limits.clone(),
                 started,
             };
-            run_on_own_thread(job, &limits, cancel).await
+            if self.runtime.calls_in_caller {
+                job.run_in_caller().await
+            } else {
+                run_on_own_thread(job, &limits, cancel).await
+            }
         };
         cancel_on_drop.armed = false;
         stdout.flush_partial();
