@@ -593,7 +593,7 @@ fn run_gear(
     seccomp::apply(filter).map_err(|e| SetupFailure {
         step: "seccomp".into(),
         detail: format!("install the filter: {e}"),
-        errno: None,
+        errno: e.raw_os_error(),
     })?;
     let layers = LayerReport {
         namespaces,
@@ -711,8 +711,8 @@ fn supervise(
         .and_then(|()| {
             seccomp::apply(filter).map_err(|e| SetupFailure {
                 step: "seccomp".into(),
-                detail: e.to_string(),
-                errno: None,
+                detail: format!("install the filter: {e}"),
+                errno: e.raw_os_error(),
             })
         });
     let Ok(sfd) = sfd else {

@@ -1,9 +1,9 @@
 //! The sandbox's one module of raw system calls: thin wrappers over what `nix` does not cover
 //! (openat2, open_tree, move_mount, mount_setattr, close_range, pidfd_open,
 //! pidfd_send_signal, `waitid` on a pidfd with real-time signals, capset, the capability
-//! `prctl`s, clone with a pidfd, clone3 into a cgroup (`clone3.rs`), Landlock's version query,
-//! interface flags, extended attributes through a descriptor, getdents64, a duplicate above a
-//! given number, whether a path is the root of a mount).
+//! `prctl`s, seccomp's filter mode, clone with a pidfd, clone3 into a cgroup (`clone3.rs`),
+//! Landlock's version query, interface flags, extended attributes through a descriptor,
+//! getdents64, a duplicate above a given number, whether a path is the root of a mount).
 //!
 //! The rest of the crate makes its system calls through `nix` (or `std`), and calls these
 //! wrappers for the others; it does not call `libc` functions itself (the exceptions are the
@@ -359,6 +359,32 @@ pub(crate) fn waitid_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Ch
             _ => ChildState::Signaled(status),
         });
     }
+}
+
+/// `SECCOMP_SET_MODE_FILTER` from `<linux/seccomp.h>`.
+const SECCOMP_SET_MODE_FILTER: libc::c_uint = 1;
+
+/// Installs the classic BPF `program` as a seccomp filter of the calling thread (flags 0: no
+/// thread synchronisation). Needs `no_new_privs` or CAP_SYS_ADMIN.
+pub(crate) fn seccomp_set_filter(program: &[libc::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a seccomp program too long"))?;
+    let fprog = libc::sock_fprog {
+        len,
+        // the kernel only reads the program
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: `fprog` points at `program`, which outlives the call and holds `len`
+    // instructions; the kernel copies them before returning.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            SECCOMP_SET_MODE_FILTER,
+            0 as libc::c_uint,
+            &raw const fprog,
+        )
+    };
+    check(ret).map(drop)
 }
 
 /// The highest Landlock ABI version this kernel offers, 0 when Landlock is unavailable.
