@@ -196,15 +196,16 @@ impl Runtime {
     /// the call's store limiter either way.
     ///
     /// A hook of such a runtime is also polled by the task that calls it, not
-    /// handed to a thread of its own: for one call in a process of its own the
-    /// thread, its hand-overs and the address-space changes every extra
-    /// thread makes costlier took a twentieth of the whole command. Budgets
-    /// hold as before (the epoch check in wasm code; the watchdog's signal
-    /// breaks the calling thread out of a file operation that waits past
-    /// them); what is given up is only the node's guarantee that other tasks
-    /// of the caller's thread run meanwhile: a hook stuck where no signal
-    /// reaches holds the caller with it, and a cancel must come from another
-    /// thread.
+    /// handed to a thread of its own, and the runtime starts no epoch ticker:
+    /// in a process of its own, each extra thread (its start, its hand-overs,
+    /// and the address-space changes it makes costlier) cost a twentieth of
+    /// the whole command. Budgets hold as before: a timer signal to the
+    /// calling thread, from the deadline on, advances the epoch (so wasm code
+    /// traps) and breaks a file operation that waits past it (see
+    /// `watchdog::Watchdog::watch_in_caller`). What is given up is only the
+    /// node's guarantee that other tasks of the caller's thread run
+    /// meanwhile: a hook stuck where no signal reaches holds the caller with
+    /// it, and a cancel must come from another thread.
     pub fn for_few_calls(config: RuntimeConfig) -> Result<Runtime, LoadError> {
         Runtime::build(config, false)
     }
@@ -253,11 +254,15 @@ impl Runtime {
                 "cannot install the signal handler that holds hook budgets: {e}"
             ))
         })?);
-        spawn_epoch_ticker(&engine, watchdog.clone()).map_err(|e| {
-            LoadError::Engine(format!(
-                "cannot start the thread that enforces hook deadlines: {e}"
-            ))
-        })?;
+        // a runtime for few calls has no ticker: each of its calls is woken at its deadline
+        // by a timer signal instead (see `call::driver`)
+        if pooled {
+            spawn_epoch_ticker(&engine, watchdog.clone()).map_err(|e| {
+                LoadError::Engine(format!(
+                    "cannot start the thread that enforces hook deadlines: {e}"
+                ))
+            })?;
+        }
         let cache = ComponentCache::new(config.cache_dir.clone(), &engine);
         Ok(Runtime {
             inner: Arc::new(RuntimeInner {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use gearhost_sys::interrupt::{self, Interrupter, ThreadId};
+use gearhost_sys::interrupt::{self, Alarm, Interrupter, OnInterrupt, ThreadId};
 
 /// A cancellation flag for one or more hook calls, cheap to clone; every clone sees the same
 /// flag. Cancelling is final.
@@ -39,6 +39,9 @@ struct CancelInner {
     cancelled: AtomicBool,
     reason: Mutex<Option<String>>,
     notify: tokio::sync::Notify,
+    /// The alarms of calls run by their caller's thread (a runtime for few calls), rung at
+    /// the cancel: no watchdog thread looks at the flag for them.
+    alarms: Mutex<Vec<Weak<Alarm>>>,
 }
 
 impl std::fmt::Debug for Cancel {
@@ -67,6 +70,27 @@ impl Cancel {
         }
         self.inner.cancelled.store(true, Ordering::SeqCst);
         self.inner.notify.notify_waiters();
+        let alarms: Vec<Arc<Alarm>> = gearhost_sys::lock::lock(&self.inner.alarms)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for alarm in alarms {
+            // a timer that cannot be set leaves the call to its deadline
+            let _ = alarm.ring_now();
+        }
+    }
+
+    /// Rings `alarm` when this is cancelled (at once if it already is).
+    fn ring_on_cancel(&self, alarm: &Arc<Alarm>) {
+        {
+            let mut alarms = gearhost_sys::lock::lock(&self.inner.alarms);
+            alarms.retain(|a| a.strong_count() > 0);
+            alarms.push(Arc::downgrade(alarm));
+        }
+        // a cancel that came before the alarm was listed
+        if self.is_cancelled() {
+            let _ = alarm.ring_now();
+        }
     }
 
     /// Whether it was cancelled.
@@ -115,11 +139,41 @@ impl Watchdog {
             deadline,
             cancel,
             state: Mutex::new(WatchState::default()),
+            kick: None,
         });
         let mut calls = gearhost_sys::lock::lock(&self.calls);
         calls.retain(|w| w.strong_count() > 0);
         calls.push(Arc::downgrade(&watch));
         watch
+    }
+
+    /// Watch a call that its caller's thread runs, in a runtime without a ticker thread: an
+    /// alarm interrupts that thread from `deadline` on (and at once when `cancel` is set),
+    /// every [`EPOCH_TICK`](crate::EPOCH_TICK), and each interruption also advances
+    /// `engine`'s epoch, so the hook's deadline callback runs. The returned guard holds the
+    /// alarm; dropping it (outside the call's polls) stops the alarm and drops an interruption
+    /// still pending.
+    pub(crate) fn watch_in_caller(
+        &self,
+        deadline: Instant,
+        cancel: Cancel,
+        engine: &wasmtime::Engine,
+    ) -> std::io::Result<(Arc<Watch>, CallerAlarm)> {
+        // the alarm is only let in during the call's polls (`Watched`)
+        interrupt::refuse()?;
+        let after = deadline.saturating_duration_since(Instant::now());
+        let alarm = Arc::new(self.interrupter.alarm(after, crate::EPOCH_TICK)?);
+        cancel.ring_on_cancel(&alarm);
+        let watch = Arc::new(Watch {
+            deadline,
+            cancel,
+            state: Mutex::new(WatchState::default()),
+            kick: Some(EpochKick {
+                engine: engine.clone(),
+                fired: AtomicBool::new(false),
+            }),
+        });
+        Ok((watch, CallerAlarm { alarm: Some(alarm) }))
     }
 
     /// One tick: interrupt every thread that polls a call that is due.
@@ -141,6 +195,38 @@ pub(crate) struct Watch {
     deadline: Instant,
     cancel: Cancel,
     state: Mutex<WatchState>,
+    /// For a call its caller's thread runs: what an interruption does besides breaking a
+    /// system call.
+    kick: Option<EpochKick>,
+}
+
+/// What the alarm of a call run by its caller's thread does in the signal handler: advance
+/// the engine's epoch (an atomic add), so wasm code reaches the deadline callback, and note
+/// that it rang.
+struct EpochKick {
+    engine: wasmtime::Engine,
+    fired: AtomicBool,
+}
+
+impl OnInterrupt for EpochKick {
+    fn on_interrupt(&self) {
+        self.engine.increment_epoch();
+        self.fired.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Holds the alarm of a call run by its caller's thread (see [`Watchdog::watch_in_caller`]).
+pub(crate) struct CallerAlarm {
+    alarm: Option<Arc<Alarm>>,
+}
+
+impl Drop for CallerAlarm {
+    fn drop(&mut self) {
+        // the last strong reference: the timer is deleted (a cancel only holds a weak one)
+        drop(self.alarm.take());
+        // an interruption it sent after the call's last poll must not fire in later work
+        interrupt::discard_pending();
+    }
 }
 
 #[derive(Default)]
@@ -173,6 +259,10 @@ impl Watch {
     /// guest made of the error it got, is that of a call stopped from outside).
     pub(crate) fn interrupted(&self) -> bool {
         self.state().interruptions > 0
+            || self
+                .kick
+                .as_ref()
+                .is_some_and(|kick| kick.fired.load(Ordering::Relaxed))
     }
 
     fn enter(&self) {
@@ -222,9 +312,15 @@ impl<F: Future> Future for Watched<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let watch = self.watch.clone();
-        watch.enter();
-        let _leave = Leave(&watch);
-        self.inner.as_mut().poll(cx)
+        let mut poll = || {
+            watch.enter();
+            let _leave = Leave(&watch);
+            self.inner.as_mut().poll(cx)
+        };
+        match &watch.kick {
+            Some(kick) => interrupt::with_action(kick, poll),
+            None => poll(),
+        }
     }
 }
 

@@ -15,9 +15,16 @@
 //! interrupt it must know that it is between the two (the caller keeps that under its own
 //! lock). After [`refuse`], [`discard_pending`] drops an interruption that arrived too late to
 //! matter, so it cannot fire in later work. Threads that never call [`accept`] are unaffected.
+//!
+//! A thread can also be interrupted by a timer instead of by another thread ([`Alarm`]: from a
+//! given moment on, at a given period), and can have the handler do a little work of its own
+//! while it waits for interruptions ([`with_action`]): a process that runs one hook on its
+//! main thread needs no watchdog thread at all (`gearhost_runtime`'s runtime for few calls).
 
+use std::cell::Cell;
 use std::io;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
 
@@ -42,8 +49,119 @@ pub struct Interrupter {
     _installed: (),
 }
 
+/// Work the handler does in the interrupted thread (see [`with_action`]).
+pub trait OnInterrupt: Sync {
+    /// Called from the signal handler, in the interrupted thread: only async-signal-safe work
+    /// may be done here (atomic operations; no locks, no allocation, no I/O).
+    fn on_interrupt(&self);
+}
+
+thread_local! {
+    /// The calling thread's action, if [`with_action`] set one: a thin pointer (one word, so a
+    /// signal never sees half of it) to a reference on that call's stack.
+    static ACTION: Cell<*const &'static dyn OnInterrupt> = const { Cell::new(std::ptr::null()) };
+}
+
 extern "C" fn on_interrupt(_: libc::c_int) {
-    // nothing to do: being delivered is the point (the interrupted call returns EINTR)
+    // being delivered is the point (the interrupted call returns EINTR); the thread's action,
+    // if any, is the only work done here
+    let _ = ACTION.try_with(|action| {
+        let action = action.get();
+        if !action.is_null() {
+            // SAFETY: a non-null pointer was set by `with_action` in this very thread and
+            // points at a reference on its stack that lives until the pointer is reset, which
+            // `with_action` does before returning or unwinding; the handler runs in this thread.
+            unsafe { (*action).on_interrupt() }
+        }
+    });
+}
+
+/// Runs `body` with `action` done by the signal handler at every interruption of the calling
+/// thread that arrives meanwhile (it is done in the handler, so it must be async-signal-safe;
+/// see [`OnInterrupt`]).
+pub fn with_action<R>(action: &dyn OnInterrupt, body: impl FnOnce() -> R) -> R {
+    struct Restore(*const &'static dyn OnInterrupt);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACTION.with(|slot| slot.set(self.0));
+        }
+    }
+    // SAFETY: only the lifetime is erased: the reference is reachable through `ACTION` until
+    // `Restore` puts the previous value back, on return and on unwind alike, before `action`'s
+    // borrow ends.
+    let action: &'static dyn OnInterrupt =
+        unsafe { std::mem::transmute::<&dyn OnInterrupt, &'static dyn OnInterrupt>(action) };
+    let holder: &'static dyn OnInterrupt = action;
+    let previous = ACTION.with(|slot| slot.replace(&raw const holder));
+    let _restore = Restore(previous);
+    body()
+}
+
+/// A timer that interrupts one thread from a given moment on, again at every period, until it
+/// is dropped: a POSIX timer delivering the signal to that thread alone. The thread is only
+/// interrupted while it accepts interruptions ([`accept`]); one that lands outside waits for
+/// the next [`accept`] or [`discard_pending`]. Dropping it deletes the timer.
+pub struct Alarm {
+    timer: std::sync::Mutex<nix::sys::timer::Timer>,
+    period: Duration,
+}
+
+// SAFETY: a POSIX timer is a process-wide kernel object named by an id (`timer_t`); any thread
+// may set or delete it, and the mutex serialises this process's own uses.
+unsafe impl Send for Alarm {}
+// SAFETY: as above; every use goes through the mutex.
+unsafe impl Sync for Alarm {}
+
+impl std::fmt::Debug for Alarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Alarm").finish_non_exhaustive()
+    }
+}
+
+impl Interrupter {
+    /// An [`Alarm`] that interrupts the calling thread `after` from now, then every `period`.
+    ///
+    /// # Errors
+    ///
+    /// The error of `timer_create` or `timer_settime`.
+    pub fn alarm(&self, after: Duration, period: Duration) -> io::Result<Alarm> {
+        use nix::sys::signal::{SigEvent, SigevNotify};
+        use nix::sys::timer::{Expiration, Timer, TimerSetTimeFlags};
+        let event = SigEvent::new(SigevNotify::SigevThreadId {
+            signal: SIGNAL,
+            thread_id: nix::unistd::gettid().as_raw(),
+            si_value: 0,
+        });
+        let mut timer = Timer::new(nix::time::ClockId::CLOCK_MONOTONIC, event)?;
+        // a zero first expiry would disarm the timer: the moment may have passed already
+        let after = after.max(Duration::from_nanos(1));
+        timer.set(
+            Expiration::IntervalDelayed(after.into(), period.into()),
+            TimerSetTimeFlags::empty(),
+        )?;
+        Ok(Alarm {
+            timer: std::sync::Mutex::new(timer),
+            period,
+        })
+    }
+}
+
+impl Alarm {
+    /// Interrupts the thread at once, then every period, from any thread (a cancel that must
+    /// not wait for the moment the alarm was set for).
+    ///
+    /// # Errors
+    ///
+    /// The error of `timer_settime`.
+    pub fn ring_now(&self) -> io::Result<()> {
+        use nix::sys::timer::{Expiration, TimerSetTimeFlags};
+        crate::lock::lock(&self.timer)
+            .set(
+                Expiration::IntervalDelayed(Duration::from_nanos(1).into(), self.period.into()),
+                TimerSetTimeFlags::empty(),
+            )
+            .map_err(io::Error::from)
+    }
 }
 
 /// Installs the handler (once per process) and returns the interrupter.
@@ -235,5 +353,89 @@ mod tests {
             .join()
             .expect("worker")
             .expect("the open waited for the writer instead of being interrupted");
+    }
+
+    #[test]
+    fn an_alarm_interrupts_its_thread_from_its_moment_on_and_runs_the_action() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        struct Count(AtomicU32);
+        impl OnInterrupt for Count {
+            fn on_interrupt(&self) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let dir = tempfile::tempdir().expect("dir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let interrupter = interrupter().expect("handler");
+        let count = Count(AtomicU32::new(0));
+        refuse().expect("refuse");
+        let started = Instant::now();
+        let alarm = interrupter
+            .alarm(Duration::from_millis(150), Duration::from_millis(5))
+            .expect("alarm");
+        let opened = with_action(&count, || {
+            accept().expect("accept");
+            // no writer: the open waits until the alarm rings
+            let opened = open_no_retry(&fifo);
+            refuse().expect("refuse");
+            opened
+        });
+        let waited = started.elapsed();
+        drop(alarm);
+        discard_pending();
+        let err = opened.expect_err("nobody wrote to the fifo");
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted, "{err}");
+        assert!(
+            waited >= Duration::from_millis(150),
+            "rang early: {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(5), "{waited:?}");
+        assert!(
+            count.0.load(Ordering::Relaxed) >= 1,
+            "the action did not run"
+        );
+        // outside `with_action` an interruption runs no action
+        let before = count.0.load(Ordering::Relaxed);
+        let alarm = interrupter
+            .alarm(Duration::from_millis(1), Duration::from_millis(1))
+            .expect("alarm");
+        accept().expect("accept");
+        std::thread::sleep(Duration::from_millis(20));
+        refuse().expect("refuse");
+        drop(alarm);
+        discard_pending();
+        assert_eq!(count.0.load(Ordering::Relaxed), before);
+    }
+
+    #[test]
+    fn an_alarm_rung_early_from_another_thread_interrupts_at_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        let interrupter = interrupter().expect("handler");
+        refuse().expect("refuse");
+        let alarm = std::sync::Arc::new(
+            interrupter
+                .alarm(Duration::from_secs(3600), Duration::from_millis(5))
+                .expect("alarm"),
+        );
+        let ringer = alarm.clone();
+        let started = Instant::now();
+        let ring = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            ringer.ring_now().expect("ring");
+        });
+        accept().expect("accept");
+        let opened = open_no_retry(&fifo);
+        refuse().expect("refuse");
+        ring.join().expect("ringer");
+        drop(alarm);
+        discard_pending();
+        let err = opened.expect_err("nobody wrote to the fifo");
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(60));
     }
 }

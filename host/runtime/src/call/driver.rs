@@ -377,26 +377,45 @@ impl Cartridge {
             cancel,
             armed: true,
         };
-        let (result, instantiated, store_ready) = if cancel.is_cancelled() {
-            (Err(limits.cancelled(cancel)), None, None)
+        let watchdog = &self.runtime.watchdog;
+        // a runtime for few calls has no watchdog thread: an alarm on this thread holds the
+        // call's deadline, and is stopped once the call is over (`_alarm`, dropped last)
+        let watched = if cancel.is_cancelled() {
+            Err(limits.cancelled(cancel))
+        } else if self.runtime.calls_in_caller {
+            watchdog
+                .watch_in_caller(deadline, cancel.clone(), &self.runtime.engine)
+                .map(|(watch, alarm)| (watch, Some(alarm)))
+                .map_err(|e| {
+                    limits.host_error(format!(
+                        "cannot set the timer that holds the hook's deadline: {e}"
+                    ))
+                })
         } else {
-            let job = Job {
-                cartridge: self.clone(),
-                host,
-                stdout: stdout.clone(),
-                stderr,
-                call,
-                owner,
-                watch: self.runtime.watchdog.watch(deadline, cancel.clone()),
-                cancel: cancel.clone(),
-                shared: shared.clone(),
-                limits: limits.clone(),
-                started,
-            };
-            if self.runtime.calls_in_caller {
-                job.run_in_caller().await
-            } else {
-                run_on_own_thread(job, &limits, cancel).await
+            Ok((watchdog.watch(deadline, cancel.clone()), None))
+        };
+        let (result, instantiated, store_ready, _alarm) = match watched {
+            Err(e) => (Err(e), None, None, None),
+            Ok((watch, alarm)) => {
+                let job = Job {
+                    cartridge: self.clone(),
+                    host,
+                    stdout: stdout.clone(),
+                    stderr,
+                    call,
+                    owner,
+                    watch,
+                    cancel: cancel.clone(),
+                    shared: shared.clone(),
+                    limits: limits.clone(),
+                    started,
+                };
+                let (result, instantiated, store_ready) = if alarm.is_some() {
+                    job.run_in_caller().await
+                } else {
+                    run_on_own_thread(job, &limits, cancel).await
+                };
+                (result, instantiated, store_ready, alarm)
             }
         };
         cancel_on_drop.armed = false;
