@@ -159,8 +159,10 @@ impl Watchdog {
         cancel: Cancel,
         engine: &wasmtime::Engine,
     ) -> std::io::Result<(Arc<Watch>, CallerAlarm)> {
-        // the alarm is only let in during the call's polls (`Watched`)
+        // the alarm is only let in during the call's polls (`Watched`); one an earlier call's
+        // alarm sent at its very end (a cancel racing its last moments) is dropped first
         interrupt::refuse()?;
+        interrupt::discard_pending();
         let after = deadline.saturating_duration_since(Instant::now());
         let alarm = Arc::new(self.interrupter.alarm(after, crate::EPOCH_TICK)?);
         cancel.ring_on_cancel(&alarm);
@@ -258,11 +260,13 @@ impl Watch {
     /// Whether the watchdog had to interrupt the call's thread (its outcome, whatever the
     /// guest made of the error it got, is that of a call stopped from outside).
     pub(crate) fn interrupted(&self) -> bool {
+        // a ring counts once the call was due: one left from an earlier call cannot make
+        // this one look stopped
         self.state().interruptions > 0
-            || self
-                .kick
-                .as_ref()
-                .is_some_and(|kick| kick.fired.load(Ordering::Relaxed))
+            || self.kick.as_ref().is_some_and(|kick| {
+                kick.fired.load(Ordering::Relaxed)
+                    && (self.cancel.is_cancelled() || Instant::now() >= self.deadline)
+            })
     }
 
     fn enter(&self) {
