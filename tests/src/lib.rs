@@ -828,11 +828,26 @@ pub fn io_uring_allowed() -> bool {
 /// the shell says the size it sees on SIGWINCH and ends once that is 41 by 121. Asserts it did.
 /// As the shell prints nothing before, only `gear`'s notice of the change can move the relay.
 pub fn assert_terminal_follows_a_resize(command: std::process::Command) {
+    terminal_follows(command, false);
+}
+
+/// [`assert_terminal_follows_a_resize`] through `ssh` sharing a connection (a `--remote`
+/// command): OpenSSH's mux client relays SIGWINCH to its master only once the master has
+/// confirmed its session, and the remote command may already be printing by then, so a resize
+/// in that moment is lost in ssh itself. As a person would, the emulator resizes again (every
+/// 3 s, at most 30 s) until the gear's shell sees the size; every resize after that first
+/// moment must reach the gear.
+pub fn assert_terminal_follows_a_resize_over_shared_ssh(command: std::process::Command) {
+    terminal_follows(command, true);
+}
+
+fn terminal_follows(command: std::process::Command, again: bool) {
     let emulator = r#"
 import os, pty, select, struct, sys, fcntl, termios, time
+again = sys.argv[1] == "again"
 pid, fd = pty.fork()
 if pid == 0:
-    os.execvp(sys.argv[1], sys.argv[1:])
+    os.execvp(sys.argv[2], sys.argv[2:])
 out = b""
 def until(what, seconds):
     global out
@@ -848,6 +863,13 @@ def until(what, seconds):
             out += chunk
 until(b"ready", 30)
 fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 41, 121, 0, 0))
+if again:
+    end = time.time() + 30
+    until(b"size 41 121", 3)
+    while b"size 41 121" not in out and time.time() < end:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 41, 121, 0, 0))
+        until(b"size 41 121", 3)
 until(b"\0the end", 30)
 _, status = os.waitpid(pid, 0)
 sys.stdout.write(out.decode(errors="replace"))
@@ -864,6 +886,7 @@ sys.exit(os.waitstatus_to_exitcode(status))
     let mut python = std::process::Command::new("python3");
     python
         .args(["-c", emulator])
+        .arg(if again { "again" } else { "once" })
         .arg(gear)
         .args(args)
         .args(["sh", "-c", shell])

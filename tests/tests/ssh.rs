@@ -601,7 +601,7 @@ fn remote_cli(node: &TestNode, ada: &Client, port: u16) {
         .env_remove("XDG_CONFIG_HOME")
         .env_remove("XDG_RUNTIME_DIR")
         .env("GEARHOST_SSH_COMMAND", &ssh);
-    gearhost_tests::assert_terminal_follows_a_resize(resized);
+    gearhost_tests::assert_terminal_follows_a_resize_over_shared_ssh(resized);
     // what the node's disk holds is not reachable this way
     let out = gear(&["cartridge", "install", "/srv"]);
     assert!(!out.status.success(), "{}", text(&out));
