@@ -249,11 +249,12 @@ fn target(nr: u32, rule: &Rule) -> Label {
     }
 }
 
-/// The search over `keys` (sorted), as ops; numbers not among them are allowed.
-fn search(keys: &[(u32, Rule)], ops: &mut Vec<Op>, splits: &mut usize) {
+/// The search over `keys` (sorted numbers, each with where it goes), as ops; numbers not among
+/// them are allowed.
+fn search(keys: &[(u32, Label)], ops: &mut Vec<Op>, splits: &mut usize) {
     if keys.len() <= LEAF {
-        for (nr, rule) in keys {
-            ops.push(jump(BPF_JMP_JEQ_K, *nr, target(*nr, rule), None));
+        for (nr, to) in keys {
+            ops.push(jump(BPF_JMP_JEQ_K, *nr, *to, None));
         }
         ops.push(Op::Ret(SECCOMP_RET_ALLOW));
         return;
@@ -267,6 +268,18 @@ fn search(keys: &[(u32, Rule)], ops: &mut Vec<Op>, splits: &mut usize) {
     search(&keys[mid..], ops, splits);
 }
 
+/// The check of argument `arg`'s low word against `values`: to `matched` if it is one of them,
+/// else to `otherwise`.
+fn compare_arg(ops: &mut Vec<Op>, arg: u32, values: &[u32], matched: Label, otherwise: Label) {
+    ops.push(Op::Load(ARGS + 8 * arg));
+    ops.extend(
+        values
+            .iter()
+            .map(|v| jump(BPF_JMP_JEQ_K, *v, matched, None)),
+    );
+    ops.push(Op::Always(otherwise));
+}
+
 /// The whole program as ops.
 fn plan(rules: &BTreeMap<u32, Rule>) -> Vec<Op> {
     let mut ops = vec![
@@ -278,34 +291,24 @@ fn plan(rules: &BTreeMap<u32, Rule>) -> Vec<Op> {
     ];
     #[cfg(target_arch = "x86_64")]
     ops.push(jump(BPF_JMP_JGE_K, X32_SYSCALL_BIT, Label::Enosys, None));
-    let keys: Vec<(u32, Rule)> = rules.iter().map(|(nr, r)| (*nr, r.clone())).collect();
+    let keys: Vec<(u32, Label)> = rules.iter().map(|(nr, r)| (*nr, target(*nr, r))).collect();
     search(&keys, &mut ops, &mut 0);
     for (nr, rule) in rules {
-        let arg_low = |arg: u32| Op::Load(ARGS + 8 * arg);
+        let here = Op::Mark(Label::Args(*nr));
         match rule {
-            Rule::Deny | Rule::NoSys => continue,
+            Rule::Deny | Rule::NoSys => {}
             Rule::DenyAnyBit { arg, mask } => ops.extend([
-                Op::Mark(Label::Args(*nr)),
-                arg_low(*arg),
+                here,
+                Op::Load(ARGS + 8 * arg),
                 jump(BPF_JMP_JSET_K, *mask, Label::Eperm, Label::Allow),
             ]),
             Rule::DenyValues { arg, values } => {
-                ops.extend([Op::Mark(Label::Args(*nr)), arg_low(*arg)]);
-                ops.extend(
-                    values
-                        .iter()
-                        .map(|v| jump(BPF_JMP_JEQ_K, *v, Label::Eperm, None)),
-                );
-                ops.push(Op::Always(Label::Allow));
+                ops.push(here);
+                compare_arg(&mut ops, *arg, values, Label::Eperm, Label::Allow);
             }
             Rule::AllowOnly { arg, values } => {
-                ops.extend([Op::Mark(Label::Args(*nr)), arg_low(*arg)]);
-                ops.extend(
-                    values
-                        .iter()
-                        .map(|v| jump(BPF_JMP_JEQ_K, *v, Label::Allow, None)),
-                );
-                ops.push(Op::Always(Label::Eperm));
+                ops.push(here);
+                compare_arg(&mut ops, *arg, values, Label::Allow, Label::Eperm);
             }
         }
     }

@@ -274,6 +274,15 @@ mod tests {
     use std::sync::mpsc;
     use std::time::{Duration, Instant};
 
+    /// A FIFO in a directory of its own (kept while the directory lives).
+    fn fifo() -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("dir");
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .expect("mkfifo");
+        (dir, fifo)
+    }
+
     fn open_no_retry(path: &std::path::Path) -> io::Result<std::os::fd::OwnedFd> {
         nix::fcntl::open(
             path,
@@ -285,10 +294,7 @@ mod tests {
 
     #[test]
     fn a_blocked_fifo_open_returns_eintr_when_interrupted() {
-        let dir = tempfile::tempdir().expect("dir");
-        let fifo = dir.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .expect("mkfifo");
+        let (_dir, fifo) = fifo();
         let interrupter = interrupter().expect("handler");
         let (tx, rx) = mpsc::channel();
         let path = fifo.clone();
@@ -323,10 +329,7 @@ mod tests {
         let interrupter = interrupter().expect("handler");
         let (tx, rx) = mpsc::channel();
         let (go_tx, go_rx) = mpsc::channel::<()>();
-        let dir = tempfile::tempdir().expect("dir");
-        let fifo = dir.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .expect("mkfifo");
+        let (_dir, fifo) = fifo();
         let path = fifo.clone();
         let worker = std::thread::spawn(move || {
             accept().expect("accept");
@@ -364,10 +367,7 @@ mod tests {
                 self.0.fetch_add(1, Ordering::Relaxed);
             }
         }
-        let dir = tempfile::tempdir().expect("dir");
-        let fifo = dir.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .expect("mkfifo");
+        let (_dir, fifo) = fifo();
         let interrupter = interrupter().expect("handler");
         let count = Count(AtomicU32::new(0));
         refuse().expect("refuse");
@@ -411,10 +411,7 @@ mod tests {
 
     #[test]
     fn an_alarm_rung_early_from_another_thread_interrupts_at_once() {
-        let dir = tempfile::tempdir().expect("dir");
-        let fifo = dir.path().join("fifo");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
-            .expect("mkfifo");
+        let (_dir, fifo) = fifo();
         let interrupter = interrupter().expect("handler");
         refuse().expect("refuse");
         let alarm = std::sync::Arc::new(
