@@ -267,3 +267,134 @@ fn rootless_sandbox_runs_as_the_caller_in_a_user_namespace() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--memory needs root"), "{stderr}");
 }
+
+/// The processes whose command line holds `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline"))
+            && String::from_utf8_lossy(&cmdline).contains(marker)
+        {
+            found.push(name);
+        }
+    }
+    found
+}
+
+/// `gear sandbox run` forks the gear's init from itself as its first step (no exec of
+/// `gearhost-init`): it works with no `gearhost-init` anywhere, the init still names itself so,
+/// the caller's environment is not left readable in it, and the network namespace the caller
+/// made for it has loopback up and nothing else.
+#[test]
+fn sandbox_run_starts_its_init_from_itself() {
+    if !privileged("gear sandbox run creates namespaces and cgroups") {
+        return;
+    }
+    let alone = tempfile::Builder::new()
+        .prefix("gearhost-alone-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(alone.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod dir");
+    }
+    let gear = alone.path().join("gear");
+    copy_executable(&gear_bin(), &gear);
+    let run = |user: &[&str], script: &str| {
+        let mut args: Vec<&str> = user.to_vec();
+        let bin = gear.to_str().expect("utf-8 path");
+        args.extend([bin, "sandbox", "run", "--json", "--", "sh", "-c", script]);
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .current_dir("/tmp")
+            .env("TMPDIR", "/tmp")
+            .env("GEARHOST_TEST_SECRET", "marker-7c1e")
+            .env_remove("GEARHOST_INIT")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run gear");
+        assert!(
+            out.status.success(),
+            "stdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
+    };
+    // as root: the init's environment is not even readable by the gear
+    let report = run(&["env"], "true")["report"].clone();
+    let namespaces = &report["namespaces"];
+    assert_eq!(namespaces["network"], "isolated", "{report}");
+    assert_eq!(namespaces["loopback_up"], true, "{report}");
+    let unshared: Vec<&str> = namespaces["unshared"]
+        .as_array()
+        .expect("unshared")
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert_eq!(unshared, ["pid", "mnt", "uts", "ipc", "cgroup", "net"]);
+
+    // rootless, the init runs as the caller and its environment is readable, and empty
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&gear)
+        .args(["sandbox", "run", "--", "sh", "-c"])
+        .arg(
+            "cat /proc/1/comm; echo \"environ=$(tr '\\0' ' ' < /proc/1/environ)\"; \
+             tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
+        )
+        .current_dir("/tmp")
+        .env("TMPDIR", "/tmp")
+        .env("GEARHOST_TEST_SECRET", "marker-7c1e")
+        .env_remove("GEARHOST_INIT")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run setpriv (util-linux)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "gearhost-init", "{stdout}");
+    assert_eq!(lines[1].trim(), "environ=", "{stdout}");
+    assert_eq!(lines[2], "lo", "only loopback: {stdout}");
+    assert!(!stdout.contains("marker-7c1e"), "{stdout}");
+}
+
+/// A `gear sandbox run` line that turns out to be an error or a request for help had already
+/// started the gear's init: it must not outlive `gear`.
+#[test]
+fn a_sandbox_run_that_ends_early_leaves_no_init_behind() {
+    if !privileged("gear sandbox run creates namespaces and cgroups") {
+        return;
+    }
+    for (flag, code) in [("--no-such-option", Some(2)), ("--help", Some(0))] {
+        let marker = format!("leftover-{}-{}", std::process::id(), flag.len());
+        let out = gear(&["sandbox", "run", flag, "--", "echo", &marker]);
+        assert_eq!(
+            out.status.code(),
+            code,
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = processes_with(&marker);
+            if left.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{flag}: processes {left:?} still run 10 s after gear exited"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

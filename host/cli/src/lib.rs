@@ -602,7 +602,14 @@ fn remotely(cli: &Cli, args: &[std::ffi::OsString]) -> Option<u8> {
 }
 
 pub fn main() -> ExitCode {
-    ExitCode::from(run_args(std::env::args_os().collect()))
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == "sandbox") && args.get(2).is_some_and(|a| a == "run") {
+        // The gear's helper prepares its root while this process parses and makes the cgroup
+        // (it exits with this process when the line turns out to be help or an error).
+        // Nothing is printed before, as the helper, a copy of this process, requires.
+        gearhost_sandbox::start_forked_helper();
+    }
+    ExitCode::from(run_args(args))
 }
 
 /// Run the command line `args` (the program's name first): its exit status.

@@ -137,6 +137,7 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
         Some(ns) => join_netns(ns, hs.spec.netns.as_deref())?,
         None => false,
     };
+    // with a namespace of its own joined, there is none left to make here
     let network = if joined {
         NetworkMode::Host
     } else {
@@ -147,7 +148,14 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
         unshared.push("user".into());
     }
     if joined {
-        unshared.push("net (the gear's)".into());
+        unshared.push(
+            if hs.fresh_netns {
+                "net"
+            } else {
+                "net (the gear's)"
+            }
+            .into(),
+        );
     }
     set_hostname(&hs.spec.hostname)?;
     let loopback_up = joined || bring_loopback_up(network)?;
@@ -277,7 +285,7 @@ fn receive_spec(
     let rw: Vec<bool> = hs.rw_binds.iter().map(|(_, dir)| *dir).collect();
     let fds = SpecFds::from_vec(
         descriptors,
-        hs.spec.netns.is_some(),
+        hs.spec.netns.is_some() || hs.fresh_netns,
         hs.spec.root.is_some(),
         hs.cgroup_fd,
         &ro,

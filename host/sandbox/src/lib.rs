@@ -119,7 +119,7 @@ pub use spec::{
     Bind, CgroupPlacement, Limits, NetworkMode, Rlimits, SandboxSpec, SelinuxLabel, Stdio,
     StdioSpec,
 };
-pub use warm::{keep_warm, wait_warm, warm_status};
+pub use warm::{keep_warm, start_forked_helper, wait_warm, warm_status};
 
 /// Tears down a gear's cgroup by placement: kills any process left in it, waits for them to be
 /// gone and removes the cgroup on every hierarchy. Use it for gears whose [`Sandboxed`] handle

@@ -43,7 +43,7 @@ pub const MAX_SPEC_FDS: usize = 128;
 pub const MAX_SPEC_BYTES: usize = 4 << 20;
 
 /// The order of the descriptors attached to the spec message: the three standard streams,
-/// the gear's home, the gear's network namespace when the spec names one, the root tree when the
+/// the gear's home, the gear's network namespace when the spec names one or the caller made it, the root tree when the
 /// spec gives one, the gear's cgroup2 leaf when there is one ([`HelperSpec::cgroup_fd`]), then
 /// one descriptor per read-only bind and per read-write bind, in the spec's order, then the
 /// output pipes the init keeps (see [`HelperSpec::kept`]).
@@ -156,6 +156,10 @@ pub struct HelperSpec {
     pub ro_binds: Vec<(PathBuf, bool)>,
     /// Targets of the read-write binds, the same way.
     pub rw_binds: Vec<(PathBuf, bool)>,
+    /// The network namespace descriptor ([`SpecFds::netns`]) is one the caller made for this
+    /// gear alone in isolated mode, loopback up: the helper enters it instead of making one.
+    #[serde(default)]
+    pub fresh_netns: bool,
     /// Whether the helper watches the node's pidfd (fd [`PARENT_FD`]) and takes the gear down
     /// with the node.
     pub watch_parent: bool,

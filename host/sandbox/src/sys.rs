@@ -517,30 +517,64 @@ pub(crate) fn loopback_up() -> io::Result<()> {
     Ok(())
 }
 
-/// What the child of [`clone_into_new_pid_ns`] does: only async-signal-safe steps, prepared
-/// entirely before the clone so nothing is allocated in the child.
+/// Whether this process has one thread: `/proc/self/task` has a link for `.`, one for `..`
+/// and one per thread.
+pub(crate) fn single_threaded() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/task").is_ok_and(|m| m.nlink() == 3)
+}
+
+/// What the child of [`clone_into_new_pid_ns`] does: install descriptors, then run
+/// [`ChildProgram`]. Everything is prepared before the clone so nothing is allocated in the
+/// child before the program runs.
 pub(crate) struct ExecPlan<'a> {
     /// `(source, target)` descriptor pairs installed with dup2; every source is above every
-    /// target, so no pair clobbers another.
+    /// target, so no pair clobbers another, and the targets are every number from 0 to the
+    /// highest one.
     pub(crate) fds: &'a [(RawFd, RawFd)],
-    /// The program to execute.
-    pub(crate) path: &'a CStr,
-    /// NULL-terminated argument vector.
-    pub(crate) argv: &'a [*const libc::c_char],
-    /// NULL-terminated environment.
-    pub(crate) envp: &'a [*const libc::c_char],
+    /// What the child runs once its descriptors are in place.
+    pub(crate) program: ChildProgram<'a>,
     /// Rootless mode: the child is cloned into a new user namespace too, waits until one byte
     /// arrives on this descriptor (the parent has written its uid and gid maps), then takes
     /// uid and gid 0 of that namespace before it executes.
     pub(crate) userns_sync: Option<RawFd>,
 }
 
+/// The program of an [`ExecPlan`].
+pub(crate) enum ChildProgram<'a> {
+    /// Execute `path` with NULL-terminated `argv` and `envp`.
+    Exec {
+        path: &'a CStr,
+        argv: &'a [*const libc::c_char],
+        envp: &'a [*const libc::c_char],
+    },
+    /// Call this function in the child, which is a copy of the caller (no exec): descriptors
+    /// above the plan's targets are closed first, as an exec would have closed the
+    /// close-on-exec ones, the environment is wiped, as an exec with none would have left it,
+    /// and the child takes `name` as its command name. Built with
+    /// [`ChildProgram::call`] only, which checks that this process has one thread.
+    Call { run: fn() -> !, name: &'a CStr },
+}
+
+impl<'a> ChildProgram<'a> {
+    /// A program that is a function of this binary instead of another executable, when this
+    /// process has one thread; `None` otherwise. The child runs ordinary code (allocation,
+    /// locks) in its copy of the address space, which is only sound when no other thread could
+    /// have held a lock at the moment of the clone; with one thread, no thread can appear
+    /// between this check and the clone unless the caller starts it in between.
+    pub(crate) fn call(run: fn() -> !, name: &'a CStr) -> Option<Self> {
+        single_threaded().then_some(ChildProgram::Call { run, name })
+    }
+}
+
 /// Forks a child into a new pid namespace (it is pid 1 there), returning its host pid and a
-/// pidfd for it. The child resets its signal mask, installs the descriptors of `plan` and execs
-/// `plan.path`; if that fails it exits with 127.
+/// pidfd for it. The child resets its signal mask, installs the descriptors of `plan` and runs
+/// its program; if an exec fails it exits with 127.
 pub(crate) fn clone_into_new_pid_ns(plan: &ExecPlan<'_>) -> io::Result<(libc::pid_t, OwnedFd)> {
-    debug_assert_eq!(plan.argv.last(), Some(&std::ptr::null()));
-    debug_assert_eq!(plan.envp.last(), Some(&std::ptr::null()));
+    if let ChildProgram::Exec { argv, envp, .. } = &plan.program {
+        debug_assert_eq!(argv.last(), Some(&std::ptr::null()));
+        debug_assert_eq!(envp.last(), Some(&std::ptr::null()));
+    }
     let mut pidfd: libc::c_int = -1;
     let mut flags =
         libc::CLONE_NEWPID as libc::c_ulong | CLONE_PIDFD | libc::SIGCHLD as libc::c_ulong;
@@ -549,9 +583,11 @@ pub(crate) fn clone_into_new_pid_ns(plan: &ExecPlan<'_>) -> io::Result<(libc::pi
     }
     // SAFETY: a raw clone without CLONE_VM and with a null stack behaves like fork: the child
     // gets a copy-on-write image and returns 0 on the same stack. In the child we only call
-    // async-signal-safe functions (sigprocmask, dup2, fcntl, execve, _exit) on data prepared
-    // before the clone, so the state of other threads' locks in the copied image never matters.
-    // `pidfd` is a valid out-pointer for CLONE_PIDFD (the parent_tid argument slot).
+    // async-signal-safe functions (sigprocmask, dup2, close_range, prctl, execve, _exit) on
+    // data prepared before the clone, so the state of other threads' locks in the copied image
+    // never matters; a `ChildProgram::Call` runs ordinary code after that, which is sound as
+    // its constructor found this process with one thread. `pidfd` is a valid out-pointer for
+    // CLONE_PIDFD (the parent_tid argument slot).
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone,
@@ -566,7 +602,7 @@ pub(crate) fn clone_into_new_pid_ns(plan: &ExecPlan<'_>) -> io::Result<(libc::pi
         return Err(io::Error::last_os_error());
     }
     if ret == 0 {
-        // SAFETY: see above; this is the child and only async-signal-safe calls follow.
+        // SAFETY: see above; this is the child.
         unsafe { exec_in_child(plan) }
     }
     // SAFETY: CLONE_PIDFD stored a fresh descriptor that only we own.
@@ -580,8 +616,9 @@ pub(crate) fn clone_into_new_pid_ns(plan: &ExecPlan<'_>) -> io::Result<(libc::pi
 ///
 /// Must only be called in the child of a fork-like clone, with `plan` prepared beforehand.
 unsafe fn exec_in_child(plan: &ExecPlan<'_>) -> ! {
-    // SAFETY: all calls below are async-signal-safe and use memory that was valid in the parent
-    // at clone time and is therefore valid in this copy of its address space.
+    // SAFETY: all calls below up to the program are async-signal-safe and use memory that was
+    // valid in the parent at clone time and is therefore valid in this copy of its address
+    // space; what a `Call` program may do is its constructor's contract.
     unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
@@ -609,8 +646,39 @@ unsafe fn exec_in_child(plan: &ExecPlan<'_>) -> ! {
                 libc::_exit(126);
             }
         }
-        libc::execve(plan.path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
-        libc::_exit(127)
+        match &plan.program {
+            ChildProgram::Exec { path, argv, envp } => {
+                libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                libc::_exit(127)
+            }
+            ChildProgram::Call { run, name } => {
+                let first = plan
+                    .fds
+                    .iter()
+                    .map(|&(_, dst)| dst)
+                    .max()
+                    .map_or(0, |d| d + 1);
+                if libc::syscall(
+                    libc::SYS_close_range,
+                    first as libc::c_uint,
+                    libc::c_uint::MAX,
+                    0,
+                ) < 0
+                {
+                    libc::_exit(126);
+                }
+                libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+                // An exec would have left no environment; the caller's (tokens, agent sockets)
+                // is overwritten where `/proc/<pid>/environ` reads it, then dropped.
+                let mut entry = libc::environ;
+                while !entry.is_null() && !(*entry).is_null() {
+                    libc::memset((*entry).cast(), 0, libc::strlen(*entry));
+                    entry = entry.add(1);
+                }
+                libc::clearenv();
+                run()
+            }
+        }
     }
 }
 

@@ -84,6 +84,34 @@ impl Helper {
     /// Clones `init` straight into a new pid namespace with its protocol descriptors
     /// (`/dev/null` as 0 to 2 until the gear's streams arrive with the spec).
     pub(crate) fn start(init: &Path) -> Result<Helper, SandboxError> {
+        let path = cstring(init.as_os_str().as_bytes(), "encode the helper path")?;
+        let arg0 = cstring(crate::launch::INIT_NAME.as_bytes(), "encode argv")?;
+        let argv = [arg0.as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null()];
+        Self::start_with(sys::ChildProgram::Exec {
+            path: &path,
+            argv: &argv,
+            envp: &envp,
+        })
+    }
+
+    /// Like [`start`](Self::start), but the child is a copy of this process that runs the
+    /// helper's code itself instead of executing `gearhost-init`: the exec, the dynamic
+    /// loader's work and the runtime's start are saved, about 0.3 ms of a cold gear start.
+    /// `None` when this process has more than one thread (see [`sys::ChildProgram::call`]).
+    fn start_forked() -> Option<Result<Helper, SandboxError>> {
+        let name = match cstring(
+            crate::launch::INIT_NAME.as_bytes(),
+            "encode the helper name",
+        ) {
+            Ok(name) => name,
+            Err(e) => return Some(Err(e)),
+        };
+        let program = sys::ChildProgram::call(crate::helper::main, &name)?;
+        Some(Self::start_with(program))
+    }
+
+    fn start_with(program: sys::ChildProgram<'_>) -> Result<Helper, SandboxError> {
         let null = high_dup(open_null()?.as_fd())?;
         let (spec, helper_spec) = UnixStream::pair().map_err(|e| SandboxError::Spawn {
             what: "create the spec socket",
@@ -118,10 +146,6 @@ impl Helper {
         if let Some(t) = &template {
             fds.push((t.as_raw_fd(), TEMPLATE_FD));
         }
-        let path = cstring(init.as_os_str().as_bytes(), "encode the helper path")?;
-        let arg0 = cstring(crate::launch::INIT_NAME.as_bytes(), "encode argv")?;
-        let argv = [arg0.as_ptr(), std::ptr::null()];
-        let envp = [std::ptr::null()];
         let sync = if rootless() {
             let (wait, release) = pipe()?;
             Some((high_dup(wait.as_fd())?, release))
@@ -130,9 +154,7 @@ impl Helper {
         };
         let plan = sys::ExecPlan {
             fds: &fds,
-            path: &path,
-            argv: &argv,
-            envp: &envp,
+            program,
             userns_sync: sync.as_ref().map(|(wait, _)| wait.as_raw_fd()),
         };
         let (pid, pidfd) =
@@ -398,6 +420,40 @@ pub fn warm_status(init: &Path) -> (usize, Option<String>) {
         .map_or((0, None), |p| (p.ready.len(), p.last_error.clone()))
 }
 
+/// The helper [`start_forked_helper`] started, until a start takes it.
+static FORKED: Mutex<Option<Helper>> = Mutex::new(None);
+
+/// Starts the helper of this process's next gear now, as a copy of this process that runs the
+/// helper's code without executing `gearhost-init` (see [`Helper::start_forked`]), so that it
+/// prepares while the caller is still parsing its command line and making the gear's cgroup.
+/// The next [`Sandbox::spawn`](crate::Sandbox::spawn) whose spec names no `init_path` takes it.
+/// For a command-line tool that starts one gear, at the very beginning: it must be called
+/// before anything is printed. Returns `false`, and starts nothing, when this process has
+/// more than one thread (the copy could inherit a lock held by another) or when the start
+/// fails (the gear's start then meets the same failure and reports it); an unused helper exits
+/// with this process.
+pub fn start_forked_helper() -> bool {
+    match Helper::start_forked() {
+        Some(Ok(helper)) => {
+            if let Some(old) = gearhost_sys::lock::lock(&FORKED).replace(helper) {
+                old.discard();
+            }
+            true
+        }
+        Some(Err(_)) | None => false,
+    }
+}
+
+/// The helper [`start_forked_helper`] started, if it is still there.
+pub(crate) fn take_forked() -> Option<Helper> {
+    let helper = gearhost_sys::lock::lock(&FORKED).take()?;
+    if helper.is_alive() {
+        return Some(helper);
+    }
+    helper.discard();
+    None
+}
+
 /// Takes a prepared helper of `init`, if one is waiting, and starts its replacement.
 pub(crate) fn take(init: &Path) -> Option<Helper> {
     if rootless() {
@@ -493,6 +549,14 @@ fn finish_filling(init: &Path, helper: Option<Helper>, error: Option<&str>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_helper_is_forked_from_a_process_with_threads() {
+        // the test harness runs each test on a thread of its own, beside its main thread
+        assert!(!sys::single_threaded());
+        assert!(!start_forked_helper());
+        assert!(take_forked().is_none());
+    }
 
     #[test]
     fn only_the_outermost_mounts_below_the_hidden_directories_are_detached() {
