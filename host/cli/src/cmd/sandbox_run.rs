@@ -55,14 +55,6 @@ fn parse_memory(text: &str) -> Result<u64, String> {
     parse_size(text).ok_or_else(|| format!("invalid size {text:?}: use e.g. 256MiB or 1GiB"))
 }
 
-/// This process's effective uid (`Uid`) or gid (`Gid`), from `/proc/self/status`.
-fn own_id(field: &str) -> u32 {
-    gearhost_sys::proc_status::Status::own()
-        .ok()
-        .and_then(|s| s.ids(field))
-        .map_or(u32::MAX, |ids| ids.effective)
-}
-
 /// A throwaway home: in memory (`/dev/shm`) when the machine has it and `TMPDIR` is not set,
 /// so that making and removing it costs no disk work (on a disk mounted with `discard` even
 /// an empty directory's removal waits on the device), else in the temporary directory. What
@@ -99,7 +91,7 @@ pub fn run(args: Args) -> CmdResult {
     let uid = match args.uid {
         Some(uid) => uid,
         None if root => 60999,
-        None => own_id("Uid"),
+        None => gearhost_sys::proc_status::effective_uid(),
     };
     if root && (uid == 0 || args.gid == Some(0)) {
         return Err(Failure::Invalid(anyhow::anyhow!(
@@ -119,7 +111,7 @@ pub fn run(args: Args) -> CmdResult {
     let gid = match args.gid {
         Some(gid) => gid,
         None if root => uid,
-        None => own_id("Gid"),
+        None => gearhost_sys::proc_status::effective_gid(),
     };
     if root {
         std::os::unix::fs::chown(&home, Some(uid), Some(gid))
