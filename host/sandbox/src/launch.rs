@@ -437,19 +437,6 @@ impl Drop for Early {
     }
 }
 
-/// In isolated mode, the gear's network namespace, made on a thread of this process while the
-/// helper prepares, with its loopback up. Made by the helper, it was the longest single step on
-/// a cold start's path after the spec (about 0.2 ms, bubblewrap pays it too), and this process
-/// would only be waiting then. A namespace is per thread, so this process's own threads stay
-/// where they were; the thread ends once the namespace is open.
-fn isolated_netns() -> std::thread::JoinHandle<io::Result<OwnedFd>> {
-    std::thread::spawn(|| {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)?;
-        sys::loopback_up()?;
-        File::open("/proc/thread-self/ns/net").map(OwnedFd::from)
-    })
-}
-
 impl Sandbox {
     /// Starts `spec.argv` confined as described in the crate docs and returns once every layer
     /// is in place and the command was executed (or setup failed). Blocking: call it from a
@@ -458,26 +445,10 @@ impl Sandbox {
         spec.validate()?;
         // The helper first: a fresh one execs and builds the shared part of the root in its own
         // process while this one labels the home, creates the cgroups and writes the spec, instead
-        // of after. It learns nothing of the gear until the spec arrives. One this process
-        // forked ahead serves a spec that asks for no particular `gearhost-init`.
-        let helper = match warm::take_forked() {
-            Some(forked) if spec.init_path.is_none() => forked,
-            forked => {
-                if let Some(unwanted) = forked {
-                    unwanted.discard();
-                }
-                let init = find_init(spec.init_path.as_deref())?;
-                match warm::take(&init) {
-                    Some(h) => h,
-                    None => Helper::start(&init)?,
-                }
-            }
-        };
+        // of after. It learns nothing of the gear until the spec arrives.
+        let helper = warm::helper_for(spec.init_path.as_deref())?;
         let helper = Early(Some(helper));
         let rootless = warm::rootless();
-        let netns_maker =
-            (spec.network == NetworkMode::Isolated && spec.netns.is_none() && !rootless)
-                .then(isolated_netns);
 
         let canonical_home =
             std::fs::canonicalize(&spec.home).map_err(|source| SandboxError::Io {
@@ -516,11 +487,8 @@ impl Sandbox {
             let (cgroup, report) = GearCgroup::create(&mounts, &spec.cgroup, &spec.limits)?;
             (cgroup, Some(report))
         };
-        // a namespace the thread could not make is made by the helper instead, as before
-        let fresh_netns = netns_maker.and_then(|t| t.join().ok()?.ok());
         let started = Self::start_helper(
             &spec,
-            fresh_netns,
             helper,
             (&canonical_home, &binds.0, &binds.1),
             contexts,
@@ -553,7 +521,6 @@ impl Sandbox {
     #[allow(clippy::type_complexity)]
     fn start_helper(
         spec: &SandboxSpec,
-        fresh_netns: Option<OwnedFd>,
         helper: Early,
         (canonical_home, ro, rw): (&Path, &[ResolvedBind], &[ResolvedBind]),
         contexts: Option<selinux::GearContexts>,
@@ -561,11 +528,20 @@ impl Sandbox {
         rootless: bool,
     ) -> Result<(u32, OwnedFd, LayerReport, [Option<File>; 3], Option<File>), SandboxError> {
         let sources = open_sources(canonical_home, spec.root.as_deref(), ro, rw, rootless)?;
-        let fresh = fresh_netns.is_some();
-        let netns = match fresh_netns {
-            Some(made) => Some(made),
-            None => spec
-                .netns
+        // Isolated, the namespace is made here while the helper prepares: made by the helper after
+        // the spec, it was the longest single step on a cold start's path (about 0.25 ms), while
+        // this process only waited. Rootless, only the helper can, in its user namespace.
+        let fresh = spec.network == NetworkMode::Isolated && spec.netns.is_none() && !rootless;
+        let netns = if fresh {
+            let made = crate::netns::create_private_on_this_thread().map_err(|source| {
+                SandboxError::Spawn {
+                    what: "create the gear's network namespace",
+                    source,
+                }
+            })?;
+            Some(made)
+        } else {
+            spec.netns
                 .as_ref()
                 .map(|path| {
                     File::open(path)
@@ -577,7 +553,7 @@ impl Sandbox {
                             hint: "create the gear's network namespace first",
                         })
                 })
-                .transpose()?,
+                .transpose()?
         };
         // on v2 the command is cloned straight into its leaf (see `HelperSpec::cgroup_fd`)
         let cgroup_dir = cgroup

@@ -454,6 +454,22 @@ pub(crate) fn take_forked() -> Option<Helper> {
     None
 }
 
+/// The helper for a start: the one this process forked ahead ([`start_forked_helper`]) when the
+/// spec asks for no particular `gearhost-init` (`init_path`), else a waiting one of that init,
+/// else a fresh one.
+pub(crate) fn helper_for(init_path: Option<&Path>) -> Result<Helper, SandboxError> {
+    match take_forked() {
+        Some(forked) if init_path.is_none() => return Ok(forked),
+        Some(unwanted) => unwanted.discard(),
+        None => {}
+    }
+    let init = crate::launch::find_init(init_path)?;
+    match take(&init) {
+        Some(helper) => Ok(helper),
+        None => Helper::start(&init),
+    }
+}
+
 /// Takes a prepared helper of `init`, if one is waiting, and starts its replacement.
 pub(crate) fn take(init: &Path) -> Option<Helper> {
     if rootless() {
