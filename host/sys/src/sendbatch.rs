@@ -200,6 +200,8 @@ impl Inner {
                 for &i in part {
                     self.resolve(i, Err(io::ErrorKind::WouldBlock.into()));
                 }
+            } else if let [one] = part {
+                self.send_alone(*one);
             } else {
                 self.flush_part(part);
             }
@@ -207,6 +209,33 @@ impl Inner {
         // keep the allocation for the next batch
         self.queued = queued;
         self.queued.clear();
+    }
+
+    /// A batch of one send: a plain `send(2)`, which wakes the receiver as the ring
+    /// would, for less than the ring's submission and completion (a connection
+    /// alone on its worker sends one answer per flush, about 1 % of its request's
+    /// time here).
+    fn send_alone(&mut self, i: usize) {
+        let Slot::Queued { fd, data, .. } = &self.slots[i] else {
+            return;
+        };
+        // SAFETY: `data` is a live buffer of `data.len()` bytes owned by slot `i` for the
+        // length of the call, and `fd` an open socket owned by it; the call copies the bytes
+        // before it returns and keeps no pointer.
+        let sent = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        let result = if sent >= 0 {
+            Ok(sent as usize)
+        } else {
+            Err(io::Error::last_os_error())
+        };
+        self.resolve(i, result);
     }
 
     fn flush_part(&mut self, part: &[usize]) {
@@ -420,6 +449,7 @@ mod tests {
 
     #[test]
     fn a_dropped_ticket_sends_nothing_and_a_full_socket_takes_what_fits() {
+        // (a flush of one send is a plain send(2), of more the ring's: both are checked)
         let batch = SendBatch::new().expect("io_uring");
         let (a, mut a_peer) = UnixStream::pair().expect("pair");
         let a: Arc<OwnedFd> = Arc::new(a.into());
@@ -461,5 +491,21 @@ mod tests {
             sent.map_err(|e| e.kind()).expect_err("no room"),
             io::ErrorKind::WouldBlock
         );
+        // the same through the ring, where the flush has more than one send
+        let mut first = batch.queue(&a, vec![2u8; 4096]).expect("queued");
+        let mut second = batch.queue(&a, vec![3u8; 4096]).expect("queued");
+        assert!(poll(&mut first, &waker).is_pending());
+        assert!(poll(&mut second, &waker).is_pending());
+        batch.flush();
+        for ticket in [&mut first, &mut second] {
+            let Poll::Ready((sent, _)) = poll(ticket, &waker) else {
+                panic!("resolved after the flush")
+            };
+            assert_eq!(
+                sent.map_err(|e| e.kind()).expect_err("no room"),
+                io::ErrorKind::WouldBlock
+            );
+        }
+        assert_eq!(batch.stats().flushes, 4);
     }
 }
