@@ -154,9 +154,9 @@ fn sandbox_run_confines_a_command_and_passes_its_status_through() {
     gearhost_tests::assert_terminal_follows_a_resize(run);
 }
 
-/// Copies of `gear` and `gearhost-init` that any user may run: the build's
-/// own may sit below a directory only root can enter (a clone in /root).
-fn binaries_for_everyone() -> tempfile::TempDir {
+/// Copies of this build's programs `names` (`gear`, `gearhost-init`) that any user may run:
+/// the build's own may sit below a directory only root can enter (a clone in /root).
+fn binaries_for_everyone(names: &[&str]) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::Builder::new()
         .prefix("gearhost-rootless-")
@@ -165,18 +165,18 @@ fn binaries_for_everyone() -> tempfile::TempDir {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod dir");
     let gear = gear_bin();
-    let init = gear.with_file_name("gearhost-init");
-    for bin in [&gear, &init] {
-        let copy = dir.path().join(bin.file_name().expect("file name"));
-        copy_executable(bin, &copy);
+    for name in names {
+        let copy = dir.path().join(name);
+        copy_executable(&gear.with_file_name(name), &copy);
         std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755))
             .expect("chmod binary");
     }
     dir
 }
 
-/// `gear` (from `bins`) run by an unprivileged user, through setpriv.
-fn gear_as_nobody(bins: &Path, args: &[&str]) -> Output {
+/// `gear` (from `bins`) run by an unprivileged user, through setpriv, with `env` added to its
+/// environment.
+fn gear_as_nobody(bins: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let bin = bins.join("gear");
     let mut full = vec![
         "--reuid=65534",
@@ -189,6 +189,7 @@ fn gear_as_nobody(bins: &Path, args: &[&str]) -> Output {
         .args(&full)
         .current_dir("/tmp")
         .env("TMPDIR", "/tmp")
+        .envs(env.iter().copied())
         .env_remove("GEARHOST_INIT")
         .stdin(std::process::Stdio::null())
         .output()
@@ -200,7 +201,7 @@ fn rootless_sandbox_runs_as_the_caller_in_a_user_namespace() {
     if !privileged("becoming an unprivileged user to run a rootless sandbox") {
         return;
     }
-    let bins = binaries_for_everyone();
+    let bins = binaries_for_everyone(&["gear", "gearhost-init"]);
     let out = gear_as_nobody(
         bins.path(),
         &[
@@ -218,6 +219,7 @@ fn rootless_sandbox_runs_as_the_caller_in_a_user_namespace() {
          (unshare -U true 2>/dev/null && echo nested-userns || echo nested-refused); \
          echo data > /gear/made && echo home-writable; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
         ],
+        &[],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -245,7 +247,11 @@ fn rootless_sandbox_runs_as_the_caller_in_a_user_namespace() {
     assert_eq!(lines.last(), Some(&"lo"), "only loopback: {stdout}");
 
     // the report says what rootless mode is and is not
-    let out = gear_as_nobody(bins.path(), &["sandbox", "run", "--json", "--", "true"]);
+    let out = gear_as_nobody(
+        bins.path(),
+        &["sandbox", "run", "--json", "--", "true"],
+        &[],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -262,6 +268,7 @@ fn rootless_sandbox_runs_as_the_caller_in_a_user_namespace() {
     let out = gear_as_nobody(
         bins.path(),
         &["sandbox", "run", "--memory", "64MiB", "--", "true"],
+        &[],
     );
     assert_eq!(out.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -294,41 +301,23 @@ fn sandbox_run_starts_its_init_from_itself() {
     if !privileged("gear sandbox run creates namespaces and cgroups") {
         return;
     }
-    let alone = tempfile::Builder::new()
-        .prefix("gearhost-alone-")
-        .tempdir_in("/tmp")
-        .expect("temp dir");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(alone.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod dir");
-    }
-    let gear = alone.path().join("gear");
-    copy_executable(&gear_bin(), &gear);
-    let run = |user: &[&str], script: &str| {
-        let mut args: Vec<&str> = user.to_vec();
-        let bin = gear.to_str().expect("utf-8 path");
-        args.extend([bin, "sandbox", "run", "--json", "--", "sh", "-c", script]);
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .current_dir("/tmp")
-            .env("TMPDIR", "/tmp")
-            .env("GEARHOST_TEST_SECRET", "marker-7c1e")
-            .env_remove("GEARHOST_INIT")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("run gear");
-        assert!(
-            out.status.success(),
-            "stdout: {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("json")
-    };
-    // as root: the init's environment is not even readable by the gear
-    let report = run(&["env"], "true")["report"].clone();
-    let namespaces = &report["namespaces"];
+    let alone = binaries_for_everyone(&["gear"]);
+    let secret = [("GEARHOST_TEST_SECRET", "marker-7c1e")];
+    // as root (the init's environment is not even readable by the gear then)
+    let out = Command::new(alone.path().join("gear"))
+        .args(["sandbox", "run", "--json", "--", "true"])
+        .envs(secret)
+        .env_remove("GEARHOST_INIT")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run gear");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let namespaces = &report["report"]["namespaces"];
     assert_eq!(namespaces["network"], "isolated", "{report}");
     assert_eq!(namespaces["loopback_up"], true, "{report}");
     let unshared: Vec<&str> = namespaces["unshared"]
@@ -339,22 +328,14 @@ fn sandbox_run_starts_its_init_from_itself() {
         .collect();
     assert_eq!(unshared, ["pid", "mnt", "uts", "ipc", "cgroup", "net"]);
 
-    // rootless, the init runs as the caller and its environment is readable, and empty
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&gear)
-        .args(["sandbox", "run", "--", "sh", "-c"])
-        .arg(
-            "cat /proc/1/comm; echo \"environ=$(tr '\\0' ' ' < /proc/1/environ)\"; \
-             tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '",
-        )
-        .current_dir("/tmp")
-        .env("TMPDIR", "/tmp")
-        .env("GEARHOST_TEST_SECRET", "marker-7c1e")
-        .env_remove("GEARHOST_INIT")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("run setpriv (util-linux)");
+    // rootless, the init runs as the caller: its environment is readable, and empty
+    let script = "cat /proc/1/comm; echo \"environ=$(tr '\\0' ' ' < /proc/1/environ)\"; \
+                  tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '";
+    let out = gear_as_nobody(
+        alone.path(),
+        &["sandbox", "run", "--", "sh", "-c", script],
+        &secret,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
