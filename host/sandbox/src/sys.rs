@@ -551,7 +551,8 @@ pub(crate) enum ChildProgram<'a> {
     /// Call this function in the child, which is a copy of the caller (no exec): descriptors
     /// above the plan's targets are closed first, as an exec would have closed the
     /// close-on-exec ones, the environment is wiped, as an exec with none would have left it,
-    /// and the child takes `name` as its command name. Built with
+    /// and the child takes `name` as its command name. A panic in `run` ends the child (status
+    /// 101) instead of unwinding into the frames it shares with the caller. Built with
     /// [`ChildProgram::call`] only, which checks that this process has one thread.
     Call { run: fn() -> !, name: &'a CStr },
 }
@@ -676,7 +677,11 @@ unsafe fn exec_in_child(plan: &ExecPlan<'_>) -> ! {
                     entry = entry.add(1);
                 }
                 libc::clearenv();
-                run()
+                // A panic must not unwind out of here: above this frame is the caller's own
+                // code, which the copy would go on running as if it were the caller. It ends
+                // the copy with the status a panicking program's main thread has.
+                let _ = std::panic::catch_unwind(|| run());
+                libc::_exit(101)
             }
         }
     }
