@@ -160,7 +160,8 @@ pub fn create_private() -> io::Result<std::os::fd::OwnedFd> {
 }
 
 /// [`create_private`] without a thread: the calling thread enters the new namespace to make
-/// it and goes back to its own before this returns, failed or not. For a caller that only waits
+/// it and goes back to its own before this returns, failed or not (a thread that cannot go
+/// back aborts the process). For a caller that only waits
 /// meanwhile, as `Sandbox::spawn` does while its helper prepares: a new thread there was
 /// queued by the scheduler behind the helper on the helper's CPU for about half a millisecond
 /// (a task just woken counts as cache-hot and is not pulled to the idle CPU), longer than
@@ -171,9 +172,14 @@ pub fn create_private_on_this_thread() -> io::Result<std::os::fd::OwnedFd> {
     unshare(CloneFlags::CLONE_NEWNET)
         .map_err(|e| nix_err("create a network namespace in", here, e))?;
     let made = crate::sys::loopback_up().and_then(|()| File::open(here).map(Into::into));
-    // back before anything else runs on this thread, whatever happened above
-    setns(own.as_fd(), CloneFlags::CLONE_NEWNET)
-        .map_err(|e| nix_err("return to the network namespace of", here, e))?;
+    // Back before anything else runs on this thread, whatever happened above. The thread had
+    // the privilege to leave, so it has it to return; only a failed allocation can stop it,
+    // and a thread left in another namespace would make every later socket of the caller's
+    // there, unnoticed: the process ends instead.
+    if let Err(e) = setns(own.as_fd(), CloneFlags::CLONE_NEWNET) {
+        eprintln!("gearhost: cannot return to this thread's network namespace ({e}); stopping");
+        std::process::abort();
+    }
     made
 }
 
