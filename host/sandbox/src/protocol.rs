@@ -43,10 +43,11 @@ pub const MAX_SPEC_FDS: usize = 128;
 pub const MAX_SPEC_BYTES: usize = 4 << 20;
 
 /// The order of the descriptors attached to the spec message: the three standard streams,
-/// the gear's home, the gear's network namespace when the spec names one or the caller made it, the root tree when the
-/// spec gives one, the gear's cgroup2 leaf when there is one ([`HelperSpec::cgroup_fd`]), then
-/// one descriptor per read-only bind and per read-write bind, in the spec's order, then the
-/// output pipes the init keeps (see [`HelperSpec::kept`]).
+/// the gear's home, the gear's network namespace when the spec names one or the caller made
+/// it ([`HelperSpec::fresh_netns`]), the root tree when the spec gives one, the gear's cgroup2
+/// leaf when there is one ([`HelperSpec::cgroup_fd`]), then one descriptor per read-only bind
+/// and per read-write bind, in the spec's order, then the output pipes the init keeps (see
+/// [`HelperSpec::kept`]).
 #[derive(Debug)]
 pub struct SpecFds<T> {
     /// Standard input, output and error for the gear command.
