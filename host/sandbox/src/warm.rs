@@ -424,7 +424,8 @@ pub fn warm_status(init: &Path) -> (usize, Option<String>) {
 static FORKED: Mutex<Option<Helper>> = Mutex::new(None);
 
 /// Starts the helper of this process's next gear now, as a copy of this process that runs the
-/// helper's code without executing `gearhost-init` (see [`Helper::start_forked`]), so that it
+/// helper's code without executing `gearhost-init` (no exec, no dynamic loader, no second
+/// runtime start; ARCHITECTURE.md, "A one-gear command forks its helper"), so that it
 /// prepares while the caller is still parsing its command line and making the gear's cgroup.
 /// The next [`Sandbox::spawn`](crate::Sandbox::spawn) whose spec names no `init_path` takes it.
 /// For a command-line tool that starts one gear, at the very beginning: it must be called
