@@ -147,31 +147,21 @@ pub fn allow_low_ports_for_bench(own: bool) -> io::Result<()> {
 pub fn create_private() -> io::Result<std::os::fd::OwnedFd> {
     std::thread::Builder::new()
         .name("gearhost-netns".into())
-        .spawn(move || -> io::Result<std::os::fd::OwnedFd> {
-            let here = Path::new("/proc/thread-self/ns/net");
-            unshare(CloneFlags::CLONE_NEWNET)
-                .map_err(|e| nix_err("create a network namespace in", here, e))?;
-            crate::sys::loopback_up()?;
-            // the thread ends here; the descriptor keeps the namespace
-            Ok(File::open(here)?.into())
-        })?
+        // the thread ends once it is open; the descriptor keeps the namespace
+        .spawn(enter_new)?
         .join()
         .map_err(|_| io::Error::other("the network namespace thread panicked"))?
 }
 
 /// [`create_private`] without a thread: the calling thread enters the new namespace to make
 /// it and goes back to its own before this returns, failed or not (a thread that cannot go
-/// back aborts the process). For a caller that only waits
-/// meanwhile, as `Sandbox::spawn` does while its helper prepares: a new thread there was
-/// queued by the scheduler behind the helper on the helper's CPU for about half a millisecond
-/// (a task just woken counts as cache-hot and is not pulled to the idle CPU), longer than
-/// making the namespace takes.
+/// back aborts the process). For a caller that only waits meanwhile, as `Sandbox::spawn` does
+/// while its helper prepares: a new thread there was queued by the scheduler behind the helper
+/// on the helper's CPU for about half a millisecond (a task just woken counts as cache-hot and
+/// is not pulled to the idle CPU), longer than making the namespace takes.
 pub fn create_private_on_this_thread() -> io::Result<std::os::fd::OwnedFd> {
-    let here = Path::new("/proc/thread-self/ns/net");
-    let own = File::open(here)?;
-    unshare(CloneFlags::CLONE_NEWNET)
-        .map_err(|e| nix_err("create a network namespace in", here, e))?;
-    let made = crate::sys::loopback_up().and_then(|()| File::open(here).map(Into::into));
+    let own = File::open(THREAD_NS)?;
+    let made = enter_new();
     // Back before anything else runs on this thread, whatever happened above. The thread had
     // the privilege to leave, so it has it to return; only a failed allocation can stop it,
     // and a thread left in another namespace would make every later socket of the caller's
@@ -181,6 +171,18 @@ pub fn create_private_on_this_thread() -> io::Result<std::os::fd::OwnedFd> {
         std::process::abort();
     }
     made
+}
+
+/// The calling thread's network namespace.
+const THREAD_NS: &str = "/proc/thread-self/ns/net";
+
+/// Moves the calling thread into a new network namespace, brings its `lo` up and opens it.
+fn enter_new() -> io::Result<std::os::fd::OwnedFd> {
+    let here = Path::new(THREAD_NS);
+    unshare(CloneFlags::CLONE_NEWNET)
+        .map_err(|e| nix_err("create a network namespace in", here, e))?;
+    crate::sys::loopback_up()?;
+    Ok(File::open(here)?.into())
 }
 
 /// Whether `path` holds a bound network namespace.

@@ -160,7 +160,7 @@ pub(super) fn join_cgroup(procs: &[PathBuf]) -> Result<(), SetupFailure> {
         detail: format!("write to {}: {e}", file.display()),
         errno: e.raw_os_error(),
     };
-    let alone = single_threaded();
+    let alone = sys::single_threaded();
     for file in procs {
         if alone {
             let tasks = file.with_file_name("tasks");
@@ -182,9 +182,4 @@ fn write_existing(path: &Path, data: &[u8]) -> std::io::Result<()> {
         .write(true)
         .open(path)?
         .write_all(data)
-}
-
-/// Whether this process has exactly one thread (`/proc/self/task` lists one entry).
-fn single_threaded() -> bool {
-    std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.take(2).count() == 1)
 }
