@@ -4,7 +4,8 @@
 //! expression engine. Panic locations name each crate's source files, so a
 //! crate whose code is linked leaves its path in the binary's read-only data
 //! (`.rodata`; the debug line tables of a debug build name more, and are not
-//! loaded).
+//! loaded). And `gear` is a static PIE (scripts/rustc-wrapper): no dynamic
+//! loader and no shared library at start, still loaded at a random address.
 
 use std::path::Path;
 
@@ -44,6 +45,21 @@ fn section<'a>(file: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
     })
 }
 
+/// The ELF64 file type and the type of every program header of `file`.
+fn program_headers(file: &[u8]) -> Option<(u16, Vec<u32>)> {
+    let u16_at = |at: usize| Some(u16::from_le_bytes(file.get(at..at + 2)?.try_into().ok()?));
+    let u32_at = |at: usize| Some(u32::from_le_bytes(file.get(at..at + 4)?.try_into().ok()?));
+    if file.get(..6)? != b"\x7fELF\x02\x01" {
+        return None;
+    }
+    let phoff = usize::try_from(u64::from_le_bytes(file.get(0x20..0x28)?.try_into().ok()?)).ok()?;
+    let (entsize, count) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
+    let types = (0..count)
+        .map(|i| u32_at(phoff + i * entsize))
+        .collect::<Option<Vec<u32>>>()?;
+    Some((u16_at(0x10)?, types))
+}
+
 fn crates_named_in(binary: &Path) -> Vec<&'static str> {
     let file =
         std::fs::read(binary).unwrap_or_else(|e| panic!("cannot read {}: {e}", binary.display()));
@@ -75,5 +91,38 @@ fn gear_links_no_registry_client_and_its_helper_does() {
         found.contains(&"/oci-client-") && found.contains(&"/rustls-0."),
         "{} should link the registry client, found only {found:?}",
         helper.display()
+    );
+}
+
+#[test]
+fn gear_is_a_static_position_independent_executable() {
+    const ET_DYN: u16 = 3;
+    const PT_INTERP: u32 = 3;
+    let gear = gearhost_tests::gear_bin();
+    let file =
+        std::fs::read(&gear).unwrap_or_else(|e| panic!("cannot read {}: {e}", gear.display()));
+    let (kind, headers) = program_headers(&file)
+        .unwrap_or_else(|| panic!("{} is not a 64-bit little-endian ELF file", gear.display()));
+    // position-independent: the kernel loads it at a random address
+    assert_eq!(
+        kind,
+        ET_DYN,
+        "{} is not position-independent",
+        gear.display()
+    );
+    assert!(
+        !headers.contains(&PT_INTERP),
+        "{} names a dynamic loader: it was not linked through scripts/rustc-wrapper \
+         (.cargo/config.toml; a RUSTC_WRAPPER in the environment replaces it)",
+        gear.display()
+    );
+    // a control: the same reading finds the dynamic loader of the registry client beside it,
+    // which is linked as usual
+    let helper =
+        std::fs::read(gear.with_file_name("gearhost-registry")).expect("read gearhost-registry");
+    let (_, headers) = program_headers(&helper).expect("gearhost-registry is ELF");
+    assert!(
+        headers.contains(&PT_INTERP),
+        "gearhost-registry should be dynamically linked"
     );
 }
