@@ -112,7 +112,9 @@ fn sandbox_run_confines_a_command_and_passes_its_status_through() {
         "--",
         "sh",
         "-c",
-        "id -u; hostname; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status",
+        "id -u; hostname; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status; \
+         sed -n 's/^Cpus_allowed_list:/command:/p' /proc/self/status; \
+         sed -n 's/^Cpus_allowed_list:/init:/p' /proc/1/status",
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -126,6 +128,15 @@ fn sandbox_run_confines_a_command_and_passes_its_status_through() {
     assert!(stdout.contains("CapEff:\t0000000000000000"), "{stdout}");
     assert!(stdout.contains("NoNewPrivs:\t1"), "{stdout}");
     assert!(stdout.contains("Seccomp:\t2"), "{stdout}");
+    // the command starts on its helper's CPU (helper/placement.rs), but neither stays pinned:
+    // both may run where the caller may
+    let status = std::fs::read_to_string("/proc/self/status").expect("own status");
+    let ours = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list");
+    assert!(stdout.contains(&format!("command:{ours}\n")), "{stdout}");
+    assert!(stdout.contains(&format!("init:{ours}\n")), "{stdout}");
 
     let out = gear(&["sandbox", "run", "--", "sh", "-c", "exit 7"]);
     assert_eq!(out.status.code(), Some(7));

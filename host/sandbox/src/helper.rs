@@ -56,6 +56,9 @@ use crate::{confine, rootfs, seccomp, sys};
 use gearhost_sys::fdpass;
 
 mod join;
+mod placement;
+
+use placement::CommandPlacement;
 
 /// Signals pid 1 passes on to the gear command.
 pub(crate) const FORWARDED: &[Signal] = &[
@@ -202,10 +205,13 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), None)
         .map_err(|e| fail("signals", "block forwarded signals", e))?;
 
+    let placement = CommandPlacement::here();
     // SAFETY: this process is single-threaded (the helper never starts threads), so the child
     // may do anything after fork.
-    match unsafe { join::fork_command(leaf.as_mut()) }? {
+    let forked = unsafe { join::fork_command(leaf.as_mut()) }.inspect_err(|_| placement.restore());
+    match forked? {
         ForkResult::Child => {
+            placement.release_in_child();
             let confined = join::own_namespace(leaf)
                 .and_then(|()| run_gear(&hs, namespaces, filesystem, &filter, report, terminal));
             let failure = match confined {
@@ -217,6 +223,7 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
             unsafe { libc::_exit(1) }
         }
         ForkResult::Parent { child } => {
+            placement.step_aside();
             drop(terminal);
             supervise(child, &hs, node, kept, (mask, &filter), leaf)
         }
