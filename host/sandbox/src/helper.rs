@@ -22,11 +22,11 @@
 //!    (isolated mode) network namespaces;
 //! 7. `set_hostname`, `bring_loopback_up`;
 //! 8. `rootfs::finish_and_pivot`: identity files, home and binds, `/tmp`, `/dev/shm`, pivot;
-//! 9. block the forwarded signals, fork (on v2 straight into the gear's leaf); in the child
-//!    (`run_gear`): its cgroup namespace (v2), credentials, rlimits, cwd, SELinux exec label,
+//! 9. block the forwarded signals, fork (on v2 straight into the gear's leaf; on this CPU, see
+//!    [`placement`]); in the child (`run_gear`): its affinity back, its cgroup namespace (v2), credentials, rlimits, cwd, SELinux exec label,
 //!    Landlock, close-on-exec for every descriptor above 2, seccomp (last, so the setup calls
 //!    above are not filtered), report, exec;
-//! 10. in pid 1 (`supervise`): on v2 follow the command into its leaf, drop privileges the same
+//! 10. in pid 1 (`supervise`), moved to another CPU first: on v2 follow the command into its leaf, drop privileges the same
 //!     way, hold the kept output pipes at their fixed descriptors (a detached gear's), and loop
 //!     on a signalfd and the node's pidfd (not watched when detached).
 
