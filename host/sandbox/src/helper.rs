@@ -17,18 +17,21 @@
 //! With the spec:
 //!
 //! 5. `install_stdio`, then `join_cgroup`: write its own pid into the gear's cgroup on every
-//!    hierarchy (v1; on v2 the command is cloned into its leaf at step 9 instead, see `helper/join.rs`);
+//!    hierarchy (v1; on v2 the command is cloned into its leaf at step 9 instead, see
+//!    `helper/join.rs`);
 //! 6. `join_netns` or `unshare_late`: cgroup (v1; on v2 the command makes its own) and
 //!    (isolated mode) network namespaces;
 //! 7. `set_hostname`, `bring_loopback_up`;
 //! 8. `rootfs::finish_and_pivot`: identity files, home and binds, `/tmp`, `/dev/shm`, pivot;
 //! 9. block the forwarded signals, fork (on v2 straight into the gear's leaf; on this CPU, see
-//!    `helper/placement.rs`); in the child (`run_gear`): its affinity back, its cgroup namespace (v2), credentials, rlimits, cwd, SELinux exec label,
-//!    Landlock, close-on-exec for every descriptor above 2, seccomp (last, so the setup calls
-//!    above are not filtered), report, exec;
-//! 10. in pid 1 (`supervise`), moved to another CPU first: on v2 follow the command into its leaf, drop privileges the same
-//!     way, hold the kept output pipes at their fixed descriptors (a detached gear's), and loop
-//!     on a signalfd and the node's pidfd (not watched when detached).
+//!    `helper/placement.rs`); in the child (`run_gear`): its affinity back, its cgroup
+//!    namespace (v2), credentials, rlimits, cwd, SELinux exec label, Landlock, close-on-exec
+//!    for every descriptor above 2, seccomp (last, so the setup calls above are not
+//!    filtered), report, exec;
+//! 10. in pid 1 (`supervise`), moved to another CPU first: on v2 follow the command into its
+//!     leaf, drop privileges the same way, hold the kept output pipes at their fixed
+//!     descriptors (a detached gear's), and loop on a signalfd and the node's pidfd (not
+//!     watched when detached).
 
 use std::convert::Infallible;
 use std::fs::File;
