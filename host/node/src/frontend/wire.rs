@@ -405,7 +405,6 @@ pub(crate) fn start_batching() -> std::io::Result<Arc<SendBatch>> {
 #[derive(Debug, Default)]
 pub(crate) struct SendFd(Option<Arc<OwnedFd>>);
 
-/// Writes all of `data` to `stream`, through this thread's send batch when it
 /// [`send_all`] to a client: TLS encrypts in the node, so its sends cannot go
 /// through the batch and are written directly.
 pub(crate) async fn send_to_client(
@@ -419,12 +418,46 @@ pub(crate) async fn send_to_client(
     stream.write_all(data).await
 }
 
-/// has one. `data` is handed to the batch and comes back with the result.
+thread_local! {
+    /// The requests this thread is serving: admitted and not yet finished.
+    static IN_FLIGHT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// One request being served on this thread, counted until it is dropped: a
+/// worker with one request has no other send to batch its sends with (see
+/// [`send_all`]).
+#[derive(Debug)]
+pub(crate) struct InFlight(());
+
+impl InFlight {
+    pub(crate) fn begin() -> InFlight {
+        IN_FLIGHT.with(|n| n.set(n.get().saturating_add(1)));
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // saturating: a task of another runtime may end on another thread than it began
+        IN_FLIGHT.with(|n| n.set(n.get().saturating_sub(1)));
+    }
+}
+
+/// Writes all of `data` to `stream`, through this thread's send batch when it
+/// has one and more than one request is in flight here. `data` is handed to the
+/// batch and comes back with the result. With one request in flight the send
+/// is made at once: the flusher would pass it alone anyway, after a round
+/// through the runtime (waking the flusher, and the sender again after it),
+/// which at one connection was about 0.6 µs of the worker's 8 µs per request
+/// between its system calls.
 pub(crate) async fn send_all(
     stream: &mut TcpStream,
     fd: &mut SendFd,
     data: &mut Vec<u8>,
 ) -> std::io::Result<()> {
+    if IN_FLIGHT.with(std::cell::Cell::get) <= 1 {
+        return stream.write_all(data).await;
+    }
     let Some(batch) = BATCH.with(|b| b.borrow().clone()) else {
         return stream.write_all(data).await;
     };

@@ -534,6 +534,7 @@ fn admit<G: BackendGear>(
             start,
             bytes: 0,
             upstream: None,
+            _in_flight: wire::InFlight::begin(),
         },
     }
 }
@@ -587,6 +588,8 @@ struct Finish<G: BackendGear> {
     /// The connection the response came on, returned when it can carry
     /// another request.
     upstream: Option<Upstream>,
+    /// Counts the request as this worker's until it is logged.
+    _in_flight: wire::InFlight,
 }
 
 impl<G: BackendGear> Drop for Finish<G> {

@@ -724,3 +724,49 @@ async fn a_slot_switch_sends_new_requests_to_the_app_beside_and_counts_the_old_c
         "the slot-1 connection was dropped, not reused"
     );
 }
+
+// -- sends ---------------------------------------------------------------------
+
+/// With a send batch on the thread (as on a worker where io_uring works), a
+/// request served alone sends straight away, and requests served together go
+/// through the batch.
+#[tokio::test]
+async fn a_lone_request_sends_at_once_and_concurrent_ones_are_batched() {
+    let batch = crate::frontend::wire::start_batching().expect("io_uring for the send batch");
+    let app = App::start(|r| {
+        if r.head.starts_with("GET /hang ") {
+            Reply::Hang
+        } else {
+            Reply::Send(ok("here"))
+        }
+    })
+    .await;
+    let world = World::running(&app).await;
+    let mut alone = world.client().await;
+    // one after another: each request ends (and stops counting) before the next
+    for _ in 0..3 {
+        alone.send(&get("app-ns.gears.test", "/")).await;
+        assert_eq!(alone.response(false).await.text(), "here");
+    }
+    world.settle().await;
+    assert_eq!(
+        batch.stats().sends,
+        0,
+        "a lone request's sends went straight out"
+    );
+    // a request that the app never answers stays in flight
+    let mut held = world.client().await;
+    held.send(&get("app-ns.gears.test", "/hang")).await;
+    within("the held request reaching the app", async {
+        while app.seen().len() < 4 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // so the next one is served beside it: its two sends (to the app, to the
+    // client) go through the batch
+    alone.send(&get("app-ns.gears.test", "/")).await;
+    assert_eq!(alone.response(false).await.text(), "here");
+    assert_eq!(batch.stats().sends, 2, "{:?}", batch.stats());
+    drop(held);
+}
