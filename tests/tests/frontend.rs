@@ -883,7 +883,8 @@ fn a_gear_reaches_other_gears_through_the_frontend_only_by_their_public_names() 
     if !privileged("the node creates namespaces, cgroups and uids") {
         return;
     }
-    let node = TestNode::start(60400, "idle-timeout = \"off\"");
+    // one frontend worker: the two requests below, made at once, meet on it
+    let node = TestNode::start(60400, "idle-timeout = \"off\"\n[http]\nworkers = 1");
     let _nodejs = install(&node, "nodejs-cartridge");
     for gear in ["a", "b"] {
         node.ok(&["create", gear, "--cartridge", "nodejs"]);
@@ -899,15 +900,28 @@ fn a_gear_reaches_other_gears_through_the_frontend_only_by_their_public_names() 
         )
     };
     // by its public name, gear b answers, from inside gear a too
-    let batched = || node.metrics()["gearhost_frontend_batched_sends_total"];
-    let before = batched();
     let (code, out, err) = inside(&format!(
         "curl -sS --resolve b-default.localhost:{port}:127.0.0.1 http://b-default.localhost:{port}/"
     ));
     assert_eq!((code, out.as_str()), (Some(0), "hello from b\n"), "{err}");
     // the door hands its connections to the frontend's workers like the
-    // host's listener: the request and its answer went out batched
+    // host's listener: a request served beside another one (a slow answer
+    // held open meanwhile) sends its request and its answer in the worker's
+    // batch (a request served alone sends at once)
     if gearhost_tests::io_uring_allowed() {
+        let batched = || node.metrics()["gearhost_frontend_batched_sends_total"];
+        let before = batched();
+        let (code, out, err) = inside(&format!(
+            "curl -sS --resolve b-default.localhost:{port}:127.0.0.1 \
+             'http://b-default.localhost:{port}/slow?ms=2000' > /tmp/slow & sleep 0.5; \
+             curl -sS --resolve b-default.localhost:{port}:127.0.0.1 http://b-default.localhost:{port}/; \
+             wait; cat /tmp/slow"
+        ));
+        assert_eq!(
+            (code, out.as_str()),
+            (Some(0), "hello from b\nslow\n"),
+            "{err}"
+        );
         assert!(
             batched() >= before + 2.0,
             "{} batched sends",
