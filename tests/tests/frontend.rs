@@ -906,14 +906,15 @@ fn a_gear_reaches_other_gears_through_the_frontend_only_by_their_public_names() 
     assert_eq!((code, out.as_str()), (Some(0), "hello from b\n"), "{err}");
     // the door hands its connections to the frontend's workers like the
     // host's listener: a request served beside another one (a slow answer
-    // held open meanwhile) sends its request and its answer in the worker's
-    // batch (a request served alone sends at once)
+    // held open meanwhile: a second to arrive, two more to spare) sends its
+    // request and its answer in the worker's batch (a request served alone
+    // sends at once)
     if gearhost_tests::io_uring_allowed() {
         let batched = || node.metrics()["gearhost_frontend_batched_sends_total"];
         let before = batched();
         let (code, out, err) = inside(&format!(
             "curl -sS --resolve b-default.localhost:{port}:127.0.0.1 \
-             'http://b-default.localhost:{port}/slow?ms=2000' > /tmp/slow & sleep 0.5; \
+             'http://b-default.localhost:{port}/slow?ms=3000' > /tmp/slow & sleep 1; \
              curl -sS --resolve b-default.localhost:{port}:127.0.0.1 http://b-default.localhost:{port}/; \
              wait; cat /tmp/slow"
         ));
