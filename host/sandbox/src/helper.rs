@@ -214,7 +214,7 @@ fn run(report: &mut File) -> Result<Infallible, SetupFailure> {
     let forked = unsafe { join::fork_command(leaf.as_mut()) }.inspect_err(|_| placement.restore());
     match forked? {
         ForkResult::Child => {
-            placement.release_in_child();
+            placement.restore();
             let confined = join::own_namespace(leaf)
                 .and_then(|()| run_gear(&hs, namespaces, filesystem, &filter, report, terminal));
             let failure = match confined {

@@ -455,10 +455,12 @@ pub(crate) async fn send_all(
     fd: &mut SendFd,
     data: &mut Vec<u8>,
 ) -> std::io::Result<()> {
-    if IN_FLIGHT.with(std::cell::Cell::get) <= 1 {
-        return stream.write_all(data).await;
-    }
-    let Some(batch) = BATCH.with(|b| b.borrow().clone()) else {
+    let batch = if IN_FLIGHT.with(std::cell::Cell::get) > 1 {
+        BATCH.with(|b| b.borrow().clone())
+    } else {
+        None
+    };
+    let Some(batch) = batch else {
         return stream.write_all(data).await;
     };
     let fd = match &mut fd.0 {

@@ -43,17 +43,12 @@ impl CommandPlacement {
         CommandPlacement { narrowed }
     }
 
-    /// The original set back, when the fork failed.
+    /// The original set back: in the command, first thing (it stays where it is until the
+    /// scheduler has a reason to move it), or in the helper when the fork failed.
     pub(super) fn restore(&self) {
         if let Some((all, _)) = &self.narrowed {
             let _ = sched_setaffinity(Pid::from_raw(0), all);
         }
-    }
-
-    /// In the command: the original set back, first thing (the command stays where it is
-    /// until the scheduler has a reason to move it).
-    pub(super) fn release_in_child(&self) {
-        self.restore();
     }
 
     /// In the helper: move to another allowed CPU, leaving this one to the command, then take
@@ -100,7 +95,7 @@ mod tests {
         let (_, cpu) = placement.narrowed.expect("narrowed with two CPUs allowed");
         assert_eq!(cpus(&affinity()), vec![cpu], "narrowed to the current CPU");
         // the child's side
-        placement.release_in_child();
+        placement.restore();
         assert_eq!(cpus(&affinity()), before);
         // the helper's side: moved off the CPU, then the whole set again
         let placement = CommandPlacement::here();
