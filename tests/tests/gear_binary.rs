@@ -18,46 +18,54 @@ const KEPT_OUT: [&str; 5] = [
     "/regex-syntax-",
 ];
 
+/// Little-endian reads from an ELF64 file (x86-64, aarch64); `None` past its end, or for a
+/// file that is not ELF64 little-endian at all.
+struct Elf<'a>(&'a [u8]);
+
+impl<'a> Elf<'a> {
+    fn new(file: &'a [u8]) -> Option<Elf<'a>> {
+        (file.get(..6)? == b"\x7fELF\x02\x01").then_some(Elf(file))
+    }
+
+    fn u16_at(&self, at: usize) -> Option<usize> {
+        Some(u16::from_le_bytes(self.0.get(at..at + 2)?.try_into().ok()?).into())
+    }
+
+    fn u32_at(&self, at: usize) -> Option<u32> {
+        Some(u32::from_le_bytes(self.0.get(at..at + 4)?.try_into().ok()?))
+    }
+
+    fn u64_at(&self, at: usize) -> Option<usize> {
+        usize::try_from(u64::from_le_bytes(self.0.get(at..at + 8)?.try_into().ok()?)).ok()
+    }
+}
+
 /// The contents of the ELF64 section `wanted` of `file`.
 fn section<'a>(file: &'a [u8], wanted: &str) -> Option<&'a [u8]> {
-    let u16_at = |at: usize| Some(u16::from_le_bytes(file.get(at..at + 2)?.try_into().ok()?));
-    let u32_at = |at: usize| Some(u32::from_le_bytes(file.get(at..at + 4)?.try_into().ok()?));
-    let u64_at = |at: usize| {
-        let v = u64::from_le_bytes(file.get(at..at + 8)?.try_into().ok()?);
-        usize::try_from(v).ok()
-    };
-    // ELF64, little-endian (x86-64, aarch64)
-    if file.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let (shoff, entsize) = (u64_at(0x28)?, usize::from(u16_at(0x3a)?));
-    let (count, names_index) = (usize::from(u16_at(0x3c)?), usize::from(u16_at(0x3e)?));
+    let elf = Elf::new(file)?;
+    let (shoff, entsize) = (elf.u64_at(0x28)?, elf.u16_at(0x3a)?);
+    let (count, names_index) = (elf.u16_at(0x3c)?, elf.u16_at(0x3e)?);
     let header = |i: usize| shoff + i * entsize;
-    let names_at = u64_at(header(names_index) + 24)?;
+    let names_at = elf.u64_at(header(names_index) + 24)?;
     (0..count).find_map(|i| {
-        let name_at = names_at + usize::try_from(u32_at(header(i))?).ok()?;
+        let name_at = names_at + usize::try_from(elf.u32_at(header(i))?).ok()?;
         let name = file.get(name_at..name_at + wanted.len() + 1)?;
         if name[..wanted.len()] != *wanted.as_bytes() || name[wanted.len()] != 0 {
             return None;
         }
-        let (offset, size) = (u64_at(header(i) + 24)?, u64_at(header(i) + 32)?);
+        let (offset, size) = (elf.u64_at(header(i) + 24)?, elf.u64_at(header(i) + 32)?);
         file.get(offset..offset + size)
     })
 }
 
 /// The ELF64 file type and the type of every program header of `file`.
-fn program_headers(file: &[u8]) -> Option<(u16, Vec<u32>)> {
-    let u16_at = |at: usize| Some(u16::from_le_bytes(file.get(at..at + 2)?.try_into().ok()?));
-    let u32_at = |at: usize| Some(u32::from_le_bytes(file.get(at..at + 4)?.try_into().ok()?));
-    if file.get(..6)? != b"\x7fELF\x02\x01" {
-        return None;
-    }
-    let phoff = usize::try_from(u64::from_le_bytes(file.get(0x20..0x28)?.try_into().ok()?)).ok()?;
-    let (entsize, count) = (usize::from(u16_at(0x36)?), usize::from(u16_at(0x38)?));
+fn program_headers(file: &[u8]) -> Option<(usize, Vec<u32>)> {
+    let elf = Elf::new(file)?;
+    let (phoff, entsize, count) = (elf.u64_at(0x20)?, elf.u16_at(0x36)?, elf.u16_at(0x38)?);
     let types = (0..count)
-        .map(|i| u32_at(phoff + i * entsize))
+        .map(|i| elf.u32_at(phoff + i * entsize))
         .collect::<Option<Vec<u32>>>()?;
-    Some((u16_at(0x10)?, types))
+    Some((elf.u16_at(0x10)?, types))
 }
 
 fn crates_named_in(binary: &Path) -> Vec<&'static str> {
@@ -96,7 +104,7 @@ fn gear_links_no_registry_client_and_its_helper_does() {
 
 #[test]
 fn gear_is_a_static_position_independent_executable() {
-    const ET_DYN: u16 = 3;
+    const ET_DYN: usize = 3;
     const PT_INTERP: u32 = 3;
     let gear = gearhost_tests::gear_bin();
     let file =
