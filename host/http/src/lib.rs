@@ -34,7 +34,9 @@
 
 pub mod chunked;
 pub mod fields;
+pub mod h2;
 pub mod head;
+pub mod hpack;
 pub mod request;
 
 pub use chunked::{BadChunk, ChunkScanner};

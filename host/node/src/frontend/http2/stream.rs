@@ -3,40 +3,50 @@
 //! reads the stream's request body as the HTTP/1.1 body its head declares
 //! ([`H2Body`], chunked when the client gave no length), and its answer goes
 //! out as the stream's response ([`H2Answer`]): a gear's answer head is
-//! made into HEADERS at once, with the fields the header policy passes
-//! ([`H2Answer::respond`], `headers::answer_fields`, as for HTTP/1.1); a head
-//! the frontend writes itself as HTTP/1.1 (its pages, interim answers) is
-//! parsed once whole and sent the same way (1xx as informational responses);
-//! the body that follows goes as DATA frames within the client's
-//! flow-control window.
+//! HPACK-coded into HEADERS at once, with the fields the header policy
+//! passes ([`H2Answer::respond`], `headers::answer_fields`, as for
+//! HTTP/1.1); a head the frontend writes itself as HTTP/1.1 (its pages,
+//! interim answers) is parsed once whole and sent the same way (1xx as
+//! informational responses); the body that follows goes as DATA frames
+//! within the client's flow-control windows.
 //!
 //! The pipeline writes answer bodies to an HTTP/2 client without chunk
 //! framing (it decodes a chunked answer, as for an HTTP/1.0 client), so a
 //! body here is either of a stated length, which ends the stream when it
 //! is all out, or ends when the pipeline says so ([`H2Answer::end`]). A
-//! stream the pipeline leaves without a whole answer is reset, so the
-//! client cannot take a cut answer for a whole one.
+//! stream the pipeline leaves without a whole answer is reset
+//! (`Conn::close`), so the client cannot take a cut answer for a whole one.
 //!
-//! The answer side is shared with the stream's future ([`H2Answer::reset`]),
-//! which drops the pipeline's work at once when the client resets the
-//! stream; both run in the connection's task, so the lock is never
-//! contended.
+//! Both sides reach the stream's state in the connection's [`Conn`] under
+//! its lock; the streams and the connection run in one task, so the lock is
+//! never contended, and what a stream writes leaves at the connection's
+//! next flush.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 
-use bytes::{Buf, Bytes};
-use h2::server::SendResponse;
-use h2::{Reason, RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use gearhost_http::fields::Facts;
-use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
+use gearhost_http::h2 as wire2;
+use gearhost_http::hpack::Encoder;
 
+use super::conn::{Answer, Conn};
 use crate::frontend::headers::{self, AnswerShape, MAX_ANSWER_HEAD};
 use crate::frontend::wire::{Framing, ResponseHead};
+
+/// A connection's state, shared by its task and its streams.
+pub(super) type Shared = Arc<Mutex<Conn>>;
+
+fn lock(conn: &Shared) -> MutexGuard<'_, Conn> {
+    gearhost_sys::lock::lock(conn)
+}
+
+fn broken(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, why)
+}
 
 /// An HTTP/2 stream, as the pipeline's client connection.
 #[derive(Debug)]
@@ -46,34 +56,41 @@ pub(crate) struct H2Stream {
 }
 
 impl H2Stream {
-    pub(super) fn new(body: RecvStream, chunked: bool, answer: H2Answer) -> H2Stream {
+    pub(super) fn new(conn: &Shared, id: u32, chunked: bool, head_request: bool) -> H2Stream {
         H2Stream {
             body: H2Body {
-                recv: Some(body),
+                conn: conn.clone(),
+                id,
                 chunked,
-                pieces: std::collections::VecDeque::new(),
+                framed: Vec::new(),
+                at: 0,
+                ended: false,
             },
-            answer,
+            answer: H2Answer {
+                conn: conn.clone(),
+                id,
+                head_request,
+            },
         }
     }
 }
 
-/// Bytes of the request body not yet read by the pipeline; `payload` when
-/// they are the client's (their window opens again as they are read), not
-/// the chunk framing around them.
-#[derive(Debug)]
-struct Piece {
-    bytes: Bytes,
-    payload: bool,
-}
+/// Most body bytes taken into one chunk of a chunked request body.
+const CHUNK: usize = 64 * 1024;
 
 /// The request body of a stream, read as HTTP/1.1 body bytes.
 #[derive(Debug)]
 pub(crate) struct H2Body {
-    /// `None` once the client's body has ended.
-    recv: Option<RecvStream>,
+    conn: Shared,
+    id: u32,
     chunked: bool,
-    pieces: std::collections::VecDeque<Piece>,
+    /// A chunked body's next bytes (the client's data in chunk framing) and
+    /// how far they were read.
+    framed: Vec<u8>,
+    at: usize,
+    /// The client's body has ended (and a chunked one's last chunk is in
+    /// `framed`).
+    ended: bool,
 }
 
 impl AsyncRead for H2Body {
@@ -84,118 +101,53 @@ impl AsyncRead for H2Body {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            if let Some(piece) = this.pieces.front_mut() {
-                let n = piece.bytes.len().min(buf.remaining());
-                buf.put_slice(&piece.bytes[..n]);
-                piece.bytes.advance(n);
-                if piece.payload
-                    && let Some(recv) = &mut this.recv
-                {
-                    // the window opens again for what the pipeline took
-                    let _ = recv.flow_control().release_capacity(n);
-                }
-                if piece.bytes.is_empty() {
-                    this.pieces.pop_front();
+            if this.at < this.framed.len() {
+                let n = (this.framed.len() - this.at).min(buf.remaining());
+                buf.put_slice(&this.framed[this.at..this.at + n]);
+                this.at += n;
+                if this.at == this.framed.len() {
+                    this.framed.clear();
+                    this.at = 0;
                 }
                 return Poll::Ready(Ok(()));
             }
-            let Some(recv) = &mut this.recv else {
-                // the end of the body
+            if this.ended {
                 return Poll::Ready(Ok(()));
-            };
-            match ready!(recv.poll_data(cx)) {
-                Some(Ok(data)) if data.is_empty() => {}
-                Some(Ok(data)) => {
-                    if this.chunked {
-                        let size = format!("{:x}\r\n", data.len());
-                        this.pieces.push_back(Piece {
-                            bytes: Bytes::from(size),
-                            payload: false,
-                        });
-                    }
-                    this.pieces.push_back(Piece {
-                        bytes: data,
-                        payload: true,
-                    });
-                    if this.chunked {
-                        this.pieces.push_back(Piece {
-                            bytes: Bytes::from_static(b"\r\n"),
-                            payload: false,
-                        });
-                    }
-                }
-                // the client reset its stream: its body is cut short
-                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
-                None => {
-                    this.recv = None;
-                    if this.chunked {
-                        this.pieces.push_back(Piece {
-                            bytes: Bytes::from_static(b"0\r\n\r\n"),
-                            payload: false,
-                        });
-                    }
-                }
+            }
+            let mut conn = lock(&this.conn);
+            if !this.chunked {
+                let n = ready!(conn.read(this.id, cx, buf.remaining(), |d| buf.put_slice(d)))?;
+                this.ended = n == 0;
+                return Poll::Ready(Ok(()));
+            }
+            let framed = &mut this.framed;
+            let n = ready!(conn.read(this.id, cx, CHUNK, |d| {
+                framed.extend_from_slice(format!("{:x}\r\n", d.len()).as_bytes());
+                framed.extend_from_slice(d);
+                framed.extend_from_slice(b"\r\n");
+            }))?;
+            if n == 0 {
+                framed.extend_from_slice(b"0\r\n\r\n");
+                this.ended = true;
             }
         }
     }
 }
 
-/// Where a stream's answer stands.
-#[derive(Debug)]
-enum Answer {
-    /// No final head sent yet: what is written collects here until a
-    /// whole head is in.
-    Head {
-        respond: SendResponse<Bytes>,
-        written: Vec<u8>,
-        head_request: bool,
-    },
-    /// The head is out; body bytes go as DATA. `left` is what a stated
-    /// length still expects, `None` when the pipeline ends the body.
-    Body {
-        send: SendStream<Bytes>,
-        left: Option<u64>,
-    },
-    /// The stream ended (`END_STREAM` sent) or was reset.
-    Over,
-}
-
-/// The answer side of a stream, shared between the pipeline (which writes
-/// it) and the stream's future (which watches for the client's reset).
+/// The answer side of a stream, for the pipeline (which writes it) and
+/// the stream's future (which watches for the client's reset).
 #[derive(Debug, Clone)]
-pub(crate) struct H2Answer(Arc<Mutex<Answer>>);
-
-fn broken(why: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, why)
+pub(crate) struct H2Answer {
+    conn: Shared,
+    id: u32,
+    head_request: bool,
 }
 
 impl H2Answer {
-    pub(super) fn new(respond: SendResponse<Bytes>, head_request: bool) -> H2Answer {
-        H2Answer(Arc::new(Mutex::new(Answer::Head {
-            respond,
-            written: Vec::new(),
-            head_request,
-        })))
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Answer> {
-        gearhost_sys::lock::lock(&self.0)
-    }
-
-    /// Waits for the client to reset the stream (or for the connection to
-    /// go away).
+    /// Waits for the stream to be reset (by the client, or by the frontend
+    /// for the client's error).
     pub(super) async fn reset(&self) {
-        std::future::poll_fn(|cx| {
-            let mut answer = self.lock();
-            let polled = match &mut *answer {
-                Answer::Head { respond, .. } => respond.poll_reset(cx),
-                Answer::Body { send, .. } => send.poll_reset(cx),
-                // nothing left to cut short
-                Answer::Over => return Poll::Pending,
-            };
-            polled.map(|_| ())
-        })
-        .await;
+        std::future::poll_fn(|cx| lock(&self.conn).poll_reset(self.id, cx)).await;
     }
 
     /// Sends the gear's answer head (in `data`, parsed into `head`, its
@@ -209,63 +161,91 @@ impl H2Answer {
         rf: &Facts,
         shape: AnswerShape,
     ) -> io::Result<()> {
-        let Some(message) = message(data, head, rf, shape) else {
-            return Err(broken("an answer field HTTP/2 cannot carry"));
-        };
-        send_final(
-            &mut self.lock(),
-            message,
-            body_left(shape.framing, shape.decode)?,
-        )
+        let left = body_left(shape.framing, shape.decode)?;
+        let mut conn = lock(&self.conn);
+        send_head(&mut conn, self.id, head.status, left, |encoder, out| {
+            headers::answer_fields(data, head, rf, shape, |name, value| {
+                encode_field(encoder, name, value, out);
+            });
+        })
     }
 
     /// The pipeline passed the whole answer body: a body of no stated
     /// length ends here.
     pub(crate) fn end(&self) {
-        let mut answer = self.lock();
-        if let Answer::Body { send, left: None } = &mut *answer {
-            let _ = send.send_data(Bytes::new(), true);
-            *answer = Answer::Over;
+        let mut conn = lock(&self.conn);
+        if let Ok(slot) = conn.slot(self.id)
+            && let Answer::Body { left: None } = slot.answer
+        {
+            conn.end(self.id);
         }
-    }
-
-    /// After the pipeline is done with the stream: an answer it left
-    /// unfinished (or never began) is reset, never ended as if whole.
-    pub(super) fn finish(&self) {
-        let mut answer = self.lock();
-        match &mut *answer {
-            Answer::Head { respond, .. } => respond.send_reset(Reason::INTERNAL_ERROR),
-            Answer::Body { send, .. } => send.send_reset(Reason::INTERNAL_ERROR),
-            Answer::Over => return,
-        }
-        *answer = Answer::Over;
     }
 }
 
-/// The stream's response for an answer head (in `data`, parsed into `head`,
-/// its fields' facts `rf`): the fields the header policy passes
-/// ([`headers::answer_fields`], the same as for HTTP/1.1); `None` when one
-/// cannot be carried in HTTP/2.
-fn message(
-    data: &[u8],
-    head: &ResponseHead,
-    rf: &Facts,
-    shape: AnswerShape,
-) -> Option<Response<()>> {
-    let mut fields = HeaderMap::with_capacity(head.headers.len() + 2);
-    let mut carried = true;
-    headers::answer_fields(data, head, rf, shape, |name, value| {
-        match (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
-            (Ok(name), Ok(value)) => {
-                fields.append(name, value);
+/// Fields that never pass into an HTTP/2 answer (RFC 9113 §8.2.2).
+fn connection_specific(name: &[u8]) -> bool {
+    gearhost_http::fields::is_one_of(
+        name,
+        &[
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "upgrade",
+        ],
+    )
+}
+
+/// HPACK-codes one answer field, its name in lowercase as HTTP/2 writes
+/// it (the gear's head was parsed strictly: names are tokens, values
+/// hold no line break).
+fn encode_field(encoder: &mut Encoder, name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    if connection_specific(name) {
+        return;
+    }
+    if name.iter().any(u8::is_ascii_uppercase) {
+        let mut lower = [0u8; 64];
+        if let Some(lower) = lower.get_mut(..name.len()) {
+            for (l, b) in lower.iter_mut().zip(name) {
+                *l = b.to_ascii_lowercase();
             }
-            _ => carried = false,
+            encoder.field(lower, value, out);
+        } else {
+            encoder.field(&name.to_ascii_lowercase(), value, out);
         }
-    });
-    let mut response = Response::new(());
-    *response.status_mut() = StatusCode::from_u16(head.status).ok()?;
-    *response.headers_mut() = fields;
-    carried.then_some(response)
+    } else {
+        encoder.field(name, value, out);
+    }
+}
+
+/// Sends stream `id`'s final answer head: `:status`, then the fields
+/// `fields` encodes, ending the stream when the body is empty (`left` is
+/// what is left of it: `Some(n)` bytes of a stated length, `None` when the
+/// pipeline ends it).
+fn send_head(
+    conn: &mut Conn,
+    id: u32,
+    status: u16,
+    left: Option<u64>,
+    fields: impl FnOnce(&mut Encoder, &mut Vec<u8>),
+) -> io::Result<()> {
+    let max_frame = conn.peer_max_frame;
+    let slot = conn.slot(id)?;
+    if !matches!(slot.answer, Answer::Head { .. }) {
+        return Err(broken("the answer's head went out already"));
+    }
+    let end = left == Some(0);
+    slot.answer = if end {
+        Answer::Over
+    } else {
+        Answer::Body { left }
+    };
+    let Conn { out, encoder, .. } = conn;
+    let start = wire2::begin_headers(out);
+    encoder.status(status, out);
+    fields(encoder, out);
+    wire2::end_headers(out, start, id, end, max_frame);
+    Ok(())
 }
 
 /// What is left of a body of `framing` once its head is out: `Some(n)`
@@ -282,36 +262,15 @@ fn body_left(framing: Framing, decoded: bool) -> io::Result<Option<u64>> {
     }
 }
 
-/// Sends `message` as the stream's response, its body `left` to come.
-fn send_final(answer: &mut Answer, message: Response<()>, left: Option<u64>) -> io::Result<()> {
-    let Answer::Head { respond, .. } = answer else {
-        return Err(broken("the answer's head went out already"));
-    };
-    let end = left == Some(0);
-    let send = respond
-        .send_response(message, end)
-        .map_err(|_| broken("the client reset the stream"))?;
-    *answer = if end {
-        Answer::Over
-    } else {
-        Answer::Body { send, left }
-    };
-    Ok(())
-}
-
 /// Takes `data` as (more of) an answer head written as HTTP/1.1 (the
-/// frontend's own pages, interim answers): once `written` and it hold a
-/// whole head, that head is sent as the stream's response (or as an
-/// informational one, after which another head follows). Returns how many
-/// bytes of `data` were taken: all of them while the head is not whole,
-/// else those up to its end (what follows is body).
-fn take_head(answer: &mut Answer, data: &[u8]) -> io::Result<usize> {
-    let Answer::Head {
-        respond,
-        written,
-        head_request,
-    } = answer
-    else {
+/// frontend's own pages, interim answers): once the head is whole it is
+/// sent as the stream's response (or as an informational one, after which
+/// another head follows). Returns how many bytes of `data` were taken: all
+/// of them while the head is not whole, else those up to its end (what
+/// follows is body).
+fn take_head(conn: &mut Conn, id: u32, head_request: bool, data: &[u8]) -> io::Result<usize> {
+    let slot = conn.slot(id)?;
+    let Answer::Head { written } = &mut slot.answer else {
         return Ok(0);
     };
     let before = written.len();
@@ -325,72 +284,39 @@ fn take_head(answer: &mut Answer, data: &[u8]) -> io::Result<usize> {
     // the head ended in `data` (it was not whole before it)
     let taken = head.len - before;
     written.truncate(head.len);
-    let rf = gearhost_http::fields::facts(written, &head.headers);
-    let framing = headers::answer_framing(head.status, *head_request, &rf);
+    let written = std::mem::take(written);
+    let rf = gearhost_http::fields::facts(&written, &head.headers);
+    let framing = headers::answer_framing(head.status, head_request, &rf);
     let shape = AnswerShape {
         framing,
         decode: true,
         keep: true,
-        head_request: *head_request,
+        head_request,
         client_minor: 1,
         hsts: None,
     };
-    let Some(message) = message(written, &head, &rf, shape) else {
-        return Err(broken("an answer field HTTP/2 cannot carry"));
+    let fields = |encoder: &mut Encoder, out: &mut Vec<u8>| {
+        headers::answer_fields(&written, &head, &rf, shape, |name, value| {
+            encode_field(encoder, name, value, out);
+        });
     };
     if (100..200).contains(&head.status) {
         // interim: the final head follows (a switch of protocols never
         // reaches an HTTP/2 client; the pipeline refuses it)
-        if head.status == 101 || respond.send_informational(message).is_err() {
+        if head.status == 101 {
             return Err(broken("the interim answer could not be sent"));
         }
-        written.clear();
+        let max_frame = conn.peer_max_frame;
+        let Conn { out, encoder, .. } = conn;
+        let start = wire2::begin_headers(out);
+        encoder.status(head.status, out);
+        fields(encoder, out);
+        wire2::end_headers(out, start, id, false, max_frame);
         return Ok(taken);
     }
     // what the pipeline writes itself is never chunked (see the module's description)
-    send_final(answer, message, body_left(framing, false)?)?;
+    send_head(conn, id, head.status, body_left(framing, false)?, fields)?;
     Ok(taken)
-}
-
-/// Sends up to `data.len()` body bytes as far as the window lets them;
-/// returns how many went.
-fn send_body(answer: &mut Answer, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-    let Answer::Body { send, left } = answer else {
-        return Poll::Ready(Err(broken("the answer is over")));
-    };
-    let mut n = data.len();
-    if let Some(left) = left {
-        // a stated length: nothing beyond it
-        n = n.min(usize::try_from(*left).unwrap_or(usize::MAX));
-    }
-    if n == 0 {
-        return Poll::Ready(Ok(data.len()));
-    }
-    send.reserve_capacity(n);
-    while send.capacity() == 0 {
-        match ready!(send.poll_capacity(cx)) {
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => return Poll::Ready(Err(broken("the client reset the stream"))),
-        }
-    }
-    let n = n.min(send.capacity());
-    let end = match left {
-        Some(left) => {
-            *left -= n as u64;
-            *left == 0
-        }
-        None => false,
-    };
-    if send
-        .send_data(Bytes::copy_from_slice(&data[..n]), end)
-        .is_err()
-    {
-        return Poll::Ready(Err(broken("the client reset the stream")));
-    }
-    if end {
-        *answer = Answer::Over;
-    }
-    Poll::Ready(Ok(n))
 }
 
 impl AsyncWrite for H2Answer {
@@ -399,12 +325,30 @@ impl AsyncWrite for H2Answer {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let mut answer = self.lock();
-        if let Answer::Head { .. } = &*answer {
+        let mut conn = lock(&self.conn);
+        let slot = conn.slot(self.id)?;
+        let left = match slot.answer {
             // the body (if any) comes with the next write
-            return Poll::Ready(take_head(&mut answer, data));
+            Answer::Head { .. } => {
+                return Poll::Ready(take_head(&mut conn, self.id, self.head_request, data));
+            }
+            Answer::Body { left } => left,
+            Answer::Over => return Poll::Ready(Err(broken("the answer is over"))),
+        };
+        // a stated length: nothing beyond it
+        let n = left.map_or(data.len(), |l| {
+            data.len().min(usize::try_from(l).unwrap_or(usize::MAX))
+        });
+        if n == 0 {
+            return Poll::Ready(Ok(data.len()));
         }
-        send_body(&mut answer, cx, data)
+        let sent = ready!(conn.send(self.id, cx, &data[..n], left == Some(n as u64)))?;
+        if let Ok(slot) = conn.slot(self.id)
+            && let Answer::Body { left: Some(l) } = &mut slot.answer
+        {
+            *l -= sent as u64;
+        }
+        Poll::Ready(Ok(sent))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -421,39 +365,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_answer_head_loses_its_connection_fields_and_states_its_length() {
-        let data =
-            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: keep-alive, X-Hop\r\n\
-                     X-Hop: 1\r\nKeep-Alive: 5\r\nContent-Length: 7\r\nSet-Cookie: a=1\r\n\
-                     Set-Cookie: b=2\r\n\r\n";
-        let mut head = ResponseHead::default();
+    fn what_is_left_of_a_body_follows_its_framing() {
         assert_eq!(
-            gearhost_http::head::parse_response(data, &mut head),
-            Ok(true)
+            body_left(Framing::Length(7), false).expect("a length"),
+            Some(7)
         );
-        let rf = gearhost_http::fields::facts(data, &head.headers);
-        let framing = headers::answer_framing(head.status, false, &rf);
-        assert_eq!(framing, Framing::Length(7));
-        let shape = AnswerShape {
-            framing,
-            decode: true,
-            keep: true,
-            head_request: false,
-            client_minor: 1,
-            hsts: Some(60),
-        };
-        let response = message(data, &head, &rf, shape).expect("a response");
-        assert_eq!(response.status(), StatusCode::OK);
-        let h = response.headers();
-        assert_eq!(h["content-type"], "text/plain");
-        assert_eq!(h["content-length"], "7");
-        assert_eq!(h["strict-transport-security"], "max-age=60");
-        for gone in ["connection", "keep-alive", "x-hop", "transfer-encoding"] {
-            assert!(h.get(gone).is_none(), "{gone} passed");
-        }
-        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
-        assert_eq!(body_left(framing, false).expect("a length"), Some(7));
+        assert_eq!(body_left(Framing::Empty, false).expect("empty"), Some(0));
         assert_eq!(body_left(Framing::Chunked, true).expect("decoded"), None);
         assert!(body_left(Framing::Chunked, false).is_err());
+        assert!(connection_specific(b"Keep-Alive") && !connection_specific(b"content-type"));
     }
 }
