@@ -1,5 +1,6 @@
-//! The HTTP/1.1 wire format of Gearhost's frontend, as pure functions over
-//! byte buffers: no sockets, no runtime, no allocation per header.
+//! The wire formats of Gearhost's frontend (HTTP/1.1, and HTTP/2's frames
+//! and header compression), as pure functions over byte buffers: no
+//! sockets, no runtime, no allocation per header.
 //!
 //! Everything here reads bytes that a client on the internet or a gear
 //! controls, so every rule is strict and every input has one reading:
@@ -16,6 +17,10 @@
 //!   host and framing the frontend acted on and nothing else.
 //! - [`chunked`]: a scanner that follows chunked framing byte by byte while
 //!   the body passes through verbatim.
+//! - [`h2`]: HTTP/2 frame heads and control frames, and
+//!   ([`h2::request`]) a request's header list written as the HTTP/1.1 head
+//!   the pipeline reads, checked as RFC 9113 asks.
+//! - [`hpack`]: HTTP/2 header compression (RFC 7541).
 //!
 //! The node's frontend (`gearhost-node`) does the I/O around these; the fuzz
 //! targets in `tests/fuzz` drive them directly.

@@ -160,7 +160,7 @@ impl RequestWriter {
             b"method" if !value.is_empty() && value.iter().all(|&b| tchar(b)) => &mut self.method,
             b"scheme" if !value.is_empty() && value.iter().all(|&b| tchar(b)) => &mut self.scheme,
             b"path" if !value.is_empty() && visible(value) => &mut self.path,
-            b"authority" if visible(value) => &mut self.authority,
+            b"authority" if !value.is_empty() && visible(value) => &mut self.authority,
             b"method" | b"scheme" | b"path" | b"authority" => {
                 return self.malformed("a pseudo field of no valid value");
             }
@@ -408,6 +408,20 @@ mod tests {
             "no :scheme"
         );
         assert!(write(&GET[..3], true).is_err(), "no :path");
+    }
+
+    #[test]
+    fn fuzz_findings_stay_fixed() {
+        // `http2_request`: an empty `:authority` on a CONNECT wrote an empty
+        // request target ("CONNECT  HTTP/1.1"), which no parser reads
+        let fields = [(":method", "CONNECT"), (":authority", ""), ("h", "````")];
+        assert!(write(&fields, true).is_err());
+        let mut get = GET.to_vec();
+        get[2].1 = "";
+        assert!(
+            write(&get, true).is_err(),
+            "an empty authority names no host"
+        );
     }
 
     #[test]

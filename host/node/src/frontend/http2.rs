@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use gearhost_http::h2::ErrorCode;
+use gearhost_http::h2::{ErrorCode, FRAME_HEAD as FRAME_HEAD_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
@@ -231,8 +231,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     /// something was read, `Ready(false)` when the client is gone (or broke
     /// the protocol: GOAWAY is on its way).
     fn read(&mut self, cx: &mut Context<'_>, opened: &mut Vec<Opened>) -> Poll<bool> {
-        if !gearhost_sys::lock::lock(&self.conn).reading() || self.ending {
+        if self.ending || !gearhost_sys::lock::lock(&self.conn).reading() {
             return Poll::Pending;
+        }
+        // frames left in the buffer while the client was owed too much
+        if self.rbuf.len() >= FRAME_HEAD_LEN && self.take_frames(opened) {
+            return Poll::Ready(true);
         }
         if self.rbuf.capacity() - self.rbuf.len() < READ_ROOM / 4 {
             self.rbuf.reserve(READ_ROOM);
@@ -240,17 +244,26 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
         let read = pin!(self.io.read_buf(&mut self.rbuf)).poll(cx);
         match read {
             Poll::Ready(Ok(n)) if n > 0 => {
-                let mut conn = gearhost_sys::lock::lock(&self.conn);
-                if let Err(code) = conn.receive(&mut self.rbuf, opened) {
-                    tracing::debug!(code = code.0, "HTTP/2 client broke the protocol");
-                    conn.fail(code);
-                    self.ending = true;
-                }
+                self.take_frames(opened);
                 Poll::Ready(true)
             }
             Poll::Ready(_) => Poll::Ready(false),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// Lets the connection take the whole frames in the read buffer;
+    /// returns whether it took any (or ended the connection for them).
+    fn take_frames(&mut self, opened: &mut Vec<Opened>) -> bool {
+        let before = self.rbuf.len();
+        let mut conn = gearhost_sys::lock::lock(&self.conn);
+        if let Err(code) = conn.receive(&mut self.rbuf, opened) {
+            tracing::debug!(code = code.0, "HTTP/2 client broke the protocol");
+            conn.fail(code);
+            self.ending = true;
+            return true;
+        }
+        self.rbuf.len() < before
     }
 
     /// Writes the frames the connection owes the client: `Ready(Ok(true))`

@@ -25,7 +25,7 @@ pub(crate) enum ClientStream {
     /// HTTP over TLS.
     Tls(Box<TlsStream<TcpStream>>),
     /// One HTTP/2 stream of a TLS connection (see `super::http2`).
-    Http2(Box<H2Stream>),
+    Http2(H2Stream),
 }
 
 impl ClientStream {
@@ -79,7 +79,7 @@ impl ClientStream {
                 (ClientRead::Tls(r), ClientWrite::Tls(w))
             }
             ClientStream::Http2(s) => {
-                let H2Stream { body, answer } = &mut **s;
+                let H2Stream { body, answer } = s;
                 (ClientRead::Http2(body), ClientWrite::Http2(answer))
             }
         }

@@ -104,6 +104,14 @@ impl Slot {
     }
 }
 
+/// Keeps `cx`'s waker in `slot` (not cloned again when it is the one kept
+/// already: a stream's future polls its reset watch at every wake).
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *slot = Some(cx.waker().clone());
+    }
+}
+
 /// A stream the client opened, for the connection's task to serve.
 #[derive(Debug)]
 pub(super) struct Opened {
@@ -671,7 +679,7 @@ impl Conn {
     pub(super) fn poll_reset(&mut self, id: u32, cx: &mut Context<'_>) -> Poll<()> {
         match self.streams.get_mut(&id) {
             Some(slot) if !slot.reset => {
-                slot.watcher = Some(cx.waker().clone());
+                register(&mut slot.watcher, cx);
                 Poll::Pending
             }
             _ => Poll::Ready(()),
@@ -692,7 +700,7 @@ impl Conn {
             if slot.recv_end {
                 return Poll::Ready(Ok(0));
             }
-            slot.reader = Some(cx.waker().clone());
+            register(&mut slot.reader, cx);
             return Poll::Pending;
         }
         let n = slot.recv.len().min(max);
@@ -727,7 +735,7 @@ impl Conn {
         let conn_window = self.send_window;
         let slot = self.slot(id)?;
         if slot.send_window <= 0 {
-            slot.writer = Some(cx.waker().clone());
+            register(&mut slot.writer, cx);
             return Poll::Pending;
         }
         let n = data

@@ -70,7 +70,8 @@ pub(super) async fn serve_stream<B: Backend>(
     head: Vec<u8>,
     client: Arc<str>,
 ) {
-    let mut c = Client::new(ClientStream::Http2(Box::new(stream)), client);
+    let parts = SPARE_PARTS.with_borrow_mut(Vec::pop).unwrap_or_default();
+    let mut c = Client::with(ClientStream::Http2(stream), client, parts);
     c.buf.data = head;
     if let Err(e) = wire::parse_request_head(&c.buf.data, &mut c.head, MAX_HEAD) {
         refuse_unreadable(backend, &mut c, e).await;
@@ -78,9 +79,48 @@ pub(super) async fn serve_stream<B: Backend>(
         drain(&mut c.stream, left).await;
     }
     // the head's buffer (from the worker's spares) goes back for the next
-    // stream, as a connection's does between its requests
+    // stream, as a connection's does between its requests, and so do the
+    // client's other buffers
     c.buf.release();
     wire::give_buffer(std::mem::take(&mut c.body_out));
+    let parts = c.into_parts();
+    SPARE_PARTS.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_PARTS_MAX {
+            spare.push(parts);
+        }
+    });
+}
+
+/// A client's buffers apart from its reading buffer: an HTTP/2 stream is a
+/// client of its own, so each stream would otherwise allocate them anew.
+struct Parts {
+    request_fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    response_fields: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+    to_gear: Vec<u8>,
+    to_client: Vec<u8>,
+}
+
+impl Default for Parts {
+    fn default() -> Parts {
+        // room for a usual head's fields and a usual head at once
+        const FIELDS: usize = 16;
+        Parts {
+            request_fields: Vec::with_capacity(FIELDS),
+            response_fields: Vec::with_capacity(FIELDS),
+            to_gear: Vec::with_capacity(1024),
+            to_client: Vec::with_capacity(1024),
+        }
+    }
+}
+
+/// Most spare [`Parts`] a thread keeps.
+const SPARE_PARTS_MAX: usize = 256;
+/// A buffer larger than this is not kept as a spare.
+const SPARE_PARTS_LARGEST: usize = 64 * 1024;
+
+thread_local! {
+    /// The parts of HTTP/2 streams' clients that ended, for the next ones.
+    static SPARE_PARTS: std::cell::RefCell<Vec<Parts>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Serves the request whose head is in `c.head`, counted as in flight
@@ -132,26 +172,50 @@ struct Client {
 
 impl Client {
     fn new(stream: ClientStream, forwarded_for: Arc<str>) -> Client {
-        // room for a usual head's fields at once (an HTTP/2 stream is a
-        // client of its own, so this runs for every one of its requests)
-        const FIELDS: usize = 16;
+        Client::with(stream, forwarded_for, Parts::default())
+    }
+
+    fn with(stream: ClientStream, forwarded_for: Arc<str>, parts: Parts) -> Client {
         Client {
             stream,
             sendfd: wire::SendFd::default(),
             buf: ReadBuf::default(),
             head: RequestHead {
-                headers: Vec::with_capacity(FIELDS),
+                headers: parts.request_fields,
                 ..RequestHead::default()
             },
             forwarded_for,
-            to_gear: Vec::with_capacity(1024),
-            to_client: Vec::with_capacity(1024),
+            to_gear: parts.to_gear,
+            to_client: parts.to_client,
             body_out: Vec::new(),
             response: ResponseHead {
-                headers: Vec::with_capacity(FIELDS),
+                headers: parts.response_fields,
                 ..ResponseHead::default()
             },
             in_flight: None,
+        }
+    }
+
+    /// The client's buffers, emptied, for another client (large ones are
+    /// let go).
+    fn into_parts(self) -> Parts {
+        let keep = |mut v: Vec<u8>| {
+            v.clear();
+            if v.capacity() > SPARE_PARTS_LARGEST {
+                Vec::with_capacity(1024)
+            } else {
+                v
+            }
+        };
+        let mut request_fields = self.head.headers;
+        let mut response_fields = self.response.headers;
+        request_fields.clear();
+        response_fields.clear();
+        Parts {
+            request_fields,
+            response_fields,
+            to_gear: keep(self.to_gear),
+            to_client: keep(self.to_client),
         }
     }
 }
