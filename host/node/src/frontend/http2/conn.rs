@@ -540,23 +540,28 @@ impl Conn {
                 .decoder
                 .decode(block, MAX_HEADER_LIST as usize, |_, _| {})
                 .map_err(|_| ErrorCode::COMPRESSION_ERROR)?;
-            return match self.streams.get_mut(&id) {
-                Some(slot) if !slot.recv_end && end_stream => {
-                    // trailers are not passed on: the body ends
-                    if slot.recv_left.is_some_and(|l| l > 0) {
-                        self.reset_stream(id, ErrorCode::PROTOCOL_ERROR);
-                    } else {
-                        slot.recv_end = true;
-                        if let Some(w) = slot.reader.take() {
-                            w.wake();
-                        }
+            let malformed = match self.streams.get_mut(&id) {
+                Some(slot) if !slot.reset && !slot.recv_end && end_stream => {
+                    // trailers are not passed on: the body ends (short of
+                    // a declared length, it is malformed)
+                    slot.recv_end = true;
+                    if let Some(w) = slot.reader.take() {
+                        w.wake();
                     }
-                    Ok(())
+                    slot.recv_left.is_some_and(|l| l > 0)
                 }
-                Some(slot) if !slot.reset => Err(ErrorCode::PROTOCOL_ERROR),
-                Some(_) => Ok(()),
-                None => Err(ErrorCode::STREAM_CLOSED),
+                // a second head that does not end the stream, or one after
+                // the end: that stream is reset, the others go on
+                Some(slot) => !slot.reset,
+                // a stream that ended or was reset here: frames the client
+                // sent before it knew are ignored (RFC 9113 §5.1), once
+                // decoded to keep the table in step
+                None => false,
             };
+            if malformed {
+                self.reset_stream(id, ErrorCode::PROTOCOL_ERROR);
+            }
+            return Ok(());
         }
         self.last_id = id;
         let mut head = crate::frontend::wire::take_buffer();

@@ -290,15 +290,60 @@ fn malformed_requests_and_streams_past_the_limit_are_reset_and_not_served() {
         resets(&conn.out),
         [(3 + 2 * MAX_STREAMS, ErrorCode::REFUSED_STREAM)]
     );
-    // a stream id that goes back is a protocol error
-    assert_eq!(
-        feed(
-            &mut conn,
-            &frame(kind::HEADERS, flag::END_HEADERS, 1, &get("/"))
-        )
-        .0,
-        Err(ErrorCode::STREAM_CLOSED)
+    // a stream that ended here (stream 1 was refused): what the client sent
+    // on it before it knew is ignored, the connection goes on
+    conn.out.clear();
+    let (r, opened) = feed(
+        &mut conn,
+        &frame(
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+            &get("/"),
+        ),
     );
+    r.expect("ignored");
+    assert!(opened.is_empty() && conn.out.is_empty());
+}
+
+#[test]
+fn trailers_end_a_body_and_a_second_head_resets_only_its_stream() {
+    let (_, w) = waker();
+    let mut cx = Context::from_waker(&w);
+    let mut conn = started();
+    let (r, opened) = feed(
+        &mut conn,
+        &[
+            frame(kind::HEADERS, flag::END_HEADERS, 1, &post(None)),
+            frame(kind::DATA, 0, 1, b"abc"),
+            frame(
+                kind::HEADERS,
+                flag::END_HEADERS | flag::END_STREAM,
+                1,
+                &block(&[("x-sum", "1")]),
+            ),
+            frame(kind::HEADERS, flag::END_HEADERS, 3, &post(None)),
+            frame(
+                kind::HEADERS,
+                flag::END_HEADERS,
+                3,
+                &block(&[("x-again", "1")]),
+            ),
+        ]
+        .concat(),
+    );
+    r.expect("stream errors only");
+    assert_eq!(opened.len(), 2);
+    assert!(matches!(
+        conn.read(1, &mut cx, 100, |_| {}),
+        Poll::Ready(Ok(3))
+    ));
+    assert!(
+        matches!(conn.read(1, &mut cx, 100, |_| {}), Poll::Ready(Ok(0))),
+        "the trailers end the body"
+    );
+    assert_eq!(resets(&conn.out), [(3, ErrorCode::PROTOCOL_ERROR)]);
+    assert!(conn.poll_reset(1, &mut cx).is_pending());
 }
 
 #[test]
