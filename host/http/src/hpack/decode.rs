@@ -86,11 +86,7 @@ impl Decoder {
                 }
                 // 6.2.1: literal with incremental indexing
                 0x40..=0x7f => {
-                    let name = match decode_int(block, &mut pos, 6)? {
-                        0 => string(block, &mut pos, name_buf)?,
-                        i => lookup(table, i)?.0,
-                    };
-                    let value = string(block, &mut pos, value_buf)?;
+                    let (name, value) = literal(block, &mut pos, 6, table, name_buf, value_buf)?;
                     if list.count(name, value) {
                         field(name, value);
                     }
@@ -116,11 +112,7 @@ impl Decoder {
                 }
                 // 6.2.2, 6.2.3: literal without indexing, never indexed
                 0x00..=0x1f => {
-                    let name = match decode_int(block, &mut pos, 4)? {
-                        0 => string(block, &mut pos, name_buf)?,
-                        i => lookup(table, i)?.0,
-                    };
-                    let value = string(block, &mut pos, value_buf)?;
+                    let (name, value) = literal(block, &mut pos, 4, table, name_buf, value_buf)?;
                     if list.count(name, value) {
                         field(name, value);
                     }
@@ -164,6 +156,23 @@ impl List {
 }
 
 /// The field at index `i` of the static and dynamic tables (2.3.3).
+/// A literal field's name and value (6.2): the name by index (a `prefix`-bit
+/// integer) or as a string after a zero index, then the value.
+fn literal<'a>(
+    block: &'a [u8],
+    pos: &mut usize,
+    prefix: u32,
+    table: &'a Table,
+    name_buf: &'a mut Vec<u8>,
+    value_buf: &'a mut Vec<u8>,
+) -> Result<(&'a [u8], &'a [u8]), HpackError> {
+    let name = match decode_int(block, pos, prefix)? {
+        0 => string(block, pos, name_buf)?,
+        i => lookup(table, i)?.0,
+    };
+    Ok((name, string(block, pos, value_buf)?))
+}
+
 fn lookup(table: &Table, i: usize) -> Result<(&[u8], &[u8]), HpackError> {
     match i {
         0 => Err(HpackError::BadIndex(0)),

@@ -188,8 +188,11 @@ where
                 Poll::Ready(Err(())) => return Poll::Ready(()),
                 Poll::Pending => {}
             }
-            let open = gearhost_sys::lock::lock(&conn).open();
-            let all_out = d.wbuf.is_empty() && !d.flush && gearhost_sys::lock::lock(&conn).out.is_empty();
+            let (open, out_empty) = {
+                let c = gearhost_sys::lock::lock(&conn);
+                (c.open(), c.out.is_empty())
+            };
+            let all_out = d.wbuf.is_empty() && !d.flush && out_empty;
             if all_out && (d.ending || d.read_closed || (closing && open == 0)) {
                 return Poll::Ready(());
             }
