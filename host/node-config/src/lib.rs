@@ -68,6 +68,9 @@ pub struct NodeConfig {
     pub header_timeout: Duration,
     /// How long a gear has to answer a forwarded request with its response head.
     pub response_timeout: Duration,
+    /// How long a write to a client may wait without any byte going before
+    /// the request (its connection, or its HTTP/2 stream) is cut off.
+    pub send_timeout: Duration,
     /// How long the frontend waits for a gear to accept a connection.
     pub connect_timeout: Duration,
     /// Frontend worker threads.
@@ -365,6 +368,8 @@ struct RawHttp {
     header_timeout: String,
     #[serde(default = "default_response_timeout")]
     response_timeout: String,
+    #[serde(default = "default_send_timeout")]
+    send_timeout: String,
     #[serde(default = "default_connect_timeout")]
     connect_timeout: String,
     #[serde(default)]
@@ -379,6 +384,7 @@ impl Default for RawHttp {
             max_body: default_max_body(),
             header_timeout: default_header_timeout(),
             response_timeout: default_response_timeout(),
+            send_timeout: default_send_timeout(),
             connect_timeout: default_connect_timeout(),
             workers: 0,
             batch_sends: true,
@@ -394,6 +400,9 @@ fn default_header_timeout() -> String {
 }
 fn default_response_timeout() -> String {
     "300s".into()
+}
+fn default_send_timeout() -> String {
+    "60s".into()
 }
 fn default_connect_timeout() -> String {
     "5s".into()
@@ -784,6 +793,7 @@ impl NodeConfig {
             max_body,
             header_timeout: positive("http.header-timeout", &raw.http.header_timeout)?,
             response_timeout: positive("http.response-timeout", &raw.http.response_timeout)?,
+            send_timeout: positive("http.send-timeout", &raw.http.send_timeout)?,
             connect_timeout: positive("http.connect-timeout", &raw.http.connect_timeout)?,
             frontend_workers,
             frontend_batch_sends: raw.http.batch_sends,

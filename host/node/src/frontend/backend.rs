@@ -24,6 +24,8 @@ pub(crate) struct Limits {
     pub header_timeout: Duration,
     /// Time allowed from a request's arrival to its answer's head.
     pub response_timeout: Duration,
+    /// Longest time a write to a client may wait without any byte going.
+    pub send_timeout: Duration,
     /// Largest request body passed on.
     pub max_body: u64,
 }
@@ -171,6 +173,7 @@ impl Backend for Arc<Node> {
         Limits {
             header_timeout: config.header_timeout,
             response_timeout: config.response_timeout,
+            send_timeout: config.send_timeout,
             max_body: config.max_body,
         }
     }

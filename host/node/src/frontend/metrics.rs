@@ -415,6 +415,17 @@ pub(super) fn render_frontend<G>(out: &mut String, all: &[(String, &Stats)], fro
         "gearhost_frontend_connections_total {}",
         front.connections_total.load(Ordering::Relaxed)
     );
+    counter(
+        out,
+        "gearhost_frontend_send_stalls_total",
+        "Requests cut off because their client took nothing sent to it for http.send-timeout.",
+        "counter",
+    );
+    let _ = writeln!(
+        out,
+        "gearhost_frontend_send_stalls_total {}",
+        front.send_stalls.load(Ordering::Relaxed)
+    );
     let (mut flushes, mut sent, mut working) = (0, 0, 0);
     for batch in lock(&front.batches).iter() {
         let stats = batch.stats();

@@ -51,6 +51,7 @@ mod metrics;
 mod pages;
 mod pipeline;
 mod routes;
+mod stall;
 pub(crate) mod tls;
 mod wire;
 mod workers;
@@ -75,6 +76,9 @@ pub struct Frontend<G = Routed> {
     pub connections: AtomicUsize,
     /// Client connections accepted.
     pub connections_total: AtomicU64,
+    /// Requests cut off because their client took nothing of what was sent
+    /// to it for `http.send-timeout`.
+    pub send_stalls: AtomicU64,
     /// The send batches of the workers that have one (`http.batch-sends`).
     pub batches: Mutex<Vec<Arc<gearhost_sys::sendbatch::SendBatch>>>,
     /// The workers' queues of new connections, and which worker is next.
@@ -91,6 +95,7 @@ impl<G> Default for Frontend<G> {
             stats: Stats::default(),
             connections: AtomicUsize::new(0),
             connections_total: AtomicU64::new(0),
+            send_stalls: AtomicU64::new(0),
             batches: Mutex::new(Vec::new()),
             workers: Mutex::new(Vec::new()),
             next_worker: AtomicUsize::new(0),

@@ -9,6 +9,7 @@ use super::super::backend::{Backend, BackendGear};
 use super::super::gear::Forwarding;
 use super::super::headers::MAX_ANSWER_HEAD;
 use super::super::pages::{DRAIN_BYTES, Refused};
+use super::super::stall::Bounded;
 use super::super::wire::{self, BodyState, CopyError, HeadError, ReadBuf, ResponseHead, Upstream};
 use super::{Client, Exchange, Framed, Target};
 use crate::state::GearState;
@@ -196,7 +197,7 @@ async fn start_body(c: &mut Client, framed: &Framed, limit: u64) -> Result<(Body
     }
     if f.expect_continue && framed.unread.is_some() && framed.client_minor == 1 {
         // the frontend reads the body itself, so it asks for it itself
-        if c.stream
+        if c.out()
             .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
             .await
             .is_err()
@@ -259,7 +260,9 @@ async fn exchange(
 ) -> (Result<(), HeadError>, Option<CopyError>) {
     let mut body_error: Option<CopyError> = None;
     let (mut up_read, mut up_write) = upstream.stream.split();
-    let (mut client_read, mut client_write) = c.stream.split();
+    let (mut client_read, mut client_half) = c.stream.split();
+    // interim answers go to the client under the send deadline
+    let mut client_write = Bounded::new(&mut client_half, &mut c.stall);
     let pump = wire::pump(
         &mut client_read,
         &mut c.buf,

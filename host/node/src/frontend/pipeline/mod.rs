@@ -40,6 +40,7 @@ use gearhost_http::request::{BadRequest, Checked, check_request};
 use super::backend::{Backend, BackendGear, MAX_HOPS, Relayed};
 use super::headers::{self, MAX_HEAD, Method};
 use super::pages::Refused;
+use super::stall::{Bounded, SendStall};
 use super::wire::{self, HeadError, ReadBuf, RequestHead, ResponseHead, Upstream};
 use super::{Target, access};
 
@@ -71,12 +72,13 @@ pub(super) async fn serve_stream<B: Backend>(
     client: Arc<str>,
 ) {
     let parts = SPARE_PARTS.with_borrow_mut(Vec::pop).unwrap_or_default();
-    let mut c = Client::with(ClientStream::Http2(stream), client, parts);
+    let stall = SendStall::new(backend.limits().send_timeout);
+    let mut c = Client::with(ClientStream::Http2(stream), client, parts, stall);
     c.buf.data = head;
     if let Err(e) = wire::parse_request_head(&c.buf.data, &mut c.head, MAX_HEAD) {
         refuse_unreadable(backend, &mut c, e).await;
     } else if let Next::Drain(left) = counted_request(backend, &mut c).await {
-        drain(&mut c.stream, left).await;
+        drain(backend, &mut c, left).await;
     }
     // the head's buffer (from the worker's spares) goes back for the next
     // stream, as a connection's does between its requests, and so do the
@@ -129,7 +131,16 @@ async fn counted_request<B: Backend>(backend: &B, c: &mut Client) -> Next {
     c.in_flight = Some(super::drain::request());
     let next = request(backend, c).await;
     c.in_flight = None;
+    count_stall(backend, c);
     next
+}
+
+/// Counts a request cut off by the send deadline.
+fn count_stall<B: Backend>(backend: &B, c: &mut Client) {
+    if c.stall.take_fired() {
+        let stalls = &backend.frontend().send_stalls;
+        stalls.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Answers a request head that could not be read, when it gets an answer
@@ -137,7 +148,7 @@ async fn counted_request<B: Backend>(backend: &B, c: &mut Client) -> Next {
 async fn refuse_unreadable<B: Backend>(backend: &B, c: &mut Client, e: HeadError) {
     if let Some(refused) = unreadable(e) {
         backend.frontend().stats.refused(refused.why);
-        let _ = c.stream.write_all(&refused.page(false, true)).await;
+        let _ = c.out().write_all(&refused.page(false, true)).await;
     }
 }
 
@@ -168,14 +179,21 @@ struct Client {
     response: ResponseHead,
     /// Counted as a request in flight (see `drain`).
     in_flight: Option<super::drain::Counted>,
+    /// The deadline on writes to the client.
+    stall: SendStall,
 }
 
 impl Client {
-    fn new(stream: ClientStream, forwarded_for: Arc<str>) -> Client {
-        Client::with(stream, forwarded_for, Parts::default())
+    fn new(stream: ClientStream, forwarded_for: Arc<str>, stall: SendStall) -> Client {
+        Client::with(stream, forwarded_for, Parts::default(), stall)
     }
 
-    fn with(stream: ClientStream, forwarded_for: Arc<str>, parts: Parts) -> Client {
+    fn with(
+        stream: ClientStream,
+        forwarded_for: Arc<str>,
+        parts: Parts,
+        stall: SendStall,
+    ) -> Client {
         Client {
             stream,
             sendfd: wire::SendFd::default(),
@@ -193,7 +211,13 @@ impl Client {
                 ..ResponseHead::default()
             },
             in_flight: None,
+            stall,
         }
+    }
+
+    /// The client's stream, its writes under the send deadline.
+    fn out(&mut self) -> Bounded<'_, ClientStream> {
+        Bounded::new(&mut self.stream, &mut self.stall)
     }
 
     /// The client's buffers, emptied, for another client (large ones are
@@ -250,10 +274,12 @@ async fn connection<B: Backend>(backend: &B, mut stream: ClientStream, peer: Soc
     if let Some(tcp) = stream.tcp() {
         let _ = tcp.set_nodelay(true);
     }
-    let mut c = Client::new(stream, peer.ip().to_string().into());
+    let limits = backend.limits();
+    let stall = SendStall::new(limits.send_timeout);
+    let mut c = Client::new(stream, peer.ip().to_string().into(), stall);
     // counted by a drain until its first head is in
     let mut fresh = Some(super::drain::fresh());
-    let header_timeout = backend.limits().header_timeout;
+    let header_timeout = limits.header_timeout;
     // one timer per connection, moved for each request
     let timer = tokio::time::sleep(header_timeout);
     tokio::pin!(timer);
@@ -296,7 +322,7 @@ async fn connection<B: Backend>(backend: &B, mut stream: ClientStream, peer: Soc
             Next::KeepAlive => {}
             Next::Close => return,
             Next::Drain(left) => {
-                drain(&mut c.stream, left).await;
+                drain(backend, &mut c, left).await;
                 return;
             }
         }
@@ -305,8 +331,13 @@ async fn connection<B: Backend>(backend: &B, mut stream: ClientStream, peer: Soc
 
 /// After a refused body: reads (and drops) what the client still sends, so
 /// that it reads the answer instead of a reset.
-async fn drain(stream: &mut ClientStream, left: u64) {
-    let _ = stream.shutdown().await;
+async fn drain<B: Backend>(backend: &B, c: &mut Client, left: u64) {
+    let shut = c.out().shutdown().await;
+    count_stall(backend, c);
+    if shut.is_err() {
+        return;
+    }
+    let stream = &mut c.stream;
     let _ = tokio::time::timeout(DRAIN_TIME, async {
         let mut left = left.min(super::pages::DRAIN_BYTES);
         let mut sink = vec![0u8; 16 * 1024];
@@ -337,7 +368,7 @@ async fn request<B: Backend>(backend: &B, c: &mut Client) -> Next {
     if let Some(answer) = acme_answer(backend, c) {
         c.buf.consume(c.head.len);
         let keep = framed.keep && framed.unread.is_none();
-        if c.stream.write_all(&answer).await.is_err() || !keep {
+        if c.out().write_all(&answer).await.is_err() || !keep {
             return Next::Close;
         }
         return Next::KeepAlive;
@@ -624,7 +655,7 @@ impl<G: BackendGear> Exchange<G> {
 /// drained before the connection closes.
 async fn answer(c: &mut Client, refused: &Refused, head_only: bool, keep: bool) -> Next {
     let close = !keep || refused.pending.is_some();
-    if c.stream
+    if c.out()
         .write_all(&refused.page(head_only, close))
         .await
         .is_err()

@@ -11,6 +11,7 @@ use gearhost_http::fields::facts;
 use super::super::backend::BackendGear;
 use super::super::headers::{self, AnswerShape};
 use super::super::pages::{DRAIN_BYTES, Refused};
+use super::super::stall::Bounded;
 use super::super::tls::ClientStream;
 use super::super::wire::{self, BodyState, Upstream};
 use super::forward::Answered;
@@ -92,17 +93,15 @@ pub(super) async fn relay<G: BackendGear>(
         Ok(n) => ex.finish.bytes = n,
         Err(_) => return Next::Close,
     }
-    if wire::send_to_client(&mut c.stream, &mut c.sendfd, &mut c.to_client)
-        .await
-        .is_err()
-    {
+    let first = wire::send_to_client(&mut c.stream, &mut c.sendfd, &mut c.to_client);
+    if c.stall.bound(first).await.is_err() {
         return Next::Close;
     }
     let mut copied = ex.finish.bytes;
     let pumped = wire::pump(
         &mut upstream.stream,
         &mut upstream.buf,
-        &mut c.stream,
+        &mut Bounded::new(&mut c.stream, &mut c.stall),
         &mut body,
         decode,
         u64::MAX,
@@ -179,10 +178,11 @@ async fn upgrade<G: BackendGear>(
         }
     }
     // a spliced connection lasts as long as its peers want: a drain does not wait for it
-    if c.stream.write_all(&c.to_client).await.is_ok()
+    let mut client = Bounded::new(&mut c.stream, &mut c.stall);
+    if client.write_all(&c.to_client).await.is_ok()
         && upstream.stream.write_all(&to_gear).await.is_ok()
     {
-        let _ = tokio::io::copy_bidirectional(&mut c.stream, &mut upstream.stream).await;
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream.stream).await;
     }
     front.active.fetch_sub(1, Ordering::Relaxed);
     front.touch();

@@ -113,6 +113,7 @@ pub(super) fn limits() -> Limits {
     Limits {
         header_timeout: Duration::from_secs(5),
         response_timeout: Duration::from_secs(5),
+        send_timeout: Duration::from_secs(5),
         max_body: 1 << 20,
     }
 }

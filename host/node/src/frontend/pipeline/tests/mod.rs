@@ -17,6 +17,7 @@ use crate::state::GearState;
 mod harness;
 mod http2;
 mod moving;
+mod stall;
 use harness::{
     App, Conn, Reply, World, closed_port, get, limits, no_wake, ok, wake_times_out, wakes_after,
     within,
