@@ -243,7 +243,10 @@ mod tests {
             .await;
         assert_eq!(quick.expect("a send in time"), 1);
         let never = stall.bound(std::future::pending::<io::Result<()>>()).await;
-        assert_eq!(never.expect_err("a send that never ends").kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            never.expect_err("a send that never ends").kind(),
+            io::ErrorKind::TimedOut
+        );
         assert!(stall.take_fired());
     }
 }
