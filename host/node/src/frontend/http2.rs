@@ -322,14 +322,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
 async fn stream<B: Backend>(backend: Arc<B>, conn: Shared, opened: Opened, client: Arc<str>) {
     let id = opened.id;
     let stream = H2Stream::new(&conn, id, opened.request.chunked, opened.request.head);
-    let answer = stream.answer.clone();
     {
-        let served = super::pipeline::serve_stream(&*backend, stream, opened.head, client);
-        tokio::select! {
-            biased;
-            () = served => {}
-            () = answer.reset() => {}
-        }
+        // pinned where it is made: a `select!` would keep a second copy of
+        // the pipeline's future, which is most of the stream's
+        let mut served = pin!(super::pipeline::serve_stream(
+            &*backend,
+            stream,
+            opened.head,
+            client
+        ));
+        std::future::poll_fn(|cx| {
+            if served.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
+            }
+            gearhost_sys::lock::lock(&conn).poll_reset(id, cx)
+        })
+        .await;
     }
     gearhost_sys::lock::lock(&conn).close(id);
 }

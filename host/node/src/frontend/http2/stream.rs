@@ -134,9 +134,9 @@ impl AsyncRead for H2Body {
     }
 }
 
-/// The answer side of a stream, for the pipeline (which writes it) and
-/// the stream's future (which watches for the client's reset).
-#[derive(Debug, Clone)]
+/// The answer side of a stream, which the pipeline writes (the stream's
+/// future watches for the client's reset in the connection's state).
+#[derive(Debug)]
 pub(crate) struct H2Answer {
     conn: Shared,
     id: u32,
@@ -144,12 +144,6 @@ pub(crate) struct H2Answer {
 }
 
 impl H2Answer {
-    /// Waits for the stream to be reset (by the client, or by the frontend
-    /// for the client's error).
-    pub(super) async fn reset(&self) {
-        std::future::poll_fn(|cx| lock(&self.conn).poll_reset(self.id, cx)).await;
-    }
-
     /// Sends the gear's answer head (in `data`, parsed into `head`, its
     /// fields' facts `rf`) as the stream's response, shaped as `shape` says
     /// (unchunked: the pipeline decodes a chunked body for HTTP/2); the body
