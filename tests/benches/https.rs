@@ -30,6 +30,8 @@
 //! --bench https`. Needs `h2load` (nghttp2-client), `nginx`, `haproxy`,
 //! `openssl` and `nsenter`. Results: docs/performance.md.
 //! `GEARHOST_BENCH_QUICK=1` runs one round of 2-second runs;
+//! `GEARHOST_BENCH_ROUNDS=<n>` runs n rounds; `GEARHOST_BENCH_ROWS=<text>`
+//! only the rows whose name contains the text (e.g. `HTTP/2`);
 //! `GEARHOST_BENCH_HOLD=<seconds>` keeps everything up that long before
 //! measuring (for profiling by hand; the addresses are printed).
 
@@ -361,6 +363,30 @@ fn median(mut runs: Vec<Run>) -> Run {
     runs[runs.len() / 2]
 }
 
+/// The median over rounds of the frontend's requests per second against
+/// the better peer's in the same round (`runs[setup][round]`, the frontend
+/// first): runs a few seconds apart share the machine's state, so this
+/// moves less than the ratio of the medians when the machine drifts.
+fn paired_ratio(runs: &[Vec<Option<Run>>]) -> f64 {
+    let rounds = runs.first().map_or(0, Vec::len);
+    let mut ratios: Vec<f64> = (0..rounds)
+        .filter_map(|round| {
+            let front = runs[0][round]?;
+            let peer = runs[1..]
+                .iter()
+                .filter_map(|setup| setup[round])
+                .map(|r| r.rps)
+                .reduce(f64::max)?;
+            Some(front.rps / peer)
+        })
+        .collect();
+    if ratios.is_empty() {
+        return f64::NAN;
+    }
+    ratios.sort_by(f64::total_cmp);
+    ratios[ratios.len() / 2]
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
@@ -372,7 +398,15 @@ fn main() {
     }
     let quick = std::env::var_os("GEARHOST_BENCH_QUICK").is_some();
     let secs = if quick { 2 } else { 5 };
-    let rounds = if quick { 1 } else { 3 };
+    let rounds = std::env::var("GEARHOST_BENCH_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(if quick { 1 } else { 3 });
+    // only the rows whose name contains this (any case), e.g. "HTTP/2"
+    let only = std::env::var("GEARHOST_BENCH_ROWS")
+        .unwrap_or_default()
+        .to_lowercase();
     // the same worker threads for each: the node's default, half the cores
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2));
 
@@ -477,38 +511,48 @@ fn main() {
         ),
         ("plain HTTP/1.1, 1 connection", Mode::Plain),
     ];
+    let rows: Vec<(&str, Mode)> = rows
+        .into_iter()
+        .filter(|(name, _)| name.to_lowercase().contains(&only))
+        .collect();
     // warm-up: JIT, pools, caches, session caches
     for setup in &setups {
         for (_, mode) in &rows {
             h2load(setup, *mode, 1);
         }
     }
-    // runs[row][setup]
-    let mut runs: Vec<Vec<Vec<Run>>> = vec![vec![Vec::new(); setups.len()]; rows.len()];
+    // runs[row][setup][round]
+    let mut runs: Vec<Vec<Vec<Option<Run>>>> = vec![vec![Vec::new(); setups.len()]; rows.len()];
     for round in 0..rounds {
         for (r, (row, mode)) in rows.iter().enumerate() {
             for (s, setup) in setups.iter().enumerate() {
-                if let Some(run) = h2load(setup, *mode, secs) {
+                let run = h2load(setup, *mode, secs);
+                if let Some(run) = run {
                     eprintln!("round {round} {row} {}: {run:?}", setup.name);
-                    runs[r][s].push(run);
                 }
+                runs[r][s].push(run);
             }
         }
     }
     drop((nginx, haproxy));
 
     println!(
-        "{workers} worker thread(s) each for the frontend, nginx and HAProxy; {rounds} round(s) of {secs} s; median round\n"
+        "{workers} worker thread(s) each for the frontend, nginx and HAProxy; {rounds} round(s) of {secs} s; \
+         median round; paired: the median over rounds of the frontend against the better peer of the same round\n"
     );
     println!(
-        "| row | frontend req/s | nginx req/s | HAProxy req/s | frontend / better peer | CPU per request: frontend, nginx, HAProxy |"
+        "| row | frontend req/s | nginx req/s | HAProxy req/s | frontend / better peer | paired | CPU per request: frontend, nginx, HAProxy |"
     );
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (r, (row, _)) in rows.iter().enumerate() {
         let m: Vec<Option<Run>> = runs[r]
             .iter()
-            .map(|v| (!v.is_empty()).then(|| median(v.clone())))
+            .map(|v| {
+                let done: Vec<Run> = v.iter().flatten().copied().collect();
+                (!done.is_empty()).then(|| median(done))
+            })
             .collect();
+        let paired = paired_ratio(&runs[r]);
         let show = |run: &Option<Run>| run.map_or("-".to_string(), |r| format!("{:.0}", r.rps));
         let cpu =
             |run: &Option<Run>| run.map_or("-".to_string(), |r| format!("{:.1} µs", r.cpu_us));
@@ -519,7 +563,7 @@ fn main() {
             .fold(f64::NAN, f64::max);
         let ratio = m[0].map_or(f64::NAN, |f| f.rps / peer);
         println!(
-            "| {row} | {} | {} | {} | {ratio:.2} | {}, {}, {} |",
+            "| {row} | {} | {} | {} | {ratio:.2} | {paired:.2} | {}, {}, {} |",
             show(&m[0]),
             show(&m[1]),
             show(&m[2]),
