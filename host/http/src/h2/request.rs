@@ -16,6 +16,7 @@
 use std::ops::Range;
 
 use crate::fields::parse_length;
+use crate::head::RequestHead;
 
 /// Why a request's header list is malformed (the stream is reset with
 /// PROTOCOL_ERROR).
@@ -57,6 +58,9 @@ pub struct RequestWriter {
     cookies: Vec<u8>,
     length: Option<u64>,
     malformed: Option<&'static str>,
+    /// The written head as the pipeline's parser would read it: the
+    /// writer knows where each part went, so nobody parses it again.
+    parsed: RequestHead,
 }
 
 /// A token's bytes (RFC 9110 §5.6.2).
@@ -82,13 +86,45 @@ impl RequestWriter {
     pub fn clear(&mut self) {
         let pseudo = std::mem::take(&mut self.pseudo);
         let cookies = std::mem::take(&mut self.cookies);
+        let mut fields = std::mem::take(&mut self.parsed.headers);
+        fields.clear();
         *self = RequestWriter {
             pseudo,
             cookies,
+            parsed: RequestHead {
+                headers: fields,
+                ..RequestHead::default()
+            },
             ..RequestWriter::default()
         };
         self.pseudo.clear();
         self.cookies.clear();
+    }
+
+    /// The head [`RequestWriter::finish`] wrote, as
+    /// [`crate::head::parse_request`] reads it back (its `headers` taken
+    /// from the writer, which makes room for the next request's).
+    pub fn take_head(&mut self) -> RequestHead {
+        // room for a usual request's fields without growing
+        const FIELDS: usize = 16;
+        let fresh = RequestHead {
+            headers: Vec::with_capacity(FIELDS),
+            ..RequestHead::default()
+        };
+        std::mem::replace(&mut self.parsed, fresh)
+    }
+
+    /// Writes one field line, noting where its name and value are.
+    fn field_line(&mut self, name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+        let at = out.len();
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        let v = out.len();
+        out.extend_from_slice(value);
+        self.parsed
+            .headers
+            .push((at..at + name.len(), v..out.len()));
+        out.extend_from_slice(b"\r\n");
     }
 
     fn malformed(&mut self, why: &'static str) {
@@ -145,10 +181,7 @@ impl RequestWriter {
                 return;
             }
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        self.field_line(name, value, out);
     }
 
     fn pseudo_field(&mut self, pseudo: &[u8], value: &[u8]) {
@@ -199,14 +232,19 @@ impl RequestWriter {
             self.malformed("no :path (or :authority for CONNECT)");
             return Err(());
         };
+        let at = out.len();
         out.extend_from_slice(&p[method]);
+        self.parsed.method = at..out.len();
         out.push(b' ');
+        let at = out.len();
         out.extend_from_slice(&p[target]);
+        self.parsed.target = at..out.len();
+        self.parsed.minor = 1;
         out.extend_from_slice(b" HTTP/1.1\r\n");
         if let Some(host) = self.authority.clone().or_else(|| self.host.clone()) {
-            out.extend_from_slice(b"host: ");
-            out.extend_from_slice(&p[host]);
-            out.extend_from_slice(b"\r\n");
+            let pseudo = std::mem::take(&mut self.pseudo);
+            self.field_line(b"host", &pseudo[host], out);
+            self.pseudo = pseudo;
         }
         Ok(())
     }
@@ -225,15 +263,16 @@ impl RequestWriter {
             return Err(Malformed(why));
         }
         if !self.cookies.is_empty() {
-            out.extend_from_slice(b"cookie: ");
-            out.extend_from_slice(&self.cookies);
-            out.extend_from_slice(b"\r\n");
+            let cookies = std::mem::take(&mut self.cookies);
+            self.field_line(b"cookie", &cookies, out);
+            self.cookies = cookies;
         }
         let chunked = !ends && self.length.is_none();
         if chunked {
-            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            self.field_line(b"transfer-encoding", b"chunked", out);
         }
         out.extend_from_slice(b"\r\n");
+        self.parsed.len = out.len();
         let head = self
             .method
             .clone()
@@ -261,6 +300,10 @@ mod tests {
             w.field(n.as_bytes(), v.as_bytes(), &mut out);
         }
         let r = w.finish(ends, &mut out)?;
+        // where the writer says the parts are is where the parser finds them
+        let mut parsed = RequestHead::default();
+        assert_eq!(parse_request(&out, &mut parsed), Ok(true));
+        assert_eq!(w.take_head(), parsed);
         Ok((String::from_utf8(out).expect("text"), r))
     }
 

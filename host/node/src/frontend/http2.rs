@@ -329,6 +329,7 @@ async fn stream<B: Backend>(backend: Arc<B>, conn: Shared, opened: Opened, clien
             &*backend,
             stream,
             opened.head,
+            opened.parsed,
             client
         ));
         std::future::poll_fn(|cx| {

@@ -24,7 +24,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gearhost_http::head::{ParseError, parse_request, parse_response};
+use gearhost_http::head::{MAX_REQUEST_HEADERS, ParseError, parse_request, parse_response};
 pub(crate) use gearhost_http::head::{RequestHead, ResponseHead};
 pub(crate) use gearhost_http::{ChunkScanner, Framing};
 use gearhost_sys::sendbatch::SendBatch;
@@ -161,22 +161,19 @@ fn head_error(e: ParseError) -> HeadError {
     }
 }
 
-/// Parses a whole request head that is already in `data` (an HTTP/2
-/// stream's, written by the frontend) into `head`, within the same limits
-/// as one read from a connection.
-pub(crate) fn parse_request_head(
+/// Holds a whole request head that is already in `data` and parsed (an
+/// HTTP/2 stream's, written by the frontend) to the limits of one read
+/// from a connection: no longer than `max`, no more fields than a client's
+/// head may have.
+pub(crate) fn handed_request_head(
     data: &[u8],
-    head: &mut RequestHead,
+    head: &RequestHead,
     max: usize,
 ) -> Result<(), HeadError> {
-    if data.len() >= max {
+    if data.len() >= max || head.headers.len() > MAX_REQUEST_HEADERS {
         return Err(HeadError::TooLarge);
     }
-    match parse_request(data, head) {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(HeadError::Malformed("an incomplete head".into())),
-        Err(e) => Err(head_error(e)),
-    }
+    Ok(())
 }
 
 /// Reads until `buf` holds a complete request head; parses it into `head`.

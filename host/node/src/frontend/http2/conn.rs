@@ -27,6 +27,7 @@ use gearhost_http::h2::{
     self as wire2, DEFAULT_MAX_FRAME, DEFAULT_WINDOW, ErrorCode, FRAME_HEAD, FrameHead, MAX_WINDOW,
     flag, kind, setting,
 };
+use gearhost_http::head::RequestHead;
 use gearhost_http::hpack;
 
 use super::{CONNECTION_WINDOW, MAX_HEADER_LIST, MAX_STREAMS, STREAM_WINDOW};
@@ -118,6 +119,8 @@ pub(super) struct Opened {
     pub(super) id: u32,
     /// Its request, written as an HTTP/1.1 head.
     pub(super) head: Vec<u8>,
+    /// That head's parts, as the writer placed them.
+    pub(super) parsed: RequestHead,
     pub(super) request: Request,
 }
 
@@ -624,7 +627,13 @@ impl Conn {
             // a length declared and no body sent
             self.reset_stream(id, ErrorCode::PROTOCOL_ERROR);
         }
-        opened.push(Opened { id, head, request });
+        let parsed = self.writer.take_head();
+        opened.push(Opened {
+            id,
+            head,
+            parsed,
+            request,
+        });
         Ok(())
     }
 

@@ -35,6 +35,7 @@ use super::tls::ClientStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use gearhost_http::fields::facts;
+use gearhost_http::head::MAX_HEADERS;
 use gearhost_http::request::{BadRequest, Checked, check_request};
 
 use super::backend::{Backend, BackendGear, MAX_HOPS, Relayed};
@@ -62,20 +63,32 @@ pub(super) async fn serve<B: Backend>(backend: &B, stream: ClientStream, peer: S
 }
 
 /// Serve one HTTP/2 stream: `head` is its request written as an HTTP/1.1
-/// head (by `super::http2`, into a buffer of the worker's spares), the
-/// stream gives the body and takes the answer, `client` is the connection's
-/// peer address. Its connection is counted once, by `super::http2`.
+/// head (by `super::http2`, into a buffer of the worker's spares) and
+/// `parsed` where its parts are, as the writer placed them; the stream
+/// gives the body and takes the answer, `client` is the connection's peer
+/// address. Its connection is counted once, by `super::http2`.
 pub(super) async fn serve_stream<B: Backend>(
     backend: &B,
     stream: super::http2::H2Stream,
     head: Vec<u8>,
+    parsed: RequestHead,
     client: Arc<str>,
 ) {
     let parts = SPARE_PARTS.with_borrow_mut(Vec::pop).unwrap_or_default();
     let stall = SendStall::new(backend.limits().send_timeout);
     let mut c = Client::with(ClientStream::Http2(stream), client, parts, stall);
     c.buf.data = head;
-    if let Err(e) = wire::parse_request_head(&c.buf.data, &mut c.head, MAX_HEAD) {
+    // the head is not parsed again: the writer's ranges are the parser's
+    // (its unit tests and fuzz target hold it to that; debug builds check)
+    debug_assert!(
+        parsed.headers.len() > MAX_HEADERS || {
+            let mut again = RequestHead::default();
+            gearhost_http::head::parse_request_within(&c.buf.data, &mut again, MAX_HEADERS)
+                .is_ok_and(|whole| whole && again == parsed)
+        }
+    );
+    c.head = parsed;
+    if let Err(e) = wire::handed_request_head(&c.buf.data, &c.head, MAX_HEAD) {
         refuse_unreadable(backend, &mut c, e).await;
     } else if let Next::Drain(left) = counted_request(backend, &mut c).await {
         drain(backend, &mut c, left).await;
