@@ -102,15 +102,14 @@ impl RequestWriter {
     }
 
     /// The head [`RequestWriter::finish`] wrote, as
-    /// [`crate::head::parse_request`] reads it back (its `headers` taken
-    /// from the writer, which makes room for the next request's).
-    pub fn take_head(&mut self) -> RequestHead {
-        // room for a usual request's fields without growing
-        const FIELDS: usize = 16;
-        let fresh = RequestHead {
-            headers: Vec::with_capacity(FIELDS),
+    /// [`crate::head::parse_request`] reads it back; `spare` (emptied) is
+    /// where the writer notes the next request's fields.
+    pub fn take_head(&mut self, spare: Vec<(Range<usize>, Range<usize>)>) -> RequestHead {
+        let mut fresh = RequestHead {
+            headers: spare,
             ..RequestHead::default()
         };
+        fresh.headers.clear();
         std::mem::replace(&mut self.parsed, fresh)
     }
 
@@ -306,7 +305,7 @@ mod tests {
         // where the writer says the parts are is where the parser finds them
         let mut parsed = RequestHead::default();
         assert_eq!(parse_request(&out, &mut parsed), Ok(true));
-        assert_eq!(w.take_head(), parsed);
+        assert_eq!(w.take_head(Vec::new()), parsed);
         Ok((String::from_utf8(out).expect("text"), r))
     }
 

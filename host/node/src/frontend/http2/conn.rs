@@ -627,7 +627,9 @@ impl Conn {
             // a length declared and no body sent
             self.reset_stream(id, ErrorCode::PROTOCOL_ERROR);
         }
-        let parsed = self.writer.take_head();
+        let parsed = self
+            .writer
+            .take_head(crate::frontend::pipeline::spare_fields());
         opened.push(Opened {
             id,
             head,

@@ -87,7 +87,8 @@ pub(super) async fn serve_stream<B: Backend>(
                 .is_ok_and(|whole| whole && again == parsed)
         }
     );
-    c.head = parsed;
+    let fields = std::mem::replace(&mut c.head, parsed).headers;
+    give_fields(fields);
     if let Err(e) = wire::handed_request_head(&c.buf.data, &c.head, MAX_HEAD) {
         refuse_unreadable(backend, &mut c, e).await;
     } else if let Next::Drain(left) = counted_request(backend, &mut c).await {
@@ -128,6 +129,35 @@ impl Default for Parts {
     }
 }
 
+/// A head's field ranges.
+type Fields = Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>;
+
+thread_local! {
+    /// Field lists for the HTTP/2 request writer, which hands its list
+    /// with each stream's head and takes one of these for the next.
+    static SPARE_FIELDS: std::cell::RefCell<Vec<Fields>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// An empty field list, from this thread's spares.
+pub(in crate::frontend) fn spare_fields() -> Fields {
+    SPARE_FIELDS
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| Vec::with_capacity(16))
+}
+
+/// Keeps a field list for [`spare_fields`] (a large one is let go).
+fn give_fields(mut fields: Fields) {
+    if fields.capacity() == 0 || fields.capacity() > 256 {
+        return;
+    }
+    fields.clear();
+    SPARE_FIELDS.with_borrow_mut(|spare| {
+        if spare.len() < SPARE_PARTS_MAX {
+            spare.push(fields);
+        }
+    });
+}
+
 /// Most spare [`Parts`] a thread keeps.
 const SPARE_PARTS_MAX: usize = 256;
 /// A buffer larger than this is not kept as a spare.
@@ -162,6 +192,7 @@ async fn refuse_unreadable<B: Backend>(backend: &B, c: &mut Client, e: HeadError
     if let Some(refused) = unreadable(e) {
         backend.frontend().stats.refused(refused.why);
         let _ = c.out().write_all(&refused.page(false, true)).await;
+        count_stall(backend, c);
     }
 }
 
