@@ -18,6 +18,11 @@ use crate::state::GearState;
 
 /// An HTTP/2 listener serving `world`'s node, and a client connected to it.
 async fn client(world: &World) -> SendRequest<Bytes> {
+    client_with(world, h2::client::Builder::new()).await
+}
+
+/// [`client`], the client's settings made by `builder`.
+pub(super) async fn client_with(world: &World, builder: h2::client::Builder) -> SendRequest<Bytes> {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("address");
     let node = world.node.clone();
@@ -27,9 +32,7 @@ async fn client(world: &World) -> SendRequest<Bytes> {
         }
     });
     let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (send, conn) = h2::client::handshake(tcp)
-        .await
-        .expect("an HTTP/2 handshake");
+    let (send, conn) = builder.handshake(tcp).await.expect("an HTTP/2 handshake");
     tokio::spawn(async move {
         let _ = conn.await;
     });

@@ -6,7 +6,6 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -163,26 +162,13 @@ async fn an_http2_stream_whose_window_stays_shut_is_reset_and_the_others_go_on()
     let (port, mut served) = streaming_gear(BIG).await;
     let limits = stalling_limits(Duration::from_millis(500));
     let world = World::new(port, GearState::Running, no_wake(), limits).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let node = world.node.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            tokio::spawn(crate::frontend::http2::serve(node.clone(), stream, peer));
-        }
-    });
     // each stream may be sent 64 KiB until the client opens its window, the
     // connection a lot more: only the stream that is not read stalls
-    let tcp = TcpStream::connect(addr).await.expect("connect");
-    let (send, conn) = h2::client::Builder::new()
+    let mut builder = h2::client::Builder::new();
+    builder
         .initial_window_size(65_535)
-        .initial_connection_window_size(64 << 20)
-        .handshake::<_, Bytes>(tcp)
-        .await
-        .expect("an HTTP/2 handshake");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+        .initial_connection_window_size(64 << 20);
+    let send = super::http2::client_with(&world, builder).await;
     let request = |path: &str| {
         Request::get(format!("https://app-ns.gears.test{path}"))
             .body(())
