@@ -278,6 +278,13 @@ async fn a_head_over_the_limit_gets_431_and_a_slow_gear_504_over_http2() {
         .expect("request");
     let (parts, _) = fetch(&send, big, None).await;
     assert_eq!(parts.status, 431);
+    // and so does its limit on the number of fields, small as they are
+    let mut many = Request::get("https://app-ns.gears.test/");
+    for i in 0..gearhost_http::head::MAX_REQUEST_HEADERS {
+        many = many.header(format!("x-f{i}"), "v");
+    }
+    let (parts, _) = fetch(&send, many.body(()).expect("request"), None).await;
+    assert_eq!(parts.status, 431, "one field (host) past the limit");
     // the response timeout too
     let start = Instant::now();
     let (parts, _) = fetch(&send, get("/slow"), None).await;
