@@ -343,7 +343,7 @@ async fn forward(
         use std::os::fd::AsFd;
         let held = slot.take();
         let ended: crate::keeper::OnClose = Box::new(move || drop(held));
-        match keeper.splice(tag, client.as_fd(), upstream.as_fd(), &[], &[], ended) {
+        match keeper.splice(tag, client.as_fd(), upstream.as_fd(), &[], &[], None, ended) {
             Ok(()) => return Ok(()),
             Err(ended) => ended(),
         }

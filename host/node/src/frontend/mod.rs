@@ -51,7 +51,7 @@ mod metrics;
 mod pages;
 mod pipeline;
 mod routes;
-mod stall;
+pub(crate) mod stall;
 pub(crate) mod tls;
 mod wire;
 mod workers;

@@ -41,6 +41,11 @@ impl SendStall {
         }
     }
 
+    /// The longest a write may wait.
+    pub(crate) fn limit(&self) -> Duration {
+        self.limit
+    }
+
     /// A write made progress (or ended): the next wait starts a new deadline.
     fn progressed(&mut self) {
         self.armed = false;
@@ -51,7 +56,10 @@ impl SendStall {
     /// the task at the deadline).
     fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         if !self.armed {
-            let deadline = Instant::now() + self.limit;
+            // a limit past the clock's range (`Duration::MAX`) is none
+            let Some(deadline) = Instant::now().checked_add(self.limit) else {
+                return Poll::Pending;
+            };
             match &mut self.timer {
                 Some(timer) => timer.as_mut().reset(deadline),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),

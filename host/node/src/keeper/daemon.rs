@@ -22,6 +22,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::task::AbortHandle;
 
 use super::proto::{self, Msg, PairInfo};
+use crate::frontend::stall::{Bounded, SendStall};
 
 /// How often the keeper looks whether its socket file is still there.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
@@ -270,7 +271,11 @@ fn handle(state: &Arc<State>, r: proto::Received) {
             lock(&state.stored).remove(&name);
         }
         Msg::Release => lock(&state.stored).clear(),
-        Msg::Splice { pair, to_client } if fds.len() == 2 && to_client <= payload.len() => {
+        Msg::Splice {
+            pair,
+            to_client,
+            send_timeout_ms,
+        } if fds.len() == 2 && to_client <= payload.len() => {
             let gear = fds.remove(1);
             let client = fds.remove(0);
             let mut to_client_bytes = payload;
@@ -281,7 +286,8 @@ fn handle(state: &Arc<State>, r: proto::Received) {
                 let state = state.clone();
                 tokio::spawn(async move {
                     // a peer that resets is an ordinary end, like one that closes
-                    let _ = splice(client, gear, &to_client_bytes, &to_gear).await;
+                    let limit = send_timeout_ms.map(Duration::from_millis);
+                    let _ = splice(client, gear, &to_client_bytes, &to_gear, limit).await;
                     state.closed(id);
                 })
             };
@@ -310,15 +316,20 @@ fn handle(state: &Arc<State>, r: proto::Received) {
     }
 }
 
-/// Writes what each side is owed, then copies both ways until either ends.
+/// Writes what each side is owed, then copies both ways until either ends,
+/// or until a write to the client takes no byte for `send_timeout` (see
+/// `frontend::stall`).
 async fn splice(
     client: OwnedFd,
     gear: OwnedFd,
     to_client: &[u8],
     to_gear: &[u8],
+    send_timeout: Option<Duration>,
 ) -> io::Result<()> {
     let mut client = stream(client)?;
     let mut gear = stream(gear)?;
+    let mut stall = SendStall::new(send_timeout.unwrap_or(Duration::MAX));
+    let mut client = Bounded::new(&mut client, &mut stall);
     client.write_all(to_client).await?;
     gear.write_all(to_gear).await?;
     tokio::io::copy_bidirectional(&mut client, &mut gear).await?;
@@ -331,4 +342,65 @@ fn stream(fd: OwnedFd) -> io::Result<tokio::net::TcpStream> {
     let s = std::net::TcpStream::from(fd);
     s.set_nonblocking(true)?;
     tokio::net::TcpStream::from_std(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// Both ends of a loopback TCP connection: the far one as a tokio
+    /// stream, the near one as a descriptor for `splice`.
+    async fn connection() -> (TcpStream, OwnedFd) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let far = TcpStream::connect(listener.local_addr().expect("address"))
+            .await
+            .expect("connect");
+        let (near, _) = listener.accept().await.expect("accept");
+        let near = near.into_std().expect("a std stream");
+        (far, OwnedFd::from(near))
+    }
+
+    /// A gear that writes without end until its connection breaks.
+    async fn flood(mut gear: TcpStream) -> usize {
+        let piece = vec![b'x'; 64 * 1024];
+        let mut written = 0;
+        while gear.write_all(&piece).await.is_ok() {
+            written += piece.len();
+        }
+        written
+    }
+
+    #[tokio::test]
+    async fn a_client_that_reads_nothing_is_cut_off_only_under_a_deadline() {
+        // under a deadline: the pair ends, and the gear's writes fail
+        let (client, client_fd) = connection().await;
+        let (gear, gear_fd) = connection().await;
+        let gear = tokio::spawn(flood(gear));
+        let limit = Some(Duration::from_millis(300));
+        let spliced = tokio::time::timeout(
+            Duration::from_secs(30),
+            splice(client_fd, gear_fd, b"hello", b"", limit),
+        )
+        .await
+        .expect("the pair is cut off");
+        let e = spliced.expect_err("a client that reads nothing");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        let written = tokio::time::timeout(Duration::from_secs(30), gear)
+            .await
+            .expect("the gear's connection breaks")
+            .expect("the gear");
+        assert!(written > 0);
+        drop(client);
+        // a link between gears has none: the pair waits for its peers
+        let (_client, client_fd) = connection().await;
+        let (gear, gear_fd) = connection().await;
+        tokio::spawn(flood(gear));
+        let held = tokio::time::timeout(
+            Duration::from_secs(2),
+            splice(client_fd, gear_fd, b"", b"", None),
+        )
+        .await;
+        assert!(held.is_err(), "a pair without a deadline ended: {held:?}");
+    }
 }

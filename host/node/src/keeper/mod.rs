@@ -314,10 +314,12 @@ impl Keeper {
     }
 
     /// Hands a connected pair to the keeper, which writes `to_client` to
-    /// `client` and `to_gear` to `gear` and then splices them; `on_close` runs
-    /// when it ends. The caller closes its own copies. Refused (and
-    /// `on_close` given back) when the keeper cannot take it: the caller
-    /// splices the pair itself.
+    /// `client` and `to_gear` to `gear` and then splices them, cutting the
+    /// pair off when a write to `client` takes no byte for `send_timeout`;
+    /// `on_close` runs when it ends. The caller closes its own copies.
+    /// Refused (and `on_close` given back) when the keeper cannot take it:
+    /// the caller splices the pair itself.
+    #[allow(clippy::too_many_arguments)]
     pub fn splice(
         &self,
         tag: String,
@@ -325,6 +327,7 @@ impl Keeper {
         gear: BorrowedFd<'_>,
         to_client: &[u8],
         to_gear: &[u8],
+        send_timeout: Option<std::time::Duration>,
         on_close: OnClose,
     ) -> Result<(), OnClose> {
         if to_client.len() + to_gear.len() > proto::MOST_PENDING {
@@ -339,6 +342,8 @@ impl Keeper {
         let msg = Msg::Splice {
             pair: PairInfo { id, tag },
             to_client: to_client.len(),
+            send_timeout_ms: send_timeout
+                .map(|t| t.as_millis().clamp(1, u128::from(u64::MAX)) as u64),
         };
         match self.send(&msg, &payload, &[client.as_raw_fd(), gear.as_raw_fd()]) {
             Ok(()) => Ok(()),

@@ -75,6 +75,11 @@ pub enum Msg {
         pair: PairInfo,
         /// How many payload bytes go to the client first.
         to_client: usize,
+        /// The client is cut off when a write to it takes no byte for this
+        /// long (`http.send-timeout`; none for a link between gears). A
+        /// keeper from before it ignores it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        send_timeout_ms: Option<u64>,
     },
     /// Node → keeper: close every stored descriptor (the node stops on
     /// purpose: clients are refused until one runs again).
@@ -203,6 +208,7 @@ mod tests {
                 tag: "ws:abc".into(),
             },
             to_client: 3,
+            send_timeout_ms: Some(60_000),
         };
         send(
             a.as_fd(),
@@ -221,6 +227,24 @@ mod tests {
         assert!(got.payload.is_empty() && got.fds.is_empty());
         drop(a);
         assert!(recv(b.as_fd()).expect("recv").is_none(), "closed");
+    }
+
+    #[test]
+    fn a_splice_without_a_send_deadline_reads_as_one_from_before_it() {
+        // what a node from before the deadline sends, and what it is sent
+        let old = r#"{"m":"splice","id":3,"tag":"link:a:b","to_client":0}"#;
+        let msg: Msg = serde_json::from_str(old).expect("a splice");
+        let none = Msg::Splice {
+            pair: PairInfo {
+                id: 3,
+                tag: "link:a:b".into(),
+            },
+            to_client: 0,
+            send_timeout_ms: None,
+        };
+        assert_eq!(msg, none);
+        let sent = serde_json::to_string(&none).expect("json");
+        assert!(!sent.contains("send_timeout_ms"), "{sent}");
     }
 
     #[test]

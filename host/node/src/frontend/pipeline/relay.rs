@@ -167,6 +167,7 @@ async fn upgrade<G: BackendGear>(
             upstream.stream.as_fd(),
             &c.to_client,
             &to_gear,
+            Some(c.stall.limit()),
             ended,
         ) {
             // the node's copies close; the keeper's stay open
