@@ -141,6 +141,14 @@ fn counter(out: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
+/// A metric of one value, no labels: its `HELP` and `TYPE` lines (see
+/// [`counter`]) and the value.
+fn single(out: &mut String, name: &str, help: &str, kind: &str, value: impl std::fmt::Display) {
+    use std::fmt::Write;
+    counter(out, name, help, kind);
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// The node's metrics in the Prometheus text format.
 pub fn render_metrics(node: &Node) -> String {
     use std::fmt::Write;
@@ -180,80 +188,68 @@ pub fn render_metrics(node: &Node) -> String {
     for (state, n) in states {
         let _ = writeln!(out, "gearhost_gears{{state=\"{state}\"}} {n}");
     }
-    counter(
+    let doors = gears.iter().filter(|g| g.front.has_door()).count();
+    single(
         &mut out,
         "gearhost_frontend_doors",
         "Gears the frontend listens inside (their door: open while a gear runs or is frozen).",
         "gauge",
+        doors,
     );
-    let doors = gears.iter().filter(|g| g.front.has_door()).count();
-    let _ = writeln!(out, "gearhost_frontend_doors {doors}");
     let (frozen_bytes, _) = node.frozen_memory();
-    counter(
+    single(
         &mut out,
         "gearhost_frozen_memory_bytes",
         "Memory the frozen gears hold (their cgroups' memory use), in bytes.",
         "gauge",
+        frozen_bytes,
     );
-    let _ = writeln!(out, "gearhost_frozen_memory_bytes {frozen_bytes}");
-    counter(
+    single(
         &mut out,
         "gearhost_frozen_stopped_for_memory_total",
         "Frozen gears stopped because the machine's available memory fell below gears.frozen-memory-floor.",
         "counter",
-    );
-    let _ = writeln!(
-        out,
-        "gearhost_frozen_stopped_for_memory_total {}",
-        node.frozen_stopped_for_memory.load(Ordering::Relaxed)
+        node.frozen_stopped_for_memory.load(Ordering::Relaxed),
     );
     if let Some(cluster) = node.cluster() {
         let health = cluster.health();
-        counter(
+        single(
             &mut out,
             "gearhost_cluster_lease_confirmed_seconds",
             "Seconds since etcd last confirmed this node's lease (a cluster member).",
             "gauge",
+            format_args!("{:.3}", health.since_confirmed.as_secs_f64()),
         );
-        let _ = writeln!(
-            out,
-            "gearhost_cluster_lease_confirmed_seconds {:.3}",
-            health.since_confirmed.as_secs_f64()
-        );
-        counter(
+        single(
             &mut out,
             "gearhost_cluster_fenced",
             "1 while this node has not heard from etcd for two thirds of its lease's time to live.",
             "gauge",
+            u8::from(health.fenced),
         );
-        let _ = writeln!(out, "gearhost_cluster_fenced {}", u8::from(health.fenced));
-        counter(
+        single(
             &mut out,
             "gearhost_cluster_rejoins_total",
             "Times this node's lease expired and it joined the cluster again.",
             "counter",
+            health.rejoins,
         );
-        let _ = writeln!(out, "gearhost_cluster_rejoins_total {}", health.rejoins);
     }
     if let Ok(init) = gearhost_sandbox::find_init(None) {
         let (waiting, failed) = gearhost_sandbox::warm_status(&init);
-        counter(
+        single(
             &mut out,
             "gearhost_warm_helpers",
             "Gear helpers prepared and waiting for a start (gears.warm-helpers).",
             "gauge",
+            waiting,
         );
-        let _ = writeln!(out, "gearhost_warm_helpers {waiting}");
-        counter(
+        single(
             &mut out,
             "gearhost_warm_helpers_failing",
             "1 when preparing a helper failed and starts go on without one (the node's log says why).",
             "gauge",
-        );
-        let _ = writeln!(
-            out,
-            "gearhost_warm_helpers_failing {}",
-            u8::from(failed.is_some())
+            u8::from(failed.is_some()),
         );
     }
     out
@@ -393,38 +389,26 @@ pub(super) fn render_frontend<G>(out: &mut String, all: &[(String, &Stats)], fro
             let _ = writeln!(out, "{name}{{gear=\"{label}\"}} {}", get(s));
         }
     }
-    counter(
+    single(
         out,
         "gearhost_frontend_connections",
         "Client connections open now.",
         "gauge",
+        front.connections.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "gearhost_frontend_connections {}",
-        front.connections.load(Ordering::Relaxed)
-    );
-    counter(
+    single(
         out,
         "gearhost_frontend_connections_total",
         "Client connections accepted.",
         "counter",
+        front.connections_total.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "gearhost_frontend_connections_total {}",
-        front.connections_total.load(Ordering::Relaxed)
-    );
-    counter(
+    single(
         out,
         "gearhost_frontend_send_stalls_total",
         "Requests cut off because their client took nothing sent to it for http.send-timeout.",
         "counter",
-    );
-    let _ = writeln!(
-        out,
-        "gearhost_frontend_send_stalls_total {}",
-        front.send_stalls.load(Ordering::Relaxed)
+        front.send_stalls.load(Ordering::Relaxed),
     );
     let (mut flushes, mut sent, mut working) = (0, 0, 0);
     for batch in lock(&front.batches).iter() {
@@ -433,27 +417,27 @@ pub(super) fn render_frontend<G>(out: &mut String, all: &[(String, &Stats)], fro
         sent += stats.sends;
         working += usize::from(stats.working);
     }
-    counter(
+    single(
         out,
         "gearhost_frontend_batching_workers",
         "Frontend workers passing their sends to the kernel in batches (http.batch-sends).",
         "gauge",
+        working,
     );
-    let _ = writeln!(out, "gearhost_frontend_batching_workers {working}");
-    counter(
+    single(
         out,
         "gearhost_frontend_send_batches_total",
         "Batches of sends passed to the kernel, one call each.",
         "counter",
+        flushes,
     );
-    let _ = writeln!(out, "gearhost_frontend_send_batches_total {flushes}");
-    counter(
+    single(
         out,
         "gearhost_frontend_batched_sends_total",
         "Sends passed to the kernel in batches.",
         "counter",
+        sent,
     );
-    let _ = writeln!(out, "gearhost_frontend_batched_sends_total {sent}");
 }
 
 /// Serve `GET /metrics` on the operator's metrics address until it fails.
