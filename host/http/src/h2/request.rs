@@ -18,6 +18,9 @@ use std::ops::Range;
 use crate::fields::parse_length;
 use crate::head::RequestHead;
 
+/// A head's field ranges: name and value of each line.
+type Fields = Vec<(Range<usize>, Range<usize>)>;
+
 /// Why a request's header list is malformed (the stream is reset with
 /// PROTOCOL_ERROR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -113,16 +116,14 @@ impl RequestWriter {
         std::mem::replace(&mut self.parsed, fresh)
     }
 
-    /// Writes one field line, noting where its name and value are.
-    fn field_line(&mut self, name: &[u8], value: &[u8], out: &mut Vec<u8>) {
+    /// Writes one field line, noting in `fields` where its name and value are.
+    fn field_line(fields: &mut Fields, name: &[u8], value: &[u8], out: &mut Vec<u8>) {
         let at = out.len();
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
         let v = out.len();
         out.extend_from_slice(value);
-        self.parsed
-            .headers
-            .push((at..at + name.len(), v..out.len()));
+        fields.push((at..at + name.len(), v..out.len()));
         out.extend_from_slice(b"\r\n");
     }
 
@@ -183,7 +184,7 @@ impl RequestWriter {
                 return;
             }
         }
-        self.field_line(name, value, out);
+        Self::field_line(&mut self.parsed.headers, name, value, out);
     }
 
     fn pseudo_field(&mut self, pseudo: &[u8], value: &[u8]) {
@@ -244,9 +245,7 @@ impl RequestWriter {
         self.parsed.minor = 1;
         out.extend_from_slice(b" HTTP/1.1\r\n");
         if let Some(host) = self.authority.clone().or_else(|| self.host.clone()) {
-            let pseudo = std::mem::take(&mut self.pseudo);
-            self.field_line(b"host", &pseudo[host], out);
-            self.pseudo = pseudo;
+            Self::field_line(&mut self.parsed.headers, b"host", &p[host], out);
         }
         Ok(())
     }
@@ -265,13 +264,16 @@ impl RequestWriter {
             return Err(Malformed(why));
         }
         if !self.cookies.is_empty() {
-            let cookies = std::mem::take(&mut self.cookies);
-            self.field_line(b"cookie", &cookies, out);
-            self.cookies = cookies;
+            Self::field_line(&mut self.parsed.headers, b"cookie", &self.cookies, out);
         }
         let chunked = !ends && self.length.is_none();
         if chunked {
-            self.field_line(b"transfer-encoding", b"chunked", out);
+            Self::field_line(
+                &mut self.parsed.headers,
+                b"transfer-encoding",
+                b"chunked",
+                out,
+            );
         }
         out.extend_from_slice(b"\r\n");
         self.parsed.len = out.len();

@@ -155,7 +155,6 @@ impl List {
     }
 }
 
-/// The field at index `i` of the static and dynamic tables (2.3.3).
 /// A literal field's name and value (6.2): the name by index (a `prefix`-bit
 /// integer) or as a string after a zero index, then the value.
 fn literal<'a>(
@@ -173,6 +172,7 @@ fn literal<'a>(
     Ok((name, string(block, pos, value_buf)?))
 }
 
+/// The field at index `i` of the static and dynamic tables (2.3.3).
 fn lookup(table: &Table, i: usize) -> Result<(&[u8], &[u8]), HpackError> {
     match i {
         0 => Err(HpackError::BadIndex(0)),

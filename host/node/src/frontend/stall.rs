@@ -46,9 +46,21 @@ impl SendStall {
         self.limit
     }
 
-    /// A write made progress (or ended): the next wait starts a new deadline.
-    fn progressed(&mut self) {
-        self.armed = false;
+    /// One poll of a write, `polled`, under the deadline: a write that made
+    /// progress (or ended) leaves the next wait a new deadline; one that
+    /// waits fails once it has waited for the limit.
+    fn check<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.armed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.waiting(cx).map(Err),
+        }
     }
 
     /// A write has to wait: `Ready` with the error to fail it with once no
@@ -96,12 +108,9 @@ impl SendStall {
         send: impl Future<Output = io::Result<T>>,
     ) -> io::Result<T> {
         let mut send = pin!(send);
-        std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
-            Poll::Ready(r) => {
-                self.progressed();
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.waiting(cx).map(Err),
+        std::future::poll_fn(|cx| {
+            let polled = send.as_mut().poll(cx);
+            self.check(cx, polled)
         })
         .await
     }
@@ -128,13 +137,8 @@ impl<'a, S> Bounded<'a, S> {
     where
         S: Unpin,
     {
-        match poll(Pin::new(&mut *self.inner), cx) {
-            Poll::Ready(r) => {
-                self.stall.progressed();
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.stall.waiting(cx).map(Err),
-        }
+        let polled = poll(Pin::new(&mut *self.inner), cx);
+        self.stall.check(cx, polled)
     }
 }
 
